@@ -1,0 +1,303 @@
+//! Conformance suites: the behaviour every driver of a kind must show, written once and run by
+//! every plugin, ours and third parties', against its own built `.so`.
+//!
+//! A plugin's `tests/conformance.rs` names a function that describes the driver under test (the
+//! library, the driver name, its configuration, and anything that must stay alive meanwhile,
+//! such as a backing server) and expands one suite per kind it provides:
+//!
+//! ```text
+//! use sockhost_plugin_api::conformance::{self, Target};
+//!
+//! fn local() -> Target {
+//!     Target::new(conformance::cdylib("sockhost_local"), "local", "")
+//! }
+//! sockhost_plugin_api::transport_suite!(local);
+//! ```
+//!
+//! Each case is its own `#[test]`, so a failure names the behaviour that broke. Cases load the
+//! library through the same checks as the host, construct drivers with a [`TestHost`] context,
+//! and never assert timings: they wait for events with generous deadlines.
+
+pub mod cache;
+pub mod queue;
+pub mod rate_limiter;
+pub mod transport;
+
+use std::{
+    any::Any,
+    collections::BTreeMap,
+    future::Future,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RArc, RStr, RVec},
+};
+use tokio::sync::mpsc;
+
+use crate::{
+    CacheBox, HostContext, HostContext_TO, HostContextBox, LogLevel, PluginError,
+    PluginModule_Ref, QueueBox, RateLimiterBox, TransportBox, load,
+};
+
+/// How long a case waits for something that should happen; long, because a loaded CI machine
+/// is slow, and a passing case never waits this long.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The path of the `cdylib` named `lib_name` (e.g. `sockhost_local`) in the target directory
+/// this test binary was built into (`target/<profile>/lib<name>.so`).
+///
+/// # Panics
+/// If the test binary's own path cannot be read.
+pub fn cdylib(lib_name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test binary>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    profile_dir.join(format!(
+        "{}{lib_name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ))
+}
+
+/// The driver under test.
+pub struct Target {
+    /// The plugin library.
+    pub library: PathBuf,
+    /// The driver name to construct.
+    pub driver: String,
+    /// The driver's configuration (TOML text).
+    pub config: String,
+    keep_alive: Vec<Box<dyn Any + Send>>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("library", &self.library)
+            .field("driver", &self.driver)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// The driver `driver` of `library`, configured with `config`.
+    pub fn new(library: PathBuf, driver: &str, config: &str) -> Self {
+        Self { library, driver: driver.into(), config: config.into(), keep_alive: Vec::new() }
+    }
+
+    /// Keep `value` (a backing server, a temp dir) alive until the case ends.
+    #[must_use]
+    pub fn keep(mut self, value: impl Any + Send) -> Self {
+        self.keep_alive.push(Box::new(value));
+        self
+    }
+
+    /// Open the library with the ABI checks the host applies.
+    ///
+    /// # Panics
+    /// If the library is refused.
+    pub fn module(&self) -> PluginModule_Ref {
+        load::open(&self.library)
+            .unwrap_or_else(|e| panic!("{} was refused: {e}", self.library.display()))
+    }
+
+    /// Construct a transport with a fresh [`TestHost`].
+    ///
+    /// # Panics
+    /// If the plugin provides no transports or the constructor fails.
+    pub async fn transport(&self) -> (TransportBox, TestHost) {
+        let ctor = self.module().transport().expect("the plugin provides no transport");
+        let host = TestHost::default();
+        let made = ctor(self.driver(), self.config(), host.boxed()).await.into_result();
+        (made.unwrap_or_else(|e| panic!("constructing transport {}: {e}", self.driver)), host)
+    }
+
+    /// Construct a cache.
+    ///
+    /// # Panics
+    /// If the plugin provides no caches or the constructor fails.
+    pub async fn cache(&self) -> CacheBox {
+        let ctor = self.module().cache().expect("the plugin provides no cache");
+        let made = ctor(self.driver(), self.config(), TestHost::default().boxed()).await;
+        made.into_result().unwrap_or_else(|e| panic!("constructing cache {}: {e}", self.driver))
+    }
+
+    /// Construct a queue.
+    ///
+    /// # Panics
+    /// If the plugin provides no queues or the constructor fails.
+    pub async fn queue(&self) -> QueueBox {
+        let ctor = self.module().queue().expect("the plugin provides no queue");
+        let made = ctor(self.driver(), self.config(), TestHost::default().boxed()).await;
+        made.into_result().unwrap_or_else(|e| panic!("constructing queue {}: {e}", self.driver))
+    }
+
+    /// Construct a rate limiter.
+    ///
+    /// # Panics
+    /// If the plugin provides no rate limiters or the constructor fails.
+    pub async fn rate_limiter(&self) -> RateLimiterBox {
+        let ctor = self.module().rate_limiter().expect("the plugin provides no rate limiter");
+        let made = ctor(self.driver(), self.config(), TestHost::default().boxed()).await;
+        made.into_result()
+            .unwrap_or_else(|e| panic!("constructing rate limiter {}: {e}", self.driver))
+    }
+
+    fn driver(&self) -> RStr<'_> {
+        RStr::from_str(&self.driver)
+    }
+
+    fn config(&self) -> RStr<'_> {
+        RStr::from_str(&self.config)
+    }
+}
+
+/// A message as a transport delivered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The topic it arrived on.
+    pub topic: String,
+    /// Its bytes.
+    pub payload: Vec<u8>,
+}
+
+/// A host context for tests: records deliveries and metrics, prints logs to stderr.
+#[derive(Clone)]
+pub struct TestHost {
+    deliveries_tx: mpsc::UnboundedSender<Delivery>,
+    deliveries_rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>>,
+    metrics: Arc<Mutex<BTreeMap<String, i64>>>,
+}
+
+impl std::fmt::Debug for TestHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestHost").finish_non_exhaustive()
+    }
+}
+
+impl Default for TestHost {
+    fn default() -> Self {
+        let (deliveries_tx, rx) = mpsc::unbounded_channel();
+        Self {
+            deliveries_tx,
+            deliveries_rx: Arc::new(tokio::sync::Mutex::new(rx)),
+            metrics: Arc::default(),
+        }
+    }
+}
+
+impl TestHost {
+    /// This context as the FFI object a constructor takes.
+    pub fn boxed(&self) -> HostContextBox {
+        HostContext_TO::from_ptr(RArc::new(self.clone()), TD_Opaque)
+    }
+
+    /// The next delivery, or `None` if none comes within `wait`.
+    pub async fn next_within(&self, wait: Duration) -> Option<Delivery> {
+        let mut rx = self.deliveries_rx.lock().await;
+        tokio::time::timeout(wait, rx.recv()).await.ok().flatten()
+    }
+
+    /// The next delivery.
+    ///
+    /// # Panics
+    /// If none arrives within [`PATIENCE`].
+    pub async fn next(&self) -> Delivery {
+        self.next_within(PATIENCE).await.expect("no message was delivered within the deadline")
+    }
+
+    /// Deliveries already received and not yet taken, without waiting.
+    pub async fn drain(&self) -> Vec<Delivery> {
+        let mut rx = self.deliveries_rx.lock().await;
+        let mut out = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            out.push(d);
+        }
+        out
+    }
+
+    /// The plugin's counter `name` as reported through [`HostContext::metric`].
+    pub fn metric(&self, name: &str) -> i64 {
+        self.metrics.lock().map(|m| m.get(name).copied().unwrap_or(0)).unwrap_or(0)
+    }
+}
+
+impl HostContext for TestHost {
+    fn on_message(&self, topic: RStr<'_>, payload: RVec<u8>) {
+        let _ = self.deliveries_tx.send(Delivery { topic: topic.into(), payload: payload.into() });
+    }
+
+    fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
+        eprintln!("[plugin {level:?} {target}] {message}");
+    }
+
+    fn metric(&self, name: RStr<'_>, delta: i64) {
+        if let Ok(mut m) = self.metrics.lock() {
+            *m.entry(name.into()).or_default() += delta;
+        }
+    }
+
+    fn max_log_level(&self) -> LogLevel {
+        LogLevel::DEBUG
+    }
+}
+
+/// Run one case on a fresh multi-thread runtime, as the host would poll the driver.
+///
+/// # Panics
+/// If the runtime cannot start, or the case panics.
+pub fn run<F: Future<Output = ()>>(case: F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a test runtime")
+        .block_on(case);
+}
+
+/// Unwrap a driver answer with the operation's name in the panic message.
+///
+/// # Panics
+/// If the answer is an error.
+#[track_caller]
+pub fn ok<T>(what: &str, answer: crate::PResult<T>) -> T {
+    answer.into_result().unwrap_or_else(|e: PluginError| panic!("{what} failed: {e}"))
+}
+
+/// Wait until `check` answers true, polling every few milliseconds.
+///
+/// For effects with no event to wait on (expiry of a TTL or a window).
+///
+/// # Panics
+/// If it is still false after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: still not true after {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Expand one `#[test]` per case of a suite module, each calling `$case(&$target())`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($module:ident, $target:path, [$($case:ident),* $(,)?]) => {
+        $(
+            #[test]
+            fn $case() {
+                let target = $target();
+                $crate::conformance::run($crate::conformance::$module::$case(&target));
+            }
+        )*
+    };
+}

@@ -1,0 +1,178 @@
+//! Opening a plugin library: the ABI checks, without the host's policy checks (manifest,
+//! checksum, permissions), which the host's loader does before calling [`open`].
+
+use std::{fmt, path::Path};
+
+use abi_stable::{
+    library::{LibraryError, RootModule, lib_header_from_path},
+    sabi_types::VersionNumber,
+};
+
+use crate::PluginModule_Ref;
+
+/// Why a library was refused. Each variant prints as one line; [`OpenError::detail`] has the
+/// long form where there is one.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The dynamic loader could not open the file (missing, not a shared library, wrong arch).
+    Open(String),
+    /// The library is a shared library but exports no sockhost root module.
+    NotAPlugin(String),
+    /// The plugin was built against another ABI generation.
+    WrongVersion {
+        /// The `plugin-api` version the plugin was built against.
+        found: String,
+        /// The `plugin-api` version this host speaks.
+        expected: String,
+    },
+    /// The version matches but a type's layout differs.
+    Layout {
+        /// One line naming the first difference.
+        summary: String,
+        /// abi_stable's full report (thousands of lines).
+        detail: String,
+    },
+    /// The plugin's root-module initialiser failed or panicked.
+    Init(String),
+}
+
+impl OpenError {
+    /// The full report, for the checks that have one.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Self::Layout { detail, .. } => Some(detail),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Open(why) => write!(f, "cannot be opened as a shared library: {why}"),
+            Self::NotAPlugin(why) => write!(f, "not a sockhost plugin: {why}"),
+            Self::WrongVersion { found, expected } => write!(
+                f,
+                "wrong ABI version: built against plugin-api {found}, this host speaks {expected}"
+            ),
+            Self::Layout { summary, .. } => write!(f, "ABI layout mismatch: {summary}"),
+            Self::Init(why) => write!(f, "plugin initialisation failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Whether a plugin built against `found` can be used by a host built against `expected`:
+/// the same minor before 1.0, the same major after. Within that, the layout check decides.
+pub fn compatible(expected: &str, found: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split('.');
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (parse(expected), parse(found)) {
+        (Some((0, e_minor)), Some((0, f_minor))) => e_minor == f_minor,
+        (Some((e_major, _)), Some((f_major, _))) => e_major != 0 && e_major == f_major,
+        _ => false,
+    }
+}
+
+/// Open the library at `path`, check its ABI version and layouts, and run its root-module
+/// initialiser.
+///
+/// Opening runs the library's initialisers, so callers check where the file comes from first.
+/// The library is never unloaded: modules and the drivers they build live until the process ends.
+pub fn open(path: &Path) -> Result<PluginModule_Ref, OpenError> {
+    let header = lib_header_from_path(path).map_err(|e| match e {
+        LibraryError::OpenError { err, .. } => OpenError::Open(first_line(&err.to_string())),
+        LibraryError::GetSymbolError { .. } => {
+            OpenError::NotAPlugin("it exports no abi_stable root module".into())
+        }
+        other => OpenError::NotAPlugin(first_line(&other.to_string())),
+    })?;
+    let consts = header.root_mod_consts();
+    if consts.base_name().as_str() != PluginModule_Ref::BASE_NAME {
+        return Err(OpenError::NotAPlugin(format!(
+            "its root module is `{}`, not `{}`",
+            consts.base_name(),
+            PluginModule_Ref::BASE_NAME
+        )));
+    }
+    let found = header.version_strings().version.as_str();
+    let expected = crate::API_VERSION;
+    if !compatible(expected, found) {
+        return Err(OpenError::WrongVersion { found: found.into(), expected: expected.into() });
+    }
+    header.init_root_module::<PluginModule_Ref>().map_err(|e| match e {
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
+            OpenError::WrongVersion {
+                found: version(actual_version),
+                expected: version(expected_version),
+            }
+        }
+        LibraryError::AbiInstability(report) => {
+            let detail = report.to_string();
+            OpenError::Layout { summary: summarize_layout_report(&detail), detail }
+        }
+        LibraryError::RootModule { err, .. } => OpenError::Init(first_line(&err.to_string())),
+        other => OpenError::Init(first_line(&other.to_string())),
+    })
+}
+
+fn version(v: VersionNumber) -> String {
+    format!("{}.{}.{}", v.major, v.minor, v.patch)
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("unknown error").to_string()
+}
+
+/// Reduce abi_stable's layout report to one line: the kind of the first error and the
+/// expected/found pair that follows it.
+pub fn summarize_layout_report(report: &str) -> String {
+    let lines: Vec<&str> = report.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let Some(start) = lines.iter().position(|l| l.starts_with("Error:")) else {
+        return first_line(report);
+    };
+    let mut parts = vec![lines[start].trim_start_matches("Error:").trim().to_string()];
+    for line in &lines[start + 1..] {
+        if line.starts_with("Error:") {
+            break;
+        }
+        if line.starts_with("Expected:") || line.starts_with("Found:") {
+            parts.push(line.to_string());
+        }
+        if parts.len() == 3 {
+            break;
+        }
+    }
+    let mut summary = parts.join(" ");
+    if summary.len() > 300 {
+        summary.truncate(300);
+        summary.push_str("...");
+    }
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compatible;
+
+    #[test]
+    fn versions_are_compatible_within_one_generation() {
+        let cases = [
+            ("0.1.0", "0.1.0", true),
+            ("0.1.0", "0.1.7", true),
+            ("0.1.3", "0.1.0", true),
+            ("0.1.0", "0.2.0", false),
+            ("0.2.0", "0.1.0", false),
+            ("0.1.0", "1.0.0", false),
+            ("1.0.0", "1.4.2", true),
+            ("1.0.0", "2.0.0", false),
+            ("0.1.0", "garbage", false),
+        ];
+        for (expected, found, want) in cases {
+            assert_eq!(compatible(expected, found), want, "{expected} vs {found}");
+        }
+    }
+}

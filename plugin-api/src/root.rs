@@ -1,0 +1,75 @@
+//! The root module: the one thing a plugin library exports.
+
+// abi_stable names the prefix reference type `<Struct>_Ref`.
+#![allow(non_camel_case_types)]
+
+use abi_stable::{
+    StableAbi, declare_root_module_statics,
+    library::RootModule,
+    package_version_strings,
+    sabi_types::VersionStrings,
+    std_types::RStr,
+};
+use async_ffi::FfiFuture;
+
+use crate::{CacheBox, HostContextBox, PResult, PluginInfo, QueueBox, RateLimiterBox, TransportBox};
+
+/// What every plugin library exports (with `#[export_root_module]`).
+///
+/// A prefix type: fields after the one marked `last_prefix_field` may be added in later minor
+/// versions and read as absent from older plugins. A constructor that is `None` means the
+/// plugin provides no driver of that kind.
+// Function pointers with higher-ranked lifetimes have no useful Debug output.
+#[allow(missing_debug_implementations)]
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModule_Ref)))]
+#[sabi(missing_field(panic))]
+pub struct PluginModule {
+    /// What the plugin is and which drivers it provides.
+    pub info: extern "C" fn() -> PluginInfo,
+    /// The transport constructor, if the plugin provides transports: builds the transport named
+    /// `driver` from its configuration text (the driver's own table, as TOML). A bad
+    /// configuration answers [`ErrorCode::CONFIG`](crate::ErrorCode::CONFIG) naming the field.
+    pub transport: Option<
+        extern "C" fn(
+            driver: RStr<'_>,
+            config: RStr<'_>,
+            host: HostContextBox,
+        ) -> FfiFuture<PResult<TransportBox>>,
+    >,
+    /// The cache constructor, if the plugin provides caches; as `transport`.
+    pub cache: Option<
+        extern "C" fn(
+            driver: RStr<'_>,
+            config: RStr<'_>,
+            host: HostContextBox,
+        ) -> FfiFuture<PResult<CacheBox>>,
+    >,
+    /// The queue constructor, if the plugin provides queues; as `transport`.
+    pub queue: Option<
+        extern "C" fn(
+            driver: RStr<'_>,
+            config: RStr<'_>,
+            host: HostContextBox,
+        ) -> FfiFuture<PResult<QueueBox>>,
+    >,
+    /// The rate-limiter constructor, if the plugin provides rate limiters.
+    ///
+    /// This is the last field of ABI generation 0.1: add new fields after it, never before.
+    #[sabi(last_prefix_field)]
+    pub rate_limiter: Option<
+        extern "C" fn(
+            driver: RStr<'_>,
+            config: RStr<'_>,
+            host: HostContextBox,
+        ) -> FfiFuture<PResult<RateLimiterBox>>,
+    >,
+}
+
+impl RootModule for PluginModule_Ref {
+    declare_root_module_statics! {PluginModule_Ref}
+    const BASE_NAME: &'static str = "sockhost_plugin";
+    const NAME: &'static str = "sockhost plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}

@@ -1,0 +1,25 @@
+//! What a plugin author needs, so that a plugin is a few dozen lines of its own logic.
+//!
+//! - [`runtime`]: the plugin's own tokio runtime. A `cdylib` carries its own copy of tokio, whose
+//!   thread-locals the host's runtime never sets, so all of a plugin's sockets and timers live
+//!   on a runtime the plugin owns.
+//! - [`guard`], [`enter`], [`spawn`], [`ready`]: every call across the boundary catches panics
+//!   and answers [`ErrorCode::PANICKED`](crate::ErrorCode::PANICKED); awaited calls are polled
+//!   by the host's executor with the plugin runtime entered (no thread hop), or spawned on the
+//!   plugin runtime when they must finish even if the host stops waiting.
+//! - [`log`]: a `tracing` subscriber and a panic hook that forward to the host's log.
+//! - [`TransportDriver`], [`CacheDriver`], [`QueueDriver`], [`RateLimiterDriver`]: plain Rust
+//!   traits; [`create`] and the `*_box` functions turn them into the FFI trait objects with
+//!   every method guarded.
+
+mod drivers;
+mod guard;
+pub mod log;
+mod runtime;
+
+pub use drivers::{
+    CacheDriver, CreateArgs, QueueDriver, RateLimiterDriver, TransportDriver, cache_box, create,
+    queue_box, rate_limiter_box, transport_box,
+};
+pub use guard::{enter, guard, panic_message, ready, spawn};
+pub use runtime::runtime;

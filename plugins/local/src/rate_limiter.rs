@@ -1,0 +1,114 @@
+//! The `memory` rate limiter: a fixed window per key.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+use sockhost_plugin_api::{PluginError, RateDecision, sdk::RateLimiterDriver};
+
+/// Settings of the `memory` rate limiter.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct MemoryRateLimiterConfig {
+    /// Above this many tracked keys, a check first drops the keys whose window has passed, so
+    /// memory stays bounded by the keys active in one window. Default: 100000.
+    sweep_above_keys: usize,
+}
+
+impl Default for MemoryRateLimiterConfig {
+    fn default() -> Self {
+        Self { sweep_above_keys: 100_000 }
+    }
+}
+
+struct Window {
+    started: Instant,
+    length: Duration,
+    used: u32,
+}
+
+/// Fixed windows in process memory.
+pub struct MemoryRateLimiter {
+    windows: Mutex<HashMap<String, Window>>,
+    sweep_above_keys: usize,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for MemoryRateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRateLimiter").finish_non_exhaustive()
+    }
+}
+
+impl MemoryRateLimiter {
+    /// A limiter configured by `config`.
+    pub fn new(config: &str) -> Result<Self, PluginError> {
+        let config: MemoryRateLimiterConfig = crate::config::parse("memory rate limiter", config)?;
+        Ok(Self {
+            windows: Mutex::default(),
+            sweep_above_keys: config.sweep_above_keys.max(1),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn check_open(&self) -> Result<(), PluginError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(PluginError::unavailable("the memory rate limiter is shut down"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl RateLimiterDriver for MemoryRateLimiter {
+    async fn check(
+        &self,
+        key: &str,
+        cost: u32,
+        limit: u32,
+        window_ms: u64,
+    ) -> Result<RateDecision, PluginError> {
+        self.check_open()?;
+        if window_ms == 0 {
+            return Err(PluginError::rejected("a rate-limit window must be at least 1 ms"));
+        }
+        let now = Instant::now();
+        let length = Duration::from_millis(window_ms);
+        let mut windows =
+            self.windows.lock().map_err(|_| PluginError::internal("the limiter lock is poisoned"))?;
+        if windows.len() > self.sweep_above_keys {
+            windows.retain(|_, w| now.duration_since(w.started) < w.length);
+        }
+        let window = windows
+            .entry(key.to_owned())
+            .or_insert(Window { started: now, length, used: 0 });
+        if now.duration_since(window.started) >= window.length || window.length != length {
+            *window = Window { started: now, length, used: 0 };
+        }
+        let allowed = window.used.saturating_add(cost) <= limit;
+        if allowed {
+            window.used += cost;
+        }
+        let elapsed = now.duration_since(window.started);
+        let reset_after_ms = u64::try_from((window.length - elapsed).as_millis()).unwrap_or(u64::MAX).max(1);
+        Ok(RateDecision { allowed, limit, remaining: limit.saturating_sub(window.used), reset_after_ms })
+    }
+
+    async fn health(&self) -> Result<(), PluginError> {
+        self.check_open()
+    }
+
+    async fn shutdown(&self) -> Result<(), PluginError> {
+        self.closed.store(true, Ordering::Release);
+        if let Ok(mut windows) = self.windows.lock() {
+            windows.clear();
+        }
+        Ok(())
+    }
+}
