@@ -1,1 +1,98 @@
-fn main(){}
+//! The `sockhost` binary: parse the command line, then hand over to the library.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use sockhost::{
+    cli::{Cli, Command, PluginsCommand},
+    inspect,
+    plugins::{DriverSelection, Drivers, Registry},
+    telemetry,
+};
+
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    telemetry::init();
+    let exe_dir = exe_dir()?;
+    match cli.command {
+        Some(Command::Plugins(PluginsCommand::Check { file })) => Ok(verdict(inspect::check(
+            &file,
+            &mut std::io::stdout().lock(),
+        )?)),
+        Some(Command::Plugins(PluginsCommand::List)) => {
+            let manifest = inspect::manifest(cli.plugins.as_deref(), &exe_dir)?;
+            Ok(verdict(inspect::list(
+                &manifest,
+                &mut std::io::stdout().lock(),
+            )?))
+        }
+        None | Some(Command::Serve) => serve(&cli, &exe_dir),
+    }
+}
+
+fn verdict(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn exe_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the executable's path")?;
+    Ok(exe.parent().map(PathBuf::from).unwrap_or_default())
+}
+
+fn serve(cli: &Cli, exe_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let manifest = inspect::manifest(cli.plugins.as_deref(), exe_dir)?;
+    let mut registry = Registry::new();
+    let refusals = registry.load_manifest(&manifest);
+    if !refusals.is_empty() {
+        for refusal in &refusals {
+            eprintln!("refused {refusal}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    for plugin in registry.plugins() {
+        tracing::info!(plugin = %sockhost::plugins::PluginLine(plugin), path = %plugin.path.display(), "Loaded plugin.");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let drivers = match Drivers::build(&registry, &DriverSelection::default()).await {
+            Ok(drivers) => drivers,
+            Err(errors) => {
+                for error in errors {
+                    eprintln!("{error}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        let host = cli.host.clone().unwrap_or_else(|| "0.0.0.0".into());
+        let port = cli.port.unwrap_or(6001);
+        let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+            .await
+            .with_context(|| format!("binding {host}:{port}"))?;
+        sockhost::run(
+            listener,
+            sockhost::Settings::default(),
+            drivers,
+            shutdown_signal(),
+        )
+        .await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = ctrl_c.await;
+        return;
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

@@ -101,22 +101,32 @@ pub fn open(path: &Path) -> Result<PluginModule_Ref, OpenError> {
     let found = header.version_strings().version.as_str();
     let expected = crate::API_VERSION;
     if !compatible(expected, found) {
-        return Err(OpenError::WrongVersion { found: found.into(), expected: expected.into() });
+        return Err(OpenError::WrongVersion {
+            found: found.into(),
+            expected: expected.into(),
+        });
     }
-    header.init_root_module::<PluginModule_Ref>().map_err(|e| match e {
-        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
-            OpenError::WrongVersion {
+    header
+        .init_root_module::<PluginModule_Ref>()
+        .map_err(|e| match e {
+            LibraryError::IncompatibleVersionNumber {
+                expected_version,
+                actual_version,
+                ..
+            } => OpenError::WrongVersion {
                 found: version(actual_version),
                 expected: version(expected_version),
+            },
+            LibraryError::AbiInstability(report) => {
+                let detail = report.to_string();
+                OpenError::Layout {
+                    summary: summarize_layout_report(&detail),
+                    detail,
+                }
             }
-        }
-        LibraryError::AbiInstability(report) => {
-            let detail = report.to_string();
-            OpenError::Layout { summary: summarize_layout_report(&detail), detail }
-        }
-        LibraryError::RootModule { err, .. } => OpenError::Init(first_line(&err.to_string())),
-        other => OpenError::Init(first_line(&other.to_string())),
-    })
+            LibraryError::RootModule { err, .. } => OpenError::Init(first_line(&err.to_string())),
+            other => OpenError::Init(first_line(&other.to_string())),
+        })
 }
 
 fn version(v: VersionNumber) -> String {
@@ -124,31 +134,58 @@ fn version(v: VersionNumber) -> String {
 }
 
 fn first_line(text: &str) -> String {
-    text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("unknown error").to_string()
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown error")
+        .to_string()
 }
 
-/// Reduce abi_stable's layout report to one line: the kind of the first error and the
-/// expected/found pair that follows it.
+/// Reduce abi_stable's layout report (thousands of lines) to one: the last difference it found,
+/// with the expected and found values, and the chain of this crate's types that leads to it.
 pub fn summarize_layout_report(report: &str) -> String {
-    let lines: Vec<&str> = report.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let Some(start) = lines.iter().position(|l| l.starts_with("Error:")) else {
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    let Some(at) = lines.iter().rposition(|l| l.starts_with("Error:")) else {
         return first_line(report);
     };
-    let mut parts = vec![lines[start].trim_start_matches("Error:").trim().to_string()];
-    for line in &lines[start + 1..] {
-        if line.starts_with("Error:") {
-            break;
+    let kind = lines[at].trim_start_matches("Error:").trim();
+    let value_after = |label: &str| {
+        lines[at..]
+            .iter()
+            .position(|l| *l == label)
+            .and_then(|i| lines[at + i + 1..].iter().find(|l| !l.is_empty()))
+            .map_or("?", |v| *v)
+    };
+    let mut summary = format!(
+        "{kind}: expected {}, found {}",
+        value_after("Expected:"),
+        value_after("Found:")
+    );
+    // The chain of types from the root module down to the difference.
+    if let Some(inside) = lines[..at]
+        .iter()
+        .rposition(|l| l.ends_with("error(s)inside:"))
+    {
+        let mut chain: Vec<&str> = Vec::new();
+        let mut current = "";
+        for line in &lines[inside..at] {
+            if line.starts_with("Layout of expected type:") {
+                break;
+            }
+            if let Some(ty) = line.strip_prefix("type:") {
+                current = ty.trim();
+            } else if line.starts_with("package:'sockhost-plugin-api'")
+                && chain.last() != Some(&current)
+            {
+                chain.push(current);
+            }
         }
-        if line.starts_with("Expected:") || line.starts_with("Found:") {
-            parts.push(line.to_string());
-        }
-        if parts.len() == 3 {
-            break;
+        if !chain.is_empty() {
+            summary.push_str(&format!(" (in {})", chain.join(" > ")));
         }
     }
-    let mut summary = parts.join(" ");
-    if summary.len() > 300 {
-        summary.truncate(300);
+    if summary.len() > 400 {
+        summary.truncate(400);
         summary.push_str("...");
     }
     summary

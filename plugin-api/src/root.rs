@@ -4,15 +4,14 @@
 #![allow(non_camel_case_types)]
 
 use abi_stable::{
-    StableAbi, declare_root_module_statics,
-    library::RootModule,
-    package_version_strings,
-    sabi_types::VersionStrings,
-    std_types::RStr,
+    StableAbi, declare_root_module_statics, library::RootModule, package_version_strings,
+    sabi_types::VersionStrings, std_types::RStr,
 };
 use async_ffi::FfiFuture;
 
-use crate::{CacheBox, HostContextBox, PResult, PluginInfo, QueueBox, RateLimiterBox, TransportBox};
+use crate::{
+    CacheBox, HostContextBox, PResult, PluginInfo, QueueBox, RateLimiterBox, TransportBox,
+};
 
 /// What every plugin library exports (with `#[export_root_module]`).
 ///

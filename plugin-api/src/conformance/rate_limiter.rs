@@ -22,9 +22,15 @@ pub async fn limits_within_a_window(target: &Target) {
     let d = ok("check", l.check(s("conformance:a"), 1, 3, window).await);
     assert!(!d.allowed, "a check over the limit was allowed: {d:?}");
     assert_eq!(d.remaining, 0);
-    assert!(d.reset_after_ms > 0 && d.reset_after_ms <= window, "reset after {d:?}");
+    assert!(
+        d.reset_after_ms > 0 && d.reset_after_ms <= window,
+        "reset after {d:?}"
+    );
     let other = ok("check", l.check(s("conformance:b"), 1, 3, window).await);
-    assert!(other.allowed && other.remaining == 2, "keys are not independent: {other:?}");
+    assert!(
+        other.allowed && other.remaining == 2,
+        "keys are not independent: {other:?}"
+    );
 }
 
 /// A check costs `cost` tokens, and a check that would go over is denied without consuming.
@@ -35,7 +41,10 @@ pub async fn consumes_the_cost(target: &Target) {
     let d = ok("check", l.check(s("conformance:cost"), 7, 10, 60_000).await);
     assert!(!d.allowed, "a check over the limit was allowed: {d:?}");
     let d = ok("check", l.check(s("conformance:cost"), 6, 10, 60_000).await);
-    assert!(d.allowed && d.remaining == 0, "the denied check consumed tokens: {d:?}");
+    assert!(
+        d.allowed && d.remaining == 0,
+        "the denied check consumed tokens: {d:?}"
+    );
 }
 
 /// Once the window has passed, tokens are granted again.
@@ -55,7 +64,11 @@ pub async fn health_and_shutdown(target: &Target) {
     ok("health", l.health().await);
     ok("shutdown", l.shutdown().await);
     ok("second shutdown", l.shutdown().await);
-    let e = l.check(s("conformance:down"), 1, 1, 1000).await.into_result().unwrap_err();
+    let e = l
+        .check(s("conformance:down"), 1, 1, 1000)
+        .await
+        .into_result()
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::UNAVAILABLE);
 }
 
@@ -63,11 +76,15 @@ pub async fn health_and_shutdown(target: &Target) {
 #[macro_export]
 macro_rules! rate_limiter_suite {
     ($target:path) => {
-        $crate::__conformance_cases!(rate_limiter, $target, [
-            limits_within_a_window,
-            consumes_the_cost,
-            resets_after_the_window,
-            health_and_shutdown,
-        ]);
+        $crate::__conformance_cases!(
+            rate_limiter,
+            $target,
+            [
+                limits_within_a_window,
+                consumes_the_cost,
+                resets_after_the_window,
+                health_and_shutdown,
+            ]
+        );
     };
 }

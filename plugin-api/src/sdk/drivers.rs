@@ -15,9 +15,9 @@ use tokio::runtime::Handle;
 
 use super::{enter, guard, ready, spawn};
 use crate::{
-    Cache, CacheBox, Cache_TO, HostContextBox, PResult, PluginError, Queue, QueueBox,
-    QueueHandlerBox, Queue_TO, RateDecision, RateLimiter, RateLimiterBox, RateLimiter_TO,
-    Transport, TransportBox, Transport_TO,
+    Cache, Cache_TO, CacheBox, HostContextBox, PResult, PluginError, Queue, Queue_TO, QueueBox,
+    QueueHandlerBox, RateDecision, RateLimiter, RateLimiter_TO, RateLimiterBox, Transport,
+    Transport_TO, TransportBox,
 };
 
 /// Everything a constructor receives, owned.
@@ -34,7 +34,9 @@ pub struct CreateArgs {
 
 impl std::fmt::Debug for CreateArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreateArgs").field("driver", &self.driver).finish_non_exhaustive()
+        f.debug_struct("CreateArgs")
+            .field("driver", &self.driver)
+            .finish_non_exhaustive()
     }
 }
 
@@ -159,7 +161,10 @@ struct Adapter<T> {
 
 impl<T> Adapter<T> {
     fn new(runtime: &'static Handle, driver: T) -> Self {
-        Self { inner: Arc::new(driver), runtime }
+        Self {
+            inner: Arc::new(driver),
+            runtime,
+        }
     }
 
     /// Poll `call(driver, arg)` on the host's executor with the plugin runtime entered.
@@ -184,21 +189,28 @@ impl<T: TransportDriver> Transport for Adapter<T> {
     }
 
     fn publish(&self, topic: RStr<'_>, payload: RVec<u8>) -> FfiFuture<PResult<()>> {
-        self.call((topic.to_string(), payload), |t, (topic, payload)| async move {
-            t.publish(&topic, payload).await
-        })
+        self.call(
+            (topic.to_string(), payload),
+            |t, (topic, payload)| async move { t.publish(&topic, payload).await },
+        )
     }
 
     fn subscribe(&self, topic: RStr<'_>) -> FfiFuture<PResult<()>> {
-        self.call(topic.to_string(), |t, topic| async move { t.subscribe(&topic).await })
+        self.call(topic.to_string(), |t, topic| async move {
+            t.subscribe(&topic).await
+        })
     }
 
     fn unsubscribe(&self, topic: RStr<'_>) -> FfiFuture<PResult<()>> {
-        self.call(topic.to_string(), |t, topic| async move { t.unsubscribe(&topic).await })
+        self.call(topic.to_string(), |t, topic| async move {
+            t.unsubscribe(&topic).await
+        })
     }
 
     fn node_count_hint(&self) -> FfiFuture<PResult<ROption<u64>>> {
-        self.call((), |t, ()| async move { t.node_count_hint().await.map(ROption::from) })
+        self.call((), |t, ()| async move {
+            t.node_count_hint().await.map(ROption::from)
+        })
     }
 
     fn health(&self) -> FfiFuture<PResult<()>> {
@@ -219,17 +231,23 @@ pub fn cache_box<T: CacheDriver>(runtime: &'static Handle, driver: T) -> CacheBo
 
 impl<T: CacheDriver> Cache for Adapter<T> {
     fn get(&self, key: RStr<'_>) -> FfiFuture<PResult<ROption<RVec<u8>>>> {
-        self.call(key.to_string(), |c, key| async move { c.get(&key).await.map(ROption::from) })
-    }
-
-    fn set(&self, key: RStr<'_>, value: RVec<u8>, ttl_ms: u64) -> FfiFuture<PResult<()>> {
-        self.call((key.to_string(), value), move |c, (key, value)| async move {
-            c.set(&key, value, ttl_ms).await
+        self.call(key.to_string(), |c, key| async move {
+            c.get(&key).await.map(ROption::from)
         })
     }
 
+    fn set(&self, key: RStr<'_>, value: RVec<u8>, ttl_ms: u64) -> FfiFuture<PResult<()>> {
+        self.call(
+            (key.to_string(), value),
+            move |c, (key, value)| async move { c.set(&key, value, ttl_ms).await },
+        )
+    }
+
     fn delete(&self, key: RStr<'_>) -> FfiFuture<PResult<bool>> {
-        self.call(key.to_string(), |c, key| async move { c.delete(&key).await })
+        self.call(
+            key.to_string(),
+            |c, key| async move { c.delete(&key).await },
+        )
     }
 
     fn has(&self, key: RStr<'_>) -> FfiFuture<PResult<bool>> {
@@ -253,19 +271,23 @@ pub fn queue_box<T: QueueDriver>(runtime: &'static Handle, driver: T) -> QueueBo
 
 impl<T: QueueDriver> Queue for Adapter<T> {
     fn push(&self, queue: RStr<'_>, payload: RVec<u8>) -> FfiFuture<PResult<()>> {
-        self.call((queue.to_string(), payload), |q, (queue, payload)| async move {
-            q.push(&queue, payload).await
-        })
+        self.call(
+            (queue.to_string(), payload),
+            |q, (queue, payload)| async move { q.push(&queue, payload).await },
+        )
     }
 
     fn consume(&self, queue: RStr<'_>, handler: QueueHandlerBox) -> FfiFuture<PResult<()>> {
-        self.call((queue.to_string(), handler), |q, (queue, handler)| async move {
-            q.consume(&queue, handler).await
-        })
+        self.call(
+            (queue.to_string(), handler),
+            |q, (queue, handler)| async move { q.consume(&queue, handler).await },
+        )
     }
 
     fn pending(&self, queue: RStr<'_>) -> FfiFuture<PResult<u64>> {
-        self.call(queue.to_string(), |q, queue| async move { q.pending(&queue).await })
+        self.call(queue.to_string(), |q, queue| async move {
+            q.pending(&queue).await
+        })
     }
 
     fn health(&self) -> FfiFuture<PResult<()>> {
@@ -308,4 +330,3 @@ impl<T: RateLimiterDriver> RateLimiter for Adapter<T> {
         spawn(self.runtime, async move { inner.shutdown().await })
     }
 }
-

@@ -55,7 +55,11 @@ where
             Err(payload) => return ready(Err(PluginError::panicked(panic_message(&*payload)))),
         }
     };
-    Entered { handle: handle.clone(), fut: Some(Box::pin(fut)) }.into_ffi()
+    Entered {
+        handle: handle.clone(),
+        fut: Some(Box::pin(fut)),
+    }
+    .into_ffi()
 }
 
 /// Run `fut` on the plugin runtime and hand the host a future of its result.
@@ -94,7 +98,9 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let Some(fut) = this.fut.as_mut() else {
-            return Poll::Ready(Err(PluginError::internal("future polled after completion")).into());
+            return Poll::Ready(
+                Err(PluginError::internal("future polled after completion")).into(),
+            );
         };
         let _entered = this.handle.enter();
         match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {

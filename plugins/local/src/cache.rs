@@ -25,7 +25,10 @@ struct MemoryCacheConfig {
 
 impl Default for MemoryCacheConfig {
     fn default() -> Self {
-        Self { max_capacity: 10_000, cleanup_interval_ms: 60_000 }
+        Self {
+            max_capacity: 10_000,
+            cleanup_interval_ms: 60_000,
+        }
     }
 }
 
@@ -49,7 +52,9 @@ pub struct MemoryCache {
 
 impl std::fmt::Debug for MemoryCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryCache").field("max_capacity", &self.max_capacity).finish_non_exhaustive()
+        f.debug_struct("MemoryCache")
+            .field("max_capacity", &self.max_capacity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,10 +63,14 @@ impl MemoryCache {
     pub fn new(config: &str) -> Result<Self, PluginError> {
         let config: MemoryCacheConfig = crate::config::parse("memory cache", config)?;
         if config.max_capacity == 0 {
-            return Err(PluginError::config("memory cache: max_capacity must be at least 1"));
+            return Err(PluginError::config(
+                "memory cache: max_capacity must be at least 1",
+            ));
         }
         if config.cleanup_interval_ms == 0 {
-            return Err(PluginError::config("memory cache: cleanup_interval_ms must be at least 1"));
+            return Err(PluginError::config(
+                "memory cache: cleanup_interval_ms must be at least 1",
+            ));
         }
         let cache = Self {
             entries: Arc::default(),
@@ -74,7 +83,9 @@ impl MemoryCache {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                let Some(entries) = entries.upgrade() else { break };
+                let Some(entries) = entries.upgrade() else {
+                    break;
+                };
                 if closed.load(Ordering::Acquire) {
                     break;
                 }
@@ -91,7 +102,9 @@ impl MemoryCache {
         if self.closed.load(Ordering::Acquire) {
             return Err(PluginError::unavailable("the memory cache is shut down"));
         }
-        self.entries.lock().map_err(|_| PluginError::internal("the cache lock is poisoned"))
+        self.entries
+            .lock()
+            .map_err(|_| PluginError::internal("the cache lock is poisoned"))
     }
 }
 
@@ -99,7 +112,10 @@ impl CacheDriver for MemoryCache {
     async fn get(&self, key: &str) -> Result<Option<RVec<u8>>, PluginError> {
         let now = Instant::now();
         let map = self.map()?;
-        Ok(map.get(key).filter(|e| e.live(now)).map(|e| RVec::from(e.value.clone())))
+        Ok(map
+            .get(key)
+            .filter(|e| e.live(now))
+            .map(|e| RVec::from(e.value.clone())))
     }
 
     async fn set(&self, key: &str, value: RVec<u8>, ttl_ms: u64) -> Result<(), PluginError> {
@@ -111,14 +127,23 @@ impl CacheDriver for MemoryCache {
             if map.len() >= self.max_capacity {
                 let soonest = map
                     .iter()
-                    .min_by_key(|(_, e)| e.expires.unwrap_or(now + Duration::from_secs(u32::MAX.into())))
+                    .min_by_key(|(_, e)| {
+                        e.expires
+                            .unwrap_or(now + Duration::from_secs(u32::MAX.into()))
+                    })
                     .map(|(k, _)| k.clone());
                 if let Some(k) = soonest {
                     map.remove(&k);
                 }
             }
         }
-        map.insert(key.to_owned(), Entry { value: value.into_vec(), expires });
+        map.insert(
+            key.to_owned(),
+            Entry {
+                value: value.into_vec(),
+                expires,
+            },
+        );
         Ok(())
     }
 
@@ -137,10 +162,10 @@ impl CacheDriver for MemoryCache {
     }
 
     async fn shutdown(&self) -> Result<(), PluginError> {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            if let Ok(mut map) = self.entries.lock() {
-                map.clear();
-            }
+        if !self.closed.swap(true, Ordering::AcqRel)
+            && let Ok(mut map) = self.entries.lock()
+        {
+            map.clear();
         }
         Ok(())
     }

@@ -5,7 +5,10 @@ use sockhost_plugin_api::PluginError;
 
 /// Parse `text` (a TOML table; empty means all defaults) into the driver's config struct,
 /// answering a configuration error that names the offending field.
-pub(crate) fn parse<T: DeserializeOwned + Default>(driver: &str, text: &str) -> Result<T, PluginError> {
+pub(crate) fn parse<T: DeserializeOwned + Default>(
+    driver: &str,
+    text: &str,
+) -> Result<T, PluginError> {
     if text.trim().is_empty() {
         return Ok(T::default());
     }

@@ -20,8 +20,8 @@ pub use rate_limiter::MemoryRateLimiter;
 pub use transport::LocalTransport;
 
 use sockhost_plugin_api::{
-    CacheBox, DriverDecl, DriverKind, HostContextBox, PResult, PluginInfo, PluginModule,
-    PluginModule_Ref, PluginError, QueueBox, RateLimiterBox, TransportBox,
+    CacheBox, DriverDecl, DriverKind, HostContextBox, PResult, PluginError, PluginInfo,
+    PluginModule, PluginModule_Ref, QueueBox, RateLimiterBox, TransportBox,
     abi::{FfiFuture, PrefixTypeTrait as _, RStr},
     sdk,
 };
@@ -59,7 +59,10 @@ fn expect_driver(args: &sdk::CreateArgs, name: &str) -> Result<(), PluginError> 
     if args.driver == name {
         Ok(())
     } else {
-        Err(PluginError::config(format!("plugin {PLUGIN} provides no driver `{}` of this kind", args.driver)))
+        Err(PluginError::config(format!(
+            "plugin {PLUGIN} provides no driver `{}` of this kind",
+            args.driver
+        )))
     }
 }
 
@@ -82,7 +85,10 @@ extern "C" fn new_cache(
 ) -> FfiFuture<PResult<CacheBox>> {
     sdk::create(PLUGIN, driver, config, host, |args| async move {
         expect_driver(&args, "memory")?;
-        Ok(sdk::cache_box(args.runtime, MemoryCache::new(&args.config)?))
+        Ok(sdk::cache_box(
+            args.runtime,
+            MemoryCache::new(&args.config)?,
+        ))
     })
 }
 
@@ -93,7 +99,10 @@ extern "C" fn new_queue(
 ) -> FfiFuture<PResult<QueueBox>> {
     sdk::create(PLUGIN, driver, config, host, |args| async move {
         expect_driver(&args, "memory")?;
-        Ok(sdk::queue_box(args.runtime, MemoryQueue::new(&args.config, args.host)?))
+        Ok(sdk::queue_box(
+            args.runtime,
+            MemoryQueue::new(&args.config, args.host)?,
+        ))
     })
 }
 
@@ -104,6 +113,9 @@ extern "C" fn new_rate_limiter(
 ) -> FfiFuture<PResult<RateLimiterBox>> {
     sdk::create(PLUGIN, driver, config, host, |args| async move {
         expect_driver(&args, "memory")?;
-        Ok(sdk::rate_limiter_box(args.runtime, MemoryRateLimiter::new(&args.config)?))
+        Ok(sdk::rate_limiter_box(
+            args.runtime,
+            MemoryRateLimiter::new(&args.config)?,
+        ))
     })
 }

@@ -76,7 +76,9 @@ pub struct MemoryQueue {
 
 impl std::fmt::Debug for MemoryQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryQueue").field("config", &self.shared.config).finish_non_exhaustive()
+        f.debug_struct("MemoryQueue")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,7 +92,9 @@ impl MemoryQueue {
             ("capacity", config.capacity as u64),
         ] {
             if value == 0 {
-                return Err(PluginError::config(format!("memory queue: {field} must be at least 1")));
+                return Err(PluginError::config(format!(
+                    "memory queue: {field} must be at least 1"
+                )));
             }
         }
         if config.retry_max_delay_ms < config.retry_base_delay_ms {
@@ -115,13 +119,18 @@ impl Shared {
         if self.closed.load(Ordering::Acquire) {
             return Err(PluginError::unavailable("the memory queue is shut down"));
         }
-        self.queues.lock().map_err(|_| PluginError::internal("the queue lock is poisoned"))
+        self.queues
+            .lock()
+            .map_err(|_| PluginError::internal("the queue lock is poisoned"))
     }
 
     /// The delay before attempt `next_attempt` (2 for the first retry).
     fn backoff(&self, next_attempt: u32) -> Duration {
         let doublings = next_attempt.saturating_sub(2).min(32);
-        let ms = self.config.retry_base_delay_ms.saturating_mul(1 << doublings);
+        let ms = self
+            .config
+            .retry_base_delay_ms
+            .saturating_mul(1 << doublings);
         Duration::from_millis(ms.min(self.config.retry_max_delay_ms))
     }
 
@@ -140,7 +149,9 @@ impl Shared {
 
     /// Record the outcome of one attempt.
     fn settle(self: &Arc<Self>, job: Job, outcome: Result<(), PluginError>) {
-        let Ok(mut queues) = self.queues.lock() else { return };
+        let Ok(mut queues) = self.queues.lock() else {
+            return;
+        };
         let state = queues.entry(job.queue.to_string()).or_default();
         state.in_flight = state.in_flight.saturating_sub(1);
         let Err(error) = outcome else { return };
@@ -157,10 +168,15 @@ impl Shared {
         let shared = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let Ok(mut queues) = shared.queues.lock() else { return };
+            let Ok(mut queues) = shared.queues.lock() else {
+                return;
+            };
             let state = queues.entry(job.queue.to_string()).or_default();
             state.awaiting_retry = state.awaiting_retry.saturating_sub(1);
-            state.ready.push_back(Job { attempt: job.attempt + 1, ..job });
+            state.ready.push_back(Job {
+                attempt: job.attempt + 1,
+                ..job
+            });
             state.notify.notify_one();
         });
     }
@@ -212,7 +228,11 @@ impl QueueDriver for MemoryQueue {
     }
 
     async fn pending(&self, queue: &str) -> Result<u64, PluginError> {
-        Ok(self.shared.queues()?.get(queue).map_or(0, QueueState::pending))
+        Ok(self
+            .shared
+            .queues()?
+            .get(queue)
+            .map_or(0, QueueState::pending))
     }
 
     async fn health(&self) -> Result<(), PluginError> {

@@ -12,7 +12,11 @@ fn memory() -> Target {
 }
 
 fn quick_memory_queue() -> Target {
-    Target::new(cdylib("sockhost_local"), "memory", "retry_base_delay_ms = 10\nretry_max_delay_ms = 100")
+    Target::new(
+        cdylib("sockhost_local"),
+        "memory",
+        "retry_base_delay_ms = 10\nretry_max_delay_ms = 100",
+    )
 }
 
 mod transport {

@@ -1,0 +1,122 @@
+//! Loading plugin libraries: the checks made before a file is opened, then the ABI checks.
+//!
+//! Opening a shared library runs its initialisers, so everything that can be decided from the
+//! file itself (where it is, who may write it, its checksum) is decided first.
+
+use std::{
+    io::Read,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use sha2::{Digest, Sha256};
+use sockhost_plugin_api::{PluginInfo, PluginModule_Ref, load};
+
+/// Why a plugin file was refused. Prints as one line; the caller prefixes the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file or its directory cannot be inspected.
+    #[error("cannot be read: {0}")]
+    Unreadable(String),
+    /// Not a regular file.
+    #[error("not a regular file")]
+    NotAFile,
+    /// Someone other than the owner could replace the code.
+    #[error("unsafe permissions: {} is writable by group or others (mode {mode:o}); run chmod go-w on it", .path.display())]
+    Permissions {
+        /// The file or directory at fault.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The checksum pinned in the manifest does not match.
+    #[error("checksum mismatch: plugins.toml pins sha256 {expected}, the file has {found}")]
+    Checksum {
+        /// The pinned value.
+        expected: String,
+        /// The file's value.
+        found: String,
+    },
+    /// The ABI checks refused it.
+    #[error("{0}")]
+    Abi(#[from] load::OpenError),
+}
+
+/// A plugin library that passed every check. Its code stays mapped until the process ends.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    /// The file it was loaded from (canonical).
+    pub path: PathBuf,
+    /// What it says about itself; static data inside the library.
+    pub info: PluginInfo,
+    /// Its constructors.
+    pub module: PluginModule_Ref,
+    /// The file's SHA-256, lowercase hex.
+    pub sha256: String,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("path", &self.path)
+            .field("name", &self.info.name.as_str())
+            .field("version", &self.info.version.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Check the file at `path` and load it. `pin` is the manifest's expected SHA-256, if any.
+pub fn load(path: &Path, pin: Option<&str>) -> Result<LoadedPlugin, LoadError> {
+    let path = path
+        .canonicalize()
+        .map_err(|e| LoadError::Unreadable(e.to_string()))?;
+    let meta = std::fs::metadata(&path).map_err(|e| LoadError::Unreadable(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(LoadError::NotAFile);
+    }
+    check_not_shared_writable(&path, meta.permissions().mode())?;
+    if let Some(dir) = path.parent() {
+        let dir_meta = std::fs::metadata(dir).map_err(|e| LoadError::Unreadable(e.to_string()))?;
+        check_not_shared_writable(dir, dir_meta.permissions().mode())?;
+    }
+    let sha256 = file_sha256(&path)?;
+    if let Some(expected) = pin
+        && !expected.eq_ignore_ascii_case(&sha256)
+    {
+        return Err(LoadError::Checksum { expected: expected.to_string(), found: sha256 });
+    }
+    let module = load::open(&path)?;
+    let info = (module.info())();
+    Ok(LoadedPlugin {
+        path,
+        info,
+        module,
+        sha256,
+    })
+}
+
+fn check_not_shared_writable(path: &Path, mode: u32) -> Result<(), LoadError> {
+    if mode & 0o022 != 0 {
+        return Err(LoadError::Permissions {
+            path: path.to_path_buf(),
+            mode: mode & 0o7777,
+        });
+    }
+    Ok(())
+}
+
+fn file_sha256(path: &Path) -> Result<String, LoadError> {
+    let mut file = std::fs::File::open(path).map_err(|e| LoadError::Unreadable(e.to_string()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| LoadError::Unreadable(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}

@@ -1,0 +1,20 @@
+//! The plugin boundary: the manifest, the loader, the registry of drivers, and the host-side
+//! handles over the constructed drivers.
+//!
+//! Architecture invariant: this module is the only code of the host that names an FFI type
+//! (`*_TO`, `RVec`, `RStr`, ...); everything outside it sees plain Rust types.
+
+mod builtin;
+mod drivers;
+mod host_context;
+pub mod loader;
+pub mod manifest;
+mod registry;
+
+pub use drivers::{
+    Cache, DriverChoice, DriverError, DriverSelection, Drivers, Queue, RateLimiter, Transport,
+};
+pub use host_context::{Incoming, PluginCounters};
+pub use loader::{LoadError, LoadedPlugin};
+pub use manifest::{Manifest, ManifestError};
+pub use registry::{PluginLine, Refusal, RefusalReason, Registry};

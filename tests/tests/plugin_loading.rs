@@ -1,0 +1,240 @@
+//! The loader's checks, through the real binary: `sockhost plugins list|check` and start-up.
+
+use std::{os::unix::fs::PermissionsExt, path::Path};
+
+use sockhost_tests::{
+    cdylib, copy_with_mode, private_dir, sha256_of, sockhost, text, workspace_root,
+};
+
+fn write_manifest(dir: &Path, body: &str) -> String {
+    let path = dir.join("plugins.toml");
+    std::fs::write(&path, body).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn the_default_manifest_loads_the_local_plugin() {
+    let out = sockhost(&workspace_root(), &["plugins", "list"]);
+    let text = text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "loaded  local 0.1.0 (transport local, cache memory, queue memory, rate-limiter memory)"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_accepts_a_real_plugin_and_names_its_drivers() {
+    let out = sockhost(
+        &workspace_root(),
+        &[
+            "plugins",
+            "check",
+            cdylib("sockhost_local").to_str().unwrap(),
+        ],
+    );
+    let text = text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(": ok: local 0.1.0 (transport local"),
+        "{text}"
+    );
+    assert!(text.contains("built against plugin-api 0.1.0"), "{text}");
+}
+
+#[test]
+fn a_shared_library_that_is_not_a_plugin_is_refused() {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let libc = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("/libc.so") || p.contains("/libc-"))
+        .expect("libc is mapped into this process");
+    let out = sockhost(&workspace_root(), &["plugins", "check", libc]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = text(&out);
+    assert!(
+        text.contains("refused: not a sockhost plugin: it exports no abi_stable root module"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "the refusal is not one line: {text}"
+    );
+}
+
+#[test]
+fn a_text_file_is_refused() {
+    let dir = private_dir();
+    let file = dir.path().join("notes.so");
+    std::fs::write(&file, "this is not a library\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = sockhost(
+        &workspace_root(),
+        &["plugins", "check", file.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = text(&out);
+    assert!(
+        text.contains("notes.so: refused: cannot be opened as a shared library"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_file_is_refused() {
+    let out = sockhost(
+        &workspace_root(),
+        &["plugins", "check", "/nonexistent/libnothing.so"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("refused: cannot be read: No such file or directory"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_world_writable_plugin_is_refused_before_it_is_opened() {
+    let dir = private_dir();
+    let plugin = copy_with_mode(&cdylib("sockhost_local"), dir.path(), "libcopy.so", 0o666);
+    let out = sockhost(
+        &workspace_root(),
+        &["plugins", "check", plugin.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = text(&out);
+    assert!(text.contains("refused: unsafe permissions:"), "{text}");
+    assert!(
+        text.contains("libcopy.so is writable by group or others (mode 666)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_plugin_in_a_group_writable_directory_is_refused() {
+    let dir = private_dir();
+    let plugin = copy_with_mode(&cdylib("sockhost_local"), dir.path(), "libcopy.so", 0o755);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o775)).unwrap();
+    let out = sockhost(
+        &workspace_root(),
+        &["plugins", "check", plugin.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = text(&out);
+    let dir_name = dir.path().canonicalize().unwrap();
+    assert!(
+        text.contains(&format!(
+            "unsafe permissions: {} is writable by group or others (mode 775)",
+            dir_name.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_wrong_sha256_pin_is_refused_and_the_right_one_loads() {
+    let dir = private_dir();
+    let plugin = copy_with_mode(&cdylib("sockhost_local"), dir.path(), "liblocal.so", 0o755);
+    let wrong = "0".repeat(64);
+    let manifest = write_manifest(
+        dir.path(),
+        &format!("[[plugin]]\npath = {plugin:?}\nsha256 = \"{wrong}\"\n"),
+    );
+    let out = sockhost(dir.path(), &["plugins", "list", "--plugins", &manifest]);
+    assert_eq!(out.status.code(), Some(1));
+    let text_out = text(&out);
+    let actual = sha256_of(&plugin);
+    assert!(
+        text_out.contains(&format!(
+            "checksum mismatch: plugins.toml pins sha256 {wrong}, the file has {actual}"
+        )),
+        "{text_out}"
+    );
+    assert!(
+        text_out.contains(&format!("plugin {}", plugin.display())),
+        "the refusal names no file: {text_out}"
+    );
+
+    let manifest = write_manifest(
+        dir.path(),
+        &format!("[[plugin]]\npath = {plugin:?}\nsha256 = \"{actual}\"\n"),
+    );
+    let out = sockhost(dir.path(), &["plugins", "list", "--plugins", &manifest]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("loaded  local 0.1.0"), "{}", text(&out));
+}
+
+#[test]
+fn a_second_plugin_with_the_same_driver_is_refused() {
+    let dir = private_dir();
+    let first = copy_with_mode(&cdylib("sockhost_local"), dir.path(), "libfirst.so", 0o755);
+    let second = copy_with_mode(&cdylib("sockhost_local"), dir.path(), "libsecond.so", 0o755);
+    let manifest = write_manifest(
+        dir.path(),
+        &format!("[[plugin]]\npath = {first:?}\n\n[[plugin]]\npath = {second:?}\n"),
+    );
+    let out = sockhost(dir.path(), &["plugins", "list", "--plugins", &manifest]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = text(&out);
+    assert!(text.contains("loaded  local 0.1.0"), "{text}");
+    assert!(
+        text.contains(
+            "libsecond.so): duplicate driver: transport `local` is already provided by plugin local"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn relative_paths_resolve_against_the_executable() {
+    let dir = private_dir();
+    let manifest = write_manifest(dir.path(), "[[plugin]]\npath = \"libsockhost_local.so\"\n");
+    let out = sockhost(dir.path(), &["plugins", "list", "--plugins", &manifest]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("loaded  local"), "{}", text(&out));
+}
+
+#[test]
+fn a_malformed_manifest_is_one_line_naming_the_file_and_field() {
+    let dir = private_dir();
+    let manifest = write_manifest(
+        dir.path(),
+        "[[plugin]]\npath = \"x.so\"\nchecksum = \"00\"\n",
+    );
+    let out = sockhost(dir.path(), &["plugins", "list", "--plugins", &manifest]);
+    assert!(!out.status.success());
+    let text = text(&out);
+    assert!(
+        text.contains(&format!("{manifest}: unknown field `checksum`")),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_server_refuses_to_start_with_a_refused_plugin() {
+    let dir = private_dir();
+    let plugin = copy_with_mode(&cdylib("sockhost_local"), dir.path(), "liblocal.so", 0o777);
+    let manifest = write_manifest(dir.path(), &format!("[[plugin]]\npath = {plugin:?}\n"));
+    let out = sockhost(dir.path(), &["--plugins", &manifest, "--port", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = text(&out);
+    assert!(text.contains("liblocal.so): unsafe permissions"), "{text}");
+}
+
+#[test]
+fn the_server_refuses_to_start_without_the_transport_it_needs() {
+    let dir = private_dir();
+    let manifest = write_manifest(dir.path(), "");
+    let out = sockhost(dir.path(), &["--plugins", &manifest, "--port", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = text(&out);
+    assert!(
+        text.contains("no loaded plugin provides the transport driver `local` (no transport driver is available); no plugins are loaded"),
+        "{text}"
+    );
+}
