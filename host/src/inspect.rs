@@ -11,18 +11,9 @@ use crate::plugins::{Manifest, ManifestError, PluginLine, Registry, loader};
 pub fn list(manifest: &Manifest, out: &mut impl Write) -> std::io::Result<bool> {
     let mut registry = Registry::new();
     let refusals = registry.load_manifest(manifest);
-    writeln!(
-        out,
-        "manifest {} (host plugin-api {API_VERSION})",
-        manifest.path.display()
-    )?;
+    writeln!(out, "manifest {} (host plugin-api {API_VERSION})", manifest.path.display())?;
     for plugin in registry.plugins() {
-        writeln!(
-            out,
-            "loaded  {}  {}",
-            PluginLine(plugin),
-            plugin.path.display()
-        )?;
+        writeln!(out, "loaded  {}  {}", PluginLine(plugin), plugin.path.display())?;
     }
     for refusal in &refusals {
         writeln!(out, "refused {refusal}")?;

@@ -16,27 +16,19 @@ fn main() -> anyhow::Result<ExitCode> {
     telemetry::init();
     let exe_dir = exe_dir()?;
     match cli.command {
-        Some(Command::Plugins(PluginsCommand::Check { file })) => Ok(verdict(inspect::check(
-            &file,
-            &mut std::io::stdout().lock(),
-        )?)),
+        Some(Command::Plugins(PluginsCommand::Check { file })) => {
+            Ok(verdict(inspect::check(&file, &mut std::io::stdout().lock())?))
+        }
         Some(Command::Plugins(PluginsCommand::List)) => {
             let manifest = inspect::manifest(cli.plugins.as_deref(), &exe_dir)?;
-            Ok(verdict(inspect::list(
-                &manifest,
-                &mut std::io::stdout().lock(),
-            )?))
+            Ok(verdict(inspect::list(&manifest, &mut std::io::stdout().lock())?))
         }
         None | Some(Command::Serve) => serve(&cli, &exe_dir),
     }
 }
 
 fn verdict(ok: bool) -> ExitCode {
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn exe_dir() -> anyhow::Result<PathBuf> {
@@ -73,13 +65,7 @@ fn serve(cli: &Cli, exe_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind((host.as_str(), port))
             .await
             .with_context(|| format!("binding {host}:{port}"))?;
-        sockhost::run(
-            listener,
-            sockhost::Settings::default(),
-            drivers,
-            shutdown_signal(),
-        )
-        .await?;
+        sockhost::run(listener, sockhost::Settings::default(), drivers, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -27,13 +27,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = Arc::new(AppState { drivers });
-    let app = Router::new()
-        .route("/up", get(up))
-        .with_state(state.clone());
+    let app = Router::new().route("/up", get(up)).with_state(state.clone());
     tracing::info!(addr = %listener.local_addr()?, "Listening.");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     state.drivers.shutdown().await;
     tracing::info!("Stopped.");
     Ok(())

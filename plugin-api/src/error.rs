@@ -66,10 +66,7 @@ pub struct PluginError {
 impl PluginError {
     /// An error with the given code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: RString::from(message.into()),
-        }
+        Self { code, message: RString::from(message.into()) }
     }
 
     /// A configuration error; `message` should name the field.

@@ -25,12 +25,7 @@ impl DriverKind {
     pub const RATE_LIMITER: Self = Self(4);
 
     /// Every kind this ABI generation knows, in a stable order.
-    pub const ALL: [Self; 4] = [
-        Self::TRANSPORT,
-        Self::CACHE,
-        Self::QUEUE,
-        Self::RATE_LIMITER,
-    ];
+    pub const ALL: [Self; 4] = [Self::TRANSPORT, Self::CACHE, Self::QUEUE, Self::RATE_LIMITER];
 
     /// The kind's name as operators write it in configuration.
     pub fn name(self) -> &'static str {
@@ -69,10 +64,7 @@ pub struct DriverDecl {
 impl DriverDecl {
     /// A driver of `kind` called `name`.
     pub const fn new(kind: DriverKind, name: &'static str) -> Self {
-        Self {
-            kind,
-            name: RStr::from_str(name),
-        }
+        Self { kind, name: RStr::from_str(name) }
     }
 }
 
@@ -107,10 +99,6 @@ impl PluginInfo {
 
     /// The names of the drivers of one kind.
     pub fn drivers_of(&self, kind: DriverKind) -> impl Iterator<Item = &'static str> + '_ {
-        self.drivers
-            .as_slice()
-            .iter()
-            .filter(move |d| d.kind == kind)
-            .map(|d| d.name.as_str())
+        self.drivers.as_slice().iter().filter(move |d| d.kind == kind).map(|d| d.name.as_str())
     }
 }

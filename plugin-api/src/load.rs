@@ -101,32 +101,22 @@ pub fn open(path: &Path) -> Result<PluginModule_Ref, OpenError> {
     let found = header.version_strings().version.as_str();
     let expected = crate::API_VERSION;
     if !compatible(expected, found) {
-        return Err(OpenError::WrongVersion {
-            found: found.into(),
-            expected: expected.into(),
-        });
+        return Err(OpenError::WrongVersion { found: found.into(), expected: expected.into() });
     }
-    header
-        .init_root_module::<PluginModule_Ref>()
-        .map_err(|e| match e {
-            LibraryError::IncompatibleVersionNumber {
-                expected_version,
-                actual_version,
-                ..
-            } => OpenError::WrongVersion {
+    header.init_root_module::<PluginModule_Ref>().map_err(|e| match e {
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
+            OpenError::WrongVersion {
                 found: version(actual_version),
                 expected: version(expected_version),
-            },
-            LibraryError::AbiInstability(report) => {
-                let detail = report.to_string();
-                OpenError::Layout {
-                    summary: summarize_layout_report(&detail),
-                    detail,
-                }
             }
-            LibraryError::RootModule { err, .. } => OpenError::Init(first_line(&err.to_string())),
-            other => OpenError::Init(first_line(&other.to_string())),
-        })
+        }
+        LibraryError::AbiInstability(report) => {
+            let detail = report.to_string();
+            OpenError::Layout { summary: summarize_layout_report(&detail), detail }
+        }
+        LibraryError::RootModule { err, .. } => OpenError::Init(first_line(&err.to_string())),
+        other => OpenError::Init(first_line(&other.to_string())),
+    })
 }
 
 fn version(v: VersionNumber) -> String {
@@ -134,11 +124,7 @@ fn version(v: VersionNumber) -> String {
 }
 
 fn first_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("unknown error")
-        .to_string()
+    text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("unknown error").to_string()
 }
 
 /// Reduce abi_stable's layout report (thousands of lines) to one: the last difference it found,
@@ -156,16 +142,10 @@ pub fn summarize_layout_report(report: &str) -> String {
             .and_then(|i| lines[at + i + 1..].iter().find(|l| !l.is_empty()))
             .map_or("?", |v| *v)
     };
-    let mut summary = format!(
-        "{kind}: expected {}, found {}",
-        value_after("Expected:"),
-        value_after("Found:")
-    );
+    let mut summary =
+        format!("{kind}: expected {}, found {}", value_after("Expected:"), value_after("Found:"));
     // The chain of types from the root module down to the difference.
-    if let Some(inside) = lines[..at]
-        .iter()
-        .rposition(|l| l.ends_with("error(s)inside:"))
-    {
+    if let Some(inside) = lines[..at].iter().rposition(|l| l.ends_with("error(s)inside:")) {
         let mut chain: Vec<&str> = Vec::new();
         let mut current = "";
         for line in &lines[inside..at] {

@@ -40,10 +40,7 @@ impl HostContext for Counting {
 
 fn counting() -> (HostContextBox, std::sync::Arc<AtomicU64>) {
     let count = std::sync::Arc::new(AtomicU64::new(0));
-    (
-        HostContext_TO::from_ptr(RArc::new(Counting(count.clone())), TD_Opaque),
-        count,
-    )
+    (HostContext_TO::from_ptr(RArc::new(Counting(count.clone())), TD_Opaque), count)
 }
 
 /// Median nanoseconds per call of `call` over the rounds.
@@ -66,26 +63,17 @@ fn payload() -> RVec<u8> {
 }
 
 fn main() {
-    let target = Target::new(
-        sockhost_plugin_api::conformance::cdylib("sockhost_local"),
-        "local",
-        "",
-    );
+    let target =
+        Target::new(sockhost_plugin_api::conformance::cdylib("sockhost_local"), "local", "");
     let module = target.module();
-    let ctor = module
-        .transport()
-        .expect("the local plugin provides a transport");
+    let ctor = module.transport().expect("the local plugin provides a transport");
     let (so_pub, so_sub, so_count): (TransportBox, TransportBox, _) = {
         let mut made = None;
         run(async {
             let (h1, _) = counting();
             let (h2, count) = counting();
-            let a = ctor(RStr::from_str("local"), RStr::from_str(""), h1)
-                .await
-                .unwrap();
-            let b = ctor(RStr::from_str("local"), RStr::from_str(""), h2)
-                .await
-                .unwrap();
+            let a = ctor(RStr::from_str("local"), RStr::from_str(""), h1).await.unwrap();
+            let b = ctor(RStr::from_str("local"), RStr::from_str(""), h2).await.unwrap();
             b.subscribe(RStr::from_str("subscribed")).await.unwrap();
             made = Some((a, b, count));
         });
@@ -108,10 +96,7 @@ fn main() {
     drop(so_sub);
 
     println!("try_publish of a 16-byte payload, median of {ROUNDS} rounds of {CALLS} calls");
-    println!(
-        "{:<34} {:>10} {:>10} {:>10}",
-        "scenario", "rlib ns", ".so ns", "added ns"
-    );
+    println!("{:<34} {:>10} {:>10} {:>10}", "scenario", "rlib ns", ".so ns", "added ns");
     for (name, rlib, so) in [
         ("no subscriber", rlib_none, so_none),
         ("one subscriber (host callback)", rlib_one, so_one),

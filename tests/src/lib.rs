@@ -14,10 +14,7 @@ use std::{
 /// If the test binary's path cannot be read.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
 }
 
 /// The workspace root.
@@ -34,11 +31,7 @@ pub fn workspace_root() -> PathBuf {
 /// If it has not been built (`cargo build --workspace` first).
 pub fn sockhost_bin() -> PathBuf {
     let bin = target_dir().join("sockhost");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --workspace` first",
-        bin.display()
-    );
+    assert!(bin.is_file(), "{} is missing: run `cargo build --workspace` first", bin.display());
     bin
 }
 
@@ -48,11 +41,7 @@ pub fn sockhost_bin() -> PathBuf {
 /// If it has not been built.
 pub fn cdylib(name: &str) -> PathBuf {
     let path = sockhost_plugin_api::conformance::cdylib(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace` first",
-        path.display()
-    );
+    assert!(path.is_file(), "{} is missing: run `cargo build --workspace` first", path.display());
     path
 }
 

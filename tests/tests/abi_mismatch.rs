@@ -67,11 +67,8 @@ abi_stable = {{ version = "0.11.3", default-features = false }}
         ),
     )
     .unwrap();
-    std::fs::copy(
-        root.join("tests/fixtures/abi-plugin/lib.rs"),
-        plugin.join("src/lib.rs"),
-    )
-    .unwrap();
+    std::fs::copy(root.join("tests/fixtures/abi-plugin/lib.rs"), plugin.join("src/lib.rs"))
+        .unwrap();
     // The workspace's lock file pins the same abi_stable and async-ffi as the host's build.
     std::fs::copy(root.join("Cargo.lock"), plugin.join("Cargo.lock")).unwrap();
 
@@ -83,11 +80,7 @@ abi_stable = {{ version = "0.11.3", default-features = false }}
         .env_remove("RUSTFLAGS")
         .output()
         .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "building the {case} fixture failed:\n{}",
-        text(&out)
-    );
+    assert!(out.status.success(), "building the {case} fixture failed:\n{}", text(&out));
     base.join("target/debug").join(format!("lib{lib_name}.so"))
 }
 
@@ -107,10 +100,7 @@ fn copy_tree(from: &Path, to: &Path, alter: &impl Fn(&str, String) -> String) {
 }
 
 fn verdict(library: &Path) -> (Option<i32>, String) {
-    let out = sockhost(
-        &workspace_root(),
-        &["plugins", "check", library.to_str().unwrap()],
-    );
+    let out = sockhost(&workspace_root(), &["plugins", "check", library.to_str().unwrap()]);
     (out.status.code(), text(&out))
 }
 
@@ -145,10 +135,8 @@ fn a_plugin_built_against_another_major_version_is_refused() {
 fn a_plugin_whose_types_have_another_layout_is_refused() {
     let library = build_fixture("layout", "0.1.0", |name, s| {
         if name == "info.rs" {
-            let altered = s.replace(
-                "pub struct DriverKind(pub u8);",
-                "pub struct DriverKind(pub u16);",
-            );
+            let altered =
+                s.replace("pub struct DriverKind(pub u8);", "pub struct DriverKind(pub u16);");
             assert_ne!(altered, s, "the alteration no longer applies to info.rs");
             altered
         } else {
@@ -164,11 +152,7 @@ fn a_plugin_whose_types_have_another_layout_is_refused() {
         ),
         "{text}"
     );
-    assert_eq!(
-        text.lines().count(),
-        1,
-        "the layout report was not summarised: {text}"
-    );
+    assert_eq!(text.lines().count(), 1, "the layout report was not summarised: {text}");
 }
 
 #[test]

@@ -29,18 +29,11 @@ fn the_default_manifest_loads_the_local_plugin() {
 fn check_accepts_a_real_plugin_and_names_its_drivers() {
     let out = sockhost(
         &workspace_root(),
-        &[
-            "plugins",
-            "check",
-            cdylib("sockhost_local").to_str().unwrap(),
-        ],
+        &["plugins", "check", cdylib("sockhost_local").to_str().unwrap()],
     );
     let text = text(&out);
     assert!(out.status.success(), "{text}");
-    assert!(
-        text.contains(": ok: local 0.1.0 (transport local"),
-        "{text}"
-    );
+    assert!(text.contains(": ok: local 0.1.0 (transport local"), "{text}");
     assert!(text.contains("built against plugin-api 0.1.0"), "{text}");
 }
 
@@ -59,11 +52,7 @@ fn a_shared_library_that_is_not_a_plugin_is_refused() {
         text.contains("refused: not a sockhost plugin: it exports no abi_stable root module"),
         "{text}"
     );
-    assert_eq!(
-        text.lines().count(),
-        1,
-        "the refusal is not one line: {text}"
-    );
+    assert_eq!(text.lines().count(), 1, "the refusal is not one line: {text}");
 }
 
 #[test]
@@ -72,24 +61,15 @@ fn a_text_file_is_refused() {
     let file = dir.path().join("notes.so");
     std::fs::write(&file, "this is not a library\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = sockhost(
-        &workspace_root(),
-        &["plugins", "check", file.to_str().unwrap()],
-    );
+    let out = sockhost(&workspace_root(), &["plugins", "check", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let text = text(&out);
-    assert!(
-        text.contains("notes.so: refused: cannot be opened as a shared library"),
-        "{text}"
-    );
+    assert!(text.contains("notes.so: refused: cannot be opened as a shared library"), "{text}");
 }
 
 #[test]
 fn a_missing_file_is_refused() {
-    let out = sockhost(
-        &workspace_root(),
-        &["plugins", "check", "/nonexistent/libnothing.so"],
-    );
+    let out = sockhost(&workspace_root(), &["plugins", "check", "/nonexistent/libnothing.so"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).contains("refused: cannot be read: No such file or directory"),
@@ -102,17 +82,11 @@ fn a_missing_file_is_refused() {
 fn a_world_writable_plugin_is_refused_before_it_is_opened() {
     let dir = private_dir();
     let plugin = copy_with_mode(&cdylib("sockhost_local"), dir.path(), "libcopy.so", 0o666);
-    let out = sockhost(
-        &workspace_root(),
-        &["plugins", "check", plugin.to_str().unwrap()],
-    );
+    let out = sockhost(&workspace_root(), &["plugins", "check", plugin.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let text = text(&out);
     assert!(text.contains("refused: unsafe permissions:"), "{text}");
-    assert!(
-        text.contains("libcopy.so is writable by group or others (mode 666)"),
-        "{text}"
-    );
+    assert!(text.contains("libcopy.so is writable by group or others (mode 666)"), "{text}");
 }
 
 #[test]
@@ -120,10 +94,7 @@ fn a_plugin_in_a_group_writable_directory_is_refused() {
     let dir = private_dir();
     let plugin = copy_with_mode(&cdylib("sockhost_local"), dir.path(), "libcopy.so", 0o755);
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o775)).unwrap();
-    let out = sockhost(
-        &workspace_root(),
-        &["plugins", "check", plugin.to_str().unwrap()],
-    );
+    let out = sockhost(&workspace_root(), &["plugins", "check", plugin.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let text = text(&out);
     let dir_name = dir.path().canonicalize().unwrap();
@@ -202,17 +173,11 @@ fn relative_paths_resolve_against_the_executable() {
 #[test]
 fn a_malformed_manifest_is_one_line_naming_the_file_and_field() {
     let dir = private_dir();
-    let manifest = write_manifest(
-        dir.path(),
-        "[[plugin]]\npath = \"x.so\"\nchecksum = \"00\"\n",
-    );
+    let manifest = write_manifest(dir.path(), "[[plugin]]\npath = \"x.so\"\nchecksum = \"00\"\n");
     let out = sockhost(dir.path(), &["plugins", "list", "--plugins", &manifest]);
     assert!(!out.status.success());
     let text = text(&out);
-    assert!(
-        text.contains(&format!("{manifest}: unknown field `checksum`")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("{manifest}: unknown field `checksum`")), "{text}");
 }
 
 #[test]

@@ -7,9 +7,7 @@ use sockhost_tests::cdylib;
 
 fn registry() -> Registry {
     let mut registry = Registry::new();
-    registry
-        .add(loader::load(&cdylib("sockhost_test_panicking"), None).unwrap())
-        .unwrap();
+    registry.add(loader::load(&cdylib("sockhost_test_panicking"), None).unwrap()).unwrap();
     registry
 }
 
@@ -24,28 +22,18 @@ fn selection(transport: &str, cache: &str, queue: &str) -> DriverSelection {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panics_in_driver_methods_become_errors_and_the_driver_stays_usable() {
-    let drivers = Drivers::build(
-        &registry(),
-        &selection("panicking", "none", "raw-panicking"),
-    )
-    .await
-    .unwrap();
+    let drivers = Drivers::build(&registry(), &selection("panicking", "none", "raw-panicking"))
+        .await
+        .unwrap();
     let t = &drivers.transport;
 
     let e = t.try_publish("topic", b"x".to_vec()).unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::PANICKED), "{e}");
-    assert!(
-        e.to_string().contains("try_publish panicked on purpose"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("try_publish panicked on purpose"), "{e}");
 
     let e = t.publish("topic", b"x".to_vec()).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::PANICKED), "{e}");
-    assert!(
-        e.to_string()
-            .contains("publish panicked on purpose while polled"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("publish panicked on purpose while polled"), "{e}");
 
     let e = t.node_count_hint().await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::PANICKED), "{e}");

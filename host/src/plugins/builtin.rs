@@ -71,12 +71,7 @@ impl RateLimiter for NoneRateLimiter {
         limit: u32,
         _window_ms: u64,
     ) -> FfiFuture<PResult<RateDecision>> {
-        ready(Ok(RateDecision {
-            allowed: true,
-            limit,
-            remaining: limit,
-            reset_after_ms: 0,
-        }))
+        ready(Ok(RateDecision { allowed: true, limit, remaining: limit, reset_after_ms: 0 }))
     }
     fn health(&self) -> FfiFuture<PResult<()>> {
         ready(Ok(()))

@@ -71,10 +71,7 @@ pub struct DriverChoice {
 impl DriverChoice {
     /// `name` with default configuration.
     pub fn named(name: &str) -> Self {
-        Self {
-            name: name.to_string(),
-            config: String::new(),
-        }
+        Self { name: name.to_string(), config: String::new() }
     }
 }
 
@@ -130,10 +127,7 @@ impl Drivers {
         let counters = Arc::new(PluginCounters::default());
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
         let mut errors = Vec::new();
-        let ctx = Ctx {
-            registry,
-            counters: &counters,
-        };
+        let ctx = Ctx { registry, counters: &counters };
 
         let transport = ctx
             .build(
@@ -277,9 +271,7 @@ impl<T, F: Future<Output = PResult<T>> + Unpin> Future for Guarded<F> {
         match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut self.0).poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(answer)) => Poll::Ready(answer.into_result()),
-            Err(_) => Poll::Ready(Err(PluginError::panicked(
-                "a plugin future panicked in poll",
-            ))),
+            Err(_) => Poll::Ready(Err(PluginError::panicked("a plugin future panicked in poll"))),
         }
     }
 }
@@ -293,19 +285,11 @@ struct Named<T> {
 
 impl<T> Named<T> {
     fn new(kind: DriverKind, name: &str, inner: T) -> Self {
-        Self {
-            kind,
-            name: name.into(),
-            inner,
-        }
+        Self { kind, name: name.into(), inner }
     }
 
     fn err(&self, error: PluginError) -> DriverError {
-        DriverError::Plugin {
-            kind: self.kind,
-            name: self.name.clone(),
-            error,
-        }
+        DriverError::Plugin { kind: self.kind, name: self.name.clone(), error }
     }
 
     async fn call<R, F>(&self, fut: F) -> Result<R, DriverError>
@@ -341,41 +325,27 @@ impl Transport {
 
     /// Enqueue a message without waiting; BACKPRESSURE if the plugin's queue is full.
     pub fn try_publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), DriverError> {
-        self.0
-            .sync(|t| t.try_publish(RStr::from_str(topic), RVec::from(payload)))
+        self.0.sync(|t| t.try_publish(RStr::from_str(topic), RVec::from(payload)))
     }
 
     /// Publish and wait for the backend to accept it.
     pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), DriverError> {
-        self.0
-            .call(
-                self.0
-                    .inner
-                    .publish(RStr::from_str(topic), RVec::from(payload)),
-            )
-            .await
+        self.0.call(self.0.inner.publish(RStr::from_str(topic), RVec::from(payload))).await
     }
 
     /// Subscribe and wait for the backend to confirm.
     pub async fn subscribe(&self, topic: &str) -> Result<(), DriverError> {
-        self.0
-            .call(self.0.inner.subscribe(RStr::from_str(topic)))
-            .await
+        self.0.call(self.0.inner.subscribe(RStr::from_str(topic))).await
     }
 
     /// Unsubscribe and wait for the backend to confirm.
     pub async fn unsubscribe(&self, topic: &str) -> Result<(), DriverError> {
-        self.0
-            .call(self.0.inner.unsubscribe(RStr::from_str(topic)))
-            .await
+        self.0.call(self.0.inner.unsubscribe(RStr::from_str(topic))).await
     }
 
     /// The backend's count of nodes, if it can tell.
     pub async fn node_count_hint(&self) -> Result<Option<u64>, DriverError> {
-        self.0
-            .call(self.0.inner.node_count_hint())
-            .await
-            .map(|n| n.into_option())
+        self.0.call(self.0.inner.node_count_hint()).await.map(|n| n.into_option())
     }
 
     /// Whether the backend answers.
@@ -407,13 +377,7 @@ impl Cache {
 
     /// Store `value` under `key` for `ttl_ms` (0: no expiry).
     pub async fn set(&self, key: &str, value: Vec<u8>, ttl_ms: u64) -> Result<(), DriverError> {
-        self.0
-            .call(
-                self.0
-                    .inner
-                    .set(RStr::from_str(key), RVec::from(value), ttl_ms),
-            )
-            .await
+        self.0.call(self.0.inner.set(RStr::from_str(key), RVec::from(value), ttl_ms)).await
     }
 
     /// Remove `key`; whether it was present.
@@ -444,20 +408,12 @@ impl Queue {
 
     /// Store a job.
     pub async fn push(&self, queue: &str, payload: Vec<u8>) -> Result<(), DriverError> {
-        self.0
-            .call(
-                self.0
-                    .inner
-                    .push(RStr::from_str(queue), RVec::from(payload)),
-            )
-            .await
+        self.0.call(self.0.inner.push(RStr::from_str(queue), RVec::from(payload))).await
     }
 
     /// Jobs waiting or being retried.
     pub async fn pending(&self, queue: &str) -> Result<u64, DriverError> {
-        self.0
-            .call(self.0.inner.pending(RStr::from_str(queue)))
-            .await
+        self.0.call(self.0.inner.pending(RStr::from_str(queue))).await
     }
 
     /// Whether the backend answers.
@@ -489,13 +445,7 @@ impl RateLimiter {
         limit: u32,
         window_ms: u64,
     ) -> Result<RateDecision, DriverError> {
-        self.0
-            .call(
-                self.0
-                    .inner
-                    .check(RStr::from_str(key), cost, limit, window_ms),
-            )
-            .await
+        self.0.call(self.0.inner.check(RStr::from_str(key), cost, limit, window_ms)).await
     }
 
     /// Whether the backend answers.

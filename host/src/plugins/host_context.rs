@@ -51,10 +51,7 @@ impl PluginCounters {
 
     /// Every counter: `((plugin, name), value)`.
     pub fn snapshot(&self) -> Vec<((String, String), i64)> {
-        self.0
-            .lock()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
-            .unwrap_or_default()
+        self.0.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default()
     }
 }
 
@@ -73,11 +70,7 @@ impl PluginHost {
         inbox: Option<mpsc::Sender<Incoming>>,
         counters: Arc<PluginCounters>,
     ) -> Self {
-        Self {
-            plugin: plugin.into(),
-            inbox,
-            counters,
-        }
+        Self { plugin: plugin.into(), inbox, counters }
     }
 
     /// As the FFI object constructors take.
@@ -90,13 +83,7 @@ impl HostContext for PluginHost {
     fn on_message(&self, topic: RStr<'_>, payload: RVec<u8>) {
         let Some(inbox) = &self.inbox else { return };
         // try_send needs no runtime: this runs on a plugin thread.
-        if inbox
-            .try_send(Incoming {
-                topic: topic.into(),
-                payload,
-            })
-            .is_err()
-        {
+        if inbox.try_send(Incoming { topic: topic.into(), payload }).is_err() {
             self.counters.add(&self.plugin, "host_inbox_dropped", 1);
         }
     }

@@ -67,9 +67,7 @@ impl std::fmt::Debug for LoadedPlugin {
 
 /// Check the file at `path` and load it. `pin` is the manifest's expected SHA-256, if any.
 pub fn load(path: &Path, pin: Option<&str>) -> Result<LoadedPlugin, LoadError> {
-    let path = path
-        .canonicalize()
-        .map_err(|e| LoadError::Unreadable(e.to_string()))?;
+    let path = path.canonicalize().map_err(|e| LoadError::Unreadable(e.to_string()))?;
     let meta = std::fs::metadata(&path).map_err(|e| LoadError::Unreadable(e.to_string()))?;
     if !meta.is_file() {
         return Err(LoadError::NotAFile);
@@ -87,20 +85,12 @@ pub fn load(path: &Path, pin: Option<&str>) -> Result<LoadedPlugin, LoadError> {
     }
     let module = load::open(&path)?;
     let info = (module.info())();
-    Ok(LoadedPlugin {
-        path,
-        info,
-        module,
-        sha256,
-    })
+    Ok(LoadedPlugin { path, info, module, sha256 })
 }
 
 fn check_not_shared_writable(path: &Path, mode: u32) -> Result<(), LoadError> {
     if mode & 0o022 != 0 {
-        return Err(LoadError::Permissions {
-            path: path.to_path_buf(),
-            mode: mode & 0o7777,
-        });
+        return Err(LoadError::Permissions { path: path.to_path_buf(), mode: mode & 0o7777 });
     }
     Ok(())
 }
@@ -110,9 +100,7 @@ fn file_sha256(path: &Path) -> Result<String, LoadError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| LoadError::Unreadable(e.to_string()))?;
+        let n = file.read(&mut buf).map_err(|e| LoadError::Unreadable(e.to_string()))?;
         if n == 0 {
             break;
         }

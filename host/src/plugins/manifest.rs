@@ -79,19 +79,15 @@ impl Manifest {
 
     /// Read and parse the manifest at `path`; relative plugin paths resolve against `exe_dir`.
     pub fn read(path: &Path, exe_dir: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
         Self::parse(&text, path, exe_dir)
     }
 
     /// Parse manifest text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path, exe_dir: &Path) -> Result<Self, ManifestError> {
-        let invalid = |message: String| ManifestError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        };
+        let invalid =
+            |message: String| ManifestError::Invalid { path: path.to_path_buf(), message };
         let raw: RawManifest = toml::from_str(text)
             .map_err(|e| invalid(e.message().trim_end_matches('.').to_string()))?;
         let mut plugins = Vec::with_capacity(raw.plugin.len());
@@ -117,16 +113,9 @@ impl Manifest {
             } else {
                 exe_dir.join(written_path)
             };
-            plugins.push(PluginEntry {
-                path: resolved,
-                written: entry.path,
-                sha256,
-            });
+            plugins.push(PluginEntry { path: resolved, written: entry.path, sha256 });
         }
-        Ok(Self {
-            path: path.to_path_buf(),
-            plugins,
-        })
+        Ok(Self { path: path.to_path_buf(), plugins })
     }
 }
 
@@ -147,24 +136,15 @@ mod tests {
                 .as_str(),
         )
         .unwrap();
-        assert_eq!(
-            m.plugins[0].path,
-            Path::new("/opt/sockhost/libsockhost_local.so")
-        );
+        assert_eq!(m.plugins[0].path, Path::new("/opt/sockhost/libsockhost_local.so"));
         assert_eq!(m.plugins[1].path, Path::new("/usr/lib/x.so"));
-        assert_eq!(
-            m.plugins[1].sha256.as_deref(),
-            Some("ab".repeat(32).as_str())
-        );
+        assert_eq!(m.plugins[1].sha256.as_deref(), Some("ab".repeat(32).as_str()));
     }
 
     #[test]
     fn refuses_bad_manifests_naming_the_field() {
         let cases = [
-            (
-                "[[plugin]]\npath = \"a.so\"\nsha = \"x\"\n",
-                "unknown field `sha`",
-            ),
+            ("[[plugin]]\npath = \"a.so\"\nsha = \"x\"\n", "unknown field `sha`"),
             (
                 "[[plugin]]\npath = \"a.so\"\nsha256 = \"xyz\"\n",
                 "plugin[0].sha256 must be 64 hexadecimal digits",

@@ -66,18 +66,11 @@ impl Default for Registry {
 impl Registry {
     /// A registry with only the built-in `none` drivers.
     pub fn new() -> Self {
-        let drivers = [
-            DriverKind::CACHE,
-            DriverKind::QUEUE,
-            DriverKind::RATE_LIMITER,
-        ]
-        .into_iter()
-        .map(|kind| ((kind, "none".to_string()), Provider::Builtin))
-        .collect();
-        Self {
-            plugins: Vec::new(),
-            drivers,
-        }
+        let drivers = [DriverKind::CACHE, DriverKind::QUEUE, DriverKind::RATE_LIMITER]
+            .into_iter()
+            .map(|kind| ((kind, "none".to_string()), Provider::Builtin))
+            .collect();
+        Self { plugins: Vec::new(), drivers }
     }
 
     /// Load every plugin the manifest lists, in order. Returns the refusals; the plugins that
@@ -114,8 +107,7 @@ impl Registry {
         }
         let index = self.plugins.len();
         for decl in decls {
-            self.drivers
-                .insert((decl.kind, decl.name.to_string()), Provider::Plugin(index));
+            self.drivers.insert((decl.kind, decl.name.to_string()), Provider::Plugin(index));
         }
         self.plugins.push(plugin);
         Ok(())
@@ -138,11 +130,7 @@ impl Registry {
 
     /// The driver names available for `kind`.
     pub fn names(&self, kind: DriverKind) -> Vec<&str> {
-        self.drivers
-            .keys()
-            .filter(|(k, _)| *k == kind)
-            .map(|(_, n)| n.as_str())
-            .collect()
+        self.drivers.keys().filter(|(k, _)| *k == kind).map(|(_, n)| n.as_str()).collect()
     }
 
     /// One line listing the loaded plugins and their drivers, for error messages.
@@ -150,11 +138,7 @@ impl Registry {
         if self.plugins.is_empty() {
             return "no plugins are loaded".to_string();
         }
-        let plugins: Vec<String> = self
-            .plugins
-            .iter()
-            .map(|p| PluginLine(p).to_string())
-            .collect();
+        let plugins: Vec<String> = self.plugins.iter().map(|p| PluginLine(p).to_string()).collect();
         format!("loaded plugins: {}", plugins.join("; "))
     }
 
@@ -176,12 +160,8 @@ pub struct PluginLine<'a>(pub &'a LoadedPlugin);
 impl fmt::Display for PluginLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let info = &self.0.info;
-        let drivers: Vec<String> = info
-            .drivers
-            .as_slice()
-            .iter()
-            .map(|d| format!("{} {}", d.kind, d.name))
-            .collect();
+        let drivers: Vec<String> =
+            info.drivers.as_slice().iter().map(|d| format!("{} {}", d.kind, d.name)).collect();
         write!(f, "{} {} ({})", info.name, info.version, drivers.join(", "))
     }
 }

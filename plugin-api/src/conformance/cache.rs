@@ -13,65 +13,35 @@ fn s(text: &str) -> RStr<'_> {
 pub async fn stores_and_deletes(target: &Target) {
     let c = target.cache().await;
     let key = "conformance:app:1:channel:cache-room";
-    assert!(
-        ok("get", c.get(s(key)).await).is_none(),
-        "a fresh key has a value"
-    );
+    assert!(ok("get", c.get(s(key)).await).is_none(), "a fresh key has a value");
     assert!(!ok("has", c.has(s(key)).await));
-    ok(
-        "set",
-        c.set(s(key), RVec::from(b"one".to_vec()), 60_000).await,
-    );
+    ok("set", c.set(s(key), RVec::from(b"one".to_vec()), 60_000).await);
     assert_eq!(
-        ok("get", c.get(s(key)).await)
-            .into_option()
-            .map(|v| v.to_vec()),
+        ok("get", c.get(s(key)).await).into_option().map(|v| v.to_vec()),
         Some(b"one".to_vec())
     );
     assert!(ok("has", c.has(s(key)).await));
-    ok(
-        "overwrite",
-        c.set(s(key), RVec::from(b"two".to_vec()), 60_000).await,
-    );
+    ok("overwrite", c.set(s(key), RVec::from(b"two".to_vec()), 60_000).await);
     assert_eq!(
-        ok("get", c.get(s(key)).await)
-            .into_option()
-            .map(|v| v.to_vec()),
+        ok("get", c.get(s(key)).await).into_option().map(|v| v.to_vec()),
         Some(b"two".to_vec())
     );
-    assert!(
-        ok("delete", c.delete(s(key)).await),
-        "delete of a present key answered false"
-    );
-    assert!(
-        !ok("delete", c.delete(s(key)).await),
-        "delete of a missing key answered true"
-    );
+    assert!(ok("delete", c.delete(s(key)).await), "delete of a present key answered false");
+    assert!(!ok("delete", c.delete(s(key)).await), "delete of a missing key answered true");
     assert!(ok("get", c.get(s(key)).await).is_none());
 }
 
 /// A value expires after its TTL; a TTL of 0 never expires.
 pub async fn expires_values(target: &Target) {
     let c = target.cache().await;
-    ok(
-        "set",
-        c.set(s("conformance:short"), RVec::from(b"v".to_vec()), 50)
-            .await,
-    );
-    ok(
-        "set",
-        c.set(s("conformance:forever"), RVec::from(b"v".to_vec()), 0)
-            .await,
-    );
+    ok("set", c.set(s("conformance:short"), RVec::from(b"v".to_vec()), 50).await);
+    ok("set", c.set(s("conformance:forever"), RVec::from(b"v".to_vec()), 0).await);
     eventually("the 50 ms value expires", || async {
         ok("has", c.has(s("conformance:short")).await).eq(&false)
     })
     .await;
     assert!(ok("get", c.get(s("conformance:short")).await).is_none());
-    assert!(
-        ok("has", c.has(s("conformance:forever")).await),
-        "a TTL of 0 expired"
-    );
+    assert!(ok("has", c.has(s("conformance:forever")).await), "a TTL of 0 expired");
 }
 
 /// Keys with unusual characters and 1 MiB values round-trip.
@@ -79,17 +49,9 @@ pub async fn stores_awkward_keys_and_large_values(target: &Target) {
     let c = target.cache().await;
     let value: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i % 253) as u8).collect();
     for key in ["a b", "ünï:{tag}:#", "", &"k".repeat(500)] {
-        ok(
-            "set",
-            c.set(s(key), RVec::from(value.clone()), 60_000).await,
-        );
-        let got = ok("get", c.get(s(key)).await)
-            .into_option()
-            .expect("the value is present");
-        assert!(
-            got.as_slice() == value.as_slice(),
-            "the value for {key:?} came back altered"
-        );
+        ok("set", c.set(s(key), RVec::from(value.clone()), 60_000).await);
+        let got = ok("get", c.get(s(key)).await).into_option().expect("the value is present");
+        assert!(got.as_slice() == value.as_slice(), "the value for {key:?} came back altered");
     }
 }
 
@@ -99,11 +61,7 @@ pub async fn health_and_shutdown(target: &Target) {
     ok("health", c.health().await);
     ok("shutdown", c.shutdown().await);
     ok("second shutdown", c.shutdown().await);
-    let e = c
-        .get(s("conformance:down"))
-        .await
-        .into_result()
-        .unwrap_err();
+    let e = c.get(s("conformance:down")).await.into_result().unwrap_err();
     assert_eq!(e.code, ErrorCode::UNAVAILABLE);
 }
 

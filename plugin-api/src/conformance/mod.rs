@@ -55,10 +55,7 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 pub fn cdylib(lib_name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     // target/<profile>/deps/<test binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
     profile_dir.join(format!(
         "{}{lib_name}{}",
         std::env::consts::DLL_PREFIX,
@@ -90,12 +87,7 @@ impl std::fmt::Debug for Target {
 impl Target {
     /// The driver `driver` of `library`, configured with `config`.
     pub fn new(library: PathBuf, driver: &str, config: &str) -> Self {
-        Self {
-            library,
-            driver: driver.into(),
-            config: config.into(),
-            keep_alive: Vec::new(),
-        }
+        Self { library, driver: driver.into(), config: config.into(), keep_alive: Vec::new() }
     }
 
     /// Keep `value` (a backing server, a temp dir) alive until the case ends.
@@ -119,18 +111,10 @@ impl Target {
     /// # Panics
     /// If the plugin provides no transports or the constructor fails.
     pub async fn transport(&self) -> (TransportBox, TestHost) {
-        let ctor = self
-            .module()
-            .transport()
-            .expect("the plugin provides no transport");
+        let ctor = self.module().transport().expect("the plugin provides no transport");
         let host = TestHost::default();
-        let made = ctor(self.driver(), self.config(), host.boxed())
-            .await
-            .into_result();
-        (
-            made.unwrap_or_else(|e| panic!("constructing transport {}: {e}", self.driver)),
-            host,
-        )
+        let made = ctor(self.driver(), self.config(), host.boxed()).await.into_result();
+        (made.unwrap_or_else(|e| panic!("constructing transport {}: {e}", self.driver)), host)
     }
 
     /// Construct a cache.
@@ -140,8 +124,7 @@ impl Target {
     pub async fn cache(&self) -> CacheBox {
         let ctor = self.module().cache().expect("the plugin provides no cache");
         let made = ctor(self.driver(), self.config(), TestHost::default().boxed()).await;
-        made.into_result()
-            .unwrap_or_else(|e| panic!("constructing cache {}: {e}", self.driver))
+        made.into_result().unwrap_or_else(|e| panic!("constructing cache {}: {e}", self.driver))
     }
 
     /// Construct a queue.
@@ -151,8 +134,7 @@ impl Target {
     pub async fn queue(&self) -> QueueBox {
         let ctor = self.module().queue().expect("the plugin provides no queue");
         let made = ctor(self.driver(), self.config(), TestHost::default().boxed()).await;
-        made.into_result()
-            .unwrap_or_else(|e| panic!("constructing queue {}: {e}", self.driver))
+        made.into_result().unwrap_or_else(|e| panic!("constructing queue {}: {e}", self.driver))
     }
 
     /// Construct a rate limiter.
@@ -160,10 +142,7 @@ impl Target {
     /// # Panics
     /// If the plugin provides no rate limiters or the constructor fails.
     pub async fn rate_limiter(&self) -> RateLimiterBox {
-        let ctor = self
-            .module()
-            .rate_limiter()
-            .expect("the plugin provides no rate limiter");
+        let ctor = self.module().rate_limiter().expect("the plugin provides no rate limiter");
         let made = ctor(self.driver(), self.config(), TestHost::default().boxed()).await;
         made.into_result()
             .unwrap_or_else(|e| panic!("constructing rate limiter {}: {e}", self.driver))
@@ -229,9 +208,7 @@ impl TestHost {
     /// # Panics
     /// If none arrives within [`PATIENCE`].
     pub async fn next(&self) -> Delivery {
-        self.next_within(PATIENCE)
-            .await
-            .expect("no message was delivered within the deadline")
+        self.next_within(PATIENCE).await.expect("no message was delivered within the deadline")
     }
 
     /// Deliveries already received and not yet taken, without waiting.
@@ -246,19 +223,13 @@ impl TestHost {
 
     /// The plugin's counter `name` as reported through [`HostContext::metric`].
     pub fn metric(&self, name: &str) -> i64 {
-        self.metrics
-            .lock()
-            .map(|m| m.get(name).copied().unwrap_or(0))
-            .unwrap_or(0)
+        self.metrics.lock().map(|m| m.get(name).copied().unwrap_or(0)).unwrap_or(0)
     }
 }
 
 impl HostContext for TestHost {
     fn on_message(&self, topic: RStr<'_>, payload: RVec<u8>) {
-        let _ = self.deliveries_tx.send(Delivery {
-            topic: topic.into(),
-            payload: payload.into(),
-        });
+        let _ = self.deliveries_tx.send(Delivery { topic: topic.into(), payload: payload.into() });
     }
 
     fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
@@ -295,9 +266,7 @@ pub fn run<F: Future<Output = ()>>(case: F) {
 /// If the answer is an error.
 #[track_caller]
 pub fn ok<T>(what: &str, answer: crate::PResult<T>) -> T {
-    answer
-        .into_result()
-        .unwrap_or_else(|e: PluginError| panic!("{what} failed: {e}"))
+    answer.into_result().unwrap_or_else(|e: PluginError| panic!("{what} failed: {e}"))
 }
 
 /// Wait until `check` answers true, polling every few milliseconds.

@@ -29,21 +29,15 @@ impl QueueHandler for Recorder {
         let fail = (job.payload.starts_with(b"fail-once") && job.attempt == 1)
             || job.payload.starts_with(b"fail-always");
         let _ = self.0.send(job);
-        let answer = if fail {
-            Err(PluginError::rejected("the handler failed on purpose"))
-        } else {
-            Ok(())
-        };
+        let answer =
+            if fail { Err(PluginError::rejected("the handler failed on purpose")) } else { Ok(()) };
         std::future::ready(PResult::from(answer)).into_ffi()
     }
 }
 
 fn recorder() -> (QueueHandlerBox, mpsc::UnboundedReceiver<Job>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (
-        QueueHandler_TO::from_ptr(RArc::new(Recorder(tx)), TD_Opaque),
-        rx,
-    )
+    (QueueHandler_TO::from_ptr(RArc::new(Recorder(tx)), TD_Opaque), rx)
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Job>) -> Job {
@@ -58,17 +52,10 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Job>) -> Job {
 pub async fn delivers_and_acknowledges(target: &Target) {
     let q = target.queue().await;
     let (handler, mut rx) = recorder();
-    ok(
-        "consume",
-        q.consume(s("conformance-deliver"), handler).await,
-    );
+    ok("consume", q.consume(s("conformance-deliver"), handler).await);
     let payloads: BTreeSet<Vec<u8>> = (0..3).map(|i| format!("job-{i}").into_bytes()).collect();
     for p in &payloads {
-        ok(
-            "push",
-            q.push(s("conformance-deliver"), RVec::from(p.clone()))
-                .await,
-        );
+        ok("push", q.push(s("conformance-deliver"), RVec::from(p.clone())).await);
     }
     let mut seen = BTreeSet::new();
     let mut ids = BTreeSet::new();
@@ -92,20 +79,15 @@ pub async fn retries_a_failed_job(target: &Target) {
     let q = target.queue().await;
     let (handler, mut rx) = recorder();
     ok("consume", q.consume(s("conformance-retry"), handler).await);
-    ok(
-        "push",
-        q.push(s("conformance-retry"), RVec::from(b"fail-once".to_vec()))
-            .await,
-    );
+    ok("push", q.push(s("conformance-retry"), RVec::from(b"fail-once".to_vec())).await);
     let first = next(&mut rx).await;
     let second = next(&mut rx).await;
     assert_eq!((first.attempt, second.attempt), (1, 2));
     assert_eq!(first.id, second.id, "a retry got a new id");
     assert_eq!(second.payload.as_slice(), b"fail-once");
-    eventually(
-        "the retried job leaves the queue once acknowledged",
-        || async { ok("pending", q.pending(s("conformance-retry")).await) == 0 },
-    )
+    eventually("the retried job leaves the queue once acknowledged", || async {
+        ok("pending", q.pending(s("conformance-retry")).await) == 0
+    })
     .await;
 }
 
@@ -113,16 +95,8 @@ pub async fn retries_a_failed_job(target: &Target) {
 /// are independent.
 pub async fn keeps_jobs_until_consumed(target: &Target) {
     let q = target.queue().await;
-    ok(
-        "push",
-        q.push(s("conformance-later"), RVec::from(b"a".to_vec()))
-            .await,
-    );
-    ok(
-        "push",
-        q.push(s("conformance-later"), RVec::from(b"b".to_vec()))
-            .await,
-    );
+    ok("push", q.push(s("conformance-later"), RVec::from(b"a".to_vec())).await);
+    ok("push", q.push(s("conformance-later"), RVec::from(b"b".to_vec())).await);
     assert_eq!(ok("pending", q.pending(s("conformance-later")).await), 2);
     assert_eq!(ok("pending", q.pending(s("conformance-other")).await), 0);
     let (handler, mut rx) = recorder();
@@ -139,10 +113,7 @@ pub async fn health_and_shutdown(target: &Target) {
     ok("health", q.health().await);
     ok("shutdown", q.shutdown().await);
     ok("second shutdown", q.shutdown().await);
-    let e = q
-        .push(s("conformance-down"), RVec::from(b"x".to_vec()))
-        .await
-        .into_result();
+    let e = q.push(s("conformance-down"), RVec::from(b"x".to_vec())).await.into_result();
     assert_eq!(e.unwrap_err().code, ErrorCode::UNAVAILABLE);
 }
 

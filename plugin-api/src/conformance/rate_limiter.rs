@@ -22,15 +22,9 @@ pub async fn limits_within_a_window(target: &Target) {
     let d = ok("check", l.check(s("conformance:a"), 1, 3, window).await);
     assert!(!d.allowed, "a check over the limit was allowed: {d:?}");
     assert_eq!(d.remaining, 0);
-    assert!(
-        d.reset_after_ms > 0 && d.reset_after_ms <= window,
-        "reset after {d:?}"
-    );
+    assert!(d.reset_after_ms > 0 && d.reset_after_ms <= window, "reset after {d:?}");
     let other = ok("check", l.check(s("conformance:b"), 1, 3, window).await);
-    assert!(
-        other.allowed && other.remaining == 2,
-        "keys are not independent: {other:?}"
-    );
+    assert!(other.allowed && other.remaining == 2, "keys are not independent: {other:?}");
 }
 
 /// A check costs `cost` tokens, and a check that would go over is denied without consuming.
@@ -41,10 +35,7 @@ pub async fn consumes_the_cost(target: &Target) {
     let d = ok("check", l.check(s("conformance:cost"), 7, 10, 60_000).await);
     assert!(!d.allowed, "a check over the limit was allowed: {d:?}");
     let d = ok("check", l.check(s("conformance:cost"), 6, 10, 60_000).await);
-    assert!(
-        d.allowed && d.remaining == 0,
-        "the denied check consumed tokens: {d:?}"
-    );
+    assert!(d.allowed && d.remaining == 0, "the denied check consumed tokens: {d:?}");
 }
 
 /// Once the window has passed, tokens are granted again.
@@ -64,11 +55,7 @@ pub async fn health_and_shutdown(target: &Target) {
     ok("health", l.health().await);
     ok("shutdown", l.shutdown().await);
     ok("second shutdown", l.shutdown().await);
-    let e = l
-        .check(s("conformance:down"), 1, 1, 1000)
-        .await
-        .into_result()
-        .unwrap_err();
+    let e = l.check(s("conformance:down"), 1, 1, 1000).await.into_result().unwrap_err();
     assert_eq!(e.code, ErrorCode::UNAVAILABLE);
 }
 

@@ -20,21 +20,12 @@ pub async fn delivers_between_instances(target: &Target) {
     let (a, _a_host) = target.transport().await;
     let (b, b_host) = target.transport().await;
     ok("subscribe", b.subscribe(s("conformance-basic")).await);
-    ok(
-        "publish",
-        a.publish(s("conformance-basic"), bytes("awaited")).await,
-    );
+    ok("publish", a.publish(s("conformance-basic"), bytes("awaited")).await);
     assert_eq!(
         b_host.next().await,
-        Delivery {
-            topic: "conformance-basic".into(),
-            payload: b"awaited".to_vec()
-        }
+        Delivery { topic: "conformance-basic".into(), payload: b"awaited".to_vec() }
     );
-    ok(
-        "try_publish",
-        a.try_publish(s("conformance-basic"), bytes("enqueued")),
-    );
+    ok("try_publish", a.try_publish(s("conformance-basic"), bytes("enqueued")));
     assert_eq!(b_host.next().await.payload, b"enqueued");
 }
 
@@ -62,20 +53,10 @@ pub async fn carries_awkward_topic_names(target: &Target) {
     let mut seen = BTreeSet::new();
     for _ in topics {
         let d = b_host.next().await;
-        assert_eq!(
-            d.topic.as_bytes(),
-            d.payload,
-            "a message arrived on another topic"
-        );
+        assert_eq!(d.topic.as_bytes(), d.payload, "a message arrived on another topic");
         seen.insert(d.topic);
     }
-    assert_eq!(
-        seen,
-        topics
-            .iter()
-            .map(|t| t.to_string())
-            .collect::<BTreeSet<_>>()
-    );
+    assert_eq!(seen, topics.iter().map(|t| t.to_string()).collect::<BTreeSet<_>>());
 }
 
 /// After `unsubscribe` resolves, messages to that topic are no longer delivered, and
@@ -85,37 +66,19 @@ pub async fn unsubscribe_stops_delivery(target: &Target) {
     let (b, b_host) = target.transport().await;
     ok("subscribe", b.subscribe(s("conformance-unsub")).await);
     ok("subscribe", b.subscribe(s("conformance-marker")).await);
-    ok(
-        "publish",
-        a.publish(s("conformance-unsub"), bytes("before")).await,
-    );
+    ok("publish", a.publish(s("conformance-unsub"), bytes("before")).await);
     assert_eq!(b_host.next().await.payload, b"before");
 
     ok("unsubscribe", b.unsubscribe(s("conformance-unsub")).await);
-    ok(
-        "publish",
-        a.publish(s("conformance-unsub"), bytes("after")).await,
-    );
-    ok(
-        "publish",
-        a.publish(s("conformance-marker"), bytes("marker")).await,
-    );
+    ok("publish", a.publish(s("conformance-unsub"), bytes("after")).await);
+    ok("publish", a.publish(s("conformance-marker"), bytes("marker")).await);
     let d = b_host.next().await;
-    assert_eq!(
-        d.topic, "conformance-marker",
-        "a message arrived after unsubscribe: {d:?}"
-    );
+    assert_eq!(d.topic, "conformance-marker", "a message arrived after unsubscribe: {d:?}");
 
     ok("subscribe again", b.subscribe(s("conformance-unsub")).await);
-    ok(
-        "publish",
-        a.publish(s("conformance-unsub"), bytes("again")).await,
-    );
+    ok("publish", a.publish(s("conformance-unsub"), bytes("again")).await);
     assert_eq!(b_host.next().await.payload, b"again");
-    ok(
-        "unsubscribe an unknown topic",
-        b.unsubscribe(s("conformance-never")).await,
-    );
+    ok("unsubscribe an unknown topic", b.unsubscribe(s("conformance-never")).await);
 }
 
 /// Messages from one instance to one topic arrive in the order they were accepted.
@@ -126,9 +89,8 @@ pub async fn preserves_order_per_topic(target: &Target) {
     ok("subscribe", b.subscribe(s("conformance-order")).await);
     for i in 0..COUNT {
         loop {
-            let answer = a
-                .try_publish(s("conformance-order"), bytes(i.to_be_bytes()))
-                .into_result();
+            let answer =
+                a.try_publish(s("conformance-order"), bytes(i.to_be_bytes())).into_result();
             match answer {
                 Ok(()) => break,
                 Err(e) if e.code == ErrorCode::BACKPRESSURE => tokio::task::yield_now().await,
@@ -153,10 +115,7 @@ pub async fn reports_backpressure_without_blocking(target: &Target) {
     let mut accepted = 0usize;
     let mut refused = 0usize;
     for i in 0..BURST {
-        match a
-            .try_publish(s("conformance-burst"), bytes(format!("{i:064}")))
-            .into_result()
-        {
+        match a.try_publish(s("conformance-burst"), bytes(format!("{i:064}"))).into_result() {
             Ok(()) => accepted += 1,
             Err(e) if e.code == ErrorCode::BACKPRESSURE => refused += 1,
             Err(e) => panic!("try_publish answered {e}, not BACKPRESSURE"),
@@ -177,11 +136,7 @@ pub async fn carries_a_large_payload(target: &Target) {
     let (a, _a_host) = target.transport().await;
     let (b, b_host) = target.transport().await;
     ok("subscribe", b.subscribe(s("conformance-large")).await);
-    ok(
-        "publish",
-        a.publish(s("conformance-large"), bytes(payload.clone()))
-            .await,
-    );
+    ok("publish", a.publish(s("conformance-large"), bytes(payload.clone())).await);
     let d = b_host.next().await;
     assert_eq!(d.payload.len(), payload.len());
     assert!(d.payload == payload, "the payload arrived altered");
@@ -204,22 +159,11 @@ pub async fn shutdown_is_idempotent(target: &Target) {
     let unavailable = |what: &str, code: ErrorCode| {
         assert_eq!(code, ErrorCode::UNAVAILABLE, "{what} after shutdown");
     };
-    let e = a
-        .try_publish(s("conformance-down"), bytes("x"))
-        .into_result()
-        .unwrap_err();
+    let e = a.try_publish(s("conformance-down"), bytes("x")).into_result().unwrap_err();
     unavailable("try_publish", e.code);
-    let e = a
-        .publish(s("conformance-down"), bytes("x"))
-        .await
-        .into_result()
-        .unwrap_err();
+    let e = a.publish(s("conformance-down"), bytes("x")).await.into_result().unwrap_err();
     unavailable("publish", e.code);
-    let e = a
-        .subscribe(s("conformance-down"))
-        .await
-        .into_result()
-        .unwrap_err();
+    let e = a.subscribe(s("conformance-down")).await.into_result().unwrap_err();
     unavailable("subscribe", e.code);
 }
 

@@ -34,9 +34,7 @@ pub struct CreateArgs {
 
 impl std::fmt::Debug for CreateArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreateArgs")
-            .field("driver", &self.driver)
-            .finish_non_exhaustive()
+        f.debug_struct("CreateArgs").field("driver", &self.driver).finish_non_exhaustive()
     }
 }
 
@@ -161,10 +159,7 @@ struct Adapter<T> {
 
 impl<T> Adapter<T> {
     fn new(runtime: &'static Handle, driver: T) -> Self {
-        Self {
-            inner: Arc::new(driver),
-            runtime,
-        }
+        Self { inner: Arc::new(driver), runtime }
     }
 
     /// Poll `call(driver, arg)` on the host's executor with the plugin runtime entered.
@@ -189,28 +184,21 @@ impl<T: TransportDriver> Transport for Adapter<T> {
     }
 
     fn publish(&self, topic: RStr<'_>, payload: RVec<u8>) -> FfiFuture<PResult<()>> {
-        self.call(
-            (topic.to_string(), payload),
-            |t, (topic, payload)| async move { t.publish(&topic, payload).await },
-        )
+        self.call((topic.to_string(), payload), |t, (topic, payload)| async move {
+            t.publish(&topic, payload).await
+        })
     }
 
     fn subscribe(&self, topic: RStr<'_>) -> FfiFuture<PResult<()>> {
-        self.call(topic.to_string(), |t, topic| async move {
-            t.subscribe(&topic).await
-        })
+        self.call(topic.to_string(), |t, topic| async move { t.subscribe(&topic).await })
     }
 
     fn unsubscribe(&self, topic: RStr<'_>) -> FfiFuture<PResult<()>> {
-        self.call(topic.to_string(), |t, topic| async move {
-            t.unsubscribe(&topic).await
-        })
+        self.call(topic.to_string(), |t, topic| async move { t.unsubscribe(&topic).await })
     }
 
     fn node_count_hint(&self) -> FfiFuture<PResult<ROption<u64>>> {
-        self.call((), |t, ()| async move {
-            t.node_count_hint().await.map(ROption::from)
-        })
+        self.call((), |t, ()| async move { t.node_count_hint().await.map(ROption::from) })
     }
 
     fn health(&self) -> FfiFuture<PResult<()>> {
@@ -231,23 +219,17 @@ pub fn cache_box<T: CacheDriver>(runtime: &'static Handle, driver: T) -> CacheBo
 
 impl<T: CacheDriver> Cache for Adapter<T> {
     fn get(&self, key: RStr<'_>) -> FfiFuture<PResult<ROption<RVec<u8>>>> {
-        self.call(key.to_string(), |c, key| async move {
-            c.get(&key).await.map(ROption::from)
-        })
+        self.call(key.to_string(), |c, key| async move { c.get(&key).await.map(ROption::from) })
     }
 
     fn set(&self, key: RStr<'_>, value: RVec<u8>, ttl_ms: u64) -> FfiFuture<PResult<()>> {
-        self.call(
-            (key.to_string(), value),
-            move |c, (key, value)| async move { c.set(&key, value, ttl_ms).await },
-        )
+        self.call((key.to_string(), value), move |c, (key, value)| async move {
+            c.set(&key, value, ttl_ms).await
+        })
     }
 
     fn delete(&self, key: RStr<'_>) -> FfiFuture<PResult<bool>> {
-        self.call(
-            key.to_string(),
-            |c, key| async move { c.delete(&key).await },
-        )
+        self.call(key.to_string(), |c, key| async move { c.delete(&key).await })
     }
 
     fn has(&self, key: RStr<'_>) -> FfiFuture<PResult<bool>> {
@@ -271,23 +253,19 @@ pub fn queue_box<T: QueueDriver>(runtime: &'static Handle, driver: T) -> QueueBo
 
 impl<T: QueueDriver> Queue for Adapter<T> {
     fn push(&self, queue: RStr<'_>, payload: RVec<u8>) -> FfiFuture<PResult<()>> {
-        self.call(
-            (queue.to_string(), payload),
-            |q, (queue, payload)| async move { q.push(&queue, payload).await },
-        )
+        self.call((queue.to_string(), payload), |q, (queue, payload)| async move {
+            q.push(&queue, payload).await
+        })
     }
 
     fn consume(&self, queue: RStr<'_>, handler: QueueHandlerBox) -> FfiFuture<PResult<()>> {
-        self.call(
-            (queue.to_string(), handler),
-            |q, (queue, handler)| async move { q.consume(&queue, handler).await },
-        )
+        self.call((queue.to_string(), handler), |q, (queue, handler)| async move {
+            q.consume(&queue, handler).await
+        })
     }
 
     fn pending(&self, queue: RStr<'_>) -> FfiFuture<PResult<u64>> {
-        self.call(queue.to_string(), |q, queue| async move {
-            q.pending(&queue).await
-        })
+        self.call(queue.to_string(), |q, queue| async move { q.pending(&queue).await })
     }
 
     fn health(&self) -> FfiFuture<PResult<()>> {

@@ -55,11 +55,7 @@ where
             Err(payload) => return ready(Err(PluginError::panicked(panic_message(&*payload)))),
         }
     };
-    Entered {
-        handle: handle.clone(),
-        fut: Some(Box::pin(fut)),
-    }
-    .into_ffi()
+    Entered { handle: handle.clone(), fut: Some(Box::pin(fut)) }.into_ffi()
 }
 
 /// Run `fut` on the plugin runtime and hand the host a future of its result.

@@ -39,20 +39,14 @@ pub fn install(plugin: &'static str, host: &HostContextBox) {
     // Fails only if the plugin set its own subscriber, which then stays in charge.
     let _ = tracing::subscriber::set_global_default(subscriber);
     std::panic::set_hook(Box::new(move |info| {
-        let location = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()));
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line()));
         let message = format!(
             "plugin {plugin} panicked{}: {}",
             location.unwrap_or_default(),
             super::panic_message(info.payload())
         );
         if let Some(sink) = SINK.get() {
-            sink.log(
-                LogLevel::ERROR,
-                RStr::from_str("panic"),
-                RStr::from_str(&message),
-            );
+            sink.log(LogLevel::ERROR, RStr::from_str("panic"), RStr::from_str(&message));
         }
     }));
 }
@@ -71,11 +65,7 @@ impl<S: Subscriber> Layer<S> for HostLayer {
             Level::DEBUG => LogLevel::DEBUG,
             Level::TRACE => LogLevel::TRACE,
         };
-        sink.log(
-            level,
-            RStr::from_str(event.metadata().target()),
-            RStr::from_str(&text.finish()),
-        );
+        sink.log(level, RStr::from_str(event.metadata().target()), RStr::from_str(&text.finish()));
     }
 }
 

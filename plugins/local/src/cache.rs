@@ -25,10 +25,7 @@ struct MemoryCacheConfig {
 
 impl Default for MemoryCacheConfig {
     fn default() -> Self {
-        Self {
-            max_capacity: 10_000,
-            cleanup_interval_ms: 60_000,
-        }
+        Self { max_capacity: 10_000, cleanup_interval_ms: 60_000 }
     }
 }
 
@@ -63,9 +60,7 @@ impl MemoryCache {
     pub fn new(config: &str) -> Result<Self, PluginError> {
         let config: MemoryCacheConfig = crate::config::parse("memory cache", config)?;
         if config.max_capacity == 0 {
-            return Err(PluginError::config(
-                "memory cache: max_capacity must be at least 1",
-            ));
+            return Err(PluginError::config("memory cache: max_capacity must be at least 1"));
         }
         if config.cleanup_interval_ms == 0 {
             return Err(PluginError::config(
@@ -102,9 +97,7 @@ impl MemoryCache {
         if self.closed.load(Ordering::Acquire) {
             return Err(PluginError::unavailable("the memory cache is shut down"));
         }
-        self.entries
-            .lock()
-            .map_err(|_| PluginError::internal("the cache lock is poisoned"))
+        self.entries.lock().map_err(|_| PluginError::internal("the cache lock is poisoned"))
     }
 }
 
@@ -112,10 +105,7 @@ impl CacheDriver for MemoryCache {
     async fn get(&self, key: &str) -> Result<Option<RVec<u8>>, PluginError> {
         let now = Instant::now();
         let map = self.map()?;
-        Ok(map
-            .get(key)
-            .filter(|e| e.live(now))
-            .map(|e| RVec::from(e.value.clone())))
+        Ok(map.get(key).filter(|e| e.live(now)).map(|e| RVec::from(e.value.clone())))
     }
 
     async fn set(&self, key: &str, value: RVec<u8>, ttl_ms: u64) -> Result<(), PluginError> {
@@ -128,8 +118,7 @@ impl CacheDriver for MemoryCache {
                 let soonest = map
                     .iter()
                     .min_by_key(|(_, e)| {
-                        e.expires
-                            .unwrap_or(now + Duration::from_secs(u32::MAX.into()))
+                        e.expires.unwrap_or(now + Duration::from_secs(u32::MAX.into()))
                     })
                     .map(|(k, _)| k.clone());
                 if let Some(k) = soonest {
@@ -137,13 +126,7 @@ impl CacheDriver for MemoryCache {
                 }
             }
         }
-        map.insert(
-            key.to_owned(),
-            Entry {
-                value: value.into_vec(),
-                expires,
-            },
-        );
+        map.insert(key.to_owned(), Entry { value: value.into_vec(), expires });
         Ok(())
     }
 

@@ -85,10 +85,7 @@ extern "C" fn new_cache(
 ) -> FfiFuture<PResult<CacheBox>> {
     sdk::create(PLUGIN, driver, config, host, |args| async move {
         expect_driver(&args, "memory")?;
-        Ok(sdk::cache_box(
-            args.runtime,
-            MemoryCache::new(&args.config)?,
-        ))
+        Ok(sdk::cache_box(args.runtime, MemoryCache::new(&args.config)?))
     })
 }
 
@@ -99,10 +96,7 @@ extern "C" fn new_queue(
 ) -> FfiFuture<PResult<QueueBox>> {
     sdk::create(PLUGIN, driver, config, host, |args| async move {
         expect_driver(&args, "memory")?;
-        Ok(sdk::queue_box(
-            args.runtime,
-            MemoryQueue::new(&args.config, args.host)?,
-        ))
+        Ok(sdk::queue_box(args.runtime, MemoryQueue::new(&args.config, args.host)?))
     })
 }
 
@@ -113,9 +107,6 @@ extern "C" fn new_rate_limiter(
 ) -> FfiFuture<PResult<RateLimiterBox>> {
     sdk::create(PLUGIN, driver, config, host, |args| async move {
         expect_driver(&args, "memory")?;
-        Ok(sdk::rate_limiter_box(
-            args.runtime,
-            MemoryRateLimiter::new(&args.config)?,
-        ))
+        Ok(sdk::rate_limiter_box(args.runtime, MemoryRateLimiter::new(&args.config)?))
     })
 }

@@ -76,9 +76,7 @@ pub struct MemoryQueue {
 
 impl std::fmt::Debug for MemoryQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryQueue")
-            .field("config", &self.shared.config)
-            .finish_non_exhaustive()
+        f.debug_struct("MemoryQueue").field("config", &self.shared.config).finish_non_exhaustive()
     }
 }
 
@@ -119,18 +117,13 @@ impl Shared {
         if self.closed.load(Ordering::Acquire) {
             return Err(PluginError::unavailable("the memory queue is shut down"));
         }
-        self.queues
-            .lock()
-            .map_err(|_| PluginError::internal("the queue lock is poisoned"))
+        self.queues.lock().map_err(|_| PluginError::internal("the queue lock is poisoned"))
     }
 
     /// The delay before attempt `next_attempt` (2 for the first retry).
     fn backoff(&self, next_attempt: u32) -> Duration {
         let doublings = next_attempt.saturating_sub(2).min(32);
-        let ms = self
-            .config
-            .retry_base_delay_ms
-            .saturating_mul(1 << doublings);
+        let ms = self.config.retry_base_delay_ms.saturating_mul(1 << doublings);
         Duration::from_millis(ms.min(self.config.retry_max_delay_ms))
     }
 
@@ -173,10 +166,7 @@ impl Shared {
             };
             let state = queues.entry(job.queue.to_string()).or_default();
             state.awaiting_retry = state.awaiting_retry.saturating_sub(1);
-            state.ready.push_back(Job {
-                attempt: job.attempt + 1,
-                ..job
-            });
+            state.ready.push_back(Job { attempt: job.attempt + 1, ..job });
             state.notify.notify_one();
         });
     }
@@ -228,11 +218,7 @@ impl QueueDriver for MemoryQueue {
     }
 
     async fn pending(&self, queue: &str) -> Result<u64, PluginError> {
-        Ok(self
-            .shared
-            .queues()?
-            .get(queue)
-            .map_or(0, QueueState::pending))
+        Ok(self.shared.queues()?.get(queue).map_or(0, QueueState::pending))
     }
 
     async fn health(&self) -> Result<(), PluginError> {

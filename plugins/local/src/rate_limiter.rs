@@ -23,9 +23,7 @@ struct MemoryRateLimiterConfig {
 
 impl Default for MemoryRateLimiterConfig {
     fn default() -> Self {
-        Self {
-            sweep_above_keys: 100_000,
-        }
+        Self { sweep_above_keys: 100_000 }
     }
 }
 
@@ -61,9 +59,7 @@ impl MemoryRateLimiter {
 
     fn check_open(&self) -> Result<(), PluginError> {
         if self.closed.load(Ordering::Acquire) {
-            Err(PluginError::unavailable(
-                "the memory rate limiter is shut down",
-            ))
+            Err(PluginError::unavailable("the memory rate limiter is shut down"))
         } else {
             Ok(())
         }
@@ -80,9 +76,7 @@ impl RateLimiterDriver for MemoryRateLimiter {
     ) -> Result<RateDecision, PluginError> {
         self.check_open()?;
         if window_ms == 0 {
-            return Err(PluginError::rejected(
-                "a rate-limit window must be at least 1 ms",
-            ));
+            return Err(PluginError::rejected("a rate-limit window must be at least 1 ms"));
         }
         let now = Instant::now();
         let length = Duration::from_millis(window_ms);
@@ -93,26 +87,18 @@ impl RateLimiterDriver for MemoryRateLimiter {
         if windows.len() > self.sweep_above_keys {
             windows.retain(|_, w| now.duration_since(w.started) < w.length);
         }
-        let window = windows.entry(key.to_owned()).or_insert(Window {
-            started: now,
-            length,
-            used: 0,
-        });
+        let window =
+            windows.entry(key.to_owned()).or_insert(Window { started: now, length, used: 0 });
         if now.duration_since(window.started) >= window.length || window.length != length {
-            *window = Window {
-                started: now,
-                length,
-                used: 0,
-            };
+            *window = Window { started: now, length, used: 0 };
         }
         let allowed = window.used.saturating_add(cost) <= limit;
         if allowed {
             window.used += cost;
         }
         let elapsed = now.duration_since(window.started);
-        let reset_after_ms = u64::try_from((window.length - elapsed).as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let reset_after_ms =
+            u64::try_from((window.length - elapsed).as_millis()).unwrap_or(u64::MAX).max(1);
         Ok(RateDecision {
             allowed,
             limit,

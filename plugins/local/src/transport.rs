@@ -42,9 +42,7 @@ pub struct LocalTransport {
 
 impl std::fmt::Debug for LocalTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalTransport")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("LocalTransport").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
@@ -56,10 +54,7 @@ impl LocalTransport {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         write_bus()?.members.insert(id, host);
         tracing::debug!(instance = id, "Attached to the in-process bus.");
-        Ok(Self {
-            id,
-            closed: Arc::default(),
-        })
+        Ok(Self { id, closed: Arc::default() })
     }
 
     /// Deliver to every other instance subscribed to `topic`, synchronously: the host's
@@ -68,9 +63,7 @@ impl LocalTransport {
         if self.closed.load(Ordering::Acquire) {
             return Err(unavailable());
         }
-        let bus = bus()
-            .read()
-            .map_err(|_| PluginError::internal("the bus lock is poisoned"))?;
+        let bus = bus().read().map_err(|_| PluginError::internal("the bus lock is poisoned"))?;
         let Some(subscribers) = bus.topics.get(topic) else {
             return Ok(());
         };
@@ -90,18 +83,12 @@ impl LocalTransport {
     }
 
     fn check_open(&self) -> Result<(), PluginError> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(unavailable())
-        } else {
-            Ok(())
-        }
+        if self.closed.load(Ordering::Acquire) { Err(unavailable()) } else { Ok(()) }
     }
 }
 
 fn write_bus() -> Result<std::sync::RwLockWriteGuard<'static, Bus>, PluginError> {
-    bus()
-        .write()
-        .map_err(|_| PluginError::internal("the bus lock is poisoned"))
+    bus().write().map_err(|_| PluginError::internal("the bus lock is poisoned"))
 }
 
 impl TransportDriver for LocalTransport {
@@ -115,11 +102,7 @@ impl TransportDriver for LocalTransport {
 
     async fn subscribe(&self, topic: &str) -> Result<(), PluginError> {
         self.check_open()?;
-        write_bus()?
-            .topics
-            .entry(topic.to_owned())
-            .or_default()
-            .insert(self.id);
+        write_bus()?.topics.entry(topic.to_owned()).or_default().insert(self.id);
         Ok(())
     }
 
@@ -137,9 +120,7 @@ impl TransportDriver for LocalTransport {
 
     async fn node_count_hint(&self) -> Result<Option<u64>, PluginError> {
         self.check_open()?;
-        let bus = bus()
-            .read()
-            .map_err(|_| PluginError::internal("the bus lock is poisoned"))?;
+        let bus = bus().read().map_err(|_| PluginError::internal("the bus lock is poisoned"))?;
         Ok(Some(bus.members.len() as u64))
     }
 
