@@ -13,12 +13,18 @@ pub struct Cli {
     #[arg(long, env = "SOCKHOST_PLUGINS", global = true, value_name = "FILE")]
     pub plugins: Option<PathBuf>,
 
-    /// Address to listen on. Default: 0.0.0.0.
-    #[arg(long, env = "HOST", value_name = "ADDR")]
+    /// The config file (TOML, or JSON in Sockudo's shape). Default: `sockhost.toml`, else
+    /// `config/config.toml`, else `config/config.json`, in the working directory, if present.
+    #[arg(long, env = "SOCKHOST_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on; overrides the config file and `HOST`. Default: 0.0.0.0.
+    #[arg(long, value_name = "ADDR")]
     pub host: Option<String>,
 
-    /// Port for WebSocket connections and the HTTP API. Default: 6001.
-    #[arg(long, env = "PORT", value_name = "PORT")]
+    /// Port for WebSocket connections and the HTTP API; overrides the config file and `PORT`.
+    /// Default: 6001.
+    #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
 
     /// What to do; without a command the server runs.

@@ -1,15 +1,29 @@
 //! sockhost: a Pusher Channels (protocol v7) server whose transports and drivers are plugins.
 //!
 //! # Layout
-//! - [`plugins`]: the plugin boundary: manifest, loader, registry, driver handles. The only
-//!   module that knows about FFI types.
-//! - [`server`]: the listener, the router and [`run`], the injectable entry point.
-//! - [`cli`], [`inspect`], [`telemetry`]: what `main.rs` wires together.
+//! - [`server`]: [`run`], the injectable entry point, and the shared [`server::Ctx`].
+//! - [`ws`]: the WebSocket endpoint: one task per connection.
+//! - [`http_api`]: the Pusher HTTP API, health and metrics endpoints.
+//! - [`protocol`]: the wire format: messages, frames, codes, channel names, signatures.
+//! - [`adapter`]: channel state and delivery, local now, cluster-wide behind the same methods.
+//! - [`hub`]: this node's sockets and subscriptions; the only code that holds sockets.
+//! - [`apps`], [`config`]: who may connect, and the validated settings.
+//! - [`plugins`]: the plugin boundary; the only module that knows FFI types.
+//! - [`metrics`], [`telemetry`], [`cli`], [`inspect`]: operations.
 
+pub mod adapter;
+pub mod apps;
 pub mod cli;
+pub mod config;
+pub mod http_api;
+pub mod hub;
 pub mod inspect;
+pub mod metrics;
 pub mod plugins;
+pub mod protocol;
 pub mod server;
 pub mod telemetry;
+pub mod ws;
 
-pub use server::{Settings, run};
+pub use config::Settings;
+pub use server::run;

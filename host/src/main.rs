@@ -5,9 +5,11 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::Parser as _;
 use sockhost::{
+    Settings,
     cli::{Cli, Command, PluginsCommand},
+    config::{self, Sources},
     inspect,
-    plugins::{DriverSelection, Drivers, Registry},
+    plugins::{Drivers, PluginLine, Registry},
     telemetry,
 };
 
@@ -37,6 +39,21 @@ fn exe_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn serve(cli: &Cli, exe_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let sources = Sources {
+        file: Sources::locate_file(cli.config.as_deref()),
+        env: std::env::vars().collect(),
+        host: cli.host.clone(),
+        port: cli.port,
+    };
+    let settings = match config::load(&sources).and_then(Settings::from_config) {
+        Ok(settings) => settings,
+        Err(errors) => {
+            for error in errors {
+                eprintln!("configuration: {error}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let manifest = inspect::manifest(cli.plugins.as_deref(), exe_dir)?;
     let mut registry = Registry::new();
     let refusals = registry.load_manifest(&manifest);
@@ -47,11 +64,11 @@ fn serve(cli: &Cli, exe_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     for plugin in registry.plugins() {
-        tracing::info!(plugin = %sockhost::plugins::PluginLine(plugin), path = %plugin.path.display(), "Loaded plugin.");
+        tracing::info!(plugin = %PluginLine(plugin), path = %plugin.path.display(), "Loaded plugin.");
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
-        let drivers = match Drivers::build(&registry, &DriverSelection::default()).await {
+        let drivers = match Drivers::build(&registry, &settings.drivers).await {
             Ok(drivers) => drivers,
             Err(errors) => {
                 for error in errors {
@@ -60,12 +77,10 @@ fn serve(cli: &Cli, exe_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         };
-        let host = cli.host.clone().unwrap_or_else(|| "0.0.0.0".into());
-        let port = cli.port.unwrap_or(6001);
-        let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+        let listener = tokio::net::TcpListener::bind((settings.host.as_str(), settings.port))
             .await
-            .with_context(|| format!("binding {host}:{port}"))?;
-        sockhost::run(listener, sockhost::Settings::default(), drivers, shutdown_signal()).await?;
+            .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
+        sockhost::run(listener, settings, drivers, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -1,46 +1,138 @@
-//! The server: one listener for WebSocket connections and the HTTP API.
+//! The server: the shared context, the router, and [`run`].
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Router,
+    http::header,
+    response::IntoResponse,
+    routing::{get, post},
+};
 use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::plugins::Drivers;
+use crate::{adapter::Adapter, apps::Apps, config::Settings, http_api, hub::Hub, metrics::Metrics, plugins::Drivers, ws};
 
-/// What the server needs to run, validated.
-#[derive(Debug, Clone, Default)]
-pub struct Settings {}
-
-struct AppState {
-    drivers: Drivers,
+/// Everything request handlers and connection tasks share.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The validated settings.
+    pub settings: Settings,
+    /// The apps.
+    pub apps: Apps,
+    /// Channel state and delivery.
+    pub adapter: Adapter,
+    /// The plugin drivers.
+    pub drivers: Drivers,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Cancelled when the server shuts down; connection tasks close with 4200.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    socket_prefix: u32,
+    socket_counter: AtomicU64,
 }
 
-/// Serve on `listener` until `shutdown` resolves, then stop accepting, release the drivers and
-/// return.
+impl Ctx {
+    /// A context over `settings` and `drivers`.
+    pub fn new(settings: Settings, drivers: Drivers) -> Self {
+        let metrics = Metrics::new(&settings.metrics_prefix, drivers.counters.clone());
+        Self {
+            apps: Apps::new(settings.apps.clone()),
+            adapter: Adapter::new(Arc::new(Hub::default())),
+            settings,
+            drivers,
+            metrics,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            // A random first part makes ids unique across nodes; the counter, within this one.
+            socket_prefix: rand::random::<u32>() % 1_000_000_000 + 1,
+            socket_counter: AtomicU64::new(rand::random::<u32>().into()),
+        }
+    }
+
+    /// A new socket id, `<digits>.<digits>`, unique on this node.
+    pub fn next_socket_id(&self) -> String {
+        format!("{}.{}", self.socket_prefix, self.socket_counter.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The router for WebSocket connections, the HTTP API and health checks.
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    let api = Router::new()
+        .route("/apps/{app_id}/events", post(http_api::events::trigger))
+        .route("/apps/{app_id}/batch_events", post(http_api::events::batch))
+        .route("/apps/{app_id}/channels", get(http_api::channels::list))
+        .route("/apps/{app_id}/channels/{channel}", get(http_api::channels::show))
+        .route("/apps/{app_id}/channels/{channel}/users", get(http_api::channels::users))
+        .route("/up", get(http_api::health::up))
+        .route("/up/{app_id}", get(http_api::health::up_app))
+        .fallback(http_api::not_found)
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), http_api::count_requests));
+    Router::new().route("/app/{key}", get(ws::upgrade)).merge(api).with_state(ctx)
+}
+
+/// Serve on `listener` until `shutdown` resolves; then stop accepting, close every socket with
+/// 4200, wait up to the grace period for connection tasks, release the drivers and return.
 ///
 /// # Errors
-/// If the listener fails.
+/// If the listener or the metrics listener fails.
 pub async fn run(
     listener: TcpListener,
-    _settings: Settings,
+    settings: Settings,
     drivers: Drivers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = Arc::new(AppState { drivers });
-    let app = Router::new().route("/up", get(up)).with_state(state.clone());
+    let metrics_listener = match &settings.metrics_addr {
+        Some((host, port)) => Some(TcpListener::bind((host.as_str(), *port)).await?),
+        None => None,
+    };
+    let grace = settings.shutdown_grace_period;
+    let ctx = Arc::new(Ctx::new(settings, drivers));
+    let token = ctx.shutdown.clone();
+    tokio::spawn({
+        let token = token.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("Shutting down: closing connections with 4200.");
+            token.cancel();
+        }
+    });
+    if let Some(metrics_listener) = metrics_listener {
+        tracing::info!(addr = %metrics_listener.local_addr()?, "Metrics listening.");
+        let app = Router::new().route("/metrics", get(render_metrics)).with_state(ctx.clone());
+        let token = token.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(metrics_listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+            if let Err(error) = served {
+                tracing::error!(%error, "The metrics listener failed.");
+            }
+        });
+    }
     tracing::info!(addr = %listener.local_addr()?, "Listening.");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
-    state.drivers.shutdown().await;
+    axum::serve(listener, router(ctx.clone())).with_graceful_shutdown(token.clone().cancelled_owned()).await?;
+    ctx.tracker.close();
+    if tokio::time::timeout(grace, ctx.tracker.wait()).await.is_err() {
+        tracing::warn!(
+            remaining = ctx.tracker.len(),
+            "Connections still open after the grace period; stopping anyway."
+        );
+    }
+    ctx.drivers.shutdown().await;
     tracing::info!("Stopped.");
     Ok(())
 }
 
-async fn up(State(state): State<Arc<AppState>>) -> (StatusCode, Json<serde_json::Value>) {
-    match state.drivers.transport.health().await {
-        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "ok": true }))),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "ok": false, "error": e.to_string() })),
-        ),
-    }
+async fn render_metrics(axum::extract::State(ctx): axum::extract::State<Arc<Ctx>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        ctx.metrics.render(),
+    )
 }

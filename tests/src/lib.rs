@@ -98,3 +98,6 @@ pub fn sha256_of(path: &Path) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).expect("read")))
 }
+
+pub mod pusher;
+pub mod server;

@@ -1,0 +1,54 @@
+//! Apps: who may connect and publish, with which secret and limits.
+
+use std::{collections::HashMap, sync::Arc};
+
+use crate::config::Limits;
+
+/// One app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    /// The id used in HTTP API paths.
+    pub id: String,
+    /// The public key clients connect with.
+    pub key: String,
+    /// The secret that signs auth strings and API requests.
+    pub secret: String,
+    /// Whether it accepts connections and requests.
+    pub enabled: bool,
+    /// Concurrent connections allowed on this node; 0 = unlimited.
+    pub max_connections: u64,
+    /// Whether `client-` events are allowed.
+    pub enable_client_messages: bool,
+    /// Its limits.
+    pub limits: Limits,
+}
+
+/// The apps, by id and by key.
+#[derive(Debug, Default)]
+pub struct Apps {
+    by_id: HashMap<String, Arc<App>>,
+    by_key: HashMap<String, Arc<App>>,
+}
+
+impl Apps {
+    /// Index `apps` (validated: ids and keys are unique).
+    pub fn new(apps: impl IntoIterator<Item = App>) -> Self {
+        let mut index = Self::default();
+        for app in apps {
+            let app = Arc::new(app);
+            index.by_id.insert(app.id.clone(), app.clone());
+            index.by_key.insert(app.key.clone(), app);
+        }
+        index
+    }
+
+    /// The app with this id.
+    pub fn by_id(&self, id: &str) -> Option<&Arc<App>> {
+        self.by_id.get(id)
+    }
+
+    /// The app with this key.
+    pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
+        self.by_key.get(key)
+    }
+}

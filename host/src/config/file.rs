@@ -1,0 +1,271 @@
+//! The configuration file's shape. Every field has a default; the names follow Sockudo's
+//! configuration so that its operators can move over with the same file.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on. Default: "0.0.0.0". Env: `HOST`.
+    pub host: String,
+    /// Port for WebSocket connections and the HTTP API. Default: 6001. Env: `PORT`.
+    pub port: u16,
+    /// Log at debug level unless `RUST_LOG` says otherwise. Default: false. Env: `DEBUG`.
+    pub debug: bool,
+    /// Seconds of silence after which the server pings a connection; sent to clients in
+    /// `pusher:connection_established`. Default: 120. Env: `ACTIVITY_TIMEOUT`.
+    pub activity_timeout: u64,
+    /// Seconds a connection has to answer the server's ping before it is closed with 4201.
+    /// Default: 30. Env: `PONG_TIMEOUT`.
+    pub pong_timeout: u64,
+    /// Seconds to wait for connections to close at shutdown. Default: 10.
+    /// Env: `SHUTDOWN_GRACE_PERIOD`.
+    pub shutdown_grace_period: u64,
+    /// The transport between nodes.
+    pub adapter: DriverSection,
+    /// The cache driver.
+    pub cache: DriverSection,
+    /// The queue driver.
+    pub queue: DriverSection,
+    /// The rate-limiter driver.
+    pub rate_limiter: DriverSection,
+    /// Where apps come from.
+    pub app_manager: AppManagerConfig,
+    /// Channel limits applied to every app unless the app overrides them.
+    pub channel_limits: ChannelLimits,
+    /// Event limits applied to every app unless the app overrides them.
+    pub event_limits: EventLimits,
+    /// Presence limits applied to every app unless the app overrides them.
+    pub presence: PresenceLimits,
+    /// The HTTP API.
+    pub http_api: HttpApiConfig,
+    /// The WebSocket endpoint.
+    pub websocket: WebSocketConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 6001,
+            debug: false,
+            activity_timeout: 120,
+            pong_timeout: 30,
+            shutdown_grace_period: 10,
+            adapter: DriverSection::named("local"),
+            cache: DriverSection::named("memory"),
+            queue: DriverSection::named("memory"),
+            rate_limiter: DriverSection::named("memory"),
+            app_manager: AppManagerConfig::default(),
+            channel_limits: ChannelLimits::default(),
+            event_limits: EventLimits::default(),
+            presence: PresenceLimits::default(),
+            http_api: HttpApiConfig::default(),
+            websocket: WebSocketConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// A driver choice: `driver = "name"` plus one table per driver with that driver's own
+/// settings (`[adapter.redis]`, `[cache.memory]`, ...), passed to the plugin as text. The host
+/// never reads those tables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DriverSection {
+    /// The driver's name. Env: `ADAPTER_DRIVER`, `CACHE_DRIVER`, `QUEUE_DRIVER`,
+    /// `RATE_LIMITER_DRIVER`.
+    pub driver: String,
+    /// For the rate limiter: whether limits are enforced at all. Default: true.
+    /// Env: `RATE_LIMITER_ENABLED`.
+    pub enabled: Option<bool>,
+    /// The per-driver tables, by driver name.
+    #[serde(flatten)]
+    pub tables: BTreeMap<String, serde_json::Value>,
+}
+
+impl DriverSection {
+    fn named(driver: &str) -> Self {
+        Self { driver: driver.into(), enabled: None, tables: BTreeMap::new() }
+    }
+}
+
+impl Default for DriverSection {
+    fn default() -> Self {
+        Self::named("")
+    }
+}
+
+/// Where apps come from. Only the static list exists for now.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppManagerConfig {
+    /// `memory` (the list below). Default: "memory". Env: `APP_MANAGER_DRIVER`.
+    pub driver: Option<String>,
+    /// The static list of apps.
+    pub array: AppArray,
+}
+
+/// `app_manager.array`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppArray {
+    /// The apps. With none, a default app exists, set from the `SOCKUDO_DEFAULT_APP_*`
+    /// environment variables (id `app-id`, key `app-key`, secret `app-secret`).
+    pub apps: Vec<AppConfig>,
+}
+
+/// One app. Unset limits take the server-wide value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// The app id used in HTTP API paths.
+    pub id: String,
+    /// The public key clients connect with.
+    pub key: String,
+    /// The secret that signs auth strings and API requests.
+    pub secret: String,
+    /// Whether the app accepts connections and requests. Default: true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Concurrent connections allowed; 0 means unlimited. Default: 0.
+    #[serde(default)]
+    pub max_connections: u64,
+    /// Whether clients may send `client-` events. Default: false.
+    #[serde(default)]
+    pub enable_client_messages: bool,
+    /// Client events per second per connection. Default: 10.
+    #[serde(default)]
+    pub max_client_events_per_second: Option<u32>,
+    /// Overrides `presence.max_members_per_channel`.
+    #[serde(default)]
+    pub max_presence_members_per_channel: Option<u64>,
+    /// Overrides `presence.max_member_size_in_kb`.
+    #[serde(default)]
+    pub max_presence_member_size_in_kb: Option<u64>,
+    /// Overrides `channel_limits.max_name_length`.
+    #[serde(default)]
+    pub max_channel_name_length: Option<u64>,
+    /// Overrides `event_limits.max_channels_at_once`.
+    #[serde(default)]
+    pub max_event_channels_at_once: Option<u64>,
+    /// Overrides `event_limits.max_name_length`.
+    #[serde(default)]
+    pub max_event_name_length: Option<u64>,
+    /// Overrides `event_limits.max_payload_in_kb`.
+    #[serde(default)]
+    pub max_event_payload_in_kb: Option<u64>,
+    /// Overrides `event_limits.max_batch_size`.
+    #[serde(default)]
+    pub max_event_batch_size: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `channel_limits`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelLimits {
+    /// Longest channel name, prefix included. Default: 200.
+    pub max_name_length: u64,
+}
+
+impl Default for ChannelLimits {
+    fn default() -> Self {
+        Self { max_name_length: 200 }
+    }
+}
+
+/// `event_limits`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventLimits {
+    /// Channels one trigger may name. Default: 100.
+    pub max_channels_at_once: u64,
+    /// Longest event name. Default: 200.
+    pub max_name_length: u64,
+    /// Largest event data, in KiB. Default: 100.
+    pub max_payload_in_kb: u64,
+    /// Events one batch trigger may carry. Default: 10.
+    pub max_batch_size: u64,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        Self { max_channels_at_once: 100, max_name_length: 200, max_payload_in_kb: 100, max_batch_size: 10 }
+    }
+}
+
+/// `presence`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceLimits {
+    /// Members one presence channel may hold. Default: 100.
+    pub max_members_per_channel: u64,
+    /// Largest `user_info`, in KiB. Default: 2.
+    pub max_member_size_in_kb: u64,
+}
+
+impl Default for PresenceLimits {
+    fn default() -> Self {
+        Self { max_members_per_channel: 100, max_member_size_in_kb: 2 }
+    }
+}
+
+/// `http_api`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpApiConfig {
+    /// Largest request body, in MiB. Default: 10. Env: `HTTP_API_REQUEST_LIMIT_IN_MB`.
+    pub request_limit_in_mb: u64,
+}
+
+impl Default for HttpApiConfig {
+    fn default() -> Self {
+        Self { request_limit_in_mb: 10 }
+    }
+}
+
+/// `websocket`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Largest message a client may send, in KiB. Default: 64. Env: `WEBSOCKET_MAX_PAYLOAD_KB`.
+    pub max_payload_kb: u64,
+    /// Messages waiting to be written to one connection; a connection that lets more pile up
+    /// is too slow and is closed with 4100. Default: 1000. Env: `WEBSOCKET_MAX_MESSAGES`.
+    pub max_messages: u64,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self { max_payload_kb: 64, max_messages: 1000 }
+    }
+}
+
+/// `metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`. Default: true. Env: `METRICS_ENABLED`.
+    pub enabled: bool,
+    /// Address for the metrics listener. Default: "0.0.0.0". Env: `METRICS_HOST`.
+    pub host: String,
+    /// Port for the metrics listener. Default: 9601. Env: `METRICS_PORT`.
+    pub port: u16,
+    /// Prefix of every metric name. Default: "sockhost_". Env: `METRICS_PROMETHEUS_PREFIX`.
+    pub prefix: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true, host: "0.0.0.0".into(), port: 9601, prefix: "sockhost_".into() }
+    }
+}

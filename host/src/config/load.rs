@@ -1,0 +1,298 @@
+//! Merging the layers into one [`Config`]: defaults, file, environment, flags.
+//!
+//! The file and the overrides are merged as a JSON tree first and deserialized once, so every
+//! layer is checked by the same rules. To list every problem at once, a value that fails to
+//! deserialize is reported and taken out of the tree (falling back to its default), and
+//! deserialization is tried again.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::Config;
+
+/// One problem with the configuration: where it is (a file path with the field, or an
+/// environment variable) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{place}: {problem}")]
+pub struct ConfigError {
+    /// `sockhost.toml: event_limits.max_batch_size`, `PORT`, `--port`, ...
+    pub place: String,
+    /// What is wrong, one line.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(place: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self { place: place.into(), problem: problem.into() }
+    }
+}
+
+/// Where configuration comes from; tests build one by hand instead of reading the process.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The config file, if one was named or found.
+    pub file: Option<PathBuf>,
+    /// Environment variables (name, value).
+    pub env: Vec<(String, String)>,
+    /// `--host`.
+    pub host: Option<String>,
+    /// `--port`.
+    pub port: Option<u16>,
+}
+
+impl Sources {
+    /// The config file: `explicit` if given, else `sockhost.toml`, else `config/config.json`
+    /// (Sockudo's layout), in the working directory, if they exist.
+    pub fn locate_file(explicit: Option<&Path>) -> Option<PathBuf> {
+        if let Some(path) = explicit {
+            return Some(path.to_path_buf());
+        }
+        ["sockhost.toml", "config/config.toml", "config/config.json"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+}
+
+/// Environment variables and the config path each sets (the reference's names).
+const ENV: &[(&str, &str, Kind)] = &[
+    ("HOST", "host", Kind::Str),
+    ("PORT", "port", Kind::Int),
+    ("DEBUG", "debug", Kind::Bool),
+    ("ACTIVITY_TIMEOUT", "activity_timeout", Kind::Int),
+    ("PONG_TIMEOUT", "pong_timeout", Kind::Int),
+    ("SHUTDOWN_GRACE_PERIOD", "shutdown_grace_period", Kind::Int),
+    ("ADAPTER_DRIVER", "adapter.driver", Kind::Str),
+    ("CACHE_DRIVER", "cache.driver", Kind::Str),
+    ("QUEUE_DRIVER", "queue.driver", Kind::Str),
+    ("RATE_LIMITER_DRIVER", "rate_limiter.driver", Kind::Str),
+    ("RATE_LIMITER_ENABLED", "rate_limiter.enabled", Kind::Bool),
+    ("APP_MANAGER_DRIVER", "app_manager.driver", Kind::Str),
+    ("HTTP_API_REQUEST_LIMIT_IN_MB", "http_api.request_limit_in_mb", Kind::Int),
+    ("WEBSOCKET_MAX_PAYLOAD_KB", "websocket.max_payload_kb", Kind::Int),
+    ("WEBSOCKET_MAX_MESSAGES", "websocket.max_messages", Kind::Int),
+    ("METRICS_ENABLED", "metrics.enabled", Kind::Bool),
+    ("METRICS_HOST", "metrics.host", Kind::Str),
+    ("METRICS_PORT", "metrics.port", Kind::Int),
+    ("METRICS_PROMETHEUS_PREFIX", "metrics.prefix", Kind::Str),
+];
+
+/// The default app's fields, set by environment when the configuration lists no app.
+const DEFAULT_APP_ENV: &[(&str, &str, Kind, &str)] = &[
+    ("SOCKUDO_DEFAULT_APP_ID", "id", Kind::Str, "app-id"),
+    ("SOCKUDO_DEFAULT_APP_KEY", "key", Kind::Str, "app-key"),
+    ("SOCKUDO_DEFAULT_APP_SECRET", "secret", Kind::Str, "app-secret"),
+    ("SOCKUDO_DEFAULT_APP_ENABLED", "enabled", Kind::Bool, "true"),
+    ("SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES", "enable_client_messages", Kind::Bool, "false"),
+    ("SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS", "max_connections", Kind::Int, "0"),
+];
+
+/// Merge the sources into a [`Config`], or every problem found.
+pub fn load(sources: &Sources) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let file_name = sources.file.as_ref().map(|p| p.display().to_string());
+    let mut tree = match &sources.file {
+        Some(path) => match read_file(path) {
+            Ok(tree) => tree,
+            Err(e) => return Err(vec![e]),
+        },
+        None => Value::Object(Map::new()),
+    };
+
+    let env = |name: &str| sources.env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    for (name, path, kind) in ENV {
+        if let Some(raw) = env(name) {
+            match typed(raw, *kind) {
+                Ok(value) => set(&mut tree, path, value),
+                Err(problem) => errors.push(ConfigError::new(*name, problem)),
+            }
+        }
+    }
+    if let Some(host) = &sources.host {
+        set(&mut tree, "host", Value::String(host.clone()));
+    }
+    if let Some(port) = sources.port {
+        set(&mut tree, "port", Value::from(port));
+    }
+    let has_apps = tree
+        .pointer("/app_manager/array/apps")
+        .and_then(Value::as_array)
+        .is_some_and(|apps| !apps.is_empty());
+    if !has_apps {
+        let mut app = Map::new();
+        for (name, field, kind, default) in DEFAULT_APP_ENV {
+            match typed(env(name).unwrap_or(default), *kind) {
+                Ok(value) => {
+                    app.insert((*field).to_string(), value);
+                }
+                Err(problem) => errors.push(ConfigError::new(*name, problem)),
+            }
+        }
+        set(&mut tree, "app_manager.array.apps", Value::Array(vec![Value::Object(app)]));
+    }
+
+    let place = |field: &str| match &file_name {
+        Some(file) => format!("{file}: {field}"),
+        None => field.to_string(),
+    };
+    // Deserialize, and on each failure report it, drop the offending value and try again.
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, Config>(tree.clone()) {
+            Ok(config) => {
+                errors.extend(check_driver_tables(&config, &place));
+                return if errors.is_empty() { Ok(config) } else { Err(errors) };
+            }
+            Err(e) => {
+                // `apps[0].key` -> `apps.0.key`, the form `remove` walks.
+                let path = e.path().to_string().replace('[', ".").replace(']', "");
+                let message = e.inner().to_string();
+                let (field, problem) = match unknown_field(&message) {
+                    Some(name) if path == "." => (name.to_string(), "unknown field".to_string()),
+                    Some(name) => (format!("{path}.{name}"), "unknown field".to_string()),
+                    None => (path.clone(), message.clone()),
+                };
+                errors.push(ConfigError::new(place(&display_path(&field)), problem));
+                if !remove(&mut tree, &field) {
+                    break;
+                }
+            }
+        }
+    }
+    Err(errors)
+}
+
+/// A driver section's extra keys must be tables (one per driver).
+fn check_driver_tables(config: &Config, place: &impl Fn(&str) -> String) -> Vec<ConfigError> {
+    let sections = [
+        ("adapter", &config.adapter),
+        ("cache", &config.cache),
+        ("queue", &config.queue),
+        ("rate_limiter", &config.rate_limiter),
+    ];
+    let mut errors = Vec::new();
+    for (name, section) in sections {
+        for (key, value) in &section.tables {
+            if !value.is_object() {
+                errors.push(ConfigError::new(
+                    place(&format!("{name}.{key}")),
+                    "unknown field (driver settings go in a table named after the driver)",
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// `apps.0.key` -> `apps[0].key`, as operators read it.
+fn display_path(path: &str) -> String {
+    let mut out = String::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        if part.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+fn read_file(path: &Path) -> Result<Value, ConfigError> {
+    let place = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(&place, format!("cannot be read: {e}")))?;
+    let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let tree = if is_json {
+        serde_json::from_str::<Value>(&text)
+            .map_err(|e| ConfigError::new(&place, format!("not valid JSON: {e}")))?
+    } else {
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            ConfigError::new(&place, format!("not valid TOML: {}", e.message().trim_end_matches('.')))
+        })?;
+        serde_json::to_value(table).map_err(|e| ConfigError::new(&place, e.to_string()))?
+    };
+    if tree.is_object() {
+        Ok(tree)
+    } else {
+        Err(ConfigError::new(&place, "the top level must be a table of settings"))
+    }
+}
+
+fn typed(raw: &str, kind: Kind) -> Result<Value, String> {
+    match kind {
+        Kind::Str => Ok(Value::String(raw.to_string())),
+        Kind::Int => raw
+            .trim()
+            .parse::<u64>()
+            .map(Value::from)
+            .map_err(|_| format!("expected a whole number, found {raw:?}")),
+        Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Value::Bool(true)),
+            "false" | "0" | "no" | "off" => Ok(Value::Bool(false)),
+            _ => Err(format!("expected true or false, found {raw:?}")),
+        },
+    }
+}
+
+/// Set the dotted `path` in `tree`, creating tables on the way.
+fn set(tree: &mut Value, path: &str, value: Value) {
+    let mut node = tree;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        let map = node.as_object_mut().expect("just made an object");
+        if parts.peek().is_none() {
+            map.insert(part.to_string(), value);
+            return;
+        }
+        node = map.entry(part.to_string()).or_insert_with(|| Value::Object(Map::new()));
+    }
+}
+
+/// Remove the dotted `path` (array indices as numbers) from `tree`; whether anything was removed.
+fn remove(tree: &mut Value, path: &str) -> bool {
+    let parts: Vec<&str> = path.split('.').filter(|p| !p.is_empty()).collect();
+    let Some((last, parents)) = parts.split_last() else { return false };
+    let mut node = tree;
+    for part in parents {
+        node = match node {
+            Value::Object(map) => match map.get_mut(*part) {
+                Some(next) => next,
+                None => return false,
+            },
+            Value::Array(items) => match part.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                Some(next) => next,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match node {
+        Value::Object(map) => map.remove(*last).is_some(),
+        Value::Array(items) => match last.parse::<usize>() {
+            Ok(i) if i < items.len() => {
+                items.remove(i);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}

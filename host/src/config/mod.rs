@@ -1,0 +1,15 @@
+//! Configuration: the file's shape with its defaults ([`Config`]), how the layers are merged
+//! ([`load`]), and the validated result the server runs with ([`Settings`]).
+//!
+//! Layers, each overriding the one before: built-in defaults, the config file (TOML, or JSON in
+//! the reference's shape), environment variables (the reference's names: `HOST`, `PORT`,
+//! `ADAPTER_DRIVER`, ...), then command-line flags. Unknown keys and invalid values are refused
+//! at start, every problem listed at once.
+
+mod file;
+mod load;
+mod settings;
+
+pub use file::{AppConfig, Config, DriverSection};
+pub use load::{ConfigError, Sources, load};
+pub use settings::{Limits, Settings};

@@ -1,0 +1,213 @@
+//! The validated settings the server runs with: every rule is checked once here, so the rest of
+//! the host trusts its settings.
+
+use std::{collections::HashMap, time::Duration};
+
+use super::{Config, ConfigError, DriverSection};
+use crate::{
+    apps::App,
+    plugins::{DriverChoice, DriverSelection},
+};
+
+/// Per-app limits, with the server-wide defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest channel name.
+    pub max_channel_name_length: usize,
+    /// Channels one trigger may name.
+    pub max_event_channels_at_once: usize,
+    /// Longest event name.
+    pub max_event_name_length: usize,
+    /// Largest event data, in bytes.
+    pub max_event_payload_bytes: usize,
+    /// Events per batch trigger.
+    pub max_event_batch_size: usize,
+    /// Members per presence channel.
+    pub max_presence_members: usize,
+    /// Largest presence `user_info`, in bytes.
+    pub max_presence_member_size_bytes: usize,
+    /// Client events per second per connection.
+    pub max_client_events_per_second: u32,
+}
+
+/// Everything the server needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on.
+    pub port: u16,
+    /// Sent in `connection_established`; silence this long makes the server ping.
+    pub activity_timeout: Duration,
+    /// How long a ping may go unanswered.
+    pub pong_timeout: Duration,
+    /// How long shutdown waits for connections to close.
+    pub shutdown_grace_period: Duration,
+    /// The drivers to construct.
+    pub drivers: DriverSelection,
+    /// Whether rate limits are enforced.
+    pub rate_limiter_enabled: bool,
+    /// The apps.
+    pub apps: Vec<App>,
+    /// Largest HTTP API request body, in bytes.
+    pub http_body_limit: usize,
+    /// Largest WebSocket message a client may send, in bytes.
+    pub ws_max_message_bytes: usize,
+    /// Outbound messages that may wait per connection.
+    pub ws_max_queued_messages: usize,
+    /// `(host, port)` of the metrics listener, if enabled.
+    pub metrics_addr: Option<(String, u16)>,
+    /// Prefix of metric names.
+    pub metrics_prefix: String,
+}
+
+impl Settings {
+    /// Check `config` and build the settings, or every problem found.
+    pub fn from_config(config: Config) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut err = |place: &str, problem: String| errors.push(ConfigError { place: place.into(), problem });
+
+        for (name, value) in [
+            ("activity_timeout", config.activity_timeout),
+            ("pong_timeout", config.pong_timeout),
+            ("channel_limits.max_name_length", config.channel_limits.max_name_length),
+            ("event_limits.max_channels_at_once", config.event_limits.max_channels_at_once),
+            ("event_limits.max_name_length", config.event_limits.max_name_length),
+            ("event_limits.max_payload_in_kb", config.event_limits.max_payload_in_kb),
+            ("event_limits.max_batch_size", config.event_limits.max_batch_size),
+            ("presence.max_members_per_channel", config.presence.max_members_per_channel),
+            ("presence.max_member_size_in_kb", config.presence.max_member_size_in_kb),
+            ("http_api.request_limit_in_mb", config.http_api.request_limit_in_mb),
+            ("websocket.max_payload_kb", config.websocket.max_payload_kb),
+            ("websocket.max_messages", config.websocket.max_messages),
+        ] {
+            if value == 0 {
+                err(name, "must be at least 1".into());
+            }
+        }
+        if config.metrics.enabled && config.metrics.port == config.port && config.port != 0 {
+            err("metrics.port", format!("must differ from port ({})", config.port));
+        }
+        if let Some(driver) = &config.app_manager.driver
+            && driver != "memory"
+        {
+            err("app_manager.driver", format!("unknown app manager `{driver}`; only `memory` exists"));
+        }
+
+        let defaults = Limits {
+            max_channel_name_length: to_usize(config.channel_limits.max_name_length),
+            max_event_channels_at_once: to_usize(config.event_limits.max_channels_at_once),
+            max_event_name_length: to_usize(config.event_limits.max_name_length),
+            max_event_payload_bytes: to_usize(config.event_limits.max_payload_in_kb.saturating_mul(1024)),
+            max_event_batch_size: to_usize(config.event_limits.max_batch_size),
+            max_presence_members: to_usize(config.presence.max_members_per_channel),
+            max_presence_member_size_bytes: to_usize(config.presence.max_member_size_in_kb.saturating_mul(1024)),
+            max_client_events_per_second: 10,
+        };
+        let mut apps = Vec::new();
+        let mut ids = HashMap::new();
+        let mut keys = HashMap::new();
+        for (i, app) in config.app_manager.array.apps.iter().enumerate() {
+            let place = |field: &str| format!("app_manager.array.apps[{i}].{field}");
+            for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
+                if value.trim().is_empty() {
+                    err(&place(field), "must not be empty".into());
+                }
+            }
+            if let Some(first) = ids.insert(app.id.clone(), i) {
+                err(&place("id"), format!("duplicate id {:?} (also apps[{first}])", app.id));
+            }
+            if let Some(first) = keys.insert(app.key.clone(), i) {
+                err(&place("key"), format!("duplicate key {:?} (also apps[{first}])", app.key));
+            }
+            let pick = |value: Option<u64>, default: usize, field: &str, scale: u64, errs: &mut Vec<(String, String)>| {
+                match value {
+                    Some(0) => {
+                        errs.push((place(field), "must be at least 1".into()));
+                        default
+                    }
+                    Some(v) => to_usize(v.saturating_mul(scale)),
+                    None => default,
+                }
+            };
+            let mut limit_errors = Vec::new();
+            let limits = Limits {
+                max_channel_name_length: pick(app.max_channel_name_length, defaults.max_channel_name_length, "max_channel_name_length", 1, &mut limit_errors),
+                max_event_channels_at_once: pick(app.max_event_channels_at_once, defaults.max_event_channels_at_once, "max_event_channels_at_once", 1, &mut limit_errors),
+                max_event_name_length: pick(app.max_event_name_length, defaults.max_event_name_length, "max_event_name_length", 1, &mut limit_errors),
+                max_event_payload_bytes: pick(app.max_event_payload_in_kb, defaults.max_event_payload_bytes, "max_event_payload_in_kb", 1024, &mut limit_errors),
+                max_event_batch_size: pick(app.max_event_batch_size, defaults.max_event_batch_size, "max_event_batch_size", 1, &mut limit_errors),
+                max_presence_members: pick(app.max_presence_members_per_channel, defaults.max_presence_members, "max_presence_members_per_channel", 1, &mut limit_errors),
+                max_presence_member_size_bytes: pick(app.max_presence_member_size_in_kb, defaults.max_presence_member_size_bytes, "max_presence_member_size_in_kb", 1024, &mut limit_errors),
+                max_client_events_per_second: match app.max_client_events_per_second {
+                    Some(0) => {
+                        limit_errors.push((place("max_client_events_per_second"), "must be at least 1".into()));
+                        defaults.max_client_events_per_second
+                    }
+                    Some(v) => v,
+                    None => defaults.max_client_events_per_second,
+                },
+            };
+            for (place, problem) in limit_errors {
+                err(&place, problem);
+            }
+            apps.push(App {
+                id: app.id.clone(),
+                key: app.key.clone(),
+                secret: app.secret.clone(),
+                enabled: app.enabled,
+                max_connections: app.max_connections,
+                enable_client_messages: app.enable_client_messages,
+                limits,
+            });
+        }
+
+        let mut choice = |kind: &str, section: &DriverSection| -> DriverChoice {
+            if section.driver.trim().is_empty() {
+                err(&format!("{kind}.driver"), "must name a driver".into());
+            }
+            let table = section.tables.get(&section.driver).or_else(|| {
+                // The reference names the redis-cluster adapter's table `adapter.cluster`.
+                (section.driver == "redis-cluster").then(|| section.tables.get("cluster")).flatten()
+            });
+            let config = match table.map(toml::to_string) {
+                None => String::new(),
+                Some(Ok(text)) => text,
+                Some(Err(e)) => {
+                    err(&format!("{kind}.{}", section.driver), format!("cannot be passed to the driver: {e}"));
+                    String::new()
+                }
+            };
+            DriverChoice { name: section.driver.clone(), config }
+        };
+        let drivers = DriverSelection {
+            transport: choice("adapter", &config.adapter),
+            cache: choice("cache", &config.cache),
+            queue: choice("queue", &config.queue),
+            rate_limiter: choice("rate_limiter", &config.rate_limiter),
+        };
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self {
+            host: config.host,
+            port: config.port,
+            activity_timeout: Duration::from_secs(config.activity_timeout),
+            pong_timeout: Duration::from_secs(config.pong_timeout),
+            shutdown_grace_period: Duration::from_secs(config.shutdown_grace_period),
+            drivers,
+            rate_limiter_enabled: config.rate_limiter.enabled.unwrap_or(true),
+            apps,
+            http_body_limit: to_usize(config.http_api.request_limit_in_mb.saturating_mul(1024 * 1024)),
+            ws_max_message_bytes: to_usize(config.websocket.max_payload_kb.saturating_mul(1024)),
+            ws_max_queued_messages: to_usize(config.websocket.max_messages),
+            metrics_addr: config.metrics.enabled.then(|| (config.metrics.host.clone(), config.metrics.port)),
+            metrics_prefix: config.metrics.prefix,
+        })
+    }
+}
+
+fn to_usize(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
+}

@@ -1,0 +1,107 @@
+//! `GET /apps/{app_id}/channels`, `.../channels/{name}` and `.../channels/{name}/users`.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{Path, RawQuery, State},
+    http::{Method, Uri},
+};
+use serde_json::{Map, Value, json};
+
+use super::{ApiError, auth};
+use crate::{
+    protocol::channel::{self, ChannelKind},
+    server::Ctx,
+};
+
+fn attributes(query: &std::collections::HashMap<String, String>) -> Vec<String> {
+    query
+        .get("info")
+        .map(|info| info.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Occupied channels, optionally filtered by prefix; `info=user_count` for presence prefixes.
+pub async fn list(
+    State(ctx): State<Arc<Ctx>>,
+    Path(app_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &[])?;
+    let prefix = authed.query.get("filter_by_prefix").cloned().unwrap_or_default();
+    let info = attributes(&authed.query);
+    for attribute in &info {
+        match attribute.as_str() {
+            "user_count" if !prefix.starts_with("presence-") => {
+                return Err(ApiError::bad_request("info=user_count needs filter_by_prefix=presence-"));
+            }
+            "user_count" | "subscription_count" => {}
+            other => return Err(ApiError::bad_request(format!("Unknown info attribute {other:?}"))),
+        }
+    }
+    let mut channels = Map::new();
+    for (name, counts) in ctx.adapter.channels(&authed.app.id, &prefix).await {
+        let mut entry = Map::new();
+        if info.iter().any(|a| a == "user_count") {
+            entry.insert("user_count".into(), counts.user_count.into());
+        }
+        if info.iter().any(|a| a == "subscription_count") {
+            entry.insert("subscription_count".into(), counts.subscription_count.into());
+        }
+        channels.insert(name, Value::Object(entry));
+    }
+    Ok(Json(json!({ "channels": channels })))
+}
+
+/// One channel: whether it is occupied, and the counts asked for.
+pub async fn show(
+    State(ctx): State<Arc<Ctx>>,
+    Path((app_id, name)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &[])?;
+    channel::validate(&name, authed.app.limits.max_channel_name_length)
+        .map_err(|e| ApiError::bad_request(format!("Channel {name:?}: {e}")))?;
+    let presence = ChannelKind::of(&name) == ChannelKind::Presence;
+    let info = attributes(&authed.query);
+    let counts = ctx.adapter.channel_info(&authed.app.id, &name).await;
+    let mut body = Map::new();
+    body.insert("occupied".into(), (counts.subscription_count > 0).into());
+    for attribute in &info {
+        match attribute.as_str() {
+            "user_count" if presence => {
+                body.insert("user_count".into(), counts.user_count.into());
+            }
+            "user_count" => return Err(ApiError::bad_request("user_count is only for presence channels")),
+            "subscription_count" => {
+                body.insert("subscription_count".into(), counts.subscription_count.into());
+            }
+            other => return Err(ApiError::bad_request(format!("Unknown info attribute {other:?}"))),
+        }
+    }
+    Ok(Json(Value::Object(body)))
+}
+
+/// The users of a presence channel.
+pub async fn users(
+    State(ctx): State<Arc<Ctx>>,
+    Path((app_id, name)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &[])?;
+    channel::validate(&name, authed.app.limits.max_channel_name_length)
+        .map_err(|e| ApiError::bad_request(format!("Channel {name:?}: {e}")))?;
+    if ChannelKind::of(&name) != ChannelKind::Presence {
+        return Err(ApiError::bad_request("Users can only be listed for presence channels"));
+    }
+    let users: Vec<Value> =
+        ctx.adapter.user_ids(&authed.app.id, &name).await.into_iter().map(|id| json!({ "id": id })).collect();
+    Ok(Json(json!({ "users": users })))
+}

@@ -1,0 +1,227 @@
+//! `POST /apps/{app_id}/events` and `POST /apps/{app_id}/batch_events`.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, RawQuery, State, rejection::BytesRejection},
+    http::{Method, Uri},
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{ApiError, auth, body};
+use crate::{
+    apps::App,
+    protocol::{
+        channel::{self, ChannelKind},
+        frames,
+    },
+    server::Ctx,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Event {
+    name: String,
+    data: Value,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    socket_id: Option<String>,
+    #[serde(default)]
+    info: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    batch: Vec<Event>,
+}
+
+/// An event that passed every check, ready to publish.
+struct Checked {
+    name: String,
+    data: Value,
+    channels: Vec<String>,
+    socket_id: Option<String>,
+    info: Vec<String>,
+}
+
+fn is_socket_id(s: &str) -> bool {
+    s.split_once('.').is_some_and(|(a, b)| {
+        !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+    })
+}
+
+fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
+    let limits = &app.limits;
+    if event.name.is_empty() {
+        return Err(ApiError::bad_request("The event name is empty"));
+    }
+    if event.name.chars().count() > limits.max_event_name_length {
+        return Err(ApiError::bad_request(format!(
+            "The event name is longer than {} characters",
+            limits.max_event_name_length
+        )));
+    }
+    let channels = match (event.channel, event.channels) {
+        (Some(one), None) => vec![one],
+        (None, Some(many)) if !in_batch => many,
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("Give channel or channels, not both")),
+        (None, Some(_)) => return Err(ApiError::bad_request("A batched event takes one channel")),
+        (None, None) => return Err(ApiError::bad_request("Missing channel or channels")),
+    };
+    if channels.is_empty() {
+        return Err(ApiError::bad_request("channels is empty"));
+    }
+    if channels.len() > limits.max_event_channels_at_once {
+        return Err(ApiError::bad_request(format!(
+            "{} channels given; the limit is {}",
+            channels.len(),
+            limits.max_event_channels_at_once
+        )));
+    }
+    for name in &channels {
+        channel::validate(name, limits.max_channel_name_length)
+            .map_err(|e| ApiError::bad_request(format!("Channel {name:?}: {e}")))?;
+    }
+    // Channel events carry their data as a string; other JSON is sent as its text.
+    let data = match event.data {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    if data.len() > limits.max_event_payload_bytes {
+        return Err(ApiError::too_large(format!(
+            "The event data is {} bytes; the limit is {}",
+            data.len(),
+            limits.max_event_payload_bytes
+        )));
+    }
+    if let Some(socket_id) = &event.socket_id
+        && !is_socket_id(socket_id)
+    {
+        return Err(ApiError::bad_request(format!("socket_id {socket_id:?} is not of the form 123.456")));
+    }
+    let info: Vec<String> = event
+        .info
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    for attribute in &info {
+        if attribute != "user_count" && attribute != "subscription_count" {
+            return Err(ApiError::bad_request(format!("Unknown info attribute {attribute:?}")));
+        }
+    }
+    Ok(Checked { name: event.name, data: Value::String(data), channels, socket_id: event.socket_id, info })
+}
+
+/// Deliver a checked event and, if asked, describe its channels.
+async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
+    for name in &event.channels {
+        let frame = frames::channel_event(&event.name, name, &event.data, None).into();
+        ctx.metrics.events_published.inc();
+        ctx.adapter.broadcast(&app.id, name, &frame, event.socket_id.as_deref());
+    }
+    if event.info.is_empty() {
+        return None;
+    }
+    let mut channels = Map::new();
+    for name in &event.channels {
+        let counts = ctx.adapter.channel_info(&app.id, name).await;
+        let mut info = Map::new();
+        for attribute in &event.info {
+            match attribute.as_str() {
+                "user_count" if ChannelKind::of(name) == ChannelKind::Presence => {
+                    info.insert("user_count".into(), counts.user_count.into());
+                }
+                "subscription_count" => {
+                    info.insert("subscription_count".into(), counts.subscription_count.into());
+                }
+                _ => {}
+            }
+        }
+        channels.insert(name.clone(), Value::Object(info));
+    }
+    Some(Value::Object(channels))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("The body is not a valid event: {e}")))
+}
+
+/// Trigger one event on one or more channels.
+pub async fn trigger(
+    State(ctx): State<Arc<Ctx>>,
+    Path(app_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = body(bytes)?;
+    ctx.metrics.http_bytes_received.inc_by(bytes.len() as u64);
+    let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &bytes)?;
+    let event = check(&authed.app, parse(&bytes)?, false)?;
+    Ok(Json(match publish(&ctx, &authed.app, &event).await {
+        Some(channels) => json!({ "channels": channels }),
+        None => json!({}),
+    }))
+}
+
+/// Trigger several events at once; every event is checked before any is published.
+pub async fn batch(
+    State(ctx): State<Arc<Ctx>>,
+    Path(app_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = body(bytes)?;
+    ctx.metrics.http_bytes_received.inc_by(bytes.len() as u64);
+    let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &bytes)?;
+    let batch: Batch = parse(&bytes)?;
+    let max = authed.app.limits.max_event_batch_size;
+    if batch.batch.len() > max {
+        return Err(ApiError::bad_request(format!("{} events given; a batch takes at most {max}", batch.batch.len())));
+    }
+    let events = batch
+        .batch
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| check(&authed.app, e, true).map_err(|e| ApiError { message: format!("batch[{i}]: {}", e.message), ..e }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut described = Vec::with_capacity(events.len());
+    for event in &events {
+        described.push(publish(&ctx, &authed.app, event).await);
+    }
+    if described.iter().all(Option::is_none) {
+        return Ok(Json(json!({})));
+    }
+    let batch: Vec<Value> = described
+        .into_iter()
+        .map(|channels| channels.and_then(|c| c.as_object()?.values().next().cloned()).unwrap_or_else(|| json!({})))
+        .collect();
+    Ok(Json(json!({ "batch": batch })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_socket_id;
+
+    #[test]
+    fn socket_ids_are_two_numbers() {
+        assert!(is_socket_id("123.456"));
+        for bad in ["123", "123.", ".456", "12a.3", "1.2.3", ""] {
+            assert!(!is_socket_id(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Health checks for load balancers.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use serde_json::{Value, json};
+
+use super::ApiError;
+use crate::server::Ctx;
+
+/// `GET /up`: 200 while the server and its transport answer; 503 when the transport does not
+/// or the server is shutting down.
+pub async fn up(State(ctx): State<Arc<Ctx>>) -> (StatusCode, Json<Value>) {
+    if ctx.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ok": false, "error": "shutting down" })));
+    }
+    match ctx.drivers.transport.health().await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "ok": true }))),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ok": false, "error": e.to_string() }))),
+    }
+}
+
+/// `GET /up/{app_id}`: as `/up`, and 404 for an unknown app, 503 for a disabled one.
+pub async fn up_app(
+    State(ctx): State<Arc<Ctx>>,
+    Path(app_id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let app = ctx.apps.by_id(&app_id).ok_or_else(|| ApiError::not_found(format!("App {app_id} does not exist")))?;
+    if !app.enabled {
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ok": false, "error": "the app is disabled" }))));
+    }
+    Ok(up(State(ctx)).await)
+}

@@ -1,0 +1,84 @@
+//! The Pusher HTTP API: triggers, channel queries, health. Every error is a status with a JSON
+//! body `{"error": "...", "code": <status>}`; a client's mistake is never a 500.
+
+pub mod auth;
+pub mod channels;
+pub mod events;
+pub mod health;
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Request, State, rejection::BytesRejection},
+    http::StatusCode,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+
+use crate::server::Ctx;
+
+/// An HTTP API error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The status.
+    pub status: StatusCode,
+    /// What went wrong, for the caller.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::UNAUTHORIZED, message: message.into() }
+    }
+
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::FORBIDDEN, message: message.into() }
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::NOT_FOUND, message: message.into() }
+    }
+
+    /// 413.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::PAYLOAD_TOO_LARGE, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message, "code": self.status.as_u16() });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// The request body, or 413 / 400 as JSON.
+pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large("The request body is over the size limit"),
+        _ => ApiError::bad_request(format!("The request body could not be read: {rejection}")),
+    })
+}
+
+/// Unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("No such endpoint")
+}
+
+/// Count every API response by status.
+pub async fn count_requests(State(ctx): State<Arc<Ctx>>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    ctx.metrics.http_requests.get_or_create(&vec![("status", status)]).inc();
+    response
+}

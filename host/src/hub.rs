@@ -1,0 +1,320 @@
+//! The hub: this node's sockets and what they subscribe to. The only code that holds sockets.
+//!
+//! Each connection task owns its socket and registers a [`Conn`] handle here: a bounded queue of
+//! ready-made frames plus a way to close it. A broadcast walks a channel's subscribers and
+//! enqueues the same frame (a reference-counted buffer) to each, without waiting: a connection
+//! whose queue is full is too slow and is closed with 4100, never allowed to grow memory.
+//!
+//! Locks are plain `RwLock`s, never held across an `.await` (nothing here is async).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU16, AtomicU64, Ordering},
+    },
+};
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+
+use crate::protocol::codes;
+
+/// A socket id, `<digits>.<digits>`.
+pub type SocketId = Arc<str>;
+
+/// Why a connection is being closed by someone other than its own task.
+#[derive(Debug, Default)]
+pub struct Closer {
+    /// The close code, 0 while open.
+    code: AtomicU16,
+    notify: Notify,
+}
+
+impl Closer {
+    /// Ask the connection's task to close with `code`; the first request wins.
+    pub fn close(&self, code: u16) {
+        if self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The requested close code, if any.
+    pub fn requested(&self) -> Option<u16> {
+        match self.code.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+
+    /// Resolves once a close is requested.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.requested().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What the hub holds of a connection: its id, its outbound queue and its closer.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// The socket id.
+    pub socket_id: SocketId,
+    queue: mpsc::Sender<Utf8Bytes>,
+    closer: Arc<Closer>,
+}
+
+impl Conn {
+    /// A handle over a connection's queue and closer.
+    pub fn new(socket_id: SocketId, queue: mpsc::Sender<Utf8Bytes>, closer: Arc<Closer>) -> Self {
+        Self { socket_id, queue, closer }
+    }
+
+    /// Enqueue a frame without waiting. A full queue means the client cannot keep up: it is
+    /// closed with 4100. Answers whether the frame was enqueued.
+    pub fn send(&self, frame: &Utf8Bytes) -> bool {
+        match self.queue.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.closer.close(codes::OVER_CAPACITY);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Ask the connection to close with `code`.
+    pub fn close(&self, code: u16) {
+        self.closer.close(code);
+    }
+}
+
+/// A presence member: one user, possibly on several connections.
+#[derive(Debug, Clone)]
+struct Member {
+    info: Value,
+    sockets: HashSet<SocketId>,
+}
+
+#[derive(Debug, Default)]
+struct Channel {
+    subscribers: HashMap<SocketId, Conn>,
+    /// Presence channels only: members by user id.
+    members: Option<HashMap<String, Member>>,
+}
+
+#[derive(Debug, Default)]
+struct AppHub {
+    channels: RwLock<HashMap<String, Channel>>,
+    connections: AtomicU64,
+}
+
+/// A presence join to make along with a subscription.
+#[derive(Debug, Clone)]
+pub struct Join {
+    /// The user id.
+    pub user_id: String,
+    /// The user info.
+    pub user_info: Value,
+    /// How many distinct users the channel may hold.
+    pub max_members: usize,
+}
+
+/// What a subscription did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The socket was not subscribed before.
+    pub new_subscriber: bool,
+    /// The channel had no subscriber before (it became occupied).
+    pub occupied: bool,
+    /// Presence: this is the user's first connection in the channel (announce them).
+    pub first_for_user: bool,
+}
+
+/// What an unsubscription did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Unsubscribed {
+    /// The socket was subscribed.
+    pub was_subscribed: bool,
+    /// The channel has no subscriber left (it was vacated).
+    pub vacated: bool,
+    /// Presence: the user's last connection left; announce their departure.
+    pub removed_user: Option<String>,
+}
+
+/// A presence channel refused a member.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the presence channel is full ({max} members)")]
+pub struct ChannelFull {
+    /// The limit.
+    pub max: usize,
+}
+
+/// This node's sockets and subscriptions, by app.
+#[derive(Debug, Default)]
+pub struct Hub {
+    apps: RwLock<HashMap<String, Arc<AppHub>>>,
+}
+
+impl Hub {
+    fn app(&self, app_id: &str) -> Arc<AppHub> {
+        if let Some(app) = self.apps.read().expect("hub lock").get(app_id) {
+            return app.clone();
+        }
+        self.apps.write().expect("hub lock").entry(app_id.to_string()).or_default().clone()
+    }
+
+    fn existing(&self, app_id: &str) -> Option<Arc<AppHub>> {
+        self.apps.read().expect("hub lock").get(app_id).cloned()
+    }
+
+    /// Count a new connection if the app is under `max` (0 = unlimited); whether it was.
+    pub fn admit(&self, app_id: &str, max: u64) -> bool {
+        let app = self.app(app_id);
+        app.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (max == 0 || n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Forget a connection counted by [`Hub::admit`].
+    pub fn release(&self, app_id: &str) {
+        if let Some(app) = self.existing(app_id) {
+            let _ = app.connections.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// The app's connections on this node.
+    pub fn connection_count(&self, app_id: &str) -> u64 {
+        self.existing(app_id).map_or(0, |a| a.connections.load(Ordering::Acquire))
+    }
+
+    /// Subscribe `conn` to `channel`, joining presence if `join` is given. `ack` builds the
+    /// frame that acknowledges the subscription from the members as they are after it; it is
+    /// enqueued before the socket becomes visible to broadcasts, so the acknowledgement always
+    /// precedes the channel's events.
+    pub fn subscribe(
+        &self,
+        app_id: &str,
+        channel: &str,
+        conn: &Conn,
+        join: Option<Join>,
+        ack: impl FnOnce(&mut dyn Iterator<Item = (&str, &Value)>) -> Utf8Bytes,
+    ) -> Result<Subscribed, ChannelFull> {
+        let app = self.app(app_id);
+        let mut channels = app.channels.write().expect("hub lock");
+        let entry = channels.entry(channel.to_string()).or_default();
+        let occupied = entry.subscribers.is_empty();
+        let mut first_for_user = false;
+        if let Some(join) = join {
+            let members = entry.members.get_or_insert_with(HashMap::new);
+            match members.get_mut(&join.user_id) {
+                Some(member) => {
+                    member.sockets.insert(conn.socket_id.clone());
+                    member.info = join.user_info;
+                }
+                None => {
+                    if members.len() >= join.max_members {
+                        if entry.subscribers.is_empty() && members.is_empty() {
+                            channels.remove(channel);
+                        }
+                        return Err(ChannelFull { max: join.max_members });
+                    }
+                    first_for_user = true;
+                    let member = Member { info: join.user_info, sockets: HashSet::from([conn.socket_id.clone()]) };
+                    members.insert(join.user_id, member);
+                }
+            }
+        }
+        let frame = match &entry.members {
+            Some(members) => ack(&mut members.iter().map(|(id, m)| (id.as_str(), &m.info))),
+            None => ack(&mut std::iter::empty()),
+        };
+        conn.send(&frame);
+        let new_subscriber = entry.subscribers.insert(conn.socket_id.clone(), conn.clone()).is_none();
+        Ok(Subscribed { new_subscriber, occupied, first_for_user })
+    }
+
+    /// Unsubscribe `socket_id` from `channel`, and from presence as `user_id` if given.
+    pub fn unsubscribe(&self, app_id: &str, channel: &str, socket_id: &str, user_id: Option<&str>) -> Unsubscribed {
+        let Some(app) = self.existing(app_id) else { return Unsubscribed::default() };
+        let mut channels = app.channels.write().expect("hub lock");
+        let Some(entry) = channels.get_mut(channel) else { return Unsubscribed::default() };
+        let was_subscribed = entry.subscribers.remove(socket_id).is_some();
+        let mut removed_user = None;
+        if let (Some(members), Some(user_id)) = (entry.members.as_mut(), user_id)
+            && let Some(member) = members.get_mut(user_id)
+        {
+            member.sockets.remove(socket_id);
+            if member.sockets.is_empty() {
+                members.remove(user_id);
+                removed_user = Some(user_id.to_string());
+            }
+        }
+        let vacated = was_subscribed && entry.subscribers.is_empty();
+        if entry.subscribers.is_empty() {
+            channels.remove(channel);
+        }
+        Unsubscribed { was_subscribed, vacated, removed_user }
+    }
+
+    /// Enqueue `frame` to every subscriber of `channel` except `except`; how many got it.
+    pub fn broadcast(&self, app_id: &str, channel: &str, frame: &Utf8Bytes, except: Option<&str>) -> usize {
+        let Some(app) = self.existing(app_id) else { return 0 };
+        let channels = app.channels.read().expect("hub lock");
+        let Some(entry) = channels.get(channel) else { return 0 };
+        let mut sent = 0;
+        for (socket_id, conn) in &entry.subscribers {
+            if except.is_some_and(|e| e == &**socket_id) {
+                continue;
+            }
+            if conn.send(frame) {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// Subscribers of `channel` on this node.
+    pub fn subscription_count(&self, app_id: &str, channel: &str) -> usize {
+        self.existing(app_id).map_or(0, |app| {
+            app.channels.read().expect("hub lock").get(channel).map_or(0, |c| c.subscribers.len())
+        })
+    }
+
+    /// Distinct users in presence `channel` on this node.
+    pub fn user_ids(&self, app_id: &str, channel: &str) -> Vec<String> {
+        self.existing(app_id).map_or_else(Vec::new, |app| {
+            let channels = app.channels.read().expect("hub lock");
+            channels
+                .get(channel)
+                .and_then(|c| c.members.as_ref())
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Occupied channels of the app whose name starts with `prefix`: (name, subscribers,
+    /// distinct presence users).
+    pub fn channels(&self, app_id: &str, prefix: &str) -> Vec<(String, usize, usize)> {
+        self.existing(app_id).map_or_else(Vec::new, |app| {
+            let channels = app.channels.read().expect("hub lock");
+            channels
+                .iter()
+                .filter(|(name, c)| name.starts_with(prefix) && !c.subscribers.is_empty())
+                .map(|(name, c)| (name.clone(), c.subscribers.len(), c.members.as_ref().map_or(0, HashMap::len)))
+                .collect()
+        })
+    }
+
+    /// Whether `socket_id` is subscribed to `channel`.
+    pub fn is_subscribed(&self, app_id: &str, channel: &str, socket_id: &str) -> bool {
+        self.existing(app_id).is_some_and(|app| {
+            app.channels.read().expect("hub lock").get(channel).is_some_and(|c| c.subscribers.contains_key(socket_id))
+        })
+    }
+}

@@ -1,0 +1,114 @@
+//! Prometheus metrics, served on their own port.
+//!
+//! Labels stay low-cardinality: never a socket id, channel or user id.
+
+use std::sync::{Arc, atomic::AtomicI64};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::plugins::PluginCounters;
+
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub connected: Gauge,
+    /// Connections accepted.
+    pub new_connections: Counter,
+    /// Connections closed.
+    pub disconnections: Counter,
+    /// Connections refused at the handshake (unknown key, quota, ...).
+    pub connection_errors: Counter,
+    /// Connections closed because they could not keep up with their queue.
+    pub slow_consumer_disconnections: Counter,
+    /// Current channel subscriptions.
+    pub subscriptions: Gauge,
+    /// Messages received from clients.
+    pub ws_messages_received: Counter,
+    /// Messages sent to clients.
+    pub ws_messages_sent: Counter,
+    /// Bytes received from clients.
+    pub ws_bytes_received: Counter,
+    /// Bytes sent to clients.
+    pub ws_bytes_sent: Counter,
+    /// HTTP API requests by status code.
+    pub http_requests: Family<Vec<(&'static str, String)>, Counter>,
+    /// Bytes of HTTP API request bodies.
+    pub http_bytes_received: Counter,
+    /// Events published (HTTP API triggers and client events), counted once per channel.
+    pub events_published: Counter,
+    plugin_counters: Family<Vec<(&'static str, String)>, Gauge<i64, AtomicI64>>,
+    plugins: Arc<PluginCounters>,
+}
+
+impl Metrics {
+    /// Metrics named `<prefix><name>`, plus the counters plugins report.
+    pub fn new(prefix: &str, plugins: Arc<PluginCounters>) -> Self {
+        let mut registry = Registry::with_prefix(prefix.trim_end_matches('_'));
+        let metrics = Self {
+            connected: Gauge::default(),
+            new_connections: Counter::default(),
+            disconnections: Counter::default(),
+            connection_errors: Counter::default(),
+            slow_consumer_disconnections: Counter::default(),
+            subscriptions: Gauge::default(),
+            ws_messages_received: Counter::default(),
+            ws_messages_sent: Counter::default(),
+            ws_bytes_received: Counter::default(),
+            ws_bytes_sent: Counter::default(),
+            http_requests: Family::default(),
+            http_bytes_received: Counter::default(),
+            events_published: Counter::default(),
+            plugin_counters: Family::default(),
+            plugins,
+            registry: Registry::default(),
+        };
+        registry.register("connected", "Open WebSocket connections", metrics.connected.clone());
+        registry.register("new_connections", "WebSocket connections accepted", metrics.new_connections.clone());
+        registry.register("new_disconnections", "WebSocket connections closed", metrics.disconnections.clone());
+        registry.register(
+            "connection_errors",
+            "WebSocket connections refused at the handshake",
+            metrics.connection_errors.clone(),
+        );
+        registry.register(
+            "slow_consumer_disconnections",
+            "Connections closed with 4100 because their outbound queue was full",
+            metrics.slow_consumer_disconnections.clone(),
+        );
+        registry.register("subscriptions", "Current channel subscriptions", metrics.subscriptions.clone());
+        registry.register("ws_messages_received", "WebSocket messages received", metrics.ws_messages_received.clone());
+        registry.register("ws_messages_sent", "WebSocket messages sent", metrics.ws_messages_sent.clone());
+        registry.register("socket_received_bytes", "WebSocket bytes received", metrics.ws_bytes_received.clone());
+        registry.register("socket_transmitted_bytes", "WebSocket bytes sent", metrics.ws_bytes_sent.clone());
+        registry.register("http_calls_received", "HTTP API requests by status", metrics.http_requests.clone());
+        registry.register("http_received_bytes", "HTTP API request body bytes", metrics.http_bytes_received.clone());
+        registry.register(
+            "events_published",
+            "Events published to a channel (HTTP API and client events)",
+            metrics.events_published.clone(),
+        );
+        registry.register(
+            "plugin_events",
+            "Counters reported by plugins (reconnects, drops, ...)",
+            metrics.plugin_counters.clone(),
+        );
+        Self { registry, ..metrics }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        for ((plugin, name), value) in self.plugins.snapshot() {
+            self.plugin_counters.get_or_create(&vec![("plugin", plugin), ("name", name)]).set(value);
+        }
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,26 @@
+//! Pusher error and close codes.
+//!
+//! The ranges tell clients what to do: 4000-4099 do not reconnect unchanged, 4100-4199 reconnect
+//! after a back-off, 4200-4299 reconnect at once, 4300-4399 other (sent in-band, the connection
+//! stays open). Close reasons stay under 123 bytes (the RFC 6455 limit on a close frame).
+
+/// The app key is unknown.
+pub const APP_NOT_FOUND: u16 = 4001;
+/// The app is disabled.
+pub const APP_DISABLED: u16 = 4003;
+/// The protocol version is unsupported.
+pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
+/// No protocol version was given.
+pub const NO_PROTOCOL: u16 = 4008;
+/// The connection is not authorised (signin required and missing).
+pub const UNAUTHORIZED: u16 = 4009;
+/// Over capacity: the app's connection quota, or a consumer too slow for its queue.
+pub const OVER_CAPACITY: u16 = 4100;
+/// The server is going away; reconnect at once (elsewhere).
+pub const RECONNECT: u16 = 4200;
+/// The client did not answer a ping in time.
+pub const PONG_NOT_RECEIVED: u16 = 4201;
+/// A message was not understood (malformed JSON, unknown event, bad field); in-band.
+pub const BAD_MESSAGE: u16 = 4300;
+/// A client event was refused (disabled, too large, too many, wrong channel); in-band.
+pub const CLIENT_EVENT_REJECTED: u16 = 4301;

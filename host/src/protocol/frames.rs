@@ -1,0 +1,122 @@
+//! The frames the server sends, serialized once each: a broadcast's frame is built once and the
+//! same bytes go to every recipient.
+
+use serde::Serialize;
+use serde_json::Value;
+
+fn to_text<T: Serialize>(frame: &T) -> String {
+    // Serializing these plain structs of strings and numbers cannot fail.
+    serde_json::to_string(frame).expect("a frame serializes")
+}
+
+#[derive(Serialize)]
+struct Frame<'a, D: Serialize> {
+    event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    data: D,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+}
+
+fn frame<D: Serialize>(event: &str, channel: Option<&str>, data: D) -> String {
+    to_text(&Frame { event, channel, data, user_id: None })
+}
+
+/// `pusher:connection_established`; its data is a JSON string, as the protocol wants.
+pub fn connection_established(socket_id: &str, activity_timeout_secs: u64) -> String {
+    let data = to_text(&serde_json::json!({
+        "socket_id": socket_id,
+        "activity_timeout": activity_timeout_secs,
+    }));
+    frame("pusher:connection_established", None, data)
+}
+
+/// `pusher:error` with a code.
+pub fn error(code: u16, message: &str) -> String {
+    frame("pusher:error", None, serde_json::json!({ "code": code, "message": message }))
+}
+
+/// `pusher:pong`.
+pub fn pong() -> String {
+    frame("pusher:pong", None, serde_json::json!({}))
+}
+
+/// `pusher:ping`, sent after a silence.
+pub fn ping() -> String {
+    frame("pusher:ping", None, serde_json::json!({}))
+}
+
+/// `pusher_internal:subscription_succeeded` for a channel without members.
+pub fn subscription_succeeded(channel: &str) -> String {
+    frame("pusher_internal:subscription_succeeded", Some(channel), "{}")
+}
+
+/// `pusher_internal:subscription_succeeded` for a presence channel.
+pub fn presence_subscription_succeeded(channel: &str, members: &mut dyn Iterator<Item = (&str, &Value)>) -> String {
+    let mut ids = Vec::new();
+    let mut hash = serde_json::Map::new();
+    for (id, info) in members {
+        ids.push(Value::String(id.to_string()));
+        hash.insert(id.to_string(), info.clone());
+    }
+    let count = ids.len();
+    let data = to_text(&serde_json::json!({
+        "presence": { "ids": ids, "hash": hash, "count": count }
+    }));
+    frame("pusher_internal:subscription_succeeded", Some(channel), data)
+}
+
+/// `pusher:subscription_error`, which pusher-js surfaces as the channel's error event.
+pub fn subscription_error(channel: &str, kind: &str, error: &str, status: u16) -> String {
+    frame(
+        "pusher:subscription_error",
+        Some(channel),
+        serde_json::json!({ "type": kind, "error": error, "status": status }),
+    )
+}
+
+/// `pusher_internal:member_added`.
+pub fn member_added(channel: &str, user_id: &str, user_info: &Value) -> String {
+    let data = to_text(&serde_json::json!({ "user_id": user_id, "user_info": user_info }));
+    frame("pusher_internal:member_added", Some(channel), data)
+}
+
+/// `pusher_internal:member_removed`.
+pub fn member_removed(channel: &str, user_id: &str) -> String {
+    let data = to_text(&serde_json::json!({ "user_id": user_id }));
+    frame("pusher_internal:member_removed", Some(channel), data)
+}
+
+/// An event on a channel: `data` as given (a string from the HTTP API; whatever JSON a client
+/// sent for client events), and `user_id` for client events on presence channels.
+pub fn channel_event(event: &str, channel: &str, data: &Value, user_id: Option<&str>) -> String {
+    to_text(&Frame { event, channel: Some(channel), data, user_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_the_protocol_shape() {
+        assert_eq!(
+            connection_established("1.2", 120),
+            r#"{"event":"pusher:connection_established","data":"{\"activity_timeout\":120,\"socket_id\":\"1.2\"}"}"#
+        );
+        assert_eq!(error(4301, "no"), r#"{"event":"pusher:error","data":{"code":4301,"message":"no"}}"#);
+        assert_eq!(
+            subscription_succeeded("a"),
+            r#"{"event":"pusher_internal:subscription_succeeded","channel":"a","data":"{}"}"#
+        );
+        let info = serde_json::json!({"name": "x"});
+        assert_eq!(
+            presence_subscription_succeeded("presence-a", &mut [("1", &info)].into_iter()),
+            r#"{"event":"pusher_internal:subscription_succeeded","channel":"presence-a","data":"{\"presence\":{\"count\":1,\"hash\":{\"1\":{\"name\":\"x\"}},\"ids\":[\"1\"]}}"}"#
+        );
+        assert_eq!(
+            channel_event("e", "c", &Value::String("d".into()), Some("u")),
+            r#"{"event":"e","channel":"c","data":"d","user_id":"u"}"#
+        );
+    }
+}

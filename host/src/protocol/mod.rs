@@ -1,0 +1,9 @@
+//! The Pusher wire format: channel names and kinds, the messages clients send, the frames the
+//! server sends, error codes, and signatures. No IO and no state: everything here is a pure
+//! function of its input.
+
+pub mod channel;
+pub mod codes;
+pub mod frames;
+pub mod inbound;
+pub mod signature;

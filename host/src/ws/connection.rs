@@ -1,0 +1,206 @@
+//! One connection's task: the handshake checks, then a loop that reads client messages, writes
+//! queued frames, pings after silence, and closes when asked.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt as _, StreamExt as _, stream::SplitSink};
+use tokio::{sync::mpsc, time::Instant};
+
+use super::session::Session;
+use crate::{
+    hub::{Closer, Conn},
+    protocol::{codes, frames},
+    server::Ctx,
+};
+
+/// Frames written per flush at most, so one busy connection does not starve the others.
+const WRITE_BATCH: usize = 64;
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Send `pusher:error` with `code` and close the socket with the same code. The client may be
+/// the reason for closing (too slow to read), so it gets `patience` to take the frames; then the
+/// socket is dropped regardless.
+async fn refuse(sink: &mut Sink, patience: std::time::Duration, code: u16, reason: &str) {
+    let frames = async {
+        let _ = sink.feed(Message::Text(frames::error(code, reason).into())).await;
+        close(sink, code, reason).await;
+    };
+    let _ = tokio::time::timeout(patience, frames).await;
+}
+
+async fn close(sink: &mut Sink, code: u16, reason: &str) {
+    // Close reasons must fit a control frame (125 bytes, 2 of them the code).
+    let mut reason = reason.to_string();
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+    let _ = sink.close().await;
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        codes::OVER_CAPACITY => "Over capacity: the connection could not keep up with its messages",
+        codes::RECONNECT => "Server shutting down; reconnect",
+        codes::PONG_NOT_RECEIVED => "Pong reply not received",
+        codes::UNAUTHORIZED => "Connection not authorized",
+        _ => "Closed by the server",
+    }
+}
+
+/// Run one connection to its end.
+pub async fn run(socket: WebSocket, ctx: Arc<Ctx>, key: String, query: HashMap<String, String>) {
+    let (mut sink, mut stream) = socket.split();
+    let patience = ctx.settings.pong_timeout;
+
+    let Some(app) = ctx.apps.by_key(&key).cloned() else {
+        ctx.metrics.connection_errors.inc();
+        return refuse(&mut sink, patience, codes::APP_NOT_FOUND, &format!("App key {key} does not exist")).await;
+    };
+    if !app.enabled {
+        ctx.metrics.connection_errors.inc();
+        return refuse(&mut sink, patience, codes::APP_DISABLED, "App is disabled").await;
+    }
+    match query.get("protocol").map(|p| p.parse::<u32>()) {
+        None => {
+            ctx.metrics.connection_errors.inc();
+            return refuse(&mut sink, patience, codes::NO_PROTOCOL, "No protocol version supplied").await;
+        }
+        Some(Ok(5..=7)) => {}
+        Some(_) => {
+            ctx.metrics.connection_errors.inc();
+            return refuse(&mut sink, patience, codes::UNSUPPORTED_PROTOCOL, "Unsupported protocol version").await;
+        }
+    }
+    if !ctx.adapter.hub().admit(&app.id, app.max_connections) {
+        ctx.metrics.connection_errors.inc();
+        return refuse(&mut sink, patience, codes::OVER_CAPACITY, "App is over its connection quota").await;
+    }
+
+    let socket_id = ctx.next_socket_id();
+    let (queue, mut outbound) = mpsc::channel::<Utf8Bytes>(ctx.settings.ws_max_queued_messages);
+    let closer = Arc::new(Closer::default());
+    let conn = Conn::new(socket_id.as_str().into(), queue, closer.clone());
+    ctx.metrics.connected.inc();
+    ctx.metrics.new_connections.inc();
+    tracing::debug!(app_id = %app.id, %socket_id, "Connected.");
+
+    let activity_timeout = ctx.settings.activity_timeout;
+    conn.send(&frames::connection_established(&socket_id, activity_timeout.as_secs()).into());
+    let mut session = Session::new(ctx.clone(), app.clone(), conn.clone());
+
+    let mut last_heard = Instant::now();
+    let mut ping_sent: Option<Instant> = None;
+    let timer = tokio::time::sleep(activity_timeout);
+    tokio::pin!(timer);
+
+    let close_code = loop {
+        tokio::select! {
+            biased;
+            () = closer.wait() => break closer.requested().unwrap_or(codes::RECONNECT),
+            () = ctx.shutdown.cancelled() => break codes::RECONNECT,
+            frame = outbound.recv() => {
+                let Some(frame) = frame else { break codes::RECONNECT };
+                // A client that stops reading blocks this write; a close request must still get
+                // through (the queue filling up is what asks for it).
+                tokio::select! {
+                    biased;
+                    () = closer.wait() => break closer.requested().unwrap_or(codes::RECONNECT),
+                    () = ctx.shutdown.cancelled() => break codes::RECONNECT,
+                    written = write_batch(&mut sink, frame, &mut outbound, &ctx) => {
+                        if written.is_err() {
+                            break 0;
+                        }
+                    }
+                }
+            }
+            message = stream.next() => {
+                last_heard = Instant::now();
+                ping_sent = None;
+                match message {
+                    None | Some(Ok(Message::Close(_))) => break 0,
+                    Some(Err(error)) => {
+                        // The only read error worth telling the client about: a message over
+                        // the size limit, which ends the connection (its bytes are unread).
+                        tracing::debug!(%socket_id, %error, "Read failed.");
+                        if is_too_large(error) {
+                            let limit = ctx.settings.ws_max_message_bytes;
+                            let text = format!("Message larger than the limit of {limit} bytes");
+                            let _ = sink.feed(Message::Text(frames::error(codes::BAD_MESSAGE, &text).into())).await;
+                            close(&mut sink, 1009, &text).await;
+                        }
+                        break 0;
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        ctx.metrics.ws_messages_received.inc();
+                        ctx.metrics.ws_bytes_received.inc_by(text.len() as u64);
+                        session.handle(text.as_str()).await;
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        ctx.metrics.ws_messages_received.inc();
+                        conn.send(&frames::error(codes::BAD_MESSAGE, "Binary frames are not supported; send JSON text").into());
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+            }
+            () = &mut timer => {
+                let now = Instant::now();
+                match ping_sent {
+                    Some(_) => break codes::PONG_NOT_RECEIVED,
+                    None if now.duration_since(last_heard) >= activity_timeout => {
+                        conn.send(&frames::ping().into());
+                        ping_sent = Some(now);
+                        timer.as_mut().reset(now + ctx.settings.pong_timeout);
+                    }
+                    None => timer.as_mut().reset(last_heard + activity_timeout),
+                }
+            }
+        }
+    };
+
+    if close_code != 0 {
+        if close_code == codes::OVER_CAPACITY {
+            ctx.metrics.slow_consumer_disconnections.inc();
+        }
+        let reason = close_reason(close_code);
+        tracing::debug!(%socket_id, code = close_code, reason, "Closing.");
+        refuse(&mut sink, ctx.settings.pong_timeout, close_code, reason).await;
+    }
+    session.end().await;
+    ctx.adapter.hub().release(&app.id);
+    ctx.metrics.connected.dec();
+    ctx.metrics.disconnections.inc();
+    tracing::debug!(%socket_id, "Disconnected.");
+}
+
+/// Write `first` and whatever else is queued (up to a batch), then flush once.
+async fn write_batch(
+    sink: &mut Sink,
+    first: Utf8Bytes,
+    outbound: &mut mpsc::Receiver<Utf8Bytes>,
+    ctx: &Ctx,
+) -> Result<(), axum::Error> {
+    let mut bytes = first.len();
+    sink.feed(Message::Text(first)).await?;
+    let mut count = 1;
+    while count < WRITE_BATCH {
+        let Ok(frame) = outbound.try_recv() else { break };
+        bytes += frame.len();
+        sink.feed(Message::Text(frame)).await?;
+        count += 1;
+    }
+    ctx.metrics.ws_messages_sent.inc_by(count as u64);
+    ctx.metrics.ws_bytes_sent.inc_by(bytes as u64);
+    sink.flush().await
+}
+
+fn is_too_large(error: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::{Error, error::CapacityError};
+    matches!(
+        error.into_inner().downcast_ref::<Error>(),
+        Some(Error::Capacity(CapacityError::MessageTooLong { .. }))
+    )
+}
+

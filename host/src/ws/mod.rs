@@ -1,0 +1,37 @@
+//! The WebSocket endpoint `/app/{key}`: one task per connection.
+
+mod connection;
+mod session;
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    extract::{Path, Query, State, WebSocketUpgrade},
+    response::Response,
+};
+
+use crate::server::Ctx;
+
+/// Read buffer per connection. Small: most Pusher messages are tiny, and the buffer is paid by
+/// every idle connection (tungstenite's default is 128 KiB).
+const READ_BUFFER_BYTES: usize = 4096;
+/// Bytes written per flush to the socket.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Upgrade to a WebSocket; every check (key, protocol, quota) answers on the socket itself with
+/// a Pusher error code, which is what clients understand.
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    Path(key): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    State(ctx): State<Arc<Ctx>>,
+) -> Response {
+    let max = ctx.settings.ws_max_message_bytes;
+    let tracker = ctx.tracker.clone();
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(WRITE_BUFFER_BYTES * 64)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tracker.track_future(connection::run(socket, ctx, key, query)))
+}

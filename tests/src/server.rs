@@ -1,0 +1,228 @@
+//! Running the real `sockhost` binary for a test.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{private_dir, sockhost_bin};
+
+/// A free loopback port: bound, read, released. The server binds it right after.
+///
+/// # Panics
+/// If no port can be bound.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The apps every test server has: one for each limit profile the tests need.
+pub const APPS: &str = r#"
+[[app_manager.array.apps]]
+id = "app-1"
+key = "key-1"
+secret = "secret-1"
+enable_client_messages = true
+
+[[app_manager.array.apps]]
+id = "limited"
+key = "limited-key"
+secret = "limited-secret"
+enable_client_messages = true
+max_connections = 2
+max_presence_members_per_channel = 2
+max_presence_member_size_in_kb = 1
+max_client_events_per_second = 3
+max_event_payload_in_kb = 1
+max_event_batch_size = 2
+max_event_channels_at_once = 2
+max_event_name_length = 20
+max_channel_name_length = 30
+
+[[app_manager.array.apps]]
+id = "disabled"
+key = "disabled-key"
+secret = "disabled-secret"
+enabled = false
+
+[[app_manager.array.apps]]
+id = "quiet"
+key = "quiet-key"
+secret = "quiet-secret"
+"#;
+
+/// A running `sockhost` process, killed when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    /// The WebSocket and HTTP API port.
+    pub port: u16,
+    /// The metrics port.
+    pub metrics_port: u16,
+    /// Where its config and log live.
+    pub dir: tempfile::TempDir,
+}
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct ServerBuilder {
+    config: String,
+    env: Vec<(String, String)>,
+    manifest: Option<PathBuf>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self { config: APPS.to_string(), env: Vec::new(), manifest: None }
+    }
+}
+
+impl ServerBuilder {
+    /// Add TOML to the config file (top-level keys first: it is prepended).
+    #[must_use]
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = format!("{toml}\n{}", self.config);
+        self
+    }
+
+    /// Set an environment variable.
+    #[must_use]
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Start it and wait until `/up` answers.
+    ///
+    /// # Panics
+    /// If it does not start, or exits, within the deadline.
+    pub fn start(self) -> Server {
+        let dir = private_dir();
+        let config = dir.path().join("sockhost.toml");
+        std::fs::write(&config, &self.config).unwrap();
+        let port = free_port();
+        let metrics_port = free_port();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let manifest = self.manifest.unwrap_or_else(|| crate::workspace_root().join("plugins.toml"));
+        let mut command = Command::new(sockhost_bin());
+        command
+            .args(["--config", config.to_str().unwrap(), "--plugins", manifest.to_str().unwrap()])
+            .env("PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .env("METRICS_PORT", metrics_port.to_string())
+            .env("METRICS_HOST", "127.0.0.1")
+            .env("RUST_LOG", std::env::var("SOCKHOST_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (name, value) in &self.env {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("sockhost starts");
+        let mut server = Server { child: Some(child), port, metrics_port, dir };
+        server.wait_until_up();
+        server
+    }
+}
+
+impl Server {
+    /// A server with the test apps and default settings.
+    pub fn start() -> Self {
+        ServerBuilder::default().start()
+    }
+
+    /// Configure a server before starting it.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// `ws://127.0.0.1:<port>/app/<key>?protocol=7...`.
+    pub fn ws_url(&self, key: &str) -> String {
+        format!("ws://127.0.0.1:{}/app/{key}?protocol=7&client=test&version=1.0", self.port)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn wait_until_up(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sockhost exited with {status} before answering:\n{}", self.log());
+            }
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = stream.write_all(b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                if answer.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "sockhost did not answer /up in time:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Send SIGTERM and wait for the exit status.
+    ///
+    /// # Panics
+    /// If it does not exit within 30 s.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "sockhost did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The metrics exposition.
+    ///
+    /// # Panics
+    /// If the metrics endpoint does not answer.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await.unwrap().text().await.unwrap()
+    }
+
+    /// The config file's path.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sockhost.toml")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Start the binary with `args` and `env` and wait for it to exit; (status, stderr).
+///
+/// # Panics
+/// If it does not exit within 20 s.
+pub fn run_to_exit(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = Command::new(sockhost_bin());
+    command.args(args).current_dir(cwd).env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = command.spawn().unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
