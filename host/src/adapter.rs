@@ -50,12 +50,24 @@ impl Adapter {
     }
 
     /// Unsubscribe a local connection; see [`Hub::unsubscribe`].
-    pub fn unsubscribe(&self, app_id: &str, channel: &str, socket_id: &str, user_id: Option<&str>) -> Unsubscribed {
+    pub fn unsubscribe(
+        &self,
+        app_id: &str,
+        channel: &str,
+        socket_id: &str,
+        user_id: Option<&str>,
+    ) -> Unsubscribed {
         self.hub.unsubscribe(app_id, channel, socket_id, user_id)
     }
 
     /// Deliver `frame` to the channel's subscribers except `except`; how many local sockets got it.
-    pub fn broadcast(&self, app_id: &str, channel: &str, frame: &Utf8Bytes, except: Option<&str>) -> usize {
+    pub fn broadcast(
+        &self,
+        app_id: &str,
+        channel: &str,
+        frame: &Utf8Bytes,
+        except: Option<&str>,
+    ) -> usize {
         self.hub.broadcast(app_id, channel, frame, except)
     }
 
@@ -72,7 +84,9 @@ impl Adapter {
         self.hub
             .channels(app_id, prefix)
             .into_iter()
-            .map(|(name, subs, users)| (name, ChannelInfo { subscription_count: subs, user_count: users }))
+            .map(|(name, subs, users)| {
+                (name, ChannelInfo { subscription_count: subs, user_count: users })
+            })
             .collect()
     }
 

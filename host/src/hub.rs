@@ -177,14 +177,18 @@ impl Hub {
     pub fn admit(&self, app_id: &str, max: u64) -> bool {
         let app = self.app(app_id);
         app.connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (max == 0 || n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
             .is_ok()
     }
 
     /// Forget a connection counted by [`Hub::admit`].
     pub fn release(&self, app_id: &str) {
         if let Some(app) = self.existing(app_id) {
-            let _ = app.connections.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            let _ = app
+                .connections
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
         }
     }
 
@@ -225,7 +229,10 @@ impl Hub {
                         return Err(ChannelFull { max: join.max_members });
                     }
                     first_for_user = true;
-                    let member = Member { info: join.user_info, sockets: HashSet::from([conn.socket_id.clone()]) };
+                    let member = Member {
+                        info: join.user_info,
+                        sockets: HashSet::from([conn.socket_id.clone()]),
+                    };
                     members.insert(join.user_id, member);
                 }
             }
@@ -235,12 +242,19 @@ impl Hub {
             None => ack(&mut std::iter::empty()),
         };
         conn.send(&frame);
-        let new_subscriber = entry.subscribers.insert(conn.socket_id.clone(), conn.clone()).is_none();
+        let new_subscriber =
+            entry.subscribers.insert(conn.socket_id.clone(), conn.clone()).is_none();
         Ok(Subscribed { new_subscriber, occupied, first_for_user })
     }
 
     /// Unsubscribe `socket_id` from `channel`, and from presence as `user_id` if given.
-    pub fn unsubscribe(&self, app_id: &str, channel: &str, socket_id: &str, user_id: Option<&str>) -> Unsubscribed {
+    pub fn unsubscribe(
+        &self,
+        app_id: &str,
+        channel: &str,
+        socket_id: &str,
+        user_id: Option<&str>,
+    ) -> Unsubscribed {
         let Some(app) = self.existing(app_id) else { return Unsubscribed::default() };
         let mut channels = app.channels.write().expect("hub lock");
         let Some(entry) = channels.get_mut(channel) else { return Unsubscribed::default() };
@@ -263,7 +277,13 @@ impl Hub {
     }
 
     /// Enqueue `frame` to every subscriber of `channel` except `except`; how many got it.
-    pub fn broadcast(&self, app_id: &str, channel: &str, frame: &Utf8Bytes, except: Option<&str>) -> usize {
+    pub fn broadcast(
+        &self,
+        app_id: &str,
+        channel: &str,
+        frame: &Utf8Bytes,
+        except: Option<&str>,
+    ) -> usize {
         let Some(app) = self.existing(app_id) else { return 0 };
         let channels = app.channels.read().expect("hub lock");
         let Some(entry) = channels.get(channel) else { return 0 };
@@ -306,7 +326,9 @@ impl Hub {
             channels
                 .iter()
                 .filter(|(name, c)| name.starts_with(prefix) && !c.subscribers.is_empty())
-                .map(|(name, c)| (name.clone(), c.subscribers.len(), c.members.as_ref().map_or(0, HashMap::len)))
+                .map(|(name, c)| {
+                    (name.clone(), c.subscribers.len(), c.members.as_ref().map_or(0, HashMap::len))
+                })
                 .collect()
         })
     }
@@ -314,7 +336,11 @@ impl Hub {
     /// Whether `socket_id` is subscribed to `channel`.
     pub fn is_subscribed(&self, app_id: &str, channel: &str, socket_id: &str) -> bool {
         self.existing(app_id).is_some_and(|app| {
-            app.channels.read().expect("hub lock").get(channel).is_some_and(|c| c.subscribers.contains_key(socket_id))
+            app.channels
+                .read()
+                .expect("hub lock")
+                .get(channel)
+                .is_some_and(|c| c.subscribers.contains_key(socket_id))
         })
     }
 }

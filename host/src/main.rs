@@ -5,7 +5,6 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::Parser as _;
 use sockhost::{
-    Settings,
     cli::{Cli, Command, PluginsCommand},
     config::{self, Sources},
     inspect,
@@ -45,7 +44,7 @@ fn serve(cli: &Cli, exe_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         host: cli.host.clone(),
         port: cli.port,
     };
-    let settings = match config::load(&sources).and_then(Settings::from_config) {
+    let settings = match config::settings(&sources) {
         Ok(settings) => settings,
         Err(errors) => {
             for error in errors {

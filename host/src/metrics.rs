@@ -69,8 +69,16 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("connected", "Open WebSocket connections", metrics.connected.clone());
-        registry.register("new_connections", "WebSocket connections accepted", metrics.new_connections.clone());
-        registry.register("new_disconnections", "WebSocket connections closed", metrics.disconnections.clone());
+        registry.register(
+            "new_connections",
+            "WebSocket connections accepted",
+            metrics.new_connections.clone(),
+        );
+        registry.register(
+            "new_disconnections",
+            "WebSocket connections closed",
+            metrics.disconnections.clone(),
+        );
         registry.register(
             "connection_errors",
             "WebSocket connections refused at the handshake",
@@ -81,13 +89,41 @@ impl Metrics {
             "Connections closed with 4100 because their outbound queue was full",
             metrics.slow_consumer_disconnections.clone(),
         );
-        registry.register("subscriptions", "Current channel subscriptions", metrics.subscriptions.clone());
-        registry.register("ws_messages_received", "WebSocket messages received", metrics.ws_messages_received.clone());
-        registry.register("ws_messages_sent", "WebSocket messages sent", metrics.ws_messages_sent.clone());
-        registry.register("socket_received_bytes", "WebSocket bytes received", metrics.ws_bytes_received.clone());
-        registry.register("socket_transmitted_bytes", "WebSocket bytes sent", metrics.ws_bytes_sent.clone());
-        registry.register("http_calls_received", "HTTP API requests by status", metrics.http_requests.clone());
-        registry.register("http_received_bytes", "HTTP API request body bytes", metrics.http_bytes_received.clone());
+        registry.register(
+            "subscriptions",
+            "Current channel subscriptions",
+            metrics.subscriptions.clone(),
+        );
+        registry.register(
+            "ws_messages_received",
+            "WebSocket messages received",
+            metrics.ws_messages_received.clone(),
+        );
+        registry.register(
+            "ws_messages_sent",
+            "WebSocket messages sent",
+            metrics.ws_messages_sent.clone(),
+        );
+        registry.register(
+            "socket_received_bytes",
+            "WebSocket bytes received",
+            metrics.ws_bytes_received.clone(),
+        );
+        registry.register(
+            "socket_transmitted_bytes",
+            "WebSocket bytes sent",
+            metrics.ws_bytes_sent.clone(),
+        );
+        registry.register(
+            "http_calls_received",
+            "HTTP API requests by status",
+            metrics.http_requests.clone(),
+        );
+        registry.register(
+            "http_received_bytes",
+            "HTTP API request body bytes",
+            metrics.http_bytes_received.clone(),
+        );
         registry.register(
             "events_published",
             "Events published to a channel (HTTP API and client events)",
@@ -104,7 +140,9 @@ impl Metrics {
     /// The text exposition.
     pub fn render(&self) -> String {
         for ((plugin, name), value) in self.plugins.snapshot() {
-            self.plugin_counters.get_or_create(&vec![("plugin", plugin), ("name", name)]).set(value);
+            self.plugin_counters
+                .get_or_create(&vec![("plugin", plugin), ("name", name)])
+                .set(value);
         }
         let mut out = String::new();
         // Encoding into a String cannot fail.

@@ -17,7 +17,10 @@ use axum::{
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{adapter::Adapter, apps::Apps, config::Settings, http_api, hub::Hub, metrics::Metrics, plugins::Drivers, ws};
+use crate::{
+    adapter::Adapter, apps::Apps, config::Settings, http_api, hub::Hub, metrics::Metrics,
+    plugins::Drivers, ws,
+};
 
 /// Everything request handlers and connection tasks share.
 #[derive(Debug)]
@@ -110,14 +113,18 @@ pub async fn run(
         let app = Router::new().route("/metrics", get(render_metrics)).with_state(ctx.clone());
         let token = token.clone();
         tokio::spawn(async move {
-            let served = axum::serve(metrics_listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+            let served = axum::serve(metrics_listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
             if let Err(error) = served {
                 tracing::error!(%error, "The metrics listener failed.");
             }
         });
     }
     tracing::info!(addr = %listener.local_addr()?, "Listening.");
-    axum::serve(listener, router(ctx.clone())).with_graceful_shutdown(token.clone().cancelled_owned()).await?;
+    axum::serve(listener, router(ctx.clone()))
+        .with_graceful_shutdown(token.clone().cancelled_owned())
+        .await?;
     ctx.tracker.close();
     if tokio::time::timeout(grace, ctx.tracker.wait()).await.is_err() {
         tracing::warn!(
@@ -130,7 +137,9 @@ pub async fn run(
     Ok(())
 }
 
-async fn render_metrics(axum::extract::State(ctx): axum::extract::State<Arc<Ctx>>) -> impl IntoResponse {
+async fn render_metrics(
+    axum::extract::State(ctx): axum::extract::State<Arc<Ctx>>,
+) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         ctx.metrics.render(),

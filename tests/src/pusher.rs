@@ -93,11 +93,15 @@ impl Client {
                 None => return Some(Received::Closed(1006, "connection dropped".into())),
                 Some(Err(e)) => return Some(Received::Closed(1006, e.to_string())),
                 Some(Ok(Message::Text(text))) => {
-                    return Some(Received::Event(serde_json::from_str(&text).expect("the server sends JSON")));
+                    return Some(Received::Event(
+                        serde_json::from_str(&text).expect("the server sends JSON"),
+                    ));
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) =
-                        frame.map_or((1005, String::new()), |CloseFrame { code, reason }| (code.into(), reason.to_string()));
+                    let (code, reason) = frame
+                        .map_or((1005, String::new()), |CloseFrame { code, reason }| {
+                            (code.into(), reason.to_string())
+                        });
                     return Some(Received::Closed(code, reason));
                 }
                 Some(Ok(_)) => {}
@@ -130,7 +134,11 @@ impl Client {
     /// If something else comes first.
     pub async fn expect_error(&mut self, code: u16) -> String {
         let message = self.expect("pusher:error").await;
-        let data = if let Some(text) = message["data"].as_str() { serde_json::from_str(text).unwrap() } else { message["data"].clone() };
+        let data = if let Some(text) = message["data"].as_str() {
+            serde_json::from_str(text).unwrap()
+        } else {
+            message["data"].clone()
+        };
         assert_eq!(data["code"], code, "{message}");
         data["message"].as_str().unwrap_or_default().to_string()
     }
@@ -159,7 +167,12 @@ impl Client {
     }
 
     /// Subscribe and return the server's answer (`subscription_succeeded` or an error).
-    pub async fn subscribe_raw(&mut self, channel: &str, auth: Option<String>, channel_data: Option<String>) -> Value {
+    pub async fn subscribe_raw(
+        &mut self,
+        channel: &str,
+        auth: Option<String>,
+        channel_data: Option<String>,
+    ) -> Value {
         let mut data = json!({ "channel": channel });
         if let Some(auth) = auth {
             data["auth"] = auth.into();
@@ -179,7 +192,8 @@ impl Client {
     /// # Panics
     /// If the subscription fails.
     pub async fn subscribe(&mut self, app: &TestApp, channel: &str) -> Value {
-        let auth = (channel.starts_with("private-")).then(|| app.auth(&self.socket_id, channel, None));
+        let auth =
+            (channel.starts_with("private-")).then(|| app.auth(&self.socket_id, channel, None));
         let answer = self.subscribe_raw(channel, auth, None).await;
         assert_eq!(answer["event"], "pusher_internal:subscription_succeeded", "{answer}");
         answer
@@ -189,7 +203,13 @@ impl Client {
     ///
     /// # Panics
     /// If the subscription fails.
-    pub async fn join(&mut self, app: &TestApp, channel: &str, user_id: &str, user_info: Value) -> Value {
+    pub async fn join(
+        &mut self,
+        app: &TestApp,
+        channel: &str,
+        user_id: &str,
+        user_info: Value,
+    ) -> Value {
         let channel_data = json!({ "user_id": user_id, "user_info": user_info }).to_string();
         let auth = app.auth(&self.socket_id, channel, Some(&channel_data));
         let answer = self.subscribe_raw(channel, Some(auth), Some(channel_data)).await;
@@ -230,6 +250,11 @@ impl TestApp {
         Self::new("limited", "limited-key", "limited-secret")
     }
 
+    /// `small` (small presence limits).
+    pub fn small() -> Self {
+        Self::new("small", "small-key", "small-secret")
+    }
+
     /// `quiet` (client events off).
     pub fn quiet() -> Self {
         Self::new("quiet", "quiet-key", "quiet-secret")
@@ -243,7 +268,11 @@ impl TestApp {
 
     /// The auth string for a user signin.
     pub fn user_auth(&self, socket_id: &str, user_data: &str) -> String {
-        format!("{}:{}", self.key, signature::sign(&self.secret, &signature::user_message(socket_id, user_data)))
+        format!(
+            "{}:{}",
+            self.key,
+            signature::sign(&self.secret, &signature::user_message(socket_id, user_data))
+        )
     }
 }
 
@@ -265,7 +294,14 @@ impl Api {
     }
 
     /// The signed query string for a request.
-    pub fn signed_query(&self, method: &str, path: &str, params: &[(&str, &str)], body: &[u8], timestamp: u64) -> String {
+    pub fn signed_query(
+        &self,
+        method: &str,
+        path: &str,
+        params: &[(&str, &str)],
+        body: &[u8],
+        timestamp: u64,
+    ) -> String {
         let mut pairs: Vec<(String, String)> =
             params.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
         pairs.push(("auth_key".into(), self.app.key.clone()));
@@ -274,7 +310,11 @@ impl Api {
         if !body.is_empty() {
             pairs.push(("body_md5".into(), signature::body_md5(body)));
         }
-        let message = signature::api_message(method, path, pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let message = signature::api_message(
+            method,
+            path,
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         pairs.push(("auth_signature".into(), signature::sign(&self.app.secret, &message)));
         form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
     }

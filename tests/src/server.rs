@@ -41,6 +41,13 @@ max_event_name_length = 20
 max_channel_name_length = 30
 
 [[app_manager.array.apps]]
+id = "small"
+key = "small-key"
+secret = "small-secret"
+max_presence_members_per_channel = 2
+max_presence_member_size_in_kb = 1
+
+[[app_manager.array.apps]]
 id = "disabled"
 key = "disabled-key"
 secret = "disabled-secret"
@@ -104,7 +111,8 @@ impl ServerBuilder {
         let port = free_port();
         let metrics_port = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let manifest = self.manifest.unwrap_or_else(|| crate::workspace_root().join("plugins.toml"));
+        let manifest =
+            self.manifest.unwrap_or_else(|| crate::workspace_root().join("plugins.toml"));
         let mut command = Command::new(sockhost_bin());
         command
             .args(["--config", config.to_str().unwrap(), "--plugins", manifest.to_str().unwrap()])
@@ -160,14 +168,19 @@ impl Server {
             }
             if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
                 use std::io::{Read, Write};
-                let _ = stream.write_all(b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let _ =
+                    stream.write_all(b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
                 let mut answer = String::new();
                 let _ = stream.read_to_string(&mut answer);
                 if answer.starts_with("HTTP/1.1 200") {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "sockhost did not answer /up in time:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "sockhost did not answer /up in time:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -194,7 +207,12 @@ impl Server {
     /// # Panics
     /// If the metrics endpoint does not answer.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await.unwrap().text().await.unwrap()
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// The config file's path.
@@ -218,11 +236,19 @@ impl Drop for Server {
 /// If it does not exit within 20 s.
 pub fn run_to_exit(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut command = Command::new(sockhost_bin());
-    command.args(args).current_dir(cwd).env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         command.env(k, v);
     }
     let child = command.spawn().unwrap();
     let out = child.wait_with_output().unwrap();
-    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.code(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
 }

@@ -21,10 +21,14 @@ async fn connection_established_carries_a_unique_socket_id_and_the_activity_time
     for _ in 0..20 {
         let mut raw = Client::connect_raw(&server.ws_url("key-1")).await;
         let message = raw.expect("pusher:connection_established").await;
-        let data: serde_json::Value = serde_json::from_str(message["data"].as_str().unwrap()).unwrap();
+        let data: serde_json::Value =
+            serde_json::from_str(message["data"].as_str().unwrap()).unwrap();
         let socket_id = data["socket_id"].as_str().unwrap().to_string();
         let (a, b) = socket_id.split_once('.').unwrap();
-        assert!(a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit()), "{socket_id}");
+        assert!(
+            a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit()),
+            "{socket_id}"
+        );
         assert_eq!(data["activity_timeout"], 120);
         assert!(ids.insert(socket_id), "a socket id was given twice");
     }
@@ -126,8 +130,9 @@ async fn a_client_that_cannot_keep_up_is_closed_with_4100() {
     let data = "x".repeat(90 * 1024);
     let mut closed = false;
     for _ in 0..40 {
-        let batch: Vec<_> =
-            (0..10).map(|_| json!({ "name": "big", "channel": "firehose", "data": data })).collect();
+        let batch: Vec<_> = (0..10)
+            .map(|_| json!({ "name": "big", "channel": "firehose", "data": data }))
+            .collect();
         let (status, body) = api.post("/batch_events", &json!({ "batch": batch })).await;
         assert_eq!(status, 200, "{body}");
         if server_metric(&server, "sockhost_slow_consumer_disconnections_total").await >= 1.0 {

@@ -199,7 +199,12 @@ pub struct EventLimits {
 
 impl Default for EventLimits {
     fn default() -> Self {
-        Self { max_channels_at_once: 100, max_name_length: 200, max_payload_in_kb: 100, max_batch_size: 10 }
+        Self {
+            max_channels_at_once: 100,
+            max_name_length: 200,
+            max_payload_in_kb: 100,
+            max_batch_size: 10,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::Config;
+use super::{Config, Settings};
 
 /// One problem with the configuration: where it is (a file path with the field, or an
 /// environment variable) and what is wrong.
@@ -95,8 +95,23 @@ const DEFAULT_APP_ENV: &[(&str, &str, Kind, &str)] = &[
     ("SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS", "max_connections", Kind::Int, "0"),
 ];
 
-/// Merge the sources into a [`Config`], or every problem found.
-pub fn load(sources: &Sources) -> Result<Config, Vec<ConfigError>> {
+/// Merge the sources and validate the result: the settings, or every problem found (the
+/// values that failed to parse are checked no further; everything else is).
+pub fn settings(sources: &Sources) -> Result<Settings, Vec<ConfigError>> {
+    let (config, mut errors) = load(sources)?;
+    match Settings::from_config(config) {
+        Ok(settings) if errors.is_empty() => Ok(settings),
+        Ok(_) => Err(errors),
+        Err(more) => {
+            errors.extend(more);
+            Err(errors)
+        }
+    }
+}
+
+/// Merge the sources into a [`Config`] with the problems found on the way (a value with a
+/// problem is left at its default). Fails outright only if the file cannot be read.
+pub fn load(sources: &Sources) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>> {
     let mut errors = Vec::new();
     let file_name = sources.file.as_ref().map(|p| p.display().to_string());
     let mut tree = match &sources.file {
@@ -107,7 +122,8 @@ pub fn load(sources: &Sources) -> Result<Config, Vec<ConfigError>> {
         None => Value::Object(Map::new()),
     };
 
-    let env = |name: &str| sources.env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let env =
+        |name: &str| sources.env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     for (name, path, kind) in ENV {
         if let Some(raw) = env(name) {
             match typed(raw, *kind) {
@@ -148,25 +164,30 @@ pub fn load(sources: &Sources) -> Result<Config, Vec<ConfigError>> {
         match serde_path_to_error::deserialize::<_, Config>(tree.clone()) {
             Ok(config) => {
                 errors.extend(check_driver_tables(&config, &place));
-                return if errors.is_empty() { Ok(config) } else { Err(errors) };
+                return Ok((config, errors));
             }
             Err(e) => {
                 // `apps[0].key` -> `apps.0.key`, the form `remove` walks.
                 let path = e.path().to_string().replace('[', ".").replace(']', "");
                 let message = e.inner().to_string();
+                // For an unknown field the path already ends with its name.
                 let (field, problem) = match unknown_field(&message) {
                     Some(name) if path == "." => (name.to_string(), "unknown field".to_string()),
-                    Some(name) => (format!("{path}.{name}"), "unknown field".to_string()),
+                    Some(name) if !path.ends_with(name) => {
+                        (format!("{path}.{name}"), "unknown field".to_string())
+                    }
+                    Some(_) => (path.clone(), "unknown field".to_string()),
                     None => (path.clone(), message.clone()),
                 };
                 errors.push(ConfigError::new(place(&display_path(&field)), problem));
                 if !remove(&mut tree, &field) {
-                    break;
+                    // Nothing left to take out: give up on the file's values altogether.
+                    tree = Value::Object(Map::new());
                 }
             }
         }
     }
-    Err(errors)
+    Ok((Config::default(), errors))
 }
 
 /// A driver section's extra keys must be tables (one per driver).
@@ -222,7 +243,10 @@ fn read_file(path: &Path) -> Result<Value, ConfigError> {
             .map_err(|e| ConfigError::new(&place, format!("not valid JSON: {e}")))?
     } else {
         let table: toml::Table = toml::from_str(&text).map_err(|e| {
-            ConfigError::new(&place, format!("not valid TOML: {}", e.message().trim_end_matches('.')))
+            ConfigError::new(
+                &place,
+                format!("not valid TOML: {}", e.message().trim_end_matches('.')),
+            )
         })?;
         serde_json::to_value(table).map_err(|e| ConfigError::new(&place, e.to_string()))?
     };
@@ -277,10 +301,12 @@ fn remove(tree: &mut Value, path: &str) -> bool {
                 Some(next) => next,
                 None => return false,
             },
-            Value::Array(items) => match part.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
-                Some(next) => next,
-                None => return false,
-            },
+            Value::Array(items) => {
+                match part.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    Some(next) => next,
+                    None => return false,
+                }
+            }
             _ => return false,
         };
     }

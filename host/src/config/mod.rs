@@ -11,5 +11,5 @@ mod load;
 mod settings;
 
 pub use file::{AppConfig, Config, DriverSection};
-pub use load::{ConfigError, Sources, load};
+pub use load::{ConfigError, Sources, load, settings};
 pub use settings::{Limits, Settings};

@@ -65,7 +65,9 @@ impl Settings {
     /// Check `config` and build the settings, or every problem found.
     pub fn from_config(config: Config) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        let mut err = |place: &str, problem: String| errors.push(ConfigError { place: place.into(), problem });
+        let mut err = |place: &str, problem: String| {
+            errors.push(ConfigError { place: place.into(), problem })
+        };
 
         for (name, value) in [
             ("activity_timeout", config.activity_timeout),
@@ -91,17 +93,24 @@ impl Settings {
         if let Some(driver) = &config.app_manager.driver
             && driver != "memory"
         {
-            err("app_manager.driver", format!("unknown app manager `{driver}`; only `memory` exists"));
+            err(
+                "app_manager.driver",
+                format!("unknown app manager `{driver}`; only `memory` exists"),
+            );
         }
 
         let defaults = Limits {
             max_channel_name_length: to_usize(config.channel_limits.max_name_length),
             max_event_channels_at_once: to_usize(config.event_limits.max_channels_at_once),
             max_event_name_length: to_usize(config.event_limits.max_name_length),
-            max_event_payload_bytes: to_usize(config.event_limits.max_payload_in_kb.saturating_mul(1024)),
+            max_event_payload_bytes: to_usize(
+                config.event_limits.max_payload_in_kb.saturating_mul(1024),
+            ),
             max_event_batch_size: to_usize(config.event_limits.max_batch_size),
             max_presence_members: to_usize(config.presence.max_members_per_channel),
-            max_presence_member_size_bytes: to_usize(config.presence.max_member_size_in_kb.saturating_mul(1024)),
+            max_presence_member_size_bytes: to_usize(
+                config.presence.max_member_size_in_kb.saturating_mul(1024),
+            ),
             max_client_events_per_second: 10,
         };
         let mut apps = Vec::new();
@@ -120,7 +129,11 @@ impl Settings {
             if let Some(first) = keys.insert(app.key.clone(), i) {
                 err(&place("key"), format!("duplicate key {:?} (also apps[{first}])", app.key));
             }
-            let pick = |value: Option<u64>, default: usize, field: &str, scale: u64, errs: &mut Vec<(String, String)>| {
+            let pick = |value: Option<u64>,
+                        default: usize,
+                        field: &str,
+                        scale: u64,
+                        errs: &mut Vec<(String, String)>| {
                 match value {
                     Some(0) => {
                         errs.push((place(field), "must be at least 1".into()));
@@ -132,16 +145,61 @@ impl Settings {
             };
             let mut limit_errors = Vec::new();
             let limits = Limits {
-                max_channel_name_length: pick(app.max_channel_name_length, defaults.max_channel_name_length, "max_channel_name_length", 1, &mut limit_errors),
-                max_event_channels_at_once: pick(app.max_event_channels_at_once, defaults.max_event_channels_at_once, "max_event_channels_at_once", 1, &mut limit_errors),
-                max_event_name_length: pick(app.max_event_name_length, defaults.max_event_name_length, "max_event_name_length", 1, &mut limit_errors),
-                max_event_payload_bytes: pick(app.max_event_payload_in_kb, defaults.max_event_payload_bytes, "max_event_payload_in_kb", 1024, &mut limit_errors),
-                max_event_batch_size: pick(app.max_event_batch_size, defaults.max_event_batch_size, "max_event_batch_size", 1, &mut limit_errors),
-                max_presence_members: pick(app.max_presence_members_per_channel, defaults.max_presence_members, "max_presence_members_per_channel", 1, &mut limit_errors),
-                max_presence_member_size_bytes: pick(app.max_presence_member_size_in_kb, defaults.max_presence_member_size_bytes, "max_presence_member_size_in_kb", 1024, &mut limit_errors),
+                max_channel_name_length: pick(
+                    app.max_channel_name_length,
+                    defaults.max_channel_name_length,
+                    "max_channel_name_length",
+                    1,
+                    &mut limit_errors,
+                ),
+                max_event_channels_at_once: pick(
+                    app.max_event_channels_at_once,
+                    defaults.max_event_channels_at_once,
+                    "max_event_channels_at_once",
+                    1,
+                    &mut limit_errors,
+                ),
+                max_event_name_length: pick(
+                    app.max_event_name_length,
+                    defaults.max_event_name_length,
+                    "max_event_name_length",
+                    1,
+                    &mut limit_errors,
+                ),
+                max_event_payload_bytes: pick(
+                    app.max_event_payload_in_kb,
+                    defaults.max_event_payload_bytes,
+                    "max_event_payload_in_kb",
+                    1024,
+                    &mut limit_errors,
+                ),
+                max_event_batch_size: pick(
+                    app.max_event_batch_size,
+                    defaults.max_event_batch_size,
+                    "max_event_batch_size",
+                    1,
+                    &mut limit_errors,
+                ),
+                max_presence_members: pick(
+                    app.max_presence_members_per_channel,
+                    defaults.max_presence_members,
+                    "max_presence_members_per_channel",
+                    1,
+                    &mut limit_errors,
+                ),
+                max_presence_member_size_bytes: pick(
+                    app.max_presence_member_size_in_kb,
+                    defaults.max_presence_member_size_bytes,
+                    "max_presence_member_size_in_kb",
+                    1024,
+                    &mut limit_errors,
+                ),
                 max_client_events_per_second: match app.max_client_events_per_second {
                     Some(0) => {
-                        limit_errors.push((place("max_client_events_per_second"), "must be at least 1".into()));
+                        limit_errors.push((
+                            place("max_client_events_per_second"),
+                            "must be at least 1".into(),
+                        ));
                         defaults.max_client_events_per_second
                     }
                     Some(v) => v,
@@ -174,7 +232,10 @@ impl Settings {
                 None => String::new(),
                 Some(Ok(text)) => text,
                 Some(Err(e)) => {
-                    err(&format!("{kind}.{}", section.driver), format!("cannot be passed to the driver: {e}"));
+                    err(
+                        &format!("{kind}.{}", section.driver),
+                        format!("cannot be passed to the driver: {e}"),
+                    );
                     String::new()
                 }
             };
@@ -199,10 +260,15 @@ impl Settings {
             drivers,
             rate_limiter_enabled: config.rate_limiter.enabled.unwrap_or(true),
             apps,
-            http_body_limit: to_usize(config.http_api.request_limit_in_mb.saturating_mul(1024 * 1024)),
+            http_body_limit: to_usize(
+                config.http_api.request_limit_in_mb.saturating_mul(1024 * 1024),
+            ),
             ws_max_message_bytes: to_usize(config.websocket.max_payload_kb.saturating_mul(1024)),
             ws_max_queued_messages: to_usize(config.websocket.max_messages),
-            metrics_addr: config.metrics.enabled.then(|| (config.metrics.host.clone(), config.metrics.port)),
+            metrics_addr: config
+                .metrics
+                .enabled
+                .then(|| (config.metrics.host.clone(), config.metrics.port)),
             metrics_prefix: config.metrics.prefix,
         })
     }

@@ -33,12 +33,18 @@ pub fn authenticate(
     raw_query: Option<&str>,
     body: &[u8],
 ) -> Result<Authed, ApiError> {
-    let app = ctx.apps.by_id(app_id).cloned().ok_or_else(|| ApiError::not_found(format!("App {app_id} does not exist")))?;
+    let app = ctx
+        .apps
+        .by_id(app_id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("App {app_id} does not exist")))?;
     let pairs: Vec<(String, String)> =
         form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()).into_owned().collect();
     let query: HashMap<String, String> = pairs.iter().cloned().collect();
     let param = |name: &str| query.get(name).map(String::as_str);
-    let require = |name: &'static str| param(name).ok_or_else(|| ApiError::unauthorized(format!("Missing {name}")));
+    let require = |name: &'static str| {
+        param(name).ok_or_else(|| ApiError::unauthorized(format!("Missing {name}")))
+    };
 
     let key = require("auth_key")?;
     let timestamp = require("auth_timestamp")?;
@@ -50,7 +56,8 @@ pub fn authenticate(
     if !app.enabled {
         return Err(ApiError::forbidden("The app is disabled"));
     }
-    let timestamp: u64 = timestamp.parse().map_err(|_| ApiError::unauthorized("auth_timestamp is not a number"))?;
+    let timestamp: u64 =
+        timestamp.parse().map_err(|_| ApiError::unauthorized("auth_timestamp is not a number"))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     if now.abs_diff(timestamp) > TIMESTAMP_WINDOW_SECS {
         return Err(ApiError::unauthorized(format!(
@@ -64,7 +71,11 @@ pub fn authenticate(
         None if !body.is_empty() => return Err(ApiError::unauthorized("Missing body_md5")),
         _ => {}
     }
-    let message = signature::api_message(method.as_str(), path, pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let message = signature::api_message(
+        method.as_str(),
+        path,
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     if !signature::verify(&app.secret, &message, given) {
         return Err(ApiError::unauthorized("Invalid signature"));
     }

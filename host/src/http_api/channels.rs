@@ -18,7 +18,9 @@ use crate::{
 fn attributes(query: &std::collections::HashMap<String, String>) -> Vec<String> {
     query
         .get("info")
-        .map(|info| info.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+        .map(|info| {
+            info.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -36,10 +38,14 @@ pub async fn list(
     for attribute in &info {
         match attribute.as_str() {
             "user_count" if !prefix.starts_with("presence-") => {
-                return Err(ApiError::bad_request("info=user_count needs filter_by_prefix=presence-"));
+                return Err(ApiError::bad_request(
+                    "info=user_count needs filter_by_prefix=presence-",
+                ));
             }
             "user_count" | "subscription_count" => {}
-            other => return Err(ApiError::bad_request(format!("Unknown info attribute {other:?}"))),
+            other => {
+                return Err(ApiError::bad_request(format!("Unknown info attribute {other:?}")));
+            }
         }
     }
     let mut channels = Map::new();
@@ -77,11 +83,15 @@ pub async fn show(
             "user_count" if presence => {
                 body.insert("user_count".into(), counts.user_count.into());
             }
-            "user_count" => return Err(ApiError::bad_request("user_count is only for presence channels")),
+            "user_count" => {
+                return Err(ApiError::bad_request("user_count is only for presence channels"));
+            }
             "subscription_count" => {
                 body.insert("subscription_count".into(), counts.subscription_count.into());
             }
-            other => return Err(ApiError::bad_request(format!("Unknown info attribute {other:?}"))),
+            other => {
+                return Err(ApiError::bad_request(format!("Unknown info attribute {other:?}")));
+            }
         }
     }
     Ok(Json(Value::Object(body)))
@@ -101,7 +111,12 @@ pub async fn users(
     if ChannelKind::of(&name) != ChannelKind::Presence {
         return Err(ApiError::bad_request("Users can only be listed for presence channels"));
     }
-    let users: Vec<Value> =
-        ctx.adapter.user_ids(&authed.app.id, &name).await.into_iter().map(|id| json!({ "id": id })).collect();
+    let users: Vec<Value> = ctx
+        .adapter
+        .user_ids(&authed.app.id, &name)
+        .await
+        .into_iter()
+        .map(|id| json!({ "id": id }))
+        .collect();
     Ok(Json(json!({ "users": users })))
 }

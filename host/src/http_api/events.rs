@@ -53,7 +53,10 @@ struct Checked {
 
 fn is_socket_id(s: &str) -> bool {
     s.split_once('.').is_some_and(|(a, b)| {
-        !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+        !a.is_empty()
+            && !b.is_empty()
+            && a.bytes().all(|c| c.is_ascii_digit())
+            && b.bytes().all(|c| c.is_ascii_digit())
     })
 }
 
@@ -71,7 +74,9 @@ fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
     let channels = match (event.channel, event.channels) {
         (Some(one), None) => vec![one],
         (None, Some(many)) if !in_batch => many,
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("Give channel or channels, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("Give channel or channels, not both"));
+        }
         (None, Some(_)) => return Err(ApiError::bad_request("A batched event takes one channel")),
         (None, None) => return Err(ApiError::bad_request("Missing channel or channels")),
     };
@@ -104,7 +109,9 @@ fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
     if let Some(socket_id) = &event.socket_id
         && !is_socket_id(socket_id)
     {
-        return Err(ApiError::bad_request(format!("socket_id {socket_id:?} is not of the form 123.456")));
+        return Err(ApiError::bad_request(format!(
+            "socket_id {socket_id:?} is not of the form 123.456"
+        )));
     }
     let info: Vec<String> = event
         .info
@@ -120,7 +127,13 @@ fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
             return Err(ApiError::bad_request(format!("Unknown info attribute {attribute:?}")));
         }
     }
-    Ok(Checked { name: event.name, data: Value::String(data), channels, socket_id: event.socket_id, info })
+    Ok(Checked {
+        name: event.name,
+        data: Value::String(data),
+        channels,
+        socket_id: event.socket_id,
+        info,
+    })
 }
 
 /// Deliver a checked event and, if asked, describe its channels.
@@ -154,7 +167,8 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("The body is not a valid event: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("The body is not a valid event: {e}")))
 }
 
 /// Trigger one event on one or more channels.
@@ -191,13 +205,19 @@ pub async fn batch(
     let batch: Batch = parse(&bytes)?;
     let max = authed.app.limits.max_event_batch_size;
     if batch.batch.len() > max {
-        return Err(ApiError::bad_request(format!("{} events given; a batch takes at most {max}", batch.batch.len())));
+        return Err(ApiError::bad_request(format!(
+            "{} events given; a batch takes at most {max}",
+            batch.batch.len()
+        )));
     }
     let events = batch
         .batch
         .into_iter()
         .enumerate()
-        .map(|(i, e)| check(&authed.app, e, true).map_err(|e| ApiError { message: format!("batch[{i}]: {}", e.message), ..e }))
+        .map(|(i, e)| {
+            check(&authed.app, e, true)
+                .map_err(|e| ApiError { message: format!("batch[{i}]: {}", e.message), ..e })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut described = Vec::with_capacity(events.len());
     for event in &events {
@@ -208,7 +228,11 @@ pub async fn batch(
     }
     let batch: Vec<Value> = described
         .into_iter()
-        .map(|channels| channels.and_then(|c| c.as_object()?.values().next().cloned()).unwrap_or_else(|| json!({})))
+        .map(|channels| {
+            channels
+                .and_then(|c| c.as_object()?.values().next().cloned())
+                .unwrap_or_else(|| json!({}))
+        })
         .collect();
     Ok(Json(json!({ "batch": batch })))
 }

@@ -16,11 +16,16 @@ use crate::server::Ctx;
 /// or the server is shutting down.
 pub async fn up(State(ctx): State<Arc<Ctx>>) -> (StatusCode, Json<Value>) {
     if ctx.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ok": false, "error": "shutting down" })));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ok": false, "error": "shutting down" })),
+        );
     }
     match ctx.drivers.transport.health().await {
         Ok(()) => (StatusCode::OK, Json(json!({ "ok": true }))),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ok": false, "error": e.to_string() }))),
+        Err(e) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ok": false, "error": e.to_string() })))
+        }
     }
 }
 
@@ -29,9 +34,15 @@ pub async fn up_app(
     State(ctx): State<Arc<Ctx>>,
     Path(app_id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let app = ctx.apps.by_id(&app_id).ok_or_else(|| ApiError::not_found(format!("App {app_id} does not exist")))?;
+    let app = ctx
+        .apps
+        .by_id(&app_id)
+        .ok_or_else(|| ApiError::not_found(format!("App {app_id} does not exist")))?;
     if !app.enabled {
-        return Ok((StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ok": false, "error": "the app is disabled" }))));
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ok": false, "error": "the app is disabled" })),
+        ));
     }
     Ok(up(State(ctx)).await)
 }

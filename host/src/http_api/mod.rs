@@ -65,7 +65,9 @@ impl IntoResponse for ApiError {
 /// The request body, or 413 / 400 as JSON.
 pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large("The request body is over the size limit"),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::too_large("The request body is over the size limit")
+        }
         _ => ApiError::bad_request(format!("The request body could not be read: {rejection}")),
     })
 }

@@ -53,7 +53,10 @@ pub fn subscription_succeeded(channel: &str) -> String {
 }
 
 /// `pusher_internal:subscription_succeeded` for a presence channel.
-pub fn presence_subscription_succeeded(channel: &str, members: &mut dyn Iterator<Item = (&str, &Value)>) -> String {
+pub fn presence_subscription_succeeded(
+    channel: &str,
+    members: &mut dyn Iterator<Item = (&str, &Value)>,
+) -> String {
     let mut ids = Vec::new();
     let mut hash = serde_json::Map::new();
     for (id, info) in members {
@@ -104,7 +107,10 @@ mod tests {
             connection_established("1.2", 120),
             r#"{"event":"pusher:connection_established","data":"{\"activity_timeout\":120,\"socket_id\":\"1.2\"}"}"#
         );
-        assert_eq!(error(4301, "no"), r#"{"event":"pusher:error","data":{"code":4301,"message":"no"}}"#);
+        assert_eq!(
+            error(4301, "no"),
+            r#"{"event":"pusher:error","data":{"code":4301,"message":"no"}}"#
+        );
         assert_eq!(
             subscription_succeeded("a"),
             r#"{"event":"pusher_internal:subscription_succeeded","channel":"a","data":"{}"}"#

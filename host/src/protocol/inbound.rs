@@ -85,22 +85,31 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
         "pusher:ping" => Ok(ClientMessage::Ping),
         "pusher:pong" => Ok(ClientMessage::Pong),
         "pusher:subscribe" => Ok(ClientMessage::Subscribe {
-            channel: field("channel")
-                .ok_or(ParseError::MissingField { event: "pusher:subscribe", field: "data.channel" })?,
+            channel: field("channel").ok_or(ParseError::MissingField {
+                event: "pusher:subscribe",
+                field: "data.channel",
+            })?,
             auth: field("auth"),
             channel_data: field("channel_data"),
         }),
         "pusher:unsubscribe" => Ok(ClientMessage::Unsubscribe {
-            channel: field("channel")
-                .ok_or(ParseError::MissingField { event: "pusher:unsubscribe", field: "data.channel" })?,
+            channel: field("channel").ok_or(ParseError::MissingField {
+                event: "pusher:unsubscribe",
+                field: "data.channel",
+            })?,
         }),
         "pusher:signin" => Ok(ClientMessage::Signin {
-            auth: field("auth").ok_or(ParseError::MissingField { event: "pusher:signin", field: "data.auth" })?,
-            user_data: field("user_data")
-                .ok_or(ParseError::MissingField { event: "pusher:signin", field: "data.user_data" })?,
+            auth: field("auth")
+                .ok_or(ParseError::MissingField { event: "pusher:signin", field: "data.auth" })?,
+            user_data: field("user_data").ok_or(ParseError::MissingField {
+                event: "pusher:signin",
+                field: "data.user_data",
+            })?,
         }),
         event if event.starts_with("client-") => Ok(ClientMessage::ClientEvent {
-            channel: raw.channel.ok_or(ParseError::MissingField { event: "client event", field: "channel" })?,
+            channel: raw
+                .channel
+                .ok_or(ParseError::MissingField { event: "client event", field: "channel" })?,
             event: raw.event,
             data,
         }),
@@ -116,7 +125,9 @@ mod tests {
     fn parses_the_client_events() {
         assert_eq!(parse(r#"{"event":"pusher:ping","data":{}}"#), Ok(ClientMessage::Ping));
         assert_eq!(
-            parse(r#"{"event":"pusher:subscribe","data":{"channel":"presence-a","auth":"k:s","channel_data":"{}"}}"#),
+            parse(
+                r#"{"event":"pusher:subscribe","data":{"channel":"presence-a","auth":"k:s","channel_data":"{}"}}"#
+            ),
             Ok(ClientMessage::Subscribe {
                 channel: "presence-a".into(),
                 auth: Some("k:s".into()),
@@ -141,11 +152,17 @@ mod tests {
     fn refuses_what_it_does_not_understand() {
         assert!(matches!(parse("not json"), Err(ParseError::Malformed(_))));
         assert!(matches!(parse(r#"{"data":{}}"#), Err(ParseError::Malformed(_))));
-        assert_eq!(parse(r#"{"event":"pusher:nope"}"#), Err(ParseError::UnknownEvent("pusher:nope".into())));
+        assert_eq!(
+            parse(r#"{"event":"pusher:nope"}"#),
+            Err(ParseError::UnknownEvent("pusher:nope".into()))
+        );
         assert_eq!(
             parse(r#"{"event":"pusher:subscribe","data":{}}"#),
             Err(ParseError::MissingField { event: "pusher:subscribe", field: "data.channel" })
         );
-        assert!(matches!(parse(r#"{"event":"client-x","data":{}}"#), Err(ParseError::MissingField { .. })));
+        assert!(matches!(
+            parse(r#"{"event":"client-x","data":{}}"#),
+            Err(ParseError::MissingField { .. })
+        ));
     }
 }

@@ -57,7 +57,13 @@ pub async fn run(socket: WebSocket, ctx: Arc<Ctx>, key: String, query: HashMap<S
 
     let Some(app) = ctx.apps.by_key(&key).cloned() else {
         ctx.metrics.connection_errors.inc();
-        return refuse(&mut sink, patience, codes::APP_NOT_FOUND, &format!("App key {key} does not exist")).await;
+        return refuse(
+            &mut sink,
+            patience,
+            codes::APP_NOT_FOUND,
+            &format!("App key {key} does not exist"),
+        )
+        .await;
     };
     if !app.enabled {
         ctx.metrics.connection_errors.inc();
@@ -66,17 +72,30 @@ pub async fn run(socket: WebSocket, ctx: Arc<Ctx>, key: String, query: HashMap<S
     match query.get("protocol").map(|p| p.parse::<u32>()) {
         None => {
             ctx.metrics.connection_errors.inc();
-            return refuse(&mut sink, patience, codes::NO_PROTOCOL, "No protocol version supplied").await;
+            return refuse(&mut sink, patience, codes::NO_PROTOCOL, "No protocol version supplied")
+                .await;
         }
         Some(Ok(5..=7)) => {}
         Some(_) => {
             ctx.metrics.connection_errors.inc();
-            return refuse(&mut sink, patience, codes::UNSUPPORTED_PROTOCOL, "Unsupported protocol version").await;
+            return refuse(
+                &mut sink,
+                patience,
+                codes::UNSUPPORTED_PROTOCOL,
+                "Unsupported protocol version",
+            )
+            .await;
         }
     }
     if !ctx.adapter.hub().admit(&app.id, app.max_connections) {
         ctx.metrics.connection_errors.inc();
-        return refuse(&mut sink, patience, codes::OVER_CAPACITY, "App is over its connection quota").await;
+        return refuse(
+            &mut sink,
+            patience,
+            codes::OVER_CAPACITY,
+            "App is over its connection quota",
+        )
+        .await;
     }
 
     let socket_id = ctx.next_socket_id();
@@ -203,4 +222,3 @@ fn is_too_large(error: axum::Error) -> bool {
         Some(Error::Capacity(CapacityError::MessageTooLong { .. }))
     )
 }
-

@@ -70,7 +70,9 @@ impl Session {
             }
             Ok(ClientMessage::Unsubscribe { channel }) => self.unsubscribe(&channel),
             Ok(ClientMessage::Signin { auth, user_data }) => self.signin(&auth, &user_data),
-            Ok(ClientMessage::ClientEvent { event, channel, data }) => self.client_event(&event, &channel, &data),
+            Ok(ClientMessage::ClientEvent { event, channel, data }) => {
+                self.client_event(&event, &channel, &data)
+            }
         }
     }
 
@@ -87,7 +89,12 @@ impl Session {
         let channel_data = if kind == ChannelKind::Presence { channel_data } else { None };
         if kind.needs_auth() {
             let Some(auth) = auth else {
-                return self.subscription_error(name, "AuthError", "This channel needs an auth signature", 401);
+                return self.subscription_error(
+                    name,
+                    "AuthError",
+                    "This channel needs an auth signature",
+                    401,
+                );
             };
             let message = signature::channel_message(&self.conn.socket_id, name, channel_data);
             if !signature::verify_auth(&self.app.key, &self.app.secret, &message, auth) {
@@ -97,7 +104,9 @@ impl Session {
         let join = match kind {
             ChannelKind::Presence => match self.presence_join(channel_data) {
                 Ok(join) => Some(join),
-                Err((error, status)) => return self.subscription_error(name, "InvalidChannelData", &error, status),
+                Err((error, status)) => {
+                    return self.subscription_error(name, "InvalidChannelData", &error, status);
+                }
             },
             _ => None,
         };
@@ -111,13 +120,14 @@ impl Session {
         let user_id = join.as_ref().map(|j| j.user_id.clone());
         let member = join.as_ref().map(|j| (j.user_id.clone(), j.user_info.clone()));
         let presence = kind == ChannelKind::Presence;
-        let subscribed = self.ctx.adapter.subscribe(&self.app.id, name, &self.conn, join, |members| {
-            if presence {
-                frames::presence_subscription_succeeded(name, members).into()
-            } else {
-                frames::subscription_succeeded(name).into()
-            }
-        });
+        let subscribed =
+            self.ctx.adapter.subscribe(&self.app.id, name, &self.conn, join, |members| {
+                if presence {
+                    frames::presence_subscription_succeeded(name, members).into()
+                } else {
+                    frames::subscription_succeeded(name).into()
+                }
+            });
         match subscribed {
             Err(full) => self.subscription_error(name, "LimitReached", &full.to_string(), 403),
             Ok(outcome) => {
@@ -127,7 +137,12 @@ impl Session {
                 self.subscriptions.insert(name.to_string(), user_id);
                 if let (true, Some((user_id, user_info))) = (outcome.first_for_user, member) {
                     let frame = Utf8Bytes::from(frames::member_added(name, &user_id, &user_info));
-                    self.ctx.adapter.broadcast(&self.app.id, name, &frame, Some(&self.conn.socket_id));
+                    self.ctx.adapter.broadcast(
+                        &self.app.id,
+                        name,
+                        &frame,
+                        Some(&self.conn.socket_id),
+                    );
                 }
             }
         }
@@ -136,17 +151,20 @@ impl Session {
     /// Parse and check presence `channel_data`.
     fn presence_join(&self, channel_data: Option<&str>) -> Result<Join, (String, u16)> {
         let data = channel_data.ok_or(("Presence channels need channel_data".to_string(), 400))?;
-        let value: Value =
-            serde_json::from_str(data).map_err(|e| (format!("channel_data is not valid JSON: {e}"), 400))?;
+        let value: Value = serde_json::from_str(data)
+            .map_err(|e| (format!("channel_data is not valid JSON: {e}"), 400))?;
         let user_id = match value.get("user_id") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
-            _ => return Err(("channel_data needs a user_id (a string or number)".to_string(), 400)),
+            _ => {
+                return Err(("channel_data needs a user_id (a string or number)".to_string(), 400));
+            }
         };
         if user_id.chars().count() > MAX_USER_ID_LENGTH {
             return Err((format!("user_id is longer than {MAX_USER_ID_LENGTH} characters"), 400));
         }
-        let user_info = value.get("user_info").cloned().unwrap_or_else(|| Value::Object(Default::default()));
+        let user_info =
+            value.get("user_info").cloned().unwrap_or_else(|| Value::Object(Default::default()));
         let size = serde_json::to_string(&user_info).map_or(0, |s| s.len());
         let max = self.app.limits.max_presence_member_size_bytes;
         if size > max {
@@ -161,7 +179,8 @@ impl Session {
     }
 
     fn leave(&self, name: &str, user_id: Option<&str>) {
-        let outcome = self.ctx.adapter.unsubscribe(&self.app.id, name, &self.conn.socket_id, user_id);
+        let outcome =
+            self.ctx.adapter.unsubscribe(&self.app.id, name, &self.conn.socket_id, user_id);
         if outcome.was_subscribed {
             self.ctx.metrics.subscriptions.dec();
         }
@@ -176,7 +195,10 @@ impl Session {
         if !signature::verify_auth(&self.app.key, &self.app.secret, &message, auth) {
             return self.error(codes::UNAUTHORIZED, "Invalid signin signature");
         }
-        let id = match serde_json::from_str::<Value>(user_data).ok().and_then(|v| v.get("id").cloned()) {
+        let id = match serde_json::from_str::<Value>(user_data)
+            .ok()
+            .and_then(|v| v.get("id").cloned())
+        {
             Some(Value::String(id)) if !id.is_empty() => id,
             Some(Value::Number(id)) => id.to_string(),
             _ => return self.error(codes::UNAUTHORIZED, "user_data needs an id"),
@@ -187,7 +209,8 @@ impl Session {
         self.user_id = Some(id);
         let data = serde_json::json!({ "user_data": user_data });
         self.send(
-            serde_json::json!({ "event": "pusher:signin_success", "data": data.to_string() }).to_string(),
+            serde_json::json!({ "event": "pusher:signin_success", "data": data.to_string() })
+                .to_string(),
         );
     }
 
@@ -198,15 +221,22 @@ impl Session {
         }
         match ChannelKind::of(name) {
             ChannelKind::Private | ChannelKind::Presence => {}
-            ChannelKind::PrivateEncrypted => return reject("Client events are not allowed on encrypted channels"),
-            ChannelKind::Public => return reject("Client events need a private or presence channel"),
+            ChannelKind::PrivateEncrypted => {
+                return reject("Client events are not allowed on encrypted channels");
+            }
+            ChannelKind::Public => {
+                return reject("Client events need a private or presence channel");
+            }
         }
         let Some(user_id) = self.subscriptions.get(name) else {
             return reject(&format!("Not subscribed to {name}"));
         };
         let limits = &self.app.limits;
         if event.chars().count() > limits.max_event_name_length {
-            return reject(&format!("Event name longer than {} characters", limits.max_event_name_length));
+            return reject(&format!(
+                "Event name longer than {} characters",
+                limits.max_event_name_length
+            ));
         }
         let size = serde_json::to_string(data).map_or(0, |s| s.len());
         if size > limits.max_event_payload_bytes {
@@ -222,7 +252,10 @@ impl Session {
         if self.client_events.count >= limits.max_client_events_per_second {
             return self.error(
                 codes::CLIENT_EVENT_REJECTED,
-                &format!("Client event rate limit of {} per second exceeded", limits.max_client_events_per_second),
+                &format!(
+                    "Client event rate limit of {} per second exceeded",
+                    limits.max_client_events_per_second
+                ),
             );
         }
         self.client_events.count += 1;
