@@ -1,0 +1,150 @@
+// The harness: the real sockhost binary on a free port, an auth endpoint built on the official
+// `pusher` server SDK, and pusher-js clients pointed at both.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import PusherServer from 'pusher';
+import PusherClient from 'pusher-js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '..', '..', '..');
+const PATIENCE_MS = 10_000;
+
+export const APP = { id: 'js-app', key: 'js-key', secret: 'js-secret' };
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createNetServer();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolve when `emitter` emits `event` (pusher-js style `bind`), or fail after a deadline. */
+export function once(emitter, event, what = event) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), PATIENCE_MS);
+    const handler = (data) => {
+      clearTimeout(timer);
+      emitter.unbind(event, handler);
+      resolve(data);
+    };
+    emitter.bind(event, handler);
+  });
+}
+
+/** Start sockhost with the test app; resolves when /up answers. */
+export async function startSockhost() {
+  const dir = mkdtempSync(join(tmpdir(), 'sockhost-js-'));
+  const config = join(dir, 'sockhost.toml');
+  writeFileSync(config, `
+[[app_manager.array.apps]]
+id = "${APP.id}"
+key = "${APP.key}"
+secret = "${APP.secret}"
+enable_client_messages = true
+`);
+  const port = await freePort();
+  const metricsPort = await freePort();
+  const binary = join(root, 'target', process.env.SOCKHOST_PROFILE ?? 'debug', 'sockhost');
+  const child = spawn(binary, ['--config', config, '--plugins', join(root, 'plugins.toml')], {
+    env: { ...process.env, HOST: '127.0.0.1', PORT: String(port), METRICS_PORT: String(metricsPort), RUST_LOG: 'warn' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (chunk) => { stderr += chunk; });
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`sockhost exited early:\n${stderr}`);
+    try {
+      const response = await fetch(`http://127.0.0.1:${port}/up`);
+      if (response.status === 200) break;
+    } catch { /* not listening yet */ }
+    if (Date.now() > deadline) throw new Error(`sockhost did not answer /up:\n${stderr}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return {
+    port,
+    stop: () => new Promise((resolve) => { child.once('exit', resolve); child.kill('SIGTERM'); }),
+    stderr: () => stderr,
+  };
+}
+
+/** The official server SDK, aimed at the server. */
+export function serverSdk(port) {
+  return new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: '127.0.0.1', port: String(port), useTLS: false });
+}
+
+/**
+ * The app's auth endpoint, as an application would run it: channel authorisation (with a
+ * presence user taken from the `user` header the test sets per client) and user sign-in.
+ */
+export async function startAuthEndpoint(sdk) {
+  const server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (chunk) => { body += chunk; });
+    req.on('end', () => {
+      const form = new URLSearchParams(body);
+      const socketId = form.get('socket_id');
+      const user = req.headers['x-test-user'];
+      let answer;
+      if (req.url === '/pusher/auth') {
+        const channel = form.get('channel_name');
+        if (req.headers['x-test-deny']) {
+          res.writeHead(403, { 'content-type': 'application/json' });
+          res.end(JSON.stringify({ error: 'denied' }));
+          return;
+        }
+        answer = channel.startsWith('presence-')
+          ? sdk.authorizeChannel(socketId, channel, { user_id: user, user_info: { name: `name of ${user}` } })
+          : sdk.authorizeChannel(socketId, channel);
+      } else if (req.url === '/pusher/user-auth') {
+        answer = sdk.authenticateUser(socketId, { id: user, user_info: { name: `name of ${user}` } });
+      } else {
+        res.writeHead(404);
+        res.end();
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(answer));
+    });
+  });
+  const port = await freePort();
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${port}`, close: () => new Promise((r) => server.close(r)) };
+}
+
+/** A pusher-js client connected to sockhost; resolves once connected. */
+export async function connect(port, auth, { user = 'anonymous', deny = false } = {}) {
+  const headers = { 'x-test-user': user };
+  if (deny) headers['x-test-deny'] = '1';
+  const client = new PusherClient(APP.key, {
+    cluster: 'mt1',
+    wsHost: '127.0.0.1',
+    wsPort: port,
+    wssPort: port,
+    forceTLS: false,
+    enabledTransports: ['ws'],
+    enableStats: false,
+    channelAuthorization: { endpoint: `${auth.url}/pusher/auth`, transport: 'ajax', headers },
+    userAuthentication: { endpoint: `${auth.url}/pusher/user-auth`, transport: 'ajax', headers },
+  });
+  if (client.connection.state !== 'connected') {
+    await once(client.connection, 'connected', 'the connection');
+  }
+  return client;
+}
+
+/** Subscribe and resolve once the subscription succeeded. */
+export async function subscribe(client, name) {
+  const channel = client.subscribe(name);
+  await once(channel, 'pusher:subscription_succeeded', `subscription to ${name}`);
+  return channel;
+}

@@ -1,0 +1,133 @@
+// The official pusher-js client and pusher server SDK against the real sockhost binary.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect, once, serverSdk, startAuthEndpoint, startSockhost, subscribe } from '../lib/harness.mjs';
+
+describe('pusher-js and the pusher SDK against sockhost', () => {
+  let server;
+  let sdk;
+  let auth;
+  const clients = [];
+  const client = async (options) => {
+    const c = await connect(server.port, auth, options);
+    clients.push(c);
+    return c;
+  };
+
+  before(async () => {
+    server = await startSockhost();
+    sdk = serverSdk(server.port);
+    auth = await startAuthEndpoint(sdk);
+  });
+
+  after(async () => {
+    for (const c of clients) c.disconnect();
+    await auth.close();
+    await server.stop();
+  });
+
+  test('connects and gets a socket id', async () => {
+    const c = await client();
+    assert.equal(c.connection.state, 'connected');
+    assert.match(c.connection.socket_id, /^\d+\.\d+$/);
+  });
+
+  test('a public subscriber receives a trigger from the SDK', async () => {
+    const c = await client();
+    const channel = await subscribe(c, 'js-public');
+    const received = once(channel, 'greeting');
+    await sdk.trigger('js-public', 'greeting', { text: 'hello' });
+    assert.deepEqual(await received, { text: 'hello' });
+  });
+
+  test('a private channel is authorised through the auth endpoint', async () => {
+    const c = await client();
+    const channel = await subscribe(c, 'private-js');
+    const received = once(channel, 'secret');
+    await sdk.trigger('private-js', 'secret', { n: 42 });
+    assert.deepEqual(await received, { n: 42 });
+  });
+
+  test('a refused authorisation surfaces as a subscription error', async () => {
+    const c = await client({ deny: true });
+    const channel = c.subscribe('private-denied');
+    const error = await once(channel, 'pusher:subscription_error');
+    assert.equal(error.status, 403);
+  });
+
+  test('presence members join, are counted once, and leave', async () => {
+    const ann = await client({ user: 'ann' });
+    const annChannel = await subscribe(ann, 'presence-js');
+    assert.equal(annChannel.members.count, 1);
+    assert.deepEqual(annChannel.members.me, { id: 'ann', info: { name: 'name of ann' } });
+
+    const added = once(annChannel, 'pusher:member_added');
+    const ben = await client({ user: 'ben' });
+    const benChannel = await subscribe(ben, 'presence-js');
+    assert.equal(benChannel.members.count, 2);
+    assert.deepEqual(await added, { id: 'ben', info: { name: 'name of ben' } });
+
+    const users = await (await sdk.get({ path: '/channels/presence-js/users' })).json();
+    assert.deepEqual(users.users.map((u) => u.id).sort(), ['ann', 'ben']);
+
+    const removed = once(annChannel, 'pusher:member_removed');
+    ben.unsubscribe('presence-js');
+    assert.equal((await removed).id, 'ben');
+  });
+
+  test('a batch trigger delivers every event in order', async () => {
+    const c = await client();
+    const channel = await subscribe(c, 'js-batch');
+    const seen = [];
+    const done = new Promise((resolve) => {
+      channel.bind('item', (data) => { seen.push(data.i); if (seen.length === 3) resolve(); });
+    });
+    await sdk.triggerBatch([0, 1, 2].map((i) => ({ channel: 'js-batch', name: 'item', data: { i } })));
+    await done;
+    assert.deepEqual(seen, [0, 1, 2]);
+  });
+
+  test('a trigger excludes the socket it names', async () => {
+    const a = await client();
+    const b = await client();
+    const aChannel = await subscribe(a, 'js-exclude');
+    const bChannel = await subscribe(b, 'js-exclude');
+    let aGot = 0;
+    aChannel.bind('ev', () => { aGot += 1; });
+    const bGot = once(bChannel, 'ev');
+    await sdk.trigger('js-exclude', 'ev', { x: 1 }, { socket_id: a.connection.socket_id });
+    await bGot;
+    const marker = once(aChannel, 'marker');
+    await sdk.trigger('js-exclude', 'marker', {});
+    await marker;
+    assert.equal(aGot, 0);
+  });
+
+  test('client events reach the other subscriber and carry the presence user', async () => {
+    const ann = await client({ user: 'cara' });
+    const ben = await client({ user: 'dan' });
+    const annChannel = await subscribe(ann, 'presence-js-chat');
+    const benChannel = await subscribe(ben, 'presence-js-chat');
+    const received = new Promise((resolve) => {
+      annChannel.bind('client-typing', (data, metadata) => resolve({ data, metadata }));
+    });
+    assert.equal(benChannel.trigger('client-typing', { typing: true }), true);
+    const { data, metadata } = await received;
+    assert.deepEqual(data, { typing: true });
+    assert.equal(metadata.user_id, 'dan');
+  });
+
+  test('channel queries through the SDK report occupied channels and counts', async () => {
+    const c = await client({ user: 'eve' });
+    await subscribe(c, 'js-query');
+    await subscribe(c, 'presence-js-query');
+    const list = await (await sdk.get({ path: '/channels', params: { filter_by_prefix: 'js-query' } })).json();
+    assert.deepEqual(list, { channels: { 'js-query': {} } });
+    const info = await (await sdk.get({
+      path: '/channels/presence-js-query', params: { info: 'user_count,subscription_count' },
+    })).json();
+    assert.deepEqual(info, { occupied: true, user_count: 1, subscription_count: 1 });
+    const triggered = await (await sdk.trigger('js-query', 'e', {}, { info: 'subscription_count' })).json();
+    assert.deepEqual(triggered, { channels: { 'js-query': { subscription_count: 1 } } });
+  });
+});
