@@ -113,21 +113,24 @@ pub async fn run(socket: WebSocket, ctx: Arc<Ctx>, key: String, query: HashMap<S
     let mut last_heard = Instant::now();
     let mut ping_sent: Option<Instant> = None;
     let timer = tokio::time::sleep(activity_timeout);
-    tokio::pin!(timer);
+    // Made once, not per loop turn: registering with a notifier on every message costs.
+    let close_requested = closer.wait();
+    let shutting_down = ctx.shutdown.cancelled();
+    tokio::pin!(timer, close_requested, shutting_down);
 
     let close_code = loop {
         tokio::select! {
             biased;
-            () = closer.wait() => break closer.requested().unwrap_or(codes::RECONNECT),
-            () = ctx.shutdown.cancelled() => break codes::RECONNECT,
+            () = &mut close_requested => break closer.requested().unwrap_or(codes::RECONNECT),
+            () = &mut shutting_down => break codes::RECONNECT,
             frame = outbound.recv() => {
                 let Some(frame) = frame else { break codes::RECONNECT };
                 // A client that stops reading blocks this write; a close request must still get
                 // through (the queue filling up is what asks for it).
                 tokio::select! {
                     biased;
-                    () = closer.wait() => break closer.requested().unwrap_or(codes::RECONNECT),
-                    () = ctx.shutdown.cancelled() => break codes::RECONNECT,
+                    () = &mut close_requested => break closer.requested().unwrap_or(codes::RECONNECT),
+                    () = &mut shutting_down => break codes::RECONNECT,
                     written = write_batch(&mut sink, frame, &mut outbound, &ctx) => {
                         if written.is_err() {
                             break 0;

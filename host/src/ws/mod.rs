@@ -14,7 +14,7 @@ use crate::server::Ctx;
 
 /// Read buffer per connection. Small: most Pusher messages are tiny, and the buffer is paid by
 /// every idle connection (tungstenite's default is 128 KiB).
-const READ_BUFFER_BYTES: usize = 4096;
+const READ_BUFFER_BYTES: usize = 2048;
 /// Bytes written per flush to the socket.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
