@@ -94,4 +94,28 @@ impl Adapter {
     pub async fn user_ids(&self, app_id: &str, channel: &str) -> Vec<String> {
         self.hub.user_ids(app_id, channel)
     }
+
+    /// Deliver `frame` to every connection signed in as `user_id`.
+    pub fn send_to_user(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) -> usize {
+        self.hub.send_to_user(app_id, user_id, frame)
+    }
+
+    /// Close every connection signed in as `user_id` with `code`; how many.
+    pub async fn terminate_user(&self, app_id: &str, user_id: &str, code: u16) -> usize {
+        let conns = self.hub.user_connections(app_id, user_id);
+        for conn in &conns {
+            conn.close(code);
+        }
+        conns.len()
+    }
+
+    /// Which of `user_ids` are online.
+    pub async fn online(&self, app_id: &str, user_ids: &[String]) -> Vec<String> {
+        self.hub.online(app_id, user_ids)
+    }
+
+    /// Tell the watchers of `user_id` it came online or went offline.
+    pub fn notify_watchers(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) {
+        self.hub.send_to_watchers(app_id, user_id, frame);
+    }
 }

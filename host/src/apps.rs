@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use crate::config::Limits;
+use crate::config::{Limits, WebhookTarget};
 
 /// One app.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,20 @@ pub struct App {
     pub enable_client_messages: bool,
     /// Its limits.
     pub limits: Limits,
+    /// HTTP API events per second (each channel counts); 0 = unlimited.
+    pub max_backend_events_per_second: u32,
+    /// HTTP API read requests per second; 0 = unlimited.
+    pub max_read_requests_per_second: u32,
+    /// New connections per client IP per minute; 0 = unlimited.
+    pub max_connections_per_ip_per_minute: u32,
+    /// Whether connections must sign in.
+    pub enable_user_authentication: bool,
+    /// Whether subscription counts are sent to subscribers and webhooks.
+    pub enable_subscription_count: bool,
+    /// Webhook endpoints.
+    pub webhooks: Vec<WebhookTarget>,
+    /// Whether webhook events are batched.
+    pub webhook_batching: bool,
 }
 
 /// The apps, by id and by key.

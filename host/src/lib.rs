@@ -23,6 +23,7 @@ pub mod plugins;
 pub mod protocol;
 pub mod server;
 pub mod telemetry;
+pub mod webhooks;
 pub mod ws;
 
 pub use config::Settings;

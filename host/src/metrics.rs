@@ -42,6 +42,16 @@ pub struct Metrics {
     pub http_bytes_received: Counter,
     /// Events published (HTTP API triggers and client events), counted once per channel.
     pub events_published: Counter,
+    /// Webhooks delivered.
+    pub webhooks_sent: Counter,
+    /// Webhook attempts that failed and will be retried.
+    pub webhook_retries: Counter,
+    /// Webhooks given up (after the last attempt, or lost before queueing).
+    pub webhooks_failed: Counter,
+    /// Requests and events refused by a rate limit.
+    pub rate_limited: Counter,
+    /// Rate-limiter calls that failed (the check was let through).
+    pub rate_limiter_errors: Counter,
     plugin_counters: Family<Vec<(&'static str, String)>, Gauge<i64, AtomicI64>>,
     plugins: Arc<PluginCounters>,
 }
@@ -64,6 +74,11 @@ impl Metrics {
             http_requests: Family::default(),
             http_bytes_received: Counter::default(),
             events_published: Counter::default(),
+            webhooks_sent: Counter::default(),
+            webhook_retries: Counter::default(),
+            webhooks_failed: Counter::default(),
+            rate_limited: Counter::default(),
+            rate_limiter_errors: Counter::default(),
             plugin_counters: Family::default(),
             plugins,
             registry: Registry::default(),
@@ -128,6 +143,15 @@ impl Metrics {
             "events_published",
             "Events published to a channel (HTTP API and client events)",
             metrics.events_published.clone(),
+        );
+        registry.register("webhooks_sent", "Webhooks delivered", metrics.webhooks_sent.clone());
+        registry.register("webhook_retries", "Webhook attempts that failed and will be retried", metrics.webhook_retries.clone());
+        registry.register("webhooks_failed", "Webhooks given up", metrics.webhooks_failed.clone());
+        registry.register("rate_limit_triggered", "Requests and events refused by a rate limit", metrics.rate_limited.clone());
+        registry.register(
+            "rate_limiter_errors",
+            "Rate-limiter calls that failed; the request was let through",
+            metrics.rate_limiter_errors.clone(),
         );
         registry.register(
             "plugin_events",

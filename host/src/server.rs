@@ -18,8 +18,15 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    adapter::Adapter, apps::Apps, config::Settings, http_api, hub::Hub, metrics::Metrics,
-    plugins::Drivers, ws,
+    adapter::Adapter,
+    apps::Apps,
+    config::Settings,
+    http_api,
+    hub::Hub,
+    metrics::Metrics,
+    plugins::{Drivers, RateDecision},
+    webhooks::{self, Webhooks},
+    ws,
 };
 
 /// Everything request handlers and connection tasks share.
@@ -39,6 +46,8 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Webhook batching and delayed `channel_vacated`.
+    pub webhooks: Webhooks,
     socket_prefix: u32,
     socket_counter: AtomicU64,
 }
@@ -55,9 +64,31 @@ impl Ctx {
             metrics,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            webhooks: Webhooks::default(),
             // A random first part makes ids unique across nodes; the counter, within this one.
             socket_prefix: rand::random::<u32>() % 1_000_000_000 + 1,
             socket_counter: AtomicU64::new(rand::random::<u32>().into()),
+        }
+    }
+
+    /// Consume `cost` tokens of `key` against `limit` per `window_ms` through the rate-limiter
+    /// driver: `None` if allowed (or unlimited, or limits are off), the decision if refused. A
+    /// driver that fails lets the request through, with a log line and a metric.
+    pub async fn rate_limit(&self, key: &str, cost: u32, limit: u32, window_ms: u64) -> Option<RateDecision> {
+        if limit == 0 || !self.settings.rate_limiter_enabled {
+            return None;
+        }
+        match self.drivers.rate_limiter.check(key, cost, limit, window_ms).await {
+            Ok(decision) if decision.allowed => None,
+            Ok(decision) => {
+                self.metrics.rate_limited.inc();
+                Some(decision)
+            }
+            Err(error) => {
+                self.metrics.rate_limiter_errors.inc();
+                tracing::warn!(%error, key, "The rate limiter failed; letting the request through.");
+                None
+            }
         }
     }
 
@@ -75,6 +106,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/apps/{app_id}/channels", get(http_api::channels::list))
         .route("/apps/{app_id}/channels/{channel}", get(http_api::channels::show))
         .route("/apps/{app_id}/channels/{channel}/users", get(http_api::channels::users))
+        .route(
+            "/apps/{app_id}/users/{user_id}/terminate_connections",
+            post(http_api::users::terminate),
+        )
         .route("/up", get(http_api::health::up))
         .route("/up/{app_id}", get(http_api::health::up_app))
         .fallback(http_api::not_found)
@@ -121,10 +156,14 @@ pub async fn run(
             }
         });
     }
+    let http = reqwest::Client::builder().build().map_err(std::io::Error::other)?;
+    let deliver = webhooks::deliver(ctx.clone(), http, ctx.settings.webhooks.clone());
+    if let Err(error) = ctx.drivers.queue.consume(webhooks::QUEUE, deliver).await {
+        tracing::error!(%error, "Webhooks will not be delivered: the queue refused a consumer.");
+    }
     tracing::info!(addr = %listener.local_addr()?, "Listening.");
-    axum::serve(listener, router(ctx.clone()))
-        .with_graceful_shutdown(token.clone().cancelled_owned())
-        .await?;
+    let app = router(ctx.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned()).await?;
     ctx.tracker.close();
     if tokio::time::timeout(grace, ctx.tracker.wait()).await.is_err() {
         tracing::warn!(

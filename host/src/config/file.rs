@@ -24,6 +24,9 @@ pub struct Config {
     /// Seconds to wait for connections to close at shutdown. Default: 10.
     /// Env: `SHUTDOWN_GRACE_PERIOD`.
     pub shutdown_grace_period: u64,
+    /// Seconds a connection of an app that requires sign-in has to sign in before it is closed
+    /// with 4009. Default: 30. Env: `USER_AUTHENTICATION_TIMEOUT`.
+    pub user_authentication_timeout: u64,
     /// The transport between nodes.
     pub adapter: DriverSection,
     /// The cache driver.
@@ -42,6 +45,8 @@ pub struct Config {
     pub presence: PresenceLimits,
     /// The HTTP API.
     pub http_api: HttpApiConfig,
+    /// Webhook delivery.
+    pub webhooks: WebhooksConfig,
     /// The WebSocket endpoint.
     pub websocket: WebSocketConfig,
     /// Prometheus metrics.
@@ -57,6 +62,7 @@ impl Default for Config {
             activity_timeout: 120,
             pong_timeout: 30,
             shutdown_grace_period: 10,
+            user_authentication_timeout: 30,
             adapter: DriverSection::named("local"),
             cache: DriverSection::named("memory"),
             queue: DriverSection::named("memory"),
@@ -66,6 +72,7 @@ impl Default for Config {
             event_limits: EventLimits::default(),
             presence: PresenceLimits::default(),
             http_api: HttpApiConfig::default(),
+            webhooks: WebhooksConfig::default(),
             websocket: WebSocketConfig::default(),
             metrics: MetricsConfig::default(),
         }
@@ -142,6 +149,30 @@ pub struct AppConfig {
     /// Client events per second per connection. Default: 10.
     #[serde(default)]
     pub max_client_events_per_second: Option<u32>,
+    /// Events per second the HTTP API accepts for this app, each channel of a trigger counting
+    /// once; 0 means unlimited. Default: 0.
+    #[serde(default)]
+    pub max_backend_events_per_second: u32,
+    /// HTTP API read requests (channel queries) per second; 0 means unlimited. Default: 0.
+    #[serde(default)]
+    pub max_read_requests_per_second: u32,
+    /// New WebSocket connections per client IP per minute; 0 means unlimited. Default: 0.
+    #[serde(default)]
+    pub max_connections_per_ip_per_minute: u32,
+    /// Require `pusher:signin` within `user_authentication_timeout`. Default: false.
+    #[serde(default)]
+    pub enable_user_authentication: bool,
+    /// Send `pusher_internal:subscription_count` to subscribers of non-presence channels, and
+    /// the `subscription_count` webhook. Default: false.
+    #[serde(default)]
+    pub enable_subscription_count: bool,
+    /// Where this app's webhooks go.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookTarget>,
+    /// Collect this app's webhook events for `webhooks.batching_window_ms` and send them
+    /// together. Default: false.
+    #[serde(default)]
+    pub webhook_batching: bool,
     /// Overrides `presence.max_members_per_channel`.
     #[serde(default)]
     pub max_presence_members_per_channel: Option<u64>,
@@ -169,17 +200,57 @@ fn yes() -> bool {
     true
 }
 
+/// One webhook endpoint of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTarget {
+    /// The URL events are POSTed to.
+    pub url: String,
+    /// The kinds sent there (`channel_occupied`, `channel_vacated`, `member_added`,
+    /// `member_removed`, `client_event`, `cache_miss`, `subscription_count`); empty means all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// Extra headers sent with each request.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// `webhooks`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Attempts per webhook before it is given up (logged and counted). Each retry waits
+    /// longer, as the queue driver's backoff says. Default: 5. Env: `WEBHOOK_MAX_ATTEMPTS`.
+    pub max_attempts: u32,
+    /// Milliseconds one delivery may take. Default: 5000.
+    pub request_timeout_ms: u64,
+    /// Milliseconds `channel_vacated` waits before it re-checks the channel, so that a quick
+    /// reconnect sends neither vacated nor occupied. Default: 3000.
+    pub vacated_delay_ms: u64,
+    /// Milliseconds an app with `webhook_batching` collects events for. Default: 50.
+    /// Env: `WEBHOOK_BATCHING_DURATION`.
+    pub batching_window_ms: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self { max_attempts: 5, request_timeout_ms: 5000, vacated_delay_ms: 3000, batching_window_ms: 50 }
+    }
+}
+
 /// `channel_limits`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelLimits {
     /// Longest channel name, prefix included. Default: 200.
     pub max_name_length: u64,
+    /// Seconds a cache channel keeps its last event. Default: 3600.
+    pub cache_ttl: u64,
 }
 
 impl Default for ChannelLimits {
     fn default() -> Self {
-        Self { max_name_length: 200 }
+        Self { max_name_length: 200, cache_ttl: 3600 }
     }
 }
 

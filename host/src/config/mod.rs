@@ -10,6 +10,6 @@ mod file;
 mod load;
 mod settings;
 
-pub use file::{AppConfig, Config, DriverSection};
+pub use file::{AppConfig, Config, DriverSection, WebhookTarget};
 pub use load::{ConfigError, Sources, load, settings};
-pub use settings::{Limits, Settings};
+pub use settings::{Limits, Settings, WEBHOOK_KINDS, WebhookSettings};

@@ -30,6 +30,30 @@ pub struct Limits {
     pub max_client_events_per_second: u32,
 }
 
+/// Webhook delivery settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// Attempts before a webhook is given up.
+    pub max_attempts: u32,
+    /// How long one delivery may take.
+    pub request_timeout: Duration,
+    /// How long `channel_vacated` waits before re-checking.
+    pub vacated_delay: Duration,
+    /// How long batching apps collect events.
+    pub batching_window: Duration,
+}
+
+/// The webhook kinds.
+pub const WEBHOOK_KINDS: &[&str] = &[
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+    "subscription_count",
+];
+
 /// Everything the server needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -57,6 +81,12 @@ pub struct Settings {
     pub ws_max_queued_messages: usize,
     /// `(host, port)` of the metrics listener, if enabled.
     pub metrics_addr: Option<(String, u16)>,
+    /// How long a connection of an app that requires sign-in has to sign in.
+    pub user_authentication_timeout: Duration,
+    /// How long a cache channel keeps its last event.
+    pub cache_ttl: Duration,
+    /// Webhook delivery.
+    pub webhooks: WebhookSettings,
     /// Prefix of metric names.
     pub metrics_prefix: String,
 }
@@ -82,6 +112,10 @@ impl Settings {
             ("http_api.request_limit_in_mb", config.http_api.request_limit_in_mb),
             ("websocket.max_payload_kb", config.websocket.max_payload_kb),
             ("websocket.max_messages", config.websocket.max_messages),
+            ("user_authentication_timeout", config.user_authentication_timeout),
+            ("channel_limits.cache_ttl", config.channel_limits.cache_ttl),
+            ("webhooks.max_attempts", config.webhooks.max_attempts.into()),
+            ("webhooks.request_timeout_ms", config.webhooks.request_timeout_ms),
         ] {
             if value == 0 {
                 err(name, "must be at least 1".into());
@@ -209,6 +243,24 @@ impl Settings {
             for (place, problem) in limit_errors {
                 err(&place, problem);
             }
+            for (w, hook) in app.webhooks.iter().enumerate() {
+                let hook_place = |field: &str| place(&format!("webhooks[{w}].{field}"));
+                match reqwest::Url::parse(&hook.url) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                    Ok(url) => err(&hook_place("url"), format!("must be http or https, not {}", url.scheme())),
+                    Err(e) => err(&hook_place("url"), format!("is not a URL: {e}")),
+                }
+                for kind in &hook.event_types {
+                    if !WEBHOOK_KINDS.contains(&kind.as_str()) {
+                        err(&hook_place("event_types"), format!("unknown kind {kind:?}; known: {}", WEBHOOK_KINDS.join(", ")));
+                    }
+                }
+                for name in hook.headers.keys() {
+                    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        err(&hook_place("headers"), format!("{name:?} is not a valid header name"));
+                    }
+                }
+            }
             apps.push(App {
                 id: app.id.clone(),
                 key: app.key.clone(),
@@ -217,6 +269,13 @@ impl Settings {
                 max_connections: app.max_connections,
                 enable_client_messages: app.enable_client_messages,
                 limits,
+                max_backend_events_per_second: app.max_backend_events_per_second,
+                max_read_requests_per_second: app.max_read_requests_per_second,
+                max_connections_per_ip_per_minute: app.max_connections_per_ip_per_minute,
+                enable_user_authentication: app.enable_user_authentication,
+                enable_subscription_count: app.enable_subscription_count,
+                webhooks: app.webhooks.clone(),
+                webhook_batching: app.webhook_batching,
             });
         }
 
@@ -270,6 +329,14 @@ impl Settings {
                 .enabled
                 .then(|| (config.metrics.host.clone(), config.metrics.port)),
             metrics_prefix: config.metrics.prefix,
+            user_authentication_timeout: Duration::from_secs(config.user_authentication_timeout),
+            cache_ttl: Duration::from_secs(config.channel_limits.cache_ttl),
+            webhooks: WebhookSettings {
+                max_attempts: config.webhooks.max_attempts,
+                request_timeout: Duration::from_millis(config.webhooks.request_timeout_ms),
+                vacated_delay: Duration::from_millis(config.webhooks.vacated_delay_ms),
+                batching_window: Duration::from_millis(config.webhooks.batching_window_ms.max(1)),
+            },
         })
     }
 }

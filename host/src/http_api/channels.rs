@@ -15,6 +15,14 @@ use crate::{
     server::Ctx,
 };
 
+/// The app's read-request limit.
+async fn limit(ctx: &Ctx, app: &crate::apps::App) -> Result<(), ApiError> {
+    match ctx.rate_limit(&format!("read-requests:{}", app.id), 1, app.max_read_requests_per_second, 1000).await {
+        None => Ok(()),
+        Some(decision) => Err(ApiError::rate_limited("read requests", decision)),
+    }
+}
+
 fn attributes(query: &std::collections::HashMap<String, String>) -> Vec<String> {
     query
         .get("info")
@@ -33,6 +41,7 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &[])?;
+    limit(&ctx, &authed.app).await?;
     let prefix = authed.query.get("filter_by_prefix").cloned().unwrap_or_default();
     let info = attributes(&authed.query);
     for attribute in &info {
@@ -71,6 +80,7 @@ pub async fn show(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &[])?;
+    limit(&ctx, &authed.app).await?;
     channel::validate(&name, authed.app.limits.max_channel_name_length)
         .map_err(|e| ApiError::bad_request(format!("Channel {name:?}: {e}")))?;
     let presence = ChannelKind::of(&name) == ChannelKind::Presence;
@@ -106,6 +116,7 @@ pub async fn users(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &[])?;
+    limit(&ctx, &authed.app).await?;
     channel::validate(&name, authed.app.limits.max_channel_name_length)
         .map_err(|e| ApiError::bad_request(format!("Channel {name:?}: {e}")))?;
     if ChannelKind::of(&name) != ChannelKind::Presence {

@@ -91,6 +91,12 @@ fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
         )));
     }
     for name in &channels {
+        if let Some(user_id) = name.strip_prefix(channel::SERVER_TO_USER_PREFIX) {
+            if user_id.is_empty() {
+                return Err(ApiError::bad_request(format!("Channel {name:?} names no user")));
+            }
+            continue;
+        }
         channel::validate(name, limits.max_channel_name_length)
             .map_err(|e| ApiError::bad_request(format!("Channel {name:?}: {e}")))?;
     }
@@ -136,12 +142,28 @@ fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
     })
 }
 
-/// Deliver a checked event and, if asked, describe its channels.
+/// The cache key of a cache channel's last event.
+pub fn cache_key(app_id: &str, channel: &str) -> String {
+    format!("app:{app_id}:channel:{channel}:cache")
+}
+
+/// Deliver a checked event (keeping it if the channel is a cache channel) and, if asked,
+/// describe its channels.
 async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
     for name in &event.channels {
-        let frame = frames::channel_event(&event.name, name, &event.data, None).into();
+        let text = frames::channel_event(&event.name, name, &event.data, None);
         ctx.metrics.events_published.inc();
-        ctx.adapter.broadcast(&app.id, name, &frame, event.socket_id.as_deref());
+        if let Some(user_id) = name.strip_prefix(channel::SERVER_TO_USER_PREFIX) {
+            ctx.adapter.send_to_user(&app.id, user_id, &text.into());
+            continue;
+        }
+        if channel::is_cache(name) {
+            let ttl = u64::try_from(ctx.settings.cache_ttl.as_millis()).unwrap_or(u64::MAX);
+            if let Err(error) = ctx.drivers.cache.set(&cache_key(&app.id, name), text.clone().into_bytes(), ttl).await {
+                tracing::warn!(%error, channel = %name, "A cache channel's event could not be kept.");
+            }
+        }
+        ctx.adapter.broadcast(&app.id, name, &text.into(), event.socket_id.as_deref());
     }
     if event.info.is_empty() {
         return None;
@@ -166,6 +188,15 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
     Some(Value::Object(channels))
 }
 
+/// The app's backend-events limit: each channel of each event counts once.
+async fn limit(ctx: &Ctx, app: &App, cost: usize) -> Result<(), ApiError> {
+    let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+    match ctx.rate_limit(&format!("backend-events:{}", app.id), cost, app.max_backend_events_per_second, 1000).await {
+        None => Ok(()),
+        Some(decision) => Err(ApiError::rate_limited("events", decision)),
+    }
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("The body is not a valid event: {e}")))
@@ -184,6 +215,7 @@ pub async fn trigger(
     ctx.metrics.http_bytes_received.inc_by(bytes.len() as u64);
     let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &bytes)?;
     let event = check(&authed.app, parse(&bytes)?, false)?;
+    limit(&ctx, &authed.app, event.channels.len()).await?;
     Ok(Json(match publish(&ctx, &authed.app, &event).await {
         Some(channels) => json!({ "channels": channels }),
         None => json!({}),
@@ -219,6 +251,7 @@ pub async fn batch(
                 .map_err(|e| ApiError { message: format!("batch[{i}]: {}", e.message), ..e })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    limit(&ctx, &authed.app, events.iter().map(|e| e.channels.len()).sum()).await?;
     let mut described = Vec::with_capacity(events.len());
     for event in &events {
         described.push(publish(&ctx, &authed.app, event).await);

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod channels;
 pub mod events;
 pub mod health;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::server::Ctx;
+use crate::{plugins::RateDecision, server::Ctx};
 
 /// An HTTP API error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,39 +27,65 @@ pub struct ApiError {
     pub status: StatusCode,
     /// What went wrong, for the caller.
     pub message: String,
+    /// For 429: the limit, and when it resets (`X-RateLimit-*`, `Retry-After`).
+    pub rate: Option<RateDecision>,
 }
 
 impl ApiError {
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: message.into() }
+        Self { status: StatusCode::BAD_REQUEST, message: message.into(), rate: None }
     }
 
     /// 401.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::UNAUTHORIZED, message: message.into() }
+        Self { status: StatusCode::UNAUTHORIZED, message: message.into(), rate: None }
     }
 
     /// 403.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::FORBIDDEN, message: message.into() }
+        Self { status: StatusCode::FORBIDDEN, message: message.into(), rate: None }
     }
 
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::NOT_FOUND, message: message.into() }
+        Self { status: StatusCode::NOT_FOUND, message: message.into(), rate: None }
     }
 
     /// 413.
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::PAYLOAD_TOO_LARGE, message: message.into() }
+        Self { status: StatusCode::PAYLOAD_TOO_LARGE, message: message.into(), rate: None }
+    }
+}
+
+impl ApiError {
+    /// 429 for a refused rate-limit check.
+    pub fn rate_limited(what: &str, decision: RateDecision) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!("Too many {what}: the limit is {} per second", decision.limit),
+            rate: Some(decision),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message, "code": self.status.as_u16() });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(rate) = self.rate {
+            let reset_secs = rate.reset_after_ms.div_ceil(1000).max(1);
+            let headers = response.headers_mut();
+            for (name, value) in [
+                ("x-ratelimit-limit", u64::from(rate.limit)),
+                ("x-ratelimit-remaining", u64::from(rate.remaining)),
+                ("x-ratelimit-reset", reset_secs),
+                ("retry-after", reset_secs),
+            ] {
+                headers.insert(name, value.into());
+            }
+        }
+        response
     }
 }
 

@@ -33,6 +33,15 @@ impl ChannelKind {
     }
 }
 
+/// Whether `name` is a cache channel (`cache-`, `private-cache-`, `presence-cache-`,
+/// `private-encrypted-cache-`): its last event is kept and replayed to new subscribers.
+pub fn is_cache(name: &str) -> bool {
+    ["cache-", "private-cache-", "presence-cache-", "private-encrypted-cache-"].iter().any(|p| name.starts_with(p))
+}
+
+/// The prefix of the channel that addresses one signed-in user's connections.
+pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
+
 /// Why a channel name is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {

@@ -20,6 +20,8 @@ pub const OVER_CAPACITY: u16 = 4100;
 pub const RECONNECT: u16 = 4200;
 /// The client did not answer a ping in time.
 pub const PONG_NOT_RECEIVED: u16 = 4201;
+/// A watchlist over the limit: the first ids are used; in-band.
+pub const WATCHLIST_LIMIT: u16 = 4302;
 /// A message was not understood (malformed JSON, unknown event, bad field); in-band.
 pub const BAD_MESSAGE: u16 = 4300;
 /// A client event was refused (disabled, too large, too many, wrong channel); in-band.

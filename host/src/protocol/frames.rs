@@ -97,6 +97,29 @@ pub fn channel_event(event: &str, channel: &str, data: &Value, user_id: Option<&
     to_text(&Frame { event, channel: Some(channel), data, user_id })
 }
 
+/// `pusher:signin_success`, echoing the signed user data.
+pub fn signin_success(user_data: &str) -> String {
+    let data = to_text(&serde_json::json!({ "user_data": user_data }));
+    frame("pusher:signin_success", None, data)
+}
+
+/// `pusher:cache_miss`: a cache channel had nothing to replay.
+pub fn cache_miss(channel: &str) -> String {
+    frame("pusher:cache_miss", Some(channel), "{}")
+}
+
+/// `pusher_internal:subscription_count`.
+pub fn subscription_count(channel: &str, count: usize) -> String {
+    let data = to_text(&serde_json::json!({ "subscription_count": count }));
+    frame("pusher_internal:subscription_count", Some(channel), data)
+}
+
+/// `pusher_internal:watchlist_events` with one event: `online` or `offline` for `user_ids`.
+pub fn watchlist_event(name: &str, user_ids: &[String]) -> String {
+    let data = to_text(&serde_json::json!({ "events": [{ "name": name, "user_ids": user_ids }] }));
+    frame("pusher_internal:watchlist_events", None, data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

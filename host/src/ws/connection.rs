@@ -51,7 +51,13 @@ fn close_reason(code: u16) -> &'static str {
 }
 
 /// Run one connection to its end.
-pub async fn run(socket: WebSocket, ctx: Arc<Ctx>, key: String, query: HashMap<String, String>) {
+pub async fn run(
+    socket: WebSocket,
+    ctx: Arc<Ctx>,
+    key: String,
+    query: HashMap<String, String>,
+    ip: Option<std::net::IpAddr>,
+) {
     let (mut sink, mut stream) = socket.split();
     let patience = ctx.settings.pong_timeout;
 
@@ -87,6 +93,14 @@ pub async fn run(socket: WebSocket, ctx: Arc<Ctx>, key: String, query: HashMap<S
             .await;
         }
     }
+    if let Some(ip) = ip {
+        let key = format!("connections:{}:{ip}", app.id);
+        if ctx.rate_limit(&key, 1, app.max_connections_per_ip_per_minute, 60_000).await.is_some() {
+            ctx.metrics.connection_errors.inc();
+            let reason = "Too many new connections from this address; retry later";
+            return refuse(&mut sink, patience, codes::OVER_CAPACITY, reason).await;
+        }
+    }
     if !ctx.adapter.hub().admit(&app.id, app.max_connections) {
         ctx.metrics.connection_errors.inc();
         return refuse(
@@ -116,13 +130,17 @@ pub async fn run(socket: WebSocket, ctx: Arc<Ctx>, key: String, query: HashMap<S
     // Made once, not per loop turn: registering with a notifier on every message costs.
     let close_requested = closer.wait();
     let shutting_down = ctx.shutdown.cancelled();
-    tokio::pin!(timer, close_requested, shutting_down);
+    // Apps that require sign-in give a connection this long to do it.
+    let signin_required = app.enable_user_authentication;
+    let signin_deadline = tokio::time::sleep(ctx.settings.user_authentication_timeout);
+    tokio::pin!(timer, close_requested, shutting_down, signin_deadline);
 
     let close_code = loop {
         tokio::select! {
             biased;
             () = &mut close_requested => break closer.requested().unwrap_or(codes::RECONNECT),
             () = &mut shutting_down => break codes::RECONNECT,
+            () = &mut signin_deadline, if signin_required && !session.signed_in() => break codes::UNAUTHORIZED,
             frame = outbound.recv() => {
                 let Some(frame) = frame else { break codes::RECONNECT };
                 // A client that stops reading blocks this write; a close request must still get

@@ -6,7 +6,8 @@ mod session;
 use std::{collections::HashMap, sync::Arc};
 
 use axum::{
-    extract::{Path, Query, State, WebSocketUpgrade},
+    Extension,
+    extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade},
     response::Response,
 };
 
@@ -25,7 +26,9 @@ pub async fn upgrade(
     Path(key): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     State(ctx): State<Arc<Ctx>>,
+    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
 ) -> Response {
+    let ip = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
     let max = ctx.settings.ws_max_message_bytes;
     let tracker = ctx.tracker.clone();
     ws.read_buffer_size(READ_BUFFER_BYTES)
@@ -33,5 +36,5 @@ pub async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER_BYTES * 64)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(connection::run(socket, ctx, key, query)))
+        .on_upgrade(move |socket| tracker.track_future(connection::run(socket, ctx, key, query, ip)))
 }

@@ -1,9 +1,9 @@
 //! What a connection's messages do: the Pusher protocol's client side, for one socket.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{collections::HashMap, sync::Arc};
 
 use axum::extract::ws::Utf8Bytes;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     apps::App,
@@ -20,12 +20,8 @@ use crate::{
 /// The longest presence user id (the Pusher limit).
 const MAX_USER_ID_LENGTH: usize = 128;
 
-/// A counter of client events in the current one-second window.
-#[derive(Debug)]
-struct EventWindow {
-    started: Instant,
-    count: u32,
-}
+/// Users one watchlist may name (the Pusher limit); the rest are ignored with 4302.
+const MAX_WATCHLIST: usize = 100;
 
 /// One connection's protocol state.
 pub(super) struct Session {
@@ -36,7 +32,8 @@ pub(super) struct Session {
     subscriptions: HashMap<String, Option<String>>,
     /// The user this connection signed in as.
     user_id: Option<String>,
-    client_events: EventWindow,
+    /// The users this connection watches.
+    watchlist: Vec<String>,
 }
 
 impl Session {
@@ -47,8 +44,13 @@ impl Session {
             conn,
             subscriptions: HashMap::new(),
             user_id: None,
-            client_events: EventWindow { started: Instant::now(), count: 0 },
+            watchlist: Vec::new(),
         }
+    }
+
+    /// Whether the connection has signed in.
+    pub(super) fn signed_in(&self) -> bool {
+        self.user_id.is_some()
     }
 
     fn send(&self, frame: String) {
@@ -66,12 +68,12 @@ impl Session {
             Ok(ClientMessage::Ping) => self.send(frames::pong()),
             Ok(ClientMessage::Pong) => {}
             Ok(ClientMessage::Subscribe { channel, auth, channel_data }) => {
-                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref());
+                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref()).await;
             }
-            Ok(ClientMessage::Unsubscribe { channel }) => self.unsubscribe(&channel),
-            Ok(ClientMessage::Signin { auth, user_data }) => self.signin(&auth, &user_data),
+            Ok(ClientMessage::Unsubscribe { channel }) => self.unsubscribe(&channel).await,
+            Ok(ClientMessage::Signin { auth, user_data }) => self.signin(&auth, &user_data).await,
             Ok(ClientMessage::ClientEvent { event, channel, data }) => {
-                self.client_event(&event, &channel, &data)
+                self.client_event(&event, &channel, &data).await;
             }
         }
     }
@@ -81,7 +83,7 @@ impl Session {
         self.send(frames::subscription_error(channel, kind, error, status));
     }
 
-    fn subscribe(&mut self, name: &str, auth: Option<&str>, channel_data: Option<&str>) {
+    async fn subscribe(&mut self, name: &str, auth: Option<&str>, channel_data: Option<&str>) {
         if let Err(e) = channel::validate(name, self.app.limits.max_channel_name_length) {
             return self.subscription_error(name, "InvalidChannel", &e.to_string(), 400);
         }
@@ -114,7 +116,7 @@ impl Session {
             // Subscribing again as someone else is leaving and joining.
             let same_user = join.as_ref().map(|j| j.user_id.as_str()) == previous.as_deref();
             if !same_user {
-                self.unsubscribe(name);
+                self.unsubscribe(name).await;
             }
         }
         let user_id = join.as_ref().map(|j| j.user_id.clone());
@@ -135,17 +137,56 @@ impl Session {
                     self.ctx.metrics.subscriptions.inc();
                 }
                 self.subscriptions.insert(name.to_string(), user_id);
+                if outcome.occupied {
+                    self.ctx.webhooks.occupied(&self.ctx, &self.app, name);
+                }
                 if let (true, Some((user_id, user_info))) = (outcome.first_for_user, member) {
                     let frame = Utf8Bytes::from(frames::member_added(name, &user_id, &user_info));
-                    self.ctx.adapter.broadcast(
-                        &self.app.id,
-                        name,
-                        &frame,
-                        Some(&self.conn.socket_id),
-                    );
+                    self.ctx.adapter.broadcast(&self.app.id, name, &frame, Some(&self.conn.socket_id));
+                    self.webhook(json!({ "name": "member_added", "channel": name, "user_id": user_id }));
+                }
+                if channel::is_cache(name) {
+                    self.replay_cache(name).await;
+                }
+                if outcome.new_subscriber && !presence {
+                    self.subscription_count_changed(name).await;
                 }
             }
         }
+    }
+
+    fn webhook(&self, event: Value) {
+        self.ctx.webhooks.emit(&self.ctx, &self.app, event);
+    }
+
+    /// Send a cache channel's last event, or `pusher:cache_miss` (and the webhook).
+    async fn replay_cache(&self, name: &str) {
+        let key = crate::http_api::events::cache_key(&self.app.id, name);
+        let cached = self.ctx.drivers.cache.get(&key).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, channel = name, "The cache failed; treating it as a miss.");
+            None
+        });
+        match cached.map(String::from_utf8) {
+            Some(Ok(frame)) => self.send(frame),
+            _ => {
+                self.send(frames::cache_miss(name));
+                self.webhook(json!({ "name": "cache_miss", "channel": name }));
+            }
+        }
+    }
+
+    /// Tell the channel's subscribers (and the webhook) its new subscription count, if the app
+    /// wants it.
+    async fn subscription_count_changed(&self, name: &str) {
+        if !self.app.enable_subscription_count {
+            return;
+        }
+        let count = self.ctx.adapter.channel_info(&self.app.id, name).await.subscription_count;
+        if count > 0 {
+            let frame = Utf8Bytes::from(frames::subscription_count(name, count));
+            self.ctx.adapter.broadcast(&self.app.id, name, &frame, None);
+        }
+        self.webhook(json!({ "name": "subscription_count", "channel": name, "subscription_count": count }));
     }
 
     /// Parse and check presence `channel_data`.
@@ -173,48 +214,78 @@ impl Session {
         Ok(Join { user_id, user_info, max_members: self.app.limits.max_presence_members })
     }
 
-    fn unsubscribe(&mut self, name: &str) {
+    async fn unsubscribe(&mut self, name: &str) {
         let Some(user_id) = self.subscriptions.remove(name) else { return };
-        self.leave(name, user_id.as_deref());
+        self.leave(name, user_id.as_deref()).await;
     }
 
-    fn leave(&self, name: &str, user_id: Option<&str>) {
-        let outcome =
-            self.ctx.adapter.unsubscribe(&self.app.id, name, &self.conn.socket_id, user_id);
+    async fn leave(&self, name: &str, user_id: Option<&str>) {
+        let outcome = self.ctx.adapter.unsubscribe(&self.app.id, name, &self.conn.socket_id, user_id);
         if outcome.was_subscribed {
             self.ctx.metrics.subscriptions.dec();
         }
         if let Some(user_id) = outcome.removed_user {
             let frame = Utf8Bytes::from(frames::member_removed(name, &user_id));
             self.ctx.adapter.broadcast(&self.app.id, name, &frame, None);
+            self.webhook(json!({ "name": "member_removed", "channel": name, "user_id": user_id }));
+        }
+        if outcome.vacated {
+            self.ctx.webhooks.vacated(&self.ctx, &self.app, name);
+        } else if outcome.was_subscribed && user_id.is_none() {
+            self.subscription_count_changed(name).await;
         }
     }
 
-    fn signin(&mut self, auth: &str, user_data: &str) {
+    async fn signin(&mut self, auth: &str, user_data: &str) {
         let message = signature::user_message(&self.conn.socket_id, user_data);
         if !signature::verify_auth(&self.app.key, &self.app.secret, &message, auth) {
             return self.error(codes::UNAUTHORIZED, "Invalid signin signature");
         }
-        let id = match serde_json::from_str::<Value>(user_data)
-            .ok()
-            .and_then(|v| v.get("id").cloned())
-        {
-            Some(Value::String(id)) if !id.is_empty() => id,
+        let data: Value = serde_json::from_str(user_data).unwrap_or(Value::Null);
+        let id = match data.get("id") {
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
             Some(Value::Number(id)) => id.to_string(),
             _ => return self.error(codes::UNAUTHORIZED, "user_data needs an id"),
         };
-        if self.user_id.as_ref().is_some_and(|current| *current != id) {
-            return self.error(codes::UNAUTHORIZED, "This connection is signed in as another user");
+        match &self.user_id {
+            Some(current) if *current != id => {
+                return self.error(codes::UNAUTHORIZED, "This connection is signed in as another user");
+            }
+            Some(_) => return self.send(frames::signin_success(user_data)),
+            None => {}
         }
-        self.user_id = Some(id);
-        let data = serde_json::json!({ "user_data": user_data });
-        self.send(
-            serde_json::json!({ "event": "pusher:signin_success", "data": data.to_string() })
-                .to_string(),
-        );
+        self.user_id = Some(id.clone());
+        self.send(frames::signin_success(user_data));
+        if self.ctx.adapter.hub().sign_in(&self.app.id, &id, &self.conn) {
+            let frame = Utf8Bytes::from(frames::watchlist_event("online", std::slice::from_ref(&id)));
+            self.ctx.adapter.notify_watchers(&self.app.id, &id, &frame);
+        }
+        let mut watchlist: Vec<String> = match data.get("watchlist") {
+            Some(Value::Array(ids)) => ids
+                .iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if watchlist.len() > MAX_WATCHLIST {
+            watchlist.truncate(MAX_WATCHLIST);
+            self.error(codes::WATCHLIST_LIMIT, &format!("Watchlist over {MAX_WATCHLIST} users; the first {MAX_WATCHLIST} are watched"));
+        }
+        if !watchlist.is_empty() {
+            self.ctx.adapter.hub().watch(&self.app.id, &self.conn, &watchlist);
+            let online = self.ctx.adapter.online(&self.app.id, &watchlist).await;
+            if !online.is_empty() {
+                self.send(frames::watchlist_event("online", &online));
+            }
+            self.watchlist = watchlist;
+        }
     }
 
-    fn client_event(&mut self, event: &str, name: &str, data: &Value) {
+    async fn client_event(&mut self, event: &str, name: &str, data: &Value) {
         let reject = |message: &str| self.error(codes::CLIENT_EVENT_REJECTED, message);
         if !self.app.enable_client_messages {
             return reject("Client events are not enabled for this app");
@@ -245,29 +316,46 @@ impl Session {
                 limits.max_event_payload_bytes
             ));
         }
-        let now = Instant::now();
-        if now.duration_since(self.client_events.started).as_secs() >= 1 {
-            self.client_events = EventWindow { started: now, count: 0 };
-        }
-        if self.client_events.count >= limits.max_client_events_per_second {
+        let user_id = user_id.clone();
+        let key = format!("client-events:{}", self.conn.socket_id);
+        let per_second = limits.max_client_events_per_second;
+        if self.ctx.rate_limit(&key, 1, per_second, 1000).await.is_some() {
             return self.error(
                 codes::CLIENT_EVENT_REJECTED,
-                &format!(
-                    "Client event rate limit of {} per second exceeded",
-                    limits.max_client_events_per_second
-                ),
+                &format!("Client event rate limit of {per_second} per second exceeded"),
             );
         }
-        self.client_events.count += 1;
         let frame = Utf8Bytes::from(frames::channel_event(event, name, data, user_id.as_deref()));
         self.ctx.metrics.events_published.inc();
         self.ctx.adapter.broadcast(&self.app.id, name, &frame, Some(&self.conn.socket_id));
+        let data = match data {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let mut hook = json!({
+            "name": "client_event", "channel": name, "event": event, "data": data,
+            "socket_id": &*self.conn.socket_id,
+        });
+        if let Some(user_id) = user_id {
+            hook["user_id"] = user_id.into();
+        }
+        self.webhook(hook);
     }
 
-    /// The connection is gone: leave every channel.
+    /// The connection is gone: leave every channel, sign out, stop watching.
     pub(super) async fn end(&mut self) {
         for (name, user_id) in std::mem::take(&mut self.subscriptions) {
-            self.leave(&name, user_id.as_deref());
+            self.leave(&name, user_id.as_deref()).await;
+        }
+        let hub = self.ctx.adapter.hub();
+        if !self.watchlist.is_empty() {
+            hub.unwatch(&self.app.id, &self.conn.socket_id, &self.watchlist);
+        }
+        if let Some(id) = self.user_id.take()
+            && hub.sign_out(&self.app.id, &id, &self.conn.socket_id)
+        {
+            let frame = Utf8Bytes::from(frames::watchlist_event("offline", std::slice::from_ref(&id)));
+            self.ctx.adapter.notify_watchers(&self.app.id, &id, &frame);
         }
     }
 }

@@ -1,0 +1,30 @@
+//! `POST /apps/{app_id}/users/{user_id}/terminate_connections`.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, RawQuery, State, rejection::BytesRejection},
+    http::{Method, Uri},
+};
+use serde_json::{Value, json};
+
+use super::{ApiError, auth, body};
+use crate::{protocol::codes, server::Ctx};
+
+/// Close every connection signed in as the user, with 4009.
+pub async fn terminate(
+    State(ctx): State<Arc<Ctx>>,
+    Path((app_id, user_id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = body(bytes)?;
+    let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &bytes)?;
+    let closed = ctx.adapter.terminate_user(&authed.app.id, &user_id, codes::UNAUTHORIZED).await;
+    tracing::info!(app_id = %authed.app.id, user_id, closed, "Terminated a user's connections.");
+    Ok(Json(json!({})))
+}

@@ -1,0 +1,184 @@
+//! Webhooks: events about channels and members, POSTed to each app's endpoints.
+//!
+//! Every webhook is a job on the queue driver, so it survives what the driver makes survive and
+//! is retried with the driver's backoff. The body is `{time_ms, events}` signed with the app
+//! secret (`X-Pusher-Key`, `X-Pusher-Signature`). `channel_vacated` waits `vacated_delay` and
+//! re-checks, so a quick reconnect sends neither vacated nor occupied.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{
+    apps::App,
+    config::WebhookSettings,
+    plugins::{JobFuture, QueuedJob},
+    protocol::signature,
+    server::Ctx,
+};
+
+/// The queue webhooks go through.
+pub const QUEUE: &str = "webhooks";
+
+/// One webhook delivery, as stored on the queue.
+#[derive(Debug, Serialize, Deserialize)]
+struct Delivery {
+    app_id: String,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+/// Webhook state: batches being collected and vacated channels waiting to be confirmed.
+#[derive(Debug, Default)]
+pub struct Webhooks {
+    batches: Mutex<HashMap<String, Vec<Value>>>,
+    pending_vacated: Mutex<HashMap<(String, String), u64>>,
+    generation: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Webhooks {
+    /// Send `event` (an object with `name` and its fields) to the app's endpoints that want it.
+    pub fn emit(&self, ctx: &Arc<Ctx>, app: &Arc<App>, event: Value) {
+        if app.webhooks.is_empty() {
+            return;
+        }
+        if !app.webhook_batching {
+            let (ctx, app) = (ctx.clone(), app.clone());
+            tokio::spawn(async move { enqueue(&ctx, &app, vec![event]).await });
+            return;
+        }
+        let first = {
+            let mut batches = self.batches.lock().expect("webhook lock");
+            let batch = batches.entry(app.id.clone()).or_default();
+            batch.push(event);
+            batch.len() == 1
+        };
+        if first {
+            let (ctx, app) = (ctx.clone(), app.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(ctx.settings.webhooks.batching_window).await;
+                let events = ctx.webhooks.batches.lock().expect("webhook lock").remove(&app.id).unwrap_or_default();
+                enqueue(&ctx, &app, events).await;
+            });
+        }
+    }
+
+    /// A channel gained its first subscriber: `channel_occupied`, unless it was vacated a moment
+    /// ago (then neither is sent).
+    pub fn occupied(&self, ctx: &Arc<Ctx>, app: &Arc<App>, channel: &str) {
+        let key = (app.id.clone(), channel.to_string());
+        if self.pending_vacated.lock().expect("webhook lock").remove(&key).is_some() {
+            return;
+        }
+        self.emit(ctx, app, json!({ "name": "channel_occupied", "channel": channel }));
+    }
+
+    /// A channel lost its last subscriber: `channel_vacated` after the delay, if it is still
+    /// empty then.
+    pub fn vacated(&self, ctx: &Arc<Ctx>, app: &Arc<App>, channel: &str) {
+        if app.webhooks.is_empty() {
+            return;
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let key = (app.id.clone(), channel.to_string());
+        self.pending_vacated.lock().expect("webhook lock").insert(key.clone(), generation);
+        let (ctx, app) = (ctx.clone(), app.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(ctx.settings.webhooks.vacated_delay).await;
+            let still_pending = {
+                let mut pending = ctx.webhooks.pending_vacated.lock().expect("webhook lock");
+                match pending.get(&key) {
+                    Some(g) if *g == generation => pending.remove(&key).is_some(),
+                    _ => false,
+                }
+            };
+            if still_pending && ctx.adapter.channel_info(&app.id, &key.1).await.subscription_count == 0 {
+                ctx.webhooks.emit(&ctx, &app, json!({ "name": "channel_vacated", "channel": key.1 }));
+            }
+        });
+    }
+}
+
+/// Push one job per endpoint that wants any of `events`.
+async fn enqueue(ctx: &Ctx, app: &App, events: Vec<Value>) {
+    for target in &app.webhooks {
+        let wanted: Vec<&Value> = events
+            .iter()
+            .filter(|e| {
+                target.event_types.is_empty()
+                    || e["name"].as_str().is_some_and(|n| target.event_types.iter().any(|t| t == n))
+            })
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let body = json!({ "time_ms": now_ms(), "events": wanted }).to_string();
+        let mut headers: Vec<(String, String)> = target.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        headers.push(("X-Pusher-Key".into(), app.key.clone()));
+        headers.push(("X-Pusher-Signature".into(), signature::sign(&app.secret, &body)));
+        let delivery = Delivery { app_id: app.id.clone(), url: target.url.clone(), headers, body };
+        let payload = serde_json::to_vec(&delivery).expect("a delivery serializes");
+        if let Err(error) = ctx.drivers.queue.push(QUEUE, payload).await {
+            ctx.metrics.webhooks_failed.inc();
+            tracing::error!(app_id = %app.id, url = %target.url, %error, "A webhook could not be queued; it is lost.");
+        }
+    }
+}
+
+/// The consumer of the webhook queue: POST one delivery. A failure or a non-2xx answer fails
+/// the attempt (the queue retries it later) until the last attempt, which gives up.
+pub fn deliver(ctx: Arc<Ctx>, http: reqwest::Client, settings: WebhookSettings) -> impl Fn(QueuedJob) -> JobFuture {
+    move |job| {
+        let (ctx, http, settings) = (ctx.clone(), http.clone(), settings.clone());
+        Box::pin(async move {
+            let delivery: Delivery = match serde_json::from_slice(&job.payload) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(job = %job.id, error = %e, "A queued webhook cannot be read; dropped.");
+                    ctx.metrics.webhooks_failed.inc();
+                    return Ok(());
+                }
+            };
+            let mut request = http.post(&delivery.url).timeout(settings.request_timeout);
+            for (name, value) in &delivery.headers {
+                request = request.header(name, value);
+            }
+            let outcome = match request.header("content-type", "application/json").body(delivery.body).send().await {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err(format!("answered {}", response.status())),
+                Err(e) => Err(format!("failed: {e}")),
+            };
+            match outcome {
+                Ok(()) => {
+                    ctx.metrics.webhooks_sent.inc();
+                    Ok(())
+                }
+                Err(why) if job.attempt >= settings.max_attempts => {
+                    ctx.metrics.webhooks_failed.inc();
+                    tracing::error!(app_id = %delivery.app_id, url = %delivery.url, attempts = job.attempt, why,
+                        "A webhook failed its last attempt; giving up.");
+                    Ok(())
+                }
+                Err(why) => {
+                    ctx.metrics.webhook_retries.inc();
+                    tracing::warn!(app_id = %delivery.app_id, url = %delivery.url, attempt = job.attempt, why,
+                        "A webhook attempt failed; it will be retried.");
+                    Err(why)
+                }
+            }
+        })
+    }
+}
