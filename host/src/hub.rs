@@ -375,7 +375,12 @@ impl Hub {
     /// The connections signed in as `user_id`.
     pub fn user_connections(&self, app_id: &str, user_id: &str) -> Vec<Conn> {
         self.existing(app_id).map_or_else(Vec::new, |app| {
-            app.users.read().expect("hub lock").get(user_id).map(|s| s.values().cloned().collect()).unwrap_or_default()
+            app.users
+                .read()
+                .expect("hub lock")
+                .get(user_id)
+                .map(|s| s.values().cloned().collect())
+                .unwrap_or_default()
         })
     }
 
@@ -418,8 +423,13 @@ impl Hub {
     /// Enqueue `frame` to every watcher of `user_id`.
     pub fn send_to_watchers(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) {
         let Some(app) = self.existing(app_id) else { return };
-        let watchers: Vec<Conn> =
-            app.watchers.read().expect("hub lock").get(user_id).map(|s| s.values().cloned().collect()).unwrap_or_default();
+        let watchers: Vec<Conn> = app
+            .watchers
+            .read()
+            .expect("hub lock")
+            .get(user_id)
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default();
         for conn in watchers {
             conn.send(frame);
         }

@@ -145,9 +145,17 @@ impl Metrics {
             metrics.events_published.clone(),
         );
         registry.register("webhooks_sent", "Webhooks delivered", metrics.webhooks_sent.clone());
-        registry.register("webhook_retries", "Webhook attempts that failed and will be retried", metrics.webhook_retries.clone());
+        registry.register(
+            "webhook_retries",
+            "Webhook attempts that failed and will be retried",
+            metrics.webhook_retries.clone(),
+        );
         registry.register("webhooks_failed", "Webhooks given up", metrics.webhooks_failed.clone());
-        registry.register("rate_limit_triggered", "Requests and events refused by a rate limit", metrics.rate_limited.clone());
+        registry.register(
+            "rate_limit_triggered",
+            "Requests and events refused by a rate limit",
+            metrics.rate_limited.clone(),
+        );
         registry.register(
             "rate_limiter_errors",
             "Rate-limiter calls that failed; the request was let through",

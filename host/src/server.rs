@@ -74,7 +74,13 @@ impl Ctx {
     /// Consume `cost` tokens of `key` against `limit` per `window_ms` through the rate-limiter
     /// driver: `None` if allowed (or unlimited, or limits are off), the decision if refused. A
     /// driver that fails lets the request through, with a log line and a metric.
-    pub async fn rate_limit(&self, key: &str, cost: u32, limit: u32, window_ms: u64) -> Option<RateDecision> {
+    pub async fn rate_limit(
+        &self,
+        key: &str,
+        cost: u32,
+        limit: u32,
+        window_ms: u64,
+    ) -> Option<RateDecision> {
         if limit == 0 || !self.settings.rate_limiter_enabled {
             return None;
         }
@@ -156,6 +162,7 @@ pub async fn run(
             }
         });
     }
+    tokio::spawn(webhooks::forward(ctx.clone()));
     let http = reqwest::Client::builder().build().map_err(std::io::Error::other)?;
     let deliver = webhooks::deliver(ctx.clone(), http, ctx.settings.webhooks.clone());
     if let Err(error) = ctx.drivers.queue.consume(webhooks::QUEUE, deliver).await {

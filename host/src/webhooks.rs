@@ -16,6 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 use crate::{
     apps::App,
@@ -37,27 +38,69 @@ struct Delivery {
     body: String,
 }
 
-/// Webhook state: batches being collected and vacated channels waiting to be confirmed.
-#[derive(Debug, Default)]
+/// Webhook events waiting to be queued, at most; beyond, new ones are dropped and counted
+/// rather than letting a stalled queue driver grow memory.
+const OUTBOX_CAPACITY: usize = 65_536;
+
+type Outgoing = (Arc<App>, Vec<Value>);
+
+/// Webhook state: the outbox (events go to the queue driver in the order they happened),
+/// batches being collected, and vacated channels waiting to be confirmed.
+#[derive(Debug)]
 pub struct Webhooks {
+    outbox: mpsc::Sender<Outgoing>,
+    outbox_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     batches: Mutex<HashMap<String, Vec<Value>>>,
     pending_vacated: Mutex<HashMap<(String, String), u64>>,
     generation: AtomicU64,
 }
 
+impl Default for Webhooks {
+    fn default() -> Self {
+        let (outbox, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        Self {
+            outbox,
+            outbox_rx: Mutex::new(Some(rx)),
+            batches: Mutex::default(),
+            pending_vacated: Mutex::default(),
+            generation: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Move webhook events from the outbox to the queue driver, one at a time so their order holds.
+/// Runs until the server's context is dropped.
+pub async fn forward(ctx: Arc<Ctx>) {
+    let Some(mut rx) = ctx.webhooks.outbox_rx.lock().expect("webhook lock").take() else { return };
+    let weak = Arc::downgrade(&ctx);
+    drop(ctx);
+    while let Some((app, events)) = rx.recv().await {
+        let Some(ctx) = weak.upgrade() else { return };
+        enqueue(&ctx, &app, events).await;
+    }
+}
+
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Webhooks {
+    fn send(&self, ctx: &Ctx, app: &Arc<App>, events: Vec<Value>) {
+        if self.outbox.try_send((app.clone(), events)).is_err() {
+            ctx.metrics.webhooks_failed.inc();
+            tracing::error!(app_id = %app.id, "The webhook outbox is full; an event is lost.");
+        }
+    }
+
     /// Send `event` (an object with `name` and its fields) to the app's endpoints that want it.
     pub fn emit(&self, ctx: &Arc<Ctx>, app: &Arc<App>, event: Value) {
         if app.webhooks.is_empty() {
             return;
         }
         if !app.webhook_batching {
-            let (ctx, app) = (ctx.clone(), app.clone());
-            tokio::spawn(async move { enqueue(&ctx, &app, vec![event]).await });
+            self.send(ctx, app, vec![event]);
             return;
         }
         let first = {
@@ -70,8 +113,14 @@ impl Webhooks {
             let (ctx, app) = (ctx.clone(), app.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(ctx.settings.webhooks.batching_window).await;
-                let events = ctx.webhooks.batches.lock().expect("webhook lock").remove(&app.id).unwrap_or_default();
-                enqueue(&ctx, &app, events).await;
+                let events = ctx
+                    .webhooks
+                    .batches
+                    .lock()
+                    .expect("webhook lock")
+                    .remove(&app.id)
+                    .unwrap_or_default();
+                ctx.webhooks.send(&ctx, &app, events);
             });
         }
     }
@@ -105,8 +154,14 @@ impl Webhooks {
                     _ => false,
                 }
             };
-            if still_pending && ctx.adapter.channel_info(&app.id, &key.1).await.subscription_count == 0 {
-                ctx.webhooks.emit(&ctx, &app, json!({ "name": "channel_vacated", "channel": key.1 }));
+            if still_pending
+                && ctx.adapter.channel_info(&app.id, &key.1).await.subscription_count == 0
+            {
+                ctx.webhooks.emit(
+                    &ctx,
+                    &app,
+                    json!({ "name": "channel_vacated", "channel": key.1 }),
+                );
             }
         });
     }
@@ -126,7 +181,8 @@ async fn enqueue(ctx: &Ctx, app: &App, events: Vec<Value>) {
             continue;
         }
         let body = json!({ "time_ms": now_ms(), "events": wanted }).to_string();
-        let mut headers: Vec<(String, String)> = target.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut headers: Vec<(String, String)> =
+            target.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         headers.push(("X-Pusher-Key".into(), app.key.clone()));
         headers.push(("X-Pusher-Signature".into(), signature::sign(&app.secret, &body)));
         let delivery = Delivery { app_id: app.id.clone(), url: target.url.clone(), headers, body };
@@ -140,7 +196,11 @@ async fn enqueue(ctx: &Ctx, app: &App, events: Vec<Value>) {
 
 /// The consumer of the webhook queue: POST one delivery. A failure or a non-2xx answer fails
 /// the attempt (the queue retries it later) until the last attempt, which gives up.
-pub fn deliver(ctx: Arc<Ctx>, http: reqwest::Client, settings: WebhookSettings) -> impl Fn(QueuedJob) -> JobFuture {
+pub fn deliver(
+    ctx: Arc<Ctx>,
+    http: reqwest::Client,
+    settings: WebhookSettings,
+) -> impl Fn(QueuedJob) -> JobFuture {
     move |job| {
         let (ctx, http, settings) = (ctx.clone(), http.clone(), settings.clone());
         Box::pin(async move {
@@ -156,7 +216,12 @@ pub fn deliver(ctx: Arc<Ctx>, http: reqwest::Client, settings: WebhookSettings) 
             for (name, value) in &delivery.headers {
                 request = request.header(name, value);
             }
-            let outcome = match request.header("content-type", "application/json").body(delivery.body).send().await {
+            let outcome = match request
+                .header("content-type", "application/json")
+                .body(delivery.body)
+                .send()
+                .await
+            {
                 Ok(response) if response.status().is_success() => Ok(()),
                 Ok(response) => Err(format!("answered {}", response.status())),
                 Err(e) => Err(format!("failed: {e}")),

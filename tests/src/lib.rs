@@ -101,3 +101,4 @@ pub fn sha256_of(path: &Path) -> String {
 
 pub mod pusher;
 pub mod server;
+pub mod webhook;

@@ -234,7 +234,12 @@ pub struct WebhooksConfig {
 
 impl Default for WebhooksConfig {
     fn default() -> Self {
-        Self { max_attempts: 5, request_timeout_ms: 5000, vacated_delay_ms: 3000, batching_window_ms: 50 }
+        Self {
+            max_attempts: 5,
+            request_timeout_ms: 5000,
+            vacated_delay_ms: 3000,
+            batching_window_ms: 50,
+        }
     }
 }
 

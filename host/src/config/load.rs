@@ -97,10 +97,30 @@ const DEFAULT_APP_ENV: &[(&str, &str, Kind, &str)] = &[
     ("SOCKUDO_DEFAULT_APP_ENABLED", "enabled", Kind::Bool, "true"),
     ("SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES", "enable_client_messages", Kind::Bool, "false"),
     ("SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS", "max_connections", Kind::Int, "0"),
-    ("SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND", "max_backend_events_per_second", Kind::Int, "0"),
-    ("SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SECOND", "max_client_events_per_second", Kind::Int, "10"),
-    ("SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS_PER_SECOND", "max_read_requests_per_second", Kind::Int, "0"),
-    ("SOCKUDO_DEFAULT_APP_ENABLE_USER_AUTHENTICATION", "enable_user_authentication", Kind::Bool, "false"),
+    (
+        "SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND",
+        "max_backend_events_per_second",
+        Kind::Int,
+        "0",
+    ),
+    (
+        "SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SECOND",
+        "max_client_events_per_second",
+        Kind::Int,
+        "10",
+    ),
+    (
+        "SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS_PER_SECOND",
+        "max_read_requests_per_second",
+        Kind::Int,
+        "0",
+    ),
+    (
+        "SOCKUDO_DEFAULT_APP_ENABLE_USER_AUTHENTICATION",
+        "enable_user_authentication",
+        Kind::Bool,
+        "false",
+    ),
 ];
 
 /// Merge the sources and validate the result: the settings, or every problem found (the

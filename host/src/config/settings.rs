@@ -247,12 +247,18 @@ impl Settings {
                 let hook_place = |field: &str| place(&format!("webhooks[{w}].{field}"));
                 match reqwest::Url::parse(&hook.url) {
                     Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-                    Ok(url) => err(&hook_place("url"), format!("must be http or https, not {}", url.scheme())),
+                    Ok(url) => err(
+                        &hook_place("url"),
+                        format!("must be http or https, not {}", url.scheme()),
+                    ),
                     Err(e) => err(&hook_place("url"), format!("is not a URL: {e}")),
                 }
                 for kind in &hook.event_types {
                     if !WEBHOOK_KINDS.contains(&kind.as_str()) {
-                        err(&hook_place("event_types"), format!("unknown kind {kind:?}; known: {}", WEBHOOK_KINDS.join(", ")));
+                        err(
+                            &hook_place("event_types"),
+                            format!("unknown kind {kind:?}; known: {}", WEBHOOK_KINDS.join(", ")),
+                        );
                     }
                 }
                 for name in hook.headers.keys() {
@@ -279,32 +285,29 @@ impl Settings {
             });
         }
 
-        let mut choice = |kind: &str, section: &DriverSection| -> DriverChoice {
-            if section.driver.trim().is_empty() {
-                err(&format!("{kind}.driver"), "must name a driver".into());
-            }
-            let table = section.tables.get(&section.driver).or_else(|| {
+        // A section that names no driver (only its tables) keeps the default driver.
+        let mut choice = |kind: &str, section: &DriverSection, default: &str| -> DriverChoice {
+            let name =
+                if section.driver.trim().is_empty() { default } else { section.driver.as_str() };
+            let table = section.tables.get(name).or_else(|| {
                 // The reference names the redis-cluster adapter's table `adapter.cluster`.
-                (section.driver == "redis-cluster").then(|| section.tables.get("cluster")).flatten()
+                (name == "redis-cluster").then(|| section.tables.get("cluster")).flatten()
             });
             let config = match table.map(toml::to_string) {
                 None => String::new(),
                 Some(Ok(text)) => text,
                 Some(Err(e)) => {
-                    err(
-                        &format!("{kind}.{}", section.driver),
-                        format!("cannot be passed to the driver: {e}"),
-                    );
+                    err(&format!("{kind}.{name}"), format!("cannot be passed to the driver: {e}"));
                     String::new()
                 }
             };
-            DriverChoice { name: section.driver.clone(), config }
+            DriverChoice { name: name.to_string(), config }
         };
         let drivers = DriverSelection {
-            transport: choice("adapter", &config.adapter),
-            cache: choice("cache", &config.cache),
-            queue: choice("queue", &config.queue),
-            rate_limiter: choice("rate_limiter", &config.rate_limiter),
+            transport: choice("adapter", &config.adapter, "local"),
+            cache: choice("cache", &config.cache, "memory"),
+            queue: choice("queue", &config.queue, "memory"),
+            rate_limiter: choice("rate_limiter", &config.rate_limiter, "memory"),
         };
 
         if !errors.is_empty() {

@@ -17,7 +17,10 @@ use crate::{
 
 /// The app's read-request limit.
 async fn limit(ctx: &Ctx, app: &crate::apps::App) -> Result<(), ApiError> {
-    match ctx.rate_limit(&format!("read-requests:{}", app.id), 1, app.max_read_requests_per_second, 1000).await {
+    match ctx
+        .rate_limit(&format!("read-requests:{}", app.id), 1, app.max_read_requests_per_second, 1000)
+        .await
+    {
         None => Ok(()),
         Some(decision) => Err(ApiError::rate_limited("read requests", decision)),
     }

@@ -159,7 +159,12 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
         }
         if channel::is_cache(name) {
             let ttl = u64::try_from(ctx.settings.cache_ttl.as_millis()).unwrap_or(u64::MAX);
-            if let Err(error) = ctx.drivers.cache.set(&cache_key(&app.id, name), text.clone().into_bytes(), ttl).await {
+            if let Err(error) = ctx
+                .drivers
+                .cache
+                .set(&cache_key(&app.id, name), text.clone().into_bytes(), ttl)
+                .await
+            {
                 tracing::warn!(%error, channel = %name, "A cache channel's event could not be kept.");
             }
         }
@@ -191,7 +196,15 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
 /// The app's backend-events limit: each channel of each event counts once.
 async fn limit(ctx: &Ctx, app: &App, cost: usize) -> Result<(), ApiError> {
     let cost = u32::try_from(cost).unwrap_or(u32::MAX);
-    match ctx.rate_limit(&format!("backend-events:{}", app.id), cost, app.max_backend_events_per_second, 1000).await {
+    match ctx
+        .rate_limit(
+            &format!("backend-events:{}", app.id),
+            cost,
+            app.max_backend_events_per_second,
+            1000,
+        )
+        .await
+    {
         None => Ok(()),
         Some(decision) => Err(ApiError::rate_limited("events", decision)),
     }

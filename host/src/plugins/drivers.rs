@@ -10,8 +10,8 @@ use std::{
 };
 
 use sockhost_plugin_api::{
-    CacheBox, DriverKind, ErrorCode, Job, PResult, PluginError, QueueBox, QueueHandler, QueueHandler_TO,
-    RateDecision, RateLimiterBox, TransportBox,
+    CacheBox, DriverKind, ErrorCode, Job, PResult, PluginError, QueueBox, QueueHandler,
+    QueueHandler_TO, RateDecision, RateLimiterBox, TransportBox,
     abi::{FfiFuture, FfiFutureExt as _, RArc, RStr, RVec, TD_Opaque},
 };
 use tokio::sync::mpsc;
@@ -417,7 +417,8 @@ impl Queue {
     where
         F: Fn(QueuedJob) -> JobFuture + Send + Sync + 'static,
     {
-        let handler = HostQueueHandler { runtime: tokio::runtime::Handle::current(), work: Arc::new(work) };
+        let handler =
+            HostQueueHandler { runtime: tokio::runtime::Handle::current(), work: Arc::new(work) };
         let handler = QueueHandler_TO::from_ptr(RArc::new(handler), TD_Opaque);
         self.0.call(self.0.inner.consume(RStr::from_str(queue), handler)).await
     }
@@ -465,7 +466,8 @@ struct HostQueueHandler {
 
 impl QueueHandler for HostQueueHandler {
     fn handle(&self, job: Job) -> FfiFuture<PResult<()>> {
-        let job = QueuedJob { id: job.id.into(), attempt: job.attempt, payload: job.payload.into_vec() };
+        let job =
+            QueuedJob { id: job.id.into(), attempt: job.attempt, payload: job.payload.into_vec() };
         let task = self.runtime.spawn((self.work)(job));
         async move {
             let outcome = match task.await {

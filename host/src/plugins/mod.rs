@@ -12,11 +12,11 @@ pub mod manifest;
 mod registry;
 
 pub use drivers::{
-    Cache, DriverChoice, DriverError, DriverSelection, Drivers, JobFuture, Queue, QueuedJob, RateLimiter,
-    Transport,
+    Cache, DriverChoice, DriverError, DriverSelection, Drivers, JobFuture, Queue, QueuedJob,
+    RateLimiter, Transport,
 };
 pub use host_context::{Incoming, PluginCounters};
-pub use sockhost_plugin_api::RateDecision;
 pub use loader::{LoadError, LoadedPlugin};
 pub use manifest::{Manifest, ManifestError};
 pub use registry::{PluginLine, Refusal, RefusalReason, Registry};
+pub use sockhost_plugin_api::RateDecision;

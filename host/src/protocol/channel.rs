@@ -36,7 +36,9 @@ impl ChannelKind {
 /// Whether `name` is a cache channel (`cache-`, `private-cache-`, `presence-cache-`,
 /// `private-encrypted-cache-`): its last event is kept and replayed to new subscribers.
 pub fn is_cache(name: &str) -> bool {
-    ["cache-", "private-cache-", "presence-cache-", "private-encrypted-cache-"].iter().any(|p| name.starts_with(p))
+    ["cache-", "private-cache-", "presence-cache-", "private-encrypted-cache-"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// The prefix of the channel that addresses one signed-in user's connections.

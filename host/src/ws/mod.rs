@@ -36,5 +36,7 @@ pub async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER_BYTES * 64)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(connection::run(socket, ctx, key, query, ip)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(connection::run(socket, ctx, key, query, ip))
+        })
 }

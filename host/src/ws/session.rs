@@ -38,14 +38,7 @@ pub(super) struct Session {
 
 impl Session {
     pub(super) fn new(ctx: Arc<Ctx>, app: Arc<App>, conn: Conn) -> Self {
-        Self {
-            ctx,
-            app,
-            conn,
-            subscriptions: HashMap::new(),
-            user_id: None,
-            watchlist: Vec::new(),
-        }
+        Self { ctx, app, conn, subscriptions: HashMap::new(), user_id: None, watchlist: Vec::new() }
     }
 
     /// Whether the connection has signed in.
@@ -84,6 +77,14 @@ impl Session {
     }
 
     async fn subscribe(&mut self, name: &str, auth: Option<&str>, channel_data: Option<&str>) {
+        // pusher-js subscribes to its user's server-to-user channel after signing in. Events on
+        // it are routed by sign-in, not by subscription, so this only acknowledges it.
+        if let Some(user_id) = name.strip_prefix(channel::SERVER_TO_USER_PREFIX) {
+            if self.user_id.as_deref() == Some(user_id) {
+                return self.send(frames::subscription_succeeded(name));
+            }
+            return self.subscription_error(name, "AuthError", "Sign in as this user first", 403);
+        }
         if let Err(e) = channel::validate(name, self.app.limits.max_channel_name_length) {
             return self.subscription_error(name, "InvalidChannel", &e.to_string(), 400);
         }
@@ -142,8 +143,15 @@ impl Session {
                 }
                 if let (true, Some((user_id, user_info))) = (outcome.first_for_user, member) {
                     let frame = Utf8Bytes::from(frames::member_added(name, &user_id, &user_info));
-                    self.ctx.adapter.broadcast(&self.app.id, name, &frame, Some(&self.conn.socket_id));
-                    self.webhook(json!({ "name": "member_added", "channel": name, "user_id": user_id }));
+                    self.ctx.adapter.broadcast(
+                        &self.app.id,
+                        name,
+                        &frame,
+                        Some(&self.conn.socket_id),
+                    );
+                    self.webhook(
+                        json!({ "name": "member_added", "channel": name, "user_id": user_id }),
+                    );
                 }
                 if channel::is_cache(name) {
                     self.replay_cache(name).await;
@@ -186,7 +194,9 @@ impl Session {
             let frame = Utf8Bytes::from(frames::subscription_count(name, count));
             self.ctx.adapter.broadcast(&self.app.id, name, &frame, None);
         }
-        self.webhook(json!({ "name": "subscription_count", "channel": name, "subscription_count": count }));
+        self.webhook(
+            json!({ "name": "subscription_count", "channel": name, "subscription_count": count }),
+        );
     }
 
     /// Parse and check presence `channel_data`.
@@ -220,7 +230,8 @@ impl Session {
     }
 
     async fn leave(&self, name: &str, user_id: Option<&str>) {
-        let outcome = self.ctx.adapter.unsubscribe(&self.app.id, name, &self.conn.socket_id, user_id);
+        let outcome =
+            self.ctx.adapter.unsubscribe(&self.app.id, name, &self.conn.socket_id, user_id);
         if outcome.was_subscribed {
             self.ctx.metrics.subscriptions.dec();
         }
@@ -249,7 +260,8 @@ impl Session {
         };
         match &self.user_id {
             Some(current) if *current != id => {
-                return self.error(codes::UNAUTHORIZED, "This connection is signed in as another user");
+                return self
+                    .error(codes::UNAUTHORIZED, "This connection is signed in as another user");
             }
             Some(_) => return self.send(frames::signin_success(user_data)),
             None => {}
@@ -257,7 +269,8 @@ impl Session {
         self.user_id = Some(id.clone());
         self.send(frames::signin_success(user_data));
         if self.ctx.adapter.hub().sign_in(&self.app.id, &id, &self.conn) {
-            let frame = Utf8Bytes::from(frames::watchlist_event("online", std::slice::from_ref(&id)));
+            let frame =
+                Utf8Bytes::from(frames::watchlist_event("online", std::slice::from_ref(&id)));
             self.ctx.adapter.notify_watchers(&self.app.id, &id, &frame);
         }
         let mut watchlist: Vec<String> = match data.get("watchlist") {
@@ -273,7 +286,12 @@ impl Session {
         };
         if watchlist.len() > MAX_WATCHLIST {
             watchlist.truncate(MAX_WATCHLIST);
-            self.error(codes::WATCHLIST_LIMIT, &format!("Watchlist over {MAX_WATCHLIST} users; the first {MAX_WATCHLIST} are watched"));
+            self.error(
+                codes::WATCHLIST_LIMIT,
+                &format!(
+                    "Watchlist over {MAX_WATCHLIST} users; the first {MAX_WATCHLIST} are watched"
+                ),
+            );
         }
         if !watchlist.is_empty() {
             self.ctx.adapter.hub().watch(&self.app.id, &self.conn, &watchlist);
@@ -354,7 +372,8 @@ impl Session {
         if let Some(id) = self.user_id.take()
             && hub.sign_out(&self.app.id, &id, &self.conn.socket_id)
         {
-            let frame = Utf8Bytes::from(frames::watchlist_event("offline", std::slice::from_ref(&id)));
+            let frame =
+                Utf8Bytes::from(frames::watchlist_event("offline", std::slice::from_ref(&id)));
             self.ctx.adapter.notify_watchers(&self.app.id, &id, &frame);
         }
     }

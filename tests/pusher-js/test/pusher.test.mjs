@@ -130,4 +130,30 @@ describe('pusher-js and the pusher SDK against sockhost', () => {
     const triggered = await (await sdk.trigger('js-query', 'e', {}, { info: 'subscription_count' })).json();
     assert.deepEqual(triggered, { channels: { 'js-query': { subscription_count: 1 } } });
   });
+
+  test('signin lets the SDK send to the user, and terminate disconnects the user', async () => {
+    const c = await client({ user: 'frank' });
+    c.signin();
+    await c.user.signinDonePromise;
+    assert.equal(c.user.user_data.id, 'frank');
+    const received = once(c.user, 'notice');
+    await sdk.sendToUser('frank', 'notice', { text: 'for frank only' });
+    assert.deepEqual(await received, { text: 'for frank only' });
+
+    const gone = new Promise((resolve) => {
+      c.connection.bind('state_change', ({ current }) => { if (current !== 'connected') resolve(current); });
+    });
+    await sdk.terminateUserConnections('frank');
+    assert.notEqual(await gone, 'connected');
+  });
+
+  test('a cache channel says cache_miss when empty and replays its last event', async () => {
+    const first = await client();
+    const firstChannel = first.subscribe('cache-js');
+    await once(firstChannel, 'pusher:cache_miss');
+    await sdk.trigger('cache-js', 'latest', { v: 7 });
+    const second = await client();
+    const secondChannel = second.subscribe('cache-js');
+    assert.deepEqual(await once(secondChannel, 'latest'), { v: 7 });
+  });
 });
