@@ -92,12 +92,16 @@ async fn invalid_channel_names_are_refused() {
     let server = Server::start();
     let app = TestApp::limited();
     let mut client = Client::connect(&server.ws_url(&app.key)).await;
-    for name in ["has space", "#server-to-user-1", "ünïcode", &"x".repeat(31)] {
+    for name in ["has space", "#private", "ünïcode", &"x".repeat(31)] {
         let answer = client.subscribe_raw(name, None, None).await;
         assert_eq!(answer["event"], "pusher:subscription_error", "{name}");
         assert_eq!(answer["data"]["type"], "InvalidChannel", "{name}");
         assert_eq!(answer["data"]["status"], 400, "{name}");
     }
+    // A user's server-to-user channel is only for that user, signed in.
+    let answer = client.subscribe_raw("#server-to-user-1", None, None).await;
+    assert_eq!(answer["event"], "pusher:subscription_error");
+    assert_eq!(answer["data"]["status"], 403);
     client.subscribe(&app, &"x".repeat(30)).await;
     client.subscribe(&app, "a-b_c=d@e,f.g;h").await;
 }
