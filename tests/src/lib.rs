@@ -99,6 +99,7 @@ pub fn sha256_of(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(path).expect("read")))
 }
 
+pub mod backends;
 pub mod pusher;
 pub mod server;
 pub mod webhook;

@@ -1,0 +1,73 @@
+//! The `adapter.redis` table, with the reference's fields and defaults.
+
+use serde::Deserialize;
+use sockhost_plugin_api::PluginError;
+
+/// Settings of the `redis` transport.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportConfig {
+    /// The server, as a `redis://` or `rediss://` URL. Default: the `REDIS_URL` environment
+    /// variable (which, as in the reference, sets every Redis connection of the server at once),
+    /// else `redis://127.0.0.1:6379`.
+    pub url: Option<String>,
+    /// Prefix of every Redis channel. Default: "sockudo_adapter:".
+    pub prefix: String,
+    /// Milliseconds an awaited command may take. Default: 5000.
+    pub requests_timeout: u64,
+    /// Accepted for compatibility with the reference's configuration; not used.
+    pub redis_pub_options: toml::Table,
+    /// Accepted for compatibility with the reference's configuration; not used.
+    pub redis_sub_options: toml::Table,
+    /// Accepted for compatibility; Redis Cluster is the `redis-cluster` transport's business.
+    pub cluster_mode: bool,
+    /// Messages that may wait to be written; a `try_publish` beyond answers BACKPRESSURE.
+    /// Default: 65536.
+    pub queue_capacity: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            prefix: "sockudo_adapter:".into(),
+            requests_timeout: 5000,
+            redis_pub_options: toml::Table::new(),
+            redis_sub_options: toml::Table::new(),
+            cluster_mode: false,
+            queue_capacity: 65_536,
+        }
+    }
+}
+
+impl TransportConfig {
+    /// Parse the table (empty text: defaults), naming the field in any error.
+    pub fn parse(text: &str) -> Result<Self, PluginError> {
+        let config: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            toml::from_str(text).map_err(|e| {
+                PluginError::config(format!("adapter.redis: {}", e.message().trim_end_matches('.')))
+            })?
+        };
+        if config.cluster_mode {
+            return Err(PluginError::config(
+                "adapter.redis.cluster_mode: use the redis-cluster transport for Redis Cluster",
+            ));
+        }
+        if config.queue_capacity == 0 || config.requests_timeout == 0 {
+            return Err(PluginError::config(
+                "adapter.redis: queue_capacity and requests_timeout must be at least 1",
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The URL to connect to: this table's, else `REDIS_URL`, else the local default.
+    pub fn url(&self) -> String {
+        self.url
+            .clone()
+            .or_else(|| std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| "redis://127.0.0.1:6379".into())
+    }
+}
