@@ -1,35 +1,37 @@
-//! The adapter: every operation on channel state goes through here, so that the cluster layer
-//! can make it cluster-wide without the protocol code or the hub changing.
-//!
-//! On a single node (the `local` transport, or a node that is alone) every operation is the
-//! hub's; the cluster layer adds bus publishes and cross-node queries behind the same methods.
+//! The adapter: every operation on channel state goes through here, and here it becomes
+//! cluster-wide: local delivery first, then the bus; local counts plus the other nodes' answers;
+//! local members plus the replicated presence registry.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use axum::extract::ws::Utf8Bytes;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::hub::{ChannelFull, Conn, Hub, Join, Subscribed, Unsubscribed};
+use crate::{
+    cluster::{self, Cluster, envelope::Control},
+    hub::{ChannelFull, Conn, Hub, Join, Subscribed, Unsubscribed},
+};
 
 /// Channel state and delivery, as the protocol and the HTTP API see them.
 #[derive(Debug)]
 pub struct Adapter {
     hub: Arc<Hub>,
+    cluster: Arc<Cluster>,
 }
 
 /// What a channel looks like from the HTTP API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ChannelInfo {
-    /// Subscribed connections.
+    /// Subscribed connections, on every node.
     pub subscription_count: usize,
-    /// Distinct presence users.
+    /// Distinct presence users, on every node.
     pub user_count: usize,
 }
 
 impl Adapter {
-    /// An adapter over this node's hub.
-    pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+    /// An adapter over this node's hub and the cluster.
+    pub fn new(hub: Arc<Hub>, cluster: Arc<Cluster>) -> Self {
+        Self { hub, cluster }
     }
 
     /// This node's hub.
@@ -37,8 +39,16 @@ impl Adapter {
         &self.hub
     }
 
-    /// Subscribe a local connection; see [`Hub::subscribe`].
-    pub fn subscribe(
+    /// The cluster layer.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Subscribe a local connection. The node subscribes to the channel's bus topic first, so
+    /// that nothing published after the acknowledgement is missed. `ack` builds the
+    /// acknowledgement from the channel's members on every node. In the outcome,
+    /// `first_for_user` means the user is new to the channel cluster-wide.
+    pub async fn subscribe(
         &self,
         app_id: &str,
         channel: &str,
@@ -46,76 +56,179 @@ impl Adapter {
         join: Option<Join>,
         ack: impl FnOnce(&mut dyn Iterator<Item = (&str, &Value)>) -> Utf8Bytes,
     ) -> Result<Subscribed, ChannelFull> {
-        self.hub.subscribe(app_id, channel, conn, join, ack)
-    }
-
-    /// Unsubscribe a local connection; see [`Hub::unsubscribe`].
-    pub fn unsubscribe(
-        &self,
-        app_id: &str,
-        channel: &str,
-        socket_id: &str,
-        user_id: Option<&str>,
-    ) -> Unsubscribed {
-        self.hub.unsubscribe(app_id, channel, socket_id, user_id)
-    }
-
-    /// Deliver `frame` to the channel's subscribers except `except`; how many local sockets got it.
-    pub fn broadcast(
-        &self,
-        app_id: &str,
-        channel: &str,
-        frame: &Utf8Bytes,
-        except: Option<&str>,
-    ) -> usize {
-        self.hub.broadcast(app_id, channel, frame, except)
-    }
-
-    /// Counts for one channel.
-    pub async fn channel_info(&self, app_id: &str, channel: &str) -> ChannelInfo {
-        ChannelInfo {
-            subscription_count: self.hub.subscription_count(app_id, channel),
-            user_count: self.hub.user_ids(app_id, channel).len(),
+        let topic = cluster::channel_topic(app_id, channel);
+        self.cluster.acquire(topic.clone()).await;
+        let remote = if join.is_some() { self.cluster.remote_members(app_id, channel) } else { Default::default() };
+        let member = join.as_ref().map(|j| (j.user_id.clone(), j.user_info.clone()));
+        let subscribed = self.hub.subscribe(app_id, channel, conn, join, |local| {
+            let local: Vec<(&str, &Value)> = local.collect();
+            let ids: HashSet<&str> = local.iter().map(|(id, _)| *id).collect();
+            let mut all = local.iter().copied().chain(remote.iter().map(|(id, info)| (id.as_str(), info)).filter(|(id, _)| !ids.contains(id)));
+            ack(&mut all)
+        });
+        match subscribed {
+            Err(full) => {
+                self.cluster.release(topic);
+                Err(full)
+            }
+            Ok(mut outcome) => {
+                if !outcome.new_subscriber {
+                    self.cluster.release(topic);
+                }
+                if let (true, Some((user_id, info))) = (outcome.first_for_user, member) {
+                    outcome.first_for_user = !self.cluster.present_elsewhere(app_id, channel, &user_id);
+                    self.cluster.send_control(
+                        cluster::CONTROL,
+                        Control::Presence { app: app_id.into(), channel: channel.into(), user_id, info: Some(info) },
+                    );
+                }
+                Ok(outcome)
+            }
         }
     }
 
-    /// Occupied channels whose name starts with `prefix`, with their counts.
+    /// Unsubscribe a local connection. In the outcome, `removed_user` is a user who has left
+    /// the channel cluster-wide.
+    pub fn unsubscribe(&self, app_id: &str, channel: &str, socket_id: &str, user_id: Option<&str>) -> Unsubscribed {
+        let mut outcome = self.hub.unsubscribe(app_id, channel, socket_id, user_id);
+        if outcome.was_subscribed {
+            self.cluster.release(cluster::channel_topic(app_id, channel));
+        }
+        if let Some(user) = outcome.removed_user.take() {
+            self.cluster.send_control(
+                cluster::CONTROL,
+                Control::Presence { app: app_id.into(), channel: channel.into(), user_id: user.clone(), info: None },
+            );
+            if !self.cluster.present_elsewhere(app_id, channel, &user) {
+                outcome.removed_user = Some(user);
+            }
+        }
+        outcome
+    }
+
+    /// Deliver `frame` to the channel's subscribers on every node except socket `except`.
+    pub fn broadcast(&self, app_id: &str, channel: &str, frame: &Utf8Bytes, except: Option<&str>) -> usize {
+        let sent = self.hub.broadcast(app_id, channel, frame, except);
+        self.cluster.publish_broadcast(app_id, channel, frame.as_bytes(), except);
+        sent
+    }
+
+    /// Counts for one channel, on every node.
+    pub async fn channel_info(&self, app_id: &str, channel: &str) -> ChannelInfo {
+        let mut subscription_count = self.hub.subscription_count(app_id, channel);
+        let query = json!({ "kind": "channel", "app": app_id, "channel": channel });
+        for answer in self.cluster.request(query, false).await.answers {
+            subscription_count += answer["subscription_count"].as_u64().map_or(0, |n| n as usize);
+        }
+        ChannelInfo { subscription_count, user_count: self.user_ids(app_id, channel).await.len() }
+    }
+
+    /// Occupied channels whose name starts with `prefix`, on every node, with their counts.
     pub async fn channels(&self, app_id: &str, prefix: &str) -> Vec<(String, ChannelInfo)> {
-        self.hub
-            .channels(app_id, prefix)
-            .into_iter()
-            .map(|(name, subs, users)| {
-                (name, ChannelInfo { subscription_count: subs, user_count: users })
-            })
-            .collect()
+        let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+        for (name, subs, _) in self.hub.channels(app_id, prefix) {
+            *counts.entry(name).or_default() += subs;
+        }
+        let query = json!({ "kind": "channels", "app": app_id, "prefix": prefix });
+        for answer in self.cluster.request(query, false).await.answers {
+            for entry in answer["channels"].as_array().into_iter().flatten() {
+                if let (Some(name), Some(subs)) = (entry[0].as_str(), entry[1].as_u64()) {
+                    *counts.entry(name.to_string()).or_default() += subs as usize;
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(counts.len());
+        for (name, subscription_count) in counts {
+            let user_count = self.user_ids(app_id, &name).await.len();
+            out.push((name, ChannelInfo { subscription_count, user_count }));
+        }
+        out
     }
 
-    /// The distinct users of a presence channel.
+    /// The distinct users of a presence channel, on every node.
     pub async fn user_ids(&self, app_id: &str, channel: &str) -> Vec<String> {
-        self.hub.user_ids(app_id, channel)
+        let mut users: Vec<String> = self.hub.user_ids(app_id, channel);
+        let known: HashSet<String> = users.iter().cloned().collect();
+        users.extend(self.cluster.remote_members(app_id, channel).into_keys().filter(|u| !known.contains(u)));
+        users.sort();
+        users
     }
 
-    /// Deliver `frame` to every connection signed in as `user_id`.
+    /// Deliver `frame` to every connection signed in as `user_id`, on every node.
     pub fn send_to_user(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) -> usize {
+        if self.cluster.has_peers() {
+            let control = Control::ToUser { app: app_id.into(), user_id: user_id.into(), frame: frame.as_str().into() };
+            self.cluster.send_control(cluster::CONTROL, control);
+        }
         self.hub.send_to_user(app_id, user_id, frame)
     }
 
-    /// Close every connection signed in as `user_id` with `code`; how many.
+    /// Close every connection signed in as `user_id` with `code`, on every node; how many.
     pub async fn terminate_user(&self, app_id: &str, user_id: &str, code: u16) -> usize {
         let conns = self.hub.user_connections(app_id, user_id);
         for conn in &conns {
             conn.close(code);
         }
-        conns.len()
+        let query = json!({ "kind": "terminate", "app": app_id, "user": user_id, "code": code });
+        let remote: usize = self
+            .cluster
+            .request(query, false)
+            .await
+            .answers
+            .iter()
+            .map(|a| a["closed"].as_u64().map_or(0, |n| n as usize))
+            .sum();
+        conns.len() + remote
     }
 
-    /// Which of `user_ids` are online.
+    /// Which of `user_ids` are online on any node.
     pub async fn online(&self, app_id: &str, user_ids: &[String]) -> Vec<String> {
-        self.hub.online(app_id, user_ids)
+        let mut online: Vec<String> = self.hub.online(app_id, user_ids);
+        let query = json!({ "kind": "online", "app": app_id, "ids": user_ids });
+        for answer in self.cluster.request(query, true).await.answers {
+            for id in answer["online"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                if !online.iter().any(|o| o == id) {
+                    online.push(id.to_string());
+                }
+            }
+        }
+        online
     }
 
     /// Tell the watchers of `user_id` it came online or went offline.
     pub fn notify_watchers(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) {
         self.hub.send_to_watchers(app_id, user_id, frame);
+    }
+
+    /// This node's answer to another node's request.
+    pub fn answer(&self, query: &Value) -> Value {
+        let app = query["app"].as_str().unwrap_or_default();
+        match query["kind"].as_str().unwrap_or_default() {
+            "channel" => {
+                let channel = query["channel"].as_str().unwrap_or_default();
+                json!({ "subscription_count": self.hub.subscription_count(app, channel) })
+            }
+            "channels" => {
+                let prefix = query["prefix"].as_str().unwrap_or_default();
+                let channels: Vec<Value> =
+                    self.hub.channels(app, prefix).into_iter().map(|(name, subs, _)| json!([name, subs])).collect();
+                json!({ "channels": channels })
+            }
+            "terminate" => {
+                let user = query["user"].as_str().unwrap_or_default();
+                let code = query["code"].as_u64().and_then(|c| u16::try_from(c).ok()).unwrap_or(4009);
+                let conns = self.hub.user_connections(app, user);
+                for conn in &conns {
+                    conn.close(code);
+                }
+                json!({ "closed": conns.len() })
+            }
+            "online" => {
+                let ids: Vec<String> =
+                    query["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
+                json!({ "online": self.hub.online(app, &ids) })
+            }
+            other => json!({ "error": format!("unknown request kind {other:?}") }),
+        }
     }
 }

@@ -434,4 +434,31 @@ impl Hub {
             conn.send(frame);
         }
     }
+
+    /// Every presence member on this node: (app, channel, user, info).
+    pub fn presence_members(&self) -> Vec<(String, String, String, Value)> {
+        let apps: Vec<(String, Arc<AppHub>)> =
+            self.apps.read().expect("hub lock").iter().map(|(id, app)| (id.clone(), app.clone())).collect();
+        let mut out = Vec::new();
+        for (app_id, app) in apps {
+            for (name, channel) in app.channels.read().expect("hub lock").iter() {
+                for (user, member) in channel.members.iter().flatten() {
+                    out.push((app_id.clone(), name.clone(), user.clone(), member.info.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `user_id` is a presence member of `channel` on this node.
+    pub fn has_member(&self, app_id: &str, channel: &str, user_id: &str) -> bool {
+        self.existing(app_id).is_some_and(|app| {
+            app.channels
+                .read()
+                .expect("hub lock")
+                .get(channel)
+                .and_then(|c| c.members.as_ref())
+                .is_some_and(|m| m.contains_key(user_id))
+        })
+    }
 }

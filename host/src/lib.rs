@@ -14,6 +14,7 @@
 pub mod adapter;
 pub mod apps;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod http_api;
 pub mod hub;

@@ -48,6 +48,12 @@ pub struct Metrics {
     pub webhook_retries: Counter,
     /// Webhooks given up (after the last attempt, or lost before queueing).
     pub webhooks_failed: Counter,
+    /// Broadcasts received from other nodes.
+    pub bus_broadcasts_received: Counter,
+    /// Bus messages this node could not read.
+    pub bus_refused: Counter,
+    /// Nodes found dead (silent past the node timeout).
+    pub dead_nodes: Counter,
     /// Requests and events refused by a rate limit.
     pub rate_limited: Counter,
     /// Rate-limiter calls that failed (the check was let through).
@@ -77,6 +83,9 @@ impl Metrics {
             webhooks_sent: Counter::default(),
             webhook_retries: Counter::default(),
             webhooks_failed: Counter::default(),
+            bus_broadcasts_received: Counter::default(),
+            bus_refused: Counter::default(),
+            dead_nodes: Counter::default(),
             rate_limited: Counter::default(),
             rate_limiter_errors: Counter::default(),
             plugin_counters: Family::default(),
@@ -151,6 +160,13 @@ impl Metrics {
             metrics.webhook_retries.clone(),
         );
         registry.register("webhooks_failed", "Webhooks given up", metrics.webhooks_failed.clone());
+        registry.register(
+            "bus_broadcasts_received",
+            "Broadcasts received from other nodes",
+            metrics.bus_broadcasts_received.clone(),
+        );
+        registry.register("bus_refused", "Bus messages this node could not read", metrics.bus_refused.clone());
+        registry.register("dead_nodes", "Nodes found dead", metrics.dead_nodes.clone());
         registry.register(
             "rate_limit_triggered",
             "Requests and events refused by a rate limit",

@@ -20,6 +20,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     adapter::Adapter,
     apps::Apps,
+    cluster::{self, Cluster},
     config::Settings,
     http_api,
     hub::Hub,
@@ -56,9 +57,10 @@ impl Ctx {
     /// A context over `settings` and `drivers`.
     pub fn new(settings: Settings, drivers: Drivers) -> Self {
         let metrics = Metrics::new(&settings.metrics_prefix, drivers.counters.clone());
+        let cluster = Cluster::new(drivers.transport.clone(), settings.cluster.clone());
         Self {
             apps: Apps::new(settings.apps.clone()),
-            adapter: Adapter::new(Arc::new(Hub::default())),
+            adapter: Adapter::new(Arc::new(Hub::default()), cluster),
             settings,
             drivers,
             metrics,
@@ -131,7 +133,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
 pub async fn run(
     listener: TcpListener,
     settings: Settings,
-    drivers: Drivers,
+    mut drivers: Drivers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let metrics_listener = match &settings.metrics_addr {
@@ -139,7 +141,11 @@ pub async fn run(
         None => None,
     };
     let grace = settings.shutdown_grace_period;
+    let inbox = drivers.inbox.take();
     let ctx = Arc::new(Ctx::new(settings, drivers));
+    if let Some(inbox) = inbox {
+        cluster::node::start(&ctx, inbox).await;
+    }
     let token = ctx.shutdown.clone();
     tokio::spawn({
         let token = token.clone();
@@ -178,6 +184,7 @@ pub async fn run(
             "Connections still open after the grace period; stopping anyway."
         );
     }
+    cluster::node::stop(&ctx).await;
     ctx.drivers.shutdown().await;
     tracing::info!("Stopped.");
     Ok(())

@@ -47,6 +47,8 @@ pub struct Config {
     pub http_api: HttpApiConfig,
     /// Webhook delivery.
     pub webhooks: WebhooksConfig,
+    /// Membership of the cluster.
+    pub cluster_health: ClusterHealthConfig,
     /// The WebSocket endpoint.
     pub websocket: WebSocketConfig,
     /// Prometheus metrics.
@@ -73,6 +75,7 @@ impl Default for Config {
             presence: PresenceLimits::default(),
             http_api: HttpApiConfig::default(),
             webhooks: WebhooksConfig::default(),
+            cluster_health: ClusterHealthConfig::default(),
             websocket: WebSocketConfig::default(),
             metrics: MetricsConfig::default(),
         }
@@ -91,6 +94,9 @@ pub struct DriverSection {
     /// For the rate limiter: whether limits are enforced at all. Default: true.
     /// Env: `RATE_LIMITER_ENABLED`.
     pub enabled: Option<bool>,
+    /// For the adapter: milliseconds a cluster-wide query waits for every node's answer before
+    /// answering with what it has. Default: 5000. Env: `ADAPTER_REQUESTS_TIMEOUT`.
+    pub requests_timeout_ms: Option<u64>,
     /// The per-driver tables, by driver name.
     #[serde(flatten)]
     pub tables: BTreeMap<String, serde_json::Value>,
@@ -98,7 +104,7 @@ pub struct DriverSection {
 
 impl DriverSection {
     fn named(driver: &str) -> Self {
-        Self { driver: driver.into(), enabled: None, tables: BTreeMap::new() }
+        Self { driver: driver.into(), enabled: None, requests_timeout_ms: None, tables: BTreeMap::new() }
     }
 }
 
@@ -213,6 +219,29 @@ pub struct WebhookTarget {
     /// Extra headers sent with each request.
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// `cluster_health` (the reference's names and defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterHealthConfig {
+    /// Expire silent nodes. Default: true. Env: `CLUSTER_HEALTH_ENABLED`.
+    pub enabled: bool,
+    /// Milliseconds between heartbeats; at most `node_timeout_ms / 3`. Default: 10000.
+    /// Env: `CLUSTER_HEALTH_HEARTBEAT_INTERVAL`.
+    pub heartbeat_interval_ms: u64,
+    /// Milliseconds of silence after which a node is dead. Default: 30000.
+    /// Env: `CLUSTER_HEALTH_NODE_TIMEOUT`.
+    pub node_timeout_ms: u64,
+    /// Milliseconds between checks for dead nodes. Default: 10000.
+    /// Env: `CLUSTER_HEALTH_CLEANUP_INTERVAL`.
+    pub cleanup_interval_ms: u64,
+}
+
+impl Default for ClusterHealthConfig {
+    fn default() -> Self {
+        Self { enabled: true, heartbeat_interval_ms: 10_000, node_timeout_ms: 30_000, cleanup_interval_ms: 10_000 }
+    }
 }
 
 /// `webhooks`.

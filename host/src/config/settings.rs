@@ -87,6 +87,8 @@ pub struct Settings {
     pub cache_ttl: Duration,
     /// Webhook delivery.
     pub webhooks: WebhookSettings,
+    /// Cluster timing.
+    pub cluster: crate::cluster::ClusterSettings,
     /// Prefix of metric names.
     pub metrics_prefix: String,
 }
@@ -116,10 +118,26 @@ impl Settings {
             ("channel_limits.cache_ttl", config.channel_limits.cache_ttl),
             ("webhooks.max_attempts", config.webhooks.max_attempts.into()),
             ("webhooks.request_timeout_ms", config.webhooks.request_timeout_ms),
+            ("cluster_health.heartbeat_interval_ms", config.cluster_health.heartbeat_interval_ms),
+            ("cluster_health.node_timeout_ms", config.cluster_health.node_timeout_ms),
+            ("cluster_health.cleanup_interval_ms", config.cluster_health.cleanup_interval_ms),
         ] {
             if value == 0 {
                 err(name, "must be at least 1".into());
             }
+        }
+        let health = &config.cluster_health;
+        if health.heartbeat_interval_ms > health.node_timeout_ms / 3 {
+            err(
+                "cluster_health.heartbeat_interval_ms",
+                format!(
+                    "must be at most node_timeout_ms / 3 ({}), or healthy nodes are taken for dead",
+                    health.node_timeout_ms / 3
+                ),
+            );
+        }
+        if config.adapter.requests_timeout_ms == Some(0) {
+            err("adapter.requests_timeout_ms", "must be at least 1".into());
         }
         if config.metrics.enabled && config.metrics.port == config.port && config.port != 0 {
             err("metrics.port", format!("must differ from port ({})", config.port));
@@ -334,6 +352,17 @@ impl Settings {
             metrics_prefix: config.metrics.prefix,
             user_authentication_timeout: Duration::from_secs(config.user_authentication_timeout),
             cache_ttl: Duration::from_secs(config.channel_limits.cache_ttl),
+            cluster: crate::cluster::ClusterSettings {
+                heartbeat_interval: Duration::from_millis(config.cluster_health.heartbeat_interval_ms.max(1)),
+                // Disabled health means nodes are never expired.
+                node_timeout: if config.cluster_health.enabled {
+                    Duration::from_millis(config.cluster_health.node_timeout_ms)
+                } else {
+                    Duration::MAX
+                },
+                cleanup_interval: Duration::from_millis(config.cluster_health.cleanup_interval_ms.max(1)),
+                requests_timeout: Duration::from_millis(config.adapter.requests_timeout_ms.unwrap_or(5000)),
+            },
             webhooks: WebhookSettings {
                 max_attempts: config.webhooks.max_attempts,
                 request_timeout: Duration::from_millis(config.webhooks.request_timeout_ms),

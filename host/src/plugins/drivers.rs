@@ -103,10 +103,10 @@ impl Default for DriverSelection {
 /// The constructed drivers, handed to [`crate::run`].
 #[derive(Debug)]
 pub struct Drivers {
-    /// Moves bus messages between nodes.
-    pub transport: Transport,
-    /// Messages the transport delivered, for the cluster layer to read.
-    pub inbox: mpsc::Receiver<Incoming>,
+    /// Moves bus messages between nodes; shared with the cluster layer.
+    pub transport: Arc<Transport>,
+    /// Messages the transport delivered, for the cluster layer to take and read.
+    pub inbox: Option<mpsc::Receiver<Incoming>>,
     /// Key-value state with expiry.
     pub cache: Cache,
     /// Durable jobs.
@@ -177,12 +177,8 @@ impl Drivers {
             }
         };
         Ok(Self {
-            transport: Transport(Named::new(
-                DriverKind::TRANSPORT,
-                &selection.transport.name,
-                transport,
-            )),
-            inbox,
+            transport: Arc::new(Transport(Named::new(DriverKind::TRANSPORT, &selection.transport.name, transport))),
+            inbox: Some(inbox),
             cache: Cache(Named::new(DriverKind::CACHE, &selection.cache.name, cache)),
             queue: Queue(Named::new(DriverKind::QUEUE, &selection.queue.name, queue)),
             rate_limiter: RateLimiter(Named::new(

@@ -19,4 +19,4 @@ pub use host_context::{Incoming, PluginCounters};
 pub use loader::{LoadError, LoadedPlugin};
 pub use manifest::{Manifest, ManifestError};
 pub use registry::{PluginLine, Refusal, RefusalReason, Registry};
-pub use sockhost_plugin_api::RateDecision;
+pub use sockhost_plugin_api::{ErrorCode, RateDecision};

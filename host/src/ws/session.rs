@@ -130,7 +130,7 @@ impl Session {
                 } else {
                     frames::subscription_succeeded(name).into()
                 }
-            });
+            }).await;
         match subscribed {
             Err(full) => self.subscription_error(name, "LimitReached", &full.to_string(), 403),
             Ok(outcome) => {

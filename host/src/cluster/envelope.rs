@@ -1,0 +1,254 @@
+//! The bus envelope: what nodes send each other through the transport.
+//!
+//! A compact binary header (version, kind, sender node, sender sequence) and a body. A
+//! broadcast's body is binary too (app, channel, excluded socket) followed by the Pusher frame
+//! exactly as local sockets get it, so receivers forward it without parsing or re-encoding.
+//! Control messages (membership, requests, presence) are rare and carry JSON bodies.
+//!
+//! The version byte lets a node refuse a frame it cannot read, with a log line, instead of
+//! misreading it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The envelope format this build writes and reads.
+pub const VERSION: u8 = 1;
+
+/// What an envelope carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// A frame for a channel's subscribers on every node.
+    Broadcast {
+        /// The app.
+        app: String,
+        /// The channel.
+        channel: String,
+        /// A socket that must not get it.
+        except: Option<String>,
+        /// The serialized Pusher frame.
+        frame: Vec<u8>,
+    },
+    /// A control message.
+    Control(Control),
+}
+
+/// Control messages between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// "I am here": sent at start; answered by every node with its own `hello` (to the new
+    /// node's topic) and its presence state.
+    Hello {
+        /// Whether the receiver should answer with its own hello.
+        reply: bool,
+    },
+    /// Sent every heartbeat interval.
+    Heartbeat,
+    /// Sent at graceful shutdown.
+    Goodbye,
+    /// A question for every other node; answers go to `reply_to`'s node topic.
+    Request {
+        /// Correlation id.
+        id: u64,
+        /// The question.
+        query: Value,
+    },
+    /// An answer to a request.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        answer: Value,
+    },
+    /// A presence member joined (their first connection on the sender) or left (their last).
+    Presence {
+        /// The app.
+        app: String,
+        /// The channel.
+        channel: String,
+        /// The user.
+        user_id: String,
+        /// Their info, on joins; `None` means the user left.
+        info: Option<Value>,
+    },
+    /// The sender's whole presence state: app -> channel -> user -> info.
+    PresenceSync {
+        /// The state.
+        state: Value,
+    },
+    /// A frame for every connection of a signed-in user.
+    ToUser {
+        /// The app.
+        app: String,
+        /// The user.
+        user_id: String,
+        /// The serialized frame.
+        frame: String,
+    },
+}
+
+/// An envelope: who sent it, their sequence number, and the body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The sending node.
+    pub node: u64,
+    /// The sender's sequence number, increasing per sender.
+    pub seq: u64,
+    /// The content.
+    pub body: Body,
+}
+
+/// Why an envelope could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Written by a newer or older node.
+    #[error("envelope version {0} is not {VERSION}")]
+    Version(u8),
+    /// Cut short or malformed.
+    #[error("malformed envelope: {0}")]
+    Malformed(&'static str),
+}
+
+const BROADCAST: u8 = 1;
+const CONTROL: u8 = 2;
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let len = u32::try_from(s.len()).expect("strings on the bus are far below 4 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+impl Envelope {
+    /// The bytes to publish.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.push(VERSION);
+        match &self.body {
+            Body::Broadcast { .. } => out.push(BROADCAST),
+            Body::Control(_) => out.push(CONTROL),
+        }
+        out.extend_from_slice(&self.node.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        match &self.body {
+            Body::Broadcast { app, channel, except, frame } => {
+                out.reserve(frame.len() + app.len() + channel.len() + 16);
+                put_str(&mut out, app);
+                put_str(&mut out, channel);
+                put_str(&mut out, except.as_deref().unwrap_or(""));
+                out.extend_from_slice(frame);
+            }
+            Body::Control(control) => {
+                // Serializing a plain enum of strings, numbers and JSON values cannot fail.
+                out.extend(serde_json::to_vec(control).expect("a control message serializes"));
+            }
+        }
+        out
+    }
+
+    /// Read an envelope.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader(bytes);
+        let version = reader.u8()?;
+        if version != VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let kind = reader.u8()?;
+        let node = reader.u64()?;
+        let seq = reader.u64()?;
+        let body = match kind {
+            BROADCAST => {
+                let app = reader.string()?;
+                let channel = reader.string()?;
+                let except = reader.string()?;
+                Body::Broadcast {
+                    app,
+                    channel,
+                    except: (!except.is_empty()).then_some(except),
+                    frame: reader.0.to_vec(),
+                }
+            }
+            CONTROL => Body::Control(
+                serde_json::from_slice(reader.0).map_err(|_| DecodeError::Malformed("control body"))?,
+            ),
+            _ => return Err(DecodeError::Malformed("unknown kind")),
+        };
+        Ok(Self { node, seq, body })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Malformed("cut short"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let len = u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes"));
+        let bytes = self.take(usize::try_from(len).map_err(|_| DecodeError::Malformed("length"))?)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::Malformed("text is not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip() {
+        let cases = [
+            Envelope {
+                node: 7,
+                seq: 42,
+                body: Body::Broadcast {
+                    app: "app-1".into(),
+                    channel: "presence-ünï".into(),
+                    except: Some("1.2".into()),
+                    frame: br#"{"event":"e"}"#.to_vec(),
+                },
+            },
+            Envelope {
+                node: u64::MAX,
+                seq: 0,
+                body: Body::Broadcast { app: String::new(), channel: "c".into(), except: None, frame: Vec::new() },
+            },
+            Envelope { node: 1, seq: 2, body: Body::Control(Control::Hello { reply: true }) },
+            Envelope {
+                node: 1,
+                seq: 3,
+                body: Body::Control(Control::Request { id: 9, query: serde_json::json!({"kind": "x"}) }),
+            },
+        ];
+        for envelope in cases {
+            assert_eq!(Envelope::decode(&envelope.encode()), Ok(envelope));
+        }
+    }
+
+    #[test]
+    fn unreadable_envelopes_are_refused() {
+        let mut bytes = Envelope { node: 1, seq: 1, body: Body::Control(Control::Heartbeat) }.encode();
+        bytes[0] = 2;
+        assert_eq!(Envelope::decode(&bytes), Err(DecodeError::Version(2)));
+        assert!(matches!(Envelope::decode(&[1, 1, 0]), Err(DecodeError::Malformed(_))));
+        let broadcast = Envelope {
+            node: 1,
+            seq: 1,
+            body: Body::Broadcast { app: "a".into(), channel: "c".into(), except: None, frame: vec![1] },
+        }
+        .encode();
+        assert!(matches!(Envelope::decode(&broadcast[..20]), Err(DecodeError::Malformed(_))));
+    }
+}

@@ -1,0 +1,356 @@
+//! The cluster layer: what makes several nodes behave as one server, over any transport.
+//!
+//! - Broadcast with interest routing: a channel's events go to the topic `#broadcast:<app>:<channel>`,
+//!   which a node subscribes to while it has a local subscriber to the channel (before the
+//!   subscription is acknowledged), so nodes receive only what their clients want.
+//! - Membership: every node says hello at start, sends a heartbeat every interval and goodbye at
+//!   shutdown on `#control`; a node silent for the node timeout is dead. Alone, a node publishes
+//!   nothing but its heartbeat.
+//! - Requests: questions to every other live node (counts, channel lists, terminations), answered
+//!   on the asker's own topic `#node:<id>`, waited for up to a timeout, partial answers flagged.
+//! - Presence registry: each node replicates its presence members (joins and leaves, stamped with
+//!   its own increasing sequence numbers, and a full state to every newcomer), so member events
+//!   and member lists are cluster-wide; a dead node's members are removed in one step.
+
+pub mod envelope;
+pub mod node;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+
+use self::envelope::{Body, Control, Envelope};
+use crate::plugins::{ErrorCode, Transport};
+
+/// The topic every node listens to.
+pub const CONTROL: &str = "#control";
+
+/// A node's own topic (responses, state for a newcomer).
+pub fn node_topic(node: u64) -> String {
+    format!("#node:{node}")
+}
+
+/// The topic of a channel's broadcasts.
+pub fn channel_topic(app: &str, channel: &str) -> String {
+    format!("#broadcast:{app}:{channel}")
+}
+
+/// Cluster timing, from `cluster_health` and the adapter settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// How often a node says it is alive.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a node is dead.
+    pub node_timeout: Duration,
+    /// How often dead nodes are looked for.
+    pub cleanup_interval: Duration,
+    /// How long a full request waits for answers.
+    pub requests_timeout: Duration,
+}
+
+/// Remote presence: for one node, app -> channel -> user -> info.
+#[derive(Debug, Default)]
+struct NodePresence {
+    /// The sequence number of the last full state applied; older incremental changes are
+    /// already in it.
+    snapshot_seq: u64,
+    members: HashMap<(String, String), HashMap<String, Value>>,
+}
+
+type InterestOp = (String, bool, oneshot::Sender<()>);
+
+/// The cluster state of this node.
+#[derive(Debug)]
+pub struct Cluster {
+    /// This node's id.
+    pub node_id: u64,
+    transport: Arc<Transport>,
+    settings: ClusterSettings,
+    seq: AtomicU64,
+    members: Mutex<HashMap<u64, Instant>>,
+    presence: Mutex<HashMap<u64, NodePresence>>,
+    pending: Mutex<HashMap<u64, mpsc::UnboundedSender<Value>>>,
+    interest: mpsc::UnboundedSender<InterestOp>,
+}
+
+/// Answers to a request, and whether every live node answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answers {
+    /// What the other nodes answered.
+    pub answers: Vec<Value>,
+    /// Whether all of them did.
+    pub complete: bool,
+}
+
+impl Cluster {
+    /// A cluster layer over `transport`; starts the task that keeps topic subscriptions.
+    pub fn new(transport: Arc<Transport>, settings: ClusterSettings) -> Arc<Self> {
+        let (interest, ops) = mpsc::unbounded_channel();
+        let node_id = loop {
+            let id = rand::random::<u64>() >> 1;
+            if id != 0 {
+                break id;
+            }
+        };
+        let cluster = Arc::new(Self {
+            node_id,
+            transport,
+            settings,
+            seq: AtomicU64::new(1),
+            members: Mutex::default(),
+            presence: Mutex::default(),
+            pending: Mutex::default(),
+            interest,
+        });
+        tokio::spawn(keep_interest(cluster.transport.clone(), ops));
+        cluster
+    }
+
+    /// The cluster timing.
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
+    fn envelope(&self, body: Body) -> Vec<u8> {
+        Envelope { node: self.node_id, seq: self.seq.fetch_add(1, Ordering::Relaxed), body }.encode()
+    }
+
+    /// Whether another live node is known.
+    pub fn has_peers(&self) -> bool {
+        !self.members.lock().expect("cluster lock").is_empty()
+    }
+
+    /// The other live nodes.
+    pub fn peers(&self) -> Vec<u64> {
+        self.members.lock().expect("cluster lock").keys().copied().collect()
+    }
+
+    /// Record that `node` is alive; whether it was unknown.
+    pub fn saw(&self, node: u64) -> bool {
+        self.members.lock().expect("cluster lock").insert(node, Instant::now()).is_none()
+    }
+
+    /// Forget `node` and its presence; the members it held, as (app, channel, user).
+    pub fn forget(&self, node: u64) -> Vec<(String, String, String)> {
+        self.members.lock().expect("cluster lock").remove(&node);
+        let gone = self.presence.lock().expect("cluster lock").remove(&node).unwrap_or_default();
+        gone.members
+            .into_iter()
+            .flat_map(|((app, channel), users)| {
+                users.into_keys().map(move |user| (app.clone(), channel.clone(), user))
+            })
+            .collect()
+    }
+
+    /// Nodes silent for longer than the node timeout.
+    pub fn expired(&self) -> Vec<u64> {
+        let now = Instant::now();
+        self.members
+            .lock()
+            .expect("cluster lock")
+            .iter()
+            .filter(|(_, seen)| now.duration_since(**seen) > self.settings.node_timeout)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether this node is the cleanup leader: the lowest id among the live nodes.
+    pub fn is_leader(&self) -> bool {
+        self.members.lock().expect("cluster lock").keys().all(|id| *id > self.node_id)
+    }
+
+    /// Publish a broadcast to the other nodes (none if alone). Never waits.
+    pub fn publish_broadcast(&self, app: &str, channel: &str, frame: &[u8], except: Option<&str>) {
+        if !self.has_peers() {
+            return;
+        }
+        let body = Body::Broadcast {
+            app: app.to_string(),
+            channel: channel.to_string(),
+            except: except.map(str::to_string),
+            frame: frame.to_vec(),
+        };
+        if let Err(error) = self.transport.try_publish(&channel_topic(app, channel), self.envelope(body)) {
+            tracing::warn!(%error, channel, "A broadcast could not be published to the other nodes.");
+        }
+    }
+
+    /// Send a control message to `topic` (enqueued in order with broadcasts).
+    pub fn send_control(&self, topic: &str, control: Control) {
+        if let Err(error) = self.transport.try_publish(topic, self.envelope(Body::Control(control))) {
+            tracing::warn!(%error, topic, "A control message could not be published.");
+        }
+    }
+
+    /// Send a control message and wait for the transport to take it.
+    pub async fn send_control_awaited(&self, topic: &str, control: Control) {
+        if let Err(error) = self.transport.publish(topic, self.envelope(Body::Control(control))).await {
+            tracing::warn!(%error, topic, "A control message could not be published.");
+        }
+    }
+
+    /// Make sure this node receives `topic` (reference-counted; resolves once subscribed).
+    pub async fn acquire(&self, topic: String) {
+        let (done, wait) = oneshot::channel();
+        if self.interest.send((topic, true, done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Drop one reference to `topic`; the last one unsubscribes.
+    pub fn release(&self, topic: String) {
+        let (done, _) = oneshot::channel();
+        let _ = self.interest.send((topic, false, done));
+    }
+
+    /// Ask every other live node `query`; wait for all answers or the timeout (short for `fast`
+    /// questions: 50 ms per node).
+    pub async fn request(&self, query: Value, fast: bool) -> Answers {
+        let expected = self.peers().len();
+        if expected == 0 {
+            return Answers { answers: Vec::new(), complete: true };
+        }
+        let id = rand::random::<u64>();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.pending.lock().expect("cluster lock").insert(id, tx);
+        self.send_control(CONTROL, Control::Request { id, query });
+        let wait = if fast {
+            Duration::from_millis(50 * u64::try_from(expected).unwrap_or(u64::MAX)).min(self.settings.requests_timeout)
+        } else {
+            self.settings.requests_timeout
+        };
+        let deadline = Instant::now() + wait;
+        let mut answers = Vec::with_capacity(expected);
+        while answers.len() < expected {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(answer)) => answers.push(answer),
+                _ => break,
+            }
+        }
+        self.pending.lock().expect("cluster lock").remove(&id);
+        let complete = answers.len() >= expected;
+        if !complete {
+            tracing::warn!(expected, answered = answers.len(), "A cluster request timed out; the answer is partial.");
+        }
+        Answers { answers, complete }
+    }
+
+    /// Route an answer to the request waiting for it.
+    pub fn answered(&self, id: u64, answer: Value) {
+        if let Some(tx) = self.pending.lock().expect("cluster lock").get(&id) {
+            let _ = tx.send(answer);
+        }
+    }
+
+    /// Apply a presence change from `node` (ignored if its full state already covers it).
+    pub fn apply_presence(&self, node: u64, seq: u64, app: String, channel: String, user: String, info: Option<Value>) {
+        let mut presence = self.presence.lock().expect("cluster lock");
+        let entry = presence.entry(node).or_default();
+        if seq <= entry.snapshot_seq {
+            return;
+        }
+        let users = entry.members.entry((app, channel)).or_default();
+        match info {
+            Some(info) => {
+                users.insert(user, info);
+            }
+            None => {
+                users.remove(&user);
+            }
+        }
+    }
+
+    /// Replace `node`'s presence with its full state.
+    pub fn apply_presence_sync(&self, node: u64, seq: u64, state: &Value) {
+        let mut members: HashMap<(String, String), HashMap<String, Value>> = HashMap::new();
+        for (app, channels) in state.as_object().into_iter().flatten() {
+            for (channel, users) in channels.as_object().into_iter().flatten() {
+                let users: HashMap<String, Value> =
+                    users.as_object().into_iter().flatten().map(|(u, i)| (u.clone(), i.clone())).collect();
+                members.insert((app.clone(), channel.clone()), users);
+            }
+        }
+        let mut presence = self.presence.lock().expect("cluster lock");
+        presence.insert(node, NodePresence { snapshot_seq: seq, members });
+    }
+
+    /// Members of a presence channel on the other nodes: user -> info.
+    pub fn remote_members(&self, app: &str, channel: &str) -> HashMap<String, Value> {
+        let key = (app.to_string(), channel.to_string());
+        let presence = self.presence.lock().expect("cluster lock");
+        let mut out = HashMap::new();
+        for node in presence.values() {
+            if let Some(users) = node.members.get(&key) {
+                for (user, info) in users {
+                    out.entry(user.clone()).or_insert_with(|| info.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `user` is a member of the channel on another node.
+    pub fn present_elsewhere(&self, app: &str, channel: &str, user: &str) -> bool {
+        let key = (app.to_string(), channel.to_string());
+        self.presence.lock().expect("cluster lock").values().any(|n| n.members.get(&key).is_some_and(|u| u.contains_key(user)))
+    }
+}
+
+/// Keep topic subscriptions, reference-counted, one change at a time so that a subscribe and an
+/// unsubscribe of the same topic cannot overtake each other.
+async fn keep_interest(transport: Arc<Transport>, mut ops: mpsc::UnboundedReceiver<InterestOp>) {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut failed: HashSet<String> = HashSet::new();
+    while let Some((topic, acquire, done)) = ops.recv().await {
+        let count = counts.entry(topic.clone()).or_default();
+        if acquire {
+            *count += 1;
+            if *count == 1 || failed.contains(&topic) {
+                match transport.subscribe(&topic).await {
+                    Ok(()) => {
+                        failed.remove(&topic);
+                    }
+                    Err(error) => {
+                        // The transport resubscribes known topics when it is back; keep count.
+                        tracing::warn!(%error, topic, "Subscribing to a bus topic failed.");
+                        failed.insert(topic.clone());
+                    }
+                }
+            }
+        } else {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&topic);
+                failed.remove(&topic);
+                if let Err(error) = transport.unsubscribe(&topic).await
+                    && error.code() != Some(ErrorCode::UNAVAILABLE)
+                {
+                    tracing::warn!(%error, topic, "Unsubscribing from a bus topic failed.");
+                }
+            }
+        }
+        let _ = done.send(());
+    }
+}
+
+/// The local presence state, as sent to a newcomer: app -> channel -> user -> info.
+pub fn presence_state(members: Vec<(String, String, String, Value)>) -> Value {
+    let mut state = serde_json::Map::new();
+    for (app, channel, user, info) in members {
+        let channels = state.entry(app).or_insert_with(|| json!({}));
+        let users = channels.as_object_mut().expect("object").entry(channel).or_insert_with(|| json!({}));
+        users.as_object_mut().expect("object").insert(user, info);
+    }
+    Value::Object(state)
+}
