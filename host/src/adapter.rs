@@ -58,12 +58,21 @@ impl Adapter {
     ) -> Result<Subscribed, ChannelFull> {
         let topic = cluster::channel_topic(app_id, channel);
         self.cluster.acquire(topic.clone()).await;
-        let remote = if join.is_some() { self.cluster.remote_members(app_id, channel) } else { Default::default() };
+        let remote = if join.is_some() {
+            self.cluster.remote_members(app_id, channel)
+        } else {
+            Default::default()
+        };
         let member = join.as_ref().map(|j| (j.user_id.clone(), j.user_info.clone()));
         let subscribed = self.hub.subscribe(app_id, channel, conn, join, |local| {
             let local: Vec<(&str, &Value)> = local.collect();
             let ids: HashSet<&str> = local.iter().map(|(id, _)| *id).collect();
-            let mut all = local.iter().copied().chain(remote.iter().map(|(id, info)| (id.as_str(), info)).filter(|(id, _)| !ids.contains(id)));
+            let mut all = local.iter().copied().chain(
+                remote
+                    .iter()
+                    .map(|(id, info)| (id.as_str(), info))
+                    .filter(|(id, _)| !ids.contains(id)),
+            );
             ack(&mut all)
         });
         match subscribed {
@@ -76,10 +85,16 @@ impl Adapter {
                     self.cluster.release(topic);
                 }
                 if let (true, Some((user_id, info))) = (outcome.first_for_user, member) {
-                    outcome.first_for_user = !self.cluster.present_elsewhere(app_id, channel, &user_id);
+                    outcome.first_for_user =
+                        !self.cluster.present_elsewhere(app_id, channel, &user_id);
                     self.cluster.send_control(
                         cluster::CONTROL,
-                        Control::Presence { app: app_id.into(), channel: channel.into(), user_id, info: Some(info) },
+                        Control::Presence {
+                            app: app_id.into(),
+                            channel: channel.into(),
+                            user_id,
+                            info: Some(info),
+                        },
                     );
                 }
                 Ok(outcome)
@@ -89,7 +104,13 @@ impl Adapter {
 
     /// Unsubscribe a local connection. In the outcome, `removed_user` is a user who has left
     /// the channel cluster-wide.
-    pub fn unsubscribe(&self, app_id: &str, channel: &str, socket_id: &str, user_id: Option<&str>) -> Unsubscribed {
+    pub fn unsubscribe(
+        &self,
+        app_id: &str,
+        channel: &str,
+        socket_id: &str,
+        user_id: Option<&str>,
+    ) -> Unsubscribed {
         let mut outcome = self.hub.unsubscribe(app_id, channel, socket_id, user_id);
         if outcome.was_subscribed {
             self.cluster.release(cluster::channel_topic(app_id, channel));
@@ -97,7 +118,12 @@ impl Adapter {
         if let Some(user) = outcome.removed_user.take() {
             self.cluster.send_control(
                 cluster::CONTROL,
-                Control::Presence { app: app_id.into(), channel: channel.into(), user_id: user.clone(), info: None },
+                Control::Presence {
+                    app: app_id.into(),
+                    channel: channel.into(),
+                    user_id: user.clone(),
+                    info: None,
+                },
             );
             if !self.cluster.present_elsewhere(app_id, channel, &user) {
                 outcome.removed_user = Some(user);
@@ -107,7 +133,13 @@ impl Adapter {
     }
 
     /// Deliver `frame` to the channel's subscribers on every node except socket `except`.
-    pub fn broadcast(&self, app_id: &str, channel: &str, frame: &Utf8Bytes, except: Option<&str>) -> usize {
+    pub fn broadcast(
+        &self,
+        app_id: &str,
+        channel: &str,
+        frame: &Utf8Bytes,
+        except: Option<&str>,
+    ) -> usize {
         let sent = self.hub.broadcast(app_id, channel, frame, except);
         self.cluster.publish_broadcast(app_id, channel, frame.as_bytes(), except);
         sent
@@ -149,7 +181,9 @@ impl Adapter {
     pub async fn user_ids(&self, app_id: &str, channel: &str) -> Vec<String> {
         let mut users: Vec<String> = self.hub.user_ids(app_id, channel);
         let known: HashSet<String> = users.iter().cloned().collect();
-        users.extend(self.cluster.remote_members(app_id, channel).into_keys().filter(|u| !known.contains(u)));
+        users.extend(
+            self.cluster.remote_members(app_id, channel).into_keys().filter(|u| !known.contains(u)),
+        );
         users.sort();
         users
     }
@@ -157,7 +191,11 @@ impl Adapter {
     /// Deliver `frame` to every connection signed in as `user_id`, on every node.
     pub fn send_to_user(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) -> usize {
         if self.cluster.has_peers() {
-            let control = Control::ToUser { app: app_id.into(), user_id: user_id.into(), frame: frame.as_str().into() };
+            let control = Control::ToUser {
+                app: app_id.into(),
+                user_id: user_id.into(),
+                frame: frame.as_str().into(),
+            };
             self.cluster.send_control(cluster::CONTROL, control);
         }
         self.hub.send_to_user(app_id, user_id, frame)
@@ -210,13 +248,18 @@ impl Adapter {
             }
             "channels" => {
                 let prefix = query["prefix"].as_str().unwrap_or_default();
-                let channels: Vec<Value> =
-                    self.hub.channels(app, prefix).into_iter().map(|(name, subs, _)| json!([name, subs])).collect();
+                let channels: Vec<Value> = self
+                    .hub
+                    .channels(app, prefix)
+                    .into_iter()
+                    .map(|(name, subs, _)| json!([name, subs]))
+                    .collect();
                 json!({ "channels": channels })
             }
             "terminate" => {
                 let user = query["user"].as_str().unwrap_or_default();
-                let code = query["code"].as_u64().and_then(|c| u16::try_from(c).ok()).unwrap_or(4009);
+                let code =
+                    query["code"].as_u64().and_then(|c| u16::try_from(c).ok()).unwrap_or(4009);
                 let conns = self.hub.user_connections(app, user);
                 for conn in &conns {
                     conn.close(code);
@@ -224,8 +267,12 @@ impl Adapter {
                 json!({ "closed": conns.len() })
             }
             "online" => {
-                let ids: Vec<String> =
-                    query["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
+                let ids: Vec<String> = query["ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect();
                 json!({ "online": self.hub.online(app, &ids) })
             }
             other => json!({ "error": format!("unknown request kind {other:?}") }),

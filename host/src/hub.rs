@@ -437,8 +437,13 @@ impl Hub {
 
     /// Every presence member on this node: (app, channel, user, info).
     pub fn presence_members(&self) -> Vec<(String, String, String, Value)> {
-        let apps: Vec<(String, Arc<AppHub>)> =
-            self.apps.read().expect("hub lock").iter().map(|(id, app)| (id.clone(), app.clone())).collect();
+        let apps: Vec<(String, Arc<AppHub>)> = self
+            .apps
+            .read()
+            .expect("hub lock")
+            .iter()
+            .map(|(id, app)| (id.clone(), app.clone()))
+            .collect();
         let mut out = Vec::new();
         for (app_id, app) in apps {
             for (name, channel) in app.channels.read().expect("hub lock").iter() {

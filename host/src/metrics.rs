@@ -48,6 +48,8 @@ pub struct Metrics {
     pub webhook_retries: Counter,
     /// Webhooks given up (after the last attempt, or lost before queueing).
     pub webhooks_failed: Counter,
+    /// Nodes in the cluster, this one included.
+    pub cluster_nodes: Gauge,
     /// Broadcasts received from other nodes.
     pub bus_broadcasts_received: Counter,
     /// Bus messages this node could not read.
@@ -83,6 +85,7 @@ impl Metrics {
             webhooks_sent: Counter::default(),
             webhook_retries: Counter::default(),
             webhooks_failed: Counter::default(),
+            cluster_nodes: Gauge::default(),
             bus_broadcasts_received: Counter::default(),
             bus_refused: Counter::default(),
             dead_nodes: Counter::default(),
@@ -165,8 +168,17 @@ impl Metrics {
             "Broadcasts received from other nodes",
             metrics.bus_broadcasts_received.clone(),
         );
-        registry.register("bus_refused", "Bus messages this node could not read", metrics.bus_refused.clone());
+        registry.register(
+            "bus_refused",
+            "Bus messages this node could not read",
+            metrics.bus_refused.clone(),
+        );
         registry.register("dead_nodes", "Nodes found dead", metrics.dead_nodes.clone());
+        registry.register(
+            "cluster_nodes",
+            "Nodes in the cluster, this one included",
+            metrics.cluster_nodes.clone(),
+        );
         registry.register(
             "rate_limit_triggered",
             "Requests and events refused by a rate limit",
@@ -182,6 +194,7 @@ impl Metrics {
             "Counters reported by plugins (reconnects, drops, ...)",
             metrics.plugin_counters.clone(),
         );
+        metrics.cluster_nodes.set(1);
         Self { registry, ..metrics }
     }
 

@@ -100,6 +100,7 @@ pub fn sha256_of(path: &Path) -> String {
 }
 
 pub mod backends;
+pub mod cluster;
 pub mod pusher;
 pub mod server;
 pub mod webhook;

@@ -128,6 +128,17 @@ impl Client {
         }
     }
 
+    /// The next message, whatever it is.
+    ///
+    /// # Panics
+    /// If the connection closes or nothing comes in time.
+    pub async fn expect_any(&mut self) -> Value {
+        match self.next().await {
+            Received::Event(message) => message,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
     /// The next `pusher:error`'s code, which must come next.
     ///
     /// # Panics

@@ -215,6 +215,54 @@ impl Server {
             .unwrap()
     }
 
+    /// The value of a metric without labels (0 if absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Wait until metric `name` satisfies `check`.
+    ///
+    /// # Panics
+    /// If it does not within the deadline.
+    pub async fn wait_for_metric(&self, name: &str, check: impl Fn(f64) -> bool) {
+        let deadline = tokio::time::Instant::now() + crate::pusher::PATIENCE;
+        loop {
+            let value = self.metric(name).await;
+            if check(value) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} stayed at {value}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The value of a metric line that starts with `prefix` (a name with its labels).
+    pub async fn labelled_metric(&self, prefix: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Kill it with SIGKILL: no goodbye, no cleanup.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// The config file's path.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("sockhost.toml")

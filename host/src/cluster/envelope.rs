@@ -168,7 +168,8 @@ impl Envelope {
                 }
             }
             CONTROL => Body::Control(
-                serde_json::from_slice(reader.0).map_err(|_| DecodeError::Malformed("control body"))?,
+                serde_json::from_slice(reader.0)
+                    .map_err(|_| DecodeError::Malformed("control body"))?,
             ),
             _ => return Err(DecodeError::Malformed("unknown kind")),
         };
@@ -198,7 +199,8 @@ impl Reader<'_> {
 
     fn string(&mut self) -> Result<String, DecodeError> {
         let len = u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes"));
-        let bytes = self.take(usize::try_from(len).map_err(|_| DecodeError::Malformed("length"))?)?;
+        let bytes =
+            self.take(usize::try_from(len).map_err(|_| DecodeError::Malformed("length"))?)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::Malformed("text is not UTF-8"))
     }
 }
@@ -223,13 +225,21 @@ mod tests {
             Envelope {
                 node: u64::MAX,
                 seq: 0,
-                body: Body::Broadcast { app: String::new(), channel: "c".into(), except: None, frame: Vec::new() },
+                body: Body::Broadcast {
+                    app: String::new(),
+                    channel: "c".into(),
+                    except: None,
+                    frame: Vec::new(),
+                },
             },
             Envelope { node: 1, seq: 2, body: Body::Control(Control::Hello { reply: true }) },
             Envelope {
                 node: 1,
                 seq: 3,
-                body: Body::Control(Control::Request { id: 9, query: serde_json::json!({"kind": "x"}) }),
+                body: Body::Control(Control::Request {
+                    id: 9,
+                    query: serde_json::json!({"kind": "x"}),
+                }),
             },
         ];
         for envelope in cases {
@@ -239,14 +249,20 @@ mod tests {
 
     #[test]
     fn unreadable_envelopes_are_refused() {
-        let mut bytes = Envelope { node: 1, seq: 1, body: Body::Control(Control::Heartbeat) }.encode();
+        let mut bytes =
+            Envelope { node: 1, seq: 1, body: Body::Control(Control::Heartbeat) }.encode();
         bytes[0] = 2;
         assert_eq!(Envelope::decode(&bytes), Err(DecodeError::Version(2)));
         assert!(matches!(Envelope::decode(&[1, 1, 0]), Err(DecodeError::Malformed(_))));
         let broadcast = Envelope {
             node: 1,
             seq: 1,
-            body: Body::Broadcast { app: "a".into(), channel: "c".into(), except: None, frame: vec![1] },
+            body: Body::Broadcast {
+                app: "a".into(),
+                channel: "c".into(),
+                except: None,
+                frame: vec![1],
+            },
         }
         .encode();
         assert!(matches!(Envelope::decode(&broadcast[..20]), Err(DecodeError::Malformed(_))));

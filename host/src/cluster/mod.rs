@@ -123,7 +123,8 @@ impl Cluster {
     }
 
     fn envelope(&self, body: Body) -> Vec<u8> {
-        Envelope { node: self.node_id, seq: self.seq.fetch_add(1, Ordering::Relaxed), body }.encode()
+        Envelope { node: self.node_id, seq: self.seq.fetch_add(1, Ordering::Relaxed), body }
+            .encode()
     }
 
     /// Whether another live node is known.
@@ -181,21 +182,26 @@ impl Cluster {
             except: except.map(str::to_string),
             frame: frame.to_vec(),
         };
-        if let Err(error) = self.transport.try_publish(&channel_topic(app, channel), self.envelope(body)) {
+        if let Err(error) =
+            self.transport.try_publish(&channel_topic(app, channel), self.envelope(body))
+        {
             tracing::warn!(%error, channel, "A broadcast could not be published to the other nodes.");
         }
     }
 
     /// Send a control message to `topic` (enqueued in order with broadcasts).
     pub fn send_control(&self, topic: &str, control: Control) {
-        if let Err(error) = self.transport.try_publish(topic, self.envelope(Body::Control(control))) {
+        if let Err(error) = self.transport.try_publish(topic, self.envelope(Body::Control(control)))
+        {
             tracing::warn!(%error, topic, "A control message could not be published.");
         }
     }
 
     /// Send a control message and wait for the transport to take it.
     pub async fn send_control_awaited(&self, topic: &str, control: Control) {
-        if let Err(error) = self.transport.publish(topic, self.envelope(Body::Control(control))).await {
+        if let Err(error) =
+            self.transport.publish(topic, self.envelope(Body::Control(control))).await
+        {
             tracing::warn!(%error, topic, "A control message could not be published.");
         }
     }
@@ -226,7 +232,8 @@ impl Cluster {
         self.pending.lock().expect("cluster lock").insert(id, tx);
         self.send_control(CONTROL, Control::Request { id, query });
         let wait = if fast {
-            Duration::from_millis(50 * u64::try_from(expected).unwrap_or(u64::MAX)).min(self.settings.requests_timeout)
+            Duration::from_millis(50 * u64::try_from(expected).unwrap_or(u64::MAX))
+                .min(self.settings.requests_timeout)
         } else {
             self.settings.requests_timeout
         };
@@ -241,7 +248,11 @@ impl Cluster {
         self.pending.lock().expect("cluster lock").remove(&id);
         let complete = answers.len() >= expected;
         if !complete {
-            tracing::warn!(expected, answered = answers.len(), "A cluster request timed out; the answer is partial.");
+            tracing::warn!(
+                expected,
+                answered = answers.len(),
+                "A cluster request timed out; the answer is partial."
+            );
         }
         Answers { answers, complete }
     }
@@ -254,7 +265,15 @@ impl Cluster {
     }
 
     /// Apply a presence change from `node` (ignored if its full state already covers it).
-    pub fn apply_presence(&self, node: u64, seq: u64, app: String, channel: String, user: String, info: Option<Value>) {
+    pub fn apply_presence(
+        &self,
+        node: u64,
+        seq: u64,
+        app: String,
+        channel: String,
+        user: String,
+        info: Option<Value>,
+    ) {
         let mut presence = self.presence.lock().expect("cluster lock");
         let entry = presence.entry(node).or_default();
         if seq <= entry.snapshot_seq {
@@ -276,13 +295,43 @@ impl Cluster {
         let mut members: HashMap<(String, String), HashMap<String, Value>> = HashMap::new();
         for (app, channels) in state.as_object().into_iter().flatten() {
             for (channel, users) in channels.as_object().into_iter().flatten() {
-                let users: HashMap<String, Value> =
-                    users.as_object().into_iter().flatten().map(|(u, i)| (u.clone(), i.clone())).collect();
+                let users: HashMap<String, Value> = users
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(u, i)| (u.clone(), i.clone()))
+                    .collect();
                 members.insert((app.clone(), channel.clone()), users);
             }
         }
         let mut presence = self.presence.lock().expect("cluster lock");
         presence.insert(node, NodePresence { snapshot_seq: seq, members });
+    }
+
+    /// The members a full state from `node` touches: those it held before (info `None`) and
+    /// those in `state` (with their info), as (app, channel, user, info).
+    pub fn members_of(
+        &self,
+        node: u64,
+        state: &Value,
+    ) -> Vec<(String, String, String, Option<Value>)> {
+        let mut out = Vec::new();
+        if let Some(old) = self.presence.lock().expect("cluster lock").get(&node) {
+            for ((app, channel), users) in &old.members {
+                for user in users.keys() {
+                    out.push((app.clone(), channel.clone(), user.clone(), None));
+                }
+            }
+        }
+        for (app, channels) in state.as_object().into_iter().flatten() {
+            for (channel, users) in channels.as_object().into_iter().flatten() {
+                for (user, info) in users.as_object().into_iter().flatten() {
+                    out.retain(|(a, c, u, _)| !(a == app && c == channel && u == user));
+                    out.push((app.clone(), channel.clone(), user.clone(), Some(info.clone())));
+                }
+            }
+        }
+        out
     }
 
     /// Members of a presence channel on the other nodes: user -> info.
@@ -303,7 +352,11 @@ impl Cluster {
     /// Whether `user` is a member of the channel on another node.
     pub fn present_elsewhere(&self, app: &str, channel: &str, user: &str) -> bool {
         let key = (app.to_string(), channel.to_string());
-        self.presence.lock().expect("cluster lock").values().any(|n| n.members.get(&key).is_some_and(|u| u.contains_key(user)))
+        self.presence
+            .lock()
+            .expect("cluster lock")
+            .values()
+            .any(|n| n.members.get(&key).is_some_and(|u| u.contains_key(user)))
     }
 }
 
@@ -349,7 +402,8 @@ pub fn presence_state(members: Vec<(String, String, String, Value)>) -> Value {
     let mut state = serde_json::Map::new();
     for (app, channel, user, info) in members {
         let channels = state.entry(app).or_insert_with(|| json!({}));
-        let users = channels.as_object_mut().expect("object").entry(channel).or_insert_with(|| json!({}));
+        let users =
+            channels.as_object_mut().expect("object").entry(channel).or_insert_with(|| json!({}));
         users.as_object_mut().expect("object").insert(user, info);
     }
     Value::Object(state)

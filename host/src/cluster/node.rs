@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::{
@@ -63,14 +63,24 @@ async fn incoming(ctx: Arc<Ctx>, mut inbox: mpsc::Receiver<Incoming>) {
                 ctx.metrics.bus_broadcasts_received.inc();
                 match String::from_utf8(frame) {
                     Ok(text) => {
-                        ctx.adapter.hub().broadcast(&app, &channel, &Utf8Bytes::from(text), except.as_deref());
+                        ctx.adapter.hub().broadcast(
+                            &app,
+                            &channel,
+                            &Utf8Bytes::from(text),
+                            except.as_deref(),
+                        );
                     }
-                    Err(_) => tracing::warn!(channel, "Refused a broadcast whose frame is not UTF-8."),
+                    Err(_) => {
+                        tracing::warn!(channel, "Refused a broadcast whose frame is not UTF-8.")
+                    }
                 }
             }
             Body::Control(control) => {
                 let node = envelope.node;
                 let new = !matches!(control, Control::Goodbye) && cluster.saw(node);
+                if new {
+                    count_nodes(&ctx);
+                }
                 match control {
                     Control::Hello { reply } => {
                         if new || reply {
@@ -98,9 +108,30 @@ async fn incoming(ctx: Arc<Ctx>, mut inbox: mpsc::Receiver<Incoming>) {
                         if new {
                             welcome(&ctx, node);
                         }
-                        cluster.apply_presence(node, envelope.seq, app, channel, user_id, info);
+                        let before = present(&ctx, &app, &channel, &user_id);
+                        cluster.apply_presence(
+                            node,
+                            envelope.seq,
+                            app.clone(),
+                            channel.clone(),
+                            user_id.clone(),
+                            info.clone(),
+                        );
+                        if before != present(&ctx, &app, &channel, &user_id) {
+                            member_event(&ctx, &app, &channel, &user_id, info.as_ref(), None);
+                        }
                     }
-                    Control::PresenceSync { state } => cluster.apply_presence_sync(node, envelope.seq, &state),
+                    Control::PresenceSync { state } => {
+                        let touched = cluster.members_of(node, &state);
+                        let before: Vec<bool> =
+                            touched.iter().map(|(a, c, u, _)| present(&ctx, a, c, u)).collect();
+                        cluster.apply_presence_sync(node, envelope.seq, &state);
+                        for ((app, channel, user, info), was) in touched.iter().zip(before) {
+                            if was != present(&ctx, app, channel, user) {
+                                member_event(&ctx, app, channel, user, info.as_ref(), None);
+                            }
+                        }
+                    }
                     Control::ToUser { app, user_id, frame } => {
                         ctx.adapter.hub().send_to_user(&app, &user_id, &Utf8Bytes::from(frame));
                     }
@@ -110,22 +141,50 @@ async fn incoming(ctx: Arc<Ctx>, mut inbox: mpsc::Receiver<Incoming>) {
     }
 }
 
-/// Forget `node`: users that were only there leave their channels. Every node tells its own
-/// subscribers; only the cleanup leader sends the webhooks, so they go out once.
+/// A user appeared in (`info` given) or left a presence channel, as this node sees the
+/// cluster. Every node tells its own subscribers when its view changes, so each subscriber
+/// hears it once, whichever node saw the change first; only the cleanup leader sends the
+/// webhook, so it goes out once.
+pub fn member_event(
+    ctx: &Arc<Ctx>,
+    app_id: &str,
+    channel: &str,
+    user: &str,
+    info: Option<&Value>,
+    except: Option<&str>,
+) {
+    let (frame, kind) = match info {
+        Some(info) => (frames::member_added(channel, user, info), "member_added"),
+        None => (frames::member_removed(channel, user), "member_removed"),
+    };
+    ctx.adapter.hub().broadcast(app_id, channel, &Utf8Bytes::from(frame), except);
+    if ctx.adapter.cluster().is_leader()
+        && let Some(app) = ctx.apps.by_id(app_id)
+    {
+        ctx.webhooks.emit(ctx, app, json!({ "name": kind, "channel": channel, "user_id": user }));
+    }
+}
+
+/// Whether `user` is in the channel anywhere, as this node sees it.
+fn present(ctx: &Ctx, app_id: &str, channel: &str, user: &str) -> bool {
+    ctx.adapter.hub().has_member(app_id, channel, user)
+        || ctx.adapter.cluster().present_elsewhere(app_id, channel, user)
+}
+
+/// Forget `node`: users that were only there leave their channels.
 fn members_gone(ctx: &Arc<Ctx>, node: u64) {
-    let cluster = ctx.adapter.cluster();
-    let gone = cluster.forget(node);
-    let leader = cluster.is_leader();
+    let gone = ctx.adapter.cluster().forget(node);
+    count_nodes(ctx);
     for (app_id, channel, user) in gone {
-        if ctx.adapter.hub().has_member(&app_id, &channel, &user) || cluster.present_elsewhere(&app_id, &channel, &user) {
-            continue;
-        }
-        let frame = Utf8Bytes::from(frames::member_removed(&channel, &user));
-        ctx.adapter.hub().broadcast(&app_id, &channel, &frame, None);
-        if leader && let Some(app) = ctx.apps.by_id(&app_id) {
-            ctx.webhooks.emit(ctx, app, json!({ "name": "member_removed", "channel": channel, "user_id": user }));
+        if !present(ctx, &app_id, &channel, &user) {
+            member_event(ctx, &app_id, &channel, &user, None, None);
         }
     }
+}
+
+fn count_nodes(ctx: &Ctx) {
+    let peers = ctx.adapter.cluster().peers().len();
+    ctx.metrics.cluster_nodes.set(i64::try_from(peers + 1).unwrap_or(i64::MAX));
 }
 
 /// Heartbeats, and dead-node cleanup.

@@ -104,7 +104,12 @@ pub struct DriverSection {
 
 impl DriverSection {
     fn named(driver: &str) -> Self {
-        Self { driver: driver.into(), enabled: None, requests_timeout_ms: None, tables: BTreeMap::new() }
+        Self {
+            driver: driver.into(),
+            enabled: None,
+            requests_timeout_ms: None,
+            tables: BTreeMap::new(),
+        }
     }
 }
 
@@ -240,7 +245,12 @@ pub struct ClusterHealthConfig {
 
 impl Default for ClusterHealthConfig {
     fn default() -> Self {
-        Self { enabled: true, heartbeat_interval_ms: 10_000, node_timeout_ms: 30_000, cleanup_interval_ms: 10_000 }
+        Self {
+            enabled: true,
+            heartbeat_interval_ms: 10_000,
+            node_timeout_ms: 30_000,
+            cleanup_interval_ms: 10_000,
+        }
     }
 }
 

@@ -353,15 +353,21 @@ impl Settings {
             user_authentication_timeout: Duration::from_secs(config.user_authentication_timeout),
             cache_ttl: Duration::from_secs(config.channel_limits.cache_ttl),
             cluster: crate::cluster::ClusterSettings {
-                heartbeat_interval: Duration::from_millis(config.cluster_health.heartbeat_interval_ms.max(1)),
+                heartbeat_interval: Duration::from_millis(
+                    config.cluster_health.heartbeat_interval_ms.max(1),
+                ),
                 // Disabled health means nodes are never expired.
                 node_timeout: if config.cluster_health.enabled {
                     Duration::from_millis(config.cluster_health.node_timeout_ms)
                 } else {
                     Duration::MAX
                 },
-                cleanup_interval: Duration::from_millis(config.cluster_health.cleanup_interval_ms.max(1)),
-                requests_timeout: Duration::from_millis(config.adapter.requests_timeout_ms.unwrap_or(5000)),
+                cleanup_interval: Duration::from_millis(
+                    config.cluster_health.cleanup_interval_ms.max(1),
+                ),
+                requests_timeout: Duration::from_millis(
+                    config.adapter.requests_timeout_ms.unwrap_or(5000),
+                ),
             },
             webhooks: WebhookSettings {
                 max_attempts: config.webhooks.max_attempts,

@@ -177,7 +177,11 @@ impl Drivers {
             }
         };
         Ok(Self {
-            transport: Arc::new(Transport(Named::new(DriverKind::TRANSPORT, &selection.transport.name, transport))),
+            transport: Arc::new(Transport(Named::new(
+                DriverKind::TRANSPORT,
+                &selection.transport.name,
+                transport,
+            ))),
             inbox: Some(inbox),
             cache: Cache(Named::new(DriverKind::CACHE, &selection.cache.name, cache)),
             queue: Queue(Named::new(DriverKind::QUEUE, &selection.queue.name, queue)),

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use crate::{
     apps::App,
+    cluster::node,
     hub::{Conn, Join},
     protocol::{
         channel::{self, ChannelKind},
@@ -123,14 +124,17 @@ impl Session {
         let user_id = join.as_ref().map(|j| j.user_id.clone());
         let member = join.as_ref().map(|j| (j.user_id.clone(), j.user_info.clone()));
         let presence = kind == ChannelKind::Presence;
-        let subscribed =
-            self.ctx.adapter.subscribe(&self.app.id, name, &self.conn, join, |members| {
+        let subscribed = self
+            .ctx
+            .adapter
+            .subscribe(&self.app.id, name, &self.conn, join, |members| {
                 if presence {
                     frames::presence_subscription_succeeded(name, members).into()
                 } else {
                     frames::subscription_succeeded(name).into()
                 }
-            }).await;
+            })
+            .await;
         match subscribed {
             Err(full) => self.subscription_error(name, "LimitReached", &full.to_string(), 403),
             Ok(outcome) => {
@@ -142,15 +146,14 @@ impl Session {
                     self.ctx.webhooks.occupied(&self.ctx, &self.app, name);
                 }
                 if let (true, Some((user_id, user_info))) = (outcome.first_for_user, member) {
-                    let frame = Utf8Bytes::from(frames::member_added(name, &user_id, &user_info));
-                    self.ctx.adapter.broadcast(
+                    let except = Some(&*self.conn.socket_id);
+                    node::member_event(
+                        &self.ctx,
                         &self.app.id,
                         name,
-                        &frame,
-                        Some(&self.conn.socket_id),
-                    );
-                    self.webhook(
-                        json!({ "name": "member_added", "channel": name, "user_id": user_id }),
+                        &user_id,
+                        Some(&user_info),
+                        except,
                     );
                 }
                 if channel::is_cache(name) {
@@ -236,9 +239,7 @@ impl Session {
             self.ctx.metrics.subscriptions.dec();
         }
         if let Some(user_id) = outcome.removed_user {
-            let frame = Utf8Bytes::from(frames::member_removed(name, &user_id));
-            self.ctx.adapter.broadcast(&self.app.id, name, &frame, None);
-            self.webhook(json!({ "name": "member_removed", "channel": name, "user_id": user_id }));
+            node::member_event(&self.ctx, &self.app.id, name, &user_id, None, None);
         }
         if outcome.vacated {
             self.ctx.webhooks.vacated(&self.ctx, &self.app, name);

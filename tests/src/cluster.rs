@@ -1,0 +1,251 @@
+//! Several real `sockhost` processes over one real backend.
+
+use crate::server::Server;
+
+/// The transports multi-node scenarios run over.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    /// The `[adapter]` table that points a node at the backend.
+    pub adapter: String,
+}
+
+impl Bus {
+    /// Redis at `url`, channels under `prefix`.
+    pub fn redis(url: &str, prefix: &str) -> Self {
+        Self {
+            adapter: format!(
+                "[adapter]\ndriver = \"redis\"\n[adapter.redis]\nurl = \"{url}\"\nprefix = \"{prefix}\"\n"
+            ),
+        }
+    }
+}
+
+/// Cluster timing short enough for tests: heartbeats every 100 ms, a node dead after 600 ms.
+pub const FAST_HEALTH: &str = "[cluster_health]\nheartbeat_interval_ms = 100\nnode_timeout_ms = 600\ncleanup_interval_ms = 100\n";
+
+/// Start one node on `bus`, with `extra` config.
+pub fn node(bus: &Bus, extra: &str) -> Server {
+    Server::builder().config(&format!("{extra}\n{FAST_HEALTH}{}", bus.adapter)).start()
+}
+
+/// Start `count` nodes on `bus` and wait until each sees all of them.
+pub async fn nodes(bus: &Bus, count: usize, extra: &str) -> Vec<Server> {
+    let servers: Vec<Server> = (0..count).map(|_| node(bus, extra)).collect();
+    for server in &servers {
+        server.wait_for_metric("sockhost_cluster_nodes", |n| n as usize == count).await;
+    }
+    servers
+}
+
+/// The multi-node scenarios, written once; each transport's test file runs all of them.
+pub mod scenarios {
+    use serde_json::json;
+
+    use super::{Bus, node, nodes};
+    use crate::pusher::{Api, Client, TestApp};
+
+    /// A trigger through one node reaches subscribers on the others; client events cross too,
+    /// never echoed; an excluded socket on another node is skipped.
+    pub async fn delivers_across_nodes(bus: Bus) {
+        let servers = nodes(&bus, 3, "").await;
+        let app = TestApp::main();
+        let mut on_a = Client::connect(&servers[0].ws_url(&app.key)).await;
+        let mut on_c = Client::connect(&servers[2].ws_url(&app.key)).await;
+        on_a.subscribe(&app, "private-x").await;
+        on_c.subscribe(&app, "private-x").await;
+        let api_b = Api::new(&servers[1].http_url(), &app);
+
+        assert_eq!(api_b.trigger(&["private-x"], "news", "from b").await.0, 200);
+        assert_eq!(on_a.expect("news").await["data"], "from b");
+        assert_eq!(on_c.expect("news").await["data"], "from b");
+
+        let body = json!({ "name": "skip", "data": "d", "channel": "private-x", "socket_id": on_a.socket_id });
+        assert_eq!(api_b.post("/events", &body).await.0, 200);
+        assert_eq!(on_c.expect("skip").await["event"], "skip");
+        api_b.trigger(&["private-x"], "marker", "m").await;
+        assert_eq!(
+            on_a.expect("marker").await["event"],
+            "marker",
+            "the excluded socket got the event"
+        );
+        on_c.expect("marker").await;
+
+        on_c.send(json!({ "event": "client-hi", "channel": "private-x", "data": { "from": "c" } }))
+            .await;
+        assert_eq!(on_a.expect("client-hi").await["data"], json!({ "from": "c" }));
+        on_c.send(json!({ "event": "pusher:ping" })).await;
+        on_c.expect("pusher:pong").await;
+    }
+
+    /// Counts and members are the cluster's, and member events happen once per user.
+    pub async fn presence_and_counts_are_cluster_wide(bus: Bus) {
+        let servers = nodes(&bus, 3, "").await;
+        let app = TestApp::main();
+        let channel = "presence-cluster";
+        let mut observer = Client::connect(&servers[1].ws_url(&app.key)).await;
+        observer.join(&app, channel, "observer", json!({})).await;
+
+        let mut u1_a = Client::connect(&servers[0].ws_url(&app.key)).await;
+        let members = u1_a.join(&app, channel, "u1", json!({ "n": 1 })).await;
+        assert_eq!(members["presence"]["count"], 2, "{members}");
+        assert_eq!(members["presence"]["hash"]["observer"], json!({}));
+        let added = observer.expect("pusher_internal:member_added").await;
+        assert!(added["data"].as_str().unwrap().contains("\"u1\""), "{added}");
+
+        // u1 again, on another node: no second member_added.
+        let mut u1_c = Client::connect(&servers[2].ws_url(&app.key)).await;
+        u1_c.join(&app, channel, "u1", json!({ "n": 1 })).await;
+        let api = Api::new(&servers[1].http_url(), &app);
+        api.trigger(&[channel], "marker", "m").await;
+        assert_eq!(
+            observer.expect("marker").await["event"],
+            "marker",
+            "a second member_added arrived"
+        );
+
+        let (_, users) = api.get(&format!("/channels/{channel}/users"), &[]).await;
+        assert_eq!(users, json!({ "users": [{ "id": "observer" }, { "id": "u1" }] }));
+        let (_, info) = api
+            .get(&format!("/channels/{channel}"), &[("info", "user_count,subscription_count")])
+            .await;
+        assert_eq!(info, json!({ "occupied": true, "user_count": 2, "subscription_count": 3 }));
+        let (_, list) = Api::new(&servers[2].http_url(), &app)
+            .get("/channels", &[("filter_by_prefix", "presence-"), ("info", "user_count")])
+            .await;
+        assert_eq!(list, json!({ "channels": { channel: { "user_count": 2 } } }));
+
+        // u1 leaves one node: still present. Leaves the other: gone, once.
+        u1_a.close().await;
+        api.trigger(&[channel], "marker", "m2").await;
+        assert_eq!(
+            observer.expect("marker").await["data"],
+            "m2",
+            "u1 was removed while still on a node"
+        );
+        u1_c.close().await;
+        let removed = observer.expect("pusher_internal:member_removed").await;
+        assert!(removed["data"].as_str().unwrap().contains("\"u1\""), "{removed}");
+    }
+
+    /// Terminating a user closes their connections on every node.
+    pub async fn terminate_reaches_every_node(bus: Bus) {
+        let servers = nodes(&bus, 2, "").await;
+        let app = TestApp::main();
+        let mut clients = Vec::new();
+        for server in &servers {
+            let mut client = Client::connect(&server.ws_url(&app.key)).await;
+            let user_data = json!({ "id": "zed" }).to_string();
+            let auth = app.user_auth(&client.socket_id, &user_data);
+            client.send(json!({ "event": "pusher:signin", "data": { "auth": auth, "user_data": user_data } })).await;
+            client.expect("pusher:signin_success").await;
+            clients.push(client);
+        }
+        let api = Api::new(&servers[0].http_url(), &app);
+        assert_eq!(api.trigger(&["#server-to-user-zed"], "dm", "hi").await.0, 200);
+        for client in &mut clients {
+            assert_eq!(client.expect("dm").await["data"], "hi");
+        }
+        assert_eq!(api.post("/users/zed/terminate_connections", &json!({})).await.0, 200);
+        for client in &mut clients {
+            assert_eq!(client.expect_close().await.0, 4009);
+        }
+    }
+
+    /// A node started later gets the presence state of the others.
+    pub async fn a_late_node_gets_the_presence_state(bus: Bus) {
+        let servers = nodes(&bus, 2, "").await;
+        let app = TestApp::main();
+        let channel = "presence-late";
+        let mut a = Client::connect(&servers[0].ws_url(&app.key)).await;
+        a.join(&app, channel, "early-a", json!({ "who": "a" })).await;
+        let mut b = Client::connect(&servers[1].ws_url(&app.key)).await;
+        b.join(&app, channel, "early-b", json!({ "who": "b" })).await;
+
+        let late = node(&bus, "");
+        late.wait_for_metric("sockhost_cluster_nodes", |n| n as usize == 3).await;
+        let api = Api::new(&late.http_url(), &app);
+        let deadline = tokio::time::Instant::now() + crate::pusher::PATIENCE;
+        loop {
+            let (_, users) = api.get(&format!("/channels/{channel}/users"), &[]).await;
+            if users == json!({ "users": [{ "id": "early-a" }, { "id": "early-b" }] }) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the late node never got the state: {users}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let mut c = Client::connect(&late.ws_url(&app.key)).await;
+        let members = c.join(&app, channel, "late", json!({})).await;
+        assert_eq!(members["presence"]["count"], 3, "{members}");
+        assert_eq!(members["presence"]["hash"]["early-b"], json!({ "who": "b" }));
+    }
+
+    /// A node with no subscriber for a channel receives none of its broadcasts.
+    pub async fn nodes_receive_only_channels_they_serve(bus: Bus) {
+        let servers = nodes(&bus, 3, "").await;
+        let app = TestApp::main();
+        let mut on_b = Client::connect(&servers[1].ws_url(&app.key)).await;
+        on_b.subscribe(&app, "only-b").await;
+        let api = Api::new(&servers[0].http_url(), &app);
+        for i in 0..20 {
+            api.trigger(&["only-b"], "tick", &i.to_string()).await;
+        }
+        for i in 0..20 {
+            assert_eq!(on_b.expect("tick").await["data"], i.to_string());
+        }
+        assert_eq!(servers[1].metric("sockhost_bus_broadcasts_received_total").await, 20.0);
+        assert_eq!(servers[2].metric("sockhost_bus_broadcasts_received_total").await, 0.0);
+    }
+
+    /// A killed node's members are removed everywhere: each other subscriber hears it once,
+    /// and the webhook goes out once.
+    pub async fn a_killed_nodes_members_are_removed_once(bus: Bus) {
+        let receiver = crate::webhook::Receiver::start().await;
+        let hooks = format!(
+            "[[app_manager.array.apps]]\nid = \"hooked\"\nkey = \"hooked-key\"\nsecret = \"hooked-secret\"\n\
+             [[app_manager.array.apps.webhooks]]\nurl = \"{}\"\nevent_types = [\"member_removed\"]\n",
+            receiver.url
+        );
+        let mut receiver = receiver;
+        let mut servers = nodes(&bus, 3, &hooks).await;
+        let app = TestApp::new("hooked", "hooked-key", "hooked-secret");
+        let channel = "presence-doomed";
+        let mut on_b = Client::connect(&servers[1].ws_url(&app.key)).await;
+        on_b.join(&app, channel, "watcher-b", json!({})).await;
+        let mut on_c = Client::connect(&servers[2].ws_url(&app.key)).await;
+        on_c.join(&app, channel, "watcher-c", json!({})).await;
+        on_b.expect("pusher_internal:member_added").await;
+        let mut victim = Client::connect(&servers[0].ws_url(&app.key)).await;
+        victim.join(&app, channel, "victim", json!({})).await;
+        on_b.expect("pusher_internal:member_added").await;
+        on_c.expect("pusher_internal:member_added").await;
+
+        servers[0].kill();
+        for client in [&mut on_b, &mut on_c] {
+            let removed = client.expect("pusher_internal:member_removed").await;
+            assert!(removed["data"].as_str().unwrap().contains("\"victim\""), "{removed}");
+        }
+        let hook = receiver.next_event().await;
+        assert_eq!(
+            hook,
+            json!({ "name": "member_removed", "channel": channel, "user_id": "victim" })
+        );
+        servers[1].wait_for_metric("sockhost_cluster_nodes", |n| n == 2.0).await;
+        // Exactly once: a marker after the removal arrives next, and no second webhook follows.
+        Api::new(&servers[1].http_url(), &app).trigger(&[channel], "marker", "m").await;
+        assert_eq!(on_b.expect("marker").await["event"], "marker");
+        assert_eq!(on_c.expect("marker").await["event"], "marker");
+        receiver.expect_none_within(std::time::Duration::from_millis(500)).await;
+    }
+
+    /// A node that shuts down says goodbye: the others drop it before the node timeout.
+    pub async fn a_graceful_shutdown_is_announced(bus: Bus) {
+        let mut servers = nodes(&bus, 2, "").await;
+        let status = servers[0].terminate();
+        assert!(status.success());
+        servers[1].wait_for_metric("sockhost_cluster_nodes", |n| n == 1.0).await;
+        assert!(servers[1].log().contains("A node left the cluster."), "{}", servers[1].log());
+    }
+}
