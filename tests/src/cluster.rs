@@ -20,8 +20,9 @@ impl Bus {
     }
 }
 
-/// Cluster timing short enough for tests: heartbeats every 100 ms, a node dead after 600 ms.
-pub const FAST_HEALTH: &str = "[cluster_health]\nheartbeat_interval_ms = 100\nnode_timeout_ms = 600\ncleanup_interval_ms = 100\n";
+/// Cluster timing short enough for tests, long enough that a loaded CI machine does not take a
+/// live node for dead: heartbeats every 200 ms, a node dead after 2 s.
+pub const FAST_HEALTH: &str = "[cluster_health]\nheartbeat_interval_ms = 200\nnode_timeout_ms = 2000\ncleanup_interval_ms = 100\n";
 
 /// Start one node on `bus`, with `extra` config.
 pub fn node(bus: &Bus, extra: &str) -> Server {
