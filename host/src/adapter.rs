@@ -47,7 +47,8 @@ impl Adapter {
     /// Subscribe a local connection. The node subscribes to the channel's bus topic first, so
     /// that nothing published after the acknowledgement is missed. `ack` builds the
     /// acknowledgement from the channel's members on every node. In the outcome,
-    /// `first_for_user` means the user is new to the channel cluster-wide.
+    /// `first_for_user` means the user is new to the channel cluster-wide, and `occupied` that
+    /// the channel had no subscriber on any node.
     pub async fn subscribe(
         &self,
         app_id: &str,
@@ -84,6 +85,15 @@ impl Adapter {
                 if !outcome.new_subscriber {
                     self.cluster.release(topic);
                 }
+                if outcome.occupied {
+                    let control = Control::Occupancy {
+                        app: app_id.into(),
+                        channel: channel.into(),
+                        occupied: true,
+                    };
+                    self.cluster.send_control(cluster::CONTROL, control);
+                    outcome.occupied = !self.cluster.occupied_elsewhere(app_id, channel);
+                }
                 if let (true, Some((user_id, info))) = (outcome.first_for_user, member) {
                     outcome.first_for_user =
                         !self.cluster.present_elsewhere(app_id, channel, &user_id);
@@ -103,7 +113,7 @@ impl Adapter {
     }
 
     /// Unsubscribe a local connection. In the outcome, `removed_user` is a user who has left
-    /// the channel cluster-wide.
+    /// the channel cluster-wide, and `vacated` means no node has a subscriber left.
     pub fn unsubscribe(
         &self,
         app_id: &str,
@@ -114,6 +124,12 @@ impl Adapter {
         let mut outcome = self.hub.unsubscribe(app_id, channel, socket_id, user_id);
         if outcome.was_subscribed {
             self.cluster.release(cluster::channel_topic(app_id, channel));
+        }
+        if outcome.vacated {
+            let control =
+                Control::Occupancy { app: app_id.into(), channel: channel.into(), occupied: false };
+            self.cluster.send_control(cluster::CONTROL, control);
+            outcome.vacated = !self.cluster.occupied_elsewhere(app_id, channel);
         }
         if let Some(user) = outcome.removed_user.take() {
             self.cluster.send_control(

@@ -466,4 +466,24 @@ impl Hub {
                 .is_some_and(|m| m.contains_key(user_id))
         })
     }
+
+    /// Every channel with a subscriber on this node, as (app, channel).
+    pub fn occupied_channels(&self) -> Vec<(String, String)> {
+        let apps: Vec<(String, Arc<AppHub>)> = self
+            .apps
+            .read()
+            .expect("hub lock")
+            .iter()
+            .map(|(id, app)| (id.clone(), app.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (app_id, app) in apps {
+            for (name, channel) in app.channels.read().expect("hub lock").iter() {
+                if !channel.subscribers.is_empty() {
+                    out.push((app_id.clone(), name.clone()));
+                }
+            }
+        }
+        out
+    }
 }

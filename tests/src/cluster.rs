@@ -249,4 +249,39 @@ pub mod scenarios {
         servers[1].wait_for_metric("sockhost_cluster_nodes", |n| n == 1.0).await;
         assert!(servers[1].log().contains("A node left the cluster."), "{}", servers[1].log());
     }
+
+    /// Occupied and vacated are the cluster's: sent once, when the first node gains a
+    /// subscriber and when the last loses its last.
+    pub async fn occupancy_webhooks_are_cluster_wide(bus: Bus) {
+        let mut receiver = crate::webhook::Receiver::start().await;
+        let hooks = format!(
+            "[webhooks]\nvacated_delay_ms = 200\n[queue.memory]\nconcurrency = 1\n\
+             [[app_manager.array.apps]]\nid = \"hooked\"\nkey = \"hooked-key\"\nsecret = \"hooked-secret\"\n\
+             [[app_manager.array.apps.webhooks]]\nurl = \"{}\"\nevent_types = [\"channel_occupied\", \"channel_vacated\"]\n",
+            receiver.url
+        );
+        let servers = nodes(&bus, 2, &hooks).await;
+        let app = TestApp::new("hooked", "hooked-key", "hooked-secret");
+        let mut on_a = Client::connect(&servers[0].ws_url(&app.key)).await;
+        let mut on_b = Client::connect(&servers[1].ws_url(&app.key)).await;
+        on_a.subscribe(&app, "shared").await;
+        assert_eq!(
+            receiver.next_event().await,
+            json!({ "name": "channel_occupied", "channel": "shared" })
+        );
+        on_b.subscribe(&app, "shared").await;
+        on_b.subscribe(&app, "marker").await;
+        // The next webhook is the marker's: the second node's subscriber occupied nothing new.
+        assert_eq!(
+            receiver.next_event().await,
+            json!({ "name": "channel_occupied", "channel": "marker" })
+        );
+        on_a.send(json!({ "event": "pusher:unsubscribe", "data": { "channel": "shared" } })).await;
+        on_b.send(json!({ "event": "pusher:unsubscribe", "data": { "channel": "shared" } })).await;
+        assert_eq!(
+            receiver.next_event().await,
+            json!({ "name": "channel_vacated", "channel": "shared" })
+        );
+        receiver.expect_none_within(std::time::Duration::from_millis(500)).await;
+    }
 }

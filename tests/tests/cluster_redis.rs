@@ -55,6 +55,12 @@ async fn a_graceful_shutdown_is_announced() {
 }
 
 #[tokio::test]
+async fn occupancy_webhooks_are_cluster_wide() {
+    let redis = RedisServer::start();
+    scenarios::occupancy_webhooks_are_cluster_wide(bus(&redis)).await;
+}
+
+#[tokio::test]
 async fn nodes_reconnect_after_redis_restarts_and_local_delivery_never_stops() {
     let mut redis = RedisServer::start();
     let servers = nodes(&bus(&redis), 2, "").await;

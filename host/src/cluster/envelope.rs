@@ -71,10 +71,23 @@ pub enum Control {
         /// Their info, on joins; `None` means the user left.
         info: Option<Value>,
     },
-    /// The sender's whole presence state: app -> channel -> user -> info.
+    /// The sender's whole presence state: app -> channel -> user -> info, and the channels it
+    /// has subscribers for.
     PresenceSync {
         /// The state.
         state: Value,
+        /// (app, channel) pairs with a subscriber on the sender.
+        #[serde(default)]
+        occupied: Vec<(String, String)>,
+    },
+    /// A channel gained its first subscriber on the sender (`true`) or lost its last (`false`).
+    Occupancy {
+        /// The app.
+        app: String,
+        /// The channel.
+        channel: String,
+        /// Whether the sender now has a subscriber.
+        occupied: bool,
     },
     /// A frame for every connection of a signed-in user.
     ToUser {

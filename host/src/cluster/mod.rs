@@ -82,6 +82,8 @@ pub struct Cluster {
     presence: Mutex<HashMap<u64, NodePresence>>,
     pending: Mutex<HashMap<u64, mpsc::UnboundedSender<Value>>>,
     interest: mpsc::UnboundedSender<InterestOp>,
+    /// Channels with a subscriber on each other node.
+    occupancy: Mutex<HashMap<u64, HashSet<(String, String)>>>,
 }
 
 /// Answers to a request, and whether every live node answered.
@@ -112,6 +114,7 @@ impl Cluster {
             presence: Mutex::default(),
             pending: Mutex::default(),
             interest,
+            occupancy: Mutex::default(),
         });
         tokio::spawn(keep_interest(cluster.transport.clone(), ops));
         cluster
@@ -142,16 +145,59 @@ impl Cluster {
         self.members.lock().expect("cluster lock").insert(node, Instant::now()).is_none()
     }
 
-    /// Forget `node` and its presence; the members it held, as (app, channel, user).
-    pub fn forget(&self, node: u64) -> Vec<(String, String, String)> {
+    /// Record whether `node` has a subscriber for a channel.
+    pub fn apply_occupancy(&self, node: u64, app: String, channel: String, occupied: bool) {
+        let mut occupancy = self.occupancy.lock().expect("cluster lock");
+        let channels = occupancy.entry(node).or_default();
+        if occupied {
+            channels.insert((app, channel));
+        } else {
+            channels.remove(&(app, channel));
+        }
+    }
+
+    /// The channels `node` has a subscriber for.
+    pub fn occupancy_of(&self, node: u64) -> Vec<(String, String)> {
+        self.occupancy
+            .lock()
+            .expect("cluster lock")
+            .get(&node)
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Replace what `node` occupies.
+    pub fn replace_occupancy(&self, node: u64, occupied: Vec<(String, String)>) {
+        self.occupancy.lock().expect("cluster lock").insert(node, occupied.into_iter().collect());
+    }
+
+    /// Whether another node has a subscriber for the channel.
+    pub fn occupied_elsewhere(&self, app: &str, channel: &str) -> bool {
+        let key = (app.to_string(), channel.to_string());
+        self.occupancy.lock().expect("cluster lock").values().any(|c| c.contains(&key))
+    }
+
+    /// Forget `node` and its presence; the members it held, as (app, channel, user), and the
+    /// channels it occupied.
+    pub fn forget(&self, node: u64) -> (Vec<(String, String, String)>, Vec<(String, String)>) {
+        let channels: Vec<(String, String)> = self
+            .occupancy
+            .lock()
+            .expect("cluster lock")
+            .remove(&node)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         self.members.lock().expect("cluster lock").remove(&node);
         let gone = self.presence.lock().expect("cluster lock").remove(&node).unwrap_or_default();
-        gone.members
+        let members = gone
+            .members
             .into_iter()
             .flat_map(|((app, channel), users)| {
                 users.into_keys().map(move |user| (app.clone(), channel.clone(), user))
             })
-            .collect()
+            .collect();
+        (members, channels)
     }
 
     /// Nodes silent for longer than the node timeout.

@@ -40,7 +40,8 @@ fn welcome(ctx: &Ctx, node: u64) {
     let topic = node_topic(node);
     cluster.send_control(&topic, Control::Hello { reply: false });
     let state = presence_state(ctx.adapter.hub().presence_members());
-    cluster.send_control(&topic, Control::PresenceSync { state });
+    let occupied = ctx.adapter.hub().occupied_channels();
+    cluster.send_control(&topic, Control::PresenceSync { state, occupied });
     tracing::info!(node, "A node joined the cluster.");
 }
 
@@ -121,7 +122,30 @@ async fn incoming(ctx: Arc<Ctx>, mut inbox: mpsc::Receiver<Incoming>) {
                             member_event(&ctx, &app, &channel, &user_id, info.as_ref(), None);
                         }
                     }
-                    Control::PresenceSync { state } => {
+                    Control::Occupancy { app, channel, occupied } => {
+                        if new {
+                            welcome(&ctx, node);
+                        }
+                        let before = occupied_anywhere(&ctx, &app, &channel);
+                        cluster.apply_occupancy(node, app.clone(), channel.clone(), occupied);
+                        if before != occupied_anywhere(&ctx, &app, &channel) {
+                            occupancy_event(&ctx, &app, &channel, occupied);
+                        }
+                    }
+                    Control::PresenceSync { state, occupied } => {
+                        let mut channels = cluster.occupancy_of(node);
+                        channels.extend(occupied.iter().cloned());
+                        channels.sort();
+                        channels.dedup();
+                        let before: Vec<bool> =
+                            channels.iter().map(|(a, c)| occupied_anywhere(&ctx, a, c)).collect();
+                        cluster.replace_occupancy(node, occupied);
+                        for ((app, channel), was) in channels.iter().zip(before) {
+                            let now = occupied_anywhere(&ctx, app, channel);
+                            if was != now {
+                                occupancy_event(&ctx, app, channel, now);
+                            }
+                        }
                         let touched = cluster.members_of(node, &state);
                         let before: Vec<bool> =
                             touched.iter().map(|(a, c, u, _)| present(&ctx, a, c, u)).collect();
@@ -165,6 +189,26 @@ pub fn member_event(
     }
 }
 
+/// A channel gained its first subscriber (`occupied`) or lost its last, as this node sees the
+/// cluster: the cleanup leader sends the webhook, so it goes out once.
+pub fn occupancy_event(ctx: &Arc<Ctx>, app_id: &str, channel: &str, occupied: bool) {
+    if !ctx.adapter.cluster().is_leader() {
+        return;
+    }
+    let Some(app) = ctx.apps.by_id(app_id) else { return };
+    if occupied {
+        ctx.webhooks.occupied(ctx, app, channel);
+    } else {
+        ctx.webhooks.vacated(ctx, app, channel);
+    }
+}
+
+/// Whether the channel has a subscriber anywhere, as this node sees it.
+fn occupied_anywhere(ctx: &Ctx, app_id: &str, channel: &str) -> bool {
+    ctx.adapter.hub().subscription_count(app_id, channel) > 0
+        || ctx.adapter.cluster().occupied_elsewhere(app_id, channel)
+}
+
 /// Whether `user` is in the channel anywhere, as this node sees it.
 fn present(ctx: &Ctx, app_id: &str, channel: &str, user: &str) -> bool {
     ctx.adapter.hub().has_member(app_id, channel, user)
@@ -173,11 +217,16 @@ fn present(ctx: &Ctx, app_id: &str, channel: &str, user: &str) -> bool {
 
 /// Forget `node`: users that were only there leave their channels.
 fn members_gone(ctx: &Arc<Ctx>, node: u64) {
-    let gone = ctx.adapter.cluster().forget(node);
+    let (gone, channels) = ctx.adapter.cluster().forget(node);
     count_nodes(ctx);
     for (app_id, channel, user) in gone {
         if !present(ctx, &app_id, &channel, &user) {
             member_event(ctx, &app_id, &channel, &user, None, None);
+        }
+    }
+    for (app_id, channel) in channels {
+        if !occupied_anywhere(ctx, &app_id, &channel) {
+            occupancy_event(ctx, &app_id, &channel, false);
         }
     }
 }

@@ -143,7 +143,7 @@ impl Session {
                 }
                 self.subscriptions.insert(name.to_string(), user_id);
                 if outcome.occupied {
-                    self.ctx.webhooks.occupied(&self.ctx, &self.app, name);
+                    node::occupancy_event(&self.ctx, &self.app.id, name, true);
                 }
                 if let (true, Some((user_id, user_info))) = (outcome.first_for_user, member) {
                     let except = Some(&*self.conn.socket_id);
@@ -242,7 +242,7 @@ impl Session {
             node::member_event(&self.ctx, &self.app.id, name, &user_id, None, None);
         }
         if outcome.vacated {
-            self.ctx.webhooks.vacated(&self.ctx, &self.app, name);
+            node::occupancy_event(&self.ctx, &self.app.id, name, false);
         } else if outcome.was_subscribed && user_id.is_none() {
             self.subscription_count_changed(name).await;
         }
