@@ -86,6 +86,15 @@ pub struct Cluster {
     occupancy: Mutex<HashMap<u64, HashSet<(String, String)>>>,
 }
 
+/// What a departed node leaves behind.
+#[derive(Debug, Default)]
+pub struct Departed {
+    /// Its presence members, as (app, channel, user).
+    pub members: Vec<(String, String, String)>,
+    /// The channels it had subscribers for, as (app, channel).
+    pub channels: Vec<(String, String)>,
+}
+
 /// Answers to a request, and whether every live node answered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answers {
@@ -179,7 +188,7 @@ impl Cluster {
 
     /// Forget `node` and its presence; the members it held, as (app, channel, user), and the
     /// channels it occupied.
-    pub fn forget(&self, node: u64) -> (Vec<(String, String, String)>, Vec<(String, String)>) {
+    pub fn forget(&self, node: u64) -> Departed {
         let channels: Vec<(String, String)> = self
             .occupancy
             .lock()
@@ -197,7 +206,7 @@ impl Cluster {
                 users.into_keys().map(move |user| (app.clone(), channel.clone(), user))
             })
             .collect();
-        (members, channels)
+        Departed { members, channels }
     }
 
     /// Nodes silent for longer than the node timeout.

@@ -217,14 +217,14 @@ fn present(ctx: &Ctx, app_id: &str, channel: &str, user: &str) -> bool {
 
 /// Forget `node`: users that were only there leave their channels.
 fn members_gone(ctx: &Arc<Ctx>, node: u64) {
-    let (gone, channels) = ctx.adapter.cluster().forget(node);
+    let departed = ctx.adapter.cluster().forget(node);
     count_nodes(ctx);
-    for (app_id, channel, user) in gone {
+    for (app_id, channel, user) in departed.members {
         if !present(ctx, &app_id, &channel, &user) {
             member_event(ctx, &app_id, &channel, &user, None, None);
         }
     }
-    for (app_id, channel) in channels {
+    for (app_id, channel) in departed.channels {
         if !occupied_anywhere(ctx, &app_id, &channel) {
             occupancy_event(ctx, &app_id, &channel, false);
         }
