@@ -61,6 +61,11 @@ impl Apps {
         self.by_id.get(id)
     }
 
+    /// Every app id.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.by_id.keys().map(String::as_str)
+    }
+
     /// The app with this key.
     pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
         self.by_key.get(key)

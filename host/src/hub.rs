@@ -177,12 +177,13 @@ impl Hub {
         self.apps.read().expect("hub lock").get(app_id).cloned()
     }
 
-    /// Count a new connection if the app is under `max` (0 = unlimited); whether it was.
-    pub fn admit(&self, app_id: &str, max: u64) -> bool {
+    /// Count a new connection if the app, with `elsewhere` connections on other nodes, is under
+    /// `max` (0 = unlimited); whether it was.
+    pub fn admit(&self, app_id: &str, max: u64, elsewhere: u64) -> bool {
         let app = self.app(app_id);
         app.connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (max == 0 || n < max).then_some(n + 1)
+                (max == 0 || n + elsewhere < max).then_some(n + 1)
             })
             .is_ok()
     }

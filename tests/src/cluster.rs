@@ -284,4 +284,28 @@ pub mod scenarios {
         );
         receiver.expect_none_within(std::time::Duration::from_millis(500)).await;
     }
+
+    /// With socket counting, an app's connection quota holds for the whole cluster.
+    pub async fn connection_quota_holds_for_the_cluster(bus: Bus) {
+        let servers = nodes(&bus, 2, "").await;
+        let app = TestApp::limited();
+        let _on_a = Client::connect(&servers[0].ws_url(&app.key)).await;
+        let _on_b = Client::connect(&servers[1].ws_url(&app.key)).await;
+        // Node A learns B's count from B's next heartbeat; until then it may still admit one.
+        let deadline = tokio::time::Instant::now() + crate::pusher::PATIENCE;
+        loop {
+            let mut third = Client::connect_raw(&servers[0].ws_url(&app.key)).await;
+            let first = third.expect_any().await;
+            if first["event"] == "pusher:error" {
+                assert_eq!(first["data"]["code"], 4100, "{first}");
+                break;
+            }
+            third.close().await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node A never counted node B's connection"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }

@@ -61,6 +61,12 @@ async fn occupancy_webhooks_are_cluster_wide() {
 }
 
 #[tokio::test]
+async fn connection_quota_holds_for_the_cluster() {
+    let redis = RedisServer::start();
+    scenarios::connection_quota_holds_for_the_cluster(bus(&redis)).await;
+}
+
+#[tokio::test]
 async fn nodes_reconnect_after_redis_restarts_and_local_delivery_never_stops() {
     let mut redis = RedisServer::start();
     let servers = nodes(&bus(&redis), 2, "").await;

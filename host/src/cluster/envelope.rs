@@ -42,8 +42,13 @@ pub enum Control {
         /// Whether the receiver should answer with its own hello.
         reply: bool,
     },
-    /// Sent every heartbeat interval.
-    Heartbeat,
+    /// Sent every heartbeat interval, with the sender's connections per app when socket
+    /// counting is on.
+    Heartbeat {
+        /// app -> connections on the sender.
+        #[serde(default)]
+        connections: std::collections::HashMap<String, u64>,
+    },
     /// Sent at graceful shutdown.
     Goodbye,
     /// A question for every other node; answers go to `reply_to`'s node topic.
@@ -262,8 +267,12 @@ mod tests {
 
     #[test]
     fn unreadable_envelopes_are_refused() {
-        let mut bytes =
-            Envelope { node: 1, seq: 1, body: Body::Control(Control::Heartbeat) }.encode();
+        let mut bytes = Envelope {
+            node: 1,
+            seq: 1,
+            body: Body::Control(Control::Heartbeat { connections: Default::default() }),
+        }
+        .encode();
         bytes[0] = 2;
         assert_eq!(Envelope::decode(&bytes), Err(DecodeError::Version(2)));
         assert!(matches!(Envelope::decode(&[1, 1, 0]), Err(DecodeError::Malformed(_))));

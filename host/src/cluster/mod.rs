@@ -57,6 +57,8 @@ pub struct ClusterSettings {
     pub cleanup_interval: Duration,
     /// How long a full request waits for answers.
     pub requests_timeout: Duration,
+    /// Share connection counts, so app connection quotas hold for the whole cluster.
+    pub socket_counting: bool,
 }
 
 /// Remote presence: for one node, app -> channel -> user -> info.
@@ -84,6 +86,8 @@ pub struct Cluster {
     interest: mpsc::UnboundedSender<InterestOp>,
     /// Channels with a subscriber on each other node.
     occupancy: Mutex<HashMap<u64, HashSet<(String, String)>>>,
+    /// Connections per app on each other node, from their heartbeats (socket counting).
+    connections: Mutex<HashMap<u64, HashMap<String, u64>>>,
 }
 
 /// What a departed node leaves behind.
@@ -124,6 +128,7 @@ impl Cluster {
             pending: Mutex::default(),
             interest,
             occupancy: Mutex::default(),
+            connections: Mutex::default(),
         });
         tokio::spawn(keep_interest(cluster.transport.clone(), ops));
         cluster
@@ -163,6 +168,16 @@ impl Cluster {
         } else {
             channels.remove(&(app, channel));
         }
+    }
+
+    /// Record `node`'s connections per app.
+    pub fn apply_connections(&self, node: u64, counts: HashMap<String, u64>) {
+        self.connections.lock().expect("cluster lock").insert(node, counts);
+    }
+
+    /// The app's connections on the other nodes, as their last heartbeats said.
+    pub fn remote_connections(&self, app: &str) -> u64 {
+        self.connections.lock().expect("cluster lock").values().filter_map(|c| c.get(app)).sum()
     }
 
     /// The channels `node` has a subscriber for.

@@ -88,10 +88,11 @@ async fn incoming(ctx: Arc<Ctx>, mut inbox: mpsc::Receiver<Incoming>) {
                             welcome(&ctx, node);
                         }
                     }
-                    Control::Heartbeat => {
+                    Control::Heartbeat { connections } => {
                         if new {
                             welcome(&ctx, node);
                         }
+                        cluster.apply_connections(node, connections);
                     }
                     Control::Goodbye => {
                         tracing::info!(node, "A node left the cluster.");
@@ -245,7 +246,14 @@ async fn health(ctx: Arc<Ctx>) {
     loop {
         tokio::select! {
             () = ctx.shutdown.cancelled() => return,
-            _ = heartbeat.tick() => cluster.send_control(CONTROL, Control::Heartbeat),
+            _ = heartbeat.tick() => {
+                let connections = if settings.socket_counting {
+                    ctx.apps.ids().map(|id| (id.to_string(), ctx.adapter.hub().connection_count(id))).filter(|(_, n)| *n > 0).collect()
+                } else {
+                    Default::default()
+                };
+                cluster.send_control(CONTROL, Control::Heartbeat { connections });
+            }
             _ = cleanup.tick() => {
                 for node in cluster.expired() {
                     tracing::warn!(node, "A node stopped answering; removing it and its members.");

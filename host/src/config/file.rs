@@ -97,6 +97,13 @@ pub struct DriverSection {
     /// For the adapter: milliseconds a cluster-wide query waits for every node's answer before
     /// answering with what it has. Default: 5000. Env: `ADAPTER_REQUESTS_TIMEOUT`.
     pub requests_timeout_ms: Option<u64>,
+    /// For the adapter: share connection counts between nodes, so an app's `max_connections`
+    /// holds for the whole cluster. Default: true. Env: `ADAPTER_ENABLE_SOCKET_COUNTING`.
+    pub enable_socket_counting: Option<bool>,
+    /// For the adapter: accepted for compatibility with the reference. It bounds concurrent
+    /// local sends there; here a broadcast never waits on a socket (each connection has its
+    /// own bounded queue), so there is nothing to bound. Env: `ADAPTER_BUFFER_MULTIPLIER_PER_CPU`.
+    pub buffer_multiplier_per_cpu: Option<u64>,
     /// The per-driver tables, by driver name.
     #[serde(flatten)]
     pub tables: BTreeMap<String, serde_json::Value>,
@@ -108,6 +115,8 @@ impl DriverSection {
             driver: driver.into(),
             enabled: None,
             requests_timeout_ms: None,
+            enable_socket_counting: None,
+            buffer_multiplier_per_cpu: None,
             tables: BTreeMap::new(),
         }
     }

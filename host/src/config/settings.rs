@@ -368,6 +368,7 @@ impl Settings {
                 requests_timeout: Duration::from_millis(
                     config.adapter.requests_timeout_ms.unwrap_or(5000),
                 ),
+                socket_counting: config.adapter.enable_socket_counting.unwrap_or(true),
             },
             webhooks: WebhookSettings {
                 max_attempts: config.webhooks.max_attempts,

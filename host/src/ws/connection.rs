@@ -101,7 +101,12 @@ pub async fn run(
             return refuse(&mut sink, patience, codes::OVER_CAPACITY, reason).await;
         }
     }
-    if !ctx.adapter.hub().admit(&app.id, app.max_connections) {
+    // With socket counting, the quota holds for the whole cluster: the other nodes' counts come
+    // with their heartbeats.
+    let cluster = ctx.adapter.cluster();
+    let elsewhere =
+        if cluster.settings().socket_counting { cluster.remote_connections(&app.id) } else { 0 };
+    if !ctx.adapter.hub().admit(&app.id, app.max_connections, elsewhere) {
         ctx.metrics.connection_errors.inc();
         return refuse(
             &mut sink,
