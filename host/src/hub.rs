@@ -436,15 +436,19 @@ impl Hub {
         }
     }
 
-    /// Every presence member on this node: (app, channel, user, info).
-    pub fn presence_members(&self) -> Vec<(String, String, String, Value)> {
-        let apps: Vec<(String, Arc<AppHub>)> = self
-            .apps
+    /// Every app's hub, taken out of the lock.
+    fn all_apps(&self) -> Vec<(String, Arc<AppHub>)> {
+        self.apps
             .read()
             .expect("hub lock")
             .iter()
             .map(|(id, app)| (id.clone(), app.clone()))
-            .collect();
+            .collect()
+    }
+
+    /// Every presence member on this node: (app, channel, user, info).
+    pub fn presence_members(&self) -> Vec<(String, String, String, Value)> {
+        let apps = self.all_apps();
         let mut out = Vec::new();
         for (app_id, app) in apps {
             for (name, channel) in app.channels.read().expect("hub lock").iter() {
@@ -470,13 +474,7 @@ impl Hub {
 
     /// Every channel with a subscriber on this node, as (app, channel).
     pub fn occupied_channels(&self) -> Vec<(String, String)> {
-        let apps: Vec<(String, Arc<AppHub>)> = self
-            .apps
-            .read()
-            .expect("hub lock")
-            .iter()
-            .map(|(id, app)| (id.clone(), app.clone()))
-            .collect();
+        let apps = self.all_apps();
         let mut out = Vec::new();
         for (app_id, app) in apps {
             for (name, channel) in app.channels.read().expect("hub lock").iter() {

@@ -6,51 +6,25 @@
 //! Both paths call the same constructor (the plugin's root module: found by `dlopen` in one
 //! case, linked in the other), so the difference is the boundary alone.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Instant,
-};
+use std::{sync::atomic::Ordering, time::Instant};
 
 use sockhost_plugin_api::{
-    ErrorCode, HostContext, HostContext_TO, HostContextBox, LogLevel, PluginModule_Ref,
-    TransportBox,
-    abi::{RArc, RStr, RVec, TD_Opaque},
+    ErrorCode, PluginModule_Ref, TransportBox,
+    abi::{RStr, RVec},
     conformance::{Target, cdylib, run},
 };
-use sockhost_tests::backends::RedisServer;
+use sockhost_tests::{backends::RedisServer, counting::counting_host};
 
 const MESSAGES: u64 = 300_000;
 const ROUNDS: usize = 7;
-
-#[derive(Clone)]
-struct Counting(Arc<AtomicU64>);
-
-impl HostContext for Counting {
-    fn on_message(&self, _topic: RStr<'_>, _payload: RVec<u8>) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    fn log(&self, _level: LogLevel, _target: RStr<'_>, _message: RStr<'_>) {}
-    fn metric(&self, _name: RStr<'_>, _delta: i64) {}
-    fn max_log_level(&self) -> LogLevel {
-        LogLevel::WARN
-    }
-}
-
-fn counting() -> (HostContextBox, Arc<AtomicU64>) {
-    let count = Arc::new(AtomicU64::new(0));
-    (HostContext_TO::from_ptr(RArc::new(Counting(count.clone())), TD_Opaque), count)
-}
 
 /// Messages per second from a publishing instance to a subscribed one, end to end.
 fn measure(module: PluginModule_Ref, config: &str) -> f64 {
     let ctor = module.transport().expect("a transport");
     let mut rate = 0.0;
     run(async {
-        let (h1, _) = counting();
-        let (h2, received) = counting();
+        let (h1, _) = counting_host();
+        let (h2, received) = counting_host();
         let a: TransportBox =
             ctor(RStr::from_str("redis"), RStr::from_str(config), h1).await.unwrap();
         let b: TransportBox =

@@ -7,41 +7,19 @@
 //! what a single node pays per broadcast), and the topic has one subscriber in the process
 //! (the call plus a callback into the host per message).
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::Instant,
-};
+use std::{sync::atomic::Ordering, time::Instant};
 
 use sockhost_local::LocalTransport;
 use sockhost_plugin_api::{
-    HostContext, HostContext_TO, HostContextBox, LogLevel, TransportBox,
-    abi::{RArc, RStr, RVec, TD_Opaque},
+    TransportBox,
+    abi::{RStr, RVec},
     conformance::{Target, run},
     sdk::TransportDriver as _,
 };
+use sockhost_tests::counting::counting_host;
 
 const CALLS: u64 = 5_000_000;
 const ROUNDS: usize = 5;
-
-/// Counts deliveries and drops them, so the bench measures the boundary, not a channel.
-#[derive(Clone)]
-struct Counting(std::sync::Arc<AtomicU64>);
-
-impl HostContext for Counting {
-    fn on_message(&self, _topic: RStr<'_>, _payload: RVec<u8>) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    fn log(&self, _level: LogLevel, _target: RStr<'_>, _message: RStr<'_>) {}
-    fn metric(&self, _name: RStr<'_>, _delta: i64) {}
-    fn max_log_level(&self) -> LogLevel {
-        LogLevel::WARN
-    }
-}
-
-fn counting() -> (HostContextBox, std::sync::Arc<AtomicU64>) {
-    let count = std::sync::Arc::new(AtomicU64::new(0));
-    (HostContext_TO::from_ptr(RArc::new(Counting(count.clone())), TD_Opaque), count)
-}
 
 /// Median nanoseconds per call of `call` over the rounds.
 fn measure(mut call: impl FnMut()) -> f64 {
@@ -70,8 +48,8 @@ fn main() {
     let (so_pub, so_sub, so_count): (TransportBox, TransportBox, _) = {
         let mut made = None;
         run(async {
-            let (h1, _) = counting();
-            let (h2, count) = counting();
+            let (h1, _) = counting_host();
+            let (h2, count) = counting_host();
             let a = ctor(RStr::from_str("local"), RStr::from_str(""), h1).await.unwrap();
             let b = ctor(RStr::from_str("local"), RStr::from_str(""), h2).await.unwrap();
             b.subscribe(RStr::from_str("subscribed")).await.unwrap();
@@ -79,8 +57,8 @@ fn main() {
         });
         made.unwrap()
     };
-    let (h1, _) = counting();
-    let (h2, rlib_count) = counting();
+    let (h1, _) = counting_host();
+    let (h2, rlib_count) = counting_host();
     let rlib_pub = LocalTransport::new("", h1).unwrap();
     let rlib_sub = LocalTransport::new("", h2).unwrap();
     run(async { rlib_sub.subscribe("subscribed").await.unwrap() });

@@ -15,6 +15,25 @@ use crate::{
     server::Ctx,
 };
 
+/// Authenticate a read request, apply the app's read limit, and check the channel name if
+/// there is one.
+async fn read_request(
+    ctx: &Ctx,
+    app_id: &str,
+    method: &Method,
+    uri: &Uri,
+    query: Option<&str>,
+    channel_name: Option<&str>,
+) -> Result<auth::Authed, ApiError> {
+    let authed = auth::authenticate(ctx, app_id, method, uri.path(), query, &[])?;
+    limit(ctx, &authed.app).await?;
+    if let Some(name) = channel_name {
+        channel::validate(name, authed.app.limits.max_channel_name_length)
+            .map_err(|e| ApiError::bad_request(format!("Channel {name:?}: {e}")))?;
+    }
+    Ok(authed)
+}
+
 /// The app's read-request limit.
 async fn limit(ctx: &Ctx, app: &crate::apps::App) -> Result<(), ApiError> {
     match ctx
@@ -43,8 +62,7 @@ pub async fn list(
     uri: Uri,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &[])?;
-    limit(&ctx, &authed.app).await?;
+    let authed = read_request(&ctx, &app_id, &method, &uri, query.as_deref(), None).await?;
     let prefix = authed.query.get("filter_by_prefix").cloned().unwrap_or_default();
     let info = attributes(&authed.query);
     for attribute in &info {
@@ -82,10 +100,7 @@ pub async fn show(
     uri: Uri,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &[])?;
-    limit(&ctx, &authed.app).await?;
-    channel::validate(&name, authed.app.limits.max_channel_name_length)
-        .map_err(|e| ApiError::bad_request(format!("Channel {name:?}: {e}")))?;
+    let authed = read_request(&ctx, &app_id, &method, &uri, query.as_deref(), Some(&name)).await?;
     let presence = ChannelKind::of(&name) == ChannelKind::Presence;
     let info = attributes(&authed.query);
     let counts = ctx.adapter.channel_info(&authed.app.id, &name).await;
@@ -118,10 +133,7 @@ pub async fn users(
     uri: Uri,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &[])?;
-    limit(&ctx, &authed.app).await?;
-    channel::validate(&name, authed.app.limits.max_channel_name_length)
-        .map_err(|e| ApiError::bad_request(format!("Channel {name:?}: {e}")))?;
+    let authed = read_request(&ctx, &app_id, &method, &uri, query.as_deref(), Some(&name)).await?;
     if ChannelKind::of(&name) != ChannelKind::Presence {
         return Err(ApiError::bad_request("Users can only be listed for presence channels"));
     }

@@ -11,7 +11,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, auth, body};
+use super::{ApiError, accept};
 use crate::{
     apps::App,
     protocol::{
@@ -224,9 +224,7 @@ pub async fn trigger(
     RawQuery(query): RawQuery,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = body(bytes)?;
-    ctx.metrics.http_bytes_received.inc_by(bytes.len() as u64);
-    let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &bytes)?;
+    let (bytes, authed) = accept(&ctx, &app_id, &method, &uri, query.as_deref(), bytes).await?;
     let event = check(&authed.app, parse(&bytes)?, false)?;
     limit(&ctx, &authed.app, event.channels.len()).await?;
     Ok(Json(match publish(&ctx, &authed.app, &event).await {
@@ -244,9 +242,7 @@ pub async fn batch(
     RawQuery(query): RawQuery,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = body(bytes)?;
-    ctx.metrics.http_bytes_received.inc_by(bytes.len() as u64);
-    let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &bytes)?;
+    let (bytes, authed) = accept(&ctx, &app_id, &method, &uri, query.as_deref(), bytes).await?;
     let batch: Batch = parse(&bytes)?;
     let max = authed.app.limits.max_event_batch_size;
     if batch.batch.len() > max {

@@ -99,6 +99,21 @@ pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
+/// Read a write request's body (413 over the limit), count it, and authenticate the request.
+pub async fn accept(
+    ctx: &Ctx,
+    app_id: &str,
+    method: &axum::http::Method,
+    uri: &axum::http::Uri,
+    query: Option<&str>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<(Bytes, auth::Authed), ApiError> {
+    let bytes = body(bytes)?;
+    ctx.metrics.http_bytes_received.inc_by(bytes.len() as u64);
+    let authed = auth::authenticate(ctx, app_id, method, uri.path(), query, &bytes)?;
+    Ok((bytes, authed))
+}
+
 /// Unknown routes.
 pub async fn not_found() -> ApiError {
     ApiError::not_found("No such endpoint")

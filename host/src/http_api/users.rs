@@ -10,7 +10,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::{ApiError, auth, body};
+use super::{ApiError, accept};
 use crate::{protocol::codes, server::Ctx};
 
 /// Close every connection signed in as the user, with 4009.
@@ -22,8 +22,7 @@ pub async fn terminate(
     RawQuery(query): RawQuery,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = body(bytes)?;
-    let authed = auth::authenticate(&ctx, &app_id, &method, uri.path(), query.as_deref(), &bytes)?;
+    let (_, authed) = accept(&ctx, &app_id, &method, &uri, query.as_deref(), bytes).await?;
     let closed = ctx.adapter.terminate_user(&authed.app.id, &user_id, codes::UNAUTHORIZED).await;
     tracing::info!(app_id = %authed.app.id, user_id, closed, "Terminated a user's connections.");
     Ok(Json(json!({})))
