@@ -26,6 +26,8 @@ pub struct ChannelInfo {
     pub subscription_count: usize,
     /// Distinct presence users, on every node.
     pub user_count: usize,
+    /// Whether every node answered (else the counts are partial).
+    pub complete: bool,
 }
 
 impl Adapter {
@@ -165,20 +167,24 @@ impl Adapter {
     pub async fn channel_info(&self, app_id: &str, channel: &str) -> ChannelInfo {
         let mut subscription_count = self.hub.subscription_count(app_id, channel);
         let query = json!({ "kind": "channel", "app": app_id, "channel": channel });
-        for answer in self.cluster.request(query, false).await.answers {
+        let answers = self.cluster.request(query, false, |_| false).await;
+        for answer in &answers.answers {
             subscription_count += answer["subscription_count"].as_u64().map_or(0, |n| n as usize);
         }
-        ChannelInfo { subscription_count, user_count: self.user_ids(app_id, channel).await.len() }
+        let user_count = self.user_ids(app_id, channel).await.len();
+        ChannelInfo { subscription_count, user_count, complete: answers.complete }
     }
 
-    /// Occupied channels whose name starts with `prefix`, on every node, with their counts.
+    /// Occupied channels whose name starts with `prefix`, on every node, with their counts (each
+    /// marked complete or not).
     pub async fn channels(&self, app_id: &str, prefix: &str) -> Vec<(String, ChannelInfo)> {
         let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
         for (name, subs, _) in self.hub.channels(app_id, prefix) {
             *counts.entry(name).or_default() += subs;
         }
         let query = json!({ "kind": "channels", "app": app_id, "prefix": prefix });
-        for answer in self.cluster.request(query, false).await.answers {
+        let answers = self.cluster.request(query, false, |_| false).await;
+        for answer in &answers.answers {
             for entry in answer["channels"].as_array().into_iter().flatten() {
                 if let (Some(name), Some(subs)) = (entry[0].as_str(), entry[1].as_u64()) {
                     *counts.entry(name.to_string()).or_default() += subs as usize;
@@ -188,7 +194,10 @@ impl Adapter {
         let mut out = Vec::with_capacity(counts.len());
         for (name, subscription_count) in counts {
             let user_count = self.user_ids(app_id, &name).await.len();
-            out.push((name, ChannelInfo { subscription_count, user_count }));
+            out.push((
+                name,
+                ChannelInfo { subscription_count, user_count, complete: answers.complete },
+            ));
         }
         out
     }
@@ -226,7 +235,7 @@ impl Adapter {
         let query = json!({ "kind": "terminate", "app": app_id, "user": user_id, "code": code });
         let remote: usize = self
             .cluster
-            .request(query, false)
+            .request(query, false, |_| false)
             .await
             .answers
             .iter()
@@ -239,7 +248,22 @@ impl Adapter {
     pub async fn online(&self, app_id: &str, user_ids: &[String]) -> Vec<String> {
         let mut online: Vec<String> = self.hub.online(app_id, user_ids);
         let query = json!({ "kind": "online", "app": app_id, "ids": user_ids });
-        for answer in self.cluster.request(query, true).await.answers {
+        // Every id already online: no need to hear from the other nodes.
+        if online.len() == user_ids.len() {
+            return online;
+        }
+        let missing = user_ids.len() - online.len();
+        let enough = |answers: &[Value]| {
+            let found: HashSet<&str> = answers
+                .iter()
+                .flat_map(|a| {
+                    a["online"].as_array().into_iter().flatten().filter_map(Value::as_str)
+                })
+                .filter(|id| !online.iter().any(|o| o == id))
+                .collect();
+            found.len() >= missing
+        };
+        for answer in self.cluster.request(query, true, enough).await.answers {
             for id in answer["online"].as_array().into_iter().flatten().filter_map(Value::as_str) {
                 if !online.iter().any(|o| o == id) {
                     online.push(id.to_string());

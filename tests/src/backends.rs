@@ -43,13 +43,29 @@ impl RedisServer {
     /// `REDIS_SERVER_BIN`) or does not answer in time.
     pub fn start() -> Self {
         let dir = private_dir();
-        let port = free_port();
-        let mut server = Self { child: None, port, dir };
-        server.spawn();
-        server
+        let mut server = Self { child: None, port: 0, dir };
+        // redis-server cannot pick its own port: take a free one, and another if a concurrent
+        // test took it in between.
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.try_spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server would not start:\n{}", server.log());
     }
 
     fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "redis-server did not start on port {}:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// Start on `self.port`; whether it answered (false if it exited, e.g. the port was taken).
+    fn try_spawn(&mut self) -> bool {
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
         let child = Command::new(binary("redis-server", "REDIS_SERVER_BIN"))
             .args([
@@ -73,9 +89,14 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !redis_answers(self.port) {
-            assert!(Instant::now() < deadline, "redis-server did not answer:\n{}", self.log());
+            let exited = self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited || Instant::now() > deadline {
+                self.kill();
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
+        true
     }
 
     /// `redis://127.0.0.1:<port>`.

@@ -308,4 +308,44 @@ pub mod scenarios {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
+
+    /// A node that does not answer in time makes counts partial, and says so.
+    pub async fn a_silent_node_makes_answers_partial(bus: Bus) {
+        let bus = Bus {
+            adapter: bus.adapter.replacen(
+                "[adapter]\n",
+                "[adapter]\nrequests_timeout_ms = 300\n",
+                1,
+            ),
+        };
+        let servers = nodes(&bus, 2, "").await;
+        let app = TestApp::main();
+        let mut on_a = Client::connect(&servers[0].ws_url(&app.key)).await;
+        on_a.subscribe(&app, "counted").await;
+        let url = |server: &crate::server::Server| {
+            let api = Api::new(&server.http_url(), &app);
+            let path = "/apps/app-1/channels/counted";
+            format!(
+                "{}{path}?{}",
+                server.http_url(),
+                api.signed_query("GET", path, &[("info", "subscription_count")], b"", Api::now())
+            )
+        };
+        let whole = reqwest::get(url(&servers[0])).await.unwrap();
+        assert!(!whole.headers().contains_key("x-sockhost-partial"));
+
+        let stop = |signal: &str| {
+            std::process::Command::new("kill")
+                .args([signal, &servers[1].pid().to_string()])
+                .status()
+                .unwrap();
+        };
+        stop("-STOP");
+        let partial = reqwest::get(url(&servers[0])).await.unwrap();
+        stop("-CONT");
+        assert_eq!(partial.status(), 200);
+        assert_eq!(partial.headers()["x-sockhost-partial"], "true");
+        let body: serde_json::Value = partial.json().await.unwrap();
+        assert_eq!(body, json!({ "occupied": true, "subscription_count": 1 }));
+    }
 }

@@ -108,18 +108,19 @@ impl ServerBuilder {
         let dir = private_dir();
         let config = dir.path().join("sockhost.toml");
         std::fs::write(&config, &self.config).unwrap();
-        let port = free_port();
-        let metrics_port = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let manifest =
             self.manifest.unwrap_or_else(|| crate::workspace_root().join("plugins.toml"));
         let mut command = Command::new(sockhost_bin());
+        // Port 0: the server binds free ports itself and logs them, so no two servers of
+        // concurrent tests can race for one.
         command
             .args(["--config", config.to_str().unwrap(), "--plugins", manifest.to_str().unwrap()])
-            .env("PORT", port.to_string())
+            .env("PORT", "0")
             .env("HOST", "127.0.0.1")
-            .env("METRICS_PORT", metrics_port.to_string())
+            .env("METRICS_PORT", "0")
             .env("METRICS_HOST", "127.0.0.1")
+            .env("NO_COLOR", "1")
             .env("RUST_LOG", std::env::var("SOCKHOST_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .current_dir(dir.path())
             .stdout(Stdio::null())
@@ -128,10 +129,18 @@ impl ServerBuilder {
             command.env(name, value);
         }
         let child = command.spawn().expect("sockhost starts");
-        let mut server = Server { child: Some(child), port, metrics_port, dir };
+        let mut server = Server { child: Some(child), port: 0, metrics_port: 0, dir };
         server.wait_until_up();
         server
     }
+}
+
+/// The port in the last `addr=...:<port>` of the first log line containing `marker`.
+fn logged_port(log: &str, marker: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains(marker))?;
+    let after = &line[line.rfind("127.0.0.1:")? + "127.0.0.1:".len()..];
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 impl Server {
@@ -165,6 +174,17 @@ impl Server {
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("sockhost exited with {status} before answering:\n{}", self.log());
+            }
+            if self.port == 0 {
+                let log = self.log();
+                match (logged_port(&log, "Listening."), logged_port(&log, "Metrics listening.")) {
+                    (Some(port), Some(metrics)) => (self.port, self.metrics_port) = (port, metrics),
+                    _ => {
+                        assert!(Instant::now() < deadline, "sockhost logged no address:\n{log}");
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                }
             }
             if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
                 use std::io::{Read, Write};
@@ -253,6 +273,11 @@ impl Server {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Kill it with SIGKILL: no goodbye, no cleanup.

@@ -67,6 +67,12 @@ async fn connection_quota_holds_for_the_cluster() {
 }
 
 #[tokio::test]
+async fn a_silent_node_makes_answers_partial() {
+    let redis = RedisServer::start();
+    scenarios::a_silent_node_makes_answers_partial(bus(&redis)).await;
+}
+
+#[tokio::test]
 async fn nodes_reconnect_after_redis_restarts_and_local_delivery_never_stops() {
     let mut redis = RedisServer::start();
     let servers = nodes(&bus(&redis), 2, "").await;

@@ -290,9 +290,15 @@ impl Cluster {
         let _ = self.interest.send((topic, false, done));
     }
 
-    /// Ask every other live node `query`; wait for all answers or the timeout (short for `fast`
-    /// questions: 50 ms per node).
-    pub async fn request(&self, query: Value, fast: bool) -> Answers {
+    /// Ask every other live node `query`; wait for all answers, or until `enough` says the
+    /// answers so far settle the question (a positive existence answer), or the timeout (short
+    /// for `fast` questions: 50 ms per node).
+    pub async fn request(
+        &self,
+        query: Value,
+        fast: bool,
+        enough: impl Fn(&[Value]) -> bool,
+    ) -> Answers {
         let expected = self.peers().len();
         if expected == 0 {
             return Answers { answers: Vec::new(), complete: true };
@@ -309,14 +315,19 @@ impl Cluster {
         };
         let deadline = Instant::now() + wait;
         let mut answers = Vec::with_capacity(expected);
+        let mut settled = false;
         while answers.len() < expected {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(answer)) => answers.push(answer),
                 _ => break,
             }
+            if enough(&answers) {
+                settled = true;
+                break;
+            }
         }
         self.pending.lock().expect("cluster lock").remove(&id);
-        let complete = answers.len() >= expected;
+        let complete = settled || answers.len() >= expected;
         if !complete {
             tracing::warn!(
                 expected,

@@ -6,10 +6,11 @@ use axum::{
     Json,
     extract::{Path, RawQuery, State},
     http::{Method, Uri},
+    response::Response,
 };
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, auth};
+use super::{ApiError, auth, counted};
 use crate::{
     protocol::channel::{self, ChannelKind},
     server::Ctx,
@@ -61,7 +62,7 @@ pub async fn list(
     method: Method,
     uri: Uri,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let authed = read_request(&ctx, &app_id, &method, &uri, query.as_deref(), None).await?;
     let prefix = authed.query.get("filter_by_prefix").cloned().unwrap_or_default();
     let info = attributes(&authed.query);
@@ -79,7 +80,9 @@ pub async fn list(
         }
     }
     let mut channels = Map::new();
+    let mut complete = true;
     for (name, counts) in ctx.adapter.channels(&authed.app.id, &prefix).await {
+        complete &= counts.complete;
         let mut entry = Map::new();
         if info.iter().any(|a| a == "user_count") {
             entry.insert("user_count".into(), counts.user_count.into());
@@ -89,7 +92,7 @@ pub async fn list(
         }
         channels.insert(name, Value::Object(entry));
     }
-    Ok(Json(json!({ "channels": channels })))
+    Ok(counted(json!({ "channels": channels }), complete))
 }
 
 /// One channel: whether it is occupied, and the counts asked for.
@@ -99,7 +102,7 @@ pub async fn show(
     method: Method,
     uri: Uri,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let authed = read_request(&ctx, &app_id, &method, &uri, query.as_deref(), Some(&name)).await?;
     let presence = ChannelKind::of(&name) == ChannelKind::Presence;
     let info = attributes(&authed.query);
@@ -122,7 +125,7 @@ pub async fn show(
             }
         }
     }
-    Ok(Json(Value::Object(body)))
+    Ok(counted(Value::Object(body), counts.complete))
 }
 
 /// The users of a presence channel.

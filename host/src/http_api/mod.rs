@@ -114,6 +114,18 @@ pub async fn accept(
     Ok((bytes, authed))
 }
 
+/// A JSON answer, marked `X-Sockhost-Partial: true` when some node did not answer in time (the
+/// counts in it are then what the others said).
+pub fn counted(body: serde_json::Value, complete: bool) -> Response {
+    let mut response = Json(body).into_response();
+    if !complete {
+        response
+            .headers_mut()
+            .insert("x-sockhost-partial", axum::http::HeaderValue::from_static("true"));
+    }
+    response
+}
+
 /// Unknown routes.
 pub async fn not_found() -> ApiError {
     ApiError::not_found("No such endpoint")
