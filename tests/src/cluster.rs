@@ -10,6 +10,16 @@ pub struct Bus {
 }
 
 impl Bus {
+    /// Redis on 127.0.0.1:`port`, given the reference's way: the shared `[database.redis]` table.
+    pub fn redis_database(port: u16, prefix: &str) -> Self {
+        Self {
+            adapter: format!(
+                "[adapter]\ndriver = \"redis\"\n[adapter.redis]\nprefix = \"{prefix}\"\n\
+                 [database.redis]\nhost = \"127.0.0.1\"\nport = {port}\n"
+            ),
+        }
+    }
+
     /// Redis at `url`, channels under `prefix`.
     pub fn redis(url: &str, prefix: &str) -> Self {
         Self {

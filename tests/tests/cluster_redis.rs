@@ -19,6 +19,12 @@ async fn delivers_across_nodes() {
 }
 
 #[tokio::test]
+async fn the_connection_can_come_from_the_shared_database_table() {
+    let redis = RedisServer::start();
+    scenarios::delivers_across_nodes(Bus::redis_database(redis.port, "db:")).await;
+}
+
+#[tokio::test]
 async fn presence_and_counts_are_cluster_wide() {
     let redis = RedisServer::start();
     scenarios::presence_and_counts_are_cluster_wide(bus(&redis)).await;

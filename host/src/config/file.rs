@@ -49,6 +49,10 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// Membership of the cluster.
     pub cluster_health: ClusterHealthConfig,
+    /// Backend connections shared by drivers (`[database.redis]`, ...): each driver gets the
+    /// table named after its backend as `database` in its own settings. The host reads none of
+    /// their fields.
+    pub database: BTreeMap<String, serde_json::Value>,
     /// The WebSocket endpoint.
     pub websocket: WebSocketConfig,
     /// Prometheus metrics.
@@ -76,6 +80,7 @@ impl Default for Config {
             http_api: HttpApiConfig::default(),
             webhooks: WebhooksConfig::default(),
             cluster_health: ClusterHealthConfig::default(),
+            database: BTreeMap::new(),
             websocket: WebSocketConfig::default(),
             metrics: MetricsConfig::default(),
         }

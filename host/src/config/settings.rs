@@ -303,6 +303,7 @@ impl Settings {
             });
         }
 
+        let database = config.database.clone();
         // A section that names no driver (only its tables) keeps the default driver.
         let mut choice = |kind: &str, section: &DriverSection, default: &str| -> DriverChoice {
             let name =
@@ -311,7 +312,15 @@ impl Settings {
                 // The reference names the redis-cluster adapter's table `adapter.cluster`.
                 (name == "redis-cluster").then(|| section.tables.get("cluster")).flatten()
             });
-            let config = match table.map(toml::to_string) {
+            // The shared backend table (`database.redis` for `redis` and `redis-cluster`) goes
+            // along as `database`, unless the driver's own table sets one.
+            let backend = name.split('-').next().unwrap_or(name);
+            let mut table =
+                table.cloned().unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+            if let (Some(shared), Some(object)) = (database.get(backend), table.as_object_mut()) {
+                object.entry("database").or_insert_with(|| shared.clone());
+            }
+            let config = match table.as_object().filter(|o| !o.is_empty()).map(toml::to_string) {
                 None => String::new(),
                 Some(Ok(text)) => text,
                 Some(Err(e)) => {
