@@ -273,6 +273,29 @@ impl Adapter {
         online
     }
 
+    /// Record that `conn` signed in as `user_id`; whether the user just came online
+    /// cluster-wide (their first connection anywhere).
+    pub fn sign_in(&self, app_id: &str, user_id: &str, conn: &Conn) -> bool {
+        if !self.hub.sign_in(app_id, user_id, conn) {
+            return false;
+        }
+        let status =
+            Control::UserStatus { app: app_id.into(), user_id: user_id.into(), online: true };
+        self.cluster.send_control(cluster::CONTROL, status);
+        !self.cluster.online_elsewhere(app_id, user_id)
+    }
+
+    /// Forget a signed-in connection; whether the user just went offline cluster-wide.
+    pub fn sign_out(&self, app_id: &str, user_id: &str, socket_id: &str) -> bool {
+        if !self.hub.sign_out(app_id, user_id, socket_id) {
+            return false;
+        }
+        let status =
+            Control::UserStatus { app: app_id.into(), user_id: user_id.into(), online: false };
+        self.cluster.send_control(cluster::CONTROL, status);
+        !self.cluster.online_elsewhere(app_id, user_id)
+    }
+
     /// Tell the watchers of `user_id` it came online or went offline.
     pub fn notify_watchers(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) {
         self.hub.send_to_watchers(app_id, user_id, frame);

@@ -485,4 +485,15 @@ impl Hub {
         }
         out
     }
+
+    /// Every signed-in user on this node, as (app, user).
+    pub fn signed_in_users(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (app_id, app) in self.all_apps() {
+            for user in app.users.read().expect("hub lock").keys() {
+                out.push((app_id.clone(), user.clone()));
+            }
+        }
+        out
+    }
 }

@@ -358,4 +358,41 @@ pub mod scenarios {
         let body: serde_json::Value = partial.json().await.unwrap();
         assert_eq!(body, json!({ "occupied": true, "subscription_count": 1 }));
     }
+
+    /// A watcher hears when a user comes online and goes offline on another node, once, however
+    /// many connections the user has.
+    pub async fn watchlists_follow_users_across_nodes(bus: Bus) {
+        let servers = nodes(&bus, 2, "").await;
+        let app = TestApp::main();
+        let sign_in = async |client: &mut Client, user_data: serde_json::Value| {
+            let user_data = user_data.to_string();
+            let auth = app.user_auth(&client.socket_id, &user_data);
+            client.send(json!({ "event": "pusher:signin", "data": { "auth": auth, "user_data": user_data } })).await;
+            client.expect("pusher:signin_success").await;
+        };
+        let mut watcher = Client::connect(&servers[0].ws_url(&app.key)).await;
+        sign_in(&mut watcher, json!({ "id": "w", "watchlist": ["roamer"] })).await;
+
+        let mut roamer_b = Client::connect(&servers[1].ws_url(&app.key)).await;
+        sign_in(&mut roamer_b, json!({ "id": "roamer" })).await;
+        let online = watcher.expect("pusher_internal:watchlist_events").await;
+        assert!(
+            online["data"].as_str().unwrap().contains(r#"{"name":"online","user_ids":["roamer"]}"#),
+            "{online}"
+        );
+
+        // A second connection of the same user, on the watcher's node: not news.
+        let mut roamer_a = Client::connect(&servers[0].ws_url(&app.key)).await;
+        sign_in(&mut roamer_a, json!({ "id": "roamer" })).await;
+        roamer_b.close().await;
+        roamer_a.close().await;
+        let offline = watcher.expect("pusher_internal:watchlist_events").await;
+        assert!(
+            offline["data"]
+                .as_str()
+                .unwrap()
+                .contains(r#"{"name":"offline","user_ids":["roamer"]}"#),
+            "{offline}"
+        );
+    }
 }

@@ -79,6 +79,12 @@ async fn a_silent_node_makes_answers_partial() {
 }
 
 #[tokio::test]
+async fn watchlists_follow_users_across_nodes() {
+    let redis = RedisServer::start();
+    scenarios::watchlists_follow_users_across_nodes(bus(&redis)).await;
+}
+
+#[tokio::test]
 async fn nodes_reconnect_after_redis_restarts_and_local_delivery_never_stops() {
     let mut redis = RedisServer::start();
     let servers = nodes(&bus(&redis), 2, "").await;

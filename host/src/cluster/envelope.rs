@@ -84,6 +84,18 @@ pub enum Control {
         /// (app, channel) pairs with a subscriber on the sender.
         #[serde(default)]
         occupied: Vec<(String, String)>,
+        /// (app, user) pairs signed in on the sender.
+        #[serde(default)]
+        online: Vec<(String, String)>,
+    },
+    /// A user's first connection on the sender signed in (`true`), or their last left (`false`).
+    UserStatus {
+        /// The app.
+        app: String,
+        /// The user.
+        user_id: String,
+        /// Whether the user is now signed in on the sender.
+        online: bool,
     },
     /// A channel gained its first subscriber on the sender (`true`) or lost its last (`false`).
     Occupancy {

@@ -88,6 +88,8 @@ pub struct Cluster {
     occupancy: Mutex<HashMap<u64, HashSet<(String, String)>>>,
     /// Connections per app on each other node, from their heartbeats (socket counting).
     connections: Mutex<HashMap<u64, HashMap<String, u64>>>,
+    /// Users signed in on each other node, as (app, user).
+    online: Mutex<HashMap<u64, HashSet<(String, String)>>>,
 }
 
 /// What a departed node leaves behind.
@@ -97,6 +99,8 @@ pub struct Departed {
     pub members: Vec<(String, String, String)>,
     /// The channels it had subscribers for, as (app, channel).
     pub channels: Vec<(String, String)>,
+    /// The users signed in on it, as (app, user).
+    pub users: Vec<(String, String)>,
 }
 
 /// Answers to a request, and whether every live node answered.
@@ -129,6 +133,7 @@ impl Cluster {
             interest,
             occupancy: Mutex::default(),
             connections: Mutex::default(),
+            online: Mutex::default(),
         });
         tokio::spawn(keep_interest(cluster.transport.clone(), ops));
         cluster
@@ -170,6 +175,38 @@ impl Cluster {
         }
     }
 
+    /// Record whether `user` is signed in on `node`.
+    pub fn apply_user_status(&self, node: u64, app: String, user: String, online: bool) {
+        let mut all = self.online.lock().expect("cluster lock");
+        let users = all.entry(node).or_default();
+        if online {
+            users.insert((app, user));
+        } else {
+            users.remove(&(app, user));
+        }
+    }
+
+    /// The users signed in on `node`.
+    pub fn online_of(&self, node: u64) -> Vec<(String, String)> {
+        self.online
+            .lock()
+            .expect("cluster lock")
+            .get(&node)
+            .map(|u| u.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Replace the users signed in on `node`.
+    pub fn replace_online(&self, node: u64, users: Vec<(String, String)>) {
+        self.online.lock().expect("cluster lock").insert(node, users.into_iter().collect());
+    }
+
+    /// Whether `user` is signed in on another node.
+    pub fn online_elsewhere(&self, app: &str, user: &str) -> bool {
+        let key = (app.to_string(), user.to_string());
+        self.online.lock().expect("cluster lock").values().any(|u| u.contains(&key))
+    }
+
     /// Record `node`'s connections per app.
     pub fn apply_connections(&self, node: u64, counts: HashMap<String, u64>) {
         self.connections.lock().expect("cluster lock").insert(node, counts);
@@ -201,8 +238,8 @@ impl Cluster {
         self.occupancy.lock().expect("cluster lock").values().any(|c| c.contains(&key))
     }
 
-    /// Forget `node` and its presence; the members it held, as (app, channel, user), and the
-    /// channels it occupied.
+    /// Forget `node` and all it told: its presence members, occupied channels, signed-in users
+    /// and connection counts.
     pub fn forget(&self, node: u64) -> Departed {
         let channels: Vec<(String, String)> = self
             .occupancy
@@ -213,6 +250,15 @@ impl Cluster {
             .into_iter()
             .collect();
         self.members.lock().expect("cluster lock").remove(&node);
+        self.connections.lock().expect("cluster lock").remove(&node);
+        let users: Vec<(String, String)> = self
+            .online
+            .lock()
+            .expect("cluster lock")
+            .remove(&node)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let gone = self.presence.lock().expect("cluster lock").remove(&node).unwrap_or_default();
         let members = gone
             .members
@@ -221,7 +267,7 @@ impl Cluster {
                 users.into_keys().map(move |user| (app.clone(), channel.clone(), user))
             })
             .collect();
-        Departed { members, channels }
+        Departed { members, channels, users }
     }
 
     /// Nodes silent for longer than the node timeout.

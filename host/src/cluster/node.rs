@@ -41,7 +41,8 @@ fn welcome(ctx: &Ctx, node: u64) {
     cluster.send_control(&topic, Control::Hello { reply: false });
     let state = presence_state(ctx.adapter.hub().presence_members());
     let occupied = ctx.adapter.hub().occupied_channels();
-    cluster.send_control(&topic, Control::PresenceSync { state, occupied });
+    let online = ctx.adapter.hub().signed_in_users();
+    cluster.send_control(&topic, Control::PresenceSync { state, occupied, online });
     tracing::info!(node, "A node joined the cluster.");
 }
 
@@ -133,7 +134,30 @@ async fn incoming(ctx: Arc<Ctx>, mut inbox: mpsc::Receiver<Incoming>) {
                             occupancy_event(&ctx, &app, &channel, occupied);
                         }
                     }
-                    Control::PresenceSync { state, occupied } => {
+                    Control::UserStatus { app, user_id, online } => {
+                        if new {
+                            welcome(&ctx, node);
+                        }
+                        let before = online_anywhere(&ctx, &app, &user_id);
+                        cluster.apply_user_status(node, app.clone(), user_id.clone(), online);
+                        if before != online_anywhere(&ctx, &app, &user_id) {
+                            user_status_event(&ctx, &app, &user_id, online);
+                        }
+                    }
+                    Control::PresenceSync { state, occupied, online } => {
+                        let mut users = cluster.online_of(node);
+                        users.extend(online.iter().cloned());
+                        users.sort();
+                        users.dedup();
+                        let was: Vec<bool> =
+                            users.iter().map(|(a, u)| online_anywhere(&ctx, a, u)).collect();
+                        cluster.replace_online(node, online);
+                        for ((app, user), was) in users.iter().zip(was) {
+                            let now = online_anywhere(&ctx, app, user);
+                            if was != now {
+                                user_status_event(&ctx, app, user, now);
+                            }
+                        }
                         let mut channels = cluster.occupancy_of(node);
                         channels.extend(occupied.iter().cloned());
                         channels.sort();
@@ -204,6 +228,20 @@ pub fn occupancy_event(ctx: &Arc<Ctx>, app_id: &str, channel: &str, occupied: bo
     }
 }
 
+/// A user came online or went offline cluster-wide, as this node sees it: tell this node's
+/// watchers of the user (the other nodes tell theirs).
+fn user_status_event(ctx: &Ctx, app_id: &str, user: &str, online: bool) {
+    let name = if online { "online" } else { "offline" };
+    let frame = Utf8Bytes::from(frames::watchlist_event(name, &[user.to_string()]));
+    ctx.adapter.notify_watchers(app_id, user, &frame);
+}
+
+/// Whether `user` is signed in anywhere, as this node sees it.
+fn online_anywhere(ctx: &Ctx, app_id: &str, user: &str) -> bool {
+    !ctx.adapter.hub().online(app_id, &[user.to_string()]).is_empty()
+        || ctx.adapter.cluster().online_elsewhere(app_id, user)
+}
+
 /// Whether the channel has a subscriber anywhere, as this node sees it.
 fn occupied_anywhere(ctx: &Ctx, app_id: &str, channel: &str) -> bool {
     ctx.adapter.hub().subscription_count(app_id, channel) > 0
@@ -223,6 +261,11 @@ fn members_gone(ctx: &Arc<Ctx>, node: u64) {
     for (app_id, channel, user) in departed.members {
         if !present(ctx, &app_id, &channel, &user) {
             member_event(ctx, &app_id, &channel, &user, None, None);
+        }
+    }
+    for (app_id, user) in departed.users {
+        if !online_anywhere(ctx, &app_id, &user) {
+            user_status_event(ctx, &app_id, &user, false);
         }
     }
     for (app_id, channel) in departed.channels {

@@ -269,7 +269,7 @@ impl Session {
         }
         self.user_id = Some(id.clone());
         self.send(frames::signin_success(user_data));
-        if self.ctx.adapter.hub().sign_in(&self.app.id, &id, &self.conn) {
+        if self.ctx.adapter.sign_in(&self.app.id, &id, &self.conn) {
             let frame =
                 Utf8Bytes::from(frames::watchlist_event("online", std::slice::from_ref(&id)));
             self.ctx.adapter.notify_watchers(&self.app.id, &id, &frame);
@@ -371,7 +371,7 @@ impl Session {
             hub.unwatch(&self.app.id, &self.conn.socket_id, &self.watchlist);
         }
         if let Some(id) = self.user_id.take()
-            && hub.sign_out(&self.app.id, &id, &self.conn.socket_id)
+            && self.ctx.adapter.sign_out(&self.app.id, &id, &self.conn.socket_id)
         {
             let frame =
                 Utf8Bytes::from(frames::watchlist_event("offline", std::slice::from_ref(&id)));
