@@ -94,7 +94,7 @@ impl Adapter {
                         occupied: true,
                     };
                     self.cluster.send_control(cluster::CONTROL, control);
-                    outcome.occupied = !self.cluster.occupied_elsewhere(app_id, channel);
+                    outcome.occupied = !self.cluster.occupancy.elsewhere(app_id, channel);
                 }
                 if let (true, Some((user_id, info))) = (outcome.first_for_user, member) {
                     outcome.first_for_user =
@@ -131,7 +131,7 @@ impl Adapter {
             let control =
                 Control::Occupancy { app: app_id.into(), channel: channel.into(), occupied: false };
             self.cluster.send_control(cluster::CONTROL, control);
-            outcome.vacated = !self.cluster.occupied_elsewhere(app_id, channel);
+            outcome.vacated = !self.cluster.occupancy.elsewhere(app_id, channel);
         }
         if let Some(user) = outcome.removed_user.take() {
             self.cluster.send_control(
@@ -282,7 +282,7 @@ impl Adapter {
         let status =
             Control::UserStatus { app: app_id.into(), user_id: user_id.into(), online: true };
         self.cluster.send_control(cluster::CONTROL, status);
-        !self.cluster.online_elsewhere(app_id, user_id)
+        !self.cluster.online.elsewhere(app_id, user_id)
     }
 
     /// Forget a signed-in connection; whether the user just went offline cluster-wide.
@@ -293,7 +293,7 @@ impl Adapter {
         let status =
             Control::UserStatus { app: app_id.into(), user_id: user_id.into(), online: false };
         self.cluster.send_control(cluster::CONTROL, status);
-        !self.cluster.online_elsewhere(app_id, user_id)
+        !self.cluster.online.elsewhere(app_id, user_id)
     }
 
     /// Tell the watchers of `user_id` it came online or went offline.

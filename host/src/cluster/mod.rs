@@ -84,12 +84,60 @@ pub struct Cluster {
     presence: Mutex<HashMap<u64, NodePresence>>,
     pending: Mutex<HashMap<u64, mpsc::UnboundedSender<Value>>>,
     interest: mpsc::UnboundedSender<InterestOp>,
-    /// Channels with a subscriber on each other node.
-    occupancy: Mutex<HashMap<u64, HashSet<(String, String)>>>,
+    /// Channels with a subscriber on each other node, as (app, channel).
+    pub occupancy: PerNode,
     /// Connections per app on each other node, from their heartbeats (socket counting).
     connections: Mutex<HashMap<u64, HashMap<String, u64>>>,
     /// Users signed in on each other node, as (app, user).
-    online: Mutex<HashMap<u64, HashSet<(String, String)>>>,
+    pub online: PerNode,
+}
+
+/// Pairs of names (app and channel, or app and user) that each other node holds.
+#[derive(Debug, Default)]
+pub struct PerNode(Mutex<HashMap<u64, HashSet<(String, String)>>>);
+
+impl PerNode {
+    /// Record whether `node` holds `key`.
+    pub fn set(&self, node: u64, key: (String, String), held: bool) {
+        let mut all = self.0.lock().expect("cluster lock");
+        let keys = all.entry(node).or_default();
+        if held {
+            keys.insert(key);
+        } else {
+            keys.remove(&key);
+        }
+    }
+
+    /// What replacing `node`'s keys with `new` touches: its keys now and those in `new`.
+    pub fn touched(&self, node: u64, new: &[(String, String)]) -> Vec<(String, String)> {
+        let mut keys: Vec<(String, String)> = self
+            .0
+            .lock()
+            .expect("cluster lock")
+            .get(&node)
+            .map(|k| k.iter().cloned().collect())
+            .unwrap_or_default();
+        keys.extend(new.iter().cloned());
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Replace `node`'s keys.
+    pub fn replace(&self, node: u64, keys: Vec<(String, String)>) {
+        self.0.lock().expect("cluster lock").insert(node, keys.into_iter().collect());
+    }
+
+    /// Whether another node holds (`a`, `b`).
+    pub fn elsewhere(&self, a: &str, b: &str) -> bool {
+        let key = (a.to_string(), b.to_string());
+        self.0.lock().expect("cluster lock").values().any(|k| k.contains(&key))
+    }
+
+    /// Forget `node`; what it held.
+    pub fn remove(&self, node: u64) -> Vec<(String, String)> {
+        self.0.lock().expect("cluster lock").remove(&node).unwrap_or_default().into_iter().collect()
+    }
 }
 
 /// What a departed node leaves behind.
@@ -131,9 +179,9 @@ impl Cluster {
             presence: Mutex::default(),
             pending: Mutex::default(),
             interest,
-            occupancy: Mutex::default(),
+            occupancy: PerNode::default(),
             connections: Mutex::default(),
-            online: Mutex::default(),
+            online: PerNode::default(),
         });
         tokio::spawn(keep_interest(cluster.transport.clone(), ops));
         cluster
@@ -164,49 +212,6 @@ impl Cluster {
         self.members.lock().expect("cluster lock").insert(node, Instant::now()).is_none()
     }
 
-    /// Record whether `node` has a subscriber for a channel.
-    pub fn apply_occupancy(&self, node: u64, app: String, channel: String, occupied: bool) {
-        let mut occupancy = self.occupancy.lock().expect("cluster lock");
-        let channels = occupancy.entry(node).or_default();
-        if occupied {
-            channels.insert((app, channel));
-        } else {
-            channels.remove(&(app, channel));
-        }
-    }
-
-    /// Record whether `user` is signed in on `node`.
-    pub fn apply_user_status(&self, node: u64, app: String, user: String, online: bool) {
-        let mut all = self.online.lock().expect("cluster lock");
-        let users = all.entry(node).or_default();
-        if online {
-            users.insert((app, user));
-        } else {
-            users.remove(&(app, user));
-        }
-    }
-
-    /// The users signed in on `node`.
-    pub fn online_of(&self, node: u64) -> Vec<(String, String)> {
-        self.online
-            .lock()
-            .expect("cluster lock")
-            .get(&node)
-            .map(|u| u.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Replace the users signed in on `node`.
-    pub fn replace_online(&self, node: u64, users: Vec<(String, String)>) {
-        self.online.lock().expect("cluster lock").insert(node, users.into_iter().collect());
-    }
-
-    /// Whether `user` is signed in on another node.
-    pub fn online_elsewhere(&self, app: &str, user: &str) -> bool {
-        let key = (app.to_string(), user.to_string());
-        self.online.lock().expect("cluster lock").values().any(|u| u.contains(&key))
-    }
-
     /// Record `node`'s connections per app.
     pub fn apply_connections(&self, node: u64, counts: HashMap<String, u64>) {
         self.connections.lock().expect("cluster lock").insert(node, counts);
@@ -217,48 +222,13 @@ impl Cluster {
         self.connections.lock().expect("cluster lock").values().filter_map(|c| c.get(app)).sum()
     }
 
-    /// The channels `node` has a subscriber for.
-    pub fn occupancy_of(&self, node: u64) -> Vec<(String, String)> {
-        self.occupancy
-            .lock()
-            .expect("cluster lock")
-            .get(&node)
-            .map(|c| c.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Replace what `node` occupies.
-    pub fn replace_occupancy(&self, node: u64, occupied: Vec<(String, String)>) {
-        self.occupancy.lock().expect("cluster lock").insert(node, occupied.into_iter().collect());
-    }
-
-    /// Whether another node has a subscriber for the channel.
-    pub fn occupied_elsewhere(&self, app: &str, channel: &str) -> bool {
-        let key = (app.to_string(), channel.to_string());
-        self.occupancy.lock().expect("cluster lock").values().any(|c| c.contains(&key))
-    }
-
     /// Forget `node` and all it told: its presence members, occupied channels, signed-in users
     /// and connection counts.
     pub fn forget(&self, node: u64) -> Departed {
-        let channels: Vec<(String, String)> = self
-            .occupancy
-            .lock()
-            .expect("cluster lock")
-            .remove(&node)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let channels = self.occupancy.remove(node);
         self.members.lock().expect("cluster lock").remove(&node);
         self.connections.lock().expect("cluster lock").remove(&node);
-        let users: Vec<(String, String)> = self
-            .online
-            .lock()
-            .expect("cluster lock")
-            .remove(&node)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let users = self.online.remove(node);
         let gone = self.presence.lock().expect("cluster lock").remove(&node).unwrap_or_default();
         let members = gone
             .members

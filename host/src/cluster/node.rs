@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::{
-    CONTROL,
+    CONTROL, PerNode,
     envelope::{Body, Control, Envelope},
     node_topic, presence_state,
 };
@@ -128,49 +128,43 @@ async fn incoming(ctx: Arc<Ctx>, mut inbox: mpsc::Receiver<Incoming>) {
                         if new {
                             welcome(&ctx, node);
                         }
-                        let before = occupied_anywhere(&ctx, &app, &channel);
-                        cluster.apply_occupancy(node, app.clone(), channel.clone(), occupied);
-                        if before != occupied_anywhere(&ctx, &app, &channel) {
-                            occupancy_event(&ctx, &app, &channel, occupied);
+                        let key = (app, channel);
+                        let before = occupied_anywhere(&ctx, &key.0, &key.1);
+                        cluster.occupancy.set(node, key.clone(), occupied);
+                        if before != occupied_anywhere(&ctx, &key.0, &key.1) {
+                            occupancy_event(&ctx, &key.0, &key.1, occupied);
                         }
                     }
                     Control::UserStatus { app, user_id, online } => {
                         if new {
                             welcome(&ctx, node);
                         }
-                        let before = online_anywhere(&ctx, &app, &user_id);
-                        cluster.apply_user_status(node, app.clone(), user_id.clone(), online);
-                        if before != online_anywhere(&ctx, &app, &user_id) {
-                            user_status_event(&ctx, &app, &user_id, online);
+                        let key = (app, user_id);
+                        let before = online_anywhere(&ctx, &key.0, &key.1);
+                        cluster.online.set(node, key.clone(), online);
+                        if before != online_anywhere(&ctx, &key.0, &key.1) {
+                            user_status_event(&ctx, &key.0, &key.1, online);
                         }
                     }
                     Control::PresenceSync { state, occupied, online } => {
-                        let mut users = cluster.online_of(node);
-                        users.extend(online.iter().cloned());
-                        users.sort();
-                        users.dedup();
-                        let was: Vec<bool> =
-                            users.iter().map(|(a, u)| online_anywhere(&ctx, a, u)).collect();
-                        cluster.replace_online(node, online);
-                        for ((app, user), was) in users.iter().zip(was) {
-                            let now = online_anywhere(&ctx, app, user);
-                            if was != now {
-                                user_status_event(&ctx, app, user, now);
-                            }
-                        }
-                        let mut channels = cluster.occupancy_of(node);
-                        channels.extend(occupied.iter().cloned());
-                        channels.sort();
-                        channels.dedup();
-                        let before: Vec<bool> =
-                            channels.iter().map(|(a, c)| occupied_anywhere(&ctx, a, c)).collect();
-                        cluster.replace_occupancy(node, occupied);
-                        for ((app, channel), was) in channels.iter().zip(before) {
-                            let now = occupied_anywhere(&ctx, app, channel);
-                            if was != now {
-                                occupancy_event(&ctx, app, channel, now);
-                            }
-                        }
+                        replace_and_announce(
+                            &cluster.online,
+                            node,
+                            online,
+                            |a, u| online_anywhere(&ctx, a, u),
+                            |a, u, now| {
+                                user_status_event(&ctx, a, u, now);
+                            },
+                        );
+                        replace_and_announce(
+                            &cluster.occupancy,
+                            node,
+                            occupied,
+                            |a, c| occupied_anywhere(&ctx, a, c),
+                            |a, c, now| {
+                                occupancy_event(&ctx, a, c, now);
+                            },
+                        );
                         let touched = cluster.members_of(node, &state);
                         let before: Vec<bool> =
                             touched.iter().map(|(a, c, u, _)| present(&ctx, a, c, u)).collect();
@@ -228,6 +222,26 @@ pub fn occupancy_event(ctx: &Arc<Ctx>, app_id: &str, channel: &str, occupied: bo
     }
 }
 
+/// Replace what `node` holds in `set` with `new`, and announce every pair whose state this node
+/// sees change (`anywhere` says the state; `event` announces the new one).
+fn replace_and_announce(
+    set: &PerNode,
+    node: u64,
+    new: Vec<(String, String)>,
+    anywhere: impl Fn(&str, &str) -> bool,
+    event: impl Fn(&str, &str, bool),
+) {
+    let touched = set.touched(node, &new);
+    let before: Vec<bool> = touched.iter().map(|(a, b)| anywhere(a, b)).collect();
+    set.replace(node, new);
+    for ((a, b), was) in touched.iter().zip(before) {
+        let now = anywhere(a, b);
+        if was != now {
+            event(a, b, now);
+        }
+    }
+}
+
 /// A user came online or went offline cluster-wide, as this node sees it: tell this node's
 /// watchers of the user (the other nodes tell theirs).
 fn user_status_event(ctx: &Ctx, app_id: &str, user: &str, online: bool) {
@@ -239,13 +253,13 @@ fn user_status_event(ctx: &Ctx, app_id: &str, user: &str, online: bool) {
 /// Whether `user` is signed in anywhere, as this node sees it.
 fn online_anywhere(ctx: &Ctx, app_id: &str, user: &str) -> bool {
     !ctx.adapter.hub().online(app_id, &[user.to_string()]).is_empty()
-        || ctx.adapter.cluster().online_elsewhere(app_id, user)
+        || ctx.adapter.cluster().online.elsewhere(app_id, user)
 }
 
 /// Whether the channel has a subscriber anywhere, as this node sees it.
 fn occupied_anywhere(ctx: &Ctx, app_id: &str, channel: &str) -> bool {
     ctx.adapter.hub().subscription_count(app_id, channel) > 0
-        || ctx.adapter.cluster().occupied_elsewhere(app_id, channel)
+        || ctx.adapter.cluster().occupancy.elsewhere(app_id, channel)
 }
 
 /// Whether `user` is in the channel anywhere, as this node sees it.
