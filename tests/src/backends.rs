@@ -4,12 +4,12 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::{private_dir, server::free_port};
+use crate::{private_dir, server::free_port, tls::Pki};
 
 /// A `redis-server` of our own.
 #[derive(Debug)]
@@ -18,6 +18,9 @@ pub struct RedisServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
     dir: tempfile::TempDir,
+    /// The CA file, when it speaks TLS only.
+    tls: Option<PathBuf>,
+    extra: Vec<String>,
 }
 
 fn binary(name: &str, env: &str) -> String {
@@ -42,8 +45,23 @@ impl RedisServer {
     /// If `redis-server` is missing (install the `redis-server` package, or set
     /// `REDIS_SERVER_BIN`) or does not answer in time.
     pub fn start() -> Self {
+        Self::start_with(None, &[])
+    }
+
+    /// Start one that speaks only TLS, with the certificate of `pki`.
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    pub fn start_tls(pki: &Pki) -> Self {
+        let mut args = vec!["--port".to_string(), "0".to_string()];
+        args.extend(tls_args(pki));
+        Self::start_with(Some(pki.ca()), &args)
+    }
+
+    fn start_with(tls: Option<PathBuf>, extra: &[String]) -> Self {
         let dir = private_dir();
-        let mut server = Self { child: None, port: 0, dir };
+        let extra = extra.to_vec();
+        let mut server = Self { child: None, port: 0, dir, tls, extra };
         // redis-server cannot pick its own port: take a free one, and another if a concurrent
         // test took it in between.
         for _ in 0..5 {
@@ -67,9 +85,10 @@ impl RedisServer {
     /// Start on `self.port`; whether it answered (false if it exited, e.g. the port was taken).
     fn try_spawn(&mut self) -> bool {
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
+        let port = if self.tls.is_some() { "--tls-port" } else { "--port" };
         let child = Command::new(binary("redis-server", "REDIS_SERVER_BIN"))
             .args([
-                "--port",
+                port,
                 &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
@@ -80,6 +99,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(log)
             .stderr(Stdio::null())
             .spawn()
@@ -88,7 +108,11 @@ impl RedisServer {
             );
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !redis_answers(self.port) {
+        let answers = |port| match &self.tls {
+            None => redis_answers(port),
+            Some(ca) => redis_cli(port, Some(ca), None, &["PING"]).is_some_and(|a| a == "PONG"),
+        };
+        while !answers(self.port) {
             let exited = self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some());
             if exited || Instant::now() > deadline {
                 self.kill();
@@ -99,9 +123,10 @@ impl RedisServer {
         true
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, or `rediss://` when it speaks TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kill it (SIGKILL) and wait for it to exit.
@@ -129,6 +154,444 @@ impl RedisServer {
 }
 
 impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `redis-server` arguments that make it speak TLS with `pki`'s certificate (clients need no
+/// certificate of their own).
+fn tls_args(pki: &Pki) -> Vec<String> {
+    let path = |p: PathBuf| p.to_str().expect("a UTF-8 temp path").to_string();
+    vec![
+        "--tls-cert-file".into(),
+        path(pki.cert()),
+        "--tls-key-file".into(),
+        path(pki.key()),
+        "--tls-ca-cert-file".into(),
+        path(pki.ca()),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]
+}
+
+/// Run `redis-cli` against 127.0.0.1:`port` (over TLS trusting `ca`, with `password`); its
+/// trimmed output, or `None` if it failed.
+pub fn redis_cli(
+    port: u16,
+    ca: Option<&Path>,
+    password: Option<&str>,
+    args: &[&str],
+) -> Option<String> {
+    let mut command = Command::new(binary("redis-cli", "REDIS_CLI_BIN"));
+    command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(ca) = ca {
+        command.arg("--tls").arg("--cacert").arg(ca);
+    }
+    if let Some(password) = password {
+        command.args(["--no-auth-warning", "-a", password]);
+    }
+    let output = command.args(args).stderr(Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    (output.status.success() && !text.starts_with("ERR") && !text.contains("Could not connect"))
+        .then_some(text)
+}
+
+/// How to start a [`RedisCluster`].
+#[derive(Debug, Default)]
+pub struct ClusterOptions<'a> {
+    /// Speak only TLS (between the nodes too), with this certificate.
+    pub tls: Option<&'a Pki>,
+    /// `requirepass` (and `masterauth`) of every node.
+    pub password: Option<&'a str>,
+    /// More `redis-server` arguments for every node.
+    pub extra: Vec<String>,
+}
+
+/// One node of a [`RedisCluster`].
+#[derive(Debug)]
+struct ClusterNode {
+    child: Option<Child>,
+    port: u16,
+    bus: u16,
+    dir: PathBuf,
+}
+
+/// A real Redis Cluster of three masters (no replicas), each on a free loopback port with its
+/// cluster bus on another, in one temp dir; stopped when dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+    args: Vec<String>,
+    ca: Option<PathBuf>,
+    password: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Start three nodes, join them with `redis-cli --cluster create` and wait until every node
+    /// says `cluster_state:ok` with all slots served.
+    ///
+    /// # Panics
+    /// If `redis-server`/`redis-cli` are missing or the cluster does not form in time.
+    pub fn start() -> Self {
+        Self::start_with(ClusterOptions::default())
+    }
+
+    /// As [`RedisCluster::start`], with options.
+    ///
+    /// # Panics
+    /// As [`RedisCluster::start`].
+    pub fn start_with(options: ClusterOptions<'_>) -> Self {
+        let dir = private_dir();
+        let mut args = vec![
+            "--cluster-enabled".to_string(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            "nodes.conf".into(),
+            "--cluster-node-timeout".into(),
+            "2000".into(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+        ];
+        if let Some(pki) = options.tls {
+            args.extend(tls_args(pki));
+            args.extend(["--tls-cluster".into(), "yes".into()]);
+        }
+        if let Some(password) = options.password {
+            args.extend(["--requirepass".into(), password.into()]);
+            args.extend(["--masterauth".into(), password.into()]);
+        }
+        args.extend(options.extra);
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            args,
+            ca: options.tls.map(Pki::ca),
+            password: options.password.map(String::from),
+            _dir: dir,
+        };
+        for i in 0..3 {
+            let node_dir = cluster._dir.path().join(format!("node{i}"));
+            std::fs::create_dir(&node_dir).unwrap();
+            let mut node = ClusterNode { child: None, port: 0, bus: 0, dir: node_dir };
+            // Ports are picked, not given by the server: retry if a concurrent test took one.
+            let started = (0..5).any(|_| {
+                node.port = free_port();
+                node.bus = free_port();
+                cluster.spawn(&mut node)
+            });
+            assert!(started, "a cluster node would not start:\n{}", node.log());
+            cluster.nodes.push(node);
+        }
+        let addresses: Vec<String> =
+            cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let mut create = Command::new(binary("redis-cli", "REDIS_CLI_BIN"));
+        if let Some(ca) = &cluster.ca {
+            create.arg("--tls").arg("--cacert").arg(ca);
+        }
+        if let Some(password) = &cluster.password {
+            create.args(["--no-auth-warning", "-a", password]);
+        }
+        let output = create
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed (apt-get install redis-tools)");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// Start `node` on its ports; whether it answered.
+    fn spawn(&self, node: &mut ClusterNode) -> bool {
+        let log = std::fs::File::create(node.dir.join("redis.log")).unwrap();
+        let (port_flag, plain_port) = if self.ca.is_some() {
+            ("--tls-port", vec!["--port".to_string(), "0".into()])
+        } else {
+            ("--port", Vec::new())
+        };
+        let child = Command::new(binary("redis-server", "REDIS_SERVER_BIN"))
+            .args([port_flag, &node.port.to_string(), "--cluster-port", &node.bus.to_string()])
+            .args(plain_port)
+            .args(&self.args)
+            .arg("--dir")
+            .arg(&node.dir)
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        node.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(node.port, &["PING"]).as_deref() != Some("PONG") {
+            let exited = node.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited || Instant::now() > deadline {
+                node.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Wait until every node says the cluster is whole.
+    fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let whole = self.nodes.iter().all(|node| {
+                self.cli(node.port, &["CLUSTER", "INFO"]).is_some_and(|info| {
+                    info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                })
+            });
+            if whole {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ok:\n{}",
+                self.nodes.iter().map(ClusterNode::log).collect::<String>()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Run `redis-cli` against the node on `port`.
+    pub fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        redis_cli(port, self.ca.as_deref(), self.password.as_deref(), args)
+    }
+
+    /// The nodes' ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// The seed URLs (`rediss://` when it speaks TLS), comma-separated.
+    pub fn seeds(&self) -> String {
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        self.nodes
+            .iter()
+            .map(|n| format!("{scheme}://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node id (`CLUSTER MYID`) of the node on `port`.
+    ///
+    /// # Panics
+    /// If it does not answer.
+    pub fn node_id(&self, port: u16) -> String {
+        self.cli(port, &["CLUSTER", "MYID"]).expect("CLUSTER MYID")
+    }
+
+    /// The port of the master serving `key`'s slot.
+    ///
+    /// # Panics
+    /// If the cluster does not answer.
+    pub fn owner_of(&self, key: &str) -> u16 {
+        let slot = self.cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]).expect("KEYSLOT");
+        let slot: u16 = slot.parse().expect("a slot number");
+        let shards = self.cli(self.nodes[0].port, &["CLUSTER", "SLOTS"]).expect("SLOTS");
+        // redis-cli prints the nested reply one value per line: start, end, then the master's
+        // ip, port and id, then any replicas.
+        let lines: Vec<&str> = shards.lines().collect();
+        let mut i = 0;
+        while i + 3 < lines.len() {
+            if let (Ok(start), Ok(end)) = (lines[i].parse::<u16>(), lines[i + 1].parse::<u16>())
+                && (start..=end).contains(&slot)
+                && let Ok(port) = lines[i + 3].parse::<u16>()
+            {
+                return port;
+            }
+            i += 1;
+        }
+        panic!("no master serves slot {slot}:\n{shards}");
+    }
+
+    /// Move the slot of `key` (which holds no keys) to the master on `to`, as a resharding
+    /// does, and tell every node.
+    ///
+    /// # Panics
+    /// If a step is refused.
+    pub fn move_slot_of(&self, key: &str, to: u16) {
+        let from = self.owner_of(key);
+        let slot = self.cli(to, &["CLUSTER", "KEYSLOT", key]).expect("KEYSLOT");
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let step = |port: u16, args: &[&str]| {
+            let answer = self.cli(port, args);
+            assert_eq!(answer.as_deref(), Some("OK"), "{args:?} on {port}");
+        };
+        step(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        step(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        step(from, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        step(to, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        for port in self.ports() {
+            if port != from && port != to {
+                step(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            }
+        }
+        self.wait_until_ok();
+    }
+
+    /// Kill every node (SIGKILL).
+    pub fn kill(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+    }
+
+    /// Kill every node and start them again on the same ports with the same cluster state.
+    ///
+    /// # Panics
+    /// If a node does not come back or the cluster does not become ok.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut nodes = std::mem::take(&mut self.nodes);
+        for node in &mut nodes {
+            assert!(self.spawn(node), "a cluster node did not come back:\n{}", node.log());
+        }
+        self.nodes = nodes;
+        self.wait_until_ok();
+    }
+}
+
+impl ClusterNode {
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `nats-server` of our own, on a port it picks itself (read from its log).
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    args: Vec<String>,
+    tls: bool,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Start one and wait until it is ready.
+    ///
+    /// # Panics
+    /// If `nats-server` is missing (install the `nats-server` package, or set
+    /// `NATS_SERVER_BIN`) or it is not ready in time.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Start one with more arguments (`--user u --pass p`, `--auth token`, ...).
+    ///
+    /// # Panics
+    /// As [`NatsServer::start`].
+    pub fn start_with(args: &[&str]) -> Self {
+        let mut server = Self {
+            child: None,
+            port: 0,
+            args: args.iter().map(|a| (*a).to_string()).collect(),
+            tls: false,
+            dir: private_dir(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Start one that requires TLS, with `pki`'s certificate.
+    ///
+    /// # Panics
+    /// As [`NatsServer::start`].
+    pub fn start_tls(pki: &Pki) -> Self {
+        let (cert, key) = (pki.cert(), pki.key());
+        let mut server = Self::start_with(&[
+            "--tls",
+            "--tlscert",
+            cert.to_str().unwrap(),
+            "--tlskey",
+            key.to_str().unwrap(),
+        ]);
+        server.tls = true;
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = self.dir.path().join("nats.log");
+        let _ = std::fs::remove_file(&log);
+        // Port -1: the server picks a free one. On a restart, the same port again.
+        let port = if self.port == 0 { "-1".to_string() } else { self.port.to_string() };
+        let child = Command::new(binary("nats-server", "NATS_SERVER_BIN"))
+            .args(["-a", "127.0.0.1", "-p", &port, "-l"])
+            .arg(&log)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "nats-server is installed (apt-get install nats-server, or set NATS_SERVER_BIN)",
+            );
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Server is ready") {
+                let listening = text
+                    .lines()
+                    .find(|l| l.contains("Listening for client connections on"))
+                    .and_then(|l| l.rsplit(':').next())
+                    .and_then(|p| p.trim().parse().ok());
+                self.port = listening.expect("the client port in nats-server's log");
+                return;
+            }
+            let exited = self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            assert!(!exited && Instant::now() < deadline, "nats-server did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`, or `tls://` when it requires TLS.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill it (SIGKILL) and wait for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }

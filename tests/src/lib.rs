@@ -104,4 +104,5 @@ pub mod cluster;
 pub mod counting;
 pub mod pusher;
 pub mod server;
+pub mod tls;
 pub mod webhook;

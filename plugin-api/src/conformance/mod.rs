@@ -172,6 +172,9 @@ pub struct TestHost {
     deliveries_tx: mpsc::UnboundedSender<Delivery>,
     deliveries_rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>>,
     metrics: Arc<Mutex<BTreeMap<String, i64>>>,
+    delivered: Arc<std::sync::atomic::AtomicUsize>,
+    /// While true, `on_message` waits: a host that has stopped taking messages.
+    blocked: Arc<(Mutex<bool>, std::sync::Condvar)>,
 }
 
 impl std::fmt::Debug for TestHost {
@@ -187,6 +190,8 @@ impl Default for TestHost {
             deliveries_tx,
             deliveries_rx: Arc::new(tokio::sync::Mutex::new(rx)),
             metrics: Arc::default(),
+            delivered: Arc::default(),
+            blocked: Arc::default(),
         }
     }
 }
@@ -221,6 +226,27 @@ impl TestHost {
         out
     }
 
+    /// How many messages have been delivered so far, taken or not.
+    pub fn delivered(&self) -> usize {
+        self.delivered.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Make every delivery wait (the thread delivering blocks) until
+    /// [`TestHost::unblock_deliveries`]: a host too slow for what arrives.
+    pub fn block_deliveries(&self) {
+        if let Ok(mut blocked) = self.blocked.0.lock() {
+            *blocked = true;
+        }
+    }
+
+    /// Let deliveries through again.
+    pub fn unblock_deliveries(&self) {
+        if let Ok(mut blocked) = self.blocked.0.lock() {
+            *blocked = false;
+        }
+        self.blocked.1.notify_all();
+    }
+
     /// The plugin's counter `name` as reported through [`HostContext::metric`].
     pub fn metric(&self, name: &str) -> i64 {
         self.metrics.lock().map(|m| m.get(name).copied().unwrap_or(0)).unwrap_or(0)
@@ -229,6 +255,16 @@ impl TestHost {
 
 impl HostContext for TestHost {
     fn on_message(&self, topic: RStr<'_>, payload: RVec<u8>) {
+        let (lock, wake) = &*self.blocked;
+        if let Ok(mut blocked) = lock.lock() {
+            while *blocked {
+                match wake.wait(blocked) {
+                    Ok(guard) => blocked = guard,
+                    Err(_) => return,
+                }
+            }
+        }
+        self.delivered.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let _ = self.deliveries_tx.send(Delivery { topic: topic.into(), payload: payload.into() });
     }
 
@@ -243,7 +279,9 @@ impl HostContext for TestHost {
     }
 
     fn max_log_level(&self) -> LogLevel {
-        LogLevel::DEBUG
+        // Client libraries log every message at debug level: a burst test would print 100,000
+        // lines. Info and above is what a failure needs.
+        LogLevel::INFO
     }
 }
 

@@ -83,10 +83,24 @@ impl RedisTransport {
         config: TransportConfig,
         host: HostContextBox,
     ) -> Result<Self, PluginError> {
+        // rustls picks its crypto from a process-wide default; this plugin's copy of it has none
+        // until one is installed (an error only means another thread installed it first).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let url = config.url();
         let client = redis::Client::open(url.as_str())
             .map_err(|e| PluginError::config(format!("adapter.redis.url {url:?}: {e}")))?;
         let timeout = Duration::from_millis(config.requests_timeout);
+        // One plain attempt first: the connection manager retries by itself, which would turn a
+        // refusal (a wrong password, an untrusted certificate) into a bare timeout.
+        let _probe = tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| {
+                PluginError::timeout(format!(
+                    "redis: no answer from {} within {timeout:?}",
+                    redact(&url)
+                ))
+            })?
+            .map_err(|e| unavailable(format!("{e} ({})", redact(&url))))?;
         let conn = tokio::time::timeout(timeout, client.get_connection_manager())
             .await
             .map_err(|_| {

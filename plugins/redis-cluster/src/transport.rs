@@ -1,0 +1,556 @@
+//! The `redis-cluster` transport.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use redis::{
+    ProtocolVersion, PushInfo, PushKind, Value,
+    cluster::ClusterClientBuilder,
+    cluster_async::ClusterConnection,
+    cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo},
+};
+use sockhost_plugin_api::{
+    HostContextBox, PluginError,
+    abi::{RStr, RVec},
+    sdk::TransportDriver,
+};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+
+use crate::config::TransportConfig;
+
+/// Every instance subscribes to this topic, so `PUBSUB (SHARD)NUMSUB` on it counts the nodes.
+const NODES: &str = "#nodes";
+/// Messages written concurrently at most.
+const BATCH: usize = 512;
+/// Attempts per message before it is dropped (and counted). The cluster client already follows
+/// redirections and reconnects inside one attempt.
+const PUBLISH_ATTEMPTS: u32 = 3;
+/// Reconnection backoff of the cluster client, as in the reference: 500 ms up to 10 s.
+const MIN_RETRY_WAIT_MS: u64 = 500;
+const MAX_RETRY_WAIT_MS: u64 = 10_000;
+
+/// A message waiting to be written; awaited publishes carry the sender of their outcome.
+struct Outgoing {
+    channel: String,
+    payload: RVec<u8>,
+    ack: Option<oneshot::Sender<Result<(), PluginError>>>,
+}
+
+struct Shared {
+    prefix: String,
+    sharded: bool,
+    timeout: Duration,
+    /// Publishes go here; cloned per operation (it is a handle to one multiplexed pool).
+    publisher: ClusterConnection,
+    /// Subscriptions live here; its pushes arrive in the closure given to the client.
+    subscriber: ClusterConnection,
+    /// PING and NUMSUB only, so that a busy publisher never makes the node look unhealthy.
+    checker: ClusterConnection,
+    queue: mpsc::Sender<Outgoing>,
+    /// Topics we want, to subscribe again when the server drops one (a slot moved).
+    topics: Mutex<HashSet<String>>,
+    closed: AtomicBool,
+}
+
+/// A transport over a Redis Cluster.
+pub struct RedisClusterTransport {
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RedisClusterTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisClusterTransport")
+            .field("prefix", &self.shared.prefix)
+            .field("sharded", &self.shared.sharded)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> PluginError {
+    PluginError::unavailable(format!("redis-cluster: {e}"))
+}
+
+fn closed() -> PluginError {
+    PluginError::unavailable("the redis-cluster transport is shut down")
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// What the subscriber's pushes tell that needs an await.
+#[derive(Debug)]
+enum Resubscribe {
+    /// The server dropped this topic (its slot moved, or our own unsubscribe confirmed).
+    Topic(String),
+    /// A lost connection is back: make sure of every topic, then report the reconnect.
+    All,
+}
+
+type Dropped = mpsc::UnboundedSender<Resubscribe>;
+
+impl RedisClusterTransport {
+    /// Connect the three cluster connections, check what the configuration asks of the cluster,
+    /// subscribe to the nodes topic and start the writer and resubscriber tasks.
+    pub async fn connect(
+        config: TransportConfig,
+        host: HostContextBox,
+    ) -> Result<Self, PluginError> {
+        // rustls picks its crypto from a process-wide default; this plugin's copy of it has none
+        // until one is installed (an error only means another thread installed it first).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let seeds = config.seeds()?;
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let shown: Vec<String> = seeds.iter().map(|s| redact(s)).collect();
+        let builder = || {
+            let mut builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+                .min_retry_wait(MIN_RETRY_WAIT_MS)
+                .max_retry_wait(MAX_RETRY_WAIT_MS)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .use_protocol(ProtocolVersion::RESP3);
+            let cluster = &config.database.cluster;
+            if let Some(username) = &cluster.username {
+                builder = builder.username(username);
+            }
+            if let Some(password) = &cluster.password {
+                builder = builder.password(password);
+            }
+            builder
+        };
+        let build = |builder: ClusterClientBuilder| {
+            builder
+                .build()
+                .map_err(|e| PluginError::config(format!("adapter.cluster.nodes {shown:?}: {e}")))
+        };
+        let publisher_client = build(builder())?;
+        let (dropped, dropped_topics) = mpsc::unbounded_channel();
+        let subscriber_client =
+            build(builder().push_sender(pushes(config.prefix.clone(), host.clone(), dropped)))?;
+
+        let shown = &shown;
+        let open = |client: redis::cluster::ClusterClient| async move {
+            tokio::time::timeout(timeout * 5, client.get_async_connection())
+                .await
+                .map_err(|_| {
+                    PluginError::timeout(format!(
+                        "redis-cluster: no answer from {shown:?} within {:?}",
+                        timeout * 5
+                    ))
+                })?
+                .map_err(|e| unavailable(format!("{e} (seeds {shown:?})")))
+        };
+        let publisher = open(publisher_client.clone()).await?;
+        let checker = open(publisher_client).await?;
+        let subscriber = open(subscriber_client).await?;
+        if config.use_sharded_pubsub {
+            require_sharded_pubsub(&checker, timeout).await?;
+        }
+
+        let (queue, outgoing) = mpsc::channel(config.queue_capacity);
+        let shared = Arc::new(Shared {
+            prefix: config.prefix,
+            sharded: config.use_sharded_pubsub,
+            timeout,
+            publisher,
+            subscriber,
+            checker,
+            queue,
+            topics: Mutex::default(),
+            closed: AtomicBool::new(false),
+        });
+        subscribe(&shared, NODES).await?;
+        let tasks = vec![
+            tokio::spawn(write(shared.clone(), outgoing, host.clone())),
+            tokio::spawn(resubscribe(shared.clone(), dropped_topics, host)),
+        ];
+        tracing::info!(seeds = ?shown, sharded = shared.sharded, "Connected to Redis Cluster.");
+        Ok(Self { shared, tasks: Mutex::new(tasks) })
+    }
+
+    fn check_open(&self) -> Result<(), PluginError> {
+        if self.shared.closed.load(Ordering::Acquire) { Err(closed()) } else { Ok(()) }
+    }
+}
+
+/// The subscriber's push handler: messages go straight to the host from the connection's own
+/// task (no hop); a topic the server unsubscribed us from goes to the resubscriber.
+fn pushes(
+    prefix: String,
+    host: HostContextBox,
+    dropped: Dropped,
+) -> impl Fn(PushInfo) -> Result<(), redis::aio::SendError> + Send + Sync + 'static {
+    let lost = AtomicBool::new(false);
+    move |push: PushInfo| {
+        let channel = |value: Option<&Value>| -> Option<Vec<u8>> {
+            match value? {
+                Value::BulkString(bytes) => Some(bytes.clone()),
+                Value::SimpleString(text) => Some(text.clone().into_bytes()),
+                _ => None,
+            }
+        };
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                let (Some(name), Some(Value::BulkString(payload))) =
+                    (channel(push.data.first()), push.data.get(1))
+                else {
+                    return Ok(());
+                };
+                let Some(topic) =
+                    std::str::from_utf8(&name).ok().and_then(|n| n.strip_prefix(prefix.as_str()))
+                else {
+                    return Ok(());
+                };
+                if topic != NODES {
+                    host.on_message(RStr::from_str(topic), RVec::from(payload.clone()));
+                }
+            }
+            // Sent unasked when the slot of a sharded channel moves to another shard (and as the
+            // answer to our own unsubscribes, which the resubscriber tells apart).
+            PushKind::SUnsubscribe | PushKind::Unsubscribe => {
+                if let Some(topic) = channel(push.data.first())
+                    .and_then(|n| String::from_utf8(n).ok())
+                    .and_then(|n| n.strip_prefix(prefix.as_str()).map(String::from))
+                {
+                    let _ = dropped.send(Resubscribe::Topic(topic));
+                }
+            }
+            PushKind::Disconnection if !lost.swap(true, Ordering::AcqRel) => {
+                host.metric(RStr::from_str("subscriber_disconnects"), 1);
+                tracing::warn!("Lost a Redis Cluster subscriber connection; reconnecting.");
+            }
+            // The client subscribes again by itself once a node is back; the first confirmation
+            // after a loss tells that the subscriber is back.
+            PushKind::Subscribe | PushKind::SSubscribe if lost.swap(false, Ordering::AcqRel) => {
+                let _ = dropped.send(Resubscribe::All);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Refuse sharded pub/sub unless every primary knows `SSUBSCRIBE`.
+async fn require_sharded_pubsub(
+    conn: &ClusterConnection,
+    timeout: Duration,
+) -> Result<(), PluginError> {
+    let mut conn = conn.clone();
+    let mut command = redis::cmd("COMMAND");
+    command.arg("INFO").arg("SSUBSCRIBE");
+    let answer = tokio::time::timeout(
+        timeout,
+        conn.route_command(
+            command,
+            RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+        ),
+    )
+    .await
+    .map_err(|_| PluginError::timeout("redis-cluster: COMMAND INFO timed out"))?
+    .map_err(unavailable)?;
+    fn lacks(value: &Value) -> bool {
+        match value {
+            Value::Nil => true,
+            Value::Array(items) | Value::Set(items) => {
+                // One node's answer is an array holding one entry per command asked about.
+                items.iter().any(lacks)
+            }
+            Value::Map(pairs) => pairs.iter().any(|(_, v)| lacks(v)),
+            _ => false,
+        }
+    }
+    if lacks(&answer) {
+        return Err(PluginError::config(
+            "adapter.cluster.use_sharded_pubsub: a node of the cluster does not support sharded \
+             pub/sub (SSUBSCRIBE needs Redis 7.0+)",
+        ));
+    }
+    Ok(())
+}
+
+async fn subscribe(shared: &Shared, topic: &str) -> Result<(), PluginError> {
+    let channel = format!("{}{topic}", shared.prefix);
+    let mut conn = shared.subscriber.clone();
+    let call = async {
+        if shared.sharded {
+            conn.ssubscribe(&channel).await
+        } else {
+            conn.subscribe(&channel).await
+        }
+    };
+    tokio::time::timeout(shared.timeout, call)
+        .await
+        .map_err(|_| PluginError::timeout("redis-cluster: SUBSCRIBE timed out"))?
+        .map_err(unavailable)?;
+    if let Ok(mut topics) = shared.topics.lock() {
+        topics.insert(topic.to_string());
+    }
+    Ok(())
+}
+
+/// Subscribe again to topics the server dropped while we still want them: a sharded channel
+/// whose slot moved to another shard (a reshard or a failover); the cluster client by then
+/// routes the slot to its new owner. After a lost connection, subscribe again to every topic
+/// (the client restores them itself, node by node; this makes sure of all of them) and only
+/// then report the reconnect.
+async fn resubscribe(
+    shared: Arc<Shared>,
+    mut requests: mpsc::UnboundedReceiver<Resubscribe>,
+    host: HostContextBox,
+) {
+    while let Some(request) = requests.recv().await {
+        let all = matches!(request, Resubscribe::All);
+        let topics: Vec<String> = match request {
+            Resubscribe::Topic(topic) => {
+                let wanted = topic == NODES
+                    || shared.topics.lock().map(|t| t.contains(&topic)).unwrap_or(false);
+                if !wanted {
+                    continue;
+                }
+                vec![topic]
+            }
+            Resubscribe::All => {
+                shared.topics.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default()
+            }
+        };
+        for topic in &topics {
+            let mut delay = Duration::from_millis(MIN_RETRY_WAIT_MS);
+            while let Err(error) = subscribe(&shared, topic).await {
+                if shared.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                tracing::warn!(%error, topic, retry_in = ?delay, "Resubscribe failed.");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(MAX_RETRY_WAIT_MS));
+            }
+        }
+        if all {
+            host.metric(RStr::from_str("reconnects"), 1);
+            tracing::info!(
+                topics = topics.len(),
+                "Reconnected to Redis Cluster and subscribed again."
+            );
+        } else {
+            host.metric(RStr::from_str("resubscribes"), 1);
+            tracing::info!(
+                topic = topics[0],
+                "Subscribed again after the cluster dropped a topic."
+            );
+        }
+    }
+}
+
+/// Write queued messages, a batch at a time: the batch is split by channel, each channel's
+/// messages go as one pipeline (routed to the shard of the channel's slot, in order), and the
+/// channels' pipelines run concurrently. A failed pipeline is retried, then dropped and counted.
+async fn write(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoing>, host: HostContextBox) {
+    let command = if shared.sharded { "SPUBLISH" } else { "PUBLISH" };
+    let shared = &shared;
+    let mut batch = Vec::with_capacity(BATCH);
+    while outgoing.recv_many(&mut batch, BATCH).await > 0 {
+        // Messages of one channel, by their place in the batch, in order.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut group_of = Vec::with_capacity(batch.len());
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, message) in batch.iter().enumerate() {
+            let group = *index.entry(message.channel.as_str()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[group].push(i);
+            group_of.push(group);
+        }
+        drop(index);
+        let mut pending: Vec<usize> = (0..groups.len()).collect();
+        let mut failed: HashMap<usize, PluginError> = HashMap::new();
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            let sends = pending.iter().map(|&group| {
+                let mut pipe = redis::pipe();
+                for &i in &groups[group] {
+                    let message = &batch[i];
+                    pipe.cmd(command)
+                        .arg(&message.channel)
+                        .arg(message.payload.as_slice())
+                        .ignore();
+                }
+                let mut conn = shared.publisher.clone();
+                async move {
+                    let outcome =
+                        tokio::time::timeout(shared.timeout, pipe.query_async::<()>(&mut conn))
+                            .await;
+                    match outcome {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err((group, unavailable(e))),
+                        Err(_) => {
+                            Err((group, PluginError::timeout("redis-cluster: a publish timed out")))
+                        }
+                    }
+                }
+            });
+            failed = futures_util::future::join_all(sends)
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
+            if failed.is_empty() || attempt == PUBLISH_ATTEMPTS {
+                break;
+            }
+            pending = failed.keys().copied().collect();
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+        for (group, error) in &failed {
+            let dropped = groups[*group].len();
+            host.metric(
+                RStr::from_str("publish_dropped"),
+                i64::try_from(dropped).unwrap_or(i64::MAX),
+            );
+            tracing::warn!(%error, messages = dropped, "Redis Cluster publish failed; the messages are dropped.");
+        }
+        for (message, group) in batch.drain(..).zip(group_of) {
+            if let Some(ack) = message.ack {
+                let _ = ack.send(failed.get(&group).map_or(Ok(()), |e| Err(e.clone())));
+            }
+        }
+    }
+}
+
+impl TransportDriver for RedisClusterTransport {
+    fn try_publish(&self, topic: &str, payload: RVec<u8>) -> Result<(), PluginError> {
+        self.check_open()?;
+        let message =
+            Outgoing { channel: format!("{}{topic}", self.shared.prefix), payload, ack: None };
+        self.shared.queue.try_send(message).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                PluginError::backpressure("redis-cluster: the publish queue is full")
+            }
+            mpsc::error::TrySendError::Closed(_) => closed(),
+        })
+    }
+
+    async fn publish(&self, topic: &str, payload: RVec<u8>) -> Result<(), PluginError> {
+        self.check_open()?;
+        let (ack, outcome) = oneshot::channel();
+        let message =
+            Outgoing { channel: format!("{}{topic}", self.shared.prefix), payload, ack: Some(ack) };
+        self.shared.queue.send(message).await.map_err(|_| closed())?;
+        outcome.await.map_err(|_| closed())?
+    }
+
+    async fn subscribe(&self, topic: &str) -> Result<(), PluginError> {
+        self.check_open()?;
+        subscribe(&self.shared, topic).await
+    }
+
+    async fn unsubscribe(&self, topic: &str) -> Result<(), PluginError> {
+        self.check_open()?;
+        // Forget it first, so the server's confirmation is not taken for a dropped topic.
+        if let Ok(mut topics) = self.shared.topics.lock() {
+            topics.remove(topic);
+        }
+        let channel = format!("{}{topic}", self.shared.prefix);
+        let mut conn = self.shared.subscriber.clone();
+        let call = async {
+            if self.shared.sharded {
+                conn.sunsubscribe(&channel).await
+            } else {
+                conn.unsubscribe(&channel).await
+            }
+        };
+        tokio::time::timeout(self.shared.timeout, call)
+            .await
+            .map_err(|_| PluginError::timeout("redis-cluster: UNSUBSCRIBE timed out"))?
+            .map_err(unavailable)
+    }
+
+    async fn node_count_hint(&self) -> Result<Option<u64>, PluginError> {
+        self.check_open()?;
+        let mut conn = self.shared.checker.clone();
+        let which = if self.shared.sharded { "SHARDNUMSUB" } else { "NUMSUB" };
+        let channel = format!("{}{NODES}", self.shared.prefix);
+        // Asked of every node and summed: a subscription is held by exactly one of them.
+        let answer: Value = tokio::time::timeout(
+            self.shared.timeout,
+            redis::cmd("PUBSUB").arg(which).arg(&channel).query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| PluginError::timeout("redis-cluster: PUBSUB NUMSUB timed out"))?
+        .map_err(unavailable)?;
+        Ok(count_in(&answer, channel.as_bytes()))
+    }
+
+    async fn health(&self) -> Result<(), PluginError> {
+        self.check_open()?;
+        let mut conn = self.shared.checker.clone();
+        // Routed to every node by the client; all must answer.
+        tokio::time::timeout(self.shared.timeout, redis::cmd("PING").query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| PluginError::timeout("redis-cluster: PING timed out"))?
+            .map_err(unavailable)
+    }
+
+    async fn shutdown(&self) -> Result<(), PluginError> {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Let the writer take what is queued, within the request timeout, then stop.
+        let queue = &self.shared.queue;
+        let deadline = tokio::time::Instant::now() + self.shared.timeout;
+        while queue.capacity() < queue.max_capacity() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
+        }
+        tracing::info!("Redis Cluster transport shut down.");
+        Ok(())
+    }
+}
+
+/// The subscriber count for `channel` in a `PUBSUB NUMSUB` answer (a flat array or a map,
+/// depending on the protocol and on how the client combined the nodes' answers).
+fn count_in(answer: &Value, channel: &[u8]) -> Option<u64> {
+    let as_u64 = |value: &Value| match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    let named = |value: &Value| matches!(value, Value::BulkString(b) if b == channel);
+    match answer {
+        Value::Map(pairs) => pairs.iter().find(|(k, _)| named(k)).and_then(|(_, v)| as_u64(v)),
+        Value::Array(items) => items
+            .chunks(2)
+            .find(|pair| named(&pair[0]))
+            .and_then(|pair| pair.get(1).and_then(as_u64)),
+        _ => None,
+    }
+}
+
+impl Drop for RedisClusterTransport {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
+        }
+    }
+}

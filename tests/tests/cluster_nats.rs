@@ -1,0 +1,79 @@
+//! The multi-node scenarios over a real `nats-server`, with real `sockhost` processes loading
+//! the real `libsockhost_nats.so`; plus what is this transport's own: authentication, TLS,
+//! the environment variables, and its refusals.
+
+use sockhost_tests::{
+    backends::NatsServer,
+    cluster::{Bus, nodes, refused},
+    pusher::{Api, Client, TestApp},
+    tls::Pki,
+};
+
+fn start() -> (NatsServer, Bus) {
+    let nats = NatsServer::start();
+    let bus = Bus::nats(&nats.url());
+    (nats, bus)
+}
+
+sockhost_tests::cluster_scenarios!(start);
+
+/// One event from node A to a subscriber on node B over `bus`, on a channel whose name holds
+/// characters NATS gives meaning to.
+async fn one_event_crosses(bus: &Bus) {
+    let servers = nodes(bus, 2, "").await;
+    let app = TestApp::main();
+    let channel = "private-room.1;a=b@c,d";
+    let mut on_b = Client::connect(&servers[1].ws_url(&app.key)).await;
+    on_b.subscribe(&app, channel).await;
+    let api_a = Api::new(&servers[0].http_url(), &app);
+    assert_eq!(api_a.trigger(&[channel], "crossed", "yes").await.0, 200);
+    assert_eq!(on_b.expect("crossed").await["data"], "yes");
+}
+
+#[tokio::test]
+async fn user_and_password_from_the_environment_and_a_wrong_one_refused() {
+    let nats = NatsServer::start_with(&["--user", "sockudo", "--pass", "secret"]);
+    let bus = Bus::nats(&nats.url()).env("NATS_USERNAME", "sockudo").env("NATS_PASSWORD", "secret");
+    one_event_crosses(&bus).await;
+
+    let wrong =
+        Bus::nats(&nats.url()).env("NATS_USERNAME", "sockudo").env("NATS_PASSWORD", "guess");
+    let (code, log) = refused(&wrong);
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.to_lowercase().contains("authorization"), "{log}");
+}
+
+#[tokio::test]
+async fn a_token_from_the_config_and_servers_from_the_environment() {
+    let nats = NatsServer::start_with(&["--auth", "my-auth-token"]);
+    // The table names a server that does not exist; NATS_SERVERS overrides it.
+    let bus = Bus::nats("nats://127.0.0.1:1")
+        .with("token = \"my-auth-token\"")
+        .env("NATS_SERVERS", &nats.url());
+    one_event_crosses(&bus).await;
+
+    let (code, log) = refused(&Bus::nats(&nats.url()).with("token = \"wrong\""));
+    assert_ne!(code, Some(0), "{log}");
+}
+
+#[tokio::test]
+async fn tls_urls_connect_to_a_trusted_server_and_refuse_an_untrusted_one() {
+    let pki = Pki::generate();
+    let nats = NatsServer::start_tls(&pki);
+    assert!(nats.url().starts_with("tls://"));
+    one_event_crosses(&Bus::nats(&nats.url()).env("SSL_CERT_FILE", pki.ca().to_str().unwrap()))
+        .await;
+
+    let stranger = Pki::generate();
+    let (code, log) =
+        refused(&Bus::nats(&nats.url()).env("SSL_CERT_FILE", stranger.ca().to_str().unwrap()));
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("transport driver `nats`") && log.contains("certificate"), "{log}");
+}
+
+#[tokio::test]
+async fn a_url_that_does_not_parse_is_a_clear_start_up_error() {
+    let (code, log) = refused(&Bus::nats("nats://127.0.0.1:notaport"));
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("adapter.nats.servers: \"nats://127.0.0.1:notaport\""), "{log}");
+}
