@@ -48,6 +48,8 @@ pub struct Metrics {
     pub webhook_retries: Counter,
     /// Webhooks given up (after the last attempt, or lost before queueing).
     pub webhooks_failed: Counter,
+    /// Times the queue driver could not take a webhook yet (its backend down); it is held.
+    pub webhook_queue_errors: Counter,
     /// Nodes in the cluster, this one included.
     pub cluster_nodes: Gauge,
     /// Broadcasts received from other nodes.
@@ -84,6 +86,7 @@ impl Metrics {
             events_published: Counter::default(),
             webhooks_sent: Counter::default(),
             webhook_retries: Counter::default(),
+            webhook_queue_errors: Counter::default(),
             webhooks_failed: Counter::default(),
             cluster_nodes: Gauge::default(),
             bus_broadcasts_received: Counter::default(),
@@ -163,6 +166,11 @@ impl Metrics {
             metrics.webhook_retries.clone(),
         );
         registry.register("webhooks_failed", "Webhooks given up", metrics.webhooks_failed.clone());
+        registry.register(
+            "webhook_queue_errors",
+            "Times the queue could not take a webhook yet; it is held until the queue is back",
+            metrics.webhook_queue_errors.clone(),
+        );
         registry.register(
             "bus_broadcasts_received",
             "Broadcasts received from other nodes",

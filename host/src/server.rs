@@ -75,7 +75,8 @@ impl Ctx {
 
     /// Consume `cost` tokens of `key` against `limit` per `window_ms` through the rate-limiter
     /// driver: `None` if allowed (or unlimited, or limits are off), the decision if refused. A
-    /// driver that fails lets the request through, with a log line and a metric.
+    /// driver that fails lets the request through (`rate_limiter.fail_open`, the default) or
+    /// refuses it for a second, with a log line and a metric either way.
     pub async fn rate_limit(
         &self,
         key: &str,
@@ -92,10 +93,16 @@ impl Ctx {
                 self.metrics.rate_limited.inc();
                 Some(decision)
             }
-            Err(error) => {
+            Err(error) if self.settings.rate_limiter_fail_open => {
                 self.metrics.rate_limiter_errors.inc();
                 tracing::warn!(%error, key, "The rate limiter failed; letting the request through.");
                 None
+            }
+            Err(error) => {
+                self.metrics.rate_limiter_errors.inc();
+                self.metrics.rate_limited.inc();
+                tracing::warn!(%error, key, "The rate limiter failed; refusing the request (fail_open = false).");
+                Some(RateDecision { allowed: false, limit, remaining: 0, reset_after_ms: 1000 })
             }
         }
     }

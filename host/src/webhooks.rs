@@ -11,7 +11,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::{
     apps::App,
     config::WebhookSettings,
-    plugins::{JobFuture, QueuedJob},
+    plugins::{JobError, JobFuture, QueuedJob},
     protocol::signature,
     server::Ctx,
 };
@@ -187,9 +187,24 @@ async fn enqueue(ctx: &Ctx, app: &App, events: Vec<Value>) {
         headers.push(("X-Pusher-Signature".into(), signature::sign(&app.secret, &body)));
         let delivery = Delivery { app_id: app.id.clone(), url: target.url.clone(), headers, body };
         let payload = serde_json::to_vec(&delivery).expect("a delivery serializes");
-        if let Err(error) = ctx.drivers.queue.push(QUEUE, payload).await {
-            ctx.metrics.webhooks_failed.inc();
-            tracing::error!(app_id = %app.id, url = %target.url, %error, "A webhook could not be queued; it is lost.");
+        // A queue backend that is down (Redis restarting) holds the outbox here, in order,
+        // until it is back; only a refusal loses the webhook.
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match ctx.drivers.queue.push(QUEUE, payload.clone()).await {
+                Ok(()) => break,
+                Err(error) if error.is_retryable() && !ctx.shutdown.is_cancelled() => {
+                    ctx.metrics.webhook_queue_errors.inc();
+                    tracing::warn!(app_id = %app.id, %error, retry_in = ?delay, "The queue cannot take a webhook now; waiting for it.");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    ctx.metrics.webhooks_failed.inc();
+                    tracing::error!(app_id = %app.id, url = %target.url, %error, "A webhook could not be queued; it is lost.");
+                    break;
+                }
+            }
         }
     }
 }
@@ -207,9 +222,9 @@ pub fn deliver(
             let delivery: Delivery = match serde_json::from_slice(&job.payload) {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::error!(job = %job.id, error = %e, "A queued webhook cannot be read; dropped.");
+                    tracing::error!(job = %job.id, error = %e, "A queued webhook cannot be read; it is set aside as a dead letter.");
                     ctx.metrics.webhooks_failed.inc();
-                    return Ok(());
+                    return Err(JobError::GiveUp(format!("unreadable webhook job: {e}")));
                 }
             };
             let mut request = http.post(&delivery.url).timeout(settings.request_timeout);
@@ -234,14 +249,14 @@ pub fn deliver(
                 Err(why) if job.attempt >= settings.max_attempts => {
                     ctx.metrics.webhooks_failed.inc();
                     tracing::error!(app_id = %delivery.app_id, url = %delivery.url, attempts = job.attempt, why,
-                        "A webhook failed its last attempt; giving up.");
-                    Ok(())
+                        "A webhook failed its last attempt; giving up (kept by the queue as a dead letter).");
+                    Err(JobError::GiveUp(why))
                 }
                 Err(why) => {
                     ctx.metrics.webhook_retries.inc();
                     tracing::warn!(app_id = %delivery.app_id, url = %delivery.url, attempt = job.attempt, why,
                         "A webhook attempt failed; it will be retried.");
-                    Err(why)
+                    Err(JobError::Retry(why))
                 }
             }
         })

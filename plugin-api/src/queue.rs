@@ -25,7 +25,9 @@ pub struct Job {
 /// Implemented by the host: processes one job.
 ///
 /// Answering `Ok` acknowledges the job; an error fails this attempt and the queue retries it with
-/// backoff until its configured maximum of attempts, then sets it aside (dead letter).
+/// backoff until its configured maximum of attempts, then sets it aside (dead letter). An error
+/// with the code [`crate::ErrorCode::REJECTED`] means no attempt can succeed (a poison job): the
+/// queue sets it aside at once.
 #[sabi_trait]
 pub trait QueueHandler: Clone + Send + Sync {
     /// Process `job`. The future runs the host's work on the host's runtime.

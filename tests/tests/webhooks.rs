@@ -155,7 +155,7 @@ async fn a_failed_delivery_is_retried_and_a_hopeless_one_given_up() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        server.log().contains("A webhook failed its last attempt; giving up."),
+        server.log().contains("A webhook failed its last attempt; giving up"),
         "{}",
         server.log()
     );

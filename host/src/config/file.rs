@@ -99,6 +99,10 @@ pub struct DriverSection {
     /// For the rate limiter: whether limits are enforced at all. Default: true.
     /// Env: `RATE_LIMITER_ENABLED`.
     pub enabled: Option<bool>,
+    /// For the rate limiter: what a limiter that fails (its backend down) answers. True lets
+    /// requests through (with a log line and the `sockhost_rate_limiter_errors_total` metric),
+    /// false refuses them as if limited. Default: true. Env: `RATE_LIMITER_FAIL_OPEN`.
+    pub fail_open: Option<bool>,
     /// For the adapter: milliseconds a cluster-wide query waits for every node's answer before
     /// answering with what it has. Default: 5000. Env: `ADAPTER_REQUESTS_TIMEOUT`.
     pub requests_timeout_ms: Option<u64>,
@@ -119,6 +123,7 @@ impl DriverSection {
         Self {
             driver: driver.into(),
             enabled: None,
+            fail_open: None,
             requests_timeout_ms: None,
             enable_socket_counting: None,
             buffer_multiplier_per_cpu: None,

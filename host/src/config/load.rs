@@ -86,6 +86,7 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("QUEUE_DRIVER", "queue.driver", Kind::Str),
     ("RATE_LIMITER_DRIVER", "rate_limiter.driver", Kind::Str),
     ("RATE_LIMITER_ENABLED", "rate_limiter.enabled", Kind::Bool),
+    ("RATE_LIMITER_FAIL_OPEN", "rate_limiter.fail_open", Kind::Bool),
     ("APP_MANAGER_DRIVER", "app_manager.driver", Kind::Str),
     ("HTTP_API_REQUEST_LIMIT_IN_MB", "http_api.request_limit_in_mb", Kind::Int),
     ("WEBSOCKET_MAX_PAYLOAD_KB", "websocket.max_payload_kb", Kind::Int),

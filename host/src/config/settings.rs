@@ -71,6 +71,8 @@ pub struct Settings {
     pub drivers: DriverSelection,
     /// Whether rate limits are enforced.
     pub rate_limiter_enabled: bool,
+    /// Whether a failing rate limiter lets requests through (true) or refuses them.
+    pub rate_limiter_fail_open: bool,
     /// The apps.
     pub apps: Vec<App>,
     /// Largest HTTP API request body, in bytes.
@@ -348,6 +350,7 @@ impl Settings {
             shutdown_grace_period: Duration::from_secs(config.shutdown_grace_period),
             drivers,
             rate_limiter_enabled: config.rate_limiter.enabled.unwrap_or(true),
+            rate_limiter_fail_open: config.rate_limiter.fail_open.unwrap_or(true),
             apps,
             http_body_limit: to_usize(
                 config.http_api.request_limit_in_mb.saturating_mul(1024 * 1024),

@@ -57,6 +57,11 @@ impl DriverError {
             Self::NotProvided { .. } => None,
         }
     }
+
+    /// Whether the same call may succeed later (the backend is down or slow).
+    pub fn is_retryable(&self) -> bool {
+        self.code().is_some_and(ErrorCode::is_retryable)
+    }
 }
 
 /// Which driver serves each kind, with its configuration text.
@@ -450,8 +455,18 @@ pub struct QueuedJob {
     pub payload: Vec<u8>,
 }
 
+/// Why a job's attempt failed, which decides what the queue does with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// This attempt failed; a later one may succeed (the queue retries with backoff until its
+    /// maximum of attempts, then keeps the job as a dead letter).
+    Retry(String),
+    /// No attempt can succeed: the queue keeps the job as a dead letter now.
+    GiveUp(String),
+}
+
 /// The work a consumer does for one job.
-pub type JobFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+pub type JobFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
 
 type Work = Arc<dyn Fn(QueuedJob) -> JobFuture + Send + Sync>;
 
@@ -472,7 +487,9 @@ impl QueueHandler for HostQueueHandler {
         async move {
             let outcome = match task.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(why)) => Err(PluginError::rejected(why)),
+                // The queue's convention: REJECTED sets the job aside now, anything else retries.
+                Ok(Err(JobError::Retry(why))) => Err(PluginError::unavailable(why)),
+                Ok(Err(JobError::GiveUp(why))) => Err(PluginError::rejected(why)),
                 Err(e) => Err(PluginError::internal(format!("the job's task failed: {e}"))),
             };
             PResult::from(outcome)

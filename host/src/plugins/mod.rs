@@ -12,7 +12,7 @@ pub mod manifest;
 mod registry;
 
 pub use drivers::{
-    Cache, DriverChoice, DriverError, DriverSelection, Drivers, JobFuture, Queue, QueuedJob,
+    Cache, DriverChoice, DriverError, DriverSelection, Drivers, JobError, JobFuture, Queue, QueuedJob,
     RateLimiter, Transport,
 };
 pub use host_context::{Incoming, PluginCounters};

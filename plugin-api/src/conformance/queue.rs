@@ -20,7 +20,8 @@ fn s(text: &str) -> RStr<'_> {
 }
 
 /// Records every job it is handed; fails the first attempt of jobs whose payload starts with
-/// `fail-once`, and every attempt of jobs whose payload starts with `fail-always`.
+/// `fail-once`, and every attempt of jobs whose payload starts with `fail-always` (retryable
+/// failures); rejects jobs whose payload starts with `poison` (no attempt can succeed).
 #[derive(Clone)]
 struct Recorder(mpsc::UnboundedSender<Job>);
 
@@ -28,9 +29,15 @@ impl QueueHandler for Recorder {
     fn handle(&self, job: Job) -> FfiFuture<PResult<()>> {
         let fail = (job.payload.starts_with(b"fail-once") && job.attempt == 1)
             || job.payload.starts_with(b"fail-always");
+        let poison = job.payload.starts_with(b"poison");
         let _ = self.0.send(job);
-        let answer =
-            if fail { Err(PluginError::rejected("the handler failed on purpose")) } else { Ok(()) };
+        let answer = if poison {
+            Err(PluginError::rejected("the job can never succeed"))
+        } else if fail {
+            Err(PluginError::unavailable("the handler failed on purpose"))
+        } else {
+            Ok(())
+        };
         std::future::ready(PResult::from(answer)).into_ffi()
     }
 }
@@ -91,6 +98,21 @@ pub async fn retries_a_failed_job(target: &Target) {
     .await;
 }
 
+/// A job its handler rejects (REJECTED: no attempt can succeed) is set aside at once: it is
+/// not pending a retry.
+pub async fn sets_a_rejected_job_aside(target: &Target) {
+    let q = target.queue().await;
+    let (handler, mut rx) = recorder();
+    ok("consume", q.consume(s("conformance-poison"), handler).await);
+    ok("push", q.push(s("conformance-poison"), RVec::from(b"poison".to_vec())).await);
+    assert_eq!(next(&mut rx).await.attempt, 1);
+    eventually("the rejected job leaves the queue without a retry", || async {
+        ok("pending", q.pending(s("conformance-poison")).await) == 0
+    })
+    .await;
+    assert!(rx.try_recv().is_err(), "a rejected job was delivered again");
+}
+
 /// Jobs pushed before anyone consumes wait, counted as pending, and are delivered later; queues
 /// are independent.
 pub async fn keeps_jobs_until_consumed(target: &Target) {
@@ -127,6 +149,7 @@ macro_rules! queue_suite {
             [
                 delivers_and_acknowledges,
                 retries_a_failed_job,
+                sets_a_rejected_job_aside,
                 keeps_jobs_until_consumed,
                 health_and_shutdown,
             ]

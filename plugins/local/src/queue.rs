@@ -11,7 +11,7 @@ use std::{
 
 use serde::Deserialize;
 use sockhost_plugin_api::{
-    HostContextBox, Job, PluginError, QueueHandlerBox,
+    ErrorCode, HostContextBox, Job, PluginError, QueueHandlerBox,
     abi::{RStr, RString, RVec},
     sdk::QueueDriver,
 };
@@ -148,7 +148,7 @@ impl Shared {
         let state = queues.entry(job.queue.to_string()).or_default();
         state.in_flight = state.in_flight.saturating_sub(1);
         let Err(error) = outcome else { return };
-        if job.attempt >= self.config.max_attempts {
+        if job.attempt >= self.config.max_attempts || error.code == ErrorCode::REJECTED {
             tracing::warn!(queue = %job.queue, job = %job.id, attempts = job.attempt, %error,
                 "Job failed its last attempt; it is kept as a dead letter.");
             self.host.metric(RStr::from_str("queue_dead_letters"), 1);
