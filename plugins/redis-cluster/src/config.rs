@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use sockhost_plugin_api::PluginError;
+use sockhost_redis_drivers::connection::Database;
 
 /// Settings of the `redis-cluster` transport.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,43 +26,6 @@ pub struct TransportConfig {
     pub queue_capacity: usize,
     /// The server's shared `[database.redis]` table, which the host passes along.
     pub database: Database,
-}
-
-/// `[database.redis]`, of which this transport reads only the `cluster` table.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct Database {
-    /// `[database.redis.cluster]`.
-    pub cluster: ClusterDatabase,
-}
-
-/// `[database.redis.cluster]`: the cluster's nodes, credentials and TLS.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ClusterDatabase {
-    /// Seed nodes, as URLs or `{ host, port }` tables.
-    pub nodes: Vec<Seed>,
-    /// ACL user name for every node.
-    pub username: Option<String>,
-    /// Password for every node.
-    pub password: Option<String>,
-    /// Connect over TLS (`rediss://`) even where a seed says `redis://`.
-    pub use_tls: bool,
-}
-
-/// One seed node in `[database.redis.cluster] nodes`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Seed {
-    /// `"redis://host:port"`.
-    Url(String),
-    /// `{ host = "...", port = 7000 }`.
-    Address {
-        /// Host name or address.
-        host: String,
-        /// Port.
-        port: u16,
-    },
 }
 
 impl Default for TransportConfig {
@@ -99,55 +63,10 @@ impl TransportConfig {
         Ok(config)
     }
 
-    /// The seed URLs, from the first place that names any: this table, `REDIS_CLUSTER_NODES`,
-    /// `DATABASE_REDIS_CLUSTER_NODES`, `[database.redis.cluster]`. With `use_tls` every seed
-    /// is a `rediss://` URL. An empty list is a configuration error naming every place.
+    /// The seed URLs: this table's `nodes`, else `REDIS_CLUSTER_NODES`,
+    /// `DATABASE_REDIS_CLUSTER_NODES`, `[database.redis.cluster]`; `rediss://` with `use_tls`.
     pub fn seeds(&self) -> Result<Vec<String>, PluginError> {
-        let from_env = |name: &str| -> Vec<String> {
-            std::env::var(name)
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect()
-        };
-        let mut seeds = self.nodes.clone();
-        if seeds.is_empty() {
-            seeds = from_env("REDIS_CLUSTER_NODES");
-        }
-        if seeds.is_empty() {
-            seeds = from_env("DATABASE_REDIS_CLUSTER_NODES");
-        }
-        if seeds.is_empty() {
-            seeds = self
-                .database
-                .cluster
-                .nodes
-                .iter()
-                .map(|seed| match seed {
-                    Seed::Url(url) => url.clone(),
-                    Seed::Address { host, port } => format!("redis://{host}:{port}"),
-                })
-                .collect();
-        }
-        if seeds.is_empty() {
-            return Err(PluginError::config(
-                "adapter.cluster.nodes: no seed nodes (set adapter.cluster.nodes, \
-                 REDIS_CLUSTER_NODES, DATABASE_REDIS_CLUSTER_NODES or database.redis.cluster.nodes)",
-            ));
-        }
-        for seed in &mut seeds {
-            if !seed.contains("://") {
-                *seed = format!("redis://{seed}");
-            }
-            if self.database.cluster.use_tls
-                && let Some(rest) = seed.strip_prefix("redis://")
-            {
-                *seed = format!("rediss://{rest}");
-            }
-        }
-        Ok(seeds)
+        self.database.cluster_seeds(&self.nodes, "adapter.cluster.nodes")
     }
 }
 

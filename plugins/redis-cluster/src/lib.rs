@@ -1,4 +1,5 @@
-//! The `redis-cluster` plugin: the transport `redis-cluster`, over Redis Cluster pub/sub.
+//! The `redis-cluster` plugin: the transport `redis-cluster`, over Redis Cluster pub/sub, and
+//! the cache, queue and rate-limiter drivers `redis-cluster` (in `sockhost-redis-drivers`).
 //!
 //! Classic pub/sub (`PUBLISH`, which the cluster copies to every shard) by default; with
 //! `use_sharded_pubsub`, `SPUBLISH`/`SSUBSCRIBE`, so each topic lives only on the shard that
@@ -12,16 +13,22 @@ mod transport;
 pub use transport::RedisClusterTransport;
 
 use sockhost_plugin_api::{
-    DriverDecl, DriverKind, HostContextBox, PResult, PluginError, PluginInfo, PluginModule,
-    PluginModule_Ref, TransportBox,
+    CacheBox, DriverDecl, DriverKind, HostContextBox, PResult, PluginError, PluginInfo,
+    PluginModule, PluginModule_Ref, QueueBox, RateLimiterBox, TransportBox,
     abi::{FfiFuture, PrefixTypeTrait as _, RStr},
     sdk,
 };
+use sockhost_redis_drivers::build::{self, Backend};
 
 /// The plugin's name.
 pub const PLUGIN: &str = "redis-cluster";
 
-const DRIVERS: &[DriverDecl] = &[DriverDecl::new(DriverKind::TRANSPORT, "redis-cluster")];
+const DRIVERS: &[DriverDecl] = &[
+    DriverDecl::new(DriverKind::TRANSPORT, "redis-cluster"),
+    DriverDecl::new(DriverKind::CACHE, "redis-cluster"),
+    DriverDecl::new(DriverKind::QUEUE, "redis-cluster"),
+    DriverDecl::new(DriverKind::RATE_LIMITER, "redis-cluster"),
+];
 
 /// The root module the host loads.
 #[abi_stable::export_root_module]
@@ -29,9 +36,9 @@ pub fn root_module() -> PluginModule_Ref {
     PluginModule {
         info,
         transport: Some(new_transport),
-        cache: None,
-        queue: None,
-        rate_limiter: None,
+        cache: Some(new_cache),
+        queue: Some(new_queue),
+        rate_limiter: Some(new_rate_limiter),
     }
     .leak_into_prefix()
 }
@@ -56,4 +63,28 @@ extern "C" fn new_transport(
         let transport = RedisClusterTransport::connect(config, args.host).await?;
         Ok(sdk::transport_box(args.runtime, transport))
     })
+}
+
+extern "C" fn new_cache(
+    driver: RStr<'_>,
+    config: RStr<'_>,
+    host: HostContextBox,
+) -> FfiFuture<PResult<CacheBox>> {
+    sdk::create(PLUGIN, driver, config, host, |args| build::cache(args, Backend::Cluster))
+}
+
+extern "C" fn new_queue(
+    driver: RStr<'_>,
+    config: RStr<'_>,
+    host: HostContextBox,
+) -> FfiFuture<PResult<QueueBox>> {
+    sdk::create(PLUGIN, driver, config, host, |args| build::queue(args, Backend::Cluster))
+}
+
+extern "C" fn new_rate_limiter(
+    driver: RStr<'_>,
+    config: RStr<'_>,
+    host: HostContextBox,
+) -> FfiFuture<PResult<RateLimiterBox>> {
+    sdk::create(PLUGIN, driver, config, host, |args| build::rate_limiter(args, Backend::Cluster))
 }

@@ -25,6 +25,8 @@ use tokio::{
     task::JoinHandle,
 };
 
+use sockhost_redis_drivers::connection::{install_crypto, redact};
+
 use crate::config::TransportConfig;
 
 /// Every instance subscribes to this topic, so `PUBSUB (SHARD)NUMSUB` on it counts the nodes.
@@ -84,16 +86,6 @@ fn closed() -> PluginError {
     PluginError::unavailable("the redis-cluster transport is shut down")
 }
 
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// What the subscriber's pushes tell that needs an await.
 #[derive(Debug)]
 enum Resubscribe {
@@ -112,9 +104,7 @@ impl RedisClusterTransport {
         config: TransportConfig,
         host: HostContextBox,
     ) -> Result<Self, PluginError> {
-        // rustls picks its crypto from a process-wide default; this plugin's copy of it has none
-        // until one is installed (an error only means another thread installed it first).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto();
         let seeds = config.seeds()?;
         let timeout = Duration::from_millis(config.request_timeout_ms);
         let shown: Vec<String> = seeds.iter().map(|s| redact(s)).collect();

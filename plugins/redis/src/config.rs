@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 use sockhost_plugin_api::PluginError;
+use sockhost_redis_drivers::connection::Database;
 
 /// Settings of the `redis` transport.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,52 +27,6 @@ pub struct TransportConfig {
     pub queue_capacity: usize,
     /// The server's shared `[database.redis]` table, which the host passes along.
     pub database: Database,
-}
-
-/// `[database.redis]`: the connection every Redis driver uses unless its own table says
-/// otherwise. Fields this transport does not use (key prefixes, sentinels, cluster) are allowed.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct Database {
-    /// A full URL, used as is.
-    pub url: Option<String>,
-    /// Host. Default: 127.0.0.1.
-    pub host: Option<String>,
-    /// Port. Default: 6379.
-    pub port: Option<u16>,
-    /// ACL user name.
-    pub username: Option<String>,
-    /// Password.
-    pub password: Option<String>,
-    /// Database number. Default: 0.
-    pub db: Option<u32>,
-}
-
-impl Database {
-    /// The URL these fields describe, if any is set.
-    fn url(&self) -> Option<String> {
-        if let Some(url) = &self.url {
-            return Some(url.clone());
-        }
-        if self.host.is_none()
-            && self.port.is_none()
-            && self.password.is_none()
-            && self.db.is_none()
-        {
-            return None;
-        }
-        let auth = match (&self.username, &self.password) {
-            (Some(user), Some(password)) => format!("{user}:{password}@"),
-            (None, Some(password)) => format!(":{password}@"),
-            _ => String::new(),
-        };
-        Some(format!(
-            "redis://{auth}{}:{}/{}",
-            self.host.as_deref().unwrap_or("127.0.0.1"),
-            self.port.unwrap_or(6379),
-            self.db.unwrap_or(0)
-        ))
-    }
 }
 
 impl Default for TransportConfig {
@@ -115,10 +70,6 @@ impl TransportConfig {
     /// The URL to connect to: this table's `url`, else `REDIS_URL` (which, as in the
     /// reference, overrides `[database.redis]`), else `[database.redis]`, else the local default.
     pub fn url(&self) -> String {
-        self.url
-            .clone()
-            .or_else(|| std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()))
-            .or_else(|| self.database.url())
-            .unwrap_or_else(|| "redis://127.0.0.1:6379".into())
+        self.database.server_url(self.url.as_deref())
     }
 }

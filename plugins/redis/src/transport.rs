@@ -24,6 +24,8 @@ use tokio::{
     task::JoinHandle,
 };
 
+use sockhost_redis_drivers::connection::{install_crypto, redact};
+
 use crate::config::TransportConfig;
 
 /// Every instance subscribes to this topic, so `PUBSUB NUMSUB` on it counts the nodes.
@@ -83,9 +85,7 @@ impl RedisTransport {
         config: TransportConfig,
         host: HostContextBox,
     ) -> Result<Self, PluginError> {
-        // rustls picks its crypto from a process-wide default; this plugin's copy of it has none
-        // until one is installed (an error only means another thread installed it first).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto();
         let url = config.url();
         let client = redis::Client::open(url.as_str())
             .map_err(|e| PluginError::config(format!("adapter.redis.url {url:?}: {e}")))?;
@@ -138,16 +138,6 @@ impl RedisTransport {
 
     fn sink(&self) -> Option<PubSubSink> {
         self.shared.sink.lock().ok().and_then(|s| s.clone())
-    }
-}
-
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
     }
 }
 

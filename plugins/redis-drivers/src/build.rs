@@ -1,0 +1,104 @@
+//! The constructors both plugins export: parse the driver's table, connect to a single server
+//! or a cluster, and wrap the driver for the boundary.
+
+use std::time::Duration;
+
+use sockhost_plugin_api::{CacheBox, PluginError, QueueBox, RateLimiterBox, sdk};
+
+use crate::{
+    cache::{CacheConfig, RedisCache},
+    connection::{self, Database},
+    parse,
+    queue::{QueueConfig, RedisQueue},
+    rate_limiter::{RateLimiterConfig, RedisRateLimiter},
+};
+
+/// Which kind of Redis a plugin's drivers speak to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One server (`redis`), through a connection manager.
+    Server,
+    /// A Redis Cluster (`redis-cluster`), through a cluster connection.
+    Cluster,
+}
+
+impl Backend {
+    /// The driver name this backend's drivers have.
+    pub fn driver(self) -> &'static str {
+        match self {
+            Self::Server => "redis",
+            Self::Cluster => "redis-cluster",
+        }
+    }
+
+    fn expect(self, args: &sdk::CreateArgs) -> Result<(), PluginError> {
+        if args.driver == self.driver() {
+            Ok(())
+        } else {
+            Err(PluginError::config(format!(
+                "this plugin provides no driver `{}` of this kind",
+                args.driver
+            )))
+        }
+    }
+}
+
+/// Connect as `backend` says, then make the driver with `make` over either connection.
+macro_rules! connected {
+    ($backend:expr, $place:expr, $database:expr, $url:expr, $nodes:expr, $timeout:expr,
+     |$conn:ident| $make:expr) => {
+        match $backend {
+            Backend::Server => {
+                let url = $database.server_url($url);
+                let $conn = connection::server(&url, $timeout).await?;
+                $make
+            }
+            Backend::Cluster => {
+                let seeds = $database.cluster_seeds($nodes, &format!("{}.nodes", $place))?;
+                let $conn = connection::cluster(&seeds, &$database.cluster, $timeout).await?;
+                $make
+            }
+        }
+    };
+}
+
+fn timeout(ms: u64) -> Duration {
+    Duration::from_millis(ms.max(1))
+}
+
+/// The cache driver of `backend`.
+pub async fn cache(args: sdk::CreateArgs, backend: Backend) -> Result<CacheBox, PluginError> {
+    backend.expect(&args)?;
+    let place = format!("cache.{}", backend.driver());
+    let config: CacheConfig = parse(&place, &args.config)?;
+    let database: &Database = &config.database;
+    Ok(connected!(backend, place, database, config.url_override.as_deref(), &config.nodes,
+        timeout(config.request_timeout_ms),
+        |conn| sdk::cache_box(args.runtime, RedisCache::new(conn, &config))))
+}
+
+/// The queue driver of `backend`.
+pub async fn queue(args: sdk::CreateArgs, backend: Backend) -> Result<QueueBox, PluginError> {
+    backend.expect(&args)?;
+    let place = format!("queue.{}", backend.driver());
+    let config: QueueConfig = parse(&place, &args.config)?;
+    config.check(&place)?;
+    let database = config.database.clone();
+    Ok(connected!(backend, place, database, config.url_override.as_deref(), &config.nodes,
+        timeout(config.request_timeout_ms),
+        |conn| sdk::queue_box(args.runtime, RedisQueue::new(conn, config.clone(), args.host.clone()))))
+}
+
+/// The rate-limiter driver of `backend`.
+pub async fn rate_limiter(
+    args: sdk::CreateArgs,
+    backend: Backend,
+) -> Result<RateLimiterBox, PluginError> {
+    backend.expect(&args)?;
+    let place = format!("rate_limiter.{}", backend.driver());
+    let config: RateLimiterConfig = parse(&place, &args.config)?;
+    let database: &Database = &config.database;
+    Ok(connected!(backend, place, database, config.url_override.as_deref(), &config.nodes,
+        timeout(config.request_timeout_ms),
+        |conn| sdk::rate_limiter_box(args.runtime, RedisRateLimiter::new(conn, &config))))
+}

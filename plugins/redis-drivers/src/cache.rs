@@ -1,0 +1,136 @@
+//! The cache driver: values under a key prefix, with Redis's own expiry.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use redis::aio::ConnectionLike;
+use serde::Deserialize;
+use sockhost_plugin_api::{PluginError, abi::RVec, sdk::CacheDriver};
+
+use crate::{connection::Database, within};
+
+/// A cache driver's table (`[cache.redis]` / `[cache.redis-cluster]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Prefix of every key. Default: "sockudo_cache:".
+    pub prefix: String,
+    /// This driver's own server URL, instead of `REDIS_URL` / `[database.redis]`.
+    pub url_override: Option<String>,
+    /// This driver's own cluster seeds (redis-cluster), instead of the shared ones.
+    pub nodes: Vec<String>,
+    /// Milliseconds a command may take. Default: 5000.
+    pub request_timeout_ms: u64,
+    /// Accepted for compatibility with the reference: the driver's name says which it is.
+    pub cluster_mode: bool,
+    /// The server's shared `[database.redis]` table, which the host passes along.
+    pub database: Database,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "sockudo_cache:".into(),
+            url_override: None,
+            nodes: Vec::new(),
+            request_timeout_ms: 5000,
+            cluster_mode: false,
+            database: Database::default(),
+        }
+    }
+}
+
+/// A cache in Redis. Each key stands alone (no multi-key operation), so on a cluster keys
+/// spread over every shard.
+pub struct RedisCache<C> {
+    conn: C,
+    prefix: String,
+    timeout: Duration,
+    closed: AtomicBool,
+}
+
+impl<C> std::fmt::Debug for RedisCache<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCache").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl<C> RedisCache<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// A cache over `conn` with `config`'s prefix and timeout.
+    pub fn new(conn: C, config: &CacheConfig) -> Self {
+        Self {
+            conn,
+            prefix: config.prefix.clone(),
+            timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn open(&self) -> Result<C, PluginError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PluginError::unavailable("the redis cache is shut down"));
+        }
+        Ok(self.conn.clone())
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+impl<C> CacheDriver for RedisCache<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn get(&self, key: &str) -> Result<Option<RVec<u8>>, PluginError> {
+        let mut conn = self.open()?;
+        let value: Option<Vec<u8>> =
+            within("redis GET", self.timeout, redis::cmd("GET").arg(self.key(key)).query_async(&mut conn))
+                .await?;
+        Ok(value.map(RVec::from))
+    }
+
+    async fn set(&self, key: &str, value: RVec<u8>, ttl_ms: u64) -> Result<(), PluginError> {
+        let mut conn = self.open()?;
+        let mut command = redis::cmd("SET");
+        command.arg(self.key(key)).arg(value.as_slice());
+        if ttl_ms > 0 {
+            command.arg("PX").arg(ttl_ms);
+        }
+        within("redis SET", self.timeout, command.query_async::<()>(&mut conn)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, PluginError> {
+        let mut conn = self.open()?;
+        let removed: u64 =
+            within("redis DEL", self.timeout, redis::cmd("DEL").arg(self.key(key)).query_async(&mut conn))
+                .await?;
+        Ok(removed > 0)
+    }
+
+    async fn has(&self, key: &str) -> Result<bool, PluginError> {
+        let mut conn = self.open()?;
+        let found: u64 = within(
+            "redis EXISTS",
+            self.timeout,
+            redis::cmd("EXISTS").arg(self.key(key)).query_async(&mut conn),
+        )
+        .await?;
+        Ok(found > 0)
+    }
+
+    async fn health(&self) -> Result<(), PluginError> {
+        let mut conn = self.open()?;
+        within("redis PING", self.timeout, redis::cmd("PING").query_async::<()>(&mut conn)).await
+    }
+
+    async fn shutdown(&self) -> Result<(), PluginError> {
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}

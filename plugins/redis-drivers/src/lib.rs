@@ -1,0 +1,50 @@
+//! What the `redis` and `redis-cluster` plugins share: the connection settings
+//! (`[database.redis]`, `REDIS_URL`, the cluster seeds) and the cache, queue and rate-limiter
+//! drivers, written once over any Redis connection (a single server's connection manager or a
+//! cluster connection).
+//!
+//! Every multi-key operation is one Lua script whose keys share a hash tag, so it runs
+//! atomically on one shard of a cluster as on a single server.
+
+pub mod build;
+pub mod cache;
+pub mod connection;
+pub mod queue;
+pub mod rate_limiter;
+
+use sockhost_plugin_api::PluginError;
+
+/// Parse a driver's table (empty text: defaults), naming `place` and the field in any error.
+pub fn parse<T: serde::de::DeserializeOwned + Default>(
+    place: &str,
+    text: &str,
+) -> Result<T, PluginError> {
+    if text.trim().is_empty() {
+        return Ok(T::default());
+    }
+    toml::from_str(text).map_err(|e| {
+        PluginError::config(format!("{place}: {}", e.message().trim_end_matches('.')))
+    })
+}
+
+/// A Redis error as the plugin boundary's error: connection trouble is retryable, anything else
+/// (a script error, a wrong type) is not.
+pub fn redis_error(what: &str, e: &redis::RedisError) -> PluginError {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        PluginError::unavailable(format!("{what}: {e}"))
+    } else {
+        PluginError::rejected(format!("{what}: {e}"))
+    }
+}
+
+/// Run `call` within `timeout`, with errors as the boundary's.
+pub async fn within<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, PluginError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| PluginError::timeout(format!("{what}: no answer within {timeout:?}")))?
+        .map_err(|e| redis_error(what, &e))
+}
