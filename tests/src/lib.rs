@@ -104,5 +104,6 @@ pub mod cluster;
 pub mod counting;
 pub mod pusher;
 pub mod server;
+pub mod shared_drivers;
 pub mod tls;
 pub mod webhook;

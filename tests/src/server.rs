@@ -93,6 +93,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Use the configuration in `path` exactly as it is (no test apps added).
+    ///
+    /// # Panics
+    /// If it cannot be read.
+    #[must_use]
+    pub fn config_file(mut self, path: &Path) -> Self {
+        self.config = std::fs::read_to_string(path).expect("the config file reads");
+        self
+    }
+
     /// Set an environment variable.
     #[must_use]
     pub fn env(mut self, name: &str, value: &str) -> Self {

@@ -43,6 +43,8 @@ struct Shared {
     tx: mpsc::UnboundedSender<Hook>,
     fail_next: Arc<AtomicUsize>,
     fail_always: Arc<AtomicBool>,
+    /// While set, requests are recorded but not answered (until released).
+    stalled: tokio::sync::watch::Sender<bool>,
 }
 
 /// The receiver; stops when dropped.
@@ -53,6 +55,7 @@ pub struct Receiver {
     rx: mpsc::UnboundedReceiver<Hook>,
     fail_next: Arc<AtomicUsize>,
     fail_always: Arc<AtomicBool>,
+    stalled: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -75,6 +78,8 @@ async fn record(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
         body,
     };
     let _ = shared.tx.send(hook);
+    let mut stalled = shared.stalled.subscribe();
+    let _ = stalled.wait_for(|stalled| !stalled).await;
     let fail = shared.fail_always.load(Ordering::SeqCst)
         || shared
             .fail_next
@@ -90,7 +95,13 @@ impl Receiver {
     /// If it cannot bind.
     pub async fn start() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Shared { tx, fail_next: Arc::default(), fail_always: Arc::default() };
+        let stalled = tokio::sync::watch::Sender::new(false);
+        let shared = Shared {
+            tx,
+            fail_next: Arc::default(),
+            fail_always: Arc::default(),
+            stalled: stalled.clone(),
+        };
         let (fail_next, fail_always) = (shared.fail_next.clone(), shared.fail_always.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -98,12 +109,28 @@ impl Receiver {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { url, rx, fail_next, fail_always, task }
+        Self { url, rx, fail_next, fail_always, stalled, task }
     }
 
     /// Answer 500 to the next `n` requests.
     pub fn fail_next(&self, n: usize) {
         self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Record requests but answer none until [`Receiver::release`]: a sender that dies now
+    /// dies mid-delivery.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Answer the stalled requests and every later one.
+    pub fn release(&self) {
+        self.stalled.send_replace(false);
+    }
+
+    /// Answer 200 again after [`Receiver::fail_always`].
+    pub fn succeed(&self) {
+        self.fail_always.store(false, Ordering::SeqCst);
     }
 
     /// Answer 500 to every request.

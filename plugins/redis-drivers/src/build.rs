@@ -72,9 +72,15 @@ pub async fn cache(args: sdk::CreateArgs, backend: Backend) -> Result<CacheBox, 
     let place = format!("cache.{}", backend.driver());
     let config: CacheConfig = parse(&place, &args.config)?;
     let database: &Database = &config.database;
-    Ok(connected!(backend, place, database, config.url_override.as_deref(), &config.nodes,
+    Ok(connected!(
+        backend,
+        place,
+        database,
+        config.url_override.as_deref(),
+        &config.nodes,
         timeout(config.request_timeout_ms),
-        |conn| sdk::cache_box(args.runtime, RedisCache::new(conn, &config))))
+        |conn| sdk::cache_box(args.runtime, RedisCache::new(conn, &config))
+    ))
 }
 
 /// The queue driver of `backend`.
@@ -84,9 +90,18 @@ pub async fn queue(args: sdk::CreateArgs, backend: Backend) -> Result<QueueBox, 
     let config: QueueConfig = parse(&place, &args.config)?;
     config.check(&place)?;
     let database = config.database.clone();
-    Ok(connected!(backend, place, database, config.url_override.as_deref(), &config.nodes,
+    Ok(connected!(
+        backend,
+        place,
+        database,
+        config.url_override.as_deref(),
+        &config.nodes,
         timeout(config.request_timeout_ms),
-        |conn| sdk::queue_box(args.runtime, RedisQueue::new(conn, config.clone(), args.host.clone()))))
+        |conn| sdk::queue_box(
+            args.runtime,
+            RedisQueue::new(conn, config.clone(), args.host.clone())
+        )
+    ))
 }
 
 /// The rate-limiter driver of `backend`.
@@ -98,7 +113,13 @@ pub async fn rate_limiter(
     let place = format!("rate_limiter.{}", backend.driver());
     let config: RateLimiterConfig = parse(&place, &args.config)?;
     let database: &Database = &config.database;
-    Ok(connected!(backend, place, database, config.url_override.as_deref(), &config.nodes,
+    Ok(connected!(
+        backend,
+        place,
+        database,
+        config.url_override.as_deref(),
+        &config.nodes,
         timeout(config.request_timeout_ms),
-        |conn| sdk::rate_limiter_box(args.runtime, RedisRateLimiter::new(conn, &config))))
+        |conn| sdk::rate_limiter_box(args.runtime, RedisRateLimiter::new(conn, &config))
+    ))
 }

@@ -89,9 +89,12 @@ where
 {
     async fn get(&self, key: &str) -> Result<Option<RVec<u8>>, PluginError> {
         let mut conn = self.open()?;
-        let value: Option<Vec<u8>> =
-            within("redis GET", self.timeout, redis::cmd("GET").arg(self.key(key)).query_async(&mut conn))
-                .await?;
+        let value: Option<Vec<u8>> = within(
+            "redis GET",
+            self.timeout,
+            redis::cmd("GET").arg(self.key(key)).query_async(&mut conn),
+        )
+        .await?;
         Ok(value.map(RVec::from))
     }
 
@@ -107,9 +110,12 @@ where
 
     async fn delete(&self, key: &str) -> Result<bool, PluginError> {
         let mut conn = self.open()?;
-        let removed: u64 =
-            within("redis DEL", self.timeout, redis::cmd("DEL").arg(self.key(key)).query_async(&mut conn))
-                .await?;
+        let removed: u64 = within(
+            "redis DEL",
+            self.timeout,
+            redis::cmd("DEL").arg(self.key(key)).query_async(&mut conn),
+        )
+        .await?;
         Ok(removed > 0)
     }
 

@@ -69,7 +69,10 @@ impl Database {
         if let Some(url) = &self.url {
             return Some(url.clone());
         }
-        if self.host.is_none() && self.port.is_none() && self.password.is_none() && self.db.is_none()
+        if self.host.is_none()
+            && self.port.is_none()
+            && self.password.is_none()
+            && self.db.is_none()
         {
             return None;
         }

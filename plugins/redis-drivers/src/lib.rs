@@ -22,15 +22,16 @@ pub fn parse<T: serde::de::DeserializeOwned + Default>(
     if text.trim().is_empty() {
         return Ok(T::default());
     }
-    toml::from_str(text).map_err(|e| {
-        PluginError::config(format!("{place}: {}", e.message().trim_end_matches('.')))
-    })
+    toml::from_str(text)
+        .map_err(|e| PluginError::config(format!("{place}: {}", e.message().trim_end_matches('.'))))
 }
 
-/// A Redis error as the plugin boundary's error: connection trouble is retryable, anything else
-/// (a script error, a wrong type) is not.
+/// A Redis error as the plugin boundary's error: trouble reaching the server or cluster (lost
+/// connections, no node for a slot, a failover under way) is retryable; anything the client
+/// would not retry (a script error, a wrong type) is a refusal.
 pub fn redis_error(what: &str, e: &redis::RedisError) -> PluginError {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+    if e.is_io_error() || e.is_timeout() || !matches!(e.retry_method(), redis::RetryMethod::NoRetry)
+    {
         PluginError::unavailable(format!("{what}: {e}"))
     } else {
         PluginError::rejected(format!("{what}: {e}"))

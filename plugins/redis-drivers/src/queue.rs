@@ -225,7 +225,9 @@ pub struct RedisQueue<C> {
 
 impl<C> std::fmt::Debug for RedisQueue<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisQueue").field("prefix", &self.shared.config.prefix).finish_non_exhaustive()
+        f.debug_struct("RedisQueue")
+            .field("prefix", &self.shared.config.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -291,7 +293,8 @@ where
             .key(&keys.dead)
             .arg(self.config.lease_ms)
             .arg(self.config.max_attempts);
-        let answer: Value = within("redis queue take", self.timeout, call.invoke_async(&mut conn)).await?;
+        let answer: Value =
+            within("redis queue take", self.timeout, call.invoke_async(&mut conn)).await?;
         let Value::Array(parts) = answer else { return Ok(None) };
         let text = |v: &Value| match v {
             Value::BulkString(b) => Some(b.clone()),
@@ -299,9 +302,11 @@ where
             Value::Int(n) => Some(n.to_string().into_bytes()),
             _ => None,
         };
-        let (Some(id), Some(attempt), Some(payload)) =
-            (parts.first().and_then(text), parts.get(1).and_then(text), parts.get(2).and_then(text))
-        else {
+        let (Some(id), Some(attempt), Some(payload)) = (
+            parts.first().and_then(text),
+            parts.get(1).and_then(text),
+            parts.get(2).and_then(text),
+        ) else {
             return Err(PluginError::internal("redis queue take: an answer of the wrong shape"));
         };
         let attempt = String::from_utf8_lossy(&attempt).parse().unwrap_or(1);
@@ -313,13 +318,19 @@ where
         }))
     }
 
-    async fn settle(&self, keys: &Keys, job: &Job, outcome: Result<(), PluginError>) -> Result<(), PluginError> {
+    async fn settle(
+        &self,
+        keys: &Keys,
+        job: &Job,
+        outcome: Result<(), PluginError>,
+    ) -> Result<(), PluginError> {
         let mut conn = self.open()?;
         match outcome {
             Ok(()) => {
                 let mut call = self.scripts.ack.prepare_invoke();
                 call.key(&keys.leased).key(&keys.jobs).key(&keys.attempts).arg(job.id.as_str());
-                let held: i64 = within("redis queue ack", self.timeout, call.invoke_async(&mut conn)).await?;
+                let held: i64 =
+                    within("redis queue ack", self.timeout, call.invoke_async(&mut conn)).await?;
                 if held == 0 {
                     tracing::warn!(queue = %job.queue, job = %job.id, "A job finished after its lease ended; another worker may have run it too.");
                 }
@@ -335,7 +346,8 @@ where
                     .arg(self.backoff(job.attempt + 1))
                     .arg(if give_up { 1 } else { 0 })
                     .arg(self.config.max_attempts);
-                let result: i64 = within("redis queue fail", self.timeout, call.invoke_async(&mut conn)).await?;
+                let result: i64 =
+                    within("redis queue fail", self.timeout, call.invoke_async(&mut conn)).await?;
                 if result == 2 {
                     self.host.metric(RStr::from_str("queue_dead_letters"), 1);
                     tracing::warn!(queue = %job.queue, job = %job.id, attempts = job.attempt, %error,
@@ -370,7 +382,8 @@ where
                     if self.closed.load(Ordering::Acquire) {
                         return;
                     }
-                    trouble = (trouble * 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
+                    trouble =
+                        (trouble * 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
                     self.host.metric(RStr::from_str("queue_errors"), 1);
                     tracing::warn!(%queue, %error, retry_in = ?trouble, "The redis queue failed; trying again.");
                     tokio::time::sleep(trouble).await;
@@ -389,8 +402,13 @@ where
         let mut conn = shared.open()?;
         let keys = Keys::new(&shared.config.prefix, queue);
         let mut call = shared.scripts.push.prepare_invoke();
-        call.key(&keys.seq).key(&keys.jobs).key(&keys.attempts).key(&keys.ready).arg(payload.as_slice());
-        let _: Value = within("redis queue push", shared.timeout, call.invoke_async(&mut conn)).await?;
+        call.key(&keys.seq)
+            .key(&keys.jobs)
+            .key(&keys.attempts)
+            .key(&keys.ready)
+            .arg(payload.as_slice());
+        let _: Value =
+            within("redis queue push", shared.timeout, call.invoke_async(&mut conn)).await?;
         shared.wake(queue).notify_one();
         Ok(())
     }
@@ -408,7 +426,12 @@ where
         let mut conn = self.shared.open()?;
         let keys = Keys::new(&self.shared.config.prefix, queue);
         let mut pipe = redis::pipe();
-        pipe.cmd("LLEN").arg(&keys.ready).cmd("ZCARD").arg(&keys.delayed).cmd("ZCARD").arg(&keys.leased);
+        pipe.cmd("LLEN")
+            .arg(&keys.ready)
+            .cmd("ZCARD")
+            .arg(&keys.delayed)
+            .cmd("ZCARD")
+            .arg(&keys.leased);
         let (ready, delayed, leased): (u64, u64, u64) =
             within("redis queue pending", self.shared.timeout, pipe.query_async(&mut conn)).await?;
         Ok(ready + delayed + leased)
@@ -416,7 +439,8 @@ where
 
     async fn health(&self) -> Result<(), PluginError> {
         let mut conn = self.shared.open()?;
-        within("redis PING", self.shared.timeout, redis::cmd("PING").query_async::<()>(&mut conn)).await
+        within("redis PING", self.shared.timeout, redis::cmd("PING").query_async::<()>(&mut conn))
+            .await
     }
 
     async fn shutdown(&self) -> Result<(), PluginError> {
