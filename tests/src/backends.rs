@@ -596,3 +596,162 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// A PostgreSQL server of our own: `initdb` into a temp dir, `pg_ctl start` on a free loopback
+/// port (its socket in the same dir), stopped when dropped. PostgreSQL refuses to run as root,
+/// so as root it runs as the `postgres` user.
+#[derive(Debug)]
+pub struct PostgresServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    running: bool,
+}
+
+/// A PostgreSQL program: on the `PATH`, else in Debian's versioned directory.
+fn pg_program(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BIN") {
+        return Path::new(&dir).join(name);
+    }
+    let on_path = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file());
+    if let Some(path) = on_path {
+        return path;
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| dirs.flatten().map(|d| d.path().join("bin").join(name)).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions.pop().filter(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("{name} is missing: install PostgreSQL (apt-get install postgresql) or set PG_BIN")
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// Run a PostgreSQL program, as `postgres` when we are root.
+fn pg_run(name: &str, args: &[&str]) -> std::process::Output {
+    let program = pg_program(name);
+    let mut command = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&program);
+        c
+    } else {
+        Command::new(&program)
+    };
+    command.args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+impl PostgresServer {
+    /// Make a cluster and start it.
+    ///
+    /// # Panics
+    /// If PostgreSQL is missing or does not start.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        if is_root() {
+            let owner = Command::new("id").args(["-u", "postgres"]).output().expect("id");
+            let group = Command::new("id").args(["-g", "postgres"]).output().expect("id");
+            let number = |o: std::process::Output| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<u32>()
+                    .expect("the postgres user exists")
+            };
+            std::os::unix::fs::chown(dir.path(), Some(number(owner)), Some(number(group))).unwrap();
+        }
+        let data = dir.path().join("data");
+        let output = pg_run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        assert!(
+            output.status.success(),
+            "initdb failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut server = Self { port: 0, dir, running: false };
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.try_start() {
+                return server;
+            }
+        }
+        panic!("PostgreSQL would not start:\n{}", server.log());
+    }
+
+    fn try_start(&mut self) -> bool {
+        let data = self.dir.path().join("data");
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("postgres.log");
+        let output = pg_run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        );
+        self.running = output.status.success();
+        self.running
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stop it at once (`pg_ctl stop -m immediate`: no clean shutdown, as a crash).
+    pub fn kill(&mut self) {
+        if self.running {
+            let data = self.dir.path().join("data");
+            let _ =
+                pg_run("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+            self.running = false;
+        }
+    }
+
+    /// Start it again on the same port.
+    ///
+    /// # Panics
+    /// If it does not come back.
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(self.try_start(), "PostgreSQL did not come back:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -11,6 +11,8 @@ pub struct Bus {
     pub plugin: &'static str,
     /// Environment variables every node gets.
     pub env: Vec<(String, String)>,
+    /// The plugin manifest nodes load, if not the repository's `plugins.toml`.
+    pub manifest: Option<std::path::PathBuf>,
 }
 
 impl Bus {
@@ -58,8 +60,20 @@ impl Bus {
         )
     }
 
+    /// PostgreSQL at `url`, through the out-of-tree plugin of `examples/postgres-transport`
+    /// listed in `manifest`.
+    pub fn postgres(url: &str, manifest: std::path::PathBuf) -> Self {
+        Self {
+            manifest: Some(manifest),
+            ..Self::new(
+                "postgres",
+                format!("[adapter]\ndriver = \"postgres\"\n[adapter.postgres]\nurl = \"{url}\"\n"),
+            )
+        }
+    }
+
     fn new(plugin: &'static str, adapter: String) -> Self {
-        Self { adapter, plugin, env: Vec::new() }
+        Self { adapter, plugin, env: Vec::new(), manifest: None }
     }
 
     /// The same, with an environment variable for every node.
@@ -101,6 +115,15 @@ impl Broker for crate::backends::RedisCluster {
     }
     fn restart(&mut self) {
         crate::backends::RedisCluster::restart(self);
+    }
+}
+
+impl Broker for crate::backends::PostgresServer {
+    fn kill(&mut self) {
+        crate::backends::PostgresServer::kill(self);
+    }
+    fn restart(&mut self) {
+        crate::backends::PostgresServer::restart(self);
     }
 }
 
@@ -159,6 +182,9 @@ pub fn node(bus: &Bus, extra: &str) -> Server {
     for (name, value) in &bus.env {
         builder = builder.env(name, value);
     }
+    if let Some(manifest) = &bus.manifest {
+        builder = builder.manifest(manifest);
+    }
     builder.start()
 }
 
@@ -168,7 +194,8 @@ pub fn refused(bus: &Bus) -> (Option<i32>, String) {
     let config = dir.path().join("sockhost.toml");
     std::fs::write(&config, format!("{FAST_HEALTH}{}\n{}", bus.adapter, crate::server::APPS))
         .unwrap();
-    let manifest = crate::workspace_root().join("plugins.toml");
+    let manifest =
+        bus.manifest.clone().unwrap_or_else(|| crate::workspace_root().join("plugins.toml"));
     let mut env: Vec<(&str, &str)> =
         vec![("PORT", "0"), ("METRICS_PORT", "0"), ("HOST", "127.0.0.1")];
     env.extend(bus.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));

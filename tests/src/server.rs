@@ -93,6 +93,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Load the plugins `path` lists instead of the repository's `plugins.toml`.
+    #[must_use]
+    pub fn manifest(mut self, path: &Path) -> Self {
+        self.manifest = Some(path.to_path_buf());
+        self
+    }
+
     /// Use the configuration in `path` exactly as it is (no test apps added).
     ///
     /// # Panics

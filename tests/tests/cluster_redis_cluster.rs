@@ -46,6 +46,7 @@ async fn seeds_credentials_and_tls_come_from_the_database_table() {
         ),
         plugin: "redis-cluster",
         env: vec![("SSL_CERT_FILE".into(), pki.ca().to_str().unwrap().into())],
+        manifest: None,
     };
     one_event_crosses(&bus).await;
 
@@ -69,6 +70,7 @@ async fn no_seed_nodes_is_a_clear_start_up_error() {
         adapter: "[adapter]\ndriver = \"redis-cluster\"\n".into(),
         plugin: "redis-cluster",
         env: vec![("REDIS_CLUSTER_NODES".into(), String::new())],
+        manifest: None,
     };
     let (code, log) = refused(&bus);
     assert_ne!(code, Some(0), "{log}");
