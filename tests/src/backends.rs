@@ -755,3 +755,75 @@ impl Drop for PostgresServer {
         self.kill();
     }
 }
+
+/// A local SQS-compatible server (moto's, from PyPI: `pip install 'moto[server]'`) on a free
+/// loopback port, stopped when dropped. Never AWS itself.
+#[derive(Debug)]
+pub struct SqsServer {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Whether an HTTP server answers on `port`.
+fn http_answers(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 7];
+    stream.read_exact(&mut answer).is_ok() && &answer == b"HTTP/1."
+}
+
+impl SqsServer {
+    /// Start one and wait until it answers HTTP.
+    ///
+    /// # Panics
+    /// If moto is missing or the server does not start in time.
+    pub fn start() -> Self {
+        let dir = private_dir();
+        for _ in 0..5 {
+            let port = free_port();
+            let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
+            let mut child = Command::new(binary("python3", "PYTHON"))
+                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("python3 runs");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if http_answers(port) {
+                    return Self { child: Some(child), port, _dir: dir };
+                }
+                if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!(
+            "the SQS server (moto) would not start; install it with pip install 'moto[server]':\n{}",
+            std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default()
+        );
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SqsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
