@@ -206,6 +206,8 @@ pub struct ClusterOptions<'a> {
     pub password: Option<&'a str>,
     /// More `redis-server` arguments for every node.
     pub extra: Vec<String>,
+    /// Give each master a replica (six nodes), so that a master can fail over.
+    pub replicas: bool,
 }
 
 /// One node of a [`RedisCluster`].
@@ -217,8 +219,8 @@ struct ClusterNode {
     dir: PathBuf,
 }
 
-/// A real Redis Cluster of three masters (no replicas), each on a free loopback port with its
-/// cluster bus on another, in one temp dir; stopped when dropped.
+/// A real Redis Cluster of three masters (and, if asked, a replica of each), each node on a free
+/// loopback port with its cluster bus on another, in one temp dir; stopped when dropped.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<ClusterNode>,
@@ -274,7 +276,8 @@ impl RedisCluster {
             password: options.password.map(String::from),
             _dir: dir,
         };
-        for i in 0..3 {
+        let count = if options.replicas { 6 } else { 3 };
+        for i in 0..count {
             let node_dir = cluster._dir.path().join(format!("node{i}"));
             std::fs::create_dir(&node_dir).unwrap();
             let mut node = ClusterNode { child: None, port: 0, bus: 0, dir: node_dir };
@@ -299,7 +302,7 @@ impl RedisCluster {
         let output = create
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", if options.replicas { "1" } else { "0" }, "--cluster-yes"])
             .output()
             .expect("redis-cli is installed (apt-get install redis-tools)");
         assert!(
@@ -343,11 +346,11 @@ impl RedisCluster {
         true
     }
 
-    /// Wait until every node says the cluster is whole.
+    /// Wait until every running node says the cluster is whole.
     fn wait_until_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let whole = self.nodes.iter().all(|node| {
+            let whole = self.nodes.iter().filter(|n| n.child.is_some()).all(|node| {
                 self.cli(node.port, &["CLUSTER", "INFO"]).is_some_and(|info| {
                     info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
                 })
@@ -374,6 +377,38 @@ impl RedisCluster {
         self.nodes.iter().map(|n| n.port).collect()
     }
 
+    /// A running node's port, to ask about the cluster.
+    fn any(&self) -> u16 {
+        self.nodes.iter().find(|n| n.child.is_some()).expect("a running node").port
+    }
+
+    /// Kill (SIGKILL) the node on `port`; with replicas, its replica takes over its slots
+    /// once the others agree it is gone. Waits until the cluster is whole again.
+    ///
+    /// # Panics
+    /// If no node has that port, or the cluster does not recover.
+    pub fn kill_node(&mut self, port: u16) {
+        self.nodes.iter_mut().find(|n| n.port == port).expect("a node on that port").kill();
+        // Until the others have marked it failed and moved its slots (CLUSTER NODES lists a
+        // node's slots from its ninth field on), the cluster still looks whole.
+        let address = format!("127.0.0.1:{port}@");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let nodes = self.cli(self.any(), &["CLUSTER", "NODES"]).unwrap_or_default();
+            let gone = nodes.lines().find(|l| l.contains(&address)).is_some_and(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.get(2).is_some_and(|flags| flags.split(',').any(|f| f == "fail"))
+                    && fields.len() <= 8
+            });
+            if gone {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not fail the node over:\n{nodes}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_until_ok();
+    }
+
     /// The seed URLs (`rediss://` when it speaks TLS), comma-separated.
     pub fn seeds(&self) -> String {
         let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
@@ -397,9 +432,9 @@ impl RedisCluster {
     /// # Panics
     /// If the cluster does not answer.
     pub fn owner_of(&self, key: &str) -> u16 {
-        let slot = self.cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]).expect("KEYSLOT");
+        let slot = self.cli(self.any(), &["CLUSTER", "KEYSLOT", key]).expect("KEYSLOT");
         let slot: u16 = slot.parse().expect("a slot number");
-        let shards = self.cli(self.nodes[0].port, &["CLUSTER", "SLOTS"]).expect("SLOTS");
+        let shards = self.cli(self.any(), &["CLUSTER", "SLOTS"]).expect("SLOTS");
         // redis-cli prints the nested reply one value per line: start, end, then the master's
         // ip, port and id, then any replicas.
         let lines: Vec<&str> = shards.lines().collect();

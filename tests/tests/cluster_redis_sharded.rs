@@ -1,10 +1,10 @@
 //! The multi-node scenarios over a real three-master Redis Cluster with sharded pub/sub
 //! (`SPUBLISH`/`SSUBSCRIBE`), with real `sockhost` processes loading the real
 //! `libsockhost_redis_cluster.so`; plus what is sharding's own: channels spread over the
-//! shards, and a channel's slot moving to another shard.
+//! shards, a channel's slot moving to another shard, and a master failing over to its replica.
 
 use sockhost_tests::{
-    backends::RedisCluster,
+    backends::{ClusterOptions, RedisCluster},
     cluster::{Bus, nodes},
     pusher::{Api, Client, TestApp},
 };
@@ -90,5 +90,40 @@ async fn a_channel_whose_slot_moves_to_another_shard_is_followed() {
     }
     assert_eq!(cluster.cli(to, &["PUBSUB", "SHARDCHANNELS", topic]).unwrap_or_default(), topic);
     assert_eq!(api_a.trigger(&["moving"], "after", "2").await.0, 200);
+    assert_eq!(on_b.expect("after").await["data"], "2");
+}
+
+#[tokio::test]
+async fn a_master_that_fails_over_is_followed_to_its_replica() {
+    let mut cluster =
+        RedisCluster::start_with(ClusterOptions { replicas: true, ..ClusterOptions::default() });
+    let bus = Bus::redis_cluster(&cluster.seeds(), true);
+    let servers = nodes(&bus, 2, "").await;
+    let app = TestApp::main();
+    let mut on_b = Client::connect(&servers[1].ws_url(&app.key)).await;
+    on_b.subscribe(&app, "failing").await;
+    let api_a = Api::new(&servers[0].http_url(), &app);
+    assert_eq!(api_a.trigger(&["failing"], "before", "1").await.0, 200);
+    on_b.expect("before").await;
+
+    // Kill the master that holds the channel's shard; its replica is promoted.
+    let topic = "test:#broadcast:app-1:failing";
+    let master = cluster.owner_of(topic);
+    cluster.kill_node(master);
+    let promoted = cluster.owner_of(topic);
+    assert_ne!(promoted, master);
+
+    // The node lost that connection, subscribes again where the slot now lives, and says so.
+    let reconnects = "sockhost_plugin_events{plugin=\"redis-cluster\",name=\"reconnects\"}";
+    let deadline = tokio::time::Instant::now() + sockhost_tests::pusher::PATIENCE;
+    while servers[1].labelled_metric(reconnects).await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no resubscribe:\n{}", servers[1].log());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        cluster.cli(promoted, &["PUBSUB", "SHARDCHANNELS", topic]).unwrap_or_default(),
+        topic
+    );
+    assert_eq!(api_a.trigger(&["failing"], "after", "2").await.0, 200);
     assert_eq!(on_b.expect("after").await["data"], "2");
 }

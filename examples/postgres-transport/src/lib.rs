@@ -20,49 +20,13 @@ mod transport;
 
 pub use transport::PostgresTransport;
 
-use sockhost_plugin_api::{
-    DriverDecl, DriverKind, HostContextBox, PResult, PluginError, PluginInfo, PluginModule,
-    PluginModule_Ref, TransportBox,
-    abi::{FfiFuture, PrefixTypeTrait as _, RStr},
-    sdk,
-};
+use sockhost_plugin_api::sdk;
 
-/// The plugin's name.
-pub const PLUGIN: &str = "postgres";
-
-const DRIVERS: &[DriverDecl] = &[DriverDecl::new(DriverKind::TRANSPORT, "postgres")];
-
-/// The root module the server loads.
-#[abi_stable::export_root_module]
-pub fn root_module() -> PluginModule_Ref {
-    PluginModule {
-        info,
-        transport: Some(new_transport),
-        cache: None,
-        queue: None,
-        rate_limiter: None,
-    }
-    .leak_into_prefix()
-}
-
-extern "C" fn info() -> PluginInfo {
-    PluginInfo::new(PLUGIN, env!("CARGO_PKG_VERSION"), DRIVERS)
-}
-
-extern "C" fn new_transport(
-    driver: RStr<'_>,
-    config: RStr<'_>,
-    host: HostContextBox,
-) -> FfiFuture<PResult<TransportBox>> {
-    sdk::create(PLUGIN, driver, config, host, |args| async move {
-        if args.driver != "postgres" {
-            return Err(PluginError::config(format!(
-                "plugin postgres provides no transport `{}`",
-                args.driver
-            )));
-        }
+sockhost_plugin_api::export_plugin! {
+    name: "postgres",
+    transport: ["postgres"] => |args| async move {
         let config = config::TransportConfig::parse(&args.config)?;
         let transport = PostgresTransport::connect(config, args.host).await?;
         Ok(sdk::transport_box(args.runtime, transport))
-    })
+    },
 }

@@ -11,8 +11,11 @@
 //! - [`TransportDriver`], [`CacheDriver`], [`QueueDriver`], [`RateLimiterDriver`]: plain Rust
 //!   traits; [`create`] and the `*_box` functions turn them into the FFI trait objects with
 //!   every method guarded.
+//! - [`export_plugin!`](crate::export_plugin): the root module, `info` and the constructors of
+//!   a plugin from one declaration.
 
 mod drivers;
+mod export;
 mod guard;
 pub mod log;
 mod runtime;
@@ -21,5 +24,6 @@ pub use drivers::{
     CacheDriver, CreateArgs, QueueDriver, RateLimiterDriver, TransportDriver, cache_box, create,
     queue_box, rate_limiter_box, transport_box,
 };
+pub use export::{builder, expect_driver};
 pub use guard::{enter, guard, panic_message, ready, spawn};
 pub use runtime::runtime;

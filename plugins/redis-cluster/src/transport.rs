@@ -39,6 +39,8 @@ const PUBLISH_ATTEMPTS: u32 = 3;
 /// Reconnection backoff of the cluster client, as in the reference: 500 ms up to 10 s.
 const MIN_RETRY_WAIT_MS: u64 = 500;
 const MAX_RETRY_WAIT_MS: u64 = 10_000;
+/// The longest wait between attempts to subscribe again to a topic.
+const RESUBSCRIBE_MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// A message waiting to be written; awaited publishes carry the sender of their outcome.
 struct Outgoing {
@@ -60,6 +62,8 @@ struct Shared {
     queue: mpsc::Sender<Outgoing>,
     /// Topics we want, to subscribe again when the server drops one (a slot moved).
     topics: Mutex<HashSet<String>>,
+    /// Set by a lost connection until the resubscriber starts over every topic.
+    lost: Arc<AtomicBool>,
     closed: AtomicBool,
 }
 
@@ -91,7 +95,8 @@ fn closed() -> PluginError {
 enum Resubscribe {
     /// The server dropped this topic (its slot moved, or our own unsubscribe confirmed).
     Topic(String),
-    /// A lost connection is back: make sure of every topic, then report the reconnect.
+    /// A connection was lost: make sure of every topic (retrying until the cluster answers),
+    /// then report the reconnect.
     All,
 }
 
@@ -131,8 +136,13 @@ impl RedisClusterTransport {
         };
         let publisher_client = build(builder())?;
         let (dropped, dropped_topics) = mpsc::unbounded_channel();
-        let subscriber_client =
-            build(builder().push_sender(pushes(config.prefix.clone(), host.clone(), dropped)))?;
+        let lost = Arc::new(AtomicBool::new(false));
+        let subscriber_client = build(builder().push_sender(pushes(
+            config.prefix.clone(),
+            host.clone(),
+            dropped,
+            lost.clone(),
+        )))?;
 
         let shown = &shown;
         let open = |client: redis::cluster::ClusterClient| async move {
@@ -163,6 +173,7 @@ impl RedisClusterTransport {
             checker,
             queue,
             topics: Mutex::default(),
+            lost,
             closed: AtomicBool::new(false),
         });
         subscribe(&shared, NODES).await?;
@@ -185,8 +196,8 @@ fn pushes(
     prefix: String,
     host: HostContextBox,
     dropped: Dropped,
+    lost: Arc<AtomicBool>,
 ) -> impl Fn(PushInfo) -> Result<(), redis::aio::SendError> + Send + Sync + 'static {
-    let lost = AtomicBool::new(false);
     move |push: PushInfo| {
         let channel = |value: Option<&Value>| -> Option<Vec<u8>> {
             match value? {
@@ -221,13 +232,12 @@ fn pushes(
                     let _ = dropped.send(Resubscribe::Topic(topic));
                 }
             }
+            // A node connection closed (the node died, restarted, or failed over). The client
+            // reconnects and restores what it can by itself; the resubscriber makes sure of
+            // every topic, wherever its slot now lives. One request per burst of pushes.
             PushKind::Disconnection if !lost.swap(true, Ordering::AcqRel) => {
                 host.metric(RStr::from_str("subscriber_disconnects"), 1);
-                tracing::warn!("Lost a Redis Cluster subscriber connection; reconnecting.");
-            }
-            // The client subscribes again by itself once a node is back; the first confirmation
-            // after a loss tells that the subscriber is back.
-            PushKind::Subscribe | PushKind::SSubscribe if lost.swap(false, Ordering::AcqRel) => {
+                tracing::warn!("Lost a Redis Cluster subscriber connection; subscribing again.");
                 let _ = dropped.send(Resubscribe::All);
             }
             _ => {}
@@ -316,6 +326,8 @@ async fn resubscribe(
                 vec![topic]
             }
             Resubscribe::All => {
+                // Cleared first: a connection lost during this pass asks for another one.
+                shared.lost.store(false, Ordering::Release);
                 shared.topics.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default()
             }
         };
@@ -327,7 +339,9 @@ async fn resubscribe(
                 }
                 tracing::warn!(%error, topic, retry_in = ?delay, "Resubscribe failed.");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(MAX_RETRY_WAIT_MS));
+                // Short steps: the cluster client already backs off its reconnects; this only
+                // asks whether it is back.
+                delay = (delay * 2).min(RESUBSCRIBE_MAX_WAIT);
             }
         }
         if all {

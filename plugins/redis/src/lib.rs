@@ -13,79 +13,17 @@ mod transport;
 
 pub use transport::RedisTransport;
 
-use sockhost_plugin_api::{
-    CacheBox, DriverDecl, DriverKind, HostContextBox, PResult, PluginError, PluginInfo,
-    PluginModule, PluginModule_Ref, QueueBox, RateLimiterBox, TransportBox,
-    abi::{FfiFuture, PrefixTypeTrait as _, RStr},
-    sdk,
-};
+use sockhost_plugin_api::sdk;
 use sockhost_redis_drivers::build::{self, Backend};
 
-/// The plugin's name.
-pub const PLUGIN: &str = "redis";
-
-const DRIVERS: &[DriverDecl] = &[
-    DriverDecl::new(DriverKind::TRANSPORT, "redis"),
-    DriverDecl::new(DriverKind::CACHE, "redis"),
-    DriverDecl::new(DriverKind::QUEUE, "redis"),
-    DriverDecl::new(DriverKind::RATE_LIMITER, "redis"),
-];
-
-/// The root module the host loads.
-#[abi_stable::export_root_module]
-pub fn root_module() -> PluginModule_Ref {
-    PluginModule {
-        info,
-        transport: Some(new_transport),
-        cache: Some(new_cache),
-        queue: Some(new_queue),
-        rate_limiter: Some(new_rate_limiter),
-    }
-    .leak_into_prefix()
-}
-
-extern "C" fn info() -> PluginInfo {
-    PluginInfo::new(PLUGIN, env!("CARGO_PKG_VERSION"), DRIVERS)
-}
-
-extern "C" fn new_transport(
-    driver: RStr<'_>,
-    config: RStr<'_>,
-    host: HostContextBox,
-) -> FfiFuture<PResult<TransportBox>> {
-    sdk::create(PLUGIN, driver, config, host, |args| async move {
-        if args.driver != "redis" {
-            return Err(PluginError::config(format!(
-                "plugin redis provides no transport `{}`",
-                args.driver
-            )));
-        }
+sockhost_plugin_api::export_plugin! {
+    name: "redis",
+    transport: ["redis"] => |args| async move {
         let config = config::TransportConfig::parse(&args.config)?;
         let transport = RedisTransport::connect(config, args.host).await?;
         Ok(sdk::transport_box(args.runtime, transport))
-    })
-}
-
-extern "C" fn new_cache(
-    driver: RStr<'_>,
-    config: RStr<'_>,
-    host: HostContextBox,
-) -> FfiFuture<PResult<CacheBox>> {
-    sdk::create(PLUGIN, driver, config, host, |args| build::cache(args, Backend::Server))
-}
-
-extern "C" fn new_queue(
-    driver: RStr<'_>,
-    config: RStr<'_>,
-    host: HostContextBox,
-) -> FfiFuture<PResult<QueueBox>> {
-    sdk::create(PLUGIN, driver, config, host, |args| build::queue(args, Backend::Server))
-}
-
-extern "C" fn new_rate_limiter(
-    driver: RStr<'_>,
-    config: RStr<'_>,
-    host: HostContextBox,
-) -> FfiFuture<PResult<RateLimiterBox>> {
-    sdk::create(PLUGIN, driver, config, host, |args| build::rate_limiter(args, Backend::Server))
+    },
+    cache: ["redis"] => |args| build::cache(args, Backend::Server),
+    queue: ["redis"] => |args| build::queue(args, Backend::Server),
+    rate_limiter: ["redis"] => |args| build::rate_limiter(args, Backend::Server),
 }

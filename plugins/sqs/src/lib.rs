@@ -12,43 +12,13 @@ mod queue;
 
 pub use queue::SqsQueue;
 
-use sockhost_plugin_api::{
-    DriverDecl, DriverKind, HostContextBox, PResult, PluginError, PluginInfo, PluginModule,
-    PluginModule_Ref, QueueBox,
-    abi::{FfiFuture, PrefixTypeTrait as _, RStr},
-    sdk,
-};
+use sockhost_plugin_api::sdk;
 
-/// The plugin's name.
-pub const PLUGIN: &str = "sqs";
-
-const DRIVERS: &[DriverDecl] = &[DriverDecl::new(DriverKind::QUEUE, "sqs")];
-
-/// The root module the host loads.
-#[abi_stable::export_root_module]
-pub fn root_module() -> PluginModule_Ref {
-    PluginModule { info, transport: None, cache: None, queue: Some(new_queue), rate_limiter: None }
-        .leak_into_prefix()
-}
-
-extern "C" fn info() -> PluginInfo {
-    PluginInfo::new(PLUGIN, env!("CARGO_PKG_VERSION"), DRIVERS)
-}
-
-extern "C" fn new_queue(
-    driver: RStr<'_>,
-    config: RStr<'_>,
-    host: HostContextBox,
-) -> FfiFuture<PResult<QueueBox>> {
-    sdk::create(PLUGIN, driver, config, host, |args| async move {
-        if args.driver != "sqs" {
-            return Err(PluginError::config(format!(
-                "plugin sqs provides no queue `{}`",
-                args.driver
-            )));
-        }
+sockhost_plugin_api::export_plugin! {
+    name: "sqs",
+    queue: ["sqs"] => |args| async move {
         let config = config::QueueConfig::parse(&args.config)?;
         let queue = SqsQueue::connect(config, args.host).await?;
         Ok(sdk::queue_box(args.runtime, queue))
-    })
+    },
 }
