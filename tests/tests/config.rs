@@ -77,11 +77,11 @@ fn duplicate_apps_and_unknown_drivers_are_refused() {
     let (code, out) = run_to_exit(
         empty.path(),
         &["--plugins", &manifest(), "--port", &port],
-        &[("CACHE_DRIVER", "redis"), ("METRICS_ENABLED", "false")],
+        &[("CACHE_DRIVER", "memcached"), ("METRICS_ENABLED", "false")],
     );
     assert_eq!(code, Some(1));
     assert!(
-        out.contains("no loaded plugin provides the cache driver `redis` (available: memory, none); loaded plugins: local 0.1.0"),
+        out.contains("no loaded plugin provides the cache driver `memcached` (available: memory, none, redis, redis-cluster); loaded plugins: local 0.1.0"),
         "{out}"
     );
 }

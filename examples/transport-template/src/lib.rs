@@ -44,7 +44,9 @@ pub const PLUGIN: &str = "template";
 const DRIVERS: &[DriverDecl] = &[DriverDecl::new(DriverKind::TRANSPORT, "template")];
 
 /// Step 1, the root module. The loader checks its layout and the plugin-api version before it
-/// calls anything; kinds this plugin does not provide are `None`.
+/// calls anything; kinds this plugin does not provide are `None`. (Steps 1 and 2 are written
+/// out here to show them; `sockhost_plugin_api::export_plugin!` declares both in a few lines,
+/// as every plugin of the sockhost repository does.)
 #[abi_stable::export_root_module]
 pub fn root_module() -> PluginModule_Ref {
     PluginModule {
