@@ -3,7 +3,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -39,6 +39,8 @@ const PUBLISH_ATTEMPTS: u32 = 3;
 /// Reconnection backoff of the cluster client, as in the reference: 500 ms up to 10 s.
 const MIN_RETRY_WAIT_MS: u64 = 500;
 const MAX_RETRY_WAIT_MS: u64 = 10_000;
+/// Failed attempts to subscribe again after which the connections are opened anew.
+const REOPEN_AFTER_FAILURES: u32 = 4;
 /// The longest wait between attempts to subscribe again to a topic.
 const RESUBSCRIBE_MAX_WAIT: Duration = Duration::from_secs(2);
 
@@ -53,18 +55,37 @@ struct Shared {
     prefix: String,
     sharded: bool,
     timeout: Duration,
-    /// Publishes go here; cloned per operation (it is a handle to one multiplexed pool).
-    publisher: ClusterConnection,
-    /// Subscriptions live here; its pushes arrive in the closure given to the client.
-    subscriber: ClusterConnection,
-    /// PING and NUMSUB only, so that a busy publisher never makes the node look unhealthy.
-    checker: ClusterConnection,
+    connections: RwLock<Connections>,
+    spec: Spec,
     queue: mpsc::Sender<Outgoing>,
     /// Topics we want, to subscribe again when the server drops one (a slot moved).
     topics: Mutex<HashSet<String>>,
-    /// Set by a lost connection until the resubscriber starts over every topic.
-    lost: Arc<AtomicBool>,
     closed: AtomicBool,
+}
+
+impl Shared {
+    fn publisher(&self) -> ClusterConnection {
+        self.connections.read().unwrap_or_else(std::sync::PoisonError::into_inner).publisher.clone()
+    }
+
+    fn subscriber(&self) -> ClusterConnection {
+        self.connections
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .subscriber
+            .clone()
+    }
+
+    fn checker(&self) -> ClusterConnection {
+        self.connections.read().unwrap_or_else(std::sync::PoisonError::into_inner).checker.clone()
+    }
+
+    /// Open all three connections afresh and put them in place of the old ones.
+    async fn reopen(&self) -> Result<(), PluginError> {
+        let fresh = self.spec.open().await?;
+        *self.connections.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        Ok(())
+    }
 }
 
 /// A transport over a Redis Cluster.
@@ -102,6 +123,80 @@ enum Resubscribe {
 
 type Dropped = mpsc::UnboundedSender<Resubscribe>;
 
+/// What it takes to open the cluster connections again.
+struct Spec {
+    seeds: Vec<String>,
+    shown: Vec<String>,
+    username: Option<String>,
+    password: Option<String>,
+    timeout: Duration,
+    prefix: String,
+    host: HostContextBox,
+    resubscribe: Dropped,
+    lost: Arc<AtomicBool>,
+}
+
+/// The three cluster connections; replaced whole when the client cannot recover by itself.
+#[derive(Clone)]
+struct Connections {
+    /// Publishes go here; cloned per operation (it is a handle to one multiplexed pool).
+    publisher: ClusterConnection,
+    /// Subscriptions live here; its pushes arrive in the closure given to the client.
+    subscriber: ClusterConnection,
+    /// PING and NUMSUB only, so that a busy publisher never makes the node look unhealthy.
+    checker: ClusterConnection,
+}
+
+impl Spec {
+    fn builder(&self) -> ClusterClientBuilder {
+        let mut builder = ClusterClientBuilder::new(self.seeds.iter().map(String::as_str))
+            .min_retry_wait(MIN_RETRY_WAIT_MS)
+            .max_retry_wait(MAX_RETRY_WAIT_MS)
+            .connection_timeout(self.timeout)
+            .response_timeout(self.timeout)
+            .use_protocol(ProtocolVersion::RESP3);
+        if let Some(username) = &self.username {
+            builder = builder.username(username);
+        }
+        if let Some(password) = &self.password {
+            builder = builder.password(password);
+        }
+        builder
+    }
+
+    async fn open(&self) -> Result<Connections, PluginError> {
+        let shown = &self.shown;
+        let build = |builder: ClusterClientBuilder| {
+            builder
+                .build()
+                .map_err(|e| PluginError::config(format!("adapter.cluster.nodes {shown:?}: {e}")))
+        };
+        let publisher_client = build(self.builder())?;
+        let subscriber_client = build(self.builder().push_sender(pushes(
+            self.prefix.clone(),
+            self.host.clone(),
+            self.resubscribe.clone(),
+            self.lost.clone(),
+        )))?;
+        let wait = self.timeout * 5;
+        let open = |client: redis::cluster::ClusterClient| async move {
+            tokio::time::timeout(wait, client.get_async_connection())
+                .await
+                .map_err(|_| {
+                    PluginError::timeout(format!(
+                        "redis-cluster: no answer from {shown:?} within {wait:?}"
+                    ))
+                })?
+                .map_err(|e| unavailable(format!("{e} (seeds {shown:?})")))
+        };
+        Ok(Connections {
+            publisher: open(publisher_client.clone()).await?,
+            checker: open(publisher_client).await?,
+            subscriber: open(subscriber_client).await?,
+        })
+    }
+}
+
 impl RedisClusterTransport {
     /// Connect the three cluster connections, check what the configuration asks of the cluster,
     /// subscribe to the nodes topic and start the writer and resubscriber tasks.
@@ -112,55 +207,21 @@ impl RedisClusterTransport {
         install_crypto();
         let seeds = config.seeds()?;
         let timeout = Duration::from_millis(config.request_timeout_ms);
-        let shown: Vec<String> = seeds.iter().map(|s| redact(s)).collect();
-        let builder = || {
-            let mut builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
-                .min_retry_wait(MIN_RETRY_WAIT_MS)
-                .max_retry_wait(MAX_RETRY_WAIT_MS)
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
-                .use_protocol(ProtocolVersion::RESP3);
-            let cluster = &config.database.cluster;
-            if let Some(username) = &cluster.username {
-                builder = builder.username(username);
-            }
-            if let Some(password) = &cluster.password {
-                builder = builder.password(password);
-            }
-            builder
+        let (resubscribe_tx, resubscribe_rx) = mpsc::unbounded_channel();
+        let spec = Spec {
+            shown: seeds.iter().map(|s| redact(s)).collect(),
+            seeds,
+            username: config.database.cluster.username.clone(),
+            password: config.database.cluster.password.clone(),
+            timeout,
+            prefix: config.prefix.clone(),
+            host: host.clone(),
+            resubscribe: resubscribe_tx,
+            lost: Arc::new(AtomicBool::new(false)),
         };
-        let build = |builder: ClusterClientBuilder| {
-            builder
-                .build()
-                .map_err(|e| PluginError::config(format!("adapter.cluster.nodes {shown:?}: {e}")))
-        };
-        let publisher_client = build(builder())?;
-        let (dropped, dropped_topics) = mpsc::unbounded_channel();
-        let lost = Arc::new(AtomicBool::new(false));
-        let subscriber_client = build(builder().push_sender(pushes(
-            config.prefix.clone(),
-            host.clone(),
-            dropped,
-            lost.clone(),
-        )))?;
-
-        let shown = &shown;
-        let open = |client: redis::cluster::ClusterClient| async move {
-            tokio::time::timeout(timeout * 5, client.get_async_connection())
-                .await
-                .map_err(|_| {
-                    PluginError::timeout(format!(
-                        "redis-cluster: no answer from {shown:?} within {:?}",
-                        timeout * 5
-                    ))
-                })?
-                .map_err(|e| unavailable(format!("{e} (seeds {shown:?})")))
-        };
-        let publisher = open(publisher_client.clone()).await?;
-        let checker = open(publisher_client).await?;
-        let subscriber = open(subscriber_client).await?;
+        let connections = spec.open().await?;
         if config.use_sharded_pubsub {
-            require_sharded_pubsub(&checker, timeout).await?;
+            require_sharded_pubsub(&connections.checker, timeout).await?;
         }
 
         let (queue, outgoing) = mpsc::channel(config.queue_capacity);
@@ -168,20 +229,18 @@ impl RedisClusterTransport {
             prefix: config.prefix,
             sharded: config.use_sharded_pubsub,
             timeout,
-            publisher,
-            subscriber,
-            checker,
+            connections: RwLock::new(connections),
+            spec,
             queue,
             topics: Mutex::default(),
-            lost,
             closed: AtomicBool::new(false),
         });
         subscribe(&shared, NODES).await?;
         let tasks = vec![
             tokio::spawn(write(shared.clone(), outgoing, host.clone())),
-            tokio::spawn(resubscribe(shared.clone(), dropped_topics, host)),
+            tokio::spawn(resubscribe(shared.clone(), resubscribe_rx, host)),
         ];
-        tracing::info!(seeds = ?shown, sharded = shared.sharded, "Connected to Redis Cluster.");
+        tracing::info!(seeds = ?shared.spec.shown, sharded = shared.sharded, "Connected to Redis Cluster.");
         Ok(Self { shared, tasks: Mutex::new(tasks) })
     }
 
@@ -286,7 +345,7 @@ async fn require_sharded_pubsub(
 
 async fn subscribe(shared: &Shared, topic: &str) -> Result<(), PluginError> {
     let channel = format!("{}{topic}", shared.prefix);
-    let mut conn = shared.subscriber.clone();
+    let mut conn = shared.subscriber();
     let call = async {
         if shared.sharded {
             conn.ssubscribe(&channel).await
@@ -314,7 +373,7 @@ async fn resubscribe(
     mut requests: mpsc::UnboundedReceiver<Resubscribe>,
     host: HostContextBox,
 ) {
-    while let Some(request) = requests.recv().await {
+    'requests: while let Some(request) = requests.recv().await {
         let all = matches!(request, Resubscribe::All);
         let topics: Vec<String> = match request {
             Resubscribe::Topic(topic) => {
@@ -327,21 +386,39 @@ async fn resubscribe(
             }
             Resubscribe::All => {
                 // Cleared first: a connection lost during this pass asks for another one.
-                shared.lost.store(false, Ordering::Release);
+                shared.spec.lost.store(false, Ordering::Release);
                 shared.topics.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default()
             }
         };
+        let mut failures = 0u32;
         for topic in &topics {
             let mut delay = Duration::from_millis(MIN_RETRY_WAIT_MS);
             while let Err(error) = subscribe(&shared, topic).await {
                 if shared.closed.load(Ordering::Acquire) {
                     return;
                 }
+                failures += 1;
                 tracing::warn!(%error, topic, retry_in = ?delay, "Resubscribe failed.");
                 tokio::time::sleep(delay).await;
                 // Short steps: the cluster client already backs off its reconnects; this only
                 // asks whether it is back.
                 delay = (delay * 2).min(RESUBSCRIBE_MAX_WAIT);
+                // The cluster client does not always find its way back after every node was
+                // lost at once (it keeps answering "no connections"): after a few failures,
+                // open new connections, and subscribe to everything again on them.
+                if failures.is_multiple_of(REOPEN_AFTER_FAILURES) {
+                    match shared.reopen().await {
+                        Ok(()) => {
+                            host.metric(RStr::from_str("reopens"), 1);
+                            tracing::warn!("Opened new Redis Cluster connections.");
+                            let _ = shared.spec.resubscribe.send(Resubscribe::All);
+                            continue 'requests;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "Opening new Redis Cluster connections failed.")
+                        }
+                    }
+                }
             }
         }
         if all {
@@ -394,7 +471,7 @@ async fn write(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoing>, host
                         .arg(message.payload.as_slice())
                         .ignore();
                 }
-                let mut conn = shared.publisher.clone();
+                let mut conn = shared.publisher();
                 async move {
                     let outcome =
                         tokio::time::timeout(shared.timeout, pipe.query_async::<()>(&mut conn))
@@ -470,7 +547,7 @@ impl TransportDriver for RedisClusterTransport {
             topics.remove(topic);
         }
         let channel = format!("{}{topic}", self.shared.prefix);
-        let mut conn = self.shared.subscriber.clone();
+        let mut conn = self.shared.subscriber();
         let call = async {
             if self.shared.sharded {
                 conn.sunsubscribe(&channel).await
@@ -486,7 +563,7 @@ impl TransportDriver for RedisClusterTransport {
 
     async fn node_count_hint(&self) -> Result<Option<u64>, PluginError> {
         self.check_open()?;
-        let mut conn = self.shared.checker.clone();
+        let mut conn = self.shared.checker();
         let which = if self.shared.sharded { "SHARDNUMSUB" } else { "NUMSUB" };
         let channel = format!("{}{NODES}", self.shared.prefix);
         // Asked of every node and summed: a subscription is held by exactly one of them.
@@ -502,7 +579,7 @@ impl TransportDriver for RedisClusterTransport {
 
     async fn health(&self) -> Result<(), PluginError> {
         self.check_open()?;
-        let mut conn = self.shared.checker.clone();
+        let mut conn = self.shared.checker();
         // Routed to every node by the client; all must answer.
         tokio::time::timeout(self.shared.timeout, redis::cmd("PING").query_async::<()>(&mut conn))
             .await
