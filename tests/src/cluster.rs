@@ -508,6 +508,8 @@ pub mod scenarios {
         let app = TestApp::main();
         let mut on_a = Client::connect(&servers[0].ws_url(&app.key)).await;
         on_a.subscribe(&app, "counted").await;
+        let mut on_b = Client::connect(&servers[1].ws_url(&app.key)).await;
+        on_b.subscribe(&app, "counted").await;
         let url = |server: &crate::server::Server| {
             let api = Api::new(&server.http_url(), &app);
             let path = "/apps/app-1/channels/counted";
@@ -517,8 +519,11 @@ pub mod scenarios {
                 api.signed_query("GET", path, &[("info", "subscription_count")], b"", Api::now())
             )
         };
+        // Whole: B answered (its subscriber is counted), so B is one of A's peers.
         let whole = reqwest::get(url(&servers[0])).await.unwrap();
         assert!(!whole.headers().contains_key("x-sockhost-partial"));
+        let body: serde_json::Value = whole.json().await.unwrap();
+        assert_eq!(body, json!({ "occupied": true, "subscription_count": 2 }));
 
         let stop = |signal: &str| {
             std::process::Command::new("kill")
@@ -530,7 +535,12 @@ pub mod scenarios {
         let partial = reqwest::get(url(&servers[0])).await.unwrap();
         stop("-CONT");
         assert_eq!(partial.status(), 200);
-        assert_eq!(partial.headers()["x-sockhost-partial"], "true");
+        assert_eq!(
+            partial.headers().get("x-sockhost-partial").map(|v| v.to_str().unwrap_or_default()),
+            Some("true"),
+            "{}",
+            servers[0].log()
+        );
         let body: serde_json::Value = partial.json().await.unwrap();
         assert_eq!(body, json!({ "occupied": true, "subscription_count": 1 }));
     }
