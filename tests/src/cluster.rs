@@ -611,11 +611,9 @@ pub mod scenarios {
         // Clients back off their reconnects (the reference's redis-cluster: up to 10 s between
         // attempts), so recovery may take that long after the broker is back.
         for server in &servers {
-            let deadline = tokio::time::Instant::now() + crate::pusher::PATIENCE * 3;
-            while server.labelled_metric(&reconnects).await < 1.0 {
-                assert!(tokio::time::Instant::now() < deadline, "no reconnect:\n{}", server.log());
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
+            server
+                .wait_for_labelled_metric(&reconnects, crate::pusher::PATIENCE * 3, |n| n >= 1.0)
+                .await;
             server.wait_for_metric("sockhost_cluster_nodes", |n| n == 2.0).await;
         }
         assert_eq!(api_a.trigger(&["resilient"], "again", "2").await.0, 200);

@@ -267,9 +267,34 @@ impl Server {
     /// # Panics
     /// If it does not within the deadline.
     pub async fn wait_for_metric(&self, name: &str, check: impl Fn(f64) -> bool) {
-        let deadline = tokio::time::Instant::now() + crate::pusher::PATIENCE;
+        self.wait_for(name, false, crate::pusher::PATIENCE, check).await;
+    }
+
+    /// Wait up to `within` until the metric line starting with `prefix` (a name with its
+    /// labels) satisfies `check`.
+    ///
+    /// # Panics
+    /// If it does not within the deadline.
+    pub async fn wait_for_labelled_metric(
+        &self,
+        prefix: &str,
+        within: Duration,
+        check: impl Fn(f64) -> bool,
+    ) {
+        self.wait_for(prefix, true, within, check).await;
+    }
+
+    async fn wait_for(
+        &self,
+        name: &str,
+        labelled: bool,
+        within: Duration,
+        check: impl Fn(f64) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
-            let value = self.metric(name).await;
+            let value =
+                if labelled { self.labelled_metric(name).await } else { self.metric(name).await };
             if check(value) {
                 return;
             }

@@ -83,11 +83,9 @@ async fn a_channel_whose_slot_moves_to_another_shard_is_followed() {
     // The old shard drops the subscription (a `sunsubscribe` push); the node subscribes again
     // on the new owner, and says so.
     let resubscribes = "sockhost_plugin_events{plugin=\"redis-cluster\",name=\"resubscribes\"}";
-    let deadline = tokio::time::Instant::now() + sockhost_tests::pusher::PATIENCE;
-    while servers[1].labelled_metric(resubscribes).await < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "no resubscribe:\n{}", servers[1].log());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    servers[1]
+        .wait_for_labelled_metric(resubscribes, sockhost_tests::pusher::PATIENCE, |n| n >= 1.0)
+        .await;
     assert_eq!(cluster.cli(to, &["PUBSUB", "SHARDCHANNELS", topic]).unwrap_or_default(), topic);
     assert_eq!(api_a.trigger(&["moving"], "after", "2").await.0, 200);
     assert_eq!(on_b.expect("after").await["data"], "2");
@@ -115,11 +113,9 @@ async fn a_master_that_fails_over_is_followed_to_its_replica() {
 
     // The node lost that connection, subscribes again where the slot now lives, and says so.
     let reconnects = "sockhost_plugin_events{plugin=\"redis-cluster\",name=\"reconnects\"}";
-    let deadline = tokio::time::Instant::now() + sockhost_tests::pusher::PATIENCE;
-    while servers[1].labelled_metric(reconnects).await < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "no resubscribe:\n{}", servers[1].log());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    servers[1]
+        .wait_for_labelled_metric(reconnects, sockhost_tests::pusher::PATIENCE, |n| n >= 1.0)
+        .await;
     assert_eq!(
         cluster.cli(promoted, &["PUBSUB", "SHARDCHANNELS", topic]).unwrap_or_default(),
         topic

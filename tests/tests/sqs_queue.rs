@@ -64,9 +64,5 @@ async fn a_webhook_that_keeps_failing_goes_to_the_dead_letter_queue() {
     receiver.next().await;
     receiver.next().await;
     let dead = "sockhost_plugin_events{plugin=\"sqs\",name=\"queue_dead_letters\"}";
-    let deadline = tokio::time::Instant::now() + sockhost_tests::pusher::PATIENCE;
-    while server.labelled_metric(dead).await < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "no dead letter:\n{}", server.log());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    server.wait_for_labelled_metric(dead, sockhost_tests::pusher::PATIENCE, |n| n >= 1.0).await;
 }

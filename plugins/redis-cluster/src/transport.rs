@@ -10,7 +10,7 @@ use std::{
 };
 
 use redis::{
-    ProtocolVersion, PushInfo, PushKind, Value,
+    PushInfo, PushKind, Value,
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
     cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo},
@@ -25,7 +25,9 @@ use tokio::{
     task::JoinHandle,
 };
 
-use sockhost_redis_drivers::connection::{install_crypto, redact};
+use sockhost_redis_drivers::connection::{
+    ClusterDatabase, cluster_builder, install_crypto, redact,
+};
 
 use crate::config::TransportConfig;
 
@@ -36,9 +38,8 @@ const BATCH: usize = 512;
 /// Attempts per message before it is dropped (and counted). The cluster client already follows
 /// redirections and reconnects inside one attempt.
 const PUBLISH_ATTEMPTS: u32 = 3;
-/// Reconnection backoff of the cluster client, as in the reference: 500 ms up to 10 s.
-const MIN_RETRY_WAIT_MS: u64 = 500;
-const MAX_RETRY_WAIT_MS: u64 = 10_000;
+/// The first wait between attempts to subscribe again to a topic.
+const RESUBSCRIBE_MIN_WAIT: Duration = Duration::from_millis(500);
 /// Failed attempts to subscribe again after which the connections are opened anew.
 const REOPEN_AFTER_FAILURES: u32 = 4;
 /// The longest wait between attempts to subscribe again to a topic.
@@ -127,8 +128,8 @@ type Dropped = mpsc::UnboundedSender<Resubscribe>;
 struct Spec {
     seeds: Vec<String>,
     shown: Vec<String>,
-    username: Option<String>,
-    password: Option<String>,
+    /// Credentials and TLS (`[database.redis.cluster]`).
+    database: ClusterDatabase,
     timeout: Duration,
     prefix: String,
     host: HostContextBox,
@@ -149,19 +150,7 @@ struct Connections {
 
 impl Spec {
     fn builder(&self) -> ClusterClientBuilder {
-        let mut builder = ClusterClientBuilder::new(self.seeds.iter().map(String::as_str))
-            .min_retry_wait(MIN_RETRY_WAIT_MS)
-            .max_retry_wait(MAX_RETRY_WAIT_MS)
-            .connection_timeout(self.timeout)
-            .response_timeout(self.timeout)
-            .use_protocol(ProtocolVersion::RESP3);
-        if let Some(username) = &self.username {
-            builder = builder.username(username);
-        }
-        if let Some(password) = &self.password {
-            builder = builder.password(password);
-        }
-        builder
+        cluster_builder(&self.seeds, &self.database, self.timeout)
     }
 
     async fn open(&self) -> Result<Connections, PluginError> {
@@ -211,8 +200,7 @@ impl RedisClusterTransport {
         let spec = Spec {
             shown: seeds.iter().map(|s| redact(s)).collect(),
             seeds,
-            username: config.database.cluster.username.clone(),
-            password: config.database.cluster.password.clone(),
+            database: config.database.cluster.clone(),
             timeout,
             prefix: config.prefix.clone(),
             host: host.clone(),
@@ -392,7 +380,7 @@ async fn resubscribe(
         };
         let mut failures = 0u32;
         for topic in &topics {
-            let mut delay = Duration::from_millis(MIN_RETRY_WAIT_MS);
+            let mut delay = RESUBSCRIBE_MIN_WAIT;
             while let Err(error) = subscribe(&shared, topic).await {
                 if shared.closed.load(Ordering::Acquire) {
                     return;

@@ -30,17 +30,6 @@ impl Backend {
             Self::Cluster => "redis-cluster",
         }
     }
-
-    fn expect(self, args: &sdk::CreateArgs) -> Result<(), PluginError> {
-        if args.driver == self.driver() {
-            Ok(())
-        } else {
-            Err(PluginError::config(format!(
-                "this plugin provides no driver `{}` of this kind",
-                args.driver
-            )))
-        }
-    }
 }
 
 /// Connect as `backend` says, then make the driver with `make` over either connection.
@@ -68,7 +57,6 @@ fn timeout(ms: u64) -> Duration {
 
 /// The cache driver of `backend`.
 pub async fn cache(args: sdk::CreateArgs, backend: Backend) -> Result<CacheBox, PluginError> {
-    backend.expect(&args)?;
     let place = format!("cache.{}", backend.driver());
     let config: CacheConfig = parse(&place, &args.config)?;
     let database: &Database = &config.database;
@@ -85,7 +73,6 @@ pub async fn cache(args: sdk::CreateArgs, backend: Backend) -> Result<CacheBox, 
 
 /// The queue driver of `backend`.
 pub async fn queue(args: sdk::CreateArgs, backend: Backend) -> Result<QueueBox, PluginError> {
-    backend.expect(&args)?;
     let place = format!("queue.{}", backend.driver());
     let config: QueueConfig = parse(&place, &args.config)?;
     config.check(&place)?;
@@ -109,7 +96,6 @@ pub async fn rate_limiter(
     args: sdk::CreateArgs,
     backend: Backend,
 ) -> Result<RateLimiterBox, PluginError> {
-    backend.expect(&args)?;
     let place = format!("rate_limiter.{}", backend.driver());
     let config: RateLimiterConfig = parse(&place, &args.config)?;
     let database: &Database = &config.database;

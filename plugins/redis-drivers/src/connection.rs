@@ -168,32 +168,44 @@ pub fn install_crypto() {
 /// Open a connection manager to one server (it reconnects by itself after), failing with the
 /// server's own reason (a wrong password, an untrusted certificate) rather than a bare timeout.
 pub async fn server(url: &str, timeout: Duration) -> Result<ConnectionManager, PluginError> {
+    server_client(url, "redis URL", timeout).await.map(|(_, manager)| manager)
+}
+
+/// As [`server`], also giving the client (to open other connections, such as a subscriber's);
+/// `what` names the setting the URL came from in a configuration error.
+pub async fn server_client(
+    url: &str,
+    what: &str,
+    timeout: Duration,
+) -> Result<(redis::Client, ConnectionManager), PluginError> {
     install_crypto();
     let shown = redact(url);
     let client = redis::Client::open(url)
-        .map_err(|e| PluginError::config(format!("redis URL {shown:?}: {e}")))?;
+        .map_err(|e| PluginError::config(format!("{what} {shown:?}: {e}")))?;
+    // One plain attempt first: the connection manager retries by itself, which would turn a
+    // refusal (a wrong password, an untrusted certificate) into a bare timeout.
     crate::within(&format!("redis {shown}"), timeout, client.get_multiplexed_async_connection())
         .await?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
-    crate::within(
+    let manager = crate::within(
         &format!("redis {shown}"),
         timeout,
         client.get_connection_manager_with_config(config),
     )
-    .await
+    .await?;
+    Ok((client, manager))
 }
 
-/// Open a cluster connection over `seeds` with the credentials of `[database.redis.cluster]`.
-/// It follows the cluster's topology and reconnects with backoff from 500 ms to 10 s.
-pub async fn cluster(
+/// A cluster client over `seeds` with the credentials of `[database.redis.cluster]`, speaking
+/// RESP3 (for pushes), with `timeout` per connection and answer, and reconnecting with backoff
+/// from 500 ms to 10 s, as in the reference.
+pub fn cluster_builder(
     seeds: &[String],
     database: &ClusterDatabase,
     timeout: Duration,
-) -> Result<ClusterConnection, PluginError> {
-    install_crypto();
-    let shown: Vec<String> = seeds.iter().map(|s| redact(s)).collect();
+) -> ClusterClientBuilder {
     let mut builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
         .min_retry_wait(500)
         .max_retry_wait(10_000)
@@ -206,7 +218,19 @@ pub async fn cluster(
     if let Some(password) = &database.password {
         builder = builder.password(password);
     }
-    let client = builder
+    builder
+}
+
+/// Open a cluster connection over `seeds` with the credentials of `[database.redis.cluster]`.
+/// It follows the cluster's topology and reconnects with backoff from 500 ms to 10 s.
+pub async fn cluster(
+    seeds: &[String],
+    database: &ClusterDatabase,
+    timeout: Duration,
+) -> Result<ClusterConnection, PluginError> {
+    install_crypto();
+    let shown: Vec<String> = seeds.iter().map(|s| redact(s)).collect();
+    let client = cluster_builder(seeds, database, timeout)
         .build()
         .map_err(|e| PluginError::config(format!("redis cluster seeds {shown:?}: {e}")))?;
     crate::within(&format!("redis cluster {shown:?}"), timeout * 5, client.get_async_connection())

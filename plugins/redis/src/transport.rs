@@ -24,7 +24,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use sockhost_redis_drivers::connection::{install_crypto, redact};
+use sockhost_redis_drivers::connection::{redact, server_client};
 
 use crate::config::TransportConfig;
 
@@ -85,28 +85,9 @@ impl RedisTransport {
         config: TransportConfig,
         host: HostContextBox,
     ) -> Result<Self, PluginError> {
-        install_crypto();
         let url = config.url();
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| PluginError::config(format!("adapter.redis.url {url:?}: {e}")))?;
         let timeout = Duration::from_millis(config.requests_timeout);
-        // One plain attempt first: the connection manager retries by itself, which would turn a
-        // refusal (a wrong password, an untrusted certificate) into a bare timeout.
-        let _probe = tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| {
-                PluginError::timeout(format!(
-                    "redis: no answer from {} within {timeout:?}",
-                    redact(&url)
-                ))
-            })?
-            .map_err(|e| unavailable(format!("{e} ({})", redact(&url))))?;
-        let conn = tokio::time::timeout(timeout, client.get_connection_manager())
-            .await
-            .map_err(|_| {
-                PluginError::timeout(format!("redis: no answer from {url} within {timeout:?}"))
-            })?
-            .map_err(unavailable)?;
+        let (client, conn) = server_client(&url, "adapter.redis.url", timeout).await?;
         let (sink, stream) = subscriber(&client, &config.prefix, &HashSet::new(), timeout).await?;
         let (queue, outgoing) = mpsc::channel(config.queue_capacity);
         let shared = Arc::new(Shared {
