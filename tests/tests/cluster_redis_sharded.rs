@@ -112,9 +112,10 @@ async fn a_master_that_fails_over_is_followed_to_its_replica() {
     assert_ne!(promoted, master);
 
     // The node lost that connection, subscribes again where the slot now lives, and says so.
+    // As after a broker restart, the cluster client backs off its reconnects (up to 10 s).
     let reconnects = "sockhost_plugin_events{plugin=\"redis-cluster\",name=\"reconnects\"}";
     servers[1]
-        .wait_for_labelled_metric(reconnects, sockhost_tests::pusher::PATIENCE, |n| n >= 1.0)
+        .wait_for_labelled_metric(reconnects, sockhost_tests::pusher::PATIENCE * 3, |n| n >= 1.0)
         .await;
     assert_eq!(
         cluster.cli(promoted, &["PUBSUB", "SHARDCHANNELS", topic]).unwrap_or_default(),
