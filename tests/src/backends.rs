@@ -253,6 +253,10 @@ impl RedisCluster {
             "nodes.conf".into(),
             "--cluster-node-timeout".into(),
             "2000".into(),
+            // A replica on a loaded machine may have missed its master's pings for a while; it
+            // must still take over when the master dies (0: never too stale to fail over).
+            "--cluster-replica-validity-factor".into(),
+            "0".into(),
             "--bind".into(),
             "127.0.0.1".into(),
             "--save".into(),
