@@ -12,6 +12,20 @@ use crate::{
     hub::{ChannelFull, Conn, Hub, Join, Subscribed, Unsubscribed},
 };
 
+/// How often a publisher held back by congestion looks at the subscribers' queues again.
+const CONGESTION_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// What a publisher found when it looked at a channel's subscribers on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Congestion {
+    /// Most subscribers keep up.
+    Clear,
+    /// Most were behind, and caught up while the publisher waited.
+    CaughtUp,
+    /// Most are still behind.
+    Behind,
+}
+
 /// Channel state and delivery, as the protocol and the HTTP API see them.
 #[derive(Debug)]
 pub struct Adapter {
@@ -161,6 +175,31 @@ impl Adapter {
         let sent = self.hub.broadcast(app_id, channel, frame, except);
         self.cluster.publish_broadcast(app_id, channel, frame.as_bytes(), except);
         sent
+    }
+
+    /// Wait while most of `channel`'s subscribers on this node are behind, up to `max_wait`.
+    /// Only this node's subscribers are looked at: events published on other nodes reach them
+    /// over the bus, where a full queue still closes the slow reader with 4100.
+    pub async fn wait_uncongested(
+        &self,
+        app_id: &str,
+        channel: &str,
+        max_wait: std::time::Duration,
+    ) -> Congestion {
+        if !self.hub.congested(app_id, channel, false) {
+            return Congestion::Clear;
+        }
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            if !self.hub.congested(app_id, channel, true) {
+                return Congestion::CaughtUp;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Congestion::Behind;
+            }
+            // Queues drain at the readers' pace; a short pause between looks is enough.
+            tokio::time::sleep(CONGESTION_POLL.min(max_wait)).await;
+        }
     }
 
     /// Counts for one channel, on every node.

@@ -11,7 +11,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, RwLock,
-        atomic::{AtomicU16, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -24,15 +24,42 @@ use crate::protocol::codes;
 /// A socket id, `<digits>.<digits>`.
 pub type SocketId = Arc<str>;
 
-/// Why a connection is being closed by someone other than its own task.
-#[derive(Debug, Default)]
+/// A connection's state shared between its task and the hub: why it is being closed, and how
+/// many bytes wait in its queue.
+#[derive(Debug)]
 pub struct Closer {
     /// The close code, 0 while open.
     code: AtomicU16,
     notify: Notify,
+    /// Bytes enqueued and not yet taken by the connection's task.
+    queued_bytes: AtomicUsize,
+    /// The byte bound of the queue; 0 = none.
+    max_bytes: usize,
+    /// Above this many queued bytes the connection counts as behind (congestion).
+    behind_bytes: usize,
+    /// Below this many free places in the queue the connection counts as behind.
+    behind_free: usize,
 }
 
 impl Closer {
+    /// A closer for a queue of `max_frames` frames and `max_bytes` bytes (0 = no byte bound),
+    /// which counts as behind when fuller than `watermark_percent`.
+    pub fn new(max_frames: usize, max_bytes: usize, watermark_percent: u8) -> Self {
+        let free = 100 - usize::from(watermark_percent.min(99));
+        Self {
+            max_bytes,
+            behind_bytes: if max_bytes == 0 {
+                usize::MAX
+            } else {
+                max_bytes.saturating_mul(usize::from(watermark_percent)) / 100
+            },
+            behind_free: max_frames.saturating_mul(free) / 100,
+            code: AtomicU16::new(0),
+            notify: Notify::new(),
+            queued_bytes: AtomicUsize::new(0),
+        }
+    }
+
     /// Ask the connection's task to close with `code`; the first request wins.
     pub fn close(&self, code: u16) {
         if self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
@@ -58,6 +85,24 @@ impl Closer {
             notified.await;
         }
     }
+
+    /// The connection's task took `bytes` off its queue.
+    pub fn dequeued(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// What enqueueing a frame did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Enqueued; `behind` if the queue is now above the congestion watermark.
+    Queued {
+        /// The queue is above the watermark.
+        behind: bool,
+    },
+    /// Not enqueued: the queue was full (the connection is being closed with 4100) or the
+    /// connection is gone.
+    Refused,
 }
 
 /// What the hub holds of a connection: its id, its outbound queue and its closer.
@@ -75,17 +120,40 @@ impl Conn {
         Self { socket_id, queue, closer }
     }
 
-    /// Enqueue a frame without waiting. A full queue means the client cannot keep up: it is
-    /// closed with 4100. Answers whether the frame was enqueued.
+    /// Enqueue a frame without waiting. A full queue (in frames or bytes) means the client
+    /// cannot keep up: it is closed with 4100. Answers whether the frame was enqueued.
     pub fn send(&self, frame: &Utf8Bytes) -> bool {
-        match self.queue.try_send(frame.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.closer.close(codes::OVER_CAPACITY);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        matches!(self.deliver(frame), Delivery::Queued { .. })
+    }
+
+    /// [`Conn::send`], also telling whether the queue is above the congestion watermark.
+    pub fn deliver(&self, frame: &Utf8Bytes) -> Delivery {
+        let closer = &*self.closer;
+        let len = frame.len();
+        let queued = closer.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
+        if closer.max_bytes > 0 && queued > closer.max_bytes {
+            closer.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            closer.close(codes::OVER_CAPACITY);
+            return Delivery::Refused;
         }
+        match self.queue.try_send(frame.clone()) {
+            Ok(()) => Delivery::Queued {
+                behind: queued > closer.behind_bytes || self.queue.capacity() < closer.behind_free,
+            },
+            Err(error) => {
+                closer.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                if matches!(error, mpsc::error::TrySendError::Full(_)) {
+                    closer.close(codes::OVER_CAPACITY);
+                }
+                Delivery::Refused
+            }
+        }
+    }
+
+    /// Whether the queue is above the congestion watermark now.
+    fn behind(&self) -> bool {
+        self.closer.queued_bytes.load(Ordering::Acquire) > self.closer.behind_bytes
+            || self.queue.capacity() < self.closer.behind_free
     }
 
     /// Ask the connection to close with `code`.
@@ -106,6 +174,14 @@ struct Channel {
     subscribers: HashMap<SocketId, Conn>,
     /// Presence channels only: members by user id.
     members: Option<HashMap<String, Member>>,
+    /// Most subscribers were behind at the last broadcast: publishers are pushed back.
+    congested: AtomicBool,
+}
+
+/// Whether most of `sent` recipients are `behind`: the channel's publishers, not one slow
+/// reader, are the cause.
+fn is_congested(behind: usize, sent: usize) -> bool {
+    sent > 0 && behind * 2 > sent
 }
 
 #[derive(Debug, Default)]
@@ -292,16 +368,36 @@ impl Hub {
         let Some(app) = self.existing(app_id) else { return 0 };
         let channels = app.channels.read().expect("hub lock");
         let Some(entry) = channels.get(channel) else { return 0 };
-        let mut sent = 0;
+        let (mut sent, mut behind) = (0, 0);
         for (socket_id, conn) in &entry.subscribers {
             if except.is_some_and(|e| e == &**socket_id) {
                 continue;
             }
-            if conn.send(frame) {
+            if let Delivery::Queued { behind: b } = conn.deliver(frame) {
                 sent += 1;
+                behind += usize::from(b);
             }
         }
+        let congested = is_congested(behind, sent);
+        if entry.congested.load(Ordering::Relaxed) != congested {
+            entry.congested.store(congested, Ordering::Relaxed);
+        }
         sent
+    }
+
+    /// Whether `channel`'s subscribers are mostly behind. With `recheck`, their queues are
+    /// looked at now (and the answer kept); otherwise the last broadcast's finding is told.
+    pub fn congested(&self, app_id: &str, channel: &str, recheck: bool) -> bool {
+        let Some(app) = self.existing(app_id) else { return false };
+        let channels = app.channels.read().expect("hub lock");
+        let Some(entry) = channels.get(channel) else { return false };
+        if !recheck || !entry.congested.load(Ordering::Relaxed) {
+            return entry.congested.load(Ordering::Relaxed);
+        }
+        let behind = entry.subscribers.values().filter(|c| c.behind()).count();
+        let congested = is_congested(behind, entry.subscribers.len());
+        entry.congested.store(congested, Ordering::Relaxed);
+        congested
     }
 
     /// Subscribers of `channel` on this node.
@@ -495,5 +591,70 @@ impl Hub {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(
+        id: &str,
+        frames: usize,
+        bytes: usize,
+    ) -> (Conn, mpsc::Receiver<Utf8Bytes>, Arc<Closer>) {
+        let (tx, rx) = mpsc::channel(frames);
+        let closer = Arc::new(Closer::new(frames, bytes, 50));
+        (Conn::new(id.into(), tx, closer.clone()), rx, closer)
+    }
+
+    #[test]
+    fn a_queue_is_bounded_in_bytes_and_says_when_it_is_behind() {
+        let (conn, _rx, closer) = conn("1.1", 100, 100);
+        let frame = Utf8Bytes::from("x".repeat(20));
+        assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: false });
+        assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: false });
+        assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: true });
+        assert!(conn.send(&frame) && conn.send(&frame));
+        assert_eq!(closer.requested(), None);
+        assert_eq!(conn.deliver(&frame), Delivery::Refused);
+        assert_eq!(closer.requested(), Some(codes::OVER_CAPACITY));
+    }
+
+    #[test]
+    fn a_queue_is_bounded_in_frames() {
+        let (conn, mut rx, closer) = conn("1.1", 4, 0);
+        let frame = Utf8Bytes::from("x");
+        assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: false });
+        assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: false });
+        assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: true });
+        assert!(conn.send(&frame));
+        assert!(!conn.send(&frame));
+        assert_eq!(closer.requested(), Some(codes::OVER_CAPACITY));
+        assert!(rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_channel_is_congested_only_when_most_subscribers_are_behind() {
+        let hub = Hub::default();
+        let (fast, mut fast_rx, fast_closer) = conn("1.1", 4, 0);
+        let (slow, _slow_rx, _) = conn("1.2", 4, 0);
+        let (third, mut third_rx, third_closer) = conn("1.3", 4, 0);
+        for c in [&fast, &slow, &third] {
+            hub.subscribe("app", "ch", c, None, |_| Utf8Bytes::from("ack")).unwrap();
+        }
+        let frame = Utf8Bytes::from("e");
+        // The acknowledgement and two events: three of four places taken everywhere.
+        hub.broadcast("app", "ch", &frame, None);
+        hub.broadcast("app", "ch", &frame, None);
+        assert!(hub.congested("app", "ch", false));
+        // Two readers catch up; one behind of three is not congestion.
+        for (rx, closer) in [(&mut fast_rx, &fast_closer), (&mut third_rx, &third_closer)] {
+            while let Ok(f) = rx.try_recv() {
+                closer.dequeued(f.len());
+            }
+        }
+        assert!(!hub.congested("app", "ch", true));
+        assert!(!hub.congested("app", "ch", false));
     }
 }

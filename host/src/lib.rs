@@ -16,6 +16,8 @@ pub mod apps;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod edge;
+pub mod fuzzing;
 pub mod http_api;
 pub mod hub;
 pub mod inspect;

@@ -62,6 +62,24 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Rate-limiter calls that failed (the check was let through).
     pub rate_limiter_errors: Counter,
+    /// Open TCP connections on the listener (WebSocket, HTTP, and closing ones).
+    pub edge_open: Gauge,
+    /// Closed connections still discarding what their client sends.
+    pub edge_lingering: Gauge,
+    /// Connections refused at the listener, by reason (`node_limit`, `ip_limit`).
+    pub edge_refused: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Connections or requests ended by a timeout, by kind (`header`, `body`, `write`).
+    pub edge_timeouts: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Errors accepting connections (out of descriptors, ...).
+    pub accept_errors: Counter,
+    /// WebSocket connections closed for a bad frame, by close code (1002, 1007, 1009).
+    pub ws_protocol_errors: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Subscriptions refused by a per-connection limit, by reason (`channels`, `rate`).
+    pub subscriptions_refused: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Webhook events dropped before queueing, by reason (`app_share`, `app_rate`, `outbox`).
+    pub webhooks_dropped: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// HTTP triggers that met congested subscribers, by outcome (`delayed`, `refused`).
+    pub publish_pushback: Family<Vec<(&'static str, &'static str)>, Counter>,
     plugin_counters: Family<Vec<(&'static str, String)>, Gauge<i64, AtomicI64>>,
     plugins: Arc<PluginCounters>,
 }
@@ -94,6 +112,15 @@ impl Metrics {
             dead_nodes: Counter::default(),
             rate_limited: Counter::default(),
             rate_limiter_errors: Counter::default(),
+            edge_open: Gauge::default(),
+            edge_lingering: Gauge::default(),
+            edge_refused: Family::default(),
+            edge_timeouts: Family::default(),
+            accept_errors: Counter::default(),
+            ws_protocol_errors: Family::default(),
+            subscriptions_refused: Family::default(),
+            webhooks_dropped: Family::default(),
+            publish_pushback: Family::default(),
             plugin_counters: Family::default(),
             plugins,
             registry: Registry::default(),
@@ -202,8 +229,62 @@ impl Metrics {
             "Counters reported by plugins (reconnects, drops, ...)",
             metrics.plugin_counters.clone(),
         );
+        registry.register(
+            "edge_open_connections",
+            "Open TCP connections on the listener, closing ones included",
+            metrics.edge_open.clone(),
+        );
+        registry.register(
+            "edge_lingering_connections",
+            "Closed connections still discarding what their client sends",
+            metrics.edge_lingering.clone(),
+        );
+        registry.register(
+            "edge_refused",
+            "Connections refused at the listener's limits, by reason",
+            metrics.edge_refused.clone(),
+        );
+        registry.register(
+            "edge_timeouts",
+            "Connections or requests ended by a timeout, by kind",
+            metrics.edge_timeouts.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Errors accepting connections (out of file descriptors, ...)",
+            metrics.accept_errors.clone(),
+        );
+        registry.register(
+            "ws_protocol_errors",
+            "WebSocket connections closed for a bad frame, by close code",
+            metrics.ws_protocol_errors.clone(),
+        );
+        registry.register(
+            "subscriptions_refused",
+            "Subscriptions refused by a per-connection limit, by reason",
+            metrics.subscriptions_refused.clone(),
+        );
+        registry.register(
+            "webhooks_dropped",
+            "Webhook events dropped before queueing, by reason",
+            metrics.webhooks_dropped.clone(),
+        );
+        registry.register(
+            "publish_pushback",
+            "HTTP triggers that met congested subscribers, by outcome",
+            metrics.publish_pushback.clone(),
+        );
         metrics.cluster_nodes.set(1);
         Self { registry, ..metrics }
+    }
+
+    /// Count one in a family labelled by a single static pair.
+    pub fn count(
+        family: &Family<Vec<(&'static str, &'static str)>, Counter>,
+        label: &'static str,
+        value: &'static str,
+    ) {
+        family.get_or_create(&vec![(label, value)]).inc();
     }
 
     /// The text exposition.

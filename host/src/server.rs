@@ -8,27 +8,38 @@ use std::{
     },
 };
 
+use axum::extract::ConnectInfo;
 use axum::{
     Router,
     http::header,
     response::IntoResponse,
     routing::{get, post},
 };
+use hyper::{Request, body::Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt as _;
 
 use crate::{
     adapter::Adapter,
     apps::Apps,
     cluster::{self, Cluster},
     config::Settings,
+    edge::Edge,
     http_api,
     hub::Hub,
     metrics::Metrics,
     plugins::{Drivers, RateDecision},
+    telemetry::LogLimiter,
     webhooks::{self, Webhooks},
     ws,
 };
+
+/// How long a connection over a limit has to send its request head.
+const REFUSAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+/// The pause after a failed accept (out of descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Everything request handlers and connection tasks share.
 #[derive(Debug)]
@@ -49,6 +60,8 @@ pub struct Ctx {
     pub tracker: TaskTracker,
     /// Webhook batching and delayed `channel_vacated`.
     pub webhooks: Webhooks,
+    /// The listener's counts and limits.
+    pub edge: Arc<Edge>,
     socket_prefix: u32,
     socket_counter: AtomicU64,
 }
@@ -58,7 +71,9 @@ impl Ctx {
     pub fn new(settings: Settings, drivers: Drivers) -> Self {
         let metrics = Metrics::new(&settings.metrics_prefix, drivers.counters.clone());
         let cluster = Cluster::new(drivers.transport.clone(), settings.cluster.clone());
+        let edge = Edge::new(&settings.edge, &metrics);
         Self {
+            edge,
             apps: Apps::new(settings.apps.clone()),
             adapter: Adapter::new(Arc::new(Hub::default()), cluster),
             settings,
@@ -128,8 +143,73 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/up", get(http_api::health::up))
         .route("/up/{app_id}", get(http_api::health::up_app))
         .fallback(http_api::not_found)
-        .layer(axum::middleware::from_fn_with_state(ctx.clone(), http_api::count_requests));
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), http_api::count_requests))
+        .layer(axum::middleware::from_fn(http_api::refuse_over_limit));
     Router::new().route("/app/{key}", get(ws::upgrade)).merge(api).with_state(ctx)
+}
+
+/// Accept connections on `listener` until `stop` is cancelled, serving each with `app`
+/// through the edge's limits and timeouts; then let open HTTP exchanges finish (up to
+/// `grace`). Upgraded WebSockets are not waited for here: their tasks are tracked apart.
+async fn serve(ctx: &Arc<Ctx>, listener: TcpListener, app: Router, stop: CancellationToken) {
+    let settings = ctx.edge.settings().clone();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(settings.header_timeout);
+    // A connection over a limit is only told so: it gets a short deadline for its request, and
+    // the refusal closes it (`Connection: close`; keep-alive stays on so that a WebSocket
+    // upgrade can still carry its 4100).
+    let mut refusing = http.clone();
+    refusing.header_read_timeout(settings.header_timeout.min(REFUSAL_DEADLINE));
+    let exchanges = TaskTracker::new();
+    let accept_errors = LogLimiter::default();
+    loop {
+        let (stream, addr) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors: wait a little rather than spin on accept.
+                    ctx.metrics.accept_errors.inc();
+                    if accept_errors.allow() {
+                        tracing::error!(%error, "Accepting a connection failed.");
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let (io, peer) = ctx.edge.accept(stream, addr);
+        let builder = if peer.over_limit.is_some() { &refusing } else { &http };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer.addr));
+            request.extensions_mut().insert(peer.clone());
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let mut connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        exchanges.spawn(async move {
+            // At shutdown an idle connection closes, and a busy one after its response.
+            let served = tokio::select! {
+                served = &mut connection => served,
+                () = stop.cancelled() => {
+                    Pin::new(&mut connection).graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = served {
+                if error.is_timeout() {
+                    Metrics::count(&ctx.metrics.edge_timeouts, "kind", "header");
+                }
+                tracing::debug!(%error, %addr, "An HTTP connection ended with an error.");
+            }
+        });
+    }
+    drop(listener);
+    exchanges.close();
+    if tokio::time::timeout(ctx.settings.shutdown_grace_period, exchanges.wait()).await.is_err() {
+        tracing::warn!("HTTP exchanges still open after the grace period; stopping anyway.");
+    }
 }
 
 /// Serve on `listener` until `shutdown` resolves; then stop accepting, close every socket with
@@ -181,9 +261,12 @@ pub async fn run(
     if let Err(error) = ctx.drivers.queue.consume(webhooks::QUEUE, deliver).await {
         tracing::error!(%error, "Webhooks will not be delivered: the queue refused a consumer.");
     }
-    tracing::info!(addr = %listener.local_addr()?, "Listening.");
-    let app = router(ctx.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned()).await?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        max_connections = ctx.edge.max_connections().map_or_else(|| "unlimited".to_string(), |m| m.to_string()),
+        "Listening."
+    );
+    serve(&ctx, listener, router(ctx.clone()), token.clone()).await;
     ctx.tracker.close();
     if tokio::time::timeout(grace, ctx.tracker.wait()).await.is_err() {
         tracing::warn!(

@@ -7,3 +7,27 @@ pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
+
+/// Lets a log line through at most once a second, so a flood of one kind of event (refused
+/// input, accept errors) is logged without flooding the log; the events are counted in
+/// metrics either way.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl LogLimiter {
+    /// Whether to log now.
+    pub fn allow(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let last = self.last_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 1000
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}

@@ -11,7 +11,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -21,9 +21,11 @@ use tokio::sync::mpsc;
 use crate::{
     apps::App,
     config::WebhookSettings,
+    metrics::Metrics,
     plugins::{JobError, JobFuture, QueuedJob},
     protocol::signature,
     server::Ctx,
+    telemetry::LogLimiter,
 };
 
 /// The queue webhooks go through.
@@ -44,6 +46,15 @@ const OUTBOX_CAPACITY: usize = 65_536;
 
 type Outgoing = (Arc<App>, Vec<Value>);
 
+/// One app's use of the webhook path on this node: its entries waiting in the outbox, and the
+/// events it raised in the current one-second window.
+#[derive(Debug, Default)]
+struct AppBudget {
+    queued: usize,
+    window_started: Option<Instant>,
+    raised: u64,
+}
+
 /// Webhook state: the outbox (events go to the queue driver in the order they happened),
 /// batches being collected, and vacated channels waiting to be confirmed.
 #[derive(Debug)]
@@ -53,6 +64,8 @@ pub struct Webhooks {
     batches: Mutex<HashMap<String, Vec<Value>>>,
     pending_vacated: Mutex<HashMap<(String, String), u64>>,
     generation: AtomicU64,
+    budgets: Mutex<HashMap<String, AppBudget>>,
+    drops_logged: LogLimiter,
 }
 
 impl Default for Webhooks {
@@ -64,6 +77,8 @@ impl Default for Webhooks {
             batches: Mutex::default(),
             pending_vacated: Mutex::default(),
             generation: AtomicU64::new(0),
+            budgets: Mutex::default(),
+            drops_logged: LogLimiter::default(),
         }
     }
 }
@@ -76,6 +91,9 @@ pub async fn forward(ctx: Arc<Ctx>) {
     drop(ctx);
     while let Some((app, events)) = rx.recv().await {
         let Some(ctx) = weak.upgrade() else { return };
+        if let Some(budget) = ctx.webhooks.budgets.lock().expect("webhook lock").get_mut(&app.id) {
+            budget.queued = budget.queued.saturating_sub(1);
+        }
         enqueue(&ctx, &app, events).await;
     }
 }
@@ -87,18 +105,70 @@ fn now_ms() -> u64 {
 }
 
 impl Webhooks {
-    fn send(&self, ctx: &Ctx, app: &Arc<App>, events: Vec<Value>) {
-        if self.outbox.try_send((app.clone(), events)).is_err() {
-            ctx.metrics.webhooks_failed.inc();
-            tracing::error!(app_id = %app.id, "The webhook outbox is full; an event is lost.");
+    fn dropped(&self, ctx: &Ctx, app: &App, reason: &'static str, why: &str) {
+        Metrics::count(&ctx.metrics.webhooks_dropped, "reason", reason);
+        if self.drops_logged.allow() {
+            tracing::warn!(app_id = %app.id, reason, "Webhook events are being dropped: {why}.");
         }
     }
 
-    /// Send `event` (an object with `name` and its fields) to the app's endpoints that want it.
+    /// Put a batch in the outbox, within the app's share of it.
+    fn send(&self, ctx: &Ctx, app: &Arc<App>, events: Vec<Value>) {
+        let max = ctx.settings.webhooks.max_queued_per_app;
+        {
+            let mut budgets = self.budgets.lock().expect("webhook lock");
+            let budget = budgets.entry(app.id.clone()).or_default();
+            if budget.queued >= max {
+                drop(budgets);
+                return self.dropped(
+                    ctx,
+                    app,
+                    "app_share",
+                    "the app's share of the outbox is full",
+                );
+            }
+            budget.queued += 1;
+        }
+        if self.outbox.try_send((app.clone(), events)).is_err() {
+            if let Some(budget) = self.budgets.lock().expect("webhook lock").get_mut(&app.id) {
+                budget.queued = budget.queued.saturating_sub(1);
+            }
+            ctx.metrics.webhooks_failed.inc();
+            self.dropped(ctx, app, "outbox", "the outbox is full");
+        }
+    }
+
+    /// Count one event the app raises against its per-second allowance; whether it may go.
+    fn admit(&self, ctx: &Ctx, app: &App) -> bool {
+        let per_second = ctx.settings.webhooks.max_events_per_second_per_app;
+        let now = Instant::now();
+        let allowed = {
+            let mut budgets = self.budgets.lock().expect("webhook lock");
+            let budget = budgets.entry(app.id.clone()).or_default();
+            if budget.window_started.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                budget.window_started = Some(now);
+                budget.raised = 0;
+            }
+            budget.raised += 1;
+            budget.raised <= per_second
+        };
+        if !allowed {
+            self.dropped(ctx, app, "app_rate", "the app raises more than its events per second");
+        }
+        allowed
+    }
+
+    /// Send `event` (an object with `name` and its fields) to the app's endpoints that want it,
+    /// within the app's allowance of events per second.
     pub fn emit(&self, ctx: &Arc<Ctx>, app: &Arc<App>, event: Value) {
-        if app.webhooks.is_empty() {
+        if app.webhooks.is_empty() || !self.admit(ctx, app) {
             return;
         }
+        self.emit_admitted(ctx, app, event);
+    }
+
+    fn emit_admitted(&self, ctx: &Arc<Ctx>, app: &Arc<App>, event: Value) {
         if !app.webhook_batching {
             self.send(ctx, app, vec![event]);
             return;
@@ -138,7 +208,9 @@ impl Webhooks {
     /// A channel lost its last subscriber: `channel_vacated` after the delay, if it is still
     /// empty then.
     pub fn vacated(&self, ctx: &Arc<Ctx>, app: &Arc<App>, channel: &str) {
-        if app.webhooks.is_empty() {
+        // Admitted now, not when sent: the wait holds a task and an entry per channel, which
+        // the app's allowance bounds too.
+        if app.webhooks.is_empty() || !self.admit(ctx, app) {
             return;
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
@@ -157,7 +229,7 @@ impl Webhooks {
             if still_pending
                 && ctx.adapter.channel_info(&app.id, &key.1).await.subscription_count == 0
             {
-                ctx.webhooks.emit(
+                ctx.webhooks.emit_admitted(
                     &ctx,
                     &app,
                     json!({ "name": "channel_vacated", "channel": key.1 }),

@@ -48,6 +48,18 @@ impl Client {
         client
     }
 
+    /// Take over an upgraded WebSocket and wait for `connection_established`.
+    ///
+    /// # Panics
+    /// If the first message is something else.
+    pub async fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        let mut client = Self { ws, socket_id: String::new() };
+        let established = client.expect("pusher:connection_established").await;
+        let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+        client.socket_id = data["socket_id"].as_str().unwrap().to_string();
+        client
+    }
+
     /// Connect without reading anything.
     ///
     /// # Panics

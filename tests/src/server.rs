@@ -77,11 +77,12 @@ pub struct ServerBuilder {
     config: String,
     env: Vec<(String, String)>,
     manifest: Option<PathBuf>,
+    open_files: Option<u32>,
 }
 
 impl Default for ServerBuilder {
     fn default() -> Self {
-        Self { config: APPS.to_string(), env: Vec::new(), manifest: None }
+        Self { config: APPS.to_string(), env: Vec::new(), manifest: None, open_files: None }
     }
 }
 
@@ -110,6 +111,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Run the server with at most `n` open files (through `prlimit`, which then runs it).
+    #[must_use]
+    pub fn open_files(mut self, n: u32) -> Self {
+        self.open_files = Some(n);
+        self
+    }
+
     /// Set an environment variable.
     #[must_use]
     pub fn env(mut self, name: &str, value: &str) -> Self {
@@ -128,7 +136,14 @@ impl ServerBuilder {
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let manifest =
             self.manifest.unwrap_or_else(|| crate::workspace_root().join("plugins.toml"));
-        let mut command = Command::new(sockhost_bin());
+        let mut command = match self.open_files {
+            None => Command::new(sockhost_bin()),
+            Some(n) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit.arg(format!("--nofile={n}:{n}")).arg("--").arg(sockhost_bin());
+                prlimit
+            }
+        };
         // Port 0: the server binds free ports itself and logs them, so no two servers of
         // concurrent tests can race for one.
         command
@@ -315,6 +330,17 @@ impl Server {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// Its resident memory, in bytes.
+    ///
+    /// # Panics
+    /// If the process is gone.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        let kb: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap();
+        kb * 1024
     }
 
     /// Its process id.

@@ -57,6 +57,10 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// What every TCP connection (WebSocket or HTTP) may hold, and for how long.
+    pub edge: EdgeConfig,
+    /// Push-back on publishers when subscribers cannot keep up.
+    pub overload: OverloadConfig,
 }
 
 impl Default for Config {
@@ -83,6 +87,8 @@ impl Default for Config {
             database: BTreeMap::new(),
             websocket: WebSocketConfig::default(),
             metrics: MetricsConfig::default(),
+            edge: EdgeConfig::default(),
+            overload: OverloadConfig::default(),
         }
     }
 }
@@ -224,6 +230,12 @@ pub struct AppConfig {
     /// Overrides `event_limits.max_batch_size`.
     #[serde(default)]
     pub max_event_batch_size: Option<u64>,
+    /// Overrides `channel_limits.max_per_connection`.
+    #[serde(default)]
+    pub max_channels_per_connection: Option<u64>,
+    /// Overrides `channel_limits.max_subscriptions_per_minute`.
+    #[serde(default)]
+    pub max_subscriptions_per_minute: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -288,6 +300,14 @@ pub struct WebhooksConfig {
     /// Milliseconds an app with `webhook_batching` collects events for. Default: 50.
     /// Env: `WEBHOOK_BATCHING_DURATION`.
     pub batching_window_ms: u64,
+    /// Webhook events one app may have waiting in this node's outbox (its share of the
+    /// outbox, so one app's flood cannot push out the others'); beyond it, new events of that
+    /// app are dropped, logged and counted. Default: 8192. Env: `WEBHOOK_MAX_QUEUED_PER_APP`.
+    pub max_queued_per_app: u64,
+    /// Webhook events one app may raise per second on this node (occupied, vacated, member,
+    /// cache-miss, client and count events together); beyond it they are dropped, logged and
+    /// counted. Default: 1000. Env: `WEBHOOK_MAX_EVENTS_PER_SECOND_PER_APP`.
+    pub max_events_per_second_per_app: u64,
 }
 
 impl Default for WebhooksConfig {
@@ -297,6 +317,8 @@ impl Default for WebhooksConfig {
             request_timeout_ms: 5000,
             vacated_delay_ms: 3000,
             batching_window_ms: 50,
+            max_queued_per_app: 8192,
+            max_events_per_second_per_app: 1000,
         }
     }
 }
@@ -309,11 +331,25 @@ pub struct ChannelLimits {
     pub max_name_length: u64,
     /// Seconds a cache channel keeps its last event. Default: 3600.
     pub cache_ttl: u64,
+    /// Channels one connection may be subscribed to at once; a subscription beyond it is
+    /// refused (`pusher:subscription_error`, type `LimitReached`, status 403). Default: 200.
+    /// Env: `CHANNEL_LIMITS_MAX_PER_CONNECTION`.
+    pub max_per_connection: u64,
+    /// Subscribes and unsubscribes one connection may send per minute, together (a reconnect
+    /// resubscribing every channel fits). Subscribes beyond it are refused with status 429;
+    /// unsubscribes always go through (each needs a subscribe before it). Default: 600.
+    /// Env: `CHANNEL_LIMITS_MAX_SUBSCRIPTIONS_PER_MINUTE`.
+    pub max_subscriptions_per_minute: u64,
 }
 
 impl Default for ChannelLimits {
     fn default() -> Self {
-        Self { max_name_length: 200, cache_ttl: 3600 }
+        Self {
+            max_name_length: 200,
+            cache_ttl: 3600,
+            max_per_connection: 200,
+            max_subscriptions_per_minute: 600,
+        }
     }
 }
 
@@ -381,11 +417,86 @@ pub struct WebSocketConfig {
     /// Messages waiting to be written to one connection; a connection that lets more pile up
     /// is too slow and is closed with 4100. Default: 1000. Env: `WEBSOCKET_MAX_MESSAGES`.
     pub max_messages: u64,
+    /// Bytes waiting to be written to one connection; past it, as past `max_messages`, the
+    /// connection is closed with 4100; 0 means no byte bound. Default: 1048576 (1 MiB).
+    /// Env: `WEBSOCKET_MAX_BYTES`.
+    pub max_bytes: u64,
+    /// Milliseconds a write to a connection may make no progress (the client accepts no byte)
+    /// before the connection is closed with 4100. Default: 30000.
+    /// Env: `WEBSOCKET_WRITE_TIMEOUT_MS`.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
-        Self { max_payload_kb: 64, max_messages: 1000 }
+        Self {
+            max_payload_kb: 64,
+            max_messages: 1000,
+            max_bytes: 1 << 20,
+            write_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `edge`: the listener's bounds, for WebSocket and HTTP connections alike.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Open connections this node accepts; beyond it a WebSocket is refused with 4100 and an
+    /// HTTP request with 503 (health checks still answer). 0 means 90 % of the process's
+    /// open-file limit, so the node never runs out of descriptors for its brokers and
+    /// health checks. Default: 0. Env: `EDGE_MAX_CONNECTIONS`.
+    pub max_connections: u64,
+    /// Open connections one client address may hold; 0 means unlimited. Generous by default,
+    /// since many users can share one address (NAT). The address is the TCP peer's: behind a
+    /// reverse proxy or load balancer that does not keep client addresses, set 0 (the proxy is
+    /// the one peer). Default: 1000. Env: `EDGE_MAX_CONNECTIONS_PER_IP`.
+    pub max_connections_per_ip: u64,
+    /// Milliseconds a client has to send a request's head, including the wait for the next
+    /// request on a kept-alive connection (the idle timeout). Default: 10000.
+    /// Env: `EDGE_HEADER_TIMEOUT_MS`.
+    pub header_timeout_ms: u64,
+    /// Milliseconds a client has to send an HTTP API request's body. Default: 30000.
+    /// Env: `EDGE_BODY_TIMEOUT_MS`.
+    pub body_timeout_ms: u64,
+    /// Milliseconds a closed connection keeps reading (and discarding) what the client still
+    /// sends, so that a refusal sent before the client finished (413, 1009) reaches it instead
+    /// of a reset. Default: 5000. Env: `EDGE_LINGER_MS`.
+    pub linger_ms: u64,
+    /// Bytes a closing connection discards at most before it is dropped. Default: 67108864.
+    pub linger_max_bytes: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 0,
+            max_connections_per_ip: 1000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            linger_ms: 5000,
+            linger_max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// `overload`: what a publisher meets when a channel's subscribers fall behind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OverloadConfig {
+    /// A channel is congested when most of its subscribers on this node have queues fuller
+    /// than this percentage of `websocket.max_messages` / `max_bytes`. Default: 50.
+    /// Env: `OVERLOAD_WATERMARK_PERCENT`.
+    pub watermark_percent: u64,
+    /// Milliseconds an HTTP trigger to a congested channel waits for its subscribers to catch
+    /// up before it is refused with 429 and `Retry-After`; 0 refuses at once. Default: 1000.
+    /// Env: `OVERLOAD_MAX_PUBLISH_DELAY_MS`.
+    pub max_publish_delay_ms: u64,
+}
+
+impl Default for OverloadConfig {
+    fn default() -> Self {
+        Self { watermark_percent: 50, max_publish_delay_ms: 1000 }
     }
 }
 

@@ -12,4 +12,6 @@ mod settings;
 
 pub use file::{AppConfig, Config, DriverSection, WebhookTarget};
 pub use load::{ConfigError, Sources, load, settings};
-pub use settings::{Limits, Settings, WEBHOOK_KINDS, WebhookSettings};
+pub use settings::{
+    EdgeSettings, Limits, OverloadSettings, Settings, WEBHOOK_KINDS, WebhookSettings,
+};

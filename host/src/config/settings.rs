@@ -28,6 +28,10 @@ pub struct Limits {
     pub max_presence_member_size_bytes: usize,
     /// Client events per second per connection.
     pub max_client_events_per_second: u32,
+    /// Channels one connection may be subscribed to at once.
+    pub max_channels_per_connection: usize,
+    /// Subscribes and unsubscribes per connection per minute.
+    pub max_subscriptions_per_minute: u32,
 }
 
 /// Webhook delivery settings.
@@ -41,6 +45,36 @@ pub struct WebhookSettings {
     pub vacated_delay: Duration,
     /// How long batching apps collect events.
     pub batching_window: Duration,
+    /// Events one app may have waiting in the outbox.
+    pub max_queued_per_app: usize,
+    /// Events one app may raise per second on this node.
+    pub max_events_per_second_per_app: u64,
+}
+
+/// The listener's bounds (`[edge]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeSettings {
+    /// Open connections on this node; `None` until resolved at start from the open-file limit.
+    pub max_connections: Option<usize>,
+    /// Open connections per client address; 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    /// Time to send a request head (and the keep-alive idle time).
+    pub header_timeout: Duration,
+    /// Time to send an HTTP API body.
+    pub body_timeout: Duration,
+    /// How long a closed connection discards what the client still sends.
+    pub linger: Duration,
+    /// How much it discards at most.
+    pub linger_max_bytes: u64,
+}
+
+/// Push-back on publishers (`[overload]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverloadSettings {
+    /// Queue fill, in percent, above which a subscriber counts as behind.
+    pub watermark_percent: u8,
+    /// How long a trigger to a congested channel waits before 429.
+    pub max_publish_delay: Duration,
 }
 
 /// The webhook kinds.
@@ -93,6 +127,14 @@ pub struct Settings {
     pub cluster: crate::cluster::ClusterSettings,
     /// Prefix of metric names.
     pub metrics_prefix: String,
+    /// Bytes queued to one connection at most; 0 = no byte bound.
+    pub ws_max_queued_bytes: usize,
+    /// How long a write to a connection may make no progress.
+    pub ws_write_timeout: Duration,
+    /// The listener's bounds.
+    pub edge: EdgeSettings,
+    /// Push-back on publishers.
+    pub overload: OverloadSettings,
 }
 
 impl Settings {
@@ -123,6 +165,20 @@ impl Settings {
             ("cluster_health.heartbeat_interval_ms", config.cluster_health.heartbeat_interval_ms),
             ("cluster_health.node_timeout_ms", config.cluster_health.node_timeout_ms),
             ("cluster_health.cleanup_interval_ms", config.cluster_health.cleanup_interval_ms),
+            ("channel_limits.max_per_connection", config.channel_limits.max_per_connection),
+            (
+                "channel_limits.max_subscriptions_per_minute",
+                config.channel_limits.max_subscriptions_per_minute,
+            ),
+            ("websocket.write_timeout_ms", config.websocket.write_timeout_ms),
+            ("webhooks.max_queued_per_app", config.webhooks.max_queued_per_app),
+            (
+                "webhooks.max_events_per_second_per_app",
+                config.webhooks.max_events_per_second_per_app,
+            ),
+            ("edge.header_timeout_ms", config.edge.header_timeout_ms),
+            ("edge.body_timeout_ms", config.edge.body_timeout_ms),
+            ("overload.watermark_percent", config.overload.watermark_percent),
         ] {
             if value == 0 {
                 err(name, "must be at least 1".into());
@@ -137,6 +193,15 @@ impl Settings {
                     health.node_timeout_ms / 3
                 ),
             );
+        }
+        if config.overload.watermark_percent > 99 {
+            err(
+                "overload.watermark_percent",
+                "must be below 100, or queues fill before a channel counts as congested".into(),
+            );
+        }
+        if config.channel_limits.max_subscriptions_per_minute > u64::from(u32::MAX) {
+            err("channel_limits.max_subscriptions_per_minute", "is too large".into());
         }
         if config.adapter.requests_timeout_ms == Some(0) {
             err("adapter.requests_timeout_ms", "must be at least 1".into());
@@ -166,6 +231,11 @@ impl Settings {
                 config.presence.max_member_size_in_kb.saturating_mul(1024),
             ),
             max_client_events_per_second: 10,
+            max_channels_per_connection: to_usize(config.channel_limits.max_per_connection),
+            max_subscriptions_per_minute: u32::try_from(
+                config.channel_limits.max_subscriptions_per_minute,
+            )
+            .unwrap_or(u32::MAX),
         };
         let mut apps = Vec::new();
         let mut ids = HashMap::new();
@@ -259,6 +329,21 @@ impl Settings {
                     Some(v) => v,
                     None => defaults.max_client_events_per_second,
                 },
+                max_channels_per_connection: pick(
+                    app.max_channels_per_connection,
+                    defaults.max_channels_per_connection,
+                    "max_channels_per_connection",
+                    1,
+                    &mut limit_errors,
+                ),
+                max_subscriptions_per_minute: u32::try_from(pick(
+                    app.max_subscriptions_per_minute,
+                    defaults.max_subscriptions_per_minute as usize,
+                    "max_subscriptions_per_minute",
+                    1,
+                    &mut limit_errors,
+                ))
+                .unwrap_or(u32::MAX),
             };
             for (place, problem) in limit_errors {
                 err(&place, problem);
@@ -387,6 +472,23 @@ impl Settings {
                 request_timeout: Duration::from_millis(config.webhooks.request_timeout_ms),
                 vacated_delay: Duration::from_millis(config.webhooks.vacated_delay_ms),
                 batching_window: Duration::from_millis(config.webhooks.batching_window_ms.max(1)),
+                max_queued_per_app: to_usize(config.webhooks.max_queued_per_app),
+                max_events_per_second_per_app: config.webhooks.max_events_per_second_per_app,
+            },
+            ws_max_queued_bytes: to_usize(config.websocket.max_bytes),
+            ws_write_timeout: Duration::from_millis(config.websocket.write_timeout_ms),
+            edge: EdgeSettings {
+                max_connections: (config.edge.max_connections > 0)
+                    .then(|| to_usize(config.edge.max_connections)),
+                max_connections_per_ip: to_usize(config.edge.max_connections_per_ip),
+                header_timeout: Duration::from_millis(config.edge.header_timeout_ms),
+                body_timeout: Duration::from_millis(config.edge.body_timeout_ms),
+                linger: Duration::from_millis(config.edge.linger_ms),
+                linger_max_bytes: config.edge.linger_max_bytes,
+            },
+            overload: OverloadSettings {
+                watermark_percent: u8::try_from(config.overload.watermark_percent).unwrap_or(99),
+                max_publish_delay: Duration::from_millis(config.overload.max_publish_delay_ms),
             },
         })
     }

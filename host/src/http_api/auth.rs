@@ -23,16 +23,31 @@ pub struct Authed {
     pub query: HashMap<String, String>,
 }
 
-/// Check the request: the app exists and is enabled, the key is the app's, the timestamp is
-/// fresh, `body_md5` matches a non-empty body, and the signature is right.
-pub fn authenticate(
+/// A request whose query passed every check that needs no body: the app exists and is enabled,
+/// the key is the app's, the timestamp is fresh and the signature is right (it covers the
+/// query, `body_md5` included). Made before the body is read, so an unauthenticated client
+/// never makes the server hold its body; only `body_md5` is left to check against the body.
+#[derive(Debug)]
+pub struct Prechecked {
+    app: Arc<App>,
+    query: HashMap<String, String>,
+}
+
+impl Prechecked {
+    /// The app named in the path.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+}
+
+/// The checks of a request that need no body.
+pub fn precheck(
     ctx: &Ctx,
     app_id: &str,
     method: &Method,
     path: &str,
     raw_query: Option<&str>,
-    body: &[u8],
-) -> Result<Authed, ApiError> {
+) -> Result<Prechecked, ApiError> {
     let app = ctx
         .apps
         .by_id(app_id)
@@ -64,13 +79,6 @@ pub fn authenticate(
             "auth_timestamp is more than {TIMESTAMP_WINDOW_SECS} seconds from the server's time ({now}); check the clock"
         )));
     }
-    match param("body_md5") {
-        Some(md5) if md5 != signature::body_md5(body) => {
-            return Err(ApiError::unauthorized("body_md5 does not match the body"));
-        }
-        None if !body.is_empty() => return Err(ApiError::unauthorized("Missing body_md5")),
-        _ => {}
-    }
     let message = signature::api_message(
         method.as_str(),
         path,
@@ -79,5 +87,30 @@ pub fn authenticate(
     if !signature::verify(&app.secret, &message, given) {
         return Err(ApiError::unauthorized("Invalid signature"));
     }
+    Ok(Prechecked { app, query })
+}
+
+/// The check that needs the body: `body_md5` matches a non-empty body.
+pub fn verify(pre: Prechecked, body: &[u8]) -> Result<Authed, ApiError> {
+    let Prechecked { app, query } = pre;
+    match query.get("body_md5") {
+        Some(md5) if *md5 != signature::body_md5(body) => {
+            return Err(ApiError::unauthorized("body_md5 does not match the body"));
+        }
+        None if !body.is_empty() => return Err(ApiError::unauthorized("Missing body_md5")),
+        _ => {}
+    }
     Ok(Authed { app, query })
+}
+
+/// Check a request with its body: [`precheck`], then [`verify`].
+pub fn authenticate(
+    ctx: &Ctx,
+    app_id: &str,
+    method: &Method,
+    path: &str,
+    raw_query: Option<&str>,
+    body: &[u8],
+) -> Result<Authed, ApiError> {
+    verify(precheck(ctx, app_id, method, path, raw_query)?, body)
 }

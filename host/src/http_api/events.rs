@@ -4,16 +4,18 @@ use std::sync::Arc;
 
 use axum::{
     Json,
-    body::Bytes,
-    extract::{Path, RawQuery, State, rejection::BytesRejection},
-    http::{Method, Uri},
+    body::Body,
+    extract::{Path, RawQuery, State},
+    http::{HeaderMap, Method, StatusCode, Uri},
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{ApiError, accept};
 use crate::{
+    adapter::Congestion,
     apps::App,
+    metrics::Metrics,
     protocol::{
         channel::{self, ChannelKind},
         frames,
@@ -94,6 +96,13 @@ fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
         if let Some(user_id) = name.strip_prefix(channel::SERVER_TO_USER_PREFIX) {
             if user_id.is_empty() {
                 return Err(ApiError::bad_request(format!("Channel {name:?} names no user")));
+            }
+            if user_id.chars().count() > channel::MAX_USER_ID_LENGTH {
+                return Err(ApiError::bad_request(format!(
+                    "The user id of a {} channel is longer than {} characters",
+                    channel::SERVER_TO_USER_PREFIX,
+                    channel::MAX_USER_ID_LENGTH
+                )));
             }
             continue;
         }
@@ -193,6 +202,39 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
     Some(Value::Object(channels))
 }
 
+/// Overload push-back: a trigger waits while most subscribers of a channel it names are behind
+/// on this node (within `overload.max_publish_delay_ms` for the whole request), and is refused
+/// with 429 and `Retry-After` if they stay behind. The publisher slows to its readers' pace
+/// instead of filling every reader's queue until all of them are closed with 4100.
+async fn push_back<'a>(
+    ctx: &Ctx,
+    app: &App,
+    channels: impl Iterator<Item = &'a String>,
+) -> Result<(), ApiError> {
+    let max = ctx.settings.overload.max_publish_delay;
+    let started = tokio::time::Instant::now();
+    let mut waited = false;
+    for name in channels {
+        let left = max.saturating_sub(started.elapsed());
+        match ctx.adapter.wait_uncongested(&app.id, name, left).await {
+            Congestion::Clear => {}
+            Congestion::CaughtUp => waited = true,
+            Congestion::Behind => {
+                Metrics::count(&ctx.metrics.publish_pushback, "outcome", "refused");
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("The subscribers of {name} are behind; publish more slowly"),
+                )
+                .retry_after(1));
+            }
+        }
+    }
+    if waited {
+        Metrics::count(&ctx.metrics.publish_pushback, "outcome", "delayed");
+    }
+    Ok(())
+}
+
 /// The app's backend-events limit: each channel of each event counts once.
 async fn limit(ctx: &Ctx, app: &App, cost: usize) -> Result<(), ApiError> {
     let cost = u32::try_from(cost).unwrap_or(u32::MAX);
@@ -222,11 +264,14 @@ pub async fn trigger(
     method: Method,
     uri: Uri,
     RawQuery(query): RawQuery,
-    bytes: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let (bytes, authed) = accept(&ctx, &app_id, &method, &uri, query.as_deref(), bytes).await?;
+    let (bytes, authed) =
+        accept(&ctx, &app_id, &method, &uri, query.as_deref(), &headers, body).await?;
     let event = check(&authed.app, parse(&bytes)?, false)?;
     limit(&ctx, &authed.app, event.channels.len()).await?;
+    push_back(&ctx, &authed.app, event.channels.iter()).await?;
     Ok(Json(match publish(&ctx, &authed.app, &event).await {
         Some(channels) => json!({ "channels": channels }),
         None => json!({}),
@@ -240,9 +285,11 @@ pub async fn batch(
     method: Method,
     uri: Uri,
     RawQuery(query): RawQuery,
-    bytes: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let (bytes, authed) = accept(&ctx, &app_id, &method, &uri, query.as_deref(), bytes).await?;
+    let (bytes, authed) =
+        accept(&ctx, &app_id, &method, &uri, query.as_deref(), &headers, body).await?;
     let batch: Batch = parse(&bytes)?;
     let max = authed.app.limits.max_event_batch_size;
     if batch.batch.len() > max {
@@ -261,6 +308,7 @@ pub async fn batch(
         })
         .collect::<Result<Vec<_>, _>>()?;
     limit(&ctx, &authed.app, events.iter().map(|e| e.channels.len()).sum()).await?;
+    push_back(&ctx, &authed.app, events.iter().flat_map(|e| e.channels.iter())).await?;
     let mut described = Vec::with_capacity(events.len());
     for event in &events {
         described.push(publish(&ctx, &authed.app, event).await);

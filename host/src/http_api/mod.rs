@@ -11,14 +11,14 @@ use std::sync::Arc;
 
 use axum::{
     Json,
-    body::Bytes,
-    extract::{Request, State, rejection::BytesRejection},
-    http::StatusCode,
+    body::{Body, Bytes},
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 
-use crate::{plugins::RateDecision, server::Ctx};
+use crate::{edge::Peer, metrics::Metrics, plugins::RateDecision, server::Ctx};
 
 /// An HTTP API error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,32 +29,50 @@ pub struct ApiError {
     pub message: String,
     /// For 429: the limit, and when it resets (`X-RateLimit-*`, `Retry-After`).
     pub rate: Option<RateDecision>,
+    /// Seconds for `Retry-After`, when the refusal is for a while (overload).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
+    /// An error with `status`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), rate: None, retry_after: None }
+    }
+
+    /// The same, with `Retry-After: secs`.
+    #[must_use]
+    pub fn retry_after(self, secs: u64) -> Self {
+        Self { retry_after: Some(secs), ..self }
+    }
+
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: message.into(), rate: None }
+        Self::new(StatusCode::BAD_REQUEST, message)
     }
 
     /// 401.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::UNAUTHORIZED, message: message.into(), rate: None }
+        Self::new(StatusCode::UNAUTHORIZED, message)
     }
 
     /// 403.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::FORBIDDEN, message: message.into(), rate: None }
+        Self::new(StatusCode::FORBIDDEN, message)
     }
 
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::NOT_FOUND, message: message.into(), rate: None }
+        Self::new(StatusCode::NOT_FOUND, message)
     }
 
     /// 413.
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::PAYLOAD_TOO_LARGE, message: message.into(), rate: None }
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+    }
+
+    /// 408.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, message)
     }
 }
 
@@ -65,6 +83,7 @@ impl ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             message: format!("Too many {what}: the limit is {} per second", decision.limit),
             rate: Some(decision),
+            retry_after: None,
         }
     }
 }
@@ -73,6 +92,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message, "code": self.status.as_u16() });
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
         if let Some(rate) = self.rate {
             let reset_secs = rate.reset_after_ms.div_ceil(1000).max(1);
             let headers = response.headers_mut();
@@ -89,29 +111,61 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The request body, or 413 / 400 as JSON.
-pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::too_large("The request body is over the size limit")
-        }
-        _ => ApiError::bad_request(format!("The request body could not be read: {rejection}")),
-    })
-}
-
-/// Read a write request's body (413 over the limit), count it, and authenticate the request.
+/// Authenticate a write request and read its body, in the order that costs an unauthenticated
+/// or oversized request the least: the checks that need no body first (the signature covers
+/// the query, `body_md5` included); a `Content-Length` over
+/// `http_api.request_limit_in_mb` refused before a byte of the body is read; then the body, read
+/// up to the limit within `edge.body_timeout_ms`; then `body_md5`. A refused
+/// body is left unread; the connection's lingering close lets the answer reach the client.
 pub async fn accept(
     ctx: &Ctx,
     app_id: &str,
-    method: &axum::http::Method,
-    uri: &axum::http::Uri,
+    method: &Method,
+    uri: &Uri,
     query: Option<&str>,
-    bytes: Result<Bytes, BytesRejection>,
+    headers: &HeaderMap,
+    body: Body,
 ) -> Result<(Bytes, auth::Authed), ApiError> {
-    let bytes = body(bytes)?;
+    let pre = auth::precheck(ctx, app_id, method, uri.path(), query)?;
+    let limit = ctx.settings.http_body_limit;
+    let too_large =
+        || ApiError::too_large(format!("The request body is over the limit of {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let read =
+        tokio::time::timeout(ctx.settings.edge.body_timeout, axum::body::to_bytes(body, limit));
+    let bytes = match read.await {
+        Err(_) => {
+            Metrics::count(&ctx.metrics.edge_timeouts, "kind", "body");
+            return Err(ApiError::timeout("The request body did not arrive in time"));
+        }
+        Ok(Err(error)) if is_length_limit(&error) => return Err(too_large()),
+        Ok(Err(error)) => {
+            return Err(ApiError::bad_request(format!(
+                "The request body could not be read: {error}"
+            )));
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
     ctx.metrics.http_bytes_received.inc_by(bytes.len() as u64);
-    let authed = auth::authenticate(ctx, app_id, method, uri.path(), query, &bytes)?;
+    let authed = auth::verify(pre, &bytes)?;
     Ok((bytes, authed))
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// A JSON answer, marked `X-Sockhost-Partial: true` when some node did not answer in time (the
@@ -131,10 +185,44 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("No such endpoint")
 }
 
-/// Count every API response by status.
+/// Count every API response by status, and give the framework's own refusals (a path that
+/// does not decode, a missing query) the API's JSON shape.
 pub async fn count_requests(State(ctx): State<Arc<Ctx>>, request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    ctx.metrics.http_requests.get_or_create(&vec![("status", status)]).inc();
+    let mut response = next.run(request).await;
+    let status = response.status();
+    ctx.metrics.http_requests.get_or_create(&vec![("status", status.as_u16().to_string())]).inc();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status.is_client_error() && !is_json {
+        let body = std::mem::take(response.body_mut());
+        // The framework's refusals are short text; anything longer is cut, not buffered.
+        let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+        let message = String::from_utf8_lossy(&text).trim().to_string();
+        let message = if message.is_empty() {
+            status.canonical_reason().unwrap_or("Bad request").to_string()
+        } else {
+            message
+        };
+        return ApiError::new(status, message).into_response();
+    }
     response
+}
+
+/// Refuse a request on a connection over the edge's limits with 503 (WebSocket upgrades are
+/// refused on the socket itself, and health checks still answer).
+pub async fn refuse_over_limit(request: Request, next: Next) -> Response {
+    let over = request.extensions().get::<Peer>().and_then(|peer| peer.over_limit);
+    let path = request.uri().path();
+    match over {
+        Some(over) if !path.starts_with("/up") && !path.starts_with("/app/") => {
+            let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, over.message())
+                .retry_after(1)
+                .into_response();
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        _ => next.run(request).await,
+    }
 }

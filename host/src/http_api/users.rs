@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use axum::{
     Json,
-    body::Bytes,
-    extract::{Path, RawQuery, State, rejection::BytesRejection},
-    http::{Method, Uri},
+    body::Body,
+    extract::{Path, RawQuery, State},
+    http::{HeaderMap, Method, Uri},
 };
 use serde_json::{Value, json};
 
@@ -20,9 +20,11 @@ pub async fn terminate(
     method: Method,
     uri: Uri,
     RawQuery(query): RawQuery,
-    bytes: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, authed) = accept(&ctx, &app_id, &method, &uri, query.as_deref(), bytes).await?;
+    let (_, authed) =
+        accept(&ctx, &app_id, &method, &uri, query.as_deref(), &headers, body).await?;
     let closed = ctx.adapter.terminate_user(&authed.app.id, &user_id, codes::UNAUTHORIZED).await;
     tracing::info!(app_id = %authed.app.id, user_id, closed, "Terminated a user's connections.");
     Ok(Json(json!({})))

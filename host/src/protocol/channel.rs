@@ -44,6 +44,21 @@ pub fn is_cache(name: &str) -> bool {
 /// The prefix of the channel that addresses one signed-in user's connections.
 pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
 
+/// The longest user id (the Pusher limit), for presence members, sign-ins and
+/// `#server-to-user-` channels.
+pub const MAX_USER_ID_LENGTH: usize = 128;
+
+/// A user id as the client wrote it: a non-empty string, or a number kept as its JSON text
+/// (`-0` and `1e308` stay what they were, never rewritten by a float round trip). `None` for
+/// anything else.
+pub fn user_id(raw: &serde_json::value::RawValue) -> Option<String> {
+    let text = raw.get();
+    if text.starts_with('"') {
+        return serde_json::from_str::<String>(text).ok().filter(|id| !id.is_empty());
+    }
+    serde_json::from_str::<serde_json::Number>(text).ok().map(|_| text.to_string())
+}
+
 /// Why a channel name is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {

@@ -1,21 +1,29 @@
 //! One connection's task: the handshake checks, then a loop that reads client messages, writes
 //! queued frames, pings after silence, and closes when asked.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _, stream::SplitSink};
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::mpsc,
+    time::{Instant, Sleep},
+};
 
 use super::session::Session;
 use crate::{
+    edge::Peer,
     hub::{Closer, Conn},
+    metrics::Metrics,
     protocol::{codes, frames},
     server::Ctx,
 };
 
 /// Frames written per flush at most, so one busy connection does not starve the others.
 const WRITE_BATCH: usize = 64;
+/// How long a closing connection waits at most for its last frames (the error and the close
+/// frame) to be taken: a client that stopped reading must not hold the task for long.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(5);
 
 type Sink = SplitSink<WebSocket, Message>;
 
@@ -57,9 +65,15 @@ pub async fn run(
     key: String,
     query: HashMap<String, String>,
     ip: Option<std::net::IpAddr>,
+    peer: Option<Peer>,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let patience = ctx.settings.pong_timeout;
+    let patience = ctx.settings.pong_timeout.min(CLOSE_PATIENCE);
+
+    if let Some(over) = peer.as_ref().and_then(|p| p.over_limit) {
+        ctx.metrics.connection_errors.inc();
+        return refuse(&mut sink, patience, codes::OVER_CAPACITY, over.message()).await;
+    }
 
     let Some(app) = ctx.apps.by_key(&key).cloned() else {
         ctx.metrics.connection_errors.inc();
@@ -119,7 +133,11 @@ pub async fn run(
 
     let socket_id = ctx.next_socket_id();
     let (queue, mut outbound) = mpsc::channel::<Utf8Bytes>(ctx.settings.ws_max_queued_messages);
-    let closer = Arc::new(Closer::default());
+    let closer = Arc::new(Closer::new(
+        ctx.settings.ws_max_queued_messages,
+        ctx.settings.ws_max_queued_bytes,
+        ctx.settings.overload.watermark_percent,
+    ));
     let conn = Conn::new(socket_id.as_str().into(), queue, closer.clone());
     ctx.metrics.connected.inc();
     ctx.metrics.new_connections.inc();
@@ -129,8 +147,13 @@ pub async fn run(
     conn.send(&frames::connection_established(&socket_id, activity_timeout.as_secs()).into());
     let mut session = Session::new(ctx.clone(), app.clone(), conn.clone());
 
-    let mut last_heard = Instant::now();
-    let mut ping_sent: Option<Instant> = None;
+    let mut keepalive = Keepalive {
+        last_heard: Instant::now(),
+        ping_sent: None,
+        activity_timeout,
+        pong_timeout: ctx.settings.pong_timeout,
+    };
+    let write_timeout = ctx.settings.ws_write_timeout;
     let timer = tokio::time::sleep(activity_timeout);
     // Made once, not per loop turn: registering with a notifier on every message costs.
     let close_requested = closer.wait();
@@ -148,33 +171,53 @@ pub async fn run(
             () = &mut signin_deadline, if signin_required && !session.signed_in() => break codes::UNAUTHORIZED,
             frame = outbound.recv() => {
                 let Some(frame) = frame else { break codes::RECONNECT };
-                // A client that stops reading blocks this write; a close request must still get
-                // through (the queue filling up is what asks for it).
-                tokio::select! {
-                    biased;
-                    () = &mut close_requested => break closer.requested().unwrap_or(codes::RECONNECT),
-                    () = &mut shutting_down => break codes::RECONNECT,
-                    written = write_batch(&mut sink, frame, &mut outbound, &ctx) => {
-                        if written.is_err() {
-                            break 0;
+                // A client that stops reading blocks this write. While it is blocked, a close
+                // request, the keepalive and sign-in timers and the write deadline still run.
+                let started = Instant::now();
+                let write = write_batch(&mut sink, frame, &mut outbound, &ctx, &closer);
+                let stall = tokio::time::sleep(write_timeout);
+                tokio::pin!(write, stall);
+                let ended = loop {
+                    tokio::select! {
+                        biased;
+                        () = &mut close_requested => break Some(closer.requested().unwrap_or(codes::RECONNECT)),
+                        () = &mut shutting_down => break Some(codes::RECONNECT),
+                        () = &mut signin_deadline, if signin_required && !session.signed_in() => break Some(codes::UNAUTHORIZED),
+                        () = &mut timer => {
+                            if let Some(code) = keepalive.on_timer(timer.as_mut(), &conn) {
+                                break Some(code);
+                            }
                         }
+                        () = &mut stall => {
+                            let last = peer.as_ref().map_or(started, |p| Instant::from_std(p.progress.last_write()).max(started));
+                            if last.elapsed() >= write_timeout {
+                                Metrics::count(&ctx.metrics.edge_timeouts, "kind", "write");
+                                break Some(codes::OVER_CAPACITY);
+                            }
+                            stall.as_mut().reset(last + write_timeout);
+                        }
+                        written = &mut write => break written.is_err().then_some(0),
                     }
+                };
+                if let Some(code) = ended {
+                    break code;
                 }
             }
             message = stream.next() => {
-                last_heard = Instant::now();
-                ping_sent = None;
+                keepalive.heard();
                 match message {
                     None | Some(Ok(Message::Close(_))) => break 0,
                     Some(Err(error)) => {
-                        // The only read error worth telling the client about: a message over
-                        // the size limit, which ends the connection (its bytes are unread).
                         tracing::debug!(%socket_id, %error, "Read failed.");
-                        if is_too_large(error) {
-                            let limit = ctx.settings.ws_max_message_bytes;
-                            let text = format!("Message larger than the limit of {limit} bytes");
-                            let _ = sink.feed(Message::Text(frames::error(codes::BAD_MESSAGE, &text).into())).await;
-                            close(&mut sink, 1009, &text).await;
+                        if let Some((code, text)) = frame_error(error, ctx.settings.ws_max_message_bytes) {
+                            // The client sent something the protocol forbids: it gets the
+                            // close code that says what (RFC 6455 7.4.1), and the connection
+                            // lingers so the code is read rather than lost in a reset.
+                            Metrics::count(&ctx.metrics.ws_protocol_errors, "code", code_label(code));
+                            if code == 1009 {
+                                let _ = sink.feed(Message::Text(frames::error(codes::BAD_MESSAGE, &text).into())).await;
+                            }
+                            let _ = tokio::time::timeout(patience, close(&mut sink, code, &text)).await;
                         }
                         break 0;
                     }
@@ -191,15 +234,8 @@ pub async fn run(
                 }
             }
             () = &mut timer => {
-                let now = Instant::now();
-                match ping_sent {
-                    Some(_) => break codes::PONG_NOT_RECEIVED,
-                    None if now.duration_since(last_heard) >= activity_timeout => {
-                        conn.send(&frames::ping().into());
-                        ping_sent = Some(now);
-                        timer.as_mut().reset(now + ctx.settings.pong_timeout);
-                    }
-                    None => timer.as_mut().reset(last_heard + activity_timeout),
+                if let Some(code) = keepalive.on_timer(timer.as_mut(), &conn) {
+                    break code;
                 }
             }
         }
@@ -211,7 +247,7 @@ pub async fn run(
         }
         let reason = close_reason(close_code);
         tracing::debug!(%socket_id, code = close_code, reason, "Closing.");
-        refuse(&mut sink, ctx.settings.pong_timeout, close_code, reason).await;
+        refuse(&mut sink, patience, close_code, reason).await;
     }
     session.end().await;
     ctx.adapter.hub().release(&app.id);
@@ -226,6 +262,7 @@ async fn write_batch(
     first: Utf8Bytes,
     outbound: &mut mpsc::Receiver<Utf8Bytes>,
     ctx: &Ctx,
+    closer: &Closer,
 ) -> Result<(), axum::Error> {
     let mut bytes = first.len();
     sink.feed(Message::Text(first)).await?;
@@ -236,15 +273,67 @@ async fn write_batch(
         sink.feed(Message::Text(frame)).await?;
         count += 1;
     }
+    // Frames count against the queue's byte bound until they are handed to the socket (a
+    // blocked write keeps them counted; a failed one ends the connection).
+    closer.dequeued(bytes);
     ctx.metrics.ws_messages_sent.inc_by(count as u64);
     ctx.metrics.ws_bytes_sent.inc_by(bytes as u64);
     sink.flush().await
 }
 
-fn is_too_large(error: axum::Error) -> bool {
+/// The keepalive: a ping after `activity_timeout` of silence, 4201 if no answer within
+/// `pong_timeout`.
+struct Keepalive {
+    last_heard: Instant,
+    ping_sent: Option<Instant>,
+    activity_timeout: Duration,
+    pong_timeout: Duration,
+}
+
+impl Keepalive {
+    fn heard(&mut self) {
+        self.last_heard = Instant::now();
+        self.ping_sent = None;
+    }
+
+    /// The timer fired: ping, re-arm, or the close code if a ping went unanswered.
+    fn on_timer(&mut self, timer: std::pin::Pin<&mut Sleep>, conn: &Conn) -> Option<u16> {
+        let now = Instant::now();
+        match self.ping_sent {
+            Some(_) => Some(codes::PONG_NOT_RECEIVED),
+            None if now.duration_since(self.last_heard) >= self.activity_timeout => {
+                conn.send(&frames::ping().into());
+                self.ping_sent = Some(now);
+                timer.reset(now + self.pong_timeout);
+                None
+            }
+            None => {
+                timer.reset(self.last_heard + self.activity_timeout);
+                None
+            }
+        }
+    }
+}
+
+/// The close code and reason for a frame the protocol forbids: 1009 too large, 1007 text that
+/// is not UTF-8, 1002 any other protocol error; `None` for a connection that just broke.
+fn frame_error(error: axum::Error, max: usize) -> Option<(u16, String)> {
     use tokio_tungstenite::tungstenite::{Error, error::CapacityError};
-    matches!(
-        error.into_inner().downcast_ref::<Error>(),
-        Some(Error::Capacity(CapacityError::MessageTooLong { .. }))
-    )
+    match error.into_inner().downcast_ref::<Error>()? {
+        Error::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Some((1009, format!("Message larger than the limit of {max} bytes")))
+        }
+        Error::Capacity(_) => Some((1009, "Message too large".into())),
+        Error::Utf8(_) => Some((1007, "Text frame is not valid UTF-8".into())),
+        Error::Protocol(error) => Some((1002, format!("Protocol error: {error}"))),
+        _ => None,
+    }
+}
+
+fn code_label(code: u16) -> &'static str {
+    match code {
+        1009 => "1009",
+        1007 => "1007",
+        _ => "1002",
+    }
 }

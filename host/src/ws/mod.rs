@@ -11,7 +11,7 @@ use axum::{
     response::Response,
 };
 
-use crate::server::Ctx;
+use crate::{edge::Peer, server::Ctx};
 
 /// Read buffer per connection. Small: most Pusher messages are tiny, and the buffer is paid by
 /// every idle connection (tungstenite's default is 128 KiB).
@@ -26,9 +26,11 @@ pub async fn upgrade(
     Path(key): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     State(ctx): State<Arc<Ctx>>,
-    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    addr: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    peer: Option<Extension<Peer>>,
 ) -> Response {
-    let ip = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let ip = addr.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let peer = peer.map(|Extension(peer)| peer);
     let max = ctx.settings.ws_max_message_bytes;
     let tracker = ctx.tracker.clone();
     ws.read_buffer_size(READ_BUFFER_BYTES)
@@ -37,6 +39,6 @@ pub async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            tracker.track_future(connection::run(socket, ctx, key, query, ip))
+            tracker.track_future(connection::run(socket, ctx, key, query, ip, peer))
         })
 }

@@ -3,14 +3,16 @@
 use std::{collections::HashMap, sync::Arc};
 
 use axum::extract::ws::Utf8Bytes;
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::{Value, json, value::RawValue};
 
 use crate::{
     apps::App,
     cluster::node,
     hub::{Conn, Join},
+    metrics::Metrics,
     protocol::{
-        channel::{self, ChannelKind},
+        channel::{self, ChannelKind, MAX_USER_ID_LENGTH},
         codes, frames,
         inbound::{self, ClientMessage},
         signature,
@@ -18,11 +20,27 @@ use crate::{
     server::Ctx,
 };
 
-/// The longest presence user id (the Pusher limit).
-const MAX_USER_ID_LENGTH: usize = 128;
-
 /// Users one watchlist may name (the Pusher limit); the rest are ignored with 4302.
 const MAX_WATCHLIST: usize = 100;
+
+/// The fields of presence `channel_data` the server reads; ids are kept raw (see
+/// [`channel::user_id`]).
+#[derive(Debug, Deserialize)]
+struct ChannelData<'a> {
+    #[serde(borrow, default)]
+    user_id: Option<&'a RawValue>,
+    #[serde(default)]
+    user_info: Option<Value>,
+}
+
+/// The fields of sign-in `user_data` the server reads.
+#[derive(Debug, Default, Deserialize)]
+struct UserData<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    watchlist: Option<&'a RawValue>,
+}
 
 /// One connection's protocol state.
 pub(super) struct Session {
@@ -64,7 +82,7 @@ impl Session {
             Ok(ClientMessage::Subscribe { channel, auth, channel_data }) => {
                 self.subscribe(&channel, auth.as_deref(), channel_data.as_deref()).await;
             }
-            Ok(ClientMessage::Unsubscribe { channel }) => self.unsubscribe(&channel).await,
+            Ok(ClientMessage::Unsubscribe { channel }) => self.client_unsubscribe(&channel).await,
             Ok(ClientMessage::Signin { auth, user_data }) => self.signin(&auth, &user_data).await,
             Ok(ClientMessage::ClientEvent { event, channel, data }) => {
                 self.client_event(&event, &channel, &data).await;
@@ -77,7 +95,20 @@ impl Session {
         self.send(frames::subscription_error(channel, kind, error, status));
     }
 
+    /// Count a subscribe or unsubscribe against the connection's rate; whether it is allowed.
+    async fn channel_operation_allowed(&self) -> bool {
+        let key = format!("subscriptions:{}", self.conn.socket_id);
+        let limit = self.app.limits.max_subscriptions_per_minute;
+        self.ctx.rate_limit(&key, 1, limit, 60_000).await.is_none()
+    }
+
     async fn subscribe(&mut self, name: &str, auth: Option<&str>, channel_data: Option<&str>) {
+        if !self.channel_operation_allowed().await {
+            Metrics::count(&self.ctx.metrics.subscriptions_refused, "reason", "rate");
+            let limit = self.app.limits.max_subscriptions_per_minute;
+            let error = format!("Over {limit} subscribes and unsubscribes a minute; retry later");
+            return self.subscription_error(name, "LimitReached", &error, 429);
+        }
         // pusher-js subscribes to its user's server-to-user channel after signing in. Events on
         // it are routed by sign-in, not by subscription, so this only acknowledges it.
         if let Some(user_id) = name.strip_prefix(channel::SERVER_TO_USER_PREFIX) {
@@ -114,6 +145,12 @@ impl Session {
             },
             _ => None,
         };
+        let max = self.app.limits.max_channels_per_connection;
+        if !self.subscriptions.contains_key(name) && self.subscriptions.len() >= max {
+            Metrics::count(&self.ctx.metrics.subscriptions_refused, "reason", "channels");
+            let error = format!("A connection may subscribe to {max} channels at most");
+            return self.subscription_error(name, "LimitReached", &error, 403);
+        }
         if let Some(previous) = self.subscriptions.get(name) {
             // Subscribing again as someone else is leaving and joining.
             let same_user = join.as_ref().map(|j| j.user_id.as_str()) == previous.as_deref();
@@ -205,26 +242,30 @@ impl Session {
     /// Parse and check presence `channel_data`.
     fn presence_join(&self, channel_data: Option<&str>) -> Result<Join, (String, u16)> {
         let data = channel_data.ok_or(("Presence channels need channel_data".to_string(), 400))?;
-        let value: Value = serde_json::from_str(data)
+        let value: ChannelData<'_> = serde_json::from_str(data)
             .map_err(|e| (format!("channel_data is not valid JSON: {e}"), 400))?;
-        let user_id = match value.get("user_id") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => {
-                return Err(("channel_data needs a user_id (a string or number)".to_string(), 400));
-            }
+        let Some(user_id) = value.user_id.and_then(channel::user_id) else {
+            return Err(("channel_data needs a user_id (a string or number)".to_string(), 400));
         };
         if user_id.chars().count() > MAX_USER_ID_LENGTH {
             return Err((format!("user_id is longer than {MAX_USER_ID_LENGTH} characters"), 400));
         }
-        let user_info =
-            value.get("user_info").cloned().unwrap_or_else(|| Value::Object(Default::default()));
+        let user_info = value.user_info.unwrap_or_else(|| Value::Object(Default::default()));
         let size = serde_json::to_string(&user_info).map_or(0, |s| s.len());
         let max = self.app.limits.max_presence_member_size_bytes;
         if size > max {
             return Err((format!("user_info is {size} bytes; the limit is {max}"), 413));
         }
         Ok(Join { user_id, user_info, max_members: self.app.limits.max_presence_members })
+    }
+
+    /// Leave a channel at the client's request. It counts against the subscription rate but is
+    /// never refused: each one needs a subscribe before it, and those are refused.
+    async fn client_unsubscribe(&mut self, name: &str) {
+        if self.subscriptions.contains_key(name) {
+            let _ = self.channel_operation_allowed().await;
+        }
+        self.unsubscribe(name).await;
     }
 
     async fn unsubscribe(&mut self, name: &str) {
@@ -253,12 +294,16 @@ impl Session {
         if !signature::verify_auth(&self.app.key, &self.app.secret, &message, auth) {
             return self.error(codes::UNAUTHORIZED, "Invalid signin signature");
         }
-        let data: Value = serde_json::from_str(user_data).unwrap_or(Value::Null);
-        let id = match data.get("id") {
-            Some(Value::String(id)) if !id.is_empty() => id.clone(),
-            Some(Value::Number(id)) => id.to_string(),
-            _ => return self.error(codes::UNAUTHORIZED, "user_data needs an id"),
+        let data: UserData<'_> = serde_json::from_str(user_data).unwrap_or_default();
+        let Some(id) = data.id.and_then(channel::user_id) else {
+            return self.error(codes::UNAUTHORIZED, "user_data needs an id");
         };
+        if id.chars().count() > MAX_USER_ID_LENGTH {
+            return self.error(
+                codes::UNAUTHORIZED,
+                &format!("The user id is longer than {MAX_USER_ID_LENGTH} characters"),
+            );
+        }
         match &self.user_id {
             Some(current) if *current != id => {
                 return self
@@ -274,17 +319,10 @@ impl Session {
                 Utf8Bytes::from(frames::watchlist_event("online", std::slice::from_ref(&id)));
             self.ctx.adapter.notify_watchers(&self.app.id, &id, &frame);
         }
-        let mut watchlist: Vec<String> = match data.get("watchlist") {
-            Some(Value::Array(ids)) => ids
-                .iter()
-                .filter_map(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        // Anything but an array of ids watches nobody, as before.
+        let listed: Vec<&RawValue> =
+            data.watchlist.and_then(|raw| serde_json::from_str(raw.get()).ok()).unwrap_or_default();
+        let mut watchlist: Vec<String> = listed.into_iter().filter_map(channel::user_id).collect();
         if watchlist.len() > MAX_WATCHLIST {
             watchlist.truncate(MAX_WATCHLIST);
             self.error(

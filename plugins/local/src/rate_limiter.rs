@@ -17,7 +17,9 @@ use sockhost_plugin_api::{PluginError, RateDecision, sdk::RateLimiterDriver};
 #[serde(default, deny_unknown_fields)]
 struct MemoryRateLimiterConfig {
     /// Above this many tracked keys, a check first drops the keys whose window has passed, so
-    /// memory stays bounded by the keys active in one window. Default: 100000.
+    /// memory stays bounded by the keys active in one window. The next sweep waits until the
+    /// keys have doubled again, so a limiter holding many live keys does not scan them all on
+    /// every check. Default: 100000.
     sweep_above_keys: usize,
 }
 
@@ -25,6 +27,14 @@ impl Default for MemoryRateLimiterConfig {
     fn default() -> Self {
         Self { sweep_above_keys: 100_000 }
     }
+}
+
+#[derive(Default)]
+struct Windows {
+    by_key: HashMap<String, Window>,
+    /// Sweep when there are more keys than this: `sweep_above_keys`, or twice what the last
+    /// sweep left, whichever is more (each sweep then pays for the inserts since the last).
+    next_sweep: usize,
 }
 
 struct Window {
@@ -35,7 +45,7 @@ struct Window {
 
 /// Fixed windows in process memory.
 pub struct MemoryRateLimiter {
-    windows: Mutex<HashMap<String, Window>>,
+    windows: Mutex<Windows>,
     sweep_above_keys: usize,
     closed: AtomicBool,
 }
@@ -84,11 +94,18 @@ impl RateLimiterDriver for MemoryRateLimiter {
             .windows
             .lock()
             .map_err(|_| PluginError::internal("the limiter lock is poisoned"))?;
-        if windows.len() > self.sweep_above_keys {
-            windows.retain(|_, w| now.duration_since(w.started) < w.length);
+        if windows.by_key.len() > windows.next_sweep.max(self.sweep_above_keys) {
+            windows.by_key.retain(|_, w| now.duration_since(w.started) < w.length);
+            windows.next_sweep = windows.by_key.len().saturating_mul(2);
         }
-        let window =
-            windows.entry(key.to_owned()).or_insert(Window { started: now, length, used: 0 });
+        let window = match windows.by_key.get_mut(key) {
+            Some(window) => window,
+            None => windows.by_key.entry(key.to_owned()).or_insert(Window {
+                started: now,
+                length,
+                used: 0,
+            }),
+        };
         if now.duration_since(window.started) >= window.length || window.length != length {
             *window = Window { started: now, length, used: 0 };
         }
@@ -114,8 +131,42 @@ impl RateLimiterDriver for MemoryRateLimiter {
     async fn shutdown(&self) -> Result<(), PluginError> {
         self.closed.store(true, Ordering::Release);
         if let Ok(mut windows) = self.windows.lock() {
-            windows.clear();
+            windows.by_key.clear();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sweeps_are_amortized_and_keep_live_windows() {
+        let limiter = MemoryRateLimiter::new("sweep_above_keys = 4").unwrap();
+        // Eight live keys, each used once: the sweep at five keeps all of them.
+        for i in 0..8 {
+            assert!(limiter.check(&format!("live-{i}"), 1, 2, 60_000).await.unwrap().allowed);
+        }
+        for i in 0..8 {
+            let decision = limiter.check(&format!("live-{i}"), 1, 2, 60_000).await.unwrap();
+            assert!(decision.allowed && decision.remaining == 0, "live-{i} lost its window");
+        }
+        {
+            let windows = limiter.windows.lock().unwrap();
+            assert_eq!(windows.by_key.len(), 8);
+            // The next sweep waits for twice the keys the last one left.
+            assert!(windows.next_sweep >= 8, "{}", windows.next_sweep);
+        }
+        // Windows that have passed are dropped by the next sweep.
+        for i in 0..20 {
+            limiter.check(&format!("short-{i}"), 1, 1, 1).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        for i in 0..20 {
+            limiter.check(&format!("later-{i}"), 1, 1, 60_000).await.unwrap();
+        }
+        let windows = limiter.windows.lock().unwrap();
+        assert!(windows.by_key.len() < 8 + 20 + 20, "expired windows were never swept");
     }
 }
