@@ -22,7 +22,7 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
@@ -63,33 +63,23 @@ impl OverLimit {
     }
 }
 
-/// When a connection last had bytes accepted by the client, for the write deadline.
-#[derive(Debug)]
+/// How many bytes the client has accepted, for the write deadline: a counter, not a clock,
+/// because it moves on every write of every connection and reading a clock there costs.
+#[derive(Debug, Default)]
 pub struct Progress {
-    origin: Instant,
-    last_write_ms: AtomicU64,
+    written: AtomicU64,
 }
 
 impl Progress {
-    fn new() -> Self {
-        Self { origin: Instant::now(), last_write_ms: AtomicU64::new(0) }
+    fn wrote(&self, n: usize) {
+        // One writer (the connection's task or hyper's), so no read-modify-write is needed.
+        let total = self.written.load(Ordering::Relaxed).wrapping_add(n as u64);
+        self.written.store(total, Ordering::Relaxed);
     }
 
-    fn wrote(&self) {
-        // Stored plus one, so that 0 means "never".
-        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.last_write_ms.store(ms + 1, Ordering::Relaxed);
-    }
-
-    /// When the client last accepted a byte (the accept time if never).
-    pub fn last_write(&self) -> Instant {
-        let ms = self.last_write_ms.load(Ordering::Relaxed).saturating_sub(1);
-        self.origin + Duration::from_millis(ms)
-    }
-
-    /// Whether the client was ever sent a byte.
-    fn wrote_any(&self) -> bool {
-        self.last_write_ms.load(Ordering::Relaxed) > 0
+    /// Bytes the client has accepted so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 }
 
@@ -193,7 +183,7 @@ impl Edge {
     /// Wrap an accepted stream: its IO for hyper and what its requests will know of it.
     pub fn accept(self: &Arc<Self>, stream: TcpStream, addr: SocketAddr) -> (EdgeIo, Peer) {
         let (ticket, over_limit) = self.admit(addr.ip());
-        let progress = Arc::new(Progress::new());
+        let progress = Arc::new(Progress::default());
         let io = EdgeIo { stream: Some(stream), ticket: Some(ticket), progress: progress.clone() };
         (io, Peer { addr, over_limit, progress })
     }
@@ -253,8 +243,8 @@ impl AsyncWrite for EdgeIo {
     ) -> Poll<io::Result<usize>> {
         let Some(stream) = self.stream.as_mut() else { return Poll::Ready(Err(gone())) };
         let written = Pin::new(stream).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            self.progress.wrote();
+        if let Poll::Ready(Ok(n)) = written {
+            self.progress.wrote(n);
         }
         written
     }
@@ -266,8 +256,8 @@ impl AsyncWrite for EdgeIo {
     ) -> Poll<io::Result<usize>> {
         let Some(stream) = self.stream.as_mut() else { return Poll::Ready(Err(gone())) };
         let written = Pin::new(stream).poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            self.progress.wrote();
+        if let Poll::Ready(Ok(n)) = written {
+            self.progress.wrote(n);
         }
         written
     }
@@ -300,7 +290,7 @@ impl Drop for EdgeIo {
         let linger = edge.settings.linger;
         // Lingering is for an answer the client may not have read yet; a connection that was
         // never answered (a slow request head) closes at once and frees its descriptor.
-        if linger.is_zero() || !self.progress.wrote_any() {
+        if linger.is_zero() || self.progress.written() == 0 {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };

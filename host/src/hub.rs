@@ -31,10 +31,14 @@ pub struct Closer {
     /// The close code, 0 while open.
     code: AtomicU16,
     notify: Notify,
-    /// Bytes enqueued and not yet taken by the connection's task.
+    /// Bytes of counted frames enqueued and not yet taken by the connection's task.
     queued_bytes: AtomicUsize,
-    /// The byte bound of the queue; 0 = none.
-    max_bytes: usize,
+    /// Frames of at most this many bytes are not counted: the frame bound already bounds
+    /// them, and counting costs two atomic operations shared between the publishing thread
+    /// and the connection's task on every delivery. `usize::MAX` with no byte bound.
+    small: usize,
+    /// The bound on counted bytes: with the small frames' most, the queue's byte bound.
+    max_counted: usize,
     /// Above this many queued bytes the connection counts as behind (congestion).
     behind_bytes: usize,
     /// Below this many free places in the queue the connection counts as behind.
@@ -46,13 +50,17 @@ impl Closer {
     /// which counts as behind when fuller than `watermark_percent`.
     pub fn new(max_frames: usize, max_bytes: usize, watermark_percent: u8) -> Self {
         let free = 100 - usize::from(watermark_percent.min(99));
+        // Small frames fill at most a quarter of the byte bound, counted ones the rest.
+        let small = if max_bytes == 0 { usize::MAX } else { max_bytes / max_frames.max(1) / 4 };
+        let max_counted = if max_bytes == 0 {
+            usize::MAX
+        } else {
+            max_bytes - small.saturating_mul(max_frames).min(max_bytes)
+        };
         Self {
-            max_bytes,
-            behind_bytes: if max_bytes == 0 {
-                usize::MAX
-            } else {
-                max_bytes.saturating_mul(usize::from(watermark_percent)) / 100
-            },
+            small,
+            max_counted,
+            behind_bytes: max_counted.saturating_mul(usize::from(watermark_percent)) / 100,
             behind_free: max_frames.saturating_mul(free) / 100,
             code: AtomicU16::new(0),
             notify: Notify::new(),
@@ -86,9 +94,16 @@ impl Closer {
         }
     }
 
-    /// The connection's task took `bytes` off its queue.
+    /// Whether a frame of `len` bytes counts against the byte bound.
+    pub fn counts(&self, len: usize) -> bool {
+        len > self.small
+    }
+
+    /// The connection's task took counted frames of `bytes` off its queue.
     pub fn dequeued(&self, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        if bytes > 0 {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
     }
 }
 
@@ -129,19 +144,22 @@ impl Conn {
     /// [`Conn::send`], also telling whether the queue is above the congestion watermark.
     pub fn deliver(&self, frame: &Utf8Bytes) -> Delivery {
         let closer = &*self.closer;
-        let len = frame.len();
-        let queued = closer.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
-        if closer.max_bytes > 0 && queued > closer.max_bytes {
-            closer.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            closer.close(codes::OVER_CAPACITY);
-            return Delivery::Refused;
+        let len = if closer.counts(frame.len()) { frame.len() } else { 0 };
+        let mut queued = 0;
+        if len > 0 {
+            queued = closer.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
+            if queued > closer.max_counted {
+                closer.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                closer.close(codes::OVER_CAPACITY);
+                return Delivery::Refused;
+            }
         }
         match self.queue.try_send(frame.clone()) {
             Ok(()) => Delivery::Queued {
                 behind: queued > closer.behind_bytes || self.queue.capacity() < closer.behind_free,
             },
             Err(error) => {
-                closer.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                closer.dequeued(len);
                 if matches!(error, mpsc::error::TrySendError::Full(_)) {
                     closer.close(codes::OVER_CAPACITY);
                 }
@@ -651,7 +669,7 @@ mod tests {
         // Two readers catch up; one behind of three is not congestion.
         for (rx, closer) in [(&mut fast_rx, &fast_closer), (&mut third_rx, &third_closer)] {
             while let Ok(f) = rx.try_recv() {
-                closer.dequeued(f.len());
+                closer.dequeued(if closer.counts(f.len()) { f.len() } else { 0 });
             }
         }
         assert!(!hub.congested("app", "ch", true));

@@ -94,6 +94,11 @@ mod raw {
     }
 }
 
+/// Wait until the labelled metric line `line` counts at least `n`.
+async fn counted(server: &Server, line: &str, n: f64) {
+    server.wait_for_labelled_metric(line, PATIENCE, |v| v >= n).await;
+}
+
 /// Whether the server closed `stream` (EOF or reset) within the patience.
 async fn closed_by_server(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 4096];
@@ -140,11 +145,7 @@ async fn slow_request_heads_are_cut_off_and_the_node_keeps_answering() {
     for stream in &mut slow {
         assert!(closed_by_server(stream).await, "a slow head was never cut off");
     }
-    server
-        .wait_for_labelled_metric("sockhost_edge_timeouts_total{kind=\"header\"}", PATIENCE, |v| {
-            v >= 1.0
-        })
-        .await;
+    counted(&server, "sockhost_edge_timeouts_total{kind=\"header\"}", 1.0).await;
 }
 
 #[tokio::test]
@@ -247,13 +248,7 @@ async fn a_frame_over_the_limit_gets_its_close_code_not_a_reset() {
     client.send_text(&"x".repeat(10 << 20)).await;
     client.expect_error(4300).await;
     assert_eq!(client.expect_close().await.0, 1009);
-    server
-        .wait_for_labelled_metric(
-            "sockhost_ws_protocol_errors_total{code=\"1009\"}",
-            PATIENCE,
-            |v| v >= 1.0,
-        )
-        .await;
+    counted(&server, "sockhost_ws_protocol_errors_total{code=\"1009\"}", 1.0).await;
 }
 
 #[tokio::test]
@@ -296,20 +291,8 @@ async fn channels_per_connection_and_subscription_rate_are_bounded() {
     client.send(json!({ "event": "pusher:subscribe", "data": { "channel": "e" } })).await;
     let refused = client.expect("pusher:subscription_error").await;
     assert_eq!(refused["data"]["status"], 429);
-    server
-        .wait_for_labelled_metric(
-            "sockhost_subscriptions_refused_total{reason=\"rate\"}",
-            PATIENCE,
-            |v| v >= 1.0,
-        )
-        .await;
-    server
-        .wait_for_labelled_metric(
-            "sockhost_subscriptions_refused_total{reason=\"channels\"}",
-            PATIENCE,
-            |v| v >= 1.0,
-        )
-        .await;
+    counted(&server, "sockhost_subscriptions_refused_total{reason=\"rate\"}", 1.0).await;
+    counted(&server, "sockhost_subscriptions_refused_total{reason=\"channels\"}", 1.0).await;
 }
 
 #[tokio::test]
@@ -330,16 +313,35 @@ async fn one_apps_webhook_flood_is_bounded_and_counted() {
         let channel = format!("cache-{i}");
         client.send(json!({ "event": "pusher:subscribe", "data": { "channel": channel } })).await;
     }
-    server
-        .wait_for_labelled_metric(
-            "sockhost_webhooks_dropped_total{reason=\"app_rate\"}",
-            PATIENCE,
-            |v| v >= 50.0,
-        )
-        .await;
+    counted(&server, "sockhost_webhooks_dropped_total{reason=\"app_rate\"}", 50.0).await;
     // What was within the allowance is delivered.
     let first = receiver.next().await;
     assert!(!first.names().is_empty());
+}
+
+/// Subscribe a client that never reads (a tiny receive window) to `flood`, then publish events
+/// of `size` bytes to it (at most `max`) until the metric line starting with `line` satisfies
+/// `done`, and wait for that; the stalled client.
+async fn flood_a_stalled_reader(
+    server: &Server,
+    size: usize,
+    max: usize,
+    line: &str,
+    done: impl Fn(f64) -> bool,
+) -> Client {
+    let app = TestApp::main();
+    let mut stalled = tiny_window_client(server, &app.key).await;
+    stalled.subscribe(&app, "flood").await;
+    let api = Api::new(&server.http_url(), &app);
+    let data = "x".repeat(size);
+    for _ in 0..max {
+        assert_eq!(api.trigger(&["flood"], "e", &data).await.0, 200);
+        if done(server.labelled_metric(line).await) {
+            break;
+        }
+    }
+    server.wait_for_labelled_metric(line, PATIENCE, done).await;
+    stalled
 }
 
 #[tokio::test]
@@ -348,25 +350,10 @@ async fn a_reader_that_stops_reading_is_closed_by_the_write_deadline() {
         .env("WEBSOCKET_WRITE_TIMEOUT_MS", "1000")
         .env("WEBSOCKET_MAX_BYTES", "0")
         .start();
-    let app = TestApp::main();
-    let mut stalled = tiny_window_client(&server, &app.key).await;
-    stalled.subscribe(&app, "flood").await;
-    let api = Api::new(&server.http_url(), &app);
-    let data = "x".repeat(90_000);
-    // Publish until the server gives up on the reader; bounded by the queue (1000 frames).
-    for _ in 0..400 {
-        assert_eq!(api.trigger(&["flood"], "e", &data).await.0, 200);
-        if server.labelled_metric("sockhost_edge_timeouts_total{kind=\"write\"}").await >= 1.0 {
-            break;
-        }
-    }
-    server
-        .wait_for_labelled_metric("sockhost_edge_timeouts_total{kind=\"write\"}", PATIENCE, |v| {
-            v >= 1.0
-        })
-        .await;
+    // Bounded by the queue (1000 frames): the write deadline must come first.
+    let line = "sockhost_edge_timeouts_total{kind=\"write\"}";
+    let _stalled = flood_a_stalled_reader(&server, 90_000, 400, line, |v| v >= 1.0).await;
     server.wait_for_metric("sockhost_connected", |v| v == 0.0).await;
-    drop(stalled);
 }
 
 #[tokio::test]
@@ -377,38 +364,24 @@ async fn the_keepalive_still_runs_while_a_write_is_blocked() {
         .env("WEBSOCKET_WRITE_TIMEOUT_MS", "600000")
         .env("WEBSOCKET_MAX_BYTES", "0")
         .start();
-    let app = TestApp::main();
-    let mut stalled = tiny_window_client(&server, &app.key).await;
-    stalled.subscribe(&app, "flood").await;
-    let api = Api::new(&server.http_url(), &app);
-    let data = "x".repeat(90_000);
-    for _ in 0..100 {
-        api.trigger(&["flood"], "e", &data).await;
-        if server.metric("sockhost_connected").await == 0.0 {
-            break;
-        }
-    }
     // Unanswered pings close it (4201), though its write never finished.
-    server.wait_for_metric("sockhost_connected", |v| v == 0.0).await;
+    let _stalled =
+        flood_a_stalled_reader(&server, 90_000, 100, "sockhost_connected ", |v| v == 0.0).await;
     assert_eq!(server.labelled_metric("sockhost_edge_timeouts_total{kind=\"write\"}").await, 0.0);
-    drop(stalled);
 }
 
 #[tokio::test]
 async fn a_queue_over_its_byte_bound_is_closed_with_4100() {
     let server = Server::builder().env("WEBSOCKET_MAX_BYTES", "200000").start();
+    // A reader that keeps up, so the stalled one is slower than the channel (alone, it would
+    // hold the publisher back instead: see the overload test).
     let app = TestApp::main();
-    let mut stalled = tiny_window_client(&server, &app.key).await;
-    stalled.subscribe(&app, "flood").await;
-    let api = Api::new(&server.http_url(), &app);
-    let data = "x".repeat(50_000);
-    for _ in 0..200 {
-        api.trigger(&["flood"], "e", &data).await;
-        if server.metric("sockhost_slow_consumer_disconnections_total").await >= 1.0 {
-            break;
-        }
-    }
-    server.wait_for_metric("sockhost_slow_consumer_disconnections_total", |v| v >= 1.0).await;
+    let mut reader = Client::connect(&server.ws_url(&app.key)).await;
+    reader.subscribe(&app, "flood").await;
+    let reading =
+        tokio::spawn(async move { while reader.next_within(PATIENCE).await.is_some() {} });
+    let line = "sockhost_slow_consumer_disconnections_total ";
+    let mut stalled = flood_a_stalled_reader(&server, 50_000, 200, line, |v| v >= 1.0).await;
     // The client gets the events that fit, then 4100.
     loop {
         match stalled.next().await {
@@ -419,6 +392,7 @@ async fn a_queue_over_its_byte_bound_is_closed_with_4100() {
             }
         }
     }
+    reading.abort();
 }
 
 /// The overload policy: a publisher faster than every reader is pushed back (delayed, then
@@ -494,13 +468,7 @@ async fn a_burst_pushes_back_the_publisher_and_closes_only_the_slowest_reader() 
     for reader in fast {
         assert_eq!(reader.await.unwrap(), accepted, "a fast reader missed accepted events");
     }
-    server
-        .wait_for_labelled_metric(
-            "sockhost_publish_pushback_total{outcome=\"refused\"}",
-            PATIENCE,
-            |v| v >= 1.0,
-        )
-        .await;
+    counted(&server, "sockhost_publish_pushback_total{outcome=\"refused\"}", 1.0).await;
     drop(slow);
 }
 

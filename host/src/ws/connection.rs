@@ -155,13 +155,15 @@ pub async fn run(
     };
     let write_timeout = ctx.settings.ws_write_timeout;
     let timer = tokio::time::sleep(activity_timeout);
+    // The write deadline, re-armed whenever a write blocks.
+    let stall = tokio::time::sleep(write_timeout);
     // Made once, not per loop turn: registering with a notifier on every message costs.
     let close_requested = closer.wait();
     let shutting_down = ctx.shutdown.cancelled();
     // Apps that require sign-in give a connection this long to do it.
     let signin_required = app.enable_user_authentication;
     let signin_deadline = tokio::time::sleep(ctx.settings.user_authentication_timeout);
-    tokio::pin!(timer, close_requested, shutting_down, signin_deadline);
+    tokio::pin!(timer, stall, close_requested, shutting_down, signin_deadline);
 
     let close_code = loop {
         tokio::select! {
@@ -172,31 +174,45 @@ pub async fn run(
             frame = outbound.recv() => {
                 let Some(frame) = frame else { break codes::RECONNECT };
                 // A client that stops reading blocks this write. While it is blocked, a close
-                // request, the keepalive and sign-in timers and the write deadline still run.
-                let started = Instant::now();
+                // request, the keepalive and sign-in timers and the write deadline still run;
+                // they are armed only for a write that does not complete at once.
                 let write = write_batch(&mut sink, frame, &mut outbound, &ctx, &closer);
-                let stall = tokio::time::sleep(write_timeout);
-                tokio::pin!(write, stall);
-                let ended = loop {
-                    tokio::select! {
-                        biased;
-                        () = &mut close_requested => break Some(closer.requested().unwrap_or(codes::RECONNECT)),
-                        () = &mut shutting_down => break Some(codes::RECONNECT),
-                        () = &mut signin_deadline, if signin_required && !session.signed_in() => break Some(codes::UNAUTHORIZED),
-                        () = &mut timer => {
-                            if let Some(code) = keepalive.on_timer(timer.as_mut(), &conn) {
-                                break Some(code);
+                tokio::pin!(write);
+                let at_once = tokio::select! {
+                    biased;
+                    written = &mut write => Some(written),
+                    () = std::future::ready(()) => None,
+                };
+                let ended = match at_once {
+                    Some(written) => written.is_err().then_some(0),
+                    None => {
+                        // The deadline passes only after a whole `write_timeout` in which the
+                        // client accepted no byte.
+                        let mut seen = peer.as_ref().map(|p| p.progress.written());
+                        stall.as_mut().reset(Instant::now() + write_timeout);
+                        loop {
+                            tokio::select! {
+                                biased;
+                                () = &mut close_requested => break Some(closer.requested().unwrap_or(codes::RECONNECT)),
+                                () = &mut shutting_down => break Some(codes::RECONNECT),
+                                () = &mut signin_deadline, if signin_required && !session.signed_in() => break Some(codes::UNAUTHORIZED),
+                                () = &mut timer => {
+                                    if let Some(code) = keepalive.on_timer(timer.as_mut(), &conn) {
+                                        break Some(code);
+                                    }
+                                }
+                                () = &mut stall => {
+                                    let now = peer.as_ref().map(|p| p.progress.written());
+                                    if now == seen {
+                                        Metrics::count(&ctx.metrics.edge_timeouts, "kind", "write");
+                                        break Some(codes::OVER_CAPACITY);
+                                    }
+                                    seen = now;
+                                    stall.as_mut().reset(Instant::now() + write_timeout);
+                                }
+                                written = &mut write => break written.is_err().then_some(0),
                             }
                         }
-                        () = &mut stall => {
-                            let last = peer.as_ref().map_or(started, |p| Instant::from_std(p.progress.last_write()).max(started));
-                            if last.elapsed() >= write_timeout {
-                                Metrics::count(&ctx.metrics.edge_timeouts, "kind", "write");
-                                break Some(codes::OVER_CAPACITY);
-                            }
-                            stall.as_mut().reset(last + write_timeout);
-                        }
-                        written = &mut write => break written.is_err().then_some(0),
                     }
                 };
                 if let Some(code) = ended {
@@ -264,18 +280,20 @@ async fn write_batch(
     ctx: &Ctx,
     closer: &Closer,
 ) -> Result<(), axum::Error> {
-    let mut bytes = first.len();
+    let counted = |frame: &Utf8Bytes| if closer.counts(frame.len()) { frame.len() } else { 0 };
+    let (mut bytes, mut taken) = (first.len(), counted(&first));
     sink.feed(Message::Text(first)).await?;
     let mut count = 1;
     while count < WRITE_BATCH {
         let Ok(frame) = outbound.try_recv() else { break };
         bytes += frame.len();
+        taken += counted(&frame);
         sink.feed(Message::Text(frame)).await?;
         count += 1;
     }
     // Frames count against the queue's byte bound until they are handed to the socket (a
     // blocked write keeps them counted; a failed one ends the connection).
-    closer.dequeued(bytes);
+    closer.dequeued(taken);
     ctx.metrics.ws_messages_sent.inc_by(count as u64);
     ctx.metrics.ws_bytes_sent.inc_by(bytes as u64);
     sink.flush().await
