@@ -283,30 +283,13 @@ impl Adapter {
         conns.len() + remote
     }
 
-    /// Which of `user_ids` are online on any node.
-    pub async fn online(&self, app_id: &str, user_ids: &[String]) -> Vec<String> {
+    /// Which of `user_ids` are online on any node: this node's sign-ins and the ones the other
+    /// nodes replicate, so a watchlist never waits for a peer's answer.
+    pub fn online(&self, app_id: &str, user_ids: &[String]) -> Vec<String> {
         let mut online: Vec<String> = self.hub.online(app_id, user_ids);
-        let query = json!({ "kind": "online", "app": app_id, "ids": user_ids });
-        // Every id already online: no need to hear from the other nodes.
-        if online.len() == user_ids.len() {
-            return online;
-        }
-        let missing = user_ids.len() - online.len();
-        let enough = |answers: &[Value]| {
-            let found: HashSet<&str> = answers
-                .iter()
-                .flat_map(|a| {
-                    a["online"].as_array().into_iter().flatten().filter_map(Value::as_str)
-                })
-                .filter(|id| !online.iter().any(|o| o == id))
-                .collect();
-            found.len() >= missing
-        };
-        for answer in self.cluster.request(query, true, enough).await.answers {
-            for id in answer["online"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-                if !online.iter().any(|o| o == id) {
-                    online.push(id.to_string());
-                }
+        for id in user_ids {
+            if !online.contains(id) && self.cluster.online.elsewhere(app_id, id) {
+                online.push(id.clone());
             }
         }
         online

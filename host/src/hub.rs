@@ -277,7 +277,7 @@ impl Hub {
         let app = self.app(app_id);
         app.connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (max == 0 || n + elsewhere < max).then_some(n + 1)
+                (max == 0 || n.saturating_add(elsewhere) < max).then_some(n + 1)
             })
             .is_ok()
     }

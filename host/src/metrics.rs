@@ -56,6 +56,8 @@ pub struct Metrics {
     pub bus_broadcasts_received: Counter,
     /// Bus messages this node could not read.
     pub bus_refused: Counter,
+    /// Publishes to the bus the transport refused (back-pressure, backend down).
+    pub bus_publish_refused: Counter,
     /// Nodes found dead (silent past the node timeout).
     pub dead_nodes: Counter,
     /// Requests and events refused by a rate limit.
@@ -109,6 +111,7 @@ impl Metrics {
             cluster_nodes: Gauge::default(),
             bus_broadcasts_received: Counter::default(),
             bus_refused: Counter::default(),
+            bus_publish_refused: Counter::default(),
             dead_nodes: Counter::default(),
             rate_limited: Counter::default(),
             rate_limiter_errors: Counter::default(),
@@ -207,6 +210,11 @@ impl Metrics {
             "bus_refused",
             "Bus messages this node could not read",
             metrics.bus_refused.clone(),
+        );
+        registry.register(
+            "bus_publish_refused",
+            "Publishes to the other nodes the transport refused (back-pressure, backend down)",
+            metrics.bus_publish_refused.clone(),
         );
         registry.register("dead_nodes", "Nodes found dead", metrics.dead_nodes.clone());
         registry.register(

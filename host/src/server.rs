@@ -70,7 +70,11 @@ impl Ctx {
     /// A context over `settings` and `drivers`.
     pub fn new(settings: Settings, drivers: Drivers) -> Self {
         let metrics = Metrics::new(&settings.metrics_prefix, drivers.counters.clone());
-        let cluster = Cluster::new(drivers.transport.clone(), settings.cluster.clone());
+        let cluster = Cluster::new(
+            drivers.transport.clone(),
+            settings.cluster.clone(),
+            metrics.bus_publish_refused.clone(),
+        );
         let edge = Edge::new(&settings.edge, &metrics);
         Self {
             edge,

@@ -2,6 +2,7 @@
 //! the real `libsockhost_redis.so`; plus what is this transport's own: the shared database
 //! table, and Redis over TLS.
 
+use serde_json::json;
 use sockhost_tests::{
     backends::RedisServer,
     cluster::{Bus, nodes, refused, scenarios},
@@ -50,4 +51,30 @@ async fn a_server_whose_certificate_the_node_does_not_trust_is_refused_at_start(
         log.contains("transport driver `redis`") && log.to_lowercase().contains("certificate"),
         "{log}"
     );
+}
+
+/// A silent peer delays a subscription count (it asks every node), never the connection:
+/// the subscriber's next message is answered first.
+#[tokio::test]
+async fn a_silent_peer_does_not_stall_a_subscribe() {
+    let (_redis, bus) = start();
+    let extra = "[[app_manager.array.apps]]\nid = \"counting\"\nkey = \"counting-key\"\n\
+                 secret = \"counting-secret\"\nenable_subscription_count = true\n";
+    let servers = nodes(&bus, 2, extra).await;
+    let app = TestApp::new("counting", "counting-key", "counting-secret");
+    let mut client = Client::connect(&servers[0].ws_url(&app.key)).await;
+    let pid = servers[1].pid().to_string();
+    let signal = |which: &str| {
+        std::process::Command::new("kill").args([which, &pid]).status().unwrap();
+    };
+    signal("-STOP");
+    client.send(json!({ "event": "pusher:subscribe", "data": { "channel": "counted" } })).await;
+    client.send(json!({ "event": "pusher:ping", "data": {} })).await;
+    let order: Vec<String> = [client.expect_any().await, client.expect_any().await]
+        .iter()
+        .map(|m| m["event"].as_str().unwrap().to_string())
+        .collect();
+    signal("-CONT");
+    assert_eq!(order, ["pusher_internal:subscription_succeeded", "pusher:pong"]);
+    client.expect("pusher_internal:subscription_count").await;
 }

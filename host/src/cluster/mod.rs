@@ -24,6 +24,7 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::metrics::counter::Counter;
 use serde_json::{Value, json};
 use tokio::{
     sync::{mpsc, oneshot},
@@ -31,7 +32,10 @@ use tokio::{
 };
 
 use self::envelope::{Body, Control, Envelope};
-use crate::plugins::{ErrorCode, Transport};
+use crate::{
+    plugins::{ErrorCode, Transport},
+    telemetry::LogLimiter,
+};
 
 /// The topic every node listens to.
 pub const CONTROL: &str = "#control";
@@ -90,6 +94,9 @@ pub struct Cluster {
     connections: Mutex<HashMap<u64, HashMap<String, u64>>>,
     /// Users signed in on each other node, as (app, user).
     pub online: PerNode,
+    /// Publishes the transport refused (back-pressure, or the backend down).
+    publish_refused: Counter,
+    refusals_logged: LogLimiter,
 }
 
 /// Pairs of names (app and channel, or app and user) that each other node holds.
@@ -162,7 +169,12 @@ pub struct Answers {
 
 impl Cluster {
     /// A cluster layer over `transport`; starts the task that keeps topic subscriptions.
-    pub fn new(transport: Arc<Transport>, settings: ClusterSettings) -> Arc<Self> {
+    /// Every publish the transport refuses is counted in `publish_refused`.
+    pub fn new(
+        transport: Arc<Transport>,
+        settings: ClusterSettings,
+        publish_refused: Counter,
+    ) -> Arc<Self> {
         let (interest, ops) = mpsc::unbounded_channel();
         let node_id = loop {
             let id = rand::random::<u64>() >> 1;
@@ -182,6 +194,8 @@ impl Cluster {
             occupancy: PerNode::default(),
             connections: Mutex::default(),
             online: PerNode::default(),
+            publish_refused,
+            refusals_logged: LogLimiter::default(),
         });
         tokio::spawn(keep_interest(cluster.transport.clone(), ops));
         cluster
@@ -219,7 +233,13 @@ impl Cluster {
 
     /// The app's connections on the other nodes, as their last heartbeats said.
     pub fn remote_connections(&self, app: &str) -> u64 {
-        self.connections.lock().expect("cluster lock").values().filter_map(|c| c.get(app)).sum()
+        // Counts come from peers: a huge one must not wrap the sum (in release) into a small one.
+        self.connections
+            .lock()
+            .expect("cluster lock")
+            .values()
+            .filter_map(|c| c.get(app))
+            .fold(0u64, |sum, n| sum.saturating_add(*n))
     }
 
     /// Forget `node` and all it told: its presence members, occupied channels, signed-in users
@@ -271,7 +291,15 @@ impl Cluster {
         if let Err(error) =
             self.transport.try_publish(&channel_topic(app, channel), self.envelope(body))
         {
-            tracing::warn!(%error, channel, "A broadcast could not be published to the other nodes.");
+            self.refused(&error, channel);
+        }
+    }
+
+    /// Count a publish the transport refused; log it at most once a second.
+    fn refused(&self, error: &dyn std::fmt::Display, topic: &str) {
+        self.publish_refused.inc();
+        if self.refusals_logged.allow() {
+            tracing::warn!(%error, topic, "Publishes to the other nodes are being refused (counted in bus_publish_refused).");
         }
     }
 
@@ -279,7 +307,7 @@ impl Cluster {
     pub fn send_control(&self, topic: &str, control: Control) {
         if let Err(error) = self.transport.try_publish(topic, self.envelope(Body::Control(control)))
         {
-            tracing::warn!(%error, topic, "A control message could not be published.");
+            self.refused(&error, topic);
         }
     }
 
@@ -406,29 +434,30 @@ impl Cluster {
     }
 
     /// The members a full state from `node` touches: those it held before (info `None`) and
-    /// those in `state` (with their info), as (app, channel, user, info).
+    /// those in `state` (with their info), as (app, channel, user, info). Linear in the members:
+    /// a sync of tens of thousands must not stall the bus reader.
     pub fn members_of(
         &self,
         node: u64,
         state: &Value,
     ) -> Vec<(String, String, String, Option<Value>)> {
-        let mut out = Vec::new();
+        let mut touched: HashMap<(String, String, String), Option<Value>> = HashMap::new();
         if let Some(old) = self.presence.lock().expect("cluster lock").get(&node) {
             for ((app, channel), users) in &old.members {
                 for user in users.keys() {
-                    out.push((app.clone(), channel.clone(), user.clone(), None));
+                    touched.insert((app.clone(), channel.clone(), user.clone()), None);
                 }
             }
         }
         for (app, channels) in state.as_object().into_iter().flatten() {
             for (channel, users) in channels.as_object().into_iter().flatten() {
                 for (user, info) in users.as_object().into_iter().flatten() {
-                    out.retain(|(a, c, u, _)| !(a == app && c == channel && u == user));
-                    out.push((app.clone(), channel.clone(), user.clone(), Some(info.clone())));
+                    touched
+                        .insert((app.clone(), channel.clone(), user.clone()), Some(info.clone()));
                 }
             }
         }
-        out
+        touched.into_iter().map(|((app, channel, user), info)| (app, channel, user, info)).collect()
     }
 
     /// Members of a presence channel on the other nodes: user -> info.

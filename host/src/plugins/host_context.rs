@@ -61,6 +61,7 @@ pub struct PluginHost {
     plugin: Arc<str>,
     inbox: Option<mpsc::Sender<Incoming>>,
     counters: Arc<PluginCounters>,
+    drops_logged: Arc<crate::telemetry::LogLimiter>,
 }
 
 impl PluginHost {
@@ -70,7 +71,7 @@ impl PluginHost {
         inbox: Option<mpsc::Sender<Incoming>>,
         counters: Arc<PluginCounters>,
     ) -> Self {
-        Self { plugin: plugin.into(), inbox, counters }
+        Self { plugin: plugin.into(), inbox, counters, drops_logged: Default::default() }
     }
 
     /// As the FFI object constructors take.
@@ -85,6 +86,12 @@ impl HostContext for PluginHost {
         // try_send needs no runtime: this runs on a plugin thread.
         if inbox.try_send(Incoming { topic: topic.into(), payload }).is_err() {
             self.counters.add(&self.plugin, "host_inbox_dropped", 1);
+            if self.drops_logged.allow() {
+                tracing::warn!(
+                    plugin = %self.plugin,
+                    "Bus messages are being dropped: the host's inbox is full (counted in plugin_events{{name=\"host_inbox_dropped\"}})."
+                );
+            }
         }
     }
 

@@ -197,7 +197,7 @@ impl Session {
                     self.replay_cache(name).await;
                 }
                 if outcome.new_subscriber && !presence {
-                    self.subscription_count_changed(name).await;
+                    self.subscription_count_changed(name);
                 }
             }
         }
@@ -224,19 +224,23 @@ impl Session {
     }
 
     /// Tell the channel's subscribers (and the webhook) its new subscription count, if the app
-    /// wants it.
-    async fn subscription_count_changed(&self, name: &str) {
+    /// wants it. The count asks the other nodes, so it runs off the connection's task: a
+    /// silent peer delays the count (up to `adapter.requests_timeout_ms`), never the
+    /// connection's next message.
+    fn subscription_count_changed(&self, name: &str) {
         if !self.app.enable_subscription_count {
             return;
         }
-        let count = self.ctx.adapter.channel_info(&self.app.id, name).await.subscription_count;
-        if count > 0 {
-            let frame = Utf8Bytes::from(frames::subscription_count(name, count));
-            self.ctx.adapter.broadcast(&self.app.id, name, &frame, None);
-        }
-        self.webhook(
-            json!({ "name": "subscription_count", "channel": name, "subscription_count": count }),
-        );
+        let (ctx, app, name) = (self.ctx.clone(), self.app.clone(), name.to_string());
+        tokio::spawn(async move {
+            let count = ctx.adapter.channel_info(&app.id, &name).await.subscription_count;
+            if count > 0 {
+                let frame = Utf8Bytes::from(frames::subscription_count(&name, count));
+                ctx.adapter.broadcast(&app.id, &name, &frame, None);
+            }
+            let hook = json!({ "name": "subscription_count", "channel": name, "subscription_count": count });
+            ctx.webhooks.emit(&ctx, &app, hook);
+        });
     }
 
     /// Parse and check presence `channel_data`.
@@ -285,7 +289,7 @@ impl Session {
         if outcome.vacated {
             node::occupancy_event(&self.ctx, &self.app.id, name, false);
         } else if outcome.was_subscribed && user_id.is_none() {
-            self.subscription_count_changed(name).await;
+            self.subscription_count_changed(name);
         }
     }
 
@@ -334,7 +338,7 @@ impl Session {
         }
         if !watchlist.is_empty() {
             self.ctx.adapter.hub().watch(&self.app.id, &self.conn, &watchlist);
-            let online = self.ctx.adapter.online(&self.app.id, &watchlist).await;
+            let online = self.ctx.adapter.online(&self.app.id, &watchlist);
             if !online.is_empty() {
                 self.send(frames::watchlist_event("online", &online));
             }
