@@ -203,3 +203,58 @@ fn the_server_refuses_to_start_without_the_transport_it_needs() {
         "{text}"
     );
 }
+
+#[test]
+fn a_manifest_others_could_change_is_refused() {
+    let dir = private_dir();
+    let manifest = write_manifest(dir.path(), "");
+    std::fs::set_permissions(&manifest, std::fs::Permissions::from_mode(0o646)).unwrap();
+    let out = sockhost(&workspace_root(), &["plugins", "list", "--plugins", &manifest]);
+    let text = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("plugins.toml: refused: unsafe permissions:"), "{text}");
+}
+
+#[test]
+fn a_plugin_below_a_directory_anyone_can_write_is_refused_unless_it_is_sticky() {
+    let dir = private_dir();
+    let open = dir.path().join("open");
+    let inner = open.join("inner");
+    std::fs::create_dir_all(&inner).unwrap();
+    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let plugin = copy_with_mode(&cdylib("sockhost_local"), &inner, "libcopy.so", 0o755);
+    let check = || sockhost(&workspace_root(), &["plugins", "check", plugin.to_str().unwrap()]);
+
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = check();
+    let refusal = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{refusal}");
+    let open_name = open.canonicalize().unwrap();
+    assert!(
+        refusal.contains(&format!(
+            "unsafe permissions: {} is writable by anyone (mode 777) and not sticky",
+            open_name.display()
+        )),
+        "{refusal}"
+    );
+    // Sticky, as /tmp: nobody can replace another user's entry, so it is safe.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = check();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_plugin_owned_by_another_user_is_refused() {
+    let dir = private_dir();
+    let plugin = copy_with_mode(&cdylib("sockhost_local"), dir.path(), "libcopy.so", 0o755);
+    // Giving a file away needs root (as CI runs); as another user there is no such file to
+    // make, and nothing to check.
+    if std::os::unix::fs::chown(&plugin, Some(65534), Some(65534)).is_err() {
+        eprintln!("not root: cannot give a file to another user; nothing to check");
+        return;
+    }
+    let out = sockhost(&workspace_root(), &["plugins", "check", plugin.to_str().unwrap()]);
+    let text = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("untrusted owner:") && text.contains("belongs to uid 65534"), "{text}");
+}

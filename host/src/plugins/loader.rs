@@ -5,7 +5,7 @@
 
 use std::{
     io::Read,
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{MetadataExt as _, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -25,6 +25,24 @@ pub enum LoadError {
     #[error("unsafe permissions: {} is writable by group or others (mode {mode:o}); run chmod go-w on it", .path.display())]
     Permissions {
         /// The file or directory at fault.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Owned by someone who is neither root nor the server's user: they could replace it.
+    #[error("untrusted owner: {} belongs to uid {owner}, neither root nor the server's user (uid {server}); chown it", .path.display())]
+    Owner {
+        /// The file at fault.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The server's effective uid.
+        server: u32,
+    },
+    /// A directory on the way to the file lets anyone replace what is below it.
+    #[error("unsafe permissions: {} is writable by anyone (mode {mode:o}) and not sticky, so anyone could replace what is below it; run chmod o-w on it", .path.display())]
+    AncestorPermissions {
+        /// The directory at fault.
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
@@ -65,18 +83,50 @@ impl std::fmt::Debug for LoadedPlugin {
     }
 }
 
-/// Check the file at `path` and load it. `pin` is the manifest's expected SHA-256, if any.
-pub fn load(path: &Path, pin: Option<&str>) -> Result<LoadedPlugin, LoadError> {
-    let path = path.canonicalize().map_err(|e| LoadError::Unreadable(e.to_string()))?;
-    let meta = std::fs::metadata(&path).map_err(|e| LoadError::Unreadable(e.to_string()))?;
+/// Check that only the server's user or root can change the file at `path` (a plugin library
+/// or the manifest that names them), as sshd's StrictModes does: a regular file, owned by root
+/// or the server's user, not writable by group or others, in a directory not writable by
+/// group or others, below directories up to `/` that are not writable by anyone unless sticky
+/// (as `/tmp` is: there nobody can replace another user's entry). The canonical path.
+pub fn check_trusted(path: &Path) -> Result<PathBuf, LoadError> {
+    let unreadable = |e: std::io::Error| LoadError::Unreadable(e.to_string());
+    let path = path.canonicalize().map_err(unreadable)?;
+    let meta = std::fs::metadata(&path).map_err(unreadable)?;
     if !meta.is_file() {
         return Err(LoadError::NotAFile);
     }
     check_not_shared_writable(&path, meta.permissions().mode())?;
-    if let Some(dir) = path.parent() {
-        let dir_meta = std::fs::metadata(dir).map_err(|e| LoadError::Unreadable(e.to_string()))?;
+    if let Some(server) = server_uid()
+        && meta.uid() != 0
+        && meta.uid() != server
+    {
+        return Err(LoadError::Owner { path, owner: meta.uid(), server });
+    }
+    let mut ancestors = path.ancestors().skip(1);
+    if let Some(dir) = ancestors.next() {
+        let dir_meta = std::fs::metadata(dir).map_err(unreadable)?;
         check_not_shared_writable(dir, dir_meta.permissions().mode())?;
     }
+    for dir in ancestors {
+        let mode = std::fs::metadata(dir).map_err(unreadable)?.permissions().mode();
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(LoadError::AncestorPermissions {
+                path: dir.to_path_buf(),
+                mode: mode & 0o7777,
+            });
+        }
+    }
+    Ok(path)
+}
+
+/// The server's effective uid: the owner of its `/proc/self` (Linux); `None` if unknown.
+fn server_uid() -> Option<u32> {
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// Check the file at `path` and load it. `pin` is the manifest's expected SHA-256, if any.
+pub fn load(path: &Path, pin: Option<&str>) -> Result<LoadedPlugin, LoadError> {
+    let path = check_trusted(path)?;
     let sha256 = file_sha256(&path)?;
     if let Some(expected) = pin
         && !expected.eq_ignore_ascii_case(&sha256)

@@ -18,6 +18,15 @@ pub enum ManifestError {
         /// Why.
         source: std::io::Error,
     },
+    /// Someone other than root or the server's user could change the manifest, and with it
+    /// which code the server runs.
+    #[error("{}: refused: {reason}", .path.display())]
+    Untrusted {
+        /// The manifest's path.
+        path: PathBuf,
+        /// Why, as for a plugin file.
+        reason: super::loader::LoadError,
+    },
     /// The file is not a valid manifest.
     #[error("{}: {message}", .path.display())]
     Invalid {
@@ -77,8 +86,11 @@ impl Manifest {
             .ok_or_else(|| ManifestError::NotFound(candidates.to_vec()))
     }
 
-    /// Read and parse the manifest at `path`; relative plugin paths resolve against `exe_dir`.
+    /// Check the manifest at `path` like a plugin file (it decides which code runs), then read
+    /// and parse it; relative plugin paths resolve against `exe_dir`.
     pub fn read(path: &Path, exe_dir: &Path) -> Result<Self, ManifestError> {
+        super::loader::check_trusted(path)
+            .map_err(|reason| ManifestError::Untrusted { path: path.to_path_buf(), reason })?;
         let text = std::fs::read_to_string(path)
             .map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
         Self::parse(&text, path, exe_dir)
