@@ -81,6 +81,8 @@ impl Adapter {
             Default::default()
         };
         let member = join.as_ref().map(|j| (j.user_id.clone(), j.user_info.clone()));
+        // The member limit holds for the whole cluster: the registry's members count too.
+        let join = join.map(|join| Join { elsewhere: remote.keys().cloned().collect(), ..join });
         let subscribed = self.hub.subscribe(app_id, channel, conn, join, |local| {
             let local: Vec<(&str, &Value)> = local.collect();
             let ids: HashSet<&str> = local.iter().map(|(id, _)| *id).collect();

@@ -219,8 +219,11 @@ pub struct Join {
     pub user_id: String,
     /// The user info.
     pub user_info: Value,
-    /// How many distinct users the channel may hold.
+    /// How many distinct users the channel may hold, on every node together.
     pub max_members: usize,
+    /// The channel's members on other nodes (from the replicated registry), so the limit
+    /// counts them too.
+    pub elsewhere: HashSet<String>,
 }
 
 /// What a subscription did.
@@ -321,7 +324,10 @@ impl Hub {
                     member.info = join.user_info;
                 }
                 None => {
-                    if members.len() >= join.max_members {
+                    // Distinct users on every node; a user already present elsewhere adds none.
+                    let others = join.elsewhere.iter().filter(|id| !members.contains_key(*id));
+                    let distinct = members.len() + others.count();
+                    if !join.elsewhere.contains(&join.user_id) && distinct >= join.max_members {
                         if entry.subscribers.is_empty() && members.is_empty() {
                             channels.remove(channel);
                         }

@@ -78,3 +78,35 @@ async fn a_silent_peer_does_not_stall_a_subscribe() {
     assert_eq!(order, ["pusher_internal:subscription_succeeded", "pusher:pong"]);
     client.expect("pusher_internal:subscription_count").await;
 }
+
+/// The presence member limit counts the members on every node: with a limit of two, a third
+/// user is refused on either node once the other node's member has reached it.
+#[tokio::test]
+async fn the_presence_member_limit_holds_for_the_cluster() {
+    let (_redis, bus) = start();
+    let servers = nodes(&bus, 2, "").await;
+    let app = TestApp::small();
+    let channel = "presence-room";
+    let mut first = Client::connect(&servers[0].ws_url(&app.key)).await;
+    first.join(&app, channel, "1", json!({})).await;
+    let mut second = Client::connect(&servers[1].ws_url(&app.key)).await;
+    let members = second.join(&app, channel, "2", json!({})).await;
+    // Each node knows the other's member once its own member is told (in the members it got,
+    // or by a member_added when the replication came after).
+    if !members["presence"]["ids"].as_array().unwrap().contains(&json!("1")) {
+        second.expect("pusher_internal:member_added").await;
+    }
+    let added = first.expect("pusher_internal:member_added").await;
+    assert!(added["data"].as_str().unwrap().contains("\"2\""), "{added}");
+    for server in &servers {
+        let mut third = Client::connect(&server.ws_url(&app.key)).await;
+        let data = json!({ "user_id": "3" }).to_string();
+        let auth = app.auth(&third.socket_id, channel, Some(&data));
+        let refused = third.subscribe_raw(channel, Some(auth), Some(data)).await;
+        assert_eq!(refused["event"], "pusher:subscription_error", "{refused}");
+        assert_eq!(refused["data"]["type"], "LimitReached", "{refused}");
+    }
+    // A member already present on the other node may open a connection here.
+    let mut again = Client::connect(&servers[0].ws_url(&app.key)).await;
+    again.join(&app, channel, "2", json!({})).await;
+}

@@ -86,7 +86,7 @@ pub struct Cluster {
     seq: AtomicU64,
     members: Mutex<HashMap<u64, Instant>>,
     presence: Mutex<HashMap<u64, NodePresence>>,
-    pending: Mutex<HashMap<u64, mpsc::UnboundedSender<Value>>>,
+    pending: Mutex<HashMap<u64, mpsc::Sender<Value>>>,
     interest: mpsc::UnboundedSender<InterestOp>,
     /// Channels with a subscriber on each other node, as (app, channel).
     pub occupancy: PerNode,
@@ -348,8 +348,13 @@ impl Cluster {
             return Answers { answers: Vec::new(), complete: true };
         }
         let id = rand::random::<u64>();
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        // Room for every peer's answer; extra answers (a peer answering twice, or forging
+        // answers) are dropped rather than queued.
+        let (tx, mut rx) = mpsc::channel(expected.saturating_mul(2));
         self.pending.lock().expect("cluster lock").insert(id, tx);
+        // Removed however this ends, also when the waiter goes away (an HTTP client that
+        // disconnects drops this future mid-wait).
+        let _pending = PendingGuard { pending: &self.pending, id };
         self.send_control(CONTROL, Control::Request { id, query });
         let wait = if fast {
             Duration::from_millis(50 * u64::try_from(expected).unwrap_or(u64::MAX))
@@ -370,7 +375,6 @@ impl Cluster {
                 break;
             }
         }
-        self.pending.lock().expect("cluster lock").remove(&id);
         let complete = settled || answers.len() >= expected;
         if !complete {
             tracing::warn!(
@@ -385,7 +389,7 @@ impl Cluster {
     /// Route an answer to the request waiting for it.
     pub fn answered(&self, id: u64, answer: Value) {
         if let Some(tx) = self.pending.lock().expect("cluster lock").get(&id) {
-            let _ = tx.send(answer);
+            let _ = tx.try_send(answer);
         }
     }
 
@@ -483,6 +487,20 @@ impl Cluster {
             .expect("cluster lock")
             .values()
             .any(|n| n.members.get(&key).is_some_and(|u| u.contains_key(user)))
+    }
+}
+
+/// Removes a request's entry from the pending map when the request ends, however it ends.
+struct PendingGuard<'a> {
+    pending: &'a Mutex<HashMap<u64, mpsc::Sender<Value>>>,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&self.id);
+        }
     }
 }
 

@@ -260,7 +260,12 @@ impl Session {
         if size > max {
             return Err((format!("user_info is {size} bytes; the limit is {max}"), 413));
         }
-        Ok(Join { user_id, user_info, max_members: self.app.limits.max_presence_members })
+        Ok(Join {
+            user_id,
+            user_info,
+            max_members: self.app.limits.max_presence_members,
+            elsewhere: Default::default(),
+        })
     }
 
     /// Leave a channel at the client's request. It counts against the subscription rate but is
