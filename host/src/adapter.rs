@@ -179,6 +179,32 @@ impl Adapter {
         sent
     }
 
+    /// Count a new connection of the app if it is under `max` (0 = unlimited), with socket
+    /// counting on the whole cluster's connections (the other nodes' from their heartbeats).
+    pub fn admit(&self, app_id: &str, max: u64) -> bool {
+        let elsewhere = if self.cluster.settings().socket_counting {
+            self.cluster.remote_connections(app_id)
+        } else {
+            0
+        };
+        self.hub.admit(app_id, max, elsewhere)
+    }
+
+    /// Forget a connection counted by [`Adapter::admit`].
+    pub fn release(&self, app_id: &str) {
+        self.hub.release(app_id);
+    }
+
+    /// Make `conn` a watcher of each of `user_ids`.
+    pub fn watch(&self, app_id: &str, conn: &Conn, user_ids: &[String]) {
+        self.hub.watch(app_id, conn, user_ids);
+    }
+
+    /// Stop `socket_id` watching `user_ids`.
+    pub fn unwatch(&self, app_id: &str, socket_id: &str, user_ids: &[String]) {
+        self.hub.unwatch(app_id, socket_id, user_ids);
+    }
+
     /// Wait while most of `channel`'s subscribers on this node are behind, up to `max_wait`.
     /// Only this node's subscribers are looked at: events published on other nodes reach them
     /// over the bus, where a full queue still closes the slow reader with 4100.

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub bus_refused: Counter,
     /// Publishes to the bus the transport refused (back-pressure, backend down).
     pub bus_publish_refused: Counter,
+    /// Bus messages refused by the cluster secret, by reason (`missing`, `tag`, `stale`,
+    /// `replay`).
+    pub bus_unauthenticated: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Nodes found dead (silent past the node timeout).
     pub dead_nodes: Counter,
     /// Requests and events refused by a rate limit.
@@ -112,6 +115,7 @@ impl Metrics {
             bus_broadcasts_received: Counter::default(),
             bus_refused: Counter::default(),
             bus_publish_refused: Counter::default(),
+            bus_unauthenticated: Family::default(),
             dead_nodes: Counter::default(),
             rate_limited: Counter::default(),
             rate_limiter_errors: Counter::default(),
@@ -215,6 +219,11 @@ impl Metrics {
             "bus_publish_refused",
             "Publishes to the other nodes the transport refused (back-pressure, backend down)",
             metrics.bus_publish_refused.clone(),
+        );
+        registry.register(
+            "bus_unauthenticated",
+            "Bus messages refused by the cluster secret, by reason",
+            metrics.bus_unauthenticated.clone(),
         );
         registry.register("dead_nodes", "Nodes found dead", metrics.dead_nodes.clone());
         registry.register(

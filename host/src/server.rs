@@ -237,6 +237,12 @@ pub async fn run(
     if let Some(inbox) = inbox {
         cluster::node::start(&ctx, inbox).await;
     }
+    if ctx.settings.drivers.transport.name != "local" && !ctx.adapter.cluster().authenticated() {
+        tracing::warn!(
+            transport = %ctx.settings.drivers.transport.name,
+            "No adapter.cluster_secret (ADAPTER_CLUSTER_SECRET): bus messages are not authenticated, so anything that can write to the broker can act as a node. Set the same long random secret on every node."
+        );
+    }
     let token = ctx.shutdown.clone();
     tokio::spawn({
         let token = token.clone();

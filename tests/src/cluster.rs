@@ -72,8 +72,10 @@ impl Bus {
         }
     }
 
+    /// Every scenario runs on an authenticated bus, as production should.
     fn new(plugin: &'static str, adapter: String) -> Self {
         Self { adapter, plugin, env: Vec::new(), manifest: None }
+            .env("ADAPTER_CLUSTER_SECRET", CLUSTER_SECRET)
     }
 
     /// The same, with an environment variable for every node.
@@ -91,6 +93,9 @@ impl Bus {
         self
     }
 }
+
+/// The cluster secret every test bus uses.
+pub const CLUSTER_SECRET: &str = "a test cluster secret, the same on every node";
 
 /// A backend a transport runs over, which the broker-restart scenario stops and starts again.
 pub trait Broker {

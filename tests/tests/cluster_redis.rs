@@ -5,7 +5,7 @@
 use serde_json::json;
 use sockhost_tests::{
     backends::RedisServer,
-    cluster::{Bus, nodes, refused, scenarios},
+    cluster::{Bus, node, nodes, refused, scenarios},
     pusher::{Api, Client, TestApp},
     tls::Pki,
 };
@@ -109,4 +109,108 @@ async fn the_presence_member_limit_holds_for_the_cluster() {
     // A member already present on the other node may open a connection here.
     let mut again = Client::connect(&servers[0].ws_url(&app.key)).await;
     again.join(&app, channel, "2", json!({})).await;
+}
+
+/// Publish `payload` on a Redis channel as anyone with access to the broker could (RESP over
+/// TCP, binary-safe).
+async fn publish_raw(port: u16, channel: &str, payload: &[u8]) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut command =
+        format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n", channel.len(), payload.len())
+            .into_bytes();
+    command.extend_from_slice(payload);
+    command.extend_from_slice(b"\r\n");
+    stream.write_all(&command).await.unwrap();
+    let mut reply = [0u8; 64];
+    let n = stream.read(&mut reply).await.unwrap();
+    assert!(reply[..n].starts_with(b":"), "{}", String::from_utf8_lossy(&reply[..n]));
+}
+
+/// Messages written to the broker by someone without the cluster secret are refused and
+/// counted: a forged broadcast reaches no client, a forged heartbeat (the lowest node id, a
+/// connection count of u64::MAX) makes no peer and takes no quota.
+#[tokio::test]
+async fn forged_bus_messages_are_refused() {
+    use sockhost::cluster::envelope::{Body, Control, Envelope};
+    let (redis, bus) = start();
+    let servers = nodes(&bus, 2, "").await;
+    let app = TestApp::main();
+    let mut client = Client::connect(&servers[1].ws_url(&app.key)).await;
+    client.subscribe(&app, "watched").await;
+
+    let frame = json!({ "event": "forged", "channel": "watched", "data": "{}" }).to_string();
+    let broadcast = Envelope {
+        node: 1,
+        seq: 1,
+        body: Body::Broadcast {
+            app: "app-1".into(),
+            channel: "watched".into(),
+            except: None,
+            frame: frame.into_bytes(),
+        },
+    };
+    publish_raw(redis.port, "test:#broadcast:app-1:watched", &broadcast.encode()).await;
+    let heartbeat = Envelope {
+        node: 1,
+        seq: 2,
+        body: Body::Control(Control::Heartbeat {
+            connections: [("app-1".to_string(), u64::MAX)].into(),
+        }),
+    };
+    publish_raw(redis.port, "test:#control", &heartbeat.encode()).await;
+    servers[1]
+        .wait_for_labelled_metric(
+            "sockhost_bus_unauthenticated_total{reason=\"missing\"}",
+            sockhost_tests::pusher::PATIENCE,
+            |v| v >= 2.0,
+        )
+        .await;
+
+    // The next event the client gets is a real one: the forged one never came.
+    let api = Api::new(&servers[0].http_url(), &app);
+    assert_eq!(api.trigger(&["watched"], "real", "r").await.0, 200);
+    assert_eq!(client.expect_any().await["event"], "real");
+    for server in &servers {
+        assert_eq!(server.metric("sockhost_cluster_nodes").await, 2.0);
+    }
+    Client::connect(&servers[0].ws_url(&app.key)).await;
+}
+
+/// Two clusters with different secrets on one Redis never act on each other's messages.
+#[tokio::test]
+async fn nodes_with_different_secrets_do_not_see_each_other() {
+    let (_redis, bus) = start();
+    let first = node(&bus.clone().env("ADAPTER_CLUSTER_SECRET", "the first cluster's secret"), "");
+    let second =
+        node(&bus.clone().env("ADAPTER_CLUSTER_SECRET", "the second cluster's secret"), "");
+    for server in [&first, &second] {
+        server
+            .wait_for_labelled_metric(
+                "sockhost_bus_unauthenticated_total{reason=\"tag\"}",
+                sockhost_tests::pusher::PATIENCE,
+                |v| v >= 1.0,
+            )
+            .await;
+        assert_eq!(server.metric("sockhost_cluster_nodes").await, 1.0);
+    }
+    let app = TestApp::main();
+    let mut on_second = Client::connect(&second.ws_url(&app.key)).await;
+    on_second.subscribe(&app, "split").await;
+    let first_api = Api::new(&first.http_url(), &app);
+    assert_eq!(first_api.trigger(&["split"], "across", "x").await.0, 200);
+    let second_api = Api::new(&second.http_url(), &app);
+    assert_eq!(second_api.trigger(&["split"], "local", "y").await.0, 200);
+    assert_eq!(on_second.expect_any().await["event"], "local");
+}
+
+/// A secret too short to be one is refused at start; no secret at all is a warning.
+#[tokio::test]
+async fn the_cluster_secret_is_checked_at_start() {
+    let (_redis, bus) = start();
+    let (code, log) = refused(&bus.clone().env("ADAPTER_CLUSTER_SECRET", "short"));
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("adapter.cluster_secret: must be at least 16 characters"), "{log}");
+    let open = node(&bus.env("ADAPTER_CLUSTER_SECRET", ""), "");
+    assert!(open.log().contains("No adapter.cluster_secret"), "{}", open.log());
 }

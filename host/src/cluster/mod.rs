@@ -14,6 +14,7 @@
 
 pub mod envelope;
 pub mod node;
+pub mod seal;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -31,7 +32,10 @@ use tokio::{
     time::Instant,
 };
 
-use self::envelope::{Body, Control, Envelope};
+use self::{
+    envelope::{Body, Control, Envelope},
+    seal::{Seal, SealError},
+};
 use crate::{
     plugins::{ErrorCode, Transport},
     telemetry::LogLimiter,
@@ -63,6 +67,8 @@ pub struct ClusterSettings {
     pub requests_timeout: Duration,
     /// Share connection counts, so app connection quotas hold for the whole cluster.
     pub socket_counting: bool,
+    /// The cluster secret that seals every envelope; `None` sends them unauthenticated.
+    pub secret: Option<String>,
 }
 
 /// Remote presence: for one node, app -> channel -> user -> info.
@@ -97,6 +103,31 @@ pub struct Cluster {
     /// Publishes the transport refused (back-pressure, or the backend down).
     publish_refused: Counter,
     refusals_logged: LogLimiter,
+    seal: Option<Seal>,
+}
+
+/// Why a bus message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Not authenticated by the cluster secret (see [`seal`]).
+    #[error("{0}")]
+    Seal(#[from] SealError),
+    /// Not a readable envelope.
+    #[error("{0}")]
+    Decode(DecodeErrorKind),
+}
+
+/// A [`DecodeError`](envelope::DecodeError) without its details, to stay `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeErrorKind {
+    /// Another envelope version (or sealed, for a node without the secret).
+    #[error(
+        "unreadable envelope version (sealed with a cluster secret this node lacks, or from another build)"
+    )]
+    Version,
+    /// Malformed.
+    #[error("malformed envelope")]
+    Malformed,
 }
 
 /// Pairs of names (app and channel, or app and user) that each other node holds.
@@ -182,6 +213,7 @@ impl Cluster {
                 break id;
             }
         };
+        let settings_secret = settings.secret.clone();
         let cluster = Arc::new(Self {
             node_id,
             transport,
@@ -196,6 +228,7 @@ impl Cluster {
             online: PerNode::default(),
             publish_refused,
             refusals_logged: LogLimiter::default(),
+            seal: settings_secret.as_deref().map(Seal::new),
         });
         tokio::spawn(keep_interest(cluster.transport.clone(), ops));
         cluster
@@ -207,8 +240,38 @@ impl Cluster {
     }
 
     fn envelope(&self, body: Body) -> Vec<u8> {
-        Envelope { node: self.node_id, seq: self.seq.fetch_add(1, Ordering::Relaxed), body }
-            .encode()
+        let envelope =
+            Envelope { node: self.node_id, seq: self.seq.fetch_add(1, Ordering::Relaxed), body }
+                .encode();
+        match &self.seal {
+            Some(seal) => seal.seal(&envelope),
+            None => envelope,
+        }
+    }
+
+    /// Whether envelopes are sealed with a cluster secret.
+    pub fn authenticated(&self) -> bool {
+        self.seal.is_some()
+    }
+
+    /// Read a bus message: unseal it (with a secret), decode it, and refuse a replay.
+    pub fn open(&self, message: &[u8]) -> Result<Envelope, Refusal> {
+        let bytes = match &self.seal {
+            Some(seal) => seal.open(message)?,
+            None => message,
+        };
+        let envelope = Envelope::decode(bytes).map_err(|error| {
+            Refusal::Decode(match error {
+                envelope::DecodeError::Version(_) => DecodeErrorKind::Version,
+                envelope::DecodeError::Malformed(_) => DecodeErrorKind::Malformed,
+            })
+        })?;
+        if let Some(seal) = &self.seal
+            && envelope.node != self.node_id
+        {
+            seal.check_replay(envelope.node, envelope.seq)?;
+        }
+        Ok(envelope)
     }
 
     /// Whether another live node is known.
@@ -245,6 +308,9 @@ impl Cluster {
     /// Forget `node` and all it told: its presence members, occupied channels, signed-in users
     /// and connection counts.
     pub fn forget(&self, node: u64) -> Departed {
+        if let Some(seal) = &self.seal {
+            seal.forget(node);
+        }
         let channels = self.occupancy.remove(node);
         self.members.lock().expect("cluster lock").remove(&node);
         self.connections.lock().expect("cluster lock").remove(&node);

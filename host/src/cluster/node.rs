@@ -8,11 +8,13 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::{
-    CONTROL, PerNode,
-    envelope::{Body, Control, Envelope},
+    CONTROL, PerNode, Refusal,
+    envelope::{Body, Control},
     node_topic, presence_state,
 };
-use crate::{plugins::Incoming, protocol::frames, server::Ctx};
+use crate::{
+    metrics::Metrics, plugins::Incoming, protocol::frames, server::Ctx, telemetry::LogLimiter,
+};
 
 /// Join the cluster: listen on the control and own topics, say hello, and start the tasks that
 /// read the bus and keep membership.
@@ -46,14 +48,26 @@ fn welcome(ctx: &Ctx, node: u64) {
     tracing::info!(node, "A node joined the cluster.");
 }
 
+/// Count a refused bus message and log it at most once a second (a flood of forged messages
+/// must not flood the log).
+fn refused(ctx: &Ctx, refusal: Refusal, topic: &str, logged: &LogLimiter) {
+    ctx.metrics.bus_refused.inc();
+    if let Refusal::Seal(error) = refusal {
+        Metrics::count(&ctx.metrics.bus_unauthenticated, "reason", error.label());
+    }
+    if logged.allow() {
+        tracing::warn!(error = %refusal, topic, "Refused a bus message.");
+    }
+}
+
 async fn incoming(ctx: Arc<Ctx>, mut inbox: mpsc::Receiver<Incoming>) {
     let cluster = ctx.adapter.cluster().clone();
+    let refusals_logged = LogLimiter::default();
     while let Some(message) = inbox.recv().await {
-        let envelope = match Envelope::decode(message.payload()) {
+        let envelope = match cluster.open(message.payload()) {
             Ok(envelope) => envelope,
-            Err(error) => {
-                ctx.metrics.bus_refused.inc();
-                tracing::warn!(%error, topic = %message.topic, "Refused a bus message this node cannot read.");
+            Err(refusal) => {
+                refused(&ctx, refusal, &message.topic, &refusals_logged);
                 continue;
             }
         };

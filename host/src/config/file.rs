@@ -115,6 +115,11 @@ pub struct DriverSection {
     /// For the adapter: share connection counts between nodes, so an app's `max_connections`
     /// holds for the whole cluster. Default: true. Env: `ADAPTER_ENABLE_SOCKET_COUNTING`.
     pub enable_socket_counting: Option<bool>,
+    /// For the adapter: the cluster secret (at least 16 characters; every node the same).
+    /// Every bus message is sealed with it and checked on arrival, so whoever can write to the
+    /// broker cannot act as a node. Unset: messages are not authenticated (a warning at start
+    /// on a multi-node transport). Env: `ADAPTER_CLUSTER_SECRET`.
+    pub cluster_secret: Option<String>,
     /// For the adapter: accepted for compatibility with the reference. It bounds concurrent
     /// local sends there; here a broadcast never waits on a socket (each connection has its
     /// own bounded queue), so there is nothing to bound. Env: `ADAPTER_BUFFER_MULTIPLIER_PER_CPU`.
@@ -132,6 +137,7 @@ impl DriverSection {
             fail_open: None,
             requests_timeout_ms: None,
             enable_socket_counting: None,
+            cluster_secret: None,
             buffer_multiplier_per_cpu: None,
             tables: BTreeMap::new(),
         }

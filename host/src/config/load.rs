@@ -76,6 +76,7 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("CHANNEL_CACHE_TTL", "channel_limits.cache_ttl", Kind::Int),
     ("ADAPTER_REQUESTS_TIMEOUT", "adapter.requests_timeout_ms", Kind::Int),
     ("ADAPTER_ENABLE_SOCKET_COUNTING", "adapter.enable_socket_counting", Kind::Bool),
+    ("ADAPTER_CLUSTER_SECRET", "adapter.cluster_secret", Kind::Str),
     ("ADAPTER_BUFFER_MULTIPLIER_PER_CPU", "adapter.buffer_multiplier_per_cpu", Kind::Int),
     ("CLUSTER_HEALTH_ENABLED", "cluster_health.enabled", Kind::Bool),
     ("CLUSTER_HEALTH_HEARTBEAT_INTERVAL", "cluster_health.heartbeat_interval_ms", Kind::Int),

@@ -203,6 +203,16 @@ impl Settings {
         if config.channel_limits.max_subscriptions_per_minute > u64::from(u32::MAX) {
             err("channel_limits.max_subscriptions_per_minute", "is too large".into());
         }
+        if let Some(secret) = &config.adapter.cluster_secret
+            && !secret.is_empty()
+            && secret.chars().count() < 16
+        {
+            err(
+                "adapter.cluster_secret",
+                "must be at least 16 characters (a long random string, the same on every node)"
+                    .into(),
+            );
+        }
         if config.adapter.requests_timeout_ms == Some(0) {
             err("adapter.requests_timeout_ms", "must be at least 1".into());
         }
@@ -466,6 +476,7 @@ impl Settings {
                     config.adapter.requests_timeout_ms.unwrap_or(5000),
                 ),
                 socket_counting: config.adapter.enable_socket_counting.unwrap_or(true),
+                secret: config.adapter.cluster_secret.clone().filter(|s| !s.is_empty()),
             },
             webhooks: WebhookSettings {
                 max_attempts: config.webhooks.max_attempts,

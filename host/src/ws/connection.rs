@@ -115,12 +115,7 @@ pub async fn run(
             return refuse(&mut sink, patience, codes::OVER_CAPACITY, reason).await;
         }
     }
-    // With socket counting, the quota holds for the whole cluster: the other nodes' counts come
-    // with their heartbeats.
-    let cluster = ctx.adapter.cluster();
-    let elsewhere =
-        if cluster.settings().socket_counting { cluster.remote_connections(&app.id) } else { 0 };
-    if !ctx.adapter.hub().admit(&app.id, app.max_connections, elsewhere) {
+    if !ctx.adapter.admit(&app.id, app.max_connections) {
         ctx.metrics.connection_errors.inc();
         return refuse(
             &mut sink,
@@ -266,7 +261,7 @@ pub async fn run(
         refuse(&mut sink, patience, close_code, reason).await;
     }
     session.end().await;
-    ctx.adapter.hub().release(&app.id);
+    ctx.adapter.release(&app.id);
     ctx.metrics.connected.dec();
     ctx.metrics.disconnections.inc();
     tracing::debug!(%socket_id, "Disconnected.");

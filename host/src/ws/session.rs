@@ -342,7 +342,7 @@ impl Session {
             );
         }
         if !watchlist.is_empty() {
-            self.ctx.adapter.hub().watch(&self.app.id, &self.conn, &watchlist);
+            self.ctx.adapter.watch(&self.app.id, &self.conn, &watchlist);
             let online = self.ctx.adapter.online(&self.app.id, &watchlist);
             if !online.is_empty() {
                 self.send(frames::watchlist_event("online", &online));
@@ -413,9 +413,8 @@ impl Session {
         for (name, user_id) in std::mem::take(&mut self.subscriptions) {
             self.leave(&name, user_id.as_deref()).await;
         }
-        let hub = self.ctx.adapter.hub();
         if !self.watchlist.is_empty() {
-            hub.unwatch(&self.app.id, &self.conn.socket_id, &self.watchlist);
+            self.ctx.adapter.unwatch(&self.app.id, &self.conn.socket_id, &self.watchlist);
         }
         if let Some(id) = self.user_id.take()
             && self.ctx.adapter.sign_out(&self.app.id, &id, &self.conn.socket_id)
