@@ -21,6 +21,7 @@ pub mod fuzzing;
 pub mod http_api;
 pub mod hub;
 pub mod inspect;
+pub mod membership;
 pub mod metrics;
 pub mod plugins;
 pub mod protocol;

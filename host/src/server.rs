@@ -24,11 +24,12 @@ use tower::ServiceExt as _;
 use crate::{
     adapter::Adapter,
     apps::Apps,
-    cluster::{self, Cluster},
+    cluster::Cluster,
     config::Settings,
     edge::Edge,
     http_api,
     hub::Hub,
+    membership,
     metrics::Metrics,
     plugins::{Drivers, RateDecision},
     telemetry::LogLimiter,
@@ -235,7 +236,7 @@ pub async fn run(
     let inbox = drivers.inbox.take();
     let ctx = Arc::new(Ctx::new(settings, drivers));
     if let Some(inbox) = inbox {
-        cluster::node::start(&ctx, inbox).await;
+        membership::start(&ctx, inbox).await;
     }
     if ctx.settings.drivers.transport.name != "local" && !ctx.adapter.cluster().authenticated() {
         tracing::warn!(
@@ -284,7 +285,7 @@ pub async fn run(
             "Connections still open after the grace period; stopping anyway."
         );
     }
-    cluster::node::stop(&ctx).await;
+    membership::stop(&ctx).await;
     ctx.drivers.shutdown().await;
     tracing::info!("Stopped.");
     Ok(())

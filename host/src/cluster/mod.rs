@@ -13,7 +13,6 @@
 //!   and member lists are cluster-wide; a dead node's members are removed in one step.
 
 pub mod envelope;
-pub mod node;
 pub mod seal;
 
 use std::{

@@ -1,5 +1,9 @@
 //! This node's part in the cluster: joining, the incoming bus messages, heartbeats, dead-node
-//! cleanup and leaving.
+//! cleanup and leaving, and the member and occupancy events that follow.
+//!
+//! It sits above the cluster layer (`cluster/`, which knows the bus, membership and the
+//! replicated state, and depends on nothing above it) and acts on the host: the hub, webhooks
+//! and metrics.
 
 use std::sync::Arc;
 
@@ -7,7 +11,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{
+use crate::cluster::{
     CONTROL, PerNode, Refusal,
     envelope::{Body, Control},
     node_topic, presence_state,
