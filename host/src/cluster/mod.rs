@@ -40,6 +40,11 @@ use crate::{
     telemetry::LogLimiter,
 };
 
+/// The most entries one peer may hold in each map of its replicated state (apps it counts
+/// connections for, members, channels, users): a peer (buggy, or writing to the bus without a
+/// secret) cannot grow this node's memory without bound. Past it, new entries are ignored.
+pub const MAX_PEER_ENTRIES: usize = 1_000_000;
+
 /// The topic every node listens to.
 pub const CONTROL: &str = "#control";
 
@@ -138,7 +143,7 @@ impl PerNode {
     pub fn set(&self, node: u64, key: (String, String), held: bool) {
         let mut all = self.0.lock().expect("cluster lock");
         let keys = all.entry(node).or_default();
-        if held {
+        if held && keys.len() < MAX_PEER_ENTRIES {
             keys.insert(key);
         } else {
             keys.remove(&key);
@@ -162,7 +167,8 @@ impl PerNode {
 
     /// Replace `node`'s keys.
     pub fn replace(&self, node: u64, keys: Vec<(String, String)>) {
-        self.0.lock().expect("cluster lock").insert(node, keys.into_iter().collect());
+        let keys = keys.into_iter().take(MAX_PEER_ENTRIES).collect();
+        self.0.lock().expect("cluster lock").insert(node, keys);
     }
 
     /// Whether another node holds (`a`, `b`).
@@ -265,6 +271,10 @@ impl Cluster {
                 envelope::DecodeError::Malformed(_) => DecodeErrorKind::Malformed,
             })
         })?;
+        // Node ids are never 0 (see `Cluster::new`): one that is was made up.
+        if envelope.node == 0 {
+            return Err(Refusal::Decode(DecodeErrorKind::Malformed));
+        }
         if let Some(seal) = &self.seal
             && envelope.node != self.node_id
         {
@@ -289,7 +299,10 @@ impl Cluster {
     }
 
     /// Record `node`'s connections per app.
-    pub fn apply_connections(&self, node: u64, counts: HashMap<String, u64>) {
+    pub fn apply_connections(&self, node: u64, mut counts: HashMap<String, u64>) {
+        if counts.len() > MAX_PEER_ENTRIES {
+            counts = counts.into_iter().take(MAX_PEER_ENTRIES).collect();
+        }
         self.connections.lock().expect("cluster lock").insert(node, counts);
     }
 
@@ -473,10 +486,16 @@ impl Cluster {
         if seq <= entry.snapshot_seq {
             return;
         }
-        let users = entry.members.entry((app, channel)).or_default();
+        let key = (app, channel);
+        if !entry.members.contains_key(&key) && entry.members.len() >= MAX_PEER_ENTRIES {
+            return;
+        }
+        let users = entry.members.entry(key).or_default();
         match info {
             Some(info) => {
-                users.insert(user, info);
+                if users.len() < MAX_PEER_ENTRIES || users.contains_key(&user) {
+                    users.insert(user, info);
+                }
             }
             None => {
                 users.remove(&user);
@@ -487,14 +506,21 @@ impl Cluster {
     /// Replace `node`'s presence with its full state.
     pub fn apply_presence_sync(&self, node: u64, seq: u64, state: &Value) {
         let mut members: HashMap<(String, String), HashMap<String, Value>> = HashMap::new();
-        for (app, channels) in state.as_object().into_iter().flatten() {
+        let mut held = 0usize;
+        'state: for (app, channels) in state.as_object().into_iter().flatten() {
             for (channel, users) in channels.as_object().into_iter().flatten() {
+                if held >= MAX_PEER_ENTRIES {
+                    break 'state;
+                }
                 let users: HashMap<String, Value> = users
                     .as_object()
                     .into_iter()
                     .flatten()
+                    .take(MAX_PEER_ENTRIES.saturating_sub(held))
                     .map(|(u, i)| (u.clone(), i.clone()))
                     .collect();
+                // An empty channel counts too, so that a state of many empty ones is bounded.
+                held += users.len().max(1);
                 members.insert((app.clone(), channel.clone()), users);
             }
         }
