@@ -7,10 +7,10 @@
 //! deadline: a client that sends a few bytes and stops is dropped, not kept forever.
 //!
 //! Closing is a lingering close: when a connection that was sent anything is dropped, its
-//! write side is shut and what
-//! the client still sends is read and discarded for a bounded time and size. A refusal sent
-//! before the client finished (a 413 for a body too large, a 1009 close for a frame too large)
-//! then reaches the client, instead of a reset that would discard it unread.
+//! write side is shut and what the client still sends is read and discarded for a bounded time
+//! and size. A refusal sent before the client finished (a 413 for a body too large, a 1009
+//! close for a frame too large) then reaches the client, instead of a reset that would discard
+//! it unread.
 
 use std::{
     collections::HashMap,
