@@ -227,6 +227,52 @@ pub mod scenarios {
     use super::{Broker, Bus, node, nodes};
     use crate::pusher::{Api, Client, TestApp};
 
+    /// Messages written to the broker by someone without the cluster secret (`publish` writes
+    /// raw bytes to a topic, as anyone with access to the broker could) are refused and
+    /// counted: a forged broadcast reaches no client, a forged heartbeat (the lowest node id, a
+    /// connection count of u64::MAX) makes no peer and takes no quota.
+    pub async fn forged_messages_are_refused<P, F>(bus: Bus, publish: P)
+    where
+        P: Fn(String, Vec<u8>) -> F,
+        F: std::future::Future<Output = ()>,
+    {
+        use sockhost::cluster::envelope::{Body, Control, Envelope};
+        let servers = nodes(&bus, 2, "").await;
+        let app = TestApp::main();
+        let mut client = Client::connect(&servers[1].ws_url(&app.key)).await;
+        client.subscribe(&app, "watched").await;
+
+        let frame = json!({ "event": "forged", "channel": "watched", "data": "{}" }).to_string();
+        let body = Body::Broadcast {
+            app: "app-1".into(),
+            channel: "watched".into(),
+            except: None,
+            frame: frame.into_bytes(),
+        };
+        let broadcast = Envelope { node: 1, seq: 1, body };
+        publish("#broadcast:app-1:watched".into(), broadcast.encode()).await;
+        let connections = [("app-1".to_string(), u64::MAX)].into();
+        let heartbeat =
+            Envelope { node: 1, seq: 2, body: Body::Control(Control::Heartbeat { connections }) };
+        publish("#control".into(), heartbeat.encode()).await;
+        servers[1]
+            .wait_for_labelled_metric(
+                "sockhost_bus_unauthenticated_total{reason=\"missing\"}",
+                crate::pusher::PATIENCE,
+                |v| v >= 2.0,
+            )
+            .await;
+
+        // The next event the client gets is a real one: the forged one never came.
+        let api = Api::new(&servers[0].http_url(), &app);
+        assert_eq!(api.trigger(&["watched"], "real", "r").await.0, 200);
+        assert_eq!(client.expect_any().await["event"], "real");
+        for server in &servers {
+            assert_eq!(server.metric("sockhost_cluster_nodes").await, 2.0);
+        }
+        Client::connect(&servers[0].ws_url(&app.key)).await;
+    }
+
     /// A trigger through one node reaches subscribers on the others; client events cross too,
     /// never echoed; an excluded socket on another node is skipped.
     pub async fn delivers_across_nodes(bus: Bus) {

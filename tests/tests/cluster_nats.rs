@@ -4,7 +4,7 @@
 
 use sockhost_tests::{
     backends::NatsServer,
-    cluster::{Bus, nodes, refused},
+    cluster::{Bus, nodes, refused, scenarios},
     pusher::{Api, Client, TestApp},
     tls::Pki,
 };
@@ -76,4 +76,36 @@ async fn a_url_that_does_not_parse_is_a_clear_start_up_error() {
     let (code, log) = refused(&Bus::nats("nats://127.0.0.1:notaport"));
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("adapter.nats.servers: \"nats://127.0.0.1:notaport\""), "{log}");
+}
+
+/// Publish `payload` on a NATS subject as anyone with access to the server could (the client
+/// protocol over TCP); returns once the server has processed it (PING answered).
+async fn publish_raw(port: u16, subject: &str, payload: &[u8]) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let info = lines.next_line().await.unwrap().unwrap();
+    assert!(info.starts_with("INFO"), "{info}");
+    let mut command = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nPUB {subject} {}\r\n",
+        payload.len()
+    )
+    .into_bytes();
+    command.extend_from_slice(payload);
+    command.extend_from_slice(b"\r\nPING\r\n");
+    write.write_all(&command).await.unwrap();
+    let pong = lines.next_line().await.unwrap().unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+/// Messages written to NATS by someone without the cluster secret are refused.
+#[tokio::test]
+async fn forged_bus_messages_are_refused() {
+    let (nats, bus) = start();
+    let port = nats.port;
+    scenarios::forged_messages_are_refused(bus, move |topic: String, bytes: Vec<u8>| async move {
+        publish_raw(port, &format!("test:{topic}"), &bytes).await;
+    })
+    .await;
 }
