@@ -379,6 +379,8 @@ impl Adapter {
                 }
                 json!({ "closed": conns.len() })
             }
+            // Nodes of this build answer watchlists from replicated sign-ins and no longer ask;
+            // older nodes may, during a rolling upgrade.
             "online" => {
                 let ids: Vec<String> = query["ids"]
                     .as_array()

@@ -91,9 +91,7 @@ pub async fn forward(ctx: Arc<Ctx>) {
     drop(ctx);
     while let Some((app, events)) = rx.recv().await {
         let Some(ctx) = weak.upgrade() else { return };
-        if let Some(budget) = ctx.webhooks.budgets.lock().expect("webhook lock").get_mut(&app.id) {
-            budget.queued = budget.queued.saturating_sub(1);
-        }
+        ctx.webhooks.release_share(&app.id);
         enqueue(&ctx, &app, events).await;
     }
 }
@@ -109,6 +107,13 @@ impl Webhooks {
         Metrics::count(&ctx.metrics.webhooks_dropped, "reason", reason);
         if self.drops_logged.allow() {
             tracing::warn!(app_id = %app.id, reason, "Webhook events are being dropped: {why}.");
+        }
+    }
+
+    /// An entry of the app's left the outbox.
+    fn release_share(&self, app_id: &str) {
+        if let Some(budget) = self.budgets.lock().expect("webhook lock").get_mut(app_id) {
+            budget.queued = budget.queued.saturating_sub(1);
         }
     }
 
@@ -130,9 +135,7 @@ impl Webhooks {
             budget.queued += 1;
         }
         if self.outbox.try_send((app.clone(), events)).is_err() {
-            if let Some(budget) = self.budgets.lock().expect("webhook lock").get_mut(&app.id) {
-                budget.queued = budget.queued.saturating_sub(1);
-            }
+            self.release_share(&app.id);
             ctx.metrics.webhooks_failed.inc();
             self.dropped(ctx, app, "outbox", "the outbox is full");
         }

@@ -129,10 +129,12 @@ pub struct Envelope {
 }
 
 /// Why an envelope could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    /// Written by a newer or older node.
-    #[error("envelope version {0} is not {VERSION}")]
+    /// Written by a newer or older node, or sealed with a cluster secret this node lacks.
+    #[error(
+        "envelope version {0} is not {VERSION} (another build, or sealed with a cluster secret this node lacks)"
+    )]
     Version(u8),
     /// Cut short or malformed.
     #[error("malformed envelope: {0}")]

@@ -32,7 +32,7 @@ use tokio::{
 };
 
 use self::{
-    envelope::{Body, Control, Envelope},
+    envelope::{Body, Control, DecodeError, Envelope},
     seal::{Seal, SealError},
 };
 use crate::{
@@ -118,20 +118,7 @@ pub enum Refusal {
     Seal(#[from] SealError),
     /// Not a readable envelope.
     #[error("{0}")]
-    Decode(DecodeErrorKind),
-}
-
-/// A [`DecodeError`](envelope::DecodeError) without its details, to stay `Copy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeErrorKind {
-    /// Another envelope version (or sealed, for a node without the secret).
-    #[error(
-        "unreadable envelope version (sealed with a cluster secret this node lacks, or from another build)"
-    )]
-    Version,
-    /// Malformed.
-    #[error("malformed envelope")]
-    Malformed,
+    Decode(#[from] DecodeError),
 }
 
 /// Pairs of names (app and channel, or app and user) that each other node holds.
@@ -218,7 +205,7 @@ impl Cluster {
                 break id;
             }
         };
-        let settings_secret = settings.secret.clone();
+        let seal = settings.secret.as_deref().map(Seal::new);
         let cluster = Arc::new(Self {
             node_id,
             transport,
@@ -233,7 +220,7 @@ impl Cluster {
             online: PerNode::default(),
             publish_refused,
             refusals_logged: LogLimiter::default(),
-            seal: settings_secret.as_deref().map(Seal::new),
+            seal,
         });
         tokio::spawn(keep_interest(cluster.transport.clone(), ops));
         cluster
@@ -265,15 +252,10 @@ impl Cluster {
             Some(seal) => seal.open(message)?,
             None => message,
         };
-        let envelope = Envelope::decode(bytes).map_err(|error| {
-            Refusal::Decode(match error {
-                envelope::DecodeError::Version(_) => DecodeErrorKind::Version,
-                envelope::DecodeError::Malformed(_) => DecodeErrorKind::Malformed,
-            })
-        })?;
+        let envelope = Envelope::decode(bytes)?;
         // Node ids are never 0 (see `Cluster::new`): one that is was made up.
         if envelope.node == 0 {
-            return Err(Refusal::Decode(DecodeErrorKind::Malformed));
+            return Err(DecodeError::Malformed("node id 0").into());
         }
         if let Some(seal) = &self.seal
             && envelope.node != self.node_id
