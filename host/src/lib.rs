@@ -6,6 +6,8 @@
 //! - [`http_api`]: the Pusher HTTP API, health and metrics endpoints.
 //! - [`protocol`]: the wire format: messages, frames, codes, channel names, signatures.
 //! - [`adapter`]: channel state and delivery, local now, cluster-wide behind the same methods.
+//! - [`cluster`]: the cluster layer (bus, membership, replicated state), below everything else;
+//!   [`cluster_events`] is the node's side of its one interface.
 //! - [`hub`]: this node's sockets and subscriptions; the only code that holds sockets.
 //! - [`apps`], [`config`]: who may connect, and the validated settings.
 //! - [`plugins`]: the plugin boundary; the only module that knows FFI types.
@@ -15,13 +17,13 @@ pub mod adapter;
 pub mod apps;
 pub mod cli;
 pub mod cluster;
+pub mod cluster_events;
 pub mod config;
 pub mod edge;
 pub mod fuzzing;
 pub mod http_api;
 pub mod hub;
 pub mod inspect;
-pub mod membership;
 pub mod metrics;
 pub mod plugins;
 pub mod protocol;

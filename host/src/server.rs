@@ -25,11 +25,11 @@ use crate::{
     adapter::Adapter,
     apps::Apps,
     cluster::Cluster,
+    cluster_events,
     config::Settings,
     edge::Edge,
     http_api,
     hub::Hub,
-    membership,
     metrics::Metrics,
     plugins::{Drivers, RateDecision},
     telemetry::LogLimiter,
@@ -236,7 +236,7 @@ pub async fn run(
     let inbox = drivers.inbox.take();
     let ctx = Arc::new(Ctx::new(settings, drivers));
     if let Some(inbox) = inbox {
-        membership::start(&ctx, inbox).await;
+        cluster_events::start(&ctx, inbox).await;
     }
     if ctx.settings.drivers.transport.name != "local" && !ctx.adapter.cluster().authenticated() {
         tracing::warn!(
@@ -285,7 +285,7 @@ pub async fn run(
             "Connections still open after the grace period; stopping anyway."
         );
     }
-    membership::stop(&ctx).await;
+    cluster_events::stop(&ctx).await;
     ctx.drivers.shutdown().await;
     tracing::info!("Stopped.");
     Ok(())

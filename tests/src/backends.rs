@@ -129,6 +129,28 @@ impl RedisServer {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
+    /// `PUBLISH` raw bytes to `channel`, as anyone with access to this Redis could (plain
+    /// connections only).
+    ///
+    /// # Panics
+    /// If Redis does not answer with a subscriber count.
+    pub async fn publish_raw(&self, channel: &str, payload: &[u8]) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let mut command = format!(
+            "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n",
+            channel.len(),
+            payload.len()
+        )
+        .into_bytes();
+        command.extend_from_slice(payload);
+        command.extend_from_slice(b"\r\n");
+        stream.write_all(&command).await.unwrap();
+        let mut reply = [0u8; 64];
+        let n = stream.read(&mut reply).await.unwrap();
+        assert!(reply[..n].starts_with(b":"), "{}", String::from_utf8_lossy(&reply[..n]));
+    }
+
     /// Kill it (SIGKILL) and wait for it to exit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -273,6 +273,79 @@ pub mod scenarios {
         Client::connect(&servers[0].ws_url(&app.key)).await;
     }
 
+    /// The members of a presence sync written by a fake peer holding the cluster secret.
+    pub const BIG_SYNC: usize = 60_000;
+
+    /// A peer's full state of [`BIG_SYNC`] members (what a node sends a newcomer) is applied
+    /// whole, and a broadcast sent after it is delivered too; its goodbye removes them all at
+    /// once. `publish` writes raw bytes to a topic; the fake peer seals them with the cluster
+    /// secret, as a node would.
+    pub async fn a_big_presence_sync_is_applied<P, F>(bus: Bus, publish: P)
+    where
+        P: Fn(String, Vec<u8>) -> F,
+        F: std::future::Future<Output = ()>,
+    {
+        use sockhost::cluster::{
+            envelope::{Body, Control, Envelope},
+            seal::Seal,
+        };
+        let seal = Seal::new(super::CLUSTER_SECRET);
+        let peer = 7;
+        let sealed = |seq: u64, body: Body| seal.seal(&Envelope { node: peer, seq, body }.encode());
+        let servers = nodes(&bus, 1, "").await;
+        let app = TestApp::main();
+        let mut client = Client::connect(&servers[0].ws_url(&app.key)).await;
+        client.subscribe(&app, "watched").await;
+        client.join(&app, "presence-marker", "local", json!({})).await;
+
+        let members: serde_json::Map<String, serde_json::Value> =
+            (0..BIG_SYNC).map(|i| (format!("u{i}"), json!({}))).collect();
+        let state = json!({ "app-1": { "presence-crowd": members } });
+        let sync = Control::PresenceSync { state, occupied: Vec::new(), online: Vec::new() };
+        publish("#control".into(), sealed(1, Body::Control(sync))).await;
+        let frame = json!({ "event": "after-sync", "channel": "watched", "data": "{}" });
+        let broadcast = Body::Broadcast {
+            app: "app-1".into(),
+            channel: "watched".into(),
+            except: None,
+            frame: frame.to_string().into_bytes(),
+        };
+        publish("#broadcast:app-1:watched".into(), sealed(2, broadcast)).await;
+        // Control messages are applied in order: once the marker's join is heard, the sync
+        // before it has been applied.
+        let marker = Control::Presence {
+            app: "app-1".into(),
+            channel: "presence-marker".into(),
+            user_id: "marker".into(),
+            info: Some(json!({})),
+        };
+        publish("#control".into(), sealed(3, Body::Control(marker))).await;
+        let mut heard = Vec::new();
+        for _ in 0..2 {
+            let event = client.expect_any().await;
+            heard.push(event["event"].as_str().unwrap_or_default().to_string());
+        }
+        heard.sort();
+        assert_eq!(heard, ["after-sync", "pusher_internal:member_added"]);
+
+        // A heartbeat keeps the fake peer alive (the node timeout is short in these tests); the
+        // member list comes from the replicated registry, without asking the peer.
+        let heartbeat = Control::Heartbeat { connections: Default::default() };
+        publish("#control".into(), sealed(4, Body::Control(heartbeat))).await;
+        let api = Api::new(&servers[0].http_url(), &app);
+        let (status, users) = api.get("/channels/presence-crowd/users", &[]).await;
+        assert_eq!(status, 200, "{users}");
+        assert_eq!(users["users"].as_array().map(Vec::len), Some(BIG_SYNC), "{}", servers[0].log());
+        assert_eq!(servers[0].metric("sockhost_cluster_nodes").await, 2.0);
+
+        publish("#control".into(), sealed(5, Body::Control(Control::Goodbye))).await;
+        let removed = client.expect("pusher_internal:member_removed").await;
+        assert!(removed["data"].as_str().unwrap().contains("\"marker\""), "{removed}");
+        let (_, users) = api.get("/channels/presence-crowd/users", &[]).await;
+        assert_eq!(users["users"], json!([]), "{users}");
+        assert_eq!(servers[0].metric("sockhost_cluster_nodes").await, 1.0);
+    }
+
     /// A trigger through one node reaches subscribers on the others; client events cross too,
     /// never echoed; an excluded socket on another node is skipped.
     pub async fn delivers_across_nodes(bus: Bus) {

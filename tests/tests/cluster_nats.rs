@@ -109,3 +109,18 @@ async fn forged_bus_messages_are_refused() {
     })
     .await;
 }
+
+/// A fake peer's presence sync of 60,000 members, through NATS, is applied whole, and a
+/// broadcast after it is delivered.
+#[tokio::test]
+async fn a_big_presence_sync_is_applied() {
+    let (server, bus) = start();
+    let port = server.port;
+    scenarios::a_big_presence_sync_is_applied(
+        bus,
+        move |topic: String, bytes: Vec<u8>| async move {
+            publish_raw(port, &format!("test:{topic}"), &bytes).await;
+        },
+    )
+    .await;
+}

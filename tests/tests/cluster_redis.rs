@@ -111,30 +111,29 @@ async fn the_presence_member_limit_holds_for_the_cluster() {
     again.join(&app, channel, "2", json!({})).await;
 }
 
-/// Publish `payload` on a Redis channel as anyone with access to the broker could (RESP over
-/// TCP, binary-safe).
-async fn publish_raw(port: u16, channel: &str, payload: &[u8]) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut command =
-        format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n", channel.len(), payload.len())
-            .into_bytes();
-    command.extend_from_slice(payload);
-    command.extend_from_slice(b"\r\n");
-    stream.write_all(&command).await.unwrap();
-    let mut reply = [0u8; 64];
-    let n = stream.read(&mut reply).await.unwrap();
-    assert!(reply[..n].starts_with(b":"), "{}", String::from_utf8_lossy(&reply[..n]));
-}
-
 /// Messages written to Redis by someone without the cluster secret are refused.
 #[tokio::test]
 async fn forged_bus_messages_are_refused() {
     let (redis, bus) = start();
-    let port = redis.port;
+    let redis = &redis;
     scenarios::forged_messages_are_refused(bus, move |topic: String, bytes: Vec<u8>| async move {
-        publish_raw(port, &format!("test:{topic}"), &bytes).await;
+        redis.publish_raw(&format!("test:{topic}"), &bytes).await;
     })
+    .await;
+}
+
+/// A fake peer's presence sync of 60,000 members, through Redis, is applied whole, and a
+/// broadcast after it is delivered.
+#[tokio::test]
+async fn a_big_presence_sync_is_applied() {
+    let (redis, bus) = start();
+    let redis = &redis;
+    scenarios::a_big_presence_sync_is_applied(
+        bus,
+        move |topic: String, bytes: Vec<u8>| async move {
+            redis.publish_raw(&format!("test:{topic}"), &bytes).await;
+        },
+    )
     .await;
 }
 

@@ -3,7 +3,9 @@
 //! A compact binary header (version, kind, sender node, sender sequence) and a body. A
 //! broadcast's body is binary too (app, channel, excluded socket) followed by the Pusher frame
 //! exactly as local sockets get it, so receivers forward it without parsing or re-encoding.
-//! Control messages (membership, requests, presence) are rare and carry JSON bodies.
+//! Control messages (membership, requests, presence) are rare and carry JSON bodies. The bus
+//! reader leaves those bodies as bytes ([`Envelope::read`]): a presence sync can be megabytes,
+//! and it is decoded where it is applied ([`Control::decode`]), off the reader.
 //!
 //! The version byte lets a node refuse a frame it cannot read, with a log line, instead of
 //! misreading it.
@@ -14,9 +16,9 @@ use serde_json::Value;
 /// The envelope format this build writes and reads.
 pub const VERSION: u8 = 1;
 
-/// What an envelope carries.
+/// What an envelope carries; `C` is a control message, or its undecoded bytes.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Body {
+pub enum Body<C = Control> {
     /// A frame for a channel's subscribers on every node.
     Broadcast {
         /// The app.
@@ -29,7 +31,7 @@ pub enum Body {
         frame: Vec<u8>,
     },
     /// A control message.
-    Control(Control),
+    Control(C),
 }
 
 /// Control messages between nodes.
@@ -119,13 +121,13 @@ pub enum Control {
 
 /// An envelope: who sent it, their sequence number, and the body.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Envelope {
+pub struct Envelope<C = Control> {
     /// The sending node.
     pub node: u64,
     /// The sender's sequence number, increasing per sender.
     pub seq: u64,
     /// The content.
-    pub body: Body,
+    pub body: Body<C>,
 }
 
 /// Why an envelope could not be read.
@@ -177,8 +179,28 @@ impl Envelope {
         out
     }
 
-    /// Read an envelope.
+    /// Read an envelope, control body included.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let Envelope { node, seq, body } = Envelope::read(bytes)?;
+        let body = match body {
+            Body::Broadcast { app, channel, except, frame } => {
+                Body::Broadcast { app, channel, except, frame }
+            }
+            Body::Control(bytes) => Body::Control(Control::decode(bytes)?),
+        };
+        Ok(Self { node, seq, body })
+    }
+}
+
+/// Whether `bytes` (an envelope, not yet checked) says it holds a control message.
+pub fn is_control(bytes: &[u8]) -> bool {
+    bytes.get(1) == Some(&CONTROL)
+}
+
+impl<'a> Envelope<&'a [u8]> {
+    /// Read an envelope's header and broadcast, leaving a control body as bytes for
+    /// [`Control::decode`].
+    pub fn read(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader(bytes);
         let version = reader.u8()?;
         if version != VERSION {
@@ -199,20 +221,24 @@ impl Envelope {
                     frame: reader.0.to_vec(),
                 }
             }
-            CONTROL => Body::Control(
-                serde_json::from_slice(reader.0)
-                    .map_err(|_| DecodeError::Malformed("control body"))?,
-            ),
+            CONTROL => Body::Control(reader.0),
             _ => return Err(DecodeError::Malformed("unknown kind")),
         };
         Ok(Self { node, seq, body })
     }
 }
 
+impl Control {
+    /// Decode a control body.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(bytes).map_err(|_| DecodeError::Malformed("control body"))
+    }
+}
+
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.0.len() < n {
             return Err(DecodeError::Malformed("cut short"));
         }

@@ -11,8 +11,13 @@
 //! - Presence registry: each node replicates its presence members (joins and leaves, stamped with
 //!   its own increasing sequence numbers, and a full state to every newcomer), so member events
 //!   and member lists are cluster-wide; a dead node's members are removed in one step.
+//!
+//! The layer depends on nothing above it: it tells the node what happened, and asks what the
+//! node holds, through [`host::Host`]. [`reader`] reads the bus and applies what it says.
 
 pub mod envelope;
+pub mod host;
+pub mod reader;
 pub mod seal;
 
 use std::{
@@ -246,13 +251,14 @@ impl Cluster {
         self.seal.is_some()
     }
 
-    /// Read a bus message: unseal it (with a secret), decode it, and refuse a replay.
-    pub fn open(&self, message: &[u8]) -> Result<Envelope, Refusal> {
+    /// Read a bus message: unseal it (with a secret), read its header, and refuse a replay. A
+    /// control body is left undecoded (see [`Control::decode`]).
+    pub fn open<'a>(&self, message: &'a [u8]) -> Result<Envelope<&'a [u8]>, Refusal> {
         let bytes = match &self.seal {
             Some(seal) => seal.open(message)?,
             None => message,
         };
-        let envelope = Envelope::decode(bytes)?;
+        let envelope = Envelope::read(bytes)?;
         // Node ids are never 0 (see `Cluster::new`): one that is was made up.
         if envelope.node == 0 {
             return Err(DecodeError::Malformed("node id 0").into());
@@ -263,6 +269,16 @@ impl Cluster {
             seal.check_replay(envelope.node, envelope.seq)?;
         }
         Ok(envelope)
+    }
+
+    /// Whether a bus message says it holds a control message. Read before anything is checked,
+    /// only to choose the task that opens it ([`Cluster::open`] still checks everything).
+    pub fn carries_control(&self, message: &[u8]) -> bool {
+        let envelope = match &self.seal {
+            Some(_) => message.get(seal::HEADER..).unwrap_or_default(),
+            None => message,
+        };
+        envelope::is_control(envelope)
     }
 
     /// Whether another live node is known.
@@ -485,56 +501,44 @@ impl Cluster {
         }
     }
 
-    /// Replace `node`'s presence with its full state.
-    pub fn apply_presence_sync(&self, node: u64, seq: u64, state: &Value) {
-        let mut members: HashMap<(String, String), HashMap<String, Value>> = HashMap::new();
-        let mut held = 0usize;
-        'state: for (app, channels) in state.as_object().into_iter().flatten() {
-            for (channel, users) in channels.as_object().into_iter().flatten() {
-                if held >= MAX_PEER_ENTRIES {
-                    break 'state;
-                }
-                let users: HashMap<String, Value> = users
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .take(MAX_PEER_ENTRIES.saturating_sub(held))
-                    .map(|(u, i)| (u.clone(), i.clone()))
-                    .collect();
-                // An empty channel counts too, so that a state of many empty ones is bounded.
-                held += users.len().max(1);
-                members.insert((app.clone(), channel.clone()), users);
-            }
-        }
+    /// Replace `node`'s presence with its full state (app -> channel -> user -> info), and
+    /// say, by channel, whose presence that changes as far as the other nodes go (whether a
+    /// member is also on this node is the caller's to check). Linear in the members before and
+    /// after, with no copy of a member who stays: a sync of tens of thousands in one pass.
+    pub fn apply_presence_sync(&self, node: u64, seq: u64, state: Value) -> Vec<Changes> {
+        let members = bounded_members(state);
         let mut presence = self.presence.lock().expect("cluster lock");
+        let old = presence.remove(&node).unwrap_or_default().members;
+        let elsewhere = |key: &(String, String), user: &str| {
+            presence.values().any(|n| n.members.get(key).is_some_and(|u| u.contains_key(user)))
+        };
+        let mut changes: HashMap<&(String, String), MemberChanges> = HashMap::new();
+        for (key, users) in &members {
+            let before = old.get(key);
+            for (user, info) in users {
+                if !before.is_some_and(|b| b.contains_key(user)) && !elsewhere(key, user) {
+                    changes.entry(key).or_default().push((user.clone(), Some(info.clone())));
+                }
+            }
+        }
+        for (key, users) in &old {
+            let after = members.get(key);
+            for user in users.keys() {
+                if !after.is_some_and(|a| a.contains_key(user)) && !elsewhere(key, user) {
+                    changes.entry(key).or_default().push((user.clone(), None));
+                }
+            }
+        }
+        let changes = changes
+            .into_iter()
+            .map(|((app, channel), members)| Changes {
+                app: app.clone(),
+                channel: channel.clone(),
+                members,
+            })
+            .collect();
         presence.insert(node, NodePresence { snapshot_seq: seq, members });
-    }
-
-    /// The members a full state from `node` touches: those it held before (info `None`) and
-    /// those in `state` (with their info), as (app, channel, user, info). Linear in the members:
-    /// a sync of tens of thousands must not stall the bus reader.
-    pub fn members_of(
-        &self,
-        node: u64,
-        state: &Value,
-    ) -> Vec<(String, String, String, Option<Value>)> {
-        let mut touched: HashMap<(String, String, String), Option<Value>> = HashMap::new();
-        if let Some(old) = self.presence.lock().expect("cluster lock").get(&node) {
-            for ((app, channel), users) in &old.members {
-                for user in users.keys() {
-                    touched.insert((app.clone(), channel.clone(), user.clone()), None);
-                }
-            }
-        }
-        for (app, channels) in state.as_object().into_iter().flatten() {
-            for (channel, users) in channels.as_object().into_iter().flatten() {
-                for (user, info) in users.as_object().into_iter().flatten() {
-                    touched
-                        .insert((app.clone(), channel.clone(), user.clone()), Some(info.clone()));
-                }
-            }
-        }
-        touched.into_iter().map(|((app, channel, user), info)| (app, channel, user, info)).collect()
+        changes
     }
 
     /// Members of a presence channel on the other nodes: user -> info.
@@ -624,4 +628,43 @@ pub fn presence_state(members: Vec<(String, String, String, Value)>) -> Value {
         users.as_object_mut().expect("object").insert(user, info);
     }
     Value::Object(state)
+}
+
+/// The members of one presence channel who appeared (with their info) or left (`None`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changes {
+    /// The app.
+    pub app: String,
+    /// The channel.
+    pub channel: String,
+    /// (user, info) for each member whose presence changed.
+    pub members: MemberChanges,
+}
+
+/// (user, info) for each member of a channel who appeared (with their info) or left (`None`).
+pub type MemberChanges = Vec<(String, Option<Value>)>;
+
+/// A full presence state from a peer (app -> channel -> user -> info), taken apart without
+/// copying and bounded: at most [`MAX_PEER_ENTRIES`] entries, an empty channel counting as one.
+fn bounded_members(state: Value) -> HashMap<(String, String), HashMap<String, Value>> {
+    let mut members = HashMap::new();
+    let mut held = 0usize;
+    let Value::Object(apps) = state else { return members };
+    for (app, channels) in apps {
+        let Value::Object(channels) = channels else { continue };
+        for (channel, users) in channels {
+            if held >= MAX_PEER_ENTRIES {
+                return members;
+            }
+            let users: HashMap<String, Value> = match users {
+                Value::Object(users) => {
+                    users.into_iter().take(MAX_PEER_ENTRIES.saturating_sub(held)).collect()
+                }
+                _ => HashMap::new(),
+            };
+            held += users.len().max(1);
+            members.insert((app.clone(), channel), users);
+        }
+    }
+    members
 }

@@ -29,7 +29,8 @@ pub const WINDOW: Duration = Duration::from_secs(15);
 pub const REPLAY_SPAN: u64 = 65_536;
 
 const TAG: usize = 32;
-const HEADER: usize = 1 + 8 + TAG;
+/// The length of a sealed message's header: marker, sending time and tag.
+pub const HEADER: usize = 1 + 8 + TAG;
 
 /// Why a message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -8,8 +8,8 @@ use serde_json::{Value, json, value::RawValue};
 
 use crate::{
     apps::App,
+    cluster_events,
     hub::{Conn, Join},
-    membership,
     metrics::Metrics,
     protocol::{
         channel::{self, ChannelKind, MAX_USER_ID_LENGTH},
@@ -180,11 +180,11 @@ impl Session {
                 }
                 self.subscriptions.insert(name.to_string(), user_id);
                 if outcome.occupied {
-                    membership::occupancy_event(&self.ctx, &self.app.id, name, true);
+                    cluster_events::occupancy_event(&self.ctx, &self.app.id, name, true);
                 }
                 if let (true, Some((user_id, user_info))) = (outcome.first_for_user, member) {
                     let except = Some(&*self.conn.socket_id);
-                    membership::member_event(
+                    cluster_events::member_event(
                         &self.ctx,
                         &self.app.id,
                         name,
@@ -289,10 +289,10 @@ impl Session {
             self.ctx.metrics.subscriptions.dec();
         }
         if let Some(user_id) = outcome.removed_user {
-            membership::member_event(&self.ctx, &self.app.id, name, &user_id, None, None);
+            cluster_events::member_event(&self.ctx, &self.app.id, name, &user_id, None, None);
         }
         if outcome.vacated {
-            membership::occupancy_event(&self.ctx, &self.app.id, name, false);
+            cluster_events::occupancy_event(&self.ctx, &self.app.id, name, false);
         } else if outcome.was_subscribed && user_id.is_none() {
             self.subscription_count_changed(name);
         }

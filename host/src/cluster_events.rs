@@ -1,0 +1,152 @@
+//! The node's side of the cluster: what it does when the cluster layer says something happened
+//! (frames for local sockets, member and occupancy events, webhooks, metrics), and what it
+//! tells the cluster layer about its own state. The one implementation of [`cluster::host::Host`].
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::{
+    cluster::{
+        self, Refusal,
+        host::{Host, Snapshot},
+    },
+    metrics::Metrics,
+    plugins::Incoming,
+    protocol::frames,
+    server::Ctx,
+};
+
+/// Join the cluster (see [`cluster::reader::start`]) with this node as its host.
+pub async fn start(ctx: &Arc<Ctx>, inbox: mpsc::Receiver<Incoming>) {
+    let host: Arc<dyn Host> = Arc::new(Node(ctx.clone()));
+    cluster::reader::start(ctx.adapter.cluster().clone(), host, inbox, ctx.shutdown.clone()).await;
+}
+
+/// Leave the cluster.
+pub async fn stop(ctx: &Ctx) {
+    cluster::reader::stop(ctx.adapter.cluster()).await;
+}
+
+/// This node, as the cluster layer sees it.
+struct Node(Arc<Ctx>);
+
+impl Host for Node {
+    fn has_member(&self, app: &str, channel: &str, user: &str) -> bool {
+        self.0.adapter.hub().has_member(app, channel, user)
+    }
+
+    fn occupied(&self, app: &str, channel: &str) -> bool {
+        self.0.adapter.hub().subscription_count(app, channel) > 0
+    }
+
+    fn online(&self, app: &str, user: &str) -> bool {
+        !self.0.adapter.hub().online(app, &[user.to_string()]).is_empty()
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let hub = self.0.adapter.hub();
+        Snapshot {
+            members: hub.presence_members(),
+            occupied: hub.occupied_channels(),
+            online: hub.signed_in_users(),
+        }
+    }
+
+    fn connections(&self) -> HashMap<String, u64> {
+        let hub = self.0.adapter.hub();
+        self.0
+            .apps
+            .ids()
+            .map(|id| (id.to_string(), hub.connection_count(id)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    fn answer(&self, query: &Value) -> Value {
+        self.0.adapter.answer(query)
+    }
+
+    fn broadcast(&self, app: &str, channel: &str, frame: String, except: Option<&str>) {
+        self.0.metrics.bus_broadcasts_received.inc();
+        self.0.adapter.hub().broadcast(app, channel, &Utf8Bytes::from(frame), except);
+    }
+
+    fn to_user(&self, app: &str, user: &str, frame: String) {
+        self.0.adapter.hub().send_to_user(app, user, &Utf8Bytes::from(frame));
+    }
+
+    fn member_changed(&self, app: &str, channel: &str, user: &str, info: Option<&Value>) {
+        member_event(&self.0, app, channel, user, info, None);
+    }
+
+    fn occupancy_changed(&self, app: &str, channel: &str, occupied: bool) {
+        occupancy_event(&self.0, app, channel, occupied);
+    }
+
+    fn user_status_changed(&self, app: &str, user: &str, online: bool) {
+        let name = if online { "online" } else { "offline" };
+        let frame = Utf8Bytes::from(frames::watchlist_event(name, &[user.to_string()]));
+        self.0.adapter.notify_watchers(app, user, &frame);
+    }
+
+    fn nodes_changed(&self, nodes: usize) {
+        self.0.metrics.cluster_nodes.set(i64::try_from(nodes).unwrap_or(i64::MAX));
+    }
+
+    fn node_died(&self, _node: u64) {
+        self.0.metrics.dead_nodes.inc();
+    }
+
+    fn refused(&self, refusal: Refusal) {
+        self.0.metrics.bus_refused.inc();
+        if let Refusal::Seal(error) = refusal {
+            Metrics::count(&self.0.metrics.bus_unauthenticated, "reason", error.label());
+        }
+    }
+}
+
+/// A user appeared in (`info` given) or left a presence channel, as this node sees the
+/// cluster. Every node tells its own subscribers when its view changes, so each subscriber
+/// hears it once, whichever node saw the change first; only the cleanup leader sends the
+/// webhook, so it goes out once.
+pub fn member_event(
+    ctx: &Arc<Ctx>,
+    app_id: &str,
+    channel: &str,
+    user: &str,
+    info: Option<&Value>,
+    except: Option<&str>,
+) {
+    let kind = if info.is_some() { "member_added" } else { "member_removed" };
+    // A peer's full state can add tens of thousands of members to channels with no subscriber
+    // here: no frame is built for nobody.
+    if ctx.adapter.hub().subscription_count(app_id, channel) > 0 {
+        let frame = match info {
+            Some(info) => frames::member_added(channel, user, info),
+            None => frames::member_removed(channel, user),
+        };
+        ctx.adapter.hub().broadcast(app_id, channel, &Utf8Bytes::from(frame), except);
+    }
+    if ctx.adapter.cluster().is_leader()
+        && let Some(app) = ctx.apps.by_id(app_id)
+    {
+        ctx.webhooks.emit(ctx, app, json!({ "name": kind, "channel": channel, "user_id": user }));
+    }
+}
+
+/// A channel gained its first subscriber (`occupied`) or lost its last, as this node sees the
+/// cluster: the cleanup leader sends the webhook, so it goes out once.
+pub fn occupancy_event(ctx: &Arc<Ctx>, app_id: &str, channel: &str, occupied: bool) {
+    if !ctx.adapter.cluster().is_leader() {
+        return;
+    }
+    let Some(app) = ctx.apps.by_id(app_id) else { return };
+    if occupied {
+        ctx.webhooks.occupied(ctx, app, channel);
+    } else {
+        ctx.webhooks.vacated(ctx, app, channel);
+    }
+}
