@@ -27,6 +27,7 @@ pub mod inspect;
 pub mod metrics;
 pub mod plugins;
 pub mod protocol;
+pub mod readiness;
 pub mod server;
 pub mod telemetry;
 pub mod webhooks;

@@ -12,19 +12,34 @@ use sockhost::{
     telemetry,
 };
 
-fn main() -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
+    // Every refusal is one line, without a backtrace whatever `RUST_BACKTRACE` says: an
+    // operator reads what is wrong, not where in the code it was noticed.
+    match run(&cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let exe_dir = exe_dir()?;
-    match cli.command {
-        Some(Command::Plugins(PluginsCommand::Check { file })) => {
-            Ok(verdict(inspect::check(&file, &mut std::io::stdout().lock())?))
+    match &cli.command {
+        Some(Command::Plugins(command)) => {
+            telemetry::init(&telemetry::LogSettings::default());
+            let out = &mut std::io::stdout().lock();
+            match command {
+                PluginsCommand::Check { file } => Ok(verdict(inspect::check(file, out)?)),
+                PluginsCommand::List => {
+                    let manifest = inspect::manifest(cli.plugins.as_deref(), &exe_dir)?;
+                    Ok(verdict(inspect::list(&manifest, out)?))
+                }
+            }
         }
-        Some(Command::Plugins(PluginsCommand::List)) => {
-            let manifest = inspect::manifest(cli.plugins.as_deref(), &exe_dir)?;
-            Ok(verdict(inspect::list(&manifest, &mut std::io::stdout().lock())?))
-        }
-        None | Some(Command::Serve) => serve(&cli, &exe_dir),
+        None | Some(Command::Serve) => serve(cli, &exe_dir),
     }
 }
 
@@ -53,6 +68,7 @@ fn serve(cli: &Cli, exe_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    telemetry::init(&settings.log);
     let manifest = inspect::manifest(cli.plugins.as_deref(), exe_dir)?;
     let mut registry = Registry::new();
     let refusals = registry.load_manifest(&manifest);

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub webhook_queue_errors: Counter,
     /// Nodes in the cluster, this one included.
     pub cluster_nodes: Gauge,
+    /// 1 while this node is ready for new traffic (`/ready`), 0 while not.
+    pub ready: Gauge,
     /// Broadcasts received from other nodes.
     pub bus_broadcasts_received: Counter,
     /// Bus messages this node could not read.
@@ -112,6 +114,7 @@ impl Metrics {
             webhook_queue_errors: Counter::default(),
             webhooks_failed: Counter::default(),
             cluster_nodes: Gauge::default(),
+            ready: Gauge::default(),
             bus_broadcasts_received: Counter::default(),
             bus_refused: Counter::default(),
             bus_publish_refused: Counter::default(),
@@ -255,6 +258,11 @@ impl Metrics {
             "edge_lingering_connections",
             "Closed connections still discarding what their client sends",
             metrics.edge_lingering.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while this node is ready for new traffic (/ready), 0 while draining or over its memory threshold",
+            metrics.ready.clone(),
         );
         registry.register(
             "edge_refused",

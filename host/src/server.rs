@@ -32,6 +32,7 @@ use crate::{
     hub::Hub,
     metrics::Metrics,
     plugins::{Drivers, RateDecision},
+    readiness::Readiness,
     telemetry::LogLimiter,
     webhooks::{self, Webhooks},
     ws,
@@ -63,6 +64,8 @@ pub struct Ctx {
     pub webhooks: Webhooks,
     /// The listener's counts and limits.
     pub edge: Arc<Edge>,
+    /// Whether this node wants new traffic.
+    pub readiness: Readiness,
     socket_prefix: u32,
     socket_counter: AtomicU64,
 }
@@ -77,8 +80,10 @@ impl Ctx {
             metrics.bus_publish_refused.clone(),
         );
         let edge = Edge::new(&settings.edge, &metrics);
+        metrics.ready.set(1);
         Self {
             edge,
+            readiness: Readiness::new(settings.max_memory_percent, settings.max_memory_bytes),
             apps: Apps::new(settings.apps.clone()),
             adapter: Adapter::new(Arc::new(Hub::default()), cluster),
             settings,
@@ -146,11 +151,36 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             post(http_api::users::terminate),
         )
         .route("/up", get(http_api::health::up))
+        .route("/ready", get(http_api::health::ready))
         .route("/up/{app_id}", get(http_api::health::up_app))
         .fallback(http_api::not_found)
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), http_api::count_requests))
-        .layer(axum::middleware::from_fn(http_api::refuse_over_limit));
+        .layer(axum::middleware::from_fn(http_api::refuse_over_limit))
+        .layer(axum::middleware::from_fn(http_api::in_span));
     Router::new().route("/app/{key}", get(ws::upgrade)).merge(api).with_state(ctx)
+}
+
+/// Keep readiness up to date with the resident size, when a memory threshold is set.
+async fn watch_memory(ctx: Arc<Ctx>) {
+    if let Some(threshold) = ctx.readiness.threshold() {
+        tracing::info!(threshold_mib = threshold >> 20, "Not ready above this resident size.");
+    }
+    ctx.readiness
+        .watch(ctx.shutdown.clone(), |over, resident| {
+            ctx.metrics.ready.set(i64::from(!over));
+            if over {
+                tracing::warn!(
+                    resident_mib = resident >> 20,
+                    "Over the memory threshold: not ready, refusing new connections."
+                );
+            } else {
+                tracing::info!(
+                    resident_mib = resident >> 20,
+                    "Back under the memory threshold: ready."
+                );
+            }
+        })
+        .await;
 }
 
 /// Accept connections on `listener` until `stop` is cancelled, serving each with `app`
@@ -245,11 +275,14 @@ pub async fn run(
         );
     }
     let token = ctx.shutdown.clone();
+    tokio::spawn(watch_memory(ctx.clone()));
     tokio::spawn({
         let token = token.clone();
+        let ctx_ready = ctx.clone();
         async move {
             shutdown.await;
             tracing::info!("Shutting down: closing connections with 4200.");
+            ctx_ready.metrics.ready.set(0);
             token.cancel();
         }
     });

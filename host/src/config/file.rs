@@ -61,6 +61,10 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// Push-back on publishers when subscribers cannot keep up.
     pub overload: OverloadConfig,
+    /// How logs are written.
+    pub log: LogConfig,
+    /// When the node says it is ready for traffic (`/ready`) and admits new connections.
+    pub readiness: ReadinessConfig,
 }
 
 impl Default for Config {
@@ -89,6 +93,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             edge: EdgeConfig::default(),
             overload: OverloadConfig::default(),
+            log: LogConfig::default(),
+            readiness: ReadinessConfig::default(),
         }
     }
 }
@@ -524,4 +530,36 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         Self { enabled: true, host: "0.0.0.0".into(), port: 9601, prefix: "sockhost_".into() }
     }
+}
+
+/// How logs are written (to standard error).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"text"` (for people) or `"json"` (one object a line, with the connection's or
+    /// request's span fields, for a log pipeline). Default: "text". Env: `LOG_FORMAT`.
+    pub format: String,
+    /// Colour in text logs: `"auto"` (only on a terminal, and never with `NO_COLOR` set),
+    /// `"always"` or `"never"`. Default: "auto". Env: `LOG_COLOR`.
+    pub color: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: "text".into(), color: "auto".into() }
+    }
+}
+
+/// When the node says it is ready for traffic and admits new connections.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadinessConfig {
+    /// Above this share of its memory limit (the cgroup's `memory.max` when set, else the
+    /// machine's memory), the node answers `/ready` with 503 and refuses new WebSocket
+    /// connections with 4100, so a load balancer moves traffic away before the node runs out.
+    /// 0 turns it off. Default: 0. Env: `READINESS_MAX_MEMORY_PERCENT`.
+    pub max_memory_percent: u64,
+    /// The same as an absolute resident size in MiB (with both set, the lower one counts).
+    /// 0 turns it off. Default: 0. Env: `READINESS_MAX_MEMORY_MB`.
+    pub max_memory_mb: u64,
 }

@@ -113,6 +113,10 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("METRICS_HOST", "metrics.host", Kind::Str),
     ("METRICS_PORT", "metrics.port", Kind::Int),
     ("METRICS_PROMETHEUS_PREFIX", "metrics.prefix", Kind::Str),
+    ("LOG_FORMAT", "log.format", Kind::Str),
+    ("LOG_COLOR", "log.color", Kind::Str),
+    ("READINESS_MAX_MEMORY_PERCENT", "readiness.max_memory_percent", Kind::Int),
+    ("READINESS_MAX_MEMORY_MB", "readiness.max_memory_mb", Kind::Int),
 ];
 
 /// The default app's fields, set by environment when the configuration lists no app.

@@ -10,7 +10,7 @@ mod file;
 mod load;
 mod settings;
 
-pub use file::{AppConfig, Config, DriverSection, WebhookTarget};
+pub use file::{AppConfig, Config, DriverSection, LogConfig, WebhookTarget};
 pub use load::{ConfigError, Sources, load, settings};
 pub use settings::{
     EdgeSettings, Limits, OverloadSettings, Settings, WEBHOOK_KINDS, WebhookSettings,

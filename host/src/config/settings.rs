@@ -135,6 +135,12 @@ pub struct Settings {
     pub edge: EdgeSettings,
     /// Push-back on publishers.
     pub overload: OverloadSettings,
+    /// How logs are written.
+    pub log: crate::telemetry::LogSettings,
+    /// Above this share of the memory limit, in percent, the node is not ready; `None`: never.
+    pub max_memory_percent: Option<u8>,
+    /// Above this resident size, in bytes, the node is not ready; `None`: never.
+    pub max_memory_bytes: Option<u64>,
 }
 
 impl Settings {
@@ -193,6 +199,12 @@ impl Settings {
                     health.node_timeout_ms / 3
                 ),
             );
+        }
+        let log = crate::telemetry::LogSettings::parse(&config.log, config.debug)
+            .map_err(|(place, problem)| err(place, problem))
+            .unwrap_or_default();
+        if config.readiness.max_memory_percent > 100 {
+            err("readiness.max_memory_percent", "must be at most 100 (0 turns it off)".into());
         }
         if config.overload.watermark_percent > 99 {
             err(
@@ -501,6 +513,12 @@ impl Settings {
                 watermark_percent: u8::try_from(config.overload.watermark_percent).unwrap_or(99),
                 max_publish_delay: Duration::from_millis(config.overload.max_publish_delay_ms),
             },
+            log,
+            max_memory_percent: u8::try_from(config.readiness.max_memory_percent)
+                .ok()
+                .filter(|p| *p > 0),
+            max_memory_bytes: (config.readiness.max_memory_mb > 0)
+                .then(|| config.readiness.max_memory_mb.saturating_mul(1024 * 1024)),
         })
     }
 }

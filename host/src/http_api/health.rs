@@ -29,6 +29,19 @@ pub async fn up(State(ctx): State<Arc<Ctx>>) -> (StatusCode, Json<Value>) {
     }
 }
 
+/// `GET /ready`: 200 while this node wants new traffic; 503 with the reason (`draining`,
+/// `memory`) while it does not. Apart from `/up`: a node over its memory threshold still works
+/// for the connections it has, and should not be restarted for it, only sent less.
+pub async fn ready(State(ctx): State<Arc<Ctx>>) -> (StatusCode, Json<Value>) {
+    match ctx.readiness.check(&ctx.shutdown) {
+        None => (StatusCode::OK, Json(json!({ "ready": true }))),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": reason.label() })),
+        ),
+    }
+}
+
 /// `GET /up/{app_id}`: as `/up`, and 404 for an unknown app, 503 for a disabled one.
 pub async fn up_app(
     State(ctx): State<Arc<Ctx>>,

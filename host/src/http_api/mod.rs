@@ -210,13 +210,26 @@ pub async fn count_requests(State(ctx): State<Arc<Ctx>>, request: Request, next:
     response
 }
 
+/// Run a request inside a span naming it, so its log lines say which request they are about.
+pub async fn in_span(request: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    next.run(request).instrument(span).await
+}
+
 /// Refuse a request on a connection over the edge's limits with 503 (WebSocket upgrades are
 /// refused on the socket itself, and health checks still answer).
 pub async fn refuse_over_limit(request: Request, next: Next) -> Response {
     let over = request.extensions().get::<Peer>().and_then(|peer| peer.over_limit);
     let path = request.uri().path();
     match over {
-        Some(over) if !path.starts_with("/up") && !path.starts_with("/app/") => {
+        Some(over)
+            if !path.starts_with("/up") && path != "/ready" && !path.starts_with("/app/") =>
+        {
             let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, over.message())
                 .retry_after(1)
                 .into_response();

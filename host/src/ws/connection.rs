@@ -75,6 +75,13 @@ pub async fn run(
         return refuse(&mut sink, patience, codes::OVER_CAPACITY, over.message()).await;
     }
 
+    if ctx.readiness.over_memory() {
+        ctx.metrics.connection_errors.inc();
+        crate::metrics::Metrics::count(&ctx.metrics.edge_refused, "reason", "memory");
+        let reason = "Node is over its memory threshold; connect to another";
+        return refuse(&mut sink, patience, codes::OVER_CAPACITY, reason).await;
+    }
+
     let Some(app) = ctx.apps.by_key(&key).cloned() else {
         ctx.metrics.connection_errors.inc();
         return refuse(
@@ -127,6 +134,9 @@ pub async fn run(
     }
 
     let socket_id = ctx.next_socket_id();
+    let span = tracing::Span::current();
+    span.record("app", app.id.as_str());
+    span.record("socket_id", socket_id.as_str());
     let (queue, mut outbound) = mpsc::channel::<Utf8Bytes>(ctx.settings.ws_max_queued_messages);
     let closer = Arc::new(Closer::new(
         ctx.settings.ws_max_queued_messages,

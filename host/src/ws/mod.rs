@@ -11,6 +11,8 @@ use axum::{
     response::Response,
 };
 
+use tracing::Instrument as _;
+
 use crate::{edge::Peer, server::Ctx};
 
 /// Read buffer per connection. Small: most Pusher messages are tiny, and the buffer is paid by
@@ -33,12 +35,25 @@ pub async fn upgrade(
     let peer = peer.map(|Extension(peer)| peer);
     let max = ctx.settings.ws_max_message_bytes;
     let tracker = ctx.tracker.clone();
+    // Every log line about this connection says which it is (the fields left empty here are
+    // filled in once known).
+    let span = tracing::info_span!(
+        "connection",
+        key = %key,
+        app = tracing::field::Empty,
+        socket_id = tracing::field::Empty,
+        ip = tracing::field::Empty,
+    );
+    if let Some(ip) = ip {
+        span.record("ip", tracing::field::display(ip));
+    }
     ws.read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(WRITE_BUFFER_BYTES * 64)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            tracker.track_future(connection::run(socket, ctx, key, query, ip, peer))
+            tracker
+                .track_future(connection::run(socket, ctx, key, query, ip, peer).instrument(span))
         })
 }
