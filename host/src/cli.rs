@@ -54,4 +54,7 @@ pub enum PluginsCommand {
         /// The plugin library.
         file: PathBuf,
     },
+    /// Check every plugin the manifest lists, then write each file's SHA-256 into the manifest,
+    /// so that another build of a file is refused. Exits 1, writing nothing, if any is refused.
+    Pin,
 }

@@ -37,6 +37,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                     let manifest = inspect::manifest(cli.plugins.as_deref(), &exe_dir)?;
                     Ok(verdict(inspect::list(&manifest, out)?))
                 }
+                PluginsCommand::Pin => {
+                    let manifest = inspect::manifest(cli.plugins.as_deref(), &exe_dir)?;
+                    Ok(verdict(inspect::pin(&manifest, out)?))
+                }
             }
         }
         None | Some(Command::Serve) => serve(cli, &exe_dir),

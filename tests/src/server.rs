@@ -78,11 +78,18 @@ pub struct ServerBuilder {
     env: Vec<(String, String)>,
     manifest: Option<PathBuf>,
     open_files: Option<u32>,
+    exec: Option<Vec<String>>,
 }
 
 impl Default for ServerBuilder {
     fn default() -> Self {
-        Self { config: APPS.to_string(), env: Vec::new(), manifest: None, open_files: None }
+        Self {
+            config: APPS.to_string(),
+            env: Vec::new(),
+            manifest: None,
+            open_files: None,
+            exec: None,
+        }
     }
 }
 
@@ -111,6 +118,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Start the server with this command line instead of the built binary with `--config` and
+    /// `--plugins` (as a service manager would); `{config}` in it is replaced with the path of
+    /// the config file written for it.
+    #[must_use]
+    pub fn exec(mut self, argv: Vec<String>) -> Self {
+        self.exec = Some(argv);
+        self
+    }
+
     /// Run the server with at most `n` open files (through `prlimit`, which then runs it).
     #[must_use]
     pub fn open_files(mut self, n: u32) -> Self {
@@ -136,18 +152,32 @@ impl ServerBuilder {
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let manifest =
             self.manifest.unwrap_or_else(|| crate::workspace_root().join("plugins.toml"));
-        let mut command = match self.open_files {
-            None => Command::new(sockhost_bin()),
-            Some(n) => {
+        let mut command = match (&self.exec, self.open_files) {
+            (Some(argv), _) => {
+                let argv: Vec<String> =
+                    argv.iter().map(|a| a.replace("{config}", config.to_str().unwrap())).collect();
+                let mut command = Command::new(&argv[0]);
+                command.args(&argv[1..]);
+                command
+            }
+            (None, None) => Command::new(sockhost_bin()),
+            (None, Some(n)) => {
                 let mut prlimit = Command::new("prlimit");
                 prlimit.arg(format!("--nofile={n}:{n}")).arg("--").arg(sockhost_bin());
                 prlimit
             }
         };
+        if self.exec.is_none() {
+            command.args([
+                "--config",
+                config.to_str().unwrap(),
+                "--plugins",
+                manifest.to_str().unwrap(),
+            ]);
+        }
         // Port 0: the server binds free ports itself and logs them, so no two servers of
         // concurrent tests can race for one.
         command
-            .args(["--config", config.to_str().unwrap(), "--plugins", manifest.to_str().unwrap()])
             .env("PORT", "0")
             .env("HOST", "127.0.0.1")
             .env("METRICS_PORT", "0")

@@ -102,3 +102,57 @@ fn a_missing_manifest_is_one_line() {
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].starts_with("error: ") && lines[0].contains("plugins.toml"), "{stderr}");
 }
+
+/// `scripts/release` bundles the binary and the chosen plugins with a manifest pinning each
+/// file; the bundle starts the way its systemd unit starts it, and a plugin file changed after
+/// pinning is refused at start in one line.
+#[tokio::test]
+async fn the_release_bundle_starts_as_its_unit_says_and_holds_its_pins() {
+    let root = sockhost_tests::workspace_root();
+    let profile = sockhost_tests::target_dir();
+    let profile = profile.file_name().unwrap().to_str().unwrap();
+    let dir = private_dir();
+    let bundle = dir.path().join("bundle");
+    let status = std::process::Command::new(root.join("scripts/release"))
+        .args(["--no-build", "--profile", profile, "--plugins", "local,redis"])
+        .arg("--out")
+        .arg(&bundle)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let manifest = std::fs::read_to_string(bundle.join("plugins.toml")).unwrap();
+    assert_eq!(manifest.matches("sha256 = ").count(), 2, "{manifest}");
+
+    // ExecStart as the unit has it, with the bundle where the unit expects /opt/sockhost.
+    let unit = std::fs::read_to_string(bundle.join("sockhost.service")).unwrap();
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
+    let argv: Vec<String> = exec
+        .split_whitespace()
+        .map(|a| {
+            a.replace("/opt/sockhost", bundle.to_str().unwrap())
+                .replace("/etc/sockhost/sockhost.toml", "{config}")
+        })
+        .collect();
+    let server = Server::builder().exec(argv.clone()).start();
+    let app = TestApp::main();
+    Client::connect(&server.ws_url(&app.key)).await;
+    drop(server);
+
+    let plugin = bundle.join("libsockhost_redis.so");
+    let mut bytes = std::fs::read(&plugin).unwrap();
+    bytes.push(0);
+    std::fs::write(&plugin, bytes).unwrap();
+    let config = dir.path().join("empty.toml");
+    std::fs::write(&config, "").unwrap();
+    let out = std::process::Command::new(&argv[0])
+        .args(argv[1..].iter().map(|a| a.replace("{config}", config.to_str().unwrap())))
+        .env("PORT", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("checksum mismatch") && stderr.contains("libsockhost_redis.so"),
+        "{stderr}"
+    );
+}
