@@ -30,6 +30,7 @@ pub mod protocol;
 pub mod readiness;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod webhooks;
 pub mod ws;
 

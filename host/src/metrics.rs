@@ -79,6 +79,10 @@ pub struct Metrics {
     pub edge_timeouts: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Errors accepting connections (out of descriptors, ...).
     pub accept_errors: Counter,
+    /// TLS handshakes that failed (a client that does not speak TLS, or trusts another CA).
+    pub tls_handshake_failures: Counter,
+    /// Certificate reloads, by outcome (`ok`, `failed`).
+    pub tls_reloads: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// WebSocket connections closed for a bad frame, by close code (1002, 1007, 1009).
     pub ws_protocol_errors: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Subscriptions refused by a per-connection limit, by reason (`channels`, `rate`).
@@ -127,6 +131,8 @@ impl Metrics {
             edge_refused: Family::default(),
             edge_timeouts: Family::default(),
             accept_errors: Counter::default(),
+            tls_handshake_failures: Counter::default(),
+            tls_reloads: Family::default(),
             ws_protocol_errors: Family::default(),
             subscriptions_refused: Family::default(),
             webhooks_dropped: Family::default(),
@@ -278,6 +284,16 @@ impl Metrics {
             "accept_errors",
             "Errors accepting connections (out of file descriptors, ...)",
             metrics.accept_errors.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            metrics.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_certificate_reloads",
+            "Certificate reloads (file change or SIGHUP), by outcome; a failed one keeps the old certificate",
+            metrics.tls_reloads.clone(),
         );
         registry.register(
             "ws_protocol_errors",

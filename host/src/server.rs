@@ -18,6 +18,7 @@ use axum::{
 use hyper::{Request, body::Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt as _;
 
@@ -27,13 +28,14 @@ use crate::{
     cluster::Cluster,
     cluster_events,
     config::Settings,
-    edge::Edge,
+    edge::{Edge, Peer},
     http_api,
     hub::Hub,
     metrics::Metrics,
     plugins::{Drivers, RateDecision},
     readiness::Readiness,
     telemetry::LogLimiter,
+    tls::{self, Certificates},
     webhooks::{self, Webhooks},
     ws,
 };
@@ -184,9 +186,16 @@ async fn watch_memory(ctx: Arc<Ctx>) {
 }
 
 /// Accept connections on `listener` until `stop` is cancelled, serving each with `app`
-/// through the edge's limits and timeouts; then let open HTTP exchanges finish (up to
-/// `grace`). Upgraded WebSockets are not waited for here: their tasks are tracked apart.
-async fn serve(ctx: &Arc<Ctx>, listener: TcpListener, app: Router, stop: CancellationToken) {
+/// through the edge's limits and timeouts (and TLS, with `tls`); then let open HTTP exchanges
+/// finish (up to `grace`). Upgraded WebSockets are not waited for here: their tasks are
+/// tracked apart.
+async fn serve(
+    ctx: &Arc<Ctx>,
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+    tls: Option<TlsAcceptor>,
+) {
     let settings = ctx.edge.settings().clone();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(settings.header_timeout);
@@ -214,29 +223,26 @@ async fn serve(ctx: &Arc<Ctx>, listener: TcpListener, app: Router, stop: Cancell
             },
         };
         let (io, peer) = ctx.edge.accept(stream, addr);
-        let builder = if peer.over_limit.is_some() { &refusing } else { &http };
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer.addr));
-            request.extensions_mut().insert(peer.clone());
-            app.clone().oneshot(request.map(axum::body::Body::new))
-        });
-        let mut connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
-        let (ctx, stop) = (ctx.clone(), stop.clone());
+        let builder = if peer.over_limit.is_some() { refusing.clone() } else { http.clone() };
+        let exchange =
+            Exchange { ctx: ctx.clone(), builder, app: app.clone(), peer, stop: stop.clone() };
+        let Some(acceptor) = tls.clone() else {
+            exchanges.spawn(exchange.run(io));
+            continue;
+        };
+        // The handshake is part of the request head's time: a client that opens a socket and
+        // says nothing is dropped at the same deadline.
         exchanges.spawn(async move {
-            // At shutdown an idle connection closes, and a busy one after its response.
-            let served = tokio::select! {
-                served = &mut connection => served,
-                () = stop.cancelled() => {
-                    Pin::new(&mut connection).graceful_shutdown();
-                    connection.await
+            match tokio::time::timeout(settings.header_timeout, acceptor.accept(io)).await {
+                Ok(Ok(stream)) => exchange.run(stream).await,
+                Ok(Err(error)) => {
+                    exchange.ctx.metrics.tls_handshake_failures.inc();
+                    tracing::debug!(%error, %addr, "A TLS handshake failed.");
                 }
-            };
-            if let Err(error) = served {
-                if error.is_timeout() {
-                    Metrics::count(&ctx.metrics.edge_timeouts, "kind", "header");
+                Err(_) => {
+                    exchange.ctx.metrics.tls_handshake_failures.inc();
+                    Metrics::count(&exchange.ctx.metrics.edge_timeouts, "kind", "header");
                 }
-                tracing::debug!(%error, %addr, "An HTTP connection ended with an error.");
             }
         });
     }
@@ -244,6 +250,45 @@ async fn serve(ctx: &Arc<Ctx>, listener: TcpListener, app: Router, stop: Cancell
     exchanges.close();
     if tokio::time::timeout(ctx.settings.shutdown_grace_period, exchanges.wait()).await.is_err() {
         tracing::warn!("HTTP exchanges still open after the grace period; stopping anyway.");
+    }
+}
+
+/// One accepted connection's HTTP exchanges (and a WebSocket upgrade), over any stream.
+struct Exchange {
+    ctx: Arc<Ctx>,
+    builder: hyper::server::conn::http1::Builder,
+    app: Router,
+    peer: Peer,
+    stop: CancellationToken,
+}
+
+impl Exchange {
+    async fn run<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self { ctx, builder, app, peer, stop } = self;
+        let addr = peer.addr;
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer.addr));
+            request.extensions_mut().insert(peer.clone());
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let mut connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+        // At shutdown an idle connection closes, and a busy one after its response.
+        let served = tokio::select! {
+            served = &mut connection => served,
+            () = stop.cancelled() => {
+                Pin::new(&mut connection).graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = served {
+            if error.is_timeout() {
+                Metrics::count(&ctx.metrics.edge_timeouts, "kind", "header");
+            }
+            tracing::debug!(%error, %addr, "An HTTP connection ended with an error.");
+        }
     }
 }
 
@@ -263,6 +308,11 @@ pub async fn run(
         None => None,
     };
     let grace = settings.shutdown_grace_period;
+    // Read before anything starts, so a bad certificate is a refusal at start.
+    let certificates = match &settings.tls {
+        Some(tls) => Some(Certificates::load(&tls.cert, &tls.key).map_err(std::io::Error::other)?),
+        None => None,
+    };
     let inbox = drivers.inbox.take();
     let ctx = Arc::new(Ctx::new(settings, drivers));
     if let Some(inbox) = inbox {
@@ -305,12 +355,19 @@ pub async fn run(
     if let Err(error) = ctx.drivers.queue.consume(webhooks::QUEUE, deliver).await {
         tracing::error!(%error, "Webhooks will not be delivered: the queue refused a consumer.");
     }
+    let acceptor = match certificates {
+        None => None,
+        Some(certificates) => {
+            Some(start_tls(&ctx, certificates, listener.local_addr()?.port()).await?)
+        }
+    };
     tracing::info!(
         addr = %listener.local_addr()?,
+        tls = acceptor.is_some(),
         max_connections = ctx.edge.max_connections().map_or_else(|| "unlimited".to_string(), |m| m.to_string()),
         "Listening."
     );
-    serve(&ctx, listener, router(ctx.clone()), token.clone()).await;
+    serve(&ctx, listener, router(ctx.clone()), token.clone(), acceptor).await;
     ctx.tracker.close();
     if tokio::time::timeout(grace, ctx.tracker.wait()).await.is_err() {
         tracing::warn!(
@@ -322,6 +379,39 @@ pub async fn run(
     ctx.drivers.shutdown().await;
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// Serve TLS with `certificates` (reloaded as they change), and the plain listener that
+/// redirects to HTTPS when asked for; the acceptor for the main port, on `port`.
+async fn start_tls(
+    ctx: &Arc<Ctx>,
+    certificates: Arc<Certificates>,
+    port: u16,
+) -> std::io::Result<TlsAcceptor> {
+    let acceptor = tls::acceptor(certificates.clone()).map_err(std::io::Error::other)?;
+    let watcher = ctx.clone();
+    tokio::spawn(certificates.watch(ctx.shutdown.clone(), move |outcome| match outcome {
+        Ok(()) => {
+            Metrics::count(&watcher.metrics.tls_reloads, "outcome", "ok");
+            tracing::info!("Reloaded the TLS certificate; new connections get it.");
+        }
+        Err(error) => {
+            Metrics::count(&watcher.metrics.tls_reloads, "outcome", "failed");
+            tracing::error!(%error, "The new TLS certificate was refused; keeping the old one.");
+        }
+    }));
+    if let Some(http_port) = ctx.settings.tls.as_ref().and_then(|t| t.redirect_port) {
+        let listener =
+            TcpListener::bind((ctx.settings.host.as_str(), http_port)).await.map_err(|e| {
+                std::io::Error::other(format!("ssl.http_port: binding {http_port}: {e}"))
+            })?;
+        tracing::info!(addr = %listener.local_addr()?, "Redirecting plain HTTP to HTTPS.");
+        let (ctx, stop) = (ctx.clone(), ctx.shutdown.clone());
+        tokio::spawn(async move {
+            serve(&ctx, listener, http_api::redirect::router(port), stop, None).await;
+        });
+    }
+    Ok(acceptor)
 }
 
 async fn render_metrics(

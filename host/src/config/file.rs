@@ -65,6 +65,8 @@ pub struct Config {
     pub log: LogConfig,
     /// When the node says it is ready for traffic (`/ready`) and admits new connections.
     pub readiness: ReadinessConfig,
+    /// TLS on the WebSocket and HTTP API port.
+    pub ssl: SslConfig,
 }
 
 impl Default for Config {
@@ -95,6 +97,7 @@ impl Default for Config {
             overload: OverloadConfig::default(),
             log: LogConfig::default(),
             readiness: ReadinessConfig::default(),
+            ssl: SslConfig::default(),
         }
     }
 }
@@ -562,4 +565,34 @@ pub struct ReadinessConfig {
     /// The same as an absolute resident size in MiB (with both set, the lower one counts).
     /// 0 turns it off. Default: 0. Env: `READINESS_MAX_MEMORY_MB`.
     pub max_memory_mb: u64,
+}
+
+/// TLS on the WebSocket and HTTP API port (the reference's names).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SslConfig {
+    /// Serve TLS (`wss://`, `https://`). Default: false. Env: `SSL_ENABLED`.
+    pub enabled: bool,
+    /// The certificate chain, PEM, leaf first. Reloaded when the file changes or on SIGHUP.
+    /// Env: `SSL_CERT_PATH`.
+    pub cert_path: String,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1). Env: `SSL_KEY_PATH`.
+    pub key_path: String,
+    /// Also listen for plain HTTP on `http_port` and redirect every request to HTTPS.
+    /// Default: false. Env: `SSL_REDIRECT_HTTP`.
+    pub redirect_http: bool,
+    /// The port of that redirecting listener. Default: 80. Env: `SSL_HTTP_PORT`.
+    pub http_port: u16,
+}
+
+impl Default for SslConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            cert_path: String::new(),
+            key_path: String::new(),
+            redirect_http: false,
+            http_port: 80,
+        }
+    }
 }

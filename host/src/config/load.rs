@@ -117,6 +117,11 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("LOG_COLOR", "log.color", Kind::Str),
     ("READINESS_MAX_MEMORY_PERCENT", "readiness.max_memory_percent", Kind::Int),
     ("READINESS_MAX_MEMORY_MB", "readiness.max_memory_mb", Kind::Int),
+    ("SSL_ENABLED", "ssl.enabled", Kind::Bool),
+    ("SSL_CERT_PATH", "ssl.cert_path", Kind::Str),
+    ("SSL_KEY_PATH", "ssl.key_path", Kind::Str),
+    ("SSL_REDIRECT_HTTP", "ssl.redirect_http", Kind::Bool),
+    ("SSL_HTTP_PORT", "ssl.http_port", Kind::Int),
 ];
 
 /// The default app's fields, set by environment when the configuration lists no app.

@@ -141,6 +141,8 @@ pub struct Settings {
     pub max_memory_percent: Option<u8>,
     /// Above this resident size, in bytes, the node is not ready; `None`: never.
     pub max_memory_bytes: Option<u64>,
+    /// TLS on the main port; `None`: plain.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Settings {
@@ -203,6 +205,20 @@ impl Settings {
         let log = crate::telemetry::LogSettings::parse(&config.log, config.debug)
             .map_err(|(place, problem)| err(place, problem))
             .unwrap_or_default();
+        let tls = config.ssl.enabled.then(|| TlsSettings {
+            cert: config.ssl.cert_path.clone().into(),
+            key: config.ssl.key_path.clone().into(),
+            redirect_port: config.ssl.redirect_http.then_some(config.ssl.http_port),
+        });
+        if config.ssl.enabled {
+            for (place, value) in
+                [("ssl.cert_path", &config.ssl.cert_path), ("ssl.key_path", &config.ssl.key_path)]
+            {
+                if value.trim().is_empty() {
+                    err(place, "must name a PEM file when ssl.enabled is true".into());
+                }
+            }
+        }
         if config.readiness.max_memory_percent > 100 {
             err("readiness.max_memory_percent", "must be at most 100 (0 turns it off)".into());
         }
@@ -519,8 +535,20 @@ impl Settings {
                 .filter(|p| *p > 0),
             max_memory_bytes: (config.readiness.max_memory_mb > 0)
                 .then(|| config.readiness.max_memory_mb.saturating_mul(1024 * 1024)),
+            tls,
         })
     }
+}
+
+/// TLS on the main port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The certificate chain (PEM).
+    pub cert: std::path::PathBuf,
+    /// The private key (PEM).
+    pub key: std::path::PathBuf,
+    /// The port of a plain listener that redirects to HTTPS, if any.
+    pub redirect_port: Option<u16>,
 }
 
 fn to_usize(value: u64) -> usize {

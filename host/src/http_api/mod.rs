@@ -5,6 +5,7 @@ pub mod auth;
 pub mod channels;
 pub mod events;
 pub mod health;
+pub mod redirect;
 pub mod users;
 
 use std::sync::Arc;

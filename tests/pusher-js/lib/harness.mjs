@@ -40,8 +40,9 @@ export function once(emitter, event, what = event) {
   });
 }
 
-/** Start sockhost with the test app; resolves when /up answers. */
-export async function startSockhost() {
+/** Start sockhost with the test app; resolves when /up answers. With `tls` ({ cert, key }
+ * PEM paths) it serves wss:// and https://, which this Node must trust (NODE_EXTRA_CA_CERTS). */
+export async function startSockhost({ tls } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'sockhost-js-'));
   const config = join(dir, 'sockhost.toml');
   writeFileSync(config, `
@@ -54,8 +55,10 @@ enable_client_messages = true
   const port = await freePort();
   const metricsPort = await freePort();
   const binary = join(root, 'target', process.env.SOCKHOST_PROFILE ?? 'debug', 'sockhost');
+  const tlsEnv = tls ? { SSL_ENABLED: 'true', SSL_CERT_PATH: tls.cert, SSL_KEY_PATH: tls.key } : {};
+  const scheme = tls ? 'https' : 'http';
   const child = spawn(binary, ['--config', config, '--plugins', join(root, 'plugins.toml')], {
-    env: { ...process.env, HOST: '127.0.0.1', PORT: String(port), METRICS_PORT: String(metricsPort), RUST_LOG: 'warn' },
+    env: { ...process.env, ...tlsEnv, HOST: '127.0.0.1', PORT: String(port), METRICS_PORT: String(metricsPort), RUST_LOG: 'warn' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';
@@ -64,7 +67,7 @@ enable_client_messages = true
   for (;;) {
     if (child.exitCode !== null) throw new Error(`sockhost exited early:\n${stderr}`);
     try {
-      const response = await fetch(`http://127.0.0.1:${port}/up`);
+      const response = await fetch(`${scheme}://127.0.0.1:${port}/up`);
       if (response.status === 200) break;
     } catch { /* not listening yet */ }
     if (Date.now() > deadline) throw new Error(`sockhost did not answer /up:\n${stderr}`);
@@ -73,13 +76,15 @@ enable_client_messages = true
   return {
     port,
     stop: () => new Promise((resolve) => { child.once('exit', resolve); child.kill('SIGTERM'); }),
+    signal: (name) => child.kill(name),
+    metricsPort,
     stderr: () => stderr,
   };
 }
 
 /** The official server SDK, aimed at the server. */
-export function serverSdk(port) {
-  return new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: '127.0.0.1', port: String(port), useTLS: false });
+export function serverSdk(port, { tls = false } = {}) {
+  return new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: '127.0.0.1', port: String(port), useTLS: tls });
 }
 
 /**
@@ -122,7 +127,7 @@ export async function startAuthEndpoint(sdk) {
 }
 
 /** A pusher-js client connected to sockhost; resolves once connected. */
-export async function connect(port, auth, { user = 'anonymous', deny = false } = {}) {
+export async function connect(port, auth, { user = 'anonymous', deny = false, tls = false } = {}) {
   const headers = { 'x-test-user': user };
   if (deny) headers['x-test-deny'] = '1';
   const client = new PusherClient(APP.key, {
@@ -130,7 +135,7 @@ export async function connect(port, auth, { user = 'anonymous', deny = false } =
     wsHost: '127.0.0.1',
     wsPort: port,
     wssPort: port,
-    forceTLS: false,
+    forceTLS: tls,
     enabledTransports: ['ws'],
     enableStats: false,
     channelAuthorization: { endpoint: `${auth.url}/pusher/auth`, transport: 'ajax', headers },
