@@ -219,6 +219,113 @@ pub fn redis_cli(
         .then_some(text)
 }
 
+/// A Redis master, one replica of it, and three sentinels watching it as `mymaster` (quorum
+/// two; a master silent for 500 ms is down), each on free loopback ports in temp dirs.
+#[derive(Debug)]
+pub struct SentinelGroup {
+    /// The first master.
+    pub master: RedisServer,
+    /// Its replica, which a failover promotes.
+    pub replica: RedisServer,
+    sentinels: Vec<(Child, u16, tempfile::TempDir)>,
+}
+
+impl SentinelGroup {
+    /// Start them, and wait until every sentinel knows the replica and the other sentinels.
+    ///
+    /// # Panics
+    /// If a server does not start or the sentinels do not find each other in time.
+    pub fn start() -> Self {
+        let master = RedisServer::start();
+        let replica = RedisServer::start_with(
+            None,
+            &["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()],
+        );
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let dir = private_dir();
+            let port = free_port();
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor mymaster 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds mymaster 500\n\
+                     sentinel failover-timeout mymaster 2000\n\
+                     sentinel parallel-syncs mymaster 1\n",
+                    dir.path().display(),
+                    master.port
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(dir.path().join("sentinel.log")).unwrap();
+            let child = Command::new(binary("redis-server", "REDIS_SERVER_BIN"))
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(log)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            sentinels.push((child, port, dir));
+        }
+        let group = Self { master, replica, sentinels };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (_, port, dir) in &group.sentinels {
+            loop {
+                let info = redis_cli(*port, None, None, &["SENTINEL", "master", "mymaster"]);
+                let knows = info.as_deref().is_some_and(|i| {
+                    let lines: Vec<&str> = i.lines().collect();
+                    let field = |name: &str| {
+                        lines.iter().position(|l| *l == name).and_then(|p| lines.get(p + 1))
+                    };
+                    field("num-slaves") == Some(&"1") && field("num-other-sentinels") == Some(&"2")
+                });
+                if knows {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the sentinels did not find each other and the replica:\n{}",
+                    std::fs::read_to_string(dir.path().join("sentinel.log")).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        group
+    }
+
+    /// `sentinels = [...]` for `[database.redis]`.
+    pub fn sentinels_toml(&self) -> String {
+        let list: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|(_, port, _)| format!("{{ host = \"127.0.0.1\", port = {port} }}"))
+            .collect();
+        format!("sentinels = [{}]", list.join(", "))
+    }
+
+    /// The master's port, as the first sentinel names it.
+    pub fn master_port(&self) -> Option<u16> {
+        let answer = redis_cli(
+            self.sentinels[0].1,
+            None,
+            None,
+            &["SENTINEL", "get-master-addr-by-name", "mymaster"],
+        )?;
+        answer.lines().nth(1)?.trim().parse().ok()
+    }
+}
+
+impl Drop for SentinelGroup {
+    fn drop(&mut self) {
+        for (child, _, _) in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// How to start a [`RedisCluster`].
 #[derive(Debug, Default)]
 pub struct ClusterOptions<'a> {

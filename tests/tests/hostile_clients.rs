@@ -212,8 +212,23 @@ async fn oversized_bodies_get_413_that_the_client_reads() {
     let (status, body) = api.post("/events", &big).await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["code"], 413);
-    let huge = json!({ "name": "e", "channel": "c", "data": "x".repeat(20 << 20) });
-    assert_eq!(api.post("/events", &huge).await.0, 413);
+    // A client that writes all of a 20 MiB body before it reads: the lingering close takes
+    // (and discards) the body, so the 413 is still there to read. (An HTTP client library
+    // that reads while it writes may see the server's FIN first and report a closed
+    // connection instead, whatever the server does.)
+    let huge = json!({ "name": "e", "channel": "c", "data": "x".repeat(20 << 20) }).to_string();
+    let path = "/apps/app-1/events";
+    let query = api.signed_query("POST", path, &[], huge.as_bytes(), Api::now());
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    let head = format!(
+        "POST {path}?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        huge.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(huge.as_bytes()).await.unwrap();
+    let answer = raw::read_head(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 
     // No length given (chunked): the body is cut at the limit while it streams.
     let body = json!({ "name": "e", "channel": "c", "data": "x".repeat(1_500_000) }).to_string();

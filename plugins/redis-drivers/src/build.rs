@@ -35,11 +35,12 @@ impl Backend {
 /// Connect as `backend` says, then make the driver with `make` over either connection.
 macro_rules! connected {
     ($backend:expr, $place:expr, $database:expr, $url:expr, $nodes:expr, $timeout:expr,
-     |$conn:ident| $make:expr) => {
+     $host:expr, |$conn:ident| $make:expr) => {
         match $backend {
             Backend::Server => {
-                let url = $database.server_url($url);
-                let $conn = connection::server(&url, $timeout).await?;
+                let host = Some($host.clone());
+                let $conn =
+                    connection::ServerConnection::open($database, $url, $timeout, host).await?;
                 $make
             }
             Backend::Cluster => {
@@ -67,6 +68,7 @@ pub async fn cache(args: sdk::CreateArgs, backend: Backend) -> Result<CacheBox, 
         config.url_override.as_deref(),
         &config.nodes,
         timeout(config.request_timeout_ms),
+        args.host,
         |conn| sdk::cache_box(args.runtime, RedisCache::new(conn, &config))
     ))
 }
@@ -77,6 +79,7 @@ pub async fn queue(args: sdk::CreateArgs, backend: Backend) -> Result<QueueBox, 
     let config: QueueConfig = parse(&place, &args.config)?;
     config.check(&place)?;
     let database = config.database.clone();
+    let database = &database;
     Ok(connected!(
         backend,
         place,
@@ -84,6 +87,7 @@ pub async fn queue(args: sdk::CreateArgs, backend: Backend) -> Result<QueueBox, 
         config.url_override.as_deref(),
         &config.nodes,
         timeout(config.request_timeout_ms),
+        args.host,
         |conn| sdk::queue_box(
             args.runtime,
             RedisQueue::new(conn, config.clone(), args.host.clone())
@@ -106,6 +110,7 @@ pub async fn rate_limiter(
         config.url_override.as_deref(),
         &config.nodes,
         timeout(config.request_timeout_ms),
+        args.host,
         |conn| sdk::rate_limiter_box(args.runtime, RedisRateLimiter::new(conn, &config))
     ))
 }

@@ -14,9 +14,10 @@ use serde::Deserialize;
 use sockhost_plugin_api::PluginError;
 
 /// `[database.redis]`: the connection every Redis driver uses unless its own table says
-/// otherwise. Fields no driver here uses (key prefixes, sentinels) are allowed.
+/// otherwise, with the reference's fields. An unknown field is refused, naming it: a setting
+/// that is silently ignored (a Sentinel the server never asks) is worse than none.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Database {
     /// A full URL, used as is.
     pub url: Option<String>,
@@ -30,8 +31,20 @@ pub struct Database {
     pub password: Option<String>,
     /// Database number. Default: 0.
     pub db: Option<u32>,
+    /// The reference's key prefix. Accepted so its files load; each driver here has its own
+    /// `prefix` (transport channels, cache, queue and limiter keys), and this one is not used.
+    pub key_prefix: Option<String>,
     /// `[database.redis.cluster]`.
     pub cluster: ClusterDatabase,
+    /// Redis Sentinel: `[{ host, port }]`. When set (and no URL overrides it), the master is
+    /// the one these sentinels name, followed across failovers.
+    pub sentinels: Vec<crate::sentinel::SentinelAddr>,
+    /// The master's name in the sentinels' configuration. Default: "mymaster".
+    pub name: Option<String>,
+    /// ACL user for the sentinels. Env: `DATABASE_REDIS_SENTINEL_USERNAME`.
+    pub sentinel_username: Option<String>,
+    /// Password for the sentinels. Env: `DATABASE_REDIS_SENTINEL_PASSWORD`.
+    pub sentinel_password: Option<String>,
 }
 
 /// `[database.redis.cluster]`: the cluster's nodes, credentials and TLS.
@@ -87,6 +100,29 @@ impl Database {
             self.port.unwrap_or(6379),
             self.db.unwrap_or(0)
         ))
+    }
+
+    /// Sentinel settings, when the server is to be found through sentinels: `sentinels` is set
+    /// and no URL (`own`, `REDIS_URL`, `database.redis.url`) names a server directly.
+    pub fn sentinel(&self, own: Option<&str>) -> Option<crate::sentinel::SentinelSettings> {
+        let named = own.is_some()
+            || std::env::var("REDIS_URL").is_ok_and(|u| !u.is_empty())
+            || self.url.is_some();
+        if named || self.sentinels.is_empty() {
+            return None;
+        }
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Some(crate::sentinel::SentinelSettings {
+            sentinels: self.sentinels.clone(),
+            name: self.name.clone().unwrap_or_else(|| crate::sentinel::DEFAULT_NAME.into()),
+            sentinel_username: env("DATABASE_REDIS_SENTINEL_USERNAME")
+                .or_else(|| self.sentinel_username.clone()),
+            sentinel_password: env("DATABASE_REDIS_SENTINEL_PASSWORD")
+                .or_else(|| self.sentinel_password.clone()),
+            username: self.username.clone(),
+            password: self.password.clone(),
+            db: self.db.unwrap_or(0),
+        })
     }
 
     /// A single server's URL: `own` (the driver's table), else `REDIS_URL` (which, as in the
@@ -196,6 +232,65 @@ pub async fn server_client(
     )
     .await?;
     Ok((client, manager))
+}
+
+/// A connection to one server: fixed, or the master that sentinels name (followed across
+/// failovers). Either way a reconnecting connection; commands are the same.
+#[derive(Debug, Clone)]
+pub enum ServerConnection {
+    /// One server at a fixed address.
+    Fixed(ConnectionManager),
+    /// The current master.
+    Sentinel(crate::sentinel::Following),
+}
+
+impl ServerConnection {
+    /// Connect as `database` and `own` say: through sentinels, or to the server's URL.
+    pub async fn open(
+        database: &Database,
+        own: Option<&str>,
+        timeout: Duration,
+        host: Option<sockhost_plugin_api::HostContextBox>,
+    ) -> Result<Self, PluginError> {
+        match database.sentinel(own) {
+            Some(settings) => {
+                let master = crate::sentinel::Master::start(settings, timeout, host).await?;
+                Ok(Self::Sentinel(crate::sentinel::Following::open(master, timeout).await?))
+            }
+            None => Ok(Self::Fixed(server(&database.server_url(own), timeout).await?)),
+        }
+    }
+}
+
+impl redis::aio::ConnectionLike for ServerConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Fixed(conn) => conn.req_packed_command(cmd),
+            Self::Sentinel(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Fixed(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Sentinel(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Fixed(conn) => conn.get_db(),
+            Self::Sentinel(conn) => conn.get_db(),
+        }
+    }
 }
 
 /// A cluster client over `seeds` with the credentials of `[database.redis.cluster]`, speaking

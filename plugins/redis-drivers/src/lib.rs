@@ -11,6 +11,7 @@ pub mod cache;
 pub mod connection;
 pub mod queue;
 pub mod rate_limiter;
+pub mod sentinel;
 
 use sockhost_plugin_api::PluginError;
 

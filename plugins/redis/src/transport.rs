@@ -12,7 +12,7 @@ use std::{
 use futures_util::StreamExt as _;
 use redis::{
     AsyncCommands as _,
-    aio::{ConnectionManager, PubSubSink, PubSubStream},
+    aio::{PubSubSink, PubSubStream},
 };
 use sockhost_plugin_api::{
     HostContextBox, PluginError,
@@ -24,7 +24,10 @@ use tokio::{
     task::JoinHandle,
 };
 
-use sockhost_redis_drivers::connection::{redact, server_client};
+use sockhost_redis_drivers::{
+    connection::{ServerConnection, redact, server_client},
+    sentinel::{Following, Master},
+};
 
 use crate::config::TransportConfig;
 
@@ -42,11 +45,34 @@ struct Outgoing {
     ack: Option<oneshot::Sender<Result<(), PluginError>>>,
 }
 
+/// Where the subscriber connects: one server, or the master the sentinels name now.
+enum Source {
+    Fixed(redis::Client),
+    Sentinel(Arc<Master>),
+}
+
+impl Source {
+    fn client(&self) -> Result<redis::Client, PluginError> {
+        match self {
+            Self::Fixed(client) => Ok(client.clone()),
+            Self::Sentinel(master) => redis::Client::open(master.url()).map_err(unavailable),
+        }
+    }
+
+    /// Hears master switches (none for a fixed server).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<String>> {
+        match self {
+            Self::Fixed(_) => None,
+            Self::Sentinel(master) => Some(master.changes()),
+        }
+    }
+}
+
 struct Shared {
     prefix: String,
     timeout: Duration,
-    client: redis::Client,
-    conn: ConnectionManager,
+    source: Source,
+    conn: ServerConnection,
     queue: mpsc::Sender<Outgoing>,
     /// The subscriber connection's command half; `None` while reconnecting.
     sink: Mutex<Option<PubSubSink>>,
@@ -85,15 +111,27 @@ impl RedisTransport {
         config: TransportConfig,
         host: HostContextBox,
     ) -> Result<Self, PluginError> {
-        let url = config.url();
         let timeout = Duration::from_millis(config.requests_timeout);
-        let (client, conn) = server_client(&url, "adapter.redis.url", timeout).await?;
-        let (sink, stream) = subscriber(&client, &config.prefix, &HashSet::new(), timeout).await?;
+        let (source, conn, url) = match config.database.sentinel(config.url.as_deref()) {
+            Some(settings) => {
+                let master = Master::start(settings, timeout, Some(host.clone())).await?;
+                let following = Following::open(master.clone(), timeout).await?;
+                let url = master.url();
+                (Source::Sentinel(master), ServerConnection::Sentinel(following), url)
+            }
+            None => {
+                let url = config.url();
+                let (client, conn) = server_client(&url, "adapter.redis.url", timeout).await?;
+                (Source::Fixed(client), ServerConnection::Fixed(conn), url)
+            }
+        };
+        let (sink, stream) =
+            subscriber(&source.client()?, &config.prefix, &HashSet::new(), timeout).await?;
         let (queue, outgoing) = mpsc::channel(config.queue_capacity);
         let shared = Arc::new(Shared {
             prefix: config.prefix,
             timeout,
-            client,
+            source,
             conn,
             queue,
             sink: Mutex::new(Some(sink)),
@@ -145,18 +183,30 @@ async fn subscriber(
 /// Hand every message to the host; after a connection loss, reconnect with backoff and
 /// subscribe again to every topic.
 async fn read(shared: Arc<Shared>, mut stream: PubSubStream) {
+    // Behind sentinels, a new master means a new subscriber connection there: publishers move
+    // with their connection, and both sides must meet on the same server.
+    let mut changes = shared.source.changes();
     loop {
-        while let Some(message) = stream.next().await {
-            let Some(topic) = message.get_channel_name().strip_prefix(&shared.prefix) else {
-                continue;
-            };
-            if topic == NODES {
-                continue;
+        loop {
+            tokio::select! {
+                message = stream.next() => {
+                    let Some(message) = message else { break };
+                    let Some(topic) = message.get_channel_name().strip_prefix(&shared.prefix) else {
+                        continue;
+                    };
+                    if topic == NODES {
+                        continue;
+                    }
+                    shared.host.on_message(
+                        RStr::from_str(topic),
+                        RVec::from(message.get_payload_bytes().to_vec()),
+                    );
+                }
+                Some(()) = async { changes.as_mut()?.changed().await.ok() } => {
+                    tracing::info!("The Redis master changed; moving the subscriber to it.");
+                    break;
+                }
             }
-            shared.host.on_message(
-                RStr::from_str(topic),
-                RVec::from(message.get_payload_bytes().to_vec()),
-            );
         }
         if shared.closed.load(Ordering::Acquire) {
             return;
@@ -173,7 +223,11 @@ async fn read(shared: Arc<Shared>, mut stream: PubSubStream) {
                 return;
             }
             let topics = shared.topics.lock().map(|t| t.clone()).unwrap_or_default();
-            match subscriber(&shared.client, &shared.prefix, &topics, shared.timeout).await {
+            let opened = match shared.source.client() {
+                Ok(client) => subscriber(&client, &shared.prefix, &topics, shared.timeout).await,
+                Err(error) => Err(error),
+            };
+            match opened {
                 Ok((sink, stream)) => {
                     if let Ok(mut slot) = shared.sink.lock() {
                         *slot = Some(sink);
