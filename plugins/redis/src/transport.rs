@@ -47,14 +47,14 @@ struct Outgoing {
 
 /// Where the subscriber connects: one server, or the master the sentinels name now.
 enum Source {
-    Fixed(redis::Client),
+    Fixed(Box<redis::Client>),
     Sentinel(Arc<Master>),
 }
 
 impl Source {
     fn client(&self) -> Result<redis::Client, PluginError> {
         match self {
-            Self::Fixed(client) => Ok(client.clone()),
+            Self::Fixed(client) => Ok((**client).clone()),
             Self::Sentinel(master) => redis::Client::open(master.url()).map_err(unavailable),
         }
     }
@@ -122,7 +122,7 @@ impl RedisTransport {
             None => {
                 let url = config.url();
                 let (client, conn) = server_client(&url, "adapter.redis.url", timeout).await?;
-                (Source::Fixed(client), ServerConnection::Fixed(conn), url)
+                (Source::Fixed(Box::new(client)), ServerConnection::Fixed(conn), url)
             }
         };
         let (sink, stream) =
