@@ -79,7 +79,8 @@ async fn nodes_follow_the_master_the_sentinels_promote() {
 }
 
 /// A Sentinel setting the server cannot use is a one-line refusal, not a silent fallback to
-/// 127.0.0.1:6379; an unknown `[database.redis]` field is refused by name.
+/// 127.0.0.1:6379; an unknown `[database.redis]` field is refused by name, and so are the
+/// reference's settings that mean nothing here (client options, cluster mode on one server).
 #[test]
 fn sentinels_that_do_not_answer_and_unknown_fields_are_refused() {
     let dir = sockhost_tests::private_dir();
@@ -87,11 +88,13 @@ fn sentinels_that_do_not_answer_and_unknown_fields_are_refused() {
     let plugins = sockhost_tests::workspace_root().join("plugins.toml");
     let run = |database: &str| {
         let config = dir.path().join("sockhost.toml");
-        std::fs::write(
-            &config,
-            format!("[adapter]\ndriver = \"redis\"\n[database.redis]\n{database}\n"),
-        )
-        .unwrap();
+        // A whole file, or lines for [database.redis] under the redis transport.
+        let text = if database.starts_with('[') {
+            database.to_string()
+        } else {
+            format!("[adapter]\ndriver = \"redis\"\n[database.redis]\n{database}\n")
+        };
+        std::fs::write(&config, text).unwrap();
         sockhost_tests::server::run_to_exit(
             dir.path(),
             &["--config", config.to_str().unwrap(), "--plugins", plugins.to_str().unwrap()],
@@ -104,4 +107,11 @@ fn sentinels_that_do_not_answer_and_unknown_fields_are_refused() {
     let (code, out) = run("sentinel_hosts = [\"x\"]");
     assert_ne!(code, Some(0));
     assert!(out.contains("sentinel_hosts"), "{out}");
+    let (code, out) =
+        run("[adapter]\ndriver = \"redis\"\n[adapter.redis]\nredis_pub_options = { retry = 1 }\n");
+    assert_ne!(code, Some(0));
+    assert!(out.contains("adapter.redis.redis_pub_options.retry: not supported"), "{out}");
+    let (code, out) = run("[cache]\ndriver = \"redis\"\n[cache.redis]\ncluster_mode = true\n");
+    assert_ne!(code, Some(0));
+    assert!(out.contains("cache.redis.cluster_mode"), "{out}");
 }

@@ -52,6 +52,17 @@ macro_rules! connected {
     };
 }
 
+/// `cluster_mode = true` under a single-server driver names the wrong driver: refused, rather
+/// than connecting to one server as if the setting were not there.
+fn check_mode(place: &str, cluster_mode: bool, backend: Backend) -> Result<(), PluginError> {
+    if cluster_mode && backend == Backend::Server {
+        return Err(PluginError::config(format!(
+            "{place}.cluster_mode: the `redis` driver speaks to one server; use the `redis-cluster` driver for Redis Cluster"
+        )));
+    }
+    Ok(())
+}
+
 fn timeout(ms: u64) -> Duration {
     Duration::from_millis(ms.max(1))
 }
@@ -60,6 +71,7 @@ fn timeout(ms: u64) -> Duration {
 pub async fn cache(args: sdk::CreateArgs, backend: Backend) -> Result<CacheBox, PluginError> {
     let place = format!("cache.{}", backend.driver());
     let config: CacheConfig = parse(&place, &args.config)?;
+    check_mode(&place, config.cluster_mode, backend)?;
     let database: &Database = &config.database;
     Ok(connected!(
         backend,
@@ -77,6 +89,7 @@ pub async fn cache(args: sdk::CreateArgs, backend: Backend) -> Result<CacheBox, 
 pub async fn queue(args: sdk::CreateArgs, backend: Backend) -> Result<QueueBox, PluginError> {
     let place = format!("queue.{}", backend.driver());
     let config: QueueConfig = parse(&place, &args.config)?;
+    check_mode(&place, config.cluster_mode, backend)?;
     config.check(&place)?;
     let database = config.database.clone();
     let database = &database;
@@ -102,6 +115,7 @@ pub async fn rate_limiter(
 ) -> Result<RateLimiterBox, PluginError> {
     let place = format!("rate_limiter.{}", backend.driver());
     let config: RateLimiterConfig = parse(&place, &args.config)?;
+    check_mode(&place, config.cluster_mode, backend)?;
     let database: &Database = &config.database;
     Ok(connected!(
         backend,

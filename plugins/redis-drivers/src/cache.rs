@@ -23,7 +23,8 @@ pub struct CacheConfig {
     pub nodes: Vec<String>,
     /// Milliseconds a command may take. Default: 5000.
     pub request_timeout_ms: u64,
-    /// Accepted for compatibility with the reference: the driver's name says which it is.
+    /// The reference's switch between one server and a cluster; here the driver's name says
+    /// which, and `true` under the `redis` driver is refused.
     pub cluster_mode: bool,
     /// The server's shared `[database.redis]` table, which the host passes along.
     pub database: Database,

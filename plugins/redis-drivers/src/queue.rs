@@ -59,7 +59,8 @@ pub struct QueueConfig {
     /// How often an idle worker looks for jobs other nodes pushed. Default: 250. Milliseconds.
     /// (A push on the same node wakes its workers at once.)
     pub poll_interval_ms: u64,
-    /// Accepted for compatibility with the reference: the driver's name says which it is.
+    /// The reference's switch between one server and a cluster; here the driver's name says
+    /// which, and `true` under the `redis` driver is refused.
     pub cluster_mode: bool,
     /// The server's shared `[database.redis]` table, which the host passes along.
     pub database: Database,

@@ -24,7 +24,8 @@ pub struct RateLimiterConfig {
     pub nodes: Vec<String>,
     /// Milliseconds a check may take. Default: 1000 (a request waits on it).
     pub request_timeout_ms: u64,
-    /// Accepted for compatibility with the reference: the driver's name says which it is.
+    /// The reference's switch between one server and a cluster; here the driver's name says
+    /// which, and `true` under the `redis` driver is refused.
     pub cluster_mode: bool,
     /// The server's shared `[database.redis]` table, which the host passes along.
     pub database: Database,

@@ -16,9 +16,10 @@ pub struct TransportConfig {
     pub prefix: String,
     /// Milliseconds an awaited command may take. Default: 5000.
     pub requests_timeout: u64,
-    /// Accepted for compatibility with the reference's configuration; not used.
+    /// The reference's extra client options for the publisher; only an empty table is
+    /// accepted (there is no such client here to pass them to), anything in it is refused.
     pub redis_pub_options: toml::Table,
-    /// Accepted for compatibility with the reference's configuration; not used.
+    /// The same for the subscriber.
     pub redis_sub_options: toml::Table,
     /// Accepted for compatibility; Redis Cluster is the `redis-cluster` transport's business.
     pub cluster_mode: bool,
@@ -58,6 +59,16 @@ impl TransportConfig {
             return Err(PluginError::config(
                 "adapter.redis.cluster_mode: use the redis-cluster transport for Redis Cluster",
             ));
+        }
+        for (field, table) in [
+            ("redis_pub_options", &config.redis_pub_options),
+            ("redis_sub_options", &config.redis_sub_options),
+        ] {
+            if let Some(key) = table.keys().next() {
+                return Err(PluginError::config(format!(
+                    "adapter.redis.{field}.{key}: not supported (connection settings go in url or [database.redis])"
+                )));
+            }
         }
         if config.queue_capacity == 0 || config.requests_timeout == 0 {
             return Err(PluginError::config(
