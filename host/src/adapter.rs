@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::{
     cluster::{self, Cluster, envelope::Control},
     hub::{ChannelFull, Conn, Hub, Join, Subscribed, Unsubscribed},
+    protocol::filter::{Filter, Tags},
 };
 
 /// How often a publisher held back by congestion looks at the subscribers' queues again.
@@ -71,6 +72,7 @@ impl Adapter {
         channel: &str,
         conn: &Conn,
         join: Option<Join>,
+        filter: Option<Arc<Filter>>,
         ack: impl FnOnce(&mut dyn Iterator<Item = (&str, &Value)>) -> Utf8Bytes,
     ) -> Result<Subscribed, ChannelFull> {
         let topic = cluster::channel_topic(app_id, channel);
@@ -83,7 +85,7 @@ impl Adapter {
         let member = join.as_ref().map(|j| (j.user_id.clone(), j.user_info.clone()));
         // The member limit holds for the whole cluster: the registry's members count too.
         let join = join.map(|join| Join { elsewhere: remote.keys().cloned().collect(), ..join });
-        let subscribed = self.hub.subscribe(app_id, channel, conn, join, |local| {
+        let subscribed = self.hub.subscribe(app_id, channel, conn, join, filter, |local| {
             let local: Vec<(&str, &Value)> = local.collect();
             let ids: HashSet<&str> = local.iter().map(|(id, _)| *id).collect();
             let mut all = local.iter().copied().chain(
@@ -166,16 +168,19 @@ impl Adapter {
         outcome
     }
 
-    /// Deliver `frame` to the channel's subscribers on every node except socket `except`.
+    /// Deliver `frame` to the channel's subscribers on every node except socket `except`; an
+    /// event published with `tags` only to those whose tag filter it passes (each node judges
+    /// its own subscribers).
     pub fn broadcast(
         &self,
         app_id: &str,
         channel: &str,
         frame: &Utf8Bytes,
         except: Option<&str>,
+        tags: Option<&Tags>,
     ) -> usize {
-        let sent = self.hub.broadcast(app_id, channel, frame, except);
-        self.cluster.publish_broadcast(app_id, channel, frame.as_bytes(), except);
+        let sent = self.hub.broadcast(app_id, channel, frame, except, tags);
+        self.cluster.publish_broadcast(app_id, channel, frame.as_bytes(), except, tags);
         sent
     }
 

@@ -15,7 +15,7 @@ use crate::{
     },
     metrics::Metrics,
     plugins::Incoming,
-    protocol::frames,
+    protocol::{filter::Tags, frames},
     server::Ctx,
 };
 
@@ -69,9 +69,17 @@ impl Host for Node {
         self.0.adapter.answer(query)
     }
 
-    fn broadcast(&self, app: &str, channel: &str, frame: String, except: Option<&str>) {
+    fn broadcast(
+        &self,
+        app: &str,
+        channel: &str,
+        frame: String,
+        except: Option<&str>,
+        tags: Option<&Tags>,
+    ) {
         self.0.metrics.bus_broadcasts_received.inc();
-        self.0.adapter.hub().broadcast(app, channel, &Utf8Bytes::from(frame), except);
+        let tags = tags.filter(|_| self.0.settings.tag_filtering);
+        self.0.adapter.hub().broadcast(app, channel, &Utf8Bytes::from(frame), except, tags);
     }
 
     fn to_user(&self, app: &str, user: &str, frame: String) {
@@ -128,7 +136,7 @@ pub fn member_event(
             Some(info) => frames::member_added(channel, user, info),
             None => frames::member_removed(channel, user),
         };
-        ctx.adapter.hub().broadcast(app_id, channel, &Utf8Bytes::from(frame), except);
+        ctx.adapter.hub().broadcast(app_id, channel, &Utf8Bytes::from(frame), except, None);
     }
     if ctx.adapter.cluster().is_leader()
         && let Some(app) = ctx.apps.by_id(app_id)

@@ -56,8 +56,14 @@ pub fn inbound(data: &[u8]) {
     };
     match &message {
         ClientMessage::Ping | ClientMessage::Pong => {}
-        ClientMessage::Subscribe { channel, auth, channel_data } => {
+        ClientMessage::Subscribe { channel, auth, channel_data, filter } => {
             check_channel_name(channel);
+            // A filter compiles or is refused with a reason; it never panics.
+            if let Some(filter) = filter
+                && let Err(error) = crate::protocol::filter::Filter::compile(filter)
+            {
+                let _ = error.to_string();
+            }
             // Only presence channels sign their channel data, as the session does.
             let signed_data = match ChannelKind::of(channel) {
                 ChannelKind::Presence => channel_data.as_deref(),
@@ -453,8 +459,11 @@ fn canonical_text(message: &ClientMessage) -> String {
     let value = match message {
         ClientMessage::Ping => pusher("pusher:ping", serde_json::json!({})),
         ClientMessage::Pong => pusher("pusher:pong", serde_json::json!({})),
-        ClientMessage::Subscribe { channel, auth, channel_data } => {
+        ClientMessage::Subscribe { channel, auth, channel_data, filter } => {
             let mut data = Map::new();
+            if let Some(filter) = filter {
+                data.insert("filter".into(), filter.clone());
+            }
             data.insert("channel".into(), Value::String(channel.clone()));
             if let Some(auth) = text(auth) {
                 data.insert("auth".into(), auth);
@@ -497,6 +506,7 @@ mod tests {
                 app: "app".into(),
                 channel: "c".into(),
                 except: None,
+                tags: Some([("k".to_string(), "v".to_string())].into()),
                 frame: b"{}".to_vec(),
             },
         };

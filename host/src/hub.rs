@@ -19,7 +19,10 @@ use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 
-use crate::protocol::codes;
+use crate::protocol::{
+    codes,
+    filter::{Filter, Tags},
+};
 
 /// A socket id, `<digits>.<digits>`.
 pub type SocketId = Arc<str>;
@@ -194,6 +197,66 @@ struct Channel {
     members: Option<HashMap<String, Member>>,
     /// Most subscribers were behind at the last broadcast: publishers are pushed back.
     congested: AtomicBool,
+    /// The subscribers grouped by tag filter, while any has one.
+    filtered: Option<Box<Filtered>>,
+}
+
+/// A channel's subscribers by tag filter, so that a published event reaches those without a
+/// filter and those whose one equality it satisfies without testing anyone else; only other
+/// filters are evaluated one by one.
+#[derive(Debug, Default)]
+struct Filtered {
+    plain: HashMap<SocketId, Conn>,
+    equal: HashMap<(String, String), HashMap<SocketId, Conn>>,
+    other: HashMap<SocketId, (Conn, Arc<Filter>)>,
+}
+
+impl Filtered {
+    fn insert(&mut self, conn: &Conn, filter: Option<&Arc<Filter>>) {
+        let id = conn.socket_id.clone();
+        match filter {
+            None => {
+                self.plain.insert(id, conn.clone());
+            }
+            Some(filter) => match filter.equality() {
+                Some((key, value)) => {
+                    let group = self.equal.entry((key.to_string(), value.to_string())).or_default();
+                    group.insert(id, conn.clone());
+                }
+                None => {
+                    self.other.insert(id, (conn.clone(), filter.clone()));
+                }
+            },
+        }
+    }
+
+    fn remove(&mut self, socket_id: &str) {
+        if self.plain.remove(socket_id).is_some() || self.other.remove(socket_id).is_some() {
+            return;
+        }
+        self.equal.retain(|_, group| {
+            group.remove(socket_id);
+            !group.is_empty()
+        });
+    }
+
+    fn has_filters(&self) -> bool {
+        !self.equal.is_empty() || !self.other.is_empty()
+    }
+
+    /// Every subscriber an event with `tags` is for.
+    fn recipients<'a>(&'a self, tags: &'a Tags) -> impl Iterator<Item = (&'a SocketId, &'a Conn)> {
+        let equal = tags
+            .iter()
+            .filter_map(|(k, v)| self.equal.get(&(k.clone(), v.clone())))
+            .flat_map(|group| group.iter());
+        let other = self
+            .other
+            .iter()
+            .filter(|(_, (_, f))| f.matches(tags))
+            .map(|(id, (conn, _))| (id, conn));
+        self.plain.iter().chain(equal).chain(other)
+    }
 }
 
 /// Whether most of `sent` recipients are `behind`: the channel's publishers, not one slow
@@ -309,6 +372,7 @@ impl Hub {
         channel: &str,
         conn: &Conn,
         join: Option<Join>,
+        filter: Option<Arc<Filter>>,
         ack: impl FnOnce(&mut dyn Iterator<Item = (&str, &Value)>) -> Utf8Bytes,
     ) -> Result<Subscribed, ChannelFull> {
         let app = self.app(app_id);
@@ -349,6 +413,20 @@ impl Hub {
         conn.send(&frame);
         let new_subscriber =
             entry.subscribers.insert(conn.socket_id.clone(), conn.clone()).is_none();
+        if entry.filtered.is_none() && filter.is_some() {
+            // The first filter: group everyone subscribed so far as without one.
+            let mut filtered = Filtered::default();
+            for (id, other) in &entry.subscribers {
+                if **id != *conn.socket_id {
+                    filtered.insert(other, None);
+                }
+            }
+            entry.filtered = Some(Box::new(filtered));
+        }
+        if let Some(filtered) = entry.filtered.as_mut() {
+            filtered.remove(&conn.socket_id);
+            filtered.insert(conn, filter.as_ref());
+        }
         Ok(Subscribed { new_subscriber, occupied, first_for_user })
     }
 
@@ -364,6 +442,12 @@ impl Hub {
         let mut channels = app.channels.write().expect("hub lock");
         let Some(entry) = channels.get_mut(channel) else { return Unsubscribed::default() };
         let was_subscribed = entry.subscribers.remove(socket_id).is_some();
+        if let Some(filtered) = entry.filtered.as_mut() {
+            filtered.remove(socket_id);
+            if !filtered.has_filters() {
+                entry.filtered = None;
+            }
+        }
         let mut removed_user = None;
         if let (Some(members), Some(user_id)) = (entry.members.as_mut(), user_id)
             && let Some(member) = members.get_mut(user_id)
@@ -381,26 +465,35 @@ impl Hub {
         Unsubscribed { was_subscribed, vacated, removed_user }
     }
 
-    /// Enqueue `frame` to every subscriber of `channel` except `except`; how many got it.
+    /// Enqueue `frame` to every subscriber of `channel` except `except`; how many got it. An
+    /// event published with `tags` goes only to the subscribers whose tag filter it passes
+    /// (and to those without one); without `tags` (protocol frames, client events) to all.
     pub fn broadcast(
         &self,
         app_id: &str,
         channel: &str,
         frame: &Utf8Bytes,
         except: Option<&str>,
+        tags: Option<&Tags>,
     ) -> usize {
         let Some(app) = self.existing(app_id) else { return 0 };
         let channels = app.channels.read().expect("hub lock");
         let Some(entry) = channels.get(channel) else { return 0 };
         let (mut sent, mut behind) = (0, 0);
-        for (socket_id, conn) in &entry.subscribers {
+        let mut deliver = |socket_id: &SocketId, conn: &Conn| {
             if except.is_some_and(|e| e == &**socket_id) {
-                continue;
+                return;
             }
             if let Delivery::Queued { behind: b } = conn.deliver(frame) {
                 sent += 1;
                 behind += usize::from(b);
             }
+        };
+        match (&entry.filtered, tags) {
+            (Some(filtered), Some(tags)) => {
+                filtered.recipients(tags).for_each(|(id, conn)| deliver(id, conn));
+            }
+            _ => entry.subscribers.iter().for_each(|(id, conn)| deliver(id, conn)),
         }
         let congested = is_congested(behind, sent);
         if entry.congested.load(Ordering::Relaxed) != congested {
@@ -665,12 +758,12 @@ mod tests {
         let (slow, _slow_rx, _) = conn("1.2", 4, 0);
         let (third, mut third_rx, third_closer) = conn("1.3", 4, 0);
         for c in [&fast, &slow, &third] {
-            hub.subscribe("app", "ch", c, None, |_| Utf8Bytes::from("ack")).unwrap();
+            hub.subscribe("app", "ch", c, None, None, |_| Utf8Bytes::from("ack")).unwrap();
         }
         let frame = Utf8Bytes::from("e");
         // The acknowledgement and two events: three of four places taken everywhere.
-        hub.broadcast("app", "ch", &frame, None);
-        hub.broadcast("app", "ch", &frame, None);
+        hub.broadcast("app", "ch", &frame, None, None);
+        hub.broadcast("app", "ch", &frame, None, None);
         assert!(hub.congested("app", "ch", false));
         // Two readers catch up; one behind of three is not congestion.
         for (rx, closer) in [(&mut fast_rx, &fast_closer), (&mut third_rx, &third_closer)] {
@@ -680,5 +773,45 @@ mod tests {
         }
         assert!(!hub.congested("app", "ch", true));
         assert!(!hub.congested("app", "ch", false));
+    }
+
+    #[test]
+    fn tagged_events_reach_the_subscribers_whose_filter_passes_them() {
+        use crate::protocol::filter::{Filter, Tags};
+        let hub = Hub::default();
+        let filter = |v: serde_json::Value| Some(Arc::new(Filter::compile(&v).unwrap()));
+        let (plain, mut plain_rx, _) = conn("1.1", 16, 0);
+        let (btc, mut btc_rx, _) = conn("1.2", 16, 0);
+        let (dear, mut dear_rx, _) = conn("1.3", 16, 0);
+        let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| Utf8Bytes::from("ack");
+        hub.subscribe("app", "ch", &plain, None, None, ack).unwrap();
+        let eq = serde_json::json!({ "key": "sym", "cmp": "eq", "val": "BTC" });
+        hub.subscribe("app", "ch", &btc, None, filter(eq), ack).unwrap();
+        let gt = serde_json::json!({ "key": "px", "cmp": "gt", "val": 100 });
+        hub.subscribe("app", "ch", &dear, None, filter(gt), ack).unwrap();
+        for rx in [&mut plain_rx, &mut btc_rx, &mut dear_rx] {
+            assert_eq!(rx.try_recv().unwrap().as_str(), "ack");
+        }
+        let tags = |pairs: &[(&str, &str)]| -> Tags {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let send = |name: &str, t: Tags| {
+            hub.broadcast("app", "ch", &Utf8Bytes::from(name), None, Some(&t))
+        };
+        assert_eq!(send("btc", tags(&[("sym", "BTC"), ("px", "5")])), 2);
+        assert_eq!(send("eth", tags(&[("sym", "ETH"), ("px", "500")])), 2);
+        // Protocol frames (no tags) reach everyone.
+        assert_eq!(hub.broadcast("app", "ch", &Utf8Bytes::from("internal"), None, None), 3);
+        let got = |rx: &mut mpsc::Receiver<Utf8Bytes>| -> Vec<String> {
+            std::iter::from_fn(|| rx.try_recv().ok()).map(|f| f.as_str().to_string()).collect()
+        };
+        assert_eq!(got(&mut plain_rx), ["btc", "eth", "internal"]);
+        assert_eq!(got(&mut btc_rx), ["btc", "internal"]);
+        assert_eq!(got(&mut dear_rx), ["eth", "internal"]);
+        // Leaving empties the groups; the last filter gone, the channel is plain again.
+        hub.unsubscribe("app", "ch", "1.2", None);
+        hub.unsubscribe("app", "ch", "1.3", None);
+        assert_eq!(send("after", tags(&[("sym", "BTC")])), 1);
+        assert_eq!(got(&mut plain_rx), ["after"]);
     }
 }

@@ -76,6 +76,7 @@ async fn round(redis: &RedisServer, client: &mut Client, node: u64, members: usi
         app: "app-1".into(),
         channel: "watched".into(),
         except: None,
+        tags: None,
         frame: frame.to_string().into_bytes(),
     };
 

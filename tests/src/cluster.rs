@@ -158,6 +158,7 @@ macro_rules! cluster_scenarios {
             connection_quota_holds_for_the_cluster,
             a_silent_node_makes_answers_partial,
             watchlists_follow_users_across_nodes,
+            tag_filters_hold_across_nodes,
         );
 
         #[tokio::test]
@@ -247,6 +248,7 @@ pub mod scenarios {
             app: "app-1".into(),
             channel: "watched".into(),
             except: None,
+            tags: None,
             frame: frame.into_bytes(),
         };
         let broadcast = Envelope { node: 1, seq: 1, body };
@@ -308,6 +310,7 @@ pub mod scenarios {
             app: "app-1".into(),
             channel: "watched".into(),
             except: None,
+            tags: None,
             frame: frame.to_string().into_bytes(),
         };
         publish("#broadcast:app-1:watched".into(), sealed(2, broadcast)).await;
@@ -344,6 +347,34 @@ pub mod scenarios {
         let (_, users) = api.get("/channels/presence-crowd/users", &[]).await;
         assert_eq!(users["users"], json!([]), "{users}");
         assert_eq!(servers[0].metric("sockhost_cluster_nodes").await, 1.0);
+    }
+
+    /// An event published with tags on one node reaches the subscribers on another only where
+    /// their tag filter passes it; the tags cross the bus, the delivered frame has none.
+    pub async fn tag_filters_hold_across_nodes(bus: Bus) {
+        let servers = nodes(&bus, 2, "[tag_filtering]\nenabled = true\n").await;
+        let app = TestApp::main();
+        let mut btc = Client::connect(&servers[0].ws_url(&app.key)).await;
+        let filter = json!({ "key": "sym", "cmp": "eq", "val": "BTC" });
+        let answer = btc.subscribe_with(json!({ "channel": "ticker", "filter": filter })).await;
+        assert_eq!(answer["event"], "pusher_internal:subscription_succeeded", "{answer}");
+        let mut all = Client::connect(&servers[0].ws_url(&app.key)).await;
+        all.subscribe(&app, "ticker").await;
+        let api = Api::new(&servers[1].http_url(), &app);
+        let post = |name: &'static str, sym: &'static str| {
+            let api = &api;
+            async move {
+                let body = json!({ "name": name, "channel": "ticker", "data": "{}", "tags": { "sym": sym } });
+                assert_eq!(api.post("/events", &body).await.0, 200);
+            }
+        };
+        post("eth", "ETH").await;
+        post("btc", "BTC").await;
+        assert_eq!(all.expect_any().await["event"], "eth");
+        assert_eq!(all.expect_any().await["event"], "btc");
+        let got = btc.expect_any().await;
+        assert_eq!(got["event"], "btc", "{got}");
+        assert!(got.get("tags").is_none(), "{got}");
     }
 
     /// A trigger through one node reaches subscribers on the others; client events cross too,

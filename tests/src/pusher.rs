@@ -222,6 +222,13 @@ impl Client {
         answer
     }
 
+    /// Send `pusher:subscribe` with `data` as given (a public channel with a `filter`, say);
+    /// the answer: the acknowledgement, or the error.
+    pub async fn subscribe_with(&mut self, data: Value) -> Value {
+        self.send(json!({ "event": "pusher:subscribe", "data": data })).await;
+        self.expect_any().await
+    }
+
     /// Join a presence channel as `user_id` with `user_info`, expecting success; the members.
     ///
     /// # Panics

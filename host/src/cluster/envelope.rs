@@ -10,8 +10,13 @@
 //! The version byte lets a node refuse a frame it cannot read, with a log line, instead of
 //! misreading it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// The tags an event was published with (name -> value).
+pub type Tags = BTreeMap<String, String>;
 
 /// The envelope format this build writes and reads.
 pub const VERSION: u8 = 1;
@@ -27,6 +32,9 @@ pub enum Body<C = Control> {
         channel: String,
         /// A socket that must not get it.
         except: Option<String>,
+        /// The tags it was published with, which receiving nodes filter their subscribers by;
+        /// `None` for frames every subscriber gets.
+        tags: Option<Tags>,
         /// The serialized Pusher frame.
         frame: Vec<u8>,
     },
@@ -145,6 +153,11 @@ pub enum DecodeError {
 
 const BROADCAST: u8 = 1;
 const CONTROL: u8 = 2;
+/// A broadcast with tags (a count, then name and value strings, before the frame). A kind of
+/// its own, so nodes that do not know tags refuse it rather than misread it.
+const TAGGED: u8 = 3;
+/// The most tags a broadcast may carry on the bus (a peer's message is untrusted input).
+pub const MAX_TAGS: usize = 64;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     let len = u32::try_from(s.len()).expect("strings on the bus are far below 4 GiB");
@@ -158,17 +171,26 @@ impl Envelope {
         let mut out = Vec::with_capacity(64);
         out.push(VERSION);
         match &self.body {
-            Body::Broadcast { .. } => out.push(BROADCAST),
+            Body::Broadcast { tags: None, .. } => out.push(BROADCAST),
+            Body::Broadcast { tags: Some(_), .. } => out.push(TAGGED),
             Body::Control(_) => out.push(CONTROL),
         }
         out.extend_from_slice(&self.node.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
         match &self.body {
-            Body::Broadcast { app, channel, except, frame } => {
+            Body::Broadcast { app, channel, except, tags, frame } => {
                 out.reserve(frame.len() + app.len() + channel.len() + 16);
                 put_str(&mut out, app);
                 put_str(&mut out, channel);
                 put_str(&mut out, except.as_deref().unwrap_or(""));
+                if let Some(tags) = tags {
+                    let count = u32::try_from(tags.len()).expect("tags are bounded");
+                    out.extend_from_slice(&count.to_be_bytes());
+                    for (name, value) in tags {
+                        put_str(&mut out, name);
+                        put_str(&mut out, value);
+                    }
+                }
                 out.extend_from_slice(frame);
             }
             Body::Control(control) => {
@@ -183,8 +205,8 @@ impl Envelope {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let Envelope { node, seq, body } = Envelope::read(bytes)?;
         let body = match body {
-            Body::Broadcast { app, channel, except, frame } => {
-                Body::Broadcast { app, channel, except, frame }
+            Body::Broadcast { app, channel, except, tags, frame } => {
+                Body::Broadcast { app, channel, except, tags, frame }
             }
             Body::Control(bytes) => Body::Control(Control::decode(bytes)?),
         };
@@ -210,14 +232,29 @@ impl<'a> Envelope<&'a [u8]> {
         let node = reader.u64()?;
         let seq = reader.u64()?;
         let body = match kind {
-            BROADCAST => {
+            BROADCAST | TAGGED => {
                 let app = reader.string()?;
                 let channel = reader.string()?;
                 let except = reader.string()?;
+                let tags = if kind == TAGGED {
+                    let count = reader.u32()?;
+                    if count as usize > MAX_TAGS {
+                        return Err(DecodeError::Malformed("too many tags"));
+                    }
+                    let mut tags = Tags::new();
+                    for _ in 0..count {
+                        let name = reader.string()?;
+                        tags.insert(name, reader.string()?);
+                    }
+                    Some(tags)
+                } else {
+                    None
+                };
                 Body::Broadcast {
                     app,
                     channel,
                     except: (!except.is_empty()).then_some(except),
+                    tags,
                     frame: reader.0.to_vec(),
                 }
             }
@@ -255,8 +292,12 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
 
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
     fn string(&mut self) -> Result<String, DecodeError> {
-        let len = u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes"));
+        let len = self.u32()?;
         let bytes =
             self.take(usize::try_from(len).map_err(|_| DecodeError::Malformed("length"))?)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::Malformed("text is not UTF-8"))
@@ -277,6 +318,7 @@ mod tests {
                     app: "app-1".into(),
                     channel: "presence-ünï".into(),
                     except: Some("1.2".into()),
+                    tags: None,
                     frame: br#"{"event":"e"}"#.to_vec(),
                 },
             },
@@ -287,6 +329,10 @@ mod tests {
                     app: String::new(),
                     channel: "c".into(),
                     except: None,
+                    tags: Some(Tags::from([
+                        ("sym".into(), "BTC".into()),
+                        ("e".into(), String::new()),
+                    ])),
                     frame: Vec::new(),
                 },
             },
@@ -323,6 +369,7 @@ mod tests {
                 app: "a".into(),
                 channel: "c".into(),
                 except: None,
+                tags: None,
                 frame: vec![1],
             },
         }

@@ -40,8 +40,16 @@ pub trait Host: Send + Sync + 'static {
     /// This node's answer to another node's request.
     fn answer(&self, query: &Value) -> Value;
 
-    /// A frame for the channel's local subscribers (except the socket `except`).
-    fn broadcast(&self, app: &str, channel: &str, frame: String, except: Option<&str>);
+    /// A frame for the channel's local subscribers (except the socket `except`); with `tags`,
+    /// only for those whose tag filter the event passes.
+    fn broadcast(
+        &self,
+        app: &str,
+        channel: &str,
+        frame: String,
+        except: Option<&str>,
+        tags: Option<&super::envelope::Tags>,
+    );
     /// A frame for every local connection of a signed-in user.
     fn to_user(&self, app: &str, user: &str, frame: String);
     /// A user joined (`info` given) or left a presence channel, cluster-wide as this node sees

@@ -354,7 +354,14 @@ impl Cluster {
     }
 
     /// Publish a broadcast to the other nodes (none if alone). Never waits.
-    pub fn publish_broadcast(&self, app: &str, channel: &str, frame: &[u8], except: Option<&str>) {
+    pub fn publish_broadcast(
+        &self,
+        app: &str,
+        channel: &str,
+        frame: &[u8],
+        except: Option<&str>,
+        tags: Option<&envelope::Tags>,
+    ) {
         if !self.has_peers() {
             return;
         }
@@ -362,6 +369,7 @@ impl Cluster {
             app: app.to_string(),
             channel: channel.to_string(),
             except: except.map(str::to_string),
+            tags: tags.cloned(),
             frame: frame.to_vec(),
         };
         if let Err(error) =

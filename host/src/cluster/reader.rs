@@ -60,12 +60,12 @@ pub(super) async fn read(
             }
         };
         // What says it is no control message and opens is a broadcast.
-        let Body::Broadcast { app, channel, except, frame } = envelope.body else { continue };
+        let Body::Broadcast { app, channel, except, tags, frame } = envelope.body else { continue };
         if envelope.node == cluster.node_id {
             continue;
         }
         match String::from_utf8(frame) {
-            Ok(frame) => host.broadcast(&app, &channel, frame, except.as_deref()),
+            Ok(frame) => host.broadcast(&app, &channel, frame, except.as_deref(), tags.as_ref()),
             Err(_) => {
                 let refusal = Refusal::Decode(super::DecodeError::Malformed("frame not UTF-8"));
                 refused(&*host, refusal, &message.topic, &logged);

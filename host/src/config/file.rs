@@ -67,6 +67,8 @@ pub struct Config {
     pub readiness: ReadinessConfig,
     /// TLS on the WebSocket and HTTP API port.
     pub ssl: SslConfig,
+    /// Tag filtering of published events.
+    pub tag_filtering: TagFilteringConfig,
 }
 
 impl Default for Config {
@@ -98,6 +100,7 @@ impl Default for Config {
             log: LogConfig::default(),
             readiness: ReadinessConfig::default(),
             ssl: SslConfig::default(),
+            tag_filtering: TagFilteringConfig::default(),
         }
     }
 }
@@ -595,4 +598,13 @@ impl Default for SslConfig {
             http_port: 80,
         }
     }
+}
+
+/// Tag filtering: subscribers' `filter` applied to events published with `tags`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TagFilteringConfig {
+    /// Apply filters. Off, filters are still checked at subscribe but every subscriber gets
+    /// every event. Default: false. Env: `TAG_FILTERING_ENABLED`.
+    pub enabled: bool,
 }

@@ -118,6 +118,7 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("READINESS_MAX_MEMORY_PERCENT", "readiness.max_memory_percent", Kind::Int),
     ("READINESS_MAX_MEMORY_MB", "readiness.max_memory_mb", Kind::Int),
     ("SSL_ENABLED", "ssl.enabled", Kind::Bool),
+    ("TAG_FILTERING_ENABLED", "tag_filtering.enabled", Kind::Bool),
     ("SSL_CERT_PATH", "ssl.cert_path", Kind::Str),
     ("SSL_KEY_PATH", "ssl.key_path", Kind::Str),
     ("SSL_REDIRECT_HTTP", "ssl.redirect_http", Kind::Bool),

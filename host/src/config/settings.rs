@@ -143,6 +143,8 @@ pub struct Settings {
     pub max_memory_bytes: Option<u64>,
     /// TLS on the main port; `None`: plain.
     pub tls: Option<TlsSettings>,
+    /// Whether subscribers' tag filters are applied.
+    pub tag_filtering: bool,
 }
 
 impl Settings {
@@ -536,6 +538,7 @@ impl Settings {
             max_memory_bytes: (config.readiness.max_memory_mb > 0)
                 .then(|| config.readiness.max_memory_mb.saturating_mul(1024 * 1024)),
             tls,
+            tag_filtering: config.tag_filtering.enabled,
         })
     }
 }

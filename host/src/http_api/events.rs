@@ -18,6 +18,7 @@ use crate::{
     metrics::Metrics,
     protocol::{
         channel::{self, ChannelKind},
+        filter::{self, Tags},
         frames,
     },
     server::Ctx,
@@ -36,6 +37,9 @@ struct Event {
     socket_id: Option<String>,
     #[serde(default)]
     info: Option<String>,
+    /// Tags (an object of strings) that subscribers' filters are judged by.
+    #[serde(default)]
+    tags: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +55,7 @@ struct Checked {
     channels: Vec<String>,
     socket_id: Option<String>,
     info: Vec<String>,
+    tags: Tags,
 }
 
 fn is_socket_id(s: &str) -> bool {
@@ -64,6 +69,11 @@ fn is_socket_id(s: &str) -> bool {
 
 fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
     let limits = &app.limits;
+    let tags = match &event.tags {
+        None | Some(Value::Null) => Tags::new(),
+        Some(tags) => filter::event_tags(tags)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?,
+    };
     if event.name.is_empty() {
         return Err(ApiError::bad_request("The event name is empty"));
     }
@@ -148,6 +158,7 @@ fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
         channels,
         socket_id: event.socket_id,
         info,
+        tags,
     })
 }
 
@@ -177,7 +188,9 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
                 tracing::warn!(%error, channel = %name, "A cache channel's event could not be kept.");
             }
         }
-        ctx.adapter.broadcast(&app.id, name, &text.into(), event.socket_id.as_deref());
+        // With filtering on, an event is judged by its tags (none is an empty set).
+        let tags = ctx.settings.tag_filtering.then_some(&event.tags);
+        ctx.adapter.broadcast(&app.id, name, &text.into(), event.socket_id.as_deref(), tags);
     }
     if event.info.is_empty() {
         return None;

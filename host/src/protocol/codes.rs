@@ -4,6 +4,9 @@
 //! after a back-off, 4200-4299 reconnect at once, 4300-4399 other (sent in-band, the connection
 //! stays open). Close reasons stay under 123 bytes (the RFC 6455 limit on a close frame).
 
+/// A subscribe's tag filter was refused (in-band, as Sockudo's clients expect; the connection
+/// stays open and the subscription is not made).
+pub const INVALID_FILTER: u16 = 4000;
 /// The app key is unknown.
 pub const APP_NOT_FOUND: u16 = 4001;
 /// The app is disabled.

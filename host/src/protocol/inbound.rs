@@ -18,6 +18,8 @@ pub enum ClientMessage {
         auth: Option<String>,
         /// For presence channels: a JSON string with `user_id` and `user_info`.
         channel_data: Option<String>,
+        /// A tag filter (`filter`, or `tags_filter`), not yet compiled.
+        filter: Option<Value>,
     },
     /// `pusher:unsubscribe`.
     Unsubscribe {
@@ -91,6 +93,7 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
             })?,
             auth: field("auth"),
             channel_data: field("channel_data"),
+            filter: data.get("filter").or_else(|| data.get("tags_filter")).cloned(),
         }),
         "pusher:unsubscribe" => Ok(ClientMessage::Unsubscribe {
             channel: field("channel").ok_or(ParseError::MissingField {
@@ -131,12 +134,18 @@ mod tests {
             Ok(ClientMessage::Subscribe {
                 channel: "presence-a".into(),
                 auth: Some("k:s".into()),
-                channel_data: Some("{}".into())
+                channel_data: Some("{}".into()),
+                filter: None
             })
         );
         assert_eq!(
             parse(r#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\"}"}"#),
-            Ok(ClientMessage::Subscribe { channel: "a".into(), auth: None, channel_data: None })
+            Ok(ClientMessage::Subscribe {
+                channel: "a".into(),
+                auth: None,
+                channel_data: None,
+                filter: None
+            })
         );
         assert_eq!(
             parse(r#"{"event":"client-x","channel":"private-a","data":{"n":1}}"#),

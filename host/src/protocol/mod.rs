@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod codes;
+pub mod filter;
 pub mod frames;
 pub mod inbound;
 pub mod signature;

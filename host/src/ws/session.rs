@@ -13,7 +13,9 @@ use crate::{
     metrics::Metrics,
     protocol::{
         channel::{self, ChannelKind, MAX_USER_ID_LENGTH},
-        codes, frames,
+        codes,
+        filter::Filter,
+        frames,
         inbound::{self, ClientMessage},
         signature,
     },
@@ -79,8 +81,18 @@ impl Session {
             Err(e) => self.error(codes::BAD_MESSAGE, &e.to_string()),
             Ok(ClientMessage::Ping) => self.send(frames::pong()),
             Ok(ClientMessage::Pong) => {}
-            Ok(ClientMessage::Subscribe { channel, auth, channel_data }) => {
-                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref()).await;
+            Ok(ClientMessage::Subscribe { channel, auth, channel_data, filter }) => {
+                let filter = match filter.as_ref().map(Filter::compile).transpose() {
+                    Ok(filter) => filter.map(Arc::new),
+                    Err(error) => {
+                        Metrics::count(&self.ctx.metrics.subscriptions_refused, "reason", "filter");
+                        let message = format!("Invalid message format: {error}");
+                        return self.error(codes::INVALID_FILTER, &message);
+                    }
+                };
+                // Off, filters are checked (a client learns of a bad one) but not applied.
+                let filter = filter.filter(|_| self.ctx.settings.tag_filtering);
+                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref(), filter).await;
             }
             Ok(ClientMessage::Unsubscribe { channel }) => self.client_unsubscribe(&channel).await,
             Ok(ClientMessage::Signin { auth, user_data }) => self.signin(&auth, &user_data).await,
@@ -102,7 +114,13 @@ impl Session {
         self.ctx.rate_limit(&key, 1, limit, 60_000).await.is_none()
     }
 
-    async fn subscribe(&mut self, name: &str, auth: Option<&str>, channel_data: Option<&str>) {
+    async fn subscribe(
+        &mut self,
+        name: &str,
+        auth: Option<&str>,
+        channel_data: Option<&str>,
+        filter: Option<Arc<Filter>>,
+    ) {
         if !self.channel_operation_allowed().await {
             Metrics::count(&self.ctx.metrics.subscriptions_refused, "reason", "rate");
             let limit = self.app.limits.max_subscriptions_per_minute;
@@ -164,7 +182,7 @@ impl Session {
         let subscribed = self
             .ctx
             .adapter
-            .subscribe(&self.app.id, name, &self.conn, join, |members| {
+            .subscribe(&self.app.id, name, &self.conn, join, filter, |members| {
                 if presence {
                     frames::presence_subscription_succeeded(name, members).into()
                 } else {
@@ -236,7 +254,7 @@ impl Session {
             let count = ctx.adapter.channel_info(&app.id, &name).await.subscription_count;
             if count > 0 {
                 let frame = Utf8Bytes::from(frames::subscription_count(&name, count));
-                ctx.adapter.broadcast(&app.id, &name, &frame, None);
+                ctx.adapter.broadcast(&app.id, &name, &frame, None, None);
             }
             let hook = json!({ "name": "subscription_count", "channel": name, "subscription_count": count });
             ctx.webhooks.emit(&ctx, &app, hook);
@@ -393,7 +411,7 @@ impl Session {
         }
         let frame = Utf8Bytes::from(frames::channel_event(event, name, data, user_id.as_deref()));
         self.ctx.metrics.events_published.inc();
-        self.ctx.adapter.broadcast(&self.app.id, name, &frame, Some(&self.conn.socket_id));
+        self.ctx.adapter.broadcast(&self.app.id, name, &frame, Some(&self.conn.socket_id), None);
         let data = match data {
             Value::String(s) => s.clone(),
             other => other.to_string(),

@@ -41,8 +41,9 @@ export function once(emitter, event, what = event) {
 }
 
 /** Start sockhost with the test app; resolves when /up answers. With `tls` ({ cert, key }
- * PEM paths) it serves wss:// and https://, which this Node must trust (NODE_EXTRA_CA_CERTS). */
-export async function startSockhost({ tls } = {}) {
+ * PEM paths) it serves wss:// and https://, which this Node must trust (NODE_EXTRA_CA_CERTS);
+ * `env` adds to its environment. */
+export async function startSockhost({ tls, env = {} } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'sockhost-js-'));
   const config = join(dir, 'sockhost.toml');
   writeFileSync(config, `
@@ -58,7 +59,7 @@ enable_client_messages = true
   const tlsEnv = tls ? { SSL_ENABLED: 'true', SSL_CERT_PATH: tls.cert, SSL_KEY_PATH: tls.key } : {};
   const scheme = tls ? 'https' : 'http';
   const child = spawn(binary, ['--config', config, '--plugins', join(root, 'plugins.toml')], {
-    env: { ...process.env, ...tlsEnv, HOST: '127.0.0.1', PORT: String(port), METRICS_PORT: String(metricsPort), RUST_LOG: 'warn' },
+    env: { ...process.env, ...env, ...tlsEnv, HOST: '127.0.0.1', PORT: String(port), METRICS_PORT: String(metricsPort), RUST_LOG: 'warn' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';

@@ -1,0 +1,416 @@
+//! Tag filters: a subscriber's condition on the tags an event was published with, in the
+//! filter language Sockudo's clients send (`data.filter` of a subscribe).
+//!
+//! A filter is a tree: logical nodes `{"op": "and"|"or"|"not", "nodes": [...]}` over leaves
+//! `{"key", "cmp", "val"}` (or `"vals"` for `in` / `nin`). It is compiled once, at subscribe,
+//! into [`Filter`], bounded in size, and evaluated per event and subscriber on the receiving
+//! node. A missing tag fails every comparison but `neq`, `nin` and `nex`; `gt`, `gte`, `lt`
+//! and `lte` compare numbers and fail when either side is not one; text comparisons are exact
+//! (case-sensitive). An event without tags is judged as one with an empty set of tags.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// An event's tags: name -> value.
+pub type Tags = BTreeMap<String, String>;
+
+/// The most nodes (logical and leaves) in one filter.
+pub const MAX_NODES: usize = 128;
+/// The deepest a filter may nest (the root is depth 1).
+pub const MAX_DEPTH: usize = 16;
+/// The longest tag name a filter may test, in bytes.
+pub const MAX_KEY: usize = 256;
+/// The longest value a filter may compare with, in bytes.
+pub const MAX_VALUE: usize = 1024;
+/// The most values in one `in` / `nin`.
+pub const MAX_VALS: usize = 128;
+
+/// A comparison of one tag.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cmp {
+    /// Equal to the value.
+    Eq(String),
+    /// Missing, or not equal.
+    Neq(String),
+    /// One of the values.
+    In(Vec<String>),
+    /// Missing, or none of the values.
+    Nin(Vec<String>),
+    /// Present.
+    Ex,
+    /// Missing.
+    Nex,
+    /// Starts with.
+    Sw(String),
+    /// Ends with.
+    Ew(String),
+    /// Contains.
+    Ct(String),
+    /// As numbers: greater than.
+    Gt(f64),
+    /// As numbers: at least.
+    Gte(f64),
+    /// As numbers: less than.
+    Lt(f64),
+    /// As numbers: at most.
+    Lte(f64),
+}
+
+/// A compiled filter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// Every node matches.
+    And(Vec<Filter>),
+    /// Some node matches.
+    Or(Vec<Filter>),
+    /// The node does not match.
+    Not(Box<Filter>),
+    /// A comparison of one tag.
+    Leaf {
+        /// The tag's name.
+        key: String,
+        /// The comparison.
+        cmp: Cmp,
+    },
+}
+
+/// Why a filter was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// Not a filter's shape.
+    #[error("Invalid tags filter shape: {0}")]
+    Shape(String),
+    /// A rule of the language broken.
+    #[error("Invalid tags filter: {0}")]
+    Rule(String),
+    /// Over a size limit.
+    #[error("Invalid subscription filter: {0}")]
+    Limit(String),
+}
+
+fn shape(message: impl Into<String>) -> FilterError {
+    FilterError::Shape(message.into())
+}
+
+fn rule(message: impl Into<String>) -> FilterError {
+    FilterError::Rule(message.into())
+}
+
+/// A comparison value as text: strings as they are, numbers and booleans written out.
+fn text(value: &Value) -> Result<String, FilterError> {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return Err(shape("a value must be a string, a number or a boolean")),
+    };
+    if text.len() > MAX_VALUE {
+        return Err(FilterError::Limit(format!("a value is over {MAX_VALUE} bytes")));
+    }
+    Ok(text)
+}
+
+impl Filter {
+    /// Compile a filter. Accepts the node itself, or an object whose `tags` is the node (the
+    /// reference's combined form; its other parts are not supported here and are refused).
+    pub fn compile(value: &Value) -> Result<Self, FilterError> {
+        let node = match value.as_object() {
+            Some(object) if !object.contains_key("op") && !object.contains_key("key") => {
+                if let Some(other) = object.keys().find(|k| *k != "tags") {
+                    return Err(shape(format!("`{other}` filters are not supported; use `tags`")));
+                }
+                object.get("tags").ok_or_else(|| shape("an empty filter"))?
+            }
+            _ => value,
+        };
+        let mut nodes = 0;
+        Self::node(node, 1, &mut nodes)
+    }
+
+    fn node(value: &Value, depth: usize, nodes: &mut usize) -> Result<Self, FilterError> {
+        *nodes += 1;
+        if *nodes > MAX_NODES {
+            return Err(FilterError::Limit(format!("tag filter exceeds {MAX_NODES} nodes")));
+        }
+        if depth > MAX_DEPTH {
+            return Err(FilterError::Limit(format!(
+                "tag filter exceeds the depth limit of {MAX_DEPTH}"
+            )));
+        }
+        let object = value.as_object().ok_or_else(|| shape("a node must be an object"))?;
+        if let Some(op) = object.get("op") {
+            if ["key", "cmp", "val", "vals"].iter().any(|k| object.contains_key(*k)) {
+                return Err(shape("a logical node cannot also compare a tag"));
+            }
+            let op = op.as_str().ok_or_else(|| shape("`op` must be a string"))?;
+            let children = object
+                .get("nodes")
+                .and_then(Value::as_array)
+                .ok_or_else(|| shape("a logical node needs `nodes`, an array"))?;
+            let mut compiled = Vec::with_capacity(children.len());
+            for child in children {
+                compiled.push(Self::node(child, depth + 1, nodes)?);
+            }
+            return match op {
+                "and" | "or" if compiled.is_empty() => {
+                    Err(rule(format!("{op} operation requires at least one child node")))
+                }
+                "and" => Ok(Self::And(compiled)),
+                "or" => Ok(Self::Or(compiled)),
+                "not" if compiled.len() == 1 => {
+                    Ok(Self::Not(Box::new(compiled.pop().expect("one"))))
+                }
+                "not" => Err(rule(format!(
+                    "not operation requires exactly one child node, got {}",
+                    compiled.len()
+                ))),
+                other => Err(rule(format!("unknown op `{other}` (and, or, not)"))),
+            };
+        }
+        if object.contains_key("nodes") {
+            return Err(shape("a comparison cannot have `nodes`"));
+        }
+        let key = object.get("key").and_then(Value::as_str).unwrap_or_default();
+        if key.is_empty() {
+            return Err(rule("a comparison needs a non-empty `key`"));
+        }
+        if key.len() > MAX_KEY {
+            return Err(FilterError::Limit(format!("a key is over {MAX_KEY} bytes")));
+        }
+        let cmp =
+            object.get("cmp").and_then(Value::as_str).ok_or_else(|| shape("`cmp` missing"))?;
+        let val = || -> Result<String, FilterError> {
+            let val = object.get("val").map(text).transpose()?.unwrap_or_default();
+            if val.is_empty() {
+                return Err(rule(format!("`{cmp}` needs a non-empty `val`")));
+            }
+            Ok(val)
+        };
+        let vals = || -> Result<Vec<String>, FilterError> {
+            let list =
+                object.get("vals").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+            if list.is_empty() {
+                return Err(rule(format!("`{cmp}` needs a non-empty `vals`")));
+            }
+            if list.len() > MAX_VALS {
+                return Err(FilterError::Limit(format!("more than {MAX_VALS} vals")));
+            }
+            let mut out = list.iter().map(text).collect::<Result<Vec<_>, _>>()?;
+            out.sort();
+            out.dedup();
+            Ok(out)
+        };
+        let number = || -> Result<f64, FilterError> {
+            let val = val()?;
+            val.parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite())
+                .ok_or_else(|| rule(format!("`{cmp}` compares numbers; `{val}` is not one")))
+        };
+        let cmp = match cmp {
+            "eq" => Cmp::Eq(val()?),
+            "neq" => Cmp::Neq(val()?),
+            "in" => Cmp::In(vals()?),
+            "nin" => Cmp::Nin(vals()?),
+            "ex" => Cmp::Ex,
+            "nex" => Cmp::Nex,
+            "sw" => Cmp::Sw(val()?),
+            "ew" => Cmp::Ew(val()?),
+            "ct" => Cmp::Ct(val()?),
+            "gt" => Cmp::Gt(number()?),
+            "gte" => Cmp::Gte(number()?),
+            "lt" => Cmp::Lt(number()?),
+            "lte" => Cmp::Lte(number()?),
+            other => return Err(rule(format!("unknown cmp `{other}`"))),
+        };
+        Ok(Self::Leaf { key: key.to_string(), cmp })
+    }
+
+    /// Whether an event with `tags` passes.
+    pub fn matches(&self, tags: &Tags) -> bool {
+        match self {
+            Self::And(nodes) => nodes.iter().all(|n| n.matches(tags)),
+            Self::Or(nodes) => nodes.iter().any(|n| n.matches(tags)),
+            Self::Not(node) => !node.matches(tags),
+            Self::Leaf { key, cmp } => {
+                let tag = tags.get(key).map(String::as_str);
+                let number = || tag.and_then(|t| t.parse::<f64>().ok());
+                match cmp {
+                    Cmp::Eq(v) => tag == Some(v),
+                    Cmp::Neq(v) => tag != Some(v),
+                    Cmp::In(vs) => tag.is_some_and(|t| contains(vs, t)),
+                    Cmp::Nin(vs) => tag.is_none_or(|t| !contains(vs, t)),
+                    Cmp::Ex => tag.is_some(),
+                    Cmp::Nex => tag.is_none(),
+                    Cmp::Sw(v) => tag.is_some_and(|t| t.starts_with(v.as_str())),
+                    Cmp::Ew(v) => tag.is_some_and(|t| t.ends_with(v.as_str())),
+                    Cmp::Ct(v) => tag.is_some_and(|t| t.contains(v.as_str())),
+                    Cmp::Gt(v) => number().is_some_and(|n| n > *v),
+                    Cmp::Gte(v) => number().is_some_and(|n| n >= *v),
+                    Cmp::Lt(v) => number().is_some_and(|n| n < *v),
+                    Cmp::Lte(v) => number().is_some_and(|n| n <= *v),
+                }
+            }
+        }
+    }
+
+    /// For a filter that is one equality (`key` equals `value`): the pair, so that a channel
+    /// can index its subscribers by it and reach them without testing the others.
+    pub fn equality(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::Leaf { key, cmp: Cmp::Eq(value) } => Some((key, value)),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the sorted `values` hold `tag`.
+fn contains(values: &[String], tag: &str) -> bool {
+    values.binary_search_by(|v| v.as_str().cmp(tag)).is_ok()
+}
+
+/// The most tags one event may carry.
+pub const MAX_EVENT_TAGS: usize = 64;
+
+/// An event's `tags` from the HTTP API: an object of string values, bounded; the reason if not.
+pub fn event_tags(value: &Value) -> Result<Tags, String> {
+    let object = value.as_object().ok_or("tags must be an object of strings")?;
+    if object.len() > MAX_EVENT_TAGS {
+        return Err(format!("at most {MAX_EVENT_TAGS} tags per event"));
+    }
+    let mut tags = Tags::new();
+    for (key, value) in object {
+        let Value::String(value) = value else {
+            return Err(format!("tags.{key} must be a string"));
+        };
+        if key.is_empty() || key.len() > MAX_KEY {
+            return Err(format!("a tag name must be 1 to {MAX_KEY} bytes"));
+        }
+        if value.len() > MAX_VALUE {
+            return Err(format!("tags.{key} is over {MAX_VALUE} bytes"));
+        }
+        tags.insert(key.clone(), value.clone());
+    }
+    Ok(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn passes(filter: Value, pairs: &[(&str, &str)]) -> bool {
+        Filter::compile(&filter).unwrap().matches(&tags(pairs))
+    }
+
+    #[test]
+    fn every_comparison() {
+        let t = [("sym", "BTC-USD"), ("px", "101.5")];
+        let leaf = |cmp: &str, val: Value| json!({ "key": "sym", "cmp": cmp, "val": val });
+        assert!(passes(leaf("eq", json!("BTC-USD")), &t));
+        assert!(!passes(leaf("eq", json!("btc-usd")), &t));
+        assert!(passes(leaf("neq", json!("ETH")), &t));
+        assert!(passes(json!({ "key": "sym", "cmp": "in", "vals": ["X", "BTC-USD"] }), &t));
+        assert!(!passes(json!({ "key": "sym", "cmp": "nin", "vals": ["BTC-USD"] }), &t));
+        assert!(passes(json!({ "key": "sym", "cmp": "ex" }), &t));
+        assert!(!passes(json!({ "key": "sym", "cmp": "nex" }), &t));
+        assert!(passes(leaf("sw", json!("BTC")), &t));
+        assert!(passes(leaf("ew", json!("USD")), &t));
+        assert!(passes(leaf("ct", json!("C-U")), &t));
+        let px = |cmp: &str, val: Value| json!({ "key": "px", "cmp": cmp, "val": val });
+        assert!(passes(px("gt", json!(100)), &t));
+        assert!(passes(px("gte", json!("101.5")), &t));
+        assert!(!passes(px("lt", json!(101.5)), &t));
+        assert!(passes(px("lte", json!(101.5)), &t));
+        // gt..lte on a tag that is not a number: no match.
+        assert!(!passes(leaf("gt", json!(1)), &t));
+    }
+
+    #[test]
+    fn a_missing_tag_passes_only_negative_comparisons() {
+        let none: [(&str, &str); 0] = [];
+        for (cmp, expected) in [
+            ("eq", false),
+            ("neq", true),
+            ("sw", false),
+            ("ew", false),
+            ("ct", false),
+            ("gt", false),
+            ("gte", false),
+            ("lt", false),
+            ("lte", false),
+        ] {
+            assert_eq!(
+                passes(json!({ "key": "k", "cmp": cmp, "val": "1" }), &none),
+                expected,
+                "{cmp}"
+            );
+        }
+        assert!(!passes(json!({ "key": "k", "cmp": "in", "vals": ["1"] }), &none));
+        assert!(passes(json!({ "key": "k", "cmp": "nin", "vals": ["1"] }), &none));
+        assert!(!passes(json!({ "key": "k", "cmp": "ex" }), &none));
+        assert!(passes(json!({ "key": "k", "cmp": "nex" }), &none));
+    }
+
+    #[test]
+    fn logic_and_the_combined_form() {
+        let t = [("a", "1"), ("b", "2")];
+        let eq = |k: &str, v: &str| json!({ "key": k, "cmp": "eq", "val": v });
+        assert!(passes(json!({ "op": "and", "nodes": [eq("a", "1"), eq("b", "2")] }), &t));
+        assert!(!passes(json!({ "op": "and", "nodes": [eq("a", "1"), eq("b", "3")] }), &t));
+        assert!(passes(json!({ "op": "or", "nodes": [eq("a", "9"), eq("b", "2")] }), &t));
+        assert!(passes(json!({ "op": "not", "nodes": [eq("a", "9")] }), &t));
+        assert!(passes(json!({ "tags": eq("a", "1") }), &t));
+        let only = Filter::compile(&eq("a", "1")).unwrap();
+        assert_eq!(only.equality(), Some(("a", "1")));
+        assert_eq!(
+            Filter::compile(&json!({ "op": "not", "nodes": [eq("a", "1")] })).unwrap().equality(),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_filters_are_refused_with_a_reason() {
+        let refused = |v: Value| Filter::compile(&v).unwrap_err().to_string();
+        assert!(refused(json!({ "op": "not", "nodes": [] })).contains("exactly one child"));
+        assert!(refused(json!({ "op": "and", "nodes": [] })).contains("at least one child"));
+        assert!(
+            refused(json!({ "op": "xor", "nodes": [{ "key": "a", "cmp": "ex" }] }))
+                .contains("unknown op")
+        );
+        assert!(refused(json!({ "key": "a", "cmp": "like", "val": "x" })).contains("unknown cmp"));
+        assert!(refused(json!({ "key": "", "cmp": "eq", "val": "x" })).contains("non-empty `key`"));
+        assert!(refused(json!({ "key": "a", "cmp": "eq" })).contains("non-empty `val`"));
+        assert!(
+            refused(json!({ "key": "a", "cmp": "in", "vals": [] })).contains("non-empty `vals`")
+        );
+        assert!(
+            refused(json!({ "key": "a", "cmp": "gt", "val": "x" })).contains("compares numbers")
+        );
+        assert!(refused(json!({ "expression": "a" })).contains("not supported"));
+        assert!(refused(json!("a")).contains("object"));
+        let mut deep = json!({ "key": "a", "cmp": "ex" });
+        for _ in 0..MAX_DEPTH {
+            deep = json!({ "op": "not", "nodes": [deep] });
+        }
+        assert!(refused(deep).contains("depth limit of 16"));
+        let wide: Vec<Value> = (0..MAX_NODES).map(|_| json!({ "key": "a", "cmp": "ex" })).collect();
+        assert!(refused(json!({ "op": "or", "nodes": wide })).contains("128 nodes"));
+    }
+
+    #[test]
+    fn event_tags_are_strings_and_bounded() {
+        assert_eq!(event_tags(&json!({ "a": "1" })), Ok(tags(&[("a", "1")])));
+        assert!(event_tags(&json!({ "a": 1 })).unwrap_err().contains("tags.a must be a string"));
+        assert!(event_tags(&json!(["a"])).is_err());
+        let many: serde_json::Map<String, Value> =
+            (0..=MAX_EVENT_TAGS).map(|i| (format!("k{i}"), json!("v"))).collect();
+        assert!(event_tags(&Value::Object(many)).is_err());
+    }
+}
