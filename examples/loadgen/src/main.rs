@@ -71,6 +71,11 @@ struct Args {
     /// Seconds to wait for deliveries after publishing stops.
     #[arg(long, default_value_t = 5.0)]
     drain: f64,
+    /// Tag filtering: subscriber i filters on the tag `k` equal to (i / channels) mod this,
+    /// and event n is tagged with k = (n / channels) mod this, so each event reaches the
+    /// channel's subscribers of one value. 0: no filters, no tags.
+    #[arg(long, default_value_t = 0)]
+    filters: usize,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -168,6 +173,7 @@ struct Ready {
 async fn subscriber(
     url: String,
     channel: String,
+    filter: Option<Value>,
     counts: Arc<Counts>,
     mut connect_slot: Option<OwnedSemaphorePermit>,
     ready: Arc<Ready>,
@@ -203,8 +209,11 @@ async fn subscriber(
         let message: Value = serde_json::from_str(&text)?;
         match message["event"].as_str() {
             Some("pusher:connection_established") => {
-                let subscribe =
-                    json!({ "event": "pusher:subscribe", "data": { "channel": channel } });
+                let mut data = json!({ "channel": channel });
+                if let Some(filter) = &filter {
+                    data["filter"] = filter.clone();
+                }
+                let subscribe = json!({ "event": "pusher:subscribe", "data": data });
                 ws.send(Message::text(subscribe.to_string())).await?;
             }
             Some("pusher_internal:subscription_succeeded") if !subscribed => {
@@ -240,6 +249,8 @@ struct Publisher {
     accepted: AtomicU64,
     refused: AtomicU64,
     per_channel: Vec<AtomicU64>,
+    /// With --filters: events per (channel, tag value), at channel * filters + value.
+    per_value: Vec<AtomicU64>,
     rtt: Histogram,
 }
 
@@ -247,8 +258,15 @@ impl Publisher {
     async fn publish(&self, seq: u64) {
         let channel = (seq % self.args.channels as u64) as usize;
         let data = json!({ "s": seq, "t": clock(), "p": self.padding }).to_string();
-        let body = json!({ "name": "bench", "channel": format!("bench-{channel}"), "data": data })
-            .to_string();
+        let mut body =
+            json!({ "name": "bench", "channel": format!("bench-{channel}"), "data": data });
+        if self.args.filters > 0 {
+            let value = (seq / self.args.channels as u64) % self.args.filters as u64;
+            body["tags"] = json!({ "k": value.to_string() });
+            self.per_value[channel * self.args.filters + value as usize]
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let body = body.to_string();
         let path = format!("/apps/{}/events", self.args.app_id);
         let timestamp =
             SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()).to_string();
@@ -321,10 +339,14 @@ async fn main() -> anyhow::Result<()> {
             args.key
         );
         let channel = format!("bench-{}", i % args.channels);
+        let filter = (args.filters > 0).then(|| {
+            let value = (i / args.channels) % args.filters;
+            json!({ "key": "k", "cmp": "eq", "val": value.to_string() })
+        });
         let slot = connecting.clone().acquire_owned().await?;
         let (counts, ready) = (counts.clone(), ready.clone());
         tokio::spawn(async move {
-            if let Err(e) = subscriber(url, channel, counts, Some(slot), ready).await {
+            if let Err(e) = subscriber(url, channel, filter, counts, Some(slot), ready).await {
                 eprintln!("subscriber failed: {e:#}");
             }
         });
@@ -369,6 +391,7 @@ async fn main() -> anyhow::Result<()> {
         accepted: AtomicU64::new(0),
         refused: AtomicU64::new(0),
         per_channel: (0..args.channels).map(|_| AtomicU64::new(0)).collect(),
+        per_value: (0..args.channels * args.filters).map(|_| AtomicU64::new(0)).collect(),
         rtt: Histogram::default(),
         args: args.clone(),
     });
@@ -418,12 +441,27 @@ async fn main() -> anyhow::Result<()> {
     let subscribers_per_channel: Vec<u64> = (0..args.channels)
         .map(|c| ((args.subscribers + args.channels - 1 - c) / args.channels) as u64)
         .collect();
-    let expected: u64 = publisher
-        .per_channel
-        .iter()
-        .zip(&subscribers_per_channel)
-        .map(|(events, subs)| events.load(Ordering::Relaxed) * subs)
-        .sum();
+    let expected: u64 = if args.filters > 0 {
+        // Each event reaches the subscribers of its channel whose filter names its value.
+        let mut subscribers = vec![0u64; args.channels * args.filters];
+        for i in 0..args.subscribers {
+            subscribers[(i % args.channels) * args.filters + (i / args.channels) % args.filters] +=
+                1;
+        }
+        publisher
+            .per_value
+            .iter()
+            .zip(&subscribers)
+            .map(|(events, subs)| events.load(Ordering::Relaxed) * subs)
+            .sum()
+    } else {
+        publisher
+            .per_channel
+            .iter()
+            .zip(&subscribers_per_channel)
+            .map(|(events, subs)| events.load(Ordering::Relaxed) * subs)
+            .sum()
+    };
     let drain_end = Instant::now() + Duration::from_secs_f64(args.drain);
     while counts.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_end {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -438,6 +476,7 @@ async fn main() -> anyhow::Result<()> {
         "scenario": if args.rate <= 0.0 { "max-rate" } else { "fixed-rate" },
         "subscribers": args.subscribers,
         "channels": args.channels,
+        "filters": args.filters,
         "asked_events_per_s": args.rate,
         "accepted_events": accepted,
         "refused_events": publisher.refused.load(Ordering::Relaxed),
