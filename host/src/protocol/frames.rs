@@ -4,6 +4,40 @@
 use serde::Serialize;
 use serde_json::Value;
 
+/// How a connection names the server's events: Pusher's protocol (`pusher:`,
+/// `pusher_internal:`), or Sockudo's protocol 2 (`?protocol=2`: `sockudo:`,
+/// `sockudo_internal:`). Frames are built once in Pusher's names (a broadcast's bytes are
+/// shared by sockets of either kind) and renamed for a protocol-2 socket as they are written;
+/// the app's own events are never renamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Protocol 5 to 7.
+    Pusher,
+    /// Sockudo's protocol 2.
+    V2,
+}
+
+impl Dialect {
+    /// The dialect the `protocol` query parameter asks for.
+    pub fn of(protocol: Option<&str>) -> Self {
+        if protocol == Some("2") { Self::V2 } else { Self::Pusher }
+    }
+
+    /// `frame` renamed for this dialect, when it needs to be. Every frame begins with its
+    /// event (see [`Frame`]), so only that name is looked at.
+    pub fn rename(self, frame: &str) -> Option<String> {
+        if self == Self::Pusher {
+            return None;
+        }
+        let rest = frame.strip_prefix(r#"{"event":"pusher"#)?;
+        if rest.starts_with(':') || rest.starts_with("_internal:") {
+            Some(format!(r#"{{"event":"sockudo{rest}"#))
+        } else {
+            None
+        }
+    }
+}
+
 fn to_text<T: Serialize>(frame: &T) -> String {
     // Serializing these plain structs of strings and numbers cannot fail.
     serde_json::to_string(frame).expect("a frame serializes")
@@ -147,5 +181,22 @@ mod tests {
             channel_event("e", "c", &Value::String("d".into()), Some("u")),
             r#"{"event":"e","channel":"c","data":"d","user_id":"u"}"#
         );
+    }
+
+    #[test]
+    fn protocol_two_renames_the_servers_events_only() {
+        let v2 = Dialect::V2;
+        assert_eq!(v2.rename(&pong()).unwrap(), r#"{"event":"sockudo:pong","data":{}}"#);
+        let ack = subscription_succeeded("c");
+        assert!(
+            v2.rename(&ack)
+                .unwrap()
+                .starts_with(r#"{"event":"sockudo_internal:subscription_succeeded""#)
+        );
+        let app_event = channel_event("pusherish", "c", &Value::String("d".into()), None);
+        assert_eq!(v2.rename(&app_event), None);
+        assert_eq!(Dialect::Pusher.rename(&pong()), None);
+        assert_eq!(Dialect::of(Some("2")), Dialect::V2);
+        assert_eq!(Dialect::of(Some("7")), Dialect::Pusher);
     }
 }

@@ -74,7 +74,12 @@ struct Raw {
 
 /// Parse one text frame.
 pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
-    let raw: Raw = serde_json::from_str(text).map_err(|e| ParseError::Malformed(e.to_string()))?;
+    let mut raw: Raw =
+        serde_json::from_str(text).map_err(|e| ParseError::Malformed(e.to_string()))?;
+    // Protocol 2 (Sockudo's) names the same events `sockudo:`; any connection may use either.
+    if let Some(rest) = raw.event.strip_prefix("sockudo:") {
+        raw.event = format!("pusher:{rest}");
+    }
     // Some clients encode `data` as a JSON string; accept both.
     let data = match raw.data {
         Value::String(s) if raw.event.starts_with("pusher:") => {

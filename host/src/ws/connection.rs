@@ -15,7 +15,10 @@ use crate::{
     edge::Peer,
     hub::{Closer, Conn},
     metrics::Metrics,
-    protocol::{codes, frames},
+    protocol::{
+        codes,
+        frames::{self, Dialect},
+    },
     server::Ctx,
 };
 
@@ -30,9 +33,15 @@ type Sink = SplitSink<WebSocket, Message>;
 /// Send `pusher:error` with `code` and close the socket with the same code. The client may be
 /// the reason for closing (too slow to read), so it gets `patience` to take the frames; then the
 /// socket is dropped regardless.
-async fn refuse(sink: &mut Sink, patience: std::time::Duration, code: u16, reason: &str) {
+async fn refuse(
+    sink: &mut Sink,
+    dialect: Dialect,
+    patience: std::time::Duration,
+    code: u16,
+    reason: &str,
+) {
     let frames = async {
-        let _ = sink.feed(Message::Text(frames::error(code, reason).into())).await;
+        let _ = sink.feed(Message::Text(render(dialect, frames::error(code, reason).into()))).await;
         close(sink, code, reason).await;
     };
     let _ = tokio::time::timeout(patience, frames).await;
@@ -69,23 +78,25 @@ pub async fn run(
 ) {
     let (mut sink, mut stream) = socket.split();
     let patience = ctx.settings.pong_timeout.min(CLOSE_PATIENCE);
+    let dialect = Dialect::of(query.get("protocol").map(String::as_str));
 
     if let Some(over) = peer.as_ref().and_then(|p| p.over_limit) {
         ctx.metrics.connection_errors.inc();
-        return refuse(&mut sink, patience, codes::OVER_CAPACITY, over.message()).await;
+        return refuse(&mut sink, dialect, patience, codes::OVER_CAPACITY, over.message()).await;
     }
 
     if ctx.readiness.over_memory() {
         ctx.metrics.connection_errors.inc();
         crate::metrics::Metrics::count(&ctx.metrics.edge_refused, "reason", "memory");
         let reason = "Node is over its memory threshold; connect to another";
-        return refuse(&mut sink, patience, codes::OVER_CAPACITY, reason).await;
+        return refuse(&mut sink, dialect, patience, codes::OVER_CAPACITY, reason).await;
     }
 
     let Some(app) = ctx.apps.by_key(&key).cloned() else {
         ctx.metrics.connection_errors.inc();
         return refuse(
             &mut sink,
+            dialect,
             patience,
             codes::APP_NOT_FOUND,
             &format!("App key {key} does not exist"),
@@ -94,19 +105,26 @@ pub async fn run(
     };
     if !app.enabled {
         ctx.metrics.connection_errors.inc();
-        return refuse(&mut sink, patience, codes::APP_DISABLED, "App is disabled").await;
+        return refuse(&mut sink, dialect, patience, codes::APP_DISABLED, "App is disabled").await;
     }
     match query.get("protocol").map(|p| p.parse::<u32>()) {
         None => {
             ctx.metrics.connection_errors.inc();
-            return refuse(&mut sink, patience, codes::NO_PROTOCOL, "No protocol version supplied")
-                .await;
+            return refuse(
+                &mut sink,
+                dialect,
+                patience,
+                codes::NO_PROTOCOL,
+                "No protocol version supplied",
+            )
+            .await;
         }
-        Some(Ok(5..=7)) => {}
+        Some(Ok(2 | 5..=7)) => {}
         Some(_) => {
             ctx.metrics.connection_errors.inc();
             return refuse(
                 &mut sink,
+                dialect,
                 patience,
                 codes::UNSUPPORTED_PROTOCOL,
                 "Unsupported protocol version",
@@ -119,13 +137,14 @@ pub async fn run(
         if ctx.rate_limit(&key, 1, app.max_connections_per_ip_per_minute, 60_000).await.is_some() {
             ctx.metrics.connection_errors.inc();
             let reason = "Too many new connections from this address; retry later";
-            return refuse(&mut sink, patience, codes::OVER_CAPACITY, reason).await;
+            return refuse(&mut sink, dialect, patience, codes::OVER_CAPACITY, reason).await;
         }
     }
     if !ctx.adapter.admit(&app.id, app.max_connections) {
         ctx.metrics.connection_errors.inc();
         return refuse(
             &mut sink,
+            dialect,
             patience,
             codes::OVER_CAPACITY,
             "App is over its connection quota",
@@ -181,7 +200,7 @@ pub async fn run(
                 // A client that stops reading blocks this write. While it is blocked, a close
                 // request, the keepalive and sign-in timers and the write deadline still run;
                 // they are armed only for a write that does not complete at once.
-                let write = write_batch(&mut sink, frame, &mut outbound, &ctx, &closer);
+                let write = write_batch(&mut sink, dialect, frame, &mut outbound, &ctx, &closer);
                 tokio::pin!(write);
                 let at_once = tokio::select! {
                     biased;
@@ -236,7 +255,7 @@ pub async fn run(
                             // lingers so the code is read rather than lost in a reset.
                             Metrics::count(&ctx.metrics.ws_protocol_errors, "code", code_label(code));
                             if code == 1009 {
-                                let _ = sink.feed(Message::Text(frames::error(codes::BAD_MESSAGE, &text).into())).await;
+                                let _ = sink.feed(Message::Text(render(dialect, frames::error(codes::BAD_MESSAGE, &text).into()))).await;
                             }
                             let _ = tokio::time::timeout(patience, close(&mut sink, code, &text)).await;
                         }
@@ -268,7 +287,7 @@ pub async fn run(
         }
         let reason = close_reason(close_code);
         tracing::debug!(%socket_id, code = close_code, reason, "Closing.");
-        refuse(&mut sink, patience, close_code, reason).await;
+        refuse(&mut sink, dialect, patience, close_code, reason).await;
     }
     session.end().await;
     ctx.adapter.release(&app.id);
@@ -277,9 +296,18 @@ pub async fn run(
     tracing::debug!(%socket_id, "Disconnected.");
 }
 
+/// A frame in the connection's dialect (counted against the queue as it was enqueued).
+fn render(dialect: Dialect, frame: Utf8Bytes) -> Utf8Bytes {
+    match dialect.rename(frame.as_str()) {
+        Some(renamed) => Utf8Bytes::from(renamed),
+        None => frame,
+    }
+}
+
 /// Write `first` and whatever else is queued (up to a batch), then flush once.
 async fn write_batch(
     sink: &mut Sink,
+    dialect: Dialect,
     first: Utf8Bytes,
     outbound: &mut mpsc::Receiver<Utf8Bytes>,
     ctx: &Ctx,
@@ -287,13 +315,13 @@ async fn write_batch(
 ) -> Result<(), axum::Error> {
     let counted = |frame: &Utf8Bytes| if closer.counts(frame.len()) { frame.len() } else { 0 };
     let (mut bytes, mut taken) = (first.len(), counted(&first));
-    sink.feed(Message::Text(first)).await?;
+    sink.feed(Message::Text(render(dialect, first))).await?;
     let mut count = 1;
     while count < WRITE_BATCH {
         let Ok(frame) = outbound.try_recv() else { break };
         bytes += frame.len();
         taken += counted(&frame);
-        sink.feed(Message::Text(frame)).await?;
+        sink.feed(Message::Text(render(dialect, frame))).await?;
         count += 1;
     }
     // Frames count against the queue's byte bound until they are handed to the socket (a
