@@ -54,6 +54,10 @@ pub struct Metrics {
     pub cluster_nodes: Gauge,
     /// 1 while this node is ready for new traffic (`/ready`), 0 while not.
     pub ready: Gauge,
+    /// Webhook jobs waiting in the queue driver, as it last said.
+    pub webhooks_pending: Gauge,
+    /// Nodes the transport's broker counts (PUBSUB NUMSUB on Redis), as it last said.
+    pub transport_nodes: Gauge,
     /// Broadcasts received from other nodes.
     pub bus_broadcasts_received: Counter,
     /// Bus messages this node could not read.
@@ -119,6 +123,8 @@ impl Metrics {
             webhooks_failed: Counter::default(),
             cluster_nodes: Gauge::default(),
             ready: Gauge::default(),
+            webhooks_pending: Gauge::default(),
+            transport_nodes: Gauge::default(),
             bus_broadcasts_received: Counter::default(),
             bus_refused: Counter::default(),
             bus_publish_refused: Counter::default(),
@@ -269,6 +275,16 @@ impl Metrics {
             "ready",
             "1 while this node is ready for new traffic (/ready), 0 while draining or over its memory threshold",
             metrics.ready.clone(),
+        );
+        registry.register(
+            "webhooks_queue_pending",
+            "Webhook jobs waiting in the queue driver, looked at every few seconds",
+            metrics.webhooks_pending.clone(),
+        );
+        registry.register(
+            "transport_nodes",
+            "Nodes the transport's broker counts (where it can tell); more than cluster_nodes means nodes on the broker this one does not hear (another cluster secret or version)",
+            metrics.transport_nodes.clone(),
         );
         registry.register(
             "edge_refused",

@@ -162,6 +162,48 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new().route("/app/{key}", get(ws::upgrade)).merge(api).with_state(ctx)
 }
 
+/// How often the drivers are asked for their backlog and node count.
+const BACKEND_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ask the drivers, every few seconds, what only they can tell: the webhook jobs waiting in
+/// the queue, and how many nodes the broker counts. A broker that counts more nodes than the
+/// cluster has means nodes this one cannot hear (another cluster secret, another build): said
+/// once per change in the log, and in the metrics.
+async fn watch_backends(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(BACKEND_POLL);
+    let mut warned = None;
+    loop {
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ask = BACKEND_POLL;
+        if let Ok(Ok(pending)) =
+            tokio::time::timeout(ask, ctx.drivers.queue.pending(webhooks::QUEUE)).await
+        {
+            ctx.metrics.webhooks_pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+        }
+        let Ok(Ok(Some(seen))) =
+            tokio::time::timeout(ask, ctx.drivers.transport.node_count_hint()).await
+        else {
+            continue;
+        };
+        ctx.metrics.transport_nodes.set(i64::try_from(seen).unwrap_or(i64::MAX));
+        let members = u64::try_from(ctx.adapter.cluster().peers().len() + 1).unwrap_or(u64::MAX);
+        let unheard = (seen > members).then_some((seen, members));
+        if unheard != warned {
+            if let Some((seen, members)) = unheard {
+                tracing::warn!(
+                    seen,
+                    members,
+                    "The broker counts more nodes than this node hears: check that every node has the same cluster secret and build."
+                );
+            }
+            warned = unheard;
+        }
+    }
+}
+
 /// Keep readiness up to date with the resident size, when a memory threshold is set.
 async fn watch_memory(ctx: Arc<Ctx>) {
     if let Some(threshold) = ctx.readiness.threshold() {
@@ -326,6 +368,7 @@ pub async fn run(
     }
     let token = ctx.shutdown.clone();
     tokio::spawn(watch_memory(ctx.clone()));
+    tokio::spawn(watch_backends(ctx.clone()));
     tokio::spawn({
         let token = token.clone();
         let ctx_ready = ctx.clone();

@@ -153,6 +153,9 @@ async fn nodes_with_different_secrets_do_not_see_each_other() {
             )
             .await;
         assert_eq!(server.metric("sockhost_cluster_nodes").await, 1.0);
+        // The broker counts both: the node says it hears fewer than there are.
+        server.wait_for_metric("sockhost_transport_nodes", |n| n == 2.0).await;
+        assert!(server.log().contains("The broker counts more nodes"), "{}", server.log());
     }
     let app = TestApp::main();
     let mut on_second = Client::connect(&second.ws_url(&app.key)).await;
