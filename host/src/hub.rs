@@ -208,6 +208,8 @@ struct Channel {
 struct Filtered {
     plain: HashMap<SocketId, Conn>,
     equal: HashMap<(String, String), HashMap<SocketId, Conn>>,
+    /// Which equality group each of its members is in, so that leaving costs one lookup.
+    equal_of: HashMap<SocketId, (String, String)>,
     other: HashMap<SocketId, (Conn, Arc<Filter>)>,
 }
 
@@ -220,8 +222,9 @@ impl Filtered {
             }
             Some(filter) => match filter.equality() {
                 Some((key, value)) => {
-                    let group = self.equal.entry((key.to_string(), value.to_string())).or_default();
-                    group.insert(id, conn.clone());
+                    let pair = (key.to_string(), value.to_string());
+                    self.equal_of.insert(id.clone(), pair.clone());
+                    self.equal.entry(pair).or_default().insert(id, conn.clone());
                 }
                 None => {
                     self.other.insert(id, (conn.clone(), filter.clone()));
@@ -234,10 +237,14 @@ impl Filtered {
         if self.plain.remove(socket_id).is_some() || self.other.remove(socket_id).is_some() {
             return;
         }
-        self.equal.retain(|_, group| {
+        if let Some(pair) = self.equal_of.remove(socket_id)
+            && let Some(group) = self.equal.get_mut(&pair)
+        {
             group.remove(socket_id);
-            !group.is_empty()
-        });
+            if group.is_empty() {
+                self.equal.remove(&pair);
+            }
+        }
     }
 
     fn has_filters(&self) -> bool {
@@ -424,7 +431,9 @@ impl Hub {
             entry.filtered = Some(Box::new(filtered));
         }
         if let Some(filtered) = entry.filtered.as_mut() {
-            filtered.remove(&conn.socket_id);
+            if !new_subscriber {
+                filtered.remove(&conn.socket_id);
+            }
             filtered.insert(conn, filter.as_ref());
         }
         Ok(Subscribed { new_subscriber, occupied, first_for_user })

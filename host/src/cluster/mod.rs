@@ -36,6 +36,7 @@ use tokio::{
     time::Instant,
 };
 
+pub use self::seal::now_ms;
 use self::{
     envelope::{Body, Control, DecodeError, Envelope},
     seal::{Seal, SealError},
@@ -251,11 +252,16 @@ impl Cluster {
         self.seal.is_some()
     }
 
-    /// Read a bus message: unseal it (with a secret), read its header, and refuse a replay. A
-    /// control body is left undecoded (see [`Control::decode`]).
-    pub fn open<'a>(&self, message: &'a [u8]) -> Result<Envelope<&'a [u8]>, Refusal> {
+    /// Read a bus message received at `received` (milliseconds since the epoch, [`now_ms`]):
+    /// unseal it (with a secret), read its header, and refuse a replay. A control body is left
+    /// undecoded (see [`Control::decode`]).
+    pub fn open<'a>(
+        &self,
+        message: &'a [u8],
+        received: u64,
+    ) -> Result<Envelope<&'a [u8]>, Refusal> {
         let bytes = match &self.seal {
-            Some(seal) => seal.open(message)?,
+            Some(seal) => seal.open_at(message, received)?,
             None => message,
         };
         let envelope = Envelope::read(bytes)?;
@@ -266,7 +272,8 @@ impl Cluster {
         if let Some(seal) = &self.seal
             && envelope.node != self.node_id
         {
-            seal.check_replay(envelope.node, envelope.seq)?;
+            let control = matches!(envelope.body, Body::Control(_));
+            seal.check_replay(envelope.node, control, envelope.seq)?;
         }
         Ok(envelope)
     }

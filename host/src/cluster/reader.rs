@@ -29,8 +29,9 @@ pub const STATE_QUEUE: usize = 65_536;
 /// Work for the state worker, in order.
 #[derive(Debug)]
 pub(super) enum Job {
-    /// A bus message that says it holds a control message, not yet opened.
-    Control(Incoming),
+    /// A bus message that says it holds a control message, not yet opened, and when it was
+    /// received (its time window is checked against that, not against when it is opened).
+    Control(Incoming, u64),
     /// Look for nodes that stopped answering, and remove them.
     Cleanup,
 }
@@ -46,13 +47,14 @@ pub(super) async fn read(
     while let Some(message) = inbox.recv().await {
         // Even authenticating a big control message takes time (a MAC over megabytes): it is
         // opened on the state worker too.
+        let received = super::now_ms();
         if cluster.carries_control(message.payload()) {
-            if jobs.send(Job::Control(message)).await.is_err() {
+            if jobs.send(Job::Control(message, received)).await.is_err() {
                 return;
             }
             continue;
         }
-        let envelope = match cluster.open(message.payload()) {
+        let envelope = match cluster.open(message.payload(), received) {
             Ok(envelope) => envelope,
             Err(refusal) => {
                 refused(&*host, refusal, &message.topic, &logged);
@@ -92,7 +94,7 @@ pub(super) async fn apply(
     let state = State { cluster, host, logged: LogLimiter::default() };
     while let Some(job) = jobs.recv().await {
         match job {
-            Job::Control(message) => state.open(&message),
+            Job::Control(message, received) => state.open(&message, received),
             Job::Cleanup => {
                 for node in state.cluster.expired() {
                     tracing::warn!(node, "A node stopped answering; removing it and its members.");
@@ -113,8 +115,8 @@ struct State {
 
 impl State {
     /// Open a bus message that says it holds a control message, and apply it.
-    fn open(&self, message: &Incoming) {
-        let opened = self.cluster.open(message.payload()).and_then(|envelope| {
+    fn open(&self, message: &Incoming, received: u64) {
+        let opened = self.cluster.open(message.payload(), received).and_then(|envelope| {
             let Body::Control(body) = envelope.body else {
                 return Err(super::DecodeError::Malformed("not a control message").into());
             };
@@ -347,7 +349,9 @@ async fn health(
                 cluster.send_control(CONTROL, Control::Heartbeat { connections });
             }
             _ = cleanup.tick() => {
-                if jobs.send(Job::Cleanup).await.is_err() {
+                // Never wait here: a full queue must not stop this node's heartbeats (the next
+                // tick asks again).
+                if let Err(mpsc::error::TrySendError::Closed(_)) = jobs.try_send(Job::Cleanup) {
                     return;
                 }
             }

@@ -118,7 +118,9 @@ impl Seen {
 /// Seals and opens envelopes with one cluster secret.
 pub struct Seal {
     key: Hmac<Sha256>,
-    seen: Mutex<HashMap<u64, Seen>>,
+    /// Per sender and stream (broadcasts, control messages: opened on different tasks, so
+    /// one must not push the other's window forward).
+    seen: Mutex<HashMap<(u64, bool), Seen>>,
 }
 
 impl std::fmt::Debug for Seal {
@@ -127,7 +129,8 @@ impl std::fmt::Debug for Seal {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the epoch, by this machine's clock.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -161,6 +164,12 @@ impl Seal {
 
     /// The envelope inside a sealed message, if its tag and time are right.
     pub fn open<'a>(&self, message: &'a [u8]) -> Result<&'a [u8], SealError> {
+        self.open_at(message, now_ms())
+    }
+
+    /// As [`Seal::open`], for a message received at `received` (milliseconds since the epoch):
+    /// the time window is the message's on the wire, not how long it then waited here.
+    pub fn open_at<'a>(&self, message: &'a [u8], received: u64) -> Result<&'a [u8], SealError> {
         if message.len() < HEADER || message[0] != SEALED {
             return Err(SealError::Missing);
         }
@@ -169,19 +178,20 @@ impl Seal {
         self.tag(head, envelope).verify_slice(tag).map_err(|_| SealError::Tag)?;
         let sent = u64::from_be_bytes(head[1..9].try_into().expect("8 bytes"));
         let window = u64::try_from(WINDOW.as_millis()).unwrap_or(u64::MAX);
-        if now_ms().abs_diff(sent) > window {
+        if received.abs_diff(sent) > window {
             return Err(SealError::Stale);
         }
         Ok(envelope)
     }
 
-    /// Record that `node` sent `seq`; a replay if it was seen before or is too far behind.
-    pub fn check_replay(&self, node: u64, seq: u64) -> Result<(), SealError> {
+    /// Record that `node` sent `seq` (on its control stream, or its broadcasts); a replay if
+    /// it was seen before or is too far behind the newest of that stream.
+    pub fn check_replay(&self, node: u64, control: bool, seq: u64) -> Result<(), SealError> {
         let mut seen = self.seen.lock().expect("seal lock");
-        match seen.get_mut(&node) {
+        match seen.get_mut(&(node, control)) {
             Some(window) => window.accept(seq).then_some(()).ok_or(SealError::Replay),
             None => {
-                seen.insert(node, Seen::new(seq));
+                seen.insert((node, control), Seen::new(seq));
                 Ok(())
             }
         }
@@ -189,7 +199,9 @@ impl Seal {
 
     /// Forget a node that left or died.
     pub fn forget(&self, node: u64) {
-        self.seen.lock().expect("seal lock").remove(&node);
+        let mut seen = self.seen.lock().expect("seal lock");
+        seen.remove(&(node, false));
+        seen.remove(&(node, true));
     }
 }
 
@@ -225,17 +237,18 @@ mod tests {
     fn sequence_numbers_are_accepted_once_and_may_come_out_of_order() {
         let seal = Seal::new("s");
         for seq in [10, 12, 11, 13] {
-            assert_eq!(seal.check_replay(7, seq), Ok(()), "{seq}");
+            assert_eq!(seal.check_replay(7, false, seq), Ok(()), "{seq}");
         }
-        assert_eq!(seal.check_replay(7, 12), Err(SealError::Replay));
-        assert_eq!(seal.check_replay(8, 12), Ok(()), "another sender");
+        assert_eq!(seal.check_replay(7, false, 12), Err(SealError::Replay));
+        assert_eq!(seal.check_replay(8, false, 12), Ok(()), "another sender");
+        assert_eq!(seal.check_replay(7, true, 12), Ok(()), "the sender's other stream");
         // Far ahead: the window moves; everything seen before is now too far behind, what was
         // never seen and is still inside the window is accepted once.
-        assert_eq!(seal.check_replay(7, 13 + REPLAY_SPAN), Ok(()));
-        assert_eq!(seal.check_replay(7, 13), Err(SealError::Replay));
-        assert_eq!(seal.check_replay(7, 14), Ok(()));
-        assert_eq!(seal.check_replay(7, 14), Err(SealError::Replay));
+        assert_eq!(seal.check_replay(7, false, 13 + REPLAY_SPAN), Ok(()));
+        assert_eq!(seal.check_replay(7, false, 13), Err(SealError::Replay));
+        assert_eq!(seal.check_replay(7, false, 14), Ok(()));
+        assert_eq!(seal.check_replay(7, false, 14), Err(SealError::Replay));
         seal.forget(7);
-        assert_eq!(seal.check_replay(7, 12), Ok(()), "a forgotten sender starts afresh");
+        assert_eq!(seal.check_replay(7, false, 12), Ok(()), "a forgotten sender starts afresh");
     }
 }

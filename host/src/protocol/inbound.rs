@@ -98,7 +98,12 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
             })?,
             auth: field("auth"),
             channel_data: field("channel_data"),
-            filter: data.get("filter").or_else(|| data.get("tags_filter")).cloned(),
+            // A null filter is none.
+            filter: ["filter", "tags_filter"]
+                .iter()
+                .filter_map(|name| data.get(*name))
+                .find(|f| !f.is_null())
+                .cloned(),
         }),
         "pusher:unsubscribe" => Ok(ClientMessage::Unsubscribe {
             channel: field("channel").ok_or(ParseError::MissingField {

@@ -228,10 +228,30 @@ async fn recheck(
 ) -> bool {
     let resolved = resolve(settings, timeout).await;
     let Some(master) = master.upgrade() else { return false };
-    if let Ok(url) = resolved {
+    if let Ok(url) = resolved
+        && url != master.url()
+        && is_master(&url, timeout).await
+    {
+        // A sentinel cut off from the others may still name the old master: only a server
+        // that says it is the master replaces the one the switch notices named.
         master.switch(url, "asked the sentinels", host);
     }
     true
+}
+
+/// Whether the server at `url` says it is a master (`ROLE`).
+async fn is_master(url: &str, timeout: Duration) -> bool {
+    let ask = async {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("ROLE").query_async::<Vec<Value>>(&mut conn).await
+    };
+    match tokio::time::timeout(timeout, ask).await {
+        Ok(Ok(role)) => {
+            matches!(role.first(), Some(Value::BulkString(kind)) if kind.as_slice() == b"master")
+        }
+        _ => false,
+    }
 }
 
 /// A connection to whichever server is the master: it opens a new connection when the master
@@ -252,9 +272,12 @@ impl std::fmt::Debug for Following {
 impl Following {
     /// Connect to the master now, and move to each new one as it is named.
     pub async fn open(master: Arc<Master>, timeout: Duration) -> Result<Self, PluginError> {
-        let manager = connection::server(&master.url(), timeout).await?;
+        // Listen before connecting: a switch while this connects is then heard, not missed.
+        let mut changes = master.changes();
+        let url = changes.borrow_and_update().clone();
+        let manager = connection::server(&url, timeout).await?;
         let current = Arc::new(RwLock::new(manager));
-        tokio::spawn(move_along(Arc::downgrade(&current), master.changes(), timeout));
+        tokio::spawn(move_along(Arc::downgrade(&current), changes, timeout));
         Ok(Self { current, db: i64::from(master.settings.db), _master: master })
     }
 

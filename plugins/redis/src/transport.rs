@@ -125,6 +125,8 @@ impl RedisTransport {
                 (Source::Fixed(Box::new(client)), ServerConnection::Fixed(conn), url)
             }
         };
+        // Listen for master switches before connecting, so a switch meanwhile is heard.
+        let changes = source.changes();
         let (sink, stream) =
             subscriber(&source.client()?, &config.prefix, &HashSet::new(), timeout).await?;
         let (queue, outgoing) = mpsc::channel(config.queue_capacity);
@@ -140,7 +142,7 @@ impl RedisTransport {
             host,
         });
         let tasks = vec![
-            tokio::spawn(read(shared.clone(), stream)),
+            tokio::spawn(read(shared.clone(), stream, changes)),
             tokio::spawn(write(shared.clone(), outgoing)),
         ];
         tracing::info!(url = %redact(&url), "Connected to Redis.");
@@ -182,10 +184,13 @@ async fn subscriber(
 
 /// Hand every message to the host; after a connection loss, reconnect with backoff and
 /// subscribe again to every topic.
-async fn read(shared: Arc<Shared>, mut stream: PubSubStream) {
+async fn read(
+    shared: Arc<Shared>,
+    mut stream: PubSubStream,
+    mut changes: Option<tokio::sync::watch::Receiver<String>>,
+) {
     // Behind sentinels, a new master means a new subscriber connection there: publishers move
     // with their connection, and both sides must meet on the same server.
-    let mut changes = shared.source.changes();
     loop {
         loop {
             tokio::select! {
