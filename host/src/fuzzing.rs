@@ -239,7 +239,7 @@ pub enum ConfigFormat {
 /// `SOCKUDO_DEFAULT_APP_*` defaults) when the text lists none; deserialize a [`Config`];
 /// refuse driver-section keys that are not tables; [`Settings::from_config`]. The loader goes
 /// on after a bad value to list every problem; this stops at the first, and accepts the same
-/// texts (which [`config`] checks).
+/// texts (which [`config()`] checks).
 pub fn settings_from_text(text: &str, format: ConfigFormat) -> Result<Settings, Vec<ConfigError>> {
     let mut tree = parse_config_tree(text, format).map_err(|e| vec![e])?;
     let has_apps = tree

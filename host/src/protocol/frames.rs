@@ -24,7 +24,7 @@ impl Dialect {
     }
 
     /// `frame` renamed for this dialect, when it needs to be. Every frame begins with its
-    /// event (see [`Frame`]), so only that name is looked at.
+    /// event (the private `Frame` serializes it first), so only that name is looked at.
     pub fn rename(self, frame: &str) -> Option<String> {
         if self == Self::Pusher {
             return None;

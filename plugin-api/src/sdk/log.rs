@@ -2,7 +2,7 @@
 //!
 //! A `cdylib` has its own copy of `tracing`'s global dispatcher, which the host never sets, so
 //! without this bridge a plugin's log events vanish. [`install`] sets this plugin's global
-//! subscriber to one that formats each event and hands it to [`HostContext::log`], and a panic
+//! subscriber to one that formats each event and hands it to [`HostContext::log`](crate::HostContext::log), and a panic
 //! hook that does the same for panics (which otherwise print as coming from an unnamed thread).
 
 use std::{fmt::Write as _, sync::OnceLock};
