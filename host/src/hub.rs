@@ -823,4 +823,62 @@ mod tests {
         assert_eq!(send("after", tags(&[("sym", "BTC")])), 1);
         assert_eq!(got(&mut plain_rx), ["after"]);
     }
+
+    #[test]
+    fn presence_counts_users_not_sockets_and_holds_its_limit() {
+        let hub = Hub::default();
+        let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| Utf8Bytes::from("ack");
+        let join = |user: &str| Join {
+            user_id: user.into(),
+            user_info: serde_json::json!({ "name": user }),
+            max_members: 2,
+            elsewhere: HashSet::new(),
+        };
+        let (a1, _a1_rx, _) = conn("1.1", 8, 0);
+        let (a2, _a2_rx, _) = conn("1.2", 8, 0);
+        let (b, _b_rx, _) = conn("1.3", 8, 0);
+        let (c, _c_rx, _) = conn("1.4", 8, 0);
+        let first = hub.subscribe("app", "presence-x", &a1, Some(join("a")), None, ack).unwrap();
+        assert_eq!(
+            first,
+            Subscribed { new_subscriber: true, occupied: true, first_for_user: true }
+        );
+        let again = hub.subscribe("app", "presence-x", &a2, Some(join("a")), None, ack).unwrap();
+        assert!(again.new_subscriber && !again.occupied && !again.first_for_user);
+        hub.subscribe("app", "presence-x", &b, Some(join("b")), None, ack).unwrap();
+        // Two users, two allowed: a third user is refused, a known one is not.
+        let refused = hub.subscribe("app", "presence-x", &c, Some(join("c")), None, ack);
+        assert_eq!(refused, Err(ChannelFull { max: 2 }));
+        assert_eq!(hub.user_ids("app", "presence-x").len(), 2);
+        assert_eq!(hub.subscription_count("app", "presence-x"), 3);
+        // A user leaves with their last socket, the channel with its last subscriber.
+        let left = hub.unsubscribe("app", "presence-x", "1.1", Some("a"));
+        assert_eq!(left, Unsubscribed { was_subscribed: true, vacated: false, removed_user: None });
+        let left = hub.unsubscribe("app", "presence-x", "1.2", Some("a"));
+        assert_eq!(left.removed_user.as_deref(), Some("a"));
+        let last = hub.unsubscribe("app", "presence-x", "1.3", Some("b"));
+        assert!(last.vacated && last.removed_user.as_deref() == Some("b"));
+        assert_eq!(hub.subscription_count("app", "presence-x"), 0);
+        assert!(hub.occupied_channels().is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_closes_its_connection_with_4100_and_others_still_get_the_event() {
+        let hub = Hub::default();
+        let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| Utf8Bytes::from("ack");
+        let (slow, _slow_rx, slow_closer) = conn("1.1", 2, 0);
+        let (fast, mut fast_rx, fast_closer) = conn("1.2", 8, 0);
+        hub.subscribe("app", "ch", &slow, None, None, ack).unwrap();
+        hub.subscribe("app", "ch", &fast, None, None, ack).unwrap();
+        let frame = Utf8Bytes::from("e");
+        assert_eq!(hub.broadcast("app", "ch", &frame, None, None), 2);
+        // The slow reader's queue (two frames: the ack and one event) is full now.
+        assert_eq!(hub.broadcast("app", "ch", &frame, None, None), 1);
+        assert_eq!(slow_closer.requested(), Some(codes::OVER_CAPACITY));
+        assert_eq!(fast_closer.requested(), None);
+        let got: Vec<Utf8Bytes> = std::iter::from_fn(|| fast_rx.try_recv().ok()).collect();
+        assert_eq!(got.len(), 3);
+        // The socket named in `except` is skipped.
+        assert_eq!(hub.broadcast("app", "ch", &frame, Some("1.2"), None), 0);
+    }
 }
