@@ -166,22 +166,22 @@ impl State {
                     self.host.member_changed(&app, &channel, &user_id, info.as_ref());
                 }
             }
-            Control::Occupancy { app, channel, occupied } => {
-                let key = (app, channel);
-                let before = self.occupied(&key.0, &key.1);
-                cluster.occupancy.set(node, key.clone(), occupied);
-                if before != self.occupied(&key.0, &key.1) {
-                    self.host.occupancy_changed(&key.0, &key.1, occupied);
-                }
-            }
-            Control::UserStatus { app, user_id, online } => {
-                let key = (app, user_id);
-                let before = self.online(&key.0, &key.1);
-                cluster.online.set(node, key.clone(), online);
-                if before != self.online(&key.0, &key.1) {
-                    self.host.user_status_changed(&key.0, &key.1, online);
-                }
-            }
+            Control::Occupancy { app, channel, occupied } => self.set(
+                &cluster.occupancy,
+                node,
+                (app, channel),
+                occupied,
+                |a, c| self.occupied(a, c),
+                |a, c, now| self.host.occupancy_changed(a, c, now),
+            ),
+            Control::UserStatus { app, user_id, online } => self.set(
+                &cluster.online,
+                node,
+                (app, user_id),
+                online,
+                |a, u| self.online(a, u),
+                |a, u, now| self.host.user_status_changed(a, u, now),
+            ),
             Control::PresenceSync { state, occupied, online } => {
                 self.sync(node, seq, state, occupied, online);
             }
@@ -263,6 +263,25 @@ impl State {
             if was != now {
                 event(a, b, now);
             }
+        }
+    }
+
+    /// Record whether `node` holds `key` in `set`, and announce the pair's new state if this
+    /// node sees it change (the one-pair case of [`State::replace`]).
+    fn set(
+        &self,
+        set: &PerNode,
+        node: u64,
+        key: (String, String),
+        held: bool,
+        anywhere: impl Fn(&str, &str) -> bool,
+        event: impl Fn(&str, &str, bool),
+    ) {
+        let before = anywhere(&key.0, &key.1);
+        set.set(node, key.clone(), held);
+        let now = anywhere(&key.0, &key.1);
+        if before != now {
+            event(&key.0, &key.1, now);
         }
     }
 
