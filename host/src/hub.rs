@@ -207,7 +207,9 @@ struct Channel {
 #[derive(Debug, Default)]
 struct Filtered {
     plain: HashMap<SocketId, Conn>,
-    equal: HashMap<(String, String), HashMap<SocketId, Conn>>,
+    /// Tag name -> value -> the subscribers whose filter is that one equality (nested, so an
+    /// event's tags are looked up without building a key per tag).
+    equal: HashMap<String, HashMap<String, HashMap<SocketId, Conn>>>,
     /// Which equality group each of its members is in, so that leaving costs one lookup.
     equal_of: HashMap<SocketId, (String, String)>,
     other: HashMap<SocketId, (Conn, Arc<Filter>)>,
@@ -222,9 +224,9 @@ impl Filtered {
             }
             Some(filter) => match filter.equality() {
                 Some((key, value)) => {
-                    let pair = (key.to_string(), value.to_string());
-                    self.equal_of.insert(id.clone(), pair.clone());
-                    self.equal.entry(pair).or_default().insert(id, conn.clone());
+                    self.equal_of.insert(id.clone(), (key.to_string(), value.to_string()));
+                    let values = self.equal.entry(key.to_string()).or_default();
+                    values.entry(value.to_string()).or_default().insert(id, conn.clone());
                 }
                 None => {
                     self.other.insert(id, (conn.clone(), filter.clone()));
@@ -237,12 +239,16 @@ impl Filtered {
         if self.plain.remove(socket_id).is_some() || self.other.remove(socket_id).is_some() {
             return;
         }
-        if let Some(pair) = self.equal_of.remove(socket_id)
-            && let Some(group) = self.equal.get_mut(&pair)
+        if let Some((key, value)) = self.equal_of.remove(socket_id)
+            && let Some(values) = self.equal.get_mut(&key)
+            && let Some(group) = values.get_mut(&value)
         {
             group.remove(socket_id);
             if group.is_empty() {
-                self.equal.remove(&pair);
+                values.remove(&value);
+                if values.is_empty() {
+                    self.equal.remove(&key);
+                }
             }
         }
     }
@@ -255,7 +261,7 @@ impl Filtered {
     fn recipients<'a>(&'a self, tags: &'a Tags) -> impl Iterator<Item = (&'a SocketId, &'a Conn)> {
         let equal = tags
             .iter()
-            .filter_map(|(k, v)| self.equal.get(&(k.clone(), v.clone())))
+            .filter_map(|(k, v)| self.equal.get(k)?.get(v))
             .flat_map(|group| group.iter());
         let other = self
             .other
