@@ -18,7 +18,7 @@ use sockhost::cluster::{
 };
 use sockhost_tests::{
     backends::RedisServer,
-    cluster::{Bus, CLUSTER_SECRET, nodes},
+    cluster::{Bus, CLUSTER_SECRET, broadcast_body, nodes},
     pusher::{Client, TestApp},
 };
 
@@ -71,14 +71,7 @@ async fn round(redis: &RedisServer, client: &mut Client, node: u64, members: usi
         (0..members).map(|i| (format!("u{i}"), json!({}))).collect();
     let state = json!({ "app-1": { "presence-crowd": crowd } });
     let sync = Control::PresenceSync { state, occupied: Vec::new(), online: Vec::new() };
-    let frame = json!({ "event": "after-sync", "channel": "watched", "data": "{}" });
-    let broadcast = Body::Broadcast {
-        app: "app-1".into(),
-        channel: "watched".into(),
-        except: None,
-        tags: None,
-        frame: frame.to_string().into_bytes(),
-    };
+    let broadcast = broadcast_body("watched", "after-sync");
 
     // Sealed beforehand: the peer's own encoding is not the node's cost.
     let (sync, broadcast, join) =

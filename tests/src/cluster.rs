@@ -94,6 +94,19 @@ impl Bus {
     }
 }
 
+/// A bus broadcast of event `event` to app-1's `channel`, as a node (or someone writing to the
+/// broker) would publish it.
+pub fn broadcast_body(channel: &str, event: &str) -> sockhost::cluster::envelope::Body {
+    let frame = serde_json::json!({ "event": event, "channel": channel, "data": "{}" });
+    sockhost::cluster::envelope::Body::Broadcast {
+        app: "app-1".into(),
+        channel: channel.into(),
+        except: None,
+        tags: None,
+        frame: frame.to_string().into_bytes(),
+    }
+}
+
 /// The cluster secret every test bus uses.
 pub const CLUSTER_SECRET: &str = "a test cluster secret, the same on every node";
 
@@ -243,14 +256,7 @@ pub mod scenarios {
         let mut client = Client::connect(&servers[1].ws_url(&app.key)).await;
         client.subscribe(&app, "watched").await;
 
-        let frame = json!({ "event": "forged", "channel": "watched", "data": "{}" }).to_string();
-        let body = Body::Broadcast {
-            app: "app-1".into(),
-            channel: "watched".into(),
-            except: None,
-            tags: None,
-            frame: frame.into_bytes(),
-        };
+        let body = super::broadcast_body("watched", "forged");
         let broadcast = Envelope { node: 1, seq: 1, body };
         publish("#broadcast:app-1:watched".into(), broadcast.encode()).await;
         let connections = [("app-1".to_string(), u64::MAX)].into();
@@ -305,14 +311,7 @@ pub mod scenarios {
         let state = json!({ "app-1": { "presence-crowd": members } });
         let sync = Control::PresenceSync { state, occupied: Vec::new(), online: Vec::new() };
         publish("#control".into(), sealed(1, Body::Control(sync))).await;
-        let frame = json!({ "event": "after-sync", "channel": "watched", "data": "{}" });
-        let broadcast = Body::Broadcast {
-            app: "app-1".into(),
-            channel: "watched".into(),
-            except: None,
-            tags: None,
-            frame: frame.to_string().into_bytes(),
-        };
+        let broadcast = super::broadcast_body("watched", "after-sync");
         publish("#broadcast:app-1:watched".into(), sealed(2, broadcast)).await;
         // Control messages are applied in order: once the marker's join is heard, the sync
         // before it has been applied.
