@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::{
     cluster::{self, Cluster, envelope::Control},
-    hub::{ChannelFull, Conn, Hub, Join, Subscribed, Unsubscribed},
+    hub::{ChannelFull, Conn, DeltaWish, Hub, Join, Subscribed, Unsubscribed},
     protocol::filter::{Filter, Tags},
 };
 
@@ -73,6 +73,7 @@ impl Adapter {
         conn: &Conn,
         join: Option<Join>,
         filter: Option<Arc<Filter>>,
+        delta: Option<DeltaWish>,
         ack: impl FnOnce(&mut dyn Iterator<Item = (&str, &Value)>) -> Utf8Bytes,
     ) -> Result<Subscribed, ChannelFull> {
         let topic = cluster::channel_topic(app_id, channel);
@@ -85,7 +86,7 @@ impl Adapter {
         let member = join.as_ref().map(|j| (j.user_id.clone(), j.user_info.clone()));
         // The member limit holds for the whole cluster: the registry's members count too.
         let join = join.map(|join| Join { elsewhere: remote.keys().cloned().collect(), ..join });
-        let subscribed = self.hub.subscribe(app_id, channel, conn, join, filter, |local| {
+        let subscribed = self.hub.subscribe(app_id, channel, conn, join, filter, delta, |local| {
             let local: Vec<(&str, &Value)> = local.collect();
             let ids: HashSet<&str> = local.iter().map(|(id, _)| *id).collect();
             let mut all = local.iter().copied().chain(
@@ -170,7 +171,8 @@ impl Adapter {
 
     /// Deliver `frame` to the channel's subscribers on every node except socket `except`; an
     /// event published with `tags` only to those whose tag filter it passes (each node judges
-    /// its own subscribers).
+    /// its own subscribers); a `compressible` one (an app's event) as deltas to those who asked
+    /// for them (each node keeps its own streams).
     pub fn broadcast(
         &self,
         app_id: &str,
@@ -178,9 +180,11 @@ impl Adapter {
         frame: &Utf8Bytes,
         except: Option<&str>,
         tags: Option<&Tags>,
+        compressible: bool,
     ) -> usize {
-        let sent = self.hub.broadcast(app_id, channel, frame, except, tags);
-        self.cluster.publish_broadcast(app_id, channel, frame.as_bytes(), except, tags);
+        let sent = self.hub.broadcast(app_id, channel, frame, except, tags, compressible);
+        let bytes = frame.as_bytes();
+        self.cluster.publish_broadcast(app_id, channel, bytes, except, tags, compressible);
         sent
     }
 

@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 use crate::config::{Limits, WebhookTarget};
 
 /// One app.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct App {
     /// The id used in HTTP API paths.
     pub id: String,
@@ -35,6 +35,8 @@ pub struct App {
     pub webhooks: Vec<WebhookTarget>,
     /// Whether webhook events are batched.
     pub webhook_batching: bool,
+    /// Delta compression by channel.
+    pub deltas: crate::delta::ChannelRules,
 }
 
 /// The apps, by id and by key.

@@ -76,10 +76,12 @@ impl Host for Node {
         frame: String,
         except: Option<&str>,
         tags: Option<&Tags>,
+        compressible: bool,
     ) {
         self.0.metrics.bus_broadcasts_received.inc();
         let tags = tags.filter(|_| self.0.settings.tag_filtering);
-        self.0.adapter.hub().broadcast(app, channel, &Utf8Bytes::from(frame), except, tags);
+        let frame = Utf8Bytes::from(frame);
+        self.0.adapter.hub().broadcast(app, channel, &frame, except, tags, compressible);
     }
 
     fn to_user(&self, app: &str, user: &str, frame: String) {
@@ -136,7 +138,7 @@ pub fn member_event(
             Some(info) => frames::member_added(channel, user, info),
             None => frames::member_removed(channel, user),
         };
-        ctx.adapter.hub().broadcast(app_id, channel, &Utf8Bytes::from(frame), except, None);
+        ctx.adapter.hub().broadcast(app_id, channel, &Utf8Bytes::from(frame), except, None, false);
     }
     if ctx.adapter.cluster().is_leader()
         && let Some(app) = ctx.apps.by_id(app_id)

@@ -56,7 +56,7 @@ pub fn inbound(data: &[u8]) {
     };
     match &message {
         ClientMessage::Ping | ClientMessage::Pong => {}
-        ClientMessage::Subscribe { channel, auth, channel_data, filter } => {
+        ClientMessage::Subscribe { channel, auth, channel_data, filter, delta: _ } => {
             check_channel_name(channel);
             // A filter compiles or is refused with a reason; it never panics.
             if let Some(filter) = filter
@@ -72,7 +72,14 @@ pub fn inbound(data: &[u8]) {
             let signed = signature::channel_message(SOCKET_ID, channel, signed_data);
             check_auth(&signed, auth.as_deref());
         }
-        ClientMessage::Unsubscribe { channel } => check_channel_name(channel),
+        ClientMessage::Unsubscribe { channel } | ClientMessage::DeltaSyncError { channel } => {
+            check_channel_name(channel);
+        }
+        ClientMessage::EnableDeltaCompression { algorithms } => {
+            for name in algorithms {
+                let _ = crate::delta::Algorithm::parse(name);
+            }
+        }
         ClientMessage::Signin { auth, user_data } => {
             check_auth(&signature::user_message(SOCKET_ID, user_data), Some(auth));
         }
@@ -459,10 +466,20 @@ fn canonical_text(message: &ClientMessage) -> String {
     let value = match message {
         ClientMessage::Ping => pusher("pusher:ping", serde_json::json!({})),
         ClientMessage::Pong => pusher("pusher:pong", serde_json::json!({})),
-        ClientMessage::Subscribe { channel, auth, channel_data, filter } => {
+        ClientMessage::Subscribe { channel, auth, channel_data, filter, delta } => {
             let mut data = Map::new();
             if let Some(filter) = filter {
                 data.insert("filter".into(), filter.clone());
+            }
+            match delta {
+                Some(crate::protocol::inbound::DeltaRequest::Off) => {
+                    data.insert("delta".into(), Value::Bool(false));
+                }
+                Some(crate::protocol::inbound::DeltaRequest::On(algorithm)) => {
+                    let request = serde_json::json!({ "enabled": true, "algorithm": algorithm });
+                    data.insert("delta".into(), request);
+                }
+                None => {}
             }
             data.insert("channel".into(), Value::String(channel.clone()));
             if let Some(auth) = text(auth) {
@@ -481,6 +498,13 @@ fn canonical_text(message: &ClientMessage) -> String {
         }
         ClientMessage::ClientEvent { event, channel, data } => {
             serde_json::json!({ "event": event, "channel": channel, "data": data })
+        }
+        ClientMessage::EnableDeltaCompression { algorithms } => pusher(
+            "pusher:enable_delta_compression",
+            serde_json::json!({ "algorithms": algorithms }),
+        ),
+        ClientMessage::DeltaSyncError { channel } => {
+            pusher("pusher:delta_sync_error", serde_json::json!({ "channel": channel }))
         }
     };
     value.to_string()
@@ -507,6 +531,7 @@ mod tests {
                 channel: "c".into(),
                 except: None,
                 tags: Some([("k".to_string(), "v".to_string())].into()),
+                compressible: true,
                 frame: b"{}".to_vec(),
             },
         };

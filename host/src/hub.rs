@@ -10,18 +10,22 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
 use axum::extract::ws::Utf8Bytes;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 
-use crate::protocol::{
-    codes,
-    filter::{Filter, Tags},
+use crate::{
+    delta::{Algorithm, Deltas, StreamSettings},
+    protocol::{
+        codes,
+        filter::{Filter, Tags},
+    },
 };
 
 /// A socket id, `<digits>.<digits>`.
@@ -199,6 +203,10 @@ struct Channel {
     congested: AtomicBool,
     /// The subscribers grouped by tag filter, while any has one.
     filtered: Option<Box<Filtered>>,
+    /// The delta subscribers and streams, while any subscriber wants deltas. Locked by a
+    /// broadcast for its whole delivery, so that every socket sees a stream's events in the
+    /// order their seqs were given.
+    deltas: Option<Box<Mutex<Deltas>>>,
 }
 
 /// A channel's subscribers by tag filter, so that a published event reaches those without a
@@ -332,13 +340,39 @@ pub struct ChannelFull {
     pub max: usize,
 }
 
+/// A subscriber's wish for deltas on a channel.
+#[derive(Debug, Clone)]
+pub struct DeltaWish {
+    /// The algorithm it asked for; the channel's if none.
+    pub algorithm: Option<Algorithm>,
+    /// The channel's settings (the server's with the app's overrides).
+    pub settings: Arc<StreamSettings>,
+}
+
+/// What delta compression sent, for the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct DeltaCounters {
+    /// Events sent as deltas.
+    pub deltas: Counter,
+    /// Events sent whole on a delta stream.
+    pub full: Counter,
+    /// Bytes the deltas saved against sending those events whole.
+    pub saved_bytes: Counter,
+}
+
 /// This node's sockets and subscriptions, by app.
 #[derive(Debug, Default)]
 pub struct Hub {
     apps: RwLock<HashMap<String, Arc<AppHub>>>,
+    delta_counters: DeltaCounters,
 }
 
 impl Hub {
+    /// An empty hub counting its deltas in `delta_counters`.
+    pub fn new(delta_counters: DeltaCounters) -> Self {
+        Self { apps: RwLock::default(), delta_counters }
+    }
+
     fn app(&self, app_id: &str) -> Arc<AppHub> {
         if let Some(app) = self.apps.read().expect("hub lock").get(app_id) {
             return app.clone();
@@ -386,6 +420,7 @@ impl Hub {
         conn: &Conn,
         join: Option<Join>,
         filter: Option<Arc<Filter>>,
+        delta: Option<DeltaWish>,
         ack: impl FnOnce(&mut dyn Iterator<Item = (&str, &Value)>) -> Utf8Bytes,
     ) -> Result<Subscribed, ChannelFull> {
         let app = self.app(app_id);
@@ -442,6 +477,16 @@ impl Hub {
             }
             filtered.insert(conn, filter.as_ref());
         }
+        match delta {
+            Some(wish) => {
+                let deltas = entry
+                    .deltas
+                    .get_or_insert_with(|| Box::new(Mutex::new(Deltas::new(wish.settings))));
+                deltas.lock().expect("deltas lock").add(&conn.socket_id, wish.algorithm);
+            }
+            None if !new_subscriber => Self::drop_deltas(entry, &conn.socket_id),
+            None => {}
+        }
         Ok(Subscribed { new_subscriber, occupied, first_for_user })
     }
 
@@ -457,6 +502,7 @@ impl Hub {
         let mut channels = app.channels.write().expect("hub lock");
         let Some(entry) = channels.get_mut(channel) else { return Unsubscribed::default() };
         let was_subscribed = entry.subscribers.remove(socket_id).is_some();
+        Self::drop_deltas(entry, socket_id);
         if let Some(filtered) = entry.filtered.as_mut() {
             filtered.remove(socket_id);
             if !filtered.has_filters() {
@@ -480,9 +526,54 @@ impl Hub {
         Unsubscribed { was_subscribed, vacated, removed_user }
     }
 
+    /// Stop sending `socket_id` deltas on `entry`, dropping the channel's streams with its
+    /// last delta subscriber.
+    fn drop_deltas(entry: &mut Channel, socket_id: &str) {
+        if let Some(deltas) = &entry.deltas
+            && !deltas.lock().expect("deltas lock").remove(socket_id)
+        {
+            entry.deltas = None;
+        }
+    }
+
+    /// Send `socket_id` deltas on `channel` from now on (it enabled them for its connection
+    /// after subscribing); whether it is subscribed.
+    pub fn enable_deltas(
+        &self,
+        app_id: &str,
+        channel: &str,
+        socket_id: &str,
+        wish: DeltaWish,
+    ) -> bool {
+        let Some(app) = self.existing(app_id) else { return false };
+        let mut channels = app.channels.write().expect("hub lock");
+        let Some(entry) = channels.get_mut(channel) else { return false };
+        let Some(id) = entry.subscribers.get_key_value(socket_id).map(|(id, _)| id.clone()) else {
+            return false;
+        };
+        let deltas =
+            entry.deltas.get_or_insert_with(|| Box::new(Mutex::new(Deltas::new(wish.settings))));
+        let mut deltas = deltas.lock().expect("deltas lock");
+        if !deltas.has(socket_id) {
+            deltas.add(&id, wish.algorithm);
+        }
+        true
+    }
+
+    /// `socket_id` could not apply a delta on `channel`: its next event there goes whole.
+    pub fn resync_deltas(&self, app_id: &str, channel: &str, socket_id: &str) {
+        let Some(app) = self.existing(app_id) else { return };
+        let channels = app.channels.read().expect("hub lock");
+        if let Some(deltas) = channels.get(channel).and_then(|c| c.deltas.as_ref()) {
+            deltas.lock().expect("deltas lock").resync(socket_id);
+        }
+    }
+
     /// Enqueue `frame` to every subscriber of `channel` except `except`; how many got it. An
     /// event published with `tags` goes only to the subscribers whose tag filter it passes
     /// (and to those without one); without `tags` (protocol frames, client events) to all.
+    /// A `compressible` frame (an app's event on a channel that is not encrypted) goes to
+    /// delta subscribers as a delta or a full frame of their stream.
     pub fn broadcast(
         &self,
         app_id: &str,
@@ -490,16 +581,23 @@ impl Hub {
         frame: &Utf8Bytes,
         except: Option<&str>,
         tags: Option<&Tags>,
+        compressible: bool,
     ) -> usize {
         let Some(app) = self.existing(app_id) else { return 0 };
         let channels = app.channels.read().expect("hub lock");
         let Some(entry) = channels.get(channel) else { return 0 };
+        let mut deltas = match &entry.deltas {
+            Some(deltas) if compressible => Some(deltas.lock().expect("deltas lock")),
+            _ => None,
+        };
+        let mut publication = deltas.as_mut().and_then(|d| d.publish(channel, frame));
         let (mut sent, mut behind) = (0, 0);
         let mut deliver = |socket_id: &SocketId, conn: &Conn| {
             if except.is_some_and(|e| e == &**socket_id) {
                 return;
             }
-            if let Delivery::Queued { behind: b } = conn.deliver(frame) {
+            let own = publication.as_mut().and_then(|p| p.frame_for(socket_id));
+            if let Delivery::Queued { behind: b } = conn.deliver(own.as_ref().unwrap_or(frame)) {
                 sent += 1;
                 behind += usize::from(b);
             }
@@ -509,6 +607,12 @@ impl Hub {
                 filtered.recipients(tags).for_each(|(id, conn)| deliver(id, conn));
             }
             _ => entry.subscribers.iter().for_each(|(id, conn)| deliver(id, conn)),
+        }
+        if let Some(publication) = publication {
+            let counted = publication.finish();
+            self.delta_counters.deltas.inc_by(counted.deltas);
+            self.delta_counters.full.inc_by(counted.full);
+            self.delta_counters.saved_bytes.inc_by(counted.saved_bytes);
         }
         let congested = is_congested(behind, sent);
         if entry.congested.load(Ordering::Relaxed) != congested {
@@ -773,12 +877,12 @@ mod tests {
         let (slow, _slow_rx, _) = conn("1.2", 4, 0);
         let (third, mut third_rx, third_closer) = conn("1.3", 4, 0);
         for c in [&fast, &slow, &third] {
-            hub.subscribe("app", "ch", c, None, None, |_| Utf8Bytes::from("ack")).unwrap();
+            hub.subscribe("app", "ch", c, None, None, None, |_| Utf8Bytes::from("ack")).unwrap();
         }
         let frame = Utf8Bytes::from("e");
         // The acknowledgement and two events: three of four places taken everywhere.
-        hub.broadcast("app", "ch", &frame, None, None);
-        hub.broadcast("app", "ch", &frame, None, None);
+        hub.broadcast("app", "ch", &frame, None, None, false);
+        hub.broadcast("app", "ch", &frame, None, None, false);
         assert!(hub.congested("app", "ch", false));
         // Two readers catch up; one behind of three is not congestion.
         for (rx, closer) in [(&mut fast_rx, &fast_closer), (&mut third_rx, &third_closer)] {
@@ -799,11 +903,11 @@ mod tests {
         let (btc, mut btc_rx, _) = conn("1.2", 16, 0);
         let (dear, mut dear_rx, _) = conn("1.3", 16, 0);
         let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| Utf8Bytes::from("ack");
-        hub.subscribe("app", "ch", &plain, None, None, ack).unwrap();
+        hub.subscribe("app", "ch", &plain, None, None, None, ack).unwrap();
         let eq = serde_json::json!({ "key": "sym", "cmp": "eq", "val": "BTC" });
-        hub.subscribe("app", "ch", &btc, None, filter(eq), ack).unwrap();
+        hub.subscribe("app", "ch", &btc, None, filter(eq), None, ack).unwrap();
         let gt = serde_json::json!({ "key": "px", "cmp": "gt", "val": 100 });
-        hub.subscribe("app", "ch", &dear, None, filter(gt), ack).unwrap();
+        hub.subscribe("app", "ch", &dear, None, filter(gt), None, ack).unwrap();
         for rx in [&mut plain_rx, &mut btc_rx, &mut dear_rx] {
             assert_eq!(rx.try_recv().unwrap().as_str(), "ack");
         }
@@ -811,12 +915,12 @@ mod tests {
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
         };
         let send = |name: &str, t: Tags| {
-            hub.broadcast("app", "ch", &Utf8Bytes::from(name), None, Some(&t))
+            hub.broadcast("app", "ch", &Utf8Bytes::from(name), None, Some(&t), false)
         };
         assert_eq!(send("btc", tags(&[("sym", "BTC"), ("px", "5")])), 2);
         assert_eq!(send("eth", tags(&[("sym", "ETH"), ("px", "500")])), 2);
         // Protocol frames (no tags) reach everyone.
-        assert_eq!(hub.broadcast("app", "ch", &Utf8Bytes::from("internal"), None, None), 3);
+        assert_eq!(hub.broadcast("app", "ch", &Utf8Bytes::from("internal"), None, None, false), 3);
         let got = |rx: &mut mpsc::Receiver<Utf8Bytes>| -> Vec<String> {
             std::iter::from_fn(|| rx.try_recv().ok()).map(|f| f.as_str().to_string()).collect()
         };
@@ -844,16 +948,18 @@ mod tests {
         let (a2, _a2_rx, _) = conn("1.2", 8, 0);
         let (b, _b_rx, _) = conn("1.3", 8, 0);
         let (c, _c_rx, _) = conn("1.4", 8, 0);
-        let first = hub.subscribe("app", "presence-x", &a1, Some(join("a")), None, ack).unwrap();
+        let first =
+            hub.subscribe("app", "presence-x", &a1, Some(join("a")), None, None, ack).unwrap();
         assert_eq!(
             first,
             Subscribed { new_subscriber: true, occupied: true, first_for_user: true }
         );
-        let again = hub.subscribe("app", "presence-x", &a2, Some(join("a")), None, ack).unwrap();
+        let again =
+            hub.subscribe("app", "presence-x", &a2, Some(join("a")), None, None, ack).unwrap();
         assert!(again.new_subscriber && !again.occupied && !again.first_for_user);
-        hub.subscribe("app", "presence-x", &b, Some(join("b")), None, ack).unwrap();
+        hub.subscribe("app", "presence-x", &b, Some(join("b")), None, None, ack).unwrap();
         // Two users, two allowed: a third user is refused, a known one is not.
-        let refused = hub.subscribe("app", "presence-x", &c, Some(join("c")), None, ack);
+        let refused = hub.subscribe("app", "presence-x", &c, Some(join("c")), None, None, ack);
         assert_eq!(refused, Err(ChannelFull { max: 2 }));
         assert_eq!(hub.user_ids("app", "presence-x").len(), 2);
         assert_eq!(hub.subscription_count("app", "presence-x"), 3);
@@ -874,17 +980,17 @@ mod tests {
         let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| Utf8Bytes::from("ack");
         let (slow, _slow_rx, slow_closer) = conn("1.1", 2, 0);
         let (fast, mut fast_rx, fast_closer) = conn("1.2", 8, 0);
-        hub.subscribe("app", "ch", &slow, None, None, ack).unwrap();
-        hub.subscribe("app", "ch", &fast, None, None, ack).unwrap();
+        hub.subscribe("app", "ch", &slow, None, None, None, ack).unwrap();
+        hub.subscribe("app", "ch", &fast, None, None, None, ack).unwrap();
         let frame = Utf8Bytes::from("e");
-        assert_eq!(hub.broadcast("app", "ch", &frame, None, None), 2);
+        assert_eq!(hub.broadcast("app", "ch", &frame, None, None, false), 2);
         // The slow reader's queue (two frames: the ack and one event) is full now.
-        assert_eq!(hub.broadcast("app", "ch", &frame, None, None), 1);
+        assert_eq!(hub.broadcast("app", "ch", &frame, None, None, false), 1);
         assert_eq!(slow_closer.requested(), Some(codes::OVER_CAPACITY));
         assert_eq!(fast_closer.requested(), None);
         let got: Vec<Utf8Bytes> = std::iter::from_fn(|| fast_rx.try_recv().ok()).collect();
         assert_eq!(got.len(), 3);
         // The socket named in `except` is skipped.
-        assert_eq!(hub.broadcast("app", "ch", &frame, Some("1.2"), None), 0);
+        assert_eq!(hub.broadcast("app", "ch", &frame, Some("1.2"), None, false), 0);
     }
 }

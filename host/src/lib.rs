@@ -19,6 +19,7 @@ pub mod cli;
 pub mod cluster;
 pub mod cluster_events;
 pub mod config;
+pub mod delta;
 pub mod edge;
 pub mod fuzzing;
 pub mod http_api;

@@ -60,6 +60,10 @@ pub struct Metrics {
     pub transport_nodes: Gauge,
     /// Broadcasts received from other nodes.
     pub bus_broadcasts_received: Counter,
+    /// What delta compression sent (deltas, full frames on delta streams, bytes saved).
+    pub deltas: crate::hub::DeltaCounters,
+    /// Clients that could not apply a delta and asked for a full frame.
+    pub delta_resyncs: Counter,
     /// Bus messages this node could not read.
     pub bus_refused: Counter,
     /// Publishes to the bus the transport refused (back-pressure, backend down).
@@ -126,6 +130,8 @@ impl Metrics {
             webhooks_pending: Gauge::default(),
             transport_nodes: Gauge::default(),
             bus_broadcasts_received: Counter::default(),
+            deltas: crate::hub::DeltaCounters::default(),
+            delta_resyncs: Counter::default(),
             bus_refused: Counter::default(),
             bus_publish_refused: Counter::default(),
             bus_unauthenticated: Family::default(),
@@ -229,6 +235,22 @@ impl Metrics {
             "bus_refused",
             "Bus messages this node could not read",
             metrics.bus_refused.clone(),
+        );
+        registry.register("delta_messages", "Events sent as deltas", metrics.deltas.deltas.clone());
+        registry.register(
+            "delta_full_messages",
+            "Events sent whole to subscribers of deltas (stream starts, periodic, resyncs)",
+            metrics.deltas.full.clone(),
+        );
+        registry.register(
+            "delta_saved_bytes",
+            "Bytes deltas saved against sending their events whole",
+            metrics.deltas.saved_bytes.clone(),
+        );
+        registry.register(
+            "delta_resyncs",
+            "Clients that could not apply a delta and asked for the next event whole",
+            metrics.delta_resyncs.clone(),
         );
         registry.register(
             "bus_publish_refused",

@@ -87,7 +87,7 @@ impl Ctx {
             edge,
             readiness: Readiness::new(settings.max_memory_percent, settings.max_memory_bytes),
             apps: Apps::new(settings.apps.clone()),
-            adapter: Adapter::new(Arc::new(Hub::default()), cluster),
+            adapter: Adapter::new(Arc::new(Hub::new(metrics.deltas.clone())), cluster),
             settings,
             drivers,
             metrics,

@@ -103,6 +103,7 @@ pub fn broadcast_body(channel: &str, event: &str) -> sockhost::cluster::envelope
         channel: channel.into(),
         except: None,
         tags: None,
+        compressible: true,
         frame: frame.to_string().into_bytes(),
     }
 }
@@ -172,6 +173,7 @@ macro_rules! cluster_scenarios {
             a_silent_node_makes_answers_partial,
             watchlists_follow_users_across_nodes,
             tag_filters_hold_across_nodes,
+            deltas_hold_across_nodes,
         );
 
         #[tokio::test]
@@ -374,6 +376,60 @@ pub mod scenarios {
         let got = btc.expect_any().await;
         assert_eq!(got["event"], "btc", "{got}");
         assert!(got.get("tags").is_none(), "{got}");
+    }
+
+    /// Events published on one node reach delta subscribers on another as deltas of that
+    /// node's streams: the first two whole, then deltas, each rebuilt to what was published;
+    /// a subscriber with a tag filter as well gets whole only the events it passes.
+    pub async fn deltas_hold_across_nodes(bus: Bus) {
+        let extra =
+            "[tag_filtering]\nenabled = true\n[delta_compression]\nconflation_key_path = \"sym\"\n";
+        let servers = nodes(&bus, 2, extra).await;
+        let app = TestApp::main();
+        let mut client = Client::connect(&servers[0].ws_url(&app.key)).await;
+        let answer =
+            client.subscribe_with(json!({ "channel": "ticker", "delta": "xdelta3" })).await;
+        assert_eq!(answer["event"], "pusher_internal:subscription_succeeded", "{answer}");
+        let mut btc = Client::connect(&servers[0].ws_url(&app.key)).await;
+        let filter = json!({ "key": "sym", "cmp": "eq", "val": "BTC" });
+        let answer = btc
+            .subscribe_with(json!({ "channel": "ticker", "delta": true, "filter": filter }))
+            .await;
+        assert_eq!(answer["event"], "pusher_internal:subscription_succeeded", "{answer}");
+        let api = Api::new(&servers[1].http_url(), &app);
+        let mut sent = Vec::new();
+        for n in 0..8 {
+            let sym = if n % 2 == 0 { "BTC" } else { "ETH" };
+            let pad = "x".repeat(400);
+            let data = json!({ "sym": sym, "price": 100 + n, "pad": pad }).to_string();
+            let body = json!({ "name": "price", "channel": "ticker", "data": data, "tags": { "sym": sym } });
+            assert_eq!(api.post("/events", &body).await.0, 200);
+            sent.push((sym, data));
+        }
+        let mut decoder = crate::deltas::Decoder::default();
+        let mut kinds = String::new();
+        for (_, data) in &sent {
+            let (event, kind) = match decoder.receive(&client.next_text().await) {
+                crate::deltas::Frame::Full { event, .. } => (event, 'F'),
+                crate::deltas::Frame::Delta { event, .. } => (event, 'd'),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(event["data"], data.as_str());
+            kinds.push(kind);
+        }
+        assert_eq!(kinds, "FFFFdddd");
+        let mut decoder = crate::deltas::Decoder::default();
+        let mut kinds = String::new();
+        for (_, data) in sent.iter().filter(|(sym, _)| *sym == "BTC") {
+            let (event, kind) = match decoder.receive(&btc.next_text().await) {
+                crate::deltas::Frame::Full { event, .. } => (event, 'F'),
+                crate::deltas::Frame::Delta { event, .. } => (event, 'd'),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(event["data"], data.as_str());
+            kinds.push(kind);
+        }
+        assert_eq!(kinds, "FFdd");
     }
 
     /// A trigger through one node reaches subscribers on the others; client events cross too,

@@ -121,6 +121,22 @@ impl Client {
         }
     }
 
+    /// The next text frame as sent, byte for byte (what a delta is computed against).
+    ///
+    /// # Panics
+    /// If the connection closes or nothing comes in time.
+    pub async fn next_text(&mut self) -> String {
+        loop {
+            let next = tokio::time::timeout(PATIENCE, self.ws.next()).await;
+            match next.expect("nothing arrived within the deadline") {
+                Some(Ok(Message::Text(text))) => return text.to_string(),
+                Some(Ok(Message::Close(frame))) => panic!("closed: {frame:?}"),
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended: {other:?}"),
+            }
+        }
+    }
+
     /// The next message or close.
     ///
     /// # Panics

@@ -35,6 +35,9 @@ pub enum Body<C = Control> {
         /// The tags it was published with, which receiving nodes filter their subscribers by;
         /// `None` for frames every subscriber gets.
         tags: Option<Tags>,
+        /// An app's event that may go to delta subscribers as a delta (each node keeps its own
+        /// streams); `false` for protocol frames, client events and encrypted channels.
+        compressible: bool,
         /// The serialized Pusher frame.
         frame: Vec<u8>,
     },
@@ -156,6 +159,9 @@ const CONTROL: u8 = 2;
 /// A broadcast with tags (a count, then name and value strings, before the frame). A kind of
 /// its own, so nodes that do not know tags refuse it rather than misread it.
 const TAGGED: u8 = 3;
+/// A compressible broadcast: a byte saying whether tags follow, then as [`TAGGED`]. A kind of
+/// its own for the same reason.
+const COMPRESSIBLE: u8 = 4;
 /// The most tags a broadcast may carry on the bus (a peer's message is untrusted input).
 pub const MAX_TAGS: usize = 64;
 
@@ -171,6 +177,7 @@ impl Envelope {
         let mut out = Vec::with_capacity(64);
         out.push(VERSION);
         match &self.body {
+            Body::Broadcast { compressible: true, .. } => out.push(COMPRESSIBLE),
             Body::Broadcast { tags: None, .. } => out.push(BROADCAST),
             Body::Broadcast { tags: Some(_), .. } => out.push(TAGGED),
             Body::Control(_) => out.push(CONTROL),
@@ -178,11 +185,14 @@ impl Envelope {
         out.extend_from_slice(&self.node.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
         match &self.body {
-            Body::Broadcast { app, channel, except, tags, frame } => {
+            Body::Broadcast { app, channel, except, tags, compressible, frame } => {
                 out.reserve(frame.len() + app.len() + channel.len() + 16);
                 put_str(&mut out, app);
                 put_str(&mut out, channel);
                 put_str(&mut out, except.as_deref().unwrap_or(""));
+                if *compressible {
+                    out.push(u8::from(tags.is_some()));
+                }
                 if let Some(tags) = tags {
                     let count = u32::try_from(tags.len()).expect("tags are bounded");
                     out.extend_from_slice(&count.to_be_bytes());
@@ -205,8 +215,8 @@ impl Envelope {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let Envelope { node, seq, body } = Envelope::read(bytes)?;
         let body = match body {
-            Body::Broadcast { app, channel, except, tags, frame } => {
-                Body::Broadcast { app, channel, except, tags, frame }
+            Body::Broadcast { app, channel, except, tags, compressible, frame } => {
+                Body::Broadcast { app, channel, except, tags, compressible, frame }
             }
             Body::Control(bytes) => Body::Control(Control::decode(bytes)?),
         };
@@ -232,11 +242,19 @@ impl<'a> Envelope<&'a [u8]> {
         let node = reader.u64()?;
         let seq = reader.u64()?;
         let body = match kind {
-            BROADCAST | TAGGED => {
+            BROADCAST | TAGGED | COMPRESSIBLE => {
                 let app = reader.string()?;
                 let channel = reader.string()?;
                 let except = reader.string()?;
-                let tags = if kind == TAGGED {
+                let tagged = match kind {
+                    COMPRESSIBLE => match reader.u8()? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(DecodeError::Malformed("tags flag")),
+                    },
+                    kind => kind == TAGGED,
+                };
+                let tags = if tagged {
                     let count = reader.u32()?;
                     if count as usize > MAX_TAGS {
                         return Err(DecodeError::Malformed("too many tags"));
@@ -255,6 +273,7 @@ impl<'a> Envelope<&'a [u8]> {
                     channel,
                     except: (!except.is_empty()).then_some(except),
                     tags,
+                    compressible: kind == COMPRESSIBLE,
                     frame: reader.0.to_vec(),
                 }
             }
@@ -319,6 +338,7 @@ mod tests {
                     channel: "presence-ünï".into(),
                     except: Some("1.2".into()),
                     tags: None,
+                    compressible: false,
                     frame: br#"{"event":"e"}"#.to_vec(),
                 },
             },
@@ -333,7 +353,32 @@ mod tests {
                         ("sym".into(), "BTC".into()),
                         ("e".into(), String::new()),
                     ])),
+                    compressible: false,
                     frame: Vec::new(),
+                },
+            },
+            Envelope {
+                node: 3,
+                seq: 4,
+                body: Body::Broadcast {
+                    app: "a".into(),
+                    channel: "c".into(),
+                    except: None,
+                    tags: None,
+                    compressible: true,
+                    frame: br#"{"event":"e"}"#.to_vec(),
+                },
+            },
+            Envelope {
+                node: 3,
+                seq: 5,
+                body: Body::Broadcast {
+                    app: "a".into(),
+                    channel: "c".into(),
+                    except: Some("1.1".into()),
+                    tags: Some(Tags::from([("k".into(), "v".into())])),
+                    compressible: true,
+                    frame: br#"{"event":"e"}"#.to_vec(),
                 },
             },
             Envelope { node: 1, seq: 2, body: Body::Control(Control::Hello { reply: true }) },
@@ -370,6 +415,7 @@ mod tests {
                 channel: "c".into(),
                 except: None,
                 tags: None,
+                compressible: false,
                 frame: vec![1],
             },
         }

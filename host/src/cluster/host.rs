@@ -49,6 +49,7 @@ pub trait Host: Send + Sync + 'static {
         frame: String,
         except: Option<&str>,
         tags: Option<&super::envelope::Tags>,
+        compressible: bool,
     );
     /// A frame for every local connection of a signed-in user.
     fn to_user(&self, app: &str, user: &str, frame: String);

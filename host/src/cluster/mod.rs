@@ -368,6 +368,7 @@ impl Cluster {
         frame: &[u8],
         except: Option<&str>,
         tags: Option<&envelope::Tags>,
+        compressible: bool,
     ) {
         if !self.has_peers() {
             return;
@@ -377,6 +378,7 @@ impl Cluster {
             channel: channel.to_string(),
             except: except.map(str::to_string),
             tags: tags.cloned(),
+            compressible,
             frame: frame.to_vec(),
         };
         if let Err(error) =

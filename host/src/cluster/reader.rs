@@ -62,12 +62,18 @@ pub(super) async fn read(
             }
         };
         // What says it is no control message and opens is a broadcast.
-        let Body::Broadcast { app, channel, except, tags, frame } = envelope.body else { continue };
+        let Body::Broadcast { app, channel, except, tags, compressible, frame } = envelope.body
+        else {
+            continue;
+        };
         if envelope.node == cluster.node_id {
             continue;
         }
         match String::from_utf8(frame) {
-            Ok(frame) => host.broadcast(&app, &channel, frame, except.as_deref(), tags.as_ref()),
+            Ok(frame) => {
+                let (except, tags) = (except.as_deref(), tags.as_ref());
+                host.broadcast(&app, &channel, frame, except, tags, compressible);
+            }
             Err(_) => {
                 let refusal = Refusal::Decode(super::DecodeError::Malformed("frame not UTF-8"));
                 refused(&*host, refusal, &message.topic, &logged);

@@ -69,6 +69,8 @@ pub struct Config {
     pub ssl: SslConfig,
     /// Tag filtering of published events.
     pub tag_filtering: TagFilteringConfig,
+    /// Delta compression.
+    pub delta_compression: DeltaCompressionConfig,
 }
 
 impl Default for Config {
@@ -101,6 +103,7 @@ impl Default for Config {
             readiness: ReadinessConfig::default(),
             ssl: SslConfig::default(),
             tag_filtering: TagFilteringConfig::default(),
+            delta_compression: DeltaCompressionConfig::default(),
         }
     }
 }
@@ -227,6 +230,10 @@ pub struct AppConfig {
     /// together. Default: false.
     #[serde(default)]
     pub webhook_batching: bool,
+    /// Delta settings by channel name or pattern (`*` matches any run of characters); the
+    /// server's `delta_compression` where none matches.
+    #[serde(default)]
+    pub channel_delta_compression: std::collections::BTreeMap<String, ChannelDeltaConfig>,
     /// Overrides `presence.max_members_per_channel`.
     #[serde(default)]
     pub max_presence_members_per_channel: Option<u64>,
@@ -607,4 +614,87 @@ pub struct TagFilteringConfig {
     /// Apply filters. Off, filters are still checked at subscribe but every subscriber gets
     /// every event. Default: false. Env: `TAG_FILTERING_ENABLED`.
     pub enabled: bool,
+}
+
+/// Delta compression: subscribers that ask for it get each event as the difference from the
+/// previous one of its stream. Sockudo's names and defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeltaCompressionConfig {
+    /// Grant deltas to clients that ask. Default: true. Env: `DELTA_COMPRESSION_ENABLED`.
+    pub enabled: bool,
+    /// `fossil` or `xdelta3` (`vcdiff`), for subscribers that name none. Default: fossil. Env:
+    /// `DELTA_COMPRESSION_ALGORITHM`.
+    pub algorithm: String,
+    /// Deltas in a row before an event goes whole again. Default: 10. Env:
+    /// `DELTA_COMPRESSION_FULL_MESSAGE_INTERVAL`.
+    pub full_message_interval: u32,
+    /// Events shorter than this many bytes go whole. Default: 100. Env:
+    /// `DELTA_COMPRESSION_MIN_MESSAGE_SIZE`.
+    pub min_message_size: usize,
+    /// A stream without events this long is forgotten. Default: 300. Env:
+    /// `DELTA_COMPRESSION_MAX_STATE_AGE_SECS`.
+    pub max_state_age_secs: u64,
+    /// Channels one connection may receive deltas on; further subscriptions get events whole.
+    /// Default: 100.
+    pub max_channel_states_per_socket: usize,
+    /// Streams (event and conflation key pairs) a channel keeps on a node; the least recently
+    /// used is forgotten beyond. Default: 100.
+    pub max_conflation_states_per_channel: Option<usize>,
+    /// Dotted path in the event data whose value keys separate streams (`asset`,
+    /// `market.symbol`). Default: none. Env: `DELTA_COMPRESSION_CONFLATION_KEY_PATH`.
+    pub conflation_key_path: Option<String>,
+    /// Leave `algorithm` out of delta frames. Default: false.
+    pub omit_delta_algorithm: bool,
+}
+
+impl Default for DeltaCompressionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            algorithm: "fossil".into(),
+            full_message_interval: 10,
+            min_message_size: 100,
+            max_state_age_secs: 300,
+            max_channel_states_per_socket: 100,
+            max_conflation_states_per_channel: Some(100),
+            conflation_key_path: None,
+            omit_delta_algorithm: false,
+        }
+    }
+}
+
+/// An app's delta setting for the channels a name or pattern matches: `inherit`, `disabled`,
+/// an algorithm name, or a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ChannelDeltaConfig {
+    /// `inherit`, `disabled`, `fossil` or `xdelta3`.
+    Simple(String),
+    /// The settings spelled out.
+    Full(ChannelDeltaTable),
+}
+
+/// [`ChannelDeltaConfig`] spelled out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelDeltaTable {
+    /// Default: true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The algorithm for subscribers that name none; the server's if unset.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// The conflation key path on these channels; the server's if unset.
+    #[serde(default)]
+    pub conflation_key: Option<String>,
+    /// Streams a channel keeps; the server's if unset.
+    #[serde(default)]
+    pub max_conflation_keys: Option<usize>,
+    /// Accepted for Sockudo's files; a stream keeps one base per key whatever it says.
+    #[serde(default)]
+    pub max_messages_per_key: Option<usize>,
+    /// Accepted for Sockudo's files; tags never reach clients here.
+    #[serde(default)]
+    pub enable_tags: Option<bool>,
 }

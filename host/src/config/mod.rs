@@ -6,6 +6,7 @@
 //! `ADAPTER_DRIVER`, ...), then command-line flags. Unknown keys and invalid values are refused
 //! at start, every problem listed at once.
 
+mod delta_rules;
 mod file;
 mod load;
 mod settings;

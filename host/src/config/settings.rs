@@ -1,9 +1,9 @@
 //! The validated settings the server runs with: every rule is checked once here, so the rest of
 //! the host trusts its settings.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use super::{Config, ConfigError, DriverSection};
+use super::{Config, ConfigError, DriverSection, delta_rules};
 use crate::{
     apps::App,
     plugins::{DriverChoice, DriverSelection},
@@ -145,12 +145,18 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// Whether subscribers' tag filters are applied.
     pub tag_filtering: bool,
+    /// Whether clients are granted delta compression (the server's `delta_compression`).
+    pub delta: Option<Arc<crate::delta::StreamSettings>>,
+    /// Channels one connection may receive deltas on.
+    pub delta_channels_per_socket: usize,
 }
 
 impl Settings {
     /// Check `config` and build the settings, or every problem found.
     pub fn from_config(config: Config) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
+        let delta_server = delta_rules::server(&config.delta_compression, &mut errors);
+        let mut delta_errors = Vec::new();
         let mut err = |place: &str, problem: String| {
             errors.push(ConfigError { place: place.into(), problem })
         };
@@ -427,6 +433,12 @@ impl Settings {
                 enable_subscription_count: app.enable_subscription_count,
                 webhooks: app.webhooks.clone(),
                 webhook_batching: app.webhook_batching,
+                deltas: delta_rules::app(
+                    delta_server.as_ref(),
+                    &app.channel_delta_compression,
+                    &place,
+                    &mut delta_errors,
+                ),
             });
         }
 
@@ -464,6 +476,7 @@ impl Settings {
             rate_limiter: choice("rate_limiter", &config.rate_limiter, "memory"),
         };
 
+        errors.extend(delta_errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -539,6 +552,8 @@ impl Settings {
                 .then(|| config.readiness.max_memory_mb.saturating_mul(1024 * 1024)),
             tls,
             tag_filtering: config.tag_filtering.enabled,
+            delta: delta_server,
+            delta_channels_per_socket: config.delta_compression.max_channel_states_per_socket,
         })
     }
 }

@@ -190,7 +190,10 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
         }
         // With filtering on, an event is judged by its tags (none is an empty set).
         let tags = ctx.settings.tag_filtering.then_some(&event.tags);
-        ctx.adapter.broadcast(&app.id, name, &text.into(), event.socket_id.as_deref(), tags);
+        // Encrypted channels' events never go as deltas: their ciphertexts do not shrink.
+        let compressible = ChannelKind::of(name) != ChannelKind::PrivateEncrypted;
+        let except = event.socket_id.as_deref();
+        ctx.adapter.broadcast(&app.id, name, &text.into(), except, tags, compressible);
     }
     if event.info.is_empty() {
         return None;

@@ -154,6 +154,58 @@ pub fn watchlist_event(name: &str, user_ids: &[String]) -> String {
     frame("pusher_internal:watchlist_events", None, data)
 }
 
+/// An event frame with the delta members appended (a full frame on a delta stream):
+/// `,"__delta_seq":N` and, on a conflated stream, `,"__conflation_key":"K"`. Appended as the
+/// last members so that a client strips them byte for byte and keeps the frame the next delta
+/// is computed against.
+pub fn with_delta_seq(frame: &str, seq: u64, conflation_key: Option<&str>) -> String {
+    let body = frame.strip_suffix('}').unwrap_or(frame);
+    let mut out = String::with_capacity(frame.len() + 48);
+    out.push_str(body);
+    out.push_str(r#","__delta_seq":"#);
+    out.push_str(&seq.to_string());
+    if let Some(key) = conflation_key {
+        out.push_str(r#","__conflation_key":"#);
+        out.push_str(&to_text(&key));
+    }
+    out.push('}');
+    out
+}
+
+/// The data of a `pusher:delta` frame.
+#[derive(Debug, Serialize)]
+pub struct DeltaData<'a> {
+    /// The event the delta rebuilds.
+    pub event: &'a str,
+    /// The delta, base64.
+    pub delta: String,
+    /// The rebuilt frame's seq.
+    pub seq: u64,
+    /// The algorithm, unless the server omits it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<&'a str>,
+    /// The stream's conflation key, on conflated streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflation_key: Option<&'a str>,
+    /// The seq of the frame the delta applies to.
+    pub base_index: u64,
+}
+
+/// `pusher:delta` (`sockudo:delta` on protocol 2): an event as a delta.
+pub fn delta(channel: &str, data: &DeltaData<'_>) -> String {
+    frame("pusher:delta", Some(channel), data)
+}
+
+/// `pusher:delta_compression_enabled`, the answer to `enable_delta_compression`: the
+/// algorithm granted, or `{"enabled":false}` where the server grants none.
+pub fn delta_compression_enabled(algorithm: Option<&str>) -> String {
+    let data = match algorithm {
+        Some(algorithm) => serde_json::json!({ "enabled": true, "algorithm": algorithm }),
+        None => serde_json::json!({ "enabled": false }),
+    };
+    frame("pusher:delta_compression_enabled", None, data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,18 @@ pub enum ClientMessage {
         channel_data: Option<String>,
         /// A tag filter (`filter`, or `tags_filter`), not yet compiled.
         filter: Option<Value>,
+        /// What the subscription asks of delta compression (`delta`), if anything.
+        delta: Option<DeltaRequest>,
+    },
+    /// `pusher:enable_delta_compression`: deltas on every channel of the connection.
+    EnableDeltaCompression {
+        /// The algorithms the client can decode, in its order of preference (may be empty).
+        algorithms: Vec<String>,
+    },
+    /// `pusher:delta_sync_error`: the client could not apply a delta on a channel.
+    DeltaSyncError {
+        /// The channel.
+        channel: String,
     },
     /// `pusher:unsubscribe`.
     Unsubscribe {
@@ -44,6 +56,44 @@ pub enum ClientMessage {
     },
 }
 
+/// A subscription's `delta` field: `true`, `false`, an algorithm name, `"disabled"`, or
+/// `{"enabled": bool, "algorithm": name}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaRequest {
+    /// No deltas on this channel, whatever the connection asked.
+    Off,
+    /// Deltas, in the algorithm named if the server has it.
+    On(Option<String>),
+}
+
+impl DeltaRequest {
+    fn parse(value: &Value) -> Result<Option<Self>, ParseError> {
+        let invalid =
+            || ParseError::InvalidField { event: "pusher:subscribe", field: "data.delta" };
+        Ok(Some(match value {
+            Value::Null => return Ok(None),
+            Value::Bool(false) => Self::Off,
+            Value::Bool(true) => Self::On(None),
+            Value::String(name) if name.eq_ignore_ascii_case("disabled") => Self::Off,
+            Value::String(name) => Self::On(Some(name.clone())),
+            Value::Object(fields) => {
+                let enabled = match fields.get("enabled") {
+                    None | Some(Value::Null) => true,
+                    Some(Value::Bool(enabled)) => *enabled,
+                    Some(_) => return Err(invalid()),
+                };
+                let algorithm = match fields.get("algorithm") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(name)) => Some(name.clone()),
+                    Some(_) => return Err(invalid()),
+                };
+                if enabled { Self::On(algorithm) } else { Self::Off }
+            }
+            _ => return Err(invalid()),
+        }))
+    }
+}
+
 /// Why a message was not understood; sent back as `pusher:error` 4300.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -56,6 +106,14 @@ pub enum ParseError {
     /// A known event without a field it needs.
     #[error("{event} needs {field}")]
     MissingField {
+        /// The event.
+        event: &'static str,
+        /// The field.
+        field: &'static str,
+    },
+    /// A known event with a field of the wrong shape.
+    #[error("{event} has an invalid {field}")]
+    InvalidField {
         /// The event.
         event: &'static str,
         /// The field.
@@ -104,6 +162,23 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
                 .filter_map(|name| data.get(*name))
                 .find(|f| !f.is_null())
                 .cloned(),
+            delta: data.get("delta").map(DeltaRequest::parse).transpose()?.flatten(),
+        }),
+        "pusher:enable_delta_compression" => Ok(ClientMessage::EnableDeltaCompression {
+            // Anything but a list of names names none.
+            algorithms: data
+                .get("algorithms")
+                .and_then(Value::as_array)
+                .map(|names| {
+                    names.iter().filter_map(Value::as_str).take(8).map(str::to_string).collect()
+                })
+                .unwrap_or_default(),
+        }),
+        "pusher:delta_sync_error" => Ok(ClientMessage::DeltaSyncError {
+            channel: field("channel").ok_or(ParseError::MissingField {
+                event: "pusher:delta_sync_error",
+                field: "data.channel",
+            })?,
         }),
         "pusher:unsubscribe" => Ok(ClientMessage::Unsubscribe {
             channel: field("channel").ok_or(ParseError::MissingField {
@@ -145,7 +220,8 @@ mod tests {
                 channel: "presence-a".into(),
                 auth: Some("k:s".into()),
                 channel_data: Some("{}".into()),
-                filter: None
+                filter: None,
+                delta: None
             })
         );
         assert_eq!(
@@ -154,7 +230,8 @@ mod tests {
                 channel: "a".into(),
                 auth: None,
                 channel_data: None,
-                filter: None
+                filter: None,
+                delta: None
             })
         );
         assert_eq!(
@@ -164,6 +241,41 @@ mod tests {
                 channel: "private-a".into(),
                 data: serde_json::json!({"n": 1})
             })
+        );
+    }
+
+    #[test]
+    fn parses_the_delta_requests() {
+        let delta = |d: &str| {
+            let text =
+                format!(r#"{{"event":"sockudo:subscribe","data":{{"channel":"a","delta":{d}}}}}"#);
+            match parse(&text) {
+                Ok(ClientMessage::Subscribe { delta, .. }) => Ok(delta),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(delta("true"), Ok(Some(DeltaRequest::On(None))));
+        assert_eq!(delta("false"), Ok(Some(DeltaRequest::Off)));
+        assert_eq!(delta("null"), Ok(None));
+        assert_eq!(delta(r#""xdelta3""#), Ok(Some(DeltaRequest::On(Some("xdelta3".into())))));
+        assert_eq!(delta(r#""disabled""#), Ok(Some(DeltaRequest::Off)));
+        assert_eq!(
+            delta(r#"{"enabled":true,"algorithm":"fossil"}"#),
+            Ok(Some(DeltaRequest::On(Some("fossil".into()))))
+        );
+        assert_eq!(delta(r#"{"enabled":false}"#), Ok(Some(DeltaRequest::Off)));
+        assert!(matches!(delta("7"), Err(ParseError::InvalidField { .. })));
+        assert!(matches!(delta(r#"{"enabled":"yes"}"#), Err(ParseError::InvalidField { .. })));
+        assert_eq!(
+            parse(
+                r#"{"event":"pusher:enable_delta_compression","data":{"algorithms":["xdelta3",1]}}"#
+            ),
+            Ok(ClientMessage::EnableDeltaCompression { algorithms: vec!["xdelta3".into()] })
+        );
+        assert_eq!(
+            parse(r#"{"event":"sockudo:delta_sync_error","data":{"channel":"c"}}"#),
+            Ok(ClientMessage::DeltaSyncError { channel: "c".into() })
         );
     }
 

@@ -1,6 +1,9 @@
 //! What a connection's messages do: the Pusher protocol's client side, for one socket.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Deserialize;
@@ -9,14 +12,15 @@ use serde_json::{Value, json, value::RawValue};
 use crate::{
     apps::App,
     cluster_events,
-    hub::{Conn, Join},
+    delta::Algorithm,
+    hub::{Conn, DeltaWish, Join},
     metrics::Metrics,
     protocol::{
         channel::{self, ChannelKind, MAX_USER_ID_LENGTH},
         codes,
         filter::Filter,
         frames,
-        inbound::{self, ClientMessage},
+        inbound::{self, ClientMessage, DeltaRequest},
         signature,
     },
     server::Ctx,
@@ -55,11 +59,24 @@ pub(super) struct Session {
     user_id: Option<String>,
     /// The users this connection watches.
     watchlist: Vec<String>,
+    /// Deltas on every channel (`enable_delta_compression`), in the algorithm granted.
+    deltas: Option<Algorithm>,
+    /// The channels this connection gets deltas on.
+    delta_channels: HashSet<String>,
 }
 
 impl Session {
     pub(super) fn new(ctx: Arc<Ctx>, app: Arc<App>, conn: Conn) -> Self {
-        Self { ctx, app, conn, subscriptions: HashMap::new(), user_id: None, watchlist: Vec::new() }
+        Self {
+            ctx,
+            app,
+            conn,
+            subscriptions: HashMap::new(),
+            user_id: None,
+            watchlist: Vec::new(),
+            deltas: None,
+            delta_channels: HashSet::new(),
+        }
     }
 
     /// Whether the connection has signed in.
@@ -81,7 +98,7 @@ impl Session {
             Err(e) => self.error(codes::BAD_MESSAGE, &e.to_string()),
             Ok(ClientMessage::Ping) => self.send(frames::pong()),
             Ok(ClientMessage::Pong) => {}
-            Ok(ClientMessage::Subscribe { channel, auth, channel_data, filter }) => {
+            Ok(ClientMessage::Subscribe { channel, auth, channel_data, filter, delta }) => {
                 let filter = match filter.as_ref().map(Filter::compile).transpose() {
                     Ok(filter) => filter.map(Arc::new),
                     Err(error) => {
@@ -92,12 +109,60 @@ impl Session {
                 };
                 // Off, filters are checked (a client learns of a bad one) but not applied.
                 let filter = filter.filter(|_| self.ctx.settings.tag_filtering);
-                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref(), filter).await;
+                let delta = self.delta_wish(&channel, delta.as_ref());
+                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref(), filter, delta)
+                    .await;
+            }
+            Ok(ClientMessage::EnableDeltaCompression { algorithms }) => {
+                self.enable_deltas(&algorithms);
+            }
+            Ok(ClientMessage::DeltaSyncError { channel }) => {
+                if self.delta_channels.contains(&channel) {
+                    self.ctx.metrics.delta_resyncs.inc();
+                    let hub = self.ctx.adapter.hub();
+                    hub.resync_deltas(&self.app.id, &channel, &self.conn.socket_id);
+                }
             }
             Ok(ClientMessage::Unsubscribe { channel }) => self.client_unsubscribe(&channel).await,
             Ok(ClientMessage::Signin { auth, user_data }) => self.signin(&auth, &user_data).await,
             Ok(ClientMessage::ClientEvent { event, channel, data }) => {
                 self.client_event(&event, &channel, &data).await;
+            }
+        }
+    }
+
+    /// The deltas a subscription to `channel` gets: what it asked, or else what the connection
+    /// asked, where the app grants deltas on the channel and the connection is under its
+    /// channel bound. An algorithm the server lacks is the channel's.
+    fn delta_wish(&self, channel: &str, asked: Option<&DeltaRequest>) -> Option<DeltaWish> {
+        let algorithm = match asked {
+            Some(DeltaRequest::Off) => return None,
+            Some(DeltaRequest::On(name)) => name.as_deref().and_then(Algorithm::parse),
+            None => Some(self.deltas?),
+        };
+        let settings = self.app.deltas.for_channel(channel)?;
+        let room = self.delta_channels.len() < self.ctx.settings.delta_channels_per_socket;
+        (room || self.delta_channels.contains(channel)).then_some(DeltaWish { algorithm, settings })
+    }
+
+    /// `enable_delta_compression`: deltas on every channel from now on, those subscribed to
+    /// included, in the first algorithm the client names that the server has (else the
+    /// server's). Answered with what was granted.
+    fn enable_deltas(&mut self, algorithms: &[String]) {
+        let Some(server) = self.ctx.settings.delta.as_ref() else {
+            return self.send(frames::delta_compression_enabled(None));
+        };
+        let algorithm =
+            algorithms.iter().find_map(|name| Algorithm::parse(name)).unwrap_or(server.algorithm);
+        self.deltas = Some(algorithm);
+        self.send(frames::delta_compression_enabled(Some(algorithm.name())));
+        let names: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for name in names {
+            if let Some(wish) = self.delta_wish(&name, None) {
+                let hub = self.ctx.adapter.hub();
+                if hub.enable_deltas(&self.app.id, &name, &self.conn.socket_id, wish) {
+                    self.delta_channels.insert(name);
+                }
             }
         }
     }
@@ -120,6 +185,7 @@ impl Session {
         auth: Option<&str>,
         channel_data: Option<&str>,
         filter: Option<Arc<Filter>>,
+        delta: Option<DeltaWish>,
     ) {
         if !self.channel_operation_allowed().await {
             Metrics::count(&self.ctx.metrics.subscriptions_refused, "reason", "rate");
@@ -179,10 +245,11 @@ impl Session {
         let user_id = join.as_ref().map(|j| j.user_id.clone());
         let member = join.as_ref().map(|j| (j.user_id.clone(), j.user_info.clone()));
         let presence = kind == ChannelKind::Presence;
+        let with_deltas = delta.is_some();
         let subscribed = self
             .ctx
             .adapter
-            .subscribe(&self.app.id, name, &self.conn, join, filter, |members| {
+            .subscribe(&self.app.id, name, &self.conn, join, filter, delta, |members| {
                 if presence {
                     frames::presence_subscription_succeeded(name, members).into()
                 } else {
@@ -197,6 +264,11 @@ impl Session {
                     self.ctx.metrics.subscriptions.inc();
                 }
                 self.subscriptions.insert(name.to_string(), user_id);
+                if with_deltas {
+                    self.delta_channels.insert(name.to_string());
+                } else {
+                    self.delta_channels.remove(name);
+                }
                 if outcome.occupied {
                     cluster_events::occupancy_event(&self.ctx, &self.app.id, name, true);
                 }
@@ -254,7 +326,7 @@ impl Session {
             let count = ctx.adapter.channel_info(&app.id, &name).await.subscription_count;
             if count > 0 {
                 let frame = Utf8Bytes::from(frames::subscription_count(&name, count));
-                ctx.adapter.broadcast(&app.id, &name, &frame, None, None);
+                ctx.adapter.broadcast(&app.id, &name, &frame, None, None, false);
             }
             let hook = json!({ "name": "subscription_count", "channel": name, "subscription_count": count });
             ctx.webhooks.emit(&ctx, &app, hook);
@@ -297,6 +369,7 @@ impl Session {
 
     async fn unsubscribe(&mut self, name: &str) {
         let Some(user_id) = self.subscriptions.remove(name) else { return };
+        self.delta_channels.remove(name);
         self.leave(name, user_id.as_deref()).await;
     }
 
@@ -411,7 +484,8 @@ impl Session {
         }
         let frame = Utf8Bytes::from(frames::channel_event(event, name, data, user_id.as_deref()));
         self.ctx.metrics.events_published.inc();
-        self.ctx.adapter.broadcast(&self.app.id, name, &frame, Some(&self.conn.socket_id), None);
+        let except = Some(&*self.conn.socket_id);
+        self.ctx.adapter.broadcast(&self.app.id, name, &frame, except, None, false);
         let data = match data {
             Value::String(s) => s.clone(),
             other => other.to_string(),

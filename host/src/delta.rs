@@ -1,0 +1,598 @@
+//! Delta compression: a subscriber that asks for it gets an event as the difference from the
+//! previous event of its stream (same channel, event name and conflation key) instead of whole.
+//!
+//! The work is done once per broadcast on each node, not once per socket: a channel's
+//! [`Deltas`] holds one [`Stream`] per (event, conflation key) with the last frame sent on it,
+//! and a [`Publication`] computes each frame (the full one, and one delta per algorithm in use)
+//! at most once, then hands the same bytes to every socket on the stream. A socket gets the
+//! delta only if it holds the stream's previous frame; one that joined mid-stream, missed an
+//! event (a tag filter, a resync) or asked for a resync gets the full frame and is on the stream
+//! from then on.
+//!
+//! Wire format (Sockudo's, kept byte-compatible): a full frame is the ordinary frame with
+//! `,"__delta_seq":N` (and `,"__conflation_key":"K"`) appended as its last members; a delta is
+//! `pusher:delta` (`sockudo:delta` on protocol 2) whose data names the event, the base64 delta,
+//! its `seq`, `base_index` (the base's seq), the algorithm and the conflation key. Base and
+//! target are whole frame texts without the two appended members.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::extract::ws::Utf8Bytes;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, value::RawValue};
+
+use crate::{hub::SocketId, protocol::frames};
+
+/// A delta encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Fossil's delta format (the default; `fossil-delta` in JavaScript).
+    Fossil,
+    /// VCDIFF (RFC 3284) as xdelta3 writes it, without checksums or secondary compression
+    /// (`@ably/vcdiff-decoder` in JavaScript).
+    Xdelta3,
+}
+
+impl Algorithm {
+    /// The name on the wire and in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fossil => "fossil",
+            Self::Xdelta3 => "xdelta3",
+        }
+    }
+
+    /// The algorithm a name means (`vcdiff` is xdelta3's format); case does not matter, as
+    /// Sockudo's own configuration files spell them `Fossil` and `Xdelta3`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "fossil" => Some(Self::Fossil),
+            "xdelta3" | "vcdiff" => Some(Self::Xdelta3),
+            _ => None,
+        }
+    }
+
+    /// The delta that rebuilds `target` from `base`.
+    pub fn encode(self, base: &[u8], target: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            // The crate's arguments are (target, base): `apply(base, delta)` gives target.
+            Self::Fossil => Some(fossil_delta::delta(target, base)),
+            Self::Xdelta3 => {
+                let options = oxidelta::engine::EncodeOptions {
+                    checksum: false,
+                    ..oxidelta::engine::EncodeOptions::default()
+                };
+                let mut out = Vec::with_capacity(target.len() / 4 + 32);
+                oxidelta::engine::encode_with_options(base, target, &mut out, &options).ok()?;
+                Some(out)
+            }
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Fossil => 0,
+            Self::Xdelta3 => 1,
+        }
+    }
+}
+
+/// How one channel's events are compressed: the server's `delta_compression` settings with
+/// the app's `channel_delta_compression` entry for the channel applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSettings {
+    /// The algorithm for subscribers that do not name one.
+    pub algorithm: Algorithm,
+    /// Deltas in a row before a full frame is sent again.
+    pub full_message_interval: u32,
+    /// Frames shorter than this go whole.
+    pub min_message_size: usize,
+    /// A stream unused this long is forgotten (its next event goes whole).
+    pub max_state_age: Duration,
+    /// Streams (event and conflation key pairs) one channel keeps; the least recently used
+    /// is forgotten beyond.
+    pub max_conflation_keys: usize,
+    /// Where in the event data the conflation key is (dotted path), if anywhere.
+    pub conflation_key_path: Option<Vec<String>>,
+    /// Leave `algorithm` out of delta frames.
+    pub omit_algorithm: bool,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::Fossil,
+            full_message_interval: 10,
+            min_message_size: 100,
+            max_state_age: Duration::from_secs(300),
+            max_conflation_keys: 100,
+            conflation_key_path: None,
+            omit_algorithm: false,
+        }
+    }
+}
+
+/// An app's delta settings by channel: its `channel_delta_compression` rules over the
+/// server's `delta_compression`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChannelRules {
+    /// The server's settings; `None` when delta compression is off.
+    server: Option<Arc<StreamSettings>>,
+    /// (name or pattern, its settings or `None` for disabled), most specific first: exact
+    /// names, then patterns by length.
+    rules: Vec<(String, Option<Arc<StreamSettings>>)>,
+}
+
+impl ChannelRules {
+    /// `rules` over `server` (`None`: delta compression is off for every channel).
+    pub fn new(
+        server: Option<Arc<StreamSettings>>,
+        mut rules: Vec<(String, Option<Arc<StreamSettings>>)>,
+    ) -> Self {
+        rules.sort_by_key(|(pattern, _)| (pattern.contains('*'), std::cmp::Reverse(pattern.len())));
+        Self { server, rules }
+    }
+
+    /// The settings for `channel`, or `None` if its events never go as deltas (off, disabled
+    /// for it, or an encrypted channel, whose payloads do not shrink and whose ciphertexts a
+    /// delta would only tie together).
+    pub fn for_channel(&self, channel: &str) -> Option<Arc<StreamSettings>> {
+        self.server.as_ref()?;
+        if crate::protocol::channel::ChannelKind::of(channel)
+            == crate::protocol::channel::ChannelKind::PrivateEncrypted
+        {
+            return None;
+        }
+        match self.rules.iter().find(|(pattern, _)| matches_pattern(pattern, channel)) {
+            Some((_, settings)) => settings.clone(),
+            None => self.server.clone(),
+        }
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
+fn matches_pattern(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else { return false };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else { return rest.is_empty() };
+    for part in parts {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// A conflation key longer than this is not one: such events share their event's stream.
+const MAX_CONFLATION_KEY: usize = 128;
+/// Events in a row sent whole at the start of a stream.
+const FIRST_FULL: u64 = 2;
+
+/// One stream's state on this node.
+#[derive(Debug)]
+struct Stream {
+    /// The seq the next event gets.
+    next_seq: u64,
+    /// Deltas since the last full frame.
+    deltas: u32,
+    /// The last frame (without delta members) and its seq.
+    base: Option<(u64, Utf8Bytes)>,
+    /// The seq of the last frame each socket got on this stream.
+    received: HashMap<SocketId, u64>,
+    used: Instant,
+}
+
+impl Stream {
+    fn new(now: Instant) -> Self {
+        Self { next_seq: 0, deltas: 0, base: None, received: HashMap::new(), used: now }
+    }
+}
+
+/// A channel's delta subscribers and streams on this node.
+#[derive(Debug)]
+pub struct Deltas {
+    settings: Arc<StreamSettings>,
+    /// Each delta subscriber's algorithm.
+    subscribers: HashMap<SocketId, Algorithm>,
+    /// Streams by (event, conflation key).
+    streams: HashMap<(String, Option<String>), Stream>,
+    swept: Instant,
+}
+
+/// The head of an event frame: its name and data.
+#[derive(Deserialize)]
+struct Head<'a> {
+    event: String,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+impl Deltas {
+    /// No subscriber yet, with the channel's settings.
+    pub fn new(settings: Arc<StreamSettings>) -> Self {
+        Self {
+            settings,
+            subscribers: HashMap::new(),
+            streams: HashMap::new(),
+            swept: Instant::now(),
+        }
+    }
+
+    /// Send `socket_id` deltas in `algorithm` (or the channel's).
+    pub fn add(&mut self, socket_id: &SocketId, algorithm: Option<Algorithm>) {
+        let algorithm = algorithm.unwrap_or(self.settings.algorithm);
+        self.subscribers.insert(socket_id.clone(), algorithm);
+    }
+
+    /// Forget `socket_id`; whether any delta subscriber is left.
+    pub fn remove(&mut self, socket_id: &str) -> bool {
+        self.subscribers.remove(socket_id);
+        self.resync(socket_id);
+        !self.subscribers.is_empty()
+    }
+
+    /// Whether `socket_id` gets deltas.
+    pub fn has(&self, socket_id: &str) -> bool {
+        self.subscribers.contains_key(socket_id)
+    }
+
+    /// `socket_id` lost its bases (a client could not apply a delta): its next event on each
+    /// stream goes whole.
+    pub fn resync(&mut self, socket_id: &str) {
+        for stream in self.streams.values_mut() {
+            stream.received.remove(socket_id);
+        }
+    }
+
+    /// Begin delivering `frame` (an app's event): `None` if it is not an event frame, which
+    /// then goes to everyone as it is.
+    pub fn publish<'a>(
+        &'a mut self,
+        channel: &'a str,
+        frame: &'a Utf8Bytes,
+    ) -> Option<Publication<'a>> {
+        let head: Head<'_> = serde_json::from_str(frame.as_str()).ok()?;
+        let key = self.conflation_key(head.data);
+        let now = Instant::now();
+        self.sweep(now);
+        let stream_key = (head.event, key);
+        let stream = match self.streams.remove(&stream_key) {
+            Some(stream) => stream,
+            None => {
+                self.make_room();
+                Stream::new(now)
+            }
+        };
+        let settings = &*self.settings;
+        let seq = stream.next_seq;
+        let base = stream.base.clone().filter(|_| {
+            seq >= FIRST_FULL
+                && stream.deltas < settings.full_message_interval
+                && frame.len() >= settings.min_message_size
+        });
+        Some(Publication {
+            deltas: self,
+            channel,
+            frame,
+            key: stream_key,
+            stream,
+            seq,
+            base,
+            full: None,
+            encoded: [None, None],
+            sent: Sent::default(),
+        })
+    }
+
+    fn conflation_key(&self, data: Option<&RawValue>) -> Option<String> {
+        let path = self.settings.conflation_key_path.as_ref()?;
+        let data = data?;
+        // The HTTP API's data is a string holding JSON; a client event's may be JSON itself.
+        let parsed: Value = match serde_json::from_str::<Value>(data.get()).ok()? {
+            Value::String(text) => serde_json::from_str(&text).ok()?,
+            other => other,
+        };
+        let mut at = &parsed;
+        for part in path {
+            at = at.get(part)?;
+        }
+        let key = match at {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => return None,
+        };
+        (key.len() <= MAX_CONFLATION_KEY).then_some(key)
+    }
+
+    /// Forget streams unused for `max_state_age`, looking at most once a minute.
+    fn sweep(&mut self, now: Instant) {
+        if now.duration_since(self.swept) < Duration::from_secs(60) {
+            return;
+        }
+        self.swept = now;
+        let max_age = self.settings.max_state_age;
+        self.streams.retain(|_, stream| now.duration_since(stream.used) < max_age);
+    }
+
+    /// Keep the streams under `max_conflation_keys`, forgetting the least recently used.
+    fn make_room(&mut self) {
+        while self.streams.len() >= self.settings.max_conflation_keys.max(1) {
+            let oldest = self.streams.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| k.clone());
+            match oldest {
+                Some(key) => self.streams.remove(&key),
+                None => return,
+            };
+        }
+    }
+}
+
+/// How many frames of each kind a publication sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Deltas.
+    pub deltas: u64,
+    /// Full frames (with their delta members).
+    pub full: u64,
+    /// Bytes the deltas saved against sending those events whole.
+    pub saved_bytes: u64,
+}
+
+/// One event on its way to a channel's delta subscribers on this node.
+#[derive(Debug)]
+pub struct Publication<'a> {
+    deltas: &'a mut Deltas,
+    channel: &'a str,
+    frame: &'a Utf8Bytes,
+    key: (String, Option<String>),
+    stream: Stream,
+    seq: u64,
+    /// The base to send deltas against, when this event may go as a delta.
+    base: Option<(u64, Utf8Bytes)>,
+    full: Option<Utf8Bytes>,
+    /// Each algorithm's delta frame once computed (`Some(None)`: not worth sending).
+    encoded: [Option<Option<Utf8Bytes>>; 2],
+    sent: Sent,
+}
+
+impl Publication<'_> {
+    /// The frame for `socket_id`: `None` if it is no delta subscriber (it gets the event as
+    /// it is), else the delta if it holds the base, or the full frame.
+    pub fn frame_for(&mut self, socket_id: &SocketId) -> Option<Utf8Bytes> {
+        let algorithm = *self.deltas.subscribers.get(socket_id)?;
+        let had = self.stream.received.insert(socket_id.clone(), self.seq);
+        if let Some((base_seq, _)) = &self.base
+            && had == Some(*base_seq)
+            && let Some(delta) = self.delta(algorithm)
+        {
+            self.sent.deltas += 1;
+            self.sent.saved_bytes += (self.frame.len() as u64).saturating_sub(delta.len() as u64);
+            return Some(delta);
+        }
+        self.sent.full += 1;
+        Some(self.full().clone())
+    }
+
+    fn full(&mut self) -> &Utf8Bytes {
+        let (frame, seq) = (self.frame.as_str(), self.seq);
+        let conflation_key = self.key.1.as_deref();
+        self.full.get_or_insert_with(|| frames::with_delta_seq(frame, seq, conflation_key).into())
+    }
+
+    fn delta(&mut self, algorithm: Algorithm) -> Option<Utf8Bytes> {
+        let slot = &mut self.encoded[algorithm.index()];
+        if let Some(done) = slot {
+            return done.clone();
+        }
+        let (base_seq, base) = self.base.as_ref()?;
+        let delta = algorithm.encode(base.as_bytes(), self.frame.as_bytes());
+        let frame = delta
+            .map(|d| {
+                let algorithm = (!self.deltas.settings.omit_algorithm).then_some(algorithm);
+                frames::delta(
+                    self.channel,
+                    &frames::DeltaData {
+                        event: &self.key.0,
+                        delta: base64::engine::general_purpose::STANDARD.encode(d),
+                        seq: self.seq,
+                        algorithm: algorithm.map(Algorithm::name),
+                        conflation_key: self.key.1.as_deref(),
+                        base_index: *base_seq,
+                    },
+                )
+            })
+            // A delta no shorter than the event is not worth its decoding.
+            .filter(|d| d.len() < self.frame.len())
+            .map(Utf8Bytes::from);
+        *slot = Some(frame.clone());
+        frame
+    }
+
+    /// Put the stream back with this event as its base; what was sent.
+    pub fn finish(mut self) -> Sent {
+        let stream = &mut self.stream;
+        stream.deltas = if self.base.is_some() { stream.deltas + 1 } else { 0 };
+        stream.base = Some((self.seq, self.frame.clone()));
+        stream.next_seq = self.seq + 1;
+        stream.used = Instant::now();
+        self.deltas.streams.insert(self.key, self.stream);
+        self.sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(event: &str, data: &str) -> Utf8Bytes {
+        frames::channel_event(event, "ticker", &Value::String(data.into()), None).into()
+    }
+
+    fn settings(path: Option<&str>) -> Arc<StreamSettings> {
+        Arc::new(StreamSettings {
+            min_message_size: 0,
+            conflation_key_path: path.map(|p| p.split('.').map(str::to_string).collect()),
+            ..StreamSettings::default()
+        })
+    }
+
+    /// Rebuild an event from a delta frame as a client would.
+    fn apply(base: &str, delta_frame: &str) -> (String, Value) {
+        let parsed: Value = serde_json::from_str(delta_frame).unwrap();
+        let data = &parsed["data"];
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data["delta"].as_str().unwrap())
+            .unwrap();
+        let rebuilt = match data["algorithm"].as_str().unwrap() {
+            "fossil" => fossil_delta::apply(base, &bytes).unwrap(),
+            "xdelta3" => oxidelta::engine::decode(base.as_bytes(), &bytes).unwrap(),
+            other => panic!("algorithm {other}"),
+        };
+        (String::from_utf8(rebuilt).unwrap(), data.clone())
+    }
+
+    fn send(deltas: &mut Deltas, f: &Utf8Bytes, socket: &SocketId) -> (String, Sent) {
+        let mut publication = deltas.publish("ticker", f).unwrap();
+        let out = publication.frame_for(socket).unwrap();
+        (out.as_str().to_string(), publication.finish())
+    }
+
+    fn price(n: u32, sym: &str) -> String {
+        format!(r#"{{"sym":"{sym}","price":{n},"pad":"{}"}}"#, "x".repeat(300))
+    }
+
+    #[test]
+    fn two_full_then_ten_deltas_then_full_again() {
+        for algorithm in [Algorithm::Fossil, Algorithm::Xdelta3] {
+            let mut deltas = Deltas::new(settings(None));
+            let socket: SocketId = "1.1".into();
+            deltas.add(&socket, Some(algorithm));
+            let mut kinds = String::new();
+            let mut base = String::new();
+            for n in 0..14 {
+                let f = frame("price", &price(n, "BTC"));
+                let (out, _) = send(&mut deltas, &f, &socket);
+                if out.starts_with(r#"{"event":"pusher:delta""#) {
+                    let (rebuilt, data) = apply(&base, &out);
+                    assert_eq!(rebuilt, f.as_str());
+                    assert_eq!(data["seq"], u64::from(n));
+                    assert_eq!(data["base_index"], u64::from(n - 1));
+                    assert_eq!(data["event"], "price");
+                    kinds.push('d');
+                } else {
+                    let whole = f.as_str();
+                    let tail = format!(r#","__delta_seq":{n}}}"#);
+                    assert_eq!(out, format!("{}{tail}", &whole[..whole.len() - 1]));
+                    kinds.push('F');
+                }
+                base = f.as_str().to_string();
+            }
+            assert_eq!(kinds, "FFddddddddddFd", "{algorithm:?}");
+        }
+    }
+
+    #[test]
+    fn a_socket_without_the_base_gets_the_full_frame_and_then_deltas() {
+        let mut deltas = Deltas::new(settings(None));
+        let (early, late): (SocketId, SocketId) = ("1.1".into(), "1.2".into());
+        deltas.add(&early, None);
+        for n in 0..3 {
+            send(&mut deltas, &frame("price", &price(n, "BTC")), &early);
+        }
+        deltas.add(&late, None);
+        let f = frame("price", &price(3, "BTC"));
+        let mut publication = deltas.publish("ticker", &f).unwrap();
+        let to_early = publication.frame_for(&early).unwrap();
+        let to_late = publication.frame_for(&late).unwrap();
+        // Not a subscriber of deltas: the event as it is.
+        assert!(publication.frame_for(&"1.3".into()).is_none());
+        let sent = publication.finish();
+        assert!(to_early.as_str().contains("pusher:delta"));
+        assert!(to_late.as_str().ends_with(r#","__delta_seq":3}"#));
+        assert_eq!((sent.deltas, sent.full), (1, 1));
+        let (out, _) = send(&mut deltas, &frame("price", &price(4, "BTC")), &late);
+        assert!(out.contains("pusher:delta"));
+        // A resync (the client lost its base): whole again.
+        deltas.resync("1.2");
+        let (out, _) = send(&mut deltas, &frame("price", &price(5, "BTC")), &late);
+        assert!(out.ends_with(r#","__delta_seq":5}"#));
+    }
+
+    #[test]
+    fn conflation_keys_keep_a_stream_each() {
+        let mut deltas = Deltas::new(settings(Some("sym")));
+        let socket: SocketId = "1.1".into();
+        deltas.add(&socket, None);
+        let mut bases: HashMap<&str, String> = HashMap::new();
+        for n in 0..8 {
+            let sym = if n % 2 == 0 { "BTC" } else { "ETH" };
+            let f = frame("price", &price(n, sym));
+            let (out, _) = send(&mut deltas, &f, &socket);
+            if n < 4 {
+                // Two full frames per key first.
+                let tail = format!(r#","__delta_seq":{},"__conflation_key":"{sym}"}}"#, n / 2);
+                assert!(out.ends_with(&tail), "{out}");
+            } else {
+                let (rebuilt, data) = apply(&bases[sym], &out);
+                assert_eq!(rebuilt, f.as_str());
+                assert_eq!(data["conflation_key"], sym);
+                assert_eq!(data["seq"], u64::from(n / 2));
+            }
+            bases.insert(sym, f.as_str().to_string());
+        }
+    }
+
+    #[test]
+    fn streams_are_bounded() {
+        let mut deltas = Deltas::new(Arc::new(StreamSettings {
+            max_conflation_keys: 3,
+            ..(*settings(Some("sym"))).clone()
+        }));
+        let socket: SocketId = "1.1".into();
+        deltas.add(&socket, None);
+        for n in 0..50 {
+            send(&mut deltas, &frame("price", &price(n, &format!("S{n}"))), &socket);
+        }
+        assert_eq!(deltas.streams.len(), 3);
+        // A key too long to be one shares the event's stream.
+        let long = "k".repeat(MAX_CONFLATION_KEY + 1);
+        let (out, _) = send(&mut deltas, &frame("price", &price(0, &long)), &socket);
+        assert!(out.ends_with(r#","__delta_seq":0}"#));
+    }
+
+    #[test]
+    fn channel_rules_pick_the_most_specific_and_spare_encrypted_channels() {
+        assert!(matches_pattern("market-*", "market-btc"));
+        assert!(matches_pattern("*-btc", "market-btc"));
+        assert!(matches_pattern("a*b*c", "a-b-c"));
+        assert!(!matches_pattern("a*b*c", "a-c"));
+        assert!(!matches_pattern("market-*", "news"));
+        assert!(matches_pattern("exact", "exact") && !matches_pattern("exact", "exactly"));
+        let server = settings(None);
+        let xdelta =
+            Arc::new(StreamSettings { algorithm: Algorithm::Xdelta3, ..(*server).clone() });
+        let rules = ChannelRules::new(
+            Some(server.clone()),
+            vec![("market-*".into(), Some(xdelta.clone())), ("market-quiet".into(), None)],
+        );
+        assert_eq!(rules.for_channel("market-btc"), Some(xdelta));
+        assert_eq!(rules.for_channel("market-quiet"), None);
+        assert_eq!(rules.for_channel("news"), Some(server.clone()));
+        assert_eq!(rules.for_channel("private-encrypted-market-x"), None);
+        assert_eq!(ChannelRules::new(None, Vec::new()).for_channel("news"), None);
+    }
+
+    #[test]
+    fn a_frame_that_is_no_event_goes_as_it_is() {
+        let mut deltas = Deltas::new(settings(None));
+        assert!(deltas.publish("ticker", &Utf8Bytes::from("not json")).is_none());
+    }
+}
