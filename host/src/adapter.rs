@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use crate::{
     cluster::{self, Cluster, envelope::Control},
-    hub::{ChannelFull, Conn, DeltaWish, Hub, Join, Subscribed, Unsubscribed},
-    protocol::filter::{Filter, Tags},
+    hub::{ChannelFull, Conn, Hub, Join, Subscribed, Unsubscribed, Wants},
+    protocol::filter::Tags,
 };
 
 /// How often a publisher held back by congestion looks at the subscribers' queues again.
@@ -72,8 +72,7 @@ impl Adapter {
         channel: &str,
         conn: &Conn,
         join: Option<Join>,
-        filter: Option<Arc<Filter>>,
-        delta: Option<DeltaWish>,
+        wants: Wants,
         ack: impl FnOnce(&mut dyn Iterator<Item = (&str, &Value)>) -> Utf8Bytes,
     ) -> Result<Subscribed, ChannelFull> {
         let topic = cluster::channel_topic(app_id, channel);
@@ -86,7 +85,7 @@ impl Adapter {
         let member = join.as_ref().map(|j| (j.user_id.clone(), j.user_info.clone()));
         // The member limit holds for the whole cluster: the registry's members count too.
         let join = join.map(|join| Join { elsewhere: remote.keys().cloned().collect(), ..join });
-        let subscribed = self.hub.subscribe(app_id, channel, conn, join, filter, delta, |local| {
+        let subscribed = self.hub.subscribe(app_id, channel, conn, join, wants, |local| {
             let local: Vec<(&str, &Value)> = local.collect();
             let ids: HashSet<&str> = local.iter().map(|(id, _)| *id).collect();
             let mut all = local.iter().copied().chain(

@@ -2,7 +2,7 @@
 //! previous event of its stream (same channel, event name and conflation key) instead of whole.
 //!
 //! The work is done once per broadcast on each node, not once per socket: a channel's
-//! [`Deltas`] holds one [`Stream`] per (event, conflation key) with the last frame sent on it,
+//! [`Deltas`] holds one stream per (event, conflation key) with the last frame sent on it,
 //! and a [`Publication`] computes each frame (the full one, and one delta per algorithm in use)
 //! at most once, then hands the same bytes to every socket on the stream. A socket gets the
 //! delta only if it holds the stream's previous frame; one that joined mid-stream, missed an

@@ -340,6 +340,15 @@ pub struct ChannelFull {
     pub max: usize,
 }
 
+/// What a subscriber asks of a channel's events besides receiving them.
+#[derive(Debug, Clone, Default)]
+pub struct Wants {
+    /// Only the events with tags this filter passes.
+    pub filter: Option<Arc<Filter>>,
+    /// Events as deltas.
+    pub delta: Option<DeltaWish>,
+}
+
 /// A subscriber's wish for deltas on a channel.
 #[derive(Debug, Clone)]
 pub struct DeltaWish {
@@ -419,8 +428,7 @@ impl Hub {
         channel: &str,
         conn: &Conn,
         join: Option<Join>,
-        filter: Option<Arc<Filter>>,
-        delta: Option<DeltaWish>,
+        wants: Wants,
         ack: impl FnOnce(&mut dyn Iterator<Item = (&str, &Value)>) -> Utf8Bytes,
     ) -> Result<Subscribed, ChannelFull> {
         let app = self.app(app_id);
@@ -461,6 +469,7 @@ impl Hub {
         conn.send(&frame);
         let new_subscriber =
             entry.subscribers.insert(conn.socket_id.clone(), conn.clone()).is_none();
+        let Wants { filter, delta } = wants;
         if entry.filtered.is_none() && filter.is_some() {
             // The first filter: group everyone subscribed so far as without one.
             let mut filtered = Filtered::default();
@@ -482,7 +491,7 @@ impl Hub {
                 let deltas = entry
                     .deltas
                     .get_or_insert_with(|| Box::new(Mutex::new(Deltas::new(wish.settings))));
-                deltas.lock().expect("deltas lock").add(&conn.socket_id, wish.algorithm);
+                deltas.get_mut().expect("deltas lock").add(&conn.socket_id, wish.algorithm);
             }
             None if !new_subscriber => Self::drop_deltas(entry, &conn.socket_id),
             None => {}
@@ -553,7 +562,7 @@ impl Hub {
         };
         let deltas =
             entry.deltas.get_or_insert_with(|| Box::new(Mutex::new(Deltas::new(wish.settings))));
-        let mut deltas = deltas.lock().expect("deltas lock");
+        let deltas = deltas.get_mut().expect("deltas lock");
         if !deltas.has(socket_id) {
             deltas.add(&id, wish.algorithm);
         }
@@ -877,7 +886,8 @@ mod tests {
         let (slow, _slow_rx, _) = conn("1.2", 4, 0);
         let (third, mut third_rx, third_closer) = conn("1.3", 4, 0);
         for c in [&fast, &slow, &third] {
-            hub.subscribe("app", "ch", c, None, None, None, |_| Utf8Bytes::from("ack")).unwrap();
+            hub.subscribe("app", "ch", c, None, Wants::default(), |_| Utf8Bytes::from("ack"))
+                .unwrap();
         }
         let frame = Utf8Bytes::from("e");
         // The acknowledgement and two events: three of four places taken everywhere.
@@ -903,11 +913,13 @@ mod tests {
         let (btc, mut btc_rx, _) = conn("1.2", 16, 0);
         let (dear, mut dear_rx, _) = conn("1.3", 16, 0);
         let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| Utf8Bytes::from("ack");
-        hub.subscribe("app", "ch", &plain, None, None, None, ack).unwrap();
+        hub.subscribe("app", "ch", &plain, None, Wants::default(), ack).unwrap();
         let eq = serde_json::json!({ "key": "sym", "cmp": "eq", "val": "BTC" });
-        hub.subscribe("app", "ch", &btc, None, filter(eq), None, ack).unwrap();
+        hub.subscribe("app", "ch", &btc, None, Wants { filter: filter(eq), delta: None }, ack)
+            .unwrap();
         let gt = serde_json::json!({ "key": "px", "cmp": "gt", "val": 100 });
-        hub.subscribe("app", "ch", &dear, None, filter(gt), None, ack).unwrap();
+        hub.subscribe("app", "ch", &dear, None, Wants { filter: filter(gt), delta: None }, ack)
+            .unwrap();
         for rx in [&mut plain_rx, &mut btc_rx, &mut dear_rx] {
             assert_eq!(rx.try_recv().unwrap().as_str(), "ack");
         }
@@ -948,18 +960,21 @@ mod tests {
         let (a2, _a2_rx, _) = conn("1.2", 8, 0);
         let (b, _b_rx, _) = conn("1.3", 8, 0);
         let (c, _c_rx, _) = conn("1.4", 8, 0);
-        let first =
-            hub.subscribe("app", "presence-x", &a1, Some(join("a")), None, None, ack).unwrap();
+        let first = hub
+            .subscribe("app", "presence-x", &a1, Some(join("a")), Wants::default(), ack)
+            .unwrap();
         assert_eq!(
             first,
             Subscribed { new_subscriber: true, occupied: true, first_for_user: true }
         );
-        let again =
-            hub.subscribe("app", "presence-x", &a2, Some(join("a")), None, None, ack).unwrap();
+        let again = hub
+            .subscribe("app", "presence-x", &a2, Some(join("a")), Wants::default(), ack)
+            .unwrap();
         assert!(again.new_subscriber && !again.occupied && !again.first_for_user);
-        hub.subscribe("app", "presence-x", &b, Some(join("b")), None, None, ack).unwrap();
+        hub.subscribe("app", "presence-x", &b, Some(join("b")), Wants::default(), ack).unwrap();
         // Two users, two allowed: a third user is refused, a known one is not.
-        let refused = hub.subscribe("app", "presence-x", &c, Some(join("c")), None, None, ack);
+        let refused =
+            hub.subscribe("app", "presence-x", &c, Some(join("c")), Wants::default(), ack);
         assert_eq!(refused, Err(ChannelFull { max: 2 }));
         assert_eq!(hub.user_ids("app", "presence-x").len(), 2);
         assert_eq!(hub.subscription_count("app", "presence-x"), 3);
@@ -980,8 +995,8 @@ mod tests {
         let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| Utf8Bytes::from("ack");
         let (slow, _slow_rx, slow_closer) = conn("1.1", 2, 0);
         let (fast, mut fast_rx, fast_closer) = conn("1.2", 8, 0);
-        hub.subscribe("app", "ch", &slow, None, None, None, ack).unwrap();
-        hub.subscribe("app", "ch", &fast, None, None, None, ack).unwrap();
+        hub.subscribe("app", "ch", &slow, None, Wants::default(), ack).unwrap();
+        hub.subscribe("app", "ch", &fast, None, Wants::default(), ack).unwrap();
         let frame = Utf8Bytes::from("e");
         assert_eq!(hub.broadcast("app", "ch", &frame, None, None, false), 2);
         // The slow reader's queue (two frames: the ack and one event) is full now.

@@ -137,6 +137,9 @@ async fn a_late_subscriber_and_a_resync_start_with_a_full_event() {
 
     // The client lost its base: after a resync its next event is whole, and deltas follow.
     late.send(json!({ "event": "pusher:delta_sync_error", "data": { "channel": "ticker" } })).await;
+    // A connection's messages are handled in order: the pong says the resync is done.
+    late.send(json!({ "event": "pusher:ping", "data": {} })).await;
+    late.expect("pusher:pong").await;
     let more = vec![("price".to_string(), quote("BTC", 6)), ("price".to_string(), quote("BTC", 7))];
     for (event, data) in &more {
         publish(&api, "ticker", event, data).await;

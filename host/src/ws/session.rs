@@ -13,7 +13,7 @@ use crate::{
     apps::App,
     cluster_events,
     delta::Algorithm,
-    hub::{Conn, DeltaWish, Join},
+    hub::{Conn, DeltaWish, Join, Wants},
     metrics::Metrics,
     protocol::{
         channel::{self, ChannelKind, MAX_USER_ID_LENGTH},
@@ -249,7 +249,7 @@ impl Session {
         let subscribed = self
             .ctx
             .adapter
-            .subscribe(&self.app.id, name, &self.conn, join, filter, delta, |members| {
+            .subscribe(&self.app.id, name, &self.conn, join, Wants { filter, delta }, |members| {
                 if presence {
                     frames::presence_subscription_succeeded(name, members).into()
                 } else {

@@ -127,8 +127,9 @@ export async function startAuthEndpoint(sdk) {
   return { url: `http://127.0.0.1:${port}`, close: () => new Promise((r) => server.close(r)) };
 }
 
-/** A pusher-js client connected to sockhost; resolves once connected. */
-export async function connect(port, auth, { user = 'anonymous', deny = false, tls = false } = {}) {
+/** A pusher-js client connected to sockhost; resolves once connected. `setup` gets the client
+ * before it connects (to add a helper such as `enableDeltas`). */
+export async function connect(port, auth, { user = 'anonymous', deny = false, tls = false, setup } = {}) {
   const headers = { 'x-test-user': user };
   if (deny) headers['x-test-deny'] = '1';
   const client = new PusherClient(APP.key, {
@@ -142,6 +143,7 @@ export async function connect(port, auth, { user = 'anonymous', deny = false, tl
     channelAuthorization: { endpoint: `${auth.url}/pusher/auth`, transport: 'ajax', headers },
     userAuthentication: { endpoint: `${auth.url}/pusher/user-auth`, transport: 'ajax', headers },
   });
+  setup?.(client);
   if (client.connection.state !== 'connected') {
     await once(client.connection, 'connected', 'the connection');
   }
