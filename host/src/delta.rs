@@ -185,23 +185,43 @@ struct Stream {
     deltas: u32,
     /// The last frame (without delta members) and its seq.
     base: Option<(u64, Utf8Bytes)>,
-    /// The seq of the last frame each socket got on this stream.
-    received: HashMap<SocketId, u64>,
+    /// The seq of the last frame each subscriber got on this stream, by its slot
+    /// ([`NONE`] for none): a vector, not a map, because it is written once per delivery.
+    received: Vec<u64>,
     used: Instant,
 }
 
+/// No frame received on a stream.
+const NONE: u64 = u64::MAX;
+
 impl Stream {
     fn new(now: Instant) -> Self {
-        Self { next_seq: 0, deltas: 0, base: None, received: HashMap::new(), used: now }
+        Self { next_seq: 0, deltas: 0, base: None, received: Vec::new(), used: now }
     }
+
+    /// Forget what the subscriber in `slot` got.
+    fn forget(&mut self, slot: usize) {
+        if let Some(seq) = self.received.get_mut(slot) {
+            *seq = NONE;
+        }
+    }
+}
+
+/// A delta subscriber: its algorithm and its slot in the streams' `received`.
+#[derive(Debug, Clone, Copy)]
+struct Subscriber {
+    algorithm: Algorithm,
+    slot: usize,
 }
 
 /// A channel's delta subscribers and streams on this node.
 #[derive(Debug)]
 pub struct Deltas {
     settings: Arc<StreamSettings>,
-    /// Each delta subscriber's algorithm.
-    subscribers: HashMap<SocketId, Algorithm>,
+    /// Each delta subscriber's algorithm and slot.
+    subscribers: HashMap<SocketId, Subscriber>,
+    /// Slots freed by subscribers that left, to reuse before growing.
+    free_slots: Vec<usize>,
     /// Streams by (event, conflation key).
     streams: HashMap<(String, Option<String>), Stream>,
     swept: Instant,
@@ -221,6 +241,7 @@ impl Deltas {
         Self {
             settings,
             subscribers: HashMap::new(),
+            free_slots: Vec::new(),
             streams: HashMap::new(),
             swept: Instant::now(),
         }
@@ -229,13 +250,20 @@ impl Deltas {
     /// Send `socket_id` deltas in `algorithm` (or the channel's).
     pub fn add(&mut self, socket_id: &SocketId, algorithm: Option<Algorithm>) {
         let algorithm = algorithm.unwrap_or(self.settings.algorithm);
-        self.subscribers.insert(socket_id.clone(), algorithm);
+        if let Some(subscriber) = self.subscribers.get_mut(socket_id) {
+            subscriber.algorithm = algorithm;
+            return;
+        }
+        let slot = self.free_slots.pop().unwrap_or(self.subscribers.len());
+        self.subscribers.insert(socket_id.clone(), Subscriber { algorithm, slot });
     }
 
     /// Forget `socket_id`; whether any delta subscriber is left.
     pub fn remove(&mut self, socket_id: &str) -> bool {
-        self.subscribers.remove(socket_id);
-        self.resync(socket_id);
+        if let Some(Subscriber { slot, .. }) = self.subscribers.remove(socket_id) {
+            self.streams.values_mut().for_each(|stream| stream.forget(slot));
+            self.free_slots.push(slot);
+        }
         !self.subscribers.is_empty()
     }
 
@@ -247,8 +275,8 @@ impl Deltas {
     /// `socket_id` lost its bases (a client could not apply a delta): its next event on each
     /// stream goes whole.
     pub fn resync(&mut self, socket_id: &str) {
-        for stream in self.streams.values_mut() {
-            stream.received.remove(socket_id);
+        if let Some(Subscriber { slot, .. }) = self.subscribers.get(socket_id) {
+            self.streams.values_mut().for_each(|stream| stream.forget(*slot));
         }
     }
 
@@ -367,10 +395,14 @@ impl Publication<'_> {
     /// The frame for `socket_id`: `None` if it is no delta subscriber (it gets the event as
     /// it is), else the delta if it holds the base, or the full frame.
     pub fn frame_for(&mut self, socket_id: &SocketId) -> Option<Utf8Bytes> {
-        let algorithm = *self.deltas.subscribers.get(socket_id)?;
-        let had = self.stream.received.insert(socket_id.clone(), self.seq);
+        let Subscriber { algorithm, slot } = *self.deltas.subscribers.get(socket_id)?;
+        let received = &mut self.stream.received;
+        if received.len() <= slot {
+            received.resize(slot + 1, NONE);
+        }
+        let had = std::mem::replace(&mut received[slot], self.seq);
         if let Some((base_seq, _)) = &self.base
-            && had == Some(*base_seq)
+            && had == *base_seq
             && let Some(delta) = self.delta(algorithm)
         {
             self.sent.deltas += 1;
@@ -524,6 +556,13 @@ mod tests {
         deltas.resync("1.2");
         let (out, _) = send(&mut deltas, &frame("price", &price(5, "BTC")), &late);
         assert!(out.ends_with(r#","__delta_seq":5}"#));
+        // A newcomer in the slot of one that left holds nothing of its predecessor's.
+        assert!(deltas.remove("1.1"));
+        let newcomer: SocketId = "1.9".into();
+        deltas.add(&newcomer, None);
+        let (out, _) = send(&mut deltas, &frame("price", &price(6, "BTC")), &newcomer);
+        assert!(out.ends_with(r#","__delta_seq":6}"#), "{out}");
+        assert!(deltas.remove("1.2") && !deltas.remove("1.9"));
     }
 
     #[test]

@@ -76,6 +76,18 @@ struct Args {
     /// channel's subscribers of one value. 0: no filters, no tags.
     #[arg(long, default_value_t = 0)]
     filters: usize,
+    /// A ticker: each event's data is a ~2 KB quote where only the price, sequence and send
+    /// time change, for one of two symbols (`sym`, the conflation key) in turn.
+    #[arg(long)]
+    ticker: bool,
+    /// Ask for deltas (`fossil` or `xdelta3`) on every subscriber's connection, with
+    /// `enable_delta_compression` before subscribing; deltas count as deliveries.
+    #[arg(long)]
+    delta: Option<String>,
+    /// The protocol subscribers speak: 7 (Pusher) or 2 (Sockudo's, where Sockudo sends
+    /// deltas).
+    #[arg(long, default_value_t = 7)]
+    protocol: u8,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -131,6 +143,10 @@ impl Histogram {
 #[derive(Default)]
 struct Counts {
     delivered: AtomicU64,
+    /// Of the deliveries, how many came as deltas.
+    deltas: AtomicU64,
+    /// Bytes of the delivered frames.
+    bytes: AtomicU64,
     disconnected: AtomicUsize,
     close_codes: Mutex<Vec<u16>>,
     latency: Histogram,
@@ -174,6 +190,7 @@ async fn subscriber(
     url: String,
     channel: String,
     filter: Option<Value>,
+    delta: Option<String>,
     counts: Arc<Counts>,
     mut connect_slot: Option<OwnedSemaphorePermit>,
     ready: Arc<Ready>,
@@ -204,11 +221,30 @@ async fn subscriber(
                 counts.latency.record(received.saturating_sub(sent));
             }
             counts.delivered.fetch_add(1, Ordering::Relaxed);
+            counts.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
+            continue;
+        }
+        // A delta is counted, not decoded (the generator shares the cores with the server):
+        // its latency is not measured.
+        if text.starts_with(r#"{"event":"sockudo:delta""#)
+            || text.starts_with(r#"{"event":"pusher:delta""#)
+        {
+            counts.delivered.fetch_add(1, Ordering::Relaxed);
+            counts.deltas.fetch_add(1, Ordering::Relaxed);
+            counts.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
             continue;
         }
         let message: Value = serde_json::from_str(&text)?;
-        match message["event"].as_str() {
+        let event = message["event"].as_str().map(|e| e.replacen("sockudo", "pusher", 1));
+        match event.as_deref() {
             Some("pusher:connection_established") => {
+                if let Some(algorithm) = &delta {
+                    let enable = json!({
+                        "event": "pusher:enable_delta_compression",
+                        "data": { "algorithms": [algorithm] },
+                    });
+                    ws.send(Message::text(enable.to_string())).await?;
+                }
                 let mut data = json!({ "channel": channel });
                 if let Some(filter) = &filter {
                     data["filter"] = filter.clone();
@@ -246,6 +282,8 @@ struct Publisher {
     http: reqwest::Client,
     args: Args,
     padding: String,
+    /// With --ticker: the unchanging part of a quote (an order book of about 2 KB).
+    book: Value,
     accepted: AtomicU64,
     refused: AtomicU64,
     per_channel: Vec<AtomicU64>,
@@ -257,7 +295,17 @@ struct Publisher {
 impl Publisher {
     async fn publish(&self, seq: u64) {
         let channel = (seq % self.args.channels as u64) as usize;
-        let data = json!({ "s": seq, "t": clock(), "p": self.padding }).to_string();
+        let data = if self.args.ticker {
+            let sym = if (seq / self.args.channels as u64).is_multiple_of(2) { "BTC" } else { "ETH" };
+            let mut quote = self.book.clone();
+            quote["sym"] = sym.into();
+            quote["price"] = (1000 + seq % 97).into();
+            quote["s"] = seq.into();
+            quote["t"] = clock().into();
+            quote.to_string()
+        } else {
+            json!({ "s": seq, "t": clock(), "p": self.padding }).to_string()
+        };
         let mut body =
             json!({ "name": "bench", "channel": format!("bench-{channel}"), "data": data });
         if self.args.filters > 0 {
@@ -334,9 +382,10 @@ async fn main() -> anyhow::Result<()> {
     let connect_started = Instant::now();
     for i in 0..args.subscribers {
         let url = format!(
-            "ws://{}/app/{}?protocol=7&client=loadgen&version=1.0",
+            "ws://{}/app/{}?protocol={}&client=loadgen&version=1.0",
             nodes[i % nodes.len()],
-            args.key
+            args.key,
+            args.protocol,
         );
         let channel = format!("bench-{}", i % args.channels);
         let filter = (args.filters > 0).then(|| {
@@ -344,9 +393,10 @@ async fn main() -> anyhow::Result<()> {
             json!({ "key": "k", "cmp": "eq", "val": value.to_string() })
         });
         let slot = connecting.clone().acquire_owned().await?;
-        let (counts, ready) = (counts.clone(), ready.clone());
+        let (counts, ready, delta) = (counts.clone(), ready.clone(), args.delta.clone());
         tokio::spawn(async move {
-            if let Err(e) = subscriber(url, channel, filter, counts, Some(slot), ready).await {
+            let run = subscriber(url, channel, filter, delta, counts, Some(slot), ready);
+            if let Err(e) = run.await {
                 eprintln!("subscriber failed: {e:#}");
             }
         });
@@ -388,6 +438,11 @@ async fn main() -> anyhow::Result<()> {
     let publisher = Arc::new(Publisher {
         http: reqwest::Client::builder().pool_max_idle_per_host(args.in_flight.max(64)).build()?,
         padding: "x".repeat(args.payload),
+        book: json!({
+            "book": (0..40)
+                .map(|i| json!({ "level": i, "size": 1000 + i, "venue": "XNAS" }))
+                .collect::<Vec<_>>(),
+        }),
         accepted: AtomicU64::new(0),
         refused: AtomicU64::new(0),
         per_channel: (0..args.channels).map(|_| AtomicU64::new(0)).collect(),
@@ -485,6 +540,12 @@ async fn main() -> anyhow::Result<()> {
         "delivered": delivered,
         "delivery_ratio": if expected == 0 { f64::NAN } else { delivered as f64 / expected as f64 },
         "deliveries_per_s": delivered as f64 / publish_secs,
+        "delta_deliveries": counts.deltas.load(Ordering::Relaxed),
+        "bytes_per_delivery": counts.bytes.load(Ordering::Relaxed) as f64 / delivered.max(1) as f64,
+        "server_cpu_us_per_delivery": match (cpu_start, server_stats(&args.server_pid)) {
+            (Some((_, a)), Some((_, b))) => Some((b - a) * 1e6 / delivered.max(1) as f64),
+            _ => None,
+        },
         "latency_ms_p50": counts.latency.quantile_ms(0.50),
         "latency_ms_p99": counts.latency.quantile_ms(0.99),
         "latency_ms_max": counts.latency.quantile_ms(1.0),
