@@ -552,16 +552,22 @@ mod tests {
         assert_eq!((sent.deltas, sent.full), (1, 1));
         let (out, _) = send(&mut deltas, &frame("price", &price(4, "BTC")), &late);
         assert!(out.contains("pusher:delta"));
+        // An event it did not get (its tag filter passed it over): the next goes whole.
+        send(&mut deltas, &frame("price", &price(40, "BTC")), &early);
+        let (out, _) = send(&mut deltas, &frame("price", &price(41, "BTC")), &late);
+        assert!(out.ends_with(r#","__delta_seq":6}"#), "{out}");
+        let (out, _) = send(&mut deltas, &frame("price", &price(42, "BTC")), &late);
+        assert!(out.contains("pusher:delta"));
         // A resync (the client lost its base): whole again.
         deltas.resync("1.2");
         let (out, _) = send(&mut deltas, &frame("price", &price(5, "BTC")), &late);
-        assert!(out.ends_with(r#","__delta_seq":5}"#));
+        assert!(out.ends_with(r#","__delta_seq":8}"#));
         // A newcomer in the slot of one that left holds nothing of its predecessor's.
         assert!(deltas.remove("1.1"));
         let newcomer: SocketId = "1.9".into();
         deltas.add(&newcomer, None);
         let (out, _) = send(&mut deltas, &frame("price", &price(6, "BTC")), &newcomer);
-        assert!(out.ends_with(r#","__delta_seq":6}"#), "{out}");
+        assert!(out.ends_with(r#","__delta_seq":9}"#), "{out}");
         assert!(deltas.remove("1.2") && !deltas.remove("1.9"));
     }
 

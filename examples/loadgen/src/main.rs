@@ -296,7 +296,8 @@ impl Publisher {
     async fn publish(&self, seq: u64) {
         let channel = (seq % self.args.channels as u64) as usize;
         let data = if self.args.ticker {
-            let sym = if (seq / self.args.channels as u64).is_multiple_of(2) { "BTC" } else { "ETH" };
+            let sym =
+                if (seq / self.args.channels as u64).is_multiple_of(2) { "BTC" } else { "ETH" };
             let mut quote = self.book.clone();
             quote["sym"] = sym.into();
             quote["price"] = (1000 + seq % 97).into();
