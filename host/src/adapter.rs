@@ -5,10 +5,14 @@
 use std::{collections::HashSet, sync::Arc};
 
 use axum::extract::ws::Utf8Bytes;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{
-    cluster::{self, Cluster, envelope::Control},
+    cluster::{
+        self, Cluster,
+        envelope::Control,
+        query::{self, ChannelCount, ChannelList, Closed, Query},
+    },
     hub::{ChannelFull, Conn, Hub, Join, Subscribed, Unsubscribed, Wants},
     protocol::filter::Tags,
 };
@@ -241,10 +245,10 @@ impl Adapter {
     /// Counts for one channel, on every node.
     pub async fn channel_info(&self, app_id: &str, channel: &str) -> ChannelInfo {
         let mut subscription_count = self.hub.subscription_count(app_id, channel);
-        let query = json!({ "kind": "channel", "app": app_id, "channel": channel });
-        let answers = self.cluster.request(query, false, |_| false).await;
-        for answer in &answers.answers {
-            subscription_count += answer["subscription_count"].as_u64().map_or(0, |n| n as usize);
+        let query = Query::Channel { app: app_id.into(), channel: channel.into() };
+        let answers = self.cluster.request(&query, false, |_| false).await;
+        for answer in query::parse::<ChannelCount>(&answers.answers) {
+            subscription_count += answer.subscription_count;
         }
         let user_count = self.user_ids(app_id, channel).await.len();
         ChannelInfo { subscription_count, user_count, complete: answers.complete }
@@ -257,13 +261,11 @@ impl Adapter {
         for (name, subs, _) in self.hub.channels(app_id, prefix) {
             *counts.entry(name).or_default() += subs;
         }
-        let query = json!({ "kind": "channels", "app": app_id, "prefix": prefix });
-        let answers = self.cluster.request(query, false, |_| false).await;
-        for answer in &answers.answers {
-            for entry in answer["channels"].as_array().into_iter().flatten() {
-                if let (Some(name), Some(subs)) = (entry[0].as_str(), entry[1].as_u64()) {
-                    *counts.entry(name.to_string()).or_default() += subs as usize;
-                }
+        let query = Query::Channels { app: app_id.into(), prefix: prefix.into() };
+        let answers = self.cluster.request(&query, false, |_| false).await;
+        for answer in query::parse::<ChannelList>(&answers.answers) {
+            for (name, subs) in answer.channels {
+                *counts.entry(name).or_default() += subs;
             }
         }
         let mut out = Vec::with_capacity(counts.len());
@@ -307,15 +309,9 @@ impl Adapter {
         for conn in &conns {
             conn.close(code);
         }
-        let query = json!({ "kind": "terminate", "app": app_id, "user": user_id, "code": code });
-        let remote: usize = self
-            .cluster
-            .request(query, false, |_| false)
-            .await
-            .answers
-            .iter()
-            .map(|a| a["closed"].as_u64().map_or(0, |n| n as usize))
-            .sum();
+        let query = Query::Terminate { app: app_id.into(), user: user_id.into(), code };
+        let answers = self.cluster.request(&query, false, |_| false).await;
+        let remote: usize = query::parse::<Closed>(&answers.answers).map(|c| c.closed).sum();
         conns.len() + remote
     }
 
@@ -360,45 +356,27 @@ impl Adapter {
     }
 
     /// This node's answer to another node's request.
-    pub fn answer(&self, query: &Value) -> Value {
-        let app = query["app"].as_str().unwrap_or_default();
-        match query["kind"].as_str().unwrap_or_default() {
-            "channel" => {
-                let channel = query["channel"].as_str().unwrap_or_default();
-                json!({ "subscription_count": self.hub.subscription_count(app, channel) })
+    pub fn answer(&self, query: Query) -> Value {
+        match query {
+            Query::Channel { app, channel } => {
+                let subscription_count = self.hub.subscription_count(&app, &channel);
+                query::answer_value(&ChannelCount { subscription_count })
             }
-            "channels" => {
-                let prefix = query["prefix"].as_str().unwrap_or_default();
-                let channels: Vec<Value> = self
-                    .hub
-                    .channels(app, prefix)
-                    .into_iter()
-                    .map(|(name, subs, _)| json!([name, subs]))
-                    .collect();
-                json!({ "channels": channels })
+            Query::Channels { app, prefix } => {
+                let channels =
+                    self.hub.channels(&app, &prefix).into_iter().map(|(n, s, _)| (n, s)).collect();
+                query::answer_value(&ChannelList { channels })
             }
-            "terminate" => {
-                let user = query["user"].as_str().unwrap_or_default();
-                let code =
-                    query["code"].as_u64().and_then(|c| u16::try_from(c).ok()).unwrap_or(4009);
-                let conns = self.hub.user_connections(app, user);
+            Query::Terminate { app, user, code } => {
+                let conns = self.hub.user_connections(&app, &user);
                 for conn in &conns {
                     conn.close(code);
                 }
-                json!({ "closed": conns.len() })
+                query::answer_value(&Closed { closed: conns.len() })
             }
-            // Nodes of this build answer watchlists from replicated sign-ins and no longer ask;
-            // older nodes may, during a rolling upgrade.
-            "online" => {
-                let ids: Vec<String> = query["ids"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect();
-                json!({ "online": self.hub.online(app, &ids) })
+            Query::Online { app, ids } => {
+                query::answer_value(&query::Online { online: self.hub.online(&app, &ids) })
             }
-            other => json!({ "error": format!("unknown request kind {other:?}") }),
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::{
     cluster::{
         self, Refusal,
         host::{Host, Snapshot},
+        query::Query,
     },
     metrics::Metrics,
     plugins::Incoming,
@@ -65,7 +66,7 @@ impl Host for Node {
             .collect()
     }
 
-    fn answer(&self, query: &Value) -> Value {
+    fn answer(&self, query: Query) -> Value {
         self.0.adapter.answer(query)
     }
 

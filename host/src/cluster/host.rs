@@ -38,7 +38,7 @@ pub trait Host: Send + Sync + 'static {
     /// Connections per app on this node (apps with none left out).
     fn connections(&self) -> HashMap<String, u64>;
     /// This node's answer to another node's request.
-    fn answer(&self, query: &Value) -> Value;
+    fn answer(&self, query: super::query::Query) -> Value;
 
     /// A frame for the channel's local subscribers (except the socket `except`); with `tags`,
     /// only for those whose tag filter the event passes.

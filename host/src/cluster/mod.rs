@@ -17,6 +17,7 @@
 
 pub mod envelope;
 pub mod host;
+pub mod query;
 pub mod reader;
 pub mod seal;
 
@@ -432,7 +433,7 @@ impl Cluster {
     /// for `fast` questions: 50 ms per node).
     pub async fn request(
         &self,
-        query: Value,
+        query: &query::Query,
         fast: bool,
         enough: impl Fn(&[Value]) -> bool,
     ) -> Answers {
@@ -448,7 +449,7 @@ impl Cluster {
         // Removed however this ends, also when the waiter goes away (an HTTP client that
         // disconnects drops this future mid-wait).
         let _pending = PendingGuard { pending: &self.pending, id };
-        self.send_control(CONTROL, Control::Request { id, query });
+        self.send_control(CONTROL, Control::Request { id, query: query.to_value() });
         let wait = if fast {
             Duration::from_millis(50 * u64::try_from(expected).unwrap_or(u64::MAX))
                 .min(self.settings.requests_timeout)

@@ -154,7 +154,10 @@ impl State {
                 self.gone(node);
             }
             Control::Request { id, query } => {
-                let answer = self.host.answer(&query);
+                let answer = match super::query::Query::read(&query) {
+                    Ok(query) => self.host.answer(query),
+                    Err(error) => serde_json::json!({ "error": error }),
+                };
                 cluster.send_control(&node_topic(node), Control::Response { id, answer });
             }
             Control::Response { id, answer } => cluster.answered(id, answer),
