@@ -560,18 +560,12 @@ pub mod scenarios {
         let late = node(&bus, "");
         late.wait_for_metric("sockhost_cluster_nodes", |n| n as usize == 3).await;
         let api = Api::new(&late.http_url(), &app);
-        let deadline = tokio::time::Instant::now() + crate::pusher::PATIENCE;
-        loop {
+        let expected = json!({ "users": [{ "id": "early-a" }, { "id": "early-b" }] });
+        crate::wait::eventually("the late node gets the presence state", async || {
             let (_, users) = api.get(&format!("/channels/{channel}/users"), &[]).await;
-            if users == json!({ "users": [{ "id": "early-a" }, { "id": "early-b" }] }) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the late node never got the state: {users}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+            crate::wait::holds(users == expected, users)
+        })
+        .await;
         let mut c = Client::connect(&late.ws_url(&app.key)).await;
         let members = c.join(&app, channel, "late", json!({})).await;
         assert_eq!(members["presence"]["count"], 3, "{members}");
@@ -695,21 +689,17 @@ pub mod scenarios {
         let _on_a = Client::connect(&servers[0].ws_url(&app.key)).await;
         let _on_b = Client::connect(&servers[1].ws_url(&app.key)).await;
         // Node A learns B's count from B's next heartbeat; until then it may still admit one.
-        let deadline = tokio::time::Instant::now() + crate::pusher::PATIENCE;
-        loop {
+        let refusal = crate::wait::eventually("node A counts node B's connection", async || {
             let mut third = Client::connect_raw(&servers[0].ws_url(&app.key)).await;
             let first = third.expect_any().await;
             if first["event"] == "pusher:error" {
-                assert_eq!(first["data"]["code"], 4100, "{first}");
-                break;
+                return Ok(first);
             }
             third.close().await;
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node A never counted node B's connection"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+            Err(first.to_string())
+        })
+        .await;
+        assert_eq!(refusal["data"]["code"], 4100, "{refusal}");
     }
 
     /// A node that does not answer in time makes counts partial, and says so.

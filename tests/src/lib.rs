@@ -107,4 +107,5 @@ pub mod pusher;
 pub mod server;
 pub mod shared_drivers;
 pub mod tls;
+pub mod wait;
 pub mod webhook;

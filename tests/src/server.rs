@@ -353,20 +353,12 @@ impl Server {
         within: Duration,
         check: impl Fn(f64) -> bool,
     ) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
+        crate::wait::eventually_within(format!("{name} as expected"), within, async || {
             let value =
                 if labelled { self.labelled_metric(name).await } else { self.metric(name).await };
-            if check(value) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} stayed at {value}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            crate::wait::holds(check(value), format_args!("{value}, with the log:\n{}", self.log()))
+        })
+        .await;
     }
 
     /// The value of a metric line that starts with `prefix` (a name with its labels).

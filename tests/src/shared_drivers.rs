@@ -1,11 +1,9 @@
 //! Scenarios for cache, queue and rate-limiter drivers that several nodes share (Redis, Redis
 //! Cluster), written once; each backend's test file runs all of them.
 
-use std::time::Duration;
-
 use crate::{
     cluster::{Broker, Bus, node, nodes},
-    pusher::{Api, Client, PATIENCE, TestApp},
+    pusher::{Api, Client, TestApp},
     webhook::Receiver,
 };
 
@@ -66,13 +64,9 @@ fn app() -> TestApp {
 const DEAD: &str = "{sockudo_queue:webhooks}:dead";
 const JOBS: &str = "{sockudo_queue:webhooks}:jobs";
 
-/// Wait until `check` holds, polling what has no event to wait on (the backend's state).
+/// Wait until `check` holds (the backend's state has no event to wait on).
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::wait::eventually(what, async || crate::wait::holds(check(), "not yet")).await;
 }
 
 /// Two nodes share one limit: three new connections per IP per minute across both.

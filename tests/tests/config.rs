@@ -10,6 +10,14 @@ use sockhost_tests::{
     workspace_root,
 };
 
+/// Wait until a server answers WebSocket connections at `url`.
+async fn started(url: &str, what: &str) {
+    sockhost_tests::wait::eventually(what, async || {
+        tokio_tungstenite::connect_async(url).await.map(drop).map_err(|e| e.to_string())
+    })
+    .await;
+}
+
 fn manifest() -> String {
     workspace_root().join("plugins.toml").display().to_string()
 }
@@ -115,11 +123,7 @@ async fn a_json_config_in_the_reference_shape_is_accepted() {
         .spawn()
         .unwrap();
     let url = format!("ws://127.0.0.1:{port}/app/json-key?protocol=7");
-    let deadline = tokio::time::Instant::now() + sockhost_tests::pusher::PATIENCE;
-    while tokio_tungstenite::connect_async(&url).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "the server did not start");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    started(&url, "the server starts").await;
     let mut client = Client::connect(&url).await;
     let established = Client::connect_raw(&url).await.expect("pusher:connection_established").await;
     assert!(established["data"].as_str().unwrap().contains("\"activity_timeout\":60"));
@@ -145,14 +149,7 @@ async fn with_no_app_configured_the_default_app_comes_from_the_environment() {
         .spawn()
         .unwrap();
     let url = format!("ws://127.0.0.1:{port}/app/env-key?protocol=7");
-    let deadline = tokio::time::Instant::now() + sockhost_tests::pusher::PATIENCE;
-    while tokio_tungstenite::connect_async(&url).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server did not start on the --port flag"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    started(&url, "the server starts on the --port flag").await;
     let app = TestApp::new("env-app", "env-key", "env-secret");
     let mut client = Client::connect(&url).await;
     client.subscribe(&app, "private-env").await;

@@ -63,11 +63,7 @@ async fn an_app_over_its_connection_quota_refuses_with_4100_and_frees_the_slot_o
     assert_eq!(third.expect_close().await.0, 4100);
     first.close().await;
     // The slot frees once the server has seen the close, which its gauge of open connections shows.
-    let deadline = tokio::time::Instant::now() + sockhost_tests::pusher::PATIENCE;
-    while server_metric(&server, "sockhost_connected").await > 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "the server never saw the close");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    server.wait_for_metric("sockhost_connected", |n| n <= 1.0).await;
     let mut again = Client::connect_raw(&url).await;
     again.expect("pusher:connection_established").await;
 }
@@ -135,20 +131,11 @@ async fn a_client_that_cannot_keep_up_is_closed_with_4100() {
             .collect();
         let (status, body) = api.post("/batch_events", &json!({ "batch": batch })).await;
         assert_eq!(status, 200, "{body}");
-        if server_metric(&server, "sockhost_slow_consumer_disconnections_total").await >= 1.0 {
+        if server.metric("sockhost_slow_consumer_disconnections_total").await >= 1.0 {
             closed = true;
             break;
         }
     }
     assert!(closed, "the slow client was never disconnected");
     assert_eq!(slow.expect_close().await.0, 4100);
-}
-
-async fn server_metric(server: &Server, name: &str) -> f64 {
-    let text = server.metrics().await;
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }

@@ -2,8 +2,6 @@
 //! the usual headers), client events per connection (4301), new connections per IP (4100);
 //! each recovers after its window.
 
-use std::time::Duration;
-
 use serde_json::json;
 use sockhost_tests::{
     pusher::{Api, Client, Received, TestApp},
@@ -26,11 +24,11 @@ fn app() -> TestApp {
 
 /// Retry `attempt` until it answers 200, for a limit whose window must pass.
 async fn until_ok(mut attempt: impl AsyncFnMut() -> u16) {
-    let deadline = tokio::time::Instant::now() + sockhost_tests::pusher::PATIENCE;
-    while attempt().await != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "the limit never recovered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    sockhost_tests::wait::eventually("the limit recovers", async || {
+        let status = attempt().await;
+        sockhost_tests::wait::holds(status == 200, status)
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -149,11 +149,7 @@ async fn a_failed_delivery_is_retried_and_a_hopeless_one_given_up() {
     // max_attempts = 2: two attempts, then it is given up, logged and counted.
     assert_eq!(receiver.next().await.names(), ["channel_occupied"]);
     assert_eq!(receiver.next().await.names(), ["channel_occupied"]);
-    let deadline = tokio::time::Instant::now() + sockhost_tests::pusher::PATIENCE;
-    while !server.metrics().await.contains("sockhost_webhooks_failed_total 1") {
-        assert!(tokio::time::Instant::now() < deadline, "the give-up was not counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server.wait_for_metric("sockhost_webhooks_failed_total", |n| n == 1.0).await;
     assert!(
         server.log().contains("A webhook failed its last attempt; giving up"),
         "{}",
