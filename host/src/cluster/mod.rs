@@ -470,6 +470,13 @@ impl Cluster {
             }
         }
         let complete = settled || answers.len() >= expected;
+        tracing::debug!(
+            id,
+            expected,
+            answered = answers.len(),
+            complete,
+            "A cluster request ended."
+        );
         if !complete {
             tracing::warn!(
                 expected,
