@@ -12,8 +12,15 @@ use prometheus_client::{
 
 use crate::plugins::PluginCounters;
 
+/// Register each `(name, help, metric)`: a clone of the metric, which shares its value.
+macro_rules! register {
+    ($registry:expr, $(($name:literal, $help:literal, $metric:expr)),* $(,)?) => {
+        $($registry.register($name, $help, $metric.clone());)*
+    };
+}
+
 /// The server's metrics.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Metrics {
     registry: Registry,
     /// Open WebSocket connections.
@@ -107,254 +114,205 @@ impl Metrics {
     /// Metrics named `<prefix><name>`, plus the counters plugins report.
     pub fn new(prefix: &str, plugins: Arc<PluginCounters>) -> Self {
         let mut registry = Registry::with_prefix(prefix.trim_end_matches('_'));
-        let metrics = Self {
-            connected: Gauge::default(),
-            new_connections: Counter::default(),
-            disconnections: Counter::default(),
-            connection_errors: Counter::default(),
-            slow_consumer_disconnections: Counter::default(),
-            subscriptions: Gauge::default(),
-            ws_messages_received: Counter::default(),
-            ws_messages_sent: Counter::default(),
-            ws_bytes_received: Counter::default(),
-            ws_bytes_sent: Counter::default(),
-            http_requests: Family::default(),
-            http_bytes_received: Counter::default(),
-            events_published: Counter::default(),
-            webhooks_sent: Counter::default(),
-            webhook_retries: Counter::default(),
-            webhook_queue_errors: Counter::default(),
-            webhooks_failed: Counter::default(),
-            cluster_nodes: Gauge::default(),
-            ready: Gauge::default(),
-            webhooks_pending: Gauge::default(),
-            transport_nodes: Gauge::default(),
-            bus_broadcasts_received: Counter::default(),
-            deltas: crate::hub::DeltaCounters::default(),
-            delta_resyncs: Counter::default(),
-            bus_refused: Counter::default(),
-            bus_publish_refused: Counter::default(),
-            bus_unauthenticated: Family::default(),
-            dead_nodes: Counter::default(),
-            rate_limited: Counter::default(),
-            rate_limiter_errors: Counter::default(),
-            edge_open: Gauge::default(),
-            edge_lingering: Gauge::default(),
-            edge_refused: Family::default(),
-            edge_timeouts: Family::default(),
-            accept_errors: Counter::default(),
-            tls_handshake_failures: Counter::default(),
-            tls_reloads: Family::default(),
-            ws_protocol_errors: Family::default(),
-            subscriptions_refused: Family::default(),
-            webhooks_dropped: Family::default(),
-            publish_pushback: Family::default(),
-            plugin_counters: Family::default(),
-            plugins,
-            registry: Registry::default(),
-        };
-        registry.register("connected", "Open WebSocket connections", metrics.connected.clone());
-        registry.register(
-            "new_connections",
-            "WebSocket connections accepted",
-            metrics.new_connections.clone(),
-        );
-        registry.register(
-            "new_disconnections",
-            "WebSocket connections closed",
-            metrics.disconnections.clone(),
-        );
-        registry.register(
-            "connection_errors",
-            "WebSocket connections refused at the handshake",
-            metrics.connection_errors.clone(),
-        );
-        registry.register(
-            "slow_consumer_disconnections",
-            "Connections closed with 4100 because their outbound queue was full",
-            metrics.slow_consumer_disconnections.clone(),
-        );
-        registry.register(
-            "subscriptions",
-            "Current channel subscriptions",
-            metrics.subscriptions.clone(),
-        );
-        registry.register(
-            "ws_messages_received",
-            "WebSocket messages received",
-            metrics.ws_messages_received.clone(),
-        );
-        registry.register(
-            "ws_messages_sent",
-            "WebSocket messages sent",
-            metrics.ws_messages_sent.clone(),
-        );
-        registry.register(
-            "socket_received_bytes",
-            "WebSocket bytes received",
-            metrics.ws_bytes_received.clone(),
-        );
-        registry.register(
-            "socket_transmitted_bytes",
-            "WebSocket bytes sent",
-            metrics.ws_bytes_sent.clone(),
-        );
-        registry.register(
-            "http_calls_received",
-            "HTTP API requests by status",
-            metrics.http_requests.clone(),
-        );
-        registry.register(
-            "http_received_bytes",
-            "HTTP API request body bytes",
-            metrics.http_bytes_received.clone(),
-        );
-        registry.register(
-            "events_published",
-            "Events published to a channel (HTTP API and client events)",
-            metrics.events_published.clone(),
-        );
-        registry.register("webhooks_sent", "Webhooks delivered", metrics.webhooks_sent.clone());
-        registry.register(
-            "webhook_retries",
-            "Webhook attempts that failed and will be retried",
-            metrics.webhook_retries.clone(),
-        );
-        registry.register("webhooks_failed", "Webhooks given up", metrics.webhooks_failed.clone());
-        registry.register(
-            "webhook_queue_errors",
-            "Times the queue could not take a webhook yet; it is held until the queue is back",
-            metrics.webhook_queue_errors.clone(),
-        );
-        registry.register(
-            "bus_broadcasts_received",
-            "Broadcasts received from other nodes",
-            metrics.bus_broadcasts_received.clone(),
-        );
-        registry.register(
-            "bus_refused",
-            "Bus messages this node could not read",
-            metrics.bus_refused.clone(),
-        );
-        registry.register("delta_messages", "Events sent as deltas", metrics.deltas.deltas.clone());
-        registry.register(
-            "delta_full_messages",
-            "Events sent whole to subscribers of deltas (stream starts, periodic, resyncs)",
-            metrics.deltas.full.clone(),
-        );
-        registry.register(
-            "delta_saved_bytes",
-            "Bytes deltas saved against sending their events whole",
-            metrics.deltas.saved_bytes.clone(),
-        );
-        registry.register(
-            "delta_resyncs",
-            "Clients that could not apply a delta and asked for the next event whole",
-            metrics.delta_resyncs.clone(),
-        );
-        registry.register(
-            "bus_publish_refused",
-            "Publishes to the other nodes the transport refused (back-pressure, backend down)",
-            metrics.bus_publish_refused.clone(),
-        );
-        registry.register(
-            "bus_unauthenticated",
-            "Bus messages refused by the cluster secret, by reason",
-            metrics.bus_unauthenticated.clone(),
-        );
-        registry.register("dead_nodes", "Nodes found dead", metrics.dead_nodes.clone());
-        registry.register(
-            "cluster_nodes",
-            "Nodes in the cluster, this one included",
-            metrics.cluster_nodes.clone(),
-        );
-        registry.register(
-            "rate_limit_triggered",
-            "Requests and events refused by a rate limit",
-            metrics.rate_limited.clone(),
-        );
-        registry.register(
-            "rate_limiter_errors",
-            "Rate-limiter calls that failed; the request was let through",
-            metrics.rate_limiter_errors.clone(),
-        );
-        registry.register(
-            "plugin_events",
-            "Counters reported by plugins (reconnects, drops, ...)",
-            metrics.plugin_counters.clone(),
-        );
-        registry.register(
-            "edge_open_connections",
-            "Open TCP connections on the listener, closing ones included",
-            metrics.edge_open.clone(),
-        );
-        registry.register(
-            "edge_lingering_connections",
-            "Closed connections still discarding what their client sends",
-            metrics.edge_lingering.clone(),
-        );
-        registry.register(
-            "ready",
-            "1 while this node is ready for new traffic (/ready), 0 while draining or over its memory threshold",
-            metrics.ready.clone(),
-        );
-        registry.register(
-            "webhooks_queue_pending",
-            "Webhook jobs waiting in the queue driver, looked at every few seconds",
-            metrics.webhooks_pending.clone(),
-        );
-        registry.register(
-            "transport_nodes",
-            "Nodes the transport's broker counts (where it can tell); more than cluster_nodes means nodes on the broker this one does not hear (another cluster secret or version)",
-            metrics.transport_nodes.clone(),
-        );
-        registry.register(
-            "edge_refused",
-            "Connections refused at the listener's limits, by reason",
-            metrics.edge_refused.clone(),
-        );
-        registry.register(
-            "edge_timeouts",
-            "Connections or requests ended by a timeout, by kind",
-            metrics.edge_timeouts.clone(),
-        );
-        registry.register(
-            "accept_errors",
-            "Errors accepting connections (out of file descriptors, ...)",
-            metrics.accept_errors.clone(),
-        );
-        registry.register(
-            "tls_handshake_failures",
-            "TLS handshakes that failed or timed out",
-            metrics.tls_handshake_failures.clone(),
-        );
-        registry.register(
-            "tls_certificate_reloads",
-            "Certificate reloads (file change or SIGHUP), by outcome; a failed one keeps the old certificate",
-            metrics.tls_reloads.clone(),
-        );
-        registry.register(
-            "ws_protocol_errors",
-            "WebSocket connections closed for a bad frame, by close code",
-            metrics.ws_protocol_errors.clone(),
-        );
-        registry.register(
-            "subscriptions_refused",
-            "Subscriptions refused by a per-connection limit, by reason",
-            metrics.subscriptions_refused.clone(),
-        );
-        registry.register(
-            "webhooks_dropped",
-            "Webhook events dropped before queueing, by reason",
-            metrics.webhooks_dropped.clone(),
-        );
-        registry.register(
-            "publish_pushback",
-            "HTTP triggers that met congested subscribers, by outcome",
-            metrics.publish_pushback.clone(),
-        );
+        let metrics = Self { plugins, ..Self::default() };
+        metrics.register_connections(&mut registry);
+        metrics.register_webhooks(&mut registry);
+        metrics.register_cluster(&mut registry);
+        metrics.register_edge(&mut registry);
+        metrics.register_deltas(&mut registry);
         metrics.cluster_nodes.set(1);
         Self { registry, ..metrics }
+    }
+
+    /// Connections, subscriptions and what crosses the sockets and the HTTP API.
+    fn register_connections(&self, registry: &mut Registry) {
+        register!(
+            registry,
+            ("connected", "Open WebSocket connections", self.connected),
+            ("new_connections", "WebSocket connections accepted", self.new_connections),
+            ("new_disconnections", "WebSocket connections closed", self.disconnections),
+            (
+                "connection_errors",
+                "WebSocket connections refused at the handshake",
+                self.connection_errors
+            ),
+            (
+                "slow_consumer_disconnections",
+                "Connections closed with 4100 because their outbound queue was full",
+                self.slow_consumer_disconnections
+            ),
+            ("subscriptions", "Current channel subscriptions", self.subscriptions),
+            (
+                "subscriptions_refused",
+                "Subscriptions refused by a per-connection limit, by reason",
+                self.subscriptions_refused
+            ),
+            ("ws_messages_received", "WebSocket messages received", self.ws_messages_received),
+            ("ws_messages_sent", "WebSocket messages sent", self.ws_messages_sent),
+            ("socket_received_bytes", "WebSocket bytes received", self.ws_bytes_received),
+            ("socket_transmitted_bytes", "WebSocket bytes sent", self.ws_bytes_sent),
+            (
+                "ws_protocol_errors",
+                "WebSocket connections closed for a bad frame, by close code",
+                self.ws_protocol_errors
+            ),
+            ("http_calls_received", "HTTP API requests by status", self.http_requests),
+            ("http_received_bytes", "HTTP API request body bytes", self.http_bytes_received),
+            (
+                "events_published",
+                "Events published to a channel (HTTP API and client events)",
+                self.events_published
+            ),
+            (
+                "publish_pushback",
+                "HTTP triggers that met congested subscribers, by outcome",
+                self.publish_pushback
+            ),
+            (
+                "rate_limit_triggered",
+                "Requests and events refused by a rate limit",
+                self.rate_limited
+            ),
+            (
+                "rate_limiter_errors",
+                "Rate-limiter calls that failed; the request was let through",
+                self.rate_limiter_errors
+            ),
+        );
+    }
+
+    /// Webhooks.
+    fn register_webhooks(&self, registry: &mut Registry) {
+        register!(
+            registry,
+            ("webhooks_sent", "Webhooks delivered", self.webhooks_sent),
+            (
+                "webhook_retries",
+                "Webhook attempts that failed and will be retried",
+                self.webhook_retries
+            ),
+            ("webhooks_failed", "Webhooks given up", self.webhooks_failed),
+            (
+                "webhook_queue_errors",
+                "Times the queue could not take a webhook yet; it is held until the queue is back",
+                self.webhook_queue_errors
+            ),
+            (
+                "webhooks_dropped",
+                "Webhook events dropped before queueing, by reason",
+                self.webhooks_dropped
+            ),
+            (
+                "webhooks_queue_pending",
+                "Webhook jobs waiting in the queue driver, looked at every few seconds",
+                self.webhooks_pending
+            ),
+        );
+    }
+
+    /// The bus and the other nodes, plugins' own counters, readiness.
+    fn register_cluster(&self, registry: &mut Registry) {
+        register!(
+            registry,
+            (
+                "bus_broadcasts_received",
+                "Broadcasts received from other nodes",
+                self.bus_broadcasts_received
+            ),
+            ("bus_refused", "Bus messages this node could not read", self.bus_refused),
+            (
+                "bus_publish_refused",
+                "Publishes to the other nodes the transport refused (back-pressure, backend down)",
+                self.bus_publish_refused
+            ),
+            (
+                "bus_unauthenticated",
+                "Bus messages refused by the cluster secret, by reason",
+                self.bus_unauthenticated
+            ),
+            ("dead_nodes", "Nodes found dead", self.dead_nodes),
+            ("cluster_nodes", "Nodes in the cluster, this one included", self.cluster_nodes),
+            (
+                "transport_nodes",
+                "Nodes the transport's broker counts (where it can tell); more than cluster_nodes means nodes on the broker this one does not hear (another cluster secret or version)",
+                self.transport_nodes
+            ),
+            (
+                "plugin_events",
+                "Counters reported by plugins (reconnects, drops, ...)",
+                self.plugin_counters
+            ),
+            (
+                "ready",
+                "1 while this node is ready for new traffic (/ready), 0 while draining or over its memory threshold",
+                self.ready
+            ),
+        );
+    }
+
+    /// The edge: accepting, bounding and encrypting connections.
+    fn register_edge(&self, registry: &mut Registry) {
+        register!(
+            registry,
+            (
+                "edge_open_connections",
+                "Open TCP connections on the listener, closing ones included",
+                self.edge_open
+            ),
+            (
+                "edge_lingering_connections",
+                "Closed connections still discarding what their client sends",
+                self.edge_lingering
+            ),
+            (
+                "edge_refused",
+                "Connections refused at the listener's limits, by reason",
+                self.edge_refused
+            ),
+            (
+                "edge_timeouts",
+                "Connections or requests ended by a timeout, by kind",
+                self.edge_timeouts
+            ),
+            (
+                "accept_errors",
+                "Errors accepting connections (out of file descriptors, ...)",
+                self.accept_errors
+            ),
+            (
+                "tls_handshake_failures",
+                "TLS handshakes that failed or timed out",
+                self.tls_handshake_failures
+            ),
+            (
+                "tls_certificate_reloads",
+                "Certificate reloads (file change or SIGHUP), by outcome; a failed one keeps the old certificate",
+                self.tls_reloads
+            ),
+        );
+    }
+
+    /// Delta compression.
+    fn register_deltas(&self, registry: &mut Registry) {
+        register!(
+            registry,
+            ("delta_messages", "Events sent as deltas", self.deltas.deltas),
+            (
+                "delta_full_messages",
+                "Events sent whole to subscribers of deltas (stream starts, periodic, resyncs)",
+                self.deltas.full
+            ),
+            (
+                "delta_saved_bytes",
+                "Bytes deltas saved against sending their events whole",
+                self.deltas.saved_bytes
+            ),
+            (
+                "delta_resyncs",
+                "Clients that could not apply a delta and asked for the next event whole",
+                self.delta_resyncs
+            ),
+        );
     }
 
     /// Count one in a family labelled by a single static pair.

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use super::{Config, ConfigError, DriverSection, delta_rules};
+use super::{AppConfig, Config, ConfigError, DriverSection, delta_rules};
 use crate::{
     apps::App,
     plugins::{DriverChoice, DriverSelection},
@@ -156,330 +156,24 @@ impl Settings {
     pub fn from_config(config: Config) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let delta_server = delta_rules::server(&config.delta_compression, &mut errors);
-        let mut delta_errors = Vec::new();
-        let mut err = |place: &str, problem: String| {
-            errors.push(ConfigError { place: place.into(), problem })
-        };
-
-        for (name, value) in [
-            ("activity_timeout", config.activity_timeout),
-            ("pong_timeout", config.pong_timeout),
-            ("channel_limits.max_name_length", config.channel_limits.max_name_length),
-            ("event_limits.max_channels_at_once", config.event_limits.max_channels_at_once),
-            ("event_limits.max_name_length", config.event_limits.max_name_length),
-            ("event_limits.max_payload_in_kb", config.event_limits.max_payload_in_kb),
-            ("event_limits.max_batch_size", config.event_limits.max_batch_size),
-            ("presence.max_members_per_channel", config.presence.max_members_per_channel),
-            ("presence.max_member_size_in_kb", config.presence.max_member_size_in_kb),
-            ("http_api.request_limit_in_mb", config.http_api.request_limit_in_mb),
-            ("websocket.max_payload_kb", config.websocket.max_payload_kb),
-            ("websocket.max_messages", config.websocket.max_messages),
-            ("user_authentication_timeout", config.user_authentication_timeout),
-            ("channel_limits.cache_ttl", config.channel_limits.cache_ttl),
-            ("webhooks.max_attempts", config.webhooks.max_attempts.into()),
-            ("webhooks.request_timeout_ms", config.webhooks.request_timeout_ms),
-            ("cluster_health.heartbeat_interval_ms", config.cluster_health.heartbeat_interval_ms),
-            ("cluster_health.node_timeout_ms", config.cluster_health.node_timeout_ms),
-            ("cluster_health.cleanup_interval_ms", config.cluster_health.cleanup_interval_ms),
-            ("channel_limits.max_per_connection", config.channel_limits.max_per_connection),
-            (
-                "channel_limits.max_subscriptions_per_minute",
-                config.channel_limits.max_subscriptions_per_minute,
-            ),
-            ("websocket.write_timeout_ms", config.websocket.write_timeout_ms),
-            ("webhooks.max_queued_per_app", config.webhooks.max_queued_per_app),
-            (
-                "webhooks.max_events_per_second_per_app",
-                config.webhooks.max_events_per_second_per_app,
-            ),
-            ("edge.header_timeout_ms", config.edge.header_timeout_ms),
-            ("edge.body_timeout_ms", config.edge.body_timeout_ms),
-            ("overload.watermark_percent", config.overload.watermark_percent),
-        ] {
-            if value == 0 {
-                err(name, "must be at least 1".into());
-            }
-        }
-        let health = &config.cluster_health;
-        if health.heartbeat_interval_ms > health.node_timeout_ms / 3 {
-            err(
-                "cluster_health.heartbeat_interval_ms",
-                format!(
-                    "must be at most node_timeout_ms / 3 ({}), or healthy nodes are taken for dead",
-                    health.node_timeout_ms / 3
-                ),
-            );
-        }
+        check_bounds(&config, &mut errors);
+        check_rules(&config, &mut errors);
         let log = crate::telemetry::LogSettings::parse(&config.log, config.debug)
-            .map_err(|(place, problem)| err(place, problem))
+            .map_err(|(place, problem)| err(&mut errors, place, problem))
             .unwrap_or_default();
         let tls = config.ssl.enabled.then(|| TlsSettings {
             cert: config.ssl.cert_path.clone().into(),
             key: config.ssl.key_path.clone().into(),
             redirect_port: config.ssl.redirect_http.then_some(config.ssl.http_port),
         });
-        if config.ssl.enabled {
-            for (place, value) in
-                [("ssl.cert_path", &config.ssl.cert_path), ("ssl.key_path", &config.ssl.key_path)]
-            {
-                if value.trim().is_empty() {
-                    err(place, "must name a PEM file when ssl.enabled is true".into());
-                }
-            }
-        }
-        if config.readiness.max_memory_percent > 100 {
-            err("readiness.max_memory_percent", "must be at most 100 (0 turns it off)".into());
-        }
-        if config.overload.watermark_percent > 99 {
-            err(
-                "overload.watermark_percent",
-                "must be below 100, or queues fill before a channel counts as congested".into(),
-            );
-        }
-        if config.channel_limits.max_subscriptions_per_minute > u64::from(u32::MAX) {
-            err("channel_limits.max_subscriptions_per_minute", "is too large".into());
-        }
-        if let Some(secret) = &config.adapter.cluster_secret
-            && !secret.is_empty()
-            && secret.chars().count() < 16
-        {
-            err(
-                "adapter.cluster_secret",
-                "must be at least 16 characters (a long random string, the same on every node)"
-                    .into(),
-            );
-        }
-        if config.adapter.requests_timeout_ms == Some(0) {
-            err("adapter.requests_timeout_ms", "must be at least 1".into());
-        }
-        if config.metrics.enabled && config.metrics.port == config.port && config.port != 0 {
-            err("metrics.port", format!("must differ from port ({})", config.port));
-        }
-        if let Some(driver) = &config.app_manager.driver
-            && driver != "memory"
-        {
-            err(
-                "app_manager.driver",
-                format!("unknown app manager `{driver}`; only `memory` exists"),
-            );
-        }
-
-        let defaults = Limits {
-            max_channel_name_length: to_usize(config.channel_limits.max_name_length),
-            max_event_channels_at_once: to_usize(config.event_limits.max_channels_at_once),
-            max_event_name_length: to_usize(config.event_limits.max_name_length),
-            max_event_payload_bytes: to_usize(
-                config.event_limits.max_payload_in_kb.saturating_mul(1024),
-            ),
-            max_event_batch_size: to_usize(config.event_limits.max_batch_size),
-            max_presence_members: to_usize(config.presence.max_members_per_channel),
-            max_presence_member_size_bytes: to_usize(
-                config.presence.max_member_size_in_kb.saturating_mul(1024),
-            ),
-            max_client_events_per_second: 10,
-            max_channels_per_connection: to_usize(config.channel_limits.max_per_connection),
-            max_subscriptions_per_minute: u32::try_from(
-                config.channel_limits.max_subscriptions_per_minute,
-            )
-            .unwrap_or(u32::MAX),
-        };
-        let mut apps = Vec::new();
-        let mut ids = HashMap::new();
-        let mut keys = HashMap::new();
-        for (i, app) in config.app_manager.array.apps.iter().enumerate() {
-            let place = |field: &str| format!("app_manager.array.apps[{i}].{field}");
-            for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
-                if value.trim().is_empty() {
-                    err(&place(field), "must not be empty".into());
-                }
-            }
-            if let Some(first) = ids.insert(app.id.clone(), i) {
-                err(&place("id"), format!("duplicate id {:?} (also apps[{first}])", app.id));
-            }
-            if let Some(first) = keys.insert(app.key.clone(), i) {
-                err(&place("key"), format!("duplicate key {:?} (also apps[{first}])", app.key));
-            }
-            let pick = |value: Option<u64>,
-                        default: usize,
-                        field: &str,
-                        scale: u64,
-                        errs: &mut Vec<(String, String)>| {
-                match value {
-                    Some(0) => {
-                        errs.push((place(field), "must be at least 1".into()));
-                        default
-                    }
-                    Some(v) => to_usize(v.saturating_mul(scale)),
-                    None => default,
-                }
-            };
-            let mut limit_errors = Vec::new();
-            let limits = Limits {
-                max_channel_name_length: pick(
-                    app.max_channel_name_length,
-                    defaults.max_channel_name_length,
-                    "max_channel_name_length",
-                    1,
-                    &mut limit_errors,
-                ),
-                max_event_channels_at_once: pick(
-                    app.max_event_channels_at_once,
-                    defaults.max_event_channels_at_once,
-                    "max_event_channels_at_once",
-                    1,
-                    &mut limit_errors,
-                ),
-                max_event_name_length: pick(
-                    app.max_event_name_length,
-                    defaults.max_event_name_length,
-                    "max_event_name_length",
-                    1,
-                    &mut limit_errors,
-                ),
-                max_event_payload_bytes: pick(
-                    app.max_event_payload_in_kb,
-                    defaults.max_event_payload_bytes,
-                    "max_event_payload_in_kb",
-                    1024,
-                    &mut limit_errors,
-                ),
-                max_event_batch_size: pick(
-                    app.max_event_batch_size,
-                    defaults.max_event_batch_size,
-                    "max_event_batch_size",
-                    1,
-                    &mut limit_errors,
-                ),
-                max_presence_members: pick(
-                    app.max_presence_members_per_channel,
-                    defaults.max_presence_members,
-                    "max_presence_members_per_channel",
-                    1,
-                    &mut limit_errors,
-                ),
-                max_presence_member_size_bytes: pick(
-                    app.max_presence_member_size_in_kb,
-                    defaults.max_presence_member_size_bytes,
-                    "max_presence_member_size_in_kb",
-                    1024,
-                    &mut limit_errors,
-                ),
-                max_client_events_per_second: match app.max_client_events_per_second {
-                    Some(0) => {
-                        limit_errors.push((
-                            place("max_client_events_per_second"),
-                            "must be at least 1".into(),
-                        ));
-                        defaults.max_client_events_per_second
-                    }
-                    Some(v) => v,
-                    None => defaults.max_client_events_per_second,
-                },
-                max_channels_per_connection: pick(
-                    app.max_channels_per_connection,
-                    defaults.max_channels_per_connection,
-                    "max_channels_per_connection",
-                    1,
-                    &mut limit_errors,
-                ),
-                max_subscriptions_per_minute: u32::try_from(pick(
-                    app.max_subscriptions_per_minute,
-                    defaults.max_subscriptions_per_minute as usize,
-                    "max_subscriptions_per_minute",
-                    1,
-                    &mut limit_errors,
-                ))
-                .unwrap_or(u32::MAX),
-            };
-            for (place, problem) in limit_errors {
-                err(&place, problem);
-            }
-            for (w, hook) in app.webhooks.iter().enumerate() {
-                let hook_place = |field: &str| place(&format!("webhooks[{w}].{field}"));
-                match reqwest::Url::parse(&hook.url) {
-                    Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-                    Ok(url) => err(
-                        &hook_place("url"),
-                        format!("must be http or https, not {}", url.scheme()),
-                    ),
-                    Err(e) => err(&hook_place("url"), format!("is not a URL: {e}")),
-                }
-                for kind in &hook.event_types {
-                    if !WEBHOOK_KINDS.contains(&kind.as_str()) {
-                        err(
-                            &hook_place("event_types"),
-                            format!("unknown kind {kind:?}; known: {}", WEBHOOK_KINDS.join(", ")),
-                        );
-                    }
-                }
-                for name in hook.headers.keys() {
-                    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                        err(&hook_place("headers"), format!("{name:?} is not a valid header name"));
-                    }
-                }
-            }
-            apps.push(App {
-                id: app.id.clone(),
-                key: app.key.clone(),
-                secret: app.secret.clone(),
-                enabled: app.enabled,
-                max_connections: app.max_connections,
-                enable_client_messages: app.enable_client_messages,
-                limits,
-                max_backend_events_per_second: app.max_backend_events_per_second,
-                max_read_requests_per_second: app.max_read_requests_per_second,
-                max_connections_per_ip_per_minute: app.max_connections_per_ip_per_minute,
-                enable_user_authentication: app.enable_user_authentication,
-                enable_subscription_count: app.enable_subscription_count,
-                webhooks: app.webhooks.clone(),
-                webhook_batching: app.webhook_batching,
-                deltas: delta_rules::app(
-                    delta_server.as_ref(),
-                    &app.channel_delta_compression,
-                    &place,
-                    &mut delta_errors,
-                ),
-            });
-        }
-
-        let database = config.database.clone();
-        // A section that names no driver (only its tables) keeps the default driver.
-        let mut choice = |kind: &str, section: &DriverSection, default: &str| -> DriverChoice {
-            let name =
-                if section.driver.trim().is_empty() { default } else { section.driver.as_str() };
-            let table = section.tables.get(name).or_else(|| {
-                // The reference names the redis-cluster adapter's table `adapter.cluster`.
-                (name == "redis-cluster").then(|| section.tables.get("cluster")).flatten()
-            });
-            // The shared backend table (`database.redis` for `redis` and `redis-cluster`) goes
-            // along as `database`, unless the driver's own table sets one.
-            let backend = name.split('-').next().unwrap_or(name);
-            let mut table =
-                table.cloned().unwrap_or_else(|| serde_json::Value::Object(Default::default()));
-            if let (Some(shared), Some(object)) = (database.get(backend), table.as_object_mut()) {
-                object.entry("database").or_insert_with(|| shared.clone());
-            }
-            let config = match table.as_object().filter(|o| !o.is_empty()).map(toml::to_string) {
-                None => String::new(),
-                Some(Ok(text)) => text,
-                Some(Err(e)) => {
-                    err(&format!("{kind}.{name}"), format!("cannot be passed to the driver: {e}"));
-                    String::new()
-                }
-            };
-            DriverChoice { name: name.to_string(), config }
-        };
-        let drivers = DriverSelection {
-            transport: choice("adapter", &config.adapter, "local"),
-            cache: choice("cache", &config.cache, "memory"),
-            queue: choice("queue", &config.queue, "memory"),
-            rate_limiter: choice("rate_limiter", &config.rate_limiter, "memory"),
-        };
-
-        errors.extend(delta_errors);
+        let defaults = default_limits(&config);
+        let apps = apps(&config, &defaults, delta_server.as_ref(), &mut errors);
+        let drivers = drivers(&config, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
+        let cluster = cluster_settings(&config);
+        let (webhooks, edge) = (webhook_settings(&config), edge_settings(&config));
         Ok(Self {
             host: config.host,
             port: config.port,
@@ -502,44 +196,11 @@ impl Settings {
             metrics_prefix: config.metrics.prefix,
             user_authentication_timeout: Duration::from_secs(config.user_authentication_timeout),
             cache_ttl: Duration::from_secs(config.channel_limits.cache_ttl),
-            cluster: crate::cluster::ClusterSettings {
-                heartbeat_interval: Duration::from_millis(
-                    config.cluster_health.heartbeat_interval_ms.max(1),
-                ),
-                // Disabled health means nodes are never expired.
-                node_timeout: if config.cluster_health.enabled {
-                    Duration::from_millis(config.cluster_health.node_timeout_ms)
-                } else {
-                    Duration::MAX
-                },
-                cleanup_interval: Duration::from_millis(
-                    config.cluster_health.cleanup_interval_ms.max(1),
-                ),
-                requests_timeout: Duration::from_millis(
-                    config.adapter.requests_timeout_ms.unwrap_or(5000),
-                ),
-                socket_counting: config.adapter.enable_socket_counting.unwrap_or(true),
-                secret: config.adapter.cluster_secret.clone().filter(|s| !s.is_empty()),
-            },
-            webhooks: WebhookSettings {
-                max_attempts: config.webhooks.max_attempts,
-                request_timeout: Duration::from_millis(config.webhooks.request_timeout_ms),
-                vacated_delay: Duration::from_millis(config.webhooks.vacated_delay_ms),
-                batching_window: Duration::from_millis(config.webhooks.batching_window_ms.max(1)),
-                max_queued_per_app: to_usize(config.webhooks.max_queued_per_app),
-                max_events_per_second_per_app: config.webhooks.max_events_per_second_per_app,
-            },
+            cluster,
+            webhooks,
             ws_max_queued_bytes: to_usize(config.websocket.max_bytes),
             ws_write_timeout: Duration::from_millis(config.websocket.write_timeout_ms),
-            edge: EdgeSettings {
-                max_connections: (config.edge.max_connections > 0)
-                    .then(|| to_usize(config.edge.max_connections)),
-                max_connections_per_ip: to_usize(config.edge.max_connections_per_ip),
-                header_timeout: Duration::from_millis(config.edge.header_timeout_ms),
-                body_timeout: Duration::from_millis(config.edge.body_timeout_ms),
-                linger: Duration::from_millis(config.edge.linger_ms),
-                linger_max_bytes: config.edge.linger_max_bytes,
-            },
+            edge,
             overload: OverloadSettings {
                 watermark_percent: u8::try_from(config.overload.watermark_percent).unwrap_or(99),
                 max_publish_delay: Duration::from_millis(config.overload.max_publish_delay_ms),
@@ -555,6 +216,378 @@ impl Settings {
             delta: delta_server,
             delta_channels_per_socket: config.delta_compression.max_channel_states_per_socket,
         })
+    }
+}
+
+/// Record a problem at `place`.
+fn err(errors: &mut Vec<ConfigError>, place: &str, problem: String) {
+    errors.push(ConfigError { place: place.into(), problem });
+}
+
+/// Values that must be at least 1, and the heartbeat against the node timeout.
+fn check_bounds(config: &Config, errors: &mut Vec<ConfigError>) {
+    for (name, value) in [
+        ("activity_timeout", config.activity_timeout),
+        ("pong_timeout", config.pong_timeout),
+        ("channel_limits.max_name_length", config.channel_limits.max_name_length),
+        ("event_limits.max_channels_at_once", config.event_limits.max_channels_at_once),
+        ("event_limits.max_name_length", config.event_limits.max_name_length),
+        ("event_limits.max_payload_in_kb", config.event_limits.max_payload_in_kb),
+        ("event_limits.max_batch_size", config.event_limits.max_batch_size),
+        ("presence.max_members_per_channel", config.presence.max_members_per_channel),
+        ("presence.max_member_size_in_kb", config.presence.max_member_size_in_kb),
+        ("http_api.request_limit_in_mb", config.http_api.request_limit_in_mb),
+        ("websocket.max_payload_kb", config.websocket.max_payload_kb),
+        ("websocket.max_messages", config.websocket.max_messages),
+        ("user_authentication_timeout", config.user_authentication_timeout),
+        ("channel_limits.cache_ttl", config.channel_limits.cache_ttl),
+        ("webhooks.max_attempts", config.webhooks.max_attempts.into()),
+        ("webhooks.request_timeout_ms", config.webhooks.request_timeout_ms),
+        ("cluster_health.heartbeat_interval_ms", config.cluster_health.heartbeat_interval_ms),
+        ("cluster_health.node_timeout_ms", config.cluster_health.node_timeout_ms),
+        ("cluster_health.cleanup_interval_ms", config.cluster_health.cleanup_interval_ms),
+        ("channel_limits.max_per_connection", config.channel_limits.max_per_connection),
+        (
+            "channel_limits.max_subscriptions_per_minute",
+            config.channel_limits.max_subscriptions_per_minute,
+        ),
+        ("websocket.write_timeout_ms", config.websocket.write_timeout_ms),
+        ("webhooks.max_queued_per_app", config.webhooks.max_queued_per_app),
+        ("webhooks.max_events_per_second_per_app", config.webhooks.max_events_per_second_per_app),
+        ("edge.header_timeout_ms", config.edge.header_timeout_ms),
+        ("edge.body_timeout_ms", config.edge.body_timeout_ms),
+        ("overload.watermark_percent", config.overload.watermark_percent),
+    ] {
+        if value == 0 {
+            err(errors, name, "must be at least 1".into());
+        }
+    }
+    let health = &config.cluster_health;
+    if health.heartbeat_interval_ms > health.node_timeout_ms / 3 {
+        err(
+            errors,
+            "cluster_health.heartbeat_interval_ms",
+            format!(
+                "must be at most node_timeout_ms / 3 ({}), or healthy nodes are taken for dead",
+                health.node_timeout_ms / 3
+            ),
+        );
+    }
+}
+
+/// The rules between settings and on their values.
+fn check_rules(config: &Config, errors: &mut Vec<ConfigError>) {
+    if config.ssl.enabled {
+        for (place, value) in
+            [("ssl.cert_path", &config.ssl.cert_path), ("ssl.key_path", &config.ssl.key_path)]
+        {
+            if value.trim().is_empty() {
+                err(errors, place, "must name a PEM file when ssl.enabled is true".into());
+            }
+        }
+    }
+    if config.readiness.max_memory_percent > 100 {
+        err(errors, "readiness.max_memory_percent", "must be at most 100 (0 turns it off)".into());
+    }
+    if config.overload.watermark_percent > 99 {
+        err(
+            errors,
+            "overload.watermark_percent",
+            "must be below 100, or queues fill before a channel counts as congested".into(),
+        );
+    }
+    if config.channel_limits.max_subscriptions_per_minute > u64::from(u32::MAX) {
+        err(errors, "channel_limits.max_subscriptions_per_minute", "is too large".into());
+    }
+    if let Some(secret) = &config.adapter.cluster_secret
+        && !secret.is_empty()
+        && secret.chars().count() < 16
+    {
+        err(
+            errors,
+            "adapter.cluster_secret",
+            "must be at least 16 characters (a long random string, the same on every node)".into(),
+        );
+    }
+    if config.adapter.requests_timeout_ms == Some(0) {
+        err(errors, "adapter.requests_timeout_ms", "must be at least 1".into());
+    }
+    if config.metrics.enabled && config.metrics.port == config.port && config.port != 0 {
+        err(errors, "metrics.port", format!("must differ from port ({})", config.port));
+    }
+    if let Some(driver) = &config.app_manager.driver
+        && driver != "memory"
+    {
+        err(
+            errors,
+            "app_manager.driver",
+            format!("unknown app manager `{driver}`; only `memory` exists"),
+        );
+    }
+}
+
+/// The server-wide limits every app starts from.
+fn default_limits(config: &Config) -> Limits {
+    Limits {
+        max_channel_name_length: to_usize(config.channel_limits.max_name_length),
+        max_event_channels_at_once: to_usize(config.event_limits.max_channels_at_once),
+        max_event_name_length: to_usize(config.event_limits.max_name_length),
+        max_event_payload_bytes: to_usize(
+            config.event_limits.max_payload_in_kb.saturating_mul(1024),
+        ),
+        max_event_batch_size: to_usize(config.event_limits.max_batch_size),
+        max_presence_members: to_usize(config.presence.max_members_per_channel),
+        max_presence_member_size_bytes: to_usize(
+            config.presence.max_member_size_in_kb.saturating_mul(1024),
+        ),
+        max_client_events_per_second: 10,
+        max_channels_per_connection: to_usize(config.channel_limits.max_per_connection),
+        max_subscriptions_per_minute: u32::try_from(
+            config.channel_limits.max_subscriptions_per_minute,
+        )
+        .unwrap_or(u32::MAX),
+    }
+}
+
+/// The apps of the config file, checked: unique ids and keys, limits, webhooks, delta rules.
+fn apps(
+    config: &Config,
+    defaults: &Limits,
+    delta_server: Option<&Arc<crate::delta::StreamSettings>>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<App> {
+    let mut apps = Vec::new();
+    let mut ids = HashMap::new();
+    let mut keys = HashMap::new();
+    for (i, app) in config.app_manager.array.apps.iter().enumerate() {
+        let place = |field: &str| format!("app_manager.array.apps[{i}].{field}");
+        for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
+            if value.trim().is_empty() {
+                err(errors, &place(field), "must not be empty".into());
+            }
+        }
+        if let Some(first) = ids.insert(app.id.clone(), i) {
+            err(errors, &place("id"), format!("duplicate id {:?} (also apps[{first}])", app.id));
+        }
+        if let Some(first) = keys.insert(app.key.clone(), i) {
+            err(errors, &place("key"), format!("duplicate key {:?} (also apps[{first}])", app.key));
+        }
+        let limits = app_limits(app, defaults, &place, errors);
+        check_webhooks(app, &place, errors);
+        apps.push(App {
+            id: app.id.clone(),
+            key: app.key.clone(),
+            secret: app.secret.clone(),
+            enabled: app.enabled,
+            max_connections: app.max_connections,
+            enable_client_messages: app.enable_client_messages,
+            limits,
+            max_backend_events_per_second: app.max_backend_events_per_second,
+            max_read_requests_per_second: app.max_read_requests_per_second,
+            max_connections_per_ip_per_minute: app.max_connections_per_ip_per_minute,
+            enable_user_authentication: app.enable_user_authentication,
+            enable_subscription_count: app.enable_subscription_count,
+            webhooks: app.webhooks.clone(),
+            webhook_batching: app.webhook_batching,
+            deltas: delta_rules::app(delta_server, &app.channel_delta_compression, &place, errors),
+        });
+    }
+    apps
+}
+
+/// An app's limits: its own where it sets them, else the server's; 0 is refused.
+fn app_limits(
+    app: &AppConfig,
+    defaults: &Limits,
+    place: &dyn Fn(&str) -> String,
+    errors: &mut Vec<ConfigError>,
+) -> Limits {
+    let mut pick = |value: Option<u64>, default: usize, field: &str, scale: u64| match value {
+        Some(0) => {
+            err(errors, &place(field), "must be at least 1".into());
+            default
+        }
+        Some(v) => to_usize(v.saturating_mul(scale)),
+        None => default,
+    };
+    let d = defaults;
+    Limits {
+        max_channel_name_length: pick(
+            app.max_channel_name_length,
+            d.max_channel_name_length,
+            "max_channel_name_length",
+            1,
+        ),
+        max_event_channels_at_once: pick(
+            app.max_event_channels_at_once,
+            d.max_event_channels_at_once,
+            "max_event_channels_at_once",
+            1,
+        ),
+        max_event_name_length: pick(
+            app.max_event_name_length,
+            d.max_event_name_length,
+            "max_event_name_length",
+            1,
+        ),
+        max_event_payload_bytes: pick(
+            app.max_event_payload_in_kb,
+            d.max_event_payload_bytes,
+            "max_event_payload_in_kb",
+            1024,
+        ),
+        max_event_batch_size: pick(
+            app.max_event_batch_size,
+            d.max_event_batch_size,
+            "max_event_batch_size",
+            1,
+        ),
+        max_presence_members: pick(
+            app.max_presence_members_per_channel,
+            d.max_presence_members,
+            "max_presence_members_per_channel",
+            1,
+        ),
+        max_presence_member_size_bytes: pick(
+            app.max_presence_member_size_in_kb,
+            d.max_presence_member_size_bytes,
+            "max_presence_member_size_in_kb",
+            1024,
+        ),
+        max_client_events_per_second: u32::try_from(pick(
+            app.max_client_events_per_second.map(u64::from),
+            d.max_client_events_per_second as usize,
+            "max_client_events_per_second",
+            1,
+        ))
+        .unwrap_or(u32::MAX),
+        max_channels_per_connection: pick(
+            app.max_channels_per_connection,
+            d.max_channels_per_connection,
+            "max_channels_per_connection",
+            1,
+        ),
+        max_subscriptions_per_minute: u32::try_from(pick(
+            app.max_subscriptions_per_minute,
+            d.max_subscriptions_per_minute as usize,
+            "max_subscriptions_per_minute",
+            1,
+        ))
+        .unwrap_or(u32::MAX),
+    }
+}
+
+/// An app's webhooks: http(s) URLs, known kinds, valid header names.
+fn check_webhooks(app: &AppConfig, place: &dyn Fn(&str) -> String, errors: &mut Vec<ConfigError>) {
+    for (w, hook) in app.webhooks.iter().enumerate() {
+        let hook_place = |field: &str| place(&format!("webhooks[{w}].{field}"));
+        match reqwest::Url::parse(&hook.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            Ok(url) => err(
+                errors,
+                &hook_place("url"),
+                format!("must be http or https, not {}", url.scheme()),
+            ),
+            Err(e) => err(errors, &hook_place("url"), format!("is not a URL: {e}")),
+        }
+        for kind in &hook.event_types {
+            if !WEBHOOK_KINDS.contains(&kind.as_str()) {
+                err(
+                    errors,
+                    &hook_place("event_types"),
+                    format!("unknown kind {kind:?}; known: {}", WEBHOOK_KINDS.join(", ")),
+                );
+            }
+        }
+        for name in hook.headers.keys() {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                err(errors, &hook_place("headers"), format!("{name:?} is not a valid header name"));
+            }
+        }
+    }
+}
+
+/// The drivers chosen, each with its table as TOML text.
+fn drivers(config: &Config, errors: &mut Vec<ConfigError>) -> DriverSelection {
+    let database = config.database.clone();
+    // A section that names no driver (only its tables) keeps the default driver.
+    let mut choice = |kind: &str, section: &DriverSection, default: &str| -> DriverChoice {
+        let name = if section.driver.trim().is_empty() { default } else { section.driver.as_str() };
+        let table = section.tables.get(name).or_else(|| {
+            // The reference names the redis-cluster adapter's table `adapter.cluster`.
+            (name == "redis-cluster").then(|| section.tables.get("cluster")).flatten()
+        });
+        // The shared backend table (`database.redis` for `redis` and `redis-cluster`) goes
+        // along as `database`, unless the driver's own table sets one.
+        let backend = name.split('-').next().unwrap_or(name);
+        let mut table =
+            table.cloned().unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        if let (Some(shared), Some(object)) = (database.get(backend), table.as_object_mut()) {
+            object.entry("database").or_insert_with(|| shared.clone());
+        }
+        let config = match table.as_object().filter(|o| !o.is_empty()).map(toml::to_string) {
+            None => String::new(),
+            Some(Ok(text)) => text,
+            Some(Err(e)) => {
+                err(
+                    errors,
+                    &format!("{kind}.{name}"),
+                    format!("cannot be passed to the driver: {e}"),
+                );
+                String::new()
+            }
+        };
+        DriverChoice { name: name.to_string(), config }
+    };
+    DriverSelection {
+        transport: choice("adapter", &config.adapter, "local"),
+        cache: choice("cache", &config.cache, "memory"),
+        queue: choice("queue", &config.queue, "memory"),
+        rate_limiter: choice("rate_limiter", &config.rate_limiter, "memory"),
+    }
+}
+
+/// The cluster layer's settings.
+fn cluster_settings(config: &Config) -> crate::cluster::ClusterSettings {
+    crate::cluster::ClusterSettings {
+        heartbeat_interval: Duration::from_millis(
+            config.cluster_health.heartbeat_interval_ms.max(1),
+        ),
+        // Disabled health means nodes are never expired.
+        node_timeout: if config.cluster_health.enabled {
+            Duration::from_millis(config.cluster_health.node_timeout_ms)
+        } else {
+            Duration::MAX
+        },
+        cleanup_interval: Duration::from_millis(config.cluster_health.cleanup_interval_ms.max(1)),
+        requests_timeout: Duration::from_millis(config.adapter.requests_timeout_ms.unwrap_or(5000)),
+        socket_counting: config.adapter.enable_socket_counting.unwrap_or(true),
+        secret: config.adapter.cluster_secret.clone().filter(|s| !s.is_empty()),
+    }
+}
+
+/// The webhook sender's settings.
+fn webhook_settings(config: &Config) -> WebhookSettings {
+    WebhookSettings {
+        max_attempts: config.webhooks.max_attempts,
+        request_timeout: Duration::from_millis(config.webhooks.request_timeout_ms),
+        vacated_delay: Duration::from_millis(config.webhooks.vacated_delay_ms),
+        batching_window: Duration::from_millis(config.webhooks.batching_window_ms.max(1)),
+        max_queued_per_app: to_usize(config.webhooks.max_queued_per_app),
+        max_events_per_second_per_app: config.webhooks.max_events_per_second_per_app,
+    }
+}
+
+/// The edge's bounds.
+fn edge_settings(config: &Config) -> EdgeSettings {
+    EdgeSettings {
+        max_connections: (config.edge.max_connections > 0)
+            .then(|| to_usize(config.edge.max_connections)),
+        max_connections_per_ip: to_usize(config.edge.max_connections_per_ip),
+        header_timeout: Duration::from_millis(config.edge.header_timeout_ms),
+        body_timeout: Duration::from_millis(config.edge.body_timeout_ms),
+        linger: Duration::from_millis(config.edge.linger_ms),
+        linger_max_bytes: config.edge.linger_max_bytes,
     }
 }
 
