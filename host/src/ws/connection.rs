@@ -12,6 +12,7 @@ use tokio::{
 
 use super::session::Session;
 use crate::{
+    apps::App,
     edge::Peer,
     hub::{Closer, Conn},
     metrics::Metrics,
@@ -67,6 +68,58 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
+/// Why a connection is refused at the handshake: its close code and reason.
+struct Refused(u16, String);
+
+impl Refused {
+    fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self(code, reason.into())
+    }
+}
+
+/// The handshake's checks, in order: the edge's and the node's bounds, the app, the protocol,
+/// the address's rate and the app's quota (which counts the connection when it admits it).
+async fn admit(
+    ctx: &Ctx,
+    key: &str,
+    query: &HashMap<String, String>,
+    ip: Option<std::net::IpAddr>,
+    peer: Option<&Peer>,
+) -> Result<Arc<App>, Refused> {
+    if let Some(over) = peer.and_then(|p| p.over_limit) {
+        return Err(Refused::new(codes::OVER_CAPACITY, over.message()));
+    }
+    if ctx.readiness.over_memory() {
+        Metrics::count(&ctx.metrics.edge_refused, "reason", "memory");
+        let reason = "Node is over its memory threshold; connect to another";
+        return Err(Refused::new(codes::OVER_CAPACITY, reason));
+    }
+    let Some(app) = ctx.apps.by_key(key).cloned() else {
+        return Err(Refused::new(codes::APP_NOT_FOUND, format!("App key {key} does not exist")));
+    };
+    if !app.enabled {
+        return Err(Refused::new(codes::APP_DISABLED, "App is disabled"));
+    }
+    match query.get("protocol").map(|p| p.parse::<u32>()) {
+        None => return Err(Refused::new(codes::NO_PROTOCOL, "No protocol version supplied")),
+        Some(Ok(2 | 5..=7)) => {}
+        Some(_) => {
+            return Err(Refused::new(codes::UNSUPPORTED_PROTOCOL, "Unsupported protocol version"));
+        }
+    }
+    if let Some(ip) = ip {
+        let key = format!("connections:{}:{ip}", app.id);
+        if ctx.rate_limit(&key, 1, app.max_connections_per_ip_per_minute, 60_000).await.is_some() {
+            let reason = "Too many new connections from this address; retry later";
+            return Err(Refused::new(codes::OVER_CAPACITY, reason));
+        }
+    }
+    if !ctx.adapter.admit(&app.id, app.max_connections) {
+        return Err(Refused::new(codes::OVER_CAPACITY, "App is over its connection quota"));
+    }
+    Ok(app)
+}
+
 /// Run one connection to its end.
 pub async fn run(
     socket: WebSocket,
@@ -79,96 +132,16 @@ pub async fn run(
     let (mut sink, mut stream) = socket.split();
     let patience = ctx.settings.pong_timeout.min(CLOSE_PATIENCE);
     let dialect = Dialect::of(query.get("protocol").map(String::as_str));
-
-    if let Some(over) = peer.as_ref().and_then(|p| p.over_limit) {
-        ctx.metrics.connection_errors.inc();
-        return refuse(&mut sink, dialect, patience, codes::OVER_CAPACITY, over.message()).await;
-    }
-
-    if ctx.readiness.over_memory() {
-        ctx.metrics.connection_errors.inc();
-        crate::metrics::Metrics::count(&ctx.metrics.edge_refused, "reason", "memory");
-        let reason = "Node is over its memory threshold; connect to another";
-        return refuse(&mut sink, dialect, patience, codes::OVER_CAPACITY, reason).await;
-    }
-
-    let Some(app) = ctx.apps.by_key(&key).cloned() else {
-        ctx.metrics.connection_errors.inc();
-        return refuse(
-            &mut sink,
-            dialect,
-            patience,
-            codes::APP_NOT_FOUND,
-            &format!("App key {key} does not exist"),
-        )
-        .await;
+    let app = match admit(&ctx, &key, &query, ip, peer.as_ref()).await {
+        Ok(app) => app,
+        Err(Refused(code, reason)) => {
+            ctx.metrics.connection_errors.inc();
+            return refuse(&mut sink, dialect, patience, code, &reason).await;
+        }
     };
-    if !app.enabled {
-        ctx.metrics.connection_errors.inc();
-        return refuse(&mut sink, dialect, patience, codes::APP_DISABLED, "App is disabled").await;
-    }
-    match query.get("protocol").map(|p| p.parse::<u32>()) {
-        None => {
-            ctx.metrics.connection_errors.inc();
-            return refuse(
-                &mut sink,
-                dialect,
-                patience,
-                codes::NO_PROTOCOL,
-                "No protocol version supplied",
-            )
-            .await;
-        }
-        Some(Ok(2 | 5..=7)) => {}
-        Some(_) => {
-            ctx.metrics.connection_errors.inc();
-            return refuse(
-                &mut sink,
-                dialect,
-                patience,
-                codes::UNSUPPORTED_PROTOCOL,
-                "Unsupported protocol version",
-            )
-            .await;
-        }
-    }
-    if let Some(ip) = ip {
-        let key = format!("connections:{}:{ip}", app.id);
-        if ctx.rate_limit(&key, 1, app.max_connections_per_ip_per_minute, 60_000).await.is_some() {
-            ctx.metrics.connection_errors.inc();
-            let reason = "Too many new connections from this address; retry later";
-            return refuse(&mut sink, dialect, patience, codes::OVER_CAPACITY, reason).await;
-        }
-    }
-    if !ctx.adapter.admit(&app.id, app.max_connections) {
-        ctx.metrics.connection_errors.inc();
-        return refuse(
-            &mut sink,
-            dialect,
-            patience,
-            codes::OVER_CAPACITY,
-            "App is over its connection quota",
-        )
-        .await;
-    }
 
-    let socket_id = ctx.next_socket_id();
-    let span = tracing::Span::current();
-    span.record("app", app.id.as_str());
-    span.record("socket_id", socket_id.as_str());
-    let (queue, mut outbound) = mpsc::channel::<Utf8Bytes>(ctx.settings.ws_max_queued_messages);
-    let closer = Arc::new(Closer::new(
-        ctx.settings.ws_max_queued_messages,
-        ctx.settings.ws_max_queued_bytes,
-        ctx.settings.overload.watermark_percent,
-    ));
-    let conn = Conn::new(socket_id.as_str().into(), queue, closer.clone());
-    ctx.metrics.connected.inc();
-    ctx.metrics.new_connections.inc();
-    tracing::debug!(app_id = %app.id, %socket_id, "Connected.");
-
+    let (conn, mut outbound, closer) = open(&ctx, &app);
     let activity_timeout = ctx.settings.activity_timeout;
-    conn.send(&frames::connection_established(&socket_id, activity_timeout.as_secs()).into());
     let mut session = Session::new(ctx.clone(), app.clone(), conn.clone());
 
     let mut keepalive = Keepalive {
@@ -189,14 +162,14 @@ pub async fn run(
     let signin_deadline = tokio::time::sleep(ctx.settings.user_authentication_timeout);
     tokio::pin!(timer, stall, close_requested, shutting_down, signin_deadline);
 
-    let close_code = loop {
+    let end = loop {
         tokio::select! {
             biased;
-            () = &mut close_requested => break closer.requested().unwrap_or(codes::RECONNECT),
-            () = &mut shutting_down => break codes::RECONNECT,
-            () = &mut signin_deadline, if signin_required && !session.signed_in() => break codes::UNAUTHORIZED,
+            () = &mut close_requested => break End::Close(closer.requested().unwrap_or(codes::RECONNECT)),
+            () = &mut shutting_down => break End::Close(codes::RECONNECT),
+            () = &mut signin_deadline, if signin_required && !session.signed_in() => break End::Close(codes::UNAUTHORIZED),
             frame = outbound.recv() => {
-                let Some(frame) = frame else { break codes::RECONNECT };
+                let Some(frame) = frame else { break End::Close(codes::RECONNECT) };
                 // A client that stops reading blocks this write. While it is blocked, a close
                 // request, the keepalive and sign-in timers and the write deadline still run;
                 // they are armed only for a write that does not complete at once.
@@ -208,7 +181,7 @@ pub async fn run(
                     () = std::future::ready(()) => None,
                 };
                 let ended = match at_once {
-                    Some(written) => written.is_err().then_some(0),
+                    Some(written) => written.is_err().then_some(End::Gone),
                     None => {
                         // The deadline passes only after a whole `write_timeout` in which the
                         // client accepted no byte.
@@ -217,83 +190,132 @@ pub async fn run(
                         loop {
                             tokio::select! {
                                 biased;
-                                () = &mut close_requested => break Some(closer.requested().unwrap_or(codes::RECONNECT)),
-                                () = &mut shutting_down => break Some(codes::RECONNECT),
-                                () = &mut signin_deadline, if signin_required && !session.signed_in() => break Some(codes::UNAUTHORIZED),
+                                () = &mut close_requested => break Some(End::Close(closer.requested().unwrap_or(codes::RECONNECT))),
+                                () = &mut shutting_down => break Some(End::Close(codes::RECONNECT)),
+                                () = &mut signin_deadline, if signin_required && !session.signed_in() => break Some(End::Close(codes::UNAUTHORIZED)),
                                 () = &mut timer => {
                                     if let Some(code) = keepalive.on_timer(timer.as_mut(), &conn) {
-                                        break Some(code);
+                                        break Some(End::Close(code));
                                     }
                                 }
                                 () = &mut stall => {
                                     let now = peer.as_ref().map(|p| p.progress.written());
                                     if now == seen {
                                         Metrics::count(&ctx.metrics.edge_timeouts, "kind", "write");
-                                        break Some(codes::OVER_CAPACITY);
+                                        break Some(End::Close(codes::OVER_CAPACITY));
                                     }
                                     seen = now;
                                     stall.as_mut().reset(Instant::now() + write_timeout);
                                 }
-                                written = &mut write => break written.is_err().then_some(0),
+                                written = &mut write => break written.is_err().then_some(End::Gone),
                             }
                         }
                     }
                 };
-                if let Some(code) = ended {
-                    break code;
+                if let Some(end) = ended {
+                    break end;
                 }
             }
             message = stream.next() => {
                 keepalive.heard();
-                match message {
-                    None | Some(Ok(Message::Close(_))) => break 0,
-                    Some(Err(error)) => {
-                        tracing::debug!(%socket_id, %error, "Read failed.");
-                        if let Some((code, text)) = frame_error(error, ctx.settings.ws_max_message_bytes) {
-                            // The client sent something the protocol forbids: it gets the
-                            // close code that says what (RFC 6455 7.4.1), and the connection
-                            // lingers so the code is read rather than lost in a reset.
-                            Metrics::count(&ctx.metrics.ws_protocol_errors, "code", code_label(code));
-                            if code == 1009 {
-                                let _ = sink.feed(Message::Text(render(dialect, frames::error(codes::BAD_MESSAGE, &text).into()))).await;
-                            }
-                            let _ = tokio::time::timeout(patience, close(&mut sink, code, &text)).await;
-                        }
-                        break 0;
-                    }
-                    Some(Ok(Message::Text(text))) => {
-                        ctx.metrics.ws_messages_received.inc();
-                        ctx.metrics.ws_bytes_received.inc_by(text.len() as u64);
-                        session.handle(text.as_str()).await;
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        ctx.metrics.ws_messages_received.inc();
-                        conn.send(&frames::error(codes::BAD_MESSAGE, "Binary frames are not supported; send JSON text").into());
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                if let Some(end) = read(message, &mut session, &mut sink, dialect, patience, &ctx).await {
+                    break end;
                 }
             }
             () = &mut timer => {
                 if let Some(code) = keepalive.on_timer(timer.as_mut(), &conn) {
-                    break code;
+                    break End::Close(code);
                 }
             }
         }
     };
 
-    if close_code != 0 {
-        if close_code == codes::OVER_CAPACITY {
+    if let End::Close(code) = end {
+        if code == codes::OVER_CAPACITY {
             ctx.metrics.slow_consumer_disconnections.inc();
         }
-        let reason = close_reason(close_code);
-        tracing::debug!(%socket_id, code = close_code, reason, "Closing.");
-        refuse(&mut sink, dialect, patience, close_code, reason).await;
+        let reason = close_reason(code);
+        tracing::debug!(code, reason, "Closing.");
+        refuse(&mut sink, dialect, patience, code, reason).await;
     }
     session.end().await;
     ctx.adapter.release(&app.id);
     ctx.metrics.connected.dec();
     ctx.metrics.disconnections.inc();
-    tracing::debug!(%socket_id, "Disconnected.");
+    tracing::debug!("Disconnected.");
+}
+
+/// How a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client left, or broke the protocol and was told so: nothing more to write.
+    Gone,
+    /// The server closes it with this code (and `pusher:error` before).
+    Close(u16),
+}
+
+/// An admitted connection's socket id (recorded in its span), queue and closer, counted, with
+/// `connection_established` enqueued first.
+fn open(ctx: &Ctx, app: &App) -> (Conn, mpsc::Receiver<Utf8Bytes>, Arc<Closer>) {
+    let socket_id = ctx.next_socket_id();
+    let span = tracing::Span::current();
+    span.record("app", app.id.as_str());
+    span.record("socket_id", socket_id.as_str());
+    let (queue, outbound) = mpsc::channel::<Utf8Bytes>(ctx.settings.ws_max_queued_messages);
+    let closer = Arc::new(Closer::new(
+        ctx.settings.ws_max_queued_messages,
+        ctx.settings.ws_max_queued_bytes,
+        ctx.settings.overload.watermark_percent,
+    ));
+    let conn = Conn::new(socket_id.as_str().into(), queue, closer.clone());
+    ctx.metrics.connected.inc();
+    ctx.metrics.new_connections.inc();
+    tracing::debug!("Connected.");
+    let activity = ctx.settings.activity_timeout.as_secs();
+    conn.send(&frames::connection_established(&socket_id, activity).into());
+    (conn, outbound, closer)
+}
+
+/// What a client sent: handled (`None`), or the end of the connection (the client left, or
+/// broke the protocol and its close was already written).
+async fn read(
+    message: Option<Result<Message, axum::Error>>,
+    session: &mut Session,
+    sink: &mut Sink,
+    dialect: Dialect,
+    patience: Duration,
+    ctx: &Ctx,
+) -> Option<End> {
+    match message {
+        None | Some(Ok(Message::Close(_))) => Some(End::Gone),
+        Some(Err(error)) => {
+            tracing::debug!(%error, "Read failed.");
+            if let Some((code, text)) = frame_error(error, ctx.settings.ws_max_message_bytes) {
+                // The client sent something the protocol forbids: it gets the close code that
+                // says what (RFC 6455 7.4.1), and the connection lingers so the code is read
+                // rather than lost in a reset.
+                Metrics::count(&ctx.metrics.ws_protocol_errors, "code", code_label(code));
+                if code == 1009 {
+                    let error = frames::error(codes::BAD_MESSAGE, &text);
+                    let _ = sink.feed(Message::Text(render(dialect, error.into()))).await;
+                }
+                let _ = tokio::time::timeout(patience, close(sink, code, &text)).await;
+            }
+            Some(End::Gone)
+        }
+        Some(Ok(Message::Text(text))) => {
+            ctx.metrics.ws_messages_received.inc();
+            ctx.metrics.ws_bytes_received.inc_by(text.len() as u64);
+            session.handle(text.as_str()).await;
+            None
+        }
+        Some(Ok(Message::Binary(_))) => {
+            ctx.metrics.ws_messages_received.inc();
+            session.error(codes::BAD_MESSAGE, "Binary frames are not supported; send JSON text");
+            None
+        }
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+    }
 }
 
 /// A frame in the connection's dialect (counted against the queue as it was enqueued).

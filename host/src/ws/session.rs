@@ -88,7 +88,8 @@ impl Session {
         self.conn.send(&Utf8Bytes::from(frame));
     }
 
-    fn error(&self, code: u16, message: &str) {
+    /// Send `pusher:error` with `code`.
+    pub(super) fn error(&self, code: u16, message: &str) {
         self.send(frames::error(code, message));
     }
 
