@@ -22,7 +22,7 @@ const CONGESTION_POLL: std::time::Duration = std::time::Duration::from_millis(5)
 
 /// What a publisher found when it looked at a channel's subscribers on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Congestion {
+pub(crate) enum Congestion {
     /// Most subscribers keep up.
     Clear,
     /// Most were behind, and caught up while the publisher waited.
@@ -33,14 +33,14 @@ pub enum Congestion {
 
 /// Channel state and delivery, as the protocol and the HTTP API see them.
 #[derive(Debug)]
-pub struct Adapter {
+pub(crate) struct Adapter {
     hub: Arc<Hub>,
     cluster: Arc<Cluster>,
 }
 
 /// What a channel looks like from the HTTP API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ChannelInfo {
+pub(crate) struct ChannelInfo {
     /// Subscribed connections, on every node.
     pub subscription_count: usize,
     /// Distinct presence users, on every node.
@@ -51,17 +51,17 @@ pub struct ChannelInfo {
 
 impl Adapter {
     /// An adapter over this node's hub and the cluster.
-    pub fn new(hub: Arc<Hub>, cluster: Arc<Cluster>) -> Self {
+    pub(crate) fn new(hub: Arc<Hub>, cluster: Arc<Cluster>) -> Self {
         Self { hub, cluster }
     }
 
     /// This node's hub.
-    pub fn hub(&self) -> &Hub {
+    pub(crate) fn hub(&self) -> &Hub {
         &self.hub
     }
 
     /// The cluster layer.
-    pub fn cluster(&self) -> &Arc<Cluster> {
+    pub(crate) fn cluster(&self) -> &Arc<Cluster> {
         &self.cluster
     }
 
@@ -70,7 +70,7 @@ impl Adapter {
     /// acknowledgement from the channel's members on every node. In the outcome,
     /// `first_for_user` means the user is new to the channel cluster-wide, and `occupied` that
     /// the channel had no subscriber on any node.
-    pub async fn subscribe(
+    pub(crate) async fn subscribe(
         &self,
         app_id: &str,
         channel: &str,
@@ -138,7 +138,7 @@ impl Adapter {
 
     /// Unsubscribe a local connection. In the outcome, `removed_user` is a user who has left
     /// the channel cluster-wide, and `vacated` means no node has a subscriber left.
-    pub fn unsubscribe(
+    pub(crate) fn unsubscribe(
         &self,
         app_id: &str,
         channel: &str,
@@ -176,7 +176,7 @@ impl Adapter {
     /// event published with `tags` only to those whose tag filter it passes (each node judges
     /// its own subscribers); a `compressible` one (an app's event) as deltas to those who asked
     /// for them (each node keeps its own streams).
-    pub fn broadcast(
+    pub(crate) fn broadcast(
         &self,
         app_id: &str,
         channel: &str,
@@ -193,7 +193,7 @@ impl Adapter {
 
     /// Count a new connection of the app if it is under `max` (0 = unlimited), with socket
     /// counting on the whole cluster's connections (the other nodes' from their heartbeats).
-    pub fn admit(&self, app_id: &str, max: u64) -> bool {
+    pub(crate) fn admit(&self, app_id: &str, max: u64) -> bool {
         let elsewhere = if self.cluster.settings().socket_counting {
             self.cluster.remote_connections(app_id)
         } else {
@@ -203,24 +203,24 @@ impl Adapter {
     }
 
     /// Forget a connection counted by [`Adapter::admit`].
-    pub fn release(&self, app_id: &str) {
+    pub(crate) fn release(&self, app_id: &str) {
         self.hub.release(app_id);
     }
 
     /// Make `conn` a watcher of each of `user_ids`.
-    pub fn watch(&self, app_id: &str, conn: &Conn, user_ids: &[String]) {
+    pub(crate) fn watch(&self, app_id: &str, conn: &Conn, user_ids: &[String]) {
         self.hub.watch(app_id, conn, user_ids);
     }
 
     /// Stop `socket_id` watching `user_ids`.
-    pub fn unwatch(&self, app_id: &str, socket_id: &str, user_ids: &[String]) {
+    pub(crate) fn unwatch(&self, app_id: &str, socket_id: &str, user_ids: &[String]) {
         self.hub.unwatch(app_id, socket_id, user_ids);
     }
 
     /// Wait while most of `channel`'s subscribers on this node are behind, up to `max_wait`.
     /// Only this node's subscribers are looked at: events published on other nodes reach them
     /// over the bus, where a full queue still closes the slow reader with 4100.
-    pub async fn wait_uncongested(
+    pub(crate) async fn wait_uncongested(
         &self,
         app_id: &str,
         channel: &str,
@@ -243,7 +243,7 @@ impl Adapter {
     }
 
     /// Counts for one channel, on every node.
-    pub async fn channel_info(&self, app_id: &str, channel: &str) -> ChannelInfo {
+    pub(crate) async fn channel_info(&self, app_id: &str, channel: &str) -> ChannelInfo {
         let mut subscription_count = self.hub.subscription_count(app_id, channel);
         let query = Query::Channel { app: app_id.into(), channel: channel.into() };
         let answers = self.cluster.request(&query, false, |_| false).await;
@@ -256,7 +256,7 @@ impl Adapter {
 
     /// Occupied channels whose name starts with `prefix`, on every node, with their counts (each
     /// marked complete or not).
-    pub async fn channels(&self, app_id: &str, prefix: &str) -> Vec<(String, ChannelInfo)> {
+    pub(crate) async fn channels(&self, app_id: &str, prefix: &str) -> Vec<(String, ChannelInfo)> {
         let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
         for (name, subs, _) in self.hub.channels(app_id, prefix) {
             *counts.entry(name).or_default() += subs;
@@ -280,7 +280,7 @@ impl Adapter {
     }
 
     /// The distinct users of a presence channel, on every node.
-    pub async fn user_ids(&self, app_id: &str, channel: &str) -> Vec<String> {
+    pub(crate) async fn user_ids(&self, app_id: &str, channel: &str) -> Vec<String> {
         let mut users: Vec<String> = self.hub.user_ids(app_id, channel);
         let known: HashSet<String> = users.iter().cloned().collect();
         users.extend(
@@ -291,7 +291,7 @@ impl Adapter {
     }
 
     /// Deliver `frame` to every connection signed in as `user_id`, on every node.
-    pub fn send_to_user(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) -> usize {
+    pub(crate) fn send_to_user(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) -> usize {
         if self.cluster.has_peers() {
             let control = Control::ToUser {
                 app: app_id.into(),
@@ -304,7 +304,7 @@ impl Adapter {
     }
 
     /// Close every connection signed in as `user_id` with `code`, on every node; how many.
-    pub async fn terminate_user(&self, app_id: &str, user_id: &str, code: u16) -> usize {
+    pub(crate) async fn terminate_user(&self, app_id: &str, user_id: &str, code: u16) -> usize {
         let conns = self.hub.user_connections(app_id, user_id);
         for conn in &conns {
             conn.close(code);
@@ -317,7 +317,7 @@ impl Adapter {
 
     /// Which of `user_ids` are online on any node: this node's sign-ins and the ones the other
     /// nodes replicate, so a watchlist never waits for a peer's answer.
-    pub fn online(&self, app_id: &str, user_ids: &[String]) -> Vec<String> {
+    pub(crate) fn online(&self, app_id: &str, user_ids: &[String]) -> Vec<String> {
         let mut online: Vec<String> = self.hub.online(app_id, user_ids);
         for id in user_ids {
             if !online.contains(id) && self.cluster.online.elsewhere(app_id, id) {
@@ -329,7 +329,7 @@ impl Adapter {
 
     /// Record that `conn` signed in as `user_id`; whether the user just came online
     /// cluster-wide (their first connection anywhere).
-    pub fn sign_in(&self, app_id: &str, user_id: &str, conn: &Conn) -> bool {
+    pub(crate) fn sign_in(&self, app_id: &str, user_id: &str, conn: &Conn) -> bool {
         if !self.hub.sign_in(app_id, user_id, conn) {
             return false;
         }
@@ -340,7 +340,7 @@ impl Adapter {
     }
 
     /// Forget a signed-in connection; whether the user just went offline cluster-wide.
-    pub fn sign_out(&self, app_id: &str, user_id: &str, socket_id: &str) -> bool {
+    pub(crate) fn sign_out(&self, app_id: &str, user_id: &str, socket_id: &str) -> bool {
         if !self.hub.sign_out(app_id, user_id, socket_id) {
             return false;
         }
@@ -351,12 +351,12 @@ impl Adapter {
     }
 
     /// Tell the watchers of `user_id` it came online or went offline.
-    pub fn notify_watchers(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) {
+    pub(crate) fn notify_watchers(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) {
         self.hub.send_to_watchers(app_id, user_id, frame);
     }
 
     /// This node's answer to another node's request.
-    pub fn answer(&self, query: Query) -> Value {
+    pub(crate) fn answer(&self, query: Query) -> Value {
         match query {
             Query::Channel { app, channel } => {
                 let subscription_count = self.hub.subscription_count(&app, &channel);

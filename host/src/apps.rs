@@ -41,14 +41,14 @@ pub struct App {
 
 /// The apps, by id and by key.
 #[derive(Debug, Default)]
-pub struct Apps {
+pub(crate) struct Apps {
     by_id: HashMap<String, Arc<App>>,
     by_key: HashMap<String, Arc<App>>,
 }
 
 impl Apps {
     /// Index `apps` (validated: ids and keys are unique).
-    pub fn new(apps: impl IntoIterator<Item = App>) -> Self {
+    pub(crate) fn new(apps: impl IntoIterator<Item = App>) -> Self {
         let mut index = Self::default();
         for app in apps {
             let app = Arc::new(app);
@@ -59,17 +59,17 @@ impl Apps {
     }
 
     /// The app with this id.
-    pub fn by_id(&self, id: &str) -> Option<&Arc<App>> {
+    pub(crate) fn by_id(&self, id: &str) -> Option<&Arc<App>> {
         self.by_id.get(id)
     }
 
     /// Every app id.
-    pub fn ids(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn ids(&self) -> impl Iterator<Item = &str> {
         self.by_id.keys().map(String::as_str)
     }
 
     /// The app with this key.
-    pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
+    pub(crate) fn by_key(&self, key: &str) -> Option<&Arc<App>> {
         self.by_key.get(key)
     }
 }

@@ -21,13 +21,13 @@ use crate::{
 };
 
 /// Join the cluster (see [`cluster::reader::start`]) with this node as its host.
-pub async fn start(ctx: &Arc<Ctx>, inbox: mpsc::Receiver<Incoming>) {
+pub(crate) async fn start(ctx: &Arc<Ctx>, inbox: mpsc::Receiver<Incoming>) {
     let host: Arc<dyn Host> = Arc::new(Node(ctx.clone()));
     cluster::reader::start(ctx.adapter.cluster().clone(), host, inbox, ctx.shutdown.clone()).await;
 }
 
 /// Leave the cluster.
-pub async fn stop(ctx: &Ctx) {
+pub(crate) async fn stop(ctx: &Ctx) {
     cluster::reader::stop(ctx.adapter.cluster()).await;
 }
 
@@ -123,7 +123,7 @@ impl Host for Node {
 /// cluster. Every node tells its own subscribers when its view changes, so each subscriber
 /// hears it once, whichever node saw the change first; only the cleanup leader sends the
 /// webhook, so it goes out once.
-pub fn member_event(
+pub(crate) fn member_event(
     ctx: &Arc<Ctx>,
     app_id: &str,
     channel: &str,
@@ -150,7 +150,7 @@ pub fn member_event(
 
 /// A channel gained its first subscriber (`occupied`) or lost its last, as this node sees the
 /// cluster: the cleanup leader sends the webhook, so it goes out once.
-pub fn occupancy_event(ctx: &Arc<Ctx>, app_id: &str, channel: &str, occupied: bool) {
+pub(crate) fn occupancy_event(ctx: &Arc<Ctx>, app_id: &str, channel: &str, occupied: bool) {
     if !ctx.adapter.cluster().is_leader() {
         return;
     }

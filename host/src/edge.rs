@@ -38,7 +38,7 @@ const MAX_LINGERING: usize = 4096;
 
 /// Why a connection is over a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OverLimit {
+pub(crate) enum OverLimit {
     /// The node holds `edge.max_connections`.
     Node,
     /// The client's address holds `edge.max_connections_per_ip`.
@@ -47,7 +47,7 @@ pub enum OverLimit {
 
 impl OverLimit {
     /// The metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Node => "node_limit",
             Self::Address => "ip_limit",
@@ -55,7 +55,7 @@ impl OverLimit {
     }
 
     /// What the client is told.
-    pub fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             Self::Node => "The server is at its connection limit; retry later",
             Self::Address => "Too many connections from this address; retry later",
@@ -66,7 +66,7 @@ impl OverLimit {
 /// How many bytes the client has accepted, for the write deadline: a counter, not a clock,
 /// because it moves on every write of every connection and reading a clock there costs.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub(crate) struct Progress {
     written: AtomicU64,
 }
 
@@ -78,14 +78,14 @@ impl Progress {
     }
 
     /// Bytes the client has accepted so far.
-    pub fn written(&self) -> u64 {
+    pub(crate) fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
 }
 
 /// What a request knows of its connection (a request extension).
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// The client's address.
     pub addr: SocketAddr,
     /// Set when the connection is over a limit and must be refused.
@@ -96,7 +96,7 @@ pub struct Peer {
 
 /// The counts behind the limits, and the edge's metrics.
 #[derive(Debug)]
-pub struct Edge {
+pub(crate) struct Edge {
     settings: EdgeSettings,
     max_connections: Option<usize>,
     open: AtomicUsize,
@@ -111,7 +111,7 @@ pub struct Edge {
 impl Edge {
     /// The edge with `settings`; the node's cap is resolved now (from the open-file limit when
     /// not configured).
-    pub fn new(settings: &EdgeSettings, metrics: &Metrics) -> Arc<Self> {
+    pub(crate) fn new(settings: &EdgeSettings, metrics: &Metrics) -> Arc<Self> {
         let max_connections = settings.max_connections.or_else(|| {
             open_file_limit().map(|limit| usize::try_from(limit / 10 * 9).unwrap_or(usize::MAX))
         });
@@ -129,12 +129,12 @@ impl Edge {
     }
 
     /// The node's connection cap, if any.
-    pub fn max_connections(&self) -> Option<usize> {
+    pub(crate) fn max_connections(&self) -> Option<usize> {
         self.max_connections
     }
 
     /// The settings.
-    pub fn settings(&self) -> &EdgeSettings {
+    pub(crate) fn settings(&self) -> &EdgeSettings {
         &self.settings
     }
 
@@ -181,7 +181,7 @@ impl Edge {
     }
 
     /// Wrap an accepted stream: its IO for hyper and what its requests will know of it.
-    pub fn accept(self: &Arc<Self>, stream: TcpStream, addr: SocketAddr) -> (EdgeIo, Peer) {
+    pub(crate) fn accept(self: &Arc<Self>, stream: TcpStream, addr: SocketAddr) -> (EdgeIo, Peer) {
         let (ticket, over_limit) = self.admit(addr.ip());
         let progress = Arc::new(Progress::default());
         let io = EdgeIo { stream: Some(stream), ticket: Some(ticket), progress: progress.clone() };
@@ -212,7 +212,7 @@ impl Drop for Ticket {
 
 /// An accepted TCP stream that records write progress and lingers when dropped.
 #[derive(Debug)]
-pub struct EdgeIo {
+pub(crate) struct EdgeIo {
     stream: Option<TcpStream>,
     ticket: Option<Ticket>,
     progress: Arc<Progress>,

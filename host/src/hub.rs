@@ -29,12 +29,12 @@ use crate::{
 };
 
 /// A socket id, `<digits>.<digits>`.
-pub type SocketId = Arc<str>;
+pub(crate) type SocketId = Arc<str>;
 
 /// A connection's state shared between its task and the hub: why it is being closed, and how
 /// many bytes wait in its queue.
 #[derive(Debug)]
-pub struct Closer {
+pub(crate) struct Closer {
     /// The close code, 0 while open.
     code: AtomicU16,
     notify: Notify,
@@ -55,7 +55,7 @@ pub struct Closer {
 impl Closer {
     /// A closer for a queue of `max_frames` frames and `max_bytes` bytes (0 = no byte bound),
     /// which counts as behind when fuller than `watermark_percent`.
-    pub fn new(max_frames: usize, max_bytes: usize, watermark_percent: u8) -> Self {
+    pub(crate) fn new(max_frames: usize, max_bytes: usize, watermark_percent: u8) -> Self {
         let free = 100 - usize::from(watermark_percent.min(99));
         // Small frames fill at most a quarter of the byte bound, counted ones the rest.
         let small = if max_bytes == 0 { usize::MAX } else { max_bytes / max_frames.max(1) / 4 };
@@ -76,14 +76,14 @@ impl Closer {
     }
 
     /// Ask the connection's task to close with `code`; the first request wins.
-    pub fn close(&self, code: u16) {
+    pub(crate) fn close(&self, code: u16) {
         if self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.notify.notify_one();
         }
     }
 
     /// The requested close code, if any.
-    pub fn requested(&self) -> Option<u16> {
+    pub(crate) fn requested(&self) -> Option<u16> {
         match self.code.load(Ordering::Acquire) {
             0 => None,
             code => Some(code),
@@ -91,7 +91,7 @@ impl Closer {
     }
 
     /// Resolves once a close is requested.
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         loop {
             let notified = self.notify.notified();
             if self.requested().is_some() {
@@ -102,12 +102,12 @@ impl Closer {
     }
 
     /// Whether a frame of `len` bytes counts against the byte bound.
-    pub fn counts(&self, len: usize) -> bool {
+    pub(crate) fn counts(&self, len: usize) -> bool {
         len > self.small
     }
 
     /// The connection's task took counted frames of `bytes` off its queue.
-    pub fn dequeued(&self, bytes: usize) {
+    pub(crate) fn dequeued(&self, bytes: usize) {
         if bytes > 0 {
             self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
         }
@@ -116,7 +116,7 @@ impl Closer {
 
 /// What enqueueing a frame did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// Enqueued; `behind` if the queue is now above the congestion watermark.
     Queued {
         /// The queue is above the watermark.
@@ -129,7 +129,7 @@ pub enum Delivery {
 
 /// What the hub holds of a connection: its id, its outbound queue and its closer.
 #[derive(Debug, Clone)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// The socket id.
     pub socket_id: SocketId,
     queue: mpsc::Sender<Utf8Bytes>,
@@ -138,18 +138,22 @@ pub struct Conn {
 
 impl Conn {
     /// A handle over a connection's queue and closer.
-    pub fn new(socket_id: SocketId, queue: mpsc::Sender<Utf8Bytes>, closer: Arc<Closer>) -> Self {
+    pub(crate) fn new(
+        socket_id: SocketId,
+        queue: mpsc::Sender<Utf8Bytes>,
+        closer: Arc<Closer>,
+    ) -> Self {
         Self { socket_id, queue, closer }
     }
 
     /// Enqueue a frame without waiting. A full queue (in frames or bytes) means the client
     /// cannot keep up: it is closed with 4100. Answers whether the frame was enqueued.
-    pub fn send(&self, frame: &Utf8Bytes) -> bool {
+    pub(crate) fn send(&self, frame: &Utf8Bytes) -> bool {
         matches!(self.deliver(frame), Delivery::Queued { .. })
     }
 
     /// [`Conn::send`], also telling whether the queue is above the congestion watermark.
-    pub fn deliver(&self, frame: &Utf8Bytes) -> Delivery {
+    pub(crate) fn deliver(&self, frame: &Utf8Bytes) -> Delivery {
         let closer = &*self.closer;
         let len = if closer.counts(frame.len()) { frame.len() } else { 0 };
         let mut queued = 0;
@@ -182,7 +186,7 @@ impl Conn {
     }
 
     /// Ask the connection to close with `code`.
-    pub fn close(&self, code: u16) {
+    pub(crate) fn close(&self, code: u16) {
         self.closer.close(code);
     }
 }
@@ -298,7 +302,7 @@ struct AppHub {
 
 /// A presence join to make along with a subscription.
 #[derive(Debug, Clone)]
-pub struct Join {
+pub(crate) struct Join {
     /// The user id.
     pub user_id: String,
     /// The user info.
@@ -312,7 +316,7 @@ pub struct Join {
 
 /// What a subscription did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subscribed {
+pub(crate) struct Subscribed {
     /// The socket was not subscribed before.
     pub new_subscriber: bool,
     /// The channel had no subscriber before (it became occupied).
@@ -323,7 +327,7 @@ pub struct Subscribed {
 
 /// What an unsubscription did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Unsubscribed {
+pub(crate) struct Unsubscribed {
     /// The socket was subscribed.
     pub was_subscribed: bool,
     /// The channel has no subscriber left (it was vacated).
@@ -335,14 +339,14 @@ pub struct Unsubscribed {
 /// A presence channel refused a member.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the presence channel is full ({max} members)")]
-pub struct ChannelFull {
+pub(crate) struct ChannelFull {
     /// The limit.
     pub max: usize,
 }
 
 /// What a subscriber asks of a channel's events besides receiving them.
 #[derive(Debug, Clone, Default)]
-pub struct Wants {
+pub(crate) struct Wants {
     /// Only the events with tags this filter passes.
     pub filter: Option<Arc<Filter>>,
     /// Events as deltas.
@@ -351,7 +355,7 @@ pub struct Wants {
 
 /// A subscriber's wish for deltas on a channel.
 #[derive(Debug, Clone)]
-pub struct DeltaWish {
+pub(crate) struct DeltaWish {
     /// The algorithm it asked for; the channel's if none.
     pub algorithm: Option<Algorithm>,
     /// The channel's settings (the server's with the app's overrides).
@@ -360,7 +364,7 @@ pub struct DeltaWish {
 
 /// What delta compression sent, for the metrics.
 #[derive(Debug, Clone, Default)]
-pub struct DeltaCounters {
+pub(crate) struct DeltaCounters {
     /// Events sent as deltas.
     pub deltas: Counter,
     /// Events sent whole on a delta stream.
@@ -371,14 +375,14 @@ pub struct DeltaCounters {
 
 /// This node's sockets and subscriptions, by app.
 #[derive(Debug, Default)]
-pub struct Hub {
+pub(crate) struct Hub {
     apps: RwLock<HashMap<String, Arc<AppHub>>>,
     delta_counters: DeltaCounters,
 }
 
 impl Hub {
     /// An empty hub counting its deltas in `delta_counters`.
-    pub fn new(delta_counters: DeltaCounters) -> Self {
+    pub(crate) fn new(delta_counters: DeltaCounters) -> Self {
         Self { apps: RwLock::default(), delta_counters }
     }
 
@@ -395,7 +399,7 @@ impl Hub {
 
     /// Count a new connection if the app, with `elsewhere` connections on other nodes, is under
     /// `max` (0 = unlimited); whether it was.
-    pub fn admit(&self, app_id: &str, max: u64, elsewhere: u64) -> bool {
+    pub(crate) fn admit(&self, app_id: &str, max: u64, elsewhere: u64) -> bool {
         let app = self.app(app_id);
         app.connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -405,7 +409,7 @@ impl Hub {
     }
 
     /// Forget a connection counted by [`Hub::admit`].
-    pub fn release(&self, app_id: &str) {
+    pub(crate) fn release(&self, app_id: &str) {
         if let Some(app) = self.existing(app_id) {
             let _ = app
                 .connections
@@ -414,7 +418,7 @@ impl Hub {
     }
 
     /// The app's connections on this node.
-    pub fn connection_count(&self, app_id: &str) -> u64 {
+    pub(crate) fn connection_count(&self, app_id: &str) -> u64 {
         self.existing(app_id).map_or(0, |a| a.connections.load(Ordering::Acquire))
     }
 
@@ -422,7 +426,7 @@ impl Hub {
     /// frame that acknowledges the subscription from the members as they are after it; it is
     /// enqueued before the socket becomes visible to broadcasts, so the acknowledgement always
     /// precedes the channel's events.
-    pub fn subscribe(
+    pub(crate) fn subscribe(
         &self,
         app_id: &str,
         channel: &str,
@@ -500,7 +504,7 @@ impl Hub {
     }
 
     /// Unsubscribe `socket_id` from `channel`, and from presence as `user_id` if given.
-    pub fn unsubscribe(
+    pub(crate) fn unsubscribe(
         &self,
         app_id: &str,
         channel: &str,
@@ -547,7 +551,7 @@ impl Hub {
 
     /// Send `socket_id` deltas on `channel` from now on (it enabled them for its connection
     /// after subscribing); whether it is subscribed.
-    pub fn enable_deltas(
+    pub(crate) fn enable_deltas(
         &self,
         app_id: &str,
         channel: &str,
@@ -570,7 +574,7 @@ impl Hub {
     }
 
     /// `socket_id` could not apply a delta on `channel`: its next event there goes whole.
-    pub fn resync_deltas(&self, app_id: &str, channel: &str, socket_id: &str) {
+    pub(crate) fn resync_deltas(&self, app_id: &str, channel: &str, socket_id: &str) {
         let Some(app) = self.existing(app_id) else { return };
         let channels = app.channels.read().expect("hub lock");
         if let Some(deltas) = channels.get(channel).and_then(|c| c.deltas.as_ref()) {
@@ -583,7 +587,7 @@ impl Hub {
     /// (and to those without one); without `tags` (protocol frames, client events) to all.
     /// A `compressible` frame (an app's event on a channel that is not encrypted) goes to
     /// delta subscribers as a delta or a full frame of their stream.
-    pub fn broadcast(
+    pub(crate) fn broadcast(
         &self,
         app_id: &str,
         channel: &str,
@@ -632,7 +636,7 @@ impl Hub {
 
     /// Whether `channel`'s subscribers are mostly behind. With `recheck`, their queues are
     /// looked at now (and the answer kept); otherwise the last broadcast's finding is told.
-    pub fn congested(&self, app_id: &str, channel: &str, recheck: bool) -> bool {
+    pub(crate) fn congested(&self, app_id: &str, channel: &str, recheck: bool) -> bool {
         let Some(app) = self.existing(app_id) else { return false };
         let channels = app.channels.read().expect("hub lock");
         let Some(entry) = channels.get(channel) else { return false };
@@ -646,14 +650,14 @@ impl Hub {
     }
 
     /// Subscribers of `channel` on this node.
-    pub fn subscription_count(&self, app_id: &str, channel: &str) -> usize {
+    pub(crate) fn subscription_count(&self, app_id: &str, channel: &str) -> usize {
         self.existing(app_id).map_or(0, |app| {
             app.channels.read().expect("hub lock").get(channel).map_or(0, |c| c.subscribers.len())
         })
     }
 
     /// Distinct users in presence `channel` on this node.
-    pub fn user_ids(&self, app_id: &str, channel: &str) -> Vec<String> {
+    pub(crate) fn user_ids(&self, app_id: &str, channel: &str) -> Vec<String> {
         self.existing(app_id).map_or_else(Vec::new, |app| {
             let channels = app.channels.read().expect("hub lock");
             channels
@@ -666,7 +670,7 @@ impl Hub {
 
     /// Occupied channels of the app whose name starts with `prefix`: (name, subscribers,
     /// distinct presence users).
-    pub fn channels(&self, app_id: &str, prefix: &str) -> Vec<(String, usize, usize)> {
+    pub(crate) fn channels(&self, app_id: &str, prefix: &str) -> Vec<(String, usize, usize)> {
         self.existing(app_id).map_or_else(Vec::new, |app| {
             let channels = app.channels.read().expect("hub lock");
             channels
@@ -679,20 +683,9 @@ impl Hub {
         })
     }
 
-    /// Whether `socket_id` is subscribed to `channel`.
-    pub fn is_subscribed(&self, app_id: &str, channel: &str, socket_id: &str) -> bool {
-        self.existing(app_id).is_some_and(|app| {
-            app.channels
-                .read()
-                .expect("hub lock")
-                .get(channel)
-                .is_some_and(|c| c.subscribers.contains_key(socket_id))
-        })
-    }
-
     /// Record that `conn` signed in as `user_id`; whether it is the user's first connection
     /// (the user came online).
-    pub fn sign_in(&self, app_id: &str, user_id: &str, conn: &Conn) -> bool {
+    pub(crate) fn sign_in(&self, app_id: &str, user_id: &str, conn: &Conn) -> bool {
         let app = self.app(app_id);
         let mut users = app.users.write().expect("hub lock");
         let sockets = users.entry(user_id.to_string()).or_default();
@@ -702,7 +695,7 @@ impl Hub {
     }
 
     /// Forget a signed-in connection; whether it was the user's last (the user went offline).
-    pub fn sign_out(&self, app_id: &str, user_id: &str, socket_id: &str) -> bool {
+    pub(crate) fn sign_out(&self, app_id: &str, user_id: &str, socket_id: &str) -> bool {
         let Some(app) = self.existing(app_id) else { return false };
         let mut users = app.users.write().expect("hub lock");
         let Some(sockets) = users.get_mut(user_id) else { return false };
@@ -715,7 +708,7 @@ impl Hub {
     }
 
     /// The connections signed in as `user_id`.
-    pub fn user_connections(&self, app_id: &str, user_id: &str) -> Vec<Conn> {
+    pub(crate) fn user_connections(&self, app_id: &str, user_id: &str) -> Vec<Conn> {
         self.existing(app_id).map_or_else(Vec::new, |app| {
             app.users
                 .read()
@@ -727,12 +720,12 @@ impl Hub {
     }
 
     /// Enqueue `frame` to every connection signed in as `user_id`; how many got it.
-    pub fn send_to_user(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) -> usize {
+    pub(crate) fn send_to_user(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) -> usize {
         self.user_connections(app_id, user_id).iter().filter(|conn| conn.send(frame)).count()
     }
 
     /// Which of `user_ids` have a signed-in connection on this node.
-    pub fn online(&self, app_id: &str, user_ids: &[String]) -> Vec<String> {
+    pub(crate) fn online(&self, app_id: &str, user_ids: &[String]) -> Vec<String> {
         self.existing(app_id).map_or_else(Vec::new, |app| {
             let users = app.users.read().expect("hub lock");
             user_ids.iter().filter(|id| users.contains_key(*id)).cloned().collect()
@@ -740,7 +733,7 @@ impl Hub {
     }
 
     /// Make `conn` a watcher of each of `user_ids`.
-    pub fn watch(&self, app_id: &str, conn: &Conn, user_ids: &[String]) {
+    pub(crate) fn watch(&self, app_id: &str, conn: &Conn, user_ids: &[String]) {
         let app = self.app(app_id);
         let mut watchers = app.watchers.write().expect("hub lock");
         for id in user_ids {
@@ -749,7 +742,7 @@ impl Hub {
     }
 
     /// Stop `socket_id` watching `user_ids`.
-    pub fn unwatch(&self, app_id: &str, socket_id: &str, user_ids: &[String]) {
+    pub(crate) fn unwatch(&self, app_id: &str, socket_id: &str, user_ids: &[String]) {
         let Some(app) = self.existing(app_id) else { return };
         let mut watchers = app.watchers.write().expect("hub lock");
         for id in user_ids {
@@ -763,7 +756,7 @@ impl Hub {
     }
 
     /// Enqueue `frame` to every watcher of `user_id`.
-    pub fn send_to_watchers(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) {
+    pub(crate) fn send_to_watchers(&self, app_id: &str, user_id: &str, frame: &Utf8Bytes) {
         let Some(app) = self.existing(app_id) else { return };
         let watchers: Vec<Conn> = app
             .watchers
@@ -788,7 +781,7 @@ impl Hub {
     }
 
     /// Every presence member on this node: (app, channel, user, info).
-    pub fn presence_members(&self) -> Vec<(String, String, String, Value)> {
+    pub(crate) fn presence_members(&self) -> Vec<(String, String, String, Value)> {
         let apps = self.all_apps();
         let mut out = Vec::new();
         for (app_id, app) in apps {
@@ -802,7 +795,7 @@ impl Hub {
     }
 
     /// Whether `user_id` is a presence member of `channel` on this node.
-    pub fn has_member(&self, app_id: &str, channel: &str, user_id: &str) -> bool {
+    pub(crate) fn has_member(&self, app_id: &str, channel: &str, user_id: &str) -> bool {
         self.existing(app_id).is_some_and(|app| {
             app.channels
                 .read()
@@ -814,7 +807,7 @@ impl Hub {
     }
 
     /// Every channel with a subscriber on this node, as (app, channel).
-    pub fn occupied_channels(&self) -> Vec<(String, String)> {
+    pub(crate) fn occupied_channels(&self) -> Vec<(String, String)> {
         let apps = self.all_apps();
         let mut out = Vec::new();
         for (app_id, app) in apps {
@@ -828,7 +821,7 @@ impl Hub {
     }
 
     /// Every signed-in user on this node, as (app, user).
-    pub fn signed_in_users(&self) -> Vec<(String, String)> {
+    pub(crate) fn signed_in_users(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for (app_id, app) in self.all_apps() {
             for user in app.users.read().expect("hub lock").keys() {

@@ -1,39 +1,40 @@
 //! sockhost: a Pusher Channels (protocol v7) server whose transports and drivers are plugins.
 //!
 //! # Layout
-//! - [`server`]: [`run`], the injectable entry point, and the shared [`server::Ctx`].
-//! - [`ws`]: the WebSocket endpoint: one task per connection.
-//! - [`http_api`]: the Pusher HTTP API, health and metrics endpoints.
-//! - [`protocol`]: the wire format: messages, frames, codes, channel names, signatures.
-//! - [`adapter`]: channel state and delivery, local now, cluster-wide behind the same methods.
-//! - [`cluster`]: the cluster layer (bus, membership, replicated state), below everything else;
-//!   [`cluster_events`] is the node's side of its one interface.
-//! - [`hub`]: this node's sockets and subscriptions; the only code that holds sockets.
-//! - [`apps`], [`config`]: who may connect, and the validated settings.
-//! - [`plugins`]: the plugin boundary; the only module that knows FFI types.
-//! - [`metrics`], [`telemetry`], [`cli`], [`inspect`]: operations.
+//! Public, for the binary, the tests and the fuzz targets: [`run`] (the injectable entry
+//! point), [`config`], [`plugins`] (the plugin boundary; the only module that knows FFI
+//! types), [`protocol`] (the wire format), [`cluster`] (the layer below everything else),
+//! [`delta`], [`cli`], [`inspect`], [`telemetry`], [`fuzzing`] and [`benchmarks`] (entry
+//! points into the insides). Private to the crate: `server` (the shared `Ctx`), `ws` (one
+//! task per connection), `http_api`, `adapter` (the only road to channel state), `hub` (the
+//! only code that holds sockets), `cluster_events` (the node's side of the cluster layer's one
+//! interface), `apps`, `edge`, `tls`, `readiness`, `webhooks`, `metrics`.
 
-pub mod adapter;
-pub mod apps;
+// Items of the crate's private modules say `pub(crate)`: what is `pub` is the crate's surface.
+#![warn(unreachable_pub)]
+
+pub(crate) mod adapter;
+pub(crate) mod apps;
+pub mod benchmarks;
 pub mod cli;
 pub mod cluster;
-pub mod cluster_events;
+pub(crate) mod cluster_events;
 pub mod config;
 pub mod delta;
-pub mod edge;
+pub(crate) mod edge;
 pub mod fuzzing;
-pub mod http_api;
-pub mod hub;
+pub(crate) mod http_api;
+pub(crate) mod hub;
 pub mod inspect;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod plugins;
 pub mod protocol;
-pub mod readiness;
-pub mod server;
+pub(crate) mod readiness;
+pub(crate) mod server;
 pub mod telemetry;
-pub mod tls;
-pub mod webhooks;
-pub mod ws;
+pub(crate) mod tls;
+pub(crate) mod webhooks;
+pub(crate) mod ws;
 
 pub use config::Settings;
 pub use server::run;

@@ -21,7 +21,7 @@ macro_rules! register {
 
 /// The server's metrics.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Open WebSocket connections.
     pub connected: Gauge,
@@ -112,7 +112,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Metrics named `<prefix><name>`, plus the counters plugins report.
-    pub fn new(prefix: &str, plugins: Arc<PluginCounters>) -> Self {
+    pub(crate) fn new(prefix: &str, plugins: Arc<PluginCounters>) -> Self {
         let mut registry = Registry::with_prefix(prefix.trim_end_matches('_'));
         let metrics = Self { plugins, ..Self::default() };
         metrics.register_connections(&mut registry);
@@ -316,7 +316,7 @@ impl Metrics {
     }
 
     /// Count one in a family labelled by a single static pair.
-    pub fn count(
+    pub(crate) fn count(
         family: &Family<Vec<(&'static str, &'static str)>, Counter>,
         label: &'static str,
         value: &'static str,
@@ -325,7 +325,7 @@ impl Metrics {
     }
 
     /// The text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         for ((plugin, name), value) in self.plugins.snapshot() {
             self.plugin_counters
                 .get_or_create(&vec![("plugin", plugin), ("name", name)])

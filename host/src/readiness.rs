@@ -16,7 +16,7 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the node is not ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotReady {
+pub(crate) enum NotReady {
     /// Shutting down.
     Draining,
     /// Resident memory above the threshold.
@@ -25,7 +25,7 @@ pub enum NotReady {
 
 impl NotReady {
     /// A short label, for metrics and answers.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Draining => "draining",
             Self::Memory => "memory",
@@ -35,7 +35,7 @@ impl NotReady {
 
 /// The node's readiness, kept up to date by [`Readiness::watch`].
 #[derive(Debug)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     /// Resident bytes above which the node is not ready; `None`: memory is not watched.
     threshold: Option<u64>,
     over_memory: AtomicBool,
@@ -43,7 +43,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// Readiness with the lower of the two thresholds (a share of the memory limit, a size).
-    pub fn new(max_percent: Option<u8>, max_bytes: Option<u64>) -> Self {
+    pub(crate) fn new(max_percent: Option<u8>, max_bytes: Option<u64>) -> Self {
         let share =
             max_percent.and_then(|p| memory_limit().map(|limit| limit / 100 * u64::from(p)));
         let threshold = match (share, max_bytes) {
@@ -54,17 +54,17 @@ impl Readiness {
     }
 
     /// The resident size above which the node is not ready.
-    pub fn threshold(&self) -> Option<u64> {
+    pub(crate) fn threshold(&self) -> Option<u64> {
         self.threshold
     }
 
     /// Whether new connections should be refused for memory.
-    pub fn over_memory(&self) -> bool {
+    pub(crate) fn over_memory(&self) -> bool {
         self.over_memory.load(Ordering::Relaxed)
     }
 
     /// Why the node is not ready, if it is not.
-    pub fn check(&self, shutdown: &CancellationToken) -> Option<NotReady> {
+    pub(crate) fn check(&self, shutdown: &CancellationToken) -> Option<NotReady> {
         if shutdown.is_cancelled() {
             Some(NotReady::Draining)
         } else if self.over_memory() {
@@ -76,7 +76,7 @@ impl Readiness {
 
     /// Read the resident size every second until `shutdown`; `changed` hears each crossing of
     /// the threshold (with the size), for a log line and a metric.
-    pub async fn watch(&self, shutdown: CancellationToken, changed: impl Fn(bool, u64)) {
+    pub(crate) async fn watch(&self, shutdown: CancellationToken, changed: impl Fn(bool, u64)) {
         let Some(threshold) = self.threshold else { return };
         let mut tick = tokio::time::interval(CHECK_EVERY);
         loop {
@@ -94,7 +94,7 @@ impl Readiness {
 }
 
 /// This process's resident size (`VmRSS` in `/proc/self/status`).
-pub fn resident_bytes() -> Option<u64> {
+pub(crate) fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     kib_field(&status, "VmRSS:")
 }

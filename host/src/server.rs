@@ -47,7 +47,7 @@ const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50)
 
 /// Everything request handlers and connection tasks share.
 #[derive(Debug)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     /// The validated settings.
     pub settings: Settings,
     /// The apps.
@@ -74,7 +74,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// A context over `settings` and `drivers`.
-    pub fn new(settings: Settings, drivers: Drivers) -> Self {
+    pub(crate) fn new(settings: Settings, drivers: Drivers) -> Self {
         let metrics = Metrics::new(&settings.metrics_prefix, drivers.counters.clone());
         let cluster = Cluster::new(
             drivers.transport.clone(),
@@ -104,7 +104,7 @@ impl Ctx {
     /// driver: `None` if allowed (or unlimited, or limits are off), the decision if refused. A
     /// driver that fails lets the request through (`rate_limiter.fail_open`, the default) or
     /// refuses it for a second, with a log line and a metric either way.
-    pub async fn rate_limit(
+    pub(crate) async fn rate_limit(
         &self,
         key: &str,
         cost: u32,
@@ -135,13 +135,13 @@ impl Ctx {
     }
 
     /// A new socket id, `<digits>.<digits>`, unique on this node.
-    pub fn next_socket_id(&self) -> String {
+    pub(crate) fn next_socket_id(&self) -> String {
         format!("{}.{}", self.socket_prefix, self.socket_counter.fetch_add(1, Ordering::Relaxed))
     }
 }
 
 /// The router for WebSocket connections, the HTTP API and health checks.
-pub fn router(ctx: Arc<Ctx>) -> Router {
+pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
     let api = Router::new()
         .route("/apps/{app_id}/events", post(http_api::events::trigger))
         .route("/apps/{app_id}/batch_events", post(http_api::events::batch))

@@ -24,11 +24,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// How often the certificate files are looked at for a change.
-pub const POLL: Duration = Duration::from_secs(2);
+pub(crate) const POLL: Duration = Duration::from_secs(2);
 
 /// Why a certificate pair could not be used.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// The file could not be read or holds no PEM of the kind needed.
     #[error("ssl.{field}: {}: {problem}", .path.display())]
     File {
@@ -54,7 +54,7 @@ pub enum TlsError {
 
 /// The certificate in use, replaced in place on reload.
 #[derive(Debug)]
-pub struct Certificates {
+pub(crate) struct Certificates {
     cert: PathBuf,
     key: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
@@ -66,7 +66,7 @@ type Stamp = [(SystemTime, u64); 2];
 
 impl Certificates {
     /// Read the pair at `cert` and `key`.
-    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
+    pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
         let stamp = stamp(cert, key);
         let pair = read_pair(cert, key)?;
         Ok(Arc::new(Self {
@@ -77,13 +77,8 @@ impl Certificates {
         }))
     }
 
-    /// The leaf certificate in use.
-    pub fn leaf(&self) -> CertificateDer<'static> {
-        self.current.read().expect("certificate lock").cert[0].clone()
-    }
-
     /// Read the pair again and use it; the old one stays on error.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         *self.stamp.lock().expect("certificate lock") = stamp(&self.cert, &self.key);
         let pair = read_pair(&self.cert, &self.key)?;
         *self.current.write().expect("certificate lock") = Arc::new(pair);
@@ -106,7 +101,7 @@ impl Certificates {
 
     /// Reload on SIGHUP and when the files change, until `shutdown`; `reloaded` hears each
     /// attempt's outcome.
-    pub async fn watch(
+    pub(crate) async fn watch(
         self: Arc<Self>,
         shutdown: CancellationToken,
         reloaded: impl Fn(&Result<(), TlsError>),
@@ -167,7 +162,7 @@ fn read_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
 }
 
 /// A TLS acceptor serving whatever `certificates` holds at each handshake (HTTP/1.1 only).
-pub fn acceptor(certificates: Arc<Certificates>) -> Result<TlsAcceptor, TlsError> {
+pub(crate) fn acceptor(certificates: Arc<Certificates>) -> Result<TlsAcceptor, TlsError> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()

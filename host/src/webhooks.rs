@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// The queue webhooks go through.
-pub const QUEUE: &str = "webhooks";
+pub(crate) const QUEUE: &str = "webhooks";
 
 /// One webhook delivery, as stored on the queue.
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,7 +58,7 @@ struct AppBudget {
 /// Webhook state: the outbox (events go to the queue driver in the order they happened),
 /// batches being collected, and vacated channels waiting to be confirmed.
 #[derive(Debug)]
-pub struct Webhooks {
+pub(crate) struct Webhooks {
     outbox: mpsc::Sender<Outgoing>,
     outbox_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     batches: Mutex<HashMap<String, Vec<Value>>>,
@@ -85,7 +85,7 @@ impl Default for Webhooks {
 
 /// Move webhook events from the outbox to the queue driver, one at a time so their order holds.
 /// Runs until the server's context is dropped.
-pub async fn forward(ctx: Arc<Ctx>) {
+pub(crate) async fn forward(ctx: Arc<Ctx>) {
     let Some(mut rx) = ctx.webhooks.outbox_rx.lock().expect("webhook lock").take() else { return };
     let weak = Arc::downgrade(&ctx);
     drop(ctx);
@@ -164,7 +164,7 @@ impl Webhooks {
 
     /// Send `event` (an object with `name` and its fields) to the app's endpoints that want it,
     /// within the app's allowance of events per second.
-    pub fn emit(&self, ctx: &Arc<Ctx>, app: &Arc<App>, event: Value) {
+    pub(crate) fn emit(&self, ctx: &Arc<Ctx>, app: &Arc<App>, event: Value) {
         if app.webhooks.is_empty() || !self.admit(ctx, app) {
             return;
         }
@@ -200,7 +200,7 @@ impl Webhooks {
 
     /// A channel gained its first subscriber: `channel_occupied`, unless it was vacated a moment
     /// ago (then neither is sent).
-    pub fn occupied(&self, ctx: &Arc<Ctx>, app: &Arc<App>, channel: &str) {
+    pub(crate) fn occupied(&self, ctx: &Arc<Ctx>, app: &Arc<App>, channel: &str) {
         let key = (app.id.clone(), channel.to_string());
         if self.pending_vacated.lock().expect("webhook lock").remove(&key).is_some() {
             return;
@@ -210,7 +210,7 @@ impl Webhooks {
 
     /// A channel lost its last subscriber: `channel_vacated` after the delay, if it is still
     /// empty then.
-    pub fn vacated(&self, ctx: &Arc<Ctx>, app: &Arc<App>, channel: &str) {
+    pub(crate) fn vacated(&self, ctx: &Arc<Ctx>, app: &Arc<App>, channel: &str) {
         // Admitted now, not when sent: the wait holds a task and an entry per channel, which
         // the app's allowance bounds too.
         if app.webhooks.is_empty() || !self.admit(ctx, app) {
@@ -286,7 +286,7 @@ async fn enqueue(ctx: &Ctx, app: &App, events: Vec<Value>) {
 
 /// The consumer of the webhook queue: POST one delivery. A failure or a non-2xx answer fails
 /// the attempt (the queue retries it later) until the last attempt, which gives up.
-pub fn deliver(
+pub(crate) fn deliver(
     ctx: Arc<Ctx>,
     http: reqwest::Client,
     settings: WebhookSettings,

@@ -12,11 +12,11 @@ use super::ApiError;
 use crate::{apps::App, protocol::signature, server::Ctx};
 
 /// How far `auth_timestamp` may be from the server's clock, in seconds.
-pub const TIMESTAMP_WINDOW_SECS: u64 = 600;
+pub(crate) const TIMESTAMP_WINDOW_SECS: u64 = 600;
 
 /// A request that passed authentication: its app and its decoded query parameters.
 #[derive(Debug)]
-pub struct Authed {
+pub(crate) struct Authed {
     /// The app named in the path, whose key signed the request.
     pub app: Arc<App>,
     /// The query parameters (auth ones included).
@@ -28,20 +28,13 @@ pub struct Authed {
 /// query, `body_md5` included). Made before the body is read, so an unauthenticated client
 /// never makes the server hold its body; only `body_md5` is left to check against the body.
 #[derive(Debug)]
-pub struct Prechecked {
+pub(crate) struct Prechecked {
     app: Arc<App>,
     query: HashMap<String, String>,
 }
 
-impl Prechecked {
-    /// The app named in the path.
-    pub fn app(&self) -> &Arc<App> {
-        &self.app
-    }
-}
-
 /// The checks of a request that need no body.
-pub fn precheck(
+pub(crate) fn precheck(
     ctx: &Ctx,
     app_id: &str,
     method: &Method,
@@ -91,7 +84,7 @@ pub fn precheck(
 }
 
 /// The check that needs the body: `body_md5` matches a non-empty body.
-pub fn verify(pre: Prechecked, body: &[u8]) -> Result<Authed, ApiError> {
+pub(crate) fn verify(pre: Prechecked, body: &[u8]) -> Result<Authed, ApiError> {
     let Prechecked { app, query } = pre;
     match query.get("body_md5") {
         Some(md5) if *md5 != signature::body_md5(body) => {
@@ -104,7 +97,7 @@ pub fn verify(pre: Prechecked, body: &[u8]) -> Result<Authed, ApiError> {
 }
 
 /// Check a request with its body: [`precheck`], then [`verify`].
-pub fn authenticate(
+pub(crate) fn authenticate(
     ctx: &Ctx,
     app_id: &str,
     method: &Method,

@@ -56,7 +56,7 @@ fn attributes(query: &std::collections::HashMap<String, String>) -> Vec<String> 
 }
 
 /// Occupied channels, optionally filtered by prefix; `info=user_count` for presence prefixes.
-pub async fn list(
+pub(crate) async fn list(
     State(ctx): State<Arc<Ctx>>,
     Path(app_id): Path<String>,
     method: Method,
@@ -96,7 +96,7 @@ pub async fn list(
 }
 
 /// One channel: whether it is occupied, and the counts asked for.
-pub async fn show(
+pub(crate) async fn show(
     State(ctx): State<Arc<Ctx>>,
     Path((app_id, name)): Path<(String, String)>,
     method: Method,
@@ -129,7 +129,7 @@ pub async fn show(
 }
 
 /// The users of a presence channel.
-pub async fn users(
+pub(crate) async fn users(
     State(ctx): State<Arc<Ctx>>,
     Path((app_id, name)): Path<(String, String)>,
     method: Method,

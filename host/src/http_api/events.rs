@@ -163,7 +163,7 @@ fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
 }
 
 /// The cache key of a cache channel's last event.
-pub fn cache_key(app_id: &str, channel: &str) -> String {
+pub(crate) fn cache_key(app_id: &str, channel: &str) -> String {
     format!("app:{app_id}:channel:{channel}:cache")
 }
 
@@ -274,7 +274,7 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 /// Trigger one event on one or more channels.
-pub async fn trigger(
+pub(crate) async fn trigger(
     State(ctx): State<Arc<Ctx>>,
     Path(app_id): Path<String>,
     method: Method,
@@ -295,7 +295,7 @@ pub async fn trigger(
 }
 
 /// Trigger several events at once; every event is checked before any is published.
-pub async fn batch(
+pub(crate) async fn batch(
     State(ctx): State<Arc<Ctx>>,
     Path(app_id): Path<String>,
     method: Method,

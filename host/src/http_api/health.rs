@@ -14,7 +14,7 @@ use crate::server::Ctx;
 
 /// `GET /up`: 200 while the server and its transport answer; 503 when the transport does not
 /// or the server is shutting down.
-pub async fn up(State(ctx): State<Arc<Ctx>>) -> (StatusCode, Json<Value>) {
+pub(crate) async fn up(State(ctx): State<Arc<Ctx>>) -> (StatusCode, Json<Value>) {
     if ctx.shutdown.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -32,7 +32,7 @@ pub async fn up(State(ctx): State<Arc<Ctx>>) -> (StatusCode, Json<Value>) {
 /// `GET /ready`: 200 while this node wants new traffic; 503 with the reason (`draining`,
 /// `memory`) while it does not. Apart from `/up`: a node over its memory threshold still works
 /// for the connections it has, and should not be restarted for it, only sent less.
-pub async fn ready(State(ctx): State<Arc<Ctx>>) -> (StatusCode, Json<Value>) {
+pub(crate) async fn ready(State(ctx): State<Arc<Ctx>>) -> (StatusCode, Json<Value>) {
     match ctx.readiness.check(&ctx.shutdown) {
         None => (StatusCode::OK, Json(json!({ "ready": true }))),
         Some(reason) => (
@@ -43,7 +43,7 @@ pub async fn ready(State(ctx): State<Arc<Ctx>>) -> (StatusCode, Json<Value>) {
 }
 
 /// `GET /up/{app_id}`: as `/up`, and 404 for an unknown app, 503 for a disabled one.
-pub async fn up_app(
+pub(crate) async fn up_app(
     State(ctx): State<Arc<Ctx>>,
     Path(app_id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {

@@ -1,12 +1,12 @@
 //! The Pusher HTTP API: triggers, channel queries, health. Every error is a status with a JSON
 //! body `{"error": "...", "code": <status>}`; a client's mistake is never a 500.
 
-pub mod auth;
-pub mod channels;
-pub mod events;
-pub mod health;
-pub mod redirect;
-pub mod users;
+pub(crate) mod auth;
+pub(crate) mod channels;
+pub(crate) mod events;
+pub(crate) mod health;
+pub(crate) mod redirect;
+pub(crate) mod users;
 
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ use crate::{edge::Peer, metrics::Metrics, plugins::RateDecision, server::Ctx};
 
 /// An HTTP API error.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     /// The status.
     pub status: StatusCode,
     /// What went wrong, for the caller.
@@ -36,50 +36,50 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with `status`.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self { status, message: message.into(), rate: None, retry_after: None }
     }
 
     /// The same, with `Retry-After: secs`.
     #[must_use]
-    pub fn retry_after(self, secs: u64) -> Self {
+    pub(crate) fn retry_after(self, secs: u64) -> Self {
         Self { retry_after: Some(secs), ..self }
     }
 
     /// 400.
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
     /// 401.
-    pub fn unauthorized(message: impl Into<String>) -> Self {
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, message)
     }
 
     /// 403.
-    pub fn forbidden(message: impl Into<String>) -> Self {
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, message)
     }
 
     /// 404.
-    pub fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
     /// 413.
-    pub fn too_large(message: impl Into<String>) -> Self {
+    pub(crate) fn too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, message)
     }
 
     /// 408.
-    pub fn timeout(message: impl Into<String>) -> Self {
+    pub(crate) fn timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::REQUEST_TIMEOUT, message)
     }
 }
 
 impl ApiError {
     /// 429 for a refused rate-limit check.
-    pub fn rate_limited(what: &str, decision: RateDecision) -> Self {
+    pub(crate) fn rate_limited(what: &str, decision: RateDecision) -> Self {
         Self {
             status: StatusCode::TOO_MANY_REQUESTS,
             message: format!("Too many {what}: the limit is {} per second", decision.limit),
@@ -118,7 +118,7 @@ impl IntoResponse for ApiError {
 /// `http_api.request_limit_in_mb` refused before a byte of the body is read; then the body, read
 /// up to the limit within `edge.body_timeout_ms`; then `body_md5`. A refused
 /// body is left unread; the connection's lingering close lets the answer reach the client.
-pub async fn accept(
+pub(crate) async fn accept(
     ctx: &Ctx,
     app_id: &str,
     method: &Method,
@@ -171,7 +171,7 @@ fn is_length_limit(error: &axum::Error) -> bool {
 
 /// A JSON answer, marked `X-Sockhost-Partial: true` when some node did not answer in time (the
 /// counts in it are then what the others said).
-pub fn counted(body: serde_json::Value, complete: bool) -> Response {
+pub(crate) fn counted(body: serde_json::Value, complete: bool) -> Response {
     let mut response = Json(body).into_response();
     if !complete {
         response
@@ -182,13 +182,17 @@ pub fn counted(body: serde_json::Value, complete: bool) -> Response {
 }
 
 /// Unknown routes.
-pub async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("No such endpoint")
 }
 
 /// Count every API response by status, and give the framework's own refusals (a path that
 /// does not decode, a missing query) the API's JSON shape.
-pub async fn count_requests(State(ctx): State<Arc<Ctx>>, request: Request, next: Next) -> Response {
+pub(crate) async fn count_requests(
+    State(ctx): State<Arc<Ctx>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let mut response = next.run(request).await;
     let status = response.status();
     ctx.metrics.http_requests.get_or_create(&vec![("status", status.as_u16().to_string())]).inc();
@@ -212,7 +216,7 @@ pub async fn count_requests(State(ctx): State<Arc<Ctx>>, request: Request, next:
 }
 
 /// Run a request inside a span naming it, so its log lines say which request they are about.
-pub async fn in_span(request: Request, next: Next) -> Response {
+pub(crate) async fn in_span(request: Request, next: Next) -> Response {
     use tracing::Instrument as _;
     let span = tracing::info_span!(
         "request",
@@ -224,7 +228,7 @@ pub async fn in_span(request: Request, next: Next) -> Response {
 
 /// Refuse a request on a connection over the edge's limits with 503 (WebSocket upgrades are
 /// refused on the socket itself, and health checks still answer).
-pub async fn refuse_over_limit(request: Request, next: Next) -> Response {
+pub(crate) async fn refuse_over_limit(request: Request, next: Next) -> Response {
     let over = request.extensions().get::<Peer>().and_then(|peer| peer.over_limit);
     let path = request.uri().path();
     match over {

@@ -13,7 +13,7 @@ use super::ApiError;
 const MAX_HOST: usize = 260;
 
 /// A router that redirects everything to `https://<host>:<port><path>`.
-pub fn router(port: u16) -> Router {
+pub(crate) fn router(port: u16) -> Router {
     Router::new()
         .fallback(move |headers: HeaderMap, uri: Uri| async move { redirect(&headers, &uri, port) })
 }

@@ -14,7 +14,7 @@ use super::{ApiError, accept};
 use crate::{protocol::codes, server::Ctx};
 
 /// Close every connection signed in as the user, with 4009.
-pub async fn terminate(
+pub(crate) async fn terminate(
     State(ctx): State<Arc<Ctx>>,
     Path((app_id, user_id)): Path<(String, String)>,
     method: Method,

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 /// How many incoming bus messages may wait for the host before new ones are dropped (and
 /// counted). Bounded so a stalled host cannot grow memory without limit.
-pub const INBOX_CAPACITY: usize = 65_536;
+pub(super) const INBOX_CAPACITY: usize = 65_536;
 
 /// A message a transport delivered.
 pub struct Incoming {
@@ -57,7 +57,7 @@ impl PluginCounters {
 
 /// The context handed to one plugin's drivers.
 #[derive(Clone)]
-pub struct PluginHost {
+pub(super) struct PluginHost {
     plugin: Arc<str>,
     inbox: Option<mpsc::Sender<Incoming>>,
     counters: Arc<PluginCounters>,
@@ -66,7 +66,7 @@ pub struct PluginHost {
 
 impl PluginHost {
     /// A context for `plugin`; messages go to `inbox` (transports only).
-    pub fn new(
+    pub(super) fn new(
         plugin: &str,
         inbox: Option<mpsc::Sender<Incoming>>,
         counters: Arc<PluginCounters>,
@@ -75,7 +75,7 @@ impl PluginHost {
     }
 
     /// As the FFI object constructors take.
-    pub fn boxed(self) -> HostContextBox {
+    pub(super) fn boxed(self) -> HostContextBox {
         HostContext_TO::from_ptr(RArc::new(self), TD_Opaque)
     }
 }

@@ -121,7 +121,7 @@ async fn admit(
 }
 
 /// Run one connection to its end.
-pub async fn run(
+pub(super) async fn run(
     socket: WebSocket,
     ctx: Arc<Ctx>,
     key: String,

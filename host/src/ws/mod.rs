@@ -23,7 +23,7 @@ const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Upgrade to a WebSocket; every check (key, protocol, quota) answers on the socket itself with
 /// a Pusher error code, which is what clients understand.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
     Path(key): Path<String>,
     Query(query): Query<HashMap<String, String>>,
