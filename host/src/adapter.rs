@@ -13,7 +13,7 @@ use crate::{
         envelope::Control,
         query::{self, ChannelCount, ChannelList, Closed, Query},
     },
-    hub::{ChannelFull, Conn, Hub, Join, Subscribed, Unsubscribed, Wants},
+    hub::{ChannelFull, Conn, DeltaWish, Hub, Join, Subscribed, Unsubscribed, Wants},
     protocol::filter::Tags,
 };
 
@@ -55,7 +55,8 @@ impl Adapter {
         Self { hub, cluster }
     }
 
-    /// This node's hub.
+    /// This node's hub, for the node's side of the cluster layer (`cluster_events`), which
+    /// acts on this node alone; the protocol and the HTTP API use the adapter's methods.
     pub(crate) fn hub(&self) -> &Hub {
         &self.hub
     }
@@ -205,6 +206,23 @@ impl Adapter {
     /// Forget a connection counted by [`Adapter::admit`].
     pub(crate) fn release(&self, app_id: &str) {
         self.hub.release(app_id);
+    }
+
+    /// Send `socket_id` deltas on `channel` from now on (this node's streams); whether it is
+    /// subscribed.
+    pub(crate) fn enable_deltas(
+        &self,
+        app_id: &str,
+        channel: &str,
+        socket_id: &str,
+        wish: DeltaWish,
+    ) -> bool {
+        self.hub.enable_deltas(app_id, channel, socket_id, wish)
+    }
+
+    /// `socket_id` lost its delta bases on `channel`: its next event there goes whole.
+    pub(crate) fn resync_deltas(&self, app_id: &str, channel: &str, socket_id: &str) {
+        self.hub.resync_deltas(app_id, channel, socket_id);
     }
 
     /// Make `conn` a watcher of each of `user_ids`.

@@ -120,8 +120,8 @@ impl Session {
             Ok(ClientMessage::DeltaSyncError { channel }) => {
                 if self.delta_channels.contains(&channel) {
                     self.ctx.metrics.delta_resyncs.inc();
-                    let hub = self.ctx.adapter.hub();
-                    hub.resync_deltas(&self.app.id, &channel, &self.conn.socket_id);
+                    let adapter = &self.ctx.adapter;
+                    adapter.resync_deltas(&self.app.id, &channel, &self.conn.socket_id);
                 }
             }
             Ok(ClientMessage::Unsubscribe { channel }) => self.client_unsubscribe(&channel).await,
@@ -160,8 +160,8 @@ impl Session {
         let names: Vec<String> = self.subscriptions.keys().cloned().collect();
         for name in names {
             if let Some(wish) = self.delta_wish(&name, None) {
-                let hub = self.ctx.adapter.hub();
-                if hub.enable_deltas(&self.app.id, &name, &self.conn.socket_id, wish) {
+                let adapter = &self.ctx.adapter;
+                if adapter.enable_deltas(&self.app.id, &name, &self.conn.socket_id, wish) {
                     self.delta_channels.insert(name);
                 }
             }
