@@ -406,29 +406,11 @@ pub mod scenarios {
             assert_eq!(api.post("/events", &body).await.0, 200);
             sent.push((sym, data));
         }
-        let mut decoder = crate::deltas::Decoder::default();
-        let mut kinds = String::new();
-        for (_, data) in &sent {
-            let (event, kind) = match decoder.receive(&client.next_text().await) {
-                crate::deltas::Frame::Full { event, .. } => (event, 'F'),
-                crate::deltas::Frame::Delta { event, .. } => (event, 'd'),
-                other => panic!("{other:?}"),
-            };
-            assert_eq!(event["data"], data.as_str());
-            kinds.push(kind);
-        }
+        let all = sent.iter().map(|(_, data)| data.as_str());
+        let kinds = crate::deltas::Decoder::default().read_kinds(&mut client, all).await;
         assert_eq!(kinds, "FFFFdddd");
-        let mut decoder = crate::deltas::Decoder::default();
-        let mut kinds = String::new();
-        for (_, data) in sent.iter().filter(|(sym, _)| *sym == "BTC") {
-            let (event, kind) = match decoder.receive(&btc.next_text().await) {
-                crate::deltas::Frame::Full { event, .. } => (event, 'F'),
-                crate::deltas::Frame::Delta { event, .. } => (event, 'd'),
-                other => panic!("{other:?}"),
-            };
-            assert_eq!(event["data"], data.as_str());
-            kinds.push(kind);
-        }
+        let only_btc = sent.iter().filter(|(sym, _)| *sym == "BTC").map(|(_, d)| d.as_str());
+        let kinds = crate::deltas::Decoder::default().read_kinds(&mut btc, only_btc).await;
         assert_eq!(kinds, "FFdd");
     }
 

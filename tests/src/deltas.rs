@@ -92,4 +92,27 @@ impl Decoder {
         let event = serde_json::from_str(&plain).expect("the stripped frame is JSON");
         Frame::Full { event, seq }
     }
+
+    /// Read one frame per entry of `datas` from `client`: each must be an event of a delta
+    /// stream (whole or rebuilt) with that data. Answers their kinds, `F` whole, `d` delta.
+    ///
+    /// # Panics
+    /// If a frame is something else or its data differs.
+    pub async fn read_kinds<'a>(
+        &mut self,
+        client: &mut crate::pusher::Client,
+        datas: impl IntoIterator<Item = &'a str>,
+    ) -> String {
+        let mut kinds = String::new();
+        for data in datas {
+            let (event, kind) = match self.receive(&client.next_text().await) {
+                Frame::Full { event, .. } => (event, 'F'),
+                Frame::Delta { event, .. } => (event, 'd'),
+                other => panic!("expected an event of a delta stream, got {other:?}"),
+            };
+            assert_eq!(event["data"], data);
+            kinds.push(kind);
+        }
+        kinds
+    }
 }

@@ -9,6 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import PusherServer from 'pusher';
 import PusherClient from 'pusher-js';
+import { after, before } from 'node:test';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..', '..');
@@ -155,4 +156,39 @@ export async function subscribe(client, name) {
   const channel = client.subscribe(name);
   await once(channel, 'pusher:subscription_succeeded', `subscription to ${name}`);
   return channel;
+}
+
+/**
+ * A suite's setup, registered in the current `describe`: before its tests, sockhost (with
+ * `options` as for `startSockhost`), the server SDK and the auth endpoint; after them, every
+ * client made through `suite.connect` disconnected, every `suite.cleanup(fn)` run, and both
+ * servers stopped. Its fields are filled in once `before` has run.
+ */
+export function suite(options = {}) {
+  const made = {
+    server: undefined,
+    sdk: undefined,
+    auth: undefined,
+    cleanups: [],
+    cleanup(fn) {
+      this.cleanups.push(fn);
+    },
+    /** A pusher-js client (as `connect`) disconnected after the suite. */
+    async connect(clientOptions = {}) {
+      const client = await connect(this.server.port, this.auth, { tls: Boolean(options.tls), ...clientOptions });
+      this.cleanup(() => client.disconnect());
+      return client;
+    },
+  };
+  before(async () => {
+    made.server = await startSockhost(options);
+    made.sdk = serverSdk(made.server.port, { tls: Boolean(options.tls) });
+    made.auth = await startAuthEndpoint(made.sdk);
+  });
+  after(async () => {
+    for (const fn of made.cleanups) fn();
+    await made.auth?.close();
+    await made.server?.stop();
+  });
+  return made;
 }

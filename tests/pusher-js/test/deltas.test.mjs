@@ -1,10 +1,10 @@
 // Delta compression from JavaScript: a raw protocol-2 socket rebuilds every event with the npm
 // `fossil-delta` and `@ably/vcdiff-decoder` (lib/deltas.mjs), and a pusher-js app gets the
 // same events through `enableDeltas` as it would whole.
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
-import { APP, connect, once, serverSdk, startAuthEndpoint, startSockhost } from '../lib/harness.mjs';
+import { APP, once, suite } from '../lib/harness.mjs';
 import { DeltaDecoder, enableDeltas } from '../lib/deltas.mjs';
 
 /** A ticker quote: about 2 KB of JSON where only the price changes. */
@@ -40,27 +40,12 @@ async function rawSocket(port, protocol) {
 }
 
 describe('delta compression from JavaScript', () => {
-  let server;
-  let sdk;
-  let auth;
-  const closers = [];
-
-  before(async () => {
-    server = await startSockhost({ env: { DELTA_COMPRESSION_CONFLATION_KEY_PATH: 'sym' } });
-    sdk = serverSdk(server.port);
-    auth = await startAuthEndpoint(sdk);
-  });
-
-  after(async () => {
-    for (const close of closers) close();
-    await auth.close();
-    await server.stop();
-  });
+  const setup = suite({ env: { DELTA_COMPRESSION_CONFLATION_KEY_PATH: 'sym' } });
 
   for (const algorithm of ['fossil', 'xdelta3']) {
     test(`a protocol-2 socket rebuilds every event (${algorithm})`, async () => {
-      const raw = await rawSocket(server.port, 2);
-      closers.push(() => raw.socket.close());
+      const raw = await rawSocket(setup.server.port, 2);
+      setup.cleanup(() => raw.socket.close());
       assert.equal(JSON.parse(await raw.next()).event, 'sockudo:connection_established');
       raw.send({ event: 'sockudo:subscribe', data: { channel: `ticker-${algorithm}`, delta: { enabled: true, algorithm } } });
       assert.equal(JSON.parse(await raw.next()).event, 'sockudo_internal:subscription_succeeded');
@@ -68,7 +53,7 @@ describe('delta compression from JavaScript', () => {
       for (let n = 0; n < 16; n += 1) {
         const data = quote(n % 2 ? 'ETH' : 'BTC', n);
         sent.push(data);
-        await sdk.trigger(`ticker-${algorithm}`, 'price', data);
+        await setup.sdk.trigger(`ticker-${algorithm}`, 'price', data);
       }
       const decoder = new DeltaDecoder();
       let kinds = '';
@@ -96,8 +81,7 @@ describe('delta compression from JavaScript', () => {
 
   test('a pusher-js app gets every event through enableDeltas, with deltas on the wire', async () => {
     let decoder;
-    const client = await connect(server.port, auth, { setup: (c) => { decoder = enableDeltas(c); } });
-    closers.push(() => client.disconnect());
+    const client = await setup.connect({ setup: (c) => { decoder = enableDeltas(c); } });
     const channel = client.subscribe('private-quotes');
     await once(channel, 'pusher:subscription_succeeded', 'the subscription');
     const seen = [];
@@ -107,7 +91,7 @@ describe('delta compression from JavaScript', () => {
     for (let n = 0; n < 14; n += 1) {
       const data = quote('BTC', n);
       sent.push(data);
-      await sdk.trigger('private-quotes', 'price', data);
+      await setup.sdk.trigger('private-quotes', 'price', data);
     }
     await last;
     assert.deepEqual(seen, sent);

@@ -1,32 +1,16 @@
 // pusher-js with tag filters (lib/filters.mjs) against sockhost with tag filtering on: events
 // published through the pusher SDK with `tags` reach only the subscribers whose filter passes.
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect, once, serverSdk, startAuthEndpoint, startSockhost, subscribe } from '../lib/harness.mjs';
+import { once, subscribe, suite } from '../lib/harness.mjs';
 import { subscribeWithFilter } from '../lib/filters.mjs';
 
 describe('tag filters from pusher-js', () => {
-  let server;
-  let sdk;
-  let auth;
-  const clients = [];
-
-  before(async () => {
-    server = await startSockhost({ env: { TAG_FILTERING_ENABLED: 'true' } });
-    sdk = serverSdk(server.port);
-    auth = await startAuthEndpoint(sdk);
-  });
-
-  after(async () => {
-    for (const c of clients) c.disconnect();
-    await auth.close();
-    await server.stop();
-  });
+  const setup = suite({ env: { TAG_FILTERING_ENABLED: 'true' } });
 
   test('a filtered subscriber gets only the events its filter passes', async () => {
-    const filteredClient = await connect(server.port, auth);
-    const plainClient = await connect(server.port, auth);
-    clients.push(filteredClient, plainClient);
+    const filteredClient = await setup.connect();
+    const plainClient = await setup.connect();
     const btc = subscribeWithFilter(filteredClient, 'private-ticker', { key: 'sym', cmp: 'eq', val: 'BTC' });
     await once(btc, 'pusher:subscription_succeeded', 'the filtered subscription');
     const all = await subscribe(plainClient, 'private-ticker');
@@ -39,9 +23,9 @@ describe('tag filters from pusher-js', () => {
     const lastAll = once(all, 'price-end');
     for (const sym of ['ETH', 'BTC', 'SOL']) {
       // The SDK sends extra parameters in the event's body: here, its tags.
-      await sdk.trigger('private-ticker', 'price', { sym }, { tags: { sym } });
+      await setup.sdk.trigger('private-ticker', 'price', { sym }, { tags: { sym } });
     }
-    await sdk.trigger('private-ticker', 'price-end', {}, { tags: { sym: 'BTC' } });
+    await setup.sdk.trigger('private-ticker', 'price-end', {}, { tags: { sym: 'BTC' } });
     await last;
     await lastAll;
     assert.deepEqual(seenFiltered, ['BTC']);

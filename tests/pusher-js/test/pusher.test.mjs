@@ -1,30 +1,11 @@
 // The official pusher-js client and pusher server SDK against the real sockhost binary.
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect, once, serverSdk, startAuthEndpoint, startSockhost, subscribe } from '../lib/harness.mjs';
+import { once, subscribe, suite } from '../lib/harness.mjs';
 
 describe('pusher-js and the pusher SDK against sockhost', () => {
-  let server;
-  let sdk;
-  let auth;
-  const clients = [];
-  const client = async (options) => {
-    const c = await connect(server.port, auth, options);
-    clients.push(c);
-    return c;
-  };
-
-  before(async () => {
-    server = await startSockhost();
-    sdk = serverSdk(server.port);
-    auth = await startAuthEndpoint(sdk);
-  });
-
-  after(async () => {
-    for (const c of clients) c.disconnect();
-    await auth.close();
-    await server.stop();
-  });
+  const setup = suite();
+  const client = (options) => setup.connect(options);
 
   test('connects and gets a socket id', async () => {
     const c = await client();
@@ -36,7 +17,7 @@ describe('pusher-js and the pusher SDK against sockhost', () => {
     const c = await client();
     const channel = await subscribe(c, 'js-public');
     const received = once(channel, 'greeting');
-    await sdk.trigger('js-public', 'greeting', { text: 'hello' });
+    await setup.sdk.trigger('js-public', 'greeting', { text: 'hello' });
     assert.deepEqual(await received, { text: 'hello' });
   });
 
@@ -44,7 +25,7 @@ describe('pusher-js and the pusher SDK against sockhost', () => {
     const c = await client();
     const channel = await subscribe(c, 'private-js');
     const received = once(channel, 'secret');
-    await sdk.trigger('private-js', 'secret', { n: 42 });
+    await setup.sdk.trigger('private-js', 'secret', { n: 42 });
     assert.deepEqual(await received, { n: 42 });
   });
 
@@ -67,7 +48,7 @@ describe('pusher-js and the pusher SDK against sockhost', () => {
     assert.equal(benChannel.members.count, 2);
     assert.deepEqual(await added, { id: 'ben', info: { name: 'name of ben' } });
 
-    const users = await (await sdk.get({ path: '/channels/presence-js/users' })).json();
+    const users = await (await setup.sdk.get({ path: '/channels/presence-js/users' })).json();
     assert.deepEqual(users.users.map((u) => u.id).sort(), ['ann', 'ben']);
 
     const removed = once(annChannel, 'pusher:member_removed');
@@ -82,7 +63,7 @@ describe('pusher-js and the pusher SDK against sockhost', () => {
     const done = new Promise((resolve) => {
       channel.bind('item', (data) => { seen.push(data.i); if (seen.length === 3) resolve(); });
     });
-    await sdk.triggerBatch([0, 1, 2].map((i) => ({ channel: 'js-batch', name: 'item', data: { i } })));
+    await setup.sdk.triggerBatch([0, 1, 2].map((i) => ({ channel: 'js-batch', name: 'item', data: { i } })));
     await done;
     assert.deepEqual(seen, [0, 1, 2]);
   });
@@ -95,10 +76,10 @@ describe('pusher-js and the pusher SDK against sockhost', () => {
     let aGot = 0;
     aChannel.bind('ev', () => { aGot += 1; });
     const bGot = once(bChannel, 'ev');
-    await sdk.trigger('js-exclude', 'ev', { x: 1 }, { socket_id: a.connection.socket_id });
+    await setup.sdk.trigger('js-exclude', 'ev', { x: 1 }, { socket_id: a.connection.socket_id });
     await bGot;
     const marker = once(aChannel, 'marker');
-    await sdk.trigger('js-exclude', 'marker', {});
+    await setup.sdk.trigger('js-exclude', 'marker', {});
     await marker;
     assert.equal(aGot, 0);
   });
@@ -121,13 +102,13 @@ describe('pusher-js and the pusher SDK against sockhost', () => {
     const c = await client({ user: 'eve' });
     await subscribe(c, 'js-query');
     await subscribe(c, 'presence-js-query');
-    const list = await (await sdk.get({ path: '/channels', params: { filter_by_prefix: 'js-query' } })).json();
+    const list = await (await setup.sdk.get({ path: '/channels', params: { filter_by_prefix: 'js-query' } })).json();
     assert.deepEqual(list, { channels: { 'js-query': {} } });
-    const info = await (await sdk.get({
+    const info = await (await setup.sdk.get({
       path: '/channels/presence-js-query', params: { info: 'user_count,subscription_count' },
     })).json();
     assert.deepEqual(info, { occupied: true, user_count: 1, subscription_count: 1 });
-    const triggered = await (await sdk.trigger('js-query', 'e', {}, { info: 'subscription_count' })).json();
+    const triggered = await (await setup.sdk.trigger('js-query', 'e', {}, { info: 'subscription_count' })).json();
     assert.deepEqual(triggered, { channels: { 'js-query': { subscription_count: 1 } } });
   });
 
@@ -137,13 +118,13 @@ describe('pusher-js and the pusher SDK against sockhost', () => {
     await c.user.signinDonePromise;
     assert.equal(c.user.user_data.id, 'frank');
     const received = once(c.user, 'notice');
-    await sdk.sendToUser('frank', 'notice', { text: 'for frank only' });
+    await setup.sdk.sendToUser('frank', 'notice', { text: 'for frank only' });
     assert.deepEqual(await received, { text: 'for frank only' });
 
     const gone = new Promise((resolve) => {
       c.connection.bind('state_change', ({ current }) => { if (current !== 'connected') resolve(current); });
     });
-    await sdk.terminateUserConnections('frank');
+    await setup.sdk.terminateUserConnections('frank');
     assert.notEqual(await gone, 'connected');
   });
 
@@ -151,7 +132,7 @@ describe('pusher-js and the pusher SDK against sockhost', () => {
     const first = await client();
     const firstChannel = first.subscribe('cache-js');
     await once(firstChannel, 'pusher:cache_miss');
-    await sdk.trigger('cache-js', 'latest', { v: 7 });
+    await setup.sdk.trigger('cache-js', 'latest', { v: 7 });
     const second = await client();
     const secondChannel = second.subscribe('cache-js');
     assert.deepEqual(await once(secondChannel, 'latest'), { v: 7 });

@@ -3,7 +3,7 @@
 //
 // Node reads NODE_EXTRA_CA_CERTS only when it starts, so this file runs itself again in a Node
 // that trusts the test CA: the outer run makes the certificates, the inner one tests.
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { X509Certificate } from 'node:crypto';
-import { connect, once, serverSdk, startAuthEndpoint, startSockhost, subscribe } from '../lib/harness.mjs';
+import { once, subscribe, suite } from '../lib/harness.mjs';
 
 const EC = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
 
@@ -71,30 +71,14 @@ if (!dir) {
   });
 } else {
   describe('pusher-js over wss and the pusher SDK over https', () => {
-    let server;
-    let sdk;
-    let auth;
-    const clients = [];
-
-    before(async () => {
-      server = await startSockhost({ tls: { cert: join(dir, 'cert.pem'), key: join(dir, 'key.pem') } });
-      sdk = serverSdk(server.port, { tls: true });
-      auth = await startAuthEndpoint(sdk);
-    });
-
-    after(async () => {
-      for (const c of clients) c.disconnect();
-      await auth.close();
-      await server.stop();
-    });
+    const setup = suite({ tls: { cert: join(dir, 'cert.pem'), key: join(dir, 'key.pem') } });
 
     test('a subscriber over wss receives a trigger sent over https, also after a renewal', async () => {
-      const c = await connect(server.port, auth, { tls: true });
-      clients.push(c);
-      assert.equal(await presented(server.port), fingerprint(join(dir, 'first.pem')));
+      const c = await setup.connect();
+      assert.equal(await presented(setup.server.port), fingerprint(join(dir, 'first.pem')));
       const channel = await subscribe(c, 'private-tls');
       let received = once(channel, 'news');
-      await sdk.trigger('private-tls', 'news', { n: 1 });
+      await setup.sdk.trigger('private-tls', 'news', { n: 1 });
       assert.deepEqual(await received, { n: 1 });
 
       // Renew: swap the files in, then SIGHUP; new handshakes get the new certificate.
@@ -102,10 +86,10 @@ if (!dir) {
         copyFileSync(join(dir, from), join(dir, `${to}.new`));
         renameSync(join(dir, `${to}.new`), join(dir, to));
       }
-      server.signal('SIGHUP');
+      setup.server.signal('SIGHUP');
       const renewed = fingerprint(join(dir, 'second.pem'));
       const deadline = Date.now() + 10_000;
-      while (await presented(server.port) !== renewed) {
+      while (await presented(setup.server.port) !== renewed) {
         assert.ok(Date.now() < deadline, 'the renewed certificate was not served in time');
         await new Promise((r) => setTimeout(r, 50));
       }
@@ -114,10 +98,9 @@ if (!dir) {
       // connection) still reaches the server.
       assert.equal(c.connection.state, 'connected');
       received = once(channel, 'news');
-      await sdk.trigger('private-tls', 'news', { n: 2 });
+      await setup.sdk.trigger('private-tls', 'news', { n: 2 });
       assert.deepEqual(await received, { n: 2 });
-      const late = await connect(server.port, auth, { tls: true });
-      clients.push(late);
+      const late = await setup.connect();
       assert.equal(late.connection.state, 'connected');
     });
   });
