@@ -5,7 +5,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use axum::extract::ws::Utf8Bytes;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -18,6 +18,7 @@ use crate::{
     plugins::Incoming,
     protocol::{filter::Tags, frames},
     server::Ctx,
+    webhooks::Hook,
 };
 
 /// Join the cluster (see [`cluster::reader::start`]) with this node as its host.
@@ -131,7 +132,6 @@ pub(crate) fn member_event(
     info: Option<&Value>,
     except: Option<&str>,
 ) {
-    let kind = if info.is_some() { "member_added" } else { "member_removed" };
     // A peer's full state can add tens of thousands of members to channels with no subscriber
     // here: no frame is built for nobody.
     if ctx.adapter.hub().subscription_count(app_id, channel) > 0 {
@@ -144,7 +144,12 @@ pub(crate) fn member_event(
     if ctx.adapter.cluster().is_leader()
         && let Some(app) = ctx.apps.by_id(app_id)
     {
-        ctx.webhooks.emit(ctx, app, json!({ "name": kind, "channel": channel, "user_id": user }));
+        let (channel, user_id) = (channel.to_string(), user.to_string());
+        let event = match info {
+            Some(_) => Hook::MemberAdded { channel, user_id },
+            None => Hook::MemberRemoved { channel, user_id },
+        };
+        ctx.webhooks.emit(ctx, app, event);
     }
 }
 

@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -44,7 +44,101 @@ struct Delivery {
 /// rather than letting a stalled queue driver grow memory.
 const OUTBOX_CAPACITY: usize = 65_536;
 
-type Outgoing = (Arc<App>, Vec<Value>);
+type Outgoing = (Arc<App>, Vec<Hook>);
+
+/// A kind of webhook event, as endpoints name them in `event_types`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    ChannelOccupied,
+    ChannelVacated,
+    MemberAdded,
+    MemberRemoved,
+    ClientEvent,
+    CacheMiss,
+    SubscriptionCount,
+}
+
+impl Kind {
+    /// Every kind.
+    pub(crate) const ALL: [Self; 7] = [
+        Self::ChannelOccupied,
+        Self::ChannelVacated,
+        Self::MemberAdded,
+        Self::MemberRemoved,
+        Self::ClientEvent,
+        Self::CacheMiss,
+        Self::SubscriptionCount,
+    ];
+
+    /// The name on the wire and in `event_types`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::ChannelOccupied => "channel_occupied",
+            Self::ChannelVacated => "channel_vacated",
+            Self::MemberAdded => "member_added",
+            Self::MemberRemoved => "member_removed",
+            Self::ClientEvent => "client_event",
+            Self::CacheMiss => "cache_miss",
+            Self::SubscriptionCount => "subscription_count",
+        }
+    }
+
+    /// The kind `name` names.
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
+/// A webhook event with its fields, serialized as Pusher sends it (`name` and the fields).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub(crate) enum Hook {
+    ChannelOccupied {
+        channel: String,
+    },
+    ChannelVacated {
+        channel: String,
+    },
+    MemberAdded {
+        channel: String,
+        user_id: String,
+    },
+    MemberRemoved {
+        channel: String,
+        user_id: String,
+    },
+    ClientEvent {
+        channel: String,
+        event: String,
+        /// The event data as text (a client's JSON re-encoded when it was not a string).
+        data: String,
+        socket_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
+    },
+    CacheMiss {
+        channel: String,
+    },
+    SubscriptionCount {
+        channel: String,
+        subscription_count: usize,
+    },
+}
+
+impl Hook {
+    /// Its kind.
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Self::ChannelOccupied { .. } => Kind::ChannelOccupied,
+            Self::ChannelVacated { .. } => Kind::ChannelVacated,
+            Self::MemberAdded { .. } => Kind::MemberAdded,
+            Self::MemberRemoved { .. } => Kind::MemberRemoved,
+            Self::ClientEvent { .. } => Kind::ClientEvent,
+            Self::CacheMiss { .. } => Kind::CacheMiss,
+            Self::SubscriptionCount { .. } => Kind::SubscriptionCount,
+        }
+    }
+}
 
 /// One app's use of the webhook path on this node: its entries waiting in the outbox, and the
 /// events it raised in the current one-second window.
@@ -61,7 +155,7 @@ struct AppBudget {
 pub(crate) struct Webhooks {
     outbox: mpsc::Sender<Outgoing>,
     outbox_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
-    batches: Mutex<HashMap<String, Vec<Value>>>,
+    batches: Mutex<HashMap<String, Vec<Hook>>>,
     pending_vacated: Mutex<HashMap<(String, String), u64>>,
     generation: AtomicU64,
     budgets: Mutex<HashMap<String, AppBudget>>,
@@ -118,7 +212,7 @@ impl Webhooks {
     }
 
     /// Put a batch in the outbox, within the app's share of it.
-    fn send(&self, ctx: &Ctx, app: &Arc<App>, events: Vec<Value>) {
+    fn send(&self, ctx: &Ctx, app: &Arc<App>, events: Vec<Hook>) {
         let max = ctx.settings.webhooks.max_queued_per_app;
         {
             let mut budgets = self.budgets.lock().expect("webhook lock");
@@ -164,14 +258,14 @@ impl Webhooks {
 
     /// Send `event` (an object with `name` and its fields) to the app's endpoints that want it,
     /// within the app's allowance of events per second.
-    pub(crate) fn emit(&self, ctx: &Arc<Ctx>, app: &Arc<App>, event: Value) {
+    pub(crate) fn emit(&self, ctx: &Arc<Ctx>, app: &Arc<App>, event: Hook) {
         if app.webhooks.is_empty() || !self.admit(ctx, app) {
             return;
         }
         self.emit_admitted(ctx, app, event);
     }
 
-    fn emit_admitted(&self, ctx: &Arc<Ctx>, app: &Arc<App>, event: Value) {
+    fn emit_admitted(&self, ctx: &Arc<Ctx>, app: &Arc<App>, event: Hook) {
         if !app.webhook_batching {
             self.send(ctx, app, vec![event]);
             return;
@@ -205,7 +299,7 @@ impl Webhooks {
         if self.pending_vacated.lock().expect("webhook lock").remove(&key).is_some() {
             return;
         }
-        self.emit(ctx, app, json!({ "name": "channel_occupied", "channel": channel }));
+        self.emit(ctx, app, Hook::ChannelOccupied { channel: channel.to_string() });
     }
 
     /// A channel lost its last subscriber: `channel_vacated` after the delay, if it is still
@@ -232,24 +326,20 @@ impl Webhooks {
             if still_pending
                 && ctx.adapter.channel_info(&app.id, &key.1).await.subscription_count == 0
             {
-                ctx.webhooks.emit_admitted(
-                    &ctx,
-                    &app,
-                    json!({ "name": "channel_vacated", "channel": key.1 }),
-                );
+                ctx.webhooks.emit_admitted(&ctx, &app, Hook::ChannelVacated { channel: key.1 });
             }
         });
     }
 }
 
 /// Push one job per endpoint that wants any of `events`.
-async fn enqueue(ctx: &Ctx, app: &App, events: Vec<Value>) {
+async fn enqueue(ctx: &Ctx, app: &App, events: Vec<Hook>) {
     for target in &app.webhooks {
-        let wanted: Vec<&Value> = events
+        let wanted: Vec<&Hook> = events
             .iter()
             .filter(|e| {
-                target.event_types.is_empty()
-                    || e["name"].as_str().is_some_and(|n| target.event_types.iter().any(|t| t == n))
+                let name = e.kind().name();
+                target.event_types.is_empty() || target.event_types.iter().any(|t| t == name)
             })
             .collect();
         if wanted.is_empty() {
@@ -335,5 +425,35 @@ pub(crate) fn deliver(
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hooks_serialize_as_pusher_sends_them_and_kinds_round_trip() {
+        let hook = Hook::ClientEvent {
+            channel: "private-a".into(),
+            event: "client-x".into(),
+            data: "{}".into(),
+            socket_id: "1.2".into(),
+            user_id: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&hook).unwrap(),
+            json!({ "name": "client_event", "channel": "private-a", "event": "client-x",
+                    "data": "{}", "socket_id": "1.2" })
+        );
+        let count = Hook::SubscriptionCount { channel: "c".into(), subscription_count: 3 };
+        assert_eq!(
+            serde_json::to_value(&count).unwrap(),
+            json!({ "name": "subscription_count", "channel": "c", "subscription_count": 3 })
+        );
+        for kind in Kind::ALL {
+            assert_eq!(Kind::parse(kind.name()), Some(kind));
+        }
+        assert_eq!(Kind::parse("channel_exploded"), None);
     }
 }

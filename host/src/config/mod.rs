@@ -14,5 +14,5 @@ mod settings;
 pub use file::{AppConfig, Config, DriverSection, LogConfig, WebhookTarget};
 pub use load::{ConfigError, Sources, load, settings};
 pub use settings::{
-    EdgeSettings, Limits, OverloadSettings, Settings, TlsSettings, WEBHOOK_KINDS, WebhookSettings,
+    EdgeSettings, Limits, OverloadSettings, Settings, TlsSettings, WebhookSettings,
 };

@@ -7,6 +7,7 @@ use super::{AppConfig, Config, ConfigError, DriverSection, delta_rules};
 use crate::{
     apps::App,
     plugins::{DriverChoice, DriverSelection},
+    webhooks::Kind,
 };
 
 /// Per-app limits, with the server-wide defaults filled in.
@@ -76,17 +77,6 @@ pub struct OverloadSettings {
     /// How long a trigger to a congested channel waits before 429.
     pub max_publish_delay: Duration,
 }
-
-/// The webhook kinds.
-pub const WEBHOOK_KINDS: &[&str] = &[
-    "channel_occupied",
-    "channel_vacated",
-    "member_added",
-    "member_removed",
-    "client_event",
-    "cache_miss",
-    "subscription_count",
-];
 
 /// Everything the server needs, validated.
 #[derive(Debug, Clone)]
@@ -491,11 +481,14 @@ fn check_webhooks(app: &AppConfig, place: &dyn Fn(&str) -> String, errors: &mut 
             Err(e) => err(errors, &hook_place("url"), format!("is not a URL: {e}")),
         }
         for kind in &hook.event_types {
-            if !WEBHOOK_KINDS.contains(&kind.as_str()) {
+            if Kind::parse(kind).is_none() {
                 err(
                     errors,
                     &hook_place("event_types"),
-                    format!("unknown kind {kind:?}; known: {}", WEBHOOK_KINDS.join(", ")),
+                    format!(
+                        "unknown kind {kind:?}; known: {}",
+                        Kind::ALL.map(Kind::name).join(", ")
+                    ),
                 );
             }
         }

@@ -7,7 +7,7 @@ use std::{
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Deserialize;
-use serde_json::{Value, json, value::RawValue};
+use serde_json::{Value, value::RawValue};
 
 use crate::{
     apps::App,
@@ -24,6 +24,7 @@ use crate::{
         signature,
     },
     server::Ctx,
+    webhooks::Hook,
 };
 
 /// Users one watchlist may name (the Pusher limit); the rest are ignored with 4302.
@@ -294,7 +295,7 @@ impl Session {
         }
     }
 
-    fn webhook(&self, event: Value) {
+    fn webhook(&self, event: Hook) {
         self.ctx.webhooks.emit(&self.ctx, &self.app, event);
     }
 
@@ -309,7 +310,7 @@ impl Session {
             Some(Ok(frame)) => self.send(frame),
             _ => {
                 self.send(frames::cache_miss(name));
-                self.webhook(json!({ "name": "cache_miss", "channel": name }));
+                self.webhook(Hook::CacheMiss { channel: name.to_string() });
             }
         }
     }
@@ -329,7 +330,7 @@ impl Session {
                 let frame = Utf8Bytes::from(frames::subscription_count(&name, count));
                 ctx.adapter.broadcast(&app.id, &name, &frame, None, None, false);
             }
-            let hook = json!({ "name": "subscription_count", "channel": name, "subscription_count": count });
+            let hook = Hook::SubscriptionCount { channel: name, subscription_count: count };
             ctx.webhooks.emit(&ctx, &app, hook);
         });
     }
@@ -491,14 +492,13 @@ impl Session {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        let mut hook = json!({
-            "name": "client_event", "channel": name, "event": event, "data": data,
-            "socket_id": &*self.conn.socket_id,
+        self.webhook(Hook::ClientEvent {
+            channel: name.to_string(),
+            event: event.to_string(),
+            data,
+            socket_id: self.conn.socket_id.to_string(),
+            user_id,
         });
-        if let Some(user_id) = user_id {
-            hook["user_id"] = user_id.into();
-        }
-        self.webhook(hook);
     }
 
     /// The connection is gone: leave every channel, sign out, stop watching.
