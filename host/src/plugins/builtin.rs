@@ -92,3 +92,38 @@ pub(crate) fn none_queue() -> QueueBox {
 pub(crate) fn none_rate_limiter() -> RateLimiterBox {
     RateLimiter_TO::from_value(NoneRateLimiter, TD_Opaque)
 }
+
+/// A transport that goes nowhere, for unit tests of the layers above it.
+#[cfg(test)]
+#[derive(Debug)]
+struct NowhereTransport;
+
+#[cfg(test)]
+impl sockhost_plugin_api::Transport for NowhereTransport {
+    fn try_publish(&self, _topic: RStr<'_>, _payload: RVec<u8>) -> PResult<()> {
+        PResult::from(Ok(()))
+    }
+    fn publish(&self, _topic: RStr<'_>, _payload: RVec<u8>) -> FfiFuture<PResult<()>> {
+        ready(Ok(()))
+    }
+    fn subscribe(&self, _topic: RStr<'_>) -> FfiFuture<PResult<()>> {
+        ready(Ok(()))
+    }
+    fn unsubscribe(&self, _topic: RStr<'_>) -> FfiFuture<PResult<()>> {
+        ready(Ok(()))
+    }
+    fn node_count_hint(&self) -> FfiFuture<PResult<ROption<u64>>> {
+        ready(Ok(ROption::RNone))
+    }
+    fn health(&self) -> FfiFuture<PResult<()>> {
+        ready(Ok(()))
+    }
+    fn shutdown(&self) -> FfiFuture<PResult<()>> {
+        ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn nowhere_transport() -> sockhost_plugin_api::TransportBox {
+    sockhost_plugin_api::Transport_TO::from_value(NowhereTransport, TD_Opaque)
+}

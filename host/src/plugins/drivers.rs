@@ -323,6 +323,12 @@ impl<T> std::fmt::Debug for Named<T> {
 pub struct Transport(Named<TransportBox>);
 
 impl Transport {
+    /// A transport that publishes nowhere, for unit tests of the cluster layer.
+    #[cfg(test)]
+    pub(crate) fn nowhere() -> Self {
+        Self(Named::new(DriverKind::TRANSPORT, "nowhere", super::builtin::nowhere_transport()))
+    }
+
     /// The driver name.
     pub fn name(&self) -> &str {
         &self.0.name
