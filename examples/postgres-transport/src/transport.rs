@@ -14,7 +14,10 @@ use sha2::{Digest as _, Sha256};
 use sockhost_plugin_api::{
     HostContextBox, PluginError,
     abi::{RStr, RVec},
-    sdk::TransportDriver,
+    sdk::{
+        TransportDriver,
+        outbox::{Outbox, Outgoing, settle_all},
+    },
 };
 use tokio::{
     sync::{mpsc, oneshot},
@@ -32,12 +35,6 @@ const BATCH: usize = 256;
 /// Attempts per batch before its messages are dropped (and counted).
 const PUBLISH_ATTEMPTS: u32 = 3;
 
-struct Outgoing {
-    channel: String,
-    payload: RVec<u8>,
-    ack: Option<oneshot::Sender<Result<(), PluginError>>>,
-}
-
 struct Shared {
     url: String,
     prefix: String,
@@ -45,7 +42,7 @@ struct Shared {
     /// This instance's id in message ids, so ids from different nodes never meet.
     origin: u64,
     sequence: AtomicU64,
-    queue: mpsc::Sender<Outgoing>,
+    queue: Outbox,
     /// The listening connection's client; `None` while reconnecting.
     listener: tokio::sync::Mutex<Option<Client>>,
     /// Channels listened to, with their topics: to listen again after a reconnect, and to name
@@ -111,7 +108,7 @@ impl PostgresTransport {
         let publisher_task = tokio::spawn(async move {
             let _ = connection.await;
         });
-        let (queue, outgoing) = mpsc::channel(config.queue_capacity);
+        let (queue, outgoing) = Outbox::new("postgres", config.queue_capacity);
         let shared = Arc::new(Shared {
             url,
             prefix: config.prefix,
@@ -276,34 +273,19 @@ async fn write(shared: Arc<Shared>, mut client: Client, mut outgoing: mpsc::Rece
             );
             tracing::warn!(%error, messages = batch.len(), "PostgreSQL publish failed; the messages are dropped.");
         }
-        for message in batch.drain(..) {
-            if let Some(ack) = message.ack {
-                let _ = ack.send(outcome.clone());
-            }
-        }
+        settle_all(&mut batch, &outcome);
     }
 }
 
 impl TransportDriver for PostgresTransport {
     fn try_publish(&self, topic: &str, payload: RVec<u8>) -> Result<(), PluginError> {
         self.check_open()?;
-        let message =
-            Outgoing { channel: channel_of(&self.shared.prefix, topic), payload, ack: None };
-        self.shared.queue.try_send(message).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                PluginError::backpressure("postgres: the publish queue is full")
-            }
-            mpsc::error::TrySendError::Closed(_) => closed(),
-        })
+        self.shared.queue.try_publish(channel_of(&self.shared.prefix, topic), payload)
     }
 
     async fn publish(&self, topic: &str, payload: RVec<u8>) -> Result<(), PluginError> {
         self.check_open()?;
-        let (ack, outcome) = oneshot::channel();
-        let message =
-            Outgoing { channel: channel_of(&self.shared.prefix, topic), payload, ack: Some(ack) };
-        self.shared.queue.send(message).await.map_err(|_| closed())?;
-        outcome.await.map_err(|_| closed())?
+        self.shared.queue.publish(channel_of(&self.shared.prefix, topic), payload).await
     }
 
     async fn subscribe(&self, topic: &str) -> Result<(), PluginError> {
@@ -365,11 +347,7 @@ impl TransportDriver for PostgresTransport {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let queue = &self.shared.queue;
-        let deadline = tokio::time::Instant::now() + self.shared.timeout;
-        while queue.capacity() < queue.max_capacity() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.shared.queue.drain(self.shared.timeout).await;
         if let Ok(mut tasks) = self.tasks.lock() {
             for task in tasks.drain(..) {
                 task.abort();

@@ -8,6 +8,8 @@
 //!   by the host's executor with the plugin runtime entered (no thread hop), or spawned on the
 //!   plugin runtime when they must finish even if the host stops waiting.
 //! - [`log`]: a `tracing` subscriber and a panic hook that forward to the host's log.
+//! - [`outbox`]: the publish queue in front of a transport's writer task (try_publish with
+//!   back-pressure, publish with the writer's outcome).
 //! - [`TransportDriver`], [`CacheDriver`], [`QueueDriver`], [`RateLimiterDriver`]: plain Rust
 //!   traits; [`create`] and the `*_box` functions turn them into the FFI trait objects with
 //!   every method guarded.
@@ -18,6 +20,7 @@ mod drivers;
 mod export;
 mod guard;
 pub mod log;
+pub mod outbox;
 mod runtime;
 
 pub use drivers::{

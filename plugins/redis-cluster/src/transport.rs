@@ -18,12 +18,12 @@ use redis::{
 use sockhost_plugin_api::{
     HostContextBox, PluginError,
     abi::{RStr, RVec},
-    sdk::TransportDriver,
+    sdk::{
+        TransportDriver,
+        outbox::{Outbox, Outgoing},
+    },
 };
-use tokio::{
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
-};
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use sockhost_redis_drivers::connection::{
     ClusterDatabase, cluster_builder, install_crypto, redact,
@@ -45,20 +45,13 @@ const REOPEN_AFTER_FAILURES: u32 = 4;
 /// The longest wait between attempts to subscribe again to a topic.
 const RESUBSCRIBE_MAX_WAIT: Duration = Duration::from_secs(2);
 
-/// A message waiting to be written; awaited publishes carry the sender of their outcome.
-struct Outgoing {
-    channel: String,
-    payload: RVec<u8>,
-    ack: Option<oneshot::Sender<Result<(), PluginError>>>,
-}
-
 struct Shared {
     prefix: String,
     sharded: bool,
     timeout: Duration,
     connections: RwLock<Connections>,
     spec: Spec,
-    queue: mpsc::Sender<Outgoing>,
+    queue: Outbox,
     /// Topics we want, to subscribe again when the server drops one (a slot moved).
     topics: Mutex<HashSet<String>>,
     closed: AtomicBool,
@@ -212,7 +205,7 @@ impl RedisClusterTransport {
             require_sharded_pubsub(&connections.checker, timeout).await?;
         }
 
-        let (queue, outgoing) = mpsc::channel(config.queue_capacity);
+        let (queue, outgoing) = Outbox::new("redis-cluster", config.queue_capacity);
         let shared = Arc::new(Shared {
             prefix: config.prefix,
             sharded: config.use_sharded_pubsub,
@@ -494,9 +487,7 @@ async fn write(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoing>, host
             tracing::warn!(%error, messages = dropped, "Redis Cluster publish failed; the messages are dropped.");
         }
         for (message, group) in batch.drain(..).zip(group_of) {
-            if let Some(ack) = message.ack {
-                let _ = ack.send(failed.get(&group).map_or(Ok(()), |e| Err(e.clone())));
-            }
+            message.settle(failed.get(&group).map_or(Ok(()), |e| Err(e.clone())));
         }
     }
 }
@@ -504,23 +495,12 @@ async fn write(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoing>, host
 impl TransportDriver for RedisClusterTransport {
     fn try_publish(&self, topic: &str, payload: RVec<u8>) -> Result<(), PluginError> {
         self.check_open()?;
-        let message =
-            Outgoing { channel: format!("{}{topic}", self.shared.prefix), payload, ack: None };
-        self.shared.queue.try_send(message).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                PluginError::backpressure("redis-cluster: the publish queue is full")
-            }
-            mpsc::error::TrySendError::Closed(_) => closed(),
-        })
+        self.shared.queue.try_publish(format!("{}{topic}", self.shared.prefix), payload)
     }
 
     async fn publish(&self, topic: &str, payload: RVec<u8>) -> Result<(), PluginError> {
         self.check_open()?;
-        let (ack, outcome) = oneshot::channel();
-        let message =
-            Outgoing { channel: format!("{}{topic}", self.shared.prefix), payload, ack: Some(ack) };
-        self.shared.queue.send(message).await.map_err(|_| closed())?;
-        outcome.await.map_err(|_| closed())?
+        self.shared.queue.publish(format!("{}{topic}", self.shared.prefix), payload).await
     }
 
     async fn subscribe(&self, topic: &str) -> Result<(), PluginError> {
@@ -580,11 +560,7 @@ impl TransportDriver for RedisClusterTransport {
             return Ok(());
         }
         // Let the writer take what is queued, within the request timeout, then stop.
-        let queue = &self.shared.queue;
-        let deadline = tokio::time::Instant::now() + self.shared.timeout;
-        while queue.capacity() < queue.max_capacity() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.shared.queue.drain(self.shared.timeout).await;
         if let Ok(mut tasks) = self.tasks.lock() {
             for task in tasks.drain(..) {
                 task.abort();

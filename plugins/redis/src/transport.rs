@@ -17,12 +17,12 @@ use redis::{
 use sockhost_plugin_api::{
     HostContextBox, PluginError,
     abi::{RStr, RVec},
-    sdk::TransportDriver,
+    sdk::{
+        TransportDriver,
+        outbox::{Outbox, Outgoing, settle_all},
+    },
 };
-use tokio::{
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
-};
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use sockhost_redis_drivers::{
     connection::{ServerConnection, redact, server_client},
@@ -37,13 +37,6 @@ const NODES: &str = "#nodes";
 const BATCH: usize = 512;
 /// Attempts per pipeline before its messages are dropped (and counted).
 const PUBLISH_ATTEMPTS: u32 = 3;
-
-/// A message waiting to be written; awaited publishes carry the sender of their outcome.
-struct Outgoing {
-    channel: String,
-    payload: RVec<u8>,
-    ack: Option<oneshot::Sender<Result<(), PluginError>>>,
-}
 
 /// Where the subscriber connects: one server, or the master the sentinels name now.
 enum Source {
@@ -73,7 +66,7 @@ struct Shared {
     timeout: Duration,
     source: Source,
     conn: ServerConnection,
-    queue: mpsc::Sender<Outgoing>,
+    queue: Outbox,
     /// The subscriber connection's command half; `None` while reconnecting.
     sink: Mutex<Option<PubSubSink>>,
     /// Topics subscribed to, to subscribe again after a reconnect.
@@ -129,7 +122,7 @@ impl RedisTransport {
         let changes = source.changes();
         let (sink, stream) =
             subscriber(&source.client()?, &config.prefix, &HashSet::new(), timeout).await?;
-        let (queue, outgoing) = mpsc::channel(config.queue_capacity);
+        let (queue, outgoing) = Outbox::new("redis", config.queue_capacity);
         let shared = Arc::new(Shared {
             prefix: config.prefix,
             timeout,
@@ -287,32 +280,19 @@ async fn write(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoing>) {
             );
             tracing::warn!(%error, messages = batch.len(), "Redis publish failed; the messages are dropped.");
         }
-        for message in batch.drain(..) {
-            if let Some(ack) = message.ack {
-                let _ = ack.send(outcome.clone());
-            }
-        }
+        settle_all(&mut batch, &outcome);
     }
 }
 
 impl TransportDriver for RedisTransport {
     fn try_publish(&self, topic: &str, payload: RVec<u8>) -> Result<(), PluginError> {
         self.check_open()?;
-        let message = Outgoing { channel: self.channel(topic), payload, ack: None };
-        self.shared.queue.try_send(message).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                PluginError::backpressure("redis: the publish queue is full")
-            }
-            mpsc::error::TrySendError::Closed(_) => closed(),
-        })
+        self.shared.queue.try_publish(self.channel(topic), payload)
     }
 
     async fn publish(&self, topic: &str, payload: RVec<u8>) -> Result<(), PluginError> {
         self.check_open()?;
-        let (ack, outcome) = oneshot::channel();
-        let message = Outgoing { channel: self.channel(topic), payload, ack: Some(ack) };
-        self.shared.queue.send(message).await.map_err(|_| closed())?;
-        outcome.await.map_err(|_| closed())?
+        self.shared.queue.publish(self.channel(topic), payload).await
     }
 
     async fn subscribe(&self, topic: &str) -> Result<(), PluginError> {
@@ -370,11 +350,7 @@ impl TransportDriver for RedisTransport {
             return Ok(());
         }
         // Let the writer take what is queued, within the request timeout, then stop.
-        let queue = &self.shared.queue;
-        let deadline = tokio::time::Instant::now() + self.shared.timeout;
-        while queue.capacity() < queue.max_capacity() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.shared.queue.drain(self.shared.timeout).await;
         if let Ok(mut tasks) = self.tasks.lock() {
             for task in tasks.drain(..) {
                 task.abort();
