@@ -13,7 +13,7 @@ use crate::{
     apps::App,
     cluster_events,
     delta::Algorithm,
-    hub::{Conn, DeltaWish, Join, Wants},
+    hub::{Conn, DeltaWish, Join, Subscribed, Wants},
     metrics::Metrics,
     protocol::{
         channel::{self, ChannelKind, MAX_USER_ID_LENGTH},
@@ -47,6 +47,20 @@ struct UserData<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     watchlist: Option<&'a RawValue>,
+}
+
+/// Why a subscription is refused: the error type pusher-js shows, the message, and the
+/// HTTP-like status.
+struct Refusal {
+    kind: &'static str,
+    error: String,
+    status: u16,
+}
+
+impl Refusal {
+    fn new(kind: &'static str, error: impl Into<String>, status: u16) -> Self {
+        Self { kind, error: error.into(), status }
+    }
 }
 
 /// One connection's protocol state.
@@ -203,40 +217,12 @@ impl Session {
             }
             return self.subscription_error(name, "AuthError", "Sign in as this user first", 403);
         }
-        if let Err(e) = channel::validate(name, self.app.limits.max_channel_name_length) {
-            return self.subscription_error(name, "InvalidChannel", &e.to_string(), 400);
-        }
-        let kind = ChannelKind::of(name);
-        let channel_data = if kind == ChannelKind::Presence { channel_data } else { None };
-        if kind.needs_auth() {
-            let Some(auth) = auth else {
-                return self.subscription_error(
-                    name,
-                    "AuthError",
-                    "This channel needs an auth signature",
-                    401,
-                );
-            };
-            let message = signature::channel_message(&self.conn.socket_id, name, channel_data);
-            if !signature::verify_auth(&self.app.key, &self.app.secret, &message, auth) {
-                return self.subscription_error(name, "AuthError", "Invalid signature", 401);
+        let join = match self.check_subscription(name, auth, channel_data) {
+            Ok(join) => join,
+            Err(Refusal { kind, error, status }) => {
+                return self.subscription_error(name, kind, &error, status);
             }
-        }
-        let join = match kind {
-            ChannelKind::Presence => match self.presence_join(channel_data) {
-                Ok(join) => Some(join),
-                Err((error, status)) => {
-                    return self.subscription_error(name, "InvalidChannelData", &error, status);
-                }
-            },
-            _ => None,
         };
-        let max = self.app.limits.max_channels_per_connection;
-        if !self.subscriptions.contains_key(name) && self.subscriptions.len() >= max {
-            Metrics::count(&self.ctx.metrics.subscriptions_refused, "reason", "channels");
-            let error = format!("A connection may subscribe to {max} channels at most");
-            return self.subscription_error(name, "LimitReached", &error, 403);
-        }
         if let Some(previous) = self.subscriptions.get(name) {
             // Subscribing again as someone else is leaving and joining.
             let same_user = join.as_ref().map(|j| j.user_id.as_str()) == previous.as_deref();
@@ -244,9 +230,8 @@ impl Session {
                 self.unsubscribe(name).await;
             }
         }
-        let user_id = join.as_ref().map(|j| j.user_id.clone());
         let member = join.as_ref().map(|j| (j.user_id.clone(), j.user_info.clone()));
-        let presence = kind == ChannelKind::Presence;
+        let presence = ChannelKind::of(name) == ChannelKind::Presence;
         let with_deltas = delta.is_some();
         let subscribed = self
             .ctx
@@ -261,37 +246,78 @@ impl Session {
             .await;
         match subscribed {
             Err(full) => self.subscription_error(name, "LimitReached", &full.to_string(), 403),
-            Ok(outcome) => {
-                if outcome.new_subscriber {
-                    self.ctx.metrics.subscriptions.inc();
-                }
-                self.subscriptions.insert(name.to_string(), user_id);
-                if with_deltas {
-                    self.delta_channels.insert(name.to_string());
-                } else {
-                    self.delta_channels.remove(name);
-                }
-                if outcome.occupied {
-                    cluster_events::occupancy_event(&self.ctx, &self.app.id, name, true);
-                }
-                if let (true, Some((user_id, user_info))) = (outcome.first_for_user, member) {
-                    let except = Some(&*self.conn.socket_id);
-                    cluster_events::member_event(
-                        &self.ctx,
-                        &self.app.id,
-                        name,
-                        &user_id,
-                        Some(&user_info),
-                        except,
-                    );
-                }
-                if channel::is_cache(name) {
-                    self.replay_cache(name).await;
-                }
-                if outcome.new_subscriber && !presence {
-                    self.subscription_count_changed(name);
-                }
+            Ok(outcome) => self.subscribed(name, &outcome, member, with_deltas).await,
+        }
+    }
+
+    /// The checks a subscription passes before it is made: a valid name, the channel's
+    /// signature, presence data, the connection's channel bound. The presence join it makes.
+    fn check_subscription(
+        &self,
+        name: &str,
+        auth: Option<&str>,
+        channel_data: Option<&str>,
+    ) -> Result<Option<Join>, Refusal> {
+        channel::validate(name, self.app.limits.max_channel_name_length)
+            .map_err(|e| Refusal::new("InvalidChannel", e.to_string(), 400))?;
+        let kind = ChannelKind::of(name);
+        let channel_data = if kind == ChannelKind::Presence { channel_data } else { None };
+        if kind.needs_auth() {
+            let needed = || Refusal::new("AuthError", "This channel needs an auth signature", 401);
+            let auth = auth.ok_or_else(needed)?;
+            let message = signature::channel_message(&self.conn.socket_id, name, channel_data);
+            if !signature::verify_auth(&self.app.key, &self.app.secret, &message, auth) {
+                return Err(Refusal::new("AuthError", "Invalid signature", 401));
             }
+        }
+        let join = match kind {
+            ChannelKind::Presence => Some(
+                self.presence_join(channel_data)
+                    .map_err(|(error, status)| Refusal::new("InvalidChannelData", error, status))?,
+            ),
+            _ => None,
+        };
+        let max = self.app.limits.max_channels_per_connection;
+        if !self.subscriptions.contains_key(name) && self.subscriptions.len() >= max {
+            Metrics::count(&self.ctx.metrics.subscriptions_refused, "reason", "channels");
+            let error = format!("A connection may subscribe to {max} channels at most");
+            return Err(Refusal::new("LimitReached", error, 403));
+        }
+        Ok(join)
+    }
+
+    /// A subscription was made: record it, and tell what it changed (occupancy, a member
+    /// joining, the cache's last event, the subscription count).
+    async fn subscribed(
+        &mut self,
+        name: &str,
+        outcome: &Subscribed,
+        member: Option<(String, Value)>,
+        with_deltas: bool,
+    ) {
+        if outcome.new_subscriber {
+            self.ctx.metrics.subscriptions.inc();
+        }
+        let user_id = member.as_ref().map(|(id, _)| id.clone());
+        self.subscriptions.insert(name.to_string(), user_id);
+        if with_deltas {
+            self.delta_channels.insert(name.to_string());
+        } else {
+            self.delta_channels.remove(name);
+        }
+        if outcome.occupied {
+            cluster_events::occupancy_event(&self.ctx, &self.app.id, name, true);
+        }
+        if let (true, Some((user_id, user_info))) = (outcome.first_for_user, member) {
+            let except = Some(&*self.conn.socket_id);
+            let (ctx, app) = (&self.ctx, &self.app.id);
+            cluster_events::member_event(ctx, app, name, &user_id, Some(&user_info), except);
+        }
+        if channel::is_cache(name) {
+            self.replay_cache(name).await;
+        }
+        if outcome.new_subscriber && ChannelKind::of(name) != ChannelKind::Presence {
+            self.subscription_count_changed(name);
         }
     }
 
