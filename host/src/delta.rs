@@ -267,11 +267,6 @@ impl Deltas {
         !self.subscribers.is_empty()
     }
 
-    /// Whether `socket_id` gets deltas.
-    pub fn has(&self, socket_id: &str) -> bool {
-        self.subscribers.contains_key(socket_id)
-    }
-
     /// `socket_id` lost its bases (a client could not apply a delta): its next event on each
     /// stream goes whole.
     pub fn resync(&mut self, socket_id: &str) {

@@ -491,12 +491,7 @@ impl Hub {
             filtered.insert(conn, filter.as_ref());
         }
         match delta {
-            Some(wish) => {
-                let deltas = entry
-                    .deltas
-                    .get_or_insert_with(|| Box::new(Mutex::new(Deltas::new(wish.settings))));
-                deltas.get_mut().expect("deltas lock").add(&conn.socket_id, wish.algorithm);
-            }
+            Some(wish) => Self::add_deltas(entry, &conn.socket_id, wish),
             None if !new_subscriber => Self::drop_deltas(entry, &conn.socket_id),
             None => {}
         }
@@ -539,6 +534,14 @@ impl Hub {
         Unsubscribed { was_subscribed, vacated, removed_user }
     }
 
+    /// Send `socket_id` deltas on `entry` as `wish` says, making the channel's streams with
+    /// its first delta subscriber.
+    fn add_deltas(entry: &mut Channel, socket_id: &SocketId, wish: DeltaWish) {
+        let deltas =
+            entry.deltas.get_or_insert_with(|| Box::new(Mutex::new(Deltas::new(wish.settings))));
+        deltas.get_mut().expect("deltas lock").add(socket_id, wish.algorithm);
+    }
+
     /// Stop sending `socket_id` deltas on `entry`, dropping the channel's streams with its
     /// last delta subscriber.
     fn drop_deltas(entry: &mut Channel, socket_id: &str) {
@@ -564,12 +567,7 @@ impl Hub {
         let Some(id) = entry.subscribers.get_key_value(socket_id).map(|(id, _)| id.clone()) else {
             return false;
         };
-        let deltas =
-            entry.deltas.get_or_insert_with(|| Box::new(Mutex::new(Deltas::new(wish.settings))));
-        let deltas = deltas.get_mut().expect("deltas lock");
-        if !deltas.has(socket_id) {
-            deltas.add(&id, wish.algorithm);
-        }
+        Self::add_deltas(entry, &id, wish);
         true
     }
 

@@ -226,6 +226,33 @@ async fn bad_requests_are_refused_and_disabled_channels_go_whole() {
     }
     assert_eq!(loud, "FFd");
 
+    // Enabled for the connection afterwards: a subscription that said `false` stays whole,
+    // one that chose nothing gets deltas in its channel's algorithm (the client named none).
+    let mut later = Client::connect(&server.ws_url(&app.key)).await;
+    let answer = later.subscribe_with(json!({ "channel": "loud-b", "delta": false })).await;
+    assert_eq!(answer["event"], "pusher_internal:subscription_succeeded", "{answer}");
+    let answer = later.subscribe_with(json!({ "channel": "loud-c" })).await;
+    assert_eq!(answer["event"], "pusher_internal:subscription_succeeded", "{answer}");
+    later.send(json!({ "event": "pusher:enable_delta_compression", "data": {} })).await;
+    later.expect("pusher:delta_compression_enabled").await;
+    let mut decoder = Decoder::default();
+    let mut loud = String::new();
+    for n in 0..3 {
+        publish(&api, "loud-b", "price", &quote("BTC", n)).await;
+        let text = later.next_text().await;
+        assert!(matches!(decoder.receive(&text), Frame::Plain(_)), "{text}");
+        publish(&api, "loud-c", "price", &quote("BTC", n)).await;
+        match decoder.receive(&later.next_text().await) {
+            Frame::Full { .. } => loud.push('F'),
+            Frame::Delta { algorithm, .. } => {
+                assert_eq!(algorithm, "xdelta3");
+                loud.push('d');
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(loud, "FFd");
+
     // Off for the server: the enable is answered `enabled: false` and nothing changes.
     let off = Server::builder().env("DELTA_COMPRESSION_ENABLED", "false").start();
     let app = TestApp::main();

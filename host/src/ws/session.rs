@@ -74,10 +74,14 @@ pub(super) struct Session {
     user_id: Option<String>,
     /// The users this connection watches.
     watchlist: Vec<String>,
-    /// Deltas on every channel (`enable_delta_compression`), in the algorithm granted.
-    deltas: Option<Algorithm>,
+    /// Deltas on every channel (`enable_delta_compression`), in the algorithm the client
+    /// named if the server has it, else each channel's.
+    deltas: Option<Option<Algorithm>>,
     /// The channels this connection gets deltas on.
     delta_channels: HashSet<String>,
+    /// The channels whose subscription made its own delta choice (`delta`), which the
+    /// connection's choice does not override.
+    delta_chosen: HashSet<String>,
 }
 
 impl Session {
@@ -91,6 +95,7 @@ impl Session {
             watchlist: Vec::new(),
             deltas: None,
             delta_channels: HashSet::new(),
+            delta_chosen: HashSet::new(),
         }
     }
 
@@ -125,9 +130,15 @@ impl Session {
                 };
                 // Off, filters are checked (a client learns of a bad one) but not applied.
                 let filter = filter.filter(|_| self.ctx.settings.tag_filtering);
+                let chosen = delta.is_some();
                 let delta = self.delta_wish(&channel, delta.as_ref());
                 self.subscribe(&channel, auth.as_deref(), channel_data.as_deref(), filter, delta)
                     .await;
+                if chosen && self.subscriptions.contains_key(&channel) {
+                    self.delta_chosen.insert(channel);
+                } else {
+                    self.delta_chosen.remove(&channel);
+                }
             }
             Ok(ClientMessage::EnableDeltaCompression { algorithms }) => {
                 self.enable_deltas(&algorithms);
@@ -154,7 +165,7 @@ impl Session {
         let algorithm = match asked {
             Some(DeltaRequest::Off) => return None,
             Some(DeltaRequest::On(name)) => name.as_deref().and_then(Algorithm::parse),
-            None => Some(self.deltas?),
+            None => self.deltas?,
         };
         let settings = self.app.deltas.for_channel(channel)?;
         let room = self.delta_channels.len() < self.ctx.settings.delta_channels_per_socket;
@@ -162,17 +173,23 @@ impl Session {
     }
 
     /// `enable_delta_compression`: deltas on every channel from now on, those subscribed to
-    /// included, in the first algorithm the client names that the server has (else the
-    /// server's). Answered with what was granted.
+    /// without a choice of their own included, in the first algorithm the client names that
+    /// the server has (else each channel's). Answered with what was granted (the server's
+    /// algorithm where the client named none).
     fn enable_deltas(&mut self, algorithms: &[String]) {
         let Some(server) = self.ctx.settings.delta.as_ref() else {
             return self.send(frames::delta_compression_enabled(None));
         };
-        let algorithm =
-            algorithms.iter().find_map(|name| Algorithm::parse(name)).unwrap_or(server.algorithm);
-        self.deltas = Some(algorithm);
-        self.send(frames::delta_compression_enabled(Some(algorithm.name())));
-        let names: Vec<String> = self.subscriptions.keys().cloned().collect();
+        let named = algorithms.iter().find_map(|name| Algorithm::parse(name));
+        self.deltas = Some(named);
+        let granted = named.unwrap_or(server.algorithm);
+        self.send(frames::delta_compression_enabled(Some(granted.name())));
+        let names: Vec<String> = self
+            .subscriptions
+            .keys()
+            .filter(|name| !self.delta_chosen.contains(*name))
+            .cloned()
+            .collect();
         for name in names {
             if let Some(wish) = self.delta_wish(&name, None) {
                 let adapter = &self.ctx.adapter;
@@ -398,6 +415,7 @@ impl Session {
     async fn unsubscribe(&mut self, name: &str) {
         let Some(user_id) = self.subscriptions.remove(name) else { return };
         self.delta_channels.remove(name);
+        self.delta_chosen.remove(name);
         self.leave(name, user_id.as_deref()).await;
     }
 
