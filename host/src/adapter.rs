@@ -208,6 +208,16 @@ impl Adapter {
         self.hub.release(app_id);
     }
 
+    /// Cancelled when the app's connections on this node must close (the app was disabled).
+    pub(crate) fn app_ending(&self, app_id: &str) -> tokio_util::sync::CancellationToken {
+        self.hub.app_ending(app_id)
+    }
+
+    /// Close the app's connections on this node with 4003.
+    pub(crate) fn end_app(&self, app_id: &str) {
+        self.hub.end_app(app_id);
+    }
+
     /// Send `socket_id` deltas on `channel` from now on (this node's streams); whether it is
     /// subscribed.
     pub(crate) fn enable_deltas(

@@ -1,8 +1,21 @@
-//! Apps: who may connect and publish, with which secret and limits.
+//! Apps: who may connect and publish, with which secret and limits; from the configuration
+//! file, or from an app-manager plugin's database through a per-node cache.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant, SystemTime},
+};
 
-use crate::config::{Limits, WebhookTarget};
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use crate::{
+    config::{AppConfig, AppRecordRules, Limits, WebhookTarget},
+    metrics::Metrics,
+    plugins::AppManager,
+};
 
 /// One app.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,18 +50,69 @@ pub struct App {
     pub webhook_batching: bool,
     /// Delta compression by channel.
     pub deltas: crate::delta::ChannelRules,
+    /// The secret before the last rotation, and until when it still signs.
+    pub previous_secret: Option<(String, SystemTime)>,
 }
 
-/// The apps, by id and by key.
+impl App {
+    /// Whether `signed_with` holds for the app's secret, or for the previous one while its
+    /// overlap lasts (a tenant rotating its secret signs with either).
+    pub(crate) fn verifies(&self, signed_with: impl Fn(&str) -> bool) -> bool {
+        signed_with(&self.secret)
+            || self
+                .previous_secret
+                .as_ref()
+                .is_some_and(|(old, until)| SystemTime::now() < *until && signed_with(old))
+    }
+}
+
+/// Bytes of one record from the app manager at most; a larger one is refused unread.
+const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// Ids and keys longer than this are never looked up (no database holds them; a client that
+/// sends one is probing).
+const MAX_KEY_LENGTH: usize = 255;
+/// Apps one node keeps cached at most; past it, lookups still work but are not kept.
+const MAX_CACHED_APPS: usize = 100_000;
+/// Lookups in the database at once; the rest wait (up to the lookup timeout) for a turn, so a
+/// flood of unknown keys cannot become a flood of queries.
+const CONCURRENT_LOOKUPS: usize = 32;
+
+/// What a lookup found.
+#[derive(Debug, Clone)]
+pub(crate) enum Lookup {
+    /// The app.
+    Found(Arc<App>),
+    /// No such app.
+    Unknown,
+    /// The app manager did not answer and the app is not cached.
+    Unavailable,
+}
+
+impl Lookup {
+    /// The app, if found.
+    pub(crate) fn found(self) -> Option<Arc<App>> {
+        match self {
+            Self::Found(app) => Some(app),
+            Self::Unknown | Self::Unavailable => None,
+        }
+    }
+}
+
+/// The apps, by id and by key: the configuration file's, or the app manager's as cached here.
 #[derive(Debug, Default)]
 pub(crate) struct Apps {
+    fixed: Index,
+    store: Option<Store>,
+}
+
+#[derive(Debug, Default)]
+struct Index {
     by_id: HashMap<String, Arc<App>>,
     by_key: HashMap<String, Arc<App>>,
 }
 
-impl Apps {
-    /// Index `apps` (validated: ids and keys are unique).
-    pub(crate) fn new(apps: impl IntoIterator<Item = App>) -> Self {
+impl Index {
+    fn new(apps: impl IntoIterator<Item = App>) -> Self {
         let mut index = Self::default();
         for app in apps {
             let app = Arc::new(app);
@@ -57,19 +121,323 @@ impl Apps {
         }
         index
     }
+}
 
-    /// The app with this id.
-    pub(crate) fn by_id(&self, id: &str) -> Option<&Arc<App>> {
-        self.by_id.get(id)
+/// The app manager with this node's cache of it.
+#[derive(Debug)]
+struct Store {
+    manager: Arc<AppManager>,
+    rules: AppRecordRules,
+    cached: RwLock<Cached>,
+    turns: Semaphore,
+    lookups: Family<Vec<(&'static str, &'static str)>, Counter>,
+}
+
+#[derive(Debug, Default)]
+struct Cached {
+    by_id: HashMap<String, (Arc<App>, Instant)>,
+    /// Key to id.
+    by_key: HashMap<String, String>,
+}
+
+/// How an app is looked for.
+#[derive(Clone, Copy)]
+enum By<'a> {
+    Id(&'a str),
+    Key(&'a str),
+}
+
+impl Apps {
+    /// The configuration file's apps (validated: ids and keys are unique).
+    pub(crate) fn new(apps: impl IntoIterator<Item = App>) -> Self {
+        Self { fixed: Index::new(apps), store: None }
     }
 
-    /// Every app id.
-    pub(crate) fn ids(&self) -> impl Iterator<Item = &str> {
-        self.by_id.keys().map(String::as_str)
+    /// The app manager's apps, cached per `rules`.
+    pub(crate) fn managed(
+        manager: Arc<AppManager>,
+        rules: AppRecordRules,
+        metrics: &Metrics,
+    ) -> Self {
+        let store = Store {
+            manager,
+            rules,
+            cached: RwLock::default(),
+            turns: Semaphore::new(CONCURRENT_LOOKUPS),
+            lookups: metrics.app_lookups.clone(),
+        };
+        Self { fixed: Index::default(), store: Some(store) }
     }
 
-    /// The app with this key.
-    pub(crate) fn by_key(&self, key: &str) -> Option<&Arc<App>> {
-        self.by_key.get(key)
+    /// The app manager, when apps come from one.
+    pub(crate) fn manager(&self) -> Option<&Arc<AppManager>> {
+        self.store.as_ref().map(|s| &s.manager)
+    }
+
+    /// The app with this key (at connect).
+    pub(crate) async fn by_key(&self, key: &str) -> Lookup {
+        match &self.store {
+            None => self.fixed.by_key.get(key).cloned().map_or(Lookup::Unknown, Lookup::Found),
+            Some(store) => store.lookup(By::Key(key)).await,
+        }
+    }
+
+    /// The app with this id (the HTTP API).
+    pub(crate) async fn by_id(&self, id: &str) -> Lookup {
+        match &self.store {
+            None => self.fixed.by_id.get(id).cloned().map_or(Lookup::Unknown, Lookup::Found),
+            Some(store) => store.lookup(By::Id(id)).await,
+        }
+    }
+
+    /// The app with this id as this node knows it now, without asking the database (for
+    /// messages from other nodes and for connections already open).
+    pub(crate) fn known(&self, id: &str) -> Option<Arc<App>> {
+        match &self.store {
+            None => self.fixed.by_id.get(id).cloned(),
+            Some(store) => store.read().by_id.get(id).map(|(app, _)| app.clone()),
+        }
+    }
+
+    /// Every app id this node knows.
+    pub(crate) fn ids(&self) -> Vec<String> {
+        match &self.store {
+            None => self.fixed.by_id.keys().cloned().collect(),
+            Some(store) => store.read().by_id.keys().cloned().collect(),
+        }
+    }
+
+    /// Drop the cached app with this id, so the next lookup asks the database; the app as it
+    /// is now, or `None` when it is gone or the database did not answer.
+    pub(crate) async fn refresh(&self, id: &str) -> Lookup {
+        if let Some(store) = &self.store {
+            store.forget(id);
+        }
+        self.by_id(id).await
+    }
+
+    /// A record (the admin API's input, or a row) checked as the configuration file's apps are.
+    pub(crate) fn parse_record(&self, text: &str) -> Result<App, String> {
+        let rules = self.store.as_ref().map(|s| &s.rules);
+        parse_record(text, rules.ok_or("apps come from the configuration file")?)
+    }
+}
+
+impl Store {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Cached> {
+        self.cached.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Cached> {
+        self.cached.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn count(&self, outcome: &'static str) {
+        Metrics::count(&self.lookups, "outcome", outcome);
+    }
+
+    /// The cached app, and whether it is still fresh.
+    fn cached(&self, by: By<'_>) -> Option<(Arc<App>, bool)> {
+        let cached = self.read();
+        let id = match by {
+            By::Id(id) => id,
+            By::Key(key) => cached.by_key.get(key)?.as_str(),
+        };
+        let (app, fetched) = cached.by_id.get(id)?;
+        Some((app.clone(), fetched.elapsed() < self.rules.ttl))
+    }
+
+    async fn lookup(&self, by: By<'_>) -> Lookup {
+        let cached = self.cached(by);
+        if let Some((app, true)) = &cached {
+            self.count("cached");
+            return Lookup::Found(app.clone());
+        }
+        let asked = match by {
+            By::Id(s) | By::Key(s) => s,
+        };
+        if asked.is_empty() || asked.len() > MAX_KEY_LENGTH {
+            self.count("unknown");
+            return Lookup::Unknown;
+        }
+        match self.fetch(by).await {
+            Ok(Some(app)) => {
+                self.count("fetched");
+                Lookup::Found(self.keep(app))
+            }
+            Ok(None) => {
+                if let Some((app, _)) = cached {
+                    self.forget(&app.id);
+                }
+                self.count("unknown");
+                Lookup::Unknown
+            }
+            // The database is down or slow: keep serving what this node knew.
+            Err(error) => match cached {
+                Some((app, _)) => {
+                    self.count("stale");
+                    tracing::warn!(%error, app = %app.id, "The app manager did not answer; serving the cached app.");
+                    Lookup::Found(app)
+                }
+                None => {
+                    self.count("failed");
+                    tracing::warn!(%error, "The app manager did not answer; refusing an app it was asked for.");
+                    Lookup::Unavailable
+                }
+            },
+        }
+    }
+
+    /// Ask the database, within the lookup timeout (waiting for a turn included).
+    async fn fetch(&self, by: By<'_>) -> Result<Option<App>, String> {
+        let ask = async {
+            let _turn = self.turns.acquire().await.map_err(|e| e.to_string())?;
+            let found = match by {
+                By::Id(id) => self.manager.find_by_id(id).await,
+                By::Key(key) => self.manager.find_by_key(key).await,
+            };
+            found.map_err(|e| e.to_string())
+        };
+        let record = tokio::time::timeout(self.rules.lookup_timeout, ask)
+            .await
+            .map_err(|_| "the lookup timed out".to_string())??;
+        let Some(record) = record else { return Ok(None) };
+        match parse_record(&record, &self.rules) {
+            // A record that does not answer the question asked is not that app.
+            Ok(app) if matches!(by, By::Id(id) if id == app.id) => Ok(Some(app)),
+            Ok(app) if matches!(by, By::Key(key) if key == app.key) => Ok(Some(app)),
+            Ok(_) => {
+                self.count("invalid");
+                Ok(None)
+            }
+            Err(problem) => {
+                self.count("invalid");
+                tracing::warn!(
+                    problem,
+                    "The app manager answered an app that is not valid; it is refused."
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    fn keep(&self, app: App) -> Arc<App> {
+        let app = Arc::new(app);
+        let mut cached = self.write();
+        if let Some((old, _)) = cached.by_id.get(&app.id)
+            && old.key != app.key
+        {
+            let old_key = old.key.clone();
+            cached.by_key.remove(&old_key);
+        }
+        if cached.by_id.len() < MAX_CACHED_APPS || cached.by_id.contains_key(&app.id) {
+            cached.by_key.insert(app.key.clone(), app.id.clone());
+            cached.by_id.insert(app.id.clone(), (app.clone(), Instant::now()));
+        }
+        app
+    }
+
+    fn forget(&self, id: &str) {
+        let mut cached = self.write();
+        if let Some((app, _)) = cached.by_id.remove(id) {
+            cached.by_key.remove(&app.key);
+        }
+    }
+}
+
+/// A record as the app manager keeps it: the configuration file's fields (others, such as the
+/// reference's `created_at` or `allowed_origins`, are ignored), and the previous secret of a
+/// rotation.
+#[derive(Deserialize)]
+struct Record {
+    #[serde(flatten)]
+    app: AppConfig,
+    #[serde(default)]
+    previous_secret: Option<String>,
+    /// Unix milliseconds.
+    #[serde(default)]
+    previous_secret_expires_at: Option<u64>,
+}
+
+/// A record checked: bounded, every field valid.
+fn parse_record(text: &str, rules: &AppRecordRules) -> Result<App, String> {
+    if text.len() > MAX_RECORD_BYTES {
+        return Err(format!("the record is over {MAX_RECORD_BYTES} bytes"));
+    }
+    let mut record: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    // A database's NULL is a field not set (the reference's limit columns are nullable).
+    if let Some(fields) = record.as_object_mut() {
+        fields.retain(|_, value| !value.is_null());
+    }
+    let record: Record = serde_json::from_value(record).map_err(|e| e.to_string())?;
+    let mut errors = Vec::new();
+    let place = |field: &str| field.to_string();
+    let mut app = crate::config::app_of(
+        &record.app,
+        &rules.defaults,
+        rules.delta.as_ref(),
+        &place,
+        &mut errors,
+    );
+    for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
+        if value.trim().is_empty() || value.len() > MAX_KEY_LENGTH {
+            errors.push(crate::config::ConfigError {
+                place: field.into(),
+                problem: format!("must be 1 to {MAX_KEY_LENGTH} bytes"),
+            });
+        }
+    }
+    if let Some(error) = errors.first() {
+        return Err(error.to_string());
+    }
+    app.previous_secret = match (record.previous_secret, record.previous_secret_expires_at) {
+        (Some(secret), Some(until)) if !secret.is_empty() => {
+            Some((secret, SystemTime::UNIX_EPOCH + Duration::from_millis(until)))
+        }
+        _ => None,
+    };
+    Ok(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> AppRecordRules {
+        crate::config::Settings::from_config(crate::config::Config::default())
+            .expect("the defaults are valid")
+            .app_records
+    }
+
+    #[test]
+    fn a_record_with_the_references_other_columns_is_read() {
+        let record = r#"{"id":"1","key":"k","secret":"s","enabled":true,"created_at":"2026-01-01",
+            "allowed_origins":["*"],"policy":null,"max_connections":5}"#;
+        let app = parse_record(record, &rules()).unwrap();
+        assert_eq!((app.id.as_str(), app.max_connections), ("1", 5));
+    }
+
+    #[test]
+    fn a_bad_record_is_refused() {
+        for bad in [
+            r#"{"id":"","key":"k","secret":"s"}"#,
+            r#"{"id":"1","key":"k","secret":"s","max_event_batch_size":0}"#,
+            r#"{"id":"1","key":"k"}"#,
+            r#"[1]"#,
+        ] {
+            assert!(parse_record(bad, &rules()).is_err(), "{bad}");
+        }
+        let huge = format!(r#"{{"id":"1","key":"k","secret":"{}"}}"#, "s".repeat(MAX_RECORD_BYTES));
+        assert!(parse_record(&huge, &rules()).is_err());
+    }
+
+    #[test]
+    fn the_previous_secret_verifies_until_it_expires() {
+        let soon = SystemTime::now() + Duration::from_secs(60);
+        let mut app = parse_record(r#"{"id":"1","key":"k","secret":"new"}"#, &rules()).unwrap();
+        app.previous_secret = Some(("old".into(), soon));
+        assert!(app.verifies(|s| s == "old") && app.verifies(|s| s == "new"));
+        app.previous_secret = Some(("old".into(), SystemTime::now() - Duration::from_secs(1)));
+        assert!(!app.verifies(|s| s == "old") && app.verifies(|s| s == "new"));
     }
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::{
+    apps::{App, Lookup},
     cluster::{
         self, Refusal,
         host::{Host, Snapshot},
@@ -62,7 +63,11 @@ impl Host for Node {
         self.0
             .apps
             .ids()
-            .map(|id| (id.to_string(), hub.connection_count(id)))
+            .into_iter()
+            .map(|id| {
+                let count = hub.connection_count(&id);
+                (id, count)
+            })
             .filter(|(_, n)| *n > 0)
             .collect()
     }
@@ -96,6 +101,11 @@ impl Host for Node {
 
     fn occupancy_changed(&self, app: &str, channel: &str, occupied: bool) {
         occupancy_event(&self.0, app, channel, occupied);
+    }
+
+    fn app_changed(&self, app: &str) {
+        let (ctx, app) = (self.0.clone(), app.to_string());
+        tokio::spawn(async move { app_changed(&ctx, &app).await });
     }
 
     fn user_status_changed(&self, app: &str, user: &str, online: bool) {
@@ -141,15 +151,13 @@ pub(crate) fn member_event(
         };
         ctx.adapter.hub().broadcast(app_id, channel, &Utf8Bytes::from(frame), except, None, false);
     }
-    if ctx.adapter.cluster().is_leader()
-        && let Some(app) = ctx.apps.by_id(app_id)
-    {
+    if ctx.adapter.cluster().is_leader() {
         let (channel, user_id) = (channel.to_string(), user.to_string());
         let event = match info {
             Some(_) => Hook::MemberAdded { channel, user_id },
             None => Hook::MemberRemoved { channel, user_id },
         };
-        ctx.webhooks.emit(ctx, app, event);
+        with_app(ctx, app_id, move |ctx, app| ctx.webhooks.emit(ctx, app, event));
     }
 }
 
@@ -159,10 +167,44 @@ pub(crate) fn occupancy_event(ctx: &Arc<Ctx>, app_id: &str, channel: &str, occup
     if !ctx.adapter.cluster().is_leader() {
         return;
     }
-    let Some(app) = ctx.apps.by_id(app_id) else { return };
-    if occupied {
-        ctx.webhooks.occupied(ctx, app, channel);
-    } else {
-        ctx.webhooks.vacated(ctx, app, channel);
+    let channel = channel.to_string();
+    with_app(ctx, app_id, move |ctx, app| {
+        if occupied {
+            ctx.webhooks.occupied(ctx, app, &channel);
+        } else {
+            ctx.webhooks.vacated(ctx, app, &channel);
+        }
+    });
+}
+
+/// Run `then` with the app: at once when this node knows it, else after looking it up (the
+/// cleanup leader may have no connection of an app whose webhooks it sends).
+fn with_app(
+    ctx: &Arc<Ctx>,
+    app_id: &str,
+    then: impl FnOnce(&Arc<Ctx>, &Arc<App>) + Send + 'static,
+) {
+    if let Some(app) = ctx.apps.known(app_id) {
+        return then(ctx, &app);
+    }
+    let (ctx, app_id) = (ctx.clone(), app_id.to_string());
+    tokio::spawn(async move {
+        if let Some(app) = ctx.apps.by_id(&app_id).await.found() {
+            then(&ctx, &app);
+        }
+    });
+}
+
+/// An app's record changed (here or on another node): drop the cached app and look it up
+/// again; if it is disabled or gone, its connections on this node close with 4003. If the app
+/// manager does not answer, the cached app is kept (and looked up again on the next miss).
+pub(crate) async fn app_changed(ctx: &Arc<Ctx>, app_id: &str) {
+    match ctx.apps.refresh(app_id).await {
+        Lookup::Found(app) if app.enabled => {}
+        Lookup::Found(_) | Lookup::Unknown => {
+            tracing::info!(app = app_id, "The app is disabled or gone; closing its connections.");
+            ctx.adapter.end_app(app_id);
+        }
+        Lookup::Unavailable => {}
     }
 }

@@ -298,6 +298,9 @@ struct AppHub {
     users: RwLock<HashMap<String, HashMap<SocketId, Conn>>>,
     /// Connections watching a user (watchlists), by the watched user id.
     watchers: RwLock<HashMap<String, HashMap<SocketId, Conn>>>,
+    /// Cancelled when the app is disabled or deleted: every connection of the app waits on
+    /// the token it was opened under. Replaced after cancelling, for the app's next life.
+    ended: RwLock<tokio_util::sync::CancellationToken>,
 }
 
 /// A presence join to make along with a subscription.
@@ -414,6 +417,20 @@ impl Hub {
             let _ = app
                 .connections
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// What a new connection of the app waits on to learn that the app was disabled.
+    pub(crate) fn app_ending(&self, app_id: &str) -> tokio_util::sync::CancellationToken {
+        self.app(app_id).ended.read().expect("hub lock").clone()
+    }
+
+    /// The app was disabled or deleted: its connections on this node close; later ones (should
+    /// it be enabled again) do not.
+    pub(crate) fn end_app(&self, app_id: &str) {
+        if let Some(app) = self.existing(app_id) {
+            let ended = std::mem::take(&mut *app.ended.write().expect("hub lock"));
+            ended.cancel();
         }
     }
 

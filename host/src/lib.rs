@@ -8,12 +8,13 @@
 //! points into the insides). Private to the crate: `server` (the shared `Ctx`), `ws` (one
 //! task per connection), `http_api`, `adapter` (the only road to channel state), `hub` (the
 //! only code that holds sockets), `cluster_events` (the node's side of the cluster layer's one
-//! interface), `apps`, `edge`, `tls`, `readiness`, `webhooks`, `metrics`.
+//! interface), `apps`, `admin` (the admin API), `edge`, `tls`, `readiness`, `webhooks`, `metrics`.
 
 // Items of the crate's private modules say `pub(crate)`: what is `pub` is the crate's surface.
 #![warn(unreachable_pub)]
 
 pub(crate) mod adapter;
+pub(crate) mod admin;
 pub(crate) mod apps;
 pub mod benchmarks;
 pub mod cli;

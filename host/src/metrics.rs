@@ -96,6 +96,10 @@ pub(crate) struct Metrics {
     pub accept_errors: Counter,
     /// TLS handshakes that failed (a client that does not speak TLS, or trusts another CA).
     pub tls_handshake_failures: Counter,
+    /// App lookups in the app manager's cache and database, by outcome.
+    pub app_lookups: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Admin API requests, by outcome (`ok`, `refused`, `unauthorized`, `failed`).
+    pub admin_requests: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Certificate reloads, by outcome (`ok`, `failed`).
     pub tls_reloads: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// WebSocket connections closed for a bad frame, by close code (1002, 1007, 1009).
@@ -284,6 +288,12 @@ impl Metrics {
                 "TLS handshakes that failed or timed out",
                 self.tls_handshake_failures
             ),
+            (
+                "app_lookups",
+                "App lookups through the app manager, by outcome: cached, fetched, unknown, stale (the database failed; the cached app served), failed (not cached either: refused), invalid (a record that is not a valid app)",
+                self.app_lookups
+            ),
+            ("admin_requests", "Admin API requests, by outcome", self.admin_requests),
             (
                 "tls_certificate_reloads",
                 "Certificate reloads (file change or SIGHUP), by outcome; a failed one keeps the old certificate",

@@ -86,7 +86,12 @@ impl Ctx {
         Self {
             edge,
             readiness: Readiness::new(settings.max_memory_percent, settings.max_memory_bytes),
-            apps: Apps::new(settings.apps.clone()),
+            apps: match &drivers.app_manager {
+                None => Apps::new(settings.apps.clone()),
+                Some(manager) => {
+                    Apps::managed(manager.clone(), settings.app_records.clone(), &metrics)
+                }
+            },
             adapter: Adapter::new(Arc::new(Hub::new(metrics.deltas.clone())), cluster),
             settings,
             drivers,
@@ -349,6 +354,10 @@ pub async fn run(
         Some((host, port)) => Some(TcpListener::bind((host.as_str(), *port)).await?),
         None => None,
     };
+    let admin_listener = match &settings.admin {
+        Some(admin) => Some(TcpListener::bind((admin.addr.0.as_str(), admin.addr.1)).await?),
+        None => None,
+    };
     let grace = settings.shutdown_grace_period;
     // Read before anything starts, so a bad certificate is a refusal at start.
     let certificates = match &settings.tls {
@@ -369,35 +378,15 @@ pub async fn run(
     let token = ctx.shutdown.clone();
     tokio::spawn(watch_memory(ctx.clone()));
     tokio::spawn(watch_backends(ctx.clone()));
-    tokio::spawn({
-        let token = token.clone();
-        let ctx_ready = ctx.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("Shutting down: closing connections with 4200.");
-            ctx_ready.metrics.ready.set(0);
-            token.cancel();
-        }
-    });
-    if let Some(metrics_listener) = metrics_listener {
-        tracing::info!(addr = %metrics_listener.local_addr()?, "Metrics listening.");
+    tokio::spawn(signal_shutdown(ctx.clone(), shutdown));
+    if let Some(listener) = metrics_listener {
         let app = Router::new().route("/metrics", get(render_metrics)).with_state(ctx.clone());
-        let token = token.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(metrics_listener, app)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "The metrics listener failed.");
-            }
-        });
+        serve_beside(&ctx, listener, app, "Metrics")?;
     }
-    tokio::spawn(webhooks::forward(ctx.clone()));
-    let http = reqwest::Client::builder().build().map_err(std::io::Error::other)?;
-    let deliver = webhooks::deliver(ctx.clone(), http, ctx.settings.webhooks.clone());
-    if let Err(error) = ctx.drivers.queue.consume(webhooks::QUEUE, deliver).await {
-        tracing::error!(%error, "Webhooks will not be delivered: the queue refused a consumer.");
+    if let Some(listener) = admin_listener {
+        serve_beside(&ctx, listener, crate::admin::router(ctx.clone()), "Admin API")?;
     }
+    start_webhooks(&ctx).await?;
     let acceptor = match certificates {
         None => None,
         Some(certificates) => {
@@ -410,7 +399,7 @@ pub async fn run(
         max_connections = ctx.edge.max_connections().map_or_else(|| "unlimited".to_string(), |m| m.to_string()),
         "Listening."
     );
-    serve(&ctx, listener, router(ctx.clone()), token.clone(), acceptor).await;
+    serve(&ctx, listener, router(ctx.clone()), token, acceptor).await;
     ctx.tracker.close();
     if tokio::time::timeout(grace, ctx.tracker.wait()).await.is_err() {
         tracing::warn!(
@@ -421,6 +410,44 @@ pub async fn run(
     cluster_events::stop(&ctx).await;
     ctx.drivers.shutdown().await;
     tracing::info!("Stopped.");
+    Ok(())
+}
+
+/// When `shutdown` resolves: not ready any more, and every task told to stop.
+async fn signal_shutdown(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
+    shutdown.await;
+    tracing::info!("Shutting down: closing connections with 4200.");
+    ctx.metrics.ready.set(0);
+    ctx.shutdown.cancel();
+}
+
+/// A router on a listener of its own (metrics, admin), until shutdown.
+fn serve_beside(
+    ctx: &Ctx,
+    listener: TcpListener,
+    app: Router,
+    what: &'static str,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "{what} listening.");
+    let token = ctx.shutdown.clone();
+    tokio::spawn(async move {
+        let served =
+            axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+        if let Err(error) = served {
+            tracing::error!(%error, "The {what} listener failed.");
+        }
+    });
+    Ok(())
+}
+
+/// The webhook forwarder (events to the queue) and the queue's consumer (the deliveries).
+async fn start_webhooks(ctx: &Arc<Ctx>) -> std::io::Result<()> {
+    tokio::spawn(webhooks::forward(ctx.clone()));
+    let http = reqwest::Client::builder().build().map_err(std::io::Error::other)?;
+    let deliver = webhooks::deliver(ctx.clone(), http, ctx.settings.webhooks.clone());
+    if let Err(error) = ctx.drivers.queue.consume(webhooks::QUEUE, deliver).await {
+        tracing::error!(%error, "Webhooks will not be delivered: the queue refused a consumer.");
+    }
     Ok(())
 }
 

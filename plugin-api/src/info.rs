@@ -23,9 +23,12 @@ impl DriverKind {
     pub const QUEUE: Self = Self(3);
     /// Token windows per key.
     pub const RATE_LIMITER: Self = Self(4);
+    /// Where apps live when not in the configuration file.
+    pub const APP_MANAGER: Self = Self(5);
 
     /// Every kind this ABI generation knows, in a stable order.
-    pub const ALL: [Self; 4] = [Self::TRANSPORT, Self::CACHE, Self::QUEUE, Self::RATE_LIMITER];
+    pub const ALL: [Self; 5] =
+        [Self::TRANSPORT, Self::CACHE, Self::QUEUE, Self::RATE_LIMITER, Self::APP_MANAGER];
 
     /// The kind's name as operators write it in configuration.
     pub fn name(self) -> &'static str {
@@ -34,6 +37,7 @@ impl DriverKind {
             Self::CACHE => "cache",
             Self::QUEUE => "queue",
             Self::RATE_LIMITER => "rate-limiter",
+            Self::APP_MANAGER => "app-manager",
             _ => "unknown",
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! A plugin is a `cdylib` that exports one root module, [`PluginModule`]: what it is
 //! ([`PluginInfo`]) and one optional constructor per driver kind it provides. The drivers are
-//! FFI-safe trait objects: [`Transport`], [`Cache`], [`Queue`] and [`RateLimiter`]. The host
+//! FFI-safe trait objects: [`Transport`], [`Cache`], [`Queue`], [`RateLimiter`] and
+//! [`AppManager`]. The host
 //! hands every driver a [`HostContext`] for the calls that go the other way (incoming
 //! messages, logs, metrics).
 //!
@@ -13,8 +14,14 @@
 //!   after 1.0, the same major) and nothing else.
 //! - Within a generation, evolution is append-only: new methods go after the method marked
 //!   `#[sabi(last_prefix_field)]` of a trait, new root-module fields after its last field, new
-//!   error codes as new [`ErrorCode`] constants. Older plugins then still load; a host calls a
-//!   newer method only after checking it is present.
+//!   error codes as new [`ErrorCode`] constants, new driver kinds as new [`DriverKind`]
+//!   constants. Older plugins then still load; a host calls a newer method only after checking
+//!   it is present.
+//! - abi_stable refuses a library whose root module has fewer fields than the loader's type, so
+//!   the host checks a plugin against the generation's first layout ([`base::PluginModule`],
+//!   frozen) and then against the current [`PluginModule`] for the fields added since
+//!   ([`load::open`]): a plugin built before them passes the first check only and provides
+//!   none of the newer kinds (`tests/tests/abi_mismatch.rs` builds one and loads it).
 //! - Changing, removing or reordering anything that exists is a new generation: bump the minor
 //!   (or the major after 1.0), record it in `CHANGELOG.md`, and the loader refuses the old plugins.
 //! - Only the types of this crate (and the `abi_stable` / `async_ffi` types they are made of)
@@ -36,6 +43,7 @@
 // writes no unsafe code of its own.
 #![allow(unsafe_code)]
 
+mod app_manager;
 mod cache;
 mod error;
 mod host;
@@ -51,13 +59,14 @@ pub mod conformance;
 #[cfg(feature = "sdk")]
 pub mod sdk;
 
+pub use app_manager::{AppManager, AppManager_TO, AppManagerBox};
 pub use cache::{Cache, Cache_TO, CacheBox};
 pub use error::{ErrorCode, PResult, PluginError};
 pub use host::{HostContext, HostContext_TO, HostContextBox, LogLevel};
 pub use info::{DriverDecl, DriverKind, PluginInfo};
 pub use queue::{Job, Queue, Queue_TO, QueueBox, QueueHandler, QueueHandler_TO, QueueHandlerBox};
 pub use rate_limiter::{RateDecision, RateLimiter, RateLimiter_TO, RateLimiterBox};
-pub use root::{PluginModule, PluginModule_Ref};
+pub use root::{PluginModule, PluginModule_Ref, base};
 pub use transport::{Transport, Transport_TO, TransportBox};
 
 /// The FFI-safe building blocks, re-exported so that neither the host nor plugins depend on

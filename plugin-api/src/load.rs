@@ -8,7 +8,62 @@ use abi_stable::{
     sabi_types::VersionNumber,
 };
 
-use crate::PluginModule_Ref;
+use crate::{
+    AppManagerBox, CacheBox, HostContextBox, PResult, PluginInfo, PluginModule_Ref, QueueBox,
+    RateLimiterBox, TransportBox,
+    abi::{FfiFuture, RStr},
+    root::base,
+};
+
+/// A driver constructor: the driver's name, its configuration text, the host's callbacks.
+pub type Constructor<T> =
+    extern "C" fn(RStr<'_>, RStr<'_>, HostContextBox) -> FfiFuture<PResult<T>>;
+
+/// An opened plugin's root module: the fields every plugin of this generation has, and the
+/// ones added since, when the plugin was built with them.
+#[derive(Clone, Copy)]
+pub struct Module {
+    base: base::PluginModule_Ref,
+    full: Option<PluginModule_Ref>,
+}
+
+impl fmt::Debug for Module {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Module").field("current", &self.full.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Module {
+    /// What the plugin says about itself.
+    pub fn info(&self) -> PluginInfo {
+        (self.base.info())()
+    }
+
+    /// The transport constructor, if any.
+    pub fn transport(&self) -> Option<Constructor<TransportBox>> {
+        self.base.transport()
+    }
+
+    /// The cache constructor, if any.
+    pub fn cache(&self) -> Option<Constructor<CacheBox>> {
+        self.base.cache()
+    }
+
+    /// The queue constructor, if any.
+    pub fn queue(&self) -> Option<Constructor<QueueBox>> {
+        self.base.queue()
+    }
+
+    /// The rate-limiter constructor, if any.
+    pub fn rate_limiter(&self) -> Option<Constructor<RateLimiterBox>> {
+        self.base.rate_limiter()
+    }
+
+    /// The app-manager constructor, if the plugin was built with app managers and has one.
+    pub fn app_manager(&self) -> Option<Constructor<AppManagerBox>> {
+        self.full.and_then(|m| m.app_manager())
+    }
+}
 
 /// Why a library was refused. Each variant prints as one line; [`OpenError::detail`] has the
 /// long form where there is one.
@@ -82,7 +137,7 @@ pub fn compatible(expected: &str, found: &str) -> bool {
 ///
 /// Opening runs the library's initialisers, so callers check where the file comes from first.
 /// The library is never unloaded: modules and the drivers they build live until the process ends.
-pub fn open(path: &Path) -> Result<PluginModule_Ref, OpenError> {
+pub fn open(path: &Path) -> Result<Module, OpenError> {
     let header = lib_header_from_path(path).map_err(|e| match e {
         LibraryError::OpenError { err, .. } => OpenError::Open(first_line(&err.to_string())),
         LibraryError::GetSymbolError { .. } => {
@@ -103,7 +158,7 @@ pub fn open(path: &Path) -> Result<PluginModule_Ref, OpenError> {
     if !compatible(expected, found) {
         return Err(OpenError::WrongVersion { found: found.into(), expected: expected.into() });
     }
-    header.init_root_module::<PluginModule_Ref>().map_err(|e| match e {
+    let base = header.init_root_module::<base::PluginModule_Ref>().map_err(|e| match e {
         LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
             OpenError::WrongVersion {
                 found: version(actual_version),
@@ -116,7 +171,11 @@ pub fn open(path: &Path) -> Result<PluginModule_Ref, OpenError> {
         }
         LibraryError::RootModule { err, .. } => OpenError::Init(first_line(&err.to_string())),
         other => OpenError::Init(first_line(&other.to_string())),
-    })
+    })?;
+    // The fields added within the generation: a plugin built before them fails this check
+    // (it has fewer fields than the current type) and provides none of the newer kinds.
+    let full = header.check_layout::<PluginModule_Ref>().ok();
+    Ok(Module { base, full })
 }
 
 fn version(v: VersionNumber) -> String {

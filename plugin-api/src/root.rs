@@ -10,7 +10,8 @@ use abi_stable::{
 use async_ffi::FfiFuture;
 
 use crate::{
-    CacheBox, HostContextBox, PResult, PluginInfo, QueueBox, RateLimiterBox, TransportBox,
+    AppManagerBox, CacheBox, HostContextBox, PResult, PluginInfo, QueueBox, RateLimiterBox,
+    TransportBox,
 };
 
 /// What every plugin library exports (with `#[export_root_module]`).
@@ -64,6 +65,17 @@ pub struct PluginModule {
             host: HostContextBox,
         ) -> FfiFuture<PResult<RateLimiterBox>>,
     >,
+    /// The app-manager constructor, if the plugin provides app managers. Added within
+    /// generation 0.1, after the last prefix field; a plugin built before it has no such field
+    /// (see [`base`]).
+    #[sabi(missing_field(default))]
+    pub app_manager: Option<
+        extern "C" fn(
+            driver: RStr<'_>,
+            config: RStr<'_>,
+            host: HostContextBox,
+        ) -> FfiFuture<PResult<AppManagerBox>>,
+    >,
 }
 
 impl RootModule for PluginModule_Ref {
@@ -71,4 +83,76 @@ impl RootModule for PluginModule_Ref {
     const BASE_NAME: &'static str = "sockhost_plugin";
     const NAME: &'static str = "sockhost plugin";
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The root module as ABI 0.1.0 laid it out (up to `rate_limiter`), frozen.
+///
+/// abi_stable's layout check refuses a library whose root module has *fewer* fields than the
+/// loader's type (it allows more). So the host checks every plugin against this frozen
+/// layout, which plugins of every 0.1.x pass, and then, for the fields added since, against
+/// [`PluginModule`] (see [`crate::load::open`]): a plugin built before them fails only that
+/// second check, and simply provides none of the newer kinds. Never change this type.
+pub mod base {
+    #![allow(non_camel_case_types)]
+
+    use abi_stable::{
+        StableAbi, declare_root_module_statics, library::RootModule, package_version_strings,
+        sabi_types::VersionStrings, std_types::RStr,
+    };
+    use async_ffi::FfiFuture;
+
+    use crate::{
+        CacheBox, HostContextBox, PResult, PluginInfo, QueueBox, RateLimiterBox, TransportBox,
+    };
+
+    /// [`super::PluginModule`] as of 0.1.0; the same name, as the layout check requires.
+    #[allow(missing_debug_implementations, clippy::type_complexity)]
+    #[repr(C)]
+    #[derive(StableAbi)]
+    #[sabi(kind(Prefix(prefix_ref = PluginModule_Ref)))]
+    #[sabi(missing_field(panic))]
+    pub struct PluginModule {
+        /// See [`super::PluginModule::info`].
+        pub info: extern "C" fn() -> PluginInfo,
+        /// See [`super::PluginModule::transport`].
+        pub transport: Option<
+            extern "C" fn(
+                driver: RStr<'_>,
+                config: RStr<'_>,
+                host: HostContextBox,
+            ) -> FfiFuture<PResult<TransportBox>>,
+        >,
+        /// See [`super::PluginModule::cache`].
+        pub cache: Option<
+            extern "C" fn(
+                driver: RStr<'_>,
+                config: RStr<'_>,
+                host: HostContextBox,
+            ) -> FfiFuture<PResult<CacheBox>>,
+        >,
+        /// See [`super::PluginModule::queue`].
+        pub queue: Option<
+            extern "C" fn(
+                driver: RStr<'_>,
+                config: RStr<'_>,
+                host: HostContextBox,
+            ) -> FfiFuture<PResult<QueueBox>>,
+        >,
+        /// See [`super::PluginModule::rate_limiter`].
+        #[sabi(last_prefix_field)]
+        pub rate_limiter: Option<
+            extern "C" fn(
+                driver: RStr<'_>,
+                config: RStr<'_>,
+                host: HostContextBox,
+            ) -> FfiFuture<PResult<RateLimiterBox>>,
+        >,
+    }
+
+    impl RootModule for PluginModule_Ref {
+        declare_root_module_statics! {PluginModule_Ref}
+        const BASE_NAME: &'static str = "sockhost_plugin";
+        const NAME: &'static str = "sockhost plugin";
+        const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    }
 }

@@ -9,9 +9,10 @@
 use std::{sync::atomic::Ordering, time::Instant};
 
 use sockhost_plugin_api::{
-    ErrorCode, PluginModule_Ref, TransportBox,
+    ErrorCode, TransportBox,
     abi::{RStr, RVec},
     conformance::{Target, cdylib, run},
+    load::Constructor,
 };
 use sockhost_tests::{backends::RedisServer, counting::counting_host};
 
@@ -19,8 +20,7 @@ const MESSAGES: u64 = 300_000;
 const ROUNDS: usize = 7;
 
 /// Messages per second from a publishing instance to a subscribed one, end to end.
-fn measure(module: PluginModule_Ref, config: &str) -> f64 {
-    let ctor = module.transport().expect("a transport");
+fn measure(ctor: Constructor<TransportBox>, config: &str) -> f64 {
     let mut rate = 0.0;
     run(async {
         let (h1, _) = counting_host();
@@ -55,7 +55,8 @@ fn main() {
     let redis = RedisServer::start();
     let config = format!("url = \"{}\"\nprefix = \"bench:\"\n", redis.url());
     let loaded = Target::new(cdylib("sockhost_redis"), "redis", &config).module();
-    let linked = sockhost_redis::root_module();
+    let loaded = loaded.transport().expect("a transport");
+    let linked = sockhost_redis::root_module().transport().expect("a transport");
     let mut so = Vec::new();
     let mut rlib = Vec::new();
     for _ in 0..ROUNDS {

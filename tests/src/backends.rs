@@ -889,6 +889,21 @@ impl PostgresServer {
         self.running
     }
 
+    /// Run SQL with `psql` as the `postgres` user; its output, unaligned, tuples only.
+    ///
+    /// # Panics
+    /// If psql fails.
+    pub fn sql(&self, statement: &str) -> String {
+        let port = self.port.to_string();
+        let out = Command::new(pg_program("psql"))
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "postgres"])
+            .args(["-v", "ON_ERROR_STOP=1", "-tA", "-c", statement])
+            .output()
+            .expect("psql runs");
+        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
@@ -993,5 +1008,160 @@ impl Drop for SqsServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A MariaDB server of our own: `mariadb-install-db` into a temp dir, `mariadbd` on a free
+/// loopback port with its socket and pid file there, stopped when dropped. `root` without a
+/// password from 127.0.0.1; the database `sockudo` exists.
+#[derive(Debug)]
+pub struct MariaDbServer {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// A MariaDB program: on the `PATH`, else in `/usr/sbin` or `/usr/bin`.
+fn mariadb_program(name: &str) -> PathBuf {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin"])
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} is missing: install MariaDB (apt-get install mariadb-server)")
+        })
+}
+
+impl MariaDbServer {
+    /// Make a data directory and start the server.
+    ///
+    /// # Panics
+    /// If MariaDB is missing or does not start.
+    pub fn start() -> Self {
+        let dir = private_dir();
+        let data = dir.path().join("data");
+        let mut install = Command::new(mariadb_program("mariadb-install-db"));
+        install
+            .args(["--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()));
+        if is_root() {
+            install.arg("--user=root");
+        }
+        let out = install.stdin(Stdio::null()).output().expect("mariadb-install-db runs");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut server = Self { child: None, port: 0, dir };
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.try_start() {
+                let created = server.client().args(["-e", "CREATE DATABASE sockudo"]).output();
+                assert!(created.is_ok_and(|o| o.status.success()), "creating the database failed");
+                return server;
+            }
+        }
+        panic!("MariaDB would not start:\n{}", server.log());
+    }
+
+    fn try_start(&mut self) -> bool {
+        let dir = self.dir.path();
+        let mut command = Command::new(mariadb_program("mariadbd"));
+        command
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--port={}", self.port))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
+            .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", dir.join("error.log").display()))
+            .args(["--skip-log-bin", "--innodb-flush-log-at-trx-commit=0"]);
+        if is_root() {
+            command.arg("--user=root");
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd runs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.answers() {
+                self.child = Some(child);
+                return true;
+            }
+            if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn client(&self) -> Command {
+        let mut client = Command::new(mariadb_program("mariadb"));
+        client.args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-u",
+            "root",
+            "--batch",
+            "--skip-column-names",
+        ]);
+        client.arg(format!("--port={}", self.port));
+        client
+    }
+
+    fn answers(&self) -> bool {
+        self.client()
+            .args(["-e", "SELECT 1"])
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Run SQL in the database `sockudo`; its output, tab-separated, without headers.
+    ///
+    /// # Panics
+    /// If the statement fails.
+    pub fn sql(&self, statement: &str) -> String {
+        let out =
+            self.client().args(["-D", "sockudo", "-e", statement]).output().expect("mariadb runs");
+        assert!(out.status.success(), "mariadb failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Stop it at once (SIGKILL, as a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port.
+    ///
+    /// # Panics
+    /// If it does not come back.
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(self.try_start(), "MariaDB did not come back:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for MariaDbServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

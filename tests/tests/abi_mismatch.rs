@@ -67,8 +67,8 @@ abi_stable = {{ version = "0.11.3", default-features = false }}
         ),
     )
     .unwrap();
-    std::fs::copy(root.join("tests/fixtures/abi-plugin/lib.rs"), plugin.join("src/lib.rs"))
-        .unwrap();
+    let fixture = std::fs::read_to_string(root.join("tests/fixtures/abi-plugin/lib.rs")).unwrap();
+    std::fs::write(plugin.join("src/lib.rs"), alter("fixture/lib.rs", fixture)).unwrap();
     // The workspace's lock file pins the same abi_stable and async-ffi as the host's build.
     std::fs::copy(root.join("Cargo.lock"), plugin.join("Cargo.lock")).unwrap();
 
@@ -162,6 +162,37 @@ fn a_plugin_from_a_later_patch_of_the_same_generation_loads() {
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("ok: fixture 0.0.1 (transport fixture) built against plugin-api 0.1.9"),
+        "{text}"
+    );
+}
+
+/// The plugin-api before the app-manager kind: its root module ends at `rate_limiter`.
+fn before_app_managers(name: &str, source: String) -> String {
+    let altered = match name {
+        "root.rs" => {
+            let start = source.find("    /// The app-manager constructor").expect("root.rs has it");
+            let end = start + source[start..].find("\n}").expect("the struct ends");
+            format!("{}{}", &source[..start], &source[end + 1..])
+        }
+        // The copy's loader is not what is tested (the host's is); it only has to build.
+        "load.rs" => {
+            source.replace("self.full.and_then(|m| m.app_manager())", "self.full.and(None)")
+        }
+        "fixture/lib.rs" => source
+            .replace("        app_manager: None, // (the field added after 0.1.0's prefix)\n", ""),
+        _ => return source,
+    };
+    assert_ne!(altered, source, "the alteration no longer applies to {name}");
+    altered
+}
+
+#[test]
+fn a_plugin_built_before_the_app_manager_kind_still_loads() {
+    let library = build_fixture("before_app_managers", "0.1.0", before_app_managers);
+    let (code, text) = verdict(&library);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("ok: fixture 0.0.1 (transport fixture) built against plugin-api 0.1.0"),
         "{text}"
     );
 }

@@ -16,6 +16,8 @@ async fn the_last_event_is_replayed_to_a_new_subscriber() {
     let mut first = Client::connect(&server.ws_url(&app.key)).await;
     first.subscribe(&app, "cache-prices").await;
     assert_eq!(first.expect("pusher:cache_miss").await["channel"], "cache-prices");
+    let (_, info) = api.get("/channels/cache-prices", &[("info", "cached")]).await;
+    assert_eq!(info["cached"], false, "{info}");
 
     api.trigger(&["cache-prices"], "price", "1").await;
     api.trigger(&["cache-prices"], "price", "2").await;
@@ -26,6 +28,10 @@ async fn the_last_event_is_replayed_to_a_new_subscriber() {
     late.subscribe(&app, "cache-prices").await;
     let replayed = late.expect("price").await;
     assert_eq!(replayed, json!({ "event": "price", "channel": "cache-prices", "data": "2" }));
+    let (_, info) = api.get("/channels/cache-prices", &[("info", "cached")]).await;
+    assert_eq!(info["cached"], true, "{info}");
+    let (status, _) = api.get("/channels/plain", &[("info", "cached")]).await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ fn selection(transport: &str, cache: &str, queue: &str) -> DriverSelection {
         cache: DriverChoice::named(cache),
         queue: DriverChoice::named(queue),
         rate_limiter: DriverChoice::named("none"),
+        app_manager: None,
     }
 }
 

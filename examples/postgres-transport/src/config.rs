@@ -1,7 +1,7 @@
 //! The `adapter.postgres` table, and the shared `[database.postgres]` one.
 
 use serde::Deserialize;
-use sockhost_plugin_api::PluginError;
+use sockhost_plugin_api::{PluginError, sdk};
 
 /// Settings of the `postgres` transport.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,16 +53,7 @@ impl Default for TransportConfig {
 impl TransportConfig {
     /// Parse the table (empty text: defaults), naming the field in any error.
     pub fn parse(text: &str) -> Result<Self, PluginError> {
-        let config: Self = if text.trim().is_empty() {
-            Self::default()
-        } else {
-            toml::from_str(text).map_err(|e| {
-                PluginError::config(format!(
-                    "adapter.postgres: {}",
-                    e.message().trim_end_matches('.')
-                ))
-            })?
-        };
+        let config: Self = sdk::config::parse("adapter.postgres", text)?;
         let legal = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
         if config.prefix.is_empty() || config.prefix.len() > 30 || !config.prefix.chars().all(legal)
         {

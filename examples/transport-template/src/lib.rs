@@ -55,6 +55,7 @@ pub fn root_module() -> PluginModule_Ref {
         cache: None,
         queue: None,
         rate_limiter: None,
+        app_manager: None,
     }
     .leak_into_prefix()
 }

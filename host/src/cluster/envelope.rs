@@ -128,6 +128,12 @@ pub enum Control {
         /// The serialized frame.
         frame: String,
     },
+    /// The app manager's record of an app changed (through the sender's admin API): forget
+    /// the cached app, and close its connections if it is now disabled or gone.
+    AppChanged {
+        /// The app id.
+        app: String,
+    },
 }
 
 /// An envelope: who sent it, their sequence number, and the body.

@@ -60,6 +60,8 @@ pub trait Host: Send + Sync + 'static {
     fn occupancy_changed(&self, app: &str, channel: &str, occupied: bool);
     /// A user came online or went offline, cluster-wide as this node sees it.
     fn user_status_changed(&self, app: &str, user: &str, online: bool);
+    /// Another node changed the app's record: look it up again (off the caller's task).
+    fn app_changed(&self, app: &str);
     /// The number of live nodes, this one included, changed.
     fn nodes_changed(&self, nodes: usize);
     /// A node stopped answering and was removed.

@@ -397,6 +397,11 @@ impl Cluster {
         }
     }
 
+    /// Tell every other node that an app's record changed.
+    pub fn announce_app_changed(&self, app: &str) {
+        self.send_control(CONTROL, Control::AppChanged { app: app.to_string() });
+    }
+
     /// Send a control message to `topic` (enqueued in order with broadcasts).
     pub fn send_control(&self, topic: &str, control: Control) {
         if let Err(error) = self.transport.try_publish(topic, self.envelope(Body::Control(control)))

@@ -195,6 +195,7 @@ impl State {
                 self.sync(node, seq, state, occupied, online);
             }
             Control::ToUser { app, user_id, frame } => self.host.to_user(&app, &user_id, frame),
+            Control::AppChanged { app } => self.host.app_changed(&app),
         }
     }
 

@@ -71,6 +71,8 @@ pub struct Config {
     pub tag_filtering: TagFilteringConfig,
     /// Delta compression.
     pub delta_compression: DeltaCompressionConfig,
+    /// The admin API.
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -104,6 +106,7 @@ impl Default for Config {
             ssl: SslConfig::default(),
             tag_filtering: TagFilteringConfig::default(),
             delta_compression: DeltaCompressionConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -165,14 +168,43 @@ impl Default for DriverSection {
     }
 }
 
-/// Where apps come from. Only the static list exists for now.
+/// Where apps come from: the list below (`memory`), or an app-manager plugin's database.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct AppManagerConfig {
-    /// `memory` (the list below). Default: "memory". Env: `APP_MANAGER_DRIVER`.
+    /// `memory` (the list below), `postgres` (also `pgsql`, `postgresql`), `mysql`,
+    /// `dynamodb`, or another plugin's. Default: "memory". Env: `APP_MANAGER_DRIVER`.
     pub driver: Option<String>,
     /// The static list of apps.
     pub array: AppArray,
+    /// The per-node cache of a database driver's apps.
+    pub cache: AppCacheConfig,
+    /// How long one lookup in the database may take, in milliseconds. Default: 2000.
+    /// Env: `APP_MANAGER_LOOKUP_TIMEOUT_MS`.
+    pub lookup_timeout_ms: Option<u64>,
+    /// The per-driver tables (`[app_manager.postgres]`), passed to the plugin with the shared
+    /// `[database.<backend>]` table.
+    #[serde(flatten)]
+    pub tables: BTreeMap<String, serde_json::Value>,
+}
+
+/// `app_manager.cache`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppCacheConfig {
+    /// Accepted for the reference; apps from a database are always cached on each node (a
+    /// lookup per connection would put the database on the hot path).
+    pub enabled: bool,
+    /// Seconds a node trusts an app it looked up before asking the database again: how long an
+    /// edit made outside sockhost takes to be seen (edits through the admin API reach every
+    /// node at once). Default: 300. Env: `APP_MANAGER_CACHE_TTL`.
+    pub ttl: u64,
+}
+
+impl Default for AppCacheConfig {
+    fn default() -> Self {
+        Self { enabled: true, ttl: 300 }
+    }
 }
 
 /// `app_manager.array`.
@@ -522,6 +554,28 @@ pub struct OverloadConfig {
 impl Default for OverloadConfig {
     fn default() -> Self {
         Self { watermark_percent: 50, max_publish_delay_ms: 1000 }
+    }
+}
+
+/// `admin`: the admin API (apps, secret rotation) on its own listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin API. Default: false. Env: `ADMIN_ENABLED`.
+    pub enabled: bool,
+    /// Address of its listener. Default: "127.0.0.1" (reach it from elsewhere on purpose).
+    /// Env: `ADMIN_HOST`.
+    pub host: String,
+    /// Port of its listener. Default: 6005. Env: `ADMIN_PORT`.
+    pub port: u16,
+    /// The bearer token every request must carry (`Authorization: Bearer <token>`), at least
+    /// 32 characters; there is no default. Env: `ADMIN_TOKEN`.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { enabled: false, host: "127.0.0.1".into(), port: 6005, token: None }
     }
 }
 

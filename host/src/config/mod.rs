@@ -13,6 +13,8 @@ mod settings;
 
 pub use file::{AppConfig, Config, DriverSection, LogConfig, WebhookTarget};
 pub use load::{ConfigError, Sources, load, settings};
+pub(crate) use settings::app_of;
 pub use settings::{
-    EdgeSettings, Limits, OverloadSettings, Settings, TlsSettings, WebhookSettings,
+    AdminSettings, AppRecordRules, EdgeSettings, Limits, OverloadSettings, Settings, TlsSettings,
+    WebhookSettings,
 };

@@ -97,8 +97,12 @@ pub struct Settings {
     pub rate_limiter_enabled: bool,
     /// Whether a failing rate limiter lets requests through (true) or refuses them.
     pub rate_limiter_fail_open: bool,
-    /// The apps.
+    /// The apps of the configuration file (with the `memory` app manager).
     pub apps: Vec<App>,
+    /// How the app manager's records become apps, and how long they are trusted.
+    pub app_records: AppRecordRules,
+    /// The admin API, when enabled.
+    pub admin: Option<AdminSettings>,
     /// Largest HTTP API request body, in bytes.
     pub http_body_limit: usize,
     /// Largest WebSocket message a client may send, in bytes.
@@ -141,6 +145,36 @@ pub struct Settings {
     pub delta_channels_per_socket: usize,
 }
 
+/// What makes an app manager's record an app: the server-wide limits and delta settings it
+/// starts from, and how long a node trusts it.
+#[derive(Debug, Clone)]
+pub struct AppRecordRules {
+    /// The limits an app does not set.
+    pub defaults: Limits,
+    /// The server's delta compression.
+    pub delta: Option<Arc<crate::delta::StreamSettings>>,
+    /// How long a node serves a looked-up app before asking again (`app_manager.cache.ttl`).
+    pub ttl: Duration,
+    /// How long one lookup may take.
+    pub lookup_timeout: Duration,
+}
+
+/// The admin API's listener and token.
+#[derive(Clone)]
+pub struct AdminSettings {
+    /// `(host, port)` it listens on.
+    pub addr: (String, u16),
+    /// The bearer token.
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a credential: never in a log line.
+        f.debug_struct("AdminSettings").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
 impl Settings {
     /// Check `config` and build the settings, or every problem found.
     pub fn from_config(config: Config) -> Result<Self, Vec<ConfigError>> {
@@ -174,6 +208,18 @@ impl Settings {
             rate_limiter_enabled: config.rate_limiter.enabled.unwrap_or(true),
             rate_limiter_fail_open: config.rate_limiter.fail_open.unwrap_or(true),
             apps,
+            app_records: AppRecordRules {
+                defaults,
+                delta: delta_server.clone(),
+                ttl: Duration::from_secs(config.app_manager.cache.ttl),
+                lookup_timeout: Duration::from_millis(
+                    config.app_manager.lookup_timeout_ms.unwrap_or(2000),
+                ),
+            },
+            admin: config.admin.enabled.then(|| AdminSettings {
+                addr: (config.admin.host.clone(), config.admin.port),
+                token: config.admin.token.clone().unwrap_or_default(),
+            }),
             http_body_limit: to_usize(
                 config.http_api.request_limit_in_mb.saturating_mul(1024 * 1024),
             ),
@@ -305,14 +351,22 @@ fn check_rules(config: &Config, errors: &mut Vec<ConfigError>) {
     if config.metrics.enabled && config.metrics.port == config.port && config.port != 0 {
         err(errors, "metrics.port", format!("must differ from port ({})", config.port));
     }
-    if let Some(driver) = &config.app_manager.driver
-        && driver != "memory"
-    {
-        err(
-            errors,
-            "app_manager.driver",
-            format!("unknown app manager `{driver}`; only `memory` exists"),
-        );
+    if let Some(token) = config.admin.token.as_deref().filter(|_| config.admin.enabled) {
+        if token.chars().count() < 32 {
+            err(errors, "admin.token", "must be at least 32 characters".into());
+        }
+    } else if config.admin.enabled {
+        let problem = "required when the admin API is enabled (ADMIN_TOKEN); there is no default";
+        err(errors, "admin.token", problem.into());
+    }
+    if config.admin.enabled && config.admin.port == config.port && config.port != 0 {
+        err(errors, "admin.port", format!("must differ from port ({})", config.port));
+    }
+    if config.app_manager.cache.ttl == 0 {
+        err(errors, "app_manager.cache.ttl", "must be at least 1".into());
+    }
+    if config.app_manager.lookup_timeout_ms == Some(0) {
+        err(errors, "app_manager.lookup_timeout_ms", "must be at least 1".into());
     }
 }
 
@@ -362,27 +416,40 @@ fn apps(
         if let Some(first) = keys.insert(app.key.clone(), i) {
             err(errors, &place("key"), format!("duplicate key {:?} (also apps[{first}])", app.key));
         }
-        let limits = app_limits(app, defaults, &place, errors);
-        check_webhooks(app, &place, errors);
-        apps.push(App {
-            id: app.id.clone(),
-            key: app.key.clone(),
-            secret: app.secret.clone(),
-            enabled: app.enabled,
-            max_connections: app.max_connections,
-            enable_client_messages: app.enable_client_messages,
-            limits,
-            max_backend_events_per_second: app.max_backend_events_per_second,
-            max_read_requests_per_second: app.max_read_requests_per_second,
-            max_connections_per_ip_per_minute: app.max_connections_per_ip_per_minute,
-            enable_user_authentication: app.enable_user_authentication,
-            enable_subscription_count: app.enable_subscription_count,
-            webhooks: app.webhooks.clone(),
-            webhook_batching: app.webhook_batching,
-            deltas: delta_rules::app(delta_server, &app.channel_delta_compression, &place, errors),
-        });
+        apps.push(app_of(app, defaults, delta_server, &place, errors));
     }
     apps
+}
+
+/// One app from its settings (the file's, or a record of the app manager's), checked; the
+/// problems go to `errors`, each at `place(field)`.
+pub(crate) fn app_of(
+    app: &AppConfig,
+    defaults: &Limits,
+    delta_server: Option<&Arc<crate::delta::StreamSettings>>,
+    place: &dyn Fn(&str) -> String,
+    errors: &mut Vec<ConfigError>,
+) -> App {
+    let limits = app_limits(app, defaults, place, errors);
+    check_webhooks(app, place, errors);
+    App {
+        id: app.id.clone(),
+        key: app.key.clone(),
+        secret: app.secret.clone(),
+        enabled: app.enabled,
+        max_connections: app.max_connections,
+        enable_client_messages: app.enable_client_messages,
+        limits,
+        max_backend_events_per_second: app.max_backend_events_per_second,
+        max_read_requests_per_second: app.max_read_requests_per_second,
+        max_connections_per_ip_per_minute: app.max_connections_per_ip_per_minute,
+        enable_user_authentication: app.enable_user_authentication,
+        enable_subscription_count: app.enable_subscription_count,
+        webhooks: app.webhooks.clone(),
+        webhook_batching: app.webhook_batching,
+        deltas: delta_rules::app(delta_server, &app.channel_delta_compression, place, errors),
+        previous_secret: None,
+    }
 }
 
 /// An app's limits: its own where it sets them, else the server's; 0 is refused.
@@ -502,42 +569,60 @@ fn check_webhooks(app: &AppConfig, place: &dyn Fn(&str) -> String, errors: &mut 
 
 /// The drivers chosen, each with its table as TOML text.
 fn drivers(config: &Config, errors: &mut Vec<ConfigError>) -> DriverSelection {
-    let database = config.database.clone();
-    // A section that names no driver (only its tables) keeps the default driver.
     let mut choice = |kind: &str, section: &DriverSection, default: &str| -> DriverChoice {
+        // A section that names no driver (only its tables) keeps the default driver.
         let name = if section.driver.trim().is_empty() { default } else { section.driver.as_str() };
         let table = section.tables.get(name).or_else(|| {
             // The reference names the redis-cluster adapter's table `adapter.cluster`.
             (name == "redis-cluster").then(|| section.tables.get("cluster")).flatten()
         });
-        // The shared backend table (`database.redis` for `redis` and `redis-cluster`) goes
-        // along as `database`, unless the driver's own table sets one.
-        let backend = name.split('-').next().unwrap_or(name);
-        let mut table =
-            table.cloned().unwrap_or_else(|| serde_json::Value::Object(Default::default()));
-        if let (Some(shared), Some(object)) = (database.get(backend), table.as_object_mut()) {
-            object.entry("database").or_insert_with(|| shared.clone());
-        }
-        let config = match table.as_object().filter(|o| !o.is_empty()).map(toml::to_string) {
-            None => String::new(),
-            Some(Ok(text)) => text,
-            Some(Err(e)) => {
-                err(
-                    errors,
-                    &format!("{kind}.{name}"),
-                    format!("cannot be passed to the driver: {e}"),
-                );
-                String::new()
-            }
-        };
-        DriverChoice { name: name.to_string(), config }
+        driver_choice(config, kind, name, table, errors)
     };
-    DriverSelection {
-        transport: choice("adapter", &config.adapter, "local"),
-        cache: choice("cache", &config.cache, "memory"),
-        queue: choice("queue", &config.queue, "memory"),
-        rate_limiter: choice("rate_limiter", &config.rate_limiter, "memory"),
+    let transport = choice("adapter", &config.adapter, "local");
+    let cache = choice("cache", &config.cache, "memory");
+    let queue = choice("queue", &config.queue, "memory");
+    let rate_limiter = choice("rate_limiter", &config.rate_limiter, "memory");
+    let manager = &config.app_manager;
+    let app_manager = match manager.driver.as_deref().map(str::trim) {
+        None | Some("" | "memory") => None,
+        // The reference's other names of its PostgreSQL driver.
+        Some("pgsql" | "postgresql" | "postgres") => {
+            let table =
+                ["postgres", "pgsql", "postgresql"].iter().find_map(|n| manager.tables.get(*n));
+            Some(driver_choice(config, "app_manager", "postgres", table, errors))
+        }
+        Some(name) => {
+            Some(driver_choice(config, "app_manager", name, manager.tables.get(name), errors))
+        }
+    };
+    DriverSelection { transport, cache, queue, rate_limiter, app_manager }
+}
+
+/// A driver with its table as TOML text. The shared backend table (`database.redis` for
+/// `redis` and `redis-cluster`, `database.postgres` for `postgres`) goes along as `database`,
+/// unless the driver's own table sets one.
+fn driver_choice(
+    config: &Config,
+    kind: &str,
+    name: &str,
+    table: Option<&serde_json::Value>,
+    errors: &mut Vec<ConfigError>,
+) -> DriverChoice {
+    let backend = name.split('-').next().unwrap_or(name);
+    let mut table = table.cloned().unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+    if let (Some(shared), Some(object)) = (config.database.get(backend), table.as_object_mut()) {
+        object.entry("database").or_insert_with(|| shared.clone());
     }
+    let config = match table.as_object().filter(|o| !o.is_empty()).map(toml::to_string) {
+        None => String::new(),
+        Some(Ok(text)) => text,
+        Some(Err(e)) => {
+            let problem = format!("cannot be passed to the driver: {e}");
+            err(errors, &format!("{kind}.{name}"), problem);
+            String::new()
+        }
+    };
+    DriverChoice { name: name.to_string(), config }
 }
 
 /// The cluster layer's settings.

@@ -34,18 +34,14 @@ pub(crate) struct Prechecked {
 }
 
 /// The checks of a request that need no body.
-pub(crate) fn precheck(
+pub(crate) async fn precheck(
     ctx: &Ctx,
     app_id: &str,
     method: &Method,
     path: &str,
     raw_query: Option<&str>,
 ) -> Result<Prechecked, ApiError> {
-    let app = ctx
-        .apps
-        .by_id(app_id)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("App {app_id} does not exist")))?;
+    let app = super::app(ctx, app_id).await?;
     let pairs: Vec<(String, String)> =
         form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()).into_owned().collect();
     let query: HashMap<String, String> = pairs.iter().cloned().collect();
@@ -77,7 +73,7 @@ pub(crate) fn precheck(
         path,
         pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
-    if !signature::verify(&app.secret, &message, given) {
+    if !app.verifies(|secret| signature::verify(secret, &message, given)) {
         return Err(ApiError::unauthorized("Invalid signature"));
     }
     Ok(Prechecked { app, query })
@@ -97,7 +93,7 @@ pub(crate) fn verify(pre: Prechecked, body: &[u8]) -> Result<Authed, ApiError> {
 }
 
 /// Check a request with its body: [`precheck`], then [`verify`].
-pub(crate) fn authenticate(
+pub(crate) async fn authenticate(
     ctx: &Ctx,
     app_id: &str,
     method: &Method,
@@ -105,5 +101,5 @@ pub(crate) fn authenticate(
     raw_query: Option<&str>,
     body: &[u8],
 ) -> Result<Authed, ApiError> {
-    verify(precheck(ctx, app_id, method, path, raw_query)?, body)
+    verify(precheck(ctx, app_id, method, path, raw_query).await?, body)
 }

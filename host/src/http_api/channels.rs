@@ -26,7 +26,7 @@ async fn read_request(
     query: Option<&str>,
     channel_name: Option<&str>,
 ) -> Result<auth::Authed, ApiError> {
-    let authed = auth::authenticate(ctx, app_id, method, uri.path(), query, &[])?;
+    let authed = auth::authenticate(ctx, app_id, method, uri.path(), query, &[]).await?;
     limit(ctx, &authed.app).await?;
     if let Some(name) = channel_name {
         channel::validate(name, authed.app.limits.max_channel_name_length)
@@ -119,6 +119,18 @@ pub(crate) async fn show(
             }
             "subscription_count" => {
                 body.insert("subscription_count".into(), counts.subscription_count.into());
+            }
+            // Whether the cache driver holds an event for a cache channel: why a subscriber
+            // gets `pusher:cache_miss` (the cache lost it, it expired, nothing was published).
+            "cached" if channel::is_cache(&name) => {
+                let key = super::events::cache_key(&authed.app.id, &name);
+                let cached = ctx.drivers.cache.has(&key).await.map_err(|error| {
+                    ApiError::unavailable(format!("The cache did not answer: {error}"))
+                })?;
+                body.insert("cached".into(), cached.into());
+            }
+            "cached" => {
+                return Err(ApiError::bad_request("cached is only for cache channels"));
             }
             other => {
                 return Err(ApiError::bad_request(format!("Unknown info attribute {other:?}")));

@@ -15,6 +15,7 @@ use super::{ApiError, accept};
 use crate::{
     adapter::Congestion,
     apps::App,
+    config::Limits,
     metrics::Metrics,
     protocol::{
         channel::{self, ChannelKind},
@@ -83,7 +84,44 @@ fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
             limits.max_event_name_length
         )));
     }
-    let channels = match (event.channel, event.channels) {
+    let channels = channels(event.channel, event.channels, in_batch, limits)?;
+    // Channel events carry their data as a string; other JSON is sent as its text.
+    let data = match event.data {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    if data.len() > limits.max_event_payload_bytes {
+        return Err(ApiError::too_large(format!(
+            "The event data is {} bytes; the limit is {}",
+            data.len(),
+            limits.max_event_payload_bytes
+        )));
+    }
+    if let Some(socket_id) = &event.socket_id
+        && !is_socket_id(socket_id)
+    {
+        return Err(ApiError::bad_request(format!(
+            "socket_id {socket_id:?} is not of the form 123.456"
+        )));
+    }
+    Ok(Checked {
+        name: event.name,
+        data: Value::String(data),
+        channels,
+        socket_id: event.socket_id,
+        info: info(event.info.as_deref())?,
+        tags,
+    })
+}
+
+/// The channels an event goes to (`channel` or `channels`, one only in a batch), each valid.
+fn channels(
+    one: Option<String>,
+    many: Option<Vec<String>>,
+    in_batch: bool,
+    limits: &Limits,
+) -> Result<Vec<String>, ApiError> {
+    let channels = match (one, many) {
         (Some(one), None) => vec![one],
         (None, Some(many)) if !in_batch => many,
         (Some(_), Some(_)) => {
@@ -119,28 +157,12 @@ fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
         channel::validate(name, limits.max_channel_name_length)
             .map_err(|e| ApiError::bad_request(format!("Channel {name:?}: {e}")))?;
     }
-    // Channel events carry their data as a string; other JSON is sent as its text.
-    let data = match event.data {
-        Value::String(s) => s,
-        other => other.to_string(),
-    };
-    if data.len() > limits.max_event_payload_bytes {
-        return Err(ApiError::too_large(format!(
-            "The event data is {} bytes; the limit is {}",
-            data.len(),
-            limits.max_event_payload_bytes
-        )));
-    }
-    if let Some(socket_id) = &event.socket_id
-        && !is_socket_id(socket_id)
-    {
-        return Err(ApiError::bad_request(format!(
-            "socket_id {socket_id:?} is not of the form 123.456"
-        )));
-    }
-    let info: Vec<String> = event
-        .info
-        .as_deref()
+    Ok(channels)
+}
+
+/// The `info` attributes asked for, comma-separated; only the ones the API knows.
+fn info(info: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let info: Vec<String> = info
         .unwrap_or("")
         .split(',')
         .map(str::trim)
@@ -152,14 +174,7 @@ fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
             return Err(ApiError::bad_request(format!("Unknown info attribute {attribute:?}")));
         }
     }
-    Ok(Checked {
-        name: event.name,
-        data: Value::String(data),
-        channels,
-        socket_id: event.socket_id,
-        info,
-        tags,
-    })
+    Ok(info)
 }
 
 /// The cache key of a cache channel's last event.

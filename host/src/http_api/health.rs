@@ -47,10 +47,7 @@ pub(crate) async fn up_app(
     State(ctx): State<Arc<Ctx>>,
     Path(app_id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let app = ctx
-        .apps
-        .by_id(&app_id)
-        .ok_or_else(|| ApiError::not_found(format!("App {app_id} does not exist")))?;
+    let app = super::app(&ctx, &app_id).await?;
     if !app.enabled {
         return Ok((
             StatusCode::SERVICE_UNAVAILABLE,

@@ -19,7 +19,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{edge::Peer, metrics::Metrics, plugins::RateDecision, server::Ctx};
+use crate::{
+    apps::{App, Lookup},
+    edge::Peer,
+    metrics::Metrics,
+    plugins::RateDecision,
+    server::Ctx,
+};
 
 /// An HTTP API error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +68,10 @@ impl ApiError {
     }
 
     /// 404.
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
     }
@@ -127,7 +137,7 @@ pub(crate) async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Bytes, auth::Authed), ApiError> {
-    let pre = auth::precheck(ctx, app_id, method, uri.path(), query)?;
+    let pre = auth::precheck(ctx, app_id, method, uri.path(), query).await?;
     let limit = ctx.settings.http_body_limit;
     let too_large =
         || ApiError::too_large(format!("The request body is over the limit of {limit} bytes"));
@@ -242,5 +252,16 @@ pub(crate) async fn refuse_over_limit(request: Request, next: Next) -> Response 
             response
         }
         _ => next.run(request).await,
+    }
+}
+
+/// The app with this id: 404 when there is none, 503 when the app manager did not answer.
+pub(crate) async fn app(ctx: &Ctx, app_id: &str) -> Result<Arc<App>, ApiError> {
+    match ctx.apps.by_id(app_id).await {
+        Lookup::Found(app) => Ok(app),
+        Lookup::Unknown => Err(ApiError::not_found(format!("App {app_id} does not exist"))),
+        Lookup::Unavailable => {
+            Err(ApiError::unavailable("The app manager did not answer; retry later").retry_after(1))
+        }
     }
 }

@@ -10,9 +10,9 @@ use std::{
 };
 
 use sockhost_plugin_api::{
-    CacheBox, DriverKind, ErrorCode, Job, PResult, PluginError, QueueBox, QueueHandler,
-    QueueHandler_TO, RateDecision, RateLimiterBox, TransportBox,
-    abi::{FfiFuture, FfiFutureExt as _, RArc, RStr, RVec, TD_Opaque},
+    AppManagerBox, CacheBox, DriverKind, ErrorCode, Job, PResult, PluginError, QueueBox,
+    QueueHandler, QueueHandler_TO, RateDecision, RateLimiterBox, TransportBox,
+    abi::{FfiFuture, FfiFutureExt as _, RArc, RStr, RString, RVec, TD_Opaque},
 };
 use tokio::sync::mpsc;
 
@@ -91,6 +91,8 @@ pub struct DriverSelection {
     pub queue: DriverChoice,
     /// The rate limiter.
     pub rate_limiter: DriverChoice,
+    /// The app manager; `None` for `memory` (the configuration file's apps).
+    pub app_manager: Option<DriverChoice>,
 }
 
 impl Default for DriverSelection {
@@ -101,6 +103,7 @@ impl Default for DriverSelection {
             cache: DriverChoice::named("memory"),
             queue: DriverChoice::named("memory"),
             rate_limiter: DriverChoice::named("memory"),
+            app_manager: None,
         }
     }
 }
@@ -118,6 +121,8 @@ pub struct Drivers {
     pub queue: Queue,
     /// Token windows.
     pub rate_limiter: RateLimiter,
+    /// Where apps live, when not in the configuration file.
+    pub app_manager: Option<Arc<AppManager>>,
     /// Counters the plugins report.
     pub counters: Arc<PluginCounters>,
 }
@@ -170,17 +175,31 @@ impl Drivers {
                 || Some(builtin::none_rate_limiter()),
             )
             .await;
-        let (transport, cache, queue, rate_limiter) = match (transport, cache, queue, rate_limiter)
-        {
-            (Ok(t), Ok(c), Ok(q), Ok(r)) => (t, c, q, r),
-            (t, c, q, r) => {
-                errors.extend(t.err());
-                errors.extend(c.err());
-                errors.extend(q.err());
-                errors.extend(r.err());
-                return Err(errors);
-            }
+        let app_manager = match &selection.app_manager {
+            None => Ok(None),
+            Some(choice) => ctx
+                .build(DriverKind::APP_MANAGER, choice, None, |m| m.app_manager(), || None)
+                .await
+                .map(|made| {
+                    Some(Arc::new(AppManager(Named::new(
+                        DriverKind::APP_MANAGER,
+                        &choice.name,
+                        made,
+                    ))))
+                }),
         };
+        let (transport, cache, queue, rate_limiter, app_manager) =
+            match (transport, cache, queue, rate_limiter, app_manager) {
+                (Ok(t), Ok(c), Ok(q), Ok(r), Ok(a)) => (t, c, q, r, a),
+                (t, c, q, r, a) => {
+                    errors.extend(t.err());
+                    errors.extend(c.err());
+                    errors.extend(q.err());
+                    errors.extend(r.err());
+                    errors.extend(a.err());
+                    return Err(errors);
+                }
+            };
         Ok(Self {
             transport: Arc::new(Transport(Named::new(
                 DriverKind::TRANSPORT,
@@ -195,12 +214,18 @@ impl Drivers {
                 &selection.rate_limiter.name,
                 rate_limiter,
             )),
+            app_manager,
             counters,
         })
     }
 
     /// Shut every driver down, transport last so that nothing queued for it is cut off early.
     pub async fn shutdown(&self) {
+        if let Some(manager) = &self.app_manager
+            && let Err(error) = manager.shutdown().await
+        {
+            tracing::warn!(%error, "A driver did not shut down cleanly.");
+        }
         let results = [
             self.rate_limiter.shutdown().await,
             self.queue.shutdown().await,
@@ -230,7 +255,7 @@ impl Ctx<'_> {
         kind: DriverKind,
         choice: &DriverChoice,
         inbox: Option<mpsc::Sender<Incoming>>,
-        ctor_of: impl FnOnce(&sockhost_plugin_api::PluginModule_Ref) -> Option<Ctor<T>>,
+        ctor_of: impl FnOnce(&sockhost_plugin_api::load::Module) -> Option<Ctor<T>>,
         builtin: impl FnOnce() -> Option<T>,
     ) -> Result<T, DriverError> {
         let not_provided = || DriverError::NotProvided {
@@ -370,6 +395,60 @@ impl Transport {
     }
 }
 
+/// The app manager, as the host uses it.
+#[derive(Debug)]
+pub struct AppManager(Named<AppManagerBox>);
+
+impl AppManager {
+    /// The driver name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The app with this id, as the driver's JSON record.
+    pub async fn find_by_id(&self, id: &str) -> Result<Option<String>, DriverError> {
+        let found = self.0.call(self.0.inner.find_by_id(RStr::from_str(id))).await?;
+        Ok(found.into_option().map(RString::into_string))
+    }
+
+    /// The app with this key, as the driver's JSON record.
+    pub async fn find_by_key(&self, key: &str) -> Result<Option<String>, DriverError> {
+        let found = self.0.call(self.0.inner.find_by_key(RStr::from_str(key))).await?;
+        Ok(found.into_option().map(RString::into_string))
+    }
+
+    /// At most `limit` records in id order after `after`.
+    pub async fn list(&self, after: &str, limit: u32) -> Result<Vec<String>, DriverError> {
+        let page = self.0.call(self.0.inner.list(RStr::from_str(after), limit)).await?;
+        Ok(page.into_iter().map(RString::into_string).collect())
+    }
+
+    /// Add a record.
+    pub async fn create(&self, app: &str) -> Result<(), DriverError> {
+        self.0.call(self.0.inner.create(RStr::from_str(app))).await
+    }
+
+    /// Replace a record; whether it existed.
+    pub async fn update(&self, app: &str) -> Result<bool, DriverError> {
+        self.0.call(self.0.inner.update(RStr::from_str(app))).await
+    }
+
+    /// Remove a record; whether it existed.
+    pub async fn delete(&self, id: &str) -> Result<bool, DriverError> {
+        self.0.call(self.0.inner.delete(RStr::from_str(id))).await
+    }
+
+    /// Whether the backend answers.
+    pub async fn health(&self) -> Result<(), DriverError> {
+        self.0.call(self.0.inner.health()).await
+    }
+
+    /// Release the backend.
+    pub async fn shutdown(&self) -> Result<(), DriverError> {
+        self.0.call(self.0.inner.shutdown()).await
+    }
+}
+
 /// The cache, as the host uses it.
 #[derive(Debug)]
 pub struct Cache(Named<CacheBox>);
@@ -389,6 +468,11 @@ impl Cache {
     /// Store `value` under `key` for `ttl_ms` (0: no expiry).
     pub async fn set(&self, key: &str, value: Vec<u8>, ttl_ms: u64) -> Result<(), DriverError> {
         self.0.call(self.0.inner.set(RStr::from_str(key), RVec::from(value), ttl_ms)).await
+    }
+
+    /// Whether `key` holds a value, without reading it.
+    pub async fn has(&self, key: &str) -> Result<bool, DriverError> {
+        self.0.call(self.0.inner.has(RStr::from_str(key))).await
     }
 
     /// Remove `key`; whether it was present.

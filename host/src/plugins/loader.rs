@@ -10,7 +10,7 @@ use std::{
 };
 
 use sha2::{Digest, Sha256};
-use sockhost_plugin_api::{PluginInfo, PluginModule_Ref, load};
+use sockhost_plugin_api::{PluginInfo, load};
 
 /// Why a plugin file was refused. Prints as one line; the caller prefixes the file.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ pub struct LoadedPlugin {
     /// What it says about itself; static data inside the library.
     pub info: PluginInfo,
     /// Its constructors.
-    pub module: PluginModule_Ref,
+    pub module: load::Module,
     /// The file's SHA-256, lowercase hex.
     pub sha256: String,
 }
@@ -134,7 +134,7 @@ pub fn load(path: &Path, pin: Option<&str>) -> Result<LoadedPlugin, LoadError> {
         return Err(LoadError::Checksum { expected: expected.to_string(), found: sha256 });
     }
     let module = load::open(&path)?;
-    let info = (module.info())();
+    let info = module.info();
     Ok(LoadedPlugin { path, info, module, sha256 })
 }
 

@@ -64,12 +64,15 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// A registry with only the built-in `none` drivers.
+    /// A registry with only the built-in drivers (`none`, and the app manager `memory`).
     pub fn new() -> Self {
-        let drivers = [DriverKind::CACHE, DriverKind::QUEUE, DriverKind::RATE_LIMITER]
-            .into_iter()
-            .map(|kind| ((kind, "none".to_string()), Provider::Builtin))
-            .collect();
+        let mut drivers: BTreeMap<_, _> =
+            [DriverKind::CACHE, DriverKind::QUEUE, DriverKind::RATE_LIMITER]
+                .into_iter()
+                .map(|kind| ((kind, "none".to_string()), Provider::Builtin))
+                .collect();
+        // The configuration file's apps: served by the host itself.
+        drivers.insert((DriverKind::APP_MANAGER, "memory".to_string()), Provider::Builtin);
         Self { plugins: Vec::new(), drivers }
     }
 

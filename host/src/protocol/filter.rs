@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// An event's tags: name -> value.
 pub type Tags = BTreeMap<String, String>;
@@ -139,35 +139,48 @@ impl Filter {
             )));
         }
         let object = value.as_object().ok_or_else(|| shape("a node must be an object"))?;
-        if let Some(op) = object.get("op") {
-            if ["key", "cmp", "val", "vals"].iter().any(|k| object.contains_key(*k)) {
-                return Err(shape("a logical node cannot also compare a tag"));
-            }
-            let op = op.as_str().ok_or_else(|| shape("`op` must be a string"))?;
-            let children = object
-                .get("nodes")
-                .and_then(Value::as_array)
-                .ok_or_else(|| shape("a logical node needs `nodes`, an array"))?;
-            let mut compiled = Vec::with_capacity(children.len());
-            for child in children {
-                compiled.push(Self::node(child, depth + 1, nodes)?);
-            }
-            return match op {
-                "and" | "or" if compiled.is_empty() => {
-                    Err(rule(format!("{op} operation requires at least one child node")))
-                }
-                "and" => Ok(Self::And(compiled)),
-                "or" => Ok(Self::Or(compiled)),
-                "not" if compiled.len() == 1 => {
-                    Ok(Self::Not(Box::new(compiled.pop().expect("one"))))
-                }
-                "not" => Err(rule(format!(
-                    "not operation requires exactly one child node, got {}",
-                    compiled.len()
-                ))),
-                other => Err(rule(format!("unknown op `{other}` (and, or, not)"))),
-            };
+        match object.get("op") {
+            Some(op) => Self::logical(object, op, depth, nodes),
+            None => Self::comparison(object),
         }
+    }
+
+    /// `{"op": "and" | "or" | "not", "nodes": [...]}`.
+    fn logical(
+        object: &Map<String, Value>,
+        op: &Value,
+        depth: usize,
+        nodes: &mut usize,
+    ) -> Result<Self, FilterError> {
+        if ["key", "cmp", "val", "vals"].iter().any(|k| object.contains_key(*k)) {
+            return Err(shape("a logical node cannot also compare a tag"));
+        }
+        let op = op.as_str().ok_or_else(|| shape("`op` must be a string"))?;
+        let children = object
+            .get("nodes")
+            .and_then(Value::as_array)
+            .ok_or_else(|| shape("a logical node needs `nodes`, an array"))?;
+        let mut compiled = Vec::with_capacity(children.len());
+        for child in children {
+            compiled.push(Self::node(child, depth + 1, nodes)?);
+        }
+        match op {
+            "and" | "or" if compiled.is_empty() => {
+                Err(rule(format!("{op} operation requires at least one child node")))
+            }
+            "and" => Ok(Self::And(compiled)),
+            "or" => Ok(Self::Or(compiled)),
+            "not" if compiled.len() == 1 => Ok(Self::Not(Box::new(compiled.pop().expect("one")))),
+            "not" => Err(rule(format!(
+                "not operation requires exactly one child node, got {}",
+                compiled.len()
+            ))),
+            other => Err(rule(format!("unknown op `{other}` (and, or, not)"))),
+        }
+    }
+
+    /// `{"key": K, "cmp": C, "val": V}` or with `"vals": [...]` for `in` / `nin`.
+    fn comparison(object: &Map<String, Value>) -> Result<Self, FilterError> {
         if object.contains_key("nodes") {
             return Err(shape("a comparison cannot have `nodes`"));
         }

@@ -1,10 +1,10 @@
 //! One connection's task: the handshake checks, then a loop that reads client messages, writes
 //! queued frames, pings after silence, and closes when asked.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt as _, StreamExt as _, stream::SplitSink};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _, stream::SplitSink};
 use tokio::{
     sync::mpsc,
     time::{Instant, Sleep},
@@ -12,7 +12,8 @@ use tokio::{
 
 use super::session::Session;
 use crate::{
-    apps::App,
+    apps::{App, Lookup},
+    config::Settings,
     edge::Peer,
     hub::{Closer, Conn},
     metrics::Metrics,
@@ -64,6 +65,7 @@ fn close_reason(code: u16) -> &'static str {
         codes::RECONNECT => "Server shutting down; reconnect",
         codes::PONG_NOT_RECEIVED => "Pong reply not received",
         codes::UNAUTHORIZED => "Connection not authorized",
+        codes::APP_DISABLED => "App is disabled",
         _ => "Closed by the server",
     }
 }
@@ -94,8 +96,17 @@ async fn admit(
         let reason = "Node is over its memory threshold; connect to another";
         return Err(Refused::new(codes::OVER_CAPACITY, reason));
     }
-    let Some(app) = ctx.apps.by_key(key).cloned() else {
-        return Err(Refused::new(codes::APP_NOT_FOUND, format!("App key {key} does not exist")));
+    let app = match ctx.apps.by_key(key).await {
+        Lookup::Found(app) => app,
+        Lookup::Unknown => {
+            let reason = format!("App key {key} does not exist");
+            return Err(Refused::new(codes::APP_NOT_FOUND, reason));
+        }
+        // Told apart from an unknown key only in the reason: the client's answer is the same.
+        Lookup::Unavailable => {
+            let reason = format!("App key {key} could not be looked up; retry later");
+            return Err(Refused::new(codes::APP_NOT_FOUND, reason));
+        }
     };
     if !app.enabled {
         return Err(Refused::new(codes::APP_DISABLED, "App is disabled"));
@@ -141,75 +152,40 @@ pub(super) async fn run(
     };
 
     let (conn, mut outbound, closer) = open(&ctx, &app);
-    let activity_timeout = ctx.settings.activity_timeout;
     let mut session = Session::new(ctx.clone(), app.clone(), conn.clone());
-
-    let mut keepalive = Keepalive {
-        last_heard: Instant::now(),
-        ping_sent: None,
-        activity_timeout,
-        pong_timeout: ctx.settings.pong_timeout,
-    };
-    let write_timeout = ctx.settings.ws_write_timeout;
-    let timer = tokio::time::sleep(activity_timeout);
-    // The write deadline, re-armed whenever a write blocks.
-    let stall = tokio::time::sleep(write_timeout);
     // Made once, not per loop turn: registering with a notifier on every message costs.
     let close_requested = closer.wait();
     let shutting_down = ctx.shutdown.cancelled();
+    let app_ending = ctx.adapter.app_ending(&app.id);
+    let app_ended = app_ending.cancelled();
+    let signin_deadline = tokio::time::sleep(ctx.settings.user_authentication_timeout);
+    let timer = tokio::time::sleep(ctx.settings.activity_timeout);
+    tokio::pin!(close_requested, shutting_down, app_ended, signin_deadline, timer);
     // Apps that require sign-in give a connection this long to do it.
     let signin_required = app.enable_user_authentication;
-    let signin_deadline = tokio::time::sleep(ctx.settings.user_authentication_timeout);
-    tokio::pin!(timer, stall, close_requested, shutting_down, signin_deadline);
+    let mut stops = Stops {
+        close_requested,
+        shutting_down,
+        app_ended,
+        signin_deadline,
+        signin_required,
+        closer: &closer,
+    };
+    let mut keepalive = Keepalive::new(timer, &ctx.settings);
 
     let end = loop {
         tokio::select! {
             biased;
-            () = &mut close_requested => break End::Close(closer.requested().unwrap_or(codes::RECONNECT)),
-            () = &mut shutting_down => break End::Close(codes::RECONNECT),
-            () = &mut signin_deadline, if signin_required && !session.signed_in() => break End::Close(codes::UNAUTHORIZED),
+            end = stops.any(session.signed_in()) => break end,
             frame = outbound.recv() => {
                 let Some(frame) = frame else { break End::Close(codes::RECONNECT) };
-                // A client that stops reading blocks this write. While it is blocked, a close
-                // request, the keepalive and sign-in timers and the write deadline still run;
-                // they are armed only for a write that does not complete at once.
                 let write = write_batch(&mut sink, dialect, frame, &mut outbound, &ctx, &closer);
                 tokio::pin!(write);
-                let at_once = tokio::select! {
-                    biased;
-                    written = &mut write => Some(written),
-                    () = std::future::ready(()) => None,
-                };
-                let ended = match at_once {
+                let ended = match write.as_mut().now_or_never() {
                     Some(written) => written.is_err().then_some(End::Gone),
                     None => {
-                        // The deadline passes only after a whole `write_timeout` in which the
-                        // client accepted no byte.
-                        let mut seen = peer.as_ref().map(|p| p.progress.written());
-                        stall.as_mut().reset(Instant::now() + write_timeout);
-                        loop {
-                            tokio::select! {
-                                biased;
-                                () = &mut close_requested => break Some(End::Close(closer.requested().unwrap_or(codes::RECONNECT))),
-                                () = &mut shutting_down => break Some(End::Close(codes::RECONNECT)),
-                                () = &mut signin_deadline, if signin_required && !session.signed_in() => break Some(End::Close(codes::UNAUTHORIZED)),
-                                () = &mut timer => {
-                                    if let Some(code) = keepalive.on_timer(timer.as_mut(), &conn) {
-                                        break Some(End::Close(code));
-                                    }
-                                }
-                                () = &mut stall => {
-                                    let now = peer.as_ref().map(|p| p.progress.written());
-                                    if now == seen {
-                                        Metrics::count(&ctx.metrics.edge_timeouts, "kind", "write");
-                                        break Some(End::Close(codes::OVER_CAPACITY));
-                                    }
-                                    seen = now;
-                                    stall.as_mut().reset(Instant::now() + write_timeout);
-                                }
-                                written = &mut write => break written.is_err().then_some(End::Gone),
-                            }
-                        }
+                        let watch = Watch { stops: &mut stops, keepalive: &mut keepalive, signed_in: session.signed_in() };
+                        finish_write(write, watch, &conn, peer.as_ref(), &ctx).await
                     }
                 };
                 if let Some(end) = ended {
@@ -222,8 +198,8 @@ pub(super) async fn run(
                     break end;
                 }
             }
-            () = &mut timer => {
-                if let Some(code) = keepalive.on_timer(timer.as_mut(), &conn) {
+            () = keepalive.due() => {
+                if let Some(code) = keepalive.on_timer(&conn) {
                     break End::Close(code);
                 }
             }
@@ -234,15 +210,83 @@ pub(super) async fn run(
         if code == codes::OVER_CAPACITY {
             ctx.metrics.slow_consumer_disconnections.inc();
         }
-        let reason = close_reason(code);
-        tracing::debug!(code, reason, "Closing.");
-        refuse(&mut sink, dialect, patience, code, reason).await;
+        tracing::debug!(code, reason = close_reason(code), "Closing.");
+        refuse(&mut sink, dialect, patience, code, close_reason(code)).await;
     }
     session.end().await;
     ctx.adapter.release(&app.id);
     ctx.metrics.connected.dec();
     ctx.metrics.disconnections.inc();
     tracing::debug!("Disconnected.");
+}
+
+/// What ends a connection from outside its socket: a close requested by the node, the node
+/// shutting down, its app disabled, the sign-in deadline of an app that requires sign-in.
+struct Stops<'a> {
+    close_requested: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
+    shutting_down: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
+    app_ended: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
+    signin_deadline: Pin<&'a mut Sleep>,
+    signin_required: bool,
+    closer: &'a Closer,
+}
+
+impl Stops<'_> {
+    /// Resolves with the end when one of them comes, in that order of precedence.
+    async fn any(&mut self, signed_in: bool) -> End {
+        tokio::select! {
+            biased;
+            () = &mut self.close_requested => End::Close(self.closer.requested().unwrap_or(codes::RECONNECT)),
+            () = &mut self.shutting_down => End::Close(codes::RECONNECT),
+            () = &mut self.app_ended => End::Close(codes::APP_DISABLED),
+            () = &mut self.signin_deadline, if self.signin_required && !signed_in => End::Close(codes::UNAUTHORIZED),
+        }
+    }
+}
+
+/// What still runs while a write is blocked.
+struct Watch<'w, 'a> {
+    stops: &'w mut Stops<'a>,
+    keepalive: &'w mut Keepalive<'a>,
+    signed_in: bool,
+}
+
+/// A write the client does not take at once (it stopped reading). While it is blocked, a close
+/// request, the keepalive and sign-in timers still run, and the connection ends after a whole
+/// `ws_write_timeout` in which the client accepted no byte. `None` once the write completes.
+async fn finish_write(
+    mut write: Pin<&mut impl Future<Output = Result<(), axum::Error>>>,
+    watch: Watch<'_, '_>,
+    conn: &Conn,
+    peer: Option<&Peer>,
+    ctx: &Ctx,
+) -> Option<End> {
+    let Watch { stops, keepalive, signed_in } = watch;
+    let write_timeout = ctx.settings.ws_write_timeout;
+    let mut seen = peer.map(|p| p.progress.written());
+    let stall = tokio::time::sleep(write_timeout);
+    tokio::pin!(stall);
+    loop {
+        tokio::select! {
+            biased;
+            end = stops.any(signed_in) => return Some(end),
+            () = keepalive.due() => {
+                if let Some(code) = keepalive.on_timer(conn) {
+                    return Some(End::Close(code));
+                }
+            }
+            () = &mut stall => {
+                let now = peer.map(|p| p.progress.written());
+                if now == seen {
+                    Metrics::count(&ctx.metrics.edge_timeouts, "kind", "write");
+                    return Some(End::Close(codes::OVER_CAPACITY));
+                }
+                seen = now;
+                stall.as_mut().reset(Instant::now() + write_timeout);
+            }
+            written = &mut write => return written.is_err().then_some(End::Gone),
+        }
+    }
 }
 
 /// How a connection ends.
@@ -356,32 +400,48 @@ async fn write_batch(
 
 /// The keepalive: a ping after `activity_timeout` of silence, 4201 if no answer within
 /// `pong_timeout`.
-struct Keepalive {
+struct Keepalive<'a> {
+    timer: Pin<&'a mut Sleep>,
     last_heard: Instant,
     ping_sent: Option<Instant>,
     activity_timeout: Duration,
     pong_timeout: Duration,
 }
 
-impl Keepalive {
+impl<'a> Keepalive<'a> {
+    fn new(timer: Pin<&'a mut Sleep>, settings: &Settings) -> Self {
+        Self {
+            timer,
+            last_heard: Instant::now(),
+            ping_sent: None,
+            activity_timeout: settings.activity_timeout,
+            pong_timeout: settings.pong_timeout,
+        }
+    }
+
+    /// Resolves when the timer fires (then call [`Keepalive::on_timer`]).
+    async fn due(&mut self) {
+        (&mut self.timer).await;
+    }
+
     fn heard(&mut self) {
         self.last_heard = Instant::now();
         self.ping_sent = None;
     }
 
     /// The timer fired: ping, re-arm, or the close code if a ping went unanswered.
-    fn on_timer(&mut self, timer: std::pin::Pin<&mut Sleep>, conn: &Conn) -> Option<u16> {
+    fn on_timer(&mut self, conn: &Conn) -> Option<u16> {
         let now = Instant::now();
         match self.ping_sent {
             Some(_) => Some(codes::PONG_NOT_RECEIVED),
             None if now.duration_since(self.last_heard) >= self.activity_timeout => {
                 conn.send(&frames::ping().into());
                 self.ping_sent = Some(now);
-                timer.reset(now + self.pong_timeout);
+                self.timer.as_mut().reset(now + self.pong_timeout);
                 None
             }
             None => {
-                timer.reset(self.last_heard + self.activity_timeout);
+                self.timer.as_mut().reset(self.last_heard + self.activity_timeout);
                 None
             }
         }

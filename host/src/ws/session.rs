@@ -283,7 +283,7 @@ impl Session {
             let needed = || Refusal::new("AuthError", "This channel needs an auth signature", 401);
             let auth = auth.ok_or_else(needed)?;
             let message = signature::channel_message(&self.conn.socket_id, name, channel_data);
-            if !signature::verify_auth(&self.app.key, &self.app.secret, &message, auth) {
+            if !self.signed(&message, auth) {
                 return Err(Refusal::new("AuthError", "Invalid signature", 401));
             }
         }
@@ -435,9 +435,16 @@ impl Session {
         }
     }
 
+    /// Whether `auth` signs `message` with the app's secret as it is now: a connection opened
+    /// before a rotation accepts the new secret (and the old one during the overlap).
+    fn signed(&self, message: &str, auth: &str) -> bool {
+        let app = self.ctx.apps.known(&self.app.id).unwrap_or_else(|| self.app.clone());
+        app.verifies(|secret| signature::verify_auth(&app.key, secret, message, auth))
+    }
+
     async fn signin(&mut self, auth: &str, user_data: &str) {
         let message = signature::user_message(&self.conn.socket_id, user_data);
-        if !signature::verify_auth(&self.app.key, &self.app.secret, &message, auth) {
+        if !self.signed(&message, auth) {
             return self.error(codes::UNAUTHORIZED, "Invalid signin signature");
         }
         let data: UserData<'_> = serde_json::from_str(user_data).unwrap_or_default();

@@ -39,8 +39,8 @@ use abi_stable::{
 use tokio::sync::mpsc;
 
 use crate::{
-    CacheBox, HostContext, HostContext_TO, HostContextBox, LogLevel, PluginError, PluginModule_Ref,
-    QueueBox, RateLimiterBox, TransportBox, load,
+    CacheBox, HostContext, HostContext_TO, HostContextBox, LogLevel, PluginError, QueueBox,
+    RateLimiterBox, TransportBox, load,
 };
 
 /// How long a case waits for something that should happen; long, because a loaded CI machine
@@ -101,7 +101,7 @@ impl Target {
     ///
     /// # Panics
     /// If the library is refused.
-    pub fn module(&self) -> PluginModule_Ref {
+    pub fn module(&self) -> load::Module {
         load::open(&self.library)
             .unwrap_or_else(|e| panic!("{} was refused: {e}", self.library.display()))
     }

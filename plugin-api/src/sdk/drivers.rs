@@ -8,16 +8,16 @@ use std::{future::Future, sync::Arc};
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{ROption, RStr, RVec},
+    std_types::{ROption, RStr, RString, RVec},
 };
 use async_ffi::FfiFuture;
 use tokio::runtime::Handle;
 
 use super::{enter, guard, ready, spawn};
 use crate::{
-    Cache, Cache_TO, CacheBox, HostContextBox, PResult, PluginError, Queue, Queue_TO, QueueBox,
-    QueueHandlerBox, RateDecision, RateLimiter, RateLimiter_TO, RateLimiterBox, Transport,
-    Transport_TO, TransportBox,
+    AppManager, AppManager_TO, AppManagerBox, Cache, Cache_TO, CacheBox, HostContextBox, PResult,
+    PluginError, Queue, Queue_TO, QueueBox, QueueHandlerBox, RateDecision, RateLimiter,
+    RateLimiter_TO, RateLimiterBox, Transport, Transport_TO, TransportBox,
 };
 
 /// Everything a constructor receives, owned.
@@ -301,6 +301,82 @@ impl<T: RateLimiterDriver> RateLimiter for Adapter<T> {
 
     fn health(&self) -> FfiFuture<PResult<()>> {
         self.call((), |l, ()| async move { l.health().await })
+    }
+
+    fn shutdown(&self) -> FfiFuture<PResult<()>> {
+        let inner = self.inner.clone();
+        spawn(self.runtime, async move { inner.shutdown().await })
+    }
+}
+
+/// An app manager in plain Rust; see [`AppManager`]. Apps are JSON objects as text.
+pub trait AppManagerDriver: Send + Sync + 'static {
+    /// See [`AppManager::find_by_id`].
+    fn find_by_id(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<String>, PluginError>> + Send;
+    /// See [`AppManager::find_by_key`].
+    fn find_by_key(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<String>, PluginError>> + Send;
+    /// See [`AppManager::list`].
+    fn list(
+        &self,
+        after: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<String>, PluginError>> + Send;
+    /// See [`AppManager::create`].
+    fn create(&self, app: &str) -> impl Future<Output = Result<(), PluginError>> + Send;
+    /// See [`AppManager::update`].
+    fn update(&self, app: &str) -> impl Future<Output = Result<bool, PluginError>> + Send;
+    /// See [`AppManager::delete`].
+    fn delete(&self, id: &str) -> impl Future<Output = Result<bool, PluginError>> + Send;
+    /// See [`AppManager::health`].
+    fn health(&self) -> impl Future<Output = Result<(), PluginError>> + Send;
+    /// See [`AppManager::shutdown`].
+    fn shutdown(&self) -> impl Future<Output = Result<(), PluginError>> + Send;
+}
+
+/// The FFI app-manager object for `driver`.
+pub fn app_manager_box<T: AppManagerDriver>(runtime: &'static Handle, driver: T) -> AppManagerBox {
+    AppManager_TO::from_value(Adapter::new(runtime, driver), TD_Opaque)
+}
+
+impl<T: AppManagerDriver> AppManager for Adapter<T> {
+    fn find_by_id(&self, id: RStr<'_>) -> FfiFuture<PResult<ROption<RString>>> {
+        self.call(id.to_string(), |m, id| async move {
+            m.find_by_id(&id).await.map(|app| app.map(RString::from).into())
+        })
+    }
+
+    fn find_by_key(&self, key: RStr<'_>) -> FfiFuture<PResult<ROption<RString>>> {
+        self.call(key.to_string(), |m, key| async move {
+            m.find_by_key(&key).await.map(|app| app.map(RString::from).into())
+        })
+    }
+
+    fn list(&self, after: RStr<'_>, limit: u32) -> FfiFuture<PResult<RVec<RString>>> {
+        self.call(after.to_string(), move |m, after| async move {
+            m.list(&after, limit).await.map(|apps| apps.into_iter().map(RString::from).collect())
+        })
+    }
+
+    fn create(&self, app: RStr<'_>) -> FfiFuture<PResult<()>> {
+        self.call(app.to_string(), |m, app| async move { m.create(&app).await })
+    }
+
+    fn update(&self, app: RStr<'_>) -> FfiFuture<PResult<bool>> {
+        self.call(app.to_string(), |m, app| async move { m.update(&app).await })
+    }
+
+    fn delete(&self, id: RStr<'_>) -> FfiFuture<PResult<bool>> {
+        self.call(id.to_string(), |m, id| async move { m.delete(&id).await })
+    }
+
+    fn health(&self) -> FfiFuture<PResult<()>> {
+        self.call((), |m, ()| async move { m.health().await })
     }
 
     fn shutdown(&self) -> FfiFuture<PResult<()>> {

@@ -62,6 +62,7 @@ macro_rules! export_plugin {
         $(, cache: [$($cache:literal),+ $(,)?] => $new_cache:expr)?
         $(, queue: [$($queue:literal),+ $(,)?] => $new_queue:expr)?
         $(, rate_limiter: [$($limiter:literal),+ $(,)?] => $new_limiter:expr)?
+        $(, app_manager: [$($manager:literal),+ $(,)?] => $new_manager:expr)?
         $(,)?
     ) => {
         /// The plugin's name.
@@ -72,6 +73,7 @@ macro_rules! export_plugin {
             $($($crate::DriverDecl::new($crate::DriverKind::CACHE, $cache),)+)?
             $($($crate::DriverDecl::new($crate::DriverKind::QUEUE, $queue),)+)?
             $($($crate::DriverDecl::new($crate::DriverKind::RATE_LIMITER, $limiter),)+)?
+            $($($crate::DriverDecl::new($crate::DriverKind::APP_MANAGER, $manager),)+)?
         ];
 
         /// The root module the server loads.
@@ -84,6 +86,7 @@ macro_rules! export_plugin {
                 cache: $crate::export_plugin!(@some $($new_cache, __sockhost_new_cache)?),
                 queue: $crate::export_plugin!(@some $($new_queue, __sockhost_new_queue)?),
                 rate_limiter: $crate::export_plugin!(@some $($new_limiter, __sockhost_new_rate_limiter)?),
+                app_manager: $crate::export_plugin!(@some $($new_manager, __sockhost_new_app_manager)?),
             }
             .leak_into_prefix()
         }
@@ -100,6 +103,8 @@ macro_rules! export_plugin {
             [$($queue),+], $new_queue);)?
         $($crate::export_plugin!(@constructor __sockhost_new_rate_limiter, RateLimiterBox,
             "rate limiter", [$($limiter),+], $new_limiter);)?
+        $($crate::export_plugin!(@constructor __sockhost_new_app_manager, AppManagerBox,
+            "app manager", [$($manager),+], $new_manager);)?
     };
     (@some) => { None };
     (@some $build:expr, $constructor:ident) => { Some($constructor) };

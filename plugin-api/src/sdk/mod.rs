@@ -7,15 +7,19 @@
 //!   and answers [`ErrorCode::PANICKED`](crate::ErrorCode::PANICKED); awaited calls are polled
 //!   by the host's executor with the plugin runtime entered (no thread hop), or spawned on the
 //!   plugin runtime when they must finish even if the host stops waiting.
+//! - [`config`]: a driver's table parsed into its config struct, errors naming the field, and
+//!   the backend's shared connection table (`[database.<backend>]`) that comes along in it.
 //! - [`log`]: a `tracing` subscriber and a panic hook that forward to the host's log.
 //! - [`outbox`]: the publish queue in front of a transport's writer task (try_publish with
 //!   back-pressure, publish with the writer's outcome).
-//! - [`TransportDriver`], [`CacheDriver`], [`QueueDriver`], [`RateLimiterDriver`]: plain Rust
+//! - [`TransportDriver`], [`CacheDriver`], [`QueueDriver`], [`RateLimiterDriver`],
+//!   [`AppManagerDriver`]: plain Rust
 //!   traits; [`create`] and the `*_box` functions turn them into the FFI trait objects with
 //!   every method guarded.
 //! - [`export_plugin!`](crate::export_plugin): the root module, `info` and the constructors of
 //!   a plugin from one declaration.
 
+pub mod config;
 mod drivers;
 mod export;
 mod guard;
@@ -24,8 +28,8 @@ pub mod outbox;
 mod runtime;
 
 pub use drivers::{
-    CacheDriver, CreateArgs, QueueDriver, RateLimiterDriver, TransportDriver, cache_box, create,
-    queue_box, rate_limiter_box, transport_box,
+    AppManagerDriver, CacheDriver, CreateArgs, QueueDriver, RateLimiterDriver, TransportDriver,
+    app_manager_box, cache_box, create, queue_box, rate_limiter_box, transport_box,
 };
 pub use export::{builder, expect_driver};
 pub use guard::{enter, guard, panic_message, ready, spawn};

@@ -58,7 +58,8 @@ impl std::fmt::Debug for MemoryCache {
 impl MemoryCache {
     /// A cache configured by `config`; starts its sweeper on the current (plugin) runtime.
     pub fn new(config: &str) -> Result<Self, PluginError> {
-        let config: MemoryCacheConfig = crate::config::parse("memory cache", config)?;
+        let config: MemoryCacheConfig =
+            sockhost_plugin_api::sdk::config::parse("cache.memory", config)?;
         if config.max_capacity == 0 {
             return Err(PluginError::config("memory cache: max_capacity must be at least 1"));
         }

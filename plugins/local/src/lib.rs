@@ -9,7 +9,6 @@
 #![allow(unsafe_code)]
 
 mod cache;
-mod config;
 mod queue;
 mod rate_limiter;
 mod transport;

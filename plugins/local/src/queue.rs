@@ -83,7 +83,8 @@ impl std::fmt::Debug for MemoryQueue {
 impl MemoryQueue {
     /// A queue configured by `config`, reporting dead letters to `host`.
     pub fn new(config: &str, host: HostContextBox) -> Result<Self, PluginError> {
-        let config: MemoryQueueConfig = crate::config::parse("memory queue", config)?;
+        let config: MemoryQueueConfig =
+            sockhost_plugin_api::sdk::config::parse("queue.memory", config)?;
         for (field, value) in [
             ("max_attempts", u64::from(config.max_attempts)),
             ("concurrency", config.concurrency as u64),

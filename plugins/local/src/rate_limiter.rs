@@ -59,7 +59,8 @@ impl std::fmt::Debug for MemoryRateLimiter {
 impl MemoryRateLimiter {
     /// A limiter configured by `config`.
     pub fn new(config: &str) -> Result<Self, PluginError> {
-        let config: MemoryRateLimiterConfig = crate::config::parse("memory rate limiter", config)?;
+        let config: MemoryRateLimiterConfig =
+            sockhost_plugin_api::sdk::config::parse("rate_limiter.memory", config)?;
         Ok(Self {
             windows: Mutex::default(),
             sweep_above_keys: config.sweep_above_keys.max(1),

@@ -49,7 +49,7 @@ impl std::fmt::Debug for LocalTransport {
 impl LocalTransport {
     /// Attach a new instance to this process's bus; its deliveries go to `host`.
     pub fn new(config: &str, host: HostContextBox) -> Result<Self, PluginError> {
-        let LocalConfig {} = crate::config::parse("local", config)?;
+        let LocalConfig {} = sockhost_plugin_api::sdk::config::parse("adapter.local", config)?;
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         write_bus()?.members.insert(id, host);

@@ -3,7 +3,7 @@
 use std::str::FromStr as _;
 
 use serde::Deserialize;
-use sockhost_plugin_api::PluginError;
+use sockhost_plugin_api::{PluginError, sdk};
 
 /// Settings of the `nats` transport.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,13 +55,7 @@ impl TransportConfig {
     /// Parse the table (empty text: defaults), apply the environment, and check every field,
     /// naming it in any error.
     pub fn parse(text: &str) -> Result<Self, PluginError> {
-        let mut config: Self = if text.trim().is_empty() {
-            Self::default()
-        } else {
-            toml::from_str(text).map_err(|e| {
-                PluginError::config(format!("adapter.nats: {}", e.message().trim_end_matches('.')))
-            })?
-        };
+        let mut config: Self = sdk::config::parse("adapter.nats", text)?;
         if let Some(servers) = env("NATS_SERVERS") {
             config.servers = servers
                 .split(',')

@@ -2,7 +2,7 @@
 //! credentials and TLS from the environment and `[database.redis.cluster]`.
 
 use serde::Deserialize;
-use sockhost_plugin_api::PluginError;
+use sockhost_plugin_api::{PluginError, sdk};
 use sockhost_redis_drivers::connection::Database;
 
 /// Settings of the `redis-cluster` transport.
@@ -45,16 +45,7 @@ impl Default for TransportConfig {
 impl TransportConfig {
     /// Parse the table (empty text: defaults), naming the field in any error.
     pub fn parse(text: &str) -> Result<Self, PluginError> {
-        let config: Self = if text.trim().is_empty() {
-            Self::default()
-        } else {
-            toml::from_str(text).map_err(|e| {
-                PluginError::config(format!(
-                    "adapter.cluster: {}",
-                    e.message().trim_end_matches('.')
-                ))
-            })?
-        };
+        let config: Self = sdk::config::parse("adapter.cluster", text)?;
         if config.queue_capacity == 0 || config.request_timeout_ms == 0 {
             return Err(PluginError::config(
                 "adapter.cluster: queue_capacity and request_timeout_ms must be at least 1",

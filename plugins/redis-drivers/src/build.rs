@@ -8,7 +8,6 @@ use sockhost_plugin_api::{CacheBox, PluginError, QueueBox, RateLimiterBox, sdk};
 use crate::{
     cache::{CacheConfig, RedisCache},
     connection::{self, Database},
-    parse,
     queue::{QueueConfig, RedisQueue},
     rate_limiter::{RateLimiterConfig, RedisRateLimiter},
 };
@@ -70,7 +69,7 @@ fn timeout(ms: u64) -> Duration {
 /// The cache driver of `backend`.
 pub async fn cache(args: sdk::CreateArgs, backend: Backend) -> Result<CacheBox, PluginError> {
     let place = format!("cache.{}", backend.driver());
-    let config: CacheConfig = parse(&place, &args.config)?;
+    let config: CacheConfig = sdk::config::parse(&place, &args.config)?;
     check_mode(&place, config.cluster_mode, backend)?;
     let database: &Database = &config.database;
     Ok(connected!(
@@ -88,7 +87,7 @@ pub async fn cache(args: sdk::CreateArgs, backend: Backend) -> Result<CacheBox, 
 /// The queue driver of `backend`.
 pub async fn queue(args: sdk::CreateArgs, backend: Backend) -> Result<QueueBox, PluginError> {
     let place = format!("queue.{}", backend.driver());
-    let config: QueueConfig = parse(&place, &args.config)?;
+    let config: QueueConfig = sdk::config::parse(&place, &args.config)?;
     check_mode(&place, config.cluster_mode, backend)?;
     config.check(&place)?;
     let database = config.database.clone();
@@ -114,7 +113,7 @@ pub async fn rate_limiter(
     backend: Backend,
 ) -> Result<RateLimiterBox, PluginError> {
     let place = format!("rate_limiter.{}", backend.driver());
-    let config: RateLimiterConfig = parse(&place, &args.config)?;
+    let config: RateLimiterConfig = sdk::config::parse(&place, &args.config)?;
     check_mode(&place, config.cluster_mode, backend)?;
     let database: &Database = &config.database;
     Ok(connected!(

@@ -15,18 +15,6 @@ pub mod sentinel;
 
 use sockhost_plugin_api::PluginError;
 
-/// Parse a driver's table (empty text: defaults), naming `place` and the field in any error.
-pub fn parse<T: serde::de::DeserializeOwned + Default>(
-    place: &str,
-    text: &str,
-) -> Result<T, PluginError> {
-    if text.trim().is_empty() {
-        return Ok(T::default());
-    }
-    toml::from_str(text)
-        .map_err(|e| PluginError::config(format!("{place}: {}", e.message().trim_end_matches('.'))))
-}
-
 /// A Redis error as the plugin boundary's error: trouble reaching the server or cluster (lost
 /// connections, no node for a slot, a failover under way) is retryable; anything the client
 /// would not retry (a script error, a wrong type) is a refusal.

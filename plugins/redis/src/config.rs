@@ -1,7 +1,7 @@
 //! The `adapter.redis` table, with the reference's fields and defaults.
 
 use serde::Deserialize;
-use sockhost_plugin_api::PluginError;
+use sockhost_plugin_api::{PluginError, sdk};
 use sockhost_redis_drivers::connection::Database;
 
 /// Settings of the `redis` transport.
@@ -48,13 +48,7 @@ impl Default for TransportConfig {
 impl TransportConfig {
     /// Parse the table (empty text: defaults), naming the field in any error.
     pub fn parse(text: &str) -> Result<Self, PluginError> {
-        let config: Self = if text.trim().is_empty() {
-            Self::default()
-        } else {
-            toml::from_str(text).map_err(|e| {
-                PluginError::config(format!("adapter.redis: {}", e.message().trim_end_matches('.')))
-            })?
-        };
+        let config: Self = sdk::config::parse("adapter.redis", text)?;
         if config.cluster_mode {
             return Err(PluginError::config(
                 "adapter.redis.cluster_mode: use the redis-cluster transport for Redis Cluster",

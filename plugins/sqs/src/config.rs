@@ -1,7 +1,7 @@
 //! The `queue.sqs` table, with the reference's field names.
 
 use serde::Deserialize;
-use sockhost_plugin_api::PluginError;
+use sockhost_plugin_api::{PluginError, sdk};
 
 /// Settings of the `sqs` queue.
 #[derive(Debug, Clone, Deserialize)]
@@ -72,13 +72,7 @@ fn env(name: &str) -> Option<String> {
 impl QueueConfig {
     /// Parse the table (empty text: defaults), naming the field in any error.
     pub fn parse(text: &str) -> Result<Self, PluginError> {
-        let config: Self = if text.trim().is_empty() {
-            Self::default()
-        } else {
-            toml::from_str(text).map_err(|e| {
-                PluginError::config(format!("queue.sqs: {}", e.message().trim_end_matches('.')))
-            })?
-        };
+        let config: Self = sdk::config::parse("queue.sqs", text)?;
         let field =
             |name: &str, why: &str| Err(PluginError::config(format!("queue.sqs.{name}: {why}")));
         if !(1..=10).contains(&config.max_messages) {

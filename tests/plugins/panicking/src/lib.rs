@@ -33,6 +33,7 @@ pub fn root_module() -> PluginModule_Ref {
         cache: Some(new_cache),
         queue: Some(new_queue),
         rate_limiter: None,
+        app_manager: None,
     }
     .leak_into_prefix()
 }

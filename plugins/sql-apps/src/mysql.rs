@@ -1,0 +1,303 @@
+//! The `mysql` app manager (MySQL and MariaDB).
+//!
+//! MySQL has no `row_to_json` that keeps JSON columns nested and booleans boolean, so rows are
+//! converted here, by the column types read at start: `TINYINT(1)` is a boolean, `JSON` columns
+//! (MariaDB stores them as `LONGTEXT`, so also the reference's JSON fields by name) are nested.
+
+use std::collections::BTreeMap;
+
+use mysql_async::{
+    Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, Value as Sql,
+    prelude::Queryable,
+};
+use serde_json::{Map, Value};
+use sockhost_plugin_api::{PluginError, sdk::AppManagerDriver};
+
+use crate::{
+    config::SqlConfig,
+    record::{ROTATION_COLUMNS, record, within},
+};
+
+/// The reference's JSON fields: nested even where the column is text.
+const JSON_FIELDS: [&str; 4] =
+    ["webhooks", "allowed_origins", "channel_delta_compression", "policy"];
+
+/// How a column's values become JSON.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Bool,
+    Json,
+    Plain,
+}
+
+/// Apps in a MySQL or MariaDB table.
+pub struct MysqlApps {
+    pool: Pool,
+    config: SqlConfig,
+    table: String,
+    columns: BTreeMap<String, Kind>,
+}
+
+impl std::fmt::Debug for MysqlApps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlApps").field("table", &self.table).finish_non_exhaustive()
+    }
+}
+
+fn failed(what: &str, error: &mysql_async::Error) -> PluginError {
+    match error {
+        // ER_DUP_ENTRY
+        mysql_async::Error::Server(server) if server.code == 1062 => {
+            PluginError::rejected("an app with this id or key exists")
+        }
+        mysql_async::Error::Server(server) => {
+            PluginError::rejected(format!("{what}: {} ({})", server.message, server.code))
+        }
+        other => PluginError::unavailable(format!("{what}: {other}")),
+    }
+}
+
+impl MysqlApps {
+    /// Connect, create the table if it does not exist (the reference's layout), add the
+    /// rotation columns if they are missing, and read the column types. Any failure is a
+    /// start-up error.
+    pub async fn connect(config: SqlConfig) -> Result<Self, PluginError> {
+        let db = &config.database;
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(db.host.clone().unwrap_or_else(|| "127.0.0.1".into()))
+            .tcp_port(db.port.unwrap_or(3306))
+            .user(Some(db.username.clone().unwrap_or_else(|| "root".into())))
+            .pass(db.password.clone())
+            .db_name(Some(db.database.clone().unwrap_or_else(|| "sockudo".into())))
+            .pool_opts(
+                PoolOpts::default().with_constraints(
+                    PoolConstraints::new(
+                        0,
+                        usize::try_from(db.connection_pool_size.unwrap_or(4)).unwrap_or(4).max(1),
+                    )
+                    .expect("0 <= max"),
+                ),
+            );
+        let pool = Pool::new(Opts::from(opts));
+        let table = config.table().to_string();
+        let timeout = config.timeout();
+        let mut conn = within(timeout, pool.get_conn())
+            .await?
+            .map_err(|e| PluginError::config(format!("connecting to MySQL: {e}")))?;
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS `{table}` (
+                id VARCHAR(255) PRIMARY KEY,
+                `key` VARCHAR(255) UNIQUE NOT NULL,
+                secret VARCHAR(255) NOT NULL,
+                max_connections INT NOT NULL DEFAULT 0,
+                enable_client_messages BOOLEAN NOT NULL DEFAULT FALSE,
+                enabled BOOLEAN NOT NULL DEFAULT TRUE,
+                max_backend_events_per_second INT NULL,
+                max_client_events_per_second INT NOT NULL DEFAULT 10,
+                max_read_requests_per_second INT NULL,
+                max_presence_members_per_channel INT NULL,
+                max_presence_member_size_in_kb INT NULL,
+                max_channel_name_length INT NULL,
+                max_event_channels_at_once INT NULL,
+                max_event_name_length INT NULL,
+                max_event_payload_in_kb INT NULL,
+                max_event_batch_size INT NULL,
+                enable_user_authentication BOOLEAN NULL,
+                enable_watchlist_events BOOLEAN NULL,
+                webhooks JSON NULL,
+                allowed_origins JSON NULL,
+                channel_delta_compression JSON NULL,
+                created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+                updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP
+            )"
+        );
+        within(timeout, conn.query_drop(create))
+            .await?
+            .map_err(|e| PluginError::config(format!("preparing table {table}: {e}")))?;
+        let mut columns = read_columns(&mut conn, &table, timeout).await?;
+        // MySQL (unlike MariaDB) has no ADD COLUMN IF NOT EXISTS: add what the columns lack.
+        for (column, kind) in ROTATION_COLUMNS {
+            if !columns.contains_key(column) {
+                let kind = if kind == "BIGINT" { "BIGINT NULL" } else { "VARCHAR(255) NULL" };
+                within(
+                    timeout,
+                    conn.query_drop(format!("ALTER TABLE `{table}` ADD COLUMN {column} {kind}")),
+                )
+                .await?
+                .map_err(|e| PluginError::config(format!("adding {column} to {table}: {e}")))?;
+            }
+        }
+        columns = read_columns(&mut conn, &table, timeout).await?;
+        drop(conn);
+        Ok(Self { pool, config, table, columns })
+    }
+
+    async fn conn(&self) -> Result<Conn, PluginError> {
+        within(self.config.timeout(), self.pool.get_conn())
+            .await?
+            .map_err(|e| failed("connecting to MySQL", &e))
+    }
+
+    async fn rows(&self, statement: String, params: Vec<Sql>) -> Result<Vec<String>, PluginError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<Row> =
+            within(self.config.timeout(), conn.exec(statement, Params::Positional(params)))
+                .await?
+                .map_err(|e| failed("query", &e))?;
+        Ok(rows.into_iter().map(|row| self.to_json(row).to_string()).collect())
+    }
+
+    async fn execute(&self, statement: String, params: Vec<Sql>) -> Result<u64, PluginError> {
+        let mut conn = self.conn().await?;
+        within(self.config.timeout(), conn.exec_drop(statement, Params::Positional(params)))
+            .await?
+            .map_err(|e| failed("statement", &e))?;
+        Ok(conn.affected_rows())
+    }
+
+    /// A row as the JSON record the host reads.
+    fn to_json(&self, row: Row) -> Value {
+        let names: Vec<String> =
+            row.columns_ref().iter().map(|c| c.name_str().into_owned()).collect();
+        let mut object = Map::new();
+        for (name, value) in names.into_iter().zip(row.unwrap()) {
+            let kind = self.columns.get(&name).copied().unwrap_or(Kind::Plain);
+            object.insert(name, from_sql(value, kind));
+        }
+        Value::Object(object)
+    }
+
+    /// The record's fields that are columns (not `id` nor the timestamps), with their values.
+    fn writable(&self, record: &Map<String, Value>) -> Vec<(String, Sql)> {
+        record
+            .iter()
+            .filter(|(k, _)| !["id", "created_at", "updated_at"].contains(&k.as_str()))
+            .filter(|(k, _)| self.columns.contains_key(k.as_str()))
+            .map(|(k, v)| (format!("`{k}`"), to_sql(v)))
+            .collect()
+    }
+
+    fn select(&self) -> String {
+        format!("SELECT * FROM `{}`", self.table)
+    }
+}
+
+async fn read_columns(
+    conn: &mut Conn,
+    table: &str,
+    timeout: std::time::Duration,
+) -> Result<BTreeMap<String, Kind>, PluginError> {
+    let rows: Vec<(String, String, String)> = within(
+        timeout,
+        conn.exec(
+            "SELECT COLUMN_NAME, LOWER(COLUMN_TYPE), LOWER(DATA_TYPE) FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+            (table,),
+        ),
+    )
+    .await?
+    .map_err(|e| failed("reading the table's columns", &e))?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, column_type, data_type)| {
+            let kind = if column_type.starts_with("tinyint(1)") {
+                Kind::Bool
+            } else if data_type == "json" || JSON_FIELDS.contains(&name.as_str()) {
+                Kind::Json
+            } else {
+                Kind::Plain
+            };
+            (name, kind)
+        })
+        .collect())
+}
+
+fn from_sql(value: Sql, kind: Kind) -> Value {
+    match (value, kind) {
+        (Sql::NULL, _) => Value::Null,
+        (Sql::Int(n), Kind::Bool) => Value::Bool(n != 0),
+        (Sql::UInt(n), Kind::Bool) => Value::Bool(n != 0),
+        (Sql::Int(n), _) => n.into(),
+        (Sql::UInt(n), _) => n.into(),
+        (Sql::Float(n), _) => f64::from(n).into(),
+        (Sql::Double(n), _) => n.into(),
+        (Sql::Bytes(bytes), Kind::Json) => serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into()),
+        (Sql::Bytes(bytes), Kind::Bool) => Value::Bool(bytes.as_slice() != b"0"),
+        (Sql::Bytes(bytes), Kind::Plain) => String::from_utf8_lossy(&bytes).into(),
+        (date @ (Sql::Date(..) | Sql::Time(..)), _) => date.as_sql(true).trim_matches('\'').into(),
+    }
+}
+
+fn to_sql(value: &Value) -> Sql {
+    match value {
+        Value::Null => Sql::NULL,
+        Value::Bool(b) => Sql::Int(i64::from(*b)),
+        Value::Number(n) => {
+            n.as_i64().map_or_else(|| Sql::Double(n.as_f64().unwrap_or(0.0)), Sql::Int)
+        }
+        Value::String(s) => Sql::Bytes(s.clone().into_bytes()),
+        other => Sql::Bytes(other.to_string().into_bytes()),
+    }
+}
+
+impl AppManagerDriver for MysqlApps {
+    async fn find_by_id(&self, id: &str) -> Result<Option<String>, PluginError> {
+        let statement = format!("{} WHERE id = ?", self.select());
+        Ok(self.rows(statement, vec![id.into()]).await?.pop())
+    }
+
+    async fn find_by_key(&self, key: &str) -> Result<Option<String>, PluginError> {
+        let statement = format!("{} WHERE `key` = ?", self.select());
+        Ok(self.rows(statement, vec![key.into()]).await?.pop())
+    }
+
+    async fn list(&self, after: &str, limit: u32) -> Result<Vec<String>, PluginError> {
+        let statement = format!("{} WHERE id > ? ORDER BY id LIMIT ?", self.select());
+        self.rows(statement, vec![after.into(), limit.into()]).await
+    }
+
+    async fn create(&self, app: &str) -> Result<(), PluginError> {
+        let (record, id) = record(app)?;
+        let mut fields = self.writable(&record);
+        fields.push(("id".into(), id.into()));
+        let (columns, values): (Vec<String>, Vec<Sql>) = fields.into_iter().unzip();
+        let marks = vec!["?"; columns.len()].join(", ");
+        let statement =
+            format!("INSERT INTO `{}` ({}) VALUES ({marks})", self.table, columns.join(", "));
+        self.execute(statement, values).await.map(|_| ())
+    }
+
+    async fn update(&self, app: &str) -> Result<bool, PluginError> {
+        let (record, id) = record(app)?;
+        let fields = self.writable(&record);
+        if fields.is_empty() {
+            return Ok(self.find_by_id(&id).await?.is_some());
+        }
+        let (columns, mut values): (Vec<String>, Vec<Sql>) = fields.into_iter().unzip();
+        let set: Vec<String> = columns.iter().map(|c| format!("{c} = ?")).collect();
+        values.push(id.clone().into());
+        let statement = format!("UPDATE `{}` SET {} WHERE id = ?", self.table, set.join(", "));
+        // MySQL counts only rows it changed: an update to the same values is 0 rows, not absent.
+        if self.execute(statement, values).await? > 0 {
+            return Ok(true);
+        }
+        Ok(self.find_by_id(&id).await?.is_some())
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool, PluginError> {
+        let statement = format!("DELETE FROM `{}` WHERE id = ?", self.table);
+        Ok(self.execute(statement, vec![id.into()]).await? > 0)
+    }
+
+    async fn health(&self) -> Result<(), PluginError> {
+        let mut conn = self.conn().await?;
+        within(self.config.timeout(), conn.query_drop("SELECT 1"))
+            .await?
+            .map_err(|e| failed("health", &e))
+    }
+
+    async fn shutdown(&self) -> Result<(), PluginError> {
+        self.pool.clone().disconnect().await.map_err(|e| failed("closing the pool", &e))
+    }
+}

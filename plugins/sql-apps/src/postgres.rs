@@ -1,0 +1,267 @@
+//! The `postgres` app manager.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, RwLock},
+};
+
+use serde_json::{Map, Value};
+use sockhost_plugin_api::{PluginError, sdk::AppManagerDriver};
+use tokio_postgres::{Client, NoTls, error::SqlState, types::ToSql};
+
+use crate::{
+    config::SqlConfig,
+    record::{ROTATION_COLUMNS, record, within},
+};
+
+/// Apps in a PostgreSQL table.
+pub struct PostgresApps {
+    config: SqlConfig,
+    table: String,
+    /// The open connection; `None` after it broke, until the next call reopens it.
+    client: RwLock<Option<Arc<Client>>>,
+    /// Serialises reconnects, so a burst of calls after a break opens one connection.
+    reconnect: tokio::sync::Mutex<()>,
+    /// The table's columns: only these are written.
+    columns: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for PostgresApps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresApps").field("table", &self.table).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(what: &str, error: &tokio_postgres::Error) -> PluginError {
+    match error.code() {
+        Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
+            PluginError::rejected("an app with this id or key exists")
+        }
+        Some(code) => PluginError::rejected(format!("{what}: {error} ({})", code.code())),
+        None => PluginError::unavailable(format!("{what}: {error}")),
+    }
+}
+
+impl PostgresApps {
+    /// Connect, create the table if it does not exist (the reference's layout), and add the
+    /// rotation columns if they are missing. Any failure is a start-up error: a server that
+    /// cannot reach its apps must not start as if it had none.
+    pub async fn connect(config: SqlConfig) -> Result<Self, PluginError> {
+        let table = config.table().to_string();
+        let client = open(&config).await?;
+        let timeout = config.timeout();
+        let create = format!(
+            r#"CREATE TABLE IF NOT EXISTS "{table}" (
+                id VARCHAR(255) PRIMARY KEY,
+                key VARCHAR(255) UNIQUE NOT NULL,
+                secret VARCHAR(255) NOT NULL,
+                max_connections INTEGER NOT NULL DEFAULT 0,
+                enable_client_messages BOOLEAN NOT NULL DEFAULT FALSE,
+                enabled BOOLEAN NOT NULL DEFAULT TRUE,
+                max_backend_events_per_second INTEGER,
+                max_client_events_per_second INTEGER NOT NULL DEFAULT 10,
+                max_read_requests_per_second INTEGER,
+                max_presence_members_per_channel INTEGER,
+                max_presence_member_size_in_kb INTEGER,
+                max_channel_name_length INTEGER,
+                max_event_channels_at_once INTEGER,
+                max_event_name_length INTEGER,
+                max_event_payload_in_kb INTEGER,
+                max_event_batch_size INTEGER,
+                enable_user_authentication BOOLEAN,
+                enable_watchlist_events BOOLEAN,
+                webhooks JSONB,
+                allowed_origins JSONB,
+                channel_delta_compression JSONB,
+                created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+                updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+            )"#
+        );
+        let mut statements = vec![create];
+        for (column, kind) in ROTATION_COLUMNS {
+            statements
+                .push(format!(r#"ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS {column} {kind}"#));
+        }
+        for statement in &statements {
+            within(timeout, client.batch_execute(statement))
+                .await?
+                .map_err(|e| PluginError::config(format!("preparing table {table}: {e}")))?;
+        }
+        let rows = within(
+            timeout,
+            client.query(
+                "SELECT column_name::text FROM information_schema.columns \
+                 WHERE table_name = $1 AND table_schema = current_schema()",
+                &[&table],
+            ),
+        )
+        .await?
+        .map_err(|e| unavailable("reading the table's columns", &e))?;
+        let columns = rows.iter().map(|row| row.get::<_, String>(0)).collect();
+        Ok(Self {
+            config,
+            table,
+            client: RwLock::new(Some(Arc::new(client))),
+            reconnect: tokio::sync::Mutex::new(()),
+            columns,
+        })
+    }
+
+    /// The connection, reopened if it broke.
+    async fn client(&self) -> Result<Arc<Client>, PluginError> {
+        let current = || {
+            let client = self.client.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            client.as_ref().filter(|c| !c.is_closed()).cloned()
+        };
+        if let Some(client) = current() {
+            return Ok(client);
+        }
+        let _one = self.reconnect.lock().await;
+        if let Some(client) = current() {
+            return Ok(client);
+        }
+        let client = Arc::new(open(&self.config).await?);
+        *self.client.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(client.clone());
+        Ok(client)
+    }
+
+    async fn rows(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, PluginError> {
+        let client = self.client().await?;
+        within(self.config.timeout(), client.query(statement, params))
+            .await?
+            .map_err(|e| unavailable("query", &e))
+    }
+
+    async fn execute(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, PluginError> {
+        let client = self.client().await?;
+        within(self.config.timeout(), client.execute(statement, params))
+            .await?
+            .map_err(|e| unavailable("statement", &e))
+    }
+
+    async fn find(&self, column: &str, value: &str) -> Result<Option<String>, PluginError> {
+        let table = &self.table;
+        let statement =
+            format!(r#"SELECT row_to_json(t)::text FROM "{table}" t WHERE t.{column} = $1"#);
+        let rows = self.rows(&statement, &[&value]).await?;
+        Ok(rows.first().map(|row| row.get::<_, String>(0)))
+    }
+
+    /// The record's fields that are columns of the table, quoted: not `id` (the key of the
+    /// row), nor the timestamps the database keeps.
+    fn writable(&self, record: &Map<String, Value>) -> Vec<String> {
+        record
+            .keys()
+            .filter(|k| !["id", "created_at", "updated_at"].contains(&k.as_str()))
+            .filter(|k| self.columns.contains(k.as_str()))
+            .map(|k| format!(r#""{k}""#))
+            .collect()
+    }
+}
+
+/// The connection settings.
+fn connect_config(config: &SqlConfig) -> tokio_postgres::Config {
+    let db = &config.database;
+    let mut settings = tokio_postgres::Config::new();
+    settings
+        .host(db.host.as_deref().unwrap_or("127.0.0.1"))
+        .port(db.port.unwrap_or(5432))
+        .user(db.username.as_deref().unwrap_or("postgres"))
+        .dbname(db.database.as_deref().unwrap_or("sockudo"))
+        .application_name("sockhost")
+        .connect_timeout(config.timeout());
+    if let Some(password) = &db.password {
+        settings.password(password);
+    }
+    settings
+}
+
+/// Open a connection and drive it on the plugin's runtime.
+async fn open(config: &SqlConfig) -> Result<Client, PluginError> {
+    let settings = connect_config(config);
+    let (client, connection) = within(config.timeout(), settings.connect(NoTls))
+        .await?
+        .map_err(|e| PluginError::unavailable(format!("connecting to PostgreSQL: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "The PostgreSQL connection broke; the next call reopens it.");
+        }
+    });
+    Ok(client)
+}
+
+impl AppManagerDriver for PostgresApps {
+    async fn find_by_id(&self, id: &str) -> Result<Option<String>, PluginError> {
+        self.find("id", id).await
+    }
+
+    async fn find_by_key(&self, key: &str) -> Result<Option<String>, PluginError> {
+        self.find("key", key).await
+    }
+
+    async fn list(&self, after: &str, limit: u32) -> Result<Vec<String>, PluginError> {
+        let table = &self.table;
+        let statement = format!(
+            r#"SELECT row_to_json(t)::text FROM "{table}" t WHERE t.id > $1 ORDER BY t.id LIMIT $2"#
+        );
+        let rows = self.rows(&statement, &[&after, &i64::from(limit)]).await?;
+        Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect())
+    }
+
+    async fn create(&self, app: &str) -> Result<(), PluginError> {
+        let (record, _) = record(app)?;
+        let mut columns = self.writable(&record);
+        columns.push(r#""id""#.into());
+        let columns = columns.join(", ");
+        let table = &self.table;
+        let statement = format!(
+            r#"INSERT INTO "{table}" ({columns}) SELECT {columns} FROM json_populate_record(NULL::"{table}", $1::text::json)"#
+        );
+        self.execute(&statement, &[&app]).await.map(|_| ())
+    }
+
+    async fn update(&self, app: &str) -> Result<bool, PluginError> {
+        let (record, id) = record(app)?;
+        let columns = self.writable(&record);
+        if columns.is_empty() {
+            return Ok(self.find("id", &id).await?.is_some());
+        }
+        let table = &self.table;
+        let list = columns.join(", ");
+        let touched = if self.columns.contains("updated_at") { ", updated_at = now()" } else { "" };
+        let statement = format!(
+            r#"UPDATE "{table}" SET ({list}) = (SELECT {list} FROM json_populate_record(NULL::"{table}", $1::text::json)){touched} WHERE id = $2"#
+        );
+        // A one-column list is not a row in PostgreSQL's grammar: `(a) = (SELECT a ...)`
+        // needs ROW() around the left side only from version 10 on, so say it plainly.
+        let statement = if columns.len() == 1 {
+            statement.replacen(&format!("SET ({list}) ="), &format!("SET {list} ="), 1)
+        } else {
+            statement
+        };
+        Ok(self.execute(&statement, &[&app, &id]).await? > 0)
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool, PluginError> {
+        let statement = format!(r#"DELETE FROM "{}" WHERE id = $1"#, self.table);
+        Ok(self.execute(&statement, &[&id]).await? > 0)
+    }
+
+    async fn health(&self) -> Result<(), PluginError> {
+        self.rows("SELECT 1", &[]).await.map(|_| ())
+    }
+
+    async fn shutdown(&self) -> Result<(), PluginError> {
+        self.client.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        Ok(())
+    }
+}

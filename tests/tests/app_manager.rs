@@ -1,0 +1,412 @@
+//! Apps from a database: the `postgres` and `mysql` app managers of the `sql-apps` plugin over
+//! a real PostgreSQL (`initdb` + `pg_ctl`) and a real MariaDB (`mariadb-install-db` +
+//! `mariadbd`), each on a free port, and the admin API that edits them, with real `sockhost`
+//! processes (two of them over a real Redis for what crosses nodes). Every scenario runs
+//! against both databases.
+
+use serde_json::{Value, json};
+use sockhost_tests::{
+    backends::{MariaDbServer, PostgresServer, RedisServer},
+    cluster::{Bus, node},
+    pusher::{Api, Client, TestApp},
+    server::{Server, free_port},
+    wait::{eventually, holds},
+};
+
+const TOKEN: &str = "an-admin-token-of-at-least-32-characters";
+
+/// A database of apps.
+enum Db {
+    Postgres(PostgresServer),
+    MariaDb(MariaDbServer),
+}
+
+impl Db {
+    fn postgres() -> Self {
+        Self::Postgres(PostgresServer::start())
+    }
+
+    fn mariadb() -> Self {
+        Self::MariaDb(MariaDbServer::start())
+    }
+
+    /// The config that points a node at this database for its apps (through the reference's
+    /// driver names), with the admin API on `admin` and apps trusted for `ttl` seconds.
+    fn config(&self, admin: u16, ttl: u64) -> String {
+        let (driver, table) = match self {
+            Self::Postgres(pg) => (
+                "pgsql",
+                format!(
+                    "[database.postgres]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"postgres\"\ndatabase = \"postgres\"\n",
+                    pg.port
+                ),
+            ),
+            Self::MariaDb(db) => (
+                "mysql",
+                format!(
+                    "[database.mysql]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"root\"\n",
+                    db.port
+                ),
+            ),
+        };
+        format!(
+            "[app_manager]\ndriver = \"{driver}\"\nlookup_timeout_ms = 1000\n[app_manager.cache]\nttl = {ttl}\n\
+             {table}[admin]\nenabled = true\nhost = \"127.0.0.1\"\nport = {admin}\ntoken = \"{TOKEN}\"\n"
+        )
+    }
+
+    fn sql(&self, statement: &str) -> String {
+        match self {
+            Self::Postgres(pg) => pg.sql(statement),
+            Self::MariaDb(db) => db.sql(&statement.replace("\"key\"", "`key`")),
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Self::Postgres(pg) => pg.kill(),
+            Self::MariaDb(db) => db.kill(),
+        }
+    }
+
+    fn restart(&mut self) {
+        match self {
+            Self::Postgres(pg) => pg.restart(),
+            Self::MariaDb(db) => db.restart(),
+        }
+    }
+}
+
+/// The repository's plugin manifest (its paths resolve against the built executable's directory).
+fn manifest() -> String {
+    sockhost_tests::workspace_root().join("plugins.toml").to_string_lossy().into_owned()
+}
+
+/// The admin API of one node.
+struct Admin {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    fn new(port: u16) -> Self {
+        Self { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: &str,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request =
+            self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the admin API answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call(method, path, body, TOKEN).await
+    }
+}
+
+fn app_of(record: &Value) -> TestApp {
+    TestApp::new(
+        record["id"].as_str().unwrap(),
+        record["key"].as_str().unwrap(),
+        record["secret"].as_str().unwrap(),
+    )
+}
+
+/// Whether a connection with `key` is refused, and with which code.
+async fn refusal(server: &Server, key: &str) -> Option<u16> {
+    let mut client = Client::connect_raw(&server.ws_url(key)).await;
+    match client.expect_any().await {
+        first if first["event"] == "pusher:error" => {
+            let data = match first["data"].as_str() {
+                Some(text) => serde_json::from_str(text).unwrap_or_default(),
+                None => first["data"].clone(),
+            };
+            data["code"].as_u64().and_then(|c| u16::try_from(c).ok())
+        }
+        _ => None,
+    }
+}
+
+async fn an_app_only_in_the_database_connects_publishes_and_signs(db: Db) {
+    let admin_port = free_port();
+    let server = Server::builder().config(&db.config(admin_port, 300)).start();
+    // Written as the incumbent's dashboard would: straight into its table.
+    db.sql(
+        "INSERT INTO applications (id, \"key\", secret, max_connections, enable_client_messages, enabled, \
+         max_client_events_per_second, created_at) VALUES ('db-1', 'db-key', 'db-secret', 0, true, true, 10, now())",
+    );
+    let app = TestApp::new("db-1", "db-key", "db-secret");
+    let mut client = Client::connect(&server.ws_url(&app.key)).await;
+    client.subscribe(&app, "private-ledger").await;
+    let (status, _) =
+        Api::new(&server.http_url(), &app).trigger(&["private-ledger"], "entry", "1").await;
+    assert_eq!(status, 200);
+    assert_eq!(client.expect("entry").await["data"], "1");
+
+    assert_eq!(refusal(&server, "no-such-key").await, Some(4001));
+    let other = TestApp::new("db-1", "db-key", "wrong-secret");
+    let (status, _) = Api::new(&server.http_url(), &other).trigger(&["ledger"], "e", "1").await;
+    assert_eq!(status, 401);
+    assert!(server.labelled_metric("sockhost_app_lookups_total{outcome=\"unknown\"}").await >= 1.0);
+}
+
+async fn the_admin_api_needs_its_token_and_checks_what_it_is_given(db: Db) {
+    let admin_port = free_port();
+    let _server = Server::builder().config(&db.config(admin_port, 300)).start();
+    let admin = Admin::new(admin_port);
+
+    assert_eq!(admin.call("GET", "/apps", None, "").await.0, 401);
+    assert_eq!(admin.call("GET", "/apps", None, &TOKEN.replace('a', "b")).await.0, 401);
+    let (status, body) = admin.send("POST", "/apps", Some(json!({ "max_conections": 5 }))).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("max_conections"), "{body}");
+    let (status, body) =
+        admin.send("POST", "/apps", Some(json!({ "max_event_batch_size": 0 }))).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = admin.send("POST", "/apps", Some(json!({ "previous_secret": "x" }))).await;
+    assert_eq!(status, 400);
+
+    let (status, made) =
+        admin.send("POST", "/apps", Some(json!({ "id": "a1", "key": "k1" }))).await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!((made["id"].as_str(), made["key"].as_str()), (Some("a1"), Some("k1")));
+    assert!(made["secret"].as_str().unwrap().len() >= 32);
+    let (status, _) = admin.send("POST", "/apps", Some(json!({ "id": "a2", "key": "k1" }))).await;
+    assert_eq!(status, 409, "a taken key");
+    admin.send("POST", "/apps", Some(json!({ "id": "a2" }))).await;
+
+    let (_, page) = admin.send("GET", "/apps?limit=1", None).await;
+    assert_eq!(page["apps"][0]["id"], "a1");
+    assert!(page["apps"][0].get("secret").is_none(), "lists carry no secrets: {page}");
+    let (_, rest) = admin
+        .send("GET", &format!("/apps?after={}", page["next_after"].as_str().unwrap()), None)
+        .await;
+    assert_eq!(rest["apps"][0]["id"], "a2");
+    let (status, _) = admin.send("PATCH", "/apps/a1", Some(json!({ "id": "other" }))).await;
+    assert_eq!(status, 400);
+    let (_, changed) = admin.send("PATCH", "/apps/a1", Some(json!({ "max_connections": 7 }))).await;
+    assert_eq!(changed["max_connections"], 7);
+    assert_eq!(db.sql("SELECT max_connections FROM applications WHERE id = 'a1'"), "7");
+    assert_eq!(admin.send("DELETE", "/apps/a2", None).await.0, 204);
+    assert_eq!(admin.send("GET", "/apps/a2", None).await.0, 404);
+}
+
+async fn every_documented_route_answers_as_documented(db: Db) {
+    let admin_port = free_port();
+    let _server = Server::builder().config(&db.config(admin_port, 300)).start();
+    let admin = Admin::new(admin_port);
+    admin.send("POST", "/apps", Some(json!({ "id": "doc", "key": "doc-key" }))).await;
+
+    let (status, spec) = admin.send("GET", "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    let checked: Value = serde_json::from_str(
+        &std::fs::read_to_string(sockhost_tests::workspace_root().join("docs/admin-api.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(spec, checked, "the served description is the checked-in one");
+    let mut operations = 0;
+    // Deletion last, so every other route finds the app.
+    let mut routes: Vec<(String, String, Value)> = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if method != "parameters" {
+                routes.push((
+                    path.replace("{id}", "doc"),
+                    method.to_uppercase(),
+                    operation.clone(),
+                ));
+            }
+        }
+    }
+    routes.sort_by_key(|(_, method, _)| method == "DELETE");
+    for (path, method, operation) in routes {
+        let body = matches!(method.as_str(), "POST" | "PATCH").then(|| json!({}));
+        let (status, answer) = admin.send(&method, &path, body).await;
+        let documented = &operation["responses"][status.to_string()];
+        assert!(
+            documented.is_object(),
+            "{method} {path} answered {status}, not documented: {answer}"
+        );
+        assert_eq!(admin.call(&method, &path, None, "wrong").await.0, 401, "{method} {path}");
+        operations += 1;
+    }
+    assert_eq!(operations, 9);
+}
+
+async fn admin_changes_reach_every_node_at_once(db: Db) {
+    let redis = RedisServer::start();
+    let bus = Bus::redis(&redis.url(), "apps");
+    let (port_a, port_b) = (free_port(), free_port());
+    // A day-long cache: only the bus can make node B see the changes.
+    let a = node(&bus, &db.config(port_a, 86_400));
+    let b = node(&bus, &db.config(port_b, 86_400));
+    for server in [&a, &b] {
+        server.wait_for_metric("sockhost_cluster_nodes", |n| n as usize == 2).await;
+    }
+    let admin = Admin::new(port_a);
+    let (_, made) = admin.send("POST", "/apps", Some(json!({ "id": "t1" }))).await;
+    let app = app_of(&made);
+
+    // Node B learns the app and keeps it.
+    let mut on_b = Client::connect(&b.ws_url(&app.key)).await;
+    on_b.subscribe(&app, "private-room").await;
+
+    // Rotation: node B accepts the new secret at once, and the old one during the overlap.
+    let (status, rotated) =
+        admin.send("POST", "/apps/t1/rotate-secret", Some(json!({ "overlap_seconds": 2 }))).await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = app_of(&rotated);
+    assert_ne!(new.secret, app.secret);
+    let new_api = Api::new(&b.http_url(), &new);
+    eventually("node B accepts the new secret", async || {
+        let (status, _) = new_api.trigger(&["private-room"], "e", "new").await;
+        holds(status == 200, status)
+    })
+    .await;
+    on_b.expect("e").await;
+    let mut late = Client::connect(&b.ws_url(&app.key)).await;
+    late.subscribe(&new, "private-room").await;
+    let old_api = Api::new(&b.http_url(), &app);
+    let (status, _) = old_api.trigger(&["private-room"], "e", "old").await;
+    assert_eq!(status, 200, "the old secret signs during the overlap");
+    eventually("the old secret stops signing after the overlap", async || {
+        let (status, _) = old_api.trigger(&["private-room"], "e", "old").await;
+        holds(status == 401, status)
+    })
+    .await;
+
+    // Disabling on node A closes node B's connections with 4003 and refuses new ones.
+    let (status, _) = admin.send("POST", "/apps/t1/disable", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(on_b.expect_close().await.0, 4003);
+    assert_eq!(late.expect_close().await.0, 4003);
+    assert_eq!(refusal(&b, &app.key).await, Some(4003));
+    admin.send("POST", "/apps/t1/enable", None).await;
+    Client::connect(&b.ws_url(&app.key)).await;
+
+    // A new app made on node A connects on node B.
+    let (_, second) = admin.send("POST", "/apps", Some(json!({ "id": "t2" }))).await;
+    Client::connect(&b.ws_url(second["key"].as_str().unwrap())).await;
+}
+
+async fn with_the_database_down_known_apps_keep_working_and_new_keys_are_refused(mut db: Db) {
+    let admin_port = free_port();
+    // A one-second trust, so lookups go to the database while it is down.
+    let server = Server::builder().config(&db.config(admin_port, 1)).start();
+    let admin = Admin::new(admin_port);
+    let (_, made) = admin.send("POST", "/apps", Some(json!({ "id": "k1" }))).await;
+    let app = app_of(&made);
+    Client::connect(&server.ws_url(&app.key)).await;
+
+    db.kill();
+    eventually("the cached app is served stale while the database is down", async || {
+        let _ = Client::connect(&server.ws_url(&app.key)).await;
+        let stale = server.labelled_metric("sockhost_app_lookups_total{outcome=\"stale\"}").await;
+        holds(stale >= 1.0, stale)
+    })
+    .await;
+    let (status, _) = Api::new(&server.http_url(), &app).trigger(&["news"], "e", "1").await;
+    assert_eq!(status, 200);
+    assert_eq!(refusal(&server, "unknown-key").await, Some(4001));
+    assert!(server.labelled_metric("sockhost_app_lookups_total{outcome=\"failed\"}").await >= 1.0);
+    assert_eq!(admin.send("POST", "/apps", Some(json!({ "id": "k2" }))).await.0, 503);
+
+    db.restart();
+    let made = eventually("the admin API works again once the database is back", async || {
+        let (status, made) = admin.send("POST", "/apps", Some(json!({ "id": "k2" }))).await;
+        holds(status == 201, format!("{status} {made}")).map(|()| made)
+    })
+    .await;
+    Client::connect(&server.ws_url(made["key"].as_str().unwrap())).await;
+}
+
+/// Every scenario above, against one database.
+macro_rules! against {
+    ($name:ident, $start:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn an_app_only_in_the_database_connects_publishes_and_signs() {
+                super::an_app_only_in_the_database_connects_publishes_and_signs($start).await;
+            }
+
+            #[tokio::test]
+            async fn the_admin_api_needs_its_token_and_checks_what_it_is_given() {
+                super::the_admin_api_needs_its_token_and_checks_what_it_is_given($start).await;
+            }
+
+            #[tokio::test]
+            async fn every_documented_route_answers_as_documented() {
+                super::every_documented_route_answers_as_documented($start).await;
+            }
+
+            #[tokio::test]
+            async fn admin_changes_reach_every_node_at_once() {
+                super::admin_changes_reach_every_node_at_once($start).await;
+            }
+
+            #[tokio::test]
+            async fn with_the_database_down_known_apps_keep_working_and_new_keys_are_refused() {
+                super::with_the_database_down_known_apps_keep_working_and_new_keys_are_refused(
+                    $start,
+                )
+                .await;
+            }
+        }
+    };
+}
+
+against!(postgres, Db::postgres());
+against!(mariadb, Db::mariadb());
+
+#[test]
+fn an_admin_api_without_a_token_is_a_one_line_refusal() {
+    let dir = sockhost_tests::private_dir();
+    let path = dir.path().join("sockhost.toml");
+    std::fs::write(&path, "[admin]\nenabled = true\n").unwrap();
+    let (code, text) = sockhost_tests::server::run_to_exit(
+        dir.path(),
+        &["--config", path.to_str().unwrap(), "--plugins", &manifest()],
+        &[("PORT", "0"), ("METRICS_ENABLED", "false")],
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("admin.token: required when the admin API is enabled"), "{text}");
+}
+
+#[test]
+fn an_app_manager_that_cannot_reach_its_database_is_a_one_line_refusal() {
+    let dir = sockhost_tests::private_dir();
+    let path = dir.path().join("sockhost.toml");
+    let nobody = free_port();
+    std::fs::write(
+        &path,
+        format!(
+            "[app_manager]\ndriver = \"postgres\"\n[app_manager.postgres]\ntimeout_ms = 2000\n\
+             [database.postgres]\nhost = \"127.0.0.1\"\nport = {nobody}\n"
+        ),
+    )
+    .unwrap();
+    let (code, text) = sockhost_tests::server::run_to_exit(
+        dir.path(),
+        &["--config", path.to_str().unwrap(), "--plugins", &manifest()],
+        &[("PORT", "0"), ("METRICS_ENABLED", "false")],
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("app-manager driver `postgres`"), "{text}");
+    assert_eq!(text.trim().lines().count(), 1, "{text}");
+}
