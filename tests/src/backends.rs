@@ -939,8 +939,8 @@ impl Drop for PostgresServer {
     }
 }
 
-/// A local SQS-compatible server (moto's, from PyPI: `pip install 'moto[server]'`) on a free
-/// loopback port, stopped when dropped. Never AWS itself.
+/// A local AWS-compatible server (moto's, from PyPI: `pip install 'moto[server]'`: SQS and
+/// DynamoDB among others) on a free loopback port, stopped when dropped. Never AWS itself.
 #[derive(Debug)]
 pub struct SqsServer {
     child: Option<Child>,
@@ -966,34 +966,58 @@ impl SqsServer {
     /// # Panics
     /// If moto is missing or the server does not start in time.
     pub fn start() -> Self {
-        let dir = private_dir();
+        let mut server = Self { child: None, port: 0, _dir: private_dir() };
         for _ in 0..5 {
-            let port = free_port();
-            let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
-            let mut child = Command::new(binary("python3", "PYTHON"))
-                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-                .current_dir(dir.path())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("python3 runs");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if http_answers(port) {
-                    return Self { child: Some(child), port, _dir: dir };
-                }
-                if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            server.port = free_port();
+            if server.launch() {
+                return server;
             }
         }
         panic!(
-            "the SQS server (moto) would not start; install it with pip install 'moto[server]':\n{}",
-            std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default()
+            "the AWS-compatible server (moto) would not start; install it with pip install 'moto[server]':\n{}",
+            std::fs::read_to_string(server._dir.path().join("moto.log")).unwrap_or_default()
         );
+    }
+
+    fn launch(&mut self) -> bool {
+        let log = std::fs::File::create(self._dir.path().join("moto.log")).unwrap();
+        let mut child = Command::new(binary("python3", "PYTHON"))
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .current_dir(self._dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("python3 runs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if http_answers(self.port) {
+                self.child = Some(child);
+                return true;
+            }
+            if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop it at once; everything it held is gone (moto keeps nothing on disk).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again, empty, on the same port.
+    ///
+    /// # Panics
+    /// If it does not come back.
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(self.launch(), "moto did not come back");
     }
 
     /// `http://127.0.0.1:<port>`.

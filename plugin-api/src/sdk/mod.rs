@@ -7,6 +7,7 @@
 //!   and answers [`ErrorCode::PANICKED`](crate::ErrorCode::PANICKED); awaited calls are polled
 //!   by the host's executor with the plugin runtime entered (no thread hop), or spawned on the
 //!   plugin runtime when they must finish even if the host stops waiting.
+//! - [`apps`]: the records an app manager is handed, read and checked.
 //! - [`config`]: a driver's table parsed into its config struct, errors naming the field, and
 //!   the backend's shared connection table (`[database.<backend>]`) that comes along in it.
 //! - [`log`]: a `tracing` subscriber and a panic hook that forward to the host's log.
@@ -19,6 +20,7 @@
 //! - [`export_plugin!`](crate::export_plugin): the root module, `info` and the constructors of
 //!   a plugin from one declaration.
 
+pub mod apps;
 pub mod config;
 mod drivers;
 mod export;

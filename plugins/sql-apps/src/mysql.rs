@@ -11,11 +11,14 @@ use mysql_async::{
     prelude::Queryable,
 };
 use serde_json::{Map, Value};
-use sockhost_plugin_api::{PluginError, sdk::AppManagerDriver};
+use sockhost_plugin_api::{
+    PluginError,
+    sdk::{AppManagerDriver, apps::record},
+};
 
 use crate::{
     config::SqlConfig,
-    record::{ROTATION_COLUMNS, record, within},
+    record::{ROTATION_COLUMNS, within},
 };
 
 /// The reference's JSON fields: nested even where the column is text.

@@ -6,12 +6,15 @@ use std::{
 };
 
 use serde_json::{Map, Value};
-use sockhost_plugin_api::{PluginError, sdk::AppManagerDriver};
+use sockhost_plugin_api::{
+    PluginError,
+    sdk::{AppManagerDriver, apps::record},
+};
 use tokio_postgres::{Client, NoTls, error::SqlState, types::ToSql};
 
 use crate::{
     config::SqlConfig,
-    record::{ROTATION_COLUMNS, record, within},
+    record::{ROTATION_COLUMNS, within},
 };
 
 /// Apps in a PostgreSQL table.
