@@ -1,7 +1,7 @@
 // The harness: the real sockhost binary on a free port, an auth endpoint built on the official
 // `pusher` server SDK, and pusher-js clients pointed at both.
-import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -41,19 +41,79 @@ export function once(emitter, event, what = event) {
   });
 }
 
+/** A PostgreSQL program: on the PATH, else in Debian's newest versioned directory. */
+function pgProgram(name) {
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    if (existsSync(join(dir, name))) return join(dir, name);
+  }
+  const versions = existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').sort() : [];
+  return join('/usr/lib/postgresql', versions.at(-1) ?? '', 'bin', name);
+}
+
+/** A PostgreSQL of the suite's own (initdb in a temp dir, a free port), for apps in a database. */
+async function startPostgres() {
+  const dir = mkdtempSync(join(tmpdir(), 'sockhost-js-pg-'));
+  // PostgreSQL refuses to run as root: as root, its programs run as the postgres user.
+  const asRoot = process.getuid?.() === 0;
+  if (asRoot) execFileSync('chown', ['postgres', dir]);
+  const run = (name, args) => (asRoot
+    ? execFileSync('runuser', ['-u', 'postgres', '--', pgProgram(name), ...args], { stdio: 'ignore' })
+    : execFileSync(pgProgram(name), args, { stdio: 'ignore' }));
+  run('initdb', ['-D', join(dir, 'data'), '-U', 'postgres', '--auth=trust', '--no-sync']);
+  const port = await freePort();
+  const options = `-p ${port} -c listen_addresses=127.0.0.1 -k ${dir} -c fsync=off`;
+  run('pg_ctl', ['-D', join(dir, 'data'), '-l', join(dir, 'log'), '-o', options, '-w', 'start']);
+  return { port, stop: () => run('pg_ctl', ['-D', join(dir, 'data'), '-m', 'immediate', '-w', 'stop']) };
+}
+
+/** Where the test app lives: the configuration file, or (SOCKHOST_APPS=postgres) a PostgreSQL
+ * database of the suite's own, the app created through the admin API. */
+async function appSource() {
+  const file = `
+[[app_manager.array.apps]]
+id = "${APP.id}"
+key = "${APP.key}"
+secret = "${APP.secret}"
+enable_client_messages = true
+`;
+  if (process.env.SOCKHOST_APPS !== 'postgres') return { config: file, created: async () => {}, stop: () => {} };
+  const postgres = await startPostgres();
+  const adminPort = await freePort();
+  const token = 'pusher-js-suite-admin-token-0123456789';
+  return {
+    config: `
+[app_manager]
+driver = "postgres"
+[database.postgres]
+host = "127.0.0.1"
+port = ${postgres.port}
+database = "postgres"
+[admin]
+enabled = true
+host = "127.0.0.1"
+port = ${adminPort}
+token = "${token}"
+`,
+    created: async () => {
+      const response = await fetch(`http://127.0.0.1:${adminPort}/apps`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ ...APP, enable_client_messages: true }),
+      });
+      if (response.status !== 201) throw new Error(`creating the app: ${response.status} ${await response.text()}`);
+    },
+    stop: () => postgres.stop(),
+  };
+}
+
 /** Start sockhost with the test app; resolves when /up answers. With `tls` ({ cert, key }
  * PEM paths) it serves wss:// and https://, which this Node must trust (NODE_EXTRA_CA_CERTS);
  * `env` adds to its environment. */
 export async function startSockhost({ tls, env = {} } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'sockhost-js-'));
   const config = join(dir, 'sockhost.toml');
-  writeFileSync(config, `
-[[app_manager.array.apps]]
-id = "${APP.id}"
-key = "${APP.key}"
-secret = "${APP.secret}"
-enable_client_messages = true
-`);
+  const apps = await appSource();
+  writeFileSync(config, apps.config);
   const port = await freePort();
   const metricsPort = await freePort();
   const binary = join(root, 'target', process.env.SOCKHOST_PROFILE ?? 'debug', 'sockhost');
@@ -75,9 +135,13 @@ enable_client_messages = true
     if (Date.now() > deadline) throw new Error(`sockhost did not answer /up:\n${stderr}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+  await apps.created();
   return {
     port,
-    stop: () => new Promise((resolve) => { child.once('exit', resolve); child.kill('SIGTERM'); }),
+    stop: () => new Promise((resolve) => {
+      child.once('exit', () => { apps.stop(); resolve(); });
+      child.kill('SIGTERM');
+    }),
     signal: (name) => child.kill(name),
     metricsPort,
     stderr: () => stderr,
