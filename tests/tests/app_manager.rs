@@ -306,9 +306,13 @@ async fn admin_changes_reach_every_node_at_once(db: Db) {
     let redis = RedisServer::start();
     let bus = Bus::redis(&redis.url(), "apps");
     let (port_a, port_b) = (free_port(), free_port());
-    // A day-long cache: only the bus can make node B see the changes.
-    let a = node(&bus, &db.config(port_a, 86_400));
-    let b = node(&bus, &db.config(port_b, 86_400));
+    // A day-long cache: only the bus can make node B see the changes. Started together, as a
+    // deployment does: both prepare the empty database's table at the same moment.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| node(&bus, &db.config(port_a, 86_400)));
+        let b = s.spawn(|| node(&bus, &db.config(port_b, 86_400)));
+        (a.join().expect("node A starts"), b.join().expect("node B starts"))
+    });
     for server in [&a, &b] {
         server.wait_for_metric("sockhost_cluster_nodes", |n| n as usize == 2).await;
     }

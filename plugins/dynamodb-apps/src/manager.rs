@@ -116,7 +116,8 @@ impl DynamoApps {
             .projection(Projection::builder().projection_type(ProjectionType::All).build())
             .build()
             .map_err(build_error)?;
-        self.client
+        let created = self
+            .client
             .create_table()
             .table_name(&self.table)
             .attribute_definitions(attribute("id")?)
@@ -125,8 +126,13 @@ impl DynamoApps {
             .global_secondary_indexes(index)
             .billing_mode(BillingMode::PayPerRequest)
             .send()
-            .await
-            .map_err(|e| failed("CreateTable", &e))?;
+            .await;
+        match created {
+            Ok(_) => {}
+            // A node starting at the same time created it first.
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
+            Err(e) => return Err(failed("CreateTable", &e)),
+        }
         // A new table is usable once ACTIVE.
         for _ in 0..60 {
             let table = self.client.describe_table().table_name(&self.table).send().await;

@@ -122,12 +122,18 @@ impl MysqlApps {
         for (column, kind) in ROTATION_COLUMNS {
             if !columns.contains_key(column) {
                 let kind = if kind == "BIGINT" { "BIGINT NULL" } else { "VARCHAR(255) NULL" };
-                within(
+                let added = within(
                     timeout,
                     conn.query_drop(format!("ALTER TABLE `{table}` ADD COLUMN {column} {kind}")),
                 )
-                .await?
-                .map_err(|e| PluginError::config(format!("adding {column} to {table}: {e}")))?;
+                .await?;
+                match added {
+                    // ER_DUP_FIELDNAME: a node starting at the same time added it first.
+                    Err(mysql_async::Error::Server(e)) if e.code == 1060 => {}
+                    other => other.map_err(|e| {
+                        PluginError::config(format!("adding {column} to {table}: {e}"))
+                    })?,
+                }
             }
         }
         columns = read_columns(&mut conn, &table, timeout).await?;

@@ -80,16 +80,19 @@ impl PostgresApps {
                 updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
             )"#
         );
-        let mut statements = vec![create];
+        // Nodes starting together would race on the catalog (`IF NOT EXISTS` is not atomic
+        // in PostgreSQL): one transaction under an advisory lock per table makes them take turns.
+        let mut script =
+            format!("BEGIN; SELECT pg_advisory_xact_lock(hashtext('sockhost:{table}')); {create};");
         for (column, kind) in ROTATION_COLUMNS {
-            statements
-                .push(format!(r#"ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS {column} {kind}"#));
+            script.push_str(&format!(
+                r#" ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS {column} {kind};"#
+            ));
         }
-        for statement in &statements {
-            within(timeout, client.batch_execute(statement))
-                .await?
-                .map_err(|e| PluginError::config(format!("preparing table {table}: {e}")))?;
-        }
+        script.push_str(" COMMIT;");
+        within(timeout, client.batch_execute(&script))
+            .await?
+            .map_err(|e| PluginError::config(format!("preparing table {table}: {e}")))?;
         let rows = within(
             timeout,
             client.query(
