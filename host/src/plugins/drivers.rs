@@ -175,19 +175,7 @@ impl Drivers {
                 || Some(builtin::none_rate_limiter()),
             )
             .await;
-        let app_manager = match &selection.app_manager {
-            None => Ok(None),
-            Some(choice) => ctx
-                .build(DriverKind::APP_MANAGER, choice, None, |m| m.app_manager(), || None)
-                .await
-                .map(|made| {
-                    Some(Arc::new(AppManager(Named::new(
-                        DriverKind::APP_MANAGER,
-                        &choice.name,
-                        made,
-                    ))))
-                }),
-        };
+        let app_manager = ctx.app_manager(selection.app_manager.as_ref()).await;
         let (transport, cache, queue, rate_limiter, app_manager) =
             match (transport, cache, queue, rate_limiter, app_manager) {
                 (Ok(t), Ok(c), Ok(q), Ok(r), Ok(a)) => (t, c, q, r, a),
@@ -250,6 +238,18 @@ type Ctor<T> = extern "C" fn(
 ) -> sockhost_plugin_api::abi::FfiFuture<PResult<T>>;
 
 impl Ctx<'_> {
+    /// The app manager, if one is chosen (`None`: the configuration file's apps).
+    async fn app_manager(
+        &self,
+        choice: Option<&DriverChoice>,
+    ) -> Result<Option<Arc<AppManager>>, DriverError> {
+        let Some(choice) = choice else { return Ok(None) };
+        let made =
+            self.build(DriverKind::APP_MANAGER, choice, None, |m| m.app_manager(), || None).await?;
+        let named = Named::new(DriverKind::APP_MANAGER, &choice.name, made);
+        Ok(Some(Arc::new(AppManager(named))))
+    }
+
     async fn build<T>(
         &self,
         kind: DriverKind,

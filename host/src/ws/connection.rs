@@ -162,15 +162,8 @@ pub(super) async fn run(
     let timer = tokio::time::sleep(ctx.settings.activity_timeout);
     tokio::pin!(close_requested, shutting_down, app_ended, signin_deadline, timer);
     // Apps that require sign-in give a connection this long to do it.
-    let signin_required = app.enable_user_authentication;
-    let mut stops = Stops {
-        close_requested,
-        shutting_down,
-        app_ended,
-        signin_deadline,
-        signin_required,
-        closer: &closer,
-    };
+    let signin = (signin_deadline, app.enable_user_authentication);
+    let mut stops = Stops::new(close_requested, shutting_down, app_ended, signin, &closer);
     let mut keepalive = Keepalive::new(timer, &ctx.settings);
 
     let end = loop {
@@ -207,17 +200,22 @@ pub(super) async fn run(
     };
 
     if let End::Close(code) = end {
-        if code == codes::OVER_CAPACITY {
-            ctx.metrics.slow_consumer_disconnections.inc();
-        }
-        tracing::debug!(code, reason = close_reason(code), "Closing.");
-        refuse(&mut sink, dialect, patience, code, close_reason(code)).await;
+        close_with(&mut sink, dialect, patience, code, &ctx).await;
     }
     session.end().await;
     ctx.adapter.release(&app.id);
     ctx.metrics.connected.dec();
     ctx.metrics.disconnections.inc();
     tracing::debug!("Disconnected.");
+}
+
+/// The server ends the connection with `code` (counted when the client was too slow).
+async fn close_with(sink: &mut Sink, dialect: Dialect, patience: Duration, code: u16, ctx: &Ctx) {
+    if code == codes::OVER_CAPACITY {
+        ctx.metrics.slow_consumer_disconnections.inc();
+    }
+    tracing::debug!(code, reason = close_reason(code), "Closing.");
+    refuse(sink, dialect, patience, code, close_reason(code)).await;
 }
 
 /// What ends a connection from outside its socket: a close requested by the node, the node
@@ -231,7 +229,17 @@ struct Stops<'a> {
     closer: &'a Closer,
 }
 
-impl Stops<'_> {
+impl<'a> Stops<'a> {
+    fn new(
+        close_requested: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
+        shutting_down: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
+        app_ended: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
+        (signin_deadline, signin_required): (Pin<&'a mut Sleep>, bool),
+        closer: &'a Closer,
+    ) -> Self {
+        Self { close_requested, shutting_down, app_ended, signin_deadline, signin_required, closer }
+    }
+
     /// Resolves with the end when one of them comes, in that order of precedence.
     async fn any(&mut self, signed_in: bool) -> End {
         tokio::select! {
