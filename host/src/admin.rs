@@ -129,6 +129,9 @@ fn manager(ctx: &Ctx) -> Result<&Arc<AppManager>, AdminError> {
 
 /// A record as answered to the operator: the app's fields, without the previous secret.
 fn shown(record: &str) -> Result<Value, AdminError> {
+    if record.len() > MAX_BODY {
+        return Err(AdminError(StatusCode::BAD_GATEWAY, "A stored app is too large".into()));
+    }
     let mut value: Value = serde_json::from_str(record).map_err(|e| {
         AdminError(StatusCode::BAD_GATEWAY, format!("The stored app is not JSON: {e}"))
     })?;
@@ -142,8 +145,17 @@ fn shown(record: &str) -> Result<Value, AdminError> {
 async fn stored(ctx: &Ctx, id: &str) -> Result<Map<String, Value>, AdminError> {
     let not_found = || AdminError(StatusCode::NOT_FOUND, format!("App {id} does not exist"));
     let record = manager(ctx)?.find_by_id(id).await?.ok_or_else(not_found)?;
+    if record.len() > MAX_BODY {
+        return Err(AdminError(StatusCode::BAD_GATEWAY, "The stored app is too large".into()));
+    }
     match serde_json::from_str(&record) {
-        Ok(Value::Object(object)) => Ok(object),
+        // A database that compares ids loosely (MySQL's collations ignore case) answers
+        // another id: that is not the app asked for, and its changes would be announced
+        // under the wrong id.
+        Ok(Value::Object(object)) if object.get("id").and_then(Value::as_str) == Some(id) => {
+            Ok(object)
+        }
+        Ok(Value::Object(_)) => Err(not_found()),
         _ => Err(AdminError(StatusCode::BAD_GATEWAY, "The stored app is not a JSON object".into())),
     }
 }
@@ -296,6 +308,7 @@ async fn enable(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Answer {
 }
 
 async fn remove(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Answer {
+    stored(&ctx, &id).await?;
     if !manager(&ctx)?.delete(&id).await? {
         return Err(AdminError(StatusCode::NOT_FOUND, format!("App {id} does not exist")));
     }

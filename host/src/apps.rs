@@ -73,6 +73,11 @@ const MAX_RECORD_BYTES: usize = 64 * 1024;
 const MAX_KEY_LENGTH: usize = 255;
 /// Apps one node keeps cached at most; past it, lookups still work but are not kept.
 const MAX_CACHED_APPS: usize = 100_000;
+/// How long a key the database did not know is refused without asking again. Any announced
+/// change clears them, so an app created on another node is found at once.
+const MISS_TTL: Duration = Duration::from_secs(2);
+/// Unknown keys remembered at most.
+const MAX_MISSES: usize = 10_000;
 /// Lookups in the database at once; the rest wait (up to the lookup timeout) for a turn, so a
 /// flood of unknown keys cannot become a flood of queries.
 const CONCURRENT_LOOKUPS: usize = 32;
@@ -138,6 +143,12 @@ struct Cached {
     by_id: HashMap<String, (Arc<App>, Instant)>,
     /// Key to id.
     by_key: HashMap<String, String>,
+    /// Keys the database did not know, and when it said so: a flood of made-up keys costs one
+    /// query each per [`MISS_TTL`], not one per connection.
+    misses: HashMap<String, Instant>,
+    /// Bumped by every change announced; a fetch that began before is not kept (it may have
+    /// read the app as it was before the change).
+    generation: u64,
 }
 
 /// How an app is looked for.
@@ -207,13 +218,20 @@ impl Apps {
         }
     }
 
-    /// Drop the cached app with this id, so the next lookup asks the database; the app as it
-    /// is now, or `None` when it is gone or the database did not answer.
+    /// The app's record changed: ask the database for it now. The app as it is now
+    /// (`Unknown` when it is gone, and forgotten); `Unavailable` when the database did not
+    /// answer, and the cached app is kept until it does.
     pub(crate) async fn refresh(&self, id: &str) -> Lookup {
-        if let Some(store) = &self.store {
-            store.forget(id);
+        let Some(store) = &self.store else { return self.by_id(id).await };
+        let generation = store.changed();
+        match store.fetch(By::Id(id)).await {
+            Ok(Some(app)) => Lookup::Found(store.keep(app, generation)),
+            Ok(None) => {
+                store.forget(id);
+                Lookup::Unknown
+            }
+            Err(_) => Lookup::Unavailable,
         }
-        self.by_id(id).await
     }
 
     /// A record (the admin API's input, or a row) checked as the configuration file's apps are.
@@ -256,18 +274,22 @@ impl Store {
         let asked = match by {
             By::Id(s) | By::Key(s) => s,
         };
-        if asked.is_empty() || asked.len() > MAX_KEY_LENGTH {
+        if asked.is_empty() || asked.len() > MAX_KEY_LENGTH || self.missed(by) {
             self.count("unknown");
             return Lookup::Unknown;
         }
+        let generation = self.read().generation;
         match self.fetch(by).await {
             Ok(Some(app)) => {
                 self.count("fetched");
-                Lookup::Found(self.keep(app))
+                Lookup::Found(self.keep(app, generation))
             }
             Ok(None) => {
                 if let Some((app, _)) = cached {
                     self.forget(&app.id);
+                }
+                if let By::Key(key) = by {
+                    self.miss(key);
                 }
                 self.count("unknown");
                 Lookup::Unknown
@@ -321,9 +343,38 @@ impl Store {
         }
     }
 
-    fn keep(&self, app: App) -> Arc<App> {
+    /// Whether the database said lately that it does not know this key.
+    fn missed(&self, by: By<'_>) -> bool {
+        let By::Key(key) = by else { return false };
+        self.read().misses.get(key).is_some_and(|at| at.elapsed() < MISS_TTL)
+    }
+
+    fn miss(&self, key: &str) {
+        let mut cached = self.write();
+        if cached.misses.len() >= MAX_MISSES {
+            cached.misses.retain(|_, at| at.elapsed() < MISS_TTL);
+        }
+        if cached.misses.len() < MAX_MISSES {
+            cached.misses.insert(key.to_string(), Instant::now());
+        }
+    }
+
+    /// A change was announced: fetches begun before it are not kept, and no key is known to
+    /// be missing any more. The new generation.
+    fn changed(&self) -> u64 {
+        let mut cached = self.write();
+        cached.generation += 1;
+        cached.misses.clear();
+        cached.generation
+    }
+
+    /// Cache `app`, fetched in `generation`, unless a change was announced since.
+    fn keep(&self, app: App, generation: u64) -> Arc<App> {
         let app = Arc::new(app);
         let mut cached = self.write();
+        if cached.generation != generation {
+            return app;
+        }
         if let Some((old, _)) = cached.by_id.get(&app.id)
             && old.key != app.key
         {

@@ -195,16 +195,29 @@ fn with_app(
     });
 }
 
-/// An app's record changed (here or on another node): drop the cached app and look it up
-/// again; if it is disabled or gone, its connections on this node close with 4003. If the app
-/// manager does not answer, the cached app is kept (and looked up again on the next miss).
+/// An app's record changed (here or on another node): look it up again; if it is disabled or
+/// gone, its connections on this node close with 4003. If the app manager does not answer, the
+/// cached app is kept and the lookup retried with backoff.
 pub(crate) async fn app_changed(ctx: &Arc<Ctx>, app_id: &str) {
-    match ctx.apps.refresh(app_id).await {
-        Lookup::Found(app) if app.enabled => {}
-        Lookup::Found(_) | Lookup::Unknown => {
-            tracing::info!(app = app_id, "The app is disabled or gone; closing its connections.");
-            ctx.adapter.end_app(app_id);
+    // A change must not be missed because the database blinked: ask again, a few times.
+    let mut wait = std::time::Duration::from_millis(250);
+    for _ in 0..6 {
+        match ctx.apps.refresh(app_id).await {
+            Lookup::Found(app) if app.enabled => return,
+            Lookup::Found(_) | Lookup::Unknown => {
+                tracing::info!(
+                    app = app_id,
+                    "The app is disabled or gone; closing its connections."
+                );
+                return ctx.adapter.end_app(app_id);
+            }
+            Lookup::Unavailable => {}
         }
-        Lookup::Unavailable => {}
+        tokio::time::sleep(wait).await;
+        wait *= 2;
     }
+    tracing::warn!(
+        app = app_id,
+        "A change to the app could not be read; the cached app stays until its TTL."
+    );
 }

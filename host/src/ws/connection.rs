@@ -102,10 +102,10 @@ async fn admit(
             let reason = format!("App key {key} does not exist");
             return Err(Refused::new(codes::APP_NOT_FOUND, reason));
         }
-        // Told apart from an unknown key only in the reason: the client's answer is the same.
+        // 4100, not 4001: pusher-js gives up on 4000-4099, and this passes with the outage.
         Lookup::Unavailable => {
             let reason = format!("App key {key} could not be looked up; retry later");
-            return Err(Refused::new(codes::APP_NOT_FOUND, reason));
+            return Err(Refused::new(codes::OVER_CAPACITY, reason));
         }
     };
     if !app.enabled {
@@ -156,8 +156,7 @@ pub(super) async fn run(
     // Made once, not per loop turn: registering with a notifier on every message costs.
     let close_requested = closer.wait();
     let shutting_down = ctx.shutdown.cancelled();
-    let app_ending = ctx.adapter.app_ending(&app.id);
-    let app_ended = app_ending.cancelled();
+    let app_ended = app_ended(&ctx, &app.id);
     let signin_deadline = tokio::time::sleep(ctx.settings.user_authentication_timeout);
     let timer = tokio::time::sleep(ctx.settings.activity_timeout);
     tokio::pin!(close_requested, shutting_down, app_ended, signin_deadline, timer);
@@ -293,6 +292,18 @@ async fn finish_write(
                 stall.as_mut().reset(Instant::now() + write_timeout);
             }
             written = &mut write => return written.is_err().then_some(End::Gone),
+        }
+    }
+}
+
+/// Resolves when the app is disabled or deleted. Its token is taken after the lookup, so an
+/// app disabled in between is caught by looking at the app once more.
+fn app_ended(ctx: &Ctx, app_id: &str) -> impl Future<Output = ()> + Send + 'static {
+    let ending = ctx.adapter.app_ending(app_id);
+    let disabled = ctx.apps.known(app_id).is_some_and(|app| !app.enabled);
+    async move {
+        if !disabled {
+            ending.cancelled_owned().await;
         }
     }
 }

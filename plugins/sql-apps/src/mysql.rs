@@ -252,12 +252,12 @@ fn to_sql(value: &Value) -> Sql {
 
 impl AppManagerDriver for MysqlApps {
     async fn find_by_id(&self, id: &str) -> Result<Option<String>, PluginError> {
-        let statement = format!("{} WHERE id = ?", self.select());
+        let statement = format!("{} WHERE id = ? LIMIT 1", self.select());
         Ok(self.rows(statement, vec![id.into()]).await?.pop())
     }
 
     async fn find_by_key(&self, key: &str) -> Result<Option<String>, PluginError> {
-        let statement = format!("{} WHERE `key` = ?", self.select());
+        let statement = format!("{} WHERE `key` = ? LIMIT 1", self.select());
         Ok(self.rows(statement, vec![key.into()]).await?.pop())
     }
 

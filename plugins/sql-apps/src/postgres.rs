@@ -156,8 +156,9 @@ impl PostgresApps {
 
     async fn find(&self, column: &str, value: &str) -> Result<Option<String>, PluginError> {
         let table = &self.table;
-        let statement =
-            format!(r#"SELECT row_to_json(t)::text FROM "{table}" t WHERE t.{column} = $1"#);
+        let statement = format!(
+            r#"SELECT row_to_json(t)::text FROM "{table}" t WHERE t.{column} = $1 LIMIT 1"#
+        );
         let rows = self.rows(&statement, &[&value]).await?;
         Ok(rows.first().map(|row| row.get::<_, String>(0)))
     }
