@@ -127,37 +127,34 @@ fn manager(ctx: &Ctx) -> Result<&Arc<AppManager>, AdminError> {
     })
 }
 
-/// A record as answered to the operator: the app's fields, without the previous secret.
-fn shown(record: &str) -> Result<Value, AdminError> {
+/// A record as the app manager answered it: bounded, a JSON object (else 502).
+fn parse_stored(record: &str) -> Result<Map<String, Value>, AdminError> {
     if record.len() > MAX_BODY {
         return Err(AdminError(StatusCode::BAD_GATEWAY, "A stored app is too large".into()));
     }
-    let mut value: Value = serde_json::from_str(record).map_err(|e| {
-        AdminError(StatusCode::BAD_GATEWAY, format!("The stored app is not JSON: {e}"))
-    })?;
-    if let Some(object) = value.as_object_mut() {
-        object.remove("previous_secret");
+    match serde_json::from_str(record) {
+        Ok(Value::Object(object)) => Ok(object),
+        _ => Err(AdminError(StatusCode::BAD_GATEWAY, "A stored app is not a JSON object".into())),
     }
-    Ok(value)
+}
+
+/// A record as answered to the operator: the app's fields, without the previous secret.
+fn shown(mut record: Map<String, Value>) -> Value {
+    record.remove("previous_secret");
+    Value::Object(record)
 }
 
 /// The stored record of an app, or 404.
 async fn stored(ctx: &Ctx, id: &str) -> Result<Map<String, Value>, AdminError> {
     let not_found = || AdminError(StatusCode::NOT_FOUND, format!("App {id} does not exist"));
     let record = manager(ctx)?.find_by_id(id).await?.ok_or_else(not_found)?;
-    if record.len() > MAX_BODY {
-        return Err(AdminError(StatusCode::BAD_GATEWAY, "The stored app is too large".into()));
+    let record = parse_stored(&record)?;
+    // A database that compares ids loosely (MySQL's collations ignore case) answers another
+    // id: that is not the app asked for, and its changes would be announced under the wrong id.
+    if record.get("id").and_then(Value::as_str) != Some(id) {
+        return Err(not_found());
     }
-    match serde_json::from_str(&record) {
-        // A database that compares ids loosely (MySQL's collations ignore case) answers
-        // another id: that is not the app asked for, and its changes would be announced
-        // under the wrong id.
-        Ok(Value::Object(object)) if object.get("id").and_then(Value::as_str) == Some(id) => {
-            Ok(object)
-        }
-        Ok(Value::Object(_)) => Err(not_found()),
-        _ => Err(AdminError(StatusCode::BAD_GATEWAY, "The stored app is not a JSON object".into())),
-    }
+    Ok(record)
 }
 
 #[derive(Deserialize)]
@@ -174,11 +171,9 @@ async fn list(State(ctx): State<Arc<Ctx>>, Query(page): Query<Page>) -> Answer {
             let records = manager.list(&after, limit).await?;
             let mut apps = Vec::with_capacity(records.len());
             for record in records.iter().take(limit as usize) {
-                let mut app = shown(record)?;
-                if let Some(object) = app.as_object_mut() {
-                    object.remove("secret");
-                }
-                apps.push(app);
+                let mut app = parse_stored(record)?;
+                app.remove("secret");
+                apps.push(shown(app));
             }
             apps
         }
@@ -209,8 +204,7 @@ async fn show(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Answer {
             _ => Err(AdminError(StatusCode::NOT_FOUND, format!("App {id} does not exist"))),
         };
     }
-    let record = Value::Object(stored(&ctx, &id).await?);
-    Ok(Json(shown(&record.to_string())?).into_response())
+    Ok(Json(shown(stored(&ctx, &id).await?)).into_response())
 }
 
 /// A request body: a JSON object of app fields the configuration file knows, none reserved.
@@ -239,10 +233,10 @@ fn random_hex(bytes: usize) -> String {
     (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
 }
 
-/// Check a whole record as a node will read it (400 with the problem), then write it with
-/// `write`, and make the change known here and on every node.
+/// Check a whole record as a node will read it (400 with the problem), create or update it,
+/// and make the change known here and on every node.
 async fn save(ctx: &Arc<Ctx>, id: &str, record: Map<String, Value>, created: bool) -> Answer {
-    let text = Value::Object(record).to_string();
+    let text = serde_json::to_string(&record).map_err(|e| AdminError::bad(e.to_string()))?;
     ctx.apps.parse_record(&text).map_err(|e| AdminError::bad(format!("Invalid app: {e}")))?;
     let manager = manager(ctx)?;
     if created {
@@ -252,7 +246,7 @@ async fn save(ctx: &Arc<Ctx>, id: &str, record: Map<String, Value>, created: boo
     }
     announce(ctx, id).await;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(shown(&text)?)).into_response())
+    Ok((status, Json(shown(record))).into_response())
 }
 
 /// This node looks the app up again (closing its connections if it is disabled or gone), and

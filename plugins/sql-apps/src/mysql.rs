@@ -18,7 +18,7 @@ use sockhost_plugin_api::{
 
 use crate::{
     config::SqlConfig,
-    record::{ROTATION_COLUMNS, within},
+    record::{ROTATION_COLUMNS, within, written},
 };
 
 /// The reference's JSON fields: nested even where the column is text.
@@ -178,10 +178,7 @@ impl MysqlApps {
 
     /// The record's fields that are columns (not `id` nor the timestamps), with their values.
     fn writable(&self, record: &Map<String, Value>) -> Vec<(String, Sql)> {
-        record
-            .iter()
-            .filter(|(k, _)| !["id", "created_at", "updated_at"].contains(&k.as_str()))
-            .filter(|(k, _)| self.columns.contains_key(k.as_str()))
+        written(record, |k| self.columns.contains_key(k))
             .map(|(k, v)| (format!("`{k}`"), to_sql(v)))
             .collect()
     }

@@ -14,7 +14,7 @@ use tokio_postgres::{Client, NoTls, error::SqlState, types::ToSql};
 
 use crate::{
     config::SqlConfig,
-    record::{ROTATION_COLUMNS, within},
+    record::{ROTATION_COLUMNS, within, written},
 };
 
 /// Apps in a PostgreSQL table.
@@ -166,12 +166,7 @@ impl PostgresApps {
     /// The record's fields that are columns of the table, quoted: not `id` (the key of the
     /// row), nor the timestamps the database keeps.
     fn writable(&self, record: &Map<String, Value>) -> Vec<String> {
-        record
-            .keys()
-            .filter(|k| !["id", "created_at", "updated_at"].contains(&k.as_str()))
-            .filter(|k| self.columns.contains(k.as_str()))
-            .map(|k| format!(r#""{k}""#))
-            .collect()
+        written(record, |k| self.columns.contains(k)).map(|(k, _)| format!(r#""{k}""#)).collect()
     }
 }
 

@@ -1,7 +1,8 @@
-//! What both SQL drivers share: the rotation columns, statement deadlines.
+//! What both SQL drivers share: the rotation columns, statement deadlines, the fields written.
 
 use std::time::Duration;
 
+use serde_json::{Map, Value};
 use sockhost_plugin_api::PluginError;
 
 /// The columns this server adds to the reference's table when they are missing: the previous
@@ -14,4 +15,16 @@ pub async fn within<F: Future>(limit: Duration, work: F) -> Result<F::Output, Pl
     tokio::time::timeout(limit, work)
         .await
         .map_err(|_| PluginError::timeout(format!("the database did not answer within {limit:?}")))
+}
+
+/// A record's fields that are written to a table with the columns `has`: not `id` (the key of
+/// the row), nor the timestamps the database keeps, nor fields the table has no column for.
+pub fn written(
+    record: &Map<String, Value>,
+    has: impl Fn(&str) -> bool,
+) -> impl Iterator<Item = (&String, &Value)> {
+    record
+        .iter()
+        .filter(|(k, _)| !["id", "created_at", "updated_at"].contains(&k.as_str()))
+        .filter(move |(k, _)| has(k))
 }
