@@ -1067,10 +1067,15 @@ impl MariaDbServer {
     pub fn start() -> Self {
         let dir = private_dir();
         let data = dir.path().join("data");
+        // Its own temp dir: the bootstrap's temporary tables otherwise live in the shared
+        // /tmp, where another bootstrap or a cleaner can take them from under it.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("a MariaDB temp dir");
         let mut install = Command::new(mariadb_program("mariadb-install-db"));
         install
             .args(["--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db"])
-            .arg(format!("--datadir={}", data.display()));
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()));
         if is_root() {
             install.arg("--user=root");
         }
@@ -1098,6 +1103,7 @@ impl MariaDbServer {
         command
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--tmpdir={}", dir.join("tmp").display()))
             .arg(format!("--port={}", self.port))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
