@@ -16,7 +16,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, Path, Query, Request, State},
-    http::{StatusCode, header},
+    http::{Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -29,6 +29,7 @@ use crate::{
     apps::Lookup,
     cluster_events,
     config::AppConfig,
+    console::{self, session},
     metrics::Metrics,
     plugins::{AppManager, ErrorCode},
     server::Ctx,
@@ -76,29 +77,43 @@ type Answer = Result<Response, AdminError>;
 
 /// The admin router, every route behind the token.
 pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
-    Router::new()
+    let signed = Router::new()
         .route("/apps", get(list).post(create))
         .route("/apps/{id}", get(show).patch(update).delete(remove))
         .route("/apps/{id}/disable", post(disable))
         .route("/apps/{id}/enable", post(enable))
         .route("/apps/{id}/rotate-secret", post(rotate))
-        .route("/openapi.json", get(openapi))
+        .route("/openapi.json", get(openapi));
+    console::signed(signed)
         .layer(middleware::from_fn_with_state(ctx.clone(), authorize))
+        .merge(console::public())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(ctx)
 }
 
-/// Refuse a request without the token (401), and count every request by outcome.
-async fn authorize(State(ctx): State<Arc<Ctx>>, request: Request, next: Next) -> Response {
-    let token = ctx.settings.admin.as_ref().map(|a| a.token.as_bytes()).unwrap_or_default();
-    let given = request
-        .headers()
+/// Whether the request carries the token, or comes from a signed-in console (its cookie, and
+/// for anything but a read its own header, so another site's form cannot use the cookie).
+fn authorized(token: &str, request: &Request) -> bool {
+    // Never an empty token: the configuration refuses to enable the API without one.
+    if token.is_empty() {
+        return false;
+    }
+    let headers = request.headers();
+    let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    // Never an empty token: the configuration refuses to enable the API without one.
-    if token.is_empty() || !bool::from(given.as_bytes().ct_eq(token)) {
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(given) = given {
+        return bool::from(given.as_bytes().ct_eq(token.as_bytes()));
+    }
+    let read = request.method() == Method::GET || request.method() == Method::HEAD;
+    session::signed_in(token, headers) && (read || headers.contains_key(session::CONSOLE_HEADER))
+}
+
+/// Refuse a request without the token (401), and count every request by outcome.
+async fn authorize(State(ctx): State<Arc<Ctx>>, request: Request, next: Next) -> Response {
+    let token = ctx.settings.admin.as_ref().map_or("", |a| a.token.as_str());
+    if !authorized(token, &request) {
         Metrics::count(&ctx.metrics.admin_requests, "outcome", "unauthorized");
         return AdminError(StatusCode::UNAUTHORIZED, "A valid admin token is required".into())
             .into_response();

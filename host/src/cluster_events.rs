@@ -73,7 +73,12 @@ impl Host for Node {
     }
 
     fn answer(&self, query: Query) -> Value {
-        self.0.adapter.answer(query)
+        match query {
+            Query::Figures { app } => crate::cluster::query::answer_value(
+                &crate::console::live::local_figures(&self.0, &app),
+            ),
+            query => self.0.adapter.answer(query),
+        }
     }
 
     fn broadcast(
@@ -106,6 +111,14 @@ impl Host for Node {
     fn app_changed(&self, app: &str) {
         let (ctx, app) = (self.0.clone(), app.to_string());
         tokio::spawn(async move { app_changed(&ctx, &app).await });
+    }
+
+    fn console_watched(&self, node: u64, app: &str) {
+        self.0.console.tap.watched_by(node, app);
+    }
+
+    fn console_entries(&self, node: u64, app: &str, entries: Vec<Value>) {
+        self.0.console.tap.received(&format!("{node:016x}"), app, entries);
     }
 
     fn user_status_changed(&self, app: &str, user: &str, online: bool) {

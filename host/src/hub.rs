@@ -434,6 +434,15 @@ impl Hub {
         }
     }
 
+    /// Connections per app on this node (apps without any left out).
+    pub(crate) fn connection_counts(&self) -> HashMap<String, u64> {
+        let apps = self.apps.read().expect("hub lock");
+        apps.iter()
+            .map(|(id, app)| (id.clone(), app.connections.load(Ordering::Acquire)))
+            .filter(|(_, count)| *count > 0)
+            .collect()
+    }
+
     /// The app's connections on this node.
     pub(crate) fn connection_count(&self, app_id: &str) -> u64 {
         self.existing(app_id).map_or(0, |a| a.connections.load(Ordering::Acquire))

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod cluster;
 pub(crate) mod cluster_events;
 pub mod config;
+pub(crate) mod console;
 pub mod delta;
 pub(crate) mod edge;
 pub mod fuzzing;

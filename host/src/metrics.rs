@@ -110,6 +110,12 @@ pub(crate) struct Metrics {
     pub webhooks_dropped: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// HTTP triggers that met congested subscribers, by outcome (`delayed`, `refused`).
     pub publish_pushback: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Debug consoles watching a live log on this node.
+    pub console_viewers: Gauge,
+    /// Debug console logs cut off because the browser did not keep up.
+    pub console_viewers_dropped: Counter,
+    /// Other nodes' console watches refused: too many apps watched on this node.
+    pub console_watches_refused: Counter,
     plugin_counters: Family<Vec<(&'static str, String)>, Gauge<i64, AtomicI64>>,
     plugins: Arc<PluginCounters>,
 }
@@ -294,6 +300,17 @@ impl Metrics {
                 self.app_lookups
             ),
             ("admin_requests", "Admin API requests, by outcome", self.admin_requests),
+            ("console_viewers", "Debug console live logs open on this node", self.console_viewers),
+            (
+                "console_viewers_dropped",
+                "Debug console live logs cut off because the browser fell behind",
+                self.console_viewers_dropped
+            ),
+            (
+                "console_watches_refused",
+                "Console watches from other nodes refused: too many apps watched here",
+                self.console_watches_refused
+            ),
             (
                 "tls_certificate_reloads",
                 "Certificate reloads (file change or SIGHUP), by outcome; a failed one keeps the old certificate",

@@ -68,6 +68,8 @@ pub(crate) struct Ctx {
     pub edge: Arc<Edge>,
     /// Whether this node wants new traffic.
     pub readiness: Readiness,
+    /// The debug console's live log and figures.
+    pub console: crate::console::Console,
     socket_prefix: u32,
     socket_counter: AtomicU64,
 }
@@ -84,6 +86,7 @@ impl Ctx {
         let edge = Edge::new(&settings.edge, &metrics);
         metrics.ready.set(1);
         Self {
+            console: crate::console::Console::new(cluster.node_id, &metrics),
             edge,
             readiness: Readiness::new(settings.max_memory_percent, settings.max_memory_bytes),
             apps: match &drivers.app_manager {
@@ -379,6 +382,8 @@ pub async fn run(
     tokio::spawn(watch_memory(ctx.clone()));
     tokio::spawn(watch_backends(ctx.clone()));
     tokio::spawn(signal_shutdown(ctx.clone(), shutdown));
+    // On every node: another node's console may watch this one's log and figures.
+    tokio::spawn(crate::console::run(ctx.clone()));
     if let Some(listener) = metrics_listener {
         let app = Router::new().route("/metrics", get(render_metrics)).with_state(ctx.clone());
         serve_beside(&ctx, listener, app, "Metrics")?;

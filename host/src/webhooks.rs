@@ -15,12 +15,13 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::{
     apps::App,
     config::WebhookSettings,
+    console::{self, Entry},
     metrics::Metrics,
     plugins::{JobError, JobFuture, QueuedJob},
     protocol::signature,
@@ -204,6 +205,12 @@ impl Webhooks {
         }
     }
 
+    /// The app's webhook batches waiting in the outbox.
+    pub(crate) fn queued(&self, app_id: &str) -> u64 {
+        let budgets = self.budgets.lock().expect("webhook lock");
+        budgets.get(app_id).map_or(0, |b| u64::try_from(b.queued).unwrap_or(u64::MAX))
+    }
+
     /// An entry of the app's left the outbox.
     fn release_share(&self, app_id: &str) {
         if let Some(budget) = self.budgets.lock().expect("webhook lock").get_mut(app_id) {
@@ -374,6 +381,26 @@ async fn enqueue(ctx: &Ctx, app: &App, events: Vec<Hook>) {
     }
 }
 
+/// Count a delivery's outcome in its app's figures (`delivered`: `None` while it will be
+/// retried) and show it in the app's live log. A job naming an app this node does not know
+/// is not counted: the queue's content is not trusted to pick the keys of the figures.
+fn observed(ctx: &Ctx, delivery: &Delivery, delivered: Option<bool>, outcome: &str) {
+    if let (Some(delivered), Some(_)) = (delivered, ctx.apps.known(&delivery.app_id)) {
+        ctx.console.stats.webhook(&delivery.app_id, delivered);
+    }
+    ctx.console.tap.record(&delivery.app_id, || {
+        let body: Value = serde_json::from_str(&delivery.body).unwrap_or_default();
+        let names: Vec<&str> = body["events"]
+            .as_array()
+            .map(|events| events.iter().filter_map(|e| e["name"].as_str()).collect())
+            .unwrap_or_default();
+        Entry::new(console::Kind::Webhook)
+            .event(&names.join(", "))
+            .detail(format!("{outcome}: {}", delivery.url))
+            .data(&delivery.body)
+    });
+}
+
 /// The consumer of the webhook queue: POST one delivery. A failure or a non-2xx answer fails
 /// the attempt (the queue retries it later) until the last attempt, which gives up.
 pub(crate) fn deliver(
@@ -398,7 +425,7 @@ pub(crate) fn deliver(
             }
             let outcome = match request
                 .header("content-type", "application/json")
-                .body(delivery.body)
+                .body(delivery.body.clone())
                 .send()
                 .await
             {
@@ -409,16 +436,19 @@ pub(crate) fn deliver(
             match outcome {
                 Ok(()) => {
                     ctx.metrics.webhooks_sent.inc();
+                    observed(&ctx, &delivery, Some(true), "delivered");
                     Ok(())
                 }
                 Err(why) if job.attempt >= settings.max_attempts => {
                     ctx.metrics.webhooks_failed.inc();
+                    observed(&ctx, &delivery, Some(false), &format!("given up ({why})"));
                     tracing::error!(app_id = %delivery.app_id, url = %delivery.url, attempts = job.attempt, why,
                         "A webhook failed its last attempt; giving up (kept by the queue as a dead letter).");
                     Err(JobError::GiveUp(why))
                 }
                 Err(why) => {
                     ctx.metrics.webhook_retries.inc();
+                    observed(&ctx, &delivery, None, &format!("to be retried ({why})"));
                     tracing::warn!(app_id = %delivery.app_id, url = %delivery.url, attempt = job.attempt, why,
                         "A webhook attempt failed; it will be retried.");
                     Err(JobError::Retry(why))

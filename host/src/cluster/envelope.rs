@@ -134,6 +134,19 @@ pub enum Control {
         /// The app id.
         app: String,
     },
+    /// The sender has a debug console open on the app's live log: send it the app's log
+    /// entries until this lapses (renewed every few seconds while the console stays open).
+    ConsoleWatch {
+        /// The app id.
+        app: String,
+    },
+    /// Log entries of the app for the consoles open on the receiver.
+    ConsoleEntries {
+        /// The app id.
+        app: String,
+        /// The entries (JSON objects; the receiver checks each).
+        entries: Vec<Value>,
+    },
 }
 
 /// An envelope: who sent it, their sequence number, and the body.

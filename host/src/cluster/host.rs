@@ -62,6 +62,10 @@ pub trait Host: Send + Sync + 'static {
     fn user_status_changed(&self, app: &str, user: &str, online: bool);
     /// Another node changed the app's record: look it up again (off the caller's task).
     fn app_changed(&self, app: &str);
+    /// `node` has a debug console open on the app's log.
+    fn console_watched(&self, node: u64, app: &str);
+    /// Log entries `node` sent for the consoles open here.
+    fn console_entries(&self, node: u64, app: &str, entries: Vec<Value>);
     /// The number of live nodes, this one included, changed.
     fn nodes_changed(&self, nodes: usize);
     /// A node stopped answering and was removed.

@@ -41,6 +41,11 @@ pub enum Query {
         /// The users.
         ids: Vec<String>,
     },
+    /// The node's figures for the app's debug console (answered by the host).
+    Figures {
+        /// The app.
+        app: String,
+    },
 }
 
 impl Query {

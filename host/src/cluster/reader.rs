@@ -196,6 +196,10 @@ impl State {
             }
             Control::ToUser { app, user_id, frame } => self.host.to_user(&app, &user_id, frame),
             Control::AppChanged { app } => self.host.app_changed(&app),
+            Control::ConsoleWatch { app } => self.host.console_watched(node, &app),
+            Control::ConsoleEntries { app, entries } => {
+                self.host.console_entries(node, &app, entries);
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use crate::{
     adapter::Congestion,
     apps::App,
     config::Limits,
+    console::{Entry, Kind},
     metrics::Metrics,
     protocol::{
         channel::{self, ChannelKind},
@@ -185,9 +186,18 @@ pub(crate) fn cache_key(app_id: &str, channel: &str) -> String {
 /// Deliver a checked event (keeping it if the channel is a cache channel) and, if asked,
 /// describe its channels.
 async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
+    ctx.console.stats.published(&app.id, event.channels.len() as u64);
     for name in &event.channels {
         let text = frames::channel_event(&event.name, name, &event.data, None);
         ctx.metrics.events_published.inc();
+        ctx.console.tap.record(&app.id, || {
+            let entry = Entry::new(Kind::ApiEvent).channel(name).event(&event.name);
+            let entry = entry.data(event.data.as_str().unwrap_or_default());
+            match &event.socket_id {
+                Some(except) => entry.socket(except).detail("not to this connection"),
+                None => entry,
+            }
+        });
         if let Some(user_id) = name.strip_prefix(channel::SERVER_TO_USER_PREFIX) {
             ctx.adapter.send_to_user(&app.id, user_id, &text.into());
             continue;
@@ -300,13 +310,19 @@ pub(crate) async fn trigger(
 ) -> Result<Json<Value>, ApiError> {
     let (bytes, authed) =
         accept(&ctx, &app_id, &method, &uri, query.as_deref(), &headers, body).await?;
-    let event = check(&authed.app, parse(&bytes)?, false)?;
-    limit(&ctx, &authed.app, event.channels.len()).await?;
-    push_back(&ctx, &authed.app, event.channels.iter()).await?;
-    Ok(Json(match publish(&ctx, &authed.app, &event).await {
+    Ok(Json(publish_body(&ctx, &authed.app, &bytes).await?))
+}
+
+/// Check, limit and publish one event given as the HTTP API's body; the API's answer. The
+/// debug console's form publishes through here too.
+pub(crate) async fn publish_body(ctx: &Ctx, app: &App, body: &[u8]) -> Result<Value, ApiError> {
+    let event = check(app, parse(body)?, false)?;
+    limit(ctx, app, event.channels.len()).await?;
+    push_back(ctx, app, event.channels.iter()).await?;
+    Ok(match publish(ctx, app, &event).await {
         Some(channels) => json!({ "channels": channels }),
         None => json!({}),
-    }))
+    })
 }
 
 /// Trigger several events at once; every event is checked before any is published.

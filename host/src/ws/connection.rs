@@ -14,6 +14,7 @@ use super::session::Session;
 use crate::{
     apps::{App, Lookup},
     config::Settings,
+    console::{Entry, Kind},
     edge::Peer,
     hub::{Closer, Conn},
     metrics::Metrics,
@@ -202,6 +203,7 @@ pub(super) async fn run(
         close_with(&mut sink, dialect, patience, code, &ctx).await;
     }
     session.end().await;
+    ctx.console.tap.record(&app.id, || closed(&conn, end));
     ctx.adapter.release(&app.id);
     ctx.metrics.connected.dec();
     ctx.metrics.disconnections.inc();
@@ -308,6 +310,17 @@ fn app_ended(ctx: &Ctx, app_id: &str) -> impl Future<Output = ()> + Send + 'stat
     }
 }
 
+/// The live log's line for a connection that ended.
+fn closed(conn: &Conn, end: End) -> Entry {
+    let entry = Entry::new(Kind::Disconnected).socket(&conn.socket_id);
+    match end {
+        End::Gone => entry.detail("closed by the client (or its connection broke)"),
+        End::Close(code) => {
+            entry.detail(format!("closed by the server: {code} {}", close_reason(code)))
+        }
+    }
+}
+
 /// How a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -334,6 +347,7 @@ fn open(ctx: &Ctx, app: &App) -> (Conn, mpsc::Receiver<Utf8Bytes>, Arc<Closer>) 
     ctx.metrics.connected.inc();
     ctx.metrics.new_connections.inc();
     tracing::debug!("Connected.");
+    ctx.console.tap.record(&app.id, || Entry::new(Kind::Connected).socket(&socket_id));
     let activity = ctx.settings.activity_timeout.as_secs();
     conn.send(&frames::connection_established(&socket_id, activity).into());
     (conn, outbound, closer)

@@ -12,6 +12,7 @@ use serde_json::{Value, value::RawValue};
 use crate::{
     apps::App,
     cluster_events,
+    console::{Entry, Kind},
     delta::Algorithm,
     hub::{Conn, DeltaWish, Join, Subscribed, Wants},
     metrics::Metrics,
@@ -111,6 +112,14 @@ impl Session {
     /// Send `pusher:error` with `code`.
     pub(super) fn error(&self, code: u16, message: &str) {
         self.send(frames::error(code, message));
+        self.tap(|| Entry::new(Kind::Error).detail(format!("{code}: {message}")));
+    }
+
+    /// Record what `make` describes in the app's live log (if a console watches it), with this
+    /// connection's socket id.
+    fn tap(&self, make: impl FnOnce() -> Entry) {
+        let socket_id = &self.conn.socket_id;
+        self.ctx.console.tap.record(&self.app.id, || make().socket(socket_id));
     }
 
     /// Handle one text message.
@@ -203,6 +212,8 @@ impl Session {
     fn subscription_error(&self, channel: &str, kind: &str, error: &str, status: u16) {
         tracing::debug!(socket_id = %self.conn.socket_id, channel, kind, error, "Subscription refused.");
         self.send(frames::subscription_error(channel, kind, error, status));
+        let detail = || format!("subscription refused: {kind} ({status}) {error}");
+        self.tap(|| Entry::new(Kind::Error).channel(channel).detail(detail()));
     }
 
     /// Count a subscribe or unsubscribe against the connection's rate; whether it is allowed.
@@ -316,6 +327,13 @@ impl Session {
             self.ctx.metrics.subscriptions.inc();
         }
         let user_id = member.as_ref().map(|(id, _)| id.clone());
+        self.tap(|| {
+            let entry = Entry::new(Kind::Subscribed).channel(name);
+            match &user_id {
+                Some(user) => entry.detail(format!("as user {user}")),
+                None => entry,
+            }
+        });
         self.subscriptions.insert(name.to_string(), user_id);
         if with_deltas {
             self.delta_channels.insert(name.to_string());
@@ -424,6 +442,7 @@ impl Session {
             self.ctx.adapter.unsubscribe(&self.app.id, name, &self.conn.socket_id, user_id);
         if outcome.was_subscribed {
             self.ctx.metrics.subscriptions.dec();
+            self.tap(|| Entry::new(Kind::Unsubscribed).channel(name));
         }
         if let Some(user_id) = outcome.removed_user {
             cluster_events::member_event(&self.ctx, &self.app.id, name, &user_id, None, None);
@@ -537,12 +556,14 @@ impl Session {
         }
         let frame = Utf8Bytes::from(frames::channel_event(event, name, data, user_id.as_deref()));
         self.ctx.metrics.events_published.inc();
+        self.ctx.console.stats.published(&self.app.id, 1);
         let except = Some(&*self.conn.socket_id);
         self.ctx.adapter.broadcast(&self.app.id, name, &frame, except, None, false);
         let data = match data {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
+        self.tap(|| Entry::new(Kind::ClientEvent).channel(name).event(event).data(&data));
         self.webhook(Hook::ClientEvent {
             channel: name.to_string(),
             event: event.to_string(),
