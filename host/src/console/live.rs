@@ -14,7 +14,7 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
     },
 };
-use futures_util::stream;
+use futures_util::{StreamExt as _, stream};
 use serde_json::{Value, json};
 
 use super::stats::{self, NodeFigures};
@@ -126,10 +126,10 @@ pub(crate) async fn log(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> 
         let text = feed.recv().await?;
         Some((Ok::<_, Infallible>(Event::default().data(&*text)), feed))
     });
-    let events = stream::iter([Ok(hello)]);
-    Sse::new(futures_util::StreamExt::chain(events, entries))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+    let events = stream::iter([Ok(hello)]).chain(entries);
+    // Ends at shutdown, so an open console never holds the listener's graceful stop.
+    let events = events.take_until(ctx.shutdown.clone().cancelled_owned());
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
 
 /// `POST /apps/{id}/events`: publish an event (the HTTP API's body: `name`, `data`, `channel`
