@@ -232,6 +232,12 @@ fn fields(body: &Bytes) -> Result<Map<String, Value>, AdminError> {
             "`{reserved}` is set by the server, not in a request"
         )));
     }
+    // The reference's tables keep every number in a 32-bit INTEGER column: a larger one is the
+    // request's mistake (400), not a database refusal (409).
+    let too_big = |v: &Value| v.as_u64().is_some_and(|n| n > i32::MAX as u64);
+    if let Some((field, _)) = fields.iter().find(|(_, v)| too_big(v)) {
+        return Err(AdminError::bad(format!("`{field}` is at most {}", i32::MAX)));
+    }
     // Checked against the configuration file's own app type, so an unknown or mistyped field
     // is a 400 naming it rather than a column silently not written.
     let mut probe = fields.clone();

@@ -236,6 +236,11 @@ async fn the_admin_api_needs_its_token_and_checks_what_it_is_given(db: Db) {
     assert_eq!(status, 400, "{body}");
     let (status, _) = admin.send("POST", "/apps", Some(json!({ "previous_secret": "x" }))).await;
     assert_eq!(status, 400);
+    // A number the table's INTEGER columns cannot hold is the request's mistake, not a 409.
+    let huge = json!({ "max_connections": 3_000_000_000_u64 });
+    let (status, body) = admin.send("POST", "/apps", Some(huge)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("max_connections"), "{body}");
 
     let (status, made) =
         admin.send("POST", "/apps", Some(json!({ "id": "a1", "key": "k1" }))).await;

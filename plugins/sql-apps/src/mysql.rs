@@ -53,11 +53,22 @@ fn failed(what: &str, error: &mysql_async::Error) -> PluginError {
         mysql_async::Error::Server(server) if server.code == 1062 => {
             PluginError::rejected("an app with this id or key exists")
         }
+        mysql_async::Error::Server(server) if transient(server.code) => {
+            PluginError::unavailable(format!("{what}: {} ({})", server.message, server.code))
+        }
         mysql_async::Error::Server(server) => {
             PluginError::rejected(format!("{what}: {} ({})", server.message, server.code))
         }
         other => PluginError::unavailable(format!("{what}: {other}")),
     }
+}
+
+/// Whether a server error says "not now" rather than "never": too many connections (1040),
+/// shutting down (1053), a lock wait timeout (1205), a deadlock (1213), a query or connection
+/// killed (1317, 1927), read-only for now (1290, 1836). Those are worth retrying (503); the
+/// rest refuse the write itself (409).
+fn transient(code: u16) -> bool {
+    matches!(code, 1040 | 1053 | 1205 | 1213 | 1290 | 1317 | 1836 | 1927)
 }
 
 impl MysqlApps {
@@ -305,5 +316,20 @@ impl AppManagerDriver for MysqlApps {
 
     async fn shutdown(&self) -> Result<(), PluginError> {
         self.pool.clone().disconnect().await.map_err(|e| failed("closing the pool", &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient;
+
+    #[test]
+    fn passing_failures_are_told_from_refusals() {
+        for code in [1040, 1205, 1213, 1927] {
+            assert!(transient(code), "{code}");
+        }
+        for code in [1062, 1264, 1406, 1048, 1146] {
+            assert!(!transient(code), "{code}");
+        }
     }
 }

@@ -40,9 +40,21 @@ fn unavailable(what: &str, error: &tokio_postgres::Error) -> PluginError {
         Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
             PluginError::rejected("an app with this id or key exists")
         }
+        Some(code) if transient(code.code()) => {
+            PluginError::unavailable(format!("{what}: {error} ({})", code.code()))
+        }
         Some(code) => PluginError::rejected(format!("{what}: {error} ({})", code.code())),
         None => PluginError::unavailable(format!("{what}: {error}")),
     }
+}
+
+/// Whether an SQLSTATE says "not now" rather than "never": the connection (08), a rolled-back
+/// transaction (40: serialization failure, deadlock), resources (53), a lock not available
+/// (55P03), an operator's intervention (57: a cancelled query, a shutdown) or a system error
+/// (58). Those are worth retrying (503); the rest refuse the write itself (409).
+fn transient(sqlstate: &str) -> bool {
+    ["08", "40", "53", "57", "58"].iter().any(|class| sqlstate.starts_with(class))
+        || sqlstate == "55P03"
 }
 
 impl PostgresApps {
@@ -265,5 +277,20 @@ impl AppManagerDriver for PostgresApps {
     async fn shutdown(&self) -> Result<(), PluginError> {
         self.client.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient;
+
+    #[test]
+    fn passing_failures_are_told_from_refusals() {
+        for code in ["08006", "40001", "40P01", "53300", "55P03", "57014", "57P01", "58030"] {
+            assert!(transient(code), "{code}");
+        }
+        for code in ["23505", "23502", "22003", "22001", "42P01", "55000"] {
+            assert!(!transient(code), "{code}");
+        }
     }
 }
