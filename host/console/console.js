@@ -76,8 +76,8 @@ async function appsPage() {
     body.append(el('tr', { 'data-app': app.id },
       el('td', {}, open), el('td', {}, el('code', {}, app.key ?? '')),
       el('td', {}, app.enabled === false ? 'no' : 'yes'),
-      el('td', {}, app.max_connections ? String(app.max_connections) : 'unlimited'),
-      el('td', {}, app.enable_client_messages ? 'yes' : 'no'),
+      el('td', {}, app.max_connections === undefined ? '—' : (app.max_connections ? String(app.max_connections) : 'unlimited')),
+      el('td', {}, app.enable_client_messages === undefined ? '—' : (app.enable_client_messages ? 'yes' : 'no')),
       el('td', { class: 'actions' }, toggle, rotate)));
   }
   if (apps.length === 0) body.append(el('tr', {}, el('td', { colspan: 6 }, 'No apps.')));

@@ -199,7 +199,13 @@ async fn list(State(ctx): State<Arc<Ctx>>, Query(page): Query<Page>) -> Answer {
                 .filter(|id| *id > after)
                 .take(limit as usize)
                 .filter_map(|id| ctx.apps.known(&id))
-                .map(|app| json!({ "id": app.id, "key": app.key, "enabled": app.enabled }))
+                .map(|app| {
+                    json!({
+                        "id": app.id, "key": app.key, "enabled": app.enabled,
+                        "max_connections": app.max_connections,
+                        "enable_client_messages": app.enable_client_messages,
+                    })
+                })
                 .collect()
         }
     };

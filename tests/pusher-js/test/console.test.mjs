@@ -120,6 +120,8 @@ describe('the debug console in a headless Chromium', () => {
       const { page, answer } = await signIn(TOKEN);
       assert.equal(answer.status(), 200);
       await page.waitForSelector(`tr[data-app="${APP.id}"]`);
+      const cells = await page.$$eval(`tr[data-app="${APP.id}"] td`, (tds) => tds.map((td) => td.textContent));
+      assert.deepEqual(cells.slice(1, 5), [APP.key, 'yes', 'unlimited', 'yes'], 'the app as configured');
       await page.screenshot({ path: join(artifacts, 'apps.png'), fullPage: true });
 
       await page.click(`tr[data-app="${APP.id}"] a.open-app`);
