@@ -118,7 +118,7 @@ impl Host for Node {
     }
 
     fn console_entries(&self, node: u64, app: &str, entries: Vec<Value>) {
-        self.0.console.tap.received(&format!("{node:016x}"), app, entries);
+        self.0.console.tap.received(&crate::console::node_label(node), app, entries);
     }
 
     fn user_status_changed(&self, app: &str, user: &str, online: bool) {

@@ -11,7 +11,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -191,12 +191,6 @@ pub(crate) async fn forward(ctx: Arc<Ctx>) {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Webhooks {
     fn dropped(&self, ctx: &Ctx, app: &App, reason: &'static str, why: &str) {
         Metrics::count(&ctx.metrics.webhooks_dropped, "reason", reason);
@@ -352,7 +346,7 @@ async fn enqueue(ctx: &Ctx, app: &App, events: Vec<Hook>) {
         if wanted.is_empty() {
             continue;
         }
-        let body = json!({ "time_ms": now_ms(), "events": wanted }).to_string();
+        let body = json!({ "time_ms": crate::cluster::now_ms(), "events": wanted }).to_string();
         let mut headers: Vec<(String, String)> =
             target.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         headers.push(("X-Pusher-Key".into(), app.key.clone()));

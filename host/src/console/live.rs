@@ -50,15 +50,12 @@ pub(crate) fn local_figures(ctx: &Ctx, app: &str) -> NodeFigures {
 
 /// `GET /apps/{id}/figures`: connections, channels with their subscribers, presence users,
 /// events per second and webhooks, on every node, with ten minutes of history.
-pub(crate) async fn figures(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response {
-    match figures_of(&ctx, &id).await {
-        Ok(figures) => Json(figures).into_response(),
-        Err(error) => error.into_response(),
-    }
-}
-
-async fn figures_of(ctx: &Ctx, id: &str) -> Result<Value, ApiError> {
-    let app = app(ctx, id).await?;
+pub(crate) async fn figures(
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let ctx = &*ctx;
+    let app = app(ctx, &id).await?;
     let mut nodes = vec![local_figures(ctx, &app.id)];
     let answers = ctx
         .adapter
@@ -82,7 +79,7 @@ async fn figures_of(ctx: &Ctx, id: &str) -> Result<Value, ApiError> {
     let per_second = stats::SAMPLE_EVERY.as_secs_f64();
     let events_per_second = history.last().map_or(0.0, |s| s.events as f64 / per_second);
     let sum = |f: fn(&NodeFigures) -> u64| nodes.iter().map(f).fold(0u64, u64::saturating_add);
-    Ok(json!({
+    Ok(Json(json!({
         "app": app.id,
         "node": ctx.console.tap.node(),
         "complete": answers.complete,
@@ -103,7 +100,7 @@ async fn figures_of(ctx: &Ctx, id: &str) -> Result<Value, ApiError> {
             "webhooks_queued": n.webhooks_queued, "webhooks_sent": n.webhooks_sent,
             "webhooks_failed": n.webhooks_failed,
         })).collect::<Vec<_>>(),
-    }))
+    })))
 }
 
 /// `GET /apps/{id}/log`: the app's live log, as server-sent events (one JSON entry each),
@@ -139,13 +136,7 @@ pub(crate) async fn send(
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Response {
-    let sent = async {
-        let app = app(&ctx, &id).await?;
-        events::publish_body(&ctx, &app, &body).await
-    };
-    match sent.await {
-        Ok(answer) => Json(answer).into_response(),
-        Err(error) => error.into_response(),
-    }
+) -> Result<Json<Value>, ApiError> {
+    let app = app(&ctx, &id).await?;
+    Ok(Json(events::publish_body(&ctx, &app, &body).await?))
 }

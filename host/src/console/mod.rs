@@ -32,6 +32,11 @@ use crate::{
 /// How often the tap sends its batches to the other nodes.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
+/// How the console names a node (its id on the bus).
+pub(crate) fn node_label(node: u64) -> String {
+    format!("{node:016x}")
+}
+
 /// The console's state on this node.
 pub(crate) struct Console {
     /// The live log's tap.
@@ -49,9 +54,8 @@ impl std::fmt::Debug for Console {
 impl Console {
     /// The console of node `node` (its id on the bus), counting in `metrics`.
     pub(crate) fn new(node: u64, metrics: &Metrics) -> Self {
-        let label = format!("{node:016x}");
         let tap = tap::Tap::new(
-            label,
+            node_label(node),
             metrics.console_viewers.clone(),
             metrics.console_viewers_dropped.clone(),
             metrics.console_watches_refused.clone(),
@@ -107,7 +111,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
             }
         }
         // Samples fall on multiples of the interval, so every node's line up.
-        let now = u128::from(tap::now_ms());
+        let now = u128::from(crate::cluster::now_ms());
         let slot = now - now % every;
         if slot != last_sample {
             last_sample = slot;

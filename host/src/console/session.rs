@@ -10,7 +10,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 
-use super::tap::now_ms;
+use crate::cluster::now_ms;
 
 /// The cookie's name.
 pub(crate) const COOKIE: &str = "sockhost_console";

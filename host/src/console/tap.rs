@@ -12,12 +12,14 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+
+use crate::cluster::now_ms;
 
 /// Live logs open on one node at once, over every app.
 pub(crate) const MAX_VIEWERS: i64 = 64;
@@ -164,13 +166,6 @@ impl Entry {
             && short(&self.detail)
             && self.data.as_ref().is_none_or(|d| d.len() <= MAX_DATA)
     }
-}
-
-/// Milliseconds since the epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A viewer's end of the log: entries as JSON text, until it is dropped.
