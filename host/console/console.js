@@ -287,5 +287,19 @@ async function route() {
   } catch (error) { say(error.message, 'error'); }
 }
 
+/** Sign out with the console's header (the server refuses a sign-out without it, so no other
+ * site can sign a user out), then show the sign-in form. */
+async function signOut(event) {
+  event.preventDefault();
+  try {
+    const response = await fetch('/console/sign-out', {
+      method: 'POST', headers: { 'x-sockhost-console': '1' }, credentials: 'same-origin',
+    });
+    if (!response.ok) throw new Error(`${response.status}`);
+    location.assign('/console');
+  } catch (error) { say(`Not signed out: ${error.message}`, 'error'); }
+}
+
+document.getElementById('sign-out').addEventListener('submit', signOut);
 window.addEventListener('hashchange', route);
 route();

@@ -8,15 +8,17 @@
 //! app's connections close with 4003.
 
 use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
 };
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, Query, Request, State},
-    http::{Method, StatusCode, header},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State},
+    http::{HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -26,13 +28,14 @@ use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq as _;
 
 use crate::{
-    apps::Lookup,
+    apps::{Lookup, is_safe_name},
     cluster_events,
     config::AppConfig,
     console::{self, session},
     metrics::Metrics,
-    plugins::{AppManager, ErrorCode},
+    plugins::{AppManager, Conditional, ErrorCode},
     server::Ctx,
+    telemetry::LogLimiter,
 };
 
 /// The OpenAPI description of these routes.
@@ -44,10 +47,35 @@ const MAX_PAGE: u32 = 1000;
 /// The longest overlap a rotation may ask for.
 const MAX_OVERLAP: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Fields the admin API sets itself, never from a request body.
-const RESERVED: [&str; 4] =
-    ["previous_secret", "previous_secret_expires_at", "created_at", "updated_at"];
+const RESERVED: [&str; 5] =
+    ["previous_secret", "previous_secret_expires_at", "created_at", "updated_at", "version"];
+/// Times a write is read and applied again when another write to the same app came first;
+/// then the request is answered 409 with `retry`.
+const WRITE_ATTEMPTS: usize = 8;
+/// The shortest secret the API sets: a short one is guessed from a few signed requests.
+const MIN_SECRET: usize = 16;
+/// Upper bounds of per-app numbers, far above any real use and far below what would cost a
+/// node its memory (a conflation key is a delta stream kept per channel).
+const FIELD_BOUNDS: [(&str, u64); 8] = [
+    ("max_conflation_keys", 10_000),
+    ("max_event_payload_in_kb", 10 * 1024),
+    ("max_presence_member_size_in_kb", 1024),
+    ("max_presence_members_per_channel", 1_000_000),
+    ("max_channel_name_length", 1024),
+    ("max_event_name_length", 1024),
+    ("max_event_batch_size", 10_000),
+    ("max_event_channels_at_once", 10_000),
+];
+/// Token failures one client address may make within [`TOKEN_WINDOW`]; past them its requests
+/// are refused with 429 before the token is even compared, until the window ends.
+const TOKEN_FAILURES: u32 = 20;
+/// The window token failures are counted in.
+const TOKEN_WINDOW: Duration = Duration::from_secs(10);
+/// Client addresses whose failures are remembered at most (older windows are dropped first).
+const MAX_TRACKED_ADDRESSES: usize = 10_000;
 
-/// An admin API error: a status and a JSON `{"error": ...}`.
+/// An admin API error: a status and a JSON `{"error": ...}` (with `"retry": true` when the
+/// same request may succeed if sent again).
 #[derive(Debug)]
 struct AdminError(StatusCode, String);
 
@@ -55,10 +83,21 @@ impl AdminError {
     fn bad(message: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, message.into())
     }
+
+    fn not_found(id: &str) -> Self {
+        Self(StatusCode::NOT_FOUND, format!("App {id} does not exist"))
+    }
 }
+
+/// The message of the 409 that asks for a retry; its body also says `"retry": true`.
+const RETRY: &str =
+    "The app was changed by other requests while this one was applied; send it again";
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
+        if self.0 == StatusCode::CONFLICT && self.1 == RETRY {
+            return (self.0, Json(json!({ "error": self.1, "retry": true }))).into_response();
+        }
         (self.0, Json(json!({ "error": self.1 }))).into_response()
     }
 }
@@ -84,11 +123,61 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .route("/apps/{id}/enable", post(enable))
         .route("/apps/{id}/rotate-secret", post(rotate))
         .route("/openapi.json", get(openapi));
+    let guard = Arc::new(TokenGuard::default());
     console::signed(signed)
-        .layer(middleware::from_fn_with_state(ctx.clone(), authorize))
+        .layer(middleware::from_fn_with_state((ctx.clone(), guard), authorize))
         .merge(console::public())
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(json_errors))
         .with_state(ctx)
+}
+
+/// Every refusal as the API's JSON error: the framework's own (413 over the body limit, a bad
+/// query string or path, a wrong method, an unknown route) are short text or empty, which the
+/// console's client and scripts cannot read.
+async fn json_errors(request: Request, next: Next) -> Response {
+    crate::http_api::json_refusal(next.run(request).await).await
+}
+
+/// Token failures by client address, so guessing the token costs the guesser a wait.
+#[derive(Debug, Default)]
+struct TokenGuard {
+    /// When each address's window began, and its failures in it.
+    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    log: LogLimiter,
+}
+
+impl TokenGuard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (Instant, u32)>> {
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long the address must wait before it is heard again; `None` when it may try.
+    fn blocked(&self, address: IpAddr) -> Option<Duration> {
+        let failures = self.lock();
+        let (began, count) = failures.get(&address)?;
+        let left = TOKEN_WINDOW.checked_sub(began.elapsed())?;
+        (*count >= TOKEN_FAILURES).then_some(left)
+    }
+
+    /// Count a failure of `address`; its failures in the current window.
+    fn failed(&self, address: IpAddr) -> u32 {
+        let mut failures = self.lock();
+        if failures.len() >= MAX_TRACKED_ADDRESSES && !failures.contains_key(&address) {
+            failures.retain(|_, (began, _)| began.elapsed() < TOKEN_WINDOW);
+            if failures.len() >= MAX_TRACKED_ADDRESSES {
+                // Every slot is a live window: the newcomer is counted with the rest, so a
+                // flood from many addresses still ends in a wait rather than in free guesses.
+                failures.clear();
+            }
+        }
+        let entry = failures.entry(address).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= TOKEN_WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+        entry.1
+    }
 }
 
 /// Whether the request carries the token, or comes from a signed-in console (its cookie, and
@@ -110,11 +199,41 @@ fn authorized(token: &str, request: &Request) -> bool {
     session::signed_in(token, headers) && (read || headers.contains_key(session::CONSOLE_HEADER))
 }
 
-/// Refuse a request without the token (401), and count every request by outcome.
-async fn authorize(State(ctx): State<Arc<Ctx>>, request: Request, next: Next) -> Response {
+/// Refuse a request without the token (401; 429 for an address that failed too often
+/// lately), and count every request by outcome.
+async fn authorize(
+    State((ctx, guard)): State<(Arc<Ctx>, Arc<TokenGuard>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    // Without the peer's address (a listener that does not record it) every client shares
+    // one budget: still a bound on guessing, at the price of a shared wait.
+    let address = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(peer)| peer.ip());
+    if let Some(wait) = guard.blocked(address) {
+        Metrics::count(&ctx.metrics.admin_requests, "outcome", "throttled");
+        let mut response = AdminError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests without a valid admin token; wait before trying again".into(),
+        )
+        .into_response();
+        let seconds = wait.as_secs() + 1;
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        return response;
+    }
     let token = ctx.settings.admin.as_ref().map_or("", |a| a.token.as_str());
     if !authorized(token, &request) {
         Metrics::count(&ctx.metrics.admin_requests, "outcome", "unauthorized");
+        let failures = guard.failed(address);
+        if guard.log.allow() {
+            tracing::warn!(
+                %address,
+                failures,
+                "An admin request without a valid token was refused."
+            );
+        }
         return AdminError(StatusCode::UNAUTHORIZED, "A valid admin token is required".into())
             .into_response();
     }
@@ -161,7 +280,7 @@ fn shown(mut record: Map<String, Value>) -> Value {
 
 /// The stored record of an app, or 404.
 async fn stored(ctx: &Ctx, id: &str) -> Result<Map<String, Value>, AdminError> {
-    let not_found = || AdminError(StatusCode::NOT_FOUND, format!("App {id} does not exist"));
+    let not_found = || AdminError::not_found(id);
     let record = manager(ctx)?.find_by_id(id).await?.ok_or_else(not_found)?;
     let record = parse_stored(&record)?;
     // A database that compares ids loosely (MySQL's collations ignore case) answers another
@@ -222,7 +341,7 @@ async fn show(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Answer {
                 "enable_client_messages": app.enable_client_messages,
             }))
             .into_response()),
-            _ => Err(AdminError(StatusCode::NOT_FOUND, format!("App {id} does not exist"))),
+            _ => Err(AdminError::not_found(&id)),
         };
     }
     Ok(Json(shown(stored(&ctx, &id).await?)).into_response())
@@ -244,6 +363,23 @@ fn fields(body: &Bytes) -> Result<Map<String, Value>, AdminError> {
     if let Some((field, _)) = fields.iter().find(|(_, v)| too_big(v)) {
         return Err(AdminError::bad(format!("`{field}` is at most {}", i32::MAX)));
     }
+    if let Some((field, bound)) = FIELD_BOUNDS.iter().find(|(f, b)| over(&fields, f, *b)) {
+        return Err(AdminError::bad(format!("`{field}` is at most {bound}")));
+    }
+    for field in ["id", "key"] {
+        if let Some(value) = fields.get(field)
+            && !value.as_str().is_some_and(is_safe_name)
+        {
+            return Err(AdminError::bad(format!(
+                "`{field}` must be 1 to 255 letters, digits, `.`, `_` or `-`"
+            )));
+        }
+    }
+    if let Some(secret) = fields.get("secret")
+        && !secret.as_str().is_some_and(|s| (MIN_SECRET..=255).contains(&s.len()))
+    {
+        return Err(AdminError::bad(format!("`secret` must be {MIN_SECRET} to 255 bytes")));
+    }
     // Checked against the configuration file's own app type, so an unknown or mistyped field
     // is a 400 naming it rather than a column silently not written.
     let mut probe = fields.clone();
@@ -255,25 +391,36 @@ fn fields(body: &Bytes) -> Result<Map<String, Value>, AdminError> {
     Ok(fields)
 }
 
+/// Whether `field` appears anywhere in `value` (a per-channel table nests it) above `bound`.
+fn over(fields: &Map<String, Value>, field: &str, bound: u64) -> bool {
+    fn walk(value: &Value, field: &str, bound: u64, depth: usize) -> bool {
+        match value {
+            // The body is bounded, and so is how deep it is searched.
+            _ if depth > 16 => false,
+            Value::Object(map) => map.iter().any(|(k, v)| {
+                (k == field && v.as_f64().is_some_and(|n| n > bound as f64))
+                    || walk(v, field, bound, depth + 1)
+            }),
+            Value::Array(list) => list.iter().any(|v| walk(v, field, bound, depth + 1)),
+            _ => false,
+        }
+    }
+    walk(&Value::Object(fields.clone()), field, bound, 0)
+}
+
 /// A random credential of `bytes` random bytes, as hex.
 fn random_hex(bytes: usize) -> String {
     (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
 }
 
-/// Check a whole record as a node will read it (400 with the problem), create or update it,
-/// and make the change known here and on every node.
-async fn save(ctx: &Arc<Ctx>, id: &str, record: Map<String, Value>, created: bool) -> Answer {
+/// Check a whole new record as a node will read it (400 with the problem), add it, and make it
+/// known here and on every node.
+async fn save(ctx: &Arc<Ctx>, id: &str, record: Map<String, Value>) -> Answer {
     let text = serde_json::to_string(&record).map_err(|e| AdminError::bad(e.to_string()))?;
     ctx.apps.parse_record(&text).map_err(|e| AdminError::bad(format!("Invalid app: {e}")))?;
-    let manager = manager(ctx)?;
-    if created {
-        manager.create(&text).await?;
-    } else if !manager.update(&text).await? {
-        return Err(AdminError(StatusCode::NOT_FOUND, format!("App {id} does not exist")));
-    }
+    manager(ctx)?.create(&text).await?;
     announce(ctx, id).await;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(shown(record))).into_response())
+    Ok((StatusCode::CREATED, Json(shown(record))).into_response())
 }
 
 /// This node looks the app up again (closing its connections if it is disabled or gone), and
@@ -286,6 +433,7 @@ async fn announce(ctx: &Arc<Ctx>, id: &str) {
 async fn create(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Answer {
     let mut record = fields(&body)?;
     manager(&ctx)?;
+    // `fields` checked a given id; a made-up one is digits.
     let id = match record.get("id") {
         Some(Value::String(id)) => id.clone(),
         _ => rand::random::<u32>().to_string(),
@@ -301,23 +449,56 @@ async fn create(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Answer {
     record
         .entry("max_client_events_per_second")
         .or_insert(json!(defaults.max_client_events_per_second));
-    save(&ctx, &id, record, true).await
+    save(&ctx, &id, record).await
 }
 
 async fn update(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>, body: Bytes) -> Answer {
-    let changes = fields(&body)?;
+    let mut changes = fields(&body)?;
     if changes.get("id").is_some_and(|given| given.as_str() != Some(id.as_str())) {
         return Err(AdminError::bad("An app's id cannot change"));
     }
-    let mut record = stored(&ctx, &id).await?;
-    record.extend(changes);
-    save(&ctx, &id, record, false).await
+    changes.remove("id");
+    write(&ctx, &id, |_| Ok(changes.clone())).await
+}
+
+/// Apply the fields `change` makes of the stored record, as a write conditional on the record
+/// being still as read: when another write came first, read and apply again (a few times, then
+/// 409 with `retry`), so concurrent requests each take effect or are refused, and none undoes
+/// another. Only the changed fields are written.
+async fn write(
+    ctx: &Arc<Ctx>,
+    id: &str,
+    change: impl Fn(&Map<String, Value>) -> Result<Map<String, Value>, AdminError>,
+) -> Answer {
+    let manager = manager(ctx)?;
+    for _ in 0..WRITE_ATTEMPTS {
+        let stored = stored(ctx, id).await?;
+        let changes = change(&stored)?;
+        let mut record = stored.clone();
+        record.extend(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // The whole record as a node will read it: 400 with the problem.
+        let whole = serde_json::to_string(&record).map_err(|e| AdminError::bad(e.to_string()))?;
+        ctx.apps.parse_record(&whole).map_err(|e| AdminError::bad(format!("Invalid app: {e}")))?;
+        let version = stored.get("version").and_then(Value::as_u64).unwrap_or(0);
+        // The request's changes, on the condition that nothing changed the record since it was
+        // read; the whole record goes with them for a driver built before conditional writes
+        // (which replaces it whole, unconditionally), so that it never loses a field.
+        let changed: Vec<String> = changes.keys().cloned().collect();
+        match manager.update_if(&whole, &changed, version).await? {
+            Conditional::Updated => {
+                record.insert("version".into(), json!(version + 1));
+            }
+            Conditional::NotFound => return Err(AdminError::not_found(id)),
+            Conditional::Conflict => continue,
+        }
+        announce(ctx, id).await;
+        return Ok(Json(shown(record)).into_response());
+    }
+    Err(AdminError(StatusCode::CONFLICT, RETRY.into()))
 }
 
 async fn set_enabled(ctx: &Arc<Ctx>, id: &str, enabled: bool) -> Answer {
-    let mut record = stored(ctx, id).await?;
-    record.insert("enabled".into(), Value::Bool(enabled));
-    save(ctx, id, record, false).await
+    write(ctx, id, |_| Ok(Map::from_iter([("enabled".to_string(), Value::Bool(enabled))]))).await
 }
 
 async fn disable(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Answer {
@@ -331,7 +512,7 @@ async fn enable(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Answer {
 async fn remove(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Answer {
     stored(&ctx, &id).await?;
     if !manager(&ctx)?.delete(&id).await? {
-        return Err(AdminError(StatusCode::NOT_FOUND, format!("App {id} does not exist")));
+        return Err(AdminError::not_found(&id));
     }
     announce(&ctx, &id).await;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -359,13 +540,18 @@ async fn rotate(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>, body: Bytes
             MAX_OVERLAP.as_secs()
         )));
     }
-    let mut record = stored(&ctx, &id).await?;
-    let old = record.get("secret").cloned().unwrap_or(Value::Null);
     let until = SystemTime::now() + overlap;
     let until_ms = until.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let until_ms = u64::try_from(until_ms).unwrap_or(u64::MAX);
-    record.insert("secret".into(), Value::String(random_hex(20)));
-    record.insert("previous_secret".into(), old);
-    record.insert("previous_secret_expires_at".into(), json!(until_ms));
-    save(&ctx, &id, record, false).await
+    // The secret replaced is the one read in the same attempt: a rotation that loses a race
+    // reads the winner's secret and keeps that one signing for the overlap.
+    write(&ctx, &id, |stored| {
+        let old = stored.get("secret").cloned().unwrap_or(Value::Null);
+        Ok(Map::from_iter([
+            ("secret".to_string(), Value::String(random_hex(20))),
+            ("previous_secret".to_string(), old),
+            ("previous_secret_expires_at".to_string(), json!(until_ms)),
+        ]))
+    })
+    .await
 }

@@ -15,6 +15,7 @@ use crate::{
     config::{AppConfig, AppRecordRules, Limits, WebhookTarget},
     metrics::Metrics,
     plugins::AppManager,
+    telemetry::LogLimiter,
 };
 
 /// One app.
@@ -73,14 +74,35 @@ const MAX_RECORD_BYTES: usize = 64 * 1024;
 const MAX_KEY_LENGTH: usize = 255;
 /// Apps one node keeps cached at most; past it, lookups still work but are not kept.
 const MAX_CACHED_APPS: usize = 100_000;
-/// How long a key the database did not know is refused without asking again. Any announced
+/// Whether `name` can be an app's id or key: 1 to [`MAX_KEY_LENGTH`] letters, digits, `.`,
+/// `_` or `-` (what the admin API accepts for new apps). Anything else is unknown without a
+/// query: no database is asked about a NUL byte or a path separator.
+pub(crate) fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_KEY_LENGTH
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// How long an id or key the database did not know is refused without asking again. Any announced
 /// change clears them, so an app created on another node is found at once.
 const MISS_TTL: Duration = Duration::from_secs(2);
-/// Unknown keys remembered at most.
+/// Unknown ids and keys remembered at most.
 const MAX_MISSES: usize = 10_000;
 /// Lookups in the database at once; the rest wait (up to the lookup timeout) for a turn, so a
 /// flood of unknown keys cannot become a flood of queries.
 const CONCURRENT_LOOKUPS: usize = 32;
+/// Lookups that reached the database and found nothing (or no answer) one client address may
+/// cause per [`MISS_BUDGET_WINDOW`]: made-up ids and keys, all different, cost queries; past
+/// this they cost none.
+const MISS_BUDGET: u32 = 50;
+/// The window of [`MISS_BUDGET`].
+const MISS_BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+tokio::task_local! {
+    /// The client address of the request or connection a lookup is made for, where one is
+    /// (set around the HTTP API's handlers and a WebSocket's admission).
+    pub(crate) static CLIENT: std::net::IpAddr;
+}
 
 /// What a lookup found.
 #[derive(Debug, Clone)]
@@ -91,6 +113,8 @@ pub(crate) enum Lookup {
     Unknown,
     /// The app manager did not answer and the app is not cached.
     Unavailable,
+    /// Not asked: the client's address spent its budget of lookups that found nothing.
+    Refused,
 }
 
 impl Lookup {
@@ -98,7 +122,7 @@ impl Lookup {
     pub(crate) fn found(self) -> Option<Arc<App>> {
         match self {
             Self::Found(app) => Some(app),
-            Self::Unknown | Self::Unavailable => None,
+            Self::Unknown | Self::Unavailable | Self::Refused => None,
         }
     }
 }
@@ -136,6 +160,10 @@ struct Store {
     cached: RwLock<Cached>,
     turns: Semaphore,
     lookups: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// The database's failures are counted each; logged at most once a second.
+    failures_logged: LogLimiter,
+    /// Lookups per client address that found nothing, this window.
+    spent: std::sync::Mutex<(Instant, HashMap<std::net::IpAddr, u32>)>,
 }
 
 #[derive(Debug, Default)]
@@ -143,9 +171,9 @@ struct Cached {
     by_id: HashMap<String, (Arc<App>, Instant)>,
     /// Key to id.
     by_key: HashMap<String, String>,
-    /// Keys the database did not know, and when it said so: a flood of made-up keys costs one
-    /// query each per [`MISS_TTL`], not one per connection.
-    misses: HashMap<String, Instant>,
+    /// Ids and keys the database did not know, and when it said so: a flood of made-up ones
+    /// costs one query each per [`MISS_TTL`], not one per request or connection.
+    misses: HashMap<Miss, Instant>,
     /// Bumped by every change announced; a fetch that began before is not kept (it may have
     /// read the app as it was before the change).
     generation: u64,
@@ -156,6 +184,22 @@ struct Cached {
 enum By<'a> {
     Id(&'a str),
     Key(&'a str),
+}
+
+/// An id or a key the database did not know (an id may equal another app's key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Miss {
+    Id(String),
+    Key(String),
+}
+
+impl By<'_> {
+    fn miss(self) -> Miss {
+        match self {
+            Self::Id(id) => Miss::Id(id.to_string()),
+            Self::Key(key) => Miss::Key(key.to_string()),
+        }
+    }
 }
 
 impl Apps {
@@ -176,6 +220,8 @@ impl Apps {
             cached: RwLock::default(),
             turns: Semaphore::new(CONCURRENT_LOOKUPS),
             lookups: metrics.app_lookups.clone(),
+            failures_logged: LogLimiter::default(),
+            spent: std::sync::Mutex::new((Instant::now(), HashMap::new())),
         };
         Self { fixed: Index::default(), store: Some(store) }
     }
@@ -274,12 +320,21 @@ impl Store {
         let asked = match by {
             By::Id(s) | By::Key(s) => s,
         };
-        if asked.is_empty() || asked.len() > MAX_KEY_LENGTH || self.missed(by) {
+        if !is_safe_name(asked) || self.missed(by) {
             self.count("unknown");
             return Lookup::Unknown;
         }
+        let client = CLIENT.try_with(|ip| *ip).ok();
+        if client.is_some_and(|ip| self.over_budget(ip)) {
+            self.count("over_budget");
+            return Lookup::Refused;
+        }
         let generation = self.read().generation;
-        match self.fetch(by).await {
+        let fetched = self.fetch(by).await;
+        if let (Some(ip), Ok(None) | Err(_)) = (client, &fetched) {
+            self.spend(ip);
+        }
+        match fetched {
             Ok(Some(app)) => {
                 self.count("fetched");
                 Lookup::Found(self.keep(app, generation))
@@ -288,9 +343,7 @@ impl Store {
                 if let Some((app, _)) = cached {
                     self.forget(&app.id);
                 }
-                if let By::Key(key) = by {
-                    self.miss(key);
-                }
+                self.miss(by);
                 self.count("unknown");
                 Lookup::Unknown
             }
@@ -298,12 +351,16 @@ impl Store {
             Err(error) => match cached {
                 Some((app, _)) => {
                     self.count("stale");
-                    tracing::warn!(%error, app = %app.id, "The app manager did not answer; serving the cached app.");
+                    if self.failures_logged.allow() {
+                        tracing::warn!(%error, app = %app.id, "The app manager did not answer; serving the cached app.");
+                    }
                     Lookup::Found(app)
                 }
                 None => {
                     self.count("failed");
-                    tracing::warn!(%error, "The app manager did not answer; refusing an app it was asked for.");
+                    if self.failures_logged.allow() {
+                        tracing::warn!(%error, "The app manager did not answer; refusing an app it was asked for.");
+                    }
                     Lookup::Unavailable
                 }
             },
@@ -343,24 +400,46 @@ impl Store {
         }
     }
 
-    /// Whether the database said lately that it does not know this key.
-    fn missed(&self, by: By<'_>) -> bool {
-        let By::Key(key) = by else { return false };
-        self.read().misses.get(key).is_some_and(|at| at.elapsed() < MISS_TTL)
+    /// Whether the database said lately that it does not know this id or key.
+    /// Whether `ip` has spent its budget of lookups that found nothing.
+    fn over_budget(&self, ip: std::net::IpAddr) -> bool {
+        let mut spent = self.spent.lock().expect("budget lock");
+        if spent.0.elapsed() >= MISS_BUDGET_WINDOW {
+            *spent = (Instant::now(), HashMap::new());
+        }
+        spent.1.get(&ip).is_some_and(|n| *n >= MISS_BUDGET)
     }
 
-    fn miss(&self, key: &str) {
+    /// One lookup that found nothing, for `ip` (addresses beyond [`MAX_MISSES`] in a window
+    /// are not tracked: the table stays bounded, and so do the queries it would save).
+    fn spend(&self, ip: std::net::IpAddr) {
+        let mut spent = self.spent.lock().expect("budget lock");
+        let tracked = spent.1.len();
+        match spent.1.get_mut(&ip) {
+            Some(n) => *n = n.saturating_add(1),
+            None if tracked < MAX_MISSES => {
+                spent.1.insert(ip, 1);
+            }
+            None => {}
+        }
+    }
+
+    fn missed(&self, by: By<'_>) -> bool {
+        self.read().misses.get(&by.miss()).is_some_and(|at| at.elapsed() < MISS_TTL)
+    }
+
+    fn miss(&self, by: By<'_>) {
         let mut cached = self.write();
         if cached.misses.len() >= MAX_MISSES {
             cached.misses.retain(|_, at| at.elapsed() < MISS_TTL);
         }
         if cached.misses.len() < MAX_MISSES {
-            cached.misses.insert(key.to_string(), Instant::now());
+            cached.misses.insert(by.miss(), Instant::now());
         }
     }
 
-    /// A change was announced: fetches begun before it are not kept, and no key is known to
-    /// be missing any more. The new generation.
+    /// A change was announced: fetches begun before it are not kept, and no id or key is
+    /// known to be missing any more (the change may have created it). The new generation.
     fn changed(&self) -> u64 {
         let mut cached = self.write();
         cached.generation += 1;

@@ -224,7 +224,7 @@ pub(crate) async fn app_changed(ctx: &Arc<Ctx>, app_id: &str) {
                 );
                 return ctx.adapter.end_app(app_id);
             }
-            Lookup::Unavailable => {}
+            Lookup::Unavailable | Lookup::Refused => {}
         }
         tokio::time::sleep(wait).await;
         wait *= 2;

@@ -24,7 +24,7 @@ use crate::{
     delta::{Algorithm, Deltas, StreamSettings},
     protocol::{
         codes,
-        filter::{Filter, Tags},
+        filter::{Filter, Interner, Tags},
     },
 };
 
@@ -214,72 +214,115 @@ struct Channel {
 }
 
 /// A channel's subscribers by tag filter, so that a published event reaches those without a
-/// filter and those whose one equality it satisfies without testing anyone else; only other
-/// filters are evaluated one by one.
+/// filter and those whose one equality it satisfies without testing anyone else, and every
+/// other distinct filter is evaluated once however many subscribers share it.
+///
+/// Filters arrive interned ([`Interner`]): equal filters are one `Arc`, and its address
+/// names its group. A broadcast evaluates the groups' filters outside the channels' lock
+/// (see [`Hub::broadcast`]).
 #[derive(Debug, Default)]
 struct Filtered {
     plain: HashMap<SocketId, Conn>,
     /// Tag name -> value -> the subscribers whose filter is that one equality (nested, so an
     /// event's tags are looked up without building a key per tag).
     equal: HashMap<String, HashMap<String, HashMap<SocketId, Conn>>>,
-    /// Which equality group each of its members is in, so that leaving costs one lookup.
-    equal_of: HashMap<SocketId, (String, String)>,
-    other: HashMap<SocketId, (Conn, Arc<Filter>)>,
+    /// Every other filter's group, by the address of its shared filter.
+    groups: HashMap<usize, Group>,
+    /// Each filtered subscriber's filter, so that leaving costs one lookup.
+    filter_of: HashMap<SocketId, Arc<Filter>>,
+}
+
+/// The subscribers of a channel with one (shared) filter.
+#[derive(Debug)]
+struct Group {
+    filter: Arc<Filter>,
+    members: HashMap<SocketId, Conn>,
+}
+
+/// The name of a filter's group: its shared copy's address (stable while the group holds it).
+fn group_key(filter: &Arc<Filter>) -> usize {
+    Arc::as_ptr(filter) as usize
 }
 
 impl Filtered {
     fn insert(&mut self, conn: &Conn, filter: Option<&Arc<Filter>>) {
         let id = conn.socket_id.clone();
-        match filter {
-            None => {
-                self.plain.insert(id, conn.clone());
+        let Some(filter) = filter else {
+            self.plain.insert(id, conn.clone());
+            return;
+        };
+        self.filter_of.insert(id.clone(), filter.clone());
+        match filter.equality() {
+            Some((key, value)) => {
+                let values = self.equal.entry(key.to_string()).or_default();
+                values.entry(value.to_string()).or_default().insert(id, conn.clone());
             }
-            Some(filter) => match filter.equality() {
-                Some((key, value)) => {
-                    self.equal_of.insert(id.clone(), (key.to_string(), value.to_string()));
-                    let values = self.equal.entry(key.to_string()).or_default();
-                    values.entry(value.to_string()).or_default().insert(id, conn.clone());
-                }
-                None => {
-                    self.other.insert(id, (conn.clone(), filter.clone()));
-                }
-            },
+            None => {
+                let group = self
+                    .groups
+                    .entry(group_key(filter))
+                    .or_insert_with(|| Group { filter: filter.clone(), members: HashMap::new() });
+                group.members.insert(id, conn.clone());
+            }
         }
     }
 
     fn remove(&mut self, socket_id: &str) {
-        if self.plain.remove(socket_id).is_some() || self.other.remove(socket_id).is_some() {
+        if self.plain.remove(socket_id).is_some() {
             return;
         }
-        if let Some((key, value)) = self.equal_of.remove(socket_id)
-            && let Some(values) = self.equal.get_mut(&key)
-            && let Some(group) = values.get_mut(&value)
-        {
-            group.remove(socket_id);
-            if group.is_empty() {
-                values.remove(&value);
-                if values.is_empty() {
-                    self.equal.remove(&key);
+        let Some(filter) = self.filter_of.remove(socket_id) else { return };
+        match filter.equality() {
+            Some((key, value)) => {
+                if let Some(values) = self.equal.get_mut(key)
+                    && let Some(group) = values.get_mut(value)
+                {
+                    group.remove(socket_id);
+                    if group.is_empty() {
+                        values.remove(value);
+                        if values.is_empty() {
+                            self.equal.remove(key);
+                        }
+                    }
+                }
+            }
+            None => {
+                let key = group_key(&filter);
+                if let Some(group) = self.groups.get_mut(&key) {
+                    group.members.remove(socket_id);
+                    if group.members.is_empty() {
+                        self.groups.remove(&key);
+                    }
                 }
             }
         }
     }
 
     fn has_filters(&self) -> bool {
-        !self.equal.is_empty() || !self.other.is_empty()
+        !self.filter_of.is_empty()
     }
 
-    /// Every subscriber an event with `tags` is for.
-    fn recipients<'a>(&'a self, tags: &'a Tags) -> impl Iterator<Item = (&'a SocketId, &'a Conn)> {
+    /// The distinct filters to evaluate for an event (each shared copy, cloned).
+    fn snapshot(&self) -> Vec<Arc<Filter>> {
+        self.groups.values().map(|g| g.filter.clone()).collect()
+    }
+
+    /// Every subscriber an event with `tags` is for, where `passed` are the groups' filters
+    /// the event passes (evaluated beforehand, outside the lock; a group made since is not
+    /// in them, and its members joined after the event).
+    fn recipients<'a>(
+        &'a self,
+        tags: &'a Tags,
+        passed: &'a [Arc<Filter>],
+    ) -> impl Iterator<Item = (&'a SocketId, &'a Conn)> {
         let equal = tags
             .iter()
             .filter_map(|(k, v)| self.equal.get(k)?.get(v))
             .flat_map(|group| group.iter());
-        let other = self
-            .other
+        let other = passed
             .iter()
-            .filter(|(_, (_, f))| f.matches(tags))
-            .map(|(id, (conn, _))| (id, conn));
+            .filter_map(|f| self.groups.get(&group_key(f)))
+            .flat_map(|group| group.members.iter());
         self.plain.iter().chain(equal).chain(other)
     }
 }
@@ -381,12 +424,20 @@ pub(crate) struct DeltaCounters {
 pub(crate) struct Hub {
     apps: RwLock<HashMap<String, Arc<AppHub>>>,
     delta_counters: DeltaCounters,
+    /// The node's distinct tag filters, each held once.
+    filters: Interner,
 }
 
 impl Hub {
     /// An empty hub counting its deltas in `delta_counters`.
     pub(crate) fn new(delta_counters: DeltaCounters) -> Self {
-        Self { apps: RwLock::default(), delta_counters }
+        Self { apps: RwLock::default(), delta_counters, filters: Interner::default() }
+    }
+
+    /// The node's shared copy of `filter`: subscriptions pass it in [`Wants`], so that equal
+    /// filters are held once and grouped in their channels.
+    pub(crate) fn intern(&self, filter: Filter) -> Arc<Filter> {
+        self.filters.intern(filter)
     }
 
     fn app(&self, app_id: &str) -> Arc<AppHub> {
@@ -621,7 +672,23 @@ impl Hub {
         compressible: bool,
     ) -> usize {
         let Some(app) = self.existing(app_id) else { return 0 };
-        let channels = app.channels.read().expect("hub lock");
+        // Filters are evaluated with no lock held: under the read lock the channel's
+        // distinct filters are taken (shared copies), then evaluated once each while other
+        // channels subscribe and publish freely, then delivery takes the lock again. A
+        // subscriber that came or went in between is harmless: it joined after the event or
+        // left before it. The copies are held until delivery is over, so no group's key (the
+        // filter's address) can be reused by another filter meanwhile.
+        let mut channels = app.channels.read().expect("hub lock");
+        let mut passed = Vec::new();
+        if let Some(tags) = tags {
+            let filters = channels.get(channel).and_then(|c| c.filtered.as_ref());
+            let snapshot = filters.map(|f| f.snapshot()).unwrap_or_default();
+            if !snapshot.is_empty() {
+                drop(channels);
+                passed = snapshot.into_iter().filter(|f| f.matches(tags)).collect();
+                channels = app.channels.read().expect("hub lock");
+            }
+        }
         let Some(entry) = channels.get(channel) else { return 0 };
         let mut deltas = match &entry.deltas {
             Some(deltas) if compressible => Some(deltas.lock().expect("deltas lock")),
@@ -641,7 +708,7 @@ impl Hub {
         };
         match (&entry.filtered, tags) {
             (Some(filtered), Some(tags)) => {
-                filtered.recipients(tags).for_each(|(id, conn)| deliver(id, conn));
+                filtered.recipients(tags, &passed).for_each(|(id, conn)| deliver(id, conn));
             }
             _ => entry.subscribers.iter().for_each(|(id, conn)| deliver(id, conn)),
         }
@@ -961,6 +1028,65 @@ mod tests {
         hub.unsubscribe("app", "ch", "1.3", None);
         assert_eq!(send("after", tags(&[("sym", "BTC")])), 1);
         assert_eq!(got(&mut plain_rx), ["after"]);
+    }
+
+    #[test]
+    fn subscribers_with_equal_filters_share_one_group_and_one_copy() {
+        let hub = Hub::default();
+        let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| Utf8Bytes::from("ack");
+        let compile = |v: serde_json::Value| Filter::compile(&v).unwrap();
+        let dear = || {
+            serde_json::json!({ "op": "or", "nodes": [
+            { "key": "px", "cmp": "gt", "val": 100 }, { "key": "sym", "cmp": "nex" }
+        ] })
+        };
+        // The same filter written in another order is the same filter.
+        let dear_too = serde_json::json!({ "op": "or", "nodes": [
+            { "key": "sym", "cmp": "nex" }, { "key": "px", "cmp": "gt", "val": "100" }
+        ] });
+        let cheap = serde_json::json!({ "key": "px", "cmp": "lt", "val": 10 });
+        let mut rxs = Vec::new();
+        for (i, (channel, filter)) in [
+            ("ch", dear()),
+            ("ch", dear_too),
+            ("ch", dear()),
+            ("ch", cheap.clone()),
+            ("other", dear()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (c, rx, _) = conn(&format!("1.{i}"), 16, 0);
+            let wants = Wants { filter: Some(hub.intern(compile(filter))), delta: None };
+            hub.subscribe("app", channel, &c, None, wants, ack).unwrap();
+            rxs.push(rx);
+        }
+        {
+            let app = hub.existing("app").unwrap();
+            let channels = app.channels.read().unwrap();
+            let ch = channels["ch"].filtered.as_ref().unwrap();
+            let sizes: Vec<usize> = {
+                let mut s: Vec<usize> = ch.groups.values().map(|g| g.members.len()).collect();
+                s.sort_unstable();
+                s
+            };
+            assert_eq!(sizes, [1, 3], "one group per distinct filter");
+            let other = channels["other"].filtered.as_ref().unwrap();
+            let shared = ch.groups.values().find(|g| g.members.len() == 3).unwrap();
+            let elsewhere = other.groups.values().next().unwrap();
+            assert!(Arc::ptr_eq(&shared.filter, &elsewhere.filter), "held once on the node");
+        }
+        let tags: Tags = [("px".to_string(), "500".to_string())].into();
+        assert_eq!(hub.broadcast("app", "ch", &Utf8Bytes::from("e"), None, Some(&tags), false), 3);
+        let got: Vec<usize> =
+            rxs.iter_mut().map(|rx| std::iter::from_fn(|| rx.try_recv().ok()).count()).collect();
+        assert_eq!(got, [2, 2, 2, 1, 1], "acks, and the event for the three that passed it");
+        // The group goes with its last member.
+        for i in 0..3 {
+            hub.unsubscribe("app", "ch", &format!("1.{i}"), None);
+        }
+        let app = hub.existing("app").unwrap();
+        assert_eq!(app.channels.read().unwrap()["ch"].filtered.as_ref().unwrap().groups.len(), 1);
     }
 
     #[test]

@@ -30,11 +30,16 @@ pub fn check(file: &Path, out: &mut impl Write) -> std::io::Result<bool> {
         Ok(plugin) => {
             writeln!(
                 out,
-                "{}: ok: {} built against plugin-api {} (host {API_VERSION}), sha256 {}",
+                "{}: ok: {} built against plugin-api {} (host {API_VERSION}), sha256 {}{}",
                 file.display(),
                 PluginLine(&plugin),
                 plugin.info.api_version,
-                plugin.sha256
+                plugin.sha256,
+                if plugin.module.is_current() {
+                    ""
+                } else {
+                    ", an earlier layout of its generation: no app managers"
+                }
             )?;
             Ok(true)
         }

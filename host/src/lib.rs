@@ -17,6 +17,7 @@ pub(crate) mod adapter;
 pub(crate) mod admin;
 pub(crate) mod apps;
 pub mod benchmarks;
+pub(crate) mod beside;
 pub mod cli;
 pub mod cluster;
 pub(crate) mod cluster_events;

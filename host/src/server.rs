@@ -25,6 +25,7 @@ use tower::ServiceExt as _;
 use crate::{
     adapter::Adapter,
     apps::Apps,
+    beside,
     cluster::Cluster,
     cluster_events,
     config::Settings,
@@ -165,6 +166,7 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .route("/up/{app_id}", get(http_api::health::up_app))
         .fallback(http_api::not_found)
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), http_api::count_requests))
+        .layer(axum::middleware::from_fn(http_api::with_client))
         .layer(axum::middleware::from_fn(http_api::refuse_over_limit))
         .layer(axum::middleware::from_fn(http_api::in_span));
     Router::new().route("/app/{key}", get(ws::upgrade)).merge(api).with_state(ctx)
@@ -236,17 +238,18 @@ async fn watch_memory(ctx: Arc<Ctx>) {
 }
 
 /// Accept connections on `listener` until `stop` is cancelled, serving each with `app`
-/// through the edge's limits and timeouts (and TLS, with `tls`); then let open HTTP exchanges
+/// through `edge`'s limits and timeouts (and TLS, with `tls`); then let open HTTP exchanges
 /// finish (up to `grace`). Upgraded WebSockets are not waited for here: their tasks are
 /// tracked apart.
-async fn serve(
+pub(crate) async fn serve(
     ctx: &Arc<Ctx>,
+    edge: Arc<Edge>,
     listener: TcpListener,
     app: Router,
     stop: CancellationToken,
     tls: Option<TlsAcceptor>,
 ) {
-    let settings = ctx.edge.settings().clone();
+    let settings = edge.settings().clone();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(settings.header_timeout);
     // A connection over a limit is only told so: it gets a short deadline for its request, and
@@ -272,22 +275,30 @@ async fn serve(
                 }
             },
         };
-        let (io, peer) = ctx.edge.accept(stream, addr);
-        let builder = if peer.over_limit.is_some() { refusing.clone() } else { http.clone() };
-        let exchange =
-            Exchange { ctx: ctx.clone(), builder, app: app.clone(), peer, stop: stop.clone() };
-        let Some(acceptor) = tls.clone() else {
-            exchanges.spawn(exchange.run(io));
-            continue;
-        };
-        // The handshake is part of the request head's time: a client that opens a socket and
-        // says nothing is dropped at the same deadline.
+        // Counted now, before the task runs, so the node's cap holds however fast they come.
+        let ticket = edge.open();
+        let (ctx, edge, app, stop, tls) =
+            (ctx.clone(), edge.clone(), app.clone(), stop.clone(), tls.clone());
+        let builders = (http.clone(), refusing.clone());
         exchanges.spawn(async move {
+            let Some((io, peer)) = edge.accept(stream, addr, ticket).await else { return };
+            if peer.over_limit.is_some() && edge.closes_over_limit() {
+                return;
+            }
+            let builder = if peer.over_limit.is_some() { builders.1 } else { builders.0 };
+            let client = peer.addr;
+            let exchange = Exchange { ctx, edge, builder, app, peer, stop };
+            let Some(acceptor) = tls else { return exchange.run(io).await };
+            if !exchange.edge.allow_handshake(client.ip()) {
+                return;
+            }
+            // The handshake is part of the request head's time: a client that opens a socket
+            // and says nothing is dropped at the same deadline.
             match tokio::time::timeout(settings.header_timeout, acceptor.accept(io)).await {
                 Ok(Ok(stream)) => exchange.run(stream).await,
                 Ok(Err(error)) => {
                     exchange.ctx.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%error, %addr, "A TLS handshake failed.");
+                    tracing::debug!(%error, %client, "A TLS handshake failed.");
                 }
                 Err(_) => {
                     exchange.ctx.metrics.tls_handshake_failures.inc();
@@ -306,6 +317,7 @@ async fn serve(
 /// One accepted connection's HTTP exchanges (and a WebSocket upgrade), over any stream.
 struct Exchange {
     ctx: Arc<Ctx>,
+    edge: Arc<Edge>,
     builder: hyper::server::conn::http1::Builder,
     app: Router,
     peer: Peer,
@@ -317,10 +329,12 @@ impl Exchange {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Self { ctx, builder, app, peer, stop } = self;
+        let Self { ctx, edge, builder, app, peer, stop } = self;
         let addr = peer.addr;
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer.addr));
+            // Each request's client: behind a trusted proxy, the one its headers name.
+            let client = edge.client(peer.addr, request.headers());
+            request.extensions_mut().insert(ConnectInfo(client));
             request.extensions_mut().insert(peer.clone());
             app.clone().oneshot(request.map(axum::body::Body::new))
         });
@@ -386,10 +400,11 @@ pub async fn run(
     tokio::spawn(crate::console::run(ctx.clone()));
     if let Some(listener) = metrics_listener {
         let app = Router::new().route("/metrics", get(render_metrics)).with_state(ctx.clone());
-        serve_beside(&ctx, listener, app, "Metrics")?;
+        beside::serve(&ctx, listener, app, "Metrics")?;
     }
-    if let Some(listener) = admin_listener {
-        serve_beside(&ctx, listener, crate::admin::router(ctx.clone()), "Admin API")?;
+    if let (Some(listener), Some(admin)) = (admin_listener, &ctx.settings.admin) {
+        let app = beside::checking_host(crate::admin::router(ctx.clone()), &admin.allowed_hosts);
+        beside::serve(&ctx, listener, app, "Admin API")?;
     }
     start_webhooks(&ctx).await?;
     let acceptor = match certificates {
@@ -404,7 +419,7 @@ pub async fn run(
         max_connections = ctx.edge.max_connections().map_or_else(|| "unlimited".to_string(), |m| m.to_string()),
         "Listening."
     );
-    serve(&ctx, listener, router(ctx.clone()), token, acceptor).await;
+    serve(&ctx, ctx.edge.clone(), listener, router(ctx.clone()), token, acceptor).await;
     ctx.tracker.close();
     if tokio::time::timeout(grace, ctx.tracker.wait()).await.is_err() {
         tracing::warn!(
@@ -424,25 +439,6 @@ async fn signal_shutdown(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
     tracing::info!("Shutting down: closing connections with 4200.");
     ctx.metrics.ready.set(0);
     ctx.shutdown.cancel();
-}
-
-/// A router on a listener of its own (metrics, admin), until shutdown.
-fn serve_beside(
-    ctx: &Ctx,
-    listener: TcpListener,
-    app: Router,
-    what: &'static str,
-) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "{what} listening.");
-    let token = ctx.shutdown.clone();
-    tokio::spawn(async move {
-        let served =
-            axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
-        if let Err(error) = served {
-            tracing::error!(%error, "The {what} listener failed.");
-        }
-    });
-    Ok(())
 }
 
 /// The webhook forwarder (events to the queue) and the queue's consumer (the deliveries).
@@ -483,7 +479,8 @@ async fn start_tls(
         tracing::info!(addr = %listener.local_addr()?, "Redirecting plain HTTP to HTTPS.");
         let (ctx, stop) = (ctx.clone(), ctx.shutdown.clone());
         tokio::spawn(async move {
-            serve(&ctx, listener, http_api::redirect::router(port), stop, None).await;
+            let edge = ctx.edge.clone();
+            serve(&ctx, edge, listener, http_api::redirect::router(port), stop, None).await;
         });
     }
     Ok(acceptor)

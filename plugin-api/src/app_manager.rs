@@ -35,6 +35,9 @@ pub trait AppManager: Send + Sync {
 
     /// Replace the app with the record's id; whether it existed (none is created).
     /// [`ErrorCode::REJECTED`](crate::ErrorCode::REJECTED) when the new key is another app's.
+    /// Conditional when the record has [`IF_VERSION`]. Every write makes the stored `version`
+    /// one more than it was, so a conditional write that read the record before another write
+    /// does not overwrite it.
     fn update(&self, app: RStr<'_>) -> FfiFuture<PResult<bool>>;
 
     /// Remove the app with this id; whether it existed.
@@ -47,6 +50,21 @@ pub trait AppManager: Send + Sync {
     #[sabi(last_prefix_field)]
     fn shutdown(&self) -> FfiFuture<PResult<()>>;
 }
+
+/// The key that makes [`AppManager::update`] conditional: when the record has it (a whole
+/// number, the `version` the record was read at), the driver writes the record only if the
+/// stored one is still at that version (a record without one is at version 0), makes it
+/// `version + 1`, and answers [`ErrorCode::CONFLICT`](crate::ErrorCode::CONFLICT) when another
+/// write came first; the key itself is never stored. Conditional writes travel inside
+/// `update`'s record rather than as a method of their own so that the vtable keeps its layout:
+/// plugins built before them keep loading with their app managers (a driver that does not
+/// know the key writes the record as it always did).
+pub const IF_VERSION: &str = "$if_version";
+
+/// With [`IF_VERSION`], the names of the fields the write changes (a JSON array): a driver
+/// that writes field by field writes only these, so that what it writes beside them can never
+/// be a stale copy; the rest of the record is there for drivers that replace it whole.
+pub const CHANGED: &str = "$changed";
 
 /// An app manager as the host owns it.
 pub type AppManagerBox = AppManager_TO<'static, RBox<()>>;

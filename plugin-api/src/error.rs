@@ -27,6 +27,9 @@ impl ErrorCode {
     pub const PANICKED: Self = Self(6);
     /// Anything else.
     pub const INTERNAL: Self = Self(7);
+    /// A conditional write found the record changed since it was read (see
+    /// [`IF_VERSION`](crate::IF_VERSION)); nothing was written. Read again and retry.
+    pub const CONFLICT: Self = Self(8);
 
     /// A short lowercase name for logs and metric labels.
     pub fn name(self) -> &'static str {
@@ -37,6 +40,7 @@ impl ErrorCode {
             Self::REJECTED => "rejected",
             Self::BACKPRESSURE => "backpressure",
             Self::PANICKED => "panicked",
+            Self::CONFLICT => "conflict",
             _ => "internal",
         }
     }
@@ -67,6 +71,11 @@ impl PluginError {
     /// An error with the given code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self { code, message: RString::from(message.into()) }
+    }
+
+    /// A conditional write lost to another.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::CONFLICT, message)
     }
 
     /// A configuration error; `message` should name the field.

@@ -59,7 +59,7 @@ pub mod conformance;
 #[cfg(feature = "sdk")]
 pub mod sdk;
 
-pub use app_manager::{AppManager, AppManager_TO, AppManagerBox};
+pub use app_manager::{AppManager, AppManager_TO, AppManagerBox, CHANGED, IF_VERSION};
 pub use cache::{Cache, Cache_TO, CacheBox};
 pub use error::{ErrorCode, PResult, PluginError};
 pub use host::{HostContext, HostContext_TO, HostContextBox, LogLevel};

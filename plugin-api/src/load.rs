@@ -59,6 +59,13 @@ impl Module {
         self.base.rate_limiter()
     }
 
+    /// Whether the plugin's root module has the current layout (it was built with every kind
+    /// of this generation); `false` for one built before app managers, which loads with the
+    /// kinds of the generation's first layout only.
+    pub fn is_current(&self) -> bool {
+        self.full.is_some()
+    }
+
     /// The app-manager constructor, if the plugin was built with app managers and has one.
     pub fn app_manager(&self) -> Option<Constructor<AppManagerBox>> {
         self.full.and_then(|m| m.app_manager())

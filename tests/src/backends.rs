@@ -928,7 +928,8 @@ impl PostgresServer {
         assert!(self.try_start(), "PostgreSQL did not come back:\n{}", self.log());
     }
 
-    fn log(&self) -> String {
+    /// The server's log so far (statements too, when `log_statement` asks for them).
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 }

@@ -60,6 +60,11 @@ impl Client {
         client
     }
 
+    /// Take over an upgraded WebSocket without reading anything.
+    pub fn from_stream_raw(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Self { ws, socket_id: String::new() }
+    }
+
     /// Connect without reading anything.
     ///
     /// # Panics

@@ -70,6 +70,7 @@ pub struct Server {
     /// Where its config and log live.
     pub dir: tempfile::TempDir,
     tls: bool,
+    proxy_protocol: bool,
 }
 
 /// How to start a server.
@@ -81,6 +82,7 @@ pub struct ServerBuilder {
     open_files: Option<u32>,
     exec: Option<Vec<String>>,
     tls: bool,
+    proxy_protocol: bool,
 }
 
 impl Default for ServerBuilder {
@@ -92,6 +94,7 @@ impl Default for ServerBuilder {
             open_files: None,
             exec: None,
             tls: false,
+            proxy_protocol: false,
         }
     }
 }
@@ -129,6 +132,14 @@ impl ServerBuilder {
         self.env("SSL_ENABLED", "true")
             .env("SSL_CERT_PATH", cert.to_str().unwrap())
             .env("SSL_KEY_PATH", key.to_str().unwrap())
+    }
+
+    /// Expect a PROXY protocol header on every connection to the main port
+    /// (`EDGE_PROXY_PROTOCOL`); the harness's own checks send `PROXY UNKNOWN`.
+    #[must_use]
+    pub fn proxy_protocol(mut self) -> Self {
+        self.proxy_protocol = true;
+        self.env("EDGE_PROXY_PROTOCOL", "true")
     }
 
     /// Start the server with this command line instead of the built binary with `--config` and
@@ -204,8 +215,14 @@ impl ServerBuilder {
             command.env(name, value);
         }
         let child = command.spawn().expect("sockhost starts");
-        let mut server =
-            Server { child: Some(child), port: 0, metrics_port: 0, dir, tls: self.tls };
+        let mut server = Server {
+            child: Some(child),
+            port: 0,
+            metrics_port: 0,
+            dir,
+            tls: self.tls,
+            proxy_protocol: self.proxy_protocol,
+        };
         server.wait_until_up();
         server
     }
@@ -266,6 +283,9 @@ impl Server {
                 use std::io::{Read, Write};
                 if self.tls {
                     return;
+                }
+                if self.proxy_protocol {
+                    let _ = stream.write_all(b"PROXY UNKNOWN\r\n");
                 }
                 let _ =
                     stream.write_all(b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");

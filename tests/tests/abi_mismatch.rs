@@ -195,4 +195,5 @@ fn a_plugin_built_before_the_app_manager_kind_still_loads() {
         text.contains("ok: fixture 0.0.1 (transport fixture) built against plugin-api 0.1.0"),
         "{text}"
     );
+    assert!(text.contains("an earlier layout of its generation: no app managers"), "{text}");
 }

@@ -409,6 +409,238 @@ async fn with_the_database_down_known_apps_keep_working_and_new_keys_are_refused
     Client::connect(&server.ws_url(made["key"].as_str().unwrap())).await;
 }
 
+/// One admin request, sent again while it answers the documented "retry" 409: what a client
+/// does, so the final state says whether any request's effect was lost.
+async fn settled(admin: &Admin, method: &str, path: &str, body: Option<Value>) -> Value {
+    loop {
+        let (status, answer) = admin.send(method, path, body.clone()).await;
+        match status {
+            200 => return answer,
+            409 if answer["retry"] == true => continue,
+            other => panic!("{method} {path} answered {other}: {answer}"),
+        }
+    }
+}
+
+/// Whether `secret` signs HTTP API requests of the app now.
+async fn signs(server: &Server, id: &str, key: &str, secret: &str) -> bool {
+    let app = TestApp::new(id, key, secret);
+    Api::new(&server.http_url(), &app).trigger(&["race"], "e", "1").await.0 == 200
+}
+
+async fn racing_admin_writes_never_undo_each_other(db: Db) {
+    let admin_port = free_port();
+    let server = Server::builder().config(&db.config(admin_port, 300)).start();
+    let admin = Admin::new(admin_port);
+    let (status, made) =
+        admin.send("POST", "/apps", Some(json!({ "id": "race", "key": "race-key" }))).await;
+    assert_eq!(status, 201, "{made}");
+    let path = "/apps/race";
+    for round in 1..=40_u64 {
+        // Two PATCHes of different fields: both stay applied.
+        let (a, b) = tokio::join!(
+            settled(&admin, "PATCH", path, Some(json!({ "max_connections": round }))),
+            settled(&admin, "PATCH", path, Some(json!({ "max_read_requests_per_second": round }))),
+        );
+        drop((a, b));
+        let (_, now) = admin.send("GET", path, None).await;
+        assert_eq!(now["max_connections"], round, "round {round}: a PATCH was lost: {now}");
+        assert_eq!(now["max_read_requests_per_second"], round, "round {round}: {now}");
+
+        // A disable racing a PATCH: disabled, and the PATCH applied.
+        settled(&admin, "POST", "/apps/race/enable", None).await;
+        let patch = json!({ "max_presence_members_per_channel": round });
+        tokio::join!(
+            settled(&admin, "POST", "/apps/race/disable", None),
+            settled(&admin, "PATCH", path, Some(patch)),
+        );
+        let (_, now) = admin.send("GET", path, None).await;
+        assert_eq!(now["enabled"], false, "round {round}: the disable was undone: {now}");
+        assert_eq!(now["max_presence_members_per_channel"], round, "round {round}: {now}");
+        settled(&admin, "POST", "/apps/race/enable", None).await;
+
+        // A rotation racing a PATCH: the rotated secret is the current one, the PATCH applied.
+        let (rotated, _) = tokio::join!(
+            settled(&admin, "POST", "/apps/race/rotate-secret", None),
+            settled(&admin, "PATCH", path, Some(json!({ "max_connections": round + 1000 }))),
+        );
+        let (_, now) = admin.send("GET", path, None).await;
+        assert_eq!(now["secret"], rotated["secret"], "round {round}: the rotation was undone");
+        assert_eq!(now["max_connections"], round + 1000, "round {round}: {now}");
+
+        // Two rotations: each answered secret signs (as the current or the previous one).
+        let (first, second) = tokio::join!(
+            settled(&admin, "POST", "/apps/race/rotate-secret", None),
+            settled(&admin, "POST", "/apps/race/rotate-secret", None),
+        );
+        for rotated in [&first, &second] {
+            let secret = rotated["secret"].as_str().unwrap();
+            // The answer follows this node's refresh, which a loaded database may need a
+            // second try for: wait for the node, not for time.
+            eventually(format!("round {round}: both rotated secrets sign"), async || {
+                holds(signs(&server, "race", "race-key", secret).await, secret)
+            })
+            .await;
+        }
+    }
+}
+
+async fn odd_ids_and_keys_are_unknown_without_a_query(db: Db) {
+    let admin_port = free_port();
+    let server = Server::builder().config(&db.config(admin_port, 300)).start();
+    let http = reqwest::Client::new();
+    for id in ["x%00abcdef", "x%2Fy", "x%20y", "%C3%A9t%C3%A9", "x%27y", "a..b%00"] {
+        let answer = http
+            .post(format!("{}/apps/{id}/events", server.http_url()))
+            .body(r#"{"name":"e","channel":"c","data":"1"}"#)
+            .header("Content-Type", "application/json")
+            .send()
+            .await
+            .expect("the HTTP API answers");
+        assert_eq!(answer.status().as_u16(), 404, "POST /apps/{id}/events");
+    }
+    for key in ["x%00y", "k%2Fey", "%C3%A9", "a%20b"] {
+        assert_eq!(refusal(&server, key).await, Some(4001), "key {key}");
+    }
+    let failed = server.labelled_metric("sockhost_app_lookups_total{outcome=\"failed\"}").await;
+    assert_eq!(failed, 0.0, "odd input is not an outage");
+    assert!(!server.log().contains("did not answer"), "{}", server.log());
+}
+
+async fn token_guessing_is_slowed_down_and_logged_on(db: Db) {
+    let admin_port = free_port();
+    let server = Server::builder().config(&db.config(admin_port, 300)).start();
+    let admin = Admin::new(admin_port);
+    let wrong = TOKEN.replace('a', "b");
+    let mut statuses = Vec::new();
+    for _ in 0..22 {
+        statuses.push(admin.call("GET", "/apps", None, &wrong).await.0);
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert_eq!(statuses[20..], [429, 429], "{statuses:?}");
+    let refused = admin
+        .http
+        .get(format!("{}/apps", admin.base))
+        .bearer_auth(&wrong)
+        .send()
+        .await
+        .expect("the admin API answers");
+    assert_eq!(refused.status().as_u16(), 429);
+    assert!(refused.headers().contains_key(reqwest::header::RETRY_AFTER));
+    let body: Value = refused.json().await.expect("a JSON refusal");
+    assert!(body["error"].is_string(), "{body}");
+    assert!(server.log().contains("without a valid token"), "{}", server.log());
+    eventually("the right token works again after the backoff", async || {
+        let (status, _) = admin.send("GET", "/apps", None).await;
+        holds(status == 200, status)
+    })
+    .await;
+}
+
+async fn every_refusal_is_json_and_absurd_fields_are_refused_on(db: Db) {
+    let admin_port = free_port();
+    let _server = Server::builder().config(&db.config(admin_port, 300)).start();
+    let admin = Admin::new(admin_port);
+    let bad_bodies = [
+        json!({ "id": "x/y" }),
+        json!({ "key": "k\u{0}ey" }),
+        json!({ "secret": "short" }),
+        json!({ "channel_delta_compression": { "c": { "max_conflation_keys": 100_000_000 } } }),
+        json!({ "max_event_payload_in_kb": 2_000_000 }),
+    ];
+    for body in bad_bodies {
+        let (status, answer) = admin.send("POST", "/apps", Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+    }
+    let (status, made) = admin
+        .send("POST", "/apps", Some(json!({ "id": "j.s-1_a", "secret": "s".repeat(16) })))
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let huge = format!(r#"{{"max_connections": 1, "x": "{}"}}"#, "a".repeat(70 * 1024));
+    let over_limit = admin
+        .http
+        .patch(format!("{}/apps/j.s-1_a", admin.base))
+        .bearer_auth(TOKEN)
+        .header("Content-Type", "application/json")
+        .body(huge);
+    let odd = [
+        ("over the body limit", over_limit, 413),
+        ("a bad query", admin.http.get(format!("{}/apps?limit=many", admin.base)), 400),
+        ("invalid UTF-8 in the path", admin.http.get(format!("{}/apps/%FF%FE", admin.base)), 400),
+        ("a wrong method", admin.http.put(format!("{}/apps", admin.base)), 405),
+        ("an unknown route", admin.http.get(format!("{}/no/such/route", admin.base)), 404),
+    ];
+    for (what, request, expected) in odd {
+        let answer = request.bearer_auth(TOKEN).send().await.expect("the admin API answers");
+        assert_eq!(answer.status().as_u16(), expected, "{what}");
+        let text = answer.text().await.unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        assert!(body["error"].is_string(), "{what}: not a JSON error: {text:?}");
+    }
+}
+
+/// Repeating one unknown id costs the database one query per 2 s, not one per request:
+/// counted in PostgreSQL's statement log.
+#[tokio::test]
+async fn repeated_unknown_ids_are_asked_once_per_two_seconds() {
+    let pg = PostgresServer::start();
+    pg.sql("ALTER SYSTEM SET log_statement = 'all'");
+    pg.sql("SELECT pg_reload_conf()");
+    eventually("PostgreSQL logs every statement", async || {
+        let setting = pg.sql("SHOW log_statement");
+        holds(setting == "all", setting)
+    })
+    .await;
+    let db = Db::Postgres(pg);
+    let server = Server::builder().config(&db.config(free_port(), 300)).start();
+    let Db::Postgres(pg) = &db else { unreachable!() };
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let requests = 300;
+    for _ in 0..requests {
+        let answer = http
+            .post(format!("{}/apps/ghost-app-7/events", server.http_url()))
+            .body("{}")
+            .send()
+            .await
+            .expect("the HTTP API answers");
+        assert_eq!(answer.status().as_u16(), 404);
+    }
+    let windows = started.elapsed().as_secs() / 2 + 1;
+    let queries = pg.log().matches("'ghost-app-7'").count();
+    assert!(queries >= 1, "the first request asks the database");
+    assert!(
+        queries as u64 <= windows,
+        "{queries} queries for {requests} requests in {windows} windows of 2 s"
+    );
+    let unknown = server.labelled_metric("sockhost_app_lookups_total{outcome=\"unknown\"}").await;
+    assert!(unknown >= f64::from(requests), "every request is counted: {unknown}");
+}
+
+#[tokio::test]
+async fn made_up_ids_cost_one_address_a_bounded_number_of_queries() {
+    let db = Db::Postgres(PostgresServer::start());
+    let server = Server::builder().config(&db.config(free_port(), 300)).start();
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..80 {
+        let answer = http
+            .post(format!("{}/apps/made-up-{i}/events", server.http_url()))
+            .body("{}")
+            .send()
+            .await
+            .expect("the HTTP API answers");
+        statuses.push(answer.status().as_u16());
+    }
+    // Every id is new, so each would be a query; past the address's budget none is.
+    let asked = statuses.iter().filter(|s| **s == 404).count();
+    assert!((1..=50).contains(&asked), "{asked} lookups reached the database: {statuses:?}");
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    let refused =
+        server.labelled_metric("sockhost_app_lookups_total{outcome=\"over_budget\"}").await;
+    assert!(refused >= 30.0, "{refused}");
+}
+
 /// Every scenario above, against one database.
 macro_rules! against {
     ($name:ident, $start:expr) => {
@@ -436,6 +668,16 @@ macro_rules! against {
             }
 
             #[tokio::test]
+            async fn racing_admin_writes_never_undo_each_other() {
+                super::racing_admin_writes_never_undo_each_other($start).await;
+            }
+
+            #[tokio::test]
+            async fn odd_ids_and_keys_are_unknown_without_a_query() {
+                super::odd_ids_and_keys_are_unknown_without_a_query($start).await;
+            }
+
+            #[tokio::test]
             async fn with_the_database_down_known_apps_keep_working_and_new_keys_are_refused() {
                 super::with_the_database_down_known_apps_keep_working_and_new_keys_are_refused(
                     $start,
@@ -449,6 +691,16 @@ macro_rules! against {
 against!(postgres, Db::postgres());
 against!(mariadb, Db::mariadb());
 against!(dynamodb, Db::dynamodb());
+
+#[tokio::test]
+async fn token_guessing_is_slowed_down_and_logged() {
+    token_guessing_is_slowed_down_and_logged_on(Db::postgres()).await;
+}
+
+#[tokio::test]
+async fn every_refusal_is_json_and_absurd_fields_are_refused() {
+    every_refusal_is_json_and_absurd_fields_are_refused_on(Db::postgres()).await;
+}
 
 #[test]
 fn an_admin_api_without_a_token_is_a_one_line_refusal() {

@@ -164,3 +164,40 @@ fn a_bad_certificate_is_refused_at_start() {
     assert_ne!(code, Some(0));
     assert!(out.contains("ssl.cert_path: must name a PEM file"), "{out}");
 }
+
+#[tokio::test]
+async fn one_address_begins_a_bounded_number_of_handshakes_a_second() {
+    let pki = Pki::generate();
+    let server = Server::builder()
+        .tls(&pki.cert(), &pki.key())
+        .env("EDGE_MAX_TLS_HANDSHAKES_PER_IP_PER_SECOND", "3")
+        .start();
+    let connector = sockhost_tests::tls::connector(&pki.ca());
+    // 20 handshakes begun at once: at most 3 of any one second's go through.
+    let attempts = (0..20).map(|_| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            connector.connect(name, tcp).await.is_ok()
+        }
+    });
+    let done = futures_util::future::join_all(attempts).await;
+    let refused = done.iter().filter(|ok| !**ok).count();
+    assert!(refused > 0, "every one of 20 handshakes went through: {done:?}");
+    server
+        .wait_for_labelled_metric(
+            "sockhost_edge_refused_total{reason=\"tls_rate\"}",
+            sockhost_tests::pusher::PATIENCE,
+            |v| v >= 1.0,
+        )
+        .await;
+    // A later second has room again.
+    sockhost_tests::wait::eventually("a handshake goes through again", async || {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let ok = connector.connect(name, tcp).await.is_ok();
+        sockhost_tests::wait::holds(ok, "refused")
+    })
+    .await;
+}

@@ -76,6 +76,15 @@ struct Args {
     /// channel's subscribers of one value. 0: no filters, no tags.
     #[arg(long, default_value_t = 0)]
     filters: usize,
+    /// The filter attack: every subscriber's filter is an `or` of this many `ct` leaves of
+    /// --heavy-filter-bytes each (each subscriber's its own) that no event passes, so every
+    /// leaf is tested for every event and nothing is delivered; events are tagged. Compare the
+    /// publish rate with plain subscribers'. 0: off.
+    #[arg(long, default_value_t = 0)]
+    heavy_filter: usize,
+    /// Bytes of each leaf's value with --heavy-filter.
+    #[arg(long, default_value_t = 470)]
+    heavy_filter_bytes: usize,
     /// A ticker: each event's data is a ~2 KB quote where only the price, sequence and send
     /// time change, for one of two symbols (`sym`, the conflation key) in turn.
     #[arg(long)]
@@ -292,6 +301,19 @@ struct Publisher {
     rtt: Histogram,
 }
 
+/// Subscriber `i`'s filter for --heavy-filter: `leaves` contains-tests of `bytes` each that
+/// no event passes.
+fn heavy_filter(i: usize, leaves: usize, bytes: usize) -> Value {
+    let nodes: Vec<Value> = (0..leaves)
+        .map(|leaf| {
+            let head = format!("{i}-{leaf}-");
+            let val = format!("{head}{}", "z".repeat(bytes.saturating_sub(head.len())));
+            json!({ "key": "t", "cmp": "ct", "val": val })
+        })
+        .collect();
+    json!({ "op": "or", "nodes": nodes })
+}
+
 impl Publisher {
     async fn publish(&self, seq: u64) {
         let channel = (seq % self.args.channels as u64) as usize;
@@ -309,7 +331,9 @@ impl Publisher {
         };
         let mut body =
             json!({ "name": "bench", "channel": format!("bench-{channel}"), "data": data });
-        if self.args.filters > 0 {
+        if self.args.heavy_filter > 0 {
+            body["tags"] = json!({ "k": seq.to_string(), "t": "x".repeat(64) });
+        } else if self.args.filters > 0 {
             let value = (seq / self.args.channels as u64) % self.args.filters as u64;
             body["tags"] = json!({ "k": value.to_string() });
             self.per_value[channel * self.args.filters + value as usize]
@@ -389,10 +413,14 @@ async fn main() -> anyhow::Result<()> {
             args.protocol,
         );
         let channel = format!("bench-{}", i % args.channels);
-        let filter = (args.filters > 0).then(|| {
-            let value = (i / args.channels) % args.filters;
-            json!({ "key": "k", "cmp": "eq", "val": value.to_string() })
-        });
+        let filter = if args.heavy_filter > 0 {
+            Some(heavy_filter(i, args.heavy_filter, args.heavy_filter_bytes))
+        } else {
+            (args.filters > 0).then(|| {
+                let value = (i / args.channels) % args.filters;
+                json!({ "key": "k", "cmp": "eq", "val": value.to_string() })
+            })
+        };
         let slot = connecting.clone().acquire_owned().await?;
         let (counts, ready, delta) = (counts.clone(), ready.clone(), args.delta.clone());
         tokio::spawn(async move {
@@ -497,7 +525,9 @@ async fn main() -> anyhow::Result<()> {
     let subscribers_per_channel: Vec<u64> = (0..args.channels)
         .map(|c| ((args.subscribers + args.channels - 1 - c) / args.channels) as u64)
         .collect();
-    let expected: u64 = if args.filters > 0 {
+    let expected: u64 = if args.heavy_filter > 0 {
+        0
+    } else if args.filters > 0 {
         // Each event reaches the subscribers of its channel whose filter names its value.
         let mut subscribers = vec![0u64; args.channels * args.filters];
         for i in 0..args.subscribers {

@@ -504,11 +504,31 @@ pub struct EdgeConfig {
     /// open-file limit, so the node never runs out of descriptors for its brokers and
     /// health checks. Default: 0. Env: `EDGE_MAX_CONNECTIONS`.
     pub max_connections: u64,
-    /// Open connections one client address may hold; 0 means unlimited. Generous by default,
-    /// since many users can share one address (NAT). The address is the TCP peer's: behind a
-    /// reverse proxy or load balancer that does not keep client addresses, set 0 (the proxy is
-    /// the one peer). Default: 1000. Env: `EDGE_MAX_CONNECTIONS_PER_IP`.
+    /// WebSocket connections one client address may hold; 0 means unlimited. Generous by
+    /// default, since many users can share one address (NAT). The address is the client's: the
+    /// TCP peer's, or the one a trusted proxy names (`trusted_proxies`, `proxy_protocol`).
+    /// Default: 1000. Env: `EDGE_MAX_CONNECTIONS_PER_IP`.
     pub max_connections_per_ip: u64,
+    /// Plain HTTP connections (the HTTP API, health checks) one client address may hold beside
+    /// its WebSockets, so an address at its WebSocket cap can still publish; 0 means unlimited.
+    /// Default: 256. Env: `EDGE_MAX_HTTP_CONNECTIONS_PER_IP`.
+    pub max_http_connections_per_ip: u64,
+    /// Proxies whose word on the client's address is believed: addresses and CIDRs
+    /// (`"10.0.0.0/8"`, `"::1"`). From them, a request's client address is the right-most hop
+    /// of `Forwarded` (else `X-Forwarded-For`) that is not itself a trusted proxy; their own
+    /// connections are not counted against the per-address caps. Default: none.
+    /// Env: `EDGE_TRUSTED_PROXIES` (comma-separated).
+    pub trusted_proxies: Vec<String>,
+    /// Every connection to the main port starts with a PROXY protocol header (v1 or v2, as
+    /// HAProxy and cloud load balancers send it), read within `header_timeout_ms`; a connection
+    /// without a well-formed one is closed. The address it names is the client's when the peer
+    /// is in `trusted_proxies`, or when that list is empty (the port is then reachable through
+    /// the proxy only). Default: false. Env: `EDGE_PROXY_PROTOCOL`.
+    pub proxy_protocol: bool,
+    /// TLS handshakes one client address may start per second; beyond it a connection is closed
+    /// before its handshake. 0 means unlimited. Default: 50.
+    /// Env: `EDGE_MAX_TLS_HANDSHAKES_PER_IP_PER_SECOND`.
+    pub max_tls_handshakes_per_ip_per_second: u64,
     /// Milliseconds a client has to send a request's head, including the wait for the next
     /// request on a kept-alive connection (the idle timeout). Default: 10000.
     /// Env: `EDGE_HEADER_TIMEOUT_MS`.
@@ -529,6 +549,10 @@ impl Default for EdgeConfig {
         Self {
             max_connections: 0,
             max_connections_per_ip: 1000,
+            max_http_connections_per_ip: 256,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            max_tls_handshakes_per_ip_per_second: 50,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             linger_ms: 5000,
@@ -571,11 +595,22 @@ pub struct AdminConfig {
     /// The bearer token every request must carry (`Authorization: Bearer <token>`), at least
     /// 32 characters; there is no default. Env: `ADMIN_TOKEN`.
     pub token: Option<String>,
+    /// Host names (without port) a request's `Host` header may name, so a page on another
+    /// site cannot reach the listener through DNS rebinding; `"*"` allows any. Default: the
+    /// listener's `host`, `localhost`, `127.0.0.1` and `::1`. Env: `ADMIN_ALLOWED_HOSTS`
+    /// (comma-separated).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { enabled: false, host: "127.0.0.1".into(), port: 6005, token: None }
+        Self {
+            enabled: false,
+            host: "127.0.0.1".into(),
+            port: 6005,
+            token: None,
+            allowed_hosts: Vec::new(),
+        }
     }
 }
 
@@ -585,7 +620,8 @@ impl Default for AdminConfig {
 pub struct MetricsConfig {
     /// Serve `/metrics`. Default: true. Env: `METRICS_ENABLED`.
     pub enabled: bool,
-    /// Address for the metrics listener. Default: "0.0.0.0". Env: `METRICS_HOST`.
+    /// Address for the metrics listener. Default: "127.0.0.1" (it has no authentication; set
+    /// "0.0.0.0" to let a scraper on another host reach it). Env: `METRICS_HOST`.
     pub host: String,
     /// Port for the metrics listener. Default: 9601. Env: `METRICS_PORT`.
     pub port: u16,
@@ -595,7 +631,7 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { enabled: true, host: "0.0.0.0".into(), port: 9601, prefix: "sockhost_".into() }
+        Self { enabled: true, host: "127.0.0.1".into(), port: 9601, prefix: "sockhost_".into() }
     }
 }
 

@@ -60,6 +60,8 @@ enum Kind {
     Str,
     Int,
     Bool,
+    /// Comma-separated strings.
+    List,
 }
 
 /// Environment variables and the config path each sets (the reference's names).
@@ -128,6 +130,15 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("EDGE_HEADER_TIMEOUT_MS", "edge.header_timeout_ms", Kind::Int),
     ("EDGE_BODY_TIMEOUT_MS", "edge.body_timeout_ms", Kind::Int),
     ("EDGE_LINGER_MS", "edge.linger_ms", Kind::Int),
+    ("EDGE_TRUSTED_PROXIES", "edge.trusted_proxies", Kind::List),
+    ("EDGE_PROXY_PROTOCOL", "edge.proxy_protocol", Kind::Bool),
+    ("EDGE_MAX_HTTP_CONNECTIONS_PER_IP", "edge.max_http_connections_per_ip", Kind::Int),
+    (
+        "EDGE_MAX_TLS_HANDSHAKES_PER_IP_PER_SECOND",
+        "edge.max_tls_handshakes_per_ip_per_second",
+        Kind::Int,
+    ),
+    ("ADMIN_ALLOWED_HOSTS", "admin.allowed_hosts", Kind::List),
     ("OVERLOAD_WATERMARK_PERCENT", "overload.watermark_percent", Kind::Int),
     ("OVERLOAD_MAX_PUBLISH_DELAY_MS", "overload.max_publish_delay_ms", Kind::Int),
     ("METRICS_ENABLED", "metrics.enabled", Kind::Bool),
@@ -365,6 +376,13 @@ fn typed(raw: &str, kind: Kind) -> Result<Value, String> {
             "false" | "0" | "no" | "off" => Ok(Value::Bool(false)),
             _ => Err(format!("expected true or false, found {raw:?}")),
         },
+        Kind::List => Ok(Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| Value::String(item.to_string()))
+                .collect(),
+        )),
     }
 }
 

@@ -57,8 +57,16 @@ pub struct WebhookSettings {
 pub struct EdgeSettings {
     /// Open connections on this node; `None` until resolved at start from the open-file limit.
     pub max_connections: Option<usize>,
-    /// Open connections per client address; 0 = unlimited.
+    /// WebSocket connections per client address; 0 = unlimited.
     pub max_connections_per_ip: usize,
+    /// Plain HTTP connections per client address beside its WebSockets; 0 = unlimited.
+    pub max_http_connections_per_ip: usize,
+    /// Peers whose word on the client's address is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Every connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// TLS handshakes per client address per second; 0 = unlimited.
+    pub max_tls_handshakes_per_ip_per_second: u32,
     /// Time to send a request head (and the keep-alive idle time).
     pub header_timeout: Duration,
     /// Time to send an HTTP API body.
@@ -166,6 +174,8 @@ pub struct AdminSettings {
     pub addr: (String, u16),
     /// The bearer token.
     pub token: String,
+    /// Host names a request's `Host` may name (lowercase, without port); empty allows any.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for AdminSettings {
@@ -197,7 +207,10 @@ impl Settings {
             return Err(errors);
         }
         let cluster = cluster_settings(&config);
-        let (webhooks, edge) = (webhook_settings(&config), edge_settings(&config));
+        let (webhooks, edge) = (webhook_settings(&config), edge_settings(&config, &mut errors));
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         Ok(Self {
             host: config.host,
             port: config.port,
@@ -219,6 +232,7 @@ impl Settings {
             admin: config.admin.enabled.then(|| AdminSettings {
                 addr: (config.admin.host.clone(), config.admin.port),
                 token: config.admin.token.clone().unwrap_or_default(),
+                allowed_hosts: admin_hosts(&config.admin),
             }),
             http_body_limit: to_usize(
                 config.http_api.request_limit_in_mb.saturating_mul(1024 * 1024),
@@ -656,17 +670,60 @@ fn webhook_settings(config: &Config) -> WebhookSettings {
     }
 }
 
-/// The edge's bounds.
-fn edge_settings(config: &Config) -> EdgeSettings {
+/// The edge's bounds; a trusted proxy that is neither an address nor a CIDR is a problem.
+fn edge_settings(config: &Config, errors: &mut Vec<ConfigError>) -> EdgeSettings {
+    let mut trusted_proxies = Vec::new();
+    for (i, entry) in config.edge.trusted_proxies.iter().enumerate() {
+        let entry = entry.trim();
+        match entry.parse::<ipnet::IpNet>() {
+            Ok(net) => trusted_proxies.push(net.trunc()),
+            Err(_) => match entry.parse::<std::net::IpAddr>() {
+                Ok(addr) => trusted_proxies.push(ipnet::IpNet::from(addr)),
+                Err(_) => err(
+                    errors,
+                    &format!("edge.trusted_proxies[{i}]"),
+                    format!("{entry:?} is neither an address nor a CIDR (\"10.0.0.0/8\")"),
+                ),
+            },
+        }
+    }
     EdgeSettings {
         max_connections: (config.edge.max_connections > 0)
             .then(|| to_usize(config.edge.max_connections)),
         max_connections_per_ip: to_usize(config.edge.max_connections_per_ip),
+        max_http_connections_per_ip: to_usize(config.edge.max_http_connections_per_ip),
+        trusted_proxies,
+        proxy_protocol: config.edge.proxy_protocol,
+        max_tls_handshakes_per_ip_per_second: u32::try_from(
+            config.edge.max_tls_handshakes_per_ip_per_second,
+        )
+        .unwrap_or(u32::MAX),
         header_timeout: Duration::from_millis(config.edge.header_timeout_ms),
         body_timeout: Duration::from_millis(config.edge.body_timeout_ms),
         linger: Duration::from_millis(config.edge.linger_ms),
         linger_max_bytes: config.edge.linger_max_bytes,
     }
+}
+
+/// The names the admin listener answers to: the configured ones, else its own host and the
+/// loopback names; `"*"` lifts the check.
+fn admin_hosts(admin: &crate::config::file::AdminConfig) -> Vec<String> {
+    let configured: Vec<String> = admin
+        .allowed_hosts
+        .iter()
+        .map(|h| h.trim().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if configured.iter().any(|h| h == "*") {
+        return Vec::new();
+    }
+    if !configured.is_empty() {
+        return configured;
+    }
+    let own = admin.host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let mut names = vec![own, "localhost".into(), "127.0.0.1".into(), "::1".into()];
+    names.dedup();
+    names
 }
 
 /// TLS on the main port.

@@ -35,7 +35,7 @@ async fn app(ctx: &Ctx, id: &str) -> Result<Arc<App>, ApiError> {
         Lookup::Unknown => {
             Err(ApiError::new(StatusCode::NOT_FOUND, format!("App {id} does not exist")))
         }
-        Lookup::Unavailable => {
+        Lookup::Unavailable | Lookup::Refused => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "The app manager cannot be reached"))
         }
     }

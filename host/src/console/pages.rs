@@ -79,10 +79,20 @@ pub(crate) async fn sign_in_with(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Re
     response
 }
 
-/// `POST /console/sign-out`: the cookie removed, back to the form.
-pub(crate) async fn sign_out() -> Response {
-    // 303: the browser follows with a GET.
-    let mut response = Redirect::to("/console").into_response();
+/// `POST /console/sign-out` from the console's own script (its header): the cookie removed,
+/// and every session this node issued so far ended, so a copy of the cookie stops working too.
+/// Without the header (a form on another site) it is refused with 403: no other site may sign
+/// a user out. A request with the header but no valid cookie only removes its cookie, so
+/// nobody without a session can end everyone's.
+pub(crate) async fn sign_out(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Response {
+    if !headers.contains_key(session::CONSOLE_HEADER) {
+        let body = serde_json::json!({ "error": "Sign out from the console itself" });
+        return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+    }
+    if session::signed_in(token(&ctx), &headers) {
+        session::end_sessions();
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
     if let Ok(cookie) = HeaderValue::from_str(&session::revoke()) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }

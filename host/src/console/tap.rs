@@ -168,14 +168,47 @@ impl Entry {
     }
 }
 
+/// One open live log counted in the viewers gauge, for as long as either end of it (the
+/// viewer's sender in a watch, its feed in the HTTP response) lives. The count is given back on
+/// drop, so whatever removes a viewer (its browser leaving, falling behind, the watch ending,
+/// shutdown) cannot leak a place under [`MAX_VIEWERS`].
+struct Slot(Gauge);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// A viewer's end of the log: entries as JSON text, until it is dropped.
-pub(crate) type Feed = mpsc::Receiver<Arc<str>>;
+pub(crate) struct Feed {
+    entries: mpsc::Receiver<Arc<str>>,
+    _slot: Arc<Slot>,
+}
+
+impl Feed {
+    /// The next entry; `None` once the viewer was dropped (it fell behind or the watch ended).
+    pub(crate) async fn recv(&mut self) -> Option<Arc<str>> {
+        self.entries.recv().await
+    }
+
+    #[cfg(test)]
+    fn try_recv(&mut self) -> Result<Arc<str>, mpsc::error::TryRecvError> {
+        self.entries.try_recv()
+    }
+}
+
+/// A viewer as its app's watch holds it.
+struct Viewer {
+    entries: mpsc::Sender<Arc<str>>,
+    _slot: Arc<Slot>,
+}
 
 /// One app's watch on this node.
 #[derive(Default)]
 struct Watch {
     /// This node's viewers.
-    viewers: Vec<mpsc::Sender<Arc<str>>>,
+    viewers: Vec<Viewer>,
     /// Other nodes watching, until their lease ends.
     remote: HashMap<u64, Instant>,
     /// Entries waiting to go to the other nodes.
@@ -198,7 +231,7 @@ impl Watch {
         }
         // Entries are plain strings and numbers: serializing cannot fail.
         let text: Arc<str> = serde_json::to_string(entry).unwrap_or_default().into();
-        self.viewers.retain(|viewer| match viewer.try_send(text.clone()) {
+        self.viewers.retain(|viewer| match viewer.entries.try_send(text.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Closed(_)) => false,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -310,14 +343,18 @@ impl Tap {
     /// A new viewer of the app on this node: its feed, or `None` when too many apps are
     /// watched or too many logs are open already.
     pub(crate) fn view(&self, app: &str) -> Option<Feed> {
-        if self.viewers.get() >= MAX_VIEWERS {
+        // Taken first and given back by the slot's drop on every way out, so two viewers
+        // arriving at once cannot both take the last place.
+        let taken = self.viewers.inc();
+        let slot = Arc::new(Slot(self.viewers.clone()));
+        if taken >= MAX_VIEWERS {
             return None;
         }
         let watch = self.watch_of(app)?;
         let (tx, rx) = mpsc::channel(VIEWER_QUEUE);
-        watch.lock().expect("tap lock").viewers.push(tx);
-        self.viewers.inc();
-        Some(rx)
+        let viewer = Viewer { entries: tx, _slot: slot.clone() };
+        watch.lock().expect("tap lock").viewers.push(viewer);
+        Some(Feed { entries: rx, _slot: slot })
     }
 
     /// `node` watches the app (renewed every [`RENEW`]): send it the app's entries until its
@@ -366,9 +403,7 @@ impl Tap {
         apps.retain(|app, watch| {
             let mut watch = watch.lock().expect("tap lock");
             self.report_skipped(&mut watch, now);
-            let before = watch.viewers.len();
-            watch.viewers.retain(|v| !v.is_closed());
-            self.viewers.dec_by(i64::try_from(before - watch.viewers.len()).unwrap_or(0));
+            watch.viewers.retain(|v| !v.entries.is_closed());
             watch.remote.retain(|_, until| *until > now);
             if watch.remote.is_empty() {
                 watch.outbox.clear();
@@ -457,7 +492,32 @@ mod tests {
         assert_eq!(tap.dropped.get(), 1);
         tap.tick();
         assert!(!tap.watched("a"));
+        assert_eq!(tap.viewers.get(), 1, "its browser still holds the feed");
         drop(feed);
+        assert_eq!(tap.viewers.get(), 0, "a dropped viewer gives its place back");
+    }
+
+    #[test]
+    fn viewers_that_leave_however_they_leave_never_use_up_the_places() {
+        let tap = tap();
+        for round in 0..(MAX_VIEWERS * 2) {
+            let mut feed = tap.view("a").expect("a place for every viewer in turn");
+            tap.record("a", || Entry::new(Kind::Connected));
+            assert!(feed.try_recv().is_ok());
+            // Leave by closing the feed, with the watch noticing at the next entry or tick.
+            drop(feed);
+            if round % 2 == 0 {
+                tap.record("a", || Entry::new(Kind::Connected));
+            } else {
+                tap.tick();
+            }
+        }
+        assert_eq!(tap.viewers.get(), 0);
+        let refused: Vec<Option<Feed>> = (0..=MAX_VIEWERS).map(|_| tap.view("a")).collect();
+        assert!(refused.last().is_some_and(Option::is_none));
+        drop(refused);
+        tap.tick();
+        assert_eq!(tap.viewers.get(), 0, "a refused viewer holds no place");
     }
 
     #[test]

@@ -203,26 +203,44 @@ pub(crate) async fn count_requests(
     request: Request,
     next: Next,
 ) -> Response {
-    let mut response = next.run(request).await;
+    let response = next.run(request).await;
     let status = response.status();
     ctx.metrics.http_requests.get_or_create(&vec![("status", status.as_u16().to_string())]).inc();
-    let is_json = response
+    json_refusal(response).await
+}
+
+/// The one rejection handler: a 4xx that is not JSON (the framework's own refusals, a bad
+/// query string or path, a wrong method, an unknown route, a body over the limit, are short
+/// text or empty) becomes the API's JSON error with the same status, keeping what the refusal
+/// told the client besides its body (`Allow` on a 405, `Retry-After`). Clients and the console
+/// read every refusal the same way.
+pub(crate) async fn json_refusal(mut response: Response) -> Response {
+    let status = response.status();
+    // The framework's refusals are plain text or have no type; a page (the console's sign-in,
+    // a 401 in HTML) and JSON are answers meant as they are.
+    let plain = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if status.is_client_error() && !is_json {
-        let body = std::mem::take(response.body_mut());
-        // The framework's refusals are short text; anything longer is cut, not buffered.
-        let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-        let message = String::from_utf8_lossy(&text).trim().to_string();
-        let message = if message.is_empty() {
-            status.canonical_reason().unwrap_or("Bad request").to_string()
-        } else {
-            message
-        };
-        return ApiError::new(status, message).into_response();
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !status.is_client_error() || !plain {
+        return response;
     }
-    response
+    let body = std::mem::take(response.body_mut());
+    // The framework's refusals are short text; anything longer is cut, not buffered.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("Bad request").to_string()
+    } else {
+        message
+    };
+    let mut rewritten = ApiError::new(status, message).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(value) = response.headers().get(&name) {
+            rewritten.headers_mut().insert(name, value.clone());
+        }
+    }
+    rewritten
 }
 
 /// Run a request inside a span naming it, so its log lines say which request they are about.
@@ -263,5 +281,22 @@ pub(crate) async fn app(ctx: &Ctx, app_id: &str) -> Result<Arc<App>, ApiError> {
         Lookup::Unavailable => {
             Err(ApiError::unavailable("The app manager did not answer; retry later").retry_after(1))
         }
+        Lookup::Refused => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests for apps that do not exist from this address; retry later",
+        )
+        .retry_after(10)),
+    }
+}
+
+/// Run a request with its client address known to app lookups (their per-address budget).
+pub(crate) async fn with_client(request: Request, next: Next) -> Response {
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    match client {
+        Some(ip) => crate::apps::CLIENT.scope(ip, next.run(request)).await,
+        None => next.run(request).await,
     }
 }

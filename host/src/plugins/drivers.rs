@@ -395,6 +395,17 @@ impl Transport {
     }
 }
 
+/// What a conditional write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conditional {
+    /// Written.
+    Updated,
+    /// No such app.
+    NotFound,
+    /// Another write came first; nothing was written.
+    Conflict,
+}
+
 /// The app manager, as the host uses it.
 #[derive(Debug)]
 pub struct AppManager(Named<AppManagerBox>);
@@ -431,6 +442,31 @@ impl AppManager {
     /// Replace a record; whether it existed.
     pub async fn update(&self, app: &str) -> Result<bool, DriverError> {
         self.0.call(self.0.inner.update(RStr::from_str(app))).await
+    }
+
+    /// Write the fields `changed` of the whole record `app` only if the stored one is still at
+    /// version `expected` (through `update` with [`IF_VERSION`](sockhost_plugin_api::IF_VERSION)
+    /// and [`CHANGED`](sockhost_plugin_api::CHANGED), so a driver built before conditional
+    /// writes, which replaces the record whole and unconditionally, keeps working).
+    pub async fn update_if(
+        &self,
+        app: &str,
+        changed: &[String],
+        expected: u64,
+    ) -> Result<Conditional, DriverError> {
+        let mut record: serde_json::Map<String, serde_json::Value> = serde_json::from_str(app)
+            .map_err(|e| self.0.err(PluginError::rejected(format!("not a JSON object: {e}"))))?;
+        record.insert(sockhost_plugin_api::IF_VERSION.into(), expected.into());
+        record.insert(sockhost_plugin_api::CHANGED.into(), changed.into());
+        let record = serde_json::Value::Object(record).to_string();
+        match self.0.call(self.0.inner.update(RStr::from_str(&record))).await {
+            Ok(true) => Ok(Conditional::Updated),
+            Ok(false) => Ok(Conditional::NotFound),
+            Err(DriverError::Plugin { error, .. }) if error.code == ErrorCode::CONFLICT => {
+                Ok(Conditional::Conflict)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Remove a record; whether it existed.

@@ -12,8 +12,8 @@ pub mod manifest;
 mod registry;
 
 pub use drivers::{
-    AppManager, Cache, DriverChoice, DriverError, DriverSelection, Drivers, JobError, JobFuture,
-    Queue, QueuedJob, RateLimiter, Transport,
+    AppManager, Cache, Conditional, DriverChoice, DriverError, DriverSelection, Drivers, JobError,
+    JobFuture, Queue, QueuedJob, RateLimiter, Transport,
 };
 pub use host_context::{Incoming, PluginCounters};
 pub use loader::{LoadError, LoadedPlugin};

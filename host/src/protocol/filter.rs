@@ -7,8 +7,19 @@
 //! node. A missing tag fails every comparison but `neq`, `nin` and `nex`; `gt`, `gte`, `lt`
 //! and `lte` compare numbers and fail when either side is not one; text comparisons are exact
 //! (case-sensitive). An event without tags is judged as one with an empty set of tags.
+//!
+//! A filter costs memory to hold and time to evaluate, so besides its node count and depth it
+//! is bounded by its size ([`Filter::cost`]: the bytes of its keys and values plus a small
+//! charge per node and value), and compiled into a canonical form (and / or children sorted,
+//! duplicates and single-child nodes removed) so that filters which mean the same are equal:
+//! an [`Interner`] then holds each distinct filter once on the node, however many channels and
+//! sockets use it, and a channel evaluates it once per event.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{BuildHasher as _, Hash, Hasher},
+    sync::{Arc, Mutex, Weak},
+};
 
 use serde_json::{Map, Value};
 
@@ -25,8 +36,21 @@ pub const MAX_KEY: usize = 256;
 pub const MAX_VALUE: usize = 1024;
 /// The most values in one `in` / `nin`.
 pub const MAX_VALS: usize = 128;
+/// The largest filter, by [`Filter::cost`]: a few comparisons with long values, or a hundred
+/// short ones. Holding and evaluating a filter grows with it.
+pub const MAX_FILTER_BYTES: usize = 4096;
+/// The most filter bytes ([`Filter::cost`]) one connection may hold over all its
+/// subscriptions, each distinct filter counted once (equal filters are held once): a filter on
+/// every channel a connection may have would otherwise hold the channel bound times the filter
+/// bound.
+pub const MAX_CONNECTION_FILTER_BYTES: usize = 32 * 1024;
+/// What each node costs on top of its bytes (what holding and visiting one takes).
+pub const NODE_COST: usize = 24;
+/// What each value of an `in` / `nin` costs on top of its bytes.
+pub const VALUE_COST: usize = 8;
 
-/// A comparison of one tag.
+/// A comparison of one tag. Numbers are finite and `-0` is `0`, so equality is an equivalence
+/// and [`Hash`] agrees with it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cmp {
     /// Equal to the value.
@@ -57,7 +81,7 @@ pub enum Cmp {
     Lte(f64),
 }
 
-/// A compiled filter.
+/// A compiled filter, in canonical form (see the module's documentation).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
     /// Every node matches.
@@ -124,15 +148,16 @@ impl Filter {
             }
             _ => value,
         };
-        let mut nodes = 0;
-        Self::node(node, 1, &mut nodes)
+        let mut budget = Budget::default();
+        Self::node(node, 1, &mut budget)
     }
 
-    fn node(value: &Value, depth: usize, nodes: &mut usize) -> Result<Self, FilterError> {
-        *nodes += 1;
-        if *nodes > MAX_NODES {
+    fn node(value: &Value, depth: usize, budget: &mut Budget) -> Result<Self, FilterError> {
+        budget.nodes += 1;
+        if budget.nodes > MAX_NODES {
             return Err(FilterError::Limit(format!("tag filter exceeds {MAX_NODES} nodes")));
         }
+        budget.spend(NODE_COST)?;
         if depth > MAX_DEPTH {
             return Err(FilterError::Limit(format!(
                 "tag filter exceeds the depth limit of {MAX_DEPTH}"
@@ -140,8 +165,8 @@ impl Filter {
         }
         let object = value.as_object().ok_or_else(|| shape("a node must be an object"))?;
         match object.get("op") {
-            Some(op) => Self::logical(object, op, depth, nodes),
-            None => Self::comparison(object),
+            Some(op) => Self::logical(object, op, depth, budget),
+            None => Self::comparison(object, budget),
         }
     }
 
@@ -150,7 +175,7 @@ impl Filter {
         object: &Map<String, Value>,
         op: &Value,
         depth: usize,
-        nodes: &mut usize,
+        budget: &mut Budget,
     ) -> Result<Self, FilterError> {
         if ["key", "cmp", "val", "vals"].iter().any(|k| object.contains_key(*k)) {
             return Err(shape("a logical node cannot also compare a tag"));
@@ -162,14 +187,14 @@ impl Filter {
             .ok_or_else(|| shape("a logical node needs `nodes`, an array"))?;
         let mut compiled = Vec::with_capacity(children.len());
         for child in children {
-            compiled.push(Self::node(child, depth + 1, nodes)?);
+            compiled.push(Self::node(child, depth + 1, budget)?);
         }
         match op {
             "and" | "or" if compiled.is_empty() => {
                 Err(rule(format!("{op} operation requires at least one child node")))
             }
-            "and" => Ok(Self::And(compiled)),
-            "or" => Ok(Self::Or(compiled)),
+            "and" => Ok(Self::canonical(true, compiled)),
+            "or" => Ok(Self::canonical(false, compiled)),
             "not" if compiled.len() == 1 => Ok(Self::Not(Box::new(compiled.pop().expect("one")))),
             "not" => Err(rule(format!(
                 "not operation requires exactly one child node, got {}",
@@ -180,7 +205,7 @@ impl Filter {
     }
 
     /// `{"key": K, "cmp": C, "val": V}` or with `"vals": [...]` for `in` / `nin`.
-    fn comparison(object: &Map<String, Value>) -> Result<Self, FilterError> {
+    fn comparison(object: &Map<String, Value>, budget: &mut Budget) -> Result<Self, FilterError> {
         if object.contains_key("nodes") {
             return Err(shape("a comparison cannot have `nodes`"));
         }
@@ -219,6 +244,8 @@ impl Filter {
             val.parse::<f64>()
                 .ok()
                 .filter(|n| n.is_finite())
+                // -0 and 0 compare the same; one of them, so that equal filters hash the same.
+                .map(|n| if n == 0.0 { 0.0 } else { n })
                 .ok_or_else(|| rule(format!("`{cmp}` compares numbers; `{val}` is not one")))
         };
         let cmp = match cmp {
@@ -237,7 +264,52 @@ impl Filter {
             "lte" => Cmp::Lte(number()?),
             other => return Err(rule(format!("unknown cmp `{other}`"))),
         };
-        Ok(Self::Leaf { key: key.to_string(), cmp })
+        let leaf = Self::Leaf { key: key.to_string(), cmp };
+        budget.spend(leaf.cost() - NODE_COST)?;
+        Ok(leaf)
+    }
+
+    /// `and` (or `or`) over `children`, canonical: nested nodes of the same kind flattened,
+    /// children sorted and without duplicates, and a single child standing for itself. The
+    /// order is that of the children's debug text, which is deterministic (compiling is at
+    /// subscribe, bounded, and never on the event path).
+    fn canonical(and: bool, children: Vec<Self>) -> Self {
+        let mut flat = Vec::with_capacity(children.len());
+        for child in children {
+            match child {
+                Self::And(inner) if and => flat.extend(inner),
+                Self::Or(inner) if !and => flat.extend(inner),
+                other => flat.push(other),
+            }
+        }
+        flat.sort_by_cached_key(|c| format!("{c:?}"));
+        flat.dedup();
+        if flat.len() == 1 {
+            return flat.pop().expect("one child");
+        }
+        if and { Self::And(flat) } else { Self::Or(flat) }
+    }
+
+    /// What holding and evaluating the filter costs: the bytes of its keys and values, plus
+    /// [`NODE_COST`] a node and [`VALUE_COST`] a value of `in` / `nin`. At most
+    /// [`MAX_FILTER_BYTES`] for a filter [`Filter::compile`] accepts.
+    pub fn cost(&self) -> usize {
+        match self {
+            Self::And(nodes) | Self::Or(nodes) => {
+                NODE_COST + nodes.iter().map(Self::cost).sum::<usize>()
+            }
+            Self::Not(node) => NODE_COST + node.cost(),
+            Self::Leaf { key, cmp } => {
+                let value = match cmp {
+                    Cmp::Eq(v) | Cmp::Neq(v) | Cmp::Sw(v) | Cmp::Ew(v) | Cmp::Ct(v) => v.len(),
+                    Cmp::In(vs) | Cmp::Nin(vs) => vs.iter().map(|v| v.len() + VALUE_COST).sum(),
+                    Cmp::Ex | Cmp::Nex => 0,
+                    // As written at most a few dozen bytes; held in eight.
+                    Cmp::Gt(_) | Cmp::Gte(_) | Cmp::Lt(_) | Cmp::Lte(_) => 8,
+                };
+                NODE_COST + key.len() + value
+            }
+        }
     }
 
     /// Whether an event with `tags` passes.
@@ -275,6 +347,107 @@ impl Filter {
             Self::Leaf { key, cmp: Cmp::Eq(value) } => Some((key, value)),
             _ => None,
         }
+    }
+}
+
+/// The cost of a filter being compiled, counted as it goes so that an oversized one is refused
+/// before all of it is built.
+#[derive(Default)]
+struct Budget {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    fn spend(&mut self, bytes: usize) -> Result<(), FilterError> {
+        self.bytes += bytes;
+        if self.bytes > MAX_FILTER_BYTES {
+            return Err(FilterError::Limit(format!(
+                "tag filter exceeds {MAX_FILTER_BYTES} bytes (its keys and values, and \
+                 {NODE_COST} a node)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Eq for Cmp {}
+
+impl Hash for Cmp {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            Self::Eq(v) | Self::Neq(v) | Self::Sw(v) | Self::Ew(v) | Self::Ct(v) => v.hash(state),
+            Self::In(vs) | Self::Nin(vs) => vs.hash(state),
+            Self::Ex | Self::Nex => {}
+            // Finite, and never -0 (see `comparison`): equal numbers have equal bits.
+            Self::Gt(n) | Self::Gte(n) | Self::Lt(n) | Self::Lte(n) => n.to_bits().hash(state),
+        }
+    }
+}
+
+impl Eq for Filter {}
+
+impl Hash for Filter {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            Self::And(nodes) | Self::Or(nodes) => nodes.hash(state),
+            Self::Not(node) => node.hash(state),
+            Self::Leaf { key, cmp } => {
+                key.hash(state);
+                cmp.hash(state);
+            }
+        }
+    }
+}
+
+/// The node's distinct filters, each held once however many subscriptions use it: the
+/// same filter on 200 channels of 1,000 sockets is one allocation, and a channel's
+/// subscribers with equal filters share one `Arc`, which groups them. Entries are weak, so a
+/// filter nobody uses any more is freed; the dead entries are swept as the table grows.
+#[derive(Debug, Default)]
+pub struct Interner {
+    table: Mutex<Table>,
+    /// Random keys: a client cannot choose filters that collide.
+    hasher: std::collections::hash_map::RandomState,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    by_hash: HashMap<u64, Vec<Weak<Filter>>>,
+    /// Filters added since the last sweep.
+    added: usize,
+}
+
+impl Interner {
+    /// The node's shared copy of `filter` (`filter` itself when it is the first).
+    pub fn intern(&self, filter: Filter) -> Arc<Filter> {
+        let hash = self.hasher.hash_one(&filter);
+        let mut table = self.table.lock().expect("interner lock");
+        let bucket = table.by_hash.entry(hash).or_default();
+        if let Some(found) = bucket.iter().filter_map(Weak::upgrade).find(|f| **f == filter) {
+            return found;
+        }
+        bucket.retain(|f| f.strong_count() > 0);
+        let shared = Arc::new(filter);
+        bucket.push(Arc::downgrade(&shared));
+        table.added += 1;
+        // Amortised: a sweep costs the table's size, and at least that many were added since.
+        if table.added > table.by_hash.len() / 2 + 64 {
+            table.by_hash.retain(|_, bucket| {
+                bucket.retain(|f| f.strong_count() > 0);
+                !bucket.is_empty()
+            });
+            table.added = 0;
+        }
+        shared
+    }
+
+    /// Distinct filters in the table, the dead not yet swept included.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table.lock().expect("interner lock").by_hash.values().map(Vec::len).sum()
     }
 }
 
@@ -415,6 +588,48 @@ mod tests {
         assert!(refused(deep).contains("depth limit of 16"));
         let wide: Vec<Value> = (0..MAX_NODES).map(|_| json!({ "key": "a", "cmp": "ex" })).collect();
         assert!(refused(json!({ "op": "or", "nodes": wide })).contains("128 nodes"));
+    }
+
+    #[test]
+    fn a_filter_is_bounded_by_its_bytes_not_only_its_nodes() {
+        // The attack's filter: `or` over 127 `ct` leaves of 470 bytes, 60 KB in a few nodes.
+        let leaf = |i: usize| json!({ "key": "k", "cmp": "ct", "val": format!("{i:0470}") });
+        let big: Vec<Value> = (0..127).map(leaf).collect();
+        let refused = Filter::compile(&json!({ "op": "or", "nodes": big })).unwrap_err();
+        assert!(matches!(refused, FilterError::Limit(_)), "{refused}");
+        assert!(refused.to_string().contains("4096 bytes"), "{refused}");
+        // Just under the bound is accepted, and its cost says so.
+        let per_leaf = NODE_COST + 1 + 470;
+        let fits: Vec<Value> = (0..(MAX_FILTER_BYTES - NODE_COST) / per_leaf).map(leaf).collect();
+        let filter = Filter::compile(&json!({ "op": "or", "nodes": fits })).unwrap();
+        assert!(filter.cost() <= MAX_FILTER_BYTES && filter.cost() > MAX_FILTER_BYTES - per_leaf);
+    }
+
+    #[test]
+    fn filters_that_mean_the_same_compile_the_same_and_are_held_once() {
+        let eq = |k: &str, v: &str| json!({ "key": k, "cmp": "eq", "val": v });
+        let one = Filter::compile(&json!({ "op": "or", "nodes": [eq("a", "1"), eq("b", "2")] }));
+        let other = Filter::compile(&json!({ "op": "or", "nodes": [
+            eq("b", "2"), { "op": "or", "nodes": [eq("a", "1"), eq("b", "2")] }
+        ] }));
+        assert_eq!(one, other);
+        let single = Filter::compile(&json!({ "op": "and", "nodes": [eq("a", "1")] })).unwrap();
+        assert_eq!(single.equality(), Some(("a", "1")), "one child stands for itself");
+        let zero = Filter::compile(&json!({ "key": "p", "cmp": "gt", "val": "-0" })).unwrap();
+        assert_eq!(zero, Filter::compile(&json!({ "key": "p", "cmp": "gt", "val": 0 })).unwrap());
+
+        let interner = Interner::default();
+        let a = interner.intern(one.unwrap());
+        let b = interner.intern(other.unwrap());
+        assert!(Arc::ptr_eq(&a, &b), "equal filters share one copy");
+        let c = interner.intern(single);
+        assert!(!Arc::ptr_eq(&a, &c));
+        drop((a, b, c));
+        // Freed once unused; the table forgets them as it grows.
+        for i in 0..1000 {
+            drop(interner.intern(Filter::compile(&eq("k", &i.to_string())).unwrap()));
+        }
+        assert!(interner.len() < 200, "dead entries are swept: {}", interner.len());
     }
 
     #[test]

@@ -97,7 +97,11 @@ async fn admit(
         let reason = "Node is over its memory threshold; connect to another";
         return Err(Refused::new(codes::OVER_CAPACITY, reason));
     }
-    let app = match ctx.apps.by_key(key).await {
+    let lookup = match ip {
+        Some(ip) => crate::apps::CLIENT.scope(ip, ctx.apps.by_key(key)).await,
+        None => ctx.apps.by_key(key).await,
+    };
+    let app = match lookup {
         Lookup::Found(app) => app,
         Lookup::Unknown => {
             let reason = format!("App key {key} does not exist");
@@ -106,6 +110,10 @@ async fn admit(
         // 4100, not 4001: pusher-js gives up on 4000-4099, and this passes with the outage.
         Lookup::Unavailable => {
             let reason = format!("App key {key} could not be looked up; retry later");
+            return Err(Refused::new(codes::OVER_CAPACITY, reason));
+        }
+        Lookup::Refused => {
+            let reason = "Too many connections for app keys that do not exist from this address; retry later";
             return Err(Refused::new(codes::OVER_CAPACITY, reason));
         }
     };

@@ -32,7 +32,21 @@ pub(crate) async fn upgrade(
     peer: Option<Extension<Peer>>,
 ) -> Response {
     let ip = addr.map(|Extension(ConnectInfo(addr))| addr.ip());
-    let peer = peer.map(|Extension(peer)| peer);
+    let mut peer = peer.map(|Extension(peer)| peer);
+    // The address's WebSocket cap (its plain HTTP connections are not counted in it); held
+    // until the connection ends. One over it is upgraded to be told 4100.
+    let hold = match ip {
+        Some(ip) => ctx.edge.hold_socket(ip),
+        None => Ok(None),
+    };
+    let hold = match (hold, peer.as_mut()) {
+        (Ok(hold), _) => hold,
+        (Err(over), Some(peer)) => {
+            peer.over_limit.get_or_insert(over);
+            None
+        }
+        (Err(_), None) => None,
+    };
     let max = ctx.settings.ws_max_message_bytes;
     let tracker = ctx.tracker.clone();
     // Every log line about this connection says which it is (the fields left empty here are
@@ -53,7 +67,10 @@ pub(crate) async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            tracker
-                .track_future(connection::run(socket, ctx, key, query, ip, peer).instrument(span))
+            let run = connection::run(socket, ctx, key, query, ip, peer).instrument(span);
+            tracker.track_future(async move {
+                run.await;
+                drop(hold);
+            })
         })
 }

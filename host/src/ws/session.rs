@@ -19,7 +19,7 @@ use crate::{
     protocol::{
         channel::{self, ChannelKind, MAX_USER_ID_LENGTH},
         codes,
-        filter::Filter,
+        filter::{Filter, FilterError, MAX_CONNECTION_FILTER_BYTES},
         frames,
         inbound::{self, ClientMessage, DeltaRequest},
         signature,
@@ -83,6 +83,9 @@ pub(super) struct Session {
     /// The channels whose subscription made its own delta choice (`delta`), which the
     /// connection's choice does not override.
     delta_chosen: HashSet<String>,
+    /// The tag filter of each subscription that has one (the node's shared copies), for the
+    /// connection's filter budget.
+    filters: HashMap<String, Arc<Filter>>,
 }
 
 impl Session {
@@ -97,6 +100,7 @@ impl Session {
             deltas: None,
             delta_channels: HashSet::new(),
             delta_chosen: HashSet::new(),
+            filters: HashMap::new(),
         }
     }
 
@@ -129,16 +133,19 @@ impl Session {
             Ok(ClientMessage::Ping) => self.send(frames::pong()),
             Ok(ClientMessage::Pong) => {}
             Ok(ClientMessage::Subscribe { channel, auth, channel_data, filter, delta }) => {
-                let filter = match filter.as_ref().map(Filter::compile).transpose() {
-                    Ok(filter) => filter.map(Arc::new),
+                let compiled = filter.as_ref().map(Filter::compile).transpose();
+                // Off, filters are checked (a client learns of a bad one) but not applied.
+                let compiled = compiled.map(|f| f.filter(|_| self.ctx.settings.tag_filtering));
+                // Interned, so the same filter on many channels and sockets is held once.
+                let filter = compiled.map(|f| f.map(|f| self.ctx.adapter.hub().intern(f)));
+                let filter = match filter.and_then(|f| self.filter_room(&channel, f)) {
+                    Ok(filter) => filter,
                     Err(error) => {
                         Metrics::count(&self.ctx.metrics.subscriptions_refused, "reason", "filter");
                         let message = format!("Invalid message format: {error}");
                         return self.error(codes::INVALID_FILTER, &message);
                     }
                 };
-                // Off, filters are checked (a client learns of a bad one) but not applied.
-                let filter = filter.filter(|_| self.ctx.settings.tag_filtering);
                 let chosen = delta.is_some();
                 let delta = self.delta_wish(&channel, delta.as_ref());
                 self.subscribe(&channel, auth.as_deref(), channel_data.as_deref(), filter, delta)
@@ -165,6 +172,32 @@ impl Session {
                 self.client_event(&event, &channel, &data).await;
             }
         }
+    }
+
+    /// `filter` for a subscription to `channel`, if the connection's filters stay within
+    /// [`MAX_CONNECTION_FILTER_BYTES`] with it (instead of the channel's current one). Each
+    /// distinct filter counts once: equal filters are one shared copy.
+    fn filter_room(
+        &self,
+        channel: &str,
+        filter: Option<Arc<Filter>>,
+    ) -> Result<Option<Arc<Filter>>, FilterError> {
+        let Some(filter) = filter else { return Ok(None) };
+        let others = self.filters.iter().filter(|(name, _)| name.as_str() != channel);
+        let mut seen = HashSet::new();
+        let held: usize = others
+            .map(|(_, f)| f)
+            .chain([&filter])
+            .filter(|f| seen.insert(Arc::as_ptr(f)))
+            .map(|f| f.cost())
+            .sum();
+        if held > MAX_CONNECTION_FILTER_BYTES {
+            return Err(FilterError::Limit(format!(
+                "this connection's tag filters would be {held} bytes; the limit is \
+                 {MAX_CONNECTION_FILTER_BYTES} (a filter used on several channels counts once)"
+            )));
+        }
+        Ok(Some(filter))
     }
 
     /// The deltas a subscription to `channel` gets: what it asked, or else what the connection
@@ -259,6 +292,7 @@ impl Session {
             }
         }
         let member = join.as_ref().map(|j| (j.user_id.clone(), j.user_info.clone()));
+        let held = filter.clone();
         let presence = ChannelKind::of(name) == ChannelKind::Presence;
         let with_deltas = delta.is_some();
         let subscribed = self
@@ -274,7 +308,13 @@ impl Session {
             .await;
         match subscribed {
             Err(full) => self.subscription_error(name, "LimitReached", &full.to_string(), 403),
-            Ok(outcome) => self.subscribed(name, &outcome, member, with_deltas).await,
+            Ok(outcome) => {
+                match held {
+                    Some(filter) => self.filters.insert(name.to_string(), filter),
+                    None => self.filters.remove(name),
+                };
+                self.subscribed(name, &outcome, member, with_deltas).await;
+            }
         }
     }
 
@@ -432,6 +472,7 @@ impl Session {
 
     async fn unsubscribe(&mut self, name: &str) {
         let Some(user_id) = self.subscriptions.remove(name) else { return };
+        self.filters.remove(name);
         self.delta_channels.remove(name);
         self.delta_chosen.remove(name);
         self.leave(name, user_id.as_deref()).await;

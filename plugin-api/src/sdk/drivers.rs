@@ -337,6 +337,66 @@ pub trait AppManagerDriver: Send + Sync + 'static {
     fn health(&self) -> impl Future<Output = Result<(), PluginError>> + Send;
     /// See [`AppManager::shutdown`].
     fn shutdown(&self) -> impl Future<Output = Result<(), PluginError>> + Send;
+    /// A conditional [`update`](AppManagerDriver::update): write `app` only if the stored
+    /// record is still at version `expected`, and make it `expected + 1` (see
+    /// [`IF_VERSION`](crate::IF_VERSION), which the SDK takes off the record before this is
+    /// called). A driver without conditional writes keeps this default, and the SDK calls
+    /// `update` instead.
+    fn update_if(
+        &self,
+        changes: &str,
+        expected: u64,
+    ) -> impl Future<Output = Result<UpdateOutcome, PluginError>> + Send {
+        let _ = (changes, expected);
+        async { Ok(UpdateOutcome::Unsupported) }
+    }
+}
+
+/// What [`AppManagerDriver::update_if`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// The driver has no conditional write; the SDK writes with `update`.
+    Unsupported,
+    /// Written.
+    Updated,
+    /// No app with this id.
+    NotFound,
+    /// The stored record is no longer at the expected version; nothing was written.
+    Conflict,
+}
+
+/// A conditional `update`'s parts: the record for [`AppManagerDriver::update_if`] (the `id`
+/// and the fields [`CHANGED`](crate::CHANGED) names, or the whole record without it), the
+/// whole record for a plain `update`, and the version; `None` for an unconditional write.
+fn conditional(app: &str) -> Option<(String, String, u64)> {
+    let mut record: serde_json::Map<String, serde_json::Value> = serde_json::from_str(app).ok()?;
+    let expected = record.remove(crate::IF_VERSION)?.as_u64()?;
+    let changed = record.remove(crate::CHANGED);
+    let whole = serde_json::Value::Object(record.clone()).to_string();
+    let changes = match changed.as_ref().and_then(serde_json::Value::as_array) {
+        Some(names) => {
+            let names: Vec<&str> = names.iter().filter_map(serde_json::Value::as_str).collect();
+            record.retain(|name, _| name == "id" || names.contains(&name.as_str()));
+            serde_json::Value::Object(record).to_string()
+        }
+        None => whole.clone(),
+    };
+    Some((changes, whole, expected))
+}
+
+/// An `update` call as the driver answers it: conditional when the record asks for it.
+async fn update_with<T: AppManagerDriver>(driver: &T, app: &str) -> Result<bool, PluginError> {
+    let Some((changes, whole, expected)) = conditional(app) else {
+        return driver.update(app).await;
+    };
+    match driver.update_if(&changes, expected).await? {
+        UpdateOutcome::Updated => Ok(true),
+        UpdateOutcome::NotFound => Ok(false),
+        UpdateOutcome::Conflict => {
+            Err(PluginError::conflict(format!("the app was changed since version {expected}")))
+        }
+        UpdateOutcome::Unsupported => driver.update(&whole).await,
+    }
 }
 
 /// The FFI app-manager object for `driver`.
@@ -368,7 +428,7 @@ impl<T: AppManagerDriver> AppManager for Adapter<T> {
     }
 
     fn update(&self, app: RStr<'_>) -> FfiFuture<PResult<bool>> {
-        self.call(app.to_string(), |m, app| async move { m.update(&app).await })
+        self.call(app.to_string(), |m, app| async move { update_with(&*m, &app).await })
     }
 
     fn delete(&self, id: RStr<'_>) -> FfiFuture<PResult<bool>> {

@@ -31,7 +31,7 @@ mod runtime;
 
 pub use drivers::{
     AppManagerDriver, CacheDriver, CreateArgs, QueueDriver, RateLimiterDriver, TransportDriver,
-    app_manager_box, cache_box, create, queue_box, rate_limiter_box, transport_box,
+    UpdateOutcome, app_manager_box, cache_box, create, queue_box, rate_limiter_box, transport_box,
 };
 pub use export::{builder, expect_driver};
 pub use guard::{enter, guard, panic_message, ready, spawn};

@@ -53,7 +53,8 @@ pub fn to_item(record: &Map<String, Value>) -> HashMap<String, AttributeValue> {
     record.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), to_attribute(v))).collect()
 }
 
-fn to_attribute(value: &Value) -> AttributeValue {
+/// One JSON value as an attribute.
+pub fn to_attribute(value: &Value) -> AttributeValue {
     match value {
         Value::Null => AttributeValue::Null(true),
         Value::Bool(b) => AttributeValue::Bool(*b),

@@ -15,13 +15,16 @@ use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use serde_json::{Map, Value};
 use sockhost_plugin_api::{
     PluginError,
-    sdk::{AppManagerDriver, apps::record},
+    sdk::{AppManagerDriver, UpdateOutcome, apps::record},
 };
 
 use crate::{
     config::DynamoConfig,
-    item::{to_item, to_record},
+    item::{to_attribute, to_item, to_record},
 };
+
+/// The attribute conditional writes compare and bump; an item without it is at version 0.
+const VERSION: &str = "version";
 
 /// The reference's index on `key`.
 const KEY_INDEX: &str = "KeyIndex";
@@ -198,6 +201,24 @@ impl DynamoApps {
     }
 }
 
+impl DynamoApps {
+    /// Whether an item with this id exists (a consistent read of its id only).
+    async fn exists(&self, id: &str) -> Result<bool, PluginError> {
+        let found = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("id", AttributeValue::S(id.into()))
+            .projection_expression("#i")
+            .expression_attribute_names("#i", "id")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| failed("GetItem", &e))?;
+        Ok(found.item().is_some_and(|item| !item.is_empty()))
+    }
+}
+
 impl AppManagerDriver for DynamoApps {
     async fn find_by_id(&self, id: &str) -> Result<Option<String>, PluginError> {
         let found = self
@@ -277,10 +298,69 @@ impl AppManagerDriver for DynamoApps {
     }
 
     async fn update(&self, app: &str) -> Result<bool, PluginError> {
-        let (record, id) = record(app)?;
+        let (mut record, id) = record(app)?;
         self.ensure_table().await?;
         self.check_key(&record, &id).await?;
+        // The whole item is replaced: its version moves past the one read, so a conditional
+        // write that read the item before this one does not overwrite it.
+        let read = record.get(VERSION).and_then(Value::as_u64).unwrap_or(0);
+        record.insert(VERSION.into(), Value::from(read.saturating_add(1)));
         self.put(&record, "attribute_exists(id)").await
+    }
+
+    async fn update_if(&self, changes: &str, expected: u64) -> Result<UpdateOutcome, PluginError> {
+        let (record, id) = record(changes)?;
+        self.check_key(&record, &id).await?;
+        // Only the fields given are set (a null removes one), the version bumped, all under
+        // one condition on the version read: DynamoDB applies it atomically per item.
+        let mut set = vec!["#v = :next".to_string()];
+        let mut remove = Vec::new();
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", AttributeValue::S(id.clone()))
+            .expression_attribute_names("#v", VERSION)
+            .expression_attribute_values(":next", AttributeValue::N((expected + 1).to_string()));
+        let fields = record.iter().filter(|(k, _)| !["id", VERSION].contains(&k.as_str()));
+        for (n, (name, value)) in fields.enumerate() {
+            update = update.expression_attribute_names(format!("#f{n}"), name);
+            if value.is_null() {
+                remove.push(format!("#f{n}"));
+            } else {
+                set.push(format!("#f{n} = :f{n}"));
+                update = update.expression_attribute_values(format!(":f{n}"), to_attribute(value));
+            }
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        let condition = if expected == 0 {
+            "attribute_exists(id) AND (attribute_not_exists(#v) OR #v = :expected)"
+        } else {
+            "attribute_exists(id) AND #v = :expected"
+        };
+        let outcome = update
+            .update_expression(expression)
+            .condition_expression(condition)
+            .expression_attribute_values(":expected", AttributeValue::N(expected.to_string()))
+            .send()
+            .await;
+        match outcome {
+            Ok(_) => Ok(UpdateOutcome::Updated),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(if self.exists(&id).await? {
+                    UpdateOutcome::Conflict
+                } else {
+                    UpdateOutcome::NotFound
+                })
+            }
+            Err(e) => Err(failed("UpdateItem", &e)),
+        }
     }
 
     async fn delete(&self, id: &str) -> Result<bool, PluginError> {

@@ -13,12 +13,12 @@ use mysql_async::{
 use serde_json::{Map, Value};
 use sockhost_plugin_api::{
     PluginError,
-    sdk::{AppManagerDriver, apps::record},
+    sdk::{AppManagerDriver, UpdateOutcome, apps::record},
 };
 
 use crate::{
     config::SqlConfig,
-    record::{ROTATION_COLUMNS, within, written},
+    record::{ROTATION_COLUMNS, VERSION_COLUMN, within, written},
 };
 
 /// The reference's JSON fields: nested even where the column is text.
@@ -130,9 +130,14 @@ impl MysqlApps {
             .map_err(|e| PluginError::config(format!("preparing table {table}: {e}")))?;
         let mut columns = read_columns(&mut conn, &table, timeout).await?;
         // MySQL (unlike MariaDB) has no ADD COLUMN IF NOT EXISTS: add what the columns lack.
-        for (column, kind) in ROTATION_COLUMNS {
+        let added = ROTATION_COLUMNS
+            .into_iter()
+            .map(|(column, kind)| {
+                (column, if kind == "BIGINT" { "BIGINT NULL" } else { "VARCHAR(255) NULL" })
+            })
+            .chain([(VERSION_COLUMN, "BIGINT NOT NULL DEFAULT 0")]);
+        for (column, kind) in added {
             if !columns.contains_key(column) {
-                let kind = if kind == "BIGINT" { "BIGINT NULL" } else { "VARCHAR(255) NULL" };
                 let added = within(
                     timeout,
                     conn.query_drop(format!("ALTER TABLE `{table}` ADD COLUMN {column} {kind}")),
@@ -197,6 +202,31 @@ impl MysqlApps {
     fn select(&self) -> String {
         format!("SELECT * FROM `{}`", self.table)
     }
+
+    /// A lookup by `column`: a value the column cannot hold (MySQL's "incorrect string value",
+    /// 1366, for bytes outside its character set) is no app rather than an outage, so one odd
+    /// byte cannot raise the outage signal.
+    async fn find(&self, column: &str, value: &str) -> Result<Option<String>, PluginError> {
+        let statement = format!("{} WHERE {column} = ? LIMIT 1", self.select());
+        match self.rows(statement, vec![value.into()]).await {
+            Err(e) if e.message().contains("(1366)") || e.message().contains("(1267)") => Ok(None),
+            found => Ok(found?.pop()),
+        }
+    }
+
+    /// `SET` assignments for `columns`, the version bumped when the table has one.
+    fn assignments(&self, columns: &[String]) -> String {
+        let mut set: Vec<String> = columns.iter().map(|c| format!("{c} = ?")).collect();
+        if self.columns.contains_key(VERSION_COLUMN) {
+            set.push(format!("{VERSION_COLUMN} = {VERSION_COLUMN} + 1"));
+        }
+        set.join(", ")
+    }
+
+    async fn exists(&self, id: &str) -> Result<bool, PluginError> {
+        let statement = format!("SELECT id FROM `{}` WHERE id = ?", self.table);
+        Ok(!self.rows(statement, vec![id.into()]).await?.is_empty())
+    }
 }
 
 async fn read_columns(
@@ -260,13 +290,11 @@ fn to_sql(value: &Value) -> Sql {
 
 impl AppManagerDriver for MysqlApps {
     async fn find_by_id(&self, id: &str) -> Result<Option<String>, PluginError> {
-        let statement = format!("{} WHERE id = ? LIMIT 1", self.select());
-        Ok(self.rows(statement, vec![id.into()]).await?.pop())
+        self.find("id", id).await
     }
 
     async fn find_by_key(&self, key: &str) -> Result<Option<String>, PluginError> {
-        let statement = format!("{} WHERE `key` = ? LIMIT 1", self.select());
-        Ok(self.rows(statement, vec![key.into()]).await?.pop())
+        self.find("`key`", key).await
     }
 
     async fn list(&self, after: &str, limit: u32) -> Result<Vec<String>, PluginError> {
@@ -289,17 +317,40 @@ impl AppManagerDriver for MysqlApps {
         let (record, id) = record(app)?;
         let fields = self.writable(&record);
         if fields.is_empty() {
-            return Ok(self.find_by_id(&id).await?.is_some());
+            return self.exists(&id).await;
         }
         let (columns, mut values): (Vec<String>, Vec<Sql>) = fields.into_iter().unzip();
-        let set: Vec<String> = columns.iter().map(|c| format!("{c} = ?")).collect();
         values.push(id.clone().into());
-        let statement = format!("UPDATE `{}` SET {} WHERE id = ?", self.table, set.join(", "));
+        // The version is bumped here too, so a conditional write that read the row before
+        // this one does not overwrite it.
+        let set = self.assignments(&columns);
+        let statement = format!("UPDATE `{}` SET {set} WHERE id = ?", self.table);
         // MySQL counts only rows it changed: an update to the same values is 0 rows, not absent.
         if self.execute(statement, values).await? > 0 {
             return Ok(true);
         }
-        Ok(self.find_by_id(&id).await?.is_some())
+        self.exists(&id).await
+    }
+
+    async fn update_if(&self, changes: &str, expected: u64) -> Result<UpdateOutcome, PluginError> {
+        if !self.columns.contains_key(VERSION_COLUMN) {
+            return Ok(UpdateOutcome::Unsupported);
+        }
+        let (record, id) = record(changes)?;
+        let (columns, mut values): (Vec<String>, Vec<Sql>) =
+            self.writable(&record).into_iter().unzip();
+        values.push(id.clone().into());
+        values.push(expected.into());
+        // InnoDB locks the row and checks the version on its latest state, so of two writers
+        // that read the same version only one matches; the bump makes the count 1 even when
+        // every other value is unchanged.
+        let set = self.assignments(&columns);
+        let statement =
+            format!("UPDATE `{}` SET {set} WHERE id = ? AND {VERSION_COLUMN} = ?", self.table);
+        if self.execute(statement, values).await? > 0 {
+            return Ok(UpdateOutcome::Updated);
+        }
+        Ok(if self.exists(&id).await? { UpdateOutcome::Conflict } else { UpdateOutcome::NotFound })
     }
 
     async fn delete(&self, id: &str) -> Result<bool, PluginError> {

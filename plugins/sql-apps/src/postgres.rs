@@ -8,13 +8,13 @@ use std::{
 use serde_json::{Map, Value};
 use sockhost_plugin_api::{
     PluginError,
-    sdk::{AppManagerDriver, apps::record},
+    sdk::{AppManagerDriver, UpdateOutcome, apps::record},
 };
 use tokio_postgres::{Client, NoTls, error::SqlState, types::ToSql};
 
 use crate::{
     config::SqlConfig,
-    record::{ROTATION_COLUMNS, within, written},
+    record::{ROTATION_COLUMNS, VERSION_COLUMN, within, written},
 };
 
 /// Apps in a PostgreSQL table.
@@ -101,6 +101,9 @@ impl PostgresApps {
                 r#" ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS {column} {kind};"#
             ));
         }
+        script.push_str(&format!(
+            r#" ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS {VERSION_COLUMN} BIGINT NOT NULL DEFAULT 0;"#
+        ));
         script.push_str(" COMMIT;");
         within(timeout, client.batch_execute(&script))
             .await?
@@ -171,8 +174,34 @@ impl PostgresApps {
         let statement = format!(
             r#"SELECT row_to_json(t)::text FROM "{table}" t WHERE t.{column} = $1 LIMIT 1"#
         );
-        let rows = self.rows(&statement, &[&value]).await?;
-        Ok(rows.first().map(|row| row.get::<_, String>(0)))
+        let client = self.client().await?;
+        match within(self.config.timeout(), client.query(&statement, &[&value])).await? {
+            Ok(rows) => Ok(rows.first().map(|row| row.get::<_, String>(0))),
+            // Class 22 (data exception: a NUL byte is 22021, a bad encoding 22P05, ...) is the
+            // value's fault: no row can hold it, so no app has it. Taking it for an outage
+            // would let anyone raise the outage signal with one odd byte.
+            Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => Ok(None),
+            Err(e) => Err(unavailable("query", &e)),
+        }
+    }
+
+    /// Whether a row with this id exists.
+    async fn exists(&self, id: &str) -> Result<bool, PluginError> {
+        let statement = format!(r#"SELECT 1 FROM "{}" WHERE id = $1"#, self.table);
+        Ok(!self.rows(&statement, &[&id]).await?.is_empty())
+    }
+
+    /// `SET` assignments for `columns` from the record `r`, the version bumped, and the
+    /// update time when the table keeps one.
+    fn assignments(&self, columns: &[String]) -> String {
+        let mut set: Vec<String> = columns.iter().map(|c| format!("{c} = r.{c}")).collect();
+        if self.columns.contains(VERSION_COLUMN) {
+            set.push(format!("{VERSION_COLUMN} = t.{VERSION_COLUMN} + 1"));
+        }
+        if self.columns.contains("updated_at") {
+            set.push("updated_at = now()".into());
+        }
+        set.join(", ")
     }
 
     /// The record's fields that are columns of the table, quoted: not `id` (the key of the
@@ -247,22 +276,36 @@ impl AppManagerDriver for PostgresApps {
         let (record, id) = record(app)?;
         let columns = self.writable(&record);
         if columns.is_empty() {
-            return Ok(self.find("id", &id).await?.is_some());
+            return self.exists(&id).await;
         }
         let table = &self.table;
-        let list = columns.join(", ");
-        let touched = if self.columns.contains("updated_at") { ", updated_at = now()" } else { "" };
+        let set = self.assignments(&columns);
+        // The version is bumped here too, so a conditional write that read the row before
+        // this one does not overwrite it.
         let statement = format!(
-            r#"UPDATE "{table}" SET ({list}) = (SELECT {list} FROM json_populate_record(NULL::"{table}", $1::text::json)){touched} WHERE id = $2"#
+            r#"UPDATE "{table}" AS t SET {set} FROM json_populate_record(NULL::"{table}", $1::text::json) AS r WHERE t.id = $2"#
         );
-        // A one-column list is not a row in PostgreSQL's grammar: `(a) = (SELECT a ...)`
-        // needs ROW() around the left side only from version 10 on, so say it plainly.
-        let statement = if columns.len() == 1 {
-            statement.replacen(&format!("SET ({list}) ="), &format!("SET {list} ="), 1)
-        } else {
-            statement
-        };
         Ok(self.execute(&statement, &[&app, &id]).await? > 0)
+    }
+
+    async fn update_if(&self, changes: &str, expected: u64) -> Result<UpdateOutcome, PluginError> {
+        if !self.columns.contains(VERSION_COLUMN) {
+            return Ok(UpdateOutcome::Unsupported);
+        }
+        let (record, id) = record(changes)?;
+        let expected = i64::try_from(expected).unwrap_or(i64::MAX);
+        let columns = self.writable(&record);
+        let table = &self.table;
+        let set = self.assignments(&columns);
+        // One statement: PostgreSQL re-checks the WHERE on the row as the concurrent writer
+        // left it, so of two writers that read the same version only one matches.
+        let statement = format!(
+            r#"UPDATE "{table}" AS t SET {set} FROM json_populate_record(NULL::"{table}", $1::text::json) AS r WHERE t.id = $2 AND t.{VERSION_COLUMN} = $3"#
+        );
+        if self.execute(&statement, &[&changes, &id, &expected]).await? > 0 {
+            return Ok(UpdateOutcome::Updated);
+        }
+        Ok(if self.exists(&id).await? { UpdateOutcome::Conflict } else { UpdateOutcome::NotFound })
     }
 
     async fn delete(&self, id: &str) -> Result<bool, PluginError> {

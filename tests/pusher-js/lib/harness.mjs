@@ -15,7 +15,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..', '..');
 const PATIENCE_MS = 10_000;
 
-export const APP = { id: 'js-app', key: 'js-key', secret: 'js-secret' };
+export const APP = { id: 'js-app', key: 'js-key', secret: 'js-secret-of-the-test-app' };
 
 export function freePort() {
   return new Promise((resolve, reject) => {
@@ -135,7 +135,14 @@ export async function startSockhost({ tls, env = {} } = {}) {
     if (Date.now() > deadline) throw new Error(`sockhost did not answer /up:\n${stderr}`);
     await new Promise((r) => setTimeout(r, 20));
   }
-  await apps.created();
+  try {
+    await apps.created();
+  } catch (error) {
+    // Nothing left running to keep the test process alive past the failure.
+    child.kill('SIGKILL');
+    apps.stop();
+    throw error;
+  }
   return {
     port,
     stop: () => new Promise((resolve) => {
