@@ -82,6 +82,10 @@ struct Args {
     /// publish rate with plain subscribers'. 0: off.
     #[arg(long, default_value_t = 0)]
     heavy_filter: usize,
+    /// With --heavy-filter: every subscriber has the same filter (the attack as first
+    /// measured), not one of its own.
+    #[arg(long)]
+    heavy_filter_shared: bool,
     /// Bytes of each leaf's value with --heavy-filter.
     #[arg(long, default_value_t = 470)]
     heavy_filter_bytes: usize,
@@ -306,8 +310,9 @@ struct Publisher {
 fn heavy_filter(i: usize, leaves: usize, bytes: usize) -> Value {
     let nodes: Vec<Value> = (0..leaves)
         .map(|leaf| {
-            let head = format!("{i}-{leaf}-");
-            let val = format!("{head}{}", "z".repeat(bytes.saturating_sub(head.len())));
+            // Nearly the event's tag (a run of `z`), so every test scans it to its end.
+            let tail = format!("-{i}-{leaf}");
+            let val = format!("{}{tail}", "z".repeat(bytes.saturating_sub(tail.len())));
             json!({ "key": "t", "cmp": "ct", "val": val })
         })
         .collect();
@@ -332,7 +337,7 @@ impl Publisher {
         let mut body =
             json!({ "name": "bench", "channel": format!("bench-{channel}"), "data": data });
         if self.args.heavy_filter > 0 {
-            body["tags"] = json!({ "k": seq.to_string(), "t": "x".repeat(64) });
+            body["tags"] = json!({ "k": seq.to_string(), "t": "z".repeat(1024) });
         } else if self.args.filters > 0 {
             let value = (seq / self.args.channels as u64) % self.args.filters as u64;
             body["tags"] = json!({ "k": value.to_string() });
@@ -414,7 +419,8 @@ async fn main() -> anyhow::Result<()> {
         );
         let channel = format!("bench-{}", i % args.channels);
         let filter = if args.heavy_filter > 0 {
-            Some(heavy_filter(i, args.heavy_filter, args.heavy_filter_bytes))
+            let owner = if args.heavy_filter_shared { 0 } else { i };
+            Some(heavy_filter(owner, args.heavy_filter, args.heavy_filter_bytes))
         } else {
             (args.filters > 0).then(|| {
                 let value = (i / args.channels) % args.filters;
