@@ -8,10 +8,9 @@
 //! app's connections close with 4003.
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    sync::Arc,
+    time::{Duration, SystemTime},
 };
 
 use axum::{
@@ -28,6 +27,7 @@ use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq as _;
 
 use crate::{
+    address_counts::AddressCounts,
     apps::{Lookup, is_safe_name},
     cluster_events,
     config::AppConfig,
@@ -71,8 +71,6 @@ const FIELD_BOUNDS: [(&str, u64); 8] = [
 const TOKEN_FAILURES: u32 = 20;
 /// The window token failures are counted in.
 const TOKEN_WINDOW: Duration = Duration::from_secs(10);
-/// Client addresses whose failures are remembered at most (older windows are dropped first).
-const MAX_TRACKED_ADDRESSES: usize = 10_000;
 
 /// An admin API error: a status and a JSON `{"error": ...}` (with `"retry": true` when the
 /// same request may succeed if sent again).
@@ -140,43 +138,28 @@ async fn json_errors(request: Request, next: Next) -> Response {
 }
 
 /// Token failures by client address, so guessing the token costs the guesser a wait.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TokenGuard {
-    /// When each address's window began, and its failures in it.
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    failures: AddressCounts,
     log: LogLimiter,
 }
 
-impl TokenGuard {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (Instant, u32)>> {
-        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+impl Default for TokenGuard {
+    fn default() -> Self {
+        Self { failures: AddressCounts::new(TOKEN_WINDOW), log: LogLimiter::default() }
     }
+}
 
+impl TokenGuard {
     /// How long the address must wait before it is heard again; `None` when it may try.
     fn blocked(&self, address: IpAddr) -> Option<Duration> {
-        let failures = self.lock();
-        let (began, count) = failures.get(&address)?;
-        let left = TOKEN_WINDOW.checked_sub(began.elapsed())?;
-        (*count >= TOKEN_FAILURES).then_some(left)
+        let (count, left) = self.failures.current(address);
+        (count >= TOKEN_FAILURES && !left.is_zero()).then_some(left)
     }
 
     /// Count a failure of `address`; its failures in the current window.
     fn failed(&self, address: IpAddr) -> u32 {
-        let mut failures = self.lock();
-        if failures.len() >= MAX_TRACKED_ADDRESSES && !failures.contains_key(&address) {
-            failures.retain(|_, (began, _)| began.elapsed() < TOKEN_WINDOW);
-            if failures.len() >= MAX_TRACKED_ADDRESSES {
-                // Every slot is a live window: the newcomer is counted with the rest, so a
-                // flood from many addresses still ends in a wait rather than in free guesses.
-                failures.clear();
-            }
-        }
-        let entry = failures.entry(address).or_insert((Instant::now(), 0));
-        if entry.0.elapsed() >= TOKEN_WINDOW {
-            *entry = (Instant::now(), 0);
-        }
-        entry.1 += 1;
-        entry.1
+        self.failures.add(address)
     }
 }
 

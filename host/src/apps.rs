@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::{
+    address_counts::AddressCounts,
     config::{AppConfig, AppRecordRules, Limits, WebhookTarget},
     metrics::Metrics,
     plugins::AppManager,
@@ -162,8 +163,8 @@ struct Store {
     lookups: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// The database's failures are counted each; logged at most once a second.
     failures_logged: LogLimiter,
-    /// Lookups per client address that found nothing, this window.
-    spent: std::sync::Mutex<(Instant, HashMap<std::net::IpAddr, u32>)>,
+    /// Lookups per client address that found nothing, over [`MISS_BUDGET_WINDOW`].
+    spent: AddressCounts,
 }
 
 #[derive(Debug, Default)]
@@ -221,7 +222,7 @@ impl Apps {
             turns: Semaphore::new(CONCURRENT_LOOKUPS),
             lookups: metrics.app_lookups.clone(),
             failures_logged: LogLimiter::default(),
-            spent: std::sync::Mutex::new((Instant::now(), HashMap::new())),
+            spent: AddressCounts::new(MISS_BUDGET_WINDOW),
         };
         Self { fixed: Index::default(), store: Some(store) }
     }
@@ -332,7 +333,7 @@ impl Store {
         let generation = self.read().generation;
         let fetched = self.fetch(by).await;
         if let (Some(ip), Ok(None) | Err(_)) = (client, &fetched) {
-            self.spend(ip);
+            self.spent.add(ip);
         }
         match fetched {
             Ok(Some(app)) => {
@@ -403,25 +404,7 @@ impl Store {
     /// Whether the database said lately that it does not know this id or key.
     /// Whether `ip` has spent its budget of lookups that found nothing.
     fn over_budget(&self, ip: std::net::IpAddr) -> bool {
-        let mut spent = self.spent.lock().expect("budget lock");
-        if spent.0.elapsed() >= MISS_BUDGET_WINDOW {
-            *spent = (Instant::now(), HashMap::new());
-        }
-        spent.1.get(&ip).is_some_and(|n| *n >= MISS_BUDGET)
-    }
-
-    /// One lookup that found nothing, for `ip` (addresses beyond [`MAX_MISSES`] in a window
-    /// are not tracked: the table stays bounded, and so do the queries it would save).
-    fn spend(&self, ip: std::net::IpAddr) {
-        let mut spent = self.spent.lock().expect("budget lock");
-        let tracked = spent.1.len();
-        match spent.1.get_mut(&ip) {
-            Some(n) => *n = n.saturating_add(1),
-            None if tracked < MAX_MISSES => {
-                spent.1.insert(ip, 1);
-            }
-            None => {}
-        }
+        self.spent.current(ip).0 >= MISS_BUDGET
     }
 
     fn missed(&self, by: By<'_>) -> bool {

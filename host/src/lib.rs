@@ -14,6 +14,7 @@
 #![warn(unreachable_pub)]
 
 pub(crate) mod adapter;
+pub(crate) mod address_counts;
 pub(crate) mod admin;
 pub(crate) mod apps;
 pub mod benchmarks;

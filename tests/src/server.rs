@@ -228,6 +228,21 @@ impl ServerBuilder {
     }
 }
 
+/// Whether the server closed `stream` (EOF or reset) within [`PATIENCE`](crate::pusher::PATIENCE),
+/// reading and dropping whatever it sent before.
+pub async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + crate::pusher::PATIENCE;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
 /// The port in the last `addr=...:<port>` of the first log line containing `marker`.
 fn logged_port(log: &str, marker: &str) -> Option<u16> {
     let line = log.lines().find(|l| l.contains(marker))?;

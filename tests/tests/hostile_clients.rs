@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use sockhost_tests::{
     pusher::{Api, Client, PATIENCE, Received, TestApp},
-    server::Server,
+    server::{Server, closed_by_server},
     webhook,
 };
 use tokio::{
@@ -97,19 +97,6 @@ mod raw {
 /// Wait until the labelled metric line `line` counts at least `n`.
 async fn counted(server: &Server, line: &str, n: f64) {
     server.wait_for_labelled_metric(line, PATIENCE, |v| v >= n).await;
-}
-
-/// Whether the server closed `stream` (EOF or reset) within the patience.
-async fn closed_by_server(stream: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) => {}
-        }
-    }
 }
 
 /// A WebSocket client on a socket with a tiny receive buffer, so that the server's writes to

@@ -6,7 +6,7 @@
 use serde_json::Value;
 use sockhost_tests::{
     pusher::PATIENCE,
-    server::{Server, free_port},
+    server::{Server, closed_by_server, free_port},
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -17,19 +17,6 @@ const TOKEN: &str = "a-test-admin-token-of-at-least-32-characters";
 
 fn admin_config(port: u16) -> String {
     format!("[admin]\nenabled = true\nport = {port}\ntoken = \"{TOKEN}\"\n")
-}
-
-/// Whether the server closed `stream` (EOF or reset) within the patience.
-async fn closed_by_server(stream: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) => {}
-        }
-    }
 }
 
 /// A raw request to 127.0.0.1:`port`: the status line and the body.

@@ -34,7 +34,9 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{config::EdgeSettings, metrics::Metrics, telemetry::LogLimiter};
+use crate::{
+    address_counts::AddressCounts, config::EdgeSettings, metrics::Metrics, telemetry::LogLimiter,
+};
 
 mod proxy;
 
@@ -121,20 +123,13 @@ pub(crate) struct Edge {
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     sockets_per_ip: Mutex<HashMap<IpAddr, usize>>,
-    handshakes: Mutex<Handshakes>,
-    started: std::time::Instant,
+    /// TLS handshakes begun per address over the last second.
+    handshakes: AddressCounts,
     lingering: AtomicUsize,
     open_gauge: Gauge,
     lingering_gauge: Gauge,
     refused: Family<Vec<(&'static str, &'static str)>, Counter>,
     refusals_logged: LogLimiter,
-}
-
-/// TLS handshakes begun in the current second, per address.
-#[derive(Debug, Default)]
-struct Handshakes {
-    second: u64,
-    counts: HashMap<IpAddr, u32>,
 }
 
 impl Edge {
@@ -179,8 +174,7 @@ impl Edge {
             open: AtomicUsize::new(0),
             per_ip: Mutex::default(),
             sockets_per_ip: Mutex::default(),
-            handshakes: Mutex::default(),
-            started: std::time::Instant::now(),
+            handshakes: AddressCounts::new(Duration::from_secs(1)),
             lingering: AtomicUsize::new(0),
             open_gauge,
             lingering_gauge: metrics.edge_lingering.clone(),
@@ -217,7 +211,7 @@ impl Edge {
         self.open_gauge.inc();
         let ticket = Ticket { edge: self.clone(), ip: None };
         let over = self.max_connections.is_some_and(|max| open > max).then(|| {
-            self.refuse(OverLimit::Node, || {
+            self.over(OverLimit::Node, || {
                 tracing::warn!(
                     open,
                     max = self.max_connections,
@@ -228,12 +222,18 @@ impl Edge {
         (ticket, over)
     }
 
-    /// Count a refusal, and log it when the log is not flooded.
-    fn refuse(&self, over: OverLimit, log: impl FnOnce()) -> OverLimit {
-        self.refused.get_or_create(&vec![("reason", over.label())]).inc();
+    /// Count a refusal for `reason` (the metric label), and log it when the log is not
+    /// flooded.
+    fn refuse(&self, reason: &'static str, log: impl FnOnce()) {
+        self.refused.get_or_create(&vec![("reason", reason)]).inc();
         if self.refusals_logged.allow() {
             log();
         }
+    }
+
+    /// [`Edge::refuse`] for a connection over a limit.
+    fn over(&self, over: OverLimit, log: impl FnOnce()) -> OverLimit {
+        self.refuse(over.label(), log);
         over
     }
 
@@ -253,7 +253,7 @@ impl Edge {
         ticket.ip = Some(ip);
         let max = self.max_per_ip?;
         (from_ip > max).then(|| {
-            self.refuse(OverLimit::Address, || {
+            self.over(OverLimit::Address, || {
                 tracing::warn!(
                     %ip,
                     open = from_ip,
@@ -279,7 +279,7 @@ impl Edge {
         if *count >= max {
             let open = *count;
             drop(sockets);
-            return Err(self.refuse(OverLimit::Address, || {
+            return Err(self.over(OverLimit::Address, || {
                 tracing::warn!(
                     %ip,
                     open,
@@ -299,23 +299,11 @@ impl Edge {
         if max == 0 || self.proxies.trusts(ip) {
             return true;
         }
-        let second = self.started.elapsed().as_secs();
-        let allowed = {
-            let mut handshakes = self.handshakes.lock().expect("edge lock");
-            if handshakes.second != second {
-                // A new second: last second's counts (one entry per address seen) go at once.
-                handshakes.second = second;
-                handshakes.counts.clear();
-            }
-            let count = handshakes.counts.entry(ip).or_insert(0);
-            *count = count.saturating_add(1);
-            *count <= max
-        };
+        let allowed = self.handshakes.add(ip) <= max;
         if !allowed {
-            self.refused.get_or_create(&vec![("reason", "tls_rate")]).inc();
-            if self.refusals_logged.allow() {
+            self.refuse("tls_rate", || {
                 tracing::warn!(%ip, max, "Refusing TLS handshakes from an address over edge.max_tls_handshakes_per_ip_per_second.");
-            }
+            });
         }
         allowed
     }
@@ -341,10 +329,9 @@ impl Edge {
                     prefix = header.rest;
                 }
                 Err(error) => {
-                    self.refused.get_or_create(&vec![("reason", "proxy_protocol")]).inc();
-                    if self.refusals_logged.allow() {
+                    self.refuse("proxy_protocol", || {
                         tracing::warn!(%peer, %error, "Closing a connection without a valid PROXY header (edge.proxy_protocol is on).");
-                    }
+                    });
                     return None;
                 }
             }
