@@ -947,8 +947,15 @@ pub struct SqsServer {
     child: Option<Child>,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    serial: bool,
     _dir: tempfile::TempDir,
 }
+
+/// moto's own server program with one thread: requests are answered one at a time.
+const SERIAL_MOTO: &str = "import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+run_simple(sys.argv[1], int(sys.argv[2]), DomainDispatcherApplication(create_backend_app), threaded=False)";
 
 /// Whether an HTTP server answers on `port`.
 fn http_answers(port: u16) -> bool {
@@ -967,7 +974,22 @@ impl SqsServer {
     /// # Panics
     /// If moto is missing or the server does not start in time.
     pub fn start() -> Self {
-        let mut server = Self { child: None, port: 0, _dir: private_dir() };
+        Self::start_with(false)
+    }
+
+    /// [`SqsServer::start`], answering one request at a time. moto's threaded server checks a
+    /// DynamoDB condition expression and writes the item in two steps another request can come
+    /// between, where DynamoDB does both at once; served one at a time, a conditional write is
+    /// atomic, as in DynamoDB. (Not for SQS's long polls, which would hold every other request.)
+    ///
+    /// # Panics
+    /// If moto is missing or the server does not start in time.
+    pub fn start_serial() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(serial: bool) -> Self {
+        let mut server = Self { child: None, port: 0, serial, _dir: private_dir() };
         for _ in 0..5 {
             server.port = free_port();
             if server.launch() {
@@ -982,8 +1004,14 @@ impl SqsServer {
 
     fn launch(&mut self) -> bool {
         let log = std::fs::File::create(self._dir.path().join("moto.log")).unwrap();
+        let port = self.port.to_string();
+        let args = if self.serial {
+            vec!["-c", SERIAL_MOTO, "127.0.0.1", &port]
+        } else {
+            vec!["-m", "moto.server", "-H", "127.0.0.1", "-p", &port]
+        };
         let mut child = Command::new(binary("python3", "PYTHON"))
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
             .current_dir(self._dir.path())
             .stdout(Stdio::null())
             .stderr(log)

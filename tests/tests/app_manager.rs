@@ -33,7 +33,7 @@ impl Db {
     }
 
     fn dynamodb() -> Self {
-        Self::Dynamo(SqsServer::start())
+        Self::Dynamo(SqsServer::start_serial())
     }
 
     /// The config that points a node at this database for its apps (through the reference's
