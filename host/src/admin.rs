@@ -34,7 +34,7 @@ use crate::{
     console::{self, session},
     metrics::Metrics,
     plugins::{AppManager, Conditional, ErrorCode},
-    server::Ctx,
+    ctx::Ctx,
     telemetry::LogLimiter,
 };
 
@@ -409,7 +409,7 @@ async fn save(ctx: &Arc<Ctx>, id: &str, record: Map<String, Value>) -> Answer {
 /// This node looks the app up again (closing its connections if it is disabled or gone), and
 /// every other node is told to.
 async fn announce(ctx: &Arc<Ctx>, id: &str) {
-    cluster_events::app_changed(ctx, id).await;
+    cluster_events::app_changed(&ctx.apps, &ctx.adapter, id).await;
     ctx.adapter.cluster().announce_app_changed(id);
 }
 

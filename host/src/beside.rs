@@ -14,7 +14,7 @@ use axum::{
 };
 use tokio::net::TcpListener;
 
-use crate::{edge::Edge, http_api::ApiError, server::Ctx};
+use crate::{ctx::Ctx, edge::Edge, http_api::ApiError};
 
 /// Serve `app` on `listener` until shutdown.
 pub(crate) fn serve(
@@ -28,9 +28,10 @@ pub(crate) fn serve(
     let app = app
         .layer(axum::middleware::from_fn(crate::http_api::refuse_over_limit))
         .layer(axum::middleware::from_fn(json_refusals));
-    let (ctx, stop) = (ctx.clone(), ctx.shutdown.clone());
+    let (metrics, stop) = (ctx.metrics.clone(), ctx.shutdown.clone());
+    let grace = ctx.settings.shutdown_grace_period;
     tokio::spawn(async move {
-        crate::server::serve(&ctx, edge, listener, app, stop, None).await;
+        crate::listen::serve(&metrics, grace, edge, listener, app, stop, None).await;
     });
     Ok(())
 }

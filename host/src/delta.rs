@@ -26,39 +26,19 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, value::RawValue};
 
-use crate::{hub::SocketId, protocol::frames};
+pub use crate::config::{Algorithm, ChannelRules, StreamSettings};
+use crate::protocol::{SocketId, frames};
 
-/// A delta encoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Algorithm {
-    /// Fossil's delta format (the default; `fossil-delta` in JavaScript).
-    Fossil,
-    /// VCDIFF (RFC 3284) as xdelta3 writes it, without checksums or secondary compression
-    /// (`@ably/vcdiff-decoder` in JavaScript).
-    Xdelta3,
+/// How delta compression encodes with an algorithm (the choice itself is configuration:
+/// [`Algorithm`]).
+trait Encode {
+    fn encode(self, base: &[u8], target: &[u8]) -> Option<Vec<u8>>;
+    fn index(self) -> usize;
 }
 
-impl Algorithm {
-    /// The name on the wire and in configuration.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Fossil => "fossil",
-            Self::Xdelta3 => "xdelta3",
-        }
-    }
-
-    /// The algorithm a name means (`vcdiff` is xdelta3's format); case does not matter, as
-    /// Sockudo's own configuration files spell them `Fossil` and `Xdelta3`.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "fossil" => Some(Self::Fossil),
-            "xdelta3" | "vcdiff" => Some(Self::Xdelta3),
-            _ => None,
-        }
-    }
-
+impl Encode for Algorithm {
     /// The delta that rebuilds `target` from `base`.
-    pub fn encode(self, base: &[u8], target: &[u8]) -> Option<Vec<u8>> {
+    fn encode(self, base: &[u8], target: &[u8]) -> Option<Vec<u8>> {
         match self {
             // The crate's arguments are (target, base): `apply(base, delta)` gives target.
             Self::Fossil => Some(fossil_delta::delta(target, base)),
@@ -80,95 +60,6 @@ impl Algorithm {
             Self::Xdelta3 => 1,
         }
     }
-}
-
-/// How one channel's events are compressed: the server's `delta_compression` settings with
-/// the app's `channel_delta_compression` entry for the channel applied.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamSettings {
-    /// The algorithm for subscribers that do not name one.
-    pub algorithm: Algorithm,
-    /// Deltas in a row before a full frame is sent again.
-    pub full_message_interval: u32,
-    /// Frames shorter than this go whole.
-    pub min_message_size: usize,
-    /// A stream unused this long is forgotten (its next event goes whole).
-    pub max_state_age: Duration,
-    /// Streams (event and conflation key pairs) one channel keeps; the least recently used
-    /// is forgotten beyond.
-    pub max_conflation_keys: usize,
-    /// Where in the event data the conflation key is (dotted path), if anywhere.
-    pub conflation_key_path: Option<Vec<String>>,
-    /// Leave `algorithm` out of delta frames.
-    pub omit_algorithm: bool,
-}
-
-impl Default for StreamSettings {
-    fn default() -> Self {
-        Self {
-            algorithm: Algorithm::Fossil,
-            full_message_interval: 10,
-            min_message_size: 100,
-            max_state_age: Duration::from_secs(300),
-            max_conflation_keys: 100,
-            conflation_key_path: None,
-            omit_algorithm: false,
-        }
-    }
-}
-
-/// An app's delta settings by channel: its `channel_delta_compression` rules over the
-/// server's `delta_compression`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ChannelRules {
-    /// The server's settings; `None` when delta compression is off.
-    server: Option<Arc<StreamSettings>>,
-    /// (name or pattern, its settings or `None` for disabled), most specific first: exact
-    /// names, then patterns by length.
-    rules: Vec<(String, Option<Arc<StreamSettings>>)>,
-}
-
-impl ChannelRules {
-    /// `rules` over `server` (`None`: delta compression is off for every channel).
-    pub fn new(
-        server: Option<Arc<StreamSettings>>,
-        mut rules: Vec<(String, Option<Arc<StreamSettings>>)>,
-    ) -> Self {
-        rules.sort_by_key(|(pattern, _)| (pattern.contains('*'), std::cmp::Reverse(pattern.len())));
-        Self { server, rules }
-    }
-
-    /// The settings for `channel`, or `None` if its events never go as deltas (off, disabled
-    /// for it, or an encrypted channel, whose payloads do not shrink and whose ciphertexts a
-    /// delta would only tie together).
-    pub fn for_channel(&self, channel: &str) -> Option<Arc<StreamSettings>> {
-        self.server.as_ref()?;
-        if crate::protocol::channel::ChannelKind::of(channel)
-            == crate::protocol::channel::ChannelKind::PrivateEncrypted
-        {
-            return None;
-        }
-        match self.rules.iter().find(|(pattern, _)| matches_pattern(pattern, channel)) {
-            Some((_, settings)) => settings.clone(),
-            None => self.server.clone(),
-        }
-    }
-}
-
-/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
-fn matches_pattern(pattern: &str, name: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = name.strip_prefix(first) else { return false };
-    let mut parts: Vec<&str> = parts.collect();
-    let Some(last) = parts.pop() else { return rest.is_empty() };
-    for part in parts {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// A conflation key longer than this is not one: such events share their event's stream.
@@ -606,28 +497,6 @@ mod tests {
         let long = "k".repeat(MAX_CONFLATION_KEY + 1);
         let (out, _) = send(&mut deltas, &frame("price", &price(0, &long)), &socket);
         assert!(out.ends_with(r#","__delta_seq":0}"#));
-    }
-
-    #[test]
-    fn channel_rules_pick_the_most_specific_and_spare_encrypted_channels() {
-        assert!(matches_pattern("market-*", "market-btc"));
-        assert!(matches_pattern("*-btc", "market-btc"));
-        assert!(matches_pattern("a*b*c", "a-b-c"));
-        assert!(!matches_pattern("a*b*c", "a-c"));
-        assert!(!matches_pattern("market-*", "news"));
-        assert!(matches_pattern("exact", "exact") && !matches_pattern("exact", "exactly"));
-        let server = settings(None);
-        let xdelta =
-            Arc::new(StreamSettings { algorithm: Algorithm::Xdelta3, ..(*server).clone() });
-        let rules = ChannelRules::new(
-            Some(server.clone()),
-            vec![("market-*".into(), Some(xdelta.clone())), ("market-quiet".into(), None)],
-        );
-        assert_eq!(rules.for_channel("market-btc"), Some(xdelta));
-        assert_eq!(rules.for_channel("market-quiet"), None);
-        assert_eq!(rules.for_channel("news"), Some(server.clone()));
-        assert_eq!(rules.for_channel("private-encrypted-market-x"), None);
-        assert_eq!(ChannelRules::new(None, Vec::new()).for_channel("news"), None);
     }
 
     #[test]

@@ -28,8 +28,7 @@ use crate::{
     },
 };
 
-/// A socket id, `<digits>.<digits>`.
-pub(crate) type SocketId = Arc<str>;
+pub(crate) use crate::protocol::SocketId;
 
 /// A connection's state shared between its task and the hub: why it is being closed, and how
 /// many bytes wait in its queue.

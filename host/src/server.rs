@@ -1,153 +1,26 @@
 //! The server: the shared context, the router, and [`run`].
 
-use std::{
-    future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{future::Future, sync::Arc};
 
-use axum::extract::ConnectInfo;
 use axum::{
     Router,
     http::header,
     response::IntoResponse,
     routing::{get, post},
 };
-use hyper::{Request, body::Incoming};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tower::ServiceExt as _;
 
 use crate::{
-    adapter::Adapter,
-    apps::Apps,
     beside,
-    cluster::Cluster,
-    cluster_events,
     config::Settings,
-    edge::{Edge, Peer},
-    http_api,
-    hub::Hub,
+    ctx::Ctx,
+    http_api, listen,
     metrics::Metrics,
-    plugins::{Drivers, RateDecision},
-    readiness::Readiness,
-    telemetry::LogLimiter,
+    plugins::Drivers,
     tls::{self, Certificates},
-    webhooks::{self, Webhooks},
-    ws,
+    webhooks, ws,
 };
-
-/// How long a connection over a limit has to send its request head.
-const REFUSAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
-/// The pause after a failed accept (out of descriptors), so the loop does not spin.
-const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// Everything request handlers and connection tasks share.
-#[derive(Debug)]
-pub(crate) struct Ctx {
-    /// The validated settings.
-    pub settings: Settings,
-    /// The apps.
-    pub apps: Apps,
-    /// Channel state and delivery.
-    pub adapter: Adapter,
-    /// The plugin drivers.
-    pub drivers: Drivers,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Cancelled when the server shuts down; connection tasks close with 4200.
-    pub shutdown: CancellationToken,
-    /// Tracks connection tasks, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-    /// Webhook batching and delayed `channel_vacated`.
-    pub webhooks: Webhooks,
-    /// The listener's counts and limits.
-    pub edge: Arc<Edge>,
-    /// Whether this node wants new traffic.
-    pub readiness: Readiness,
-    /// The debug console's live log and figures.
-    pub console: crate::console::Console,
-    socket_prefix: u32,
-    socket_counter: AtomicU64,
-}
-
-impl Ctx {
-    /// A context over `settings` and `drivers`.
-    pub(crate) fn new(settings: Settings, drivers: Drivers) -> Self {
-        let metrics = Metrics::new(&settings.metrics_prefix, drivers.counters.clone());
-        let cluster = Cluster::new(
-            drivers.transport.clone(),
-            settings.cluster.clone(),
-            metrics.bus_publish_refused.clone(),
-        );
-        let edge = Edge::new(&settings.edge, &metrics);
-        metrics.ready.set(1);
-        Self {
-            console: crate::console::Console::new(cluster.node_id, &metrics),
-            edge,
-            readiness: Readiness::new(settings.max_memory_percent, settings.max_memory_bytes),
-            apps: match &drivers.app_manager {
-                None => Apps::new(settings.apps.clone()),
-                Some(manager) => {
-                    Apps::managed(manager.clone(), settings.app_records.clone(), &metrics)
-                }
-            },
-            adapter: Adapter::new(Arc::new(Hub::new(metrics.deltas.clone())), cluster),
-            settings,
-            drivers,
-            metrics,
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            webhooks: Webhooks::default(),
-            // A random first part makes ids unique across nodes; the counter, within this one.
-            socket_prefix: rand::random::<u32>() % 1_000_000_000 + 1,
-            socket_counter: AtomicU64::new(rand::random::<u32>().into()),
-        }
-    }
-
-    /// Consume `cost` tokens of `key` against `limit` per `window_ms` through the rate-limiter
-    /// driver: `None` if allowed (or unlimited, or limits are off), the decision if refused. A
-    /// driver that fails lets the request through (`rate_limiter.fail_open`, the default) or
-    /// refuses it for a second, with a log line and a metric either way.
-    pub(crate) async fn rate_limit(
-        &self,
-        key: &str,
-        cost: u32,
-        limit: u32,
-        window_ms: u64,
-    ) -> Option<RateDecision> {
-        if limit == 0 || !self.settings.rate_limiter_enabled {
-            return None;
-        }
-        match self.drivers.rate_limiter.check(key, cost, limit, window_ms).await {
-            Ok(decision) if decision.allowed => None,
-            Ok(decision) => {
-                self.metrics.rate_limited.inc();
-                Some(decision)
-            }
-            Err(error) if self.settings.rate_limiter_fail_open => {
-                self.metrics.rate_limiter_errors.inc();
-                tracing::warn!(%error, key, "The rate limiter failed; letting the request through.");
-                None
-            }
-            Err(error) => {
-                self.metrics.rate_limiter_errors.inc();
-                self.metrics.rate_limited.inc();
-                tracing::warn!(%error, key, "The rate limiter failed; refusing the request (fail_open = false).");
-                Some(RateDecision { allowed: false, limit, remaining: 0, reset_after_ms: 1000 })
-            }
-        }
-    }
-
-    /// A new socket id, `<digits>.<digits>`, unique on this node.
-    pub(crate) fn next_socket_id(&self) -> String {
-        format!("{}.{}", self.socket_prefix, self.socket_counter.fetch_add(1, Ordering::Relaxed))
-    }
-}
 
 /// The router for WebSocket connections, the HTTP API and health checks.
 pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
@@ -237,125 +110,6 @@ async fn watch_memory(ctx: Arc<Ctx>) {
         .await;
 }
 
-/// Accept connections on `listener` until `stop` is cancelled, serving each with `app`
-/// through `edge`'s limits and timeouts (and TLS, with `tls`); then let open HTTP exchanges
-/// finish (up to `grace`). Upgraded WebSockets are not waited for here: their tasks are
-/// tracked apart.
-pub(crate) async fn serve(
-    ctx: &Arc<Ctx>,
-    edge: Arc<Edge>,
-    listener: TcpListener,
-    app: Router,
-    stop: CancellationToken,
-    tls: Option<TlsAcceptor>,
-) {
-    let settings = edge.settings().clone();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(settings.header_timeout);
-    // A connection over a limit is only told so: it gets a short deadline for its request, and
-    // the refusal closes it (`Connection: close`; keep-alive stays on so that a WebSocket
-    // upgrade can still carry its 4100).
-    let mut refusing = http.clone();
-    refusing.header_read_timeout(settings.header_timeout.min(REFUSAL_DEADLINE));
-    let exchanges = TaskTracker::new();
-    let accept_errors = LogLimiter::default();
-    loop {
-        let (stream, addr) = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of descriptors: wait a little rather than spin on accept.
-                    ctx.metrics.accept_errors.inc();
-                    if accept_errors.allow() {
-                        tracing::error!(%error, "Accepting a connection failed.");
-                    }
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        // Counted now, before the task runs, so the node's cap holds however fast they come.
-        let ticket = edge.open();
-        let (ctx, edge, app, stop, tls) =
-            (ctx.clone(), edge.clone(), app.clone(), stop.clone(), tls.clone());
-        let builders = (http.clone(), refusing.clone());
-        exchanges.spawn(async move {
-            let Some((io, peer)) = edge.accept(stream, addr, ticket).await else { return };
-            if peer.over_limit.is_some() && edge.closes_over_limit() {
-                return;
-            }
-            let builder = if peer.over_limit.is_some() { builders.1 } else { builders.0 };
-            let client = peer.addr;
-            let exchange = Exchange { ctx, edge, builder, app, peer, stop };
-            let Some(acceptor) = tls else { return exchange.run(io).await };
-            if !exchange.edge.allow_handshake(client.ip()) {
-                return;
-            }
-            // The handshake is part of the request head's time: a client that opens a socket
-            // and says nothing is dropped at the same deadline.
-            match tokio::time::timeout(settings.header_timeout, acceptor.accept(io)).await {
-                Ok(Ok(stream)) => exchange.run(stream).await,
-                Ok(Err(error)) => {
-                    exchange.ctx.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%error, %client, "A TLS handshake failed.");
-                }
-                Err(_) => {
-                    exchange.ctx.metrics.tls_handshake_failures.inc();
-                    Metrics::count(&exchange.ctx.metrics.edge_timeouts, "kind", "header");
-                }
-            }
-        });
-    }
-    drop(listener);
-    exchanges.close();
-    if tokio::time::timeout(ctx.settings.shutdown_grace_period, exchanges.wait()).await.is_err() {
-        tracing::warn!("HTTP exchanges still open after the grace period; stopping anyway.");
-    }
-}
-
-/// One accepted connection's HTTP exchanges (and a WebSocket upgrade), over any stream.
-struct Exchange {
-    ctx: Arc<Ctx>,
-    edge: Arc<Edge>,
-    builder: hyper::server::conn::http1::Builder,
-    app: Router,
-    peer: Peer,
-    stop: CancellationToken,
-}
-
-impl Exchange {
-    async fn run<I>(self, io: I)
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let Self { ctx, edge, builder, app, peer, stop } = self;
-        let addr = peer.addr;
-        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            // Each request's client: behind a trusted proxy, the one its headers name.
-            let client = edge.client(peer.addr, request.headers());
-            request.extensions_mut().insert(ConnectInfo(client));
-            request.extensions_mut().insert(peer.clone());
-            app.clone().oneshot(request.map(axum::body::Body::new))
-        });
-        let mut connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
-        // At shutdown an idle connection closes, and a busy one after its response.
-        let served = tokio::select! {
-            served = &mut connection => served,
-            () = stop.cancelled() => {
-                Pin::new(&mut connection).graceful_shutdown();
-                connection.await
-            }
-        };
-        if let Err(error) = served {
-            if error.is_timeout() {
-                Metrics::count(&ctx.metrics.edge_timeouts, "kind", "header");
-            }
-            tracing::debug!(%error, %addr, "An HTTP connection ended with an error.");
-        }
-    }
-}
-
 /// Serve on `listener` until `shutdown` resolves; then stop accepting, close every socket with
 /// 4200, wait up to the grace period for connection tasks, release the drivers and return.
 ///
@@ -384,7 +138,7 @@ pub async fn run(
     let inbox = drivers.inbox.take();
     let ctx = Arc::new(Ctx::new(settings, drivers));
     if let Some(inbox) = inbox {
-        cluster_events::start(&ctx, inbox).await;
+        ctx.events.start(inbox, ctx.shutdown.clone()).await;
     }
     if ctx.settings.drivers.transport.name != "local" && !ctx.adapter.cluster().authenticated() {
         tracing::warn!(
@@ -397,7 +151,7 @@ pub async fn run(
     tokio::spawn(watch_backends(ctx.clone()));
     tokio::spawn(signal_shutdown(ctx.clone(), shutdown));
     // On every node: another node's console may watch this one's log and figures.
-    tokio::spawn(crate::console::run(ctx.clone()));
+    tokio::spawn(ctx.feed.clone().run(ctx.adapter.clone(), ctx.shutdown.clone()));
     if let Some(listener) = metrics_listener {
         let app = Router::new().route("/metrics", get(render_metrics)).with_state(ctx.clone());
         beside::serve(&ctx, listener, app, "Metrics")?;
@@ -419,7 +173,8 @@ pub async fn run(
         max_connections = ctx.edge.max_connections().map_or_else(|| "unlimited".to_string(), |m| m.to_string()),
         "Listening."
     );
-    serve(&ctx, ctx.edge.clone(), listener, router(ctx.clone()), token, acceptor).await;
+    listen::serve(&ctx.metrics, grace, ctx.edge.clone(), listener, router(ctx.clone()), token, acceptor)
+        .await;
     ctx.tracker.close();
     if tokio::time::timeout(grace, ctx.tracker.wait()).await.is_err() {
         tracing::warn!(
@@ -427,7 +182,7 @@ pub async fn run(
             "Connections still open after the grace period; stopping anyway."
         );
     }
-    cluster_events::stop(&ctx).await;
+    ctx.events.stop().await;
     ctx.drivers.shutdown().await;
     tracing::info!("Stopped.");
     Ok(())
@@ -443,9 +198,9 @@ async fn signal_shutdown(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()>) {
 
 /// The webhook forwarder (events to the queue) and the queue's consumer (the deliveries).
 async fn start_webhooks(ctx: &Arc<Ctx>) -> std::io::Result<()> {
-    tokio::spawn(webhooks::forward(ctx.clone()));
+    tokio::spawn(webhooks::forward(ctx.webhooks.clone()));
     let http = reqwest::Client::builder().build().map_err(std::io::Error::other)?;
-    let deliver = webhooks::deliver(ctx.clone(), http, ctx.settings.webhooks.clone());
+    let deliver = webhooks::deliver(ctx.webhooks.clone(), http);
     if let Err(error) = ctx.drivers.queue.consume(webhooks::QUEUE, deliver).await {
         tracing::error!(%error, "Webhooks will not be delivered: the queue refused a consumer.");
     }
@@ -480,7 +235,9 @@ async fn start_tls(
         let (ctx, stop) = (ctx.clone(), ctx.shutdown.clone());
         tokio::spawn(async move {
             let edge = ctx.edge.clone();
-            serve(&ctx, edge, listener, http_api::redirect::router(port), stop, None).await;
+            let grace = ctx.settings.shutdown_grace_period;
+            let redirect = http_api::redirect::router(port);
+            listen::serve(&ctx.metrics, grace, edge, listener, redirect, stop, None).await;
         });
     }
     Ok(acceptor)

@@ -1,77 +1,8 @@
 //! Logging.
 
-use std::io::IsTerminal as _;
-
 use tracing_subscriber::{EnvFilter, fmt};
 
-use crate::config::LogConfig;
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Lines for people.
-    #[default]
-    Text,
-    /// One JSON object a line, with the current span's fields (the connection's socket id and
-    /// app, the HTTP request's method and path).
-    Json,
-}
-
-/// Whether text logs carry ANSI colour.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LogColor {
-    /// On a terminal, unless `NO_COLOR` is set.
-    #[default]
-    Auto,
-    /// Always.
-    Always,
-    /// Never.
-    Never,
-}
-
-/// The validated `[log]` settings.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LogSettings {
-    /// The format.
-    pub format: LogFormat,
-    /// Colour, for text.
-    pub color: LogColor,
-    /// Debug lines from sockhost when `RUST_LOG` is unset.
-    pub debug: bool,
-}
-
-impl LogSettings {
-    /// From the config file's `[log]` and `debug`; a bad value names its field.
-    pub fn parse(config: &LogConfig, debug: bool) -> Result<Self, (&'static str, String)> {
-        let format = match config.format.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => return Err(("log.format", format!("`{other}` is not `text` or `json`"))),
-        };
-        let color = match config.color.as_str() {
-            "auto" => LogColor::Auto,
-            "always" => LogColor::Always,
-            "never" => LogColor::Never,
-            other => {
-                return Err(("log.color", format!("`{other}` is not `auto`, `always` or `never`")));
-            }
-        };
-        Ok(Self { format, color, debug })
-    }
-
-    /// Whether text lines get colour: `auto` means standard error is a terminal and `NO_COLOR`
-    /// is unset or empty (<https://no-color.org>).
-    pub fn ansi(&self) -> bool {
-        match self.color {
-            LogColor::Always => true,
-            LogColor::Never => false,
-            LogColor::Auto => {
-                std::io::stderr().is_terminal()
-                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-            }
-        }
-    }
-}
+pub use crate::config::{LogColor, LogFormat, LogSettings};
 
 /// Log to standard error as `settings` say, filtered by `RUST_LOG` (default: `info`, or
 /// sockhost's debug lines too with `debug`). Only the first call takes effect.

@@ -17,15 +17,19 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
-    apps::App,
+    adapter::Adapter,
+    apps::{App, Apps},
     config::WebhookSettings,
-    console::{self, Entry},
+    feed::{self, Entry, Feed},
     metrics::Metrics,
-    plugins::{JobError, JobFuture, QueuedJob},
-    protocol::signature,
-    server::Ctx,
+    plugins::{JobError, JobFuture, Queue, QueuedJob},
+    protocol::{
+        signature,
+        webhook::Hook,
+    },
     telemetry::LogLimiter,
 };
 
@@ -47,100 +51,6 @@ const OUTBOX_CAPACITY: usize = 65_536;
 
 type Outgoing = (Arc<App>, Vec<Hook>);
 
-/// A kind of webhook event, as endpoints name them in `event_types`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    ChannelOccupied,
-    ChannelVacated,
-    MemberAdded,
-    MemberRemoved,
-    ClientEvent,
-    CacheMiss,
-    SubscriptionCount,
-}
-
-impl Kind {
-    /// Every kind.
-    pub(crate) const ALL: [Self; 7] = [
-        Self::ChannelOccupied,
-        Self::ChannelVacated,
-        Self::MemberAdded,
-        Self::MemberRemoved,
-        Self::ClientEvent,
-        Self::CacheMiss,
-        Self::SubscriptionCount,
-    ];
-
-    /// The name on the wire and in `event_types`.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::ChannelOccupied => "channel_occupied",
-            Self::ChannelVacated => "channel_vacated",
-            Self::MemberAdded => "member_added",
-            Self::MemberRemoved => "member_removed",
-            Self::ClientEvent => "client_event",
-            Self::CacheMiss => "cache_miss",
-            Self::SubscriptionCount => "subscription_count",
-        }
-    }
-
-    /// The kind `name` names.
-    pub(crate) fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.name() == name)
-    }
-}
-
-/// A webhook event with its fields, serialized as Pusher sends it (`name` and the fields).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "name", rename_all = "snake_case")]
-pub(crate) enum Hook {
-    ChannelOccupied {
-        channel: String,
-    },
-    ChannelVacated {
-        channel: String,
-    },
-    MemberAdded {
-        channel: String,
-        user_id: String,
-    },
-    MemberRemoved {
-        channel: String,
-        user_id: String,
-    },
-    ClientEvent {
-        channel: String,
-        event: String,
-        /// The event data as text (a client's JSON re-encoded when it was not a string).
-        data: String,
-        socket_id: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        user_id: Option<String>,
-    },
-    CacheMiss {
-        channel: String,
-    },
-    SubscriptionCount {
-        channel: String,
-        subscription_count: usize,
-    },
-}
-
-impl Hook {
-    /// Its kind.
-    pub(crate) fn kind(&self) -> Kind {
-        match self {
-            Self::ChannelOccupied { .. } => Kind::ChannelOccupied,
-            Self::ChannelVacated { .. } => Kind::ChannelVacated,
-            Self::MemberAdded { .. } => Kind::MemberAdded,
-            Self::MemberRemoved { .. } => Kind::MemberRemoved,
-            Self::ClientEvent { .. } => Kind::ClientEvent,
-            Self::CacheMiss { .. } => Kind::CacheMiss,
-            Self::SubscriptionCount { .. } => Kind::SubscriptionCount,
-        }
-    }
-}
-
 /// One app's use of the webhook path on this node: its entries waiting in the outbox, and the
 /// events it raised in the current one-second window.
 #[derive(Debug, Default)]
@@ -154,6 +64,13 @@ struct AppBudget {
 /// batches being collected, and vacated channels waiting to be confirmed.
 #[derive(Debug)]
 pub(crate) struct Webhooks {
+    settings: WebhookSettings,
+    apps: Arc<Apps>,
+    adapter: Arc<Adapter>,
+    queue: Arc<Queue>,
+    metrics: Arc<Metrics>,
+    feed: Arc<Feed>,
+    shutdown: CancellationToken,
     outbox: mpsc::Sender<Outgoing>,
     outbox_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     batches: Mutex<HashMap<String, Vec<Hook>>>,
@@ -163,10 +80,38 @@ pub(crate) struct Webhooks {
     drops_logged: LogLimiter,
 }
 
-impl Default for Webhooks {
-    fn default() -> Self {
+/// What webhooks are built from.
+#[derive(Debug)]
+pub(crate) struct Inputs {
+    /// The `[webhooks]` settings.
+    pub settings: WebhookSettings,
+    /// The apps, to count deliveries of known apps only.
+    pub apps: Arc<Apps>,
+    /// Channel state, to confirm a vacated channel is still empty.
+    pub adapter: Arc<Adapter>,
+    /// The queue driver the jobs go through.
+    pub queue: Arc<Queue>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The console's figures and log.
+    pub feed: Arc<Feed>,
+    /// Cancelled at shutdown: a queue that is down is no longer waited for.
+    pub shutdown: CancellationToken,
+}
+
+impl Webhooks {
+    /// Webhooks over `inputs`, with an empty outbox.
+    pub(crate) fn new(inputs: Inputs) -> Arc<Self> {
+        let Inputs { settings, apps, adapter, queue, metrics, feed, shutdown } = inputs;
         let (outbox, rx) = mpsc::channel(OUTBOX_CAPACITY);
-        Self {
+        Arc::new(Self {
+            settings,
+            apps,
+            adapter,
+            queue,
+            metrics,
+            feed,
+            shutdown,
             outbox,
             outbox_rx: Mutex::new(Some(rx)),
             batches: Mutex::default(),
@@ -174,26 +119,26 @@ impl Default for Webhooks {
             generation: AtomicU64::new(0),
             budgets: Mutex::default(),
             drops_logged: LogLimiter::default(),
-        }
+        })
     }
 }
 
 /// Move webhook events from the outbox to the queue driver, one at a time so their order holds.
-/// Runs until the server's context is dropped.
-pub(crate) async fn forward(ctx: Arc<Ctx>) {
-    let Some(mut rx) = ctx.webhooks.outbox_rx.lock().expect("webhook lock").take() else { return };
-    let weak = Arc::downgrade(&ctx);
-    drop(ctx);
+/// Runs until the webhooks are dropped.
+pub(crate) async fn forward(webhooks: Arc<Webhooks>) {
+    let Some(mut rx) = webhooks.outbox_rx.lock().expect("webhook lock").take() else { return };
+    let weak = Arc::downgrade(&webhooks);
+    drop(webhooks);
     while let Some((app, events)) = rx.recv().await {
-        let Some(ctx) = weak.upgrade() else { return };
-        ctx.webhooks.release_share(&app.id);
-        enqueue(&ctx, &app, events).await;
+        let Some(webhooks) = weak.upgrade() else { return };
+        webhooks.release_share(&app.id);
+        webhooks.enqueue(&app, events).await;
     }
 }
 
 impl Webhooks {
-    fn dropped(&self, ctx: &Ctx, app: &App, reason: &'static str, why: &str) {
-        Metrics::count(&ctx.metrics.webhooks_dropped, "reason", reason);
+    fn dropped(&self, app: &App, reason: &'static str, why: &str) {
+        Metrics::count(&self.metrics.webhooks_dropped, "reason", reason);
         if self.drops_logged.allow() {
             tracing::warn!(app_id = %app.id, reason, "Webhook events are being dropped: {why}.");
         }
@@ -213,15 +158,14 @@ impl Webhooks {
     }
 
     /// Put a batch in the outbox, within the app's share of it.
-    fn send(&self, ctx: &Ctx, app: &Arc<App>, events: Vec<Hook>) {
-        let max = ctx.settings.webhooks.max_queued_per_app;
+    fn send(&self, app: &Arc<App>, events: Vec<Hook>) {
+        let max = self.settings.max_queued_per_app;
         {
             let mut budgets = self.budgets.lock().expect("webhook lock");
             let budget = budgets.entry(app.id.clone()).or_default();
             if budget.queued >= max {
                 drop(budgets);
                 return self.dropped(
-                    ctx,
                     app,
                     "app_share",
                     "the app's share of the outbox is full",
@@ -231,14 +175,14 @@ impl Webhooks {
         }
         if self.outbox.try_send((app.clone(), events)).is_err() {
             self.release_share(&app.id);
-            ctx.metrics.webhooks_failed.inc();
-            self.dropped(ctx, app, "outbox", "the outbox is full");
+            self.metrics.webhooks_failed.inc();
+            self.dropped(app, "outbox", "the outbox is full");
         }
     }
 
     /// Count one event the app raises against its per-second allowance; whether it may go.
-    fn admit(&self, ctx: &Ctx, app: &App) -> bool {
-        let per_second = ctx.settings.webhooks.max_events_per_second_per_app;
+    fn admit(&self, app: &App) -> bool {
+        let per_second = self.settings.max_events_per_second_per_app;
         let now = Instant::now();
         let allowed = {
             let mut budgets = self.budgets.lock().expect("webhook lock");
@@ -252,23 +196,23 @@ impl Webhooks {
             budget.raised <= per_second
         };
         if !allowed {
-            self.dropped(ctx, app, "app_rate", "the app raises more than its events per second");
+            self.dropped(app, "app_rate", "the app raises more than its events per second");
         }
         allowed
     }
 
     /// Send `event` (an object with `name` and its fields) to the app's endpoints that want it,
     /// within the app's allowance of events per second.
-    pub(crate) fn emit(&self, ctx: &Arc<Ctx>, app: &Arc<App>, event: Hook) {
-        if app.webhooks.is_empty() || !self.admit(ctx, app) {
+    pub(crate) fn emit(self: &Arc<Self>, app: &Arc<App>, event: Hook) {
+        if app.webhooks.is_empty() || !self.admit(app) {
             return;
         }
-        self.emit_admitted(ctx, app, event);
+        self.emit_admitted(app, event);
     }
 
-    fn emit_admitted(&self, ctx: &Arc<Ctx>, app: &Arc<App>, event: Hook) {
+    fn emit_admitted(self: &Arc<Self>, app: &Arc<App>, event: Hook) {
         if !app.webhook_batching {
-            self.send(ctx, app, vec![event]);
+            self.send(app, vec![event]);
             return;
         }
         let first = {
@@ -278,63 +222,61 @@ impl Webhooks {
             batch.len() == 1
         };
         if first {
-            let (ctx, app) = (ctx.clone(), app.clone());
+            let (this, app) = (self.clone(), app.clone());
             tokio::spawn(async move {
-                tokio::time::sleep(ctx.settings.webhooks.batching_window).await;
-                let events = ctx
-                    .webhooks
+                tokio::time::sleep(this.settings.batching_window).await;
+                let events = this
                     .batches
                     .lock()
                     .expect("webhook lock")
                     .remove(&app.id)
                     .unwrap_or_default();
-                ctx.webhooks.send(&ctx, &app, events);
+                this.send(&app, events);
             });
         }
     }
 
     /// A channel gained its first subscriber: `channel_occupied`, unless it was vacated a moment
     /// ago (then neither is sent).
-    pub(crate) fn occupied(&self, ctx: &Arc<Ctx>, app: &Arc<App>, channel: &str) {
+    pub(crate) fn occupied(self: &Arc<Self>, app: &Arc<App>, channel: &str) {
         let key = (app.id.clone(), channel.to_string());
         if self.pending_vacated.lock().expect("webhook lock").remove(&key).is_some() {
             return;
         }
-        self.emit(ctx, app, Hook::ChannelOccupied { channel: channel.to_string() });
+        self.emit(app, Hook::ChannelOccupied { channel: channel.to_string() });
     }
 
     /// A channel lost its last subscriber: `channel_vacated` after the delay, if it is still
     /// empty then.
-    pub(crate) fn vacated(&self, ctx: &Arc<Ctx>, app: &Arc<App>, channel: &str) {
+    pub(crate) fn vacated(self: &Arc<Self>, app: &Arc<App>, channel: &str) {
         // Admitted now, not when sent: the wait holds a task and an entry per channel, which
         // the app's allowance bounds too.
-        if app.webhooks.is_empty() || !self.admit(ctx, app) {
+        if app.webhooks.is_empty() || !self.admit(app) {
             return;
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let key = (app.id.clone(), channel.to_string());
         self.pending_vacated.lock().expect("webhook lock").insert(key.clone(), generation);
-        let (ctx, app) = (ctx.clone(), app.clone());
+        let (this, app) = (self.clone(), app.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(ctx.settings.webhooks.vacated_delay).await;
+            tokio::time::sleep(this.settings.vacated_delay).await;
             let still_pending = {
-                let mut pending = ctx.webhooks.pending_vacated.lock().expect("webhook lock");
+                let mut pending = this.pending_vacated.lock().expect("webhook lock");
                 match pending.get(&key) {
                     Some(g) if *g == generation => pending.remove(&key).is_some(),
                     _ => false,
                 }
             };
             if still_pending
-                && ctx.adapter.channel_info(&app.id, &key.1).await.subscription_count == 0
+                && this.adapter.channel_info(&app.id, &key.1).await.subscription_count == 0
             {
-                ctx.webhooks.emit_admitted(&ctx, &app, Hook::ChannelVacated { channel: key.1 });
+                this.emit_admitted(&app, Hook::ChannelVacated { channel: key.1 });
             }
         });
     }
-}
 
-/// Push one job per endpoint that wants any of `events`.
-async fn enqueue(ctx: &Ctx, app: &App, events: Vec<Hook>) {
+    /// Push one job per endpoint that wants any of `events`.
+    async fn enqueue(&self, app: &App, events: Vec<Hook>) {
     for target in &app.webhooks {
         let wanted: Vec<&Hook> = events
             .iter()
@@ -357,63 +299,63 @@ async fn enqueue(ctx: &Ctx, app: &App, events: Vec<Hook>) {
         // until it is back; only a refusal loses the webhook.
         let mut delay = Duration::from_millis(100);
         loop {
-            match ctx.drivers.queue.push(QUEUE, payload.clone()).await {
+            match self.queue.push(QUEUE, payload.clone()).await {
                 Ok(()) => break,
-                Err(error) if error.is_retryable() && !ctx.shutdown.is_cancelled() => {
-                    ctx.metrics.webhook_queue_errors.inc();
+                Err(error) if error.is_retryable() && !self.shutdown.is_cancelled() => {
+                    self.metrics.webhook_queue_errors.inc();
                     tracing::warn!(app_id = %app.id, %error, retry_in = ?delay, "The queue cannot take a webhook now; waiting for it.");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(error) => {
-                    ctx.metrics.webhooks_failed.inc();
+                    self.metrics.webhooks_failed.inc();
                     tracing::error!(app_id = %app.id, url = %target.url, %error, "A webhook could not be queued; it is lost.");
                     break;
                 }
             }
         }
     }
-}
-
-/// Count a delivery's outcome in its app's figures (`delivered`: `None` while it will be
-/// retried) and show it in the app's live log. A job naming an app this node does not know
-/// is not counted: the queue's content is not trusted to pick the keys of the figures.
-fn observed(ctx: &Ctx, delivery: &Delivery, delivered: Option<bool>, outcome: &str) {
-    if let (Some(delivered), Some(_)) = (delivered, ctx.apps.known(&delivery.app_id)) {
-        ctx.console.stats.webhook(&delivery.app_id, delivered);
     }
-    ctx.console.tap.record(&delivery.app_id, || {
-        let body: Value = serde_json::from_str(&delivery.body).unwrap_or_default();
-        let names: Vec<&str> = body["events"]
-            .as_array()
-            .map(|events| events.iter().filter_map(|e| e["name"].as_str()).collect())
-            .unwrap_or_default();
-        Entry::new(console::Kind::Webhook)
-            .event(&names.join(", "))
-            .detail(format!("{outcome}: {}", delivery.url))
-            .data(&delivery.body)
-    });
+
+    /// Count a delivery's outcome in its app's figures (`delivered`: `None` while it will be
+    /// retried) and show it in the app's live log. A job naming an app this node does not know
+    /// is not counted: the queue's content is not trusted to pick the keys of the figures.
+    fn observed(&self, delivery: &Delivery, delivered: Option<bool>, outcome: &str) {
+        if let (Some(delivered), Some(_)) = (delivered, self.apps.known(&delivery.app_id)) {
+            self.feed.stats.webhook(&delivery.app_id, delivered);
+        }
+        self.feed.tap.record(&delivery.app_id, || {
+            let body: Value = serde_json::from_str(&delivery.body).unwrap_or_default();
+            let names: Vec<&str> = body["events"]
+                .as_array()
+                .map(|events| events.iter().filter_map(|e| e["name"].as_str()).collect())
+                .unwrap_or_default();
+            Entry::new(feed::Kind::Webhook)
+                .event(&names.join(", "))
+                .detail(format!("{outcome}: {}", delivery.url))
+                .data(&delivery.body)
+        });
+    }
 }
 
 /// The consumer of the webhook queue: POST one delivery. A failure or a non-2xx answer fails
 /// the attempt (the queue retries it later) until the last attempt, which gives up.
 pub(crate) fn deliver(
-    ctx: Arc<Ctx>,
+    webhooks: Arc<Webhooks>,
     http: reqwest::Client,
-    settings: WebhookSettings,
 ) -> impl Fn(QueuedJob) -> JobFuture {
     move |job| {
-        let (ctx, http, settings) = (ctx.clone(), http.clone(), settings.clone());
+        let (this, http) = (webhooks.clone(), http.clone());
         Box::pin(async move {
             let delivery: Delivery = match serde_json::from_slice(&job.payload) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(job = %job.id, error = %e, "A queued webhook cannot be read; it is set aside as a dead letter.");
-                    ctx.metrics.webhooks_failed.inc();
+                    this.metrics.webhooks_failed.inc();
                     return Err(JobError::GiveUp(format!("unreadable webhook job: {e}")));
                 }
             };
-            let mut request = http.post(&delivery.url).timeout(settings.request_timeout);
+            let mut request = http.post(&delivery.url).timeout(this.settings.request_timeout);
             for (name, value) in &delivery.headers {
                 request = request.header(name, value);
             }
@@ -429,55 +371,25 @@ pub(crate) fn deliver(
             };
             match outcome {
                 Ok(()) => {
-                    ctx.metrics.webhooks_sent.inc();
-                    observed(&ctx, &delivery, Some(true), "delivered");
+                    this.metrics.webhooks_sent.inc();
+                    this.observed(&delivery, Some(true), "delivered");
                     Ok(())
                 }
-                Err(why) if job.attempt >= settings.max_attempts => {
-                    ctx.metrics.webhooks_failed.inc();
-                    observed(&ctx, &delivery, Some(false), &format!("given up ({why})"));
+                Err(why) if job.attempt >= this.settings.max_attempts => {
+                    this.metrics.webhooks_failed.inc();
+                    this.observed(&delivery, Some(false), &format!("given up ({why})"));
                     tracing::error!(app_id = %delivery.app_id, url = %delivery.url, attempts = job.attempt, why,
                         "A webhook failed its last attempt; giving up (kept by the queue as a dead letter).");
                     Err(JobError::GiveUp(why))
                 }
                 Err(why) => {
-                    ctx.metrics.webhook_retries.inc();
-                    observed(&ctx, &delivery, None, &format!("to be retried ({why})"));
+                    this.metrics.webhook_retries.inc();
+                    this.observed(&delivery, None, &format!("to be retried ({why})"));
                     tracing::warn!(app_id = %delivery.app_id, url = %delivery.url, attempt = job.attempt, why,
                         "A webhook attempt failed; it will be retried.");
                     Err(JobError::Retry(why))
                 }
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hooks_serialize_as_pusher_sends_them_and_kinds_round_trip() {
-        let hook = Hook::ClientEvent {
-            channel: "private-a".into(),
-            event: "client-x".into(),
-            data: "{}".into(),
-            socket_id: "1.2".into(),
-            user_id: None,
-        };
-        assert_eq!(
-            serde_json::to_value(&hook).unwrap(),
-            json!({ "name": "client_event", "channel": "private-a", "event": "client-x",
-                    "data": "{}", "socket_id": "1.2" })
-        );
-        let count = Hook::SubscriptionCount { channel: "c".into(), subscription_count: 3 };
-        assert_eq!(
-            serde_json::to_value(&count).unwrap(),
-            json!({ "name": "subscription_count", "channel": "c", "subscription_count": 3 })
-        );
-        for kind in Kind::ALL {
-            assert_eq!(Kind::parse(kind.name()), Some(kind));
-        }
-        assert_eq!(Kind::parse("channel_exploded"), None);
     }
 }

@@ -42,6 +42,7 @@ use self::{
     envelope::{Body, Control, DecodeError, Envelope},
     seal::{Seal, SealError},
 };
+pub use crate::config::ClusterSettings;
 use crate::{
     plugins::{ErrorCode, Transport},
     telemetry::LogLimiter,
@@ -63,23 +64,6 @@ pub fn node_topic(node: u64) -> String {
 /// The topic of a channel's broadcasts.
 pub fn channel_topic(app: &str, channel: &str) -> String {
     format!("#broadcast:{app}:{channel}")
-}
-
-/// Cluster timing, from `cluster_health` and the adapter settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterSettings {
-    /// How often a node says it is alive.
-    pub heartbeat_interval: Duration,
-    /// Silence after which a node is dead.
-    pub node_timeout: Duration,
-    /// How often dead nodes are looked for.
-    pub cleanup_interval: Duration,
-    /// How long a full request waits for answers.
-    pub requests_timeout: Duration,
-    /// Share connection counts, so app connection quotas hold for the whole cluster.
-    pub socket_counting: bool,
-    /// The cluster secret that seals every envelope; `None` sends them unauthenticated.
-    pub secret: Option<String>,
 }
 
 /// Remote presence: for one node, app -> channel -> user -> info.

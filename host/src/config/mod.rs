@@ -6,12 +6,19 @@
 //! `ADAPTER_DRIVER`, ...), then command-line flags. Unknown keys and invalid values are refused
 //! at start, every problem listed at once.
 
+mod app;
 mod delta_rules;
 mod file;
 mod load;
+mod sections;
 mod settings;
 
+pub use app::App;
+pub use delta_rules::{Algorithm, ChannelRules, StreamSettings};
 pub use file::{AppConfig, Config, DriverSection, LogConfig, WebhookTarget};
+pub use sections::{
+    ClusterSettings, DriverChoice, DriverSelection, LogColor, LogFormat, LogSettings,
+};
 pub use load::{ConfigError, Sources, load, settings};
 pub(crate) use settings::app_of;
 pub use settings::{

@@ -3,12 +3,11 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use super::{AppConfig, Config, ConfigError, DriverSection, delta_rules};
-use crate::{
-    apps::App,
-    plugins::{DriverChoice, DriverSelection},
-    webhooks::Kind,
+use super::{
+    App, AppConfig, ClusterSettings, Config, ConfigError, DriverChoice, DriverSection,
+    DriverSelection, LogSettings, StreamSettings, delta_rules,
 };
+use crate::protocol::webhook::Kind;
 
 /// Per-app limits, with the server-wide defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +125,7 @@ pub struct Settings {
     /// Webhook delivery.
     pub webhooks: WebhookSettings,
     /// Cluster timing.
-    pub cluster: crate::cluster::ClusterSettings,
+    pub cluster: ClusterSettings,
     /// Prefix of metric names.
     pub metrics_prefix: String,
     /// Bytes queued to one connection at most; 0 = no byte bound.
@@ -138,7 +137,7 @@ pub struct Settings {
     /// Push-back on publishers.
     pub overload: OverloadSettings,
     /// How logs are written.
-    pub log: crate::telemetry::LogSettings,
+    pub log: LogSettings,
     /// Above this share of the memory limit, in percent, the node is not ready; `None`: never.
     pub max_memory_percent: Option<u8>,
     /// Above this resident size, in bytes, the node is not ready; `None`: never.
@@ -148,7 +147,7 @@ pub struct Settings {
     /// Whether subscribers' tag filters are applied.
     pub tag_filtering: bool,
     /// Whether clients are granted delta compression (the server's `delta_compression`).
-    pub delta: Option<Arc<crate::delta::StreamSettings>>,
+    pub delta: Option<Arc<StreamSettings>>,
     /// Channels one connection may receive deltas on.
     pub delta_channels_per_socket: usize,
 }
@@ -160,7 +159,7 @@ pub struct AppRecordRules {
     /// The limits an app does not set.
     pub defaults: Limits,
     /// The server's delta compression.
-    pub delta: Option<Arc<crate::delta::StreamSettings>>,
+    pub delta: Option<Arc<StreamSettings>>,
     /// How long a node serves a looked-up app before asking again (`app_manager.cache.ttl`).
     pub ttl: Duration,
     /// How long one lookup may take.
@@ -192,7 +191,7 @@ impl Settings {
         let delta_server = delta_rules::server(&config.delta_compression, &mut errors);
         check_bounds(&config, &mut errors);
         check_rules(&config, &mut errors);
-        let log = crate::telemetry::LogSettings::parse(&config.log, config.debug)
+        let log = LogSettings::parse(&config.log, config.debug)
             .map_err(|(place, problem)| err(&mut errors, place, problem))
             .unwrap_or_default();
         let tls = config.ssl.enabled.then(|| TlsSettings {
@@ -411,7 +410,7 @@ fn default_limits(config: &Config) -> Limits {
 fn apps(
     config: &Config,
     defaults: &Limits,
-    delta_server: Option<&Arc<crate::delta::StreamSettings>>,
+    delta_server: Option<&Arc<StreamSettings>>,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<App> {
     let mut apps = Vec::new();
@@ -440,7 +439,7 @@ fn apps(
 pub(crate) fn app_of(
     app: &AppConfig,
     defaults: &Limits,
-    delta_server: Option<&Arc<crate::delta::StreamSettings>>,
+    delta_server: Option<&Arc<StreamSettings>>,
     place: &dyn Fn(&str) -> String,
     errors: &mut Vec<ConfigError>,
 ) -> App {
@@ -640,8 +639,8 @@ fn driver_choice(
 }
 
 /// The cluster layer's settings.
-fn cluster_settings(config: &Config) -> crate::cluster::ClusterSettings {
-    crate::cluster::ClusterSettings {
+fn cluster_settings(config: &Config) -> ClusterSettings {
+    ClusterSettings {
         heartbeat_interval: Duration::from_millis(
             config.cluster_health.heartbeat_interval_ms.max(1),
         ),
@@ -707,7 +706,7 @@ fn edge_settings(config: &Config, errors: &mut Vec<ConfigError>) -> EdgeSettings
 
 /// The names the admin listener answers to: the configured ones, else its own host and the
 /// loopback names; `"*"` lifts the check.
-fn admin_hosts(admin: &crate::config::file::AdminConfig) -> Vec<String> {
+fn admin_hosts(admin: &super::file::AdminConfig) -> Vec<String> {
     let configured: Vec<String> = admin
         .allowed_hosts
         .iter()

@@ -17,12 +17,12 @@ use axum::{
 use futures_util::{StreamExt as _, stream};
 use serde_json::{Value, json};
 
-use super::stats::{self, NodeFigures};
 use crate::{
     apps::{App, Lookup},
     cluster::{CONTROL, envelope::Control, query::Query},
+    feed::stats::{self, NodeFigures},
     http_api::{ApiError, events},
-    server::Ctx,
+    ctx::Ctx,
 };
 
 /// Channels the figures list at most (the busiest first).
@@ -41,13 +41,6 @@ async fn app(ctx: &Ctx, id: &str) -> Result<Arc<App>, ApiError> {
     }
 }
 
-/// This node's figures for the app.
-pub(crate) fn local_figures(ctx: &Ctx, app: &str) -> NodeFigures {
-    let connections = ctx.adapter.hub().connection_count(app);
-    let queued = ctx.webhooks.queued(app);
-    ctx.console.stats.figures(app, ctx.console.tap.node(), connections, queued)
-}
-
 /// `GET /apps/{id}/figures`: connections, channels with their subscribers, presence users,
 /// events per second and webhooks, on every node, with ten minutes of history.
 pub(crate) async fn figures(
@@ -56,7 +49,7 @@ pub(crate) async fn figures(
 ) -> Result<Json<Value>, ApiError> {
     let ctx = &*ctx;
     let app = app(ctx, &id).await?;
-    let mut nodes = vec![local_figures(ctx, &app.id)];
+    let mut nodes = vec![ctx.events.local_figures(&app.id)];
     let answers = ctx
         .adapter
         .cluster()
@@ -81,7 +74,7 @@ pub(crate) async fn figures(
     let sum = |f: fn(&NodeFigures) -> u64| nodes.iter().map(f).fold(0u64, u64::saturating_add);
     Ok(Json(json!({
         "app": app.id,
-        "node": ctx.console.tap.node(),
+        "node": ctx.feed.tap.node(),
         "complete": answers.complete,
         "connections": sum(|n| n.connections),
         "channel_count": channel_count,
@@ -111,14 +104,14 @@ pub(crate) async fn log(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> 
         Ok(app) => app,
         Err(error) => return error.into_response(),
     };
-    let Some(feed) = ctx.console.tap.view(&app.id) else {
+    let Some(feed) = ctx.feed.tap.view(&app.id) else {
         let why = "Too many live logs are open on this node, or too many apps are watched";
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     };
     // The other nodes start sending at once, not at the next renewal.
     ctx.adapter.cluster().send_control(CONTROL, Control::ConsoleWatch { app: app.id.clone() });
     let hello =
-        Event::default().event("hello").data(json!({ "node": ctx.console.tap.node() }).to_string());
+        Event::default().event("hello").data(json!({ "node": ctx.feed.tap.node() }).to_string());
     let entries = stream::unfold(feed, |mut feed| async move {
         let text = feed.recv().await?;
         Some((Ok::<_, Infallible>(Event::default().data(&*text)), feed))

@@ -9,7 +9,7 @@ use std::{
 use axum::http::Method;
 
 use super::ApiError;
-use crate::{apps::App, protocol::signature, server::Ctx};
+use crate::{apps::App, protocol::signature, ctx::Ctx};
 
 /// How far `auth_timestamp` may be from the server's clock, in seconds.
 pub(crate) const TIMESTAMP_WINDOW_SECS: u64 = 600;

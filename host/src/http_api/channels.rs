@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::{ApiError, auth, counted};
 use crate::{
     protocol::channel::{self, ChannelKind},
-    server::Ctx,
+    ctx::Ctx,
 };
 
 /// Authenticate a read request, apply the app's read limit, and check the channel name if

@@ -16,14 +16,14 @@ use crate::{
     adapter::Congestion,
     apps::App,
     config::Limits,
-    console::{Entry, Kind},
+    feed::{Entry, Kind},
     metrics::Metrics,
     protocol::{
         channel::{self, ChannelKind},
         filter::{self, Tags},
         frames,
     },
-    server::Ctx,
+    ctx::Ctx,
 };
 
 #[derive(Debug, Deserialize)]
@@ -186,11 +186,11 @@ pub(crate) fn cache_key(app_id: &str, channel: &str) -> String {
 /// Deliver a checked event (keeping it if the channel is a cache channel) and, if asked,
 /// describe its channels.
 async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
-    ctx.console.stats.published(&app.id, event.channels.len() as u64);
+    ctx.feed.stats.published(&app.id, event.channels.len() as u64);
     for name in &event.channels {
         let text = frames::channel_event(&event.name, name, &event.data, None);
         ctx.metrics.events_published.inc();
-        ctx.console.tap.record(&app.id, || {
+        ctx.feed.tap.record(&app.id, || {
             let entry = Entry::new(Kind::ApiEvent).channel(name).event(&event.name);
             let entry = entry.data(event.data.as_str().unwrap_or_default());
             match &event.socket_id {

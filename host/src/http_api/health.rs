@@ -10,7 +10,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::ApiError;
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 
 /// `GET /up`: 200 while the server and its transport answer; 503 when the transport does not
 /// or the server is shutting down.

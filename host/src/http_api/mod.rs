@@ -24,7 +24,7 @@ use crate::{
     edge::Peer,
     metrics::Metrics,
     plugins::RateDecision,
-    server::Ctx,
+    ctx::Ctx,
 };
 
 /// An HTTP API error.

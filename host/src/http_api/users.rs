@@ -11,7 +11,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::{ApiError, accept};
-use crate::{protocol::codes, server::Ctx};
+use crate::{protocol::codes, ctx::Ctx};
 
 /// Close every connection signed in as the user, with 4009.
 pub(crate) async fn terminate(

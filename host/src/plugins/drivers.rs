@@ -17,7 +17,7 @@ use sockhost_plugin_api::{
 use tokio::sync::mpsc;
 
 use super::{
-    builtin,
+    DriverChoice, DriverSelection, builtin,
     host_context::{INBOX_CAPACITY, Incoming, PluginCounters, PluginHost},
     registry::{Provider, Registry},
 };
@@ -64,50 +64,6 @@ impl DriverError {
     }
 }
 
-/// Which driver serves each kind, with its configuration text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DriverChoice {
-    /// The driver name.
-    pub name: String,
-    /// Its configuration table as TOML text.
-    pub config: String,
-}
-
-impl DriverChoice {
-    /// `name` with default configuration.
-    pub fn named(name: &str) -> Self {
-        Self { name: name.to_string(), config: String::new() }
-    }
-}
-
-/// The drivers the server runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DriverSelection {
-    /// The transport (adapter).
-    pub transport: DriverChoice,
-    /// The cache.
-    pub cache: DriverChoice,
-    /// The queue.
-    pub queue: DriverChoice,
-    /// The rate limiter.
-    pub rate_limiter: DriverChoice,
-    /// The app manager; `None` for `memory` (the configuration file's apps).
-    pub app_manager: Option<DriverChoice>,
-}
-
-impl Default for DriverSelection {
-    /// The reference's defaults: a single node with in-memory drivers.
-    fn default() -> Self {
-        Self {
-            transport: DriverChoice::named("local"),
-            cache: DriverChoice::named("memory"),
-            queue: DriverChoice::named("memory"),
-            rate_limiter: DriverChoice::named("memory"),
-            app_manager: None,
-        }
-    }
-}
-
 /// The constructed drivers, handed to [`crate::run`].
 #[derive(Debug)]
 pub struct Drivers {
@@ -118,7 +74,7 @@ pub struct Drivers {
     /// Key-value state with expiry.
     pub cache: Cache,
     /// Durable jobs.
-    pub queue: Queue,
+    pub queue: Arc<Queue>,
     /// Token windows.
     pub rate_limiter: RateLimiter,
     /// Where apps live, when not in the configuration file.
@@ -196,7 +152,7 @@ impl Drivers {
             ))),
             inbox: Some(inbox),
             cache: Cache(Named::new(DriverKind::CACHE, &selection.cache.name, cache)),
-            queue: Queue(Named::new(DriverKind::QUEUE, &selection.queue.name, queue)),
+            queue: Arc::new(Queue(Named::new(DriverKind::QUEUE, &selection.queue.name, queue))),
             rate_limiter: RateLimiter(Named::new(
                 DriverKind::RATE_LIMITER,
                 &selection.rate_limiter.name,

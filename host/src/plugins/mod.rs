@@ -12,9 +12,10 @@ pub mod manifest;
 mod registry;
 
 pub use drivers::{
-    AppManager, Cache, Conditional, DriverChoice, DriverError, DriverSelection, Drivers, JobError,
+    AppManager, Cache, Conditional, DriverError, Drivers, JobError,
     JobFuture, Queue, QueuedJob, RateLimiter, Transport,
 };
+pub use crate::config::{DriverChoice, DriverSelection};
 pub use host_context::{Incoming, PluginCounters};
 pub use loader::{LoadError, LoadedPlugin};
 pub use manifest::{Manifest, ManifestError};

@@ -8,3 +8,7 @@ pub mod filter;
 pub mod frames;
 pub mod inbound;
 pub mod signature;
+pub mod webhook;
+
+/// A socket id, `<digits>.<digits>`, shared rather than copied by every structure that holds it.
+pub(crate) type SocketId = std::sync::Arc<str>;

@@ -14,7 +14,7 @@ use super::session::Session;
 use crate::{
     apps::{App, Lookup},
     config::Settings,
-    console::{Entry, Kind},
+    feed::{Entry, Kind},
     edge::Peer,
     hub::{Closer, Conn},
     metrics::Metrics,
@@ -22,7 +22,7 @@ use crate::{
         codes,
         frames::{self, Dialect},
     },
-    server::Ctx,
+    ctx::Ctx,
 };
 
 /// Frames written per flush at most, so one busy connection does not starve the others.
@@ -211,7 +211,7 @@ pub(super) async fn run(
         close_with(&mut sink, dialect, patience, code, &ctx).await;
     }
     session.end().await;
-    ctx.console.tap.record(&app.id, || closed(&conn, end));
+    ctx.feed.tap.record(&app.id, || closed(&conn, end));
     ctx.adapter.release(&app.id);
     ctx.metrics.connected.dec();
     ctx.metrics.disconnections.inc();
@@ -355,7 +355,7 @@ fn open(ctx: &Ctx, app: &App) -> (Conn, mpsc::Receiver<Utf8Bytes>, Arc<Closer>) 
     ctx.metrics.connected.inc();
     ctx.metrics.new_connections.inc();
     tracing::debug!("Connected.");
-    ctx.console.tap.record(&app.id, || Entry::new(Kind::Connected).socket(&socket_id));
+    ctx.feed.tap.record(&app.id, || Entry::new(Kind::Connected).socket(&socket_id));
     let activity = ctx.settings.activity_timeout.as_secs();
     conn.send(&frames::connection_established(&socket_id, activity).into());
     (conn, outbound, closer)

@@ -11,8 +11,7 @@ use serde_json::{Value, value::RawValue};
 
 use crate::{
     apps::App,
-    cluster_events,
-    console::{Entry, Kind},
+    feed::{Entry, Kind},
     delta::Algorithm,
     hub::{Conn, DeltaWish, Join, Subscribed, Wants},
     metrics::Metrics,
@@ -24,8 +23,8 @@ use crate::{
         inbound::{self, ClientMessage, DeltaRequest},
         signature,
     },
-    server::Ctx,
-    webhooks::Hook,
+    ctx::Ctx,
+    protocol::webhook::Hook,
 };
 
 /// Users one watchlist may name (the Pusher limit); the rest are ignored with 4302.
@@ -123,7 +122,7 @@ impl Session {
     /// connection's socket id.
     fn tap(&self, make: impl FnOnce() -> Entry) {
         let socket_id = &self.conn.socket_id;
-        self.ctx.console.tap.record(&self.app.id, || make().socket(socket_id));
+        self.ctx.feed.tap.record(&self.app.id, || make().socket(socket_id));
     }
 
     /// Handle one text message.
@@ -381,12 +380,12 @@ impl Session {
             self.delta_channels.remove(name);
         }
         if outcome.occupied {
-            cluster_events::occupancy_event(&self.ctx, &self.app.id, name, true);
+            self.ctx.events.occupancy_event(&self.app.id, name, true);
         }
         if let (true, Some((user_id, user_info))) = (outcome.first_for_user, member) {
             let except = Some(&*self.conn.socket_id);
             let (ctx, app) = (&self.ctx, &self.app.id);
-            cluster_events::member_event(ctx, app, name, &user_id, Some(&user_info), except);
+            ctx.events.member_event(app, name, &user_id, Some(&user_info), except);
         }
         if channel::is_cache(name) {
             self.replay_cache(name).await;
@@ -397,7 +396,7 @@ impl Session {
     }
 
     fn webhook(&self, event: Hook) {
-        self.ctx.webhooks.emit(&self.ctx, &self.app, event);
+        self.ctx.webhooks.emit(&self.app, event);
     }
 
     /// Send a cache channel's last event, or `pusher:cache_miss` (and the webhook).
@@ -432,7 +431,7 @@ impl Session {
                 ctx.adapter.broadcast(&app.id, &name, &frame, None, None, false);
             }
             let hook = Hook::SubscriptionCount { channel: name, subscription_count: count };
-            ctx.webhooks.emit(&ctx, &app, hook);
+            ctx.webhooks.emit(&app, hook);
         });
     }
 
@@ -486,10 +485,10 @@ impl Session {
             self.tap(|| Entry::new(Kind::Unsubscribed).channel(name));
         }
         if let Some(user_id) = outcome.removed_user {
-            cluster_events::member_event(&self.ctx, &self.app.id, name, &user_id, None, None);
+            self.ctx.events.member_event(&self.app.id, name, &user_id, None, None);
         }
         if outcome.vacated {
-            cluster_events::occupancy_event(&self.ctx, &self.app.id, name, false);
+            self.ctx.events.occupancy_event(&self.app.id, name, false);
         } else if outcome.was_subscribed && user_id.is_none() {
             self.subscription_count_changed(name);
         }
@@ -597,7 +596,7 @@ impl Session {
         }
         let frame = Utf8Bytes::from(frames::channel_event(event, name, data, user_id.as_deref()));
         self.ctx.metrics.events_published.inc();
-        self.ctx.console.stats.published(&self.app.id, 1);
+        self.ctx.feed.stats.published(&self.app.id, 1);
         let except = Some(&*self.conn.socket_id);
         self.ctx.adapter.broadcast(&self.app.id, name, &frame, except, None, false);
         let data = match data {
