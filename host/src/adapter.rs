@@ -14,7 +14,7 @@ use crate::{
         query::{self, ChannelCount, ChannelList, Closed, Query},
     },
     hub::{ChannelFull, Conn, DeltaWish, Hub, Join, Subscribed, Unsubscribed, Wants},
-    protocol::filter::Tags,
+    protocol::Broadcast,
 };
 
 /// How often a publisher held back by congestion looks at the subscribers' queues again.
@@ -177,18 +177,9 @@ impl Adapter {
     /// event published with `tags` only to those whose tag filter it passes (each node judges
     /// its own subscribers); a `compressible` one (an app's event) as deltas to those who asked
     /// for them (each node keeps its own streams).
-    pub(crate) fn broadcast(
-        &self,
-        app_id: &str,
-        channel: &str,
-        frame: &Utf8Bytes,
-        except: Option<&str>,
-        tags: Option<&Tags>,
-        compressible: bool,
-    ) -> usize {
-        let sent = self.hub.broadcast(app_id, channel, frame, except, tags, compressible);
-        let bytes = frame.as_bytes();
-        self.cluster.publish_broadcast(app_id, channel, bytes, except, tags, compressible);
+    pub(crate) fn broadcast(&self, to: &Broadcast<'_>, frame: &Utf8Bytes) -> usize {
+        let sent = self.hub.broadcast(to, frame);
+        self.cluster.publish_broadcast(to, frame.as_bytes());
         sent
     }
 

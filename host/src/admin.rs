@@ -32,9 +32,9 @@ use crate::{
     cluster_events,
     config::AppConfig,
     console::{self, session},
+    ctx::Ctx,
     metrics::Metrics,
     plugins::{AppManager, Conditional, ErrorCode},
-    ctx::Ctx,
     telemetry::LogLimiter,
 };
 

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use crate::{
     delta::{Algorithm, StreamSettings},
     hub::{Closer, Conn, DeltaCounters, DeltaWish, Hub, Wants},
-    protocol::frames,
+    protocol::{Broadcast, frames},
 };
 
 /// A ~2 KB quote where only `sym` and the price change.
@@ -52,7 +52,7 @@ pub fn delta_ticker(subscribers: usize, events: u32, algorithm: Option<&str>) ->
         .collect();
     let started = Instant::now();
     for frame in &frames {
-        hub.broadcast("app", "ticker", frame, None, None, true);
+        hub.broadcast(&Broadcast::to("app", "ticker").compressible(true), frame);
     }
     let elapsed = started.elapsed();
     let (mut bytes, mut deliveries) = (0usize, 0usize);

@@ -9,18 +9,18 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::{
+    adapter::Adapter,
+    apps::Apps,
     apps::{App, Lookup},
     cluster::{
         self, Refusal,
         host::{Host, Snapshot},
         query::Query,
     },
-    adapter::Adapter,
-    apps::Apps,
     feed::{Feed, node_label, stats::NodeFigures},
     metrics::Metrics,
     plugins::Incoming,
-    protocol::{filter::Tags, frames, webhook::Hook},
+    protocol::{Broadcast, frames, webhook::Hook},
     webhooks::Webhooks,
 };
 
@@ -90,8 +90,7 @@ impl Host for ClusterEvents {
 
     fn connections(&self) -> HashMap<String, u64> {
         let hub = self.adapter.hub();
-        self
-            .apps
+        self.apps
             .ids()
             .into_iter()
             .map(|id| {
@@ -104,26 +103,17 @@ impl Host for ClusterEvents {
 
     fn answer(&self, query: Query) -> Value {
         match query {
-            Query::Figures { app } => crate::cluster::query::answer_value(
-                &self.local_figures(&app),
-            ),
+            Query::Figures { app } => {
+                crate::cluster::query::answer_value(&self.local_figures(&app))
+            }
             query => self.adapter.answer(query),
         }
     }
 
-    fn broadcast(
-        &self,
-        app: &str,
-        channel: &str,
-        frame: String,
-        except: Option<&str>,
-        tags: Option<&Tags>,
-        compressible: bool,
-    ) {
+    fn broadcast(&self, to: &Broadcast<'_>, frame: String) {
         self.metrics.bus_broadcasts_received.inc();
-        let tags = tags.filter(|_| self.tag_filtering);
-        let frame = Utf8Bytes::from(frame);
-        self.adapter.hub().broadcast(app, channel, &frame, except, tags, compressible);
+        let to = to.tagged(to.tags.filter(|_| self.tag_filtering));
+        self.adapter.hub().broadcast(&to, &Utf8Bytes::from(frame));
     }
 
     fn to_user(&self, app: &str, user: &str, frame: String) {
@@ -193,7 +183,8 @@ impl ClusterEvents {
                 Some(info) => frames::member_added(channel, user, info),
                 None => frames::member_removed(channel, user),
             };
-            self.adapter.hub().broadcast(app_id, channel, &Utf8Bytes::from(frame), except, None, false);
+            let to = Broadcast::to(app_id, channel).except(except);
+            self.adapter.hub().broadcast(&to, &Utf8Bytes::from(frame));
         }
         if self.adapter.cluster().is_leader() {
             let (channel, user_id) = (channel.to_string(), user.to_string());
@@ -231,7 +222,8 @@ impl ClusterEvents {
         if let Some(app) = self.apps.known(app_id) {
             return then(&self.webhooks, &app);
         }
-        let (apps, webhooks, app_id) = (self.apps.clone(), self.webhooks.clone(), app_id.to_string());
+        let (apps, webhooks, app_id) =
+            (self.apps.clone(), self.webhooks.clone(), app_id.to_string());
         tokio::spawn(async move {
             if let Some(app) = apps.by_id(&app_id).await.found() {
                 then(&webhooks, &app);

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::{
     delta::{Algorithm, Deltas, StreamSettings},
     protocol::{
-        codes,
+        Broadcast, codes,
         filter::{Filter, Interner, Tags},
     },
 };
@@ -661,15 +661,8 @@ impl Hub {
     /// (and to those without one); without `tags` (protocol frames, client events) to all.
     /// A `compressible` frame (an app's event on a channel that is not encrypted) goes to
     /// delta subscribers as a delta or a full frame of their stream.
-    pub(crate) fn broadcast(
-        &self,
-        app_id: &str,
-        channel: &str,
-        frame: &Utf8Bytes,
-        except: Option<&str>,
-        tags: Option<&Tags>,
-        compressible: bool,
-    ) -> usize {
+    pub(crate) fn broadcast(&self, to: &Broadcast<'_>, frame: &Utf8Bytes) -> usize {
+        let Broadcast { app: app_id, channel, except, tags, compressible } = *to;
         let Some(app) = self.existing(app_id) else { return 0 };
         // Filters are evaluated with no lock held: under the read lock the channel's
         // distinct filters are taken (shared copies), then evaluated once each while other
@@ -974,8 +967,8 @@ mod tests {
         }
         let frame = Utf8Bytes::from("e");
         // The acknowledgement and two events: three of four places taken everywhere.
-        hub.broadcast("app", "ch", &frame, None, None, false);
-        hub.broadcast("app", "ch", &frame, None, None, false);
+        hub.broadcast(&Broadcast::to("app", "ch"), &frame);
+        hub.broadcast(&Broadcast::to("app", "ch"), &frame);
         assert!(hub.congested("app", "ch", false));
         // Two readers catch up; one behind of three is not congestion.
         for (rx, closer) in [(&mut fast_rx, &fast_closer), (&mut third_rx, &third_closer)] {
@@ -1010,12 +1003,12 @@ mod tests {
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
         };
         let send = |name: &str, t: Tags| {
-            hub.broadcast("app", "ch", &Utf8Bytes::from(name), None, Some(&t), false)
+            hub.broadcast(&Broadcast::to("app", "ch").tagged(Some(&t)), &Utf8Bytes::from(name))
         };
         assert_eq!(send("btc", tags(&[("sym", "BTC"), ("px", "5")])), 2);
         assert_eq!(send("eth", tags(&[("sym", "ETH"), ("px", "500")])), 2);
         // Protocol frames (no tags) reach everyone.
-        assert_eq!(hub.broadcast("app", "ch", &Utf8Bytes::from("internal"), None, None, false), 3);
+        assert_eq!(hub.broadcast(&Broadcast::to("app", "ch"), &Utf8Bytes::from("internal")), 3);
         let got = |rx: &mut mpsc::Receiver<Utf8Bytes>| -> Vec<String> {
             std::iter::from_fn(|| rx.try_recv().ok()).map(|f| f.as_str().to_string()).collect()
         };
@@ -1076,7 +1069,10 @@ mod tests {
             assert!(Arc::ptr_eq(&shared.filter, &elsewhere.filter), "held once on the node");
         }
         let tags: Tags = [("px".to_string(), "500".to_string())].into();
-        assert_eq!(hub.broadcast("app", "ch", &Utf8Bytes::from("e"), None, Some(&tags), false), 3);
+        assert_eq!(
+            hub.broadcast(&Broadcast::to("app", "ch").tagged(Some(&tags)), &Utf8Bytes::from("e")),
+            3
+        );
         let got: Vec<usize> =
             rxs.iter_mut().map(|rx| std::iter::from_fn(|| rx.try_recv().ok()).count()).collect();
         assert_eq!(got, [2, 2, 2, 1, 1], "acks, and the event for the three that passed it");
@@ -1140,14 +1136,14 @@ mod tests {
         hub.subscribe("app", "ch", &slow, None, Wants::default(), ack).unwrap();
         hub.subscribe("app", "ch", &fast, None, Wants::default(), ack).unwrap();
         let frame = Utf8Bytes::from("e");
-        assert_eq!(hub.broadcast("app", "ch", &frame, None, None, false), 2);
+        assert_eq!(hub.broadcast(&Broadcast::to("app", "ch"), &frame), 2);
         // The slow reader's queue (two frames: the ack and one event) is full now.
-        assert_eq!(hub.broadcast("app", "ch", &frame, None, None, false), 1);
+        assert_eq!(hub.broadcast(&Broadcast::to("app", "ch"), &frame), 1);
         assert_eq!(slow_closer.requested(), Some(codes::OVER_CAPACITY));
         assert_eq!(fast_closer.requested(), None);
         let got: Vec<Utf8Bytes> = std::iter::from_fn(|| fast_rx.try_recv().ok()).collect();
         assert_eq!(got.len(), 3);
         // The socket named in `except` is skipped.
-        assert_eq!(hub.broadcast("app", "ch", &frame, Some("1.2"), None, false), 0);
+        assert_eq!(hub.broadcast(&Broadcast::to("app", "ch").except(Some("1.2")), &frame), 0);
     }
 }

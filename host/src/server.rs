@@ -173,8 +173,16 @@ pub async fn run(
         max_connections = ctx.edge.max_connections().map_or_else(|| "unlimited".to_string(), |m| m.to_string()),
         "Listening."
     );
-    listen::serve(&ctx.metrics, grace, ctx.edge.clone(), listener, router(ctx.clone()), token, acceptor)
-        .await;
+    listen::serve(
+        &ctx.metrics,
+        grace,
+        ctx.edge.clone(),
+        listener,
+        router(ctx.clone()),
+        token,
+        acceptor,
+    )
+    .await;
     ctx.tracker.close();
     if tokio::time::timeout(grace, ctx.tracker.wait()).await.is_err() {
         tracing::warn!(

@@ -26,10 +26,7 @@ use crate::{
     feed::{self, Entry, Feed},
     metrics::Metrics,
     plugins::{JobError, JobFuture, Queue, QueuedJob},
-    protocol::{
-        signature,
-        webhook::Hook,
-    },
+    protocol::{signature, webhook::Hook},
     telemetry::LogLimiter,
 };
 
@@ -165,11 +162,7 @@ impl Webhooks {
             let budget = budgets.entry(app.id.clone()).or_default();
             if budget.queued >= max {
                 drop(budgets);
-                return self.dropped(
-                    app,
-                    "app_share",
-                    "the app's share of the outbox is full",
-                );
+                return self.dropped(app, "app_share", "the app's share of the outbox is full");
             }
             budget.queued += 1;
         }
@@ -225,12 +218,8 @@ impl Webhooks {
             let (this, app) = (self.clone(), app.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(this.settings.batching_window).await;
-                let events = this
-                    .batches
-                    .lock()
-                    .expect("webhook lock")
-                    .remove(&app.id)
-                    .unwrap_or_default();
+                let events =
+                    this.batches.lock().expect("webhook lock").remove(&app.id).unwrap_or_default();
                 this.send(&app, events);
             });
         }
@@ -277,44 +266,45 @@ impl Webhooks {
 
     /// Push one job per endpoint that wants any of `events`.
     async fn enqueue(&self, app: &App, events: Vec<Hook>) {
-    for target in &app.webhooks {
-        let wanted: Vec<&Hook> = events
-            .iter()
-            .filter(|e| {
-                let name = e.kind().name();
-                target.event_types.is_empty() || target.event_types.iter().any(|t| t == name)
-            })
-            .collect();
-        if wanted.is_empty() {
-            continue;
-        }
-        let body = json!({ "time_ms": crate::cluster::now_ms(), "events": wanted }).to_string();
-        let mut headers: Vec<(String, String)> =
-            target.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        headers.push(("X-Pusher-Key".into(), app.key.clone()));
-        headers.push(("X-Pusher-Signature".into(), signature::sign(&app.secret, &body)));
-        let delivery = Delivery { app_id: app.id.clone(), url: target.url.clone(), headers, body };
-        let payload = serde_json::to_vec(&delivery).expect("a delivery serializes");
-        // A queue backend that is down (Redis restarting) holds the outbox here, in order,
-        // until it is back; only a refusal loses the webhook.
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.queue.push(QUEUE, payload.clone()).await {
-                Ok(()) => break,
-                Err(error) if error.is_retryable() && !self.shutdown.is_cancelled() => {
-                    self.metrics.webhook_queue_errors.inc();
-                    tracing::warn!(app_id = %app.id, %error, retry_in = ?delay, "The queue cannot take a webhook now; waiting for it.");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(error) => {
-                    self.metrics.webhooks_failed.inc();
-                    tracing::error!(app_id = %app.id, url = %target.url, %error, "A webhook could not be queued; it is lost.");
-                    break;
+        for target in &app.webhooks {
+            let wanted: Vec<&Hook> = events
+                .iter()
+                .filter(|e| {
+                    let name = e.kind().name();
+                    target.event_types.is_empty() || target.event_types.iter().any(|t| t == name)
+                })
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let body = json!({ "time_ms": crate::cluster::now_ms(), "events": wanted }).to_string();
+            let mut headers: Vec<(String, String)> =
+                target.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            headers.push(("X-Pusher-Key".into(), app.key.clone()));
+            headers.push(("X-Pusher-Signature".into(), signature::sign(&app.secret, &body)));
+            let delivery =
+                Delivery { app_id: app.id.clone(), url: target.url.clone(), headers, body };
+            let payload = serde_json::to_vec(&delivery).expect("a delivery serializes");
+            // A queue backend that is down (Redis restarting) holds the outbox here, in order,
+            // until it is back; only a refusal loses the webhook.
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match self.queue.push(QUEUE, payload.clone()).await {
+                    Ok(()) => break,
+                    Err(error) if error.is_retryable() && !self.shutdown.is_cancelled() => {
+                        self.metrics.webhook_queue_errors.inc();
+                        tracing::warn!(app_id = %app.id, %error, retry_in = ?delay, "The queue cannot take a webhook now; waiting for it.");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    Err(error) => {
+                        self.metrics.webhooks_failed.inc();
+                        tracing::error!(app_id = %app.id, url = %target.url, %error, "A webhook could not be queued; it is lost.");
+                        break;
+                    }
                 }
             }
         }
-    }
     }
 
     /// Count a delivery's outcome in its app's figures (`delivered`: `None` while it will be

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::Refusal;
+use crate::protocol::Broadcast;
 
 /// This node's own shared state, as sent to a node that has just appeared.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -42,15 +43,7 @@ pub trait Host: Send + Sync + 'static {
 
     /// A frame for the channel's local subscribers (except the socket `except`); with `tags`,
     /// only for those whose tag filter the event passes.
-    fn broadcast(
-        &self,
-        app: &str,
-        channel: &str,
-        frame: String,
-        except: Option<&str>,
-        tags: Option<&super::envelope::Tags>,
-        compressible: bool,
-    );
+    fn broadcast(&self, to: &Broadcast<'_>, frame: String);
     /// A frame for every local connection of a signed-in user.
     fn to_user(&self, app: &str, user: &str, frame: String);
     /// A user joined (`info` given) or left a presence channel, cluster-wide as this node sees

@@ -45,6 +45,7 @@ use self::{
 pub use crate::config::ClusterSettings;
 use crate::{
     plugins::{ErrorCode, Transport},
+    protocol::Broadcast,
     telemetry::LogLimiter,
 };
 
@@ -346,15 +347,8 @@ impl Cluster {
     }
 
     /// Publish a broadcast to the other nodes (none if alone). Never waits.
-    pub fn publish_broadcast(
-        &self,
-        app: &str,
-        channel: &str,
-        frame: &[u8],
-        except: Option<&str>,
-        tags: Option<&envelope::Tags>,
-        compressible: bool,
-    ) {
+    pub fn publish_broadcast(&self, to: &Broadcast<'_>, frame: &[u8]) {
+        let Broadcast { app, channel, except, tags, compressible } = *to;
         if !self.has_peers() {
             return;
         }

@@ -20,7 +20,7 @@ use super::{
     host::Host,
     node_topic, presence_state,
 };
-use crate::{plugins::Incoming, telemetry::LogLimiter};
+use crate::{plugins::Incoming, protocol::Broadcast, telemetry::LogLimiter};
 
 /// How many control messages may wait for the state worker before the reader waits too (and
 /// with it the transport's inbox, which counts what it drops).
@@ -71,8 +71,11 @@ pub(super) async fn read(
         }
         match String::from_utf8(frame) {
             Ok(frame) => {
-                let (except, tags) = (except.as_deref(), tags.as_ref());
-                host.broadcast(&app, &channel, frame, except, tags, compressible);
+                let to = Broadcast::to(&app, &channel)
+                    .except(except.as_deref())
+                    .tagged(tags.as_ref())
+                    .compressible(compressible);
+                host.broadcast(&to, frame);
             }
             Err(_) => {
                 let refusal = Refusal::Decode(super::DecodeError::Malformed("frame not UTF-8"));

@@ -102,8 +102,7 @@ impl ChannelRules {
     /// delta would only tie together).
     pub fn for_channel(&self, channel: &str) -> Option<Arc<StreamSettings>> {
         self.server.as_ref()?;
-        if ChannelKind::of(channel) == ChannelKind::PrivateEncrypted
-        {
+        if ChannelKind::of(channel) == ChannelKind::PrivateEncrypted {
             return None;
         }
         match self.rules.iter().find(|(pattern, _)| matches_pattern(pattern, channel)) {

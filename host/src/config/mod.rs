@@ -16,10 +16,10 @@ mod settings;
 pub use app::App;
 pub use delta_rules::{Algorithm, ChannelRules, StreamSettings};
 pub use file::{AppConfig, Config, DriverSection, LogConfig, WebhookTarget};
+pub use load::{ConfigError, Sources, load, settings};
 pub use sections::{
     ClusterSettings, DriverChoice, DriverSelection, LogColor, LogFormat, LogSettings,
 };
-pub use load::{ConfigError, Sources, load, settings};
 pub(crate) use settings::app_of;
 pub use settings::{
     AdminSettings, AppRecordRules, EdgeSettings, Limits, OverloadSettings, Settings, TlsSettings,

@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 use crate::{
     apps::{App, Lookup},
     cluster::{CONTROL, envelope::Control, query::Query},
+    ctx::Ctx,
     feed::stats::{self, NodeFigures},
     http_api::{ApiError, events},
-    ctx::Ctx,
 };
 
 /// Channels the figures list at most (the busiest first).

@@ -12,7 +12,7 @@ use axum::{
 use subtle::ConstantTimeEq as _;
 
 use super::session;
-use crate::{metrics::Metrics, ctx::Ctx};
+use crate::{ctx::Ctx, metrics::Metrics};
 
 const INDEX: &str = include_str!("../../console/index.html");
 const SIGN_IN: &str = include_str!("../../console/sign-in.html");

@@ -9,7 +9,7 @@ use std::{
 use axum::http::Method;
 
 use super::ApiError;
-use crate::{apps::App, protocol::signature, ctx::Ctx};
+use crate::{apps::App, ctx::Ctx, protocol::signature};
 
 /// How far `auth_timestamp` may be from the server's clock, in seconds.
 pub(crate) const TIMESTAMP_WINDOW_SECS: u64 = 600;
@@ -90,16 +90,4 @@ pub(crate) fn verify(pre: Prechecked, body: &[u8]) -> Result<Authed, ApiError> {
         _ => {}
     }
     Ok(Authed { app, query })
-}
-
-/// Check a request with its body: [`precheck`], then [`verify`].
-pub(crate) async fn authenticate(
-    ctx: &Ctx,
-    app_id: &str,
-    method: &Method,
-    path: &str,
-    raw_query: Option<&str>,
-    body: &[u8],
-) -> Result<Authed, ApiError> {
-    verify(precheck(ctx, app_id, method, path, raw_query).await?, body)
 }

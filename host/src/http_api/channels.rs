@@ -4,29 +4,24 @@ use std::sync::Arc;
 
 use axum::{
     Json,
-    extract::{Path, RawQuery, State},
-    http::{Method, Uri},
+    extract::{Path, State},
     response::Response,
 };
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, auth, counted};
+use super::{ApiError, SignedQuery, counted};
 use crate::{
-    protocol::channel::{self, ChannelKind},
     ctx::Ctx,
+    protocol::channel::{self, ChannelKind},
 };
 
-/// Authenticate a read request, apply the app's read limit, and check the channel name if
-/// there is one.
+/// Apply the app's read limit to an authenticated read, and check the channel name if there is
+/// one.
 async fn read_request(
     ctx: &Ctx,
-    app_id: &str,
-    method: &Method,
-    uri: &Uri,
-    query: Option<&str>,
+    authed: SignedQuery,
     channel_name: Option<&str>,
-) -> Result<auth::Authed, ApiError> {
-    let authed = auth::authenticate(ctx, app_id, method, uri.path(), query, &[]).await?;
+) -> Result<SignedQuery, ApiError> {
     limit(ctx, &authed.app).await?;
     if let Some(name) = channel_name {
         channel::validate(name, authed.app.limits.max_channel_name_length)
@@ -58,12 +53,9 @@ fn attributes(query: &std::collections::HashMap<String, String>) -> Vec<String> 
 /// Occupied channels, optionally filtered by prefix; `info=user_count` for presence prefixes.
 pub(crate) async fn list(
     State(ctx): State<Arc<Ctx>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
+    signed: SignedQuery,
 ) -> Result<Response, ApiError> {
-    let authed = read_request(&ctx, &app_id, &method, &uri, query.as_deref(), None).await?;
+    let authed = read_request(&ctx, signed, None).await?;
     let prefix = authed.query.get("filter_by_prefix").cloned().unwrap_or_default();
     let info = attributes(&authed.query);
     for attribute in &info {
@@ -98,12 +90,10 @@ pub(crate) async fn list(
 /// One channel: whether it is occupied, and the counts asked for.
 pub(crate) async fn show(
     State(ctx): State<Arc<Ctx>>,
-    Path((app_id, name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
+    Path((_, name)): Path<(String, String)>,
+    signed: SignedQuery,
 ) -> Result<Response, ApiError> {
-    let authed = read_request(&ctx, &app_id, &method, &uri, query.as_deref(), Some(&name)).await?;
+    let authed = read_request(&ctx, signed, Some(&name)).await?;
     let presence = ChannelKind::of(&name) == ChannelKind::Presence;
     let info = attributes(&authed.query);
     let counts = ctx.adapter.channel_info(&authed.app.id, &name).await;
@@ -143,12 +133,10 @@ pub(crate) async fn show(
 /// The users of a presence channel.
 pub(crate) async fn users(
     State(ctx): State<Arc<Ctx>>,
-    Path((app_id, name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
+    Path((_, name)): Path<(String, String)>,
+    signed: SignedQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let authed = read_request(&ctx, &app_id, &method, &uri, query.as_deref(), Some(&name)).await?;
+    let authed = read_request(&ctx, signed, Some(&name)).await?;
     if ChannelKind::of(&name) != ChannelKind::Presence {
         return Err(ApiError::bad_request("Users can only be listed for presence channels"));
     }

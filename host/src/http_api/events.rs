@@ -2,28 +2,24 @@
 
 use std::sync::Arc;
 
-use axum::{
-    Json,
-    body::Body,
-    extract::{Path, RawQuery, State},
-    http::{HeaderMap, Method, StatusCode, Uri},
-};
+use axum::{Json, extract::State, http::StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, accept};
+use super::{ApiError, Signed};
 use crate::{
     adapter::Congestion,
     apps::App,
     config::Limits,
+    ctx::Ctx,
     feed::{Entry, Kind},
     metrics::Metrics,
     protocol::{
+        Broadcast,
         channel::{self, ChannelKind},
         filter::{self, Tags},
         frames,
     },
-    ctx::Ctx,
 };
 
 #[derive(Debug, Deserialize)]
@@ -218,7 +214,9 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
         // Encrypted channels' events never go as deltas: their ciphertexts do not shrink.
         let compressible = ChannelKind::of(name) != ChannelKind::PrivateEncrypted;
         let except = event.socket_id.as_deref();
-        ctx.adapter.broadcast(&app.id, name, &text.into(), except, tags, compressible);
+        let to =
+            Broadcast::to(&app.id, name).except(except).tagged(tags).compressible(compressible);
+        ctx.adapter.broadcast(&to, &text.into());
     }
     if event.info.is_empty() {
         return None;
@@ -301,16 +299,9 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 /// Trigger one event on one or more channels.
 pub(crate) async fn trigger(
     State(ctx): State<Arc<Ctx>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Signed { app, body }: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    let (bytes, authed) =
-        accept(&ctx, &app_id, &method, &uri, query.as_deref(), &headers, body).await?;
-    Ok(Json(publish_body(&ctx, &authed.app, &bytes).await?))
+    Ok(Json(publish_body(&ctx, &app, &body).await?))
 }
 
 /// Check, limit and publish one event given as the HTTP API's body; the API's answer. The
@@ -328,17 +319,10 @@ pub(crate) async fn publish_body(ctx: &Ctx, app: &App, body: &[u8]) -> Result<Va
 /// Trigger several events at once; every event is checked before any is published.
 pub(crate) async fn batch(
     State(ctx): State<Arc<Ctx>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Signed { app, body }: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    let (bytes, authed) =
-        accept(&ctx, &app_id, &method, &uri, query.as_deref(), &headers, body).await?;
-    let batch: Batch = parse(&bytes)?;
-    let max = authed.app.limits.max_event_batch_size;
+    let batch: Batch = parse(&body)?;
+    let max = app.limits.max_event_batch_size;
     if batch.batch.len() > max {
         return Err(ApiError::bad_request(format!(
             "{} events given; a batch takes at most {max}",
@@ -350,15 +334,15 @@ pub(crate) async fn batch(
         .into_iter()
         .enumerate()
         .map(|(i, e)| {
-            check(&authed.app, e, true)
+            check(&app, e, true)
                 .map_err(|e| ApiError { message: format!("batch[{i}]: {}", e.message), ..e })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    limit(&ctx, &authed.app, events.iter().map(|e| e.channels.len()).sum()).await?;
-    push_back(&ctx, &authed.app, events.iter().flat_map(|e| e.channels.iter())).await?;
+    limit(&ctx, &app, events.iter().map(|e| e.channels.len()).sum()).await?;
+    push_back(&ctx, &app, events.iter().flat_map(|e| e.channels.iter())).await?;
     let mut described = Vec::with_capacity(events.len());
     for event in &events {
-        described.push(publish(&ctx, &authed.app, event).await);
+        described.push(publish(&ctx, &app, event).await);
     }
     if described.iter().all(Option::is_none) {
         return Ok(Json(json!({})));

@@ -6,25 +6,26 @@ pub(crate) mod channels;
 pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod redirect;
+pub(crate) mod signed;
 pub(crate) mod users;
+
+pub(crate) use signed::{Signed, SignedQuery};
 
 use std::sync::Arc;
 
 use axum::{
     Json,
-    body::{Body, Bytes},
     extract::{Request, State},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
+    http::{HeaderValue, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 
 use crate::{
     apps::{App, Lookup},
-    edge::Peer,
-    metrics::Metrics,
-    plugins::RateDecision,
     ctx::Ctx,
+    edge::Peer,
+    plugins::RateDecision,
 };
 
 /// An HTTP API error.
@@ -120,63 +121,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// Authenticate a write request and read its body, in the order that costs an unauthenticated
-/// or oversized request the least: the checks that need no body first (the signature covers
-/// the query, `body_md5` included); a `Content-Length` over
-/// `http_api.request_limit_in_mb` refused before a byte of the body is read; then the body, read
-/// up to the limit within `edge.body_timeout_ms`; then `body_md5`. A refused
-/// body is left unread; the connection's lingering close lets the answer reach the client.
-pub(crate) async fn accept(
-    ctx: &Ctx,
-    app_id: &str,
-    method: &Method,
-    uri: &Uri,
-    query: Option<&str>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(Bytes, auth::Authed), ApiError> {
-    let pre = auth::precheck(ctx, app_id, method, uri.path(), query).await?;
-    let limit = ctx.settings.http_body_limit;
-    let too_large =
-        || ApiError::too_large(format!("The request body is over the limit of {limit} bytes"));
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(too_large());
-    }
-    let read =
-        tokio::time::timeout(ctx.settings.edge.body_timeout, axum::body::to_bytes(body, limit));
-    let bytes = match read.await {
-        Err(_) => {
-            Metrics::count(&ctx.metrics.edge_timeouts, "kind", "body");
-            return Err(ApiError::timeout("The request body did not arrive in time"));
-        }
-        Ok(Err(error)) if is_length_limit(&error) => return Err(too_large()),
-        Ok(Err(error)) => {
-            return Err(ApiError::bad_request(format!(
-                "The request body could not be read: {error}"
-            )));
-        }
-        Ok(Ok(bytes)) => bytes,
-    };
-    ctx.metrics.http_bytes_received.inc_by(bytes.len() as u64);
-    let authed = auth::verify(pre, &bytes)?;
-    Ok((bytes, authed))
-}
-
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// A JSON answer, marked `X-Sockhost-Partial: true` when some node did not answer in time (the

@@ -4,28 +4,21 @@ use std::sync::Arc;
 
 use axum::{
     Json,
-    body::Body,
-    extract::{Path, RawQuery, State},
-    http::{HeaderMap, Method, Uri},
+    extract::{Path, State},
 };
 use serde_json::{Value, json};
 
-use super::{ApiError, accept};
-use crate::{protocol::codes, ctx::Ctx};
+use super::{ApiError, Signed};
+use crate::{ctx::Ctx, protocol::codes};
 
 /// Close every connection signed in as the user, with 4009.
 pub(crate) async fn terminate(
     State(ctx): State<Arc<Ctx>>,
-    Path((app_id, user_id)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Path((_, user_id)): Path<(String, String)>,
+    signed: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, authed) =
-        accept(&ctx, &app_id, &method, &uri, query.as_deref(), &headers, body).await?;
-    let closed = ctx.adapter.terminate_user(&authed.app.id, &user_id, codes::UNAUTHORIZED).await;
-    tracing::info!(app_id = %authed.app.id, user_id, closed, "Terminated a user's connections.");
+    let app = &signed.app;
+    let closed = ctx.adapter.terminate_user(&app.id, &user_id, codes::UNAUTHORIZED).await;
+    tracing::info!(app_id = %app.id, user_id, closed, "Terminated a user's connections.");
     Ok(Json(json!({})))
 }

@@ -11,11 +11,11 @@ pub mod loader;
 pub mod manifest;
 mod registry;
 
-pub use drivers::{
-    AppManager, Cache, Conditional, DriverError, Drivers, JobError,
-    JobFuture, Queue, QueuedJob, RateLimiter, Transport,
-};
 pub use crate::config::{DriverChoice, DriverSelection};
+pub use drivers::{
+    AppManager, Cache, Conditional, DriverError, Drivers, JobError, JobFuture, Queue, QueuedJob,
+    RateLimiter, Transport,
+};
 pub use host_context::{Incoming, PluginCounters};
 pub use loader::{LoadError, LoadedPlugin};
 pub use manifest::{Manifest, ManifestError};

@@ -14,15 +14,15 @@ use super::session::Session;
 use crate::{
     apps::{App, Lookup},
     config::Settings,
-    feed::{Entry, Kind},
+    ctx::Ctx,
     edge::Peer,
+    feed::{Entry, Kind},
     hub::{Closer, Conn},
     metrics::Metrics,
     protocol::{
         codes,
         frames::{self, Dialect},
     },
-    ctx::Ctx,
 };
 
 /// Frames written per flush at most, so one busy connection does not starve the others.

@@ -13,7 +13,7 @@ use axum::{
 
 use tracing::Instrument as _;
 
-use crate::{edge::Peer, ctx::Ctx};
+use crate::{ctx::Ctx, edge::Peer};
 
 /// Read buffer per connection. Small: most Pusher messages are tiny, and the buffer is paid by
 /// every idle connection (tungstenite's default is 128 KiB).

@@ -11,11 +11,14 @@ use serde_json::{Value, value::RawValue};
 
 use crate::{
     apps::App,
-    feed::{Entry, Kind},
+    ctx::Ctx,
     delta::Algorithm,
+    feed::{Entry, Kind},
     hub::{Conn, DeltaWish, Join, Subscribed, Wants},
     metrics::Metrics,
+    protocol::webhook::Hook,
     protocol::{
+        Broadcast,
         channel::{self, ChannelKind, MAX_USER_ID_LENGTH},
         codes,
         filter::{Filter, FilterError, MAX_CONNECTION_FILTER_BYTES},
@@ -23,8 +26,6 @@ use crate::{
         inbound::{self, ClientMessage, DeltaRequest},
         signature,
     },
-    ctx::Ctx,
-    protocol::webhook::Hook,
 };
 
 /// Users one watchlist may name (the Pusher limit); the rest are ignored with 4302.
@@ -428,7 +429,7 @@ impl Session {
             let count = ctx.adapter.channel_info(&app.id, &name).await.subscription_count;
             if count > 0 {
                 let frame = Utf8Bytes::from(frames::subscription_count(&name, count));
-                ctx.adapter.broadcast(&app.id, &name, &frame, None, None, false);
+                ctx.adapter.broadcast(&Broadcast::to(&app.id, &name), &frame);
             }
             let hook = Hook::SubscriptionCount { channel: name, subscription_count: count };
             ctx.webhooks.emit(&app, hook);
@@ -598,7 +599,7 @@ impl Session {
         self.ctx.metrics.events_published.inc();
         self.ctx.feed.stats.published(&self.app.id, 1);
         let except = Some(&*self.conn.socket_id);
-        self.ctx.adapter.broadcast(&self.app.id, name, &frame, except, None, false);
+        self.ctx.adapter.broadcast(&Broadcast::to(&self.app.id, name).except(except), &frame);
         let data = match data {
             Value::String(s) => s.clone(),
             other => other.to_string(),
