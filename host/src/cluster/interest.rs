@@ -31,7 +31,10 @@ impl Cluster {
 
 /// Keep topic subscriptions, reference-counted, one change at a time so that a subscribe and an
 /// unsubscribe of the same topic cannot overtake each other.
-pub(super) async fn keep_interest(transport: Arc<Transport>, mut ops: mpsc::UnboundedReceiver<InterestOp>) {
+pub(super) async fn keep_interest(
+    transport: Arc<Transport>,
+    mut ops: mpsc::UnboundedReceiver<InterestOp>,
+) {
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut failed: HashSet<String> = HashSet::new();
     while let Some((topic, acquire, done)) = ops.recv().await {

@@ -39,24 +39,20 @@ use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 use tokio::{sync::mpsc, time::Instant};
 
-pub use self::{
-    membership::{Departed, PerNode},
-    presence::{Changes, MemberChanges, presence_state},
-    requests::Answers,
-    seal::now_ms,
-};
 use self::{
     envelope::{Body, Control, DecodeError, Envelope},
     interest::{InterestOp, keep_interest},
     presence::NodePresence,
     seal::{Seal, SealError},
 };
-pub use crate::config::ClusterSettings;
-use crate::{
-    plugins::Transport,
-    protocol::Broadcast,
-    telemetry::LogLimiter,
+pub use self::{
+    membership::{Departed, PerNode},
+    presence::{Changes, MemberChanges, presence_state},
+    requests::Answers,
+    seal::now_ms,
 };
+pub use crate::config::ClusterSettings;
+use crate::{plugins::Transport, protocol::Broadcast, telemetry::LogLimiter};
 
 /// The most entries one peer may hold in each map of its replicated state (apps it counts
 /// connections for, members, channels, users): a peer (buggy, or writing to the bus without a
@@ -254,4 +250,3 @@ impl Cluster {
         }
     }
 }
-

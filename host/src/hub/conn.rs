@@ -170,4 +170,3 @@ impl Conn {
         self.closer.close(code);
     }
 }
-

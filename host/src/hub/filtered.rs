@@ -118,4 +118,3 @@ impl Filtered {
         self.plain.iter().chain(equal).chain(other)
     }
 }
-

@@ -25,7 +25,6 @@ use crate::{
 
 pub(crate) use crate::protocol::SocketId;
 
-
 mod channels;
 mod conn;
 mod filtered;
@@ -58,7 +57,6 @@ struct Channel {
     /// order their seqs were given.
     deltas: Option<Box<Mutex<Deltas>>>,
 }
-
 
 /// Whether most of `sent` recipients are `behind`: the channel's publishers, not one slow
 /// reader, are the cause.

@@ -6,11 +6,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::protocol::{Broadcast, codes, filter::Tags};
 
-fn conn(
-    id: &str,
-    frames: usize,
-    bytes: usize,
-) -> (Conn, mpsc::Receiver<Utf8Bytes>, Arc<Closer>) {
+fn conn(id: &str, frames: usize, bytes: usize) -> (Conn, mpsc::Receiver<Utf8Bytes>, Arc<Closer>) {
     let (tx, rx) = mpsc::channel(frames);
     let closer = Arc::new(Closer::new(frames, bytes, 50));
     (Conn::new(id.into(), tx, closer.clone()), rx, closer)
@@ -49,8 +45,7 @@ fn a_channel_is_congested_only_when_most_subscribers_are_behind() {
     let (slow, _slow_rx, _) = conn("1.2", 4, 0);
     let (third, mut third_rx, third_closer) = conn("1.3", 4, 0);
     for c in [&fast, &slow, &third] {
-        hub.subscribe("app", "ch", c, None, Wants::default(), |_| Utf8Bytes::from("ack"))
-            .unwrap();
+        hub.subscribe("app", "ch", c, None, Wants::default(), |_| Utf8Bytes::from("ack")).unwrap();
     }
     let frame = Utf8Bytes::from("e");
     // The acknowledgement and two events: three of four places taken everywhere.
@@ -78,8 +73,7 @@ fn tagged_events_reach_the_subscribers_whose_filter_passes_them() {
     let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| Utf8Bytes::from("ack");
     hub.subscribe("app", "ch", &plain, None, Wants::default(), ack).unwrap();
     let eq = serde_json::json!({ "key": "sym", "cmp": "eq", "val": "BTC" });
-    hub.subscribe("app", "ch", &btc, None, Wants { filter: filter(eq), delta: None }, ack)
-        .unwrap();
+    hub.subscribe("app", "ch", &btc, None, Wants { filter: filter(eq), delta: None }, ack).unwrap();
     let gt = serde_json::json!({ "key": "px", "cmp": "gt", "val": 100 });
     hub.subscribe("app", "ch", &dear, None, Wants { filter: filter(gt), delta: None }, ack)
         .unwrap();
@@ -125,15 +119,10 @@ fn subscribers_with_equal_filters_share_one_group_and_one_copy() {
     ] });
     let cheap = serde_json::json!({ "key": "px", "cmp": "lt", "val": 10 });
     let mut rxs = Vec::new();
-    for (i, (channel, filter)) in [
-        ("ch", dear()),
-        ("ch", dear_too),
-        ("ch", dear()),
-        ("ch", cheap.clone()),
-        ("other", dear()),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, (channel, filter)) in
+        [("ch", dear()), ("ch", dear_too), ("ch", dear()), ("ch", cheap.clone()), ("other", dear())]
+            .into_iter()
+            .enumerate()
     {
         let (c, rx, _) = conn(&format!("1.{i}"), 16, 0);
         let wants = Wants { filter: Some(hub.intern(compile(filter))), delta: None };
@@ -185,21 +174,15 @@ fn presence_counts_users_not_sockets_and_holds_its_limit() {
     let (a2, _a2_rx, _) = conn("1.2", 8, 0);
     let (b, _b_rx, _) = conn("1.3", 8, 0);
     let (c, _c_rx, _) = conn("1.4", 8, 0);
-    let first = hub
-        .subscribe("app", "presence-x", &a1, Some(join("a")), Wants::default(), ack)
-        .unwrap();
-    assert_eq!(
-        first,
-        Subscribed { new_subscriber: true, occupied: true, first_for_user: true }
-    );
-    let again = hub
-        .subscribe("app", "presence-x", &a2, Some(join("a")), Wants::default(), ack)
-        .unwrap();
+    let first =
+        hub.subscribe("app", "presence-x", &a1, Some(join("a")), Wants::default(), ack).unwrap();
+    assert_eq!(first, Subscribed { new_subscriber: true, occupied: true, first_for_user: true });
+    let again =
+        hub.subscribe("app", "presence-x", &a2, Some(join("a")), Wants::default(), ack).unwrap();
     assert!(again.new_subscriber && !again.occupied && !again.first_for_user);
     hub.subscribe("app", "presence-x", &b, Some(join("b")), Wants::default(), ack).unwrap();
     // Two users, two allowed: a third user is refused, a known one is not.
-    let refused =
-        hub.subscribe("app", "presence-x", &c, Some(join("c")), Wants::default(), ack);
+    let refused = hub.subscribe("app", "presence-x", &c, Some(join("c")), Wants::default(), ack);
     assert_eq!(refused, Err(ChannelFull { max: 2 }));
     assert_eq!(hub.user_ids("app", "presence-x").len(), 2);
     assert_eq!(hub.subscription_count("app", "presence-x"), 3);
