@@ -12,10 +12,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sockhost::cluster::{
-    envelope::{Body, Control, Envelope},
-    seal::Seal,
-};
+use sockhost::peer::{Body, Control, Envelope, Seal};
 use sockhost_tests::{
     backends::RedisServer,
     cluster::{Bus, CLUSTER_SECRET, broadcast_body, nodes},

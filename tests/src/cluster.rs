@@ -96,9 +96,9 @@ impl Bus {
 
 /// A bus broadcast of event `event` to app-1's `channel`, as a node (or someone writing to the
 /// broker) would publish it.
-pub fn broadcast_body(channel: &str, event: &str) -> sockhost::cluster::envelope::Body {
+pub fn broadcast_body(channel: &str, event: &str) -> sockhost::peer::Body {
     let frame = serde_json::json!({ "event": event, "channel": channel, "data": "{}" });
-    sockhost::cluster::envelope::Body::Broadcast {
+    sockhost::peer::Body::Broadcast {
         app: "app-1".into(),
         channel: channel.into(),
         except: None,
@@ -252,7 +252,7 @@ pub mod scenarios {
         P: Fn(String, Vec<u8>) -> F,
         F: std::future::Future<Output = ()>,
     {
-        use sockhost::cluster::envelope::{Body, Control, Envelope};
+        use sockhost::peer::{Body, Control, Envelope};
         let servers = nodes(&bus, 2, "").await;
         let app = TestApp::main();
         let mut client = Client::connect(&servers[1].ws_url(&app.key)).await;
@@ -295,10 +295,7 @@ pub mod scenarios {
         P: Fn(String, Vec<u8>) -> F,
         F: std::future::Future<Output = ()>,
     {
-        use sockhost::cluster::{
-            envelope::{Body, Control, Envelope},
-            seal::Seal,
-        };
+        use sockhost::peer::{Body, Control, Envelope, Seal};
         let seal = Seal::new(super::CLUSTER_SECRET);
         let peer = 7;
         let sealed = |seq: u64, body: Body| seal.seal(&Envelope { node: peer, seq, body }.encode());
