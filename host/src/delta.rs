@@ -26,7 +26,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, value::RawValue};
 
-pub use crate::config::{Algorithm, ChannelRules, StreamSettings};
+pub(crate) use crate::config::{Algorithm, StreamSettings};
 use crate::protocol::{SocketId, frames};
 
 /// How delta compression encodes with an algorithm (the choice itself is configuration:
@@ -107,7 +107,7 @@ struct Subscriber {
 
 /// A channel's delta subscribers and streams on this node.
 #[derive(Debug)]
-pub struct Deltas {
+pub(crate) struct Deltas {
     settings: Arc<StreamSettings>,
     /// Each delta subscriber's algorithm and slot.
     subscribers: HashMap<SocketId, Subscriber>,
@@ -128,7 +128,7 @@ struct Head<'a> {
 
 impl Deltas {
     /// No subscriber yet, with the channel's settings.
-    pub fn new(settings: Arc<StreamSettings>) -> Self {
+    pub(crate) fn new(settings: Arc<StreamSettings>) -> Self {
         Self {
             settings,
             subscribers: HashMap::new(),
@@ -139,7 +139,7 @@ impl Deltas {
     }
 
     /// Send `socket_id` deltas in `algorithm` (or the channel's).
-    pub fn add(&mut self, socket_id: &SocketId, algorithm: Option<Algorithm>) {
+    pub(crate) fn add(&mut self, socket_id: &SocketId, algorithm: Option<Algorithm>) {
         let algorithm = algorithm.unwrap_or(self.settings.algorithm);
         if let Some(subscriber) = self.subscribers.get_mut(socket_id) {
             subscriber.algorithm = algorithm;
@@ -150,7 +150,7 @@ impl Deltas {
     }
 
     /// Forget `socket_id`; whether any delta subscriber is left.
-    pub fn remove(&mut self, socket_id: &str) -> bool {
+    pub(crate) fn remove(&mut self, socket_id: &str) -> bool {
         if let Some(Subscriber { slot, .. }) = self.subscribers.remove(socket_id) {
             self.streams.values_mut().for_each(|stream| stream.forget(slot));
             self.free_slots.push(slot);
@@ -160,7 +160,7 @@ impl Deltas {
 
     /// `socket_id` lost its bases (a client could not apply a delta): its next event on each
     /// stream goes whole.
-    pub fn resync(&mut self, socket_id: &str) {
+    pub(crate) fn resync(&mut self, socket_id: &str) {
         if let Some(Subscriber { slot, .. }) = self.subscribers.get(socket_id) {
             self.streams.values_mut().for_each(|stream| stream.forget(*slot));
         }
@@ -168,7 +168,7 @@ impl Deltas {
 
     /// Begin delivering `frame` (an app's event): `None` if it is not an event frame, which
     /// then goes to everyone as it is.
-    pub fn publish<'a>(
+    pub(crate) fn publish<'a>(
         &'a mut self,
         channel: &'a str,
         frame: &'a Utf8Bytes,
@@ -251,7 +251,7 @@ impl Deltas {
 
 /// How many frames of each kind a publication sent.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Sent {
+pub(crate) struct Sent {
     /// Deltas.
     pub deltas: u64,
     /// Full frames (with their delta members).
@@ -262,7 +262,7 @@ pub struct Sent {
 
 /// One event on its way to a channel's delta subscribers on this node.
 #[derive(Debug)]
-pub struct Publication<'a> {
+pub(crate) struct Publication<'a> {
     deltas: &'a mut Deltas,
     channel: &'a str,
     frame: &'a Utf8Bytes,
@@ -280,7 +280,7 @@ pub struct Publication<'a> {
 impl Publication<'_> {
     /// The frame for `socket_id`: `None` if it is no delta subscriber (it gets the event as
     /// it is), else the delta if it holds the base, or the full frame.
-    pub fn frame_for(&mut self, socket_id: &SocketId) -> Option<Utf8Bytes> {
+    pub(crate) fn frame_for(&mut self, socket_id: &SocketId) -> Option<Utf8Bytes> {
         let Subscriber { algorithm, slot } = *self.deltas.subscribers.get(socket_id)?;
         let received = &mut self.stream.received;
         if received.len() <= slot {
@@ -335,7 +335,7 @@ impl Publication<'_> {
     }
 
     /// Put the stream back with this event as its base; what was sent.
-    pub fn finish(mut self) -> Sent {
+    pub(crate) fn finish(mut self) -> Sent {
         let stream = &mut self.stream;
         stream.deltas = if self.base.is_some() { stream.deltas + 1 } else { 0 };
         stream.base = Some((self.seq, self.frame.clone()));

@@ -3,12 +3,14 @@
 //! # Layout
 //! Public, for the binary, the tests and the fuzz targets: [`run`] (the injectable entry
 //! point), [`config`], [`plugins`] (the plugin boundary; the only module that knows FFI
-//! types), [`protocol`] (the wire format), [`cluster`] (the layer below everything else),
-//! [`delta`], [`cli`], [`inspect`], [`telemetry`], [`fuzzing`] and [`benchmarks`] (entry
-//! points into the insides). Private to the crate: `server` (the shared `Ctx`), `ws` (one
-//! task per connection), `http_api`, `adapter` (the only road to channel state), `hub` (the
-//! only code that holds sockets), `cluster_events` (the node's side of the cluster layer's one
-//! interface), `apps`, `admin` (the admin API), `edge`, `tls`, `readiness`, `webhooks`, `metrics`.
+//! types), [`protocol`] (the wire format), [`cli`], [`inspect`], [`telemetry`], and the doors
+//! into the insides: [`fuzzing`] (the parsers), [`benchmarks`] and [`peer`] (the bus format, to
+//! play a peer node). Everything else is private to the crate, in layers that import only
+//! downwards (ARCHITECTURE.md; checked by `tests/tests/architecture.rs`): `server` and
+//! `beside` (the listeners) on top; the handlers `ws`, `http_api`, `admin`, `console`; `ctx`,
+//! what they share; the services `adapter`, `apps`, `webhooks`, `cluster_events`, `feed`,
+//! `edge`, `listen`, `tls`, `readiness`; `metrics`; `hub`, `delta` and `cluster`; then
+//! `plugins`, `telemetry`, `address_counts`, and `config` and `protocol` at the bottom.
 
 // Items of the crate's private modules say `pub(crate)`: what is `pub` is the crate's surface.
 #![warn(unreachable_pub)]

@@ -19,7 +19,7 @@ use serde_json::Value;
 pub type Tags = BTreeMap<String, String>;
 
 /// The envelope format this build writes and reads.
-pub const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 
 /// What an envelope carries; `C` is a control message, or its undecoded bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,7 +182,7 @@ const TAGGED: u8 = 3;
 /// its own for the same reason.
 const COMPRESSIBLE: u8 = 4;
 /// The most tags a broadcast may carry on the bus (a peer's message is untrusted input).
-pub const MAX_TAGS: usize = 64;
+pub(crate) const MAX_TAGS: usize = 64;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     let len = u32::try_from(s.len()).expect("strings on the bus are far below 4 GiB");
@@ -244,7 +244,7 @@ impl Envelope {
 }
 
 /// Whether `bytes` (an envelope, not yet checked) says it holds a control message.
-pub fn is_control(bytes: &[u8]) -> bool {
+pub(crate) fn is_control(bytes: &[u8]) -> bool {
     bytes.get(1) == Some(&CONTROL)
 }
 

@@ -16,7 +16,7 @@ use crate::protocol::Broadcast;
 
 /// This node's own shared state, as sent to a node that has just appeared.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Presence members, as (app, channel, user, info).
     pub members: Vec<(String, String, String, Value)>,
     /// Channels with a local subscriber, as (app, channel).
@@ -27,7 +27,7 @@ pub struct Snapshot {
 
 /// What the cluster layer asks of the node and tells it. Called from the cluster's tasks, never
 /// from a connection's; every method returns promptly (no waiting on the network).
-pub trait Host: Send + Sync + 'static {
+pub(crate) trait Host: Send + Sync + 'static {
     /// Whether `user` is a presence member of the channel on this node.
     fn has_member(&self, app: &str, channel: &str, user: &str) -> bool;
     /// Whether the channel has a subscriber on this node.

@@ -15,7 +15,7 @@ pub(super) type InterestOp = (String, bool, oneshot::Sender<()>);
 
 impl Cluster {
     /// Make sure this node receives `topic` (reference-counted; resolves once subscribed).
-    pub async fn acquire(&self, topic: String) {
+    pub(crate) async fn acquire(&self, topic: String) {
         let (done, wait) = oneshot::channel();
         if self.interest.send((topic, true, done)).is_ok() {
             let _ = wait.await;
@@ -23,7 +23,7 @@ impl Cluster {
     }
 
     /// Drop one reference to `topic`; the last one unsubscribes.
-    pub fn release(&self, topic: String) {
+    pub(crate) fn release(&self, topic: String) {
         let (done, _) = oneshot::channel();
         let _ = self.interest.send((topic, false, done));
     }

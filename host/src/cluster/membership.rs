@@ -12,11 +12,11 @@ use super::{Cluster, MAX_PEER_ENTRIES};
 
 /// Pairs of names (app and channel, or app and user) that each other node holds.
 #[derive(Debug, Default)]
-pub struct PerNode(Mutex<HashMap<u64, HashSet<(String, String)>>>);
+pub(crate) struct PerNode(Mutex<HashMap<u64, HashSet<(String, String)>>>);
 
 impl PerNode {
     /// Record whether `node` holds `key`.
-    pub fn set(&self, node: u64, key: (String, String), held: bool) {
+    pub(crate) fn set(&self, node: u64, key: (String, String), held: bool) {
         let mut all = self.0.lock().expect("cluster lock");
         let keys = all.entry(node).or_default();
         if held && keys.len() < MAX_PEER_ENTRIES {
@@ -27,7 +27,7 @@ impl PerNode {
     }
 
     /// What replacing `node`'s keys with `new` touches: its keys now and those in `new`.
-    pub fn touched(&self, node: u64, new: &[(String, String)]) -> Vec<(String, String)> {
+    pub(crate) fn touched(&self, node: u64, new: &[(String, String)]) -> Vec<(String, String)> {
         let mut keys: Vec<(String, String)> = self
             .0
             .lock()
@@ -42,26 +42,26 @@ impl PerNode {
     }
 
     /// Replace `node`'s keys.
-    pub fn replace(&self, node: u64, keys: Vec<(String, String)>) {
+    pub(crate) fn replace(&self, node: u64, keys: Vec<(String, String)>) {
         let keys = keys.into_iter().take(MAX_PEER_ENTRIES).collect();
         self.0.lock().expect("cluster lock").insert(node, keys);
     }
 
     /// Whether another node holds (`a`, `b`).
-    pub fn elsewhere(&self, a: &str, b: &str) -> bool {
+    pub(crate) fn elsewhere(&self, a: &str, b: &str) -> bool {
         let key = (a.to_string(), b.to_string());
         self.0.lock().expect("cluster lock").values().any(|k| k.contains(&key))
     }
 
     /// Forget `node`; what it held.
-    pub fn remove(&self, node: u64) -> Vec<(String, String)> {
+    pub(crate) fn remove(&self, node: u64) -> Vec<(String, String)> {
         self.0.lock().expect("cluster lock").remove(&node).unwrap_or_default().into_iter().collect()
     }
 }
 
 /// What a departed node leaves behind.
 #[derive(Debug, Default)]
-pub struct Departed {
+pub(crate) struct Departed {
     /// Its presence members, as (app, channel, user).
     pub members: Vec<(String, String, String)>,
     /// The channels it had subscribers for, as (app, channel).
@@ -72,22 +72,22 @@ pub struct Departed {
 
 impl Cluster {
     /// Whether another live node is known.
-    pub fn has_peers(&self) -> bool {
+    pub(crate) fn has_peers(&self) -> bool {
         !self.members.lock().expect("cluster lock").is_empty()
     }
 
     /// The other live nodes.
-    pub fn peers(&self) -> Vec<u64> {
+    pub(crate) fn peers(&self) -> Vec<u64> {
         self.members.lock().expect("cluster lock").keys().copied().collect()
     }
 
     /// Record that `node` is alive; whether it was unknown.
-    pub fn saw(&self, node: u64) -> bool {
+    pub(crate) fn saw(&self, node: u64) -> bool {
         self.members.lock().expect("cluster lock").insert(node, Instant::now()).is_none()
     }
 
     /// Record `node`'s connections per app.
-    pub fn apply_connections(&self, node: u64, mut counts: HashMap<String, u64>) {
+    pub(crate) fn apply_connections(&self, node: u64, mut counts: HashMap<String, u64>) {
         if counts.len() > MAX_PEER_ENTRIES {
             counts = counts.into_iter().take(MAX_PEER_ENTRIES).collect();
         }
@@ -95,7 +95,7 @@ impl Cluster {
     }
 
     /// The app's connections on the other nodes, as their last heartbeats said.
-    pub fn remote_connections(&self, app: &str) -> u64 {
+    pub(crate) fn remote_connections(&self, app: &str) -> u64 {
         // Counts come from peers: a huge one must not wrap the sum (in release) into a small one.
         self.connections
             .lock()
@@ -107,7 +107,7 @@ impl Cluster {
 
     /// Forget `node` and all it told: its presence members, occupied channels, signed-in users
     /// and connection counts.
-    pub fn forget(&self, node: u64) -> Departed {
+    pub(crate) fn forget(&self, node: u64) -> Departed {
         if let Some(seal) = &self.seal {
             seal.forget(node);
         }
@@ -127,7 +127,7 @@ impl Cluster {
     }
 
     /// Nodes silent for longer than the node timeout.
-    pub fn expired(&self) -> Vec<u64> {
+    pub(crate) fn expired(&self) -> Vec<u64> {
         let now = Instant::now();
         self.members
             .lock()
@@ -139,7 +139,7 @@ impl Cluster {
     }
 
     /// Whether this node is the cleanup leader: the lowest id among the live nodes.
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.members.lock().expect("cluster lock").keys().all(|id| *id > self.node_id)
     }
 }

@@ -15,15 +15,15 @@
 //! The layer depends on nothing above it: it tells the node what happened, and asks what the
 //! node holds, through [`host::Host`]. [`reader`] reads the bus and applies what it says.
 
-pub mod envelope;
-pub mod host;
+pub(crate) mod envelope;
+pub(crate) mod host;
 mod interest;
 mod membership;
 mod presence;
-pub mod query;
-pub mod reader;
+pub(crate) mod query;
+pub(crate) mod reader;
 mod requests;
-pub mod seal;
+pub(crate) mod seal;
 #[cfg(test)]
 mod tests;
 
@@ -45,36 +45,35 @@ use self::{
     presence::NodePresence,
     seal::{Seal, SealError},
 };
-pub use self::{
-    membership::{Departed, PerNode},
-    presence::{Changes, MemberChanges, presence_state},
-    requests::Answers,
+pub(crate) use self::{
+    membership::PerNode,
+    presence::{Changes, presence_state},
     seal::now_ms,
 };
-pub use crate::config::ClusterSettings;
+pub(crate) use crate::config::ClusterSettings;
 use crate::{plugins::Transport, protocol::Broadcast, telemetry::LogLimiter};
 
 /// The most entries one peer may hold in each map of its replicated state (apps it counts
 /// connections for, members, channels, users): a peer (buggy, or writing to the bus without a
 /// secret) cannot grow this node's memory without bound. Past it, new entries are ignored.
-pub const MAX_PEER_ENTRIES: usize = 1_000_000;
+pub(crate) const MAX_PEER_ENTRIES: usize = 1_000_000;
 
 /// The topic every node listens to.
-pub const CONTROL: &str = "#control";
+pub(crate) const CONTROL: &str = "#control";
 
 /// A node's own topic (responses, state for a newcomer).
-pub fn node_topic(node: u64) -> String {
+pub(crate) fn node_topic(node: u64) -> String {
     format!("#node:{node}")
 }
 
 /// The topic of a channel's broadcasts.
-pub fn channel_topic(app: &str, channel: &str) -> String {
+pub(crate) fn channel_topic(app: &str, channel: &str) -> String {
     format!("#broadcast:{app}:{channel}")
 }
 
 /// The cluster state of this node.
 #[derive(Debug)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// This node's id.
     pub node_id: u64,
     transport: Arc<Transport>,
@@ -98,7 +97,7 @@ pub struct Cluster {
 
 /// Why a bus message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Not authenticated by the cluster secret (see [`seal`]).
     #[error("{0}")]
     Seal(#[from] SealError),
@@ -110,7 +109,7 @@ pub enum Refusal {
 impl Cluster {
     /// A cluster layer over `transport`; starts the task that keeps topic subscriptions.
     /// Every publish the transport refuses is counted in `publish_refused`.
-    pub fn new(
+    pub(crate) fn new(
         transport: Arc<Transport>,
         settings: ClusterSettings,
         publish_refused: Counter,
@@ -144,7 +143,7 @@ impl Cluster {
     }
 
     /// The cluster timing.
-    pub fn settings(&self) -> &ClusterSettings {
+    pub(crate) fn settings(&self) -> &ClusterSettings {
         &self.settings
     }
 
@@ -159,14 +158,14 @@ impl Cluster {
     }
 
     /// Whether envelopes are sealed with a cluster secret.
-    pub fn authenticated(&self) -> bool {
+    pub(crate) fn authenticated(&self) -> bool {
         self.seal.is_some()
     }
 
     /// Read a bus message received at `received` (milliseconds since the epoch, [`now_ms`]):
     /// unseal it (with a secret), read its header, and refuse a replay. A control body is left
     /// undecoded (see [`Control::decode`]).
-    pub fn open<'a>(
+    pub(crate) fn open<'a>(
         &self,
         message: &'a [u8],
         received: u64,
@@ -191,7 +190,7 @@ impl Cluster {
 
     /// Whether a bus message says it holds a control message. Read before anything is checked,
     /// only to choose the task that opens it ([`Cluster::open`] still checks everything).
-    pub fn carries_control(&self, message: &[u8]) -> bool {
+    pub(crate) fn carries_control(&self, message: &[u8]) -> bool {
         let envelope = match &self.seal {
             Some(_) => message.get(seal::HEADER..).unwrap_or_default(),
             None => message,
@@ -200,7 +199,7 @@ impl Cluster {
     }
 
     /// Publish a broadcast to the other nodes (none if alone). Never waits.
-    pub fn publish_broadcast(&self, to: &Broadcast<'_>, frame: &[u8]) {
+    pub(crate) fn publish_broadcast(&self, to: &Broadcast<'_>, frame: &[u8]) {
         let Broadcast { app, channel, except, tags, compressible } = *to;
         if !self.has_peers() {
             return;
@@ -229,12 +228,12 @@ impl Cluster {
     }
 
     /// Tell every other node that an app's record changed.
-    pub fn announce_app_changed(&self, app: &str) {
+    pub(crate) fn announce_app_changed(&self, app: &str) {
         self.send_control(CONTROL, Control::AppChanged { app: app.to_string() });
     }
 
     /// Send a control message to `topic` (enqueued in order with broadcasts).
-    pub fn send_control(&self, topic: &str, control: Control) {
+    pub(crate) fn send_control(&self, topic: &str, control: Control) {
         if let Err(error) = self.transport.try_publish(topic, self.envelope(Body::Control(control)))
         {
             self.refused(&error, topic);
@@ -242,7 +241,7 @@ impl Cluster {
     }
 
     /// Send a control message and wait for the transport to take it.
-    pub async fn send_control_awaited(&self, topic: &str, control: Control) {
+    pub(crate) async fn send_control_awaited(&self, topic: &str, control: Control) {
         if let Err(error) =
             self.transport.publish(topic, self.envelope(Body::Control(control))).await
         {

@@ -18,7 +18,7 @@ pub(super) struct NodePresence {
 
 impl Cluster {
     /// Apply a presence change from `node` (ignored if its full state already covers it).
-    pub fn apply_presence(
+    pub(crate) fn apply_presence(
         &self,
         node: u64,
         seq: u64,
@@ -53,7 +53,7 @@ impl Cluster {
     /// say, by channel, whose presence that changes as far as the other nodes go (whether a
     /// member is also on this node is the caller's to check). Linear in the members before and
     /// after, with no copy of a member who stays: a sync of tens of thousands in one pass.
-    pub fn apply_presence_sync(&self, node: u64, seq: u64, state: Value) -> Vec<Changes> {
+    pub(crate) fn apply_presence_sync(&self, node: u64, seq: u64, state: Value) -> Vec<Changes> {
         let members = bounded_members(state);
         let mut presence = self.presence.lock().expect("cluster lock");
         let old = presence.remove(&node).unwrap_or_default().members;
@@ -90,7 +90,7 @@ impl Cluster {
     }
 
     /// Members of a presence channel on the other nodes: user -> info.
-    pub fn remote_members(&self, app: &str, channel: &str) -> HashMap<String, Value> {
+    pub(crate) fn remote_members(&self, app: &str, channel: &str) -> HashMap<String, Value> {
         let key = (app.to_string(), channel.to_string());
         let presence = self.presence.lock().expect("cluster lock");
         let mut out = HashMap::new();
@@ -105,7 +105,7 @@ impl Cluster {
     }
 
     /// Whether `user` is a member of the channel on another node.
-    pub fn present_elsewhere(&self, app: &str, channel: &str, user: &str) -> bool {
+    pub(crate) fn present_elsewhere(&self, app: &str, channel: &str, user: &str) -> bool {
         let key = (app.to_string(), channel.to_string());
         self.presence
             .lock()
@@ -116,7 +116,7 @@ impl Cluster {
 }
 
 /// The local presence state, as sent to a newcomer: app -> channel -> user -> info.
-pub fn presence_state(members: Vec<(String, String, String, Value)>) -> Value {
+pub(crate) fn presence_state(members: Vec<(String, String, String, Value)>) -> Value {
     let mut state = serde_json::Map::new();
     for (app, channel, user, info) in members {
         let channels = state.entry(app).or_insert_with(|| json!({}));
@@ -129,7 +129,7 @@ pub fn presence_state(members: Vec<(String, String, String, Value)>) -> Value {
 
 /// The members of one presence channel who appeared (with their info) or left (`None`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Changes {
+pub(crate) struct Changes {
     /// The app.
     pub app: String,
     /// The channel.
@@ -139,7 +139,7 @@ pub struct Changes {
 }
 
 /// (user, info) for each member of a channel who appeared (with their info) or left (`None`).
-pub type MemberChanges = Vec<(String, Option<Value>)>;
+pub(crate) type MemberChanges = Vec<(String, Option<Value>)>;
 
 /// A full presence state from a peer (app -> channel -> user -> info), taken apart without
 /// copying and bounded: at most [`MAX_PEER_ENTRIES`] entries, an empty channel counting as one.

@@ -9,7 +9,7 @@ use serde_json::Value;
 /// A question for every other node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Query {
+pub(crate) enum Query {
     /// A channel's subscribers on the node: [`ChannelCount`].
     Channel {
         /// The app.
@@ -50,12 +50,12 @@ pub enum Query {
 
 impl Query {
     /// The question a peer sent, or why it cannot be answered.
-    pub fn read(value: &Value) -> Result<Self, String> {
+    pub(crate) fn read(value: &Value) -> Result<Self, String> {
         Self::deserialize(value).map_err(|e| format!("unknown or malformed request: {e}"))
     }
 
     /// The question as it goes on the bus.
-    pub fn to_value(&self) -> Value {
+    pub(crate) fn to_value(&self) -> Value {
         // Serializing a plain enum of strings and numbers cannot fail.
         serde_json::to_value(self).expect("a query serializes")
     }
@@ -63,41 +63,41 @@ impl Query {
 
 /// The answer to [`Query::Channel`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChannelCount {
+pub(crate) struct ChannelCount {
     /// Subscribers on the answering node.
     pub subscription_count: usize,
 }
 
 /// The answer to [`Query::Channels`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChannelList {
+pub(crate) struct ChannelList {
     /// (name, subscribers) on the answering node.
     pub channels: Vec<(String, usize)>,
 }
 
 /// The answer to [`Query::Terminate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Closed {
+pub(crate) struct Closed {
     /// Connections closed on the answering node.
     pub closed: usize,
 }
 
 /// The answer to [`Query::Online`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Online {
+pub(crate) struct Online {
     /// The users signed in on the answering node.
     pub online: Vec<String>,
 }
 
 /// An answer as it goes on the bus.
-pub fn answer_value<T: Serialize>(answer: &T) -> Value {
+pub(crate) fn answer_value<T: Serialize>(answer: &T) -> Value {
     // The answers are plain structs of strings and numbers.
     serde_json::to_value(answer).expect("an answer serializes")
 }
 
 /// The answers that read as `T`; the others (a peer's error, a forged or garbled answer) are
 /// left out.
-pub fn parse<T: DeserializeOwned>(answers: &[Value]) -> impl Iterator<Item = T> + '_ {
+pub(crate) fn parse<T: DeserializeOwned>(answers: &[Value]) -> impl Iterator<Item = T> + '_ {
     answers.iter().filter_map(|a| T::deserialize(a).ok())
 }
 

@@ -24,7 +24,7 @@ use crate::{plugins::Incoming, protocol::Broadcast, telemetry::LogLimiter};
 
 /// How many control messages may wait for the state worker before the reader waits too (and
 /// with it the transport's inbox, which counts what it drops).
-pub const STATE_QUEUE: usize = 65_536;
+pub(crate) const STATE_QUEUE: usize = 65_536;
 
 /// Work for the state worker, in order.
 #[derive(Debug)]
@@ -343,7 +343,7 @@ impl State {
 /// Join the cluster: listen on the control and own topics, say hello, and start the tasks that
 /// read the bus, apply what it says, and keep membership (heartbeats and cleanup) until
 /// `shutdown`.
-pub async fn start(
+pub(crate) async fn start(
     cluster: Arc<Cluster>,
     host: Arc<dyn Host>,
     inbox: mpsc::Receiver<Incoming>,
@@ -360,7 +360,7 @@ pub async fn start(
 }
 
 /// Leave the cluster: tell the others, so they need not wait for the node timeout.
-pub async fn stop(cluster: &Cluster) {
+pub(crate) async fn stop(cluster: &Cluster) {
     if cluster.has_peers() {
         cluster.send_control_awaited(CONTROL, Control::Goodbye).await;
     }

@@ -10,7 +10,7 @@ use super::{CONTROL, Cluster, envelope::Control, query};
 
 /// Answers to a request, and whether every live node answered.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Answers {
+pub(crate) struct Answers {
     /// What the other nodes answered.
     pub answers: Vec<Value>,
     /// Whether all of them did.
@@ -21,7 +21,7 @@ impl Cluster {
     /// Ask every other live node `query`; wait for all answers, or until `enough` says the
     /// answers so far settle the question (a positive existence answer), or the timeout (short
     /// for `fast` questions: 50 ms per node).
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         query: &query::Query,
         fast: bool,
@@ -78,7 +78,7 @@ impl Cluster {
     }
 
     /// Route an answer to the request waiting for it.
-    pub fn answered(&self, id: u64, answer: Value) {
+    pub(crate) fn answered(&self, id: u64, answer: Value) {
         if let Some(tx) = self.pending.lock().expect("cluster lock").get(&id) {
             let _ = tx.try_send(answer);
         }

@@ -21,16 +21,16 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// The first byte of a sealed message (plain envelopes start with their version, 1).
-pub const SEALED: u8 = 0xA5;
+pub(crate) const SEALED: u8 = 0xA5;
 /// How far a message's sending time may be from the receiver's clock.
-pub const WINDOW: Duration = Duration::from_secs(15);
+pub(crate) const WINDOW: Duration = Duration::from_secs(15);
 /// How many sequence numbers behind a sender's newest a message may arrive (messages on
 /// different topics may overtake each other) before it is taken for a replay.
-pub const REPLAY_SPAN: u64 = 65_536;
+pub(crate) const REPLAY_SPAN: u64 = 65_536;
 
 const TAG: usize = 32;
 /// The length of a sealed message's header: marker, sending time and tag.
-pub const HEADER: usize = 1 + 8 + TAG;
+pub(crate) const HEADER: usize = 1 + 8 + TAG;
 
 /// Why a message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -130,7 +130,7 @@ impl std::fmt::Debug for Seal {
 }
 
 /// Milliseconds since the epoch, by this machine's clock.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
