@@ -102,6 +102,7 @@ pub fn sha256_of(path: &Path) -> String {
 pub mod backends;
 pub mod cluster;
 pub mod counting;
+pub mod daemon;
 pub mod deltas;
 pub mod pusher;
 pub mod server;

@@ -4,10 +4,10 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use crate::{private_dir, sockhost_bin};
+use crate::{daemon::poll, private_dir, sockhost_bin};
 
 /// A free loopback port: bound, read, released. The server binds it right after.
 ///
@@ -278,45 +278,39 @@ impl Server {
     }
 
     fn wait_until_up(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("sockhost exited with {status} before answering:\n{}", self.log());
-            }
-            if self.port == 0 {
-                let log = self.log();
-                match (logged_port(&log, "Listening."), logged_port(&log, "Metrics listening.")) {
-                    (Some(port), Some(metrics)) => (self.port, self.metrics_port) = (port, metrics),
-                    _ => {
-                        assert!(Instant::now() < deadline, "sockhost logged no address:\n{log}");
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    }
-                }
-            }
-            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                use std::io::{Read, Write};
-                if self.tls {
-                    return;
-                }
-                if self.proxy_protocol {
-                    let _ = stream.write_all(b"PROXY UNKNOWN\r\n");
-                }
-                let _ =
-                    stream.write_all(b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-                let mut answer = String::new();
-                let _ = stream.read_to_string(&mut answer);
-                if answer.starts_with("HTTP/1.1 200") {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sockhost did not answer /up in time:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        if let Err(seen) = poll(Duration::from_secs(20), || self.up(), || false) {
+            panic!("sockhost {seen} in time:\n{}", self.log());
         }
+    }
+
+    /// Whether it answers `/up` yet (once it has logged its ports); what it lacks if not.
+    fn up(&mut self) -> Result<(), String> {
+        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("sockhost exited with {status} before answering:\n{}", self.log());
+        }
+        if self.port == 0 {
+            let log = self.log();
+            match (logged_port(&log, "Listening."), logged_port(&log, "Metrics listening.")) {
+                (Some(port), Some(metrics)) => (self.port, self.metrics_port) = (port, metrics),
+                _ => return Err("logged no address".into()),
+            }
+        }
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            use std::io::{Read, Write};
+            if self.tls {
+                return Ok(());
+            }
+            if self.proxy_protocol {
+                let _ = stream.write_all(b"PROXY UNKNOWN\r\n");
+            }
+            let _ = stream.write_all(b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        Err("did not answer /up".into())
     }
 
     /// Send SIGTERM and wait for the exit status.
@@ -326,14 +320,9 @@ impl Server {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "sockhost did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let exited = || child.try_wait().unwrap().ok_or_else(|| "still running".to_string());
+        poll(Duration::from_secs(30), exited, || false)
+            .unwrap_or_else(|_| panic!("sockhost did not exit after SIGTERM"))
     }
 
     /// The metrics exposition.

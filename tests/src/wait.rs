@@ -1,13 +1,14 @@
 //! The one way tests wait for what has no event to await (a metric, a peer's replicated
-//! state, a limit's window): [`eventually`]. Anything that sends an event (a frame, a webhook)
-//! is awaited as that event instead.
+//! state, a limit's window): [`eventually`], the conformance kit's, with the harness's
+//! [`PATIENCE`]. Anything that sends an event (a frame, a webhook) is awaited as that event
+//! instead.
 
 use std::{fmt::Display, time::Duration};
 
-use crate::pusher::PATIENCE;
+use sockhost_plugin_api::conformance;
+pub use sockhost_plugin_api::conformance::holds;
 
-/// How often [`eventually`] looks again.
-const POLL: Duration = Duration::from_millis(20);
+use crate::pusher::PATIENCE;
 
 /// Look with `check` until it answers `Ok`, within `within`; its value. `check` answers `Err`
 /// with what it saw, which the failure message shows.
@@ -17,21 +18,9 @@ const POLL: Duration = Duration::from_millis(20);
 pub async fn eventually_within<T>(
     what: impl Display,
     within: Duration,
-    mut check: impl AsyncFnMut() -> Result<T, String>,
+    check: impl AsyncFnMut() -> Result<T, String>,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(seen) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{what}: not within {within:?}; last seen: {seen}"
-                );
-            }
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    conformance::eventually_within(what, within, check).await
 }
 
 /// [`eventually_within`] the usual patience.
@@ -40,12 +29,4 @@ pub async fn eventually_within<T>(
 /// As [`eventually_within`].
 pub async fn eventually<T>(what: impl Display, check: impl AsyncFnMut() -> Result<T, String>) -> T {
     eventually_within(what, PATIENCE, check).await
-}
-
-/// `Ok(())` if `holds`, else `Err` with `seen`: the usual shape of a check.
-///
-/// # Errors
-/// When it does not hold.
-pub fn holds(holds: bool, seen: impl Display) -> Result<(), String> {
-    if holds { Ok(()) } else { Err(seen.to_string()) }
 }

@@ -22,6 +22,9 @@ pub mod cache;
 pub mod queue;
 pub mod rate_limiter;
 pub mod transport;
+mod wait;
+
+pub use wait::{Outcome, eventually, eventually_within, holds};
 
 use std::{
     any::Any,
@@ -305,27 +308,6 @@ pub fn run<F: Future<Output = ()>>(case: F) {
 #[track_caller]
 pub fn ok<T>(what: &str, answer: crate::PResult<T>) -> T {
     answer.into_result().unwrap_or_else(|e: PluginError| panic!("{what} failed: {e}"))
-}
-
-/// Wait until `check` answers true, polling every few milliseconds.
-///
-/// For effects with no event to wait on (expiry of a TTL or a window).
-///
-/// # Panics
-/// If it is still false after [`PATIENCE`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: still not true after {PATIENCE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Expand one `#[test]` per case of a suite module, each calling `$case(&$target())`.

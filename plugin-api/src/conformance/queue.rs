@@ -12,7 +12,7 @@ use abi_stable::{
 use async_ffi::{FfiFuture, FutureExt as _};
 use tokio::sync::mpsc;
 
-use super::{PATIENCE, Target, eventually, ok};
+use super::{PATIENCE, Target, eventually, holds, ok};
 use crate::{ErrorCode, Job, PResult, PluginError, QueueHandler, QueueHandler_TO, QueueHandlerBox};
 
 fn s(text: &str) -> RStr<'_> {
@@ -75,8 +75,9 @@ pub async fn delivers_and_acknowledges(target: &Target) {
     }
     assert_eq!(seen, payloads);
     assert_eq!(ids.len(), payloads.len(), "job ids are not unique");
-    eventually("acknowledged jobs leave the queue", || async {
-        ok("pending", q.pending(s("conformance-deliver")).await) == 0
+    eventually("acknowledged jobs leave the queue", async || {
+        let pending = ok("pending", q.pending(s("conformance-deliver")).await);
+        holds(pending == 0, format!("{pending} pending"))
     })
     .await;
 }
@@ -92,8 +93,9 @@ pub async fn retries_a_failed_job(target: &Target) {
     assert_eq!((first.attempt, second.attempt), (1, 2));
     assert_eq!(first.id, second.id, "a retry got a new id");
     assert_eq!(second.payload.as_slice(), b"fail-once");
-    eventually("the retried job leaves the queue once acknowledged", || async {
-        ok("pending", q.pending(s("conformance-retry")).await) == 0
+    eventually("the retried job leaves the queue once acknowledged", async || {
+        let pending = ok("pending", q.pending(s("conformance-retry")).await);
+        holds(pending == 0, format!("{pending} pending"))
     })
     .await;
 }
@@ -106,8 +108,9 @@ pub async fn sets_a_rejected_job_aside(target: &Target) {
     ok("consume", q.consume(s("conformance-poison"), handler).await);
     ok("push", q.push(s("conformance-poison"), RVec::from(b"poison".to_vec())).await);
     assert_eq!(next(&mut rx).await.attempt, 1);
-    eventually("the rejected job leaves the queue without a retry", || async {
-        ok("pending", q.pending(s("conformance-poison")).await) == 0
+    eventually("the rejected job leaves the queue without a retry", async || {
+        let pending = ok("pending", q.pending(s("conformance-poison")).await);
+        holds(pending == 0, format!("{pending} pending"))
     })
     .await;
     assert!(rx.try_recv().is_err(), "a rejected job was delivered again");

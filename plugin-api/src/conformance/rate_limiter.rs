@@ -2,7 +2,7 @@
 
 use abi_stable::std_types::RStr;
 
-use super::{Target, eventually, ok};
+use super::{Target, eventually, holds, ok};
 use crate::ErrorCode;
 
 fn s(text: &str) -> RStr<'_> {
@@ -43,8 +43,9 @@ pub async fn resets_after_the_window(target: &Target) {
     let l = target.rate_limiter().await;
     assert!(ok("check", l.check(s("conformance:reset"), 2, 2, 100).await).allowed);
     assert!(!ok("check", l.check(s("conformance:reset"), 1, 2, 100).await).allowed);
-    eventually("the window resets", || async {
-        ok("check", l.check(s("conformance:reset"), 1, 2, 100).await).allowed
+    eventually("the window resets", async || {
+        let decision = ok("check", l.check(s("conformance:reset"), 1, 2, 100).await);
+        holds(decision.allowed, format!("refused, {} ms left", decision.reset_after_ms))
     })
     .await;
 }

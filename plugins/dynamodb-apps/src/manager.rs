@@ -5,7 +5,6 @@ use std::{collections::HashMap, time::Duration};
 use aws_sdk_dynamodb::{
     Client,
     config::{BehaviorVersion, Credentials, Region, timeout::TimeoutConfig},
-    error::{ProvideErrorMetadata, SdkError},
     types::{
         AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
         KeyType, Projection, ProjectionType, ReturnValue, ScalarAttributeType,
@@ -13,6 +12,7 @@ use aws_sdk_dynamodb::{
 };
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use serde_json::{Map, Value};
+use sockhost_aws::sdk_error;
 use sockhost_plugin_api::{
     PluginError,
     sdk::{AppManagerDriver, UpdateOutcome, apps::record},
@@ -31,25 +31,6 @@ const KEY_INDEX: &str = "KeyIndex";
 /// Ids one list request may gather from the scan at most; a table with more answers an error
 /// rather than hold them all.
 const MAX_LISTED_IDS: usize = 100_000;
-
-/// An SDK error as the boundary's: the service's refusals are REJECTED, trouble reaching it is
-/// UNAVAILABLE.
-fn failed<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
-    what: &str,
-    error: &SdkError<E, R>,
-) -> PluginError {
-    match error {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            PluginError::rejected(format!(
-                "dynamodb {what}: {} {}",
-                e.code().unwrap_or("error"),
-                e.message().unwrap_or_default()
-            ))
-        }
-        other => PluginError::unavailable(format!("dynamodb {what}: {other:?}")),
-    }
-}
 
 fn build_error(error: impl std::fmt::Display) -> PluginError {
     PluginError::internal(format!("dynamodb request: {error}"))
@@ -97,7 +78,7 @@ impl DynamoApps {
             Ok(_) => return Ok(()),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
             }
-            Err(e) => return Err(failed("DescribeTable", &e)),
+            Err(e) => return Err(sdk_error("dynamodb", "DescribeTable", &e)),
         }
         let attribute = |name: &str| {
             AttributeDefinition::builder()
@@ -134,7 +115,7 @@ impl DynamoApps {
             Ok(_) => {}
             // A node starting at the same time created it first.
             Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
-            Err(e) => return Err(failed("CreateTable", &e)),
+            Err(e) => return Err(sdk_error("dynamodb", "CreateTable", &e)),
         }
         // A new table is usable once ACTIVE.
         for _ in 0..60 {
@@ -161,7 +142,7 @@ impl DynamoApps {
             .limit(1)
             .send()
             .await
-            .map_err(|e| failed("Query", &e))?;
+            .map_err(|e| sdk_error("dynamodb", "Query", &e))?;
         Ok(found
             .items()
             .first()
@@ -196,7 +177,7 @@ impl DynamoApps {
             {
                 Ok(false)
             }
-            Err(e) => Err(failed("PutItem", &e)),
+            Err(e) => Err(sdk_error("dynamodb", "PutItem", &e)),
         }
     }
 }
@@ -214,7 +195,7 @@ impl DynamoApps {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| failed("GetItem", &e))?;
+            .map_err(|e| sdk_error("dynamodb", "GetItem", &e))?;
         Ok(found.item().is_some_and(|item| !item.is_empty()))
     }
 }
@@ -229,7 +210,7 @@ impl AppManagerDriver for DynamoApps {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| failed("GetItem", &e))?;
+            .map_err(|e| sdk_error("dynamodb", "GetItem", &e))?;
         Ok(found.item().cloned().map(|item| to_record(item).to_string()))
     }
 
@@ -256,7 +237,7 @@ impl AppManagerDriver for DynamoApps {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| failed("Scan", &e))?;
+                .map_err(|e| sdk_error("dynamodb", "Scan", &e))?;
             ids.extend(
                 page.items()
                     .iter()
@@ -359,7 +340,7 @@ impl AppManagerDriver for DynamoApps {
                     UpdateOutcome::NotFound
                 })
             }
-            Err(e) => Err(failed("UpdateItem", &e)),
+            Err(e) => Err(sdk_error("dynamodb", "UpdateItem", &e)),
         }
     }
 
@@ -372,7 +353,7 @@ impl AppManagerDriver for DynamoApps {
             .return_values(ReturnValue::AllOld)
             .send()
             .await
-            .map_err(|e| failed("DeleteItem", &e))?;
+            .map_err(|e| sdk_error("dynamodb", "DeleteItem", &e))?;
         Ok(deleted.attributes().is_some_and(|a| !a.is_empty()))
     }
 
@@ -383,7 +364,7 @@ impl AppManagerDriver for DynamoApps {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| failed("DescribeTable", &e))
+            .map_err(|e| sdk_error("dynamodb", "DescribeTable", &e))
     }
 
     async fn shutdown(&self) -> Result<(), PluginError> {

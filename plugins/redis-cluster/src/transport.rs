@@ -25,8 +25,9 @@ use sockhost_plugin_api::{
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use sockhost_redis_drivers::connection::{
-    ClusterDatabase, cluster_builder, install_crypto, redact,
+use sockhost_redis_drivers::{
+    client::{install_crypto, redact},
+    connection::{ClusterDatabase, cluster_builder},
 };
 
 use crate::config::TransportConfig;

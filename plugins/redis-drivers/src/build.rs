@@ -7,7 +7,7 @@ use sockhost_plugin_api::{CacheBox, PluginError, QueueBox, RateLimiterBox, sdk};
 
 use crate::{
     cache::{CacheConfig, RedisCache},
-    connection::{self, Database},
+    connection::{self, DriverConnection},
     queue::{QueueConfig, RedisQueue},
     rate_limiter::{RateLimiterConfig, RedisRateLimiter},
 };
@@ -31,30 +31,38 @@ impl Backend {
     }
 }
 
-/// Connect as `backend` says, then make the driver with `make` over either connection.
+/// Connect as `backend` and the driver's `connection` settings say, then make the driver with
+/// `make` over either connection.
 macro_rules! connected {
-    ($backend:expr, $place:expr, $database:expr, $url:expr, $nodes:expr, $timeout:expr,
-     $host:expr, |$conn:ident| $make:expr) => {
+    ($backend:expr, $place:expr, $config:expr, $host:expr, |$conn:ident| $make:expr) => {{
+        let (settings, timeout) = (&$config.connection, timeout($config.request_timeout_ms()));
+        let database = &settings.database;
         match $backend {
             Backend::Server => {
                 let host = Some($host.clone());
+                let url = settings.url_override.as_deref();
                 let $conn =
-                    connection::ServerConnection::open($database, $url, $timeout, host).await?;
+                    connection::ServerConnection::open(database, url, timeout, host).await?;
                 $make
             }
             Backend::Cluster => {
-                let seeds = $database.cluster_seeds($nodes, &format!("{}.nodes", $place))?;
-                let $conn = connection::cluster(&seeds, &$database.cluster, $timeout).await?;
+                let seeds =
+                    database.cluster_seeds(&settings.nodes, &format!("{}.nodes", $place))?;
+                let $conn = connection::cluster(&seeds, &database.cluster, timeout).await?;
                 $make
             }
         }
-    };
+    }};
 }
 
 /// `cluster_mode = true` under a single-server driver names the wrong driver: refused, rather
 /// than connecting to one server as if the setting were not there.
-fn check_mode(place: &str, cluster_mode: bool, backend: Backend) -> Result<(), PluginError> {
-    if cluster_mode && backend == Backend::Server {
+fn check_mode(
+    place: &str,
+    connection: &DriverConnection,
+    backend: Backend,
+) -> Result<(), PluginError> {
+    if connection.cluster_mode && backend == Backend::Server {
         return Err(PluginError::config(format!(
             "{place}.cluster_mode: the `redis` driver speaks to one server; use the `redis-cluster` driver for Redis Cluster"
         )));
@@ -70,41 +78,23 @@ fn timeout(ms: u64) -> Duration {
 pub async fn cache(args: sdk::CreateArgs, backend: Backend) -> Result<CacheBox, PluginError> {
     let place = format!("cache.{}", backend.driver());
     let config: CacheConfig = sdk::config::parse(&place, &args.config)?;
-    check_mode(&place, config.cluster_mode, backend)?;
-    let database: &Database = &config.database;
-    Ok(connected!(
-        backend,
-        place,
-        database,
-        config.url_override.as_deref(),
-        &config.nodes,
-        timeout(config.request_timeout_ms),
-        args.host,
-        |conn| sdk::cache_box(args.runtime, RedisCache::new(conn, &config))
-    ))
+    check_mode(&place, &config.connection, backend)?;
+    Ok(connected!(backend, place, config, args.host, |conn| sdk::cache_box(
+        args.runtime,
+        RedisCache::new(conn, &config)
+    )))
 }
 
 /// The queue driver of `backend`.
 pub async fn queue(args: sdk::CreateArgs, backend: Backend) -> Result<QueueBox, PluginError> {
     let place = format!("queue.{}", backend.driver());
     let config: QueueConfig = sdk::config::parse(&place, &args.config)?;
-    check_mode(&place, config.cluster_mode, backend)?;
+    check_mode(&place, &config.connection, backend)?;
     config.check(&place)?;
-    let database = config.database.clone();
-    let database = &database;
-    Ok(connected!(
-        backend,
-        place,
-        database,
-        config.url_override.as_deref(),
-        &config.nodes,
-        timeout(config.request_timeout_ms),
-        args.host,
-        |conn| sdk::queue_box(
-            args.runtime,
-            RedisQueue::new(conn, config.clone(), args.host.clone())
-        )
-    ))
+    Ok(connected!(backend, place, config, args.host, |conn| sdk::queue_box(
+        args.runtime,
+        RedisQueue::new(conn, config.clone(), args.host.clone())
+    )))
 }
 
 /// The rate-limiter driver of `backend`.
@@ -114,16 +104,49 @@ pub async fn rate_limiter(
 ) -> Result<RateLimiterBox, PluginError> {
     let place = format!("rate_limiter.{}", backend.driver());
     let config: RateLimiterConfig = sdk::config::parse(&place, &args.config)?;
-    check_mode(&place, config.cluster_mode, backend)?;
-    let database: &Database = &config.database;
-    Ok(connected!(
-        backend,
-        place,
-        database,
-        config.url_override.as_deref(),
-        &config.nodes,
-        timeout(config.request_timeout_ms),
-        args.host,
-        |conn| sdk::rate_limiter_box(args.runtime, RedisRateLimiter::new(conn, &config))
-    ))
+    check_mode(&place, &config.connection, backend)?;
+    Ok(connected!(backend, place, config, args.host, |conn| sdk::rate_limiter_box(
+        args.runtime,
+        RedisRateLimiter::new(conn, &config)
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_keys_stay_at_the_top_of_each_table_with_their_defaults() {
+        let cache: CacheConfig = sdk::config::parse("cache.redis", "").unwrap();
+        let limiter: RateLimiterConfig = sdk::config::parse("rate_limiter.redis", "").unwrap();
+        assert_eq!(cache.request_timeout_ms(), 5000);
+        assert_eq!(limiter.request_timeout_ms(), 1000);
+        let defaults: QueueConfig = sdk::config::parse("queue.redis", "concurrency = 2").unwrap();
+        assert_eq!((defaults.concurrency, defaults.request_timeout_ms()), (2, 5000));
+        let queue: QueueConfig = sdk::config::parse(
+            "queue.redis",
+            "prefix = \"q:\"\nurl_override = \"redis://h:1\"\nnodes = [\"redis://n:2\"]\n\
+             request_timeout_ms = 7\ncluster_mode = true\n[database]\nport = 6380\n",
+        )
+        .unwrap();
+        let connection = &queue.connection;
+        assert_eq!(queue.prefix, "q:");
+        assert_eq!(connection.url_override.as_deref(), Some("redis://h:1"));
+        assert_eq!(connection.nodes, ["redis://n:2"]);
+        assert_eq!(queue.request_timeout_ms(), 7);
+        assert!(connection.cluster_mode);
+        assert_eq!(connection.database.port, Some(6380));
+    }
+
+    #[test]
+    fn unknown_keys_are_still_refused_by_name() {
+        for (place, text) in [
+            ("cache.redis", "url_overide = \"redis://h:1\""),
+            ("cache.redis", "[database]\nprot = 1"),
+        ] {
+            let error = sdk::config::parse::<CacheConfig>(place, text).unwrap_err();
+            let key = if text.contains("prot") { "prot" } else { "url_overide" };
+            assert!(error.message.contains(key), "{}", error.message);
+        }
+    }
 }

@@ -9,7 +9,7 @@ use redis::aio::ConnectionLike;
 use serde::Deserialize;
 use sockhost_plugin_api::{PluginError, abi::RVec, sdk::CacheDriver};
 
-use crate::{connection::Database, within};
+use crate::{connection::DriverConnection, within};
 
 /// A cache driver's table (`[cache.redis]` / `[cache.redis-cluster]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -17,29 +17,22 @@ use crate::{connection::Database, within};
 pub struct CacheConfig {
     /// Prefix of every key. Default: "sockudo_cache:".
     pub prefix: String,
-    /// This driver's own server URL, instead of `REDIS_URL` / `[database.redis]`.
-    pub url_override: Option<String>,
-    /// This driver's own cluster seeds (redis-cluster), instead of the shared ones.
-    pub nodes: Vec<String>,
-    /// Milliseconds a command may take. Default: 5000.
-    pub request_timeout_ms: u64,
-    /// The reference's switch between one server and a cluster; here the driver's name says
-    /// which, and `true` under the `redis` driver is refused.
-    pub cluster_mode: bool,
-    /// The server's shared `[database.redis]` table, which the host passes along.
-    pub database: Database,
+    /// Where it connects (`url_override`, `nodes`, `request_timeout_ms`, `cluster_mode`,
+    /// `[database.redis]`).
+    #[serde(flatten)]
+    pub connection: DriverConnection,
+}
+
+impl CacheConfig {
+    /// Milliseconds a command may take: the table's, else 5000.
+    pub fn request_timeout_ms(&self) -> u64 {
+        self.connection.timeout_ms(5000)
+    }
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self {
-            prefix: "sockudo_cache:".into(),
-            url_override: None,
-            nodes: Vec::new(),
-            request_timeout_ms: 5000,
-            cluster_mode: false,
-            database: Database::default(),
-        }
+        Self { prefix: "sockudo_cache:".into(), connection: DriverConnection::default() }
     }
 }
 
@@ -67,7 +60,7 @@ where
         Self {
             conn,
             prefix: config.prefix.clone(),
-            timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+            timeout: Duration::from_millis(config.request_timeout_ms().max(1)),
             closed: AtomicBool::new(false),
         }
     }

@@ -5,13 +5,42 @@
 use std::time::Duration;
 
 use redis::{
-    ProtocolVersion,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    cluster::ClusterClientBuilder,
+    ProtocolVersion, aio::ConnectionManager, cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
 };
 use serde::Deserialize;
 use sockhost_plugin_api::PluginError;
+
+use crate::{
+    client::{install_crypto, redact, server},
+    sentinel,
+};
+
+/// Where a cache, queue or rate limiter connects: the same settings in each driver's table
+/// (flattened into it, so the keys stay at the table's top level).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct DriverConnection {
+    /// This driver's own server URL, instead of `REDIS_URL` / `[database.redis]`.
+    pub url_override: Option<String>,
+    /// This driver's own cluster seeds (redis-cluster), instead of the shared ones.
+    pub nodes: Vec<String>,
+    /// Milliseconds a command may take. Default: the driver's ([`DriverConnection::timeout_ms`]).
+    pub request_timeout_ms: Option<u64>,
+    /// The reference's switch between one server and a cluster; here the driver's name says
+    /// which, and `true` under the `redis` driver is refused.
+    pub cluster_mode: bool,
+    /// The server's shared `[database.redis]` table, which the host passes along.
+    pub database: Database,
+}
+
+impl DriverConnection {
+    /// `request_timeout_ms`, else the driver's `default` (the cache's and the queue's 5000, the
+    /// rate limiter's 1000: a request waits on its checks).
+    pub fn timeout_ms(&self, default: u64) -> u64 {
+        self.request_timeout_ms.unwrap_or(default)
+    }
+}
 
 /// `[database.redis]`: the connection every Redis driver uses unless its own table says
 /// otherwise, with the reference's fields. An unknown field is refused, naming it: a setting
@@ -38,7 +67,7 @@ pub struct Database {
     pub cluster: ClusterDatabase,
     /// Redis Sentinel: `[{ host, port }]`. When set (and no URL overrides it), the master is
     /// the one these sentinels name, followed across failovers.
-    pub sentinels: Vec<crate::sentinel::SentinelAddr>,
+    pub sentinels: Vec<sentinel::SentinelAddr>,
     /// The master's name in the sentinels' configuration. Default: "mymaster".
     pub name: Option<String>,
     /// ACL user for the sentinels. Env: `DATABASE_REDIS_SENTINEL_USERNAME`.
@@ -104,7 +133,7 @@ impl Database {
 
     /// Sentinel settings, when the server is to be found through sentinels: `sentinels` is set
     /// and no URL (`own`, `REDIS_URL`, `database.redis.url`) names a server directly.
-    pub fn sentinel(&self, own: Option<&str>) -> Option<crate::sentinel::SentinelSettings> {
+    pub fn sentinel(&self, own: Option<&str>) -> Option<sentinel::SentinelSettings> {
         let named = own.is_some()
             || std::env::var("REDIS_URL").is_ok_and(|u| !u.is_empty())
             || self.url.is_some();
@@ -112,9 +141,9 @@ impl Database {
             return None;
         }
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        Some(crate::sentinel::SentinelSettings {
+        Some(sentinel::SentinelSettings {
             sentinels: self.sentinels.clone(),
-            name: self.name.clone().unwrap_or_else(|| crate::sentinel::DEFAULT_NAME.into()),
+            name: self.name.clone().unwrap_or_else(|| sentinel::DEFAULT_NAME.into()),
             sentinel_username: env("DATABASE_REDIS_SENTINEL_USERNAME")
                 .or_else(|| self.sentinel_username.clone()),
             sentinel_password: env("DATABASE_REDIS_SENTINEL_PASSWORD")
@@ -185,55 +214,6 @@ impl Database {
     }
 }
 
-/// A URL without its password, for logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// rustls picks its crypto from a process-wide default; a plugin's copy of rustls has none
-/// until one is installed (an error only means another thread installed it first).
-pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// Open a connection manager to one server (it reconnects by itself after), failing with the
-/// server's own reason (a wrong password, an untrusted certificate) rather than a bare timeout.
-pub async fn server(url: &str, timeout: Duration) -> Result<ConnectionManager, PluginError> {
-    server_client(url, "redis URL", timeout).await.map(|(_, manager)| manager)
-}
-
-/// As [`server`], also giving the client (to open other connections, such as a subscriber's);
-/// `what` names the setting the URL came from in a configuration error.
-pub async fn server_client(
-    url: &str,
-    what: &str,
-    timeout: Duration,
-) -> Result<(redis::Client, ConnectionManager), PluginError> {
-    install_crypto();
-    let shown = redact(url);
-    let client = redis::Client::open(url)
-        .map_err(|e| PluginError::config(format!("{what} {shown:?}: {e}")))?;
-    // One plain attempt first: the connection manager retries by itself, which would turn a
-    // refusal (a wrong password, an untrusted certificate) into a bare timeout.
-    crate::within(&format!("redis {shown}"), timeout, client.get_multiplexed_async_connection())
-        .await?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    let manager = crate::within(
-        &format!("redis {shown}"),
-        timeout,
-        client.get_connection_manager_with_config(config),
-    )
-    .await?;
-    Ok((client, manager))
-}
-
 /// A connection to one server: fixed, or the master that sentinels name (followed across
 /// failovers). Either way a reconnecting connection; commands are the same.
 #[derive(Debug, Clone)]
@@ -241,7 +221,7 @@ pub enum ServerConnection {
     /// One server at a fixed address.
     Fixed(ConnectionManager),
     /// The current master.
-    Sentinel(crate::sentinel::Following),
+    Sentinel(sentinel::Following),
 }
 
 impl ServerConnection {
@@ -254,8 +234,8 @@ impl ServerConnection {
     ) -> Result<Self, PluginError> {
         match database.sentinel(own) {
             Some(settings) => {
-                let master = crate::sentinel::Master::start(settings, timeout, host).await?;
-                Ok(Self::Sentinel(crate::sentinel::Following::open(master, timeout).await?))
+                let master = sentinel::Master::start(settings, timeout, host).await?;
+                Ok(Self::Sentinel(sentinel::Following::open(master, timeout).await?))
             }
             None => Ok(Self::Fixed(server(&database.server_url(own), timeout).await?)),
         }

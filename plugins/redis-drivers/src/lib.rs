@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod client;
 pub mod connection;
 pub mod queue;
 pub mod rate_limiter;

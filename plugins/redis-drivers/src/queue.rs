@@ -31,7 +31,7 @@ use sockhost_plugin_api::{
 };
 use tokio::{sync::Notify, task::JoinHandle};
 
-use crate::{connection::Database, within};
+use crate::{connection::DriverConnection, within};
 
 /// A queue driver's table (`[queue.redis]` / `[queue.redis-cluster]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -39,12 +39,6 @@ use crate::{connection::Database, within};
 pub struct QueueConfig {
     /// Prefix of every queue's keys. Default: "sockudo_queue:".
     pub prefix: String,
-    /// This driver's own server URL, instead of `REDIS_URL` / `[database.redis]`.
-    pub url_override: Option<String>,
-    /// This driver's own cluster seeds (redis-cluster), instead of the shared ones.
-    pub nodes: Vec<String>,
-    /// Milliseconds a command may take. Default: 5000.
-    pub request_timeout_ms: u64,
     /// Jobs handled at once per consumer (per node). Default: 5.
     pub concurrency: usize,
     /// Attempts per job before it is set aside as a dead letter. Default: 5.
@@ -59,28 +53,30 @@ pub struct QueueConfig {
     /// How often an idle worker looks for jobs other nodes pushed. Default: 250. Milliseconds.
     /// (A push on the same node wakes its workers at once.)
     pub poll_interval_ms: u64,
-    /// The reference's switch between one server and a cluster; here the driver's name says
-    /// which, and `true` under the `redis` driver is refused.
-    pub cluster_mode: bool,
-    /// The server's shared `[database.redis]` table, which the host passes along.
-    pub database: Database,
+    /// Where it connects (`url_override`, `nodes`, `request_timeout_ms`, `cluster_mode`,
+    /// `[database.redis]`).
+    #[serde(flatten)]
+    pub connection: DriverConnection,
+}
+
+impl QueueConfig {
+    /// Milliseconds a command may take: the table's, else 5000.
+    pub fn request_timeout_ms(&self) -> u64 {
+        self.connection.timeout_ms(5000)
+    }
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             prefix: "sockudo_queue:".into(),
-            url_override: None,
-            nodes: Vec::new(),
-            request_timeout_ms: 5000,
             concurrency: 5,
             max_attempts: 5,
             retry_base_delay_ms: 1000,
             retry_max_delay_ms: 60_000,
             lease_ms: 30_000,
             poll_interval_ms: 250,
-            cluster_mode: false,
-            database: Database::default(),
+            connection: DriverConnection::default(),
         }
     }
 }
@@ -93,7 +89,7 @@ impl QueueConfig {
             ("max_attempts", u64::from(self.max_attempts)),
             ("lease_ms", self.lease_ms),
             ("poll_interval_ms", self.poll_interval_ms),
-            ("request_timeout_ms", self.request_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms()),
         ] {
             if value == 0 {
                 return Err(PluginError::config(format!("{place}.{field}: must be at least 1")));
@@ -241,7 +237,7 @@ where
         Self {
             shared: Arc::new(Shared {
                 conn,
-                timeout: Duration::from_millis(config.request_timeout_ms),
+                timeout: Duration::from_millis(config.request_timeout_ms()),
                 config,
                 scripts: Scripts {
                     push: redis::Script::new(PUSH),

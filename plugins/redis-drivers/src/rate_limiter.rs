@@ -10,7 +10,7 @@ use redis::aio::ConnectionLike;
 use serde::Deserialize;
 use sockhost_plugin_api::{PluginError, RateDecision, sdk::RateLimiterDriver};
 
-use crate::{connection::Database, within};
+use crate::{connection::DriverConnection, within};
 
 /// A rate limiter's table (`[rate_limiter.redis]` / `[rate_limiter.redis-cluster]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -18,29 +18,22 @@ use crate::{connection::Database, within};
 pub struct RateLimiterConfig {
     /// Prefix of every counter's key. Default: "sockudo_rate_limit:".
     pub prefix: String,
-    /// This driver's own server URL, instead of `REDIS_URL` / `[database.redis]`.
-    pub url_override: Option<String>,
-    /// This driver's own cluster seeds (redis-cluster), instead of the shared ones.
-    pub nodes: Vec<String>,
-    /// Milliseconds a check may take. Default: 1000 (a request waits on it).
-    pub request_timeout_ms: u64,
-    /// The reference's switch between one server and a cluster; here the driver's name says
-    /// which, and `true` under the `redis` driver is refused.
-    pub cluster_mode: bool,
-    /// The server's shared `[database.redis]` table, which the host passes along.
-    pub database: Database,
+    /// Where it connects (`url_override`, `nodes`, `request_timeout_ms`, `cluster_mode`,
+    /// `[database.redis]`).
+    #[serde(flatten)]
+    pub connection: DriverConnection,
+}
+
+impl RateLimiterConfig {
+    /// Milliseconds a command may take: the table's, else 1000 (a request waits on it).
+    pub fn request_timeout_ms(&self) -> u64 {
+        self.connection.timeout_ms(1000)
+    }
 }
 
 impl Default for RateLimiterConfig {
     fn default() -> Self {
-        Self {
-            prefix: "sockudo_rate_limit:".into(),
-            url_override: None,
-            nodes: Vec::new(),
-            request_timeout_ms: 1000,
-            cluster_mode: false,
-            database: Database::default(),
-        }
+        Self { prefix: "sockudo_rate_limit:".into(), connection: DriverConnection::default() }
     }
 }
 
@@ -92,7 +85,7 @@ where
         Self {
             conn,
             prefix: config.prefix.clone(),
-            timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+            timeout: Duration::from_millis(config.request_timeout_ms().max(1)),
             script: redis::Script::new(CHECK),
             closed: AtomicBool::new(false),
         }

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use sockhost_plugin_api::{HostContextBox, PluginError, abi::RStr};
 use tokio::sync::watch;
 
-use crate::connection;
+use crate::client;
 
 /// How often the master's address is asked for again, besides the switch notices.
 pub const RECHECK: Duration = Duration::from_secs(5);
@@ -99,14 +99,14 @@ impl Master {
         timeout: Duration,
         host: Option<HostContextBox>,
     ) -> Result<Arc<Self>, PluginError> {
-        connection::install_crypto();
+        client::install_crypto();
         let url = resolve(&settings, timeout).await.map_err(|tried| {
             PluginError::config(format!(
                 "database.redis.sentinels: no sentinel named a master `{}` ({tried})",
                 settings.name
             ))
         })?;
-        tracing::info!(name = %settings.name, master = %connection::redact(&url), "Sentinels named the Redis master.");
+        tracing::info!(name = %settings.name, master = %client::redact(&url), "Sentinels named the Redis master.");
         let (current, _) = watch::channel(url);
         let master = Arc::new(Self { settings, current });
         tokio::spawn(follow(Arc::downgrade(&master), timeout, host));
@@ -133,7 +133,7 @@ impl Master {
             }
         });
         if changed {
-            tracing::warn!(name = %self.settings.name, master = %connection::redact(&url), why, "The Redis master changed; following it.");
+            tracing::warn!(name = %self.settings.name, master = %client::redact(&url), why, "The Redis master changed; following it.");
             if let Some(host) = host {
                 host.metric(RStr::from_str("master_switches"), 1);
             }
@@ -275,7 +275,7 @@ impl Following {
         // Listen before connecting: a switch while this connects is then heard, not missed.
         let mut changes = master.changes();
         let url = changes.borrow_and_update().clone();
-        let manager = connection::server(&url, timeout).await?;
+        let manager = client::server(&url, timeout).await?;
         let current = Arc::new(RwLock::new(manager));
         tokio::spawn(move_along(Arc::downgrade(&current), changes, timeout));
         Ok(Self { current, db: i64::from(master.settings.db), _master: master })
@@ -300,11 +300,11 @@ async fn move_along(
     while changes.changed().await.is_ok() {
         let url = changes.borrow_and_update().clone();
         loop {
-            match connection::server(&url, timeout).await {
+            match client::server(&url, timeout).await {
                 Ok(manager) => {
                     let Some(current) = current.upgrade() else { return };
                     *current.write().expect("connection lock") = manager;
-                    tracing::info!(master = %connection::redact(&url), "Connected to the new Redis master.");
+                    tracing::info!(master = %client::redact(&url), "Connected to the new Redis master.");
                     break;
                 }
                 Err(error) => {

@@ -25,7 +25,8 @@ use sockhost_plugin_api::{
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use sockhost_redis_drivers::{
-    connection::{ServerConnection, redact, server_client},
+    client::{redact, server_client},
+    connection::ServerConnection,
     sentinel::{Following, Master},
 };
 

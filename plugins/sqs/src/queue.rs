@@ -12,11 +12,11 @@ use std::{
 use aws_sdk_sqs::{
     Client,
     config::{BehaviorVersion, Credentials, Region, timeout::TimeoutConfig},
-    error::{ProvideErrorMetadata, SdkError},
     types::{MessageSystemAttributeName, QueueAttributeName},
 };
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use base64::{Engine as _, engine::general_purpose::STANDARD};
+use sockhost_aws::sdk_error;
 use sockhost_plugin_api::{
     ErrorCode, HostContextBox, Job, PluginError, QueueHandlerBox,
     abi::{RStr, RString, RVec},
@@ -25,25 +25,6 @@ use sockhost_plugin_api::{
 use tokio::task::JoinHandle;
 
 use crate::config::QueueConfig;
-
-/// An SDK error as the boundary's: the service's refusals are REJECTED, trouble reaching it is
-/// UNAVAILABLE (retried later).
-fn sqs_error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
-    what: &str,
-    error: &SdkError<E, R>,
-) -> PluginError {
-    match error {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            PluginError::rejected(format!(
-                "sqs {what}: {} {}",
-                e.code().unwrap_or("error"),
-                e.message().unwrap_or_default()
-            ))
-        }
-        other => PluginError::unavailable(format!("sqs {what}: {other:?}")),
-    }
-}
 
 struct Shared {
     client: Client,
@@ -102,7 +83,7 @@ impl SqsQueue {
             .max_results(1)
             .send()
             .await
-            .map_err(|e| sqs_error("ListQueues", &e))?;
+            .map_err(|e| sdk_error("sqs", "ListQueues", &e))?;
         tracing::info!(region = %shared.config.region(), endpoint = ?shared.config.endpoint(), "Connected to SQS.");
         Ok(Self { shared, workers: Mutex::default() })
     }
@@ -139,11 +120,11 @@ impl Shared {
                         .queue_name(&full)
                         .send()
                         .await
-                        .map_err(|e| sqs_error("CreateQueue", &e))?;
+                        .map_err(|e| sdk_error("sqs", "CreateQueue", &e))?;
                     tracing::info!(queue = full, "Created the SQS queue.");
                     created.queue_url().unwrap_or_default().to_string()
                 }
-                Err(e) => return Err(sqs_error("GetQueueUrl", &e)),
+                Err(e) => return Err(sdk_error("sqs", "GetQueueUrl", &e)),
             }
         };
         urls.insert(name.to_string(), url.clone());
@@ -169,7 +150,7 @@ impl Shared {
             .message_body(STANDARD.encode(payload))
             .send()
             .await
-            .map_err(|e| sqs_error("SendMessage", &e))?;
+            .map_err(|e| sdk_error("sqs", "SendMessage", &e))?;
         Ok(())
     }
 
@@ -205,7 +186,7 @@ impl Shared {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
-            .map_err(|e| sqs_error("ReceiveMessage", &e))?;
+            .map_err(|e| sdk_error("sqs", "ReceiveMessage", &e))?;
         for message in received.messages() {
             let (Some(receipt), Some(body)) = (message.receipt_handle(), message.body()) else {
                 continue;
@@ -234,7 +215,7 @@ impl Shared {
                         .receipt_handle(receipt)
                         .send()
                         .await
-                        .map_err(|e| sqs_error("DeleteMessage", &e))?;
+                        .map_err(|e| sdk_error("sqs", "DeleteMessage", &e))?;
                 }
                 Err(error)
                     if error.code == ErrorCode::REJECTED || attempt >= self.config.max_attempts =>
@@ -251,7 +232,7 @@ impl Shared {
                         .visibility_timeout(self.backoff_seconds(attempt + 1))
                         .send()
                         .await
-                        .map_err(|e| sqs_error("ChangeMessageVisibility", &e))?;
+                        .map_err(|e| sdk_error("sqs", "ChangeMessageVisibility", &e))?;
                 }
             }
         }
@@ -273,7 +254,7 @@ impl Shared {
             .receipt_handle(receipt)
             .send()
             .await
-            .map_err(|e| sqs_error("DeleteMessage", &e))?;
+            .map_err(|e| sdk_error("sqs", "DeleteMessage", &e))?;
         self.host.metric(RStr::from_str("queue_dead_letters"), 1);
         Ok(())
     }
@@ -308,7 +289,7 @@ impl QueueDriver for SqsQueue {
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
             .send()
             .await
-            .map_err(|e| sqs_error("GetQueueAttributes", &e))?;
+            .map_err(|e| sdk_error("sqs", "GetQueueAttributes", &e))?;
         Ok(answer
             .attributes()
             .map(|a| a.values().filter_map(|n| n.parse::<u64>().ok()).sum())
@@ -324,7 +305,7 @@ impl QueueDriver for SqsQueue {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sqs_error("ListQueues", &e))
+            .map_err(|e| sdk_error("sqs", "ListQueues", &e))
     }
 
     async fn shutdown(&self) -> Result<(), PluginError> {
