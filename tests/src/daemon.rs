@@ -6,13 +6,19 @@
 use std::{
     fs::OpenOptions,
     io::{Read, Write},
-    net::TcpStream,
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::server::free_port;
+/// A free loopback port: bound, read, released. The server binds it right after.
+///
+/// # Panics
+/// If no port can be bound.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
 
 /// How often [`poll`] looks again.
 const POLL: Duration = Duration::from_millis(20);

@@ -1,21 +1,13 @@
 //! Running the real `sockhost` binary for a test.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
+pub use crate::daemon::free_port;
 use crate::{daemon::poll, private_dir, sockhost_bin};
-
-/// A free loopback port: bound, read, released. The server binds it right after.
-///
-/// # Panics
-/// If no port can be bound.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The apps every test server has: one for each limit profile the tests need.
 pub const APPS: &str = r#"
