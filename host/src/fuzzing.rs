@@ -25,7 +25,7 @@ use crate::{
         channel::{self, ChannelKind},
         frames,
         inbound::{self, ClientMessage},
-        signature,
+        recovery, signature,
     },
 };
 
@@ -83,6 +83,20 @@ pub fn inbound(data: &[u8]) {
         ClientMessage::Signin { auth, user_data } => {
             check_auth(&signature::user_message(SOCKET_ID, user_data), Some(auth));
         }
+        ClientMessage::Resume { data } => match recovery::parse_resume(data) {
+            // What is kept of a resume is bounded: some channels, none too many, short ids.
+            Ok(wanted) => {
+                assert!(!wanted.is_empty() && wanted.len() <= recovery::MAX_RESUME_CHANNELS);
+                for (_, wanted) in &wanted {
+                    if let recovery::Wanted::Position(position) = wanted {
+                        assert!(position.stream_id.len() <= recovery::MAX_ID_LENGTH);
+                    }
+                }
+            }
+            Err(error) => {
+                let _ = error.to_string();
+            }
+        },
         ClientMessage::ClientEvent { event, channel, data } => {
             check_channel_name(channel);
             // Subscribers get the event in the server's frame; on presence channels with the
@@ -496,6 +510,11 @@ fn canonical_text(message: &ClientMessage) -> String {
         ClientMessage::Signin { auth, user_data } => {
             pusher("pusher:signin", serde_json::json!({ "auth": auth, "user_data": user_data }))
         }
+        // A string is sent as a JSON string of itself: the server reads a string's JSON.
+        ClientMessage::Resume { data: Value::String(text) } => {
+            pusher("pusher:resume", Value::String(Value::String(text.clone()).to_string()))
+        }
+        ClientMessage::Resume { data } => pusher("pusher:resume", data.clone()),
         ClientMessage::ClientEvent { event, channel, data } => {
             serde_json::json!({ "event": event, "channel": channel, "data": data })
         }

@@ -106,6 +106,8 @@ pub(crate) struct Metrics {
     pub ws_protocol_errors: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Subscriptions refused by a per-connection limit, by reason (`channels`, `rate`).
     pub subscriptions_refused: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Resumes (`sockudo:resume`) clients sent, by outcome (`disabled`).
+    pub resumes: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Webhook events dropped before queueing, by reason (`app_share`, `app_rate`, `outbox`).
     pub webhooks_dropped: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// HTTP triggers that met congested subscribers, by outcome (`delayed`, `refused`).
@@ -157,6 +159,7 @@ impl Metrics {
                 "Subscriptions refused by a per-connection limit, by reason",
                 self.subscriptions_refused
             ),
+            ("resumes", "Connection resumes clients sent, by outcome", self.resumes),
             ("ws_messages_received", "WebSocket messages received", self.ws_messages_received),
             ("ws_messages_sent", "WebSocket messages sent", self.ws_messages_sent),
             ("socket_received_bytes", "WebSocket bytes received", self.ws_bytes_received),

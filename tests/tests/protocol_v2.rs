@@ -57,3 +57,28 @@ async fn a_refusal_at_connect_is_in_the_connections_dialect() {
     assert_eq!(error["event"], "sockudo:error", "{error}");
     assert_eq!(refused.expect_close().await.0, 4001);
 }
+
+#[tokio::test]
+async fn a_resume_is_answered_as_sockudo_answers_it_with_recovery_off() {
+    let server = Server::start();
+    let app = TestApp::main();
+    let mut v2 = Client::connect_raw(&v2_url(&server, &app.key)).await;
+    v2.expect("sockudo:connection_established").await;
+    // As sockudo-js and sockudo-python send it after a reconnect: data as a JSON string.
+    let positions = json!({ "channel_positions": { "news": { "stream_id": "s", "serial": 4 } } });
+    v2.send(json!({ "event": "sockudo:resume", "data": positions.to_string() })).await;
+    let error = v2.expect_any().await;
+    assert_eq!(
+        (error["event"].as_str(), &error["data"]["code"]),
+        (Some("sockudo:error"), &json!(4301)),
+        "{error}"
+    );
+    // The connection stays, and the pusher: name is understood too.
+    v2.send(json!({ "event": "pusher:resume", "data": { "channel_serials": { "news": 4 } } }))
+        .await;
+    assert_eq!(v2.expect_any().await["data"]["code"], 4301);
+    v2.send(json!({ "event": "sockudo:ping", "data": {} })).await;
+    assert_eq!(v2.expect_any().await["event"], "sockudo:pong");
+    let refused = server.labelled_metric(r#"sockhost_resumes_total{outcome="disabled"}"#).await;
+    assert!((refused - 2.0).abs() < f64::EPSILON, "{refused}");
+}

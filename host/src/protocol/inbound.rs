@@ -45,6 +45,12 @@ pub enum ClientMessage {
         /// A JSON string with at least `id`.
         user_data: String,
     },
+    /// `pusher:resume` (`sockudo:resume`): a reconnected client asks for what it missed; the
+    /// data as sent, read by [`super::recovery::parse_resume`].
+    Resume {
+        /// `channel_positions` and/or the legacy `channel_serials`.
+        data: Value,
+    },
     /// A `client-` event.
     ClientEvent {
         /// The event name.
@@ -194,6 +200,7 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
                 field: "data.user_data",
             })?,
         }),
+        "pusher:resume" => Ok(ClientMessage::Resume { data }),
         event if event.starts_with("client-") => Ok(ClientMessage::ClientEvent {
             channel: raw
                 .channel

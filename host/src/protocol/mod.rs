@@ -8,6 +8,7 @@ pub mod codes;
 pub mod filter;
 pub mod frames;
 pub mod inbound;
+pub mod recovery;
 pub mod signature;
 pub mod webhook;
 

@@ -171,6 +171,12 @@ impl Session {
             Ok(ClientMessage::ClientEvent { event, channel, data }) => {
                 self.client_event(&event, &channel, &data).await;
             }
+            // Sockudo's answer with connection recovery off, which it is on every node for
+            // now: the client then resubscribes from scratch.
+            Ok(ClientMessage::Resume { .. }) => {
+                Metrics::count(&self.ctx.metrics.resumes, "outcome", "disabled");
+                self.error(codes::RECOVERY_DISABLED, "Connection recovery is not enabled");
+            }
         }
     }
 
