@@ -178,7 +178,18 @@ impl Adapter {
     /// its own subscribers); a `compressible` one (an app's event) as deltas to those who asked
     /// for them (each node keeps its own streams).
     pub(crate) fn broadcast(&self, to: &Broadcast<'_>, frame: &Utf8Bytes) -> usize {
-        let sent = self.hub.broadcast(to, frame);
+        self.broadcast_positioned(to, frame, None)
+    }
+
+    /// [`Adapter::broadcast`], with the event's frame with its recovery position for the
+    /// local sockets that want it (recovery runs on one node: other nodes get the plain frame).
+    pub(crate) fn broadcast_positioned(
+        &self,
+        to: &Broadcast<'_>,
+        frame: &Utf8Bytes,
+        positioned: Option<&Utf8Bytes>,
+    ) -> usize {
+        let sent = self.hub.broadcast_positioned(to, frame, positioned);
         self.cluster.publish_broadcast(to, frame.as_bytes());
         sent
     }

@@ -21,6 +21,7 @@ use crate::{
     metrics::Metrics,
     plugins::{Drivers, RateDecision},
     readiness::Readiness,
+    recovery::Recovery,
     webhooks::{self, Webhooks},
 };
 
@@ -51,6 +52,8 @@ pub(crate) struct Ctx {
     pub readiness: Readiness,
     /// The debug console's live log and figures.
     pub feed: Arc<Feed>,
+    /// Channels' streams for connection recovery; `None` when it is off.
+    pub recovery: Option<Arc<Recovery>>,
     socket_prefix: u32,
     socket_counter: AtomicU64,
 }
@@ -90,7 +93,11 @@ impl Ctx {
             metrics: metrics.clone(),
             tag_filtering: settings.tag_filtering,
         });
+        let recovery = settings
+            .recovery
+            .map(|r| Arc::new(Recovery::new(r, metrics.recovery_untracked.clone())));
         Self {
+            recovery,
             feed,
             edge,
             readiness: Readiness::new(settings.max_memory_percent, settings.max_memory_bytes),

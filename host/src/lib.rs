@@ -40,6 +40,7 @@ pub mod peer;
 pub mod plugins;
 pub mod protocol;
 pub(crate) mod readiness;
+pub(crate) mod recovery;
 pub(crate) mod server;
 pub mod telemetry;
 pub(crate) mod tls;

@@ -106,8 +106,11 @@ pub(crate) struct Metrics {
     pub ws_protocol_errors: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Subscriptions refused by a per-connection limit, by reason (`channels`, `rate`).
     pub subscriptions_refused: Family<Vec<(&'static str, &'static str)>, Counter>,
-    /// Resumes (`sockudo:resume`) clients sent, by outcome (`disabled`).
+    /// Resumes (`sockudo:resume`) clients sent, by outcome (`disabled`, `refused`, `started`).
     pub resumes: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// App events published without a recovery position: the node keeps streams for as many
+    /// channels as it may.
+    pub recovery_untracked: Counter,
     /// Webhook events dropped before queueing, by reason (`app_share`, `app_rate`, `outbox`).
     pub webhooks_dropped: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// HTTP triggers that met congested subscribers, by outcome (`delayed`, `refused`).
@@ -160,6 +163,11 @@ impl Metrics {
                 self.subscriptions_refused
             ),
             ("resumes", "Connection resumes clients sent, by outcome", self.resumes),
+            (
+                "recovery_untracked",
+                "App events published without a recovery position (too many channels)",
+                self.recovery_untracked
+            ),
             ("ws_messages_received", "WebSocket messages received", self.ws_messages_received),
             ("ws_messages_sent", "WebSocket messages sent", self.ws_messages_sent),
             ("socket_received_bytes", "WebSocket bytes received", self.ws_bytes_received),

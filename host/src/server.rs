@@ -152,6 +152,9 @@ pub async fn run(
     tokio::spawn(signal_shutdown(ctx.clone(), shutdown));
     // On every node: another node's console may watch this one's log and figures.
     tokio::spawn(ctx.feed.clone().run(ctx.adapter.clone(), ctx.shutdown.clone()));
+    if let Some(recovery) = &ctx.recovery {
+        tokio::spawn(recovery.clone().sweep(ctx.shutdown.clone()));
+    }
     if let Some(listener) = metrics_listener {
         let app = Router::new().route("/metrics", get(render_metrics)).with_state(ctx.clone());
         beside::serve(&ctx, listener, app, "Metrics")?;

@@ -32,6 +32,7 @@ const HOST_LAYERS: &[(&str, &[&str])] = &[
             "listen",
             "tls",
             "readiness",
+            "recovery",
         ],
     ),
     ("metrics", &["metrics"]),

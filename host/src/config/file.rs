@@ -69,6 +69,8 @@ pub struct Config {
     pub ssl: SslConfig,
     /// Tag filtering of published events.
     pub tag_filtering: TagFilteringConfig,
+    /// Connection recovery: a reconnected client resumes where it was.
+    pub connection_recovery: ConnectionRecoveryConfig,
     /// Delta compression.
     pub delta_compression: DeltaCompressionConfig,
     /// The admin API.
@@ -105,6 +107,7 @@ impl Default for Config {
             readiness: ReadinessConfig::default(),
             ssl: SslConfig::default(),
             tag_filtering: TagFilteringConfig::default(),
+            connection_recovery: ConnectionRecoveryConfig::default(),
             delta_compression: DeltaCompressionConfig::default(),
             admin: AdminConfig::default(),
         }
@@ -704,6 +707,30 @@ pub struct TagFilteringConfig {
     /// Apply filters. Off, filters are still checked at subscribe but every subscriber gets
     /// every event. Default: false. Env: `TAG_FILTERING_ENABLED`.
     pub enabled: bool,
+}
+
+/// Connection recovery (Sockudo's names and defaults): app events carry a position
+/// (`message_id`, `stream_id`, `serial`) on protocol-2 sockets, and a client that reconnects
+/// sends `sockudo:resume` with its positions and gets what it missed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionRecoveryConfig {
+    /// Keep each channel's recent events and answer resumes. Default: false. Env:
+    /// `CONNECTION_RECOVERY_ENABLED`.
+    pub enabled: bool,
+    /// How long an event stays recoverable, in seconds. Default: 120. Env:
+    /// `CONNECTION_RECOVERY_BUFFER_TTL`.
+    pub buffer_ttl_seconds: u64,
+    /// Events kept per channel, and the most one resume replays: a larger gap is
+    /// `position_expired`, never a partial replay. Default: 100. Env:
+    /// `CONNECTION_RECOVERY_MAX_BUFFER_SIZE`.
+    pub max_buffer_size: usize,
+}
+
+impl Default for ConnectionRecoveryConfig {
+    fn default() -> Self {
+        Self { enabled: false, buffer_ttl_seconds: 120, max_buffer_size: 100 }
+    }
 }
 
 /// Delta compression: subscribers that ask for it get each event as the difference from the

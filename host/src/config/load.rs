@@ -151,6 +151,9 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("READINESS_MAX_MEMORY_MB", "readiness.max_memory_mb", Kind::Int),
     ("SSL_ENABLED", "ssl.enabled", Kind::Bool),
     ("TAG_FILTERING_ENABLED", "tag_filtering.enabled", Kind::Bool),
+    ("CONNECTION_RECOVERY_ENABLED", "connection_recovery.enabled", Kind::Bool),
+    ("CONNECTION_RECOVERY_BUFFER_TTL", "connection_recovery.buffer_ttl_seconds", Kind::Int),
+    ("CONNECTION_RECOVERY_MAX_BUFFER_SIZE", "connection_recovery.max_buffer_size", Kind::Int),
     ("DELTA_COMPRESSION_ENABLED", "delta_compression.enabled", Kind::Bool),
     ("DELTA_COMPRESSION_ALGORITHM", "delta_compression.algorithm", Kind::Str),
     (

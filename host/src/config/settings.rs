@@ -34,6 +34,15 @@ pub struct Limits {
     pub max_subscriptions_per_minute: u32,
 }
 
+/// Connection recovery's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoverySettings {
+    /// How long an event stays recoverable.
+    pub ttl: Duration,
+    /// Events kept per channel, and the most one resume replays.
+    pub max_events: usize,
+}
+
 /// Webhook delivery settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookSettings {
@@ -146,6 +155,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// Whether subscribers' tag filters are applied.
     pub tag_filtering: bool,
+    /// Connection recovery; `None`: off (a resume is answered 4301).
+    pub recovery: Option<RecoverySettings>,
     /// Whether clients are granted delta compression (the server's `delta_compression`).
     pub delta: Option<Arc<StreamSettings>>,
     /// Channels one connection may receive deltas on.
@@ -262,6 +273,10 @@ impl Settings {
                 .then(|| config.readiness.max_memory_mb.saturating_mul(1024 * 1024)),
             tls,
             tag_filtering: config.tag_filtering.enabled,
+            recovery: config.connection_recovery.enabled.then(|| RecoverySettings {
+                ttl: Duration::from_secs(config.connection_recovery.buffer_ttl_seconds),
+                max_events: config.connection_recovery.max_buffer_size,
+            }),
             delta: delta_server,
             delta_channels_per_socket: config.delta_compression.max_channel_states_per_socket,
         })
@@ -324,8 +339,38 @@ fn check_bounds(config: &Config, errors: &mut Vec<ConfigError>) {
     }
 }
 
+/// Connection recovery's bounds, and its one transport for now: positions come from this
+/// node's memory, so a resume on another node could not be vouched for.
+fn check_recovery(config: &Config, errors: &mut Vec<ConfigError>) {
+    let recovery = &config.connection_recovery;
+    let transport = config.adapter.driver.trim();
+    if recovery.enabled && !transport.is_empty() && transport != "local" {
+        err(
+            errors,
+            "connection_recovery.enabled",
+            format!(
+                "positions come from this node's memory, so it works with the `local` transport only (not `{transport}`) until a history store shared by every node is available"
+            ),
+        );
+    }
+    if !(1..=MAX_RECOVERY_BUFFER).contains(&recovery.max_buffer_size) {
+        let problem = format!("must be 1 to {MAX_RECOVERY_BUFFER}");
+        err(errors, "connection_recovery.max_buffer_size", problem);
+    }
+    if !(1..=MAX_RECOVERY_TTL_SECS).contains(&recovery.buffer_ttl_seconds) {
+        let problem = format!("must be 1 to {MAX_RECOVERY_TTL_SECS}");
+        err(errors, "connection_recovery.buffer_ttl_seconds", problem);
+    }
+}
+
+/// Events one channel's recovery buffer may hold at most.
+const MAX_RECOVERY_BUFFER: usize = 10_000;
+/// The longest an event may stay recoverable, in seconds (a day).
+const MAX_RECOVERY_TTL_SECS: u64 = 86_400;
+
 /// The rules between settings and on their values.
 fn check_rules(config: &Config, errors: &mut Vec<ConfigError>) {
+    check_recovery(config, errors);
     if config.ssl.enabled {
         for (place, value) in
             [("ssl.cert_path", &config.ssl.cert_path), ("ssl.key_path", &config.ssl.key_path)]

@@ -216,7 +216,13 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
         let except = event.socket_id.as_deref();
         let to =
             Broadcast::to(&app.id, name).except(except).tagged(tags).compressible(compressible);
-        ctx.adapter.broadcast(&to, &text.into());
+        match &ctx.recovery {
+            // The event's position is given, kept and delivered in one step per channel.
+            Some(recovery) => recovery.publish(&app.id, name, &text, |positioned| {
+                ctx.adapter.broadcast_positioned(&to, &text.clone().into(), positioned)
+            }),
+            None => ctx.adapter.broadcast(&to, &text.into()),
+        };
     }
     if event.info.is_empty() {
         return None;

@@ -179,7 +179,20 @@ impl Hub {
     /// A `compressible` frame (an app's event on a channel that is not encrypted) goes to
     /// delta subscribers as a delta or a full frame of their stream.
     pub(crate) fn broadcast(&self, to: &Broadcast<'_>, frame: &Utf8Bytes) -> usize {
+        self.broadcast_positioned(to, frame, None)
+    }
+
+    /// [`Hub::broadcast`], with the event's `positioned` frame (its recovery position appended)
+    /// for the connections that want positions (protocol 2). A positioned event is never sent
+    /// as a delta: its position would not survive the encoding.
+    pub(crate) fn broadcast_positioned(
+        &self,
+        to: &Broadcast<'_>,
+        frame: &Utf8Bytes,
+        positioned: Option<&Utf8Bytes>,
+    ) -> usize {
         let Broadcast { app: app_id, channel, except, tags, compressible } = *to;
+        let compressible = compressible && positioned.is_none();
         let Some(app) = self.existing(app_id) else { return 0 };
         // Filters are evaluated with no lock held: under the read lock the channel's
         // distinct filters are taken (shared copies), then evaluated once each while other
@@ -210,7 +223,11 @@ impl Hub {
                 return;
             }
             let own = publication.as_mut().and_then(|p| p.frame_for(socket_id));
-            if let Delivery::Queued { behind: b } = conn.deliver(own.as_ref().unwrap_or(frame)) {
+            let plain = match positioned {
+                Some(positioned) if conn.wants_positions() => positioned,
+                _ => frame,
+            };
+            if let Delivery::Queued { behind: b } = conn.deliver(own.as_ref().unwrap_or(plain)) {
                 sent += 1;
                 behind += usize::from(b);
             }

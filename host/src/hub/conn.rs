@@ -114,6 +114,8 @@ pub(crate) struct Conn {
     pub socket_id: SocketId,
     queue: mpsc::Sender<Utf8Bytes>,
     closer: Arc<Closer>,
+    /// App events with their recovery position (protocol-2 sockets).
+    positions: bool,
 }
 
 impl Conn {
@@ -123,7 +125,18 @@ impl Conn {
         queue: mpsc::Sender<Utf8Bytes>,
         closer: Arc<Closer>,
     ) -> Self {
-        Self { socket_id, queue, closer }
+        Self { socket_id, queue, closer, positions: false }
+    }
+
+    /// The same, getting app events with their recovery position (a protocol-2 socket).
+    #[must_use]
+    pub(crate) fn with_positions(self, positions: bool) -> Self {
+        Self { positions, ..self }
+    }
+
+    /// Whether it gets app events with their recovery position.
+    pub(crate) fn wants_positions(&self) -> bool {
+        self.positions
     }
 
     /// Enqueue a frame without waiting. A full queue (in frames or bytes) means the client

@@ -209,6 +209,14 @@ pub fn with_position(frame: &str, message_id: &str, stream_id: &str, serial: u64
     format!(r#"{body},"message_id":{message_id},"stream_id":{stream_id},"serial":{serial}}}"#)
 }
 
+/// A subscription's acknowledgement with the channel's head appended (`stream_id`, and
+/// `serial`: the last event's), as Sockudo acknowledges on a channel with recovery.
+pub fn with_head(frame: &str, stream_id: &str, serial: u64) -> String {
+    let body = frame.strip_suffix('}').unwrap_or(frame);
+    let stream_id = json(&stream_id);
+    format!(r#"{body},"stream_id":{stream_id},"serial":{serial}}}"#)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

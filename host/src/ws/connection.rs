@@ -160,7 +160,7 @@ pub(super) async fn run(
         }
     };
 
-    let (conn, mut outbound, closer) = open(&ctx, &app);
+    let (conn, mut outbound, closer) = open(&ctx, &app, dialect);
     let mut session = Session::new(ctx.clone(), app.clone(), conn.clone());
     // Made once, not per loop turn: registering with a notifier on every message costs.
     let close_requested = closer.wait();
@@ -340,7 +340,7 @@ enum End {
 
 /// An admitted connection's socket id (recorded in its span), queue and closer, counted, with
 /// `connection_established` enqueued first.
-fn open(ctx: &Ctx, app: &App) -> (Conn, mpsc::Receiver<Utf8Bytes>, Arc<Closer>) {
+fn open(ctx: &Ctx, app: &App, dialect: Dialect) -> (Conn, mpsc::Receiver<Utf8Bytes>, Arc<Closer>) {
     let socket_id = ctx.next_socket_id();
     let span = tracing::Span::current();
     span.record("app", app.id.as_str());
@@ -351,7 +351,10 @@ fn open(ctx: &Ctx, app: &App) -> (Conn, mpsc::Receiver<Utf8Bytes>, Arc<Closer>) 
         ctx.settings.ws_max_queued_bytes,
         ctx.settings.overload.watermark_percent,
     ));
-    let conn = Conn::new(socket_id.as_str().into(), queue, closer.clone());
+    // Protocol-2 sockets get app events with their recovery position, as Sockudo sends them.
+    let positions = dialect == Dialect::V2 && ctx.recovery.is_some();
+    let conn =
+        Conn::new(socket_id.as_str().into(), queue, closer.clone()).with_positions(positions);
     ctx.metrics.connected.inc();
     ctx.metrics.new_connections.inc();
     tracing::debug!("Connected.");

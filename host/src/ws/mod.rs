@@ -1,6 +1,7 @@
 //! The WebSocket endpoint `/app/{key}`: one task per connection.
 
 mod connection;
+mod resume;
 mod session;
 
 use std::{collections::HashMap, sync::Arc};

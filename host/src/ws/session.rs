@@ -2,7 +2,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use axum::extract::ws::Utf8Bytes;
@@ -16,7 +19,6 @@ use crate::{
     feed::{Entry, Kind},
     hub::{Conn, DeltaWish, Join, Subscribed, Wants},
     metrics::Metrics,
-    protocol::webhook::Hook,
     protocol::{
         Broadcast,
         channel::{self, ChannelKind, MAX_USER_ID_LENGTH},
@@ -24,9 +26,13 @@ use crate::{
         filter::{Filter, FilterError, MAX_CONNECTION_FILTER_BYTES},
         frames,
         inbound::{self, ClientMessage, DeltaRequest},
-        signature,
+        recovery, signature,
+        webhook::Hook,
     },
+    recovery::Recovery,
 };
+
+use super::resume::Resumes;
 
 /// Users one watchlist may name (the Pusher limit); the rest are ignored with 4302.
 const MAX_WATCHLIST: usize = 100;
@@ -71,6 +77,11 @@ pub(super) struct Session {
     conn: Conn,
     /// Subscribed channels, with the presence user id where there is one.
     subscriptions: HashMap<String, Option<String>>,
+    /// With recovery, the head each subscription was acknowledged at: a resume replays up to
+    /// it (the later events came live).
+    heads: HashMap<String, u64>,
+    /// Resumes, one of which may wait for its channels' subscribes.
+    resumes: Resumes,
     /// The user this connection signed in as.
     user_id: Option<String>,
     /// The users this connection watches.
@@ -95,6 +106,8 @@ impl Session {
             app,
             conn,
             subscriptions: HashMap::new(),
+            heads: HashMap::new(),
+            resumes: Resumes::default(),
             user_id: None,
             watchlist: Vec::new(),
             deltas: None,
@@ -111,6 +124,32 @@ impl Session {
 
     fn send(&self, frame: String) {
         self.conn.send(&Utf8Bytes::from(frame));
+    }
+
+    /// Connection recovery, for this connection: on, and a protocol-2 socket (positions are
+    /// only on its frames).
+    fn recovery(&self) -> Option<&Arc<Recovery>> {
+        self.ctx.recovery.as_ref().filter(|_| self.conn.wants_positions())
+    }
+
+    /// `pusher:resume`: replay what the client missed on each channel it names, as Sockudo
+    /// does; 4301 without recovery, 4302 when it names nothing.
+    fn resume(&mut self, data: &Value) {
+        let Some(recovery) = self.recovery().cloned() else {
+            Metrics::count(&self.ctx.metrics.resumes, "outcome", "disabled");
+            return self.error(codes::RECOVERY_DISABLED, "Connection recovery is not enabled");
+        };
+        match recovery::parse_resume(data) {
+            Ok(wanted) => {
+                Metrics::count(&self.ctx.metrics.resumes, "outcome", "started");
+                let (app, conn) = (&self.app.id, &self.conn);
+                self.resumes.start(&recovery, app, conn, wanted, &self.heads);
+            }
+            Err(error) => {
+                Metrics::count(&self.ctx.metrics.resumes, "outcome", "refused");
+                self.error(codes::NO_RECOVERY_POSITIONS, &error.to_string());
+            }
+        }
     }
 
     /// Send `pusher:error` with `code`.
@@ -171,12 +210,7 @@ impl Session {
             Ok(ClientMessage::ClientEvent { event, channel, data }) => {
                 self.client_event(&event, &channel, &data).await;
             }
-            // Sockudo's answer with connection recovery off, which it is on every node for
-            // now: the client then resubscribes from scratch.
-            Ok(ClientMessage::Resume { .. }) => {
-                Metrics::count(&self.ctx.metrics.resumes, "outcome", "disabled");
-                self.error(codes::RECOVERY_DISABLED, "Connection recovery is not enabled");
-            }
+            Ok(ClientMessage::Resume { data }) => self.resume(&data),
         }
     }
 
@@ -301,14 +335,26 @@ impl Session {
         let held = filter.clone();
         let presence = ChannelKind::of(name) == ChannelKind::Presence;
         let with_deltas = delta.is_some();
+        // With recovery, the acknowledgement carries the channel's head as the subscription
+        // becomes visible (the closure runs under the hub's lock on the channel).
+        let head = self.recovery().and_then(|r| r.head(&self.app.id, name));
+        let acked = AtomicU64::new(0);
         let subscribed = self
             .ctx
             .adapter
             .subscribe(&self.app.id, name, &self.conn, join, Wants { filter, delta }, |members| {
-                if presence {
-                    frames::presence_subscription_succeeded(name, members).into()
+                let frame = if presence {
+                    frames::presence_subscription_succeeded(name, members)
                 } else {
-                    frames::subscription_succeeded(name).into()
+                    frames::subscription_succeeded(name)
+                };
+                match &head {
+                    Some(head) => {
+                        let serial = head.serial();
+                        acked.store(serial, Ordering::Relaxed);
+                        recovery::with_head(&frame, &head.stream_id, serial).into()
+                    }
+                    None => frame.into(),
                 }
             })
             .await;
@@ -319,6 +365,11 @@ impl Session {
                     Some(filter) => self.filters.insert(name.to_string(), filter),
                     None => self.filters.remove(name),
                 };
+                if let (Some(_), Some(recovery)) = (&head, self.recovery().cloned()) {
+                    let upto = acked.load(Ordering::Relaxed);
+                    self.heads.insert(name.to_string(), upto);
+                    self.resumes.subscribed(&recovery, &self.app.id, &self.conn, name, upto);
+                }
                 self.subscribed(name, &outcome, member, with_deltas).await;
             }
         }
@@ -478,6 +529,7 @@ impl Session {
 
     async fn unsubscribe(&mut self, name: &str) {
         let Some(user_id) = self.subscriptions.remove(name) else { return };
+        self.heads.remove(name);
         self.filters.remove(name);
         self.delta_channels.remove(name);
         self.delta_chosen.remove(name);

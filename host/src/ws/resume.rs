@@ -1,0 +1,141 @@
+//! A reconnected client's resume (`sockudo:resume`): each channel it names is replayed from
+//! its position, or failed with a reason, then one `resume_success` sums them up. A channel
+//! the socket has not subscribed to yet (a private channel waiting for its auth) waits for its
+//! subscribe, up to [`WAIT_FOR_SUBSCRIBE`]; then it fails and the summary goes out.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::extract::ws::Utf8Bytes;
+
+use crate::{
+    hub::Conn,
+    protocol::recovery::{Failure, FailureCode, Recovered, Wanted, resume_failed, resume_success},
+    recovery::Recovery,
+};
+
+/// How long a resumed channel waits for its subscribe.
+const WAIT_FOR_SUBSCRIBE: Duration = Duration::from_secs(30);
+
+/// A resume waiting for some of its channels' subscribes.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// Which resume this is, so that an older one's timer leaves a newer one alone.
+    id: u64,
+    channels: BTreeMap<String, Wanted>,
+    recovered: Vec<Recovered>,
+    failed: Vec<Failure>,
+}
+
+impl Waiting {
+    /// Replay one channel now (its subscription was acknowledged at `upto`).
+    fn settle(&mut self, recovery: &Recovery, app: &str, conn: &Conn, channel: &str, upto: u64) {
+        let Some(wanted) = self.channels.remove(channel) else { return };
+        let send = |frame: &Utf8Bytes| {
+            conn.send(frame);
+        };
+        match recovery.replay(app, channel, &wanted, upto, send) {
+            Ok(recovered) => self.recovered.push(recovered),
+            Err(failure) => self.fail(conn, *failure),
+        }
+    }
+
+    fn fail(&mut self, conn: &Conn, failure: Failure) {
+        conn.send(&Utf8Bytes::from(resume_failed(&failure)));
+        self.failed.push(failure);
+    }
+
+    /// Fail what still waits, and send the summary.
+    fn finish(mut self, conn: &Conn) {
+        let left = std::mem::take(&mut self.channels);
+        for channel in left.into_keys() {
+            self.fail(
+                conn,
+                Failure {
+                    channel,
+                    code: FailureCode::ContinuityUnverifiable,
+                    reason: "channel_not_subscribed",
+                    expected_stream_id: None,
+                    current_stream_id: None,
+                    oldest_available_serial: None,
+                    newest_available_serial: None,
+                },
+            );
+        }
+        conn.send(&Utf8Bytes::from(resume_success(&self.recovered, &self.failed)));
+    }
+}
+
+/// A connection's resumes: at most one waits at a time.
+#[derive(Debug, Default)]
+pub(super) struct Resumes {
+    waiting: Arc<Mutex<Option<Waiting>>>,
+    started: u64,
+}
+
+impl Resumes {
+    /// Start a resume of `wanted` channels: those subscribed already (`heads`: each one's
+    /// acknowledged head) are replayed now, the others when their subscribe is acknowledged.
+    /// A resume still waiting is answered first, as it stands.
+    pub(super) fn start(
+        &mut self,
+        recovery: &Arc<Recovery>,
+        app: &str,
+        conn: &Conn,
+        wanted: Vec<(String, Wanted)>,
+        heads: &std::collections::HashMap<String, u64>,
+    ) {
+        if let Some(older) = self.waiting.lock().expect("resume lock").take() {
+            older.finish(conn);
+        }
+        self.started += 1;
+        let mut waiting = Waiting { id: self.started, ..Waiting::default() };
+        waiting.channels = wanted.into_iter().collect();
+        let ready: Vec<(String, u64)> = waiting
+            .channels
+            .keys()
+            .filter_map(|channel| heads.get(channel).map(|upto| (channel.clone(), *upto)))
+            .collect();
+        for (channel, upto) in ready {
+            waiting.settle(recovery, app, conn, &channel, upto);
+        }
+        if waiting.channels.is_empty() {
+            return waiting.finish(conn);
+        }
+        let id = waiting.id;
+        *self.waiting.lock().expect("resume lock") = Some(waiting);
+        let (slot, conn) = (self.waiting.clone(), conn.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(WAIT_FOR_SUBSCRIBE).await;
+            let mut slot = slot.lock().expect("resume lock");
+            if slot.as_ref().is_some_and(|w| w.id == id)
+                && let Some(waiting) = slot.take()
+            {
+                waiting.finish(&conn);
+            }
+        });
+    }
+
+    /// The channel's subscription was acknowledged at `upto`: replay it if a resume waits for
+    /// it, and send the summary once nothing waits any more.
+    pub(super) fn subscribed(
+        &self,
+        recovery: &Recovery,
+        app: &str,
+        conn: &Conn,
+        channel: &str,
+        upto: u64,
+    ) {
+        let mut slot = self.waiting.lock().expect("resume lock");
+        let Some(waiting) = slot.as_mut() else { return };
+        waiting.settle(recovery, app, conn, channel, upto);
+        if waiting.channels.is_empty()
+            && let Some(waiting) = slot.take()
+        {
+            waiting.finish(conn);
+        }
+    }
+}

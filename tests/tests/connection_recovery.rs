@@ -1,0 +1,155 @@
+//! Connection recovery on one node, as Sockudo's protocol 2 speaks it: events carry a position,
+//! a reconnected client resumes and gets exactly what it missed, in order, or is told per
+//! channel why not; a protocol-7 socket's frames stay Pusher's.
+
+use serde_json::{Value, json};
+use sockhost_tests::{
+    private_dir,
+    pusher::{Api, Client, TestApp},
+    server::{Server, run_to_exit},
+    workspace_root,
+};
+
+fn v2_url(server: &Server, key: &str) -> String {
+    format!("ws://127.0.0.1:{}/app/{key}?protocol=2", server.port)
+}
+
+fn recovering(max: &str) -> Server {
+    Server::builder()
+        .env("CONNECTION_RECOVERY_ENABLED", "true")
+        .env("CONNECTION_RECOVERY_MAX_BUFFER_SIZE", max)
+        .start()
+}
+
+/// A protocol-2 client subscribed to `channel`; the acknowledgement's head.
+async fn subscribed(server: &Server, app: &TestApp, channel: &str) -> (Client, String, u64) {
+    let mut client = Client::connect_raw(&v2_url(server, &app.key)).await;
+    client.expect("sockudo:connection_established").await;
+    client.send(json!({ "event": "sockudo:subscribe", "data": { "channel": channel } })).await;
+    let ack = client.expect("sockudo_internal:subscription_succeeded").await;
+    let stream_id = ack["stream_id"].as_str().unwrap_or_else(|| panic!("{ack}")).to_string();
+    (client, stream_id, ack["serial"].as_u64().unwrap())
+}
+
+/// The data of a frame whose data is a JSON string.
+fn data(frame: &Value) -> Value {
+    serde_json::from_str(frame["data"].as_str().unwrap_or_else(|| panic!("{frame}"))).unwrap()
+}
+
+async fn publish(api: &Api, channel: &str, events: std::ops::Range<u32>) {
+    for n in events {
+        assert_eq!(api.trigger(&[channel], "tick", &n.to_string()).await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_reconnected_client_gets_exactly_what_it_missed_in_order() {
+    let server = recovering("100");
+    let app = TestApp::main();
+    let api = Api::new(&server.http_url(), &app);
+    let (mut first, stream_id, head) = subscribed(&server, &app, "news").await;
+    assert_eq!(head, 0);
+    let mut v7 = Client::connect(&server.ws_url(&app.key)).await;
+    v7.subscribe(&app, "news").await;
+    publish(&api, "news", 1..4).await;
+    let mut last = 0;
+    for expected in 1..4 {
+        let event = first.expect("tick").await;
+        assert_eq!(event["serial"], expected, "{event}");
+        assert_eq!(event["stream_id"], stream_id.as_str());
+        assert!(event["message_id"].is_string(), "{event}");
+        last = expected;
+        // Pusher's frames carry no position.
+        let plain = v7.expect("tick").await;
+        assert!(plain.get("serial").is_none() && plain.get("message_id").is_none(), "{plain}");
+    }
+    drop(first);
+    // Missed while away.
+    publish(&api, "news", 4..7).await;
+    let (mut again, same, head) = subscribed(&server, &app, "news").await;
+    assert_eq!((same.as_str(), head), (stream_id.as_str(), 6));
+    let position = json!({ "stream_id": stream_id, "serial": last });
+    let resume = json!({ "channel_positions": { "news": position } });
+    again.send(json!({ "event": "sockudo:resume", "data": resume.to_string() })).await;
+    for expected in 4..7 {
+        let event = again.expect_any().await;
+        assert_eq!((event["event"].as_str(), &event["serial"]), (Some("tick"), &json!(expected)));
+    }
+    let success = again.expect("sockudo:resume_success").await;
+    let summary = data(&success);
+    assert_eq!(summary["recovered"][0]["channel"], "news", "{summary}");
+    assert_eq!(summary["recovered"][0]["replayed"], 3);
+    assert_eq!(summary["recovered"][0]["position"]["serial"], 6);
+    assert_eq!(summary["failed"], json!([]));
+    // Live again, after the replay.
+    publish(&api, "news", 7..8).await;
+    assert_eq!(again.expect("tick").await["serial"], 7);
+}
+
+#[tokio::test]
+async fn a_resume_before_its_subscribe_is_answered_when_the_subscribe_lands() {
+    let server = recovering("100");
+    let app = TestApp::main();
+    let api = Api::new(&server.http_url(), &app);
+    let (first, stream_id, _) = subscribed(&server, &app, "news").await;
+    drop(first);
+    publish(&api, "news", 1..3).await;
+    let mut client = Client::connect_raw(&v2_url(&server, &app.key)).await;
+    client.expect("sockudo:connection_established").await;
+    let resume =
+        json!({ "channel_positions": { "news": { "stream_id": stream_id, "serial": 0 } } });
+    client.send(json!({ "event": "sockudo:resume", "data": resume })).await;
+    client.send(json!({ "event": "sockudo:subscribe", "data": { "channel": "news" } })).await;
+    assert_eq!(client.expect_any().await["event"], "sockudo_internal:subscription_succeeded");
+    assert_eq!(client.expect_any().await["serial"], 1);
+    assert_eq!(client.expect_any().await["serial"], 2);
+    let summary = data(&client.expect("sockudo:resume_success").await);
+    assert_eq!(summary["recovered"][0]["replayed"], 2, "{summary}");
+}
+
+#[tokio::test]
+async fn a_channel_that_cannot_be_recovered_is_said_so_with_sockudos_codes() {
+    let server = recovering("5");
+    let app = TestApp::main();
+    let api = Api::new(&server.http_url(), &app);
+    let (first, stream_id, _) = subscribed(&server, &app, "news").await;
+    drop(first);
+    publish(&api, "news", 1..11).await;
+    // Back, subscribed again at the head (10): five events are held, eight were missed.
+    let (mut client, _, head) = subscribed(&server, &app, "news").await;
+    assert_eq!(head, 10);
+    let cases = [
+        (json!({ "stream_id": "another", "serial": 9 }), "stream_reset"),
+        (json!({ "stream_id": stream_id, "serial": 2 }), "position_expired"),
+        (json!({ "stream_id": stream_id, "serial": 99 }), "continuity_unverifiable"),
+    ];
+    for (position, code) in cases {
+        let resume = json!({ "channel_positions": { "news": position } });
+        client.send(json!({ "event": "sockudo:resume", "data": resume })).await;
+        let failed = client.expect("sockudo:resume_failed").await;
+        assert_eq!(
+            (failed["channel"].as_str(), &data(&failed)["code"]),
+            (Some("news"), &json!(code))
+        );
+        let summary = data(&client.expect("sockudo:resume_success").await);
+        assert_eq!(
+            (summary["recovered"].clone(), &summary["failed"][0]["code"]),
+            (json!([]), &json!(code))
+        );
+    }
+    client.send(json!({ "event": "sockudo:resume", "data": { "channel_positions": {} } })).await;
+    assert_eq!(client.expect("sockudo:error").await["data"]["code"], 4302);
+}
+
+#[test]
+fn recovery_is_refused_at_start_on_a_transport_between_nodes() {
+    let dir = private_dir();
+    let manifest = workspace_root().join("plugins.toml").display().to_string();
+    let (code, out) = run_to_exit(
+        dir.path(),
+        &["--plugins", &manifest],
+        &[("CONNECTION_RECOVERY_ENABLED", "true"), ("ADAPTER_DRIVER", "redis")],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("connection_recovery.enabled") && out.contains("local"), "{out}");
+}
