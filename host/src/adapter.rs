@@ -2,7 +2,10 @@
 //! cluster-wide: local delivery first, then the bus; local counts plus the other nodes' answers;
 //! local members plus the replicated presence registry.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::HashSet,
+    sync::{Arc, atomic::AtomicU64},
+};
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
@@ -68,7 +71,8 @@ impl Adapter {
 
     /// Subscribe a local connection. The node subscribes to the channel's bus topic first, so
     /// that nothing published after the acknowledgement is missed. `ack` builds the
-    /// acknowledgement from the channel's members on every node. In the outcome,
+    /// acknowledgement (and what must follow it before the channel's events) from the
+    /// channel's members on every node. In the outcome,
     /// `first_for_user` means the user is new to the channel cluster-wide, and `occupied` that
     /// the channel had no subscriber on any node.
     pub(crate) async fn subscribe(
@@ -78,7 +82,7 @@ impl Adapter {
         conn: &Conn,
         join: Option<Join>,
         wants: Wants,
-        ack: impl FnOnce(&mut dyn Iterator<Item = (&str, &Value)>) -> Utf8Bytes,
+        ack: impl FnOnce(&mut dyn Iterator<Item = (&str, &Value)>) -> Vec<Utf8Bytes>,
     ) -> Result<Subscribed, ChannelFull> {
         let topic = cluster::channel_topic(app_id, channel);
         self.cluster.acquire(topic.clone()).await;
@@ -187,7 +191,7 @@ impl Adapter {
         &self,
         to: &Broadcast<'_>,
         frame: &Utf8Bytes,
-        positioned: Option<&Utf8Bytes>,
+        positioned: Option<(&Utf8Bytes, &AtomicU64, u64)>,
     ) -> usize {
         let sent = self.hub.broadcast_positioned(to, frame, positioned);
         self.cluster.publish_broadcast(to, frame.as_bytes());

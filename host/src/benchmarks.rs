@@ -40,7 +40,7 @@ pub fn delta_ticker(subscribers: usize, events: u32, algorithm: Option<&str>) ->
         let conn = Conn::new(format!("1.{i}").into(), tx, closer);
         let delta = algorithm.map(|a| DeltaWish { algorithm: Some(a), settings: settings.clone() });
         let wants = Wants { filter: None, delta };
-        hub.subscribe("app", "ticker", &conn, None, wants, |_| Utf8Bytes::from("ack"))
+        hub.subscribe("app", "ticker", &conn, None, wants, |_| vec![Utf8Bytes::from("ack")])
             .expect("no member limit");
         queues.push(rx);
     }

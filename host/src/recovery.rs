@@ -2,12 +2,14 @@
 //! `serial` per event) and its recent events, so that a client that reconnects gets exactly
 //! what it missed, in order, or is told it cannot.
 //!
-//! A channel's publish takes its stream's lock, gives the event the next serial, keeps the
-//! positioned frame and delivers it before letting go: delivery order is serial order, and a
-//! replay made under the same lock can neither miss nor double an event. A subscription's
+//! A channel's publish takes its stream's order lock, gives the event the next serial, keeps
+//! the positioned frame and delivers it before letting go: delivery order is serial order, and
+//! a replay made under the same lock can neither miss nor double an event. A subscription's
 //! acknowledgement carries the head as the hub makes the subscription visible (under the
-//! hub's lock on the channel), read from [`Head`], which a publish raises *before* it
-//! delivers: every event after the acknowledged head reaches the new subscriber live.
+//! hub's lock on the channel), read from [`Head`], which the hub raises to an event's serial
+//! under that same lock as it delivers the event: every event up to the acknowledged head
+//! was not delivered to the new subscriber (a waiting resume replays them right after the
+//! acknowledgement), and every later one is.
 //! Bounded: per channel in events ([`RecoverySettings::max_events`]) and bytes, in age, and
 //! node-wide in channels; a channel past the node's limit publishes without a position.
 //! Positions come from this node's memory: configuration allows it with the `local` transport
@@ -39,17 +41,8 @@ const MAX_CHANNEL_BYTES: usize = 256 * 1024;
 /// position (counted), so a flood of channels cannot grow memory.
 const MAX_STREAMS: usize = 100_000;
 
-/// One kept event.
-#[derive(Debug)]
-struct Kept {
-    serial: u64,
-    message_id: String,
-    frame: Utf8Bytes,
-    at: Instant,
-}
-
 /// A channel's stream id and the serial of its last event, as a subscription's
-/// acknowledgement reads them without the stream's lock.
+/// acknowledgement reads them without the stream's locks.
 #[derive(Debug, Clone)]
 pub(crate) struct Head {
     /// The stream (epoch).
@@ -64,31 +57,25 @@ impl Head {
     }
 }
 
-/// One channel's stream on this node.
+/// One kept event.
 #[derive(Debug)]
-pub(crate) struct Stream {
-    stream_id: Arc<str>,
-    /// The serial of the last event (0: none yet).
-    head: u64,
-    /// `head`, for acknowledgements; raised before the event is delivered.
-    published: Arc<AtomicU64>,
-    kept: VecDeque<Kept>,
-    bytes: usize,
-    used: Instant,
+struct Kept {
+    serial: u64,
+    message_id: String,
+    frame: Utf8Bytes,
+    at: Instant,
 }
 
-impl Stream {
-    fn new() -> Self {
-        Self {
-            stream_id: uuid::Uuid::new_v4().to_string().into(),
-            head: 0,
-            published: Arc::default(),
-            kept: VecDeque::new(),
-            bytes: 0,
-            used: Instant::now(),
-        }
-    }
+/// A channel's kept events, oldest first.
+#[derive(Debug, Default)]
+struct Buffer {
+    kept: VecDeque<Kept>,
+    bytes: usize,
+    /// When the stream was last published to or resumed from.
+    used: Option<Instant>,
+}
 
+impl Buffer {
     fn forget_before(&mut self, oldest: Instant) {
         while self.kept.front().is_some_and(|k| k.at < oldest) {
             self.drop_oldest();
@@ -102,8 +89,41 @@ impl Stream {
     }
 }
 
+/// One channel's stream on this node. Two locks: `order` is held by a publish from its serial
+/// to its delivery (so delivery order is serial order), `buffer` only while events are added
+/// or read, so that a subscription being made visible under the hub's lock can read what it
+/// must replay without waiting for a publish that waits for the hub.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    stream_id: Arc<str>,
+    /// The serial of the last event (0: none yet); its lock orders publishes.
+    order: Mutex<u64>,
+    /// The last serial, raised after the event is kept and before it is delivered.
+    published: Arc<AtomicU64>,
+    buffer: Mutex<Buffer>,
+}
+
+impl Stream {
+    fn new() -> Self {
+        Self {
+            stream_id: uuid::Uuid::new_v4().to_string().into(),
+            order: Mutex::new(0),
+            published: Arc::default(),
+            buffer: Mutex::default(),
+        }
+    }
+
+    /// The stream's head for an acknowledgement.
+    pub(crate) fn head(&self) -> Head {
+        Head { stream_id: self.stream_id.clone(), serial: self.published.clone() }
+    }
+}
+
 /// Each channel's stream, by (app, channel).
-type Streams = HashMap<(String, String), Arc<Mutex<Stream>>>;
+type Streams = HashMap<(String, String), Arc<Stream>>;
+
+/// What a replay sends: the events, and what to tell the client of them.
+pub(crate) type Replay = (Vec<Utf8Bytes>, Recovered);
 
 /// The node's streams.
 #[derive(Debug)]
@@ -121,7 +141,7 @@ impl Recovery {
     }
 
     /// The channel's stream, made if it has none and the node has room.
-    fn stream(&self, app: &str, channel: &str) -> Option<Arc<Mutex<Stream>>> {
+    pub(crate) fn stream(&self, app: &str, channel: &str) -> Option<Arc<Stream>> {
         let mut streams = self.streams.lock().expect("recovery lock");
         let key = (app.to_string(), channel.to_string());
         if let Some(stream) = streams.get(&key) {
@@ -130,55 +150,48 @@ impl Recovery {
         if streams.len() >= MAX_STREAMS {
             return None;
         }
-        Some(streams.entry(key).or_insert_with(|| Arc::new(Mutex::new(Stream::new()))).clone())
+        Some(streams.entry(key).or_insert_with(|| Arc::new(Stream::new())).clone())
     }
 
-    /// Give an app event on the channel its position, keep it, and `deliver` the plain frame
-    /// and the positioned one under the stream's lock (see the module's comment). Past the
-    /// node's limit of channels the event goes without a position.
+    /// Give an app event on the channel its position, keep it, and `deliver` the positioned
+    /// frame while holding the stream's order (see the module's comment). Past the node's
+    /// limit of channels the event goes without a position.
     pub(crate) fn publish<R>(
         &self,
         app: &str,
         channel: &str,
         plain: &str,
-        deliver: impl FnOnce(Option<&Utf8Bytes>) -> R,
+        deliver: impl FnOnce(Option<(&Utf8Bytes, &AtomicU64, u64)>) -> R,
     ) -> R {
         let Some(stream) = self.stream(app, channel) else {
             self.untracked.inc();
             return deliver(None);
         };
-        let mut stream = stream.lock().expect("recovery lock");
-        let now = Instant::now();
-        stream.forget_before(now.checked_sub(self.settings.ttl).unwrap_or(now));
-        stream.head += 1;
-        stream.published.store(stream.head, Ordering::Release);
-        stream.used = now;
+        let mut head = stream.order.lock().expect("recovery lock");
+        *head += 1;
+        let serial = *head;
         let message_id = uuid::Uuid::new_v4().to_string();
-        let frame =
-            Utf8Bytes::from(with_position(plain, &message_id, &stream.stream_id, stream.head));
-        stream.bytes += frame.len();
-        let serial = stream.head;
-        stream.kept.push_back(Kept { serial, message_id, frame: frame.clone(), at: now });
-        while stream.kept.len() > self.settings.max_events
-            || (stream.bytes > MAX_CHANNEL_BYTES && stream.kept.len() > 1)
+        let frame = Utf8Bytes::from(with_position(plain, &message_id, &stream.stream_id, serial));
         {
-            stream.drop_oldest();
+            let now = Instant::now();
+            let mut buffer = stream.buffer.lock().expect("recovery lock");
+            buffer.forget_before(now.checked_sub(self.settings.ttl).unwrap_or(now));
+            buffer.bytes += frame.len();
+            buffer.used = Some(now);
+            buffer.kept.push_back(Kept { serial, message_id, frame: frame.clone(), at: now });
+            while buffer.kept.len() > self.settings.max_events
+                || (buffer.bytes > MAX_CHANNEL_BYTES && buffer.kept.len() > 1)
+            {
+                buffer.drop_oldest();
+            }
         }
-        deliver(Some(&frame))
-    }
-
-    /// The channel's head, for a subscription's acknowledgement (read it as the subscription
-    /// becomes visible); `None` past the node's limit of channels.
-    pub(crate) fn head(&self, app: &str, channel: &str) -> Option<Head> {
-        let stream = self.stream(app, channel)?;
-        let stream = stream.lock().expect("recovery lock");
-        Some(Head { stream_id: stream.stream_id.clone(), serial: stream.published.clone() })
+        // The hub raises `published` as it delivers (see `Hub::broadcast_positioned`).
+        deliver(Some((&frame, &stream.published, serial)))
     }
 
     /// Replay to `send` the events after `wanted` on the channel up to serial `upto` (the head
-    /// the socket's subscription was acknowledged with: it got the later ones live), under
-    /// the stream's lock; what was recovered, or why not. Nothing is sent unless every missed
-    /// event is held: a gap is never replayed in part.
+    /// the socket's subscription was acknowledged at: it got the later ones live), holding the
+    /// stream's order so that no publish interleaves; what was recovered, or why not.
     pub(crate) fn replay(
         &self,
         app: &str,
@@ -187,68 +200,81 @@ impl Recovery {
         upto: u64,
         mut send: impl FnMut(&Utf8Bytes),
     ) -> Result<Recovered, Box<Failure>> {
-        let failure = |code, reason, current: Option<&Stream>| {
-            Box::new(Failure {
-                channel: channel.to_string(),
-                code,
-                reason,
-                expected_stream_id: match wanted {
-                    Wanted::Position(p) => Some(p.stream_id.clone()),
-                    Wanted::Serial(_) => None,
-                },
-                current_stream_id: current.map(|s| s.stream_id.to_string()),
-                oldest_available_serial: current.and_then(|s| s.kept.front().map(|k| k.serial)),
-                newest_available_serial: current.and_then(|s| s.kept.back().map(|k| k.serial)),
-            })
-        };
         let Some(stream) = self.stream(app, channel) else {
-            return Err(failure(FailureCode::PositionExpired, "recovery_buffer_full", None));
+            return Err(failure(
+                channel,
+                wanted,
+                FailureCode::PositionExpired,
+                "recovery_buffer_full",
+                None,
+            ));
         };
-        let mut stream = stream.lock().expect("recovery lock");
+        let _order = stream.order.lock().expect("recovery lock");
+        let (frames, recovered) = self.collect(&stream, channel, wanted, upto)?;
+        frames.iter().for_each(&mut send);
+        Ok(recovered)
+    }
+
+    /// The events after `wanted` up to `upto` (at most the published head), without taking
+    /// the stream's order: for a subscription being made visible, whose acknowledgement read
+    /// `upto`. Nothing is returned unless every missed event is held: a gap is never replayed
+    /// in part.
+    pub(crate) fn collect(
+        &self,
+        stream: &Stream,
+        channel: &str,
+        wanted: &Wanted,
+        upto: u64,
+    ) -> Result<Replay, Box<Failure>> {
+        let head = stream.published.load(Ordering::Acquire);
+        let mut buffer = stream.buffer.lock().expect("recovery lock");
         let now = Instant::now();
-        stream.forget_before(now.checked_sub(self.settings.ttl).unwrap_or(now));
+        buffer.forget_before(now.checked_sub(self.settings.ttl).unwrap_or(now));
+        let fail = |code, reason, buffer: &Buffer| {
+            let mut failure = failure(channel, wanted, code, reason, Some(&stream.stream_id));
+            failure.oldest_available_serial = buffer.kept.front().map(|k| k.serial);
+            failure.newest_available_serial = buffer.kept.back().map(|k| k.serial);
+            failure
+        };
         let serial = match wanted {
             Wanted::Position(p) if *p.stream_id != *stream.stream_id => {
-                return Err(failure(FailureCode::StreamReset, "stream_id_mismatch", Some(&stream)));
+                return Err(fail(FailureCode::StreamReset, "stream_id_mismatch", &buffer));
             }
             Wanted::Position(p) => p.serial,
             Wanted::Serial(serial) => *serial,
         };
-        let upto = upto.min(stream.head);
-        if serial > stream.head {
+        if serial > head {
             let reason = "position_ahead_of_stream_head";
-            return Err(failure(FailureCode::ContinuityUnverifiable, reason, Some(&stream)));
+            return Err(fail(FailureCode::ContinuityUnverifiable, reason, &buffer));
         }
+        let upto = upto.min(head);
         let missed = upto.saturating_sub(serial);
         if missed > self.settings.max_events as u64 {
-            let reason = "recovery_window_exceeded";
-            return Err(failure(FailureCode::PositionExpired, reason, Some(&stream)));
+            return Err(fail(FailureCode::PositionExpired, "recovery_window_exceeded", &buffer));
         }
-        let oldest = stream.kept.front().map_or(upto + 1, |k| k.serial);
+        let oldest = buffer.kept.front().map_or(upto + 1, |k| k.serial);
         if missed > 0 && oldest > serial + 1 {
             let reason = "hot_replay_expired_and_durable_history_disabled";
-            return Err(failure(FailureCode::PositionExpired, reason, Some(&stream)));
+            return Err(fail(FailureCode::PositionExpired, reason, &buffer));
         }
-        stream.used = now;
-        let mut last = None;
-        for kept in stream.kept.iter().filter(|k| k.serial > serial && k.serial <= upto) {
-            send(&kept.frame);
-            last = Some(kept);
-        }
-        Ok(Recovered {
+        buffer.used = Some(now);
+        let replayed: Vec<&Kept> =
+            buffer.kept.iter().filter(|k| k.serial > serial && k.serial <= upto).collect();
+        let recovered = Recovered {
             channel: channel.to_string(),
             source: Source::Hot,
-            replayed: usize::try_from(missed).unwrap_or(usize::MAX),
-            position: last.map(|k| Position {
+            replayed: replayed.len(),
+            position: replayed.last().map(|k| Position {
                 stream_id: stream.stream_id.to_string(),
                 serial: k.serial,
                 last_message_id: Some(k.message_id.clone()),
             }),
-        })
+        };
+        Ok((replayed.iter().map(|k| k.frame.clone()).collect(), recovered))
     }
 
-    /// Forget the streams whose last event is older than the TTL, every quarter of it, until
-    /// `shutdown`. A forgotten stream starts again with a new id, which a later resume is told
+    /// Forget the streams unused for the TTL, every quarter of it, until `shutdown`. A
+    /// forgotten stream starts again with a new id, which a later resume is told
     /// (`stream_reset`).
     pub(crate) async fn sweep(self: Arc<Self>, shutdown: CancellationToken) {
         let every = self.settings.ttl / 4;
@@ -260,13 +286,35 @@ impl Recovery {
             let now = Instant::now();
             let Some(oldest) = now.checked_sub(self.settings.ttl) else { continue };
             let mut streams = self.streams.lock().expect("recovery lock");
-            streams.retain(|_, stream| match stream.try_lock() {
-                Ok(stream) => stream.used >= oldest,
+            streams.retain(|_, stream| match stream.buffer.try_lock() {
+                Ok(buffer) => buffer.used.is_none_or(|used| used >= oldest),
                 // Busy now: in use, so kept.
                 Err(_) => true,
             });
         }
     }
+}
+
+/// A failure of the channel's recovery, with what the client asked for.
+fn failure(
+    channel: &str,
+    wanted: &Wanted,
+    code: FailureCode,
+    reason: &'static str,
+    current: Option<&str>,
+) -> Box<Failure> {
+    Box::new(Failure {
+        channel: channel.to_string(),
+        code,
+        reason,
+        expected_stream_id: match wanted {
+            Wanted::Position(p) => Some(p.stream_id.clone()),
+            Wanted::Serial(_) => None,
+        },
+        current_stream_id: current.map(str::to_string),
+        oldest_available_serial: None,
+        newest_available_serial: None,
+    })
 }
 
 #[cfg(test)]
@@ -283,12 +331,17 @@ mod tests {
     fn publish(recovery: &Recovery, n: u64) {
         for i in 0..n {
             let plain = format!(r#"{{"event":"e","channel":"c","data":"{i}"}}"#);
-            recovery.publish("app", "c", &plain, |_| ());
+            // As the hub does when it delivers.
+            recovery.publish("app", "c", &plain, |positioned| {
+                if let Some((_, published, serial)) = positioned {
+                    published.store(serial, Ordering::Release);
+                }
+            });
         }
     }
 
     fn head(recovery: &Recovery) -> (String, u64) {
-        let head = recovery.head("app", "c").unwrap();
+        let head = recovery.stream("app", "c").unwrap().head();
         (head.stream_id.to_string(), head.serial())
     }
 

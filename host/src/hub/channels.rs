@@ -2,7 +2,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Mutex, atomic::Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use axum::extract::ws::Utf8Bytes;
@@ -16,9 +19,9 @@ use crate::{delta::Deltas, protocol::Broadcast};
 
 impl Hub {
     /// Subscribe `conn` to `channel`, joining presence if `join` is given. `ack` builds the
-    /// frame that acknowledges the subscription from the members as they are after it; it is
-    /// enqueued before the socket becomes visible to broadcasts, so the acknowledgement always
-    /// precedes the channel's events.
+    /// frames that acknowledge the subscription from the members as they are after it (the
+    /// acknowledgement, then a resumed channel's replay); they are enqueued before the socket
+    /// becomes visible to broadcasts, so they always precede the channel's events.
     pub(crate) fn subscribe(
         &self,
         app_id: &str,
@@ -26,7 +29,7 @@ impl Hub {
         conn: &Conn,
         join: Option<Join>,
         wants: Wants,
-        ack: impl FnOnce(&mut dyn Iterator<Item = (&str, &Value)>) -> Utf8Bytes,
+        ack: impl FnOnce(&mut dyn Iterator<Item = (&str, &Value)>) -> Vec<Utf8Bytes>,
     ) -> Result<Subscribed, ChannelFull> {
         let app = self.app(app_id);
         let mut channels = app.channels.write().expect("hub lock");
@@ -59,11 +62,13 @@ impl Hub {
                 }
             }
         }
-        let frame = match &entry.members {
+        let frames = match &entry.members {
             Some(members) => ack(&mut members.iter().map(|(id, m)| (id.as_str(), &m.info))),
             None => ack(&mut std::iter::empty()),
         };
-        conn.send(&frame);
+        for frame in &frames {
+            conn.send(frame);
+        }
         let new_subscriber =
             entry.subscribers.insert(conn.socket_id.clone(), conn.clone()).is_none();
         let Wants { filter, delta } = wants;
@@ -182,18 +187,30 @@ impl Hub {
         self.broadcast_positioned(to, frame, None)
     }
 
-    /// [`Hub::broadcast`], with the event's `positioned` frame (its recovery position appended)
-    /// for the connections that want positions (protocol 2). A positioned event is never sent
-    /// as a delta: its position would not survive the encoding.
+    /// [`Hub::broadcast`] of an event with a recovery position: `positioned` is its frame with
+    /// the position appended, for the connections that want positions (protocol 2), and the
+    /// stream's published serial is raised to the event's *while the channel's lock is held
+    /// for the delivery*. A subscription made visible under that lock therefore reads a head
+    /// that says exactly which events it did not get live: those up to it. Never sent as a
+    /// delta (its position would not survive the encoding), and its filters are evaluated
+    /// under the lock, so that no subscriber comes between.
     pub(crate) fn broadcast_positioned(
         &self,
         to: &Broadcast<'_>,
         frame: &Utf8Bytes,
-        positioned: Option<&Utf8Bytes>,
+        positioned: Option<(&Utf8Bytes, &AtomicU64, u64)>,
     ) -> usize {
         let Broadcast { app: app_id, channel, except, tags, compressible } = *to;
         let compressible = compressible && positioned.is_none();
-        let Some(app) = self.existing(app_id) else { return 0 };
+        // With a position the app's hub is made if missing, so that the lock exists for a
+        // subscriber that comes next.
+        let app = match positioned {
+            Some(_) => self.app(app_id),
+            None => match self.existing(app_id) {
+                Some(app) => app,
+                None => return 0,
+            },
+        };
         // Filters are evaluated with no lock held: under the read lock the channel's
         // distinct filters are taken (shared copies), then evaluated once each while other
         // channels subscribe and publish freely, then delivery takes the lock again. A
@@ -206,11 +223,19 @@ impl Hub {
             let filters = channels.get(channel).and_then(|c| c.filtered.as_ref());
             let snapshot = filters.map(|f| f.snapshot()).unwrap_or_default();
             if !snapshot.is_empty() {
-                drop(channels);
-                passed = snapshot.into_iter().filter(|f| f.matches(tags)).collect();
-                channels = app.channels.read().expect("hub lock");
+                if positioned.is_none() {
+                    drop(channels);
+                    passed = snapshot.into_iter().filter(|f| f.matches(tags)).collect();
+                    channels = app.channels.read().expect("hub lock");
+                } else {
+                    passed = snapshot.into_iter().filter(|f| f.matches(tags)).collect();
+                }
             }
         }
+        if let Some((_, published, serial)) = positioned {
+            published.store(serial, Ordering::Release);
+        }
+        let positioned = positioned.map(|(frame, _, _)| frame);
         let Some(entry) = channels.get(channel) else { return 0 };
         let mut deltas = match &entry.deltas {
             Some(deltas) if compressible => Some(deltas.lock().expect("deltas lock")),

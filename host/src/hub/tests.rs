@@ -45,7 +45,8 @@ fn a_channel_is_congested_only_when_most_subscribers_are_behind() {
     let (slow, _slow_rx, _) = conn("1.2", 4, 0);
     let (third, mut third_rx, third_closer) = conn("1.3", 4, 0);
     for c in [&fast, &slow, &third] {
-        hub.subscribe("app", "ch", c, None, Wants::default(), |_| Utf8Bytes::from("ack")).unwrap();
+        hub.subscribe("app", "ch", c, None, Wants::default(), |_| vec![Utf8Bytes::from("ack")])
+            .unwrap();
     }
     let frame = Utf8Bytes::from("e");
     // The acknowledgement and two events: three of four places taken everywhere.
@@ -70,7 +71,7 @@ fn tagged_events_reach_the_subscribers_whose_filter_passes_them() {
     let (plain, mut plain_rx, _) = conn("1.1", 16, 0);
     let (btc, mut btc_rx, _) = conn("1.2", 16, 0);
     let (dear, mut dear_rx, _) = conn("1.3", 16, 0);
-    let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| Utf8Bytes::from("ack");
+    let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| vec![Utf8Bytes::from("ack")];
     hub.subscribe("app", "ch", &plain, None, Wants::default(), ack).unwrap();
     let eq = serde_json::json!({ "key": "sym", "cmp": "eq", "val": "BTC" });
     hub.subscribe("app", "ch", &btc, None, Wants { filter: filter(eq), delta: None }, ack).unwrap();
@@ -106,7 +107,7 @@ fn tagged_events_reach_the_subscribers_whose_filter_passes_them() {
 #[test]
 fn subscribers_with_equal_filters_share_one_group_and_one_copy() {
     let hub = Hub::default();
-    let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| Utf8Bytes::from("ack");
+    let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| vec![Utf8Bytes::from("ack")];
     let compile = |v: serde_json::Value| Filter::compile(&v).unwrap();
     let dear = || {
         serde_json::json!({ "op": "or", "nodes": [
@@ -163,7 +164,7 @@ fn subscribers_with_equal_filters_share_one_group_and_one_copy() {
 #[test]
 fn presence_counts_users_not_sockets_and_holds_its_limit() {
     let hub = Hub::default();
-    let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| Utf8Bytes::from("ack");
+    let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| vec![Utf8Bytes::from("ack")];
     let join = |user: &str| Join {
         user_id: user.into(),
         user_info: serde_json::json!({ "name": user }),
@@ -200,7 +201,7 @@ fn presence_counts_users_not_sockets_and_holds_its_limit() {
 #[test]
 fn a_full_queue_closes_its_connection_with_4100_and_others_still_get_the_event() {
     let hub = Hub::default();
-    let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| Utf8Bytes::from("ack");
+    let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| vec![Utf8Bytes::from("ack")];
     let (slow, _slow_rx, slow_closer) = conn("1.1", 2, 0);
     let (fast, mut fast_rx, fast_closer) = conn("1.2", 8, 0);
     hub.subscribe("app", "ch", &slow, None, Wants::default(), ack).unwrap();

@@ -52,18 +52,7 @@ impl Waiting {
     fn finish(mut self, conn: &Conn) {
         let left = std::mem::take(&mut self.channels);
         for channel in left.into_keys() {
-            self.fail(
-                conn,
-                Failure {
-                    channel,
-                    code: FailureCode::ContinuityUnverifiable,
-                    reason: "channel_not_subscribed",
-                    expected_stream_id: None,
-                    current_stream_id: None,
-                    oldest_available_serial: None,
-                    newest_available_serial: None,
-                },
-            );
+            self.fail(conn, *Resumes::not_subscribed(&channel));
         }
         conn.send(&Utf8Bytes::from(resume_success(&self.recovered, &self.failed)));
     }
@@ -119,23 +108,39 @@ impl Resumes {
         });
     }
 
-    /// The channel's subscription was acknowledged at `upto`: replay it if a resume waits for
-    /// it, and send the summary once nothing waits any more.
-    pub(super) fn subscribed(
-        &self,
-        recovery: &Recovery,
-        app: &str,
-        conn: &Conn,
-        channel: &str,
-        upto: u64,
-    ) {
+    /// Take `channel` out of the waiting resume, if it waits: its subscribe is being made, and
+    /// its replay goes right after the acknowledgement (see [`Resumes::settled`]).
+    pub(super) fn take(&self, channel: &str) -> Option<Wanted> {
+        let mut slot = self.waiting.lock().expect("resume lock");
+        slot.as_mut()?.channels.remove(channel)
+    }
+
+    /// A channel taken with [`Resumes::take`] was replayed (or failed): count it, and send the
+    /// summary once nothing waits any more.
+    pub(super) fn settled(&self, conn: &Conn, outcome: Result<Recovered, Box<Failure>>) {
         let mut slot = self.waiting.lock().expect("resume lock");
         let Some(waiting) = slot.as_mut() else { return };
-        waiting.settle(recovery, app, conn, channel, upto);
+        match outcome {
+            Ok(recovered) => waiting.recovered.push(recovered),
+            Err(failure) => waiting.fail(conn, *failure),
+        }
         if waiting.channels.is_empty()
             && let Some(waiting) = slot.take()
         {
             waiting.finish(conn);
         }
+    }
+
+    /// The failure of a channel whose subscribe never came, or was refused.
+    pub(super) fn not_subscribed(channel: &str) -> Box<Failure> {
+        Box::new(Failure {
+            channel: channel.to_string(),
+            code: FailureCode::ContinuityUnverifiable,
+            reason: "channel_not_subscribed",
+            expected_stream_id: None,
+            current_stream_id: None,
+            oldest_available_serial: None,
+            newest_available_serial: None,
+        })
     }
 }

@@ -336,9 +336,13 @@ impl Session {
         let presence = ChannelKind::of(name) == ChannelKind::Presence;
         let with_deltas = delta.is_some();
         // With recovery, the acknowledgement carries the channel's head as the subscription
-        // becomes visible (the closure runs under the hub's lock on the channel).
-        let head = self.recovery().and_then(|r| r.head(&self.app.id, name));
+        // becomes visible (the closure runs under the hub's lock on the channel), and a resume
+        // waiting for this subscribe replays right after it, before any live event.
+        let recovery = self.recovery().cloned();
+        let stream = recovery.as_ref().and_then(|r| r.stream(&self.app.id, name));
+        let resumed = stream.as_ref().and_then(|_| self.resumes.take(name));
         let acked = AtomicU64::new(0);
+        let mut replayed = None;
         let subscribed = self
             .ctx
             .adapter
@@ -348,16 +352,27 @@ impl Session {
                 } else {
                     frames::subscription_succeeded(name)
                 };
-                match &head {
-                    Some(head) => {
-                        let serial = head.serial();
-                        acked.store(serial, Ordering::Relaxed);
-                        recovery::with_head(&frame, &head.stream_id, serial).into()
+                let (Some(recovery), Some(stream)) = (&recovery, &stream) else {
+                    return vec![frame.into()];
+                };
+                let head = stream.head();
+                let serial = head.serial();
+                acked.store(serial, Ordering::Relaxed);
+                let mut frames = vec![recovery::with_head(&frame, &head.stream_id, serial).into()];
+                if let Some(wanted) = &resumed {
+                    let outcome = recovery.collect(stream, name, wanted, serial);
+                    if let Ok((replay, _)) = &outcome {
+                        frames.extend(replay.iter().cloned());
                     }
-                    None => frame.into(),
+                    replayed = Some(outcome.map(|(_, recovered)| recovered));
                 }
+                frames
             })
             .await;
+        if resumed.is_some() {
+            let outcome = replayed.unwrap_or_else(|| Err(Resumes::not_subscribed(name)));
+            self.resumes.settled(&self.conn, outcome);
+        }
         match subscribed {
             Err(full) => self.subscription_error(name, "LimitReached", &full.to_string(), 403),
             Ok(outcome) => {
@@ -365,10 +380,8 @@ impl Session {
                     Some(filter) => self.filters.insert(name.to_string(), filter),
                     None => self.filters.remove(name),
                 };
-                if let (Some(_), Some(recovery)) = (&head, self.recovery().cloned()) {
-                    let upto = acked.load(Ordering::Relaxed);
-                    self.heads.insert(name.to_string(), upto);
-                    self.resumes.subscribed(&recovery, &self.app.id, &self.conn, name, upto);
+                if stream.is_some() {
+                    self.heads.insert(name.to_string(), acked.load(Ordering::Relaxed));
                 }
                 self.subscribed(name, &outcome, member, with_deltas).await;
             }
