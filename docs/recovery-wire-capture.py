@@ -8,6 +8,7 @@ server's exact bytes) and a signed Pusher HTTP API publisher. Prints `-> sent` /
 
 Scenarios: basic escaping p7 resume resume_before_sub legacy unknown_stream ahead never_published
 empty data_object at_head pusher_prefix expired disabled client_events
+live_vs_replay idempotent ttl multi key_order
 pyclient (run with the python of a venv that has sockudo-python 2.2.0 installed)
 """
 import base64
@@ -23,6 +24,7 @@ import urllib.request
 
 PORT, APP_ID, KEY, SECRET = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 QUIET = 0.6  # seconds without a frame that end a read
+PY_REFUSE = os.environ.get("PY_REFUSE") == "1"  # pyclient: refuse (1) or hold (else) connections during the cut
 
 
 class WS:
@@ -434,14 +436,16 @@ def client_events():
 
 def pyclient():
     """sockudo-python 2.2.0 (run this scenario with /work/sockudo-venv/bin/python) through a TCP proxy that
-    logs the WebSocket text frames both ways, drops every connection (no close frame) and refuses new ones
-    for 3 s while three events are published, then lets the client reconnect. The proxy removes the
+    logs the WebSocket text frames both ways, drops every connection (no close frame) and, for 3 s while
+    three events are published, refuses new connections (PY_REFUSE=1) or holds them unanswered, then lets
+    the client reconnect. The proxy removes the
     client's Sec-WebSocket-Extensions header so that no frame is compressed."""
     import asyncio
     import threading
     from sockudo_python import SockudoClient, SockudoOptions, SockudoTransport
 
-    section("sockudo-python 2.2.0 through a proxy, connection_recovery=True, proxy cut for 3 s")
+    section("sockudo-python 2.2.0 through a proxy, connection_recovery=True, proxy cut for 3 s"
+            + (" (new connections refused during the cut)" if PY_REFUSE else " (new connections held during the cut)"))
     ch = "rec-py"
     state = {"accept": True, "conns": []}
 
@@ -506,9 +510,13 @@ def pyclient():
 
     async def handle(cr, cw):
         if not state["accept"]:
-            cw.transport.abort()
-            print("PY [proxy refused a connection]", flush=True)
-            return
+            if PY_REFUSE:
+                cw.transport.abort()
+                print("PY [proxy refused a connection]", flush=True)
+                return
+            print("PY [proxy holds a new connection until the cut ends]", flush=True)
+            while not state["accept"]:
+                await asyncio.sleep(0.05)
         sr, sw = await asyncio.open_connection("127.0.0.1", PORT)
         state["conns"].append((cw, sw))
         await asyncio.gather(pipe(cr, sw, "->", True), pipe(sr, cw, "<-", False))
@@ -528,7 +536,7 @@ def pyclient():
         for i in range(2):
             await asyncio.to_thread(publish, ch, "ev", j({"n": i + 1}))
         await asyncio.sleep(1.0)
-        print("PY [proxy: cutting every connection, refusing new ones for 3 s]", flush=True)
+        print("PY [proxy: cutting every connection; new ones wait 3 s]", flush=True)
         state["accept"] = False
         for cw, sw in state["conns"]:
             cw.transport.abort(); sw.transport.abort()
@@ -551,11 +559,77 @@ def pyclient():
     asyncio.run(main())
 
 
+def live_vs_replay():
+    section("live vs replayed bytes: C stays subscribed while A is away; then A's successor resumes")
+    ch = "rec-live"
+    c, _ = p2("C")
+    sub(c, ch)
+    pos = _disconnect_publish_reconnect(ch)
+    c.recv_all()
+    b, _ = p2("B")
+    sub(b, ch)
+    b.send(resume_frame({ch: pos}))
+    b.recv_all()
+    b.close(); c.close()
+
+
+def idempotent():
+    section("publish with message_id twice, same payload (idempotent retry)")
+    ch = "rec-idem"
+    a, _ = p2("A")
+    sub(a, ch)
+    publish(ch, "ev", '{"n":1}', {"message_id": "idem-1"})
+    publish(ch, "ev", '{"n":1}', {"message_id": "idem-1"})
+    a.recv_all()
+    a.close()
+
+
+def ttl():
+    section("buffer TTL passed (run with CONNECTION_RECOVERY_BUFFER_TTL=4): wait 6 s after the gap, then resume")
+    ch = "rec-ttl"
+    pos = _disconnect_publish_reconnect(ch)
+    time.sleep(6)
+    b, _ = p2("B")
+    sub(b, ch)
+    b.send(resume_frame({ch: pos}))
+    b.recv_all()
+    b.close()
+
+
+def multi():
+    section("one resume naming three channels: ok (gap 3), unknown stream_id, ok (gap 1)")
+    pos1 = _disconnect_publish_reconnect("rec-m1")
+    pos2 = _disconnect_publish_reconnect("rec-m2", n_gap=1)
+    pos3 = _disconnect_publish_reconnect("rec-m3", n_gap=1)
+    b, _ = p2("B")
+    for ch in ("rec-m1", "rec-m2", "rec-m3"):
+        sub(b, ch)
+    b.send(resume_frame({"rec-m1": pos1, "rec-m2": dict(pos2, stream_id="00000000-0000-4000-8000-000000000000"),
+                         "rec-m3": pos3}))
+    b.recv_all()
+    b.close()
+
+
+def key_order():
+    section("key order of object data: HTTP publish and client event with keys not in sorted order")
+    ch = "private-rec-order"
+    a, sida = p2("A")
+    b, sidb = p2("B")
+    for ws, sid in ((a, sida), (b, sidb)):
+        sig = hmac.new(SECRET.encode(), f"{sid}:{ch}".encode(), hashlib.sha256).hexdigest()
+        sub(ws, ch, auth=f"{KEY}:{sig}")
+    publish(ch, "ev", {"z": 1, "a": {"y": 2, "b": 3}, "m": [3, 1]})
+    a.recv_all(); b.recv_all()
+    a.send('{"event":"client-x","channel":"' + ch + '","data":{"z":1,"a":{"y":2,"b":3}}}')
+    a.recv_all(); b.recv_all()
+    a.close(); b.close()
+
+
 SCEN = {"basic": basic, "escaping": escaping, "p7": p7_case, "resume": resume, "resume_before_sub": resume_before_sub,
         "legacy": legacy, "unknown_stream": unknown_stream, "ahead": ahead, "at_head": at_head,
         "never_published": never_published, "empty": empty, "data_object": data_object,
         "pusher_prefix": pusher_prefix, "expired": expired, "disabled": disabled, "client_events": client_events,
-        "pyclient": pyclient}
+        "pyclient": pyclient, "live_vs_replay": live_vs_replay, "idempotent": idempotent, "ttl": ttl, "multi": multi, "key_order": key_order}
 
 if __name__ == "__main__":
     for name in sys.argv[5:]:
