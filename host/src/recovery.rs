@@ -230,32 +230,29 @@ impl Recovery {
         let mut buffer = stream.buffer.lock().expect("recovery lock");
         let now = Instant::now();
         buffer.forget_before(now.checked_sub(self.settings.ttl).unwrap_or(now));
-        let fail = |code, reason, buffer: &Buffer| {
-            let mut failure = failure(channel, wanted, code, reason, Some(&stream.stream_id));
-            failure.oldest_available_serial = buffer.kept.front().map(|k| k.serial);
-            failure.newest_available_serial = buffer.kept.back().map(|k| k.serial);
-            failure
+        // As Sockudo answers on its hot path: the current stream only for a reset, and no
+        // available serials.
+        let expired = || {
+            let reason = "hot_replay_expired_and_durable_history_disabled";
+            failure(channel, wanted, FailureCode::PositionExpired, reason, None)
         };
         let serial = match wanted {
             Wanted::Position(p) if *p.stream_id != *stream.stream_id => {
-                return Err(fail(FailureCode::StreamReset, "stream_id_mismatch", &buffer));
+                let reason = "stream_id_mismatch";
+                let current = Some(&*stream.stream_id);
+                return Err(failure(channel, wanted, FailureCode::StreamReset, reason, current));
             }
             Wanted::Position(p) => p.serial,
             Wanted::Serial(serial) => *serial,
         };
         if serial > head {
-            let reason = "position_ahead_of_stream_head";
-            return Err(fail(FailureCode::ContinuityUnverifiable, reason, &buffer));
+            return Err(expired());
         }
         let upto = upto.min(head);
         let missed = upto.saturating_sub(serial);
-        if missed > self.settings.max_events as u64 {
-            return Err(fail(FailureCode::PositionExpired, "recovery_window_exceeded", &buffer));
-        }
         let oldest = buffer.kept.front().map_or(upto + 1, |k| k.serial);
-        if missed > 0 && oldest > serial + 1 {
-            let reason = "hot_replay_expired_and_durable_history_disabled";
-            return Err(fail(FailureCode::PositionExpired, reason, &buffer));
+        if missed > self.settings.max_events as u64 || (missed > 0 && oldest > serial + 1) {
+            return Err(expired());
         }
         buffer.used = Some(now);
         let replayed: Vec<&Kept> =
@@ -389,15 +386,12 @@ mod tests {
             recovery.replay("app", "c", wanted, u64::MAX, |_| panic!("sent")).unwrap_err()
         };
         let expired = code(&at(10));
-        assert_eq!(
-            (expired.code, expired.reason),
-            (FailureCode::PositionExpired, "recovery_window_exceeded")
-        );
-        assert_eq!(
-            (expired.oldest_available_serial, expired.newest_available_serial),
-            (Some(16), Some(20))
-        );
-        assert_eq!(code(&at(21)).code, FailureCode::ContinuityUnverifiable);
+        let reason = "hot_replay_expired_and_durable_history_disabled";
+        assert_eq!((expired.code, expired.reason), (FailureCode::PositionExpired, reason));
+        assert_eq!(expired.current_stream_id, None);
+        // Ahead of the head: the same answer, as Sockudo gives it.
+        let ahead = code(&at(21));
+        assert_eq!((ahead.code, ahead.reason), (FailureCode::PositionExpired, reason));
         let other = Wanted::Position(Position {
             stream_id: "old".into(),
             serial: 19,

@@ -121,7 +121,8 @@ async fn a_channel_that_cannot_be_recovered_is_said_so_with_sockudos_codes() {
     let cases = [
         (json!({ "stream_id": "another", "serial": 9 }), "stream_reset"),
         (json!({ "stream_id": stream_id, "serial": 2 }), "position_expired"),
-        (json!({ "stream_id": stream_id, "serial": 99 }), "continuity_unverifiable"),
+        // Ahead of the head: Sockudo says the same.
+        (json!({ "stream_id": stream_id, "serial": 99 }), "position_expired"),
     ];
     for (position, code) in cases {
         let resume = json!({ "channel_positions": { "news": position } });
@@ -139,6 +140,8 @@ async fn a_channel_that_cannot_be_recovered_is_said_so_with_sockudos_codes() {
     }
     client.send(json!({ "event": "sockudo:resume", "data": { "channel_positions": {} } })).await;
     assert_eq!(client.expect("sockudo:error").await["data"]["code"], 4302);
+    client.send(json!({ "event": "sockudo:resume", "data": {} })).await;
+    assert_eq!(client.expect("sockudo:error").await["data"]["code"], 4000);
 }
 
 #[test]

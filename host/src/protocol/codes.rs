@@ -29,6 +29,9 @@ pub const WATCHLIST_LIMIT: u16 = 4302;
 pub const BAD_MESSAGE: u16 = 4300;
 /// A client event was refused (disabled, too large, too many, wrong channel); in-band.
 pub const CLIENT_EVENT_REJECTED: u16 = 4301;
+/// A message Sockudo's protocol cannot read (a resume that names no positions field); in-band,
+/// Sockudo's code and wording ("Invalid message format: ...").
+pub const INVALID_FORMAT: u16 = 4000;
 /// A resume on a server (or app) without connection recovery; in-band, Sockudo's code.
 pub const RECOVERY_DISABLED: u16 = 4301;
 /// A resume that names no channel position; in-band, Sockudo's code.

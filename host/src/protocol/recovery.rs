@@ -47,8 +47,8 @@ pub enum ResumeError {
     /// It named no channel (code 4302).
     #[error("No channel recovery positions provided")]
     NoPositions,
-    /// It is not a resume this server can read (code 4302 too: nothing usable was given).
-    #[error("The resume is malformed: {0}")]
+    /// It is not a resume this server can read (code 4000, as Sockudo answers it).
+    #[error("Invalid message format: {0}")]
     Malformed(&'static str),
 }
 
@@ -73,6 +73,10 @@ pub fn parse_resume(data: &Value) -> Result<Vec<(String, Wanted)>, ResumeError> 
         other => Request::deserialize(other),
     };
     let request = parsed.map_err(|_| ResumeError::Malformed("not a resume object"))?;
+    // Sockudo tells "no positions" (4302) from a resume that names neither field (4000).
+    if request.channel_positions.is_none() && request.channel_serials.is_none() {
+        return Err(ResumeError::Malformed("no channel_positions"));
+    }
     let positions = request.channel_positions.unwrap_or_default();
     let serials = request.channel_serials.unwrap_or_default();
     if positions.len() + serials.len() > MAX_RESUME_CHANNELS {
@@ -120,17 +124,13 @@ pub struct Failure {
     pub code: FailureCode,
     /// Why, in Sockudo's words (`recovery_window_exceeded`, `stream_id_mismatch`, ...).
     pub reason: &'static str,
-    /// The stream the client named.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The stream the client named. Every field is sent, `null` when unknown, as Sockudo does.
     pub expected_stream_id: Option<String>,
     /// The channel's stream now.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub current_stream_id: Option<String>,
     /// The oldest serial still held.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub oldest_available_serial: Option<u64>,
     /// The newest serial held.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub newest_available_serial: Option<u64>,
 }
 
@@ -246,7 +246,7 @@ mod tests {
 
     #[test]
     fn a_resume_that_names_nothing_or_too_much_is_refused() {
-        assert_eq!(parse_resume(&json!({})), Err(ResumeError::NoPositions));
+        assert!(matches!(parse_resume(&json!({})), Err(ResumeError::Malformed(_))));
         assert_eq!(
             parse_resume(&json!({ "channel_positions": {} })),
             Err(ResumeError::NoPositions)
@@ -287,6 +287,26 @@ mod tests {
                     "expected_stream_id": "a", "current_stream_id": "a",
                     "oldest_available_serial": 10, "newest_available_serial": 400 })
         );
+        let unknown =
+            Failure { current_stream_id: None, oldest_available_serial: None, ..failure.clone() };
+        let data: Value = serde_json::from_str(
+            serde_json::from_str::<Value>(&resume_failed(&unknown)).unwrap()["data"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (data["current_stream_id"].clone(), data["oldest_available_serial"].clone()),
+            (Value::Null, Value::Null)
+        );
+        assert_eq!(data.as_object().unwrap().len(), 6, "every field, null when unknown: {data}");
+        // Every field is sent, null when unknown, as Sockudo sends it.
+        let unknown =
+            Failure { current_stream_id: None, oldest_available_serial: None, ..failure.clone() };
+        let frame: Value = serde_json::from_str(&resume_failed(&unknown)).unwrap();
+        let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data["current_stream_id"], Value::Null);
+        assert_eq!(data.as_object().unwrap().len(), 6, "{data}");
         let recovered = Recovered {
             channel: "chat".into(),
             source: Source::Hot,

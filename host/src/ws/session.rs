@@ -147,7 +147,11 @@ impl Session {
             }
             Err(error) => {
                 Metrics::count(&self.ctx.metrics.resumes, "outcome", "refused");
-                self.error(codes::NO_RECOVERY_POSITIONS, &error.to_string());
+                let code = match error {
+                    recovery::ResumeError::NoPositions => codes::NO_RECOVERY_POSITIONS,
+                    recovery::ResumeError::Malformed(_) => codes::INVALID_FORMAT,
+                };
+                self.error(code, &error.to_string());
             }
         }
     }
