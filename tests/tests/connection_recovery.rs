@@ -215,3 +215,28 @@ async fn events_published_during_a_reconnect_arrive_exactly_once() {
     once.sort_unstable();
     assert_eq!(once, (21..=200).collect::<Vec<u64>>());
 }
+
+#[tokio::test]
+async fn sockudos_own_python_client_recovers_through_a_cut() {
+    let server = recovering("100");
+    let app = TestApp::main();
+    let script = workspace_root().join("tests/fixtures/sockudo_python_recovery.py");
+    let args = [server.port.to_string(), app.id.clone(), app.key.clone(), app.secret.clone()];
+    // sockudo-python 2.2.0 (installed by scripts/deps) through a proxy that cuts the connection
+    // while events 3 to 5 are published; the script waits for each event and prints them.
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .args(&args)
+            .arg("py-recovery")
+            .output()
+            .expect("python3 runs")
+    });
+    let output = run.await.unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout.trim(), "[1, 2, 3, 4, 5, 6]", "{stderr}");
+    let resumed = server.labelled_metric(r#"sockhost_resumes_total{outcome="started"}"#).await;
+    assert!(resumed >= 1.0, "the client came back through a resume: {resumed}");
+}
