@@ -109,7 +109,8 @@ impl Stream {
             stream_id: uuid::Uuid::new_v4().to_string().into(),
             order: Mutex::new(0),
             published: Arc::default(),
-            buffer: Mutex::default(),
+            // Used from its start, so that a stream nobody publishes to is swept too.
+            buffer: Mutex::new(Buffer { used: Some(Instant::now()), ..Buffer::default() }),
         }
     }
 
@@ -121,6 +122,9 @@ impl Stream {
 
 /// Each channel's stream, by (app, channel).
 type Streams = HashMap<(String, String), Arc<Stream>>;
+
+/// The stream and the head a subscription was acknowledged at.
+pub(crate) type Acked = (Arc<str>, u64);
 
 /// What a replay sends: the events, and what to tell the client of them.
 pub(crate) type Replay = (Vec<Utf8Bytes>, Recovered);
@@ -189,15 +193,16 @@ impl Recovery {
         deliver(Some((&frame, &stream.published, serial)))
     }
 
-    /// Replay to `send` the events after `wanted` on the channel up to serial `upto` (the head
-    /// the socket's subscription was acknowledged at: it got the later ones live), holding the
-    /// stream's order so that no publish interleaves; what was recovered, or why not.
+    /// Replay to `send` the events after `wanted` on the channel up to the head the socket's
+    /// subscription was `acked` at (it got the later ones live; all of them if the stream
+    /// started again since), holding the stream's order so that no publish interleaves; what
+    /// was recovered, or why not.
     pub(crate) fn replay(
         &self,
         app: &str,
         channel: &str,
         wanted: &Wanted,
-        upto: u64,
+        acked: &Acked,
         mut send: impl FnMut(&Utf8Bytes),
     ) -> Result<Recovered, Box<Failure>> {
         let Some(stream) = self.stream(app, channel) else {
@@ -210,6 +215,7 @@ impl Recovery {
             ));
         };
         let _order = stream.order.lock().expect("recovery lock");
+        let upto = if acked.0 == stream.stream_id { acked.1 } else { 0 };
         let (frames, recovered) = self.collect(&stream, channel, wanted, upto)?;
         frames.iter().for_each(&mut send);
         Ok(recovered)
@@ -337,6 +343,11 @@ mod tests {
         }
     }
 
+    /// Acknowledged at the stream's current id, with no bound: every missed event is replayed.
+    fn stream_id_of(recovery: &Recovery) -> Arc<str> {
+        recovery.stream("app", "c").unwrap().head().stream_id
+    }
+
     fn head(recovery: &Recovery) -> (String, u64) {
         let head = recovery.stream("app", "c").unwrap().head();
         (head.stream_id.to_string(), head.serial())
@@ -351,8 +362,11 @@ mod tests {
         publish(&recovery, 4);
         let wanted = Wanted::Position(Position { stream_id, serial, last_message_id: None });
         let mut got = Vec::new();
-        let recovered =
-            recovery.replay("app", "c", &wanted, u64::MAX, |f| got.push(f.to_string())).unwrap();
+        let recovered = recovery
+            .replay("app", "c", &wanted, &(stream_id_of(&recovery), u64::MAX), |f| {
+                got.push(f.to_string())
+            })
+            .unwrap();
         assert_eq!(recovered.replayed, 4);
         assert_eq!(recovered.position.unwrap().serial, 7);
         let serials: Vec<u64> = got
@@ -365,7 +379,10 @@ mod tests {
         // Nothing missed: nothing replayed, still a success.
         let now = Wanted::Serial(7);
         assert_eq!(
-            recovery.replay("app", "c", &now, u64::MAX, |_| panic!("sent")).unwrap().replayed,
+            recovery
+                .replay("app", "c", &now, &(stream_id_of(&recovery), u64::MAX), |_| panic!("sent"))
+                .unwrap()
+                .replayed,
             0
         );
     }
@@ -383,7 +400,11 @@ mod tests {
             })
         };
         let code = |wanted: &Wanted| {
-            recovery.replay("app", "c", wanted, u64::MAX, |_| panic!("sent")).unwrap_err()
+            recovery
+                .replay("app", "c", wanted, &(stream_id_of(&recovery), u64::MAX), |_| {
+                    panic!("sent")
+                })
+                .unwrap_err()
         };
         let expired = code(&at(10));
         let reason = "hot_replay_expired_and_durable_history_disabled";
@@ -392,12 +413,25 @@ mod tests {
         // Ahead of the head: the same answer, as Sockudo gives it.
         let ahead = code(&at(21));
         assert_eq!((ahead.code, ahead.reason), (FailureCode::PositionExpired, reason));
+        // A subscription acknowledged on a stream since replaced got all of the new one live.
+        let replaced = (Arc::from("old"), 20);
+        let at_15 = at(15);
+        assert_eq!(
+            recovery.replay("app", "c", &at_15, &replaced, |_| panic!("sent")).unwrap().replayed,
+            0
+        );
         let other = Wanted::Position(Position {
             stream_id: "old".into(),
             serial: 19,
             last_message_id: None,
         });
         assert_eq!(code(&other).code, FailureCode::StreamReset);
-        assert_eq!(recovery.replay("app", "c", &at(15), u64::MAX, |_| ()).unwrap().replayed, 5);
+        assert_eq!(
+            recovery
+                .replay("app", "c", &at(15), &(stream_id_of(&recovery), u64::MAX), |_| ())
+                .unwrap()
+                .replayed,
+            5
+        );
     }
 }

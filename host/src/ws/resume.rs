@@ -14,7 +14,7 @@ use axum::extract::ws::Utf8Bytes;
 use crate::{
     hub::Conn,
     protocol::recovery::{Failure, FailureCode, Recovered, Wanted, resume_failed, resume_success},
-    recovery::Recovery,
+    recovery::{Acked, Recovery},
 };
 
 /// How long a resumed channel waits for its subscribe.
@@ -32,12 +32,19 @@ struct Waiting {
 
 impl Waiting {
     /// Replay one channel now (its subscription was acknowledged at `upto`).
-    fn settle(&mut self, recovery: &Recovery, app: &str, conn: &Conn, channel: &str, upto: u64) {
+    fn settle(
+        &mut self,
+        recovery: &Recovery,
+        app: &str,
+        conn: &Conn,
+        channel: &str,
+        acked: &Acked,
+    ) {
         let Some(wanted) = self.channels.remove(channel) else { return };
         let send = |frame: &Utf8Bytes| {
             conn.send(frame);
         };
-        match recovery.replay(app, channel, &wanted, upto, send) {
+        match recovery.replay(app, channel, &wanted, acked, send) {
             Ok(recovered) => self.recovered.push(recovered),
             Err(failure) => self.fail(conn, *failure),
         }
@@ -75,7 +82,7 @@ impl Resumes {
         app: &str,
         conn: &Conn,
         wanted: Vec<(String, Wanted)>,
-        heads: &std::collections::HashMap<String, u64>,
+        heads: &std::collections::HashMap<String, Acked>,
     ) {
         if let Some(older) = self.waiting.lock().expect("resume lock").take() {
             older.finish(conn);
@@ -83,13 +90,13 @@ impl Resumes {
         self.started += 1;
         let mut waiting = Waiting { id: self.started, ..Waiting::default() };
         waiting.channels = wanted.into_iter().collect();
-        let ready: Vec<(String, u64)> = waiting
+        let ready: Vec<(String, Acked)> = waiting
             .channels
             .keys()
-            .filter_map(|channel| heads.get(channel).map(|upto| (channel.clone(), *upto)))
+            .filter_map(|channel| heads.get(channel).map(|acked| (channel.clone(), acked.clone())))
             .collect();
-        for (channel, upto) in ready {
-            waiting.settle(recovery, app, conn, &channel, upto);
+        for (channel, acked) in ready {
+            waiting.settle(recovery, app, conn, &channel, &acked);
         }
         if waiting.channels.is_empty() {
             return waiting.finish(conn);

@@ -29,7 +29,7 @@ use crate::{
         recovery, signature,
         webhook::Hook,
     },
-    recovery::Recovery,
+    recovery::{Acked, Recovery},
 };
 
 use super::resume::Resumes;
@@ -79,7 +79,7 @@ pub(super) struct Session {
     subscriptions: HashMap<String, Option<String>>,
     /// With recovery, the head each subscription was acknowledged at: a resume replays up to
     /// it (the later events came live).
-    heads: HashMap<String, u64>,
+    heads: HashMap<String, Acked>,
     /// Resumes, one of which may wait for its channels' subscribes.
     resumes: Resumes,
     /// The user this connection signed in as.
@@ -384,8 +384,9 @@ impl Session {
                     Some(filter) => self.filters.insert(name.to_string(), filter),
                     None => self.filters.remove(name),
                 };
-                if stream.is_some() {
-                    self.heads.insert(name.to_string(), acked.load(Ordering::Relaxed));
+                if let Some(stream) = &stream {
+                    let acked = (stream.head().stream_id, acked.load(Ordering::Relaxed));
+                    self.heads.insert(name.to_string(), acked);
                 }
                 self.subscribed(name, &outcome, member, with_deltas).await;
             }
