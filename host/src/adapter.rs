@@ -2,10 +2,7 @@
 //! cluster-wide: local delivery first, then the bus; local counts plus the other nodes' answers;
 //! local members plus the replicated presence registry.
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, atomic::AtomicU64},
-};
+use std::{collections::HashSet, sync::Arc};
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
@@ -16,7 +13,7 @@ use crate::{
         envelope::Control,
         query::{self, ChannelCount, ChannelList, Closed, Query},
     },
-    hub::{ChannelFull, Conn, DeltaWish, Hub, Join, Subscribed, Unsubscribed, Wants},
+    hub::{ChannelFull, Conn, DeltaWish, Hub, Join, Positioned, Subscribed, Unsubscribed, Wants},
     protocol::Broadcast,
 };
 
@@ -191,7 +188,7 @@ impl Adapter {
         &self,
         to: &Broadcast<'_>,
         frame: &Utf8Bytes,
-        positioned: Option<(&Utf8Bytes, &AtomicU64, u64)>,
+        positioned: Option<Positioned<'_>>,
     ) -> usize {
         let sent = self.hub.broadcast_positioned(to, frame, positioned);
         self.cluster.publish_broadcast(to, frame.as_bytes());

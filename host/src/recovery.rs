@@ -18,7 +18,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::RecoverySettings,
+    hub::Positioned,
     protocol::recovery::{
         Failure, FailureCode, Position, Recovered, Source, Wanted, with_position,
     },
@@ -120,8 +121,13 @@ impl Stream {
     }
 }
 
-/// Each channel's stream, by (app, channel).
-type Streams = HashMap<(String, String), Arc<Stream>>;
+/// Each channel's stream, by app then channel (looked up without building a key), and how
+/// many there are.
+#[derive(Debug, Default)]
+struct Streams {
+    by_app: HashMap<String, HashMap<String, Arc<Stream>>>,
+    count: usize,
+}
 
 /// The stream and the head a subscription was acknowledged at.
 pub(crate) type Acked = (Arc<str>, u64);
@@ -133,7 +139,7 @@ pub(crate) type Replay = (Vec<Utf8Bytes>, Recovered);
 #[derive(Debug)]
 pub(crate) struct Recovery {
     settings: RecoverySettings,
-    streams: Mutex<Streams>,
+    streams: RwLock<Streams>,
     /// Events published without a position because the node holds [`MAX_STREAMS`].
     untracked: Counter,
 }
@@ -141,20 +147,28 @@ pub(crate) struct Recovery {
 impl Recovery {
     /// Streams kept as `settings` say; events past the node's limit counted in `untracked`.
     pub(crate) fn new(settings: RecoverySettings, untracked: Counter) -> Self {
-        Self { settings, streams: Mutex::default(), untracked }
+        Self { settings, streams: RwLock::default(), untracked }
     }
 
     /// The channel's stream, made if it has none and the node has room.
     pub(crate) fn stream(&self, app: &str, channel: &str) -> Option<Arc<Stream>> {
-        let mut streams = self.streams.lock().expect("recovery lock");
-        let key = (app.to_string(), channel.to_string());
-        if let Some(stream) = streams.get(&key) {
-            return Some(stream.clone());
+        // A publish on a known channel takes the read lock and allocates nothing.
+        let found = |streams: &Streams| streams.by_app.get(app)?.get(channel).cloned();
+        if let Some(stream) = found(&self.streams.read().expect("recovery lock")) {
+            return Some(stream);
         }
-        if streams.len() >= MAX_STREAMS {
+        let mut streams = self.streams.write().expect("recovery lock");
+        if let Some(stream) = found(&streams) {
+            return Some(stream);
+        }
+        if streams.count >= MAX_STREAMS {
             return None;
         }
-        Some(streams.entry(key).or_insert_with(|| Arc::new(Stream::new())).clone())
+        streams.count += 1;
+        let stream = Arc::new(Stream::new());
+        let channels = streams.by_app.entry(app.to_string()).or_default();
+        channels.insert(channel.to_string(), stream.clone());
+        Some(stream)
     }
 
     /// Give an app event on the channel its position, keep it, and `deliver` the positioned
@@ -165,7 +179,7 @@ impl Recovery {
         app: &str,
         channel: &str,
         plain: &str,
-        deliver: impl FnOnce(Option<(&Utf8Bytes, &AtomicU64, u64)>) -> R,
+        deliver: impl FnOnce(Option<Positioned<'_>>) -> R,
     ) -> R {
         let Some(stream) = self.stream(app, channel) else {
             self.untracked.inc();
@@ -190,7 +204,7 @@ impl Recovery {
             }
         }
         // The hub raises `published` as it delivers (see `Hub::broadcast_positioned`).
-        deliver(Some((&frame, &stream.published, serial)))
+        deliver(Some(Positioned { frame: &frame, published: &stream.published, serial }))
     }
 
     /// Replay to `send` the events after `wanted` on the channel up to the head the socket's
@@ -288,12 +302,18 @@ impl Recovery {
             }
             let now = Instant::now();
             let Some(oldest) = now.checked_sub(self.settings.ttl) else { continue };
-            let mut streams = self.streams.lock().expect("recovery lock");
-            streams.retain(|_, stream| match stream.buffer.try_lock() {
-                Ok(buffer) => buffer.used.is_none_or(|used| used >= oldest),
-                // Busy now: in use, so kept.
-                Err(_) => true,
+            let mut streams = self.streams.write().expect("recovery lock");
+            let mut count = 0;
+            streams.by_app.retain(|_, channels| {
+                channels.retain(|_, stream| match stream.buffer.try_lock() {
+                    Ok(buffer) => buffer.used.is_none_or(|used| used >= oldest),
+                    // Busy now: in use, so kept.
+                    Err(_) => true,
+                });
+                count += channels.len();
+                !channels.is_empty()
             });
+            streams.count = count;
         }
     }
 }
@@ -307,16 +327,12 @@ fn failure(
     current: Option<&str>,
 ) -> Box<Failure> {
     Box::new(Failure {
-        channel: channel.to_string(),
-        code,
-        reason,
         expected_stream_id: match wanted {
             Wanted::Position(p) => Some(p.stream_id.clone()),
             Wanted::Serial(_) => None,
         },
         current_stream_id: current.map(str::to_string),
-        oldest_available_serial: None,
-        newest_available_serial: None,
+        ..Failure::new(channel, code, reason)
     })
 }
 
@@ -336,7 +352,7 @@ mod tests {
             let plain = format!(r#"{{"event":"e","channel":"c","data":"{i}"}}"#);
             // As the hub does when it delivers.
             recovery.publish("app", "c", &plain, |positioned| {
-                if let Some((_, published, serial)) = positioned {
+                if let Some(Positioned { published, serial, .. }) = positioned {
                     published.store(serial, Ordering::Release);
                 }
             });

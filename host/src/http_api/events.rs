@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::ws::Utf8Bytes;
 use axum::{Json, extract::State, http::StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -216,12 +217,13 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
         let except = event.socket_id.as_deref();
         let to =
             Broadcast::to(&app.id, name).except(except).tagged(tags).compressible(compressible);
+        let frame = Utf8Bytes::from(text);
         match &ctx.recovery {
             // The event's position is given, kept and delivered in one step per channel.
-            Some(recovery) => recovery.publish(&app.id, name, &text, |positioned| {
-                ctx.adapter.broadcast_positioned(&to, &text.clone().into(), positioned)
+            Some(recovery) => recovery.publish(&app.id, name, frame.as_str(), |positioned| {
+                ctx.adapter.broadcast_positioned(&to, &frame, positioned)
             }),
-            None => ctx.adapter.broadcast(&to, &text.into()),
+            None => ctx.adapter.broadcast(&to, &frame),
         };
     }
     if event.info.is_empty() {

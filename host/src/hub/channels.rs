@@ -2,18 +2,15 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Mutex, atomic::Ordering},
 };
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 
 use super::{
-    Channel, ChannelFull, Conn, Delivery, DeltaWish, Filtered, Hub, Join, Member, SocketId,
-    Subscribed, Unsubscribed, Wants, is_congested,
+    Channel, ChannelFull, Conn, Delivery, DeltaWish, Filtered, Hub, Join, Member, Positioned,
+    SocketId, Subscribed, Unsubscribed, Wants, is_congested,
 };
 use crate::{delta::Deltas, protocol::Broadcast};
 
@@ -198,7 +195,7 @@ impl Hub {
         &self,
         to: &Broadcast<'_>,
         frame: &Utf8Bytes,
-        positioned: Option<(&Utf8Bytes, &AtomicU64, u64)>,
+        positioned: Option<Positioned<'_>>,
     ) -> usize {
         let Broadcast { app: app_id, channel, except, tags, compressible } = *to;
         let compressible = compressible && positioned.is_none();
@@ -232,10 +229,10 @@ impl Hub {
                 }
             }
         }
-        if let Some((_, published, serial)) = positioned {
+        if let Some(Positioned { published, serial, .. }) = positioned {
             published.store(serial, Ordering::Release);
         }
-        let positioned = positioned.map(|(frame, _, _)| frame);
+        let positioned = positioned.map(|p| p.frame);
         let Some(entry) = channels.get(channel) else { return 0 };
         let mut deltas = match &entry.deltas {
             Some(deltas) if compressible => Some(deltas.lock().expect("deltas lock")),

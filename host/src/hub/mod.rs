@@ -139,6 +139,19 @@ pub(crate) struct DeltaWish {
     pub settings: Arc<StreamSettings>,
 }
 
+/// An event with a recovery position, as the hub delivers it: its frame with the position
+/// appended, and the stream's published serial that the delivery raises to `serial` (see
+/// [`Hub::broadcast_positioned`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Positioned<'a> {
+    /// The frame with the position appended.
+    pub frame: &'a axum::extract::ws::Utf8Bytes,
+    /// The stream's last published serial.
+    pub published: &'a AtomicU64,
+    /// The event's serial.
+    pub serial: u64,
+}
+
 /// What delta compression sent, for the metrics.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DeltaCounters {

@@ -134,6 +134,22 @@ pub struct Failure {
     pub newest_available_serial: Option<u64>,
 }
 
+impl Failure {
+    /// The channel's failure with `code` and `reason`, nothing else known (every other field
+    /// goes as `null`).
+    pub fn new(channel: &str, code: FailureCode, reason: &'static str) -> Self {
+        Self {
+            channel: channel.to_string(),
+            code,
+            reason,
+            expected_stream_id: None,
+            current_stream_id: None,
+            oldest_available_serial: None,
+            newest_available_serial: None,
+        }
+    }
+}
+
 /// Where a recovered channel's events came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

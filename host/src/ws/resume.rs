@@ -140,14 +140,7 @@ impl Resumes {
 
     /// The failure of a channel whose subscribe never came, or was refused.
     pub(super) fn not_subscribed(channel: &str) -> Box<Failure> {
-        Box::new(Failure {
-            channel: channel.to_string(),
-            code: FailureCode::ContinuityUnverifiable,
-            reason: "channel_not_subscribed",
-            expected_stream_id: None,
-            current_stream_id: None,
-            oldest_available_serial: None,
-            newest_available_serial: None,
-        })
+        let code = FailureCode::ContinuityUnverifiable;
+        Box::new(Failure::new(channel, code, "channel_not_subscribed"))
     }
 }
