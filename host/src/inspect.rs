@@ -35,10 +35,12 @@ pub fn check(file: &Path, out: &mut impl Write) -> std::io::Result<bool> {
                 PluginLine(&plugin),
                 plugin.info.api_version,
                 plugin.sha256,
-                if plugin.module.is_current() {
-                    ""
-                } else {
-                    ", an earlier layout of its generation: no app managers"
+                match plugin.module.missing() {
+                    [] => String::new(),
+                    missing => format!(
+                        ", an earlier layout of its generation: no {}",
+                        missing.join(", no ")
+                    ),
                 }
             )?;
             Ok(true)

@@ -25,10 +25,18 @@ impl DriverKind {
     pub const RATE_LIMITER: Self = Self(4);
     /// Where apps live when not in the configuration file.
     pub const APP_MANAGER: Self = Self(5);
+    /// Channel streams with serials assigned once for the cluster (connection recovery).
+    pub const HISTORY: Self = Self(6);
 
     /// Every kind this ABI generation knows, in a stable order.
-    pub const ALL: [Self; 5] =
-        [Self::TRANSPORT, Self::CACHE, Self::QUEUE, Self::RATE_LIMITER, Self::APP_MANAGER];
+    pub const ALL: [Self; 6] = [
+        Self::TRANSPORT,
+        Self::CACHE,
+        Self::QUEUE,
+        Self::RATE_LIMITER,
+        Self::APP_MANAGER,
+        Self::HISTORY,
+    ];
 
     /// The kind's name as operators write it in configuration.
     pub fn name(self) -> &'static str {
@@ -38,6 +46,7 @@ impl DriverKind {
             Self::QUEUE => "queue",
             Self::RATE_LIMITER => "rate-limiter",
             Self::APP_MANAGER => "app-manager",
+            Self::HISTORY => "history",
             _ => "unknown",
         }
     }

@@ -2,8 +2,8 @@
 //!
 //! A plugin is a `cdylib` that exports one root module, [`PluginModule`]: what it is
 //! ([`PluginInfo`]) and one optional constructor per driver kind it provides. The drivers are
-//! FFI-safe trait objects: [`Transport`], [`Cache`], [`Queue`], [`RateLimiter`] and
-//! [`AppManager`]. The host
+//! FFI-safe trait objects: [`Transport`], [`Cache`], [`Queue`], [`RateLimiter`],
+//! [`AppManager`] and [`History`]. The host
 //! hands every driver a [`HostContext`] for the calls that go the other way (incoming
 //! messages, logs, metrics).
 //!
@@ -19,9 +19,10 @@
 //!   it is present.
 //! - abi_stable refuses a library whose root module has fewer fields than the loader's type, so
 //!   the host checks a plugin against the generation's first layout ([`base::PluginModule`],
-//!   frozen) and then against the current [`PluginModule`] for the fields added since
-//!   ([`load::open`]): a plugin built before them passes the first check only and provides
-//!   none of the newer kinds (`tests/tests/abi_mismatch.rs` builds one and loads it).
+//!   frozen), then against the current [`PluginModule`], and, when that fails, against each
+//!   frozen layout in between ([`with_apps::PluginModule`]) ([`load::open`]): a plugin built
+//!   before a field passes the earlier checks only and provides none of the newer kinds
+//!   (`tests/tests/abi_mismatch.rs` builds such plugins and loads them).
 //! - Changing, removing or reordering anything that exists is a new generation: bump the minor
 //!   (or the major after 1.0), record it in `CHANGELOG.md`, and the loader refuses the old plugins.
 //! - Only the types of this crate (and the `abi_stable` / `async_ffi` types they are made of)
@@ -46,6 +47,7 @@
 mod app_manager;
 mod cache;
 mod error;
+mod history;
 mod host;
 mod info;
 pub mod load;
@@ -62,11 +64,12 @@ pub mod sdk;
 pub use app_manager::{AppManager, AppManager_TO, AppManagerBox, CHANGED, IF_VERSION};
 pub use cache::{Cache, Cache_TO, CacheBox};
 pub use error::{ErrorCode, PResult, PluginError};
+pub use history::{Appended, History, History_TO, HistoryBox, Page, Retention, Stored};
 pub use host::{HostContext, HostContext_TO, HostContextBox, LogLevel};
 pub use info::{DriverDecl, DriverKind, PluginInfo};
 pub use queue::{Job, Queue, Queue_TO, QueueBox, QueueHandler, QueueHandler_TO, QueueHandlerBox};
 pub use rate_limiter::{RateDecision, RateLimiter, RateLimiter_TO, RateLimiterBox};
-pub use root::{PluginModule, PluginModule_Ref, base};
+pub use root::{PluginModule, PluginModule_Ref, base, with_apps};
 pub use transport::{Transport, Transport_TO, TransportBox};
 
 /// The FFI-safe building blocks, re-exported so that neither the host nor plugins depend on

@@ -9,10 +9,10 @@ use abi_stable::{
 };
 
 use crate::{
-    AppManagerBox, CacheBox, HostContextBox, PResult, PluginInfo, PluginModule_Ref, QueueBox,
-    RateLimiterBox, TransportBox,
+    AppManagerBox, CacheBox, HistoryBox, HostContextBox, PResult, PluginInfo, PluginModule_Ref,
+    QueueBox, RateLimiterBox, TransportBox,
     abi::{FfiFuture, RStr},
-    root::base,
+    root::{base, with_apps},
 };
 
 /// A driver constructor: the driver's name, its configuration text, the host's callbacks.
@@ -24,6 +24,8 @@ pub type Constructor<T> =
 #[derive(Clone, Copy)]
 pub struct Module {
     base: base::PluginModule_Ref,
+    /// Set when the plugin has app managers' layout but not the current one.
+    with_apps: Option<with_apps::PluginModule_Ref>,
     full: Option<PluginModule_Ref>,
 }
 
@@ -60,15 +62,33 @@ impl Module {
     }
 
     /// Whether the plugin's root module has the current layout (it was built with every kind
-    /// of this generation); `false` for one built before app managers, which loads with the
-    /// kinds of the generation's first layout only.
+    /// of this generation); `false` for one built before a kind was added, which loads with
+    /// the kinds of its layout only (see [`Module::missing`]).
     pub fn is_current(&self) -> bool {
         self.full.is_some()
     }
 
+    /// The kinds this plugin cannot provide because it was built before they were added.
+    pub fn missing(&self) -> &'static [&'static str] {
+        match (self.full, self.with_apps) {
+            (Some(_), _) => &[],
+            (None, Some(_)) => &["history stores"],
+            (None, None) => &["app managers", "history stores"],
+        }
+    }
+
     /// The app-manager constructor, if the plugin was built with app managers and has one.
     pub fn app_manager(&self) -> Option<Constructor<AppManagerBox>> {
-        self.full.and_then(|m| m.app_manager())
+        match (self.full, self.with_apps) {
+            (Some(full), _) => full.app_manager(),
+            (None, Some(with_apps)) => with_apps.app_manager(),
+            (None, None) => None,
+        }
+    }
+
+    /// The history constructor, if the plugin was built with history stores and has one.
+    pub fn history(&self) -> Option<Constructor<HistoryBox>> {
+        self.full.and_then(|m| m.history())
     }
 }
 
@@ -180,9 +200,14 @@ pub fn open(path: &Path) -> Result<Module, OpenError> {
         other => OpenError::Init(first_line(&other.to_string())),
     })?;
     // The fields added within the generation: a plugin built before them fails this check
-    // (it has fewer fields than the current type) and provides none of the newer kinds.
+    // (it has fewer fields than the current type) and provides none of the newer kinds; one
+    // built with app managers but before history stores passes the frozen layout between.
     let full = header.check_layout::<PluginModule_Ref>().ok();
-    Ok(Module { base, full })
+    let with_apps = match full {
+        Some(_) => None,
+        None => header.check_layout::<with_apps::PluginModule_Ref>().ok(),
+    };
+    Ok(Module { base, with_apps, full })
 }
 
 fn version(v: VersionNumber) -> String {

@@ -166,7 +166,8 @@ fn a_plugin_from_a_later_patch_of_the_same_generation_loads() {
     );
 }
 
-/// The plugin-api before the app-manager kind: its root module ends at `rate_limiter`.
+/// The plugin-api before the app-manager kind: its root module ends at `rate_limiter` (the
+/// kinds added since, app managers then history stores, taken out).
 fn before_app_managers(name: &str, source: String) -> String {
     let altered = match name {
         "root.rs" => {
@@ -175,11 +176,12 @@ fn before_app_managers(name: &str, source: String) -> String {
             format!("{}{}", &source[..start], &source[end + 1..])
         }
         // The copy's loader is not what is tested (the host's is); it only has to build.
-        "load.rs" => {
-            source.replace("self.full.and_then(|m| m.app_manager())", "self.full.and(None)")
-        }
+        "load.rs" => source
+            .replace("(Some(full), _) => full.app_manager(),", "(Some(_), _) => None,")
+            .replace("self.full.and_then(|m| m.history())", "self.full.and(None)"),
         "fixture/lib.rs" => source
-            .replace("        app_manager: None, // (the field added after 0.1.0's prefix)\n", ""),
+            .replace("        app_manager: None, // (the field added after 0.1.0's prefix)\n", "")
+            .replace("        history: None,     // (the field added after app managers)\n", ""),
         _ => return source,
     };
     assert_ne!(altered, source, "the alteration no longer applies to {name}");
@@ -196,4 +198,35 @@ fn a_plugin_built_before_the_app_manager_kind_still_loads() {
         "{text}"
     );
     assert!(text.contains("an earlier layout of its generation: no app managers"), "{text}");
+}
+
+/// The plugin-api with app managers and before the history kind: its root module ends at
+/// `app_manager`.
+fn before_history(name: &str, source: String) -> String {
+    let altered = match name {
+        "root.rs" => {
+            let start = source.find("    /// The history constructor").expect("root.rs has it");
+            let end = start + source[start..].find("\n}").expect("the struct ends");
+            format!("{}{}", &source[..start], &source[end + 1..])
+        }
+        "load.rs" => source.replace("self.full.and_then(|m| m.history())", "self.full.and(None)"),
+        "fixture/lib.rs" => source
+            .replace("        history: None,     // (the field added after app managers)\n", ""),
+        _ => return source,
+    };
+    assert_ne!(altered, source, "the alteration no longer applies to {name}");
+    altered
+}
+
+#[test]
+fn a_plugin_built_before_the_history_kind_still_loads_with_its_app_managers() {
+    let library = build_fixture("before_history", "0.1.0", before_history);
+    let (code, text) = verdict(&library);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("ok: fixture 0.0.1 (transport fixture) built against plugin-api 0.1.0"),
+        "{text}"
+    );
+    assert!(text.contains("an earlier layout of its generation: no history stores"), "{text}");
+    assert!(!text.contains("no app managers"), "{text}");
 }

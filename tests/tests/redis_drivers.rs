@@ -1,4 +1,4 @@
-//! The cache, queue and rate-limiter conformance suites against the built `libsockhost_redis.so`
+//! The cache, queue, rate-limiter and history conformance suites against the built `libsockhost_redis.so`
 //! (a real `redis-server` per case) and `libsockhost_redis_cluster.so` (a real three-master
 //! Redis Cluster per case).
 
@@ -44,6 +44,9 @@ mod server {
     mod rate_limiter {
         sockhost_plugin_api::rate_limiter_suite!(super::plain);
     }
+    mod history {
+        sockhost_plugin_api::history_suite!(super::plain);
+    }
 }
 
 mod cluster {
@@ -65,5 +68,8 @@ mod cluster {
     }
     mod rate_limiter {
         sockhost_plugin_api::rate_limiter_suite!(super::plain);
+    }
+    mod history {
+        sockhost_plugin_api::history_suite!(super::plain);
     }
 }

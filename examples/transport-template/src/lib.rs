@@ -56,6 +56,7 @@ pub fn root_module() -> PluginModule_Ref {
         queue: None,
         rate_limiter: None,
         app_manager: None,
+        history: None,
     }
     .leak_into_prefix()
 }

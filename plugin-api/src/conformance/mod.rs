@@ -19,6 +19,7 @@
 //! and never assert timings: they wait for events with generous deadlines.
 
 pub mod cache;
+pub mod history;
 pub mod queue;
 pub mod rate_limiter;
 pub mod transport;
@@ -42,8 +43,8 @@ use abi_stable::{
 use tokio::sync::mpsc;
 
 use crate::{
-    CacheBox, HostContext, HostContext_TO, HostContextBox, LogLevel, PluginError, QueueBox,
-    RateLimiterBox, TransportBox, load,
+    CacheBox, HistoryBox, HostContext, HostContext_TO, HostContextBox, LogLevel, PluginError,
+    QueueBox, RateLimiterBox, TransportBox, load,
 };
 
 /// How long a case waits for something that should happen; long, because a loaded CI machine
@@ -149,6 +150,16 @@ impl Target {
         let made = ctor(self.driver(), self.config(), TestHost::default().boxed()).await;
         made.into_result()
             .unwrap_or_else(|e| panic!("constructing rate limiter {}: {e}", self.driver))
+    }
+
+    /// Construct a history store.
+    ///
+    /// # Panics
+    /// If the plugin provides no history stores or the constructor fails.
+    pub async fn history(&self) -> HistoryBox {
+        let ctor = self.module().history().expect("the plugin provides no history store");
+        let made = ctor(self.driver(), self.config(), TestHost::default().boxed()).await;
+        made.into_result().unwrap_or_else(|e| panic!("constructing history {}: {e}", self.driver))
     }
 
     fn driver(&self) -> RStr<'_> {

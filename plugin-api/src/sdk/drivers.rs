@@ -152,18 +152,22 @@ pub trait RateLimiterDriver: Send + Sync + 'static {
 }
 
 /// A driver with the runtime its awaited calls are polled in.
-struct Adapter<T> {
-    inner: Arc<T>,
-    runtime: &'static Handle,
+pub(super) struct Adapter<T> {
+    pub(super) inner: Arc<T>,
+    pub(super) runtime: &'static Handle,
 }
 
 impl<T> Adapter<T> {
-    fn new(runtime: &'static Handle, driver: T) -> Self {
+    pub(super) fn new(runtime: &'static Handle, driver: T) -> Self {
         Self { inner: Arc::new(driver), runtime }
     }
 
     /// Poll `call(driver, arg)` on the host's executor with the plugin runtime entered.
-    fn call<A, R, F>(&self, arg: A, call: impl FnOnce(Arc<T>, A) -> F) -> FfiFuture<PResult<R>>
+    pub(super) fn call<A, R, F>(
+        &self,
+        arg: A,
+        call: impl FnOnce(Arc<T>, A) -> F,
+    ) -> FfiFuture<PResult<R>>
     where
         R: Send + 'static,
         F: Future<Output = Result<R, PluginError>> + Send + 'static,

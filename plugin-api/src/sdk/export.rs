@@ -63,6 +63,7 @@ macro_rules! export_plugin {
         $(, queue: [$($queue:literal),+ $(,)?] => $new_queue:expr)?
         $(, rate_limiter: [$($limiter:literal),+ $(,)?] => $new_limiter:expr)?
         $(, app_manager: [$($manager:literal),+ $(,)?] => $new_manager:expr)?
+        $(, history: [$($history:literal),+ $(,)?] => $new_history:expr)?
         $(,)?
     ) => {
         /// The plugin's name.
@@ -74,6 +75,7 @@ macro_rules! export_plugin {
             $($($crate::DriverDecl::new($crate::DriverKind::QUEUE, $queue),)+)?
             $($($crate::DriverDecl::new($crate::DriverKind::RATE_LIMITER, $limiter),)+)?
             $($($crate::DriverDecl::new($crate::DriverKind::APP_MANAGER, $manager),)+)?
+            $($($crate::DriverDecl::new($crate::DriverKind::HISTORY, $history),)+)?
         ];
 
         /// The root module the server loads.
@@ -87,6 +89,7 @@ macro_rules! export_plugin {
                 queue: $crate::export_plugin!(@some $($new_queue, __sockhost_new_queue)?),
                 rate_limiter: $crate::export_plugin!(@some $($new_limiter, __sockhost_new_rate_limiter)?),
                 app_manager: $crate::export_plugin!(@some $($new_manager, __sockhost_new_app_manager)?),
+                history: $crate::export_plugin!(@some $($new_history, __sockhost_new_history)?),
             }
             .leak_into_prefix()
         }
@@ -105,6 +108,8 @@ macro_rules! export_plugin {
             "rate limiter", [$($limiter),+], $new_limiter);)?
         $($crate::export_plugin!(@constructor __sockhost_new_app_manager, AppManagerBox,
             "app manager", [$($manager),+], $new_manager);)?
+        $($crate::export_plugin!(@constructor __sockhost_new_history, HistoryBox,
+            "history", [$($history),+], $new_history);)?
     };
     (@some) => { None };
     (@some $build:expr, $constructor:ident) => { Some($constructor) };

@@ -25,6 +25,7 @@ pub mod config;
 mod drivers;
 mod export;
 mod guard;
+mod history;
 pub mod log;
 pub mod outbox;
 mod runtime;
@@ -35,4 +36,5 @@ pub use drivers::{
 };
 pub use export::{builder, expect_driver};
 pub use guard::{enter, guard, panic_message, ready, spawn};
+pub use history::{HistoryDriver, history_box};
 pub use runtime::runtime;

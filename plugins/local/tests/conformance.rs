@@ -34,3 +34,7 @@ mod queue {
 mod rate_limiter {
     sockhost_plugin_api::rate_limiter_suite!(super::memory);
 }
+
+mod history {
+    sockhost_plugin_api::history_suite!(super::memory);
+}

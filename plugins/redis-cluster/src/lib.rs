@@ -25,4 +25,5 @@ sockhost_plugin_api::export_plugin! {
     cache: ["redis-cluster"] => |args| build::cache(args, Backend::Cluster),
     queue: ["redis-cluster"] => |args| build::queue(args, Backend::Cluster),
     rate_limiter: ["redis-cluster"] => |args| build::rate_limiter(args, Backend::Cluster),
+    history: ["redis-cluster"] => |args| build::history(args, Backend::Cluster),
 }

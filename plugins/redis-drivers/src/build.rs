@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use sockhost_plugin_api::{CacheBox, PluginError, QueueBox, RateLimiterBox, sdk};
+use sockhost_plugin_api::{CacheBox, HistoryBox, PluginError, QueueBox, RateLimiterBox, sdk};
 
 use crate::{
     cache::{CacheConfig, RedisCache},
     connection::{self, DriverConnection},
+    history::{HistoryConfig, RedisHistory},
     queue::{QueueConfig, RedisQueue},
     rate_limiter::{RateLimiterConfig, RedisRateLimiter},
 };
@@ -108,6 +109,17 @@ pub async fn rate_limiter(
     Ok(connected!(backend, place, config, args.host, |conn| sdk::rate_limiter_box(
         args.runtime,
         RedisRateLimiter::new(conn, &config)
+    )))
+}
+
+/// The history driver of `backend`.
+pub async fn history(args: sdk::CreateArgs, backend: Backend) -> Result<HistoryBox, PluginError> {
+    let place = format!("history.{}", backend.driver());
+    let config: HistoryConfig = sdk::config::parse(&place, &args.config)?;
+    check_mode(&place, &config.connection, backend)?;
+    Ok(connected!(backend, place, config, args.host, |conn| sdk::history_box(
+        args.runtime,
+        RedisHistory::new(conn, &config)
     )))
 }
 

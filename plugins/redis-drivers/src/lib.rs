@@ -1,6 +1,6 @@
 //! What the `redis` and `redis-cluster` plugins share: the connection settings
-//! (`[database.redis]`, `REDIS_URL`, the cluster seeds) and the cache, queue and rate-limiter
-//! drivers, written once over any Redis connection (a single server's connection manager or a
+//! (`[database.redis]`, `REDIS_URL`, the cluster seeds) and the cache, queue, rate-limiter and
+//! history drivers, written once over any Redis connection (a single server's connection manager or a
 //! cluster connection).
 //!
 //! Every multi-key operation is one Lua script whose keys share a hash tag, so it runs
@@ -10,6 +10,7 @@ pub mod build;
 pub mod cache;
 pub mod client;
 pub mod connection;
+pub mod history;
 pub mod queue;
 pub mod rate_limiter;
 pub mod sentinel;

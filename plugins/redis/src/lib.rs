@@ -26,4 +26,5 @@ sockhost_plugin_api::export_plugin! {
     cache: ["redis"] => |args| build::cache(args, Backend::Server),
     queue: ["redis"] => |args| build::queue(args, Backend::Server),
     rate_limiter: ["redis"] => |args| build::rate_limiter(args, Backend::Server),
+    history: ["redis"] => |args| build::history(args, Backend::Server),
 }

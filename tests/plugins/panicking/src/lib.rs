@@ -34,6 +34,7 @@ pub fn root_module() -> PluginModule_Ref {
         queue: Some(new_queue),
         rate_limiter: None,
         app_manager: None,
+        history: None,
     }
     .leak_into_prefix()
 }

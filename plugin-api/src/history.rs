@@ -1,0 +1,101 @@
+//! Channel history: each channel's stream of events, with the position every event gets once
+//! for the whole cluster, so that a client may resume on any node.
+
+use abi_stable::{
+    StableAbi, sabi_trait,
+    std_types::{RBox, RStr, RString, RVec},
+};
+use async_ffi::FfiFuture;
+
+use crate::PResult;
+
+/// How much of a stream a driver keeps: events past either bound go, oldest first. The host
+/// passes it with every append, so that one driver serves apps with different settings.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Events kept per channel at most.
+    pub max_events: u64,
+    /// Milliseconds an event is kept at most; a stream with no append for twice as long may be
+    /// forgotten whole (its next append starts a new stream, with a new id).
+    pub max_age_ms: u64,
+}
+
+/// Where an appended event went.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream (the channel's epoch): a new one whenever the driver lost the stream's state.
+    pub stream_id: RString,
+    /// The event's serial: one more than the stream's previous event, 1 for its first.
+    pub serial: u64,
+}
+
+/// One stored event.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// Its serial.
+    pub serial: u64,
+    /// When the driver stored it, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The host's record, as appended.
+    pub record: RVec<u8>,
+}
+
+/// A read of a stream.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// The stream's id.
+    pub stream_id: RString,
+    /// The serial of its last event (0: none yet).
+    pub head: u64,
+    /// The events asked for that are still kept, in ascending serial order, without holes:
+    /// the first one's serial is above the one asked after when older ones were dropped.
+    pub events: RVec<Stored>,
+}
+
+/// A store of channel streams, shared by every node of a cluster (except `memory`).
+///
+/// A stream is named by its app and channel. The driver assigns serials: an append and the
+/// serial it gets are one atomic step, so two nodes appending at once get two consecutive
+/// serials and never the same one. Records are the host's bytes; the driver stores them and
+/// answers them back, bounded by [`Retention`].
+#[sabi_trait]
+pub trait History: Send + Sync {
+    /// Append `record` to the channel's stream, starting the stream (with a new id) if it has
+    /// none, and drop what `retention` no longer allows.
+    fn append(
+        &self,
+        app: RStr<'_>,
+        channel: RStr<'_>,
+        record: RVec<u8>,
+        retention: Retention,
+    ) -> FfiFuture<PResult<Appended>>;
+
+    /// The events after serial `after` (at most `limit`; 0 reads only the head) that
+    /// `retention` still allows, starting the stream if it has none, so that its id can be
+    /// handed out before its first event.
+    fn read(
+        &self,
+        app: RStr<'_>,
+        channel: RStr<'_>,
+        after: u64,
+        limit: u32,
+        retention: Retention,
+    ) -> FfiFuture<PResult<Page>>;
+
+    /// Forget the channel's stream: its next append or read starts a new one.
+    fn reset(&self, app: RStr<'_>, channel: RStr<'_>) -> FfiFuture<PResult<()>>;
+
+    /// Whether the backend answers now.
+    fn health(&self) -> FfiFuture<PResult<()>>;
+
+    /// Release the backend; later calls answer `UNAVAILABLE`. Idempotent.
+    #[sabi(last_prefix_field)]
+    fn shutdown(&self) -> FfiFuture<PResult<()>>;
+}
+
+/// A history store as the host owns it.
+pub type HistoryBox = History_TO<'static, RBox<()>>;

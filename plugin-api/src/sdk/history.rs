@@ -1,0 +1,92 @@
+//! The history adapter: a plain Rust [`HistoryDriver`] as the FFI [`History`] object.
+
+use std::future::Future;
+
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RStr, RVec},
+};
+use async_ffi::FfiFuture;
+use tokio::runtime::Handle;
+
+use super::{drivers::Adapter, spawn};
+use crate::{Appended, History, History_TO, HistoryBox, PResult, Page, PluginError, Retention};
+
+/// A history store in plain Rust; see [`History`] for the contract of each method.
+pub trait HistoryDriver: Send + Sync + 'static {
+    /// See [`History::append`].
+    fn append(
+        &self,
+        app: &str,
+        channel: &str,
+        record: Vec<u8>,
+        retention: Retention,
+    ) -> impl Future<Output = Result<Appended, PluginError>> + Send;
+    /// See [`History::read`].
+    fn read(
+        &self,
+        app: &str,
+        channel: &str,
+        after: u64,
+        limit: u32,
+        retention: Retention,
+    ) -> impl Future<Output = Result<Page, PluginError>> + Send;
+    /// See [`History::reset`].
+    fn reset(
+        &self,
+        app: &str,
+        channel: &str,
+    ) -> impl Future<Output = Result<(), PluginError>> + Send;
+    /// See [`History::health`].
+    fn health(&self) -> impl Future<Output = Result<(), PluginError>> + Send;
+    /// See [`History::shutdown`].
+    fn shutdown(&self) -> impl Future<Output = Result<(), PluginError>> + Send;
+}
+
+/// The FFI history object for `driver`.
+pub fn history_box<T: HistoryDriver>(runtime: &'static Handle, driver: T) -> HistoryBox {
+    History_TO::from_value(Adapter::new(runtime, driver), TD_Opaque)
+}
+
+impl<T: HistoryDriver> History for Adapter<T> {
+    fn append(
+        &self,
+        app: RStr<'_>,
+        channel: RStr<'_>,
+        record: RVec<u8>,
+        retention: Retention,
+    ) -> FfiFuture<PResult<Appended>> {
+        let names = (app.to_string(), channel.to_string(), record.into_vec());
+        self.call(names, move |h, (app, channel, record)| async move {
+            h.append(&app, &channel, record, retention).await
+        })
+    }
+
+    fn read(
+        &self,
+        app: RStr<'_>,
+        channel: RStr<'_>,
+        after: u64,
+        limit: u32,
+        retention: Retention,
+    ) -> FfiFuture<PResult<Page>> {
+        self.call((app.to_string(), channel.to_string()), move |h, (app, channel)| async move {
+            h.read(&app, &channel, after, limit, retention).await
+        })
+    }
+
+    fn reset(&self, app: RStr<'_>, channel: RStr<'_>) -> FfiFuture<PResult<()>> {
+        self.call((app.to_string(), channel.to_string()), |h, (app, channel)| async move {
+            h.reset(&app, &channel).await
+        })
+    }
+
+    fn health(&self) -> FfiFuture<PResult<()>> {
+        self.call((), |h, ()| async move { h.health().await })
+    }
+
+    fn shutdown(&self) -> FfiFuture<PResult<()>> {
+        let inner = self.inner.clone();
+        spawn(self.runtime, async move { inner.shutdown().await })
+    }
+}

@@ -1,0 +1,226 @@
+//! The history store: each channel's stream in two keys that share a hash tag, `…:meta` (a
+//! hash: the stream's id `e` and its last serial `s`) and `…:log` (a Redis stream whose entry
+//! ids are the serials), written and read by Lua scripts so that the serial an event gets and
+//! its append are one atomic step, on one server or one shard of a cluster.
+//!
+//! Memory is bounded per channel by the count (`MAXLEN` on every append) and by age (the log
+//! expires with the retention after its last append, the meta after twice that; entries older
+//! than the retention are not answered). A lost meta (expired, flushed, a server restarted
+//! without persistence) starts the stream again with a new id, which resumes are told.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use redis::aio::ConnectionLike;
+use serde::Deserialize;
+use sockhost_plugin_api::{
+    Appended, Page, PluginError, Retention, Stored,
+    abi::{RString, RVec},
+    sdk::HistoryDriver,
+};
+
+use crate::{connection::DriverConnection, within};
+
+/// A history store's table (`[history.redis]` / `[history.redis-cluster]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Prefix of every key. Default: "sockhost_history:".
+    pub prefix: String,
+    /// Where it connects (`url_override`, `nodes`, `request_timeout_ms`, `cluster_mode`,
+    /// `[database.redis]`).
+    #[serde(flatten)]
+    pub connection: DriverConnection,
+}
+
+impl HistoryConfig {
+    /// Milliseconds a command may take: the table's, else 2000 (a publish waits on it).
+    pub fn request_timeout_ms(&self) -> u64 {
+        self.connection.timeout_ms(2000)
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self { prefix: "sockhost_history:".into(), connection: DriverConnection::default() }
+    }
+}
+
+/// Start the stream if its meta is gone (a new id, an empty log). KEYS: meta, log. ARGV[1]:
+/// the new id, ARGV[2]: milliseconds the meta lives.
+const START: &str = r"
+local id = redis.call('HGET', KEYS[1], 'e')
+if not id then
+  id = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', id, 's', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+";
+
+/// Append: ARGV[1] new id, [2] meta lifetime, [3] record, [4] max events, [5] log lifetime,
+/// [6] now (ms). Answers {stream id, serial}.
+const APPEND: &str = r"
+local serial = redis.call('HINCRBY', KEYS[1], 's', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], serial .. '-0', 't', ARGV[6], 'r', ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {id, serial}
+";
+
+/// Read: ARGV[1] new id, [2] meta lifetime, [3] after, [4] limit. Answers {stream id, head,
+/// entries}.
+const READ: &str = r"
+local head = tonumber(redis.call('HGET', KEYS[1], 's'))
+local entries = {}
+if tonumber(ARGV[4]) > 0 then
+  entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[3] .. '-0', '+', 'COUNT', ARGV[4])
+end
+return {id, head, entries}
+";
+
+/// The most events one read answers, whatever the host asks.
+const MAX_READ: u32 = 10_000;
+
+/// One log entry as `XRANGE` answers it: its id and its fields (`t`, time, `r`, record).
+type Entry = (String, (String, u64, String, Vec<u8>));
+
+/// A history store in Redis.
+pub struct RedisHistory<C> {
+    conn: C,
+    prefix: String,
+    timeout: Duration,
+    append: redis::Script,
+    read: redis::Script,
+    closed: AtomicBool,
+}
+
+impl<C> std::fmt::Debug for RedisHistory<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisHistory").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl<C> RedisHistory<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// A store over `conn` with `config`'s prefix and timeout.
+    pub fn new(conn: C, config: &HistoryConfig) -> Self {
+        Self {
+            conn,
+            prefix: config.prefix.clone(),
+            timeout: Duration::from_millis(config.request_timeout_ms().max(1)),
+            append: redis::Script::new(&format!("{START}{APPEND}")),
+            read: redis::Script::new(&format!("{START}{READ}")),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn open(&self) -> Result<C, PluginError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PluginError::unavailable("the redis history store is shut down"));
+        }
+        Ok(self.conn.clone())
+    }
+
+    /// The channel's two keys, with one hash tag so that they live on one shard. Lengths
+    /// first, so that no app and channel pair reads as another.
+    fn keys(&self, app: &str, channel: &str) -> [String; 2] {
+        let tag = format!("{{{}:{app}:{channel}}}", app.len());
+        [format!("{}{tag}:meta", self.prefix), format!("{}{tag}:log", self.prefix)]
+    }
+
+    fn invocation<'a>(
+        &self,
+        script: &'a redis::Script,
+        app: &str,
+        channel: &str,
+        retention: Retention,
+    ) -> redis::ScriptInvocation<'a> {
+        let [meta, log] = self.keys(app, channel);
+        let mut invocation = script.key(meta);
+        invocation.key(log);
+        let lifetime = retention.max_age_ms.max(1);
+        invocation.arg(uuid::Uuid::new_v4().to_string()).arg(lifetime.saturating_mul(2));
+        invocation
+    }
+}
+
+impl<C> HistoryDriver for RedisHistory<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn append(
+        &self,
+        app: &str,
+        channel: &str,
+        record: Vec<u8>,
+        retention: Retention,
+    ) -> Result<Appended, PluginError> {
+        let mut conn = self.open()?;
+        let mut invocation = self.invocation(&self.append, app, channel, retention);
+        invocation
+            .arg(record)
+            .arg(retention.max_events.max(1))
+            .arg(retention.max_age_ms.max(1))
+            .arg(now_ms());
+        let (stream_id, serial): (String, u64) =
+            within("redis history append", self.timeout, invocation.invoke_async(&mut conn))
+                .await?;
+        Ok(Appended { stream_id: RString::from(stream_id), serial })
+    }
+
+    async fn read(
+        &self,
+        app: &str,
+        channel: &str,
+        after: u64,
+        limit: u32,
+        retention: Retention,
+    ) -> Result<Page, PluginError> {
+        let mut conn = self.open()?;
+        let mut invocation = self.invocation(&self.read, app, channel, retention);
+        invocation.arg(after).arg(limit.min(MAX_READ));
+        let (stream_id, head, entries): (String, u64, Vec<Entry>) =
+            within("redis history read", self.timeout, invocation.invoke_async(&mut conn)).await?;
+        let oldest = now_ms().saturating_sub(retention.max_age_ms);
+        let mut events = RVec::with_capacity(entries.len());
+        for (id, (_, at_ms, _, record)) in entries {
+            let serial = id.split('-').next().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                PluginError::rejected(format!("redis history: a log entry has the id {id:?}"))
+            })?;
+            events.push(Stored { serial, at_ms, record: RVec::from(record) });
+        }
+        // Too old: dropped as if trimmed, with everything before it (nodes' clocks differ a
+        // little, so times are not quite in serial order, and a page never has a hole).
+        if let Some(last_old) = events.iter().rposition(|e| e.at_ms < oldest) {
+            events = events.into_iter().skip(last_old + 1).collect();
+        }
+        Ok(Page { stream_id: RString::from(stream_id), head, events })
+    }
+
+    async fn reset(&self, app: &str, channel: &str) -> Result<(), PluginError> {
+        let mut conn = self.open()?;
+        let [meta, log] = self.keys(app, channel);
+        let del = redis::cmd("DEL").arg(meta).arg(log).to_owned();
+        within("redis history reset", self.timeout, del.query_async::<()>(&mut conn)).await
+    }
+
+    async fn health(&self) -> Result<(), PluginError> {
+        let mut conn = self.open()?;
+        within("redis PING", self.timeout, redis::cmd("PING").query_async::<()>(&mut conn)).await
+    }
+
+    async fn shutdown(&self) -> Result<(), PluginError> {
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
