@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::{
     cluster::{
         self, Cluster,
-        envelope::Control,
+        envelope::{BusPosition, Control},
         query::{self, ChannelCount, ChannelList, Closed, Query},
     },
     hub::{ChannelFull, Conn, DeltaWish, Hub, Join, Positioned, Subscribed, Unsubscribed, Wants},
@@ -57,7 +57,7 @@ impl Adapter {
 
     /// This node's hub, for the node's side of the cluster layer (`cluster_events`), which
     /// acts on this node alone; the protocol and the HTTP API use the adapter's methods.
-    pub(crate) fn hub(&self) -> &Hub {
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
 
@@ -191,8 +191,19 @@ impl Adapter {
         positioned: Option<Positioned<'_>>,
     ) -> usize {
         let sent = self.hub.broadcast_positioned(to, frame, positioned);
-        self.cluster.publish_broadcast(to, frame.as_bytes());
+        self.cluster.publish_broadcast(to, frame.as_bytes(), None);
         sent
+    }
+
+    /// Send an event with its history position to the channel's subscribers on the other
+    /// nodes; this node's get it through recovery's gate, in serial order.
+    pub(crate) fn broadcast_elsewhere(
+        &self,
+        to: &Broadcast<'_>,
+        frame: &Utf8Bytes,
+        position: BusPosition,
+    ) {
+        self.cluster.publish_broadcast(to, frame.as_bytes(), Some(position));
     }
 
     /// Count a new connection of the app if it is under `max` (0 = unlimited), with socket

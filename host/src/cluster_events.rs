@@ -14,6 +14,7 @@ use crate::{
     apps::{App, Lookup},
     cluster::{
         self, Refusal,
+        envelope::BusPosition,
         host::{Host, Snapshot},
         query::Query,
     },
@@ -21,6 +22,7 @@ use crate::{
     metrics::Metrics,
     plugins::Incoming,
     protocol::{Broadcast, frames, webhook::Hook},
+    recovery::{Event, Record, Recovery},
     webhooks::Webhooks,
 };
 
@@ -40,6 +42,8 @@ pub(crate) struct ClusterEvents {
     pub metrics: Arc<Metrics>,
     /// Whether broadcasts' tags are matched against subscribers' filters.
     pub tag_filtering: bool,
+    /// Connection recovery, which delivers events with a history position in serial order.
+    pub recovery: Option<Arc<Recovery>>,
 }
 
 impl ClusterEvents {
@@ -110,8 +114,21 @@ impl Host for ClusterEvents {
         }
     }
 
-    fn broadcast(&self, to: &Broadcast<'_>, frame: String) {
+    fn broadcast(&self, to: &Broadcast<'_>, frame: String, position: Option<BusPosition>) {
         self.metrics.bus_broadcasts_received.inc();
+        if let (Some(recovery), Some(position)) = (&self.recovery, position)
+            && recovery.is_durable()
+        {
+            let record = Record {
+                message_id: position.message_id,
+                frame,
+                tags: to.tags.cloned(),
+                except: to.except.map(str::to_string),
+            };
+            let event =
+                Event { stream_id: position.stream_id.into(), serial: position.serial, record };
+            return recovery.deliver(to.app, to.channel, event);
+        }
         let to = to.tagged(to.tags.filter(|_| self.tag_filtering));
         self.adapter.hub().broadcast(&to, &Utf8Bytes::from(frame));
     }

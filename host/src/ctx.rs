@@ -19,9 +19,9 @@ use crate::{
     feed::Feed,
     hub::Hub,
     metrics::Metrics,
-    plugins::{Drivers, RateDecision},
+    plugins::{Drivers, RateDecision, Retention},
     readiness::Readiness,
-    recovery::Recovery,
+    recovery::{self, Recovery},
     webhooks::{self, Webhooks},
 };
 
@@ -85,6 +85,25 @@ impl Ctx {
             feed: feed.clone(),
             shutdown: shutdown.clone(),
         });
+        let recovery = settings.recovery.map(|r| {
+            let durable =
+                r.history.zip(drivers.history.clone()).map(|(limits, history)| recovery::Durable {
+                    history,
+                    retention: Retention {
+                        max_events: limits.max_events,
+                        max_age_ms: u64::try_from(limits.max_age.as_millis()).unwrap_or(u64::MAX),
+                    },
+                    hub: adapter.hub().clone(),
+                    tag_filtering: settings.tag_filtering,
+                    counters: recovery::GateCounters {
+                        duplicates: metrics.recovery_duplicates.clone(),
+                        repaired: metrics.recovery_repaired.clone(),
+                        lost: metrics.recovery_lost.clone(),
+                        store_errors: metrics.history_errors.clone(),
+                    },
+                });
+            Arc::new(Recovery::new(r, metrics.recovery_untracked.clone(), durable))
+        });
         let events = Arc::new(ClusterEvents {
             adapter: adapter.clone(),
             apps: apps.clone(),
@@ -92,10 +111,8 @@ impl Ctx {
             feed: feed.clone(),
             metrics: metrics.clone(),
             tag_filtering: settings.tag_filtering,
+            recovery: recovery.clone(),
         });
-        let recovery = settings
-            .recovery
-            .map(|r| Arc::new(Recovery::new(r, metrics.recovery_untracked.clone())));
         Self {
             recovery,
             feed,

@@ -551,6 +551,7 @@ mod tests {
                 except: None,
                 tags: Some([("k".to_string(), "v".to_string())].into()),
                 compressible: true,
+                position: None,
                 frame: b"{}".to_vec(),
             },
         };

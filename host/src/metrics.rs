@@ -111,6 +111,15 @@ pub(crate) struct Metrics {
     /// App events published without a recovery position: the node keeps streams for as many
     /// channels as it may.
     pub recovery_untracked: Counter,
+    /// App events this node had delivered already (bus duplicates), dropped.
+    pub recovery_duplicates: Counter,
+    /// App events read from the history store to fill a gap in a channel's serials.
+    pub recovery_repaired: Counter,
+    /// App events a gap lost for good (the store no longer had them); the channel's
+    /// position-tracking sockets were sent to reconnect and resume.
+    pub recovery_lost: Counter,
+    /// Failed calls to the history store.
+    pub history_errors: Counter,
     /// Webhook events dropped before queueing, by reason (`app_share`, `app_rate`, `outbox`).
     pub webhooks_dropped: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// HTTP triggers that met congested subscribers, by outcome (`delayed`, `refused`).
@@ -168,6 +177,22 @@ impl Metrics {
                 "App events published without a recovery position (too many channels)",
                 self.recovery_untracked
             ),
+            (
+                "recovery_duplicates",
+                "App events dropped because this node had delivered their serial already",
+                self.recovery_duplicates
+            ),
+            (
+                "recovery_repaired",
+                "App events read from the history store to fill a gap",
+                self.recovery_repaired
+            ),
+            (
+                "recovery_lost",
+                "App events a gap lost for good (their sockets were sent to resume)",
+                self.recovery_lost
+            ),
+            ("history_errors", "Failed calls to the history store", self.history_errors),
             ("ws_messages_received", "WebSocket messages received", self.ws_messages_received),
             ("ws_messages_sent", "WebSocket messages sent", self.ws_messages_sent),
             ("socket_received_bytes", "WebSocket bytes received", self.ws_bytes_received),

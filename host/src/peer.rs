@@ -5,6 +5,6 @@
 //! ([`crate::fuzzing`]) keeps the parsers.
 
 pub use crate::cluster::{
-    envelope::{Body, Control, Envelope, Tags},
+    envelope::{Body, BusPosition, Control, Envelope, Tags},
     seal::Seal,
 };

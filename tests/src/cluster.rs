@@ -13,11 +13,15 @@ pub struct Bus {
     pub env: Vec<(String, String)>,
     /// The plugin manifest nodes load, if not the repository's `plugins.toml`.
     pub manifest: Option<std::path::PathBuf>,
+    /// The `[history]` tables that keep channel history on the bus's own backend, when it can
+    /// (Redis, Redis Cluster); other buses' recovery scenarios start a Redis of their own.
+    pub history: Option<String>,
 }
 
 impl Bus {
     /// Redis on 127.0.0.1:`port`, given the reference's way: the shared `[database.redis]` table.
     pub fn redis_database(port: u16, prefix: &str) -> Self {
+        let history = format!("[history.redis]\nprefix = \"{prefix}history:\"\n");
         Self::new(
             "redis",
             format!(
@@ -25,6 +29,7 @@ impl Bus {
                  [database.redis]\nhost = \"127.0.0.1\"\nport = {port}\n"
             ),
         )
+        .history("redis", &history)
     }
 
     /// Redis at `url`, channels under `prefix`.
@@ -34,6 +39,10 @@ impl Bus {
             format!(
                 "[adapter]\ndriver = \"redis\"\n[adapter.redis]\nurl = \"{url}\"\nprefix = \"{prefix}\"\n"
             ),
+        )
+        .history(
+            "redis",
+            &format!("[history.redis]\nurl_override = \"{url}\"\nprefix = \"{prefix}history:\"\n"),
         )
     }
 
@@ -48,6 +57,7 @@ impl Bus {
             ),
         )
         .env("REDIS_CLUSTER_NODES", seeds)
+        .history("redis-cluster", "")
     }
 
     /// NATS at `url`.
@@ -74,8 +84,15 @@ impl Bus {
 
     /// Every scenario runs on an authenticated bus, as production should.
     fn new(plugin: &'static str, adapter: String) -> Self {
-        Self { adapter, plugin, env: Vec::new(), manifest: None }
+        Self { adapter, plugin, env: Vec::new(), manifest: None, history: None }
             .env("ADAPTER_CLUSTER_SECRET", CLUSTER_SECRET)
+    }
+
+    /// History on the bus's backend: `backend` with its `tables`.
+    fn history(mut self, backend: &str, tables: &str) -> Self {
+        self.history =
+            Some(format!("[history]\nenabled = true\nbackend = \"{backend}\"\n{tables}"));
+        self
     }
 
     /// The same, with an environment variable for every node.
@@ -104,6 +121,7 @@ pub fn broadcast_body(channel: &str, event: &str) -> sockhost::peer::Body {
         except: None,
         tags: None,
         compressible: true,
+        position: None,
         frame: frame.to_string().into_bytes(),
     }
 }
@@ -174,6 +192,7 @@ macro_rules! cluster_scenarios {
             watchlists_follow_users_across_nodes,
             tag_filters_hold_across_nodes,
             deltas_hold_across_nodes,
+            a_client_resumes_on_any_node,
         );
 
         #[tokio::test]
@@ -373,6 +392,105 @@ pub mod scenarios {
         let got = btc.expect_any().await;
         assert_eq!(got["event"], "btc", "{got}");
         assert!(got.get("tags").is_none(), "{got}");
+    }
+
+    /// A protocol-2 client of `server` subscribed to `channel` (after sending `resume`, when
+    /// given, as a reconnecting client does): the client and the acknowledgement.
+    async fn v2_subscribed(
+        server: &crate::server::Server,
+        channel: &str,
+        resume: Option<serde_json::Value>,
+    ) -> (Client, serde_json::Value) {
+        let app = TestApp::main();
+        let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", server.port, app.key);
+        let mut client = Client::connect_raw(&url).await;
+        client.expect("sockudo:connection_established").await;
+        if let Some(positions) = resume {
+            let data = json!({ "channel_positions": positions }).to_string();
+            client.send(json!({ "event": "sockudo:resume", "data": data })).await;
+        }
+        client.send(json!({ "event": "sockudo:subscribe", "data": { "channel": channel } })).await;
+        let ack = client.expect("sockudo_internal:subscription_succeeded").await;
+        (client, ack)
+    }
+
+    /// The next `count` events of `client` named `tick`: their (serial, data) pairs.
+    async fn ticks(client: &mut Client, count: usize) -> Vec<(u64, String)> {
+        let mut got = Vec::new();
+        while got.len() < count {
+            let frame = client.expect_any().await;
+            if frame["event"] == "tick" {
+                let serial = frame["serial"].as_u64().unwrap_or_else(|| panic!("{frame}"));
+                got.push((serial, frame["data"].as_str().unwrap_or_default().to_string()));
+            }
+        }
+        got
+    }
+
+    /// Connection recovery across nodes, with the history store giving each event its position
+    /// once for the cluster: a client on A gets events published through A and B in serial
+    /// order, misses some while away (published through B), resumes on C, which never heard
+    /// the channel (its events come from the store), then, away again, resumes on A, which
+    /// stopped hearing the channel when its last subscriber left.
+    pub async fn a_client_resumes_on_any_node(bus: Bus) {
+        // The store: the bus's own backend when it can be one, else a Redis of its own.
+        let own_redis;
+        let history = match &bus.history {
+            Some(history) => history.clone(),
+            None => {
+                own_redis = crate::backends::RedisServer::start();
+                format!(
+                    "[history]\nenabled = true\nbackend = \"redis\"\n[history.redis]\nurl_override = \"{}\"\n",
+                    own_redis.url()
+                )
+            }
+        };
+        let extra = format!("[connection_recovery]\nenabled = true\n{history}");
+        let servers = nodes(&bus, 3, &extra).await;
+        let app = TestApp::main();
+        let (api_a, api_b) =
+            (Api::new(&servers[0].http_url(), &app), Api::new(&servers[1].http_url(), &app));
+        let tick = async |api: &Api, n: u32| {
+            assert_eq!(api.trigger(&["news"], "tick", &n.to_string()).await.0, 200);
+        };
+        let (mut on_a, ack) = v2_subscribed(&servers[0], "news", None).await;
+        let stream_id = ack["stream_id"].as_str().unwrap_or_else(|| panic!("{ack}")).to_string();
+        let start = ack["serial"].as_u64().unwrap();
+        for (n, api) in [(1, &api_b), (2, &api_a), (3, &api_b), (4, &api_a)] {
+            tick(api, n).await;
+        }
+        let live = ticks(&mut on_a, 4).await;
+        let expected: Vec<(u64, String)> = (1..=4).map(|n| (start + n, n.to_string())).collect();
+        assert_eq!(live, expected, "events published through two nodes, out of serial order");
+        drop(on_a);
+
+        // Away: published through B.
+        for n in 5..=7 {
+            tick(&api_b, n).await;
+        }
+        let at = |serial: u64| json!({ "news": { "stream_id": stream_id, "serial": serial } });
+        let (mut on_c, ack) = v2_subscribed(&servers[2], "news", Some(at(start + 4))).await;
+        assert_eq!(ack["stream_id"], stream_id.as_str(), "{ack}");
+        let replayed = ticks(&mut on_c, 3).await;
+        let expected: Vec<(u64, String)> = (5..=7).map(|n| (start + n, n.to_string())).collect();
+        assert_eq!(replayed, expected);
+        let success = on_c.expect("sockudo:resume_success").await;
+        let summary: serde_json::Value =
+            serde_json::from_str(success["data"].as_str().unwrap()).unwrap();
+        assert_eq!(summary["failed"], json!([]), "{summary}");
+        assert_eq!(summary["recovered"][0]["replayed"], 3, "{summary}");
+        drop(on_c);
+
+        // Away again: published through B and C; back on A, which had let the channel go.
+        tick(&api_b, 8).await;
+        tick(&Api::new(&servers[2].http_url(), &app), 9).await;
+        let (mut back_on_a, _) = v2_subscribed(&servers[0], "news", Some(at(start + 7))).await;
+        let replayed = ticks(&mut back_on_a, 2).await;
+        assert_eq!(replayed, [(start + 8, "8".to_string()), (start + 9, "9".to_string())]);
+        back_on_a.expect("sockudo:resume_success").await;
+        // And live from there, whichever node publishes.
+        tick(&api_b, 10).await;
+        assert_eq!(ticks(&mut back_on_a, 1).await, [(start + 10, "10".to_string())]);
     }
 
     /// Events published on one node reach delta subscribers on another as deltas of that

@@ -47,6 +47,7 @@ async fn seeds_credentials_and_tls_come_from_the_database_table() {
         plugin: "redis-cluster",
         env: vec![("SSL_CERT_FILE".into(), pki.ca().to_str().unwrap().into())],
         manifest: None,
+        history: None,
     };
     one_event_crosses(&bus).await;
 
@@ -71,6 +72,7 @@ async fn no_seed_nodes_is_a_clear_start_up_error() {
         plugin: "redis-cluster",
         env: vec![("REDIS_CLUSTER_NODES".into(), String::new())],
         manifest: None,
+        history: None,
     };
     let (code, log) = refused(&bus);
     assert_ne!(code, Some(0), "{log}");

@@ -19,7 +19,7 @@ fn the_default_manifest_loads_the_local_plugin() {
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains(
-            "loaded  local 0.1.0 (transport local, cache memory, queue memory, rate-limiter memory)"
+            "loaded  local 0.1.0 (transport local, cache memory, queue memory, rate-limiter memory, history memory)"
         ),
         "{text}"
     );

@@ -18,6 +18,7 @@ fn selection(transport: &str, cache: &str, queue: &str) -> DriverSelection {
         queue: DriverChoice::named(queue),
         rate_limiter: DriverChoice::named("none"),
         app_manager: None,
+        history: None,
     }
 }
 

@@ -23,6 +23,7 @@ fn bus(group: &SentinelGroup) -> Bus {
         plugin: "redis",
         env: vec![("ADAPTER_CLUSTER_SECRET".into(), CLUSTER_SECRET.into())],
         manifest: None,
+        history: None,
     }
 }
 

@@ -18,6 +18,18 @@ use serde_json::Value;
 /// The tags an event was published with (name -> value).
 pub type Tags = BTreeMap<String, String>;
 
+/// An event's recovery position as it travels beside its frame: the receiving node appends it
+/// to the frame for the sockets that track positions, and delivers in serial order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusPosition {
+    /// The channel's stream.
+    pub stream_id: String,
+    /// The event's serial in it.
+    pub serial: u64,
+    /// The event's id.
+    pub message_id: String,
+}
+
 /// The envelope format this build writes and reads.
 pub(crate) const VERSION: u8 = 1;
 
@@ -38,6 +50,9 @@ pub enum Body<C = Control> {
         /// An app's event that may go to delta subscribers as a delta (each node keeps its own
         /// streams); `false` for protocol frames, client events and encrypted channels.
         compressible: bool,
+        /// The event's recovery position, assigned by the history store; `None` for frames
+        /// without one.
+        position: Option<BusPosition>,
         /// The serialized Pusher frame.
         frame: Vec<u8>,
     },
@@ -181,6 +196,11 @@ const TAGGED: u8 = 3;
 /// A compressible broadcast: a byte saying whether tags follow, then as [`TAGGED`]. A kind of
 /// its own for the same reason.
 const COMPRESSIBLE: u8 = 4;
+/// A broadcast with a recovery position: as [`COMPRESSIBLE`] (its flag byte first, then the
+/// tags flag and tags), then the stream id, the serial and the message id, then the frame.
+const POSITIONED: u8 = 5;
+/// The longest stream or message id a position may carry on the bus.
+const MAX_POSITION_ID: usize = 256;
 /// The most tags a broadcast may carry on the bus (a peer's message is untrusted input).
 pub(crate) const MAX_TAGS: usize = 64;
 
@@ -196,6 +216,7 @@ impl Envelope {
         let mut out = Vec::with_capacity(64);
         out.push(VERSION);
         match &self.body {
+            Body::Broadcast { position: Some(_), .. } => out.push(POSITIONED),
             Body::Broadcast { compressible: true, .. } => out.push(COMPRESSIBLE),
             Body::Broadcast { tags: None, .. } => out.push(BROADCAST),
             Body::Broadcast { tags: Some(_), .. } => out.push(TAGGED),
@@ -204,12 +225,15 @@ impl Envelope {
         out.extend_from_slice(&self.node.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
         match &self.body {
-            Body::Broadcast { app, channel, except, tags, compressible, frame } => {
+            Body::Broadcast { app, channel, except, tags, compressible, position, frame } => {
                 out.reserve(frame.len() + app.len() + channel.len() + 16);
                 put_str(&mut out, app);
                 put_str(&mut out, channel);
                 put_str(&mut out, except.as_deref().unwrap_or(""));
-                if *compressible {
+                if position.is_some() {
+                    out.push(u8::from(*compressible));
+                }
+                if *compressible || position.is_some() {
                     out.push(u8::from(tags.is_some()));
                 }
                 if let Some(tags) = tags {
@@ -219,6 +243,11 @@ impl Envelope {
                         put_str(&mut out, name);
                         put_str(&mut out, value);
                     }
+                }
+                if let Some(position) = position {
+                    put_str(&mut out, &position.stream_id);
+                    out.extend_from_slice(&position.serial.to_be_bytes());
+                    put_str(&mut out, &position.message_id);
                 }
                 out.extend_from_slice(frame);
             }
@@ -234,8 +263,8 @@ impl Envelope {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let Envelope { node, seq, body } = Envelope::read(bytes)?;
         let body = match body {
-            Body::Broadcast { app, channel, except, tags, compressible, frame } => {
-                Body::Broadcast { app, channel, except, tags, compressible, frame }
+            Body::Broadcast { app, channel, except, tags, compressible, position, frame } => {
+                Body::Broadcast { app, channel, except, tags, compressible, position, frame }
             }
             Body::Control(bytes) => Body::Control(Control::decode(bytes)?),
         };
@@ -261,16 +290,21 @@ impl<'a> Envelope<&'a [u8]> {
         let node = reader.u64()?;
         let seq = reader.u64()?;
         let body = match kind {
-            BROADCAST | TAGGED | COMPRESSIBLE => {
+            BROADCAST | TAGGED | COMPRESSIBLE | POSITIONED => {
                 let app = reader.string()?;
                 let channel = reader.string()?;
                 let except = reader.string()?;
+                let flag = |reader: &mut Reader<'_>, what| match reader.u8()? {
+                    0 => Ok(false),
+                    1 => Ok(true),
+                    _ => Err(DecodeError::Malformed(what)),
+                };
+                let compressible = match kind {
+                    POSITIONED => flag(&mut reader, "compressible flag")?,
+                    kind => kind == COMPRESSIBLE,
+                };
                 let tagged = match kind {
-                    COMPRESSIBLE => match reader.u8()? {
-                        0 => false,
-                        1 => true,
-                        _ => return Err(DecodeError::Malformed("tags flag")),
-                    },
+                    COMPRESSIBLE | POSITIONED => flag(&mut reader, "tags flag")?,
                     kind => kind == TAGGED,
                 };
                 let tags = if tagged {
@@ -287,12 +321,24 @@ impl<'a> Envelope<&'a [u8]> {
                 } else {
                     None
                 };
+                let position = if kind == POSITIONED {
+                    let stream_id = reader.string()?;
+                    let serial = reader.u64()?;
+                    let message_id = reader.string()?;
+                    if stream_id.len() > MAX_POSITION_ID || message_id.len() > MAX_POSITION_ID {
+                        return Err(DecodeError::Malformed("position id too long"));
+                    }
+                    Some(BusPosition { stream_id, serial, message_id })
+                } else {
+                    None
+                };
                 Body::Broadcast {
                     app,
                     channel,
                     except: (!except.is_empty()).then_some(except),
                     tags,
-                    compressible: kind == COMPRESSIBLE,
+                    compressible,
+                    position,
                     frame: reader.0.to_vec(),
                 }
             }
@@ -358,6 +404,7 @@ mod tests {
                     except: Some("1.2".into()),
                     tags: None,
                     compressible: false,
+                    position: None,
                     frame: br#"{"event":"e"}"#.to_vec(),
                 },
             },
@@ -373,6 +420,7 @@ mod tests {
                         ("e".into(), String::new()),
                     ])),
                     compressible: false,
+                    position: None,
                     frame: Vec::new(),
                 },
             },
@@ -385,6 +433,7 @@ mod tests {
                     except: None,
                     tags: None,
                     compressible: true,
+                    position: None,
                     frame: br#"{"event":"e"}"#.to_vec(),
                 },
             },
@@ -397,7 +446,42 @@ mod tests {
                     except: Some("1.1".into()),
                     tags: Some(Tags::from([("k".into(), "v".into())])),
                     compressible: true,
+                    position: None,
                     frame: br#"{"event":"e"}"#.to_vec(),
+                },
+            },
+            Envelope {
+                node: 3,
+                seq: 6,
+                body: Body::Broadcast {
+                    app: "a".into(),
+                    channel: "c".into(),
+                    except: None,
+                    tags: Some(Tags::from([("k".into(), "v".into())])),
+                    compressible: false,
+                    position: Some(BusPosition {
+                        stream_id: "s-1".into(),
+                        serial: u64::MAX - 1,
+                        message_id: "m-1".into(),
+                    }),
+                    frame: br#"{"event":"e"}"#.to_vec(),
+                },
+            },
+            Envelope {
+                node: 3,
+                seq: 7,
+                body: Body::Broadcast {
+                    app: "a".into(),
+                    channel: "c".into(),
+                    except: None,
+                    tags: None,
+                    compressible: true,
+                    position: Some(BusPosition {
+                        stream_id: "s-1".into(),
+                        serial: 1,
+                        message_id: String::new(),
+                    }),
+                    frame: Vec::new(),
                 },
             },
             Envelope { node: 1, seq: 2, body: Body::Control(Control::Hello { reply: true }) },
@@ -435,6 +519,7 @@ mod tests {
                 except: None,
                 tags: None,
                 compressible: false,
+                position: None,
                 frame: vec![1],
             },
         }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::Refusal;
+use super::{Refusal, envelope::BusPosition};
 use crate::protocol::Broadcast;
 
 /// This node's own shared state, as sent to a node that has just appeared.
@@ -42,8 +42,9 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn answer(&self, query: super::query::Query) -> Value;
 
     /// A frame for the channel's local subscribers (except the socket `except`); with `tags`,
-    /// only for those whose tag filter the event passes.
-    fn broadcast(&self, to: &Broadcast<'_>, frame: String);
+    /// only for those whose tag filter the event passes; with a `position`, in its channel's
+    /// serial order, with the position for the sockets that track them.
+    fn broadcast(&self, to: &Broadcast<'_>, frame: String, position: Option<BusPosition>);
     /// A frame for every local connection of a signed-in user.
     fn to_user(&self, app: &str, user: &str, frame: String);
     /// A user joined (`info` given) or left a presence channel, cluster-wide as this node sees

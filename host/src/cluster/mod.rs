@@ -40,7 +40,7 @@ use serde_json::Value;
 use tokio::{sync::mpsc, time::Instant};
 
 use self::{
-    envelope::{Body, Control, DecodeError, Envelope},
+    envelope::{Body, BusPosition, Control, DecodeError, Envelope},
     interest::{InterestOp, keep_interest},
     presence::NodePresence,
     seal::{Seal, SealError},
@@ -199,7 +199,12 @@ impl Cluster {
     }
 
     /// Publish a broadcast to the other nodes (none if alone). Never waits.
-    pub(crate) fn publish_broadcast(&self, to: &Broadcast<'_>, frame: &[u8]) {
+    pub(crate) fn publish_broadcast(
+        &self,
+        to: &Broadcast<'_>,
+        frame: &[u8],
+        position: Option<BusPosition>,
+    ) {
         let Broadcast { app, channel, except, tags, compressible } = *to;
         if !self.has_peers() {
             return;
@@ -210,6 +215,7 @@ impl Cluster {
             except: except.map(str::to_string),
             tags: tags.cloned(),
             compressible,
+            position,
             frame: frame.to_vec(),
         };
         if let Err(error) =

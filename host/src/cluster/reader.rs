@@ -62,7 +62,8 @@ pub(super) async fn read(
             }
         };
         // What says it is no control message and opens is a broadcast.
-        let Body::Broadcast { app, channel, except, tags, compressible, frame } = envelope.body
+        let Body::Broadcast { app, channel, except, tags, compressible, position, frame } =
+            envelope.body
         else {
             continue;
         };
@@ -75,7 +76,7 @@ pub(super) async fn read(
                     .except(except.as_deref())
                     .tagged(tags.as_ref())
                     .compressible(compressible);
-                host.broadcast(&to, frame);
+                host.broadcast(&to, frame, position);
             }
             Err(_) => {
                 let refusal = Refusal::Decode(super::DecodeError::Malformed("frame not UTF-8"));

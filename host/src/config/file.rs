@@ -71,6 +71,9 @@ pub struct Config {
     pub tag_filtering: TagFilteringConfig,
     /// Connection recovery: a reconnected client resumes where it was.
     pub connection_recovery: ConnectionRecoveryConfig,
+    /// Channel history: positions assigned once for the cluster, so a client resumes on any
+    /// node.
+    pub history: HistoryConfig,
     /// Delta compression.
     pub delta_compression: DeltaCompressionConfig,
     /// The admin API.
@@ -108,6 +111,7 @@ impl Default for Config {
             ssl: SslConfig::default(),
             tag_filtering: TagFilteringConfig::default(),
             connection_recovery: ConnectionRecoveryConfig::default(),
+            history: HistoryConfig::default(),
             delta_compression: DeltaCompressionConfig::default(),
             admin: AdminConfig::default(),
         }
@@ -730,6 +734,41 @@ pub struct ConnectionRecoveryConfig {
 impl Default for ConnectionRecoveryConfig {
     fn default() -> Self {
         Self { enabled: false, buffer_ttl_seconds: 120, max_buffer_size: 100 }
+    }
+}
+
+/// Channel history (Sockudo's names where it has them): a store shared by every node gives
+/// each app event its position and keeps the channel's recent events, so that a client
+/// resumes on any node, and a node that missed a bus message repairs the gap from it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HistoryConfig {
+    /// Keep history (needs `connection_recovery.enabled`). Default: false. Env:
+    /// `HISTORY_ENABLED`.
+    pub enabled: bool,
+    /// The store: `memory` (one node, `local` transport only), `redis`, `redis-cluster`, or
+    /// any loaded plugin's history driver. Default: memory. Env: `HISTORY_BACKEND`.
+    pub backend: String,
+    /// How long an event is kept, in seconds. Default: 86400. Env:
+    /// `HISTORY_RETENTION_WINDOW_SECONDS`.
+    pub retention_window_seconds: u64,
+    /// Events kept per channel. Default: 1000. Env: `HISTORY_MAX_MESSAGES_PER_CHANNEL`.
+    pub max_messages_per_channel: u64,
+    /// The per-backend tables (`[history.redis]`), passed to the plugin with the shared
+    /// `[database.<backend>]` table.
+    #[serde(flatten)]
+    pub tables: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            backend: "memory".into(),
+            retention_window_seconds: 86_400,
+            max_messages_per_channel: 1000,
+            tables: BTreeMap::new(),
+        }
     }
 }
 

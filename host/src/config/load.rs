@@ -154,6 +154,10 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("CONNECTION_RECOVERY_ENABLED", "connection_recovery.enabled", Kind::Bool),
     ("CONNECTION_RECOVERY_BUFFER_TTL", "connection_recovery.buffer_ttl_seconds", Kind::Int),
     ("CONNECTION_RECOVERY_MAX_BUFFER_SIZE", "connection_recovery.max_buffer_size", Kind::Int),
+    ("HISTORY_ENABLED", "history.enabled", Kind::Bool),
+    ("HISTORY_BACKEND", "history.backend", Kind::Str),
+    ("HISTORY_RETENTION_WINDOW_SECONDS", "history.retention_window_seconds", Kind::Int),
+    ("HISTORY_MAX_MESSAGES_PER_CHANNEL", "history.max_messages_per_channel", Kind::Int),
     ("DELTA_COMPRESSION_ENABLED", "delta_compression.enabled", Kind::Bool),
     ("DELTA_COMPRESSION_ALGORITHM", "delta_compression.algorithm", Kind::Str),
     (
@@ -302,14 +306,15 @@ pub fn load(sources: &Sources) -> Result<(Config, Vec<ConfigError>), Vec<ConfigE
 /// A driver section's extra keys must be tables (one per driver).
 fn check_driver_tables(config: &Config, place: &impl Fn(&str) -> String) -> Vec<ConfigError> {
     let sections = [
-        ("adapter", &config.adapter),
-        ("cache", &config.cache),
-        ("queue", &config.queue),
-        ("rate_limiter", &config.rate_limiter),
+        ("adapter", &config.adapter.tables),
+        ("cache", &config.cache.tables),
+        ("queue", &config.queue.tables),
+        ("rate_limiter", &config.rate_limiter.tables),
+        ("history", &config.history.tables),
     ];
     let mut errors = Vec::new();
-    for (name, section) in sections {
-        for (key, value) in &section.tables {
+    for (name, tables) in sections {
+        for (key, value) in tables {
             if !value.is_object() {
                 errors.push(ConfigError::new(
                     place(&format!("{name}.{key}")),

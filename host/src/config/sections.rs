@@ -35,6 +35,8 @@ pub struct DriverSelection {
     pub rate_limiter: DriverChoice,
     /// The app manager; `None` for `memory` (the configuration file's apps).
     pub app_manager: Option<DriverChoice>,
+    /// The history store; `None` when history is off.
+    pub history: Option<DriverChoice>,
 }
 
 impl Default for DriverSelection {
@@ -46,6 +48,7 @@ impl Default for DriverSelection {
             queue: DriverChoice::named("memory"),
             rate_limiter: DriverChoice::named("memory"),
             app_manager: None,
+            history: None,
         }
     }
 }

@@ -41,6 +41,18 @@ pub struct RecoverySettings {
     pub ttl: Duration,
     /// Events kept per channel, and the most one resume replays.
     pub max_events: usize,
+    /// With history on, what the store keeps: positions then come from it, for the whole
+    /// cluster.
+    pub history: Option<HistoryLimits>,
+}
+
+/// What the history store keeps of each channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Events kept per channel.
+    pub max_events: u64,
+    /// How long an event is kept.
+    pub max_age: Duration,
 }
 
 /// Webhook delivery settings.
@@ -276,6 +288,10 @@ impl Settings {
             recovery: config.connection_recovery.enabled.then(|| RecoverySettings {
                 ttl: Duration::from_secs(config.connection_recovery.buffer_ttl_seconds),
                 max_events: config.connection_recovery.max_buffer_size,
+                history: config.history.enabled.then(|| HistoryLimits {
+                    max_events: config.history.max_messages_per_channel,
+                    max_age: Duration::from_secs(config.history.retention_window_seconds),
+                }),
             }),
             delta: delta_server,
             delta_channels_per_socket: config.delta_compression.max_channel_states_per_socket,
@@ -339,19 +355,43 @@ fn check_bounds(config: &Config, errors: &mut Vec<ConfigError>) {
     }
 }
 
-/// Connection recovery's bounds, and its one transport for now: positions come from this
-/// node's memory, so a resume on another node could not be vouched for.
+/// Connection recovery's bounds, and where positions come from: without history, from this
+/// node's memory, which a resume on another node could not be vouched for; with history, from
+/// the store, which must be shared by every node unless the node is alone.
 fn check_recovery(config: &Config, errors: &mut Vec<ConfigError>) {
     let recovery = &config.connection_recovery;
+    let history = &config.history;
     let transport = config.adapter.driver.trim();
-    if recovery.enabled && !transport.is_empty() && transport != "local" {
+    let alone = transport.is_empty() || transport == "local";
+    if recovery.enabled && !history.enabled && !alone {
         err(
             errors,
             "connection_recovery.enabled",
             format!(
-                "positions come from this node's memory, so it works with the `local` transport only (not `{transport}`) until a history store shared by every node is available"
+                "without history, positions come from this node's memory, so it works with the `local` transport only (not `{transport}`); set history.enabled with a shared history.backend (redis, redis-cluster)"
             ),
         );
+    }
+    if history.enabled && !recovery.enabled {
+        let problem = "history is read through resumes: set connection_recovery.enabled too";
+        err(errors, "history.enabled", problem.to_string());
+    }
+    if history.enabled && history.backend.trim() == "memory" && !alone {
+        err(
+            errors,
+            "history.backend",
+            format!(
+                "`memory` keeps history in this node only, so it works with the `local` transport only (not `{transport}`); use a shared backend (redis, redis-cluster)"
+            ),
+        );
+    }
+    if history.enabled && !(1..=MAX_HISTORY_EVENTS).contains(&history.max_messages_per_channel) {
+        let problem = format!("must be 1 to {MAX_HISTORY_EVENTS}");
+        err(errors, "history.max_messages_per_channel", problem);
+    }
+    if history.enabled && !(1..=MAX_HISTORY_SECS).contains(&history.retention_window_seconds) {
+        let problem = format!("must be 1 to {MAX_HISTORY_SECS}");
+        err(errors, "history.retention_window_seconds", problem);
     }
     if !(1..=MAX_RECOVERY_BUFFER).contains(&recovery.max_buffer_size) {
         let problem = format!("must be 1 to {MAX_RECOVERY_BUFFER}");
@@ -363,6 +403,10 @@ fn check_recovery(config: &Config, errors: &mut Vec<ConfigError>) {
     }
 }
 
+/// Events one channel's history may hold at most.
+const MAX_HISTORY_EVENTS: u64 = 1_000_000;
+/// The longest an event may stay in history, in seconds (a year).
+const MAX_HISTORY_SECS: u64 = 366 * 86_400;
 /// Events one channel's recovery buffer may hold at most.
 const MAX_RECOVERY_BUFFER: usize = 10_000;
 /// The longest an event may stay recoverable, in seconds (a day).
@@ -653,7 +697,14 @@ fn drivers(config: &Config, errors: &mut Vec<ConfigError>) -> DriverSelection {
             Some(driver_choice(config, "app_manager", name, manager.tables.get(name), errors))
         }
     };
-    DriverSelection { transport, cache, queue, rate_limiter, app_manager }
+    let history = config.history.enabled.then(|| {
+        let name = match config.history.backend.trim() {
+            "" => "memory",
+            name => name,
+        };
+        driver_choice(config, "history", name, config.history.tables.get(name), errors)
+    });
+    DriverSelection { transport, cache, queue, rate_limiter, app_manager, history }
 }
 
 /// A driver with its table as TOML text. The shared backend table (`database.redis` for

@@ -21,6 +21,7 @@ use crate::{
         filter::{self, Tags},
         frames,
     },
+    recovery::Record,
 };
 
 #[derive(Debug, Deserialize)]
@@ -181,8 +182,10 @@ pub(crate) fn cache_key(app_id: &str, channel: &str) -> String {
 }
 
 /// Deliver a checked event (keeping it if the channel is a cache channel) and, if asked,
-/// describe its channels.
-async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
+/// describe its channels. With history on, a channel whose event the store could not take is
+/// not broadcast (nothing goes out that a resume could not recover): 503, after the channels
+/// before it went.
+async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Result<Option<Value>, ApiError> {
     ctx.feed.stats.published(&app.id, event.channels.len() as u64);
     for name in &event.channels {
         let text = frames::channel_event(&event.name, name, &event.data, None);
@@ -217,17 +220,39 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
         let except = event.socket_id.as_deref();
         let to =
             Broadcast::to(&app.id, name).except(except).tagged(tags).compressible(compressible);
-        let frame = Utf8Bytes::from(text);
         match &ctx.recovery {
+            // The store gives the position; the other nodes and this one deliver in its order.
+            Some(recovery) if recovery.is_durable() => {
+                let record = Record {
+                    message_id: uuid::Uuid::new_v4().to_string(),
+                    frame: text,
+                    tags: tags.cloned(),
+                    except: except.map(str::to_string),
+                };
+                let event = recovery.append(&app.id, name, record).await.map_err(|error| {
+                    tracing::warn!(%error, channel = %name, "An event was not published: the history store did not take it.");
+                    ApiError::unavailable(format!(
+                        "Channel {name:?}: the history store is unavailable; the event was not published"
+                    ))
+                })?;
+                let frame = Utf8Bytes::from(event.record.frame.clone());
+                ctx.adapter.broadcast_elsewhere(&to, &frame, event.bus_position());
+                recovery.deliver(&app.id, name, event);
+            }
             // The event's position is given, kept and delivered in one step per channel.
-            Some(recovery) => recovery.publish(&app.id, name, frame.as_str(), |positioned| {
-                ctx.adapter.broadcast_positioned(&to, &frame, positioned)
-            }),
-            None => ctx.adapter.broadcast(&to, &frame),
+            Some(recovery) => {
+                let frame = Utf8Bytes::from(text);
+                recovery.publish(&app.id, name, frame.as_str(), |positioned| {
+                    ctx.adapter.broadcast_positioned(&to, &frame, positioned)
+                });
+            }
+            None => {
+                ctx.adapter.broadcast(&to, &Utf8Bytes::from(text));
+            }
         };
     }
     if event.info.is_empty() {
-        return None;
+        return Ok(None);
     }
     let mut channels = Map::new();
     for name in &event.channels {
@@ -246,7 +271,7 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Option<Value> {
         }
         channels.insert(name.clone(), Value::Object(info));
     }
-    Some(Value::Object(channels))
+    Ok(Some(Value::Object(channels)))
 }
 
 /// Overload push-back: a trigger waits while most subscribers of a channel it names are behind
@@ -318,7 +343,7 @@ pub(crate) async fn publish_body(ctx: &Ctx, app: &App, body: &[u8]) -> Result<Va
     let event = check(app, parse(body)?, false)?;
     limit(ctx, app, event.channels.len()).await?;
     push_back(ctx, app, event.channels.iter()).await?;
-    Ok(match publish(ctx, app, &event).await {
+    Ok(match publish(ctx, app, &event).await? {
         Some(channels) => json!({ "channels": channels }),
         None => json!({}),
     })
@@ -350,7 +375,7 @@ pub(crate) async fn batch(
     push_back(&ctx, &app, events.iter().flat_map(|e| e.channels.iter())).await?;
     let mut described = Vec::with_capacity(events.len());
     for event in &events {
-        described.push(publish(&ctx, &app, event).await);
+        described.push(publish(&ctx, &app, event).await?);
     }
     if described.iter().all(Option::is_none) {
         return Ok(Json(json!({})));

@@ -273,6 +273,16 @@ impl Hub {
         sent
     }
 
+    /// Close with `code` the channel's connections that track recovery positions: they missed
+    /// events this node cannot give them in order, and reconnect to resume. How many.
+    pub(crate) fn close_positioned(&self, app_id: &str, channel: &str, code: u16) -> usize {
+        let Some(app) = self.existing(app_id) else { return 0 };
+        let channels = app.channels.read().expect("hub lock");
+        let Some(entry) = channels.get(channel) else { return 0 };
+        let positioned = entry.subscribers.values().filter(|c| c.wants_positions());
+        positioned.map(|conn| conn.close(code)).count()
+    }
+
     /// Whether `channel`'s subscribers are mostly behind. With `recheck`, their queues are
     /// looked at now (and the answer kept); otherwise the last broadcast's finding is told.
     pub(crate) fn congested(&self, app_id: &str, channel: &str, recheck: bool) -> bool {

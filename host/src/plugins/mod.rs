@@ -13,11 +13,11 @@ mod registry;
 
 pub use crate::config::{DriverChoice, DriverSelection};
 pub use drivers::{
-    AppManager, Cache, Conditional, DriverError, Drivers, JobError, JobFuture, Queue, QueuedJob,
-    RateLimiter, Transport,
+    AppManager, Appended, Cache, Conditional, DriverError, Drivers, History, JobError, JobFuture,
+    Queue, QueuedJob, RateLimiter, StoredEvent, StreamPage, Transport,
 };
 pub use host_context::{Incoming, PluginCounters};
 pub use loader::{LoadError, LoadedPlugin};
 pub use manifest::{Manifest, ManifestError};
 pub use registry::{PluginLine, Refusal, RefusalReason, Registry};
-pub use sockhost_plugin_api::{ErrorCode, RateDecision};
+pub use sockhost_plugin_api::{ErrorCode, RateDecision, Retention};

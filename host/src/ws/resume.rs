@@ -4,7 +4,7 @@
 //! subscribe, up to [`WAIT_FOR_SUBSCRIBE`]; then it fails and the summary goes out.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -14,7 +14,7 @@ use axum::extract::ws::Utf8Bytes;
 use crate::{
     hub::Conn,
     protocol::recovery::{Failure, FailureCode, Recovered, Wanted, resume_failed, resume_success},
-    recovery::{Acked, Recovery},
+    recovery::{Acked, Fetched, Recovery},
 };
 
 /// How long a resumed channel waits for its subscribe.
@@ -31,7 +31,8 @@ struct Waiting {
 }
 
 impl Waiting {
-    /// Replay one channel now (its subscription was acknowledged at `upto`).
+    /// Replay one channel now (its subscription was acknowledged at `upto`), with what the
+    /// history store answered for it, if it was asked.
     fn settle(
         &mut self,
         recovery: &Recovery,
@@ -39,12 +40,18 @@ impl Waiting {
         conn: &Conn,
         channel: &str,
         acked: &Acked,
+        fetched: Option<Result<Fetched, Box<Failure>>>,
     ) {
         let Some(wanted) = self.channels.remove(channel) else { return };
         let send = |frame: &Utf8Bytes| {
             conn.send(frame);
         };
-        match recovery.replay(app, channel, &wanted, acked, send) {
+        let fetched = match fetched {
+            Some(Err(failure)) => return self.fail(conn, *failure),
+            Some(Ok(fetched)) => Some(fetched),
+            None => None,
+        };
+        match recovery.replay(app, channel, &wanted, acked, fetched.as_ref(), send) {
             Ok(recovered) => self.recovered.push(recovered),
             Err(failure) => self.fail(conn, *failure),
         }
@@ -82,7 +89,8 @@ impl Resumes {
         app: &str,
         conn: &Conn,
         wanted: Vec<(String, Wanted)>,
-        heads: &std::collections::HashMap<String, Acked>,
+        heads: &HashMap<String, Acked>,
+        mut fetched: HashMap<String, Result<Fetched, Box<Failure>>>,
     ) {
         if let Some(older) = self.waiting.lock().expect("resume lock").take() {
             older.finish(conn);
@@ -96,7 +104,8 @@ impl Resumes {
             .filter_map(|channel| heads.get(channel).map(|acked| (channel.clone(), acked.clone())))
             .collect();
         for (channel, acked) in ready {
-            waiting.settle(recovery, app, conn, &channel, &acked);
+            let answer = fetched.remove(&channel);
+            waiting.settle(recovery, app, conn, &channel, &acked, answer);
         }
         if waiting.channels.is_empty() {
             return waiting.finish(conn);

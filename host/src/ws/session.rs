@@ -134,7 +134,7 @@ impl Session {
 
     /// `pusher:resume`: replay what the client missed on each channel it names, as Sockudo
     /// does; 4301 without recovery, 4302 when it names nothing.
-    fn resume(&mut self, data: &Value) {
+    async fn resume(&mut self, data: &Value) {
         let Some(recovery) = self.recovery().cloned() else {
             Metrics::count(&self.ctx.metrics.resumes, "outcome", "disabled");
             return self.error(codes::RECOVERY_DISABLED, "Connection recovery is not enabled");
@@ -142,8 +142,18 @@ impl Session {
         match recovery::parse_resume(data) {
             Ok(wanted) => {
                 Metrics::count(&self.ctx.metrics.resumes, "outcome", "started");
+                // With history, what this node's buffers cannot cover is read from the store
+                // first, for the channels subscribed already (the others, at their subscribe).
+                let mut fetched = HashMap::new();
+                for (channel, position) in &wanted {
+                    if self.heads.contains_key(channel)
+                        && let Some(answer) = recovery.fetch(&self.app.id, channel, position).await
+                    {
+                        fetched.insert(channel.clone(), answer);
+                    }
+                }
                 let (app, conn) = (&self.app.id, &self.conn);
-                self.resumes.start(&recovery, app, conn, wanted, &self.heads);
+                self.resumes.start(&recovery, app, conn, wanted, &self.heads, fetched);
             }
             Err(error) => {
                 Metrics::count(&self.ctx.metrics.resumes, "outcome", "refused");
@@ -214,7 +224,7 @@ impl Session {
             Ok(ClientMessage::ClientEvent { event, channel, data }) => {
                 self.client_event(&event, &channel, &data).await;
             }
-            Ok(ClientMessage::Resume { data }) => self.resume(&data),
+            Ok(ClientMessage::Resume { data }) => self.resume(&data).await,
         }
     }
 
@@ -343,8 +353,21 @@ impl Session {
         // becomes visible (the closure runs under the hub's lock on the channel), and a resume
         // waiting for this subscribe replays right after it, before any live event.
         let recovery = self.recovery().cloned();
-        let stream = recovery.as_ref().and_then(|r| r.stream(&self.app.id, name));
+        let stream = match &recovery {
+            Some(recovery) => recovery.prepare(&self.app.id, name).await,
+            None => None,
+        };
         let resumed = stream.as_ref().and_then(|_| self.resumes.take(name));
+        // With history, what this node's buffer cannot cover is read from the store first.
+        let fetched = match (&recovery, &resumed) {
+            (Some(recovery), Some(wanted)) => recovery.fetch(&self.app.id, name, wanted).await,
+            _ => None,
+        };
+        let (fetched, unreadable) = match fetched {
+            Some(Err(failure)) => (None, Some(failure)),
+            Some(Ok(fetched)) => (Some(fetched), None),
+            None => (None, None),
+        };
         let acked = AtomicU64::new(0);
         let mut replayed = None;
         let subscribed = self
@@ -363,8 +386,10 @@ impl Session {
                 let serial = head.serial();
                 acked.store(serial, Ordering::Relaxed);
                 let mut frames = vec![recovery::with_head(&frame, &head.stream_id, serial).into()];
-                if let Some(wanted) = &resumed {
-                    let outcome = recovery.collect(stream, name, wanted, serial);
+                if let Some(failure) = &unreadable {
+                    replayed = Some(Err(failure.clone()));
+                } else if let Some(wanted) = &resumed {
+                    let outcome = recovery.collect(stream, name, wanted, serial, fetched.as_ref());
                     if let Ok((replay, _)) = &outcome {
                         frames.extend(replay.iter().cloned());
                     }

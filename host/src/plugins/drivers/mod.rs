@@ -4,6 +4,7 @@
 mod app_manager;
 mod cache;
 mod call;
+mod history;
 mod queue;
 mod rate_limiter;
 mod transport;
@@ -17,6 +18,7 @@ use self::call::{Guarded, Named};
 pub use self::{
     app_manager::{AppManager, Conditional},
     cache::Cache,
+    history::{Appended, History, StoredEvent, StreamPage},
     queue::{JobError, JobFuture, Queue, QueuedJob},
     rate_limiter::RateLimiter,
     transport::Transport,
@@ -85,6 +87,8 @@ pub struct Drivers {
     pub rate_limiter: RateLimiter,
     /// Where apps live, when not in the configuration file.
     pub app_manager: Option<Arc<AppManager>>,
+    /// Channel streams for connection recovery across nodes, when history is on.
+    pub history: Option<Arc<History>>,
     /// Counters the plugins report.
     pub counters: Arc<PluginCounters>,
 }
@@ -138,15 +142,17 @@ impl Drivers {
             )
             .await;
         let app_manager = builder.app_manager(selection.app_manager.as_ref()).await;
-        let (transport, cache, queue, rate_limiter, app_manager) =
-            match (transport, cache, queue, rate_limiter, app_manager) {
-                (Ok(t), Ok(c), Ok(q), Ok(r), Ok(a)) => (t, c, q, r, a),
-                (t, c, q, r, a) => {
+        let history = builder.history(selection.history.as_ref()).await;
+        let (transport, cache, queue, rate_limiter, app_manager, history) =
+            match (transport, cache, queue, rate_limiter, app_manager, history) {
+                (Ok(t), Ok(c), Ok(q), Ok(r), Ok(a), Ok(h)) => (t, c, q, r, a, h),
+                (t, c, q, r, a, h) => {
                     errors.extend(t.err());
                     errors.extend(c.err());
                     errors.extend(q.err());
                     errors.extend(r.err());
                     errors.extend(a.err());
+                    errors.extend(h.err());
                     return Err(errors);
                 }
             };
@@ -165,6 +171,7 @@ impl Drivers {
                 rate_limiter,
             )),
             app_manager,
+            history,
             counters,
         })
     }
@@ -173,6 +180,11 @@ impl Drivers {
     pub async fn shutdown(&self) {
         if let Some(manager) = &self.app_manager
             && let Err(error) = manager.shutdown().await
+        {
+            tracing::warn!(%error, "A driver did not shut down cleanly.");
+        }
+        if let Some(history) = &self.history
+            && let Err(error) = history.shutdown().await
         {
             tracing::warn!(%error, "A driver did not shut down cleanly.");
         }
@@ -211,6 +223,16 @@ impl Builder<'_> {
             self.build(DriverKind::APP_MANAGER, choice, None, |m| m.app_manager(), || None).await?;
         let named = Named::new(DriverKind::APP_MANAGER, &choice.name, made);
         Ok(Some(Arc::new(AppManager(named))))
+    }
+
+    /// The history store, if history is on.
+    async fn history(
+        &self,
+        choice: Option<&DriverChoice>,
+    ) -> Result<Option<Arc<History>>, DriverError> {
+        let Some(choice) = choice else { return Ok(None) };
+        let made = self.build(DriverKind::HISTORY, choice, None, |m| m.history(), || None).await?;
+        Ok(Some(Arc::new(History(Named::new(DriverKind::HISTORY, &choice.name, made)))))
     }
 
     async fn build<T>(

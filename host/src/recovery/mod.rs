@@ -12,11 +12,19 @@
 //! acknowledgement), and every later one is.
 //! Bounded: per channel in events ([`RecoverySettings::max_events`]) and bytes, in age, and
 //! node-wide in channels; a channel past the node's limit publishes without a position.
-//! Positions come from this node's memory: configuration allows it with the `local` transport
-//! only (a resume on another node could not be vouched for).
+//! Without history, positions come from this node's memory: configuration allows it with the
+//! `local` transport only (a resume on another node could not be vouched for). With history,
+//! the store assigns them for the whole cluster and every node delivers each channel's events
+//! in serial order ([`durable`]).
+
+mod durable;
+mod record;
+
+pub(crate) use durable::{Durable, Event, Fetched, GateCounters};
+pub(crate) use record::Record;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -90,6 +98,17 @@ impl Buffer {
     }
 }
 
+/// A stream's order: the serial of the last event delivered on this node, and, with history,
+/// the events that came early (a serial beyond the next) waiting for the gap before them to be
+/// filled from the store.
+#[derive(Debug, Default)]
+pub(crate) struct Order {
+    last: u64,
+    pending: BTreeMap<u64, Event>,
+    /// A task is filling the gap.
+    repairing: bool,
+}
+
 /// One channel's stream on this node. Two locks: `order` is held by a publish from its serial
 /// to its delivery (so delivery order is serial order), `buffer` only while events are added
 /// or read, so that a subscription being made visible under the hub's lock can read what it
@@ -97,19 +116,19 @@ impl Buffer {
 #[derive(Debug)]
 pub(crate) struct Stream {
     stream_id: Arc<str>,
-    /// The serial of the last event (0: none yet); its lock orders publishes.
-    order: Mutex<u64>,
+    order: Mutex<Order>,
     /// The last serial, raised after the event is kept and before it is delivered.
     published: Arc<AtomicU64>,
     buffer: Mutex<Buffer>,
 }
 
 impl Stream {
-    fn new() -> Self {
+    /// Stream `stream_id`, of which this node delivered up to `last`.
+    fn new(stream_id: Arc<str>, last: u64) -> Self {
         Self {
-            stream_id: uuid::Uuid::new_v4().to_string().into(),
-            order: Mutex::new(0),
-            published: Arc::default(),
+            stream_id,
+            order: Mutex::new(Order { last, ..Order::default() }),
+            published: Arc::new(AtomicU64::new(last)),
             // Used from its start, so that a stream nobody publishes to is swept too.
             buffer: Mutex::new(Buffer { used: Some(Instant::now()), ..Buffer::default() }),
         }
@@ -142,33 +161,77 @@ pub(crate) struct Recovery {
     streams: RwLock<Streams>,
     /// Events published without a position because the node holds [`MAX_STREAMS`].
     untracked: Counter,
+    /// The history store, when positions come from it.
+    durable: Option<Durable>,
 }
 
 impl Recovery {
     /// Streams kept as `settings` say; events past the node's limit counted in `untracked`.
-    pub(crate) fn new(settings: RecoverySettings, untracked: Counter) -> Self {
-        Self { settings, streams: RwLock::default(), untracked }
+    /// Positions from this node's memory unless `durable` gives a history store.
+    pub(crate) fn new(
+        settings: RecoverySettings,
+        untracked: Counter,
+        durable: Option<Durable>,
+    ) -> Self {
+        Self { settings, streams: RwLock::default(), untracked, durable }
     }
 
-    /// The channel's stream, made if it has none and the node has room.
-    pub(crate) fn stream(&self, app: &str, channel: &str) -> Option<Arc<Stream>> {
+    /// The channel's stream, if this node has one.
+    fn find(&self, app: &str, channel: &str) -> Option<Arc<Stream>> {
         // A publish on a known channel takes the read lock and allocates nothing.
-        let found = |streams: &Streams| streams.by_app.get(app)?.get(channel).cloned();
-        if let Some(stream) = found(&self.streams.read().expect("recovery lock")) {
+        let streams = self.streams.read().expect("recovery lock");
+        streams.by_app.get(app)?.get(channel).cloned()
+    }
+
+    /// The channel's stream if it has one and `keep` accepts it, else a new one from `make`
+    /// (in its place), when the node has room.
+    fn find_or_make(
+        &self,
+        app: &str,
+        channel: &str,
+        keep: impl Fn(&Stream) -> bool,
+        make: impl FnOnce() -> Stream,
+    ) -> Option<Arc<Stream>> {
+        if let Some(stream) = self.find(app, channel).filter(|s| keep(s)) {
             return Some(stream);
         }
         let mut streams = self.streams.write().expect("recovery lock");
-        if let Some(stream) = found(&streams) {
-            return Some(stream);
+        let existing = streams.by_app.get(app).and_then(|c| c.get(channel)).cloned();
+        match existing {
+            Some(stream) if keep(&stream) => return Some(stream),
+            Some(_) => {}
+            None if streams.count >= MAX_STREAMS => return None,
+            None => streams.count += 1,
         }
-        if streams.count >= MAX_STREAMS {
-            return None;
-        }
-        streams.count += 1;
-        let stream = Arc::new(Stream::new());
+        let stream = Arc::new(make());
         let channels = streams.by_app.entry(app.to_string()).or_default();
         channels.insert(channel.to_string(), stream.clone());
         Some(stream)
+    }
+
+    /// The channel's stream, made if it has none and the node has room (positions from this
+    /// node's memory); with history, only the one the node has (see [`Recovery::prepare`]).
+    pub(crate) fn stream(&self, app: &str, channel: &str) -> Option<Arc<Stream>> {
+        if self.durable.is_some() {
+            return self.find(app, channel);
+        }
+        let fresh = || Stream::new(uuid::Uuid::new_v4().to_string().into(), 0);
+        self.find_or_make(app, channel, |_| true, fresh)
+    }
+
+    /// Keep `frame`, the event `serial` with its position, in the stream's buffer.
+    fn keep(&self, stream: &Stream, serial: u64, message_id: String, frame: Utf8Bytes) {
+        let now = Instant::now();
+        let mut buffer = stream.buffer.lock().expect("recovery lock");
+        buffer.forget_before(now.checked_sub(self.settings.ttl).unwrap_or(now));
+        buffer.bytes += frame.len();
+        buffer.used = Some(now);
+        buffer.kept.push_back(Kept { serial, message_id, frame, at: now });
+        while buffer.kept.len() > self.settings.max_events
+            || (buffer.bytes > MAX_CHANNEL_BYTES && buffer.kept.len() > 1)
+        {
+            buffer.drop_oldest();
+        }
     }
 
     /// Give an app event on the channel its position, keep it, and `deliver` the positioned
@@ -185,24 +248,12 @@ impl Recovery {
             self.untracked.inc();
             return deliver(None);
         };
-        let mut head = stream.order.lock().expect("recovery lock");
-        *head += 1;
-        let serial = *head;
+        let mut order = stream.order.lock().expect("recovery lock");
+        order.last += 1;
+        let serial = order.last;
         let message_id = uuid::Uuid::new_v4().to_string();
         let frame = Utf8Bytes::from(with_position(plain, &message_id, &stream.stream_id, serial));
-        {
-            let now = Instant::now();
-            let mut buffer = stream.buffer.lock().expect("recovery lock");
-            buffer.forget_before(now.checked_sub(self.settings.ttl).unwrap_or(now));
-            buffer.bytes += frame.len();
-            buffer.used = Some(now);
-            buffer.kept.push_back(Kept { serial, message_id, frame: frame.clone(), at: now });
-            while buffer.kept.len() > self.settings.max_events
-                || (buffer.bytes > MAX_CHANNEL_BYTES && buffer.kept.len() > 1)
-            {
-                buffer.drop_oldest();
-            }
-        }
+        self.keep(&stream, serial, message_id, frame.clone());
         // The hub raises `published` as it delivers (see `Hub::broadcast_positioned`).
         deliver(Some(Positioned { frame: &frame, published: &stream.published, serial }))
     }
@@ -210,13 +261,15 @@ impl Recovery {
     /// Replay to `send` the events after `wanted` on the channel up to the head the socket's
     /// subscription was `acked` at (it got the later ones live; all of them if the stream
     /// started again since), holding the stream's order so that no publish interleaves; what
-    /// was recovered, or why not.
+    /// was recovered, or why not. `fetched`: what the history store answered, when this node's
+    /// buffer could not cover the gap ([`Recovery::fetch`]).
     pub(crate) fn replay(
         &self,
         app: &str,
         channel: &str,
         wanted: &Wanted,
         acked: &Acked,
+        fetched: Option<&Fetched>,
         mut send: impl FnMut(&Utf8Bytes),
     ) -> Result<Recovered, Box<Failure>> {
         let Some(stream) = self.stream(app, channel) else {
@@ -230,64 +283,101 @@ impl Recovery {
         };
         let _order = stream.order.lock().expect("recovery lock");
         let upto = if acked.0 == stream.stream_id { acked.1 } else { 0 };
-        let (frames, recovered) = self.collect(&stream, channel, wanted, upto)?;
+        let (frames, recovered) = self.collect(&stream, channel, wanted, upto, fetched)?;
         frames.iter().for_each(&mut send);
         Ok(recovered)
     }
 
     /// The events after `wanted` up to `upto` (at most the published head), without taking
     /// the stream's order: for a subscription being made visible, whose acknowledgement read
-    /// `upto`. Nothing is returned unless every missed event is held: a gap is never replayed
-    /// in part.
+    /// `upto`. From this node's buffer, and from `fetched` (the store's answer) for what the
+    /// buffer no longer holds. Nothing is returned unless every missed event is held: a gap is
+    /// never replayed in part.
     pub(crate) fn collect(
         &self,
         stream: &Stream,
         channel: &str,
         wanted: &Wanted,
         upto: u64,
+        fetched: Option<&Fetched>,
     ) -> Result<Replay, Box<Failure>> {
         let head = stream.published.load(Ordering::Acquire);
         let mut buffer = stream.buffer.lock().expect("recovery lock");
         let now = Instant::now();
         buffer.forget_before(now.checked_sub(self.settings.ttl).unwrap_or(now));
-        // As Sockudo answers on its hot path: the current stream only for a reset, and no
-        // available serials.
-        let expired = || {
-            let reason = "hot_replay_expired_and_durable_history_disabled";
-            failure(channel, wanted, FailureCode::PositionExpired, reason, None)
+        let durable = self.durable.is_some();
+        // As Sockudo answers: on its hot path without history, the current stream only for a
+        // reset, and no available serials.
+        let expired = |reason| failure(channel, wanted, FailureCode::PositionExpired, reason, None);
+        let lost = if durable {
+            "retained_history_floor_is_ahead_of_requested_serial"
+        } else {
+            "hot_replay_expired_and_durable_history_disabled"
         };
         let serial = match wanted {
             Wanted::Position(p) if *p.stream_id != *stream.stream_id => {
-                let reason = "stream_id_mismatch";
+                let reason =
+                    if durable { "durable_stream_id_mismatch" } else { "stream_id_mismatch" };
                 let current = Some(&*stream.stream_id);
                 return Err(failure(channel, wanted, FailureCode::StreamReset, reason, current));
             }
             Wanted::Position(p) => p.serial,
             Wanted::Serial(serial) => *serial,
         };
+        // Only what the store answered for this very stream counts.
+        let fetched = fetched.filter(|f| *f.stream_id == *stream.stream_id);
         if serial > head {
-            return Err(expired());
+            // Seen through another node, not delivered here yet: the store vouches for it,
+            // and the rest comes live.
+            if fetched.is_some_and(|f| f.head >= serial) {
+                let recovered = Recovered {
+                    channel: channel.to_string(),
+                    source: Source::Cold,
+                    replayed: 0,
+                    position: None,
+                };
+                return Ok((Vec::new(), recovered));
+            }
+            return Err(if durable {
+                let reason = "position_ahead_of_durable_stream";
+                failure(channel, wanted, FailureCode::ContinuityUnverifiable, reason, None)
+            } else {
+                expired(lost)
+            });
         }
         let upto = upto.min(head);
         let missed = upto.saturating_sub(serial);
-        let oldest = buffer.kept.front().map_or(upto + 1, |k| k.serial);
-        if missed > self.settings.max_events as u64 || (missed > 0 && oldest > serial + 1) {
-            return Err(expired());
+        if missed > self.settings.max_events as u64 {
+            return Err(expired(if durable { "recovery_window_exceeded" } else { lost }));
         }
         buffer.used = Some(now);
-        let replayed: Vec<&Kept> =
-            buffer.kept.iter().filter(|k| k.serial > serial && k.serial <= upto).collect();
+        // Each missed serial from the buffer, else from the store's answer.
+        let mut found: BTreeMap<u64, (&str, &Utf8Bytes, Source)> = BTreeMap::new();
+        for event in fetched.iter().flat_map(|f| &f.events) {
+            if event.serial > serial && event.serial <= upto {
+                found.insert(event.serial, (&event.message_id, &event.frame, Source::Cold));
+            }
+        }
+        for kept in &buffer.kept {
+            if kept.serial > serial && kept.serial <= upto {
+                found.insert(kept.serial, (&kept.message_id, &kept.frame, Source::Hot));
+            }
+        }
+        if found.len() as u64 != missed {
+            return Err(expired(lost));
+        }
+        let cold = found.values().any(|(_, _, source)| *source == Source::Cold);
         let recovered = Recovered {
             channel: channel.to_string(),
-            source: Source::Hot,
-            replayed: replayed.len(),
-            position: replayed.last().map(|k| Position {
+            source: if cold { Source::Cold } else { Source::Hot },
+            replayed: found.len(),
+            position: found.iter().next_back().map(|(serial, (message_id, _, _))| Position {
                 stream_id: stream.stream_id.to_string(),
-                serial: k.serial,
-                last_message_id: Some(k.message_id.clone()),
+                serial: *serial,
+                last_message_id: Some((*message_id).to_string()),
             }),
         };
-        Ok((replayed.iter().map(|k| k.frame.clone()).collect(), recovered))
+        Ok((found.values().map(|(_, frame, _)| (*frame).clone()).collect(), recovered))
     }
 
     /// Forget the streams unused for the TTL, every quarter of it, until `shutdown`. A
@@ -343,8 +433,8 @@ mod tests {
     use super::*;
 
     fn recovery(max_events: usize) -> Recovery {
-        let settings = RecoverySettings { ttl: Duration::from_secs(60), max_events };
-        Recovery::new(settings, Counter::default())
+        let settings = RecoverySettings { ttl: Duration::from_secs(60), max_events, history: None };
+        Recovery::new(settings, Counter::default(), None)
     }
 
     fn publish(recovery: &Recovery, n: u64) {
@@ -379,7 +469,7 @@ mod tests {
         let wanted = Wanted::Position(Position { stream_id, serial, last_message_id: None });
         let mut got = Vec::new();
         let recovered = recovery
-            .replay("app", "c", &wanted, &(stream_id_of(&recovery), u64::MAX), |f| {
+            .replay("app", "c", &wanted, &(stream_id_of(&recovery), u64::MAX), None, |f| {
                 got.push(f.to_string())
             })
             .unwrap();
@@ -396,7 +486,9 @@ mod tests {
         let now = Wanted::Serial(7);
         assert_eq!(
             recovery
-                .replay("app", "c", &now, &(stream_id_of(&recovery), u64::MAX), |_| panic!("sent"))
+                .replay("app", "c", &now, &(stream_id_of(&recovery), u64::MAX), None, |_| {
+                    panic!("sent")
+                })
                 .unwrap()
                 .replayed,
             0
@@ -417,7 +509,7 @@ mod tests {
         };
         let code = |wanted: &Wanted| {
             recovery
-                .replay("app", "c", wanted, &(stream_id_of(&recovery), u64::MAX), |_| {
+                .replay("app", "c", wanted, &(stream_id_of(&recovery), u64::MAX), None, |_| {
                     panic!("sent")
                 })
                 .unwrap_err()
@@ -433,7 +525,10 @@ mod tests {
         let replaced = (Arc::from("old"), 20);
         let at_15 = at(15);
         assert_eq!(
-            recovery.replay("app", "c", &at_15, &replaced, |_| panic!("sent")).unwrap().replayed,
+            recovery
+                .replay("app", "c", &at_15, &replaced, None, |_| panic!("sent"))
+                .unwrap()
+                .replayed,
             0
         );
         let other = Wanted::Position(Position {
@@ -444,7 +539,7 @@ mod tests {
         assert_eq!(code(&other).code, FailureCode::StreamReset);
         assert_eq!(
             recovery
-                .replay("app", "c", &at(15), &(stream_id_of(&recovery), u64::MAX), |_| ())
+                .replay("app", "c", &at(15), &(stream_id_of(&recovery), u64::MAX), None, |_| ())
                 .unwrap()
                 .replayed,
             5

@@ -1,0 +1,104 @@
+//! The history store handle.
+
+use sockhost_plugin_api::{
+    HistoryBox, Retention,
+    abi::{RStr, RVec},
+};
+
+use super::{DriverError, call::Named};
+
+/// An appended event's place in its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream.
+    pub stream_id: String,
+    /// The event's serial.
+    pub serial: u64,
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Its serial.
+    pub serial: u64,
+    /// The host's record, as appended (untrusted: the store may hold anything).
+    pub record: Vec<u8>,
+}
+
+/// A read of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPage {
+    /// The stream.
+    pub stream_id: String,
+    /// The serial of its last event.
+    pub head: u64,
+    /// The events asked for that are kept, ascending and without holes.
+    pub events: Vec<StoredEvent>,
+}
+
+/// The history store, as the host uses it.
+#[derive(Debug)]
+pub struct History(pub(super) Named<HistoryBox>);
+
+impl History {
+    /// The driver name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Append `record` to the channel's stream; its position.
+    pub async fn append(
+        &self,
+        app: &str,
+        channel: &str,
+        record: Vec<u8>,
+        retention: Retention,
+    ) -> Result<Appended, DriverError> {
+        let call = self.0.inner.append(
+            RStr::from_str(app),
+            RStr::from_str(channel),
+            RVec::from(record),
+            retention,
+        );
+        let appended = self.0.call(call).await?;
+        Ok(Appended { stream_id: appended.stream_id.into_string(), serial: appended.serial })
+    }
+
+    /// At most `limit` events after `after` (0: the head only).
+    pub async fn read(
+        &self,
+        app: &str,
+        channel: &str,
+        after: u64,
+        limit: u32,
+        retention: Retention,
+    ) -> Result<StreamPage, DriverError> {
+        let call = self.0.inner.read(
+            RStr::from_str(app),
+            RStr::from_str(channel),
+            after,
+            limit,
+            retention,
+        );
+        let page = self.0.call(call).await?;
+        Ok(StreamPage {
+            stream_id: page.stream_id.into_string(),
+            head: page.head,
+            events: page
+                .events
+                .into_iter()
+                .map(|e| StoredEvent { serial: e.serial, record: e.record.into_vec() })
+                .collect(),
+        })
+    }
+
+    /// Whether the backend answers.
+    pub async fn health(&self) -> Result<(), DriverError> {
+        self.0.call(self.0.inner.health()).await
+    }
+
+    /// Release the backend.
+    pub async fn shutdown(&self) -> Result<(), DriverError> {
+        self.0.call(self.0.inner.shutdown()).await
+    }
+}

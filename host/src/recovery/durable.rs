@@ -1,0 +1,407 @@
+//! Recovery across nodes: the history store assigns each app event its position once for the
+//! cluster, and every node delivers a channel's events in serial order, whether they come from
+//! its own publishes or over the bus.
+//!
+//! A node keeps, per channel, the serial of the last event it delivered. A duplicate (a serial
+//! not above it) is dropped. An event that comes early (a serial beyond the next: another
+//! node's publish still on its way, or a bus message lost) waits, and a task fills the gap:
+//! after a short reorder window it reads the missing events from the store and delivers them,
+//! then the waiting ones. A gap the store cannot fill (trimmed, a stream reset, the store down
+//! three times) is given up: the channel's position-tracking sockets on this node are closed
+//! with 4200, so they reconnect and resume (and are told `resume_failed` for what is gone),
+//! and delivery goes on from the waiting events. Never a silent hole.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::ws::Utf8Bytes;
+use prometheus_client::metrics::counter::Counter;
+
+use super::{Order, Recovery, Stream, failure};
+use crate::{
+    cluster::envelope::BusPosition,
+    hub::{Hub, Positioned},
+    plugins::{DriverError, History, Retention},
+    protocol::{
+        Broadcast,
+        channel::ChannelKind,
+        recovery::{Failure, FailureCode, Wanted, with_position},
+    },
+};
+
+use super::record::Record;
+
+/// How long an early event waits for the ones before it to arrive on their own before they
+/// are read from the store (another node's publish may simply be a little behind).
+const REORDER_WINDOW: Duration = Duration::from_millis(30);
+/// Early events a channel holds at most while its gap is filled; past it, the gap is given up.
+const MAX_PENDING: usize = 10_000;
+/// Events one repair reads at most; a larger gap takes several reads.
+const MAX_REPAIR_READ: u32 = 1000;
+/// Failed store reads after which a gap is given up.
+const MAX_REPAIR_FAILURES: u32 = 3;
+/// The close code that sends a client to reconnect at once and resume (pusher-js and
+/// Sockudo's clients retry immediately for 4200-4299).
+const RECONNECT: u16 = 4200;
+
+/// What the gates count.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GateCounters {
+    /// Events dropped because this node had delivered their serial already.
+    pub duplicates: Counter,
+    /// Events read from the store to fill a gap.
+    pub repaired: Counter,
+    /// Events a gap lost for good (the store no longer had them).
+    pub lost: Counter,
+    /// Failed calls to the history store.
+    pub store_errors: Counter,
+}
+
+/// The history store and what delivering from it needs.
+#[derive(Debug)]
+pub(crate) struct Durable {
+    /// The store.
+    pub history: Arc<History>,
+    /// What it keeps of each channel.
+    pub retention: Retention,
+    /// This node's sockets.
+    pub hub: Arc<Hub>,
+    /// Whether events' tags are judged against subscribers' filters.
+    pub tag_filtering: bool,
+    /// What the gates count.
+    pub counters: GateCounters,
+}
+
+/// An event with its position, on its way to this node's subscribers.
+#[derive(Debug)]
+pub(crate) struct Event {
+    /// Its stream.
+    pub stream_id: Arc<str>,
+    /// Its serial.
+    pub serial: u64,
+    /// The event.
+    pub record: Record,
+}
+
+impl Event {
+    /// The position other nodes get beside the frame.
+    pub(crate) fn bus_position(&self) -> BusPosition {
+        BusPosition {
+            stream_id: self.stream_id.to_string(),
+            serial: self.serial,
+            message_id: self.record.message_id.clone(),
+        }
+    }
+}
+
+/// One event the store answered, ready to replay.
+#[derive(Debug)]
+pub(crate) struct FetchedEvent {
+    pub serial: u64,
+    pub message_id: String,
+    /// The frame with its position.
+    pub frame: Utf8Bytes,
+}
+
+/// The store's answer for a resume that this node's buffer could not serve.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    /// The store's stream.
+    pub stream_id: Arc<str>,
+    /// Its head.
+    pub head: u64,
+    /// The events after the resume's position, ascending without holes (a record that cannot
+    /// be read ends them).
+    pub events: Vec<FetchedEvent>,
+}
+
+impl Recovery {
+    /// Whether positions come from a history store.
+    pub(crate) fn is_durable(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    fn store(&self) -> &Durable {
+        self.durable.as_ref().expect("called with history on only")
+    }
+
+    /// Append an app event to its channel's stream in the store: the event with its
+    /// position, to [`Recovery::deliver`] here and to send to the other nodes.
+    pub(crate) async fn append(
+        &self,
+        app: &str,
+        channel: &str,
+        record: Record,
+    ) -> Result<Event, DriverError> {
+        let store = self.store();
+        let appended = store.history.append(app, channel, record.encode(), store.retention).await;
+        let appended = appended.inspect_err(|_| {
+            store.counters.store_errors.inc();
+        })?;
+        Ok(Event { stream_id: appended.stream_id.into(), serial: appended.serial, record })
+    }
+
+    /// Bring the channel's stream on this node up to the store's head before a subscription
+    /// is acknowledged: made at the head when the node has none, and caught up when the node
+    /// stopped hearing the channel (it had no subscriber, so its bus topic was let go) while
+    /// others published. `None` when the store cannot be read (the subscription goes without
+    /// a position) or the node is full.
+    pub(crate) async fn prepare(&self, app: &str, channel: &str) -> Option<Arc<Stream>> {
+        let Some(store) = &self.durable else { return self.stream(app, channel) };
+        let known = self.find(app, channel);
+        let after = known.as_ref().map_or(0, |s| s.order.lock().expect("recovery lock").last);
+        let limit = if known.is_some() { MAX_REPAIR_READ } else { 0 };
+        let page = match store.history.read(app, channel, after, limit, store.retention).await {
+            Ok(page) => page,
+            Err(error) => {
+                store.counters.store_errors.inc();
+                tracing::warn!(%error, channel, "The history store could not be read; the subscription goes without a position.");
+                return None;
+            }
+        };
+        let id: Arc<str> = page.stream_id.into();
+        let stream = self.find_or_make(
+            app,
+            channel,
+            |s| *s.stream_id == *id,
+            || Stream::new(id.clone(), page.head),
+        )?;
+        let mut order = stream.order.lock().expect("recovery lock");
+        for stored in page.events {
+            if stored.serial != order.last + 1 {
+                continue;
+            }
+            let Ok(record) = Record::decode(&stored.record) else { break };
+            store.counters.repaired.inc();
+            let event =
+                Event { stream_id: stream.stream_id.clone(), serial: stored.serial, record };
+            self.deliver_now(app, channel, &stream, &mut order, event);
+        }
+        if order.last < page.head && order.pending.is_empty() {
+            // More behind than one read, or no longer kept: what is missing is told to
+            // whoever resumes from before it; the new subscription starts at the head.
+            store.counters.lost.inc_by(page.head - order.last);
+            store.hub.close_positioned(app, channel, RECONNECT);
+            order.last = page.head;
+            stream.published.store(page.head, std::sync::atomic::Ordering::Release);
+        }
+        self.drain(app, channel, &stream, &mut order);
+        drop(order);
+        Some(stream)
+    }
+
+    /// What the store holds after `wanted`, when this node's buffer cannot cover the gap;
+    /// `None` when it can (or without history), a failure when the store cannot be read.
+    pub(crate) async fn fetch(
+        &self,
+        app: &str,
+        channel: &str,
+        wanted: &Wanted,
+    ) -> Option<Result<Fetched, Box<Failure>>> {
+        let store = self.durable.as_ref()?;
+        let serial = match wanted {
+            Wanted::Position(p) => p.serial,
+            Wanted::Serial(serial) => *serial,
+        };
+        if let Some(stream) = self.find(app, channel) {
+            let buffer = stream.buffer.lock().expect("recovery lock");
+            let head = stream.published.load(std::sync::atomic::Ordering::Acquire);
+            let covered = buffer.kept.front().is_some_and(|k| k.serial <= serial + 1);
+            if serial == head || (serial < head && covered) {
+                return None;
+            }
+        }
+        let limit = u32::try_from(self.settings.max_events + 1).unwrap_or(u32::MAX);
+        let page = match store.history.read(app, channel, serial, limit, store.retention).await {
+            Ok(page) => page,
+            Err(error) => {
+                store.counters.store_errors.inc();
+                tracing::warn!(%error, channel, "The history store could not be read for a resume.");
+                let (code, reason) =
+                    (FailureCode::PersistenceUnavailable, "durable_history_read_failed");
+                return Some(Err(failure(channel, wanted, code, reason, None)));
+            }
+        };
+        let stream_id: Arc<str> = page.stream_id.into();
+        let mut events = Vec::with_capacity(page.events.len());
+        for stored in page.events {
+            let Ok(record) = Record::decode(&stored.record) else { break };
+            let frame = with_position(&record.frame, &record.message_id, &stream_id, stored.serial);
+            events.push(FetchedEvent {
+                serial: stored.serial,
+                message_id: record.message_id,
+                frame: frame.into(),
+            });
+        }
+        Some(Ok(Fetched { stream_id, head: page.head, events }))
+    }
+
+    /// Deliver `event` to this node's subscribers of the channel in its stream's serial order:
+    /// now if it is the next, later if it came early (its gap is filled from the store first),
+    /// never if it was delivered already.
+    pub(crate) fn deliver(self: &Arc<Self>, app: &str, channel: &str, event: Event) {
+        let store = self.store();
+        let (id, serial) = (event.stream_id.clone(), event.serial);
+        // A stream this node has not seen starts at this event; another id than the node's is
+        // a stream started again (the store lost its state): from its first event.
+        let stream = self.find_or_make(
+            app,
+            channel,
+            |s| *s.stream_id == *id,
+            || Stream::new(id.clone(), serial - 1),
+        );
+        let Some(stream) = stream else {
+            // The node holds as many streams as it may: delivered without a position.
+            self.untracked.inc();
+            let frame = Utf8Bytes::from(event.record.frame.clone());
+            store.hub.broadcast(&self.destination(app, channel, &event.record), &frame);
+            return;
+        };
+        let mut order = stream.order.lock().expect("recovery lock");
+        if serial <= order.last {
+            store.counters.duplicates.inc();
+            return;
+        }
+        if serial == order.last + 1 {
+            self.deliver_now(app, channel, &stream, &mut order, event);
+            return self.drain(app, channel, &stream, &mut order);
+        }
+        if order.pending.len() >= MAX_PENDING {
+            self.give_up_gap(app, channel, &stream, &mut order);
+        }
+        order.pending.insert(serial, event);
+        if !order.repairing {
+            order.repairing = true;
+            let (this, app, channel) = (self.clone(), app.to_string(), channel.to_string());
+            let stream = stream.clone();
+            tokio::spawn(async move { this.repair(&app, &channel, &stream).await });
+        }
+    }
+
+    fn destination<'a>(&self, app: &'a str, channel: &'a str, record: &'a Record) -> Broadcast<'a> {
+        let tags = record.tags.as_ref().filter(|_| self.store().tag_filtering);
+        // Encrypted channels' events never go as deltas: their ciphertexts do not shrink.
+        let compressible = ChannelKind::of(channel) != ChannelKind::PrivateEncrypted;
+        Broadcast::to(app, channel)
+            .except(record.except.as_deref())
+            .tagged(tags)
+            .compressible(compressible)
+    }
+
+    /// Deliver the stream's next event, holding its order.
+    fn deliver_now(
+        &self,
+        app: &str,
+        channel: &str,
+        stream: &Stream,
+        order: &mut Order,
+        event: Event,
+    ) {
+        let Event { serial, record, .. } = event;
+        let positioned =
+            with_position(&record.frame, &record.message_id, &stream.stream_id, serial);
+        let positioned = Utf8Bytes::from(positioned);
+        self.keep(stream, serial, record.message_id.clone(), positioned.clone());
+        let plain = Utf8Bytes::from(record.frame.clone());
+        let to = self.destination(app, channel, &record);
+        let at = Positioned { frame: &positioned, published: &stream.published, serial };
+        self.store().hub.broadcast_positioned(&to, &plain, Some(at));
+        order.last = serial;
+    }
+
+    /// Deliver the waiting events that are next, in order.
+    fn drain(&self, app: &str, channel: &str, stream: &Stream, order: &mut Order) {
+        while let Some(entry) = order.pending.first_entry() {
+            match *entry.key() {
+                serial if serial <= order.last => {
+                    entry.remove();
+                    self.store().counters.duplicates.inc();
+                }
+                serial if serial == order.last + 1 => {
+                    let event = entry.remove();
+                    self.deliver_now(app, channel, stream, order, event);
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// The events before the first waiting one cannot be had: the sockets that track
+    /// positions reconnect and resume (and are told what is gone), and delivery goes on.
+    fn give_up_gap(&self, app: &str, channel: &str, stream: &Stream, order: &mut Order) {
+        let Some(&first) = order.pending.keys().next() else { return };
+        let store = self.store();
+        store.counters.lost.inc_by(first - order.last - 1);
+        let closed = store.hub.close_positioned(app, channel, RECONNECT);
+        tracing::warn!(
+            channel,
+            from = order.last + 1,
+            to = first - 1,
+            closed,
+            "Events of a channel could not be had from the history store; its position-tracking sockets were sent to reconnect and resume."
+        );
+        order.last = first - 1;
+        self.drain(app, channel, stream, order);
+    }
+
+    /// Fill the stream's gaps from the store until nothing waits.
+    async fn repair(self: Arc<Self>, app: &str, channel: &str, stream: &Stream) {
+        let store = self.store();
+        let mut failures = 0;
+        tokio::time::sleep(REORDER_WINDOW).await;
+        loop {
+            let (after, missing) = {
+                let mut order = stream.order.lock().expect("recovery lock");
+                self.drain(app, channel, stream, &mut order);
+                match order.pending.keys().next() {
+                    None => {
+                        order.repairing = false;
+                        return;
+                    }
+                    Some(&first) => (order.last, first - order.last - 1),
+                }
+            };
+            let limit = u32::try_from(missing).unwrap_or(u32::MAX).min(MAX_REPAIR_READ);
+            let read = store.history.read(app, channel, after, limit, store.retention).await;
+            let mut order = stream.order.lock().expect("recovery lock");
+            match read {
+                Ok(page) if *page.stream_id == *stream.stream_id => {
+                    let mut filled = false;
+                    for stored in page.events {
+                        if stored.serial <= order.last {
+                            continue;
+                        }
+                        if stored.serial != order.last + 1 {
+                            break;
+                        }
+                        let Ok(record) = Record::decode(&stored.record) else { break };
+                        store.counters.repaired.inc();
+                        let event = Event {
+                            stream_id: stream.stream_id.clone(),
+                            serial: stored.serial,
+                            record,
+                        };
+                        self.deliver_now(app, channel, stream, &mut order, event);
+                        filled = true;
+                    }
+                    if !filled {
+                        self.give_up_gap(app, channel, stream, &mut order);
+                    }
+                }
+                // The store's stream is another one: what this one missed is gone.
+                Ok(_) => self.give_up_gap(app, channel, stream, &mut order),
+                Err(error) => {
+                    store.counters.store_errors.inc();
+                    failures += 1;
+                    if failures >= MAX_REPAIR_FAILURES {
+                        tracing::warn!(%error, channel, "The history store could not fill a gap.");
+                        self.give_up_gap(app, channel, stream, &mut order);
+                        failures = 0;
+                    } else {
+                        drop(order);
+                        tokio::time::sleep(REORDER_WINDOW * (1 << failures)).await;
+                    }
+                }
+            }
+        }
+    }
+}
