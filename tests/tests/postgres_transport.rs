@@ -20,15 +20,17 @@ fn plugin() -> PathBuf {
     path
 }
 
-/// A manifest with the repository's local plugin and the out-of-tree one, by absolute path.
+/// A manifest with the repository's local plugin, its redis plugin (the history store of the
+/// recovery scenario) and the out-of-tree one, by absolute path.
 fn manifest() -> (tempfile::TempDir, PathBuf) {
     let dir = private_dir();
     let path = dir.path().join("plugins.toml");
     std::fs::write(
         &path,
         format!(
-            "[[plugin]]\npath = \"{}\"\n\n[[plugin]]\npath = \"{}\"\n",
+            "[[plugin]]\npath = \"{}\"\n\n[[plugin]]\npath = \"{}\"\n\n[[plugin]]\npath = \"{}\"\n",
             cdylib("sockhost_local").display(),
+            cdylib("sockhost_redis").display(),
             plugin().display()
         ),
     )

@@ -1,6 +1,8 @@
 //! Connection recovery across nodes, beyond the scenario every transport runs
 //! (`a_client_resumes_on_any_node`): what a node does when the bus loses an event.
 
+use std::sync::{Arc, Mutex};
+
 use serde_json::json;
 use sockhost_plugin_api::{
     Retention,
@@ -12,6 +14,7 @@ use sockhost_tests::{
     cdylib,
     cluster::{Bus, nodes},
     pusher::{Api, Client, TestApp},
+    server::Server,
 };
 
 /// An event the bus lost: in the store (written through the real redis history driver, as a
@@ -78,4 +81,211 @@ async fn a_publish_the_store_cannot_take_is_refused() {
     let (status, body) = api.trigger(&["news"], "tick", "not kept").await;
     assert_eq!(status, 503, "{body}");
     assert!(servers[0].metric("sockhost_history_errors_total").await >= 1.0);
+}
+
+/// What one resilient client saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The data of every `tick` it got, in order.
+    ticks: Vec<u64>,
+    /// Serials of those ticks, in order.
+    serials: Vec<u64>,
+    /// Channels it was told could not be recovered.
+    failed: Vec<String>,
+    /// Times it connected.
+    connections: u32,
+    /// Whether its first subscription was acknowledged.
+    subscribed: bool,
+}
+
+/// A protocol-2 client that, whenever its connection ends (a node draining at SIGTERM closes
+/// it with 4200, a killed node drops it), connects to another live node and resumes from the
+/// last position it got, as sockudo-js does.
+async fn resilient_client(
+    live: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Mutex<Seen>>,
+    first: usize,
+    stop: tokio_util_like::Stop,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut position: Option<(String, u64)> = None;
+    let mut turn = first;
+    while !stop.is_set() {
+        let url = {
+            let live = live.lock().unwrap();
+            live[turn % live.len()].clone()
+        };
+        turn += 1;
+        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&url).await else { continue };
+        seen.lock().unwrap().connections += 1;
+        if let Some((stream_id, serial)) = &position {
+            let positions = json!({ "news": { "stream_id": stream_id, "serial": serial } });
+            let data = json!({ "channel_positions": positions }).to_string();
+            let resume = json!({ "event": "sockudo:resume", "data": data });
+            if ws.send(Message::text(resume.to_string())).await.is_err() {
+                continue;
+            }
+        }
+        let subscribe = json!({ "event": "sockudo:subscribe", "data": { "channel": "news" } });
+        if ws.send(Message::text(subscribe.to_string())).await.is_err() {
+            continue;
+        }
+        loop {
+            let frame = tokio::select! {
+                frame = ws.next() => frame,
+                () = stop.wait() => return,
+            };
+            let Some(Ok(Message::Text(text))) = frame else {
+                match frame {
+                    Some(Ok(_)) => continue,
+                    // Closed or dropped: to another node.
+                    _ => break,
+                }
+            };
+            let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+            match frame["event"].as_str() {
+                Some("sockudo_internal:subscription_succeeded") if position.is_none() => {
+                    let stream_id = frame["stream_id"].as_str().unwrap().to_string();
+                    position = Some((stream_id, frame["serial"].as_u64().unwrap()));
+                    seen.lock().unwrap().subscribed = true;
+                }
+                Some("tick") => {
+                    let serial = frame["serial"].as_u64().unwrap();
+                    let stream_id = frame["stream_id"].as_str().unwrap().to_string();
+                    let n = frame["data"].as_str().unwrap().parse().unwrap();
+                    let mut seen = seen.lock().unwrap();
+                    seen.ticks.push(n);
+                    seen.serials.push(serial);
+                    position = Some((stream_id, serial));
+                }
+                Some("sockudo:resume_failed") => {
+                    let channel = frame["channel"].as_str().unwrap_or("?").to_string();
+                    seen.lock().unwrap().failed.push(channel);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A tiny stop signal the clients wait on.
+mod tokio_util_like {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    #[derive(Clone, Default)]
+    pub struct Stop(Arc<(AtomicBool, tokio::sync::Notify)>);
+
+    impl Stop {
+        pub fn set(&self) {
+            self.0.0.store(true, Ordering::Release);
+            self.0.1.notify_waiters();
+        }
+        pub fn is_set(&self) -> bool {
+            self.0.0.load(Ordering::Acquire)
+        }
+        pub async fn wait(&self) {
+            let notified = self.0.1.notified();
+            if !self.is_set() {
+                notified.await;
+            }
+        }
+    }
+}
+
+/// A rolling restart loses nothing: three nodes over Redis (transport and history), clients
+/// on every node, events published through every live node in turn while each node is
+/// stopped with SIGTERM and started again, one after the other, then one killed with
+/// SIGKILL. Every client ends with every event exactly once, in order, and no resume failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_loses_nothing() {
+    const CLIENTS: usize = 1000;
+    const PER_STEP: u64 = 20;
+    let redis = RedisServer::start();
+    let bus = Bus::redis(&redis.url(), "rolling:");
+    let extra = format!("[connection_recovery]\nenabled = true\n{}", bus.history.clone().unwrap());
+    let app = TestApp::main();
+    let ws_url = |s: &Server| format!("ws://127.0.0.1:{}/app/{}?protocol=2", s.port, app.key);
+    let mut servers: Vec<Option<Server>> =
+        nodes(&bus, 3, &extra).await.into_iter().map(Some).collect();
+    let live = Arc::new(Mutex::new(servers.iter().flatten().map(ws_url).collect::<Vec<_>>()));
+    let stop = tokio_util_like::Stop::default();
+    let mut seen = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let state = Arc::new(Mutex::new(Seen::default()));
+        seen.push(state.clone());
+        tasks.push(tokio::spawn(resilient_client(live.clone(), state, i, stop.clone())));
+    }
+    // Every client subscribed before the first event.
+    sockhost_plugin_api::conformance::eventually("every client is subscribed", async || {
+        let waiting = seen.iter().filter(|s| !s.lock().unwrap().subscribed).count();
+        sockhost_plugin_api::conformance::holds(waiting == 0, format!("{waiting} waiting"))
+    })
+    .await;
+    let mut published = 0u64;
+    let publish = async |through: &Server, published: &mut u64| {
+        *published += 1;
+        let api = Api::new(&through.http_url(), &app);
+        let (status, body) = api.trigger(&["news"], "tick", &published.to_string()).await;
+        assert_eq!(status, 200, "{body}");
+    };
+    for k in 0..3 {
+        // Node k leaves the rotation and drains while the others publish.
+        let mut leaving = servers[k].take().unwrap();
+        live.lock().unwrap().retain(|url| *url != ws_url(&leaving));
+        let stopped = tokio::task::spawn_blocking(move || leaving.terminate());
+        for i in 0..PER_STEP {
+            let through = servers.iter().flatten().nth(i as usize % 2).unwrap();
+            publish(through, &mut published).await;
+        }
+        assert!(stopped.await.unwrap().success());
+        let back = sockhost_tests::cluster::node(&bus, &extra);
+        back.wait_for_metric("sockhost_cluster_nodes", |n| n as usize == 3).await;
+        live.lock().unwrap().push(ws_url(&back));
+        servers[k] = Some(back);
+        for i in 0..PER_STEP {
+            let through = servers.iter().flatten().nth(i as usize % 3).unwrap();
+            publish(through, &mut published).await;
+        }
+    }
+    // One node killed outright: its clients lose their connections without a word.
+    let mut killed = servers[0].take().unwrap();
+    live.lock().unwrap().retain(|url| *url != ws_url(&killed));
+    killed.kill();
+    for i in 0..PER_STEP {
+        let through = servers.iter().flatten().nth(i as usize % 2).unwrap();
+        publish(through, &mut published).await;
+    }
+
+    let everything: Vec<u64> = (1..=published).collect();
+    sockhost_plugin_api::conformance::eventually_within(
+        "every client has every event",
+        std::time::Duration::from_secs(60),
+        async || {
+            let behind = seen.iter().filter(|s| s.lock().unwrap().ticks.len() < everything.len());
+            sockhost_plugin_api::conformance::holds(behind.count() == 0, "clients are behind")
+        },
+    )
+    .await;
+    stop.set();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut reconnections = 0;
+    for (i, state) in seen.iter().enumerate() {
+        let state = state.lock().unwrap();
+        assert_eq!(state.failed, Vec::<String>::new(), "client {i} was told of a loss");
+        assert_eq!(state.ticks, everything, "client {i}: not every event once, in order");
+        let dense = state.serials.windows(2).all(|w| w[1] == w[0] + 1);
+        assert!(dense, "client {i}: serials {:?}", state.serials);
+        reconnections += state.connections - 1;
+    }
+    println!(
+        "rolling restart: {CLIENTS} clients, {published} events, {reconnections} reconnections, every event once and in order"
+    );
 }

@@ -19,6 +19,8 @@ pub struct App {
     pub max_connections: u64,
     /// Whether `client-` events are allowed.
     pub enable_client_messages: bool,
+    /// Whether protocol-7 sockets get recovery positions and may resume.
+    pub v1_recovery_fields: bool,
     /// Its limits.
     pub limits: Limits,
     /// HTTP API events per second (each channel counts); 0 = unlimited.

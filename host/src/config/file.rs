@@ -242,6 +242,12 @@ pub struct AppConfig {
     /// Whether clients may send `client-` events. Default: false.
     #[serde(default)]
     pub enable_client_messages: bool,
+    /// With connection recovery on, keep the recovery position (`message_id`, `stream_id`,
+    /// `serial`) on protocol-7 frames too and accept `pusher:resume` there, for pusher-js with
+    /// the recovery helper (pusher-js ignores the extra keys). Default: false (Pusher's frames
+    /// byte for byte).
+    #[serde(default)]
+    pub v1_recovery_fields: bool,
     /// Client events per second per connection. Default: 10.
     #[serde(default)]
     pub max_client_events_per_second: Option<u32>,

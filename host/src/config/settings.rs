@@ -541,6 +541,7 @@ pub(crate) fn app_of(
         enabled: app.enabled,
         max_connections: app.max_connections,
         enable_client_messages: app.enable_client_messages,
+        v1_recovery_fields: app.v1_recovery_fields,
         limits,
         max_backend_events_per_second: app.max_backend_events_per_second,
         max_read_requests_per_second: app.max_read_requests_per_second,

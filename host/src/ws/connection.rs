@@ -351,8 +351,9 @@ fn open(ctx: &Ctx, app: &App, dialect: Dialect) -> (Conn, mpsc::Receiver<Utf8Byt
         ctx.settings.ws_max_queued_bytes,
         ctx.settings.overload.watermark_percent,
     ));
-    // Protocol-2 sockets get app events with their recovery position, as Sockudo sends them.
-    let positions = dialect == Dialect::V2 && ctx.recovery.is_some();
+    // Protocol-2 sockets get app events with their recovery position, as Sockudo sends them;
+    // protocol-7 ones too when the app asks (pusher-js with the recovery helper).
+    let positions = ctx.recovery.is_some() && (dialect == Dialect::V2 || app.v1_recovery_fields);
     let conn =
         Conn::new(socket_id.as_str().into(), queue, closer.clone()).with_positions(positions);
     ctx.metrics.connected.inc();

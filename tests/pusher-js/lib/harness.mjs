@@ -68,13 +68,14 @@ async function startPostgres() {
 
 /** Where the test app lives: the configuration file, or (SOCKHOST_APPS=postgres) a PostgreSQL
  * database of the suite's own, the app created through the admin API. */
-async function appSource() {
+async function appSource(appSettings = '') {
   const file = `
 [[app_manager.array.apps]]
 id = "${APP.id}"
 key = "${APP.key}"
 secret = "${APP.secret}"
 enable_client_messages = true
+${appSettings}
 `;
   if (process.env.SOCKHOST_APPS !== 'postgres') return { config: file, created: async () => {}, stop: () => {} };
   const postgres = await startPostgres();
@@ -108,11 +109,11 @@ token = "${token}"
 
 /** Start sockhost with the test app; resolves when /up answers. With `tls` ({ cert, key }
  * PEM paths) it serves wss:// and https://, which this Node must trust (NODE_EXTRA_CA_CERTS);
- * `env` adds to its environment. */
-export async function startSockhost({ tls, env = {} } = {}) {
+ * `env` adds to its environment; `app` is more TOML for the test app's table. */
+export async function startSockhost({ tls, env = {}, app = '' } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'sockhost-js-'));
   const config = join(dir, 'sockhost.toml');
-  const apps = await appSource();
+  const apps = await appSource(app);
   writeFileSync(config, apps.config);
   const port = await freePort();
   const metricsPort = await freePort();
