@@ -108,6 +108,9 @@ pub(crate) struct Metrics {
     pub subscriptions_refused: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Resumes (`sockudo:resume`) clients sent, by outcome (`disabled`, `refused`, `started`).
     pub resumes: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Triggers with an idempotency key, by outcome (`first`, `duplicate`, `retried`,
+    /// `in_progress`, `unavailable`).
+    pub idempotency: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// App events published without a recovery position: the node keeps streams for as many
     /// channels as it may.
     pub recovery_untracked: Counter,
@@ -172,6 +175,11 @@ impl Metrics {
                 self.subscriptions_refused
             ),
             ("resumes", "Connection resumes clients sent, by outcome", self.resumes),
+            (
+                "idempotent_publishes",
+                "Triggers with an idempotency key, by outcome",
+                self.idempotency
+            ),
             (
                 "recovery_untracked",
                 "App events published without a recovery position (too many channels)",

@@ -30,6 +30,8 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .route("/apps/{app_id}/channels", get(http_api::channels::list))
         .route("/apps/{app_id}/channels/{channel}", get(http_api::channels::show))
         .route("/apps/{app_id}/channels/{channel}/users", get(http_api::channels::users))
+        .route("/apps/{app_id}/channels/{channel}/history", get(http_api::history::page))
+        .route("/apps/{app_id}/channels/{channel}/history/state", get(http_api::history::state))
         .route(
             "/apps/{app_id}/users/{user_id}/terminate_connections",
             post(http_api::users::terminate),

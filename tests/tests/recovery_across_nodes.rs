@@ -289,3 +289,73 @@ async fn a_rolling_restart_loses_nothing() {
         "rolling restart: {CLIENTS} clients, {published} events, {reconnections} reconnections, every event once and in order"
     );
 }
+
+/// A signed trigger of `body` through `server`, with `X-Idempotency-Key: header` if given.
+async fn trigger_with_key(
+    server: &Server,
+    body: &serde_json::Value,
+    header: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let app = TestApp::main();
+    let api = Api::new(&server.http_url(), &app);
+    let path = format!("/apps/{}/events", app.id);
+    let bytes = body.to_string().into_bytes();
+    let query = api.signed_query("POST", &path, &[], &bytes, Api::now());
+    let mut request = reqwest::Client::new()
+        .post(format!("{}{path}?{query}", server.http_url()))
+        .header("content-type", "application/json")
+        .body(bytes);
+    if let Some(key) = header {
+        request = request.header("X-Idempotency-Key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// A trigger retried with the same idempotency key (in the body, or in `X-Idempotency-Key`)
+/// through another node gets the first answer and is not published again; the publisher's
+/// `message_id` is the event's. The key is claimed and the answer kept through the redis
+/// rate limiter and cache, shared by both nodes.
+#[tokio::test]
+async fn an_idempotent_retry_on_another_node_is_answered_not_published() {
+    let redis = RedisServer::start();
+    let bus = Bus::redis(&redis.url(), "idem:");
+    let url = redis.url();
+    let extra = format!(
+        "[connection_recovery]\nenabled = true\n{}\n[cache]\ndriver = \"redis\"\n[cache.redis]\nurl_override = \"{url}\"\n[rate_limiter]\ndriver = \"redis\"\n[rate_limiter.redis]\nurl_override = \"{url}\"\n",
+        bus.history.clone().unwrap()
+    );
+    let servers = nodes(&bus, 2, &extra).await;
+    let app = TestApp::main();
+    let ws = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[0].port, app.key);
+    let mut client = Client::connect_raw(&ws).await;
+    client.expect("sockudo:connection_established").await;
+    client.send(json!({ "event": "sockudo:subscribe", "data": { "channel": "orders" } })).await;
+    client.expect("sockudo_internal:subscription_succeeded").await;
+
+    let first = json!({ "name": "placed", "data": "17", "channel": "orders", "idempotency_key": "order-17", "message_id": "order-17", "info": "subscription_count" });
+    let answered = trigger_with_key(&servers[0], &first, None).await;
+    assert_eq!(answered.0, 200, "{answered:?}");
+    let retried = trigger_with_key(&servers[1], &first, None).await;
+    assert_eq!(retried, answered, "the retry got another answer");
+
+    let second = json!({ "name": "placed", "data": "18", "channel": "orders" });
+    assert_eq!(trigger_with_key(&servers[1], &second, Some("order-18")).await.0, 200);
+    assert_eq!(trigger_with_key(&servers[0], &second, Some("order-18")).await.0, 200);
+    let too_long = "k".repeat(129);
+    assert_eq!(trigger_with_key(&servers[0], &second, Some(&too_long)).await.0, 400);
+    let marker = json!({ "name": "marker", "data": "end", "channel": "orders" });
+    assert_eq!(trigger_with_key(&servers[1], &marker, None).await.0, 200);
+
+    let event = client.expect_any().await;
+    assert_eq!(
+        (event["data"].as_str(), event["message_id"].as_str()),
+        (Some("17"), Some("order-17"))
+    );
+    assert_eq!(client.expect_any().await["data"], "18");
+    assert_eq!(client.expect_any().await["event"], "marker", "a retry was published again");
+    let duplicates = r#"sockhost_idempotent_publishes_total{outcome="duplicate"}"#;
+    assert_eq!(servers[1].labelled_metric(duplicates).await, 1.0);
+    assert_eq!(servers[0].labelled_metric(duplicates).await, 1.0);
+}

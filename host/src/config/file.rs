@@ -74,6 +74,8 @@ pub struct Config {
     /// Channel history: positions assigned once for the cluster, so a client resumes on any
     /// node.
     pub history: HistoryConfig,
+    /// Idempotent publish: a retried trigger with the same key is answered, not published again.
+    pub idempotency: IdempotencyConfig,
     /// Delta compression.
     pub delta_compression: DeltaCompressionConfig,
     /// The admin API.
@@ -112,6 +114,7 @@ impl Default for Config {
             tag_filtering: TagFilteringConfig::default(),
             connection_recovery: ConnectionRecoveryConfig::default(),
             history: HistoryConfig::default(),
+            idempotency: IdempotencyConfig::default(),
             delta_compression: DeltaCompressionConfig::default(),
             admin: AdminConfig::default(),
         }
@@ -775,6 +778,28 @@ impl Default for HistoryConfig {
             max_messages_per_channel: 1000,
             tables: BTreeMap::new(),
         }
+    }
+}
+
+/// Idempotent publish (Sockudo's names and defaults): a trigger with an idempotency key (the
+/// body's `idempotency_key`, else the `X-Idempotency-Key` header) that comes again within the
+/// window gets the first answer and is not published again. The key is claimed through the
+/// rate-limiter driver and the answer kept in the cache driver, so with shared drivers (Redis)
+/// it holds for the whole cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// Default: true. Env: `IDEMPOTENCY_ENABLED`.
+    pub enabled: bool,
+    /// How long a key is remembered, in seconds. Default: 120. Env: `IDEMPOTENCY_TTL_SECONDS`.
+    pub ttl_seconds: u64,
+    /// The longest key, in characters. Default: 128. Env: `IDEMPOTENCY_MAX_KEY_LENGTH`.
+    pub max_key_length: usize,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self { enabled: true, ttl_seconds: 120, max_key_length: 128 }
     }
 }
 

@@ -158,6 +158,9 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("HISTORY_BACKEND", "history.backend", Kind::Str),
     ("HISTORY_RETENTION_WINDOW_SECONDS", "history.retention_window_seconds", Kind::Int),
     ("HISTORY_MAX_MESSAGES_PER_CHANNEL", "history.max_messages_per_channel", Kind::Int),
+    ("IDEMPOTENCY_ENABLED", "idempotency.enabled", Kind::Bool),
+    ("IDEMPOTENCY_TTL_SECONDS", "idempotency.ttl_seconds", Kind::Int),
+    ("IDEMPOTENCY_MAX_KEY_LENGTH", "idempotency.max_key_length", Kind::Int),
     ("DELTA_COMPRESSION_ENABLED", "delta_compression.enabled", Kind::Bool),
     ("DELTA_COMPRESSION_ALGORITHM", "delta_compression.algorithm", Kind::Str),
     (

@@ -22,6 +22,6 @@ pub use sections::{
 };
 pub(crate) use settings::app_of;
 pub use settings::{
-    AdminSettings, AppRecordRules, EdgeSettings, HistoryLimits, Limits, OverloadSettings,
-    RecoverySettings, Settings, TlsSettings, WebhookSettings,
+    AdminSettings, AppRecordRules, EdgeSettings, HistoryLimits, IdempotencySettings, Limits,
+    OverloadSettings, RecoverySettings, Settings, TlsSettings, WebhookSettings,
 };

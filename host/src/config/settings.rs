@@ -46,6 +46,15 @@ pub struct RecoverySettings {
     pub history: Option<HistoryLimits>,
 }
 
+/// Idempotent publish's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencySettings {
+    /// How long a key is remembered.
+    pub ttl: Duration,
+    /// The longest key, in characters.
+    pub max_key_length: usize,
+}
+
 /// What the history store keeps of each channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryLimits {
@@ -169,6 +178,8 @@ pub struct Settings {
     pub tag_filtering: bool,
     /// Connection recovery; `None`: off (a resume is answered 4301).
     pub recovery: Option<RecoverySettings>,
+    /// Idempotent publish; `None`: off (keys are ignored).
+    pub idempotency: Option<IdempotencySettings>,
     /// Whether clients are granted delta compression (the server's `delta_compression`).
     pub delta: Option<Arc<StreamSettings>>,
     /// Channels one connection may receive deltas on.
@@ -285,6 +296,10 @@ impl Settings {
                 .then(|| config.readiness.max_memory_mb.saturating_mul(1024 * 1024)),
             tls,
             tag_filtering: config.tag_filtering.enabled,
+            idempotency: config.idempotency.enabled.then(|| IdempotencySettings {
+                ttl: Duration::from_secs(config.idempotency.ttl_seconds),
+                max_key_length: config.idempotency.max_key_length,
+            }),
             recovery: config.connection_recovery.enabled.then(|| RecoverySettings {
                 ttl: Duration::from_secs(config.connection_recovery.buffer_ttl_seconds),
                 max_events: config.connection_recovery.max_buffer_size,
@@ -388,6 +403,14 @@ fn check_recovery(config: &Config, errors: &mut Vec<ConfigError>) {
     if history.enabled && !(1..=MAX_HISTORY_EVENTS).contains(&history.max_messages_per_channel) {
         let problem = format!("must be 1 to {MAX_HISTORY_EVENTS}");
         err(errors, "history.max_messages_per_channel", problem);
+    }
+    let idempotency = &config.idempotency;
+    if idempotency.enabled && !(1..=MAX_HISTORY_SECS).contains(&idempotency.ttl_seconds) {
+        let problem = format!("must be 1 to {MAX_HISTORY_SECS}");
+        err(errors, "idempotency.ttl_seconds", problem);
+    }
+    if idempotency.enabled && !(1..=1024).contains(&idempotency.max_key_length) {
+        err(errors, "idempotency.max_key_length", "must be 1 to 1024".to_string());
     }
     if history.enabled && !(1..=MAX_HISTORY_SECS).contains(&history.retention_window_seconds) {
         let problem = format!("must be 1 to {MAX_HISTORY_SECS}");

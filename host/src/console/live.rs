@@ -131,5 +131,5 @@ pub(crate) async fn send(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let app = app(&ctx, &id).await?;
-    Ok(Json(events::publish_body(&ctx, &app, &body).await?))
+    Ok(Json(events::publish_body(&ctx, &app, &body, None).await?))
 }

@@ -17,7 +17,7 @@ use crate::{
 
 /// Apply the app's read limit to an authenticated read, and check the channel name if there is
 /// one.
-async fn read_request(
+pub(super) async fn read_request(
     ctx: &Ctx,
     authed: SignedQuery,
     channel_name: Option<&str>,

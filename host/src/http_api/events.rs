@@ -3,11 +3,18 @@
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, Signed};
+use super::{
+    ApiError, Signed,
+    idempotency::{self, Claim},
+};
 use crate::{
     adapter::Congestion,
     apps::App,
@@ -40,6 +47,13 @@ struct Event {
     /// Tags (an object of strings) that subscribers' filters are judged by.
     #[serde(default)]
     tags: Option<Value>,
+    /// A retry of a trigger with the same key within the window is answered, not published
+    /// again (see [`idempotency`]); in a batch, checked only.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    /// The event's id (`message_id` on positioned frames), as the publisher names it.
+    #[serde(default)]
+    message_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +70,8 @@ struct Checked {
     socket_id: Option<String>,
     info: Vec<String>,
     tags: Tags,
+    message_id: Option<String>,
+    idempotency_key: Option<String>,
 }
 
 fn is_socket_id(s: &str) -> bool {
@@ -103,6 +119,13 @@ fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
             "socket_id {socket_id:?} is not of the form 123.456"
         )));
     }
+    if let Some(id) = &event.message_id
+        && (id.is_empty() || id.chars().count() > MAX_MESSAGE_ID_LENGTH)
+    {
+        return Err(ApiError::bad_request(format!(
+            "message_id must be 1 to {MAX_MESSAGE_ID_LENGTH} characters"
+        )));
+    }
     Ok(Checked {
         name: event.name,
         data: Value::String(data),
@@ -110,8 +133,13 @@ fn check(app: &App, event: Event, in_batch: bool) -> Result<Checked, ApiError> {
         socket_id: event.socket_id,
         info: info(event.info.as_deref())?,
         tags,
+        message_id: event.message_id,
+        idempotency_key: event.idempotency_key,
     })
 }
+
+/// The longest `message_id` a publisher may give.
+const MAX_MESSAGE_ID_LENGTH: usize = 128;
 
 /// The channels an event goes to (`channel` or `channels`, one only in a batch), each valid.
 fn channels(
@@ -224,7 +252,7 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Result<Option<Value>,
             // The store gives the position; the other nodes and this one deliver in its order.
             Some(recovery) if recovery.is_durable() => {
                 let record = Record {
-                    message_id: uuid::Uuid::new_v4().to_string(),
+                    message_id: event.message_id.clone().unwrap_or_else(new_message_id),
                     frame: text,
                     tags: tags.cloned(),
                     except: except.map(str::to_string),
@@ -242,7 +270,8 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Result<Option<Value>,
             // The event's position is given, kept and delivered in one step per channel.
             Some(recovery) => {
                 let frame = Utf8Bytes::from(text);
-                recovery.publish(&app.id, name, frame.as_str(), |positioned| {
+                let message_id = event.message_id.clone().unwrap_or_else(new_message_id);
+                recovery.publish(&app.id, name, frame.as_str(), message_id, |positioned| {
                     ctx.adapter.broadcast_positioned(&to, &frame, positioned)
                 });
             }
@@ -329,21 +358,58 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("The body is not a valid event: {e}")))
 }
 
+fn new_message_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 /// Trigger one event on one or more channels.
 pub(crate) async fn trigger(
     State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
     Signed { app, body }: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(publish_body(&ctx, &app, &body).await?))
+    let key = headers
+        .get(IDEMPOTENCY_HEADER)
+        .map(|v| v.to_str().map_err(|_| ApiError::bad_request("X-Idempotency-Key is not text")));
+    Ok(Json(publish_body(&ctx, &app, &body, key.transpose()?).await?))
 }
 
-/// Check, limit and publish one event given as the HTTP API's body; the API's answer. The
-/// debug console's form publishes through here too.
-pub(crate) async fn publish_body(ctx: &Ctx, app: &App, body: &[u8]) -> Result<Value, ApiError> {
+/// The header a publisher may give its idempotency key in.
+const IDEMPOTENCY_HEADER: &str = "x-idempotency-key";
+
+/// Check, limit and publish one event given as the HTTP API's body (with the idempotency key
+/// of the request's header, if any); the API's answer. The debug console's form publishes
+/// through here too.
+pub(crate) async fn publish_body(
+    ctx: &Ctx,
+    app: &App,
+    body: &[u8],
+    header_key: Option<&str>,
+) -> Result<Value, ApiError> {
     let event = check(app, parse(body)?, false)?;
+    let claimed = match &ctx.settings.idempotency {
+        Some(settings) => {
+            match idempotency::key(settings, event.idempotency_key.as_deref(), header_key)? {
+                None => None,
+                Some(key) => match idempotency::claim(ctx, settings, app, key).await? {
+                    Claim::Answered(answer) => return Ok(answer),
+                    Claim::First(claimed) => Some(claimed),
+                },
+            }
+        }
+        None => None,
+    };
+    let answer = publish_checked(ctx, app, &event).await;
+    if let Some(claimed) = claimed {
+        claimed.settle(ctx, answer.as_ref().ok()).await;
+    }
+    answer
+}
+
+async fn publish_checked(ctx: &Ctx, app: &App, event: &Checked) -> Result<Value, ApiError> {
     limit(ctx, app, event.channels.len()).await?;
     push_back(ctx, app, event.channels.iter()).await?;
-    Ok(match publish(ctx, app, &event).await? {
+    Ok(match publish(ctx, app, event).await? {
         Some(channels) => json!({ "channels": channels }),
         None => json!({}),
     })

@@ -5,6 +5,8 @@ pub(crate) mod auth;
 pub(crate) mod channels;
 pub(crate) mod events;
 pub(crate) mod health;
+pub(crate) mod history;
+pub(crate) mod idempotency;
 pub(crate) mod redirect;
 pub(crate) mod signed;
 pub(crate) mod users;

@@ -120,6 +120,11 @@ impl Recovery {
         self.durable.is_some()
     }
 
+    /// The history store and what it keeps, when positions come from one.
+    pub(crate) fn history(&self) -> Option<(Arc<History>, Retention)> {
+        self.durable.as_ref().map(|d| (d.history.clone(), d.retention))
+    }
+
     fn store(&self) -> &Durable {
         self.durable.as_ref().expect("called with history on only")
     }

@@ -242,6 +242,7 @@ impl Recovery {
         app: &str,
         channel: &str,
         plain: &str,
+        message_id: String,
         deliver: impl FnOnce(Option<Positioned<'_>>) -> R,
     ) -> R {
         let Some(stream) = self.stream(app, channel) else {
@@ -251,7 +252,6 @@ impl Recovery {
         let mut order = stream.order.lock().expect("recovery lock");
         order.last += 1;
         let serial = order.last;
-        let message_id = uuid::Uuid::new_v4().to_string();
         let frame = Utf8Bytes::from(with_position(plain, &message_id, &stream.stream_id, serial));
         self.keep(&stream, serial, message_id, frame.clone());
         // The hub raises `published` as it delivers (see `Hub::broadcast_positioned`).
@@ -441,7 +441,7 @@ mod tests {
         for i in 0..n {
             let plain = format!(r#"{{"event":"e","channel":"c","data":"{i}"}}"#);
             // As the hub does when it delivers.
-            recovery.publish("app", "c", &plain, |positioned| {
+            recovery.publish("app", "c", &plain, format!("m{i}"), |positioned| {
                 if let Some(Positioned { published, serial, .. }) = positioned {
                     published.store(serial, Ordering::Release);
                 }

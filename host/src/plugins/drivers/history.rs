@@ -21,6 +21,8 @@ pub struct Appended {
 pub struct StoredEvent {
     /// Its serial.
     pub serial: u64,
+    /// When the store kept it, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
     /// The host's record, as appended (untrusted: the store may hold anything).
     pub record: Vec<u8>,
 }
@@ -87,7 +89,11 @@ impl History {
             events: page
                 .events
                 .into_iter()
-                .map(|e| StoredEvent { serial: e.serial, record: e.record.into_vec() })
+                .map(|e| StoredEvent {
+                    serial: e.serial,
+                    at_ms: e.at_ms,
+                    record: e.record.into_vec(),
+                })
                 .collect(),
         })
     }
