@@ -56,7 +56,10 @@ pub fn inbound(data: &[u8]) {
     };
     match &message {
         ClientMessage::Ping | ClientMessage::Pong => {}
-        ClientMessage::Subscribe { channel, auth, channel_data, filter, delta: _ } => {
+        ClientMessage::Subscribe { channel, auth, channel_data, filter, delta: _, rewind } => {
+            if let Some(rewind) = rewind {
+                let _ = crate::protocol::recovery::Rewind::parse(rewind);
+            }
             check_channel_name(channel);
             // A filter compiles or is refused with a reason; it never panics.
             if let Some(filter) = filter
@@ -480,8 +483,11 @@ fn canonical_text(message: &ClientMessage) -> String {
     let value = match message {
         ClientMessage::Ping => pusher("pusher:ping", serde_json::json!({})),
         ClientMessage::Pong => pusher("pusher:pong", serde_json::json!({})),
-        ClientMessage::Subscribe { channel, auth, channel_data, filter, delta } => {
+        ClientMessage::Subscribe { channel, auth, channel_data, filter, delta, rewind } => {
             let mut data = Map::new();
+            if let Some(rewind) = rewind {
+                data.insert("rewind".into(), rewind.clone());
+            }
             if let Some(filter) = filter {
                 data.insert("filter".into(), filter.clone());
             }

@@ -359,3 +359,60 @@ async fn an_idempotent_retry_on_another_node_is_answered_not_published() {
     assert_eq!(servers[1].labelled_metric(duplicates).await, 1.0);
     assert_eq!(servers[0].labelled_metric(duplicates).await, 1.0);
 }
+
+/// A node that never heard a channel serves a rewind, and a resume, from the store; a
+/// subscriber's tag filter holds on what is replayed (the position still moves past the rest).
+#[tokio::test]
+async fn replays_from_the_store_keep_the_subscribers_filter() {
+    let redis = RedisServer::start();
+    let bus = Bus::redis(&redis.url(), "replay:").env("TAG_FILTERING_ENABLED", "true");
+    let extra = format!("[connection_recovery]\nenabled = true\n{}", bus.history.clone().unwrap());
+    let servers = nodes(&bus, 2, &extra).await;
+    let app = TestApp::main();
+    let api_a = Api::new(&servers[0].http_url(), &app);
+    for (n, sym) in ["BTC", "ETH", "BTC", "ETH"].iter().enumerate() {
+        let body = json!({ "name": "tick", "channel": "ticker", "data": n.to_string(), "tags": { "sym": sym } });
+        assert_eq!(api_a.post("/events", &body).await.0, 200);
+    }
+    let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[1].port, app.key);
+    let connect = async |data: serde_json::Value| {
+        let mut client = Client::connect_raw(&url).await;
+        client.expect("sockudo:connection_established").await;
+        client.send(json!({ "event": "sockudo:subscribe", "data": data })).await;
+        client.expect("sockudo_internal:subscription_succeeded").await;
+        client
+    };
+    // Rewind on B: the last three, from the store.
+    let mut everything = connect(json!({ "channel": "ticker", "rewind": 3 })).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(everything.expect("tick").await["serial"].as_u64().unwrap());
+    }
+    assert_eq!(got, [2, 3, 4]);
+    let complete = everything.expect("sockudo:rewind_complete").await;
+    assert_eq!(complete["data"]["complete"], true, "{complete}");
+    // With a filter: only what it passes.
+    let btc = json!({ "key": "sym", "cmp": "eq", "val": "BTC" });
+    let mut filtered = connect(json!({ "channel": "ticker", "rewind": 4, "filter": btc })).await;
+    let first = filtered.expect("tick").await;
+    let second = filtered.expect("tick").await;
+    assert_eq!((first["serial"].as_u64(), second["serial"].as_u64()), (Some(1), Some(3)));
+    assert_eq!(filtered.expect("sockudo:rewind_complete").await["data"]["historical_count"], 2);
+    // A resume on B from serial 1 with the filter: event 3 only, the position at 4.
+    let stream_id = first["stream_id"].as_str().unwrap();
+    let mut client = Client::connect_raw(&url).await;
+    client.expect("sockudo:connection_established").await;
+    let positions = json!({ "ticker": { "stream_id": stream_id, "serial": 1 } });
+    let resume = json!({ "channel_positions": positions }).to_string();
+    client.send(json!({ "event": "sockudo:resume", "data": resume })).await;
+    let data =
+        json!({ "channel": "ticker", "filter": { "key": "sym", "cmp": "eq", "val": "BTC" } });
+    client.send(json!({ "event": "sockudo:subscribe", "data": data })).await;
+    client.expect("sockudo_internal:subscription_succeeded").await;
+    assert_eq!(client.expect("tick").await["serial"], 3);
+    let success = client.expect("sockudo:resume_success").await;
+    let summary: serde_json::Value =
+        serde_json::from_str(success["data"].as_str().unwrap()).unwrap();
+    assert_eq!(summary["recovered"][0]["position"]["serial"], 4, "{summary}");
+    assert_eq!(summary["recovered"][0]["replayed"], 1, "{summary}");
+}

@@ -271,7 +271,7 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Result<Option<Value>,
             Some(recovery) => {
                 let frame = Utf8Bytes::from(text);
                 let message_id = event.message_id.clone().unwrap_or_else(new_message_id);
-                recovery.publish(&app.id, name, frame.as_str(), message_id, |positioned| {
+                recovery.publish(&app.id, name, frame.as_str(), message_id, tags, |positioned| {
                     ctx.adapter.broadcast_positioned(&to, &frame, positioned)
                 });
             }

@@ -36,3 +36,6 @@ pub const INVALID_FORMAT: u16 = 4000;
 pub const RECOVERY_DISABLED: u16 = 4301;
 /// A resume that names no channel position; in-band, Sockudo's code.
 pub const NO_RECOVERY_POSITIONS: u16 = 4302;
+/// A subscription's `rewind` refused: history is off, or the socket tracks no positions
+/// (Sockudo's "Channel error", sent in-band; the subscription is not made).
+pub const REWIND_REFUSED: u16 = 4300;

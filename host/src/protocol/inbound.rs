@@ -22,6 +22,9 @@ pub enum ClientMessage {
         filter: Option<Value>,
         /// What the subscription asks of delta compression (`delta`), if anything.
         delta: Option<DeltaRequest>,
+        /// `rewind`, as sent (read by [`super::recovery::Rewind::parse`]); `None` when absent
+        /// or null.
+        rewind: Option<Value>,
     },
     /// `pusher:enable_delta_compression`: deltas on every channel of the connection.
     EnableDeltaCompression {
@@ -169,6 +172,7 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
                 .find(|f| !f.is_null())
                 .cloned(),
             delta: data.get("delta").map(DeltaRequest::parse).transpose()?.flatten(),
+            rewind: data.get("rewind").filter(|r| !r.is_null()).cloned(),
         }),
         "pusher:enable_delta_compression" => Ok(ClientMessage::EnableDeltaCompression {
             // Anything but a list of names names none.
@@ -228,7 +232,8 @@ mod tests {
                 auth: Some("k:s".into()),
                 channel_data: Some("{}".into()),
                 filter: None,
-                delta: None
+                delta: None,
+                rewind: None
             })
         );
         assert_eq!(
@@ -238,7 +243,8 @@ mod tests {
                 auth: None,
                 channel_data: None,
                 filter: None,
-                delta: None
+                delta: None,
+                rewind: None
             })
         );
         assert_eq!(

@@ -216,6 +216,69 @@ pub fn resume_success(recovered: &[Recovered], failed: &[Failure]) -> String {
     json(&Frame { event: "pusher:resume_success", data: data.to_string() })
 }
 
+/// A subscription's `rewind` (Sockudo's forms): the channel's last events, sent right after the
+/// acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewind {
+    /// The last `n` (`10`, `"10"`, `{"count": 10}`).
+    Count(u64),
+    /// Those of the last seconds (`{"seconds": 30}`, `{"duration_seconds": 30}`).
+    Seconds(u64),
+}
+
+impl Rewind {
+    /// The subscription data's `rewind`; `None` when it is none of the accepted forms (zero and
+    /// negative numbers included, as Sockudo refuses them).
+    pub fn parse(value: &Value) -> Option<Self> {
+        let positive = |v: &Value| match v {
+            Value::Number(n) => n.as_u64().filter(|n| *n > 0),
+            Value::String(s) => s.parse::<u64>().ok().filter(|n| *n > 0),
+            _ => None,
+        };
+        match value {
+            Value::Object(fields) => {
+                if let Some(count) = fields.get("count") {
+                    return positive(count).map(Self::Count);
+                }
+                ["seconds", "duration_seconds"]
+                    .iter()
+                    .find_map(|name| fields.get(*name))
+                    .and_then(|v| v.as_u64().filter(|n| *n > 0))
+                    .map(Self::Seconds)
+            }
+            other => positive(other).map(Self::Count),
+        }
+    }
+}
+
+/// What a rewind sent, for `pusher:rewind_complete`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Rewound {
+    /// Events replayed from history.
+    pub historical_count: usize,
+    /// Live events that came during the replay (none: the replay is made as the subscription
+    /// becomes visible, and live events follow it).
+    pub live_count: usize,
+    /// Whether everything asked for was sent.
+    pub complete: bool,
+    /// Whether older events asked for are no longer kept.
+    pub truncated_by_retention: bool,
+    /// Whether more was asked for than one rewind sends.
+    pub truncated_by_limit: bool,
+}
+
+/// `pusher:rewind_complete` after a rewind's events; its data is a JSON object, as Sockudo
+/// sends it.
+pub fn rewind_complete(channel: &str, rewound: &Rewound) -> String {
+    #[derive(Serialize)]
+    struct Complete<'a> {
+        event: &'a str,
+        channel: &'a str,
+        data: &'a Rewound,
+    }
+    json(&Complete { event: "pusher:rewind_complete", channel, data: rewound })
+}
+
 /// An app event's frame with its position appended as its last members (`message_id`,
 /// `stream_id`, `serial`), the order Sockudo writes them in. `frame` is a JSON object.
 pub fn with_position(frame: &str, message_id: &str, stream_id: &str, serial: u64) -> String {
@@ -238,6 +301,25 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn rewinds_are_read_in_sockudos_forms() {
+        for (value, expected) in [
+            (json!(10), Some(Rewind::Count(10))),
+            (json!("10"), Some(Rewind::Count(10))),
+            (json!({ "count": 3 }), Some(Rewind::Count(3))),
+            (json!({ "seconds": 30 }), Some(Rewind::Seconds(30))),
+            (json!({ "duration_seconds": 5 }), Some(Rewind::Seconds(5))),
+            (json!(0), None),
+            (json!(-1), None),
+            (json!("30s"), None),
+            (json!({}), None),
+            (json!({ "count": 0 }), None),
+            (json!(null), None),
+        ] {
+            assert_eq!(Rewind::parse(&value), expected, "{value}");
+        }
+    }
 
     #[test]
     fn a_resume_is_read_from_an_object_or_a_string_and_positions_win() {

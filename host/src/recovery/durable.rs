@@ -24,6 +24,7 @@ use crate::{
     protocol::{
         Broadcast,
         channel::ChannelKind,
+        filter::Tags,
         recovery::{Failure, FailureCode, Wanted, with_position},
     },
 };
@@ -100,6 +101,10 @@ pub(crate) struct FetchedEvent {
     pub message_id: String,
     /// The frame with its position.
     pub frame: Utf8Bytes,
+    /// The tags subscribers' filters judge it by.
+    pub tags: Option<Tags>,
+    /// When the store kept it (ms since the Unix epoch).
+    pub at_ms: u64,
 }
 
 /// The store's answer for a resume that this node's buffer could not serve.
@@ -202,7 +207,7 @@ impl Recovery {
         channel: &str,
         wanted: &Wanted,
     ) -> Option<Result<Fetched, Box<Failure>>> {
-        let store = self.durable.as_ref()?;
+        self.durable.as_ref()?;
         let serial = match wanted {
             Wanted::Position(p) => p.serial,
             Wanted::Serial(serial) => *serial,
@@ -216,16 +221,28 @@ impl Recovery {
             }
         }
         let limit = u32::try_from(self.settings.max_events + 1).unwrap_or(u32::MAX);
-        let page = match store.history.read(app, channel, serial, limit, store.retention).await {
-            Ok(page) => page,
-            Err(error) => {
-                store.counters.store_errors.inc();
-                tracing::warn!(%error, channel, "The history store could not be read for a resume.");
-                let (code, reason) =
-                    (FailureCode::PersistenceUnavailable, "durable_history_read_failed");
-                return Some(Err(failure(channel, wanted, code, reason, None)));
-            }
-        };
+        Some(self.read_fetched(app, channel, serial, limit).await.map_err(|error| {
+            tracing::warn!(%error, channel, "The history store could not be read for a resume.");
+            let (code, reason) =
+                (FailureCode::PersistenceUnavailable, "durable_history_read_failed");
+            failure(channel, wanted, code, reason, None)
+        }))
+    }
+
+    /// At most `limit` events after `after` from the store, ready to replay (a record that
+    /// cannot be read ends them).
+    pub(super) async fn read_fetched(
+        &self,
+        app: &str,
+        channel: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Fetched, DriverError> {
+        let store = self.store();
+        let page = store.history.read(app, channel, after, limit, store.retention).await;
+        let page = page.inspect_err(|_| {
+            store.counters.store_errors.inc();
+        })?;
         let stream_id: Arc<str> = page.stream_id.into();
         let mut events = Vec::with_capacity(page.events.len());
         for stored in page.events {
@@ -235,9 +252,11 @@ impl Recovery {
                 serial: stored.serial,
                 message_id: record.message_id,
                 frame: frame.into(),
+                tags: record.tags,
+                at_ms: stored.at_ms,
             });
         }
-        Some(Ok(Fetched { stream_id, head: page.head, events }))
+        Ok(Fetched { stream_id, head: page.head, events })
     }
 
     /// Deliver `event` to this node's subscribers of the channel in its stream's serial order:
@@ -305,7 +324,8 @@ impl Recovery {
         let positioned =
             with_position(&record.frame, &record.message_id, &stream.stream_id, serial);
         let positioned = Utf8Bytes::from(positioned);
-        self.keep(stream, serial, record.message_id.clone(), positioned.clone());
+        let tags = record.tags.clone().map(Arc::new);
+        self.keep(stream, serial, record.message_id.clone(), positioned.clone(), tags);
         let plain = Utf8Bytes::from(record.frame.clone());
         let to = self.destination(app, channel, &record);
         let at = Positioned { frame: &positioned, published: &stream.published, serial };

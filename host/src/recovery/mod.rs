@@ -19,6 +19,7 @@
 
 mod durable;
 mod record;
+mod rewind;
 
 pub(crate) use durable::{Durable, Event, Fetched, GateCounters};
 pub(crate) use record::Record;
@@ -39,8 +40,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::RecoverySettings,
     hub::Positioned,
-    protocol::recovery::{
-        Failure, FailureCode, Position, Recovered, Source, Wanted, with_position,
+    protocol::{
+        filter::{Filter, Tags},
+        recovery::{Failure, FailureCode, Position, Recovered, Source, Wanted, with_position},
     },
 };
 
@@ -72,6 +74,8 @@ struct Kept {
     serial: u64,
     message_id: String,
     frame: Utf8Bytes,
+    /// The tags subscribers' filters judge it by (`None`: every subscriber gets it).
+    tags: Option<Arc<Tags>>,
     at: Instant,
 }
 
@@ -220,13 +224,20 @@ impl Recovery {
     }
 
     /// Keep `frame`, the event `serial` with its position, in the stream's buffer.
-    fn keep(&self, stream: &Stream, serial: u64, message_id: String, frame: Utf8Bytes) {
+    fn keep(
+        &self,
+        stream: &Stream,
+        serial: u64,
+        message_id: String,
+        frame: Utf8Bytes,
+        tags: Option<Arc<Tags>>,
+    ) {
         let now = Instant::now();
         let mut buffer = stream.buffer.lock().expect("recovery lock");
         buffer.forget_before(now.checked_sub(self.settings.ttl).unwrap_or(now));
         buffer.bytes += frame.len();
         buffer.used = Some(now);
-        buffer.kept.push_back(Kept { serial, message_id, frame, at: now });
+        buffer.kept.push_back(Kept { serial, message_id, frame, tags, at: now });
         while buffer.kept.len() > self.settings.max_events
             || (buffer.bytes > MAX_CHANNEL_BYTES && buffer.kept.len() > 1)
         {
@@ -243,6 +254,7 @@ impl Recovery {
         channel: &str,
         plain: &str,
         message_id: String,
+        tags: Option<&Tags>,
         deliver: impl FnOnce(Option<Positioned<'_>>) -> R,
     ) -> R {
         let Some(stream) = self.stream(app, channel) else {
@@ -253,7 +265,7 @@ impl Recovery {
         order.last += 1;
         let serial = order.last;
         let frame = Utf8Bytes::from(with_position(plain, &message_id, &stream.stream_id, serial));
-        self.keep(&stream, serial, message_id, frame.clone());
+        self.keep(&stream, serial, message_id, frame.clone(), tags.cloned().map(Arc::new));
         // The hub raises `published` as it delivers (see `Hub::broadcast_positioned`).
         deliver(Some(Positioned { frame: &frame, published: &stream.published, serial }))
     }
@@ -269,7 +281,7 @@ impl Recovery {
         channel: &str,
         wanted: &Wanted,
         acked: &Acked,
-        fetched: Option<&Fetched>,
+        with: With<'_>,
         mut send: impl FnMut(&Utf8Bytes),
     ) -> Result<Recovered, Box<Failure>> {
         let Some(stream) = self.stream(app, channel) else {
@@ -283,7 +295,7 @@ impl Recovery {
         };
         let _order = stream.order.lock().expect("recovery lock");
         let upto = if acked.0 == stream.stream_id { acked.1 } else { 0 };
-        let (frames, recovered) = self.collect(&stream, channel, wanted, upto, fetched)?;
+        let (frames, recovered) = self.collect(&stream, channel, wanted, upto, with)?;
         frames.iter().for_each(&mut send);
         Ok(recovered)
     }
@@ -292,15 +304,17 @@ impl Recovery {
     /// the stream's order: for a subscription being made visible, whose acknowledgement read
     /// `upto`. From this node's buffer, and from `fetched` (the store's answer) for what the
     /// buffer no longer holds. Nothing is returned unless every missed event is held: a gap is
-    /// never replayed in part.
+    /// never replayed in part. With the subscription's tag `filter`, only the events it passes
+    /// are replayed (the position still moves past the others, as Sockudo does).
     pub(crate) fn collect(
         &self,
         stream: &Stream,
         channel: &str,
         wanted: &Wanted,
         upto: u64,
-        fetched: Option<&Fetched>,
+        with: With<'_>,
     ) -> Result<Replay, Box<Failure>> {
+        let With { fetched, filter } = with;
         let head = stream.published.load(Ordering::Acquire);
         let mut buffer = stream.buffer.lock().expect("recovery lock");
         let now = Instant::now();
@@ -351,33 +365,24 @@ impl Recovery {
             return Err(expired(if durable { "recovery_window_exceeded" } else { lost }));
         }
         buffer.used = Some(now);
-        // Each missed serial from the buffer, else from the store's answer.
-        let mut found: BTreeMap<u64, (&str, &Utf8Bytes, Source)> = BTreeMap::new();
-        for event in fetched.iter().flat_map(|f| &f.events) {
-            if event.serial > serial && event.serial <= upto {
-                found.insert(event.serial, (&event.message_id, &event.frame, Source::Cold));
-            }
-        }
-        for kept in &buffer.kept {
-            if kept.serial > serial && kept.serial <= upto {
-                found.insert(kept.serial, (&kept.message_id, &kept.frame, Source::Hot));
-            }
-        }
+        let found = gather(&buffer, fetched, serial, upto);
         if found.len() as u64 != missed {
             return Err(expired(lost));
         }
-        let cold = found.values().any(|(_, _, source)| *source == Source::Cold);
+        let cold = found.values().any(|event| event.source == Source::Cold);
+        let passed: Vec<Utf8Bytes> =
+            found.values().filter(|e| e.passes(filter)).map(|e| e.frame.clone()).collect();
         let recovered = Recovered {
             channel: channel.to_string(),
             source: if cold { Source::Cold } else { Source::Hot },
-            replayed: found.len(),
-            position: found.iter().next_back().map(|(serial, (message_id, _, _))| Position {
+            replayed: passed.len(),
+            position: found.iter().next_back().map(|(serial, event)| Position {
                 stream_id: stream.stream_id.to_string(),
                 serial: *serial,
-                last_message_id: Some((*message_id).to_string()),
+                last_message_id: Some(event.message_id.to_string()),
             }),
         };
-        Ok((found.values().map(|(_, frame, _)| (*frame).clone()).collect(), recovered))
+        Ok((passed, recovered))
     }
 
     /// Forget the streams unused for the TTL, every quarter of it, until `shutdown`. A
@@ -406,6 +411,59 @@ impl Recovery {
             streams.count = count;
         }
     }
+}
+
+/// What a replay reads beside this node's buffer, and judges by.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct With<'a> {
+    /// The history store's answer, when the buffer could not cover the gap
+    /// ([`Recovery::fetch`]).
+    pub fetched: Option<&'a Fetched>,
+    /// The subscription's tag filter: only the events it passes are sent.
+    pub filter: Option<&'a Filter>,
+}
+
+/// One event a replay may send, from the buffer or the store.
+struct Found<'a> {
+    message_id: &'a str,
+    frame: &'a Utf8Bytes,
+    tags: Option<&'a Tags>,
+    source: Source,
+}
+
+impl Found<'_> {
+    /// Whether a subscriber with `filter` gets it.
+    fn passes(&self, filter: Option<&Filter>) -> bool {
+        match (filter, self.tags) {
+            (Some(filter), Some(tags)) => filter.matches(tags),
+            _ => true,
+        }
+    }
+}
+
+/// The events in (`after`, `upto`] that the buffer holds, else that `fetched` has, by serial.
+fn gather<'a>(
+    buffer: &'a Buffer,
+    fetched: Option<&'a Fetched>,
+    after: u64,
+    upto: u64,
+) -> BTreeMap<u64, Found<'a>> {
+    let mut found = BTreeMap::new();
+    for event in fetched.iter().flat_map(|f| &f.events) {
+        if event.serial > after && event.serial <= upto {
+            let tags = event.tags.as_ref();
+            let (message_id, frame) = (event.message_id.as_str(), &event.frame);
+            found.insert(event.serial, Found { message_id, frame, tags, source: Source::Cold });
+        }
+    }
+    for kept in &buffer.kept {
+        if kept.serial > after && kept.serial <= upto {
+            let (message_id, frame, tags) =
+                (kept.message_id.as_str(), &kept.frame, kept.tags.as_deref());
+            found.insert(kept.serial, Found { message_id, frame, tags, source: Source::Hot });
+        }
+    }
+    found
 }
 
 /// A failure of the channel's recovery, with what the client asked for.
@@ -441,7 +499,7 @@ mod tests {
         for i in 0..n {
             let plain = format!(r#"{{"event":"e","channel":"c","data":"{i}"}}"#);
             // As the hub does when it delivers.
-            recovery.publish("app", "c", &plain, format!("m{i}"), |positioned| {
+            recovery.publish("app", "c", &plain, format!("m{i}"), None, |positioned| {
                 if let Some(Positioned { published, serial, .. }) = positioned {
                     published.store(serial, Ordering::Release);
                 }
@@ -469,9 +527,14 @@ mod tests {
         let wanted = Wanted::Position(Position { stream_id, serial, last_message_id: None });
         let mut got = Vec::new();
         let recovered = recovery
-            .replay("app", "c", &wanted, &(stream_id_of(&recovery), u64::MAX), None, |f| {
-                got.push(f.to_string())
-            })
+            .replay(
+                "app",
+                "c",
+                &wanted,
+                &(stream_id_of(&recovery), u64::MAX),
+                With::default(),
+                |f| got.push(f.to_string()),
+            )
             .unwrap();
         assert_eq!(recovered.replayed, 4);
         assert_eq!(recovered.position.unwrap().serial, 7);
@@ -486,9 +549,14 @@ mod tests {
         let now = Wanted::Serial(7);
         assert_eq!(
             recovery
-                .replay("app", "c", &now, &(stream_id_of(&recovery), u64::MAX), None, |_| {
-                    panic!("sent")
-                })
+                .replay(
+                    "app",
+                    "c",
+                    &now,
+                    &(stream_id_of(&recovery), u64::MAX),
+                    With::default(),
+                    |_| { panic!("sent") }
+                )
                 .unwrap()
                 .replayed,
             0
@@ -509,9 +577,14 @@ mod tests {
         };
         let code = |wanted: &Wanted| {
             recovery
-                .replay("app", "c", wanted, &(stream_id_of(&recovery), u64::MAX), None, |_| {
-                    panic!("sent")
-                })
+                .replay(
+                    "app",
+                    "c",
+                    wanted,
+                    &(stream_id_of(&recovery), u64::MAX),
+                    With::default(),
+                    |_| panic!("sent"),
+                )
                 .unwrap_err()
         };
         let expired = code(&at(10));
@@ -526,7 +599,7 @@ mod tests {
         let at_15 = at(15);
         assert_eq!(
             recovery
-                .replay("app", "c", &at_15, &replaced, None, |_| panic!("sent"))
+                .replay("app", "c", &at_15, &replaced, With::default(), |_| panic!("sent"))
                 .unwrap()
                 .replayed,
             0
@@ -539,7 +612,14 @@ mod tests {
         assert_eq!(code(&other).code, FailureCode::StreamReset);
         assert_eq!(
             recovery
-                .replay("app", "c", &at(15), &(stream_id_of(&recovery), u64::MAX), None, |_| ())
+                .replay(
+                    "app",
+                    "c",
+                    &at(15),
+                    &(stream_id_of(&recovery), u64::MAX),
+                    With::default(),
+                    |_| ()
+                )
                 .unwrap()
                 .replayed,
             5

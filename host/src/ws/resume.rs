@@ -13,8 +13,9 @@ use axum::extract::ws::Utf8Bytes;
 
 use crate::{
     hub::Conn,
+    protocol::filter::Filter,
     protocol::recovery::{Failure, FailureCode, Recovered, Wanted, resume_failed, resume_success},
-    recovery::{Acked, Fetched, Recovery},
+    recovery::{Acked, Fetched, Recovery, With},
 };
 
 /// How long a resumed channel waits for its subscribe.
@@ -31,8 +32,9 @@ struct Waiting {
 }
 
 impl Waiting {
-    /// Replay one channel now (its subscription was acknowledged at `upto`), with what the
-    /// history store answered for it, if it was asked.
+    /// Replay one channel now (its subscription was acknowledged at `upto`, with its tag
+    /// `filter`), with what the history store answered for it, if it was asked.
+    #[allow(clippy::too_many_arguments)]
     fn settle(
         &mut self,
         recovery: &Recovery,
@@ -40,6 +42,7 @@ impl Waiting {
         conn: &Conn,
         channel: &str,
         acked: &Acked,
+        filter: Option<&Filter>,
         fetched: Option<Result<Fetched, Box<Failure>>>,
     ) {
         let Some(wanted) = self.channels.remove(channel) else { return };
@@ -51,7 +54,8 @@ impl Waiting {
             Some(Ok(fetched)) => Some(fetched),
             None => None,
         };
-        match recovery.replay(app, channel, &wanted, acked, fetched.as_ref(), send) {
+        let with = With { fetched: fetched.as_ref(), filter };
+        match recovery.replay(app, channel, &wanted, acked, with, send) {
             Ok(recovered) => self.recovered.push(recovered),
             Err(failure) => self.fail(conn, *failure),
         }
@@ -72,6 +76,14 @@ impl Waiting {
     }
 }
 
+/// The connection's subscriptions, as a resume needs them: the head each was acknowledged at,
+/// and its tag filter.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Subscribed<'a> {
+    pub heads: &'a HashMap<String, Acked>,
+    pub filters: &'a HashMap<String, Arc<Filter>>,
+}
+
 /// A connection's resumes: at most one waits at a time.
 #[derive(Debug, Default)]
 pub(super) struct Resumes {
@@ -89,7 +101,7 @@ impl Resumes {
         app: &str,
         conn: &Conn,
         wanted: Vec<(String, Wanted)>,
-        heads: &HashMap<String, Acked>,
+        subscribed: Subscribed<'_>,
         mut fetched: HashMap<String, Result<Fetched, Box<Failure>>>,
     ) {
         if let Some(older) = self.waiting.lock().expect("resume lock").take() {
@@ -101,11 +113,14 @@ impl Resumes {
         let ready: Vec<(String, Acked)> = waiting
             .channels
             .keys()
-            .filter_map(|channel| heads.get(channel).map(|acked| (channel.clone(), acked.clone())))
+            .filter_map(|channel| {
+                subscribed.heads.get(channel).map(|acked| (channel.clone(), acked.clone()))
+            })
             .collect();
         for (channel, acked) in ready {
             let answer = fetched.remove(&channel);
-            waiting.settle(recovery, app, conn, &channel, &acked, answer);
+            let filter = subscribed.filters.get(&channel).map(|f| &**f);
+            waiting.settle(recovery, app, conn, &channel, &acked, filter, answer);
         }
         if waiting.channels.is_empty() {
             return waiting.finish(conn);

@@ -26,13 +26,22 @@ use crate::{
         filter::{Filter, FilterError, MAX_CONNECTION_FILTER_BYTES},
         frames,
         inbound::{self, ClientMessage, DeltaRequest},
-        recovery, signature,
+        recovery::{self, Rewind},
+        signature,
         webhook::Hook,
     },
-    recovery::{Acked, Recovery},
+    recovery::{Acked, Recovery, With},
 };
 
 use super::resume::Resumes;
+
+/// What a subscribe asks for beyond the channel: a tag filter, deltas, a rewind.
+#[derive(Debug)]
+struct Asked {
+    filter: Option<Arc<Filter>>,
+    delta: Option<DeltaWish>,
+    rewind: Option<Rewind>,
+}
 
 /// Users one watchlist may name (the Pusher limit); the rest are ignored with 4302.
 const MAX_WATCHLIST: usize = 100;
@@ -132,6 +141,30 @@ impl Session {
         self.ctx.recovery.as_ref().filter(|_| self.conn.wants_positions())
     }
 
+    /// A subscription's `rewind`, if this connection may have one: Sockudo's forms, with
+    /// history on, on a socket that tracks positions; else the error to send (and the
+    /// subscription is not made).
+    fn rewind_for(&self, channel: &str, rewind: &Value) -> Result<Rewind, (u16, String)> {
+        let Some(rewind) = Rewind::parse(rewind) else {
+            let message = "Invalid message format: Invalid rewind option in subscription data";
+            return Err((codes::INVALID_FORMAT, message.to_string()));
+        };
+        let durable = self.ctx.recovery.as_ref().is_some_and(|r| r.is_durable());
+        if durable && self.recovery().is_none() {
+            let message = "Channel error: Channel rewind is only supported on protocol V2";
+            return Err((codes::REWIND_REFUSED, message.to_string()));
+        }
+        if !durable {
+            return Err((
+                codes::REWIND_REFUSED,
+                format!(
+                    "Channel error: Channel rewind is disabled by policy for channel '{channel}'"
+                ),
+            ));
+        }
+        Ok(rewind)
+    }
+
     /// `pusher:resume`: replay what the client missed on each channel it names, as Sockudo
     /// does; 4301 without recovery, 4302 when it names nothing.
     async fn resume(&mut self, data: &Value) {
@@ -153,7 +186,9 @@ impl Session {
                     }
                 }
                 let (app, conn) = (&self.app.id, &self.conn);
-                self.resumes.start(&recovery, app, conn, wanted, &self.heads, fetched);
+                let subscribed =
+                    super::resume::Subscribed { heads: &self.heads, filters: &self.filters };
+                self.resumes.start(&recovery, app, conn, wanted, subscribed, fetched);
             }
             Err(error) => {
                 Metrics::count(&self.ctx.metrics.resumes, "outcome", "refused");
@@ -185,7 +220,11 @@ impl Session {
             Err(e) => self.error(codes::BAD_MESSAGE, &e.to_string()),
             Ok(ClientMessage::Ping) => self.send(frames::pong()),
             Ok(ClientMessage::Pong) => {}
-            Ok(ClientMessage::Subscribe { channel, auth, channel_data, filter, delta }) => {
+            Ok(ClientMessage::Subscribe { channel, auth, channel_data, filter, delta, rewind }) => {
+                let rewind = match rewind.map(|r| self.rewind_for(&channel, &r)).transpose() {
+                    Ok(rewind) => rewind,
+                    Err((code, message)) => return self.error(code, &message),
+                };
                 let compiled = filter.as_ref().map(Filter::compile).transpose();
                 // Off, filters are checked (a client learns of a bad one) but not applied.
                 let compiled = compiled.map(|f| f.filter(|_| self.ctx.settings.tag_filtering));
@@ -201,8 +240,8 @@ impl Session {
                 };
                 let chosen = delta.is_some();
                 let delta = self.delta_wish(&channel, delta.as_ref());
-                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref(), filter, delta)
-                    .await;
+                let asked = Asked { filter, delta, rewind };
+                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref(), asked).await;
                 if chosen && self.subscriptions.contains_key(&channel) {
                     self.delta_chosen.insert(channel);
                 } else {
@@ -315,9 +354,9 @@ impl Session {
         name: &str,
         auth: Option<&str>,
         channel_data: Option<&str>,
-        filter: Option<Arc<Filter>>,
-        delta: Option<DeltaWish>,
+        asked: Asked,
     ) {
+        let Asked { filter, delta, rewind } = asked;
         if !self.channel_operation_allowed().await {
             Metrics::count(&self.ctx.metrics.subscriptions_refused, "reason", "rate");
             let limit = self.app.limits.max_subscriptions_per_minute;
@@ -368,6 +407,12 @@ impl Session {
             Some(Ok(fetched)) => (Some(fetched), None),
             None => (None, None),
         };
+        let rewinding = match (&recovery, &stream, rewind) {
+            (Some(recovery), Some(stream), Some(rewind)) => {
+                Some(recovery.plan_rewind(&self.app.id, name, stream, rewind).await)
+            }
+            _ => None,
+        };
         let acked = AtomicU64::new(0);
         let mut replayed = None;
         let subscribed = self
@@ -389,11 +434,15 @@ impl Session {
                 if let Some(failure) = &unreadable {
                     replayed = Some(Err(failure.clone()));
                 } else if let Some(wanted) = &resumed {
-                    let outcome = recovery.collect(stream, name, wanted, serial, fetched.as_ref());
+                    let with = With { fetched: fetched.as_ref(), filter: held.as_deref() };
+                    let outcome = recovery.collect(stream, name, wanted, serial, with);
                     if let Ok((replay, _)) = &outcome {
                         frames.extend(replay.iter().cloned());
                     }
                     replayed = Some(outcome.map(|(_, recovered)| recovered));
+                }
+                if let Some(plan) = &rewinding {
+                    frames.extend(recovery.rewind(stream, name, plan, serial, held.as_deref()));
                 }
                 frames
             })

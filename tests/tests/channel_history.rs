@@ -1,10 +1,11 @@
-//! The history HTTP API, in Sockudo 5.2.0's shape: `GET .../channels/{channel}/history`
-//! (directions, limits, serial bounds, cursor paging) and `.../history/state`, signed like
-//! every read; 422 without history.
+//! Channel history on one node, in Sockudo 5.2.0's shapes: the HTTP API
+//! (`GET .../channels/{channel}/history` with directions, limits, serial bounds and cursor
+//! paging; `.../history/state`; signed like every read; 422 without history) and `rewind` in
+//! a subscription.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sockhost_tests::{
-    pusher::{Api, TestApp},
+    pusher::{Api, Client, TestApp},
     server::Server,
 };
 
@@ -109,4 +110,76 @@ async fn without_history_the_api_says_so() {
         .await
         .unwrap();
     assert_eq!(unsigned.status().as_u16(), 401);
+}
+
+/// A client of `server` (protocol `protocol`) that sent a subscribe to `news` with `rewind`.
+async fn rewinding(server: &Server, protocol: u8, rewind: Value) -> Client {
+    let app = TestApp::main();
+    let url = format!("ws://127.0.0.1:{}/app/{}?protocol={protocol}", server.port, app.key);
+    let mut client = Client::connect_raw(&url).await;
+    client.expect_any().await;
+    let subscribe =
+        json!({ "event": "pusher:subscribe", "data": { "channel": "news", "rewind": rewind } });
+    client.send(subscribe).await;
+    client
+}
+
+#[tokio::test]
+async fn a_subscription_rewinds_the_last_events_then_goes_live() {
+    let server = with_history();
+    let app = TestApp::main();
+    let api = Api::new(&server.http_url(), &app);
+    for n in 1..=5 {
+        assert_eq!(api.trigger(&["news"], "tick", &format!("e{n}")).await.0, 200);
+    }
+    for (rewind, expected) in [
+        (json!(3), vec![3, 4, 5]),
+        (json!({ "count": 10 }), vec![1, 2, 3, 4, 5]),
+        (json!({ "seconds": 600 }), vec![1, 2, 3, 4, 5]),
+    ] {
+        let mut client = rewinding(&server, 2, rewind.clone()).await;
+        let ack = client.expect_any().await;
+        assert_eq!(ack["event"], "sockudo_internal:subscription_succeeded", "{ack}");
+        assert_eq!(ack["serial"], 5);
+        let mut got = Vec::new();
+        let complete = loop {
+            let frame = client.expect_any().await;
+            if frame["event"] == "sockudo:rewind_complete" {
+                break frame;
+            }
+            assert_eq!(frame["data"], format!("e{}", frame["serial"]), "{frame}");
+            got.push(frame["serial"].as_u64().unwrap());
+        };
+        assert_eq!(got, expected, "rewind {rewind}");
+        assert_eq!(complete["channel"], "news");
+        assert_eq!(complete["data"]["historical_count"], expected.len(), "{complete}");
+        assert_eq!(complete["data"]["complete"], true, "{complete}");
+    }
+    // Then live.
+    let mut client = rewinding(&server, 2, json!(1)).await;
+    client.expect("sockudo_internal:subscription_succeeded").await;
+    assert_eq!(client.expect("tick").await["serial"], 5);
+    client.expect("sockudo:rewind_complete").await;
+    assert_eq!(api.trigger(&["news"], "tick", "e6").await.0, 200);
+    assert_eq!(client.expect("tick").await["serial"], 6);
+}
+
+#[tokio::test]
+async fn a_rewind_that_cannot_be_served_is_refused_as_sockudo_refuses_it() {
+    let server = with_history();
+    let mut bad = rewinding(&server, 2, json!("30s")).await;
+    let error = bad.expect("sockudo:error").await;
+    assert_eq!(error["data"]["code"], 4000, "{error}");
+    let mut v7 = rewinding(&server, 7, json!(3)).await;
+    let error = v7.expect("pusher:error").await;
+    assert_eq!(error["data"]["code"], 4300, "{error}");
+    assert!(error["data"]["message"].as_str().unwrap().contains("protocol V2"), "{error}");
+    // Without history (recovery from memory only).
+    let memory_only = Server::builder().env("CONNECTION_RECOVERY_ENABLED", "true").start();
+    let mut refused = rewinding(&memory_only, 2, json!(3)).await;
+    let error = refused.expect("sockudo:error").await;
+    assert_eq!(error["data"]["code"], 4300, "{error}");
+    // The connection goes on: a subscribe without rewind is made.
+    refused.send(json!({ "event": "sockudo:subscribe", "data": { "channel": "news" } })).await;
+    refused.expect("sockudo_internal:subscription_succeeded").await;
 }
