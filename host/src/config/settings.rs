@@ -724,6 +724,8 @@ fn drivers(config: &Config, errors: &mut Vec<ConfigError>) -> DriverSelection {
     let history = config.history.enabled.then(|| {
         let name = match config.history.backend.trim() {
             "" => "memory",
+            // The reference's other names of PostgreSQL.
+            "pgsql" | "postgresql" => "postgres",
             name => name,
         };
         driver_choice(config, "history", name, config.history.tables.get(name), errors)

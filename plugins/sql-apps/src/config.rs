@@ -12,6 +12,9 @@ pub struct SqlConfig {
     pub database: Database,
     /// Milliseconds to connect and for each statement. Default: 5000.
     pub timeout_ms: Option<u64>,
+    /// The history store's tables: `<prefix>_streams` and `<prefix>_events`. Default:
+    /// sockhost_history. (History only.)
+    pub table_prefix: Option<String>,
 }
 
 /// `[database.postgres]` or `[database.mysql]` (env `DATABASE_POSTGRES_*`,
@@ -49,22 +52,35 @@ impl std::fmt::Debug for Database {
 }
 
 impl SqlConfig {
-    /// Parse and check the table of the `backend` driver (`postgres`, `mysql`).
-    pub fn parse(backend: &str, text: &str) -> Result<Self, PluginError> {
-        let config: Self = sdk::config::parse(&format!("app_manager.{backend}"), text)?;
-        let table = config.table();
-        let legal = |c: char| c.is_ascii_alphanumeric() || c == '_';
-        if table.is_empty() || table.len() > 63 || !table.chars().all(legal) {
-            return Err(PluginError::config(format!(
-                "database.{backend}.table_name: {table:?} must be 1 to 63 letters, digits or `_`"
-            )));
+    /// Parse and check the table of the `backend` driver (`postgres`, `mysql`) of `kind`
+    /// (`app_manager`, `history`).
+    pub fn parse(kind: &str, backend: &str, text: &str) -> Result<Self, PluginError> {
+        let config: Self = sdk::config::parse(&format!("{kind}.{backend}"), text)?;
+        // Written into statements: letters, digits and `_` only, within PostgreSQL's 63 bytes
+        // (a prefix with the suffixes added to it).
+        let names = [
+            (format!("database.{backend}.table_name"), config.table(), 63),
+            (format!("{kind}.{backend}.table_prefix"), config.table_prefix(), 50),
+        ];
+        for (place, name, longest) in names {
+            let legal = |c: char| c.is_ascii_alphanumeric() || c == '_';
+            if name.is_empty() || name.len() > longest || !name.chars().all(legal) {
+                return Err(PluginError::config(format!(
+                    "{place}: {name:?} must be 1 to {longest} letters, digits or `_`"
+                )));
+            }
         }
         if config.timeout_ms == Some(0) {
             return Err(PluginError::config(format!(
-                "app_manager.{backend}.timeout_ms: must be at least 1"
+                "{kind}.{backend}.timeout_ms: must be at least 1"
             )));
         }
         Ok(config)
+    }
+
+    /// The history tables' prefix (checked: safe to write into a statement).
+    pub fn table_prefix(&self) -> &str {
+        self.table_prefix.as_deref().unwrap_or("sockhost_history")
     }
 
     /// The table's name (checked: safe to write into a statement).

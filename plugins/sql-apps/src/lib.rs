@@ -1,5 +1,6 @@
 //! The `sql-apps` plugin: app managers over SQL databases, reading and writing the reference's
-//! `applications` table unchanged, so a server can be pointed at the incumbent's database.
+//! `applications` table unchanged, so a server can be pointed at the incumbent's database; and
+//! the `postgres` history store (long retention, on the same connection settings).
 //!
 //! - `mysql` (MySQL and MariaDB): a small pool (`mysql_async`); rows converted by the column
 //!   types read at start, written with one placeholder per column the table has.
@@ -12,10 +13,13 @@
 #![allow(unsafe_code)]
 
 mod config;
+mod history;
 mod mysql;
+mod pg;
 mod postgres;
 mod record;
 
+pub use history::PostgresHistory;
 pub use mysql::MysqlApps;
 pub use postgres::PostgresApps;
 
@@ -24,7 +28,7 @@ use sockhost_plugin_api::sdk;
 sockhost_plugin_api::export_plugin! {
     name: "sql-apps",
     app_manager: ["postgres", "mysql"] => |args| async move {
-        let config = config::SqlConfig::parse(&args.driver, &args.config)?;
+        let config = config::SqlConfig::parse("app_manager", &args.driver, &args.config)?;
         if args.driver == "mysql" {
             let manager = MysqlApps::connect(config).await?;
             Ok(sdk::app_manager_box(args.runtime, manager))
@@ -32,5 +36,9 @@ sockhost_plugin_api::export_plugin! {
             let manager = PostgresApps::connect(config).await?;
             Ok(sdk::app_manager_box(args.runtime, manager))
         }
+    },
+    history: ["postgres"] => |args| async move {
+        let config = config::SqlConfig::parse("history", &args.driver, &args.config)?;
+        Ok(sdk::history_box(args.runtime, PostgresHistory::connect(config).await?))
     },
 }

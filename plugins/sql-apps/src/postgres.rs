@@ -1,30 +1,22 @@
 //! The `postgres` app manager.
 
-use std::{
-    collections::BTreeSet,
-    sync::{Arc, RwLock},
-};
+use std::collections::BTreeSet;
 
+use crate::{
+    config::SqlConfig,
+    pg::{Pg, unavailable},
+    record::{ROTATION_COLUMNS, VERSION_COLUMN, within, written},
+};
 use serde_json::{Map, Value};
 use sockhost_plugin_api::{
     PluginError,
     sdk::{AppManagerDriver, UpdateOutcome, apps::record},
 };
-use tokio_postgres::{Client, NoTls, error::SqlState, types::ToSql};
-
-use crate::{
-    config::SqlConfig,
-    record::{ROTATION_COLUMNS, VERSION_COLUMN, within, written},
-};
 
 /// Apps in a PostgreSQL table.
 pub struct PostgresApps {
-    config: SqlConfig,
+    pg: Pg,
     table: String,
-    /// The open connection; `None` after it broke, until the next call reopens it.
-    client: RwLock<Option<Arc<Client>>>,
-    /// Serialises reconnects, so a burst of calls after a break opens one connection.
-    reconnect: tokio::sync::Mutex<()>,
     /// The table's columns: only these are written.
     columns: BTreeSet<String>,
 }
@@ -35,36 +27,15 @@ impl std::fmt::Debug for PostgresApps {
     }
 }
 
-fn unavailable(what: &str, error: &tokio_postgres::Error) -> PluginError {
-    match error.code() {
-        Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
-            PluginError::rejected("an app with this id or key exists")
-        }
-        Some(code) if transient(code.code()) => {
-            PluginError::unavailable(format!("{what}: {error} ({})", code.code()))
-        }
-        Some(code) => PluginError::rejected(format!("{what}: {error} ({})", code.code())),
-        None => PluginError::unavailable(format!("{what}: {error}")),
-    }
-}
-
-/// Whether an SQLSTATE says "not now" rather than "never": the connection (08), a rolled-back
-/// transaction (40: serialization failure, deadlock), resources (53), a lock not available
-/// (55P03), an operator's intervention (57: a cancelled query, a shutdown) or a system error
-/// (58). Those are worth retrying (503); the rest refuse the write itself (409).
-fn transient(sqlstate: &str) -> bool {
-    ["08", "40", "53", "57", "58"].iter().any(|class| sqlstate.starts_with(class))
-        || sqlstate == "55P03"
-}
-
 impl PostgresApps {
     /// Connect, create the table if it does not exist (the reference's layout), and add the
     /// rotation columns if they are missing. Any failure is a start-up error: a server that
     /// cannot reach its apps must not start as if it had none.
     pub async fn connect(config: SqlConfig) -> Result<Self, PluginError> {
         let table = config.table().to_string();
-        let client = open(&config).await?;
-        let timeout = config.timeout();
+        let pg = Pg::connect(config).await?;
+        let client = pg.client().await?;
+        let timeout = pg.timeout();
         let create = format!(
             r#"CREATE TABLE IF NOT EXISTS "{table}" (
                 id VARCHAR(255) PRIMARY KEY,
@@ -119,54 +90,7 @@ impl PostgresApps {
         .await?
         .map_err(|e| unavailable("reading the table's columns", &e))?;
         let columns = rows.iter().map(|row| row.get::<_, String>(0)).collect();
-        Ok(Self {
-            config,
-            table,
-            client: RwLock::new(Some(Arc::new(client))),
-            reconnect: tokio::sync::Mutex::new(()),
-            columns,
-        })
-    }
-
-    /// The connection, reopened if it broke.
-    async fn client(&self) -> Result<Arc<Client>, PluginError> {
-        let current = || {
-            let client = self.client.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            client.as_ref().filter(|c| !c.is_closed()).cloned()
-        };
-        if let Some(client) = current() {
-            return Ok(client);
-        }
-        let _one = self.reconnect.lock().await;
-        if let Some(client) = current() {
-            return Ok(client);
-        }
-        let client = Arc::new(open(&self.config).await?);
-        *self.client.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(client.clone());
-        Ok(client)
-    }
-
-    async fn rows(
-        &self,
-        statement: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, PluginError> {
-        let client = self.client().await?;
-        within(self.config.timeout(), client.query(statement, params))
-            .await?
-            .map_err(|e| unavailable("query", &e))
-    }
-
-    async fn execute(
-        &self,
-        statement: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, PluginError> {
-        let client = self.client().await?;
-        within(self.config.timeout(), client.execute(statement, params))
-            .await?
-            .map_err(|e| unavailable("statement", &e))
+        Ok(Self { pg, table, columns })
     }
 
     async fn find(&self, column: &str, value: &str) -> Result<Option<String>, PluginError> {
@@ -174,8 +98,8 @@ impl PostgresApps {
         let statement = format!(
             r#"SELECT row_to_json(t)::text FROM "{table}" t WHERE t.{column} = $1 LIMIT 1"#
         );
-        let client = self.client().await?;
-        match within(self.config.timeout(), client.query(&statement, &[&value])).await? {
+        let client = self.pg.client().await?;
+        match within(self.pg.timeout(), client.query(&statement, &[&value])).await? {
             Ok(rows) => Ok(rows.first().map(|row| row.get::<_, String>(0))),
             // Class 22 (data exception: a NUL byte is 22021, a bad encoding 22P05, ...) is the
             // value's fault: no row can hold it, so no app has it. Taking it for an outage
@@ -188,7 +112,7 @@ impl PostgresApps {
     /// Whether a row with this id exists.
     async fn exists(&self, id: &str) -> Result<bool, PluginError> {
         let statement = format!(r#"SELECT 1 FROM "{}" WHERE id = $1"#, self.table);
-        Ok(!self.rows(&statement, &[&id]).await?.is_empty())
+        Ok(!self.pg.rows(&statement, &[&id]).await?.is_empty())
     }
 
     /// `SET` assignments for `columns` from the record `r`, the version bumped, and the
@@ -211,37 +135,6 @@ impl PostgresApps {
     }
 }
 
-/// The connection settings.
-fn connect_config(config: &SqlConfig) -> tokio_postgres::Config {
-    let db = &config.database;
-    let mut settings = tokio_postgres::Config::new();
-    settings
-        .host(db.host.as_deref().unwrap_or("127.0.0.1"))
-        .port(db.port.unwrap_or(5432))
-        .user(db.username.as_deref().unwrap_or("postgres"))
-        .dbname(db.database.as_deref().unwrap_or("sockudo"))
-        .application_name("sockhost")
-        .connect_timeout(config.timeout());
-    if let Some(password) = &db.password {
-        settings.password(password);
-    }
-    settings
-}
-
-/// Open a connection and drive it on the plugin's runtime.
-async fn open(config: &SqlConfig) -> Result<Client, PluginError> {
-    let settings = connect_config(config);
-    let (client, connection) = within(config.timeout(), settings.connect(NoTls))
-        .await?
-        .map_err(|e| PluginError::unavailable(format!("connecting to PostgreSQL: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "The PostgreSQL connection broke; the next call reopens it.");
-        }
-    });
-    Ok(client)
-}
-
 impl AppManagerDriver for PostgresApps {
     async fn find_by_id(&self, id: &str) -> Result<Option<String>, PluginError> {
         self.find("id", id).await
@@ -256,7 +149,7 @@ impl AppManagerDriver for PostgresApps {
         let statement = format!(
             r#"SELECT row_to_json(t)::text FROM "{table}" t WHERE t.id > $1 ORDER BY t.id LIMIT $2"#
         );
-        let rows = self.rows(&statement, &[&after, &i64::from(limit)]).await?;
+        let rows = self.pg.rows(&statement, &[&after, &i64::from(limit)]).await?;
         Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect())
     }
 
@@ -269,7 +162,7 @@ impl AppManagerDriver for PostgresApps {
         let statement = format!(
             r#"INSERT INTO "{table}" ({columns}) SELECT {columns} FROM json_populate_record(NULL::"{table}", $1::text::json)"#
         );
-        self.execute(&statement, &[&app]).await.map(|_| ())
+        self.pg.execute(&statement, &[&app]).await.map(|_| ())
     }
 
     async fn update(&self, app: &str) -> Result<bool, PluginError> {
@@ -285,7 +178,7 @@ impl AppManagerDriver for PostgresApps {
         let statement = format!(
             r#"UPDATE "{table}" AS t SET {set} FROM json_populate_record(NULL::"{table}", $1::text::json) AS r WHERE t.id = $2"#
         );
-        Ok(self.execute(&statement, &[&app, &id]).await? > 0)
+        Ok(self.pg.execute(&statement, &[&app, &id]).await? > 0)
     }
 
     async fn update_if(&self, changes: &str, expected: u64) -> Result<UpdateOutcome, PluginError> {
@@ -302,7 +195,7 @@ impl AppManagerDriver for PostgresApps {
         let statement = format!(
             r#"UPDATE "{table}" AS t SET {set} FROM json_populate_record(NULL::"{table}", $1::text::json) AS r WHERE t.id = $2 AND t.{VERSION_COLUMN} = $3"#
         );
-        if self.execute(&statement, &[&changes, &id, &expected]).await? > 0 {
+        if self.pg.execute(&statement, &[&changes, &id, &expected]).await? > 0 {
             return Ok(UpdateOutcome::Updated);
         }
         Ok(if self.exists(&id).await? { UpdateOutcome::Conflict } else { UpdateOutcome::NotFound })
@@ -310,30 +203,15 @@ impl AppManagerDriver for PostgresApps {
 
     async fn delete(&self, id: &str) -> Result<bool, PluginError> {
         let statement = format!(r#"DELETE FROM "{}" WHERE id = $1"#, self.table);
-        Ok(self.execute(&statement, &[&id]).await? > 0)
+        Ok(self.pg.execute(&statement, &[&id]).await? > 0)
     }
 
     async fn health(&self) -> Result<(), PluginError> {
-        self.rows("SELECT 1", &[]).await.map(|_| ())
+        self.pg.rows("SELECT 1", &[]).await.map(|_| ())
     }
 
     async fn shutdown(&self) -> Result<(), PluginError> {
-        self.client.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        self.pg.close();
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::transient;
-
-    #[test]
-    fn passing_failures_are_told_from_refusals() {
-        for code in ["08006", "40001", "40P01", "53300", "55P03", "57014", "57P01", "58030"] {
-            assert!(transient(code), "{code}");
-        }
-        for code in ["23505", "23502", "22003", "22001", "42P01", "55000"] {
-            assert!(!transient(code), "{code}");
-        }
     }
 }
