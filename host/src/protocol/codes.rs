@@ -23,6 +23,9 @@ pub const OVER_CAPACITY: u16 = 4100;
 pub const RECONNECT: u16 = 4200;
 /// The client did not answer a ping in time.
 pub const PONG_NOT_RECEIVED: u16 = 4201;
+/// The node could not give the connection a channel's events in order (the history store no
+/// longer had some): reconnect at once and resume, to be told what is gone.
+pub const RESUME: u16 = 4210;
 /// A watchlist over the limit: the first ids are used; in-band.
 pub const WATCHLIST_LIMIT: u16 = 4302;
 /// A message was not understood (malformed JSON, unknown event, bad field); in-band.

@@ -8,7 +8,7 @@
 //! after a short reorder window it reads the missing events from the store and delivers them,
 //! then the waiting ones. A gap the store cannot fill (trimmed, a stream reset, the store down
 //! three times) is given up: the channel's position-tracking sockets on this node are closed
-//! with 4200, so they reconnect and resume (and are told `resume_failed` for what is gone),
+//! with 4210, so they reconnect and resume (and are told `resume_failed` for what is gone),
 //! and delivery goes on from the waiting events. Never a silent hole.
 
 use std::{sync::Arc, time::Duration};
@@ -24,6 +24,7 @@ use crate::{
     protocol::{
         Broadcast,
         channel::ChannelKind,
+        codes,
         filter::Tags,
         recovery::{Failure, FailureCode, Wanted, with_position},
     },
@@ -40,9 +41,6 @@ const MAX_PENDING: usize = 10_000;
 const MAX_REPAIR_READ: u32 = 1000;
 /// Failed store reads after which a gap is given up.
 const MAX_REPAIR_FAILURES: u32 = 3;
-/// The close code that sends a client to reconnect at once and resume (pusher-js and
-/// Sockudo's clients retry immediately for 4200-4299).
-const RECONNECT: u16 = 4200;
 
 /// What the gates count.
 #[derive(Debug, Clone, Default)]
@@ -190,7 +188,7 @@ impl Recovery {
             // More behind than one read, or no longer kept: what is missing is told to
             // whoever resumes from before it; the new subscription starts at the head.
             store.counters.lost.inc_by(page.head - order.last);
-            store.hub.close_positioned(app, channel, RECONNECT);
+            store.hub.close_positioned(app, channel, codes::RESUME);
             order.last = page.head;
             stream.published.store(page.head, std::sync::atomic::Ordering::Release);
         }
@@ -356,7 +354,7 @@ impl Recovery {
         let Some(&first) = order.pending.keys().next() else { return };
         let store = self.store();
         store.counters.lost.inc_by(first - order.last - 1);
-        let closed = store.hub.close_positioned(app, channel, RECONNECT);
+        let closed = store.hub.close_positioned(app, channel, codes::RESUME);
         tracing::warn!(
             channel,
             from = order.last + 1,
@@ -390,7 +388,6 @@ impl Recovery {
             let mut order = stream.order.lock().expect("recovery lock");
             match read {
                 Ok(page) if *page.stream_id == *stream.stream_id => {
-                    let mut filled = false;
                     for stored in page.events {
                         if stored.serial <= order.last {
                             continue;
@@ -406,9 +403,10 @@ impl Recovery {
                             record,
                         };
                         self.deliver_now(app, channel, stream, &mut order, event);
-                        filled = true;
                     }
-                    if !filled {
+                    // Nothing moved, by this read or by the events that came meanwhile: the
+                    // store does not have what is missing.
+                    if order.last == after {
                         self.give_up_gap(app, channel, stream, &mut order);
                     }
                 }

@@ -65,6 +65,7 @@ fn close_reason(code: u16) -> &'static str {
         codes::OVER_CAPACITY => "Over capacity: the connection could not keep up with its messages",
         codes::RECONNECT => "Server shutting down; reconnect",
         codes::PONG_NOT_RECEIVED => "Pong reply not received",
+        codes::RESUME => "Events were missed; reconnect and resume",
         codes::UNAUTHORIZED => "Connection not authorized",
         codes::APP_DISABLED => "App is disabled",
         _ => "Closed by the server",
