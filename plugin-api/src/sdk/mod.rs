@@ -38,3 +38,10 @@ pub use export::{builder, expect_driver};
 pub use guard::{enter, guard, panic_message, ready, spawn};
 pub use history::{HistoryDriver, history_box};
 pub use runtime::runtime;
+
+/// Milliseconds since the Unix epoch by this machine's clock (0 before 1970), as history
+/// records are stamped.
+pub fn unix_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    u64::try_from(since.unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
+}

@@ -8,14 +8,13 @@ use std::{
         Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::Deserialize;
 use sockhost_plugin_api::{
     Appended, Page, PluginError, Retention, Stored,
     abi::{RString, RVec},
-    sdk::HistoryDriver,
+    sdk::{self, HistoryDriver},
 };
 
 /// Settings of the `memory` history store.
@@ -77,11 +76,6 @@ impl std::fmt::Debug for MemoryHistory {
     }
 }
 
-fn now_ms() -> u64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-}
-
 fn new_stream_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -110,7 +104,7 @@ impl MemoryHistory {
         if self.closed.load(Ordering::Acquire) {
             return Err(PluginError::unavailable("the memory history store is shut down"));
         }
-        let now = now_ms();
+        let now = sdk::unix_ms();
         let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (app.to_string(), channel.to_string());
         if !streams.contains_key(&key) && streams.len() >= self.config.max_streams {

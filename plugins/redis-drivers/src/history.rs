@@ -10,7 +10,7 @@
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use redis::aio::ConnectionLike;
@@ -18,7 +18,7 @@ use serde::Deserialize;
 use sockhost_plugin_api::{
     Appended, Page, PluginError, Retention, Stored,
     abi::{RString, RVec},
-    sdk::HistoryDriver,
+    sdk::{self, HistoryDriver},
 };
 
 use crate::{connection::DriverConnection, within};
@@ -103,11 +103,6 @@ impl<C> std::fmt::Debug for RedisHistory<C> {
     }
 }
 
-fn now_ms() -> u64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl<C> RedisHistory<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
@@ -171,7 +166,7 @@ where
             .arg(record)
             .arg(retention.max_events.max(1))
             .arg(retention.max_age_ms.max(1))
-            .arg(now_ms());
+            .arg(sdk::unix_ms());
         let (stream_id, serial): (String, u64) =
             within("redis history append", self.timeout, invocation.invoke_async(&mut conn))
                 .await?;
@@ -191,7 +186,7 @@ where
         invocation.arg(after).arg(limit.min(MAX_READ));
         let (stream_id, head, entries): (String, u64, Vec<Entry>) =
             within("redis history read", self.timeout, invocation.invoke_async(&mut conn)).await?;
-        let oldest = now_ms().saturating_sub(retention.max_age_ms);
+        let oldest = sdk::unix_ms().saturating_sub(retention.max_age_ms);
         let mut events = RVec::with_capacity(entries.len());
         for (id, (_, at_ms, _, record)) in entries {
             let serial = id.split('-').next().and_then(|s| s.parse().ok()).ok_or_else(|| {

@@ -10,13 +10,13 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use sockhost_plugin_api::{
     Appended, Page, PluginError, Retention, Stored,
     abi::{RString, RVec},
-    sdk::HistoryDriver,
+    sdk::{self, HistoryDriver},
 };
 
 use crate::{config::SqlConfig, pg::Pg, record::within};
@@ -44,8 +44,7 @@ impl std::fmt::Debug for PostgresHistory {
 }
 
 fn now_ms() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    int(sdk::unix_ms())
 }
 
 /// A count or time from the host as a database integer.
