@@ -21,13 +21,14 @@ pub struct Retention {
     pub max_age_ms: u64,
 }
 
-/// Where an appended event went.
+/// Where appended events went.
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
 pub struct Appended {
     /// The stream (the channel's epoch): a new one whenever the driver lost the stream's state.
     pub stream_id: RString,
-    /// The event's serial: one more than the stream's previous event, 1 for its first.
+    /// The first event's serial: one more than the stream's previous event, 1 for its first;
+    /// the events after it have the serials after it.
     pub serial: u64,
 }
 
@@ -64,13 +65,16 @@ pub struct Page {
 /// answers them back, bounded by [`Retention`].
 #[sabi_trait]
 pub trait History: Send + Sync {
-    /// Append `record` to the channel's stream, starting the stream (with a new id) if it has
-    /// none, and drop what `retention` no longer allows.
+    /// Append `records` (at least one), in their order, to the channel's stream, with
+    /// consecutive serials in one atomic step, starting the stream (with a new id) if it has
+    /// none, and drop what `retention` no longer allows. The host sends the events that wait
+    /// while one append of a channel is under way as the next one, so a busy channel costs
+    /// one call per batch.
     fn append(
         &self,
         app: RStr<'_>,
         channel: RStr<'_>,
-        record: RVec<u8>,
+        records: RVec<RVec<u8>>,
         retention: Retention,
     ) -> FfiFuture<PResult<Appended>>;
 

@@ -45,7 +45,7 @@ async fn a_node_fills_a_gap_the_bus_left_from_the_store() {
         .append(
             RStr::from_str(&app.id),
             RStr::from_str("news"),
-            RVec::from(record.into_bytes()),
+            RVec::from(vec![RVec::from(record.into_bytes())]),
             retention,
         )
         .await

@@ -20,4 +20,4 @@ pub use host_context::{Incoming, PluginCounters};
 pub use loader::{LoadError, LoadedPlugin};
 pub use manifest::{Manifest, ManifestError};
 pub use registry::{PluginLine, Refusal, RefusalReason, Registry};
-pub use sockhost_plugin_api::{ErrorCode, RateDecision, Retention};
+pub use sockhost_plugin_api::{DriverKind, ErrorCode, PluginError, RateDecision, Retention};

@@ -13,6 +13,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tokio::sync::oneshot;
+
 use axum::extract::ws::Utf8Bytes;
 use prometheus_client::metrics::counter::Counter;
 
@@ -20,7 +22,7 @@ use super::{Order, Recovery, Stream, failure};
 use crate::{
     cluster::envelope::BusPosition,
     hub::{Hub, Positioned},
-    plugins::{DriverError, History, Retention},
+    plugins::{DriverError, DriverKind, History, PluginError, Retention},
     protocol::{
         Broadcast,
         channel::ChannelKind,
@@ -39,8 +41,13 @@ const REORDER_WINDOW: Duration = Duration::from_millis(30);
 const MAX_PENDING: usize = 10_000;
 /// Events one repair reads at most; a larger gap takes several reads.
 const MAX_REPAIR_READ: u32 = 1000;
+/// Events one batched append carries at most.
+const MAX_BATCH: usize = 256;
 /// Failed store reads after which a gap is given up.
 const MAX_REPAIR_FAILURES: u32 = 3;
+
+/// An event waiting for its channel's append in flight, and where its position goes.
+pub(super) type Waiter = (Record, oneshot::Sender<Result<Event, DriverError>>);
 
 /// What the gates count.
 #[derive(Debug, Clone, Default)]
@@ -134,18 +141,100 @@ impl Recovery {
 
     /// Append an app event to its channel's stream in the store: the event with its
     /// position, to [`Recovery::deliver`] here and to send to the other nodes.
+    ///
+    /// One append per channel is under way at a time: the events that come meanwhile wait
+    /// and go together as the next one (at most [`MAX_BATCH`]), each answered with its own
+    /// position. A busy channel costs one store call per batch instead of one per event, and
+    /// its events get their serials in the order they came.
     pub(crate) async fn append(
+        self: &Arc<Self>,
+        app: &str,
+        channel: &str,
+        record: Record,
+    ) -> Result<Event, DriverError> {
+        let key = (app.to_string(), channel.to_string());
+        let mut record = Some(record);
+        let waiting = {
+            let mut appends = self.appends.lock().expect("recovery lock");
+            match appends.get_mut(&key) {
+                Some(queue) => {
+                    let (answer, answered) = oneshot::channel();
+                    queue.extend(record.take().map(|record| (record, answer)));
+                    Some(answered)
+                }
+                None => {
+                    appends.insert(key.clone(), Vec::new());
+                    None
+                }
+            }
+        };
+        if let Some(answered) = waiting {
+            // The sender is dropped only if the batch's task ended without answering.
+            return answered.await.unwrap_or_else(|_| {
+                Err(DriverError::Plugin {
+                    kind: DriverKind::HISTORY,
+                    name: self.store().history.name().into(),
+                    error: PluginError::unavailable("the batched append ended without an answer"),
+                })
+            });
+        }
+        let record = record.expect("kept by the append that leads");
+        let mine = self.append_one(app, channel, record).await;
+        self.clone().next_batch(key);
+        mine
+    }
+
+    /// Append one event now.
+    async fn append_one(
         &self,
         app: &str,
         channel: &str,
         record: Record,
     ) -> Result<Event, DriverError> {
         let store = self.store();
-        let appended = store.history.append(app, channel, record.encode(), store.retention).await;
+        let appended =
+            store.history.append(app, channel, vec![record.encode()], store.retention).await;
         let appended = appended.inspect_err(|_| {
             store.counters.store_errors.inc();
         })?;
         Ok(Event { stream_id: appended.stream_id.into(), serial: appended.serial, record })
+    }
+
+    /// Send what waits for the channel's append as batches, one after the other, until
+    /// nothing waits; on a task of its own, so that the append that led returns at once.
+    fn next_batch(self: Arc<Self>, key: (String, String)) {
+        let batch = {
+            let mut appends = self.appends.lock().expect("recovery lock");
+            let Some(queue) = appends.get_mut(&key) else { return };
+            if queue.is_empty() {
+                appends.remove(&key);
+                return;
+            }
+            let take = queue.len().min(MAX_BATCH);
+            queue.drain(..take).collect::<Vec<Waiter>>()
+        };
+        tokio::spawn(async move {
+            let (app, channel) = (&key.0, &key.1);
+            let store = self.store();
+            let encoded = batch.iter().map(|(record, _)| record.encode()).collect();
+            match store.history.append(app, channel, encoded, store.retention).await {
+                Ok(appended) => {
+                    let stream_id: Arc<str> = appended.stream_id.into();
+                    for (at, (record, answer)) in (0u64..).zip(batch) {
+                        let serial = appended.serial + at;
+                        let _ =
+                            answer.send(Ok(Event { stream_id: stream_id.clone(), serial, record }));
+                    }
+                }
+                Err(error) => {
+                    store.counters.store_errors.inc();
+                    for (_, answer) in batch {
+                        let _ = answer.send(Err(error.clone()));
+                    }
+                }
+            }
+            self.next_batch(key);
+        });
     }
 
     /// Bring the channel's stream on this node up to the store's head before a subscription

@@ -167,6 +167,9 @@ pub(crate) struct Recovery {
     untracked: Counter,
     /// The history store, when positions come from it.
     durable: Option<Durable>,
+    /// With it, each channel's appends waiting for the one under way (see
+    /// [`Recovery::append`]); a channel is here while an append of it is under way.
+    appends: Mutex<HashMap<(String, String), Vec<durable::Waiter>>>,
 }
 
 impl Recovery {
@@ -177,7 +180,7 @@ impl Recovery {
         untracked: Counter,
         durable: Option<Durable>,
     ) -> Self {
-        Self { settings, streams: RwLock::default(), untracked, durable }
+        Self { settings, streams: RwLock::default(), untracked, durable, appends: Mutex::default() }
     }
 
     /// The channel's stream, if this node has one.

@@ -14,16 +14,18 @@ fn s(text: &str) -> RStr<'_> {
 /// Generous bounds, for the cases that are not about them.
 const KEEP: Retention = Retention { max_events: 1000, max_age_ms: 600_000 };
 
+fn records(records: &[&[u8]]) -> RVec<RVec<u8>> {
+    records.iter().map(|r| RVec::from(r.to_vec())).collect()
+}
+
 async fn append(
     h: &HistoryBox,
     channel: &str,
     record: &[u8],
     retention: Retention,
 ) -> (String, u64) {
-    let appended = ok(
-        "append",
-        h.append(s("app-1"), s(channel), RVec::from(record.to_vec()), retention).await,
-    );
+    let appended =
+        ok("append", h.append(s("app-1"), s(channel), records(&[record]), retention).await);
     (appended.stream_id.into_string(), appended.serial)
 }
 
@@ -60,8 +62,28 @@ pub async fn appends_get_dense_serials_and_read_back(target: &Target) {
     // Channels and apps are separate streams.
     let (_, other) = append(&h, "conformance-other", b"x", KEEP).await;
     assert_eq!(other, 1);
-    let app = ok("append", h.append(s("app-2"), s("conformance-dense"), RVec::new(), KEEP).await);
-    assert_eq!(app.serial, 1, "another app's channel of the same name shares its stream");
+    let other = h.append(s("app-2"), s("conformance-dense"), records(&[b""]), KEEP).await;
+    assert_eq!(
+        ok("append", other).serial,
+        1,
+        "another app's channel of the same name shares its stream"
+    );
+}
+
+/// Several records appended in one call get consecutive serials in their order, the answer
+/// naming the first; an append of none is refused.
+pub async fn a_batch_gets_consecutive_serials_in_order(target: &Target) {
+    let h = target.history().await;
+    append(&h, "conformance-batch", b"before", KEEP).await;
+    let batch = records(&[b"one", b"two", b"three"]);
+    let appended = ok("append", h.append(s("app-1"), s("conformance-batch"), batch, KEEP).await);
+    assert_eq!(appended.serial, 2, "the answer names the batch's first serial");
+    let page = read(&h, "conformance-batch", 0, 10, KEEP).await;
+    assert_eq!(serials(&page), [1, 2, 3, 4]);
+    let kept: Vec<&[u8]> = page.events.iter().map(|e| e.record.as_slice()).collect();
+    assert_eq!(kept, [&b"before"[..], b"one", b"two", b"three"]);
+    let none = h.append(s("app-1"), s("conformance-batch"), RVec::new(), KEEP).await;
+    assert!(none.into_result().is_err(), "an append of nothing was taken");
 }
 
 /// Appends from many callers at once never get the same serial, and leave no hole.
@@ -146,6 +168,7 @@ macro_rules! history_suite {
             [
                 appends_get_dense_serials_and_read_back,
                 concurrent_appends_get_distinct_serials,
+                a_batch_gets_consecutive_serials_in_order,
                 retention_bounds_what_is_kept,
                 stores_any_bytes_under_awkward_names,
                 reset_starts_a_new_stream,

@@ -14,12 +14,12 @@ use crate::{Appended, History, History_TO, HistoryBox, PResult, Page, PluginErro
 
 /// A history store in plain Rust; see [`History`] for the contract of each method.
 pub trait HistoryDriver: Send + Sync + 'static {
-    /// See [`History::append`].
+    /// See [`History::append`] (`records` is never empty: the adapter refuses an empty call).
     fn append(
         &self,
         app: &str,
         channel: &str,
-        record: Vec<u8>,
+        records: Vec<Vec<u8>>,
         retention: Retention,
     ) -> impl Future<Output = Result<Appended, PluginError>> + Send;
     /// See [`History::read`].
@@ -53,12 +53,16 @@ impl<T: HistoryDriver> History for Adapter<T> {
         &self,
         app: RStr<'_>,
         channel: RStr<'_>,
-        record: RVec<u8>,
+        records: RVec<RVec<u8>>,
         retention: Retention,
     ) -> FfiFuture<PResult<Appended>> {
-        let names = (app.to_string(), channel.to_string(), record.into_vec());
-        self.call(names, move |h, (app, channel, record)| async move {
-            h.append(&app, &channel, record, retention).await
+        let records: Vec<Vec<u8>> = records.into_iter().map(RVec::into_vec).collect();
+        let names = (app.to_string(), channel.to_string(), records);
+        self.call(names, move |h, (app, channel, records)| async move {
+            if records.is_empty() {
+                return Err(PluginError::rejected("an append of no record"));
+            }
+            h.append(&app, &channel, records, retention).await
         })
     }
 

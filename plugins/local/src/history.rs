@@ -124,20 +124,20 @@ impl HistoryDriver for MemoryHistory {
         &self,
         app: &str,
         channel: &str,
-        record: Vec<u8>,
+        records: Vec<Vec<u8>>,
         retention: Retention,
     ) -> Result<Appended, PluginError> {
         let max_bytes = self.config.max_bytes_per_stream;
         self.with_stream(app, channel, |stream, now| {
-            stream.head += 1;
-            stream.bytes += record.len();
-            stream.events.push_back(Stored {
-                serial: stream.head,
-                at_ms: now,
-                record: RVec::from(record),
-            });
+            let first = stream.head + 1;
+            for record in records {
+                stream.head += 1;
+                stream.bytes += record.len();
+                let stored = Stored { serial: stream.head, at_ms: now, record: RVec::from(record) };
+                stream.events.push_back(stored);
+            }
             stream.trim(retention, max_bytes, now);
-            Appended { stream_id: RString::from(stream.id.as_str()), serial: stream.head }
+            Appended { stream_id: RString::from(stream.id.as_str()), serial: first }
         })
     }
 

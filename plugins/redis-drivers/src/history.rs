@@ -60,14 +60,18 @@ if not id then
 end
 ";
 
-/// Append: ARGV[1] new id, [2] meta lifetime, [3] record, [4] max events, [5] log lifetime,
-/// [6] now (ms). Answers {stream id, serial}.
+/// Append: ARGV[1] new id, [2] meta lifetime, [3] max events, [4] log lifetime, [5] now (ms),
+/// [6...] the records, in order. Answers {stream id, the first record's serial}.
 const APPEND: &str = r"
-local serial = redis.call('HINCRBY', KEYS[1], 's', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], serial .. '-0', 't', ARGV[6], 'r', ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
+local count = #ARGV - 5
+local last = redis.call('HINCRBY', KEYS[1], 's', count)
+for i = 1, count do
+  local serial = last - count + i
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], serial .. '-0', 't', ARGV[5], 'r', ARGV[5 + i])
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {id, serial}
+return {id, last - count + 1}
 ";
 
 /// Read: ARGV[1] new id, [2] meta lifetime, [3] after, [4] limit. Answers {stream id, head,
@@ -157,16 +161,18 @@ where
         &self,
         app: &str,
         channel: &str,
-        record: Vec<u8>,
+        records: Vec<Vec<u8>>,
         retention: Retention,
     ) -> Result<Appended, PluginError> {
         let mut conn = self.open()?;
         let mut invocation = self.invocation(&self.append, app, channel, retention);
         invocation
-            .arg(record)
             .arg(retention.max_events.max(1))
             .arg(retention.max_age_ms.max(1))
             .arg(sdk::unix_ms());
+        for record in records {
+            invocation.arg(record);
+        }
         let (stream_id, serial): (String, u64) =
             within("redis history append", self.timeout, invocation.invoke_async(&mut conn))
                 .await?;

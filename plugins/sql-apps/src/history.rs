@@ -126,38 +126,48 @@ impl HistoryDriver for PostgresHistory {
         &self,
         app: &str,
         channel: &str,
-        record: Vec<u8>,
+        records: Vec<Vec<u8>>,
         retention: Retention,
     ) -> Result<Appended, PluginError> {
         self.remember(retention);
         let (streams, events) = (&self.streams, &self.events);
+        // The stream's serial raised by the batch's size, and each record inserted with its
+        // place in the batch (`WITH ORDINALITY` keeps the order given).
         let statement = format!(
             r#"WITH s AS (
                 INSERT INTO "{streams}" (app, channel, stream_id, head, used_at_ms)
-                VALUES ($1, $2, $3, 1, $4)
+                VALUES ($1, $2, $3, $6, $4)
                 ON CONFLICT (app, channel)
-                DO UPDATE SET head = "{streams}".head + 1, used_at_ms = $4
+                DO UPDATE SET head = "{streams}".head + $6, used_at_ms = $4
                 RETURNING stream_id, head)
             INSERT INTO "{events}" (app, channel, stream_id, serial, at_ms, record)
-            SELECT $1, $2, s.stream_id, s.head, $4, $5 FROM s
+            SELECT $1, $2, s.stream_id, s.head - $6 + r.n, $4, r.record
+            FROM s, unnest($5::bytea[]) WITH ORDINALITY AS r(record, n)
             RETURNING stream_id, serial"#
         );
         let fresh = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
-        let rows = self.pg.rows(&statement, &[&app, &channel, &fresh, &now, &record]).await?;
-        let row =
-            rows.first().ok_or_else(|| PluginError::unavailable("the append answered no row"))?;
-        let (stream_id, serial): (String, i64) = (row.get(0), row.get(1));
-        if serial % TRIM_EVERY == 0 {
+        let count = i64::try_from(records.len()).unwrap_or(i64::MAX);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&app, &channel, &fresh, &now, &records, &count];
+        let rows = self.pg.rows(&statement, &params).await?;
+        let serials = rows.iter().map(|row| row.get::<_, i64>(1));
+        let (first, last) = (serials.clone().min(), serials.max());
+        let (Some(first), Some(last)) = (first, last) else {
+            return Err(PluginError::unavailable("the append answered no row"));
+        };
+        let stream_id: String = rows[0].get(0);
+        // Trimmed when the batch crossed a multiple of TRIM_EVERY.
+        if first.saturating_sub(1) / TRIM_EVERY != last / TRIM_EVERY {
             let trim = format!(
                 r#"DELETE FROM "{events}" WHERE app = $1 AND channel = $2
                    AND (stream_id <> $3 OR serial <= $4 OR at_ms < $5)"#
             );
-            let below = serial.saturating_sub(int(retention.max_events));
+            let below = last.saturating_sub(int(retention.max_events));
             let oldest = now.saturating_sub(int(retention.max_age_ms));
             self.pg.execute(&trim, &[&app, &channel, &stream_id, &below, &oldest]).await?;
         }
-        Ok(Appended { stream_id: RString::from(stream_id), serial: uint(serial) })
+        Ok(Appended { stream_id: RString::from(stream_id), serial: uint(first) })
     }
 
     async fn read(

@@ -72,13 +72,14 @@ export function enableRecovery(pusher, { onGap = () => {}, remember = 1000 } = {
   });
 
   // pusher-js subscribes again by itself after reconnecting (private channels once their auth
-  // is back): each such subscribe is followed by a resume from the channel's position.
+  // is back): each such subscribe is preceded by a resume from the channel's position, which
+  // the server holds until the subscribe lands and answers right after its acknowledgement,
+  // before any live event (a resume sent after the subscribe could come behind live events).
   const send = pusher.connection.send_event.bind(pusher.connection);
   pusher.connection.send_event = (name, data, channel) => {
-    const sent = send(name, data, channel);
     const position = name === 'pusher:subscribe' ? positions.get(data.channel) : undefined;
-    if (sent && position) send('pusher:resume', { channel_positions: { [data.channel]: position } });
-    return sent;
+    if (position) send('pusher:resume', { channel_positions: { [data.channel]: position } });
+    return send(name, data, channel);
   };
   return state;
 }

@@ -7,12 +7,12 @@ use sockhost_plugin_api::{
 
 use super::{DriverError, call::Named};
 
-/// An appended event's place in its stream.
+/// Where appended events went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     /// The stream.
     pub stream_id: String,
-    /// The event's serial.
+    /// The first event's serial (the others follow it).
     pub serial: u64,
 }
 
@@ -48,20 +48,18 @@ impl History {
         &self.0.name
     }
 
-    /// Append `record` to the channel's stream; its position.
+    /// Append `records` (at least one), in order, to the channel's stream; the first one's
+    /// position (the others follow it).
     pub async fn append(
         &self,
         app: &str,
         channel: &str,
-        record: Vec<u8>,
+        records: Vec<Vec<u8>>,
         retention: Retention,
     ) -> Result<Appended, DriverError> {
-        let call = self.0.inner.append(
-            RStr::from_str(app),
-            RStr::from_str(channel),
-            RVec::from(record),
-            retention,
-        );
+        let records = records.into_iter().map(RVec::from).collect();
+        let call =
+            self.0.inner.append(RStr::from_str(app), RStr::from_str(channel), records, retention);
         let appended = self.0.call(call).await?;
         Ok(Appended { stream_id: appended.stream_id.into_string(), serial: appended.serial })
     }

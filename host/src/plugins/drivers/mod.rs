@@ -31,7 +31,7 @@ use super::{
 };
 
 /// A driver that could not be built or failed a call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DriverError {
     /// No loaded plugin provides the driver the configuration names.
     #[error("no loaded plugin provides the {kind} driver `{name}` ({available}); {loaded}")]
