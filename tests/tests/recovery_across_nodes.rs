@@ -64,7 +64,8 @@ async fn a_node_fills_a_gap_the_bus_left_from_the_store() {
 }
 
 /// With history on and the store down, a publish is refused with 503 rather than broadcast
-/// without a position that no resume could recover.
+/// without a position that no resume could recover, and a resume is answered at once with
+/// `persistence_unavailable` (the subscription goes on, without a position).
 #[tokio::test]
 async fn a_publish_the_store_cannot_take_is_refused() {
     let redis = RedisServer::start();
@@ -81,6 +82,20 @@ async fn a_publish_the_store_cannot_take_is_refused() {
     let (status, body) = api.trigger(&["news"], "tick", "not kept").await;
     assert_eq!(status, 503, "{body}");
     assert!(servers[0].metric("sockhost_history_errors_total").await >= 1.0);
+
+    let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[0].port, app.key);
+    let mut back = Client::connect_raw(&url).await;
+    back.expect("sockudo:connection_established").await;
+    let positions = json!({ "elsewhere": { "stream_id": "s", "serial": 1 } });
+    let resume = json!({ "channel_positions": positions }).to_string();
+    back.send(json!({ "event": "sockudo:resume", "data": resume })).await;
+    back.send(json!({ "event": "sockudo:subscribe", "data": { "channel": "elsewhere" } })).await;
+    let failed = back.expect("sockudo:resume_failed").await;
+    let failure: serde_json::Value =
+        serde_json::from_str(failed["data"].as_str().unwrap()).unwrap();
+    assert_eq!(failure["code"], "persistence_unavailable", "{failure}");
+    back.expect("sockudo:resume_success").await;
+    back.expect("sockudo_internal:subscription_succeeded").await;
 }
 
 /// What one resilient client saw.

@@ -162,6 +162,17 @@ impl Resumes {
         }
     }
 
+    /// The failure of a channel subscribed without a stream: the history store could not be
+    /// read (`durable`), or the node holds as many streams as it may.
+    pub(super) fn no_stream(channel: &str, durable: bool) -> Box<Failure> {
+        Box::new(if durable {
+            let code = FailureCode::PersistenceUnavailable;
+            Failure::new(channel, code, "durable_history_state_unavailable")
+        } else {
+            Failure::new(channel, FailureCode::PositionExpired, "recovery_buffer_full")
+        })
+    }
+
     /// The failure of a channel whose subscribe never came, or was refused.
     pub(super) fn not_subscribed(channel: &str) -> Box<Failure> {
         let code = FailureCode::ContinuityUnverifiable;
