@@ -200,7 +200,7 @@ impl Adapter {
     pub(crate) fn broadcast_elsewhere(
         &self,
         to: &Broadcast<'_>,
-        frame: &Utf8Bytes,
+        frame: &str,
         position: BusPosition,
     ) {
         self.cluster.publish_broadcast(to, frame.as_bytes(), Some(position));

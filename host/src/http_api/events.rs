@@ -263,8 +263,7 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Result<Option<Value>,
                         "Channel {name:?}: the history store is unavailable; the event was not published"
                     ))
                 })?;
-                let frame = Utf8Bytes::from(event.record.frame.clone());
-                ctx.adapter.broadcast_elsewhere(&to, &frame, event.bus_position());
+                ctx.adapter.broadcast_elsewhere(&to, &event.record.frame, event.bus_position());
                 recovery.deliver(&app.id, name, event);
             }
             // The event's position is given, kept and delivered in one step per channel.

@@ -22,7 +22,7 @@ use super::{Order, Recovery, Stream, failure};
 use crate::{
     cluster::envelope::BusPosition,
     hub::{Hub, Positioned},
-    plugins::{DriverError, DriverKind, History, PluginError, Retention},
+    plugins::{DriverError, DriverKind, History, PluginError, Retention, StoredEvent},
     protocol::{
         Broadcast,
         channel::ChannelKind,
@@ -191,13 +191,25 @@ impl Recovery {
         channel: &str,
         record: Record,
     ) -> Result<Event, DriverError> {
+        let (stream_id, serial) = self.store_append(app, channel, &[&record]).await?;
+        Ok(Event { stream_id, serial, record })
+    }
+
+    /// Append `records` to the store in one call, counting a failure: the stream and the
+    /// first record's serial.
+    async fn store_append(
+        &self,
+        app: &str,
+        channel: &str,
+        records: &[&Record],
+    ) -> Result<(Arc<str>, u64), DriverError> {
         let store = self.store();
-        let appended =
-            store.history.append(app, channel, vec![record.encode()], store.retention).await;
+        let encoded = records.iter().map(|record| record.encode()).collect();
+        let appended = store.history.append(app, channel, encoded, store.retention).await;
         let appended = appended.inspect_err(|_| {
             store.counters.store_errors.inc();
         })?;
-        Ok(Event { stream_id: appended.stream_id.into(), serial: appended.serial, record })
+        Ok((appended.stream_id.into(), appended.serial))
     }
 
     /// Send what waits for the channel's append as batches, one after the other, until
@@ -215,19 +227,15 @@ impl Recovery {
         };
         tokio::spawn(async move {
             let (app, channel) = (&key.0, &key.1);
-            let store = self.store();
-            let encoded = batch.iter().map(|(record, _)| record.encode()).collect();
-            match store.history.append(app, channel, encoded, store.retention).await {
-                Ok(appended) => {
-                    let stream_id: Arc<str> = appended.stream_id.into();
-                    for (at, (record, answer)) in (0u64..).zip(batch) {
-                        let serial = appended.serial + at;
+            let records: Vec<&Record> = batch.iter().map(|(record, _)| record).collect();
+            match self.store_append(app, channel, &records).await {
+                Ok((stream_id, first)) => {
+                    for (serial, (record, answer)) in (first..).zip(batch) {
                         let _ =
                             answer.send(Ok(Event { stream_id: stream_id.clone(), serial, record }));
                     }
                 }
                 Err(error) => {
-                    store.counters.store_errors.inc();
                     for (_, answer) in batch {
                         let _ = answer.send(Err(error.clone()));
                     }
@@ -263,16 +271,7 @@ impl Recovery {
             || Stream::new(id.clone(), page.head),
         )?;
         let mut order = stream.order.lock().expect("recovery lock");
-        for stored in page.events {
-            if stored.serial != order.last + 1 {
-                continue;
-            }
-            let Ok(record) = Record::decode(&stored.record) else { break };
-            store.counters.repaired.inc();
-            let event =
-                Event { stream_id: stream.stream_id.clone(), serial: stored.serial, record };
-            self.deliver_now(app, channel, &stream, &mut order, event);
-        }
+        self.deliver_stored(app, channel, &stream, &mut order, page.events);
         if order.last < page.head && order.pending.is_empty() {
             // More behind than one read, or no longer kept: what is missing is told to
             // whoever resumes from before it; the new subscription starts at the head.
@@ -363,8 +362,9 @@ impl Recovery {
         let Some(stream) = stream else {
             // The node holds as many streams as it may: delivered without a position.
             self.untracked.inc();
-            let frame = Utf8Bytes::from(event.record.frame.clone());
-            store.hub.broadcast(&self.destination(app, channel, &event.record), &frame);
+            let Record { frame, tags, except, .. } = event.record;
+            let to = self.destination(app, channel, except.as_deref(), tags.as_ref());
+            store.hub.broadcast(&to, &Utf8Bytes::from(frame));
             return;
         };
         let mut order = stream.order.lock().expect("recovery lock");
@@ -388,14 +388,19 @@ impl Recovery {
         }
     }
 
-    fn destination<'a>(&self, app: &'a str, channel: &'a str, record: &'a Record) -> Broadcast<'a> {
-        let tags = record.tags.as_ref().filter(|_| self.store().tag_filtering);
+    /// Where an event goes: the channel's subscribers but `except`, judged by `tags` when
+    /// filtering is on.
+    fn destination<'a>(
+        &self,
+        app: &'a str,
+        channel: &'a str,
+        except: Option<&'a str>,
+        tags: Option<&'a Tags>,
+    ) -> Broadcast<'a> {
+        let tags = tags.filter(|_| self.store().tag_filtering);
         // Encrypted channels' events never go as deltas: their ciphertexts do not shrink.
         let compressible = ChannelKind::of(channel) != ChannelKind::PrivateEncrypted;
-        Broadcast::to(app, channel)
-            .except(record.except.as_deref())
-            .tagged(tags)
-            .compressible(compressible)
+        Broadcast::to(app, channel).except(except).tagged(tags).compressible(compressible)
     }
 
     /// Deliver the stream's next event, holding its order.
@@ -408,16 +413,42 @@ impl Recovery {
         event: Event,
     ) {
         let Event { serial, record, .. } = event;
-        let positioned =
-            with_position(&record.frame, &record.message_id, &stream.stream_id, serial);
+        let Record { message_id, frame, tags, except } = record;
+        let positioned = with_position(&frame, &message_id, &stream.stream_id, serial);
         let positioned = Utf8Bytes::from(positioned);
-        let tags = record.tags.clone().map(Arc::new);
-        self.keep(stream, serial, record.message_id.clone(), positioned.clone(), tags);
-        let plain = Utf8Bytes::from(record.frame.clone());
-        let to = self.destination(app, channel, &record);
+        let tags = tags.map(Arc::new);
+        // Kept before it is delivered: a replay reads up to the head the delivery raises.
+        self.keep(stream, serial, message_id, positioned.clone(), tags.clone());
+        let plain = Utf8Bytes::from(frame);
+        let to = self.destination(app, channel, except.as_deref(), tags.as_deref());
         let at = Positioned { frame: &positioned, published: &stream.published, serial };
         self.store().hub.broadcast_positioned(&to, &plain, Some(at));
         order.last = serial;
+    }
+
+    /// Deliver the events read from the store (ascending) that come next in the stream, up
+    /// to the first hole or the first record that cannot be read.
+    fn deliver_stored(
+        &self,
+        app: &str,
+        channel: &str,
+        stream: &Stream,
+        order: &mut Order,
+        events: Vec<StoredEvent>,
+    ) {
+        for stored in events {
+            if stored.serial <= order.last {
+                continue;
+            }
+            if stored.serial != order.last + 1 {
+                break;
+            }
+            let Ok(record) = Record::decode(&stored.record) else { break };
+            self.store().counters.repaired.inc();
+            let event =
+                Event { stream_id: stream.stream_id.clone(), serial: stored.serial, record };
+            self.deliver_now(app, channel, stream, order, event);
+        }
     }
 
     /// Deliver the waiting events that are next, in order.
@@ -477,22 +508,7 @@ impl Recovery {
             let mut order = stream.order.lock().expect("recovery lock");
             match read {
                 Ok(page) if *page.stream_id == *stream.stream_id => {
-                    for stored in page.events {
-                        if stored.serial <= order.last {
-                            continue;
-                        }
-                        if stored.serial != order.last + 1 {
-                            break;
-                        }
-                        let Ok(record) = Record::decode(&stored.record) else { break };
-                        store.counters.repaired.inc();
-                        let event = Event {
-                            stream_id: stream.stream_id.clone(),
-                            serial: stored.serial,
-                            record,
-                        };
-                        self.deliver_now(app, channel, stream, &mut order, event);
-                    }
+                    self.deliver_stored(app, channel, stream, &mut order, page.events);
                     // Nothing moved, by this read or by the events that came meanwhile: the
                     // store does not have what is missing.
                     if order.last == after {

@@ -5,14 +5,15 @@
 //! the replay is made as the subscription becomes visible, so no live event comes before it
 //! or is sent twice.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::extract::ws::Utf8Bytes;
 
 use super::{Fetched, Recovery, Stream, gather};
-use crate::protocol::{
-    filter::Filter,
-    recovery::{Rewind, Rewound, rewind_complete},
+use crate::{
+    cluster::now_ms,
+    protocol::{
+        filter::Filter,
+        recovery::{Rewind, Rewound, rewind_complete},
+    },
 };
 
 /// Events one rewind sends at most (Sockudo's `max_page_size`).
@@ -25,11 +26,6 @@ const SLACK: u64 = 64;
 pub(crate) struct RewindPlan {
     rewind: Rewind,
     fetched: Option<Fetched>,
-}
-
-fn now_ms() -> u64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Recovery {

@@ -396,14 +396,13 @@ impl Session {
             Some(recovery) => recovery.prepare(&self.app.id, name).await,
             None => None,
         };
+        let mut resumed = recovery.as_ref().and_then(|_| self.resumes.take(name));
         // Without a stream (the history store could not be read, or the node holds as many
         // as it may), a resume waiting for this subscribe is answered now, not by its timer.
-        if let (Some(recovery), None) = (&recovery, &stream)
-            && self.resumes.take(name).is_some()
-        {
+        if let (Some(recovery), None, Some(_)) = (&recovery, &stream, &resumed) {
             self.resumes.settled(&self.conn, Err(Resumes::no_stream(name, recovery.is_durable())));
+            resumed = None;
         }
-        let resumed = stream.as_ref().and_then(|_| self.resumes.take(name));
         // With history, what this node's buffer cannot cover is read from the store first.
         let fetched = match (&recovery, &resumed) {
             (Some(recovery), Some(wanted)) => recovery.fetch(&self.app.id, name, wanted).await,
