@@ -1,15 +1,10 @@
 //! The cache driver: values under a key prefix, with Redis's own expiry.
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
-};
-
 use redis::aio::ConnectionLike;
 use serde::Deserialize;
 use sockhost_plugin_api::{PluginError, abi::RVec, sdk::CacheDriver};
 
-use crate::{connection::DriverConnection, within};
+use crate::{connection::DriverConnection, handle::Handle, within};
 
 /// A cache driver's table (`[cache.redis]` / `[cache.redis-cluster]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -39,10 +34,8 @@ impl Default for CacheConfig {
 /// A cache in Redis. Each key stands alone (no multi-key operation), so on a cluster keys
 /// spread over every shard.
 pub struct RedisCache<C> {
-    conn: C,
+    handle: Handle<C>,
     prefix: String,
-    timeout: Duration,
-    closed: AtomicBool,
 }
 
 impl<C> std::fmt::Debug for RedisCache<C> {
@@ -58,18 +51,9 @@ where
     /// A cache over `conn` with `config`'s prefix and timeout.
     pub fn new(conn: C, config: &CacheConfig) -> Self {
         Self {
-            conn,
+            handle: Handle::new(conn, config.request_timeout_ms(), "cache"),
             prefix: config.prefix.clone(),
-            timeout: Duration::from_millis(config.request_timeout_ms().max(1)),
-            closed: AtomicBool::new(false),
         }
-    }
-
-    fn open(&self) -> Result<C, PluginError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(PluginError::unavailable("the redis cache is shut down"));
-        }
-        Ok(self.conn.clone())
     }
 
     fn key(&self, key: &str) -> String {
@@ -82,10 +66,10 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     async fn get(&self, key: &str) -> Result<Option<RVec<u8>>, PluginError> {
-        let mut conn = self.open()?;
+        let mut conn = self.handle.open()?;
         let value: Option<Vec<u8>> = within(
             "redis GET",
-            self.timeout,
+            self.handle.timeout,
             redis::cmd("GET").arg(self.key(key)).query_async(&mut conn),
         )
         .await?;
@@ -93,20 +77,20 @@ where
     }
 
     async fn set(&self, key: &str, value: RVec<u8>, ttl_ms: u64) -> Result<(), PluginError> {
-        let mut conn = self.open()?;
+        let mut conn = self.handle.open()?;
         let mut command = redis::cmd("SET");
         command.arg(self.key(key)).arg(value.as_slice());
         if ttl_ms > 0 {
             command.arg("PX").arg(ttl_ms);
         }
-        within("redis SET", self.timeout, command.query_async::<()>(&mut conn)).await
+        within("redis SET", self.handle.timeout, command.query_async::<()>(&mut conn)).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, PluginError> {
-        let mut conn = self.open()?;
+        let mut conn = self.handle.open()?;
         let removed: u64 = within(
             "redis DEL",
-            self.timeout,
+            self.handle.timeout,
             redis::cmd("DEL").arg(self.key(key)).query_async(&mut conn),
         )
         .await?;
@@ -114,10 +98,10 @@ where
     }
 
     async fn has(&self, key: &str) -> Result<bool, PluginError> {
-        let mut conn = self.open()?;
+        let mut conn = self.handle.open()?;
         let found: u64 = within(
             "redis EXISTS",
-            self.timeout,
+            self.handle.timeout,
             redis::cmd("EXISTS").arg(self.key(key)).query_async(&mut conn),
         )
         .await?;
@@ -125,12 +109,11 @@ where
     }
 
     async fn health(&self) -> Result<(), PluginError> {
-        let mut conn = self.open()?;
-        within("redis PING", self.timeout, redis::cmd("PING").query_async::<()>(&mut conn)).await
+        self.handle.ping().await
     }
 
     async fn shutdown(&self) -> Result<(), PluginError> {
-        self.closed.store(true, Ordering::Release);
+        self.handle.close();
         Ok(())
     }
 }

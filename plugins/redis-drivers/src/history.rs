@@ -8,11 +8,6 @@
 //! than the retention are not answered). A lost meta (expired, flushed, a server restarted
 //! without persistence) starts the stream again with a new id, which resumes are told.
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
-};
-
 use redis::aio::ConnectionLike;
 use serde::Deserialize;
 use sockhost_plugin_api::{
@@ -21,7 +16,7 @@ use sockhost_plugin_api::{
     sdk::{self, HistoryDriver},
 };
 
-use crate::{connection::DriverConnection, within};
+use crate::{connection::DriverConnection, handle::Handle, within};
 
 /// A history store's table (`[history.redis]` / `[history.redis-cluster]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -93,12 +88,10 @@ type Entry = (String, (String, u64, String, Vec<u8>));
 
 /// A history store in Redis.
 pub struct RedisHistory<C> {
-    conn: C,
+    handle: Handle<C>,
     prefix: String,
-    timeout: Duration,
     append: redis::Script,
     read: redis::Script,
-    closed: AtomicBool,
 }
 
 impl<C> std::fmt::Debug for RedisHistory<C> {
@@ -114,20 +107,11 @@ where
     /// A store over `conn` with `config`'s prefix and timeout.
     pub fn new(conn: C, config: &HistoryConfig) -> Self {
         Self {
-            conn,
+            handle: Handle::new(conn, config.request_timeout_ms(), "history store"),
             prefix: config.prefix.clone(),
-            timeout: Duration::from_millis(config.request_timeout_ms().max(1)),
             append: redis::Script::new(&format!("{START}{APPEND}")),
             read: redis::Script::new(&format!("{START}{READ}")),
-            closed: AtomicBool::new(false),
         }
-    }
-
-    fn open(&self) -> Result<C, PluginError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(PluginError::unavailable("the redis history store is shut down"));
-        }
-        Ok(self.conn.clone())
     }
 
     /// The channel's two keys, with one hash tag so that they live on one shard. Lengths
@@ -164,7 +148,7 @@ where
         records: Vec<Vec<u8>>,
         retention: Retention,
     ) -> Result<Appended, PluginError> {
-        let mut conn = self.open()?;
+        let mut conn = self.handle.open()?;
         let mut invocation = self.invocation(&self.append, app, channel, retention);
         invocation
             .arg(retention.max_events.max(1))
@@ -174,7 +158,7 @@ where
             invocation.arg(record);
         }
         let (stream_id, serial): (String, u64) =
-            within("redis history append", self.timeout, invocation.invoke_async(&mut conn))
+            within("redis history append", self.handle.timeout, invocation.invoke_async(&mut conn))
                 .await?;
         Ok(Appended { stream_id: RString::from(stream_id), serial })
     }
@@ -187,11 +171,12 @@ where
         limit: u32,
         retention: Retention,
     ) -> Result<Page, PluginError> {
-        let mut conn = self.open()?;
+        let mut conn = self.handle.open()?;
         let mut invocation = self.invocation(&self.read, app, channel, retention);
         invocation.arg(after).arg(limit.min(MAX_READ));
         let (stream_id, head, entries): (String, u64, Vec<Entry>) =
-            within("redis history read", self.timeout, invocation.invoke_async(&mut conn)).await?;
+            within("redis history read", self.handle.timeout, invocation.invoke_async(&mut conn))
+                .await?;
         let oldest = sdk::unix_ms().saturating_sub(retention.max_age_ms);
         let mut events = RVec::with_capacity(entries.len());
         for (id, (_, at_ms, _, record)) in entries {
@@ -209,19 +194,18 @@ where
     }
 
     async fn reset(&self, app: &str, channel: &str) -> Result<(), PluginError> {
-        let mut conn = self.open()?;
+        let mut conn = self.handle.open()?;
         let [meta, log] = self.keys(app, channel);
         let del = redis::cmd("DEL").arg(meta).arg(log).to_owned();
-        within("redis history reset", self.timeout, del.query_async::<()>(&mut conn)).await
+        within("redis history reset", self.handle.timeout, del.query_async::<()>(&mut conn)).await
     }
 
     async fn health(&self) -> Result<(), PluginError> {
-        let mut conn = self.open()?;
-        within("redis PING", self.timeout, redis::cmd("PING").query_async::<()>(&mut conn)).await
+        self.handle.ping().await
     }
 
     async fn shutdown(&self) -> Result<(), PluginError> {
-        self.closed.store(true, Ordering::Release);
+        self.handle.close();
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ pub mod build;
 pub mod cache;
 pub mod client;
 pub mod connection;
+pub mod handle;
 pub mod history;
 pub mod queue;
 pub mod rate_limiter;

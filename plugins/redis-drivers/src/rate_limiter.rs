@@ -1,16 +1,11 @@
 //! The rate-limiter driver: a fixed window counted atomically by a Lua script, so one limit
 //! holds for every node that shares the server.
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
-};
-
 use redis::aio::ConnectionLike;
 use serde::Deserialize;
 use sockhost_plugin_api::{PluginError, RateDecision, sdk::RateLimiterDriver};
 
-use crate::{connection::DriverConnection, within};
+use crate::{connection::DriverConnection, handle::Handle, within};
 
 /// A rate limiter's table (`[rate_limiter.redis]` / `[rate_limiter.redis-cluster]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -63,11 +58,9 @@ return {1, limit - used, ttl}
 
 /// A rate limiter in Redis.
 pub struct RedisRateLimiter<C> {
-    conn: C,
+    handle: Handle<C>,
     prefix: String,
-    timeout: Duration,
     script: redis::Script,
-    closed: AtomicBool,
 }
 
 impl<C> std::fmt::Debug for RedisRateLimiter<C> {
@@ -83,19 +76,10 @@ where
     /// A limiter over `conn` with `config`'s prefix and timeout.
     pub fn new(conn: C, config: &RateLimiterConfig) -> Self {
         Self {
-            conn,
+            handle: Handle::new(conn, config.request_timeout_ms(), "rate limiter"),
             prefix: config.prefix.clone(),
-            timeout: Duration::from_millis(config.request_timeout_ms().max(1)),
             script: redis::Script::new(CHECK),
-            closed: AtomicBool::new(false),
         }
-    }
-
-    fn open(&self) -> Result<C, PluginError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(PluginError::unavailable("the redis rate limiter is shut down"));
-        }
-        Ok(self.conn.clone())
     }
 }
 
@@ -110,11 +94,12 @@ where
         limit: u32,
         window_ms: u64,
     ) -> Result<RateDecision, PluginError> {
-        let mut conn = self.open()?;
+        let mut conn = self.handle.open()?;
         let mut invocation = self.script.key(format!("{}{key}", self.prefix));
         invocation.arg(cost).arg(limit).arg(window_ms.max(1));
         let (allowed, remaining, reset): (i64, i64, i64) =
-            within("redis rate limit", self.timeout, invocation.invoke_async(&mut conn)).await?;
+            within("redis rate limit", self.handle.timeout, invocation.invoke_async(&mut conn))
+                .await?;
         Ok(RateDecision {
             allowed: allowed == 1,
             limit,
@@ -124,12 +109,11 @@ where
     }
 
     async fn health(&self) -> Result<(), PluginError> {
-        let mut conn = self.open()?;
-        within("redis PING", self.timeout, redis::cmd("PING").query_async::<()>(&mut conn)).await
+        self.handle.ping().await
     }
 
     async fn shutdown(&self) -> Result<(), PluginError> {
-        self.closed.store(true, Ordering::Release);
+        self.handle.close();
         Ok(())
     }
 }
