@@ -178,6 +178,15 @@ def resume_frame(positions, prefix="sockudo", as_string=True):
     return j({"event": f"{prefix}:resume", "data": j(d) if as_string else d})
 
 
+def resumed_on(tag, ch, pos):
+    """A new protocol-2 socket subscribed to `ch` that resumes from `pos`, its answer printed."""
+    ws, _ = p2(tag)
+    sub(ws, ch)
+    ws.send(resume_frame({ch: pos}))
+    ws.recv_all()
+    return ws
+
+
 def section(name):
     print(f"\n===== {name} =====")
 
@@ -250,10 +259,7 @@ def resume():
     section("resume: subscribe then sockudo:resume (data as JSON string)")
     ch = "rec-resume"
     pos = _disconnect_publish_reconnect(ch)
-    b, _ = p2("B")
-    sub(b, ch)
-    b.send(resume_frame({ch: pos}))
-    b.recv_all()
+    b = resumed_on("B", ch, pos)
     section("resume again on the same socket with the same (old) position")
     b.send(resume_frame({ch: pos}))
     b.recv_all()
@@ -311,10 +317,7 @@ def at_head():
     section("serial equal to the head (nothing missed)")
     ch = "rec-athead"
     pos = _disconnect_publish_reconnect(ch, n_gap=0)
-    b, _ = p2("B")
-    sub(b, ch)
-    b.send(resume_frame({ch: pos}))
-    b.recv_all()
+    b = resumed_on("B", ch, pos)
     b.close()
 
 
@@ -387,17 +390,11 @@ def expired():
     section("serial older than max_buffer_size back (run with CONNECTION_RECOVERY_MAX_BUFFER_SIZE=5)")
     ch = "rec-expired"
     pos = _disconnect_publish_reconnect(ch, n_before=2, n_gap=8)
-    b, _ = p2("B")
-    sub(b, ch)
-    b.send(resume_frame({ch: pos}))
-    b.recv_all()
+    b = resumed_on("B", ch, pos)
     section("gap exactly max_buffer_size (5) back")
     ch = "rec-exact5"
     pos = _disconnect_publish_reconnect(ch, n_before=2, n_gap=5)
-    b2, _ = p2("B2")
-    sub(b2, ch)
-    b2.send(resume_frame({ch: pos}))
-    b2.recv_all()
+    b2 = resumed_on("B2", ch, pos)
     b.close(); b2.close()
 
 
@@ -566,10 +563,7 @@ def live_vs_replay():
     sub(c, ch)
     pos = _disconnect_publish_reconnect(ch)
     c.recv_all()
-    b, _ = p2("B")
-    sub(b, ch)
-    b.send(resume_frame({ch: pos}))
-    b.recv_all()
+    b = resumed_on("B", ch, pos)
     b.close(); c.close()
 
 
@@ -589,10 +583,7 @@ def ttl():
     ch = "rec-ttl"
     pos = _disconnect_publish_reconnect(ch)
     time.sleep(6)
-    b, _ = p2("B")
-    sub(b, ch)
-    b.send(resume_frame({ch: pos}))
-    b.recv_all()
+    b = resumed_on("B", ch, pos)
     b.close()
 
 
