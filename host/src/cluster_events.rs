@@ -158,6 +158,15 @@ impl Host for ClusterEvents {
         self.feed.tap.received(&node_label(node), app, entries);
     }
 
+    fn history_degraded(&self, app: &str, channel: &str, degraded: bool) {
+        let Some(recovery) = &self.recovery else { return };
+        if degraded {
+            recovery.degraded.mark(app, channel);
+        } else {
+            recovery.degraded.lift(app, channel);
+        }
+    }
+
     fn user_status_changed(&self, app: &str, user: &str, online: bool) {
         let name = if online { "online" } else { "offline" };
         let frame = Utf8Bytes::from(frames::watchlist_event(name, &[user.to_string()]));

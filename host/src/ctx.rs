@@ -102,7 +102,8 @@ impl Ctx {
                         store_errors: metrics.history_errors.clone(),
                     },
                 });
-            Arc::new(Recovery::new(r, metrics.recovery_untracked.clone(), durable))
+            let recovery = Recovery::new(r, metrics.recovery_untracked.clone(), durable);
+            Arc::new(recovery.with_degraded_gauge(metrics.recovery_degraded_channels.clone()))
         });
         let events = Arc::new(ClusterEvents {
             adapter: adapter.clone(),

@@ -123,12 +123,18 @@ pub(crate) struct Metrics {
     pub recovery_lost: Counter,
     /// Failed calls to the history store.
     pub history_errors: Counter,
+    /// App events broadcast without a position because the history store did not take them
+    /// (apps publishing best effort).
+    pub recovery_best_effort: Counter,
     /// Webhook events dropped before queueing, by reason (`app_share`, `app_rate`, `outbox`).
     pub webhooks_dropped: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// HTTP triggers that met congested subscribers, by outcome (`delayed`, `refused`).
     pub publish_pushback: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Debug consoles watching a live log on this node.
     pub console_viewers: Gauge,
+    /// Channels whose resumes fail because an event went out without a position (best
+    /// effort), until their stream starts again.
+    pub recovery_degraded_channels: Gauge,
     /// Debug console logs cut off because the browser did not keep up.
     pub console_viewers_dropped: Counter,
     /// Other nodes' console watches refused: too many apps watched on this node.
@@ -201,6 +207,11 @@ impl Metrics {
                 self.recovery_lost
             ),
             ("history_errors", "Failed calls to the history store", self.history_errors),
+            (
+                "recovery_best_effort",
+                "App events broadcast without a position: the history store did not take them",
+                self.recovery_best_effort
+            ),
             ("ws_messages_received", "WebSocket messages received", self.ws_messages_received),
             ("ws_messages_sent", "WebSocket messages sent", self.ws_messages_sent),
             ("socket_received_bytes", "WebSocket bytes received", self.ws_bytes_received),
@@ -286,6 +297,11 @@ impl Metrics {
             ),
             ("dead_nodes", "Nodes found dead", self.dead_nodes),
             ("cluster_nodes", "Nodes in the cluster, this one included", self.cluster_nodes),
+            (
+                "recovery_degraded_channels",
+                "Channels whose resumes fail: an event went out without a position (best effort)",
+                self.recovery_degraded_channels
+            ),
             (
                 "transport_nodes",
                 "Nodes the transport's broker counts (where it can tell); more than cluster_nodes means nodes on the broker this one does not hear (another cluster secret or version)",

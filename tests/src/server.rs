@@ -49,6 +49,19 @@ enabled = false
 id = "quiet"
 key = "quiet-key"
 secret = "quiet-secret"
+
+[[app_manager.array.apps]]
+id = "best-effort"
+key = "best-effort-key"
+secret = "best-effort-secret"
+connection_recovery = { max_buffer_size = 3 }
+history = { on_store_failure = "best_effort" }
+
+[[app_manager.array.apps]]
+id = "unrecovered"
+key = "unrecovered-key"
+secret = "unrecovered-secret"
+connection_recovery = { enabled = false }
 "#;
 
 /// A running `sockhost` process, killed when dropped.

@@ -78,6 +78,27 @@ fn duplicate_apps_and_unknown_drivers_are_refused() {
     );
     assert!(out.contains("app_manager.array.apps[1].secret: must not be empty"), "{out}");
 
+    // An app's recovery overrides: zero is refused (an app turns recovery off with
+    // `enabled = false`), and so is a failure policy that does not exist.
+    let config = write(
+        dir.path(),
+        "overrides.toml",
+        "[[app_manager.array.apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n\
+         connection_recovery = { max_buffer_size = 0 }\n\
+         [[app_manager.array.apps]]\nid = \"b\"\nkey = \"k2\"\nsecret = \"s\"\n\
+         history = { on_store_failure = \"shrug\" }\n",
+    );
+    let (code, out) =
+        run_to_exit(dir.path(), &["--config", &config, "--plugins", &manifest()], &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains(
+            "app_manager.array.apps[0].connection_recovery.max_buffer_size: must be at least 1"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("unknown variant `shrug`, expected `reject` or `best_effort`"), "{out}");
+
     // In a directory without a config file: the defaults, with the cache driver from the
     // environment.
     let empty = private_dir();

@@ -471,3 +471,151 @@ async fn racing_publishes_are_delivered_in_serial_order() {
         assert_eq!(server.metric("sockhost_recovery_lost_total").await, 0.0);
     }
 }
+
+/// A new protocol-2 socket on `url` that resumes `channel` from `position` (before its
+/// subscribe, as sockudo-js does): the events it replays, then how its channel ended
+/// (`Ok` the recovered entry, `Err` the failure).
+async fn resume_from(
+    url: &str,
+    channel: &str,
+    position: serde_json::Value,
+) -> (Vec<serde_json::Value>, Result<serde_json::Value, serde_json::Value>) {
+    let mut socket = Client::connect_raw(url).await;
+    socket.expect("sockudo:connection_established").await;
+    let resume = json!({ "channel_positions": { channel: position } }).to_string();
+    socket.send(json!({ "event": "sockudo:resume", "data": resume })).await;
+    socket.send(json!({ "event": "sockudo:subscribe", "data": { "channel": channel } })).await;
+    let mut replayed = Vec::new();
+    let mut failure = None;
+    loop {
+        let frame = socket.expect_any().await;
+        match frame["event"].as_str().unwrap_or_default() {
+            "tick" => replayed.push(frame),
+            "sockudo:resume_failed" => {
+                failure = Some(serde_json::from_str(frame["data"].as_str().unwrap()).unwrap());
+            }
+            "sockudo:resume_success" => {
+                let data: serde_json::Value =
+                    serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+                return match failure {
+                    Some(failure) => (replayed, Err(failure)),
+                    None => (replayed, Ok(data["recovered"][0].clone())),
+                };
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Per-app overrides, with Sockudo's names: an app with `connection_recovery.enabled = false`
+/// gets Pusher's frames without positions, its resumes answered 4301 and its history 422; an
+/// app with `max_buffer_size = 3` replays at most three events per resume (a larger gap is
+/// `position_expired`, never a partial replay) while the server keeps 100.
+#[tokio::test]
+async fn an_app_narrows_or_turns_off_recovery() {
+    let redis = RedisServer::start();
+    let bus = Bus::redis(&redis.url(), "apps:");
+    let extra = format!("[connection_recovery]\nenabled = true\n{}", bus.history.clone().unwrap());
+    let servers = nodes(&bus, 1, &extra).await;
+
+    let off = TestApp::new("unrecovered", "unrecovered-key", "unrecovered-secret");
+    let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[0].port, off.key);
+    let mut socket = Client::connect_raw(&url).await;
+    socket.expect("sockudo:connection_established").await;
+    socket.send(json!({ "event": "sockudo:subscribe", "data": { "channel": "news" } })).await;
+    let ack = socket.expect("sockudo_internal:subscription_succeeded").await;
+    assert!(ack.get("serial").is_none() && ack.get("stream_id").is_none(), "{ack}");
+    let api = Api::new(&servers[0].http_url(), &off);
+    assert_eq!(api.trigger(&["news"], "tick", "plain").await.0, 200);
+    let tick = socket.expect("tick").await;
+    assert!(tick.get("serial").is_none() && tick.get("message_id").is_none(), "{tick}");
+    let resume = json!({ "channel_positions": { "news": { "stream_id": "s", "serial": 0 } } });
+    socket.send(json!({ "event": "sockudo:resume", "data": resume.to_string() })).await;
+    let error = socket.expect("sockudo:error").await;
+    assert_eq!(error["data"]["code"], 4301, "{error}");
+    let (status, body) = api.get("/channels/news/history", &[]).await;
+    assert_eq!(status, 422, "{body}");
+
+    let narrow = TestApp::new("best-effort", "best-effort-key", "best-effort-secret");
+    let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[0].port, narrow.key);
+    let mut live = Client::connect_raw(&url).await;
+    live.expect("sockudo:connection_established").await;
+    live.send(json!({ "event": "sockudo:subscribe", "data": { "channel": "news" } })).await;
+    let ack = live.expect("sockudo_internal:subscription_succeeded").await;
+    let stream = ack["stream_id"].as_str().unwrap().to_string();
+    let api = Api::new(&servers[0].http_url(), &narrow);
+    for i in 1..=5 {
+        assert_eq!(api.trigger(&["news"], "tick", &i.to_string()).await.0, 200);
+        assert_eq!(live.expect("tick").await["serial"], i);
+    }
+    let (replayed, outcome) =
+        resume_from(&url, "news", json!({ "stream_id": stream, "serial": 1 })).await;
+    let failure = outcome.unwrap_err();
+    assert_eq!(failure["code"], "position_expired", "{failure}");
+    assert!(replayed.is_empty(), "{replayed:?}");
+    let (replayed, outcome) =
+        resume_from(&url, "news", json!({ "stream_id": stream, "serial": 2 })).await;
+    let recovered = outcome.unwrap();
+    assert_eq!(recovered["replayed"], 3, "{recovered}");
+    let data: Vec<&str> = replayed.iter().map(|t| t["data"].as_str().unwrap()).collect();
+    assert_eq!(data, ["3", "4", "5"]);
+}
+
+/// An app that publishes best effort keeps publishing while the history store is down (a
+/// Redis of its own here, the bus on another): the event goes out without a position, every
+/// node marks the channel degraded, and a resume from before it fails closed
+/// (`persistence_unavailable`) on either node. When the store answers again, the publishing
+/// node starts the channel's stream again and lifts the mark everywhere: a resume from the
+/// old stream is told `stream_reset`, and new events carry the new stream's positions.
+#[tokio::test]
+async fn a_best_effort_app_publishes_through_a_store_outage_and_fails_resumes_closed() {
+    let bus_redis = RedisServer::start();
+    let mut store = RedisServer::start();
+    let bus = Bus::redis(&bus_redis.url(), "best:");
+    let history = format!(
+        "[history]\nenabled = true\nbackend = \"redis\"\n[history.redis]\nurl_override = \"{}\"\n",
+        store.url()
+    );
+    let servers =
+        nodes(&bus, 2, &format!("[connection_recovery]\nenabled = true\n{history}")).await;
+    let app = TestApp::new("best-effort", "best-effort-key", "best-effort-secret");
+    let url = |i: usize| format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[i].port, app.key);
+    let mut on_b = Client::connect_raw(&url(1)).await;
+    on_b.expect("sockudo:connection_established").await;
+    on_b.send(json!({ "event": "sockudo:subscribe", "data": { "channel": "news" } })).await;
+    let ack = on_b.expect("sockudo_internal:subscription_succeeded").await;
+    let old_stream = ack["stream_id"].as_str().unwrap().to_string();
+    let api = Api::new(&servers[0].http_url(), &app);
+    assert_eq!(api.trigger(&["news"], "tick", "kept").await.0, 200);
+    assert_eq!(on_b.expect("tick").await["serial"], 1);
+
+    store.kill();
+    let (status, body) = api.trigger(&["news"], "tick", "unkept").await;
+    assert_eq!(status, 200, "{body}");
+    let unkept = on_b.expect("tick").await;
+    assert_eq!(unkept["data"], "unkept");
+    assert!(unkept.get("serial").is_none(), "{unkept}");
+    assert_eq!(servers[0].metric("sockhost_recovery_best_effort_total").await, 1.0);
+    for server in &servers {
+        server.wait_for_metric("sockhost_recovery_degraded_channels", |n| n == 1.0).await;
+    }
+    for i in 0..2 {
+        let position = json!({ "stream_id": old_stream, "serial": 1 });
+        let (replayed, outcome) = resume_from(&url(i), "news", position).await;
+        let failure = outcome.unwrap_err();
+        assert_eq!(failure["code"], "persistence_unavailable", "node {i}: {failure}");
+        assert!(replayed.is_empty(), "{replayed:?}");
+    }
+
+    store.restart();
+    for server in &servers {
+        server.wait_for_metric("sockhost_recovery_degraded_channels", |n| n == 0.0).await;
+    }
+    let (_, outcome) =
+        resume_from(&url(1), "news", json!({ "stream_id": old_stream, "serial": 1 })).await;
+    assert_eq!(outcome.unwrap_err()["code"], "stream_reset");
+    assert_eq!(api.trigger(&["news"], "tick", "new stream").await.0, 200);
+    let first = on_b.expect("tick").await;
+    assert_eq!((first["data"].as_str(), first["serial"].as_u64()), (Some("new stream"), Some(1)));
+    assert_ne!(first["stream_id"], old_stream.as_str());
+}

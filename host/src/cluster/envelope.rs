@@ -162,6 +162,17 @@ pub enum Control {
         /// The entries (JSON objects; the receiver checks each).
         entries: Vec<Value>,
     },
+    /// An event of the channel went out without a recovery position (the history store did
+    /// not take it, and the app publishes best effort): its resumes must fail until the
+    /// sender started its stream again (`degraded = false`).
+    HistoryDegraded {
+        /// The app id.
+        app: String,
+        /// The channel.
+        channel: String,
+        /// Degraded now (`true`), or its stream was started again (`false`).
+        degraded: bool,
+    },
 }
 
 /// An envelope: who sent it, their sequence number, and the body.

@@ -60,6 +60,9 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn console_watched(&self, node: u64, app: &str);
     /// Log entries `node` sent for the consoles open here.
     fn console_entries(&self, node: u64, app: &str, entries: Vec<Value>);
+    /// Another node published an event of the channel without a recovery position
+    /// (`degraded`), or started the channel's stream again after one (`!degraded`).
+    fn history_degraded(&self, app: &str, channel: &str, degraded: bool);
     /// The number of live nodes, this one included, changed.
     fn nodes_changed(&self, nodes: usize);
     /// A node stopped answering and was removed.

@@ -204,6 +204,9 @@ impl State {
             Control::ConsoleEntries { app, entries } => {
                 self.host.console_entries(node, &app, entries);
             }
+            Control::HistoryDegraded { app, channel, degraded } => {
+                self.host.history_degraded(&app, &channel, degraded);
+            }
         }
     }
 

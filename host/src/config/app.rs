@@ -1,6 +1,6 @@
 //! One app as the server runs it: its credentials, limits and settings, validated.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{ChannelRules, Limits, WebhookTarget};
 
@@ -21,6 +21,8 @@ pub struct App {
     pub enable_client_messages: bool,
     /// Whether protocol-7 sockets get recovery positions and may resume.
     pub v1_recovery_fields: bool,
+    /// Its connection recovery settings, where they differ from the server's.
+    pub recovery: AppRecovery,
     /// Its limits.
     pub limits: Limits,
     /// HTTP API events per second (each channel counts); 0 = unlimited.
@@ -41,6 +43,26 @@ pub struct App {
     pub deltas: ChannelRules,
     /// The secret before the last rotation, and until when it still signs.
     pub previous_secret: Option<(String, SystemTime)>,
+}
+
+/// An app's connection recovery settings (with the server's recovery on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppRecovery {
+    /// Whether its events get positions and its clients may resume.
+    pub enabled: bool,
+    /// How long its events stay recoverable, when shorter than the server's.
+    pub ttl: Option<Duration>,
+    /// The most one resume replays, when fewer than the server's.
+    pub max_replay: Option<usize>,
+    /// Broadcast without a position when the history store cannot take an event (instead of
+    /// refusing the publish with 503).
+    pub best_effort: bool,
+}
+
+impl Default for AppRecovery {
+    fn default() -> Self {
+        Self { enabled: true, ttl: None, max_replay: None, best_effort: false }
+    }
 }
 
 impl App {

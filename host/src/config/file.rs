@@ -309,6 +309,48 @@ pub struct AppConfig {
     /// Overrides `channel_limits.max_subscriptions_per_minute`.
     #[serde(default)]
     pub max_subscriptions_per_minute: Option<u64>,
+    /// Overrides of `connection_recovery` for this app, as Sockudo names them.
+    #[serde(default)]
+    pub connection_recovery: Option<AppRecoveryConfig>,
+    /// This app's history policy.
+    #[serde(default)]
+    pub history: Option<AppHistoryConfig>,
+}
+
+/// An app's overrides of `connection_recovery`. Recovery must be on for the server (its
+/// buffers and history store are the server's); an app can turn it off or narrow it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppRecoveryConfig {
+    /// Whether the app's events get positions and its clients may resume. Default: the
+    /// server's `connection_recovery.enabled`.
+    pub enabled: Option<bool>,
+    /// How long an event of this app stays recoverable, at most the server's
+    /// `buffer_ttl_seconds`.
+    pub buffer_ttl_seconds: Option<u64>,
+    /// The most one resume of this app replays, at most the server's `max_buffer_size`.
+    pub max_buffer_size: Option<u64>,
+}
+
+/// An app's history policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppHistoryConfig {
+    /// What a publish does when the history store cannot take its event. Default: `reject`.
+    pub on_store_failure: StoreFailurePolicy,
+}
+
+/// What a publish to a recovery channel does when the history store cannot take its event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreFailurePolicy {
+    /// Answer 503 and broadcast nothing: no event goes out that a resume could not recover.
+    #[default]
+    Reject,
+    /// Broadcast without a position: subscribers connected now get it, and a resume from
+    /// before it is told `persistence_unavailable` (the channel starts a new stream once the
+    /// store is back).
+    BestEffort,
 }
 
 fn yes() -> bool {

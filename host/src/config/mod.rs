@@ -13,9 +13,12 @@ mod load;
 mod sections;
 mod settings;
 
-pub use app::App;
+pub use app::{App, AppRecovery};
 pub use delta_rules::{Algorithm, ChannelRules, StreamSettings};
-pub use file::{AppConfig, Config, DriverSection, LogConfig, WebhookTarget};
+pub use file::{
+    AppConfig, AppHistoryConfig, AppRecoveryConfig, Config, DriverSection, LogConfig,
+    StoreFailurePolicy, WebhookTarget,
+};
 pub use load::{ConfigError, Sources, load, settings};
 pub use sections::{
     ClusterSettings, DriverChoice, DriverSelection, LogColor, LogFormat, LogSettings,

@@ -4,8 +4,8 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use super::{
-    App, AppConfig, ClusterSettings, Config, ConfigError, DriverChoice, DriverSection,
-    DriverSelection, LogSettings, StreamSettings, delta_rules,
+    App, AppConfig, AppRecovery, ClusterSettings, Config, ConfigError, DriverChoice, DriverSection,
+    DriverSelection, LogSettings, StoreFailurePolicy, StreamSettings, delta_rules,
 };
 use crate::protocol::webhook::Kind;
 
@@ -565,6 +565,7 @@ pub(crate) fn app_of(
         max_connections: app.max_connections,
         enable_client_messages: app.enable_client_messages,
         v1_recovery_fields: app.v1_recovery_fields,
+        recovery: app_recovery(app, place, errors),
         limits,
         max_backend_events_per_second: app.max_backend_events_per_second,
         max_read_requests_per_second: app.max_read_requests_per_second,
@@ -575,6 +576,32 @@ pub(crate) fn app_of(
         webhook_batching: app.webhook_batching,
         deltas: delta_rules::app(delta_server, &app.channel_delta_compression, place, errors),
         previous_secret: None,
+    }
+}
+
+/// An app's recovery settings; 0 is refused where it would turn recovery off by stealth (the
+/// app says `enabled = false` for that).
+fn app_recovery(
+    app: &AppConfig,
+    place: &dyn Fn(&str) -> String,
+    errors: &mut Vec<ConfigError>,
+) -> AppRecovery {
+    let own = app.connection_recovery.clone().unwrap_or_default();
+    let mut positive = |value: Option<u64>, field: &str| match value {
+        Some(0) => {
+            err(errors, &place(field), "must be at least 1".into());
+            None
+        }
+        value => value,
+    };
+    let ttl = positive(own.buffer_ttl_seconds, "connection_recovery.buffer_ttl_seconds");
+    let max_replay = positive(own.max_buffer_size, "connection_recovery.max_buffer_size");
+    let policy = app.history.as_ref().map(|h| h.on_store_failure).unwrap_or_default();
+    AppRecovery {
+        enabled: own.enabled.unwrap_or(true),
+        ttl: ttl.map(Duration::from_secs),
+        max_replay: max_replay.map(to_usize),
+        best_effort: policy == StoreFailurePolicy::BestEffort,
     }
 }
 

@@ -18,6 +18,7 @@ use super::{
 use crate::{
     adapter::Congestion,
     apps::App,
+    cluster::{self, envelope::Control},
     config::Limits,
     ctx::Ctx,
     feed::{Entry, Kind},
@@ -28,7 +29,7 @@ use crate::{
         filter::{self, Tags},
         frames,
     },
-    recovery::Record,
+    recovery::{Record, Recovery},
 };
 
 #[derive(Debug, Deserialize)]
@@ -248,23 +249,39 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Result<Option<Value>,
         let except = event.socket_id.as_deref();
         let to =
             Broadcast::to(&app.id, name).except(except).tagged(tags).compressible(compressible);
-        match &ctx.recovery {
+        match ctx.recovery.as_ref().filter(|_| app.recovery.enabled) {
             // The store gives the position; the other nodes and this one deliver in its order.
             Some(recovery) if recovery.is_durable() => {
+                // Kept for a best-effort broadcast, should the store not take the event.
+                let plain = app.recovery.best_effort.then(|| text.clone());
                 let record = Record {
                     message_id: event.message_id.clone().unwrap_or_else(new_message_id),
                     frame: text,
                     tags: tags.cloned(),
                     except: except.map(str::to_string),
                 };
-                let event = recovery.append(&app.id, name, record).await.map_err(|error| {
-                    tracing::warn!(%error, channel = %name, "An event was not published: the history store did not take it.");
-                    ApiError::unavailable(format!(
-                        "Channel {name:?}: the history store is unavailable; the event was not published"
-                    ))
-                })?;
-                ctx.adapter.broadcast_elsewhere(&to, &event.record.frame, event.bus_position());
-                recovery.deliver(&app.id, name, event);
+                match (recovery.append(&app.id, name, record).await, plain) {
+                    (Ok(event), _) => {
+                        ctx.adapter.broadcast_elsewhere(
+                            &to,
+                            &event.record.frame,
+                            event.bus_position(),
+                        );
+                        recovery.deliver(&app.id, name, event);
+                    }
+                    (Err(error), Some(plain)) => {
+                        tracing::warn!(%error, channel = %name, "The history store did not take an event; it went out without a position (the app publishes best effort), and the channel's resumes fail until its stream starts again.");
+                        ctx.metrics.recovery_best_effort.inc();
+                        degrade(ctx, recovery, &app.id, name);
+                        ctx.adapter.broadcast(&to, &Utf8Bytes::from(plain));
+                    }
+                    (Err(error), None) => {
+                        tracing::warn!(%error, channel = %name, "An event was not published: the history store did not take it.");
+                        return Err(ApiError::unavailable(format!(
+                            "Channel {name:?}: the history store is unavailable; the event was not published"
+                        )));
+                    }
+                }
             }
             // The event's position is given, kept and delivered in one step per channel.
             Some(recovery) => {
@@ -300,6 +317,24 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Result<Option<Value>,
         channels.insert(name.clone(), Value::Object(info));
     }
     Ok(Some(Value::Object(channels)))
+}
+
+/// Mark the channel degraded on every node (its resumes fail closed) until its stream is
+/// started again in the store.
+fn degrade(ctx: &Ctx, recovery: &Arc<Recovery>, app: &str, channel: &str) {
+    let control = |degraded| Control::HistoryDegraded {
+        app: app.to_string(),
+        channel: channel.to_string(),
+        degraded,
+    };
+    let cluster = ctx.adapter.cluster();
+    let (later, lifted) = (cluster.clone(), control(false));
+    recovery.degrade(
+        app,
+        channel,
+        || cluster.send_control(cluster::CONTROL, control(true)),
+        move || later.send_control(cluster::CONTROL, lifted),
+    );
 }
 
 /// Overload push-back: a trigger waits while most subscribers of a channel it names are behind

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, SignedQuery, channels::read_request};
 use crate::{
+    apps::App,
     ctx::Ctx,
     plugins::{History, Retention, StoredEvent, StreamPage},
     protocol::recovery::with_position,
@@ -91,9 +92,10 @@ fn number(query: &HashMap<String, String>, names: &[&str]) -> Result<Option<u64>
         .map_err(|_| ApiError::bad_request(format!("{name} must be a whole number")))
 }
 
-/// The store, with what it keeps, or 422 when history is off.
-fn store(ctx: &Ctx, channel: &str) -> Result<(Arc<History>, Retention), ApiError> {
-    ctx.recovery.as_ref().and_then(|r| r.history()).ok_or_else(|| {
+/// The store, with what it keeps, or 422 when history is off (for the server or the app).
+fn store(ctx: &Ctx, app: &App, channel: &str) -> Result<(Arc<History>, Retention), ApiError> {
+    let recovery = ctx.recovery.as_ref().filter(|_| app.recovery.enabled);
+    recovery.and_then(|r| r.history()).ok_or_else(|| {
         ApiError::new(
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
             format!("Durable history is disabled by policy for channel '{channel}'"),
@@ -149,7 +151,7 @@ pub(crate) async fn state(
     signed: SignedQuery,
 ) -> Result<Json<Value>, ApiError> {
     let authed = read_request(&ctx, signed, Some(&channel)).await?;
-    let (history, retention) = store(&ctx, &channel)?;
+    let (history, retention) = store(&ctx, &authed.app, &channel)?;
     let page = ends(&history, retention, &authed.app.id, &channel).await?;
     let (retained, state) = stream_state(&history, &page);
     Ok(Json(json!({
@@ -187,7 +189,7 @@ pub(crate) async fn page(
     signed: SignedQuery,
 ) -> Result<Json<Value>, ApiError> {
     let authed = read_request(&ctx, signed, Some(&channel)).await?;
-    let (history, retention) = store(&ctx, &channel)?;
+    let (history, retention) = store(&ctx, &authed.app, &channel)?;
     let (app, query) = (&authed.app.id, &authed.query);
     let direction = match query.get("direction").map(|d| d.to_ascii_lowercase()).as_deref() {
         None | Some("newest_first" | "backwards" | "reverse") => Direction::NewestFirst,

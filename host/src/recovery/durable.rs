@@ -43,11 +43,22 @@ const MAX_PENDING: usize = 10_000;
 const MAX_REPAIR_READ: u32 = 1000;
 /// Events one batched append carries at most.
 const MAX_BATCH: usize = 256;
+/// Appends of one channel under way at once; the events that come past it are batched.
+/// Eight: S's publisher (32 requests in flight over 10 channels) then never waits behind
+/// another append, and a flood of publishers on one channel still goes as batches.
+const MAX_APPENDS_IN_FLIGHT: usize = 8;
 /// Failed store reads after which a gap is given up.
 const MAX_REPAIR_FAILURES: u32 = 3;
 
 /// An event waiting for its channel's append in flight, and where its position goes.
 pub(super) type Waiter = (Record, oneshot::Sender<Result<Event, DriverError>>);
+
+/// A channel's appends: how many are under way, and the events waiting for a slot.
+#[derive(Debug, Default)]
+pub(super) struct Appending {
+    in_flight: usize,
+    waiting: Vec<Waiter>,
+}
 
 /// What the gates count.
 #[derive(Debug, Clone, Default)]
@@ -142,10 +153,12 @@ impl Recovery {
     /// Append an app event to its channel's stream in the store: the event with its
     /// position, to [`Recovery::deliver`] here and to send to the other nodes.
     ///
-    /// One append per channel is under way at a time: the events that come meanwhile wait
-    /// and go together as the next one (at most [`MAX_BATCH`]), each answered with its own
-    /// position. A busy channel costs one store call per batch instead of one per event, and
-    /// its events get their serials in the order they came.
+    /// Up to [`MAX_APPENDS_IN_FLIGHT`] appends of a channel go to the store at once, so a
+    /// publisher with requests in flight pays one round trip per event, not a wait behind the
+    /// ones before it (serials are given in the order the store takes them; the gates deliver
+    /// in that order). Past the window, the events that come wait and go together as one
+    /// append when a slot frees (at most [`MAX_BATCH`]), each answered with its own position:
+    /// a flood on one channel costs one store call per batch instead of one per event.
     pub(crate) async fn append(
         self: &Arc<Self>,
         app: &str,
@@ -156,16 +169,14 @@ impl Recovery {
         let mut record = Some(record);
         let waiting = {
             let mut appends = self.appends.lock().expect("recovery lock");
-            match appends.get_mut(&key) {
-                Some(queue) => {
-                    let (answer, answered) = oneshot::channel();
-                    queue.extend(record.take().map(|record| (record, answer)));
-                    Some(answered)
-                }
-                None => {
-                    appends.insert(key.clone(), Vec::new());
-                    None
-                }
+            let appending = appends.entry(key.clone()).or_default();
+            if appending.in_flight < MAX_APPENDS_IN_FLIGHT {
+                appending.in_flight += 1;
+                None
+            } else {
+                let (answer, answered) = oneshot::channel();
+                appending.waiting.extend(record.take().map(|record| (record, answer)));
+                Some(answered)
             }
         };
         if let Some(answered) = waiting {
@@ -178,7 +189,7 @@ impl Recovery {
                 })
             });
         }
-        let record = record.expect("kept by the append that leads");
+        let record = record.expect("kept by an append in the window");
         let mine = self.append_one(app, channel, record).await;
         self.clone().next_batch(key);
         mine
@@ -212,18 +223,22 @@ impl Recovery {
         Ok((appended.stream_id.into(), appended.serial))
     }
 
-    /// Send what waits for the channel's append as batches, one after the other, until
-    /// nothing waits; on a task of its own, so that the append that led returns at once.
+    /// An append of the channel ended: its slot goes to what waits, as batches one after the
+    /// other on a task of its own (so that the append that ended returns at once), and is
+    /// given back when nothing waits.
     fn next_batch(self: Arc<Self>, key: (String, String)) {
         let batch = {
             let mut appends = self.appends.lock().expect("recovery lock");
-            let Some(queue) = appends.get_mut(&key) else { return };
-            if queue.is_empty() {
-                appends.remove(&key);
+            let Some(appending) = appends.get_mut(&key) else { return };
+            if appending.waiting.is_empty() {
+                appending.in_flight -= 1;
+                if appending.in_flight == 0 {
+                    appends.remove(&key);
+                }
                 return;
             }
-            let take = queue.len().min(MAX_BATCH);
-            queue.drain(..take).collect::<Vec<Waiter>>()
+            let take = appending.waiting.len().min(MAX_BATCH);
+            appending.waiting.drain(..take).collect::<Vec<Waiter>>()
         };
         tokio::spawn(async move {
             let (app, channel) = (&key.0, &key.1);

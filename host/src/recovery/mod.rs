@@ -17,6 +17,7 @@
 //! the store assigns them for the whole cluster and every node delivers each channel's events
 //! in serial order ([`durable`]).
 
+mod degraded;
 mod durable;
 mod record;
 mod rewind;
@@ -34,11 +35,11 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::RecoverySettings,
+    config::{AppRecovery, RecoverySettings},
     hub::Positioned,
     protocol::{
         filter::{Filter, Tags},
@@ -167,9 +168,11 @@ pub(crate) struct Recovery {
     untracked: Counter,
     /// The history store, when positions come from it.
     durable: Option<Durable>,
-    /// With it, each channel's appends waiting for the one under way (see
+    /// With it, each channel's appends under way and the events waiting for a slot (see
     /// [`Recovery::append`]); a channel is here while an append of it is under way.
-    appends: Mutex<HashMap<(String, String), Vec<durable::Waiter>>>,
+    appends: Mutex<HashMap<(String, String), durable::Appending>>,
+    /// Channels whose events went out without a position (best effort): their resumes fail.
+    pub(crate) degraded: degraded::Degraded,
 }
 
 impl Recovery {
@@ -180,7 +183,20 @@ impl Recovery {
         untracked: Counter,
         durable: Option<Durable>,
     ) -> Self {
-        Self { settings, streams: RwLock::default(), untracked, durable, appends: Mutex::default() }
+        Self {
+            settings,
+            streams: RwLock::default(),
+            untracked,
+            durable,
+            appends: Mutex::default(),
+            degraded: degraded::Degraded::new(Gauge::default()),
+        }
+    }
+
+    /// The number of degraded channels shown in `gauge`.
+    pub(crate) fn with_degraded_gauge(mut self, gauge: Gauge) -> Self {
+        self.degraded = degraded::Degraded::new(gauge);
+        self
     }
 
     /// The channel's stream, if this node has one.
@@ -298,7 +314,7 @@ impl Recovery {
         };
         let _order = stream.order.lock().expect("recovery lock");
         let upto = if acked.0 == stream.stream_id { acked.1 } else { 0 };
-        let (frames, recovered) = self.collect(&stream, channel, wanted, upto, with)?;
+        let (frames, recovered) = self.collect(&stream, app, channel, wanted, upto, with)?;
         frames.iter().for_each(&mut send);
         Ok(recovered)
     }
@@ -312,12 +328,17 @@ impl Recovery {
     pub(crate) fn collect(
         &self,
         stream: &Stream,
+        app: &str,
         channel: &str,
         wanted: &Wanted,
         upto: u64,
         with: With<'_>,
     ) -> Result<Replay, Box<Failure>> {
-        let With { fetched, filter } = with;
+        let With { fetched, filter, app: limits } = with;
+        if self.degraded.holds(app, channel, self.degraded_lapse()) {
+            let (code, reason) = (FailureCode::PersistenceUnavailable, "durable_history_degraded");
+            return Err(failure(channel, wanted, code, reason, None));
+        }
         let head = stream.published.load(Ordering::Acquire);
         let mut buffer = stream.buffer.lock().expect("recovery lock");
         let now = Instant::now();
@@ -364,11 +385,19 @@ impl Recovery {
         }
         let upto = upto.min(head);
         let missed = upto.saturating_sub(serial);
-        if missed > self.settings.max_events as u64 {
+        let max =
+            limits.max_replay.map_or(self.settings.max_events, |m| m.min(self.settings.max_events));
+        if missed > max as u64 {
             return Err(expired(if durable { "recovery_window_exceeded" } else { lost }));
         }
         buffer.used = Some(now);
-        let found = gather(&buffer, fetched, serial, upto);
+        // An app may keep its events recoverable for less than the server's TTL: what is older
+        // counts as gone.
+        let oldest = limits.ttl.filter(|ttl| *ttl < self.settings.ttl).map(|ttl| {
+            let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            (now.checked_sub(ttl).unwrap_or(now), crate::cluster::now_ms().saturating_sub(ms))
+        });
+        let found = gather(&buffer, fetched, serial, upto, oldest);
         if found.len() as u64 != missed {
             return Err(expired(lost));
         }
@@ -424,6 +453,8 @@ pub(crate) struct With<'a> {
     pub fetched: Option<&'a Fetched>,
     /// The subscription's tag filter: only the events it passes are sent.
     pub filter: Option<&'a Filter>,
+    /// The app's recovery settings: its TTL and the most one resume replays.
+    pub app: AppRecovery,
 }
 
 /// One event a replay may send, from the buffer or the store.
@@ -444,23 +475,26 @@ impl Found<'_> {
     }
 }
 
-/// The events in (`after`, `upto`] that the buffer holds, else that `fetched` has, by serial.
+/// The events in (`after`, `upto`] that the buffer holds, else that `fetched` has, by serial;
+/// with `oldest` (an instant, and the same in ms since the Unix epoch), none older.
 fn gather<'a>(
     buffer: &'a Buffer,
     fetched: Option<&'a Fetched>,
     after: u64,
     upto: u64,
+    oldest: Option<(Instant, u64)>,
 ) -> BTreeMap<u64, Found<'a>> {
     let mut found = BTreeMap::new();
+    let (oldest, oldest_ms) = oldest.map_or((None, 0), |(at, ms)| (Some(at), ms));
     for event in fetched.iter().flat_map(|f| &f.events) {
-        if event.serial > after && event.serial <= upto {
+        if event.serial > after && event.serial <= upto && event.at_ms >= oldest_ms {
             let tags = event.tags.as_ref();
             let (message_id, frame) = (event.message_id.as_str(), &event.frame);
             found.insert(event.serial, Found { message_id, frame, tags, source: Source::Cold });
         }
     }
     for kept in &buffer.kept {
-        if kept.serial > after && kept.serial <= upto {
+        if kept.serial > after && kept.serial <= upto && oldest.is_none_or(|o| kept.at >= o) {
             let (message_id, frame, tags) =
                 (kept.message_id.as_str(), &kept.frame, kept.tags.as_deref());
             found.insert(kept.serial, Found { message_id, frame, tags, source: Source::Hot });

@@ -61,7 +61,7 @@ impl Recovery {
         let buffer = stream.buffer.lock().expect("recovery lock");
         let fetched = plan.fetched.as_ref().filter(|f| *f.stream_id == *stream.stream_id);
         let floor = upto.saturating_sub(MAX_REWIND);
-        let found = gather(&buffer, fetched, floor, upto);
+        let found = gather(&buffer, fetched, floor, upto, None);
         // Where the asked-for events start, and whether more were asked for than one sends.
         let (wanted_after, truncated_by_limit) = match plan.rewind {
             Rewind::Count(n) => (upto.saturating_sub(n.min(MAX_REWIND)), n > MAX_REWIND),

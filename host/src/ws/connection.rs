@@ -353,8 +353,11 @@ fn open(ctx: &Ctx, app: &App, dialect: Dialect) -> (Conn, mpsc::Receiver<Utf8Byt
         ctx.settings.overload.watermark_percent,
     ));
     // Protocol-2 sockets get app events with their recovery position, as Sockudo sends them;
-    // protocol-7 ones too when the app asks (pusher-js with the recovery helper).
-    let positions = ctx.recovery.is_some() && (dialect == Dialect::V2 || app.v1_recovery_fields);
+    // protocol-7 ones too when the app asks (pusher-js with the recovery helper). Not for an
+    // app that turned recovery off: its sockets are told recovery is not enabled.
+    let positions = ctx.recovery.is_some()
+        && app.recovery.enabled
+        && (dialect == Dialect::V2 || app.v1_recovery_fields);
     let conn =
         Conn::new(socket_id.as_str().into(), queue, closer.clone()).with_positions(positions);
     ctx.metrics.connected.inc();

@@ -12,6 +12,7 @@ use std::{
 use axum::extract::ws::Utf8Bytes;
 
 use crate::{
+    config::AppRecovery,
     hub::Conn,
     protocol::filter::Filter,
     protocol::recovery::{Failure, FailureCode, Recovered, Wanted, resume_failed, resume_success},
@@ -26,6 +27,8 @@ const WAIT_FOR_SUBSCRIBE: Duration = Duration::from_secs(30);
 struct Waiting {
     /// Which resume this is, so that an older one's timer leaves a newer one alone.
     id: u64,
+    /// The app's recovery settings.
+    app: AppRecovery,
     channels: BTreeMap<String, Wanted>,
     recovered: Vec<Recovered>,
     failed: Vec<Failure>,
@@ -54,7 +57,7 @@ impl Waiting {
             Some(Ok(fetched)) => Some(fetched),
             None => None,
         };
-        let with = With { fetched: fetched.as_ref(), filter };
+        let with = With { fetched: fetched.as_ref(), filter, app: self.app };
         match recovery.replay(app, channel, &wanted, acked, with, send) {
             Ok(recovered) => self.recovered.push(recovered),
             Err(failure) => self.fail(conn, *failure),
@@ -82,6 +85,8 @@ impl Waiting {
 pub(super) struct Subscribed<'a> {
     pub heads: &'a HashMap<String, Acked>,
     pub filters: &'a HashMap<String, Arc<Filter>>,
+    /// The app's recovery settings.
+    pub app: AppRecovery,
 }
 
 /// A connection's resumes: at most one waits at a time.
@@ -108,7 +113,7 @@ impl Resumes {
             older.finish(conn);
         }
         self.started += 1;
-        let mut waiting = Waiting { id: self.started, ..Waiting::default() };
+        let mut waiting = Waiting { id: self.started, app: subscribed.app, ..Waiting::default() };
         waiting.channels = wanted.into_iter().collect();
         let ready: Vec<(String, Acked)> = waiting
             .channels

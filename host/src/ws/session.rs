@@ -150,6 +150,7 @@ impl Session {
             return Err((codes::INVALID_FORMAT, message.to_string()));
         };
         let durable = self.ctx.recovery.as_ref().is_some_and(|r| r.is_durable());
+        let durable = durable && self.app.recovery.enabled;
         if durable && self.recovery().is_none() {
             let message = "Channel error: Channel rewind is only supported on protocol V2";
             return Err((codes::REWIND_REFUSED, message.to_string()));
@@ -186,8 +187,11 @@ impl Session {
                     }
                 }
                 let (app, conn) = (&self.app.id, &self.conn);
-                let subscribed =
-                    super::resume::Subscribed { heads: &self.heads, filters: &self.filters };
+                let subscribed = super::resume::Subscribed {
+                    heads: &self.heads,
+                    filters: &self.filters,
+                    app: self.app.recovery,
+                };
                 self.resumes.start(&recovery, app, conn, wanted, subscribed, fetched);
             }
             Err(error) => {
@@ -440,8 +444,10 @@ impl Session {
                 if let Some(failure) = &unreadable {
                     replayed = Some(Err(failure.clone()));
                 } else if let Some(wanted) = &resumed {
-                    let with = With { fetched: fetched.as_ref(), filter: held.as_deref() };
-                    let outcome = recovery.collect(stream, name, wanted, serial, with);
+                    let (fetched, filter) = (fetched.as_ref(), held.as_deref());
+                    let with = With { fetched, filter, app: self.app.recovery };
+                    let outcome =
+                        recovery.collect(stream, &self.app.id, name, wanted, serial, with);
                     if let Ok((replay, _)) = &outcome {
                         frames.extend(replay.iter().cloned());
                     }

@@ -96,6 +96,12 @@ impl History {
         })
     }
 
+    /// Start the channel's stream again: a new stream id, nothing kept.
+    pub async fn reset(&self, app: &str, channel: &str) -> Result<(), DriverError> {
+        let call = self.0.inner.reset(RStr::from_str(app), RStr::from_str(channel));
+        self.0.call(call).await
+    }
+
     /// Whether the backend answers.
     pub async fn health(&self) -> Result<(), DriverError> {
         self.0.call(self.0.inner.health()).await
