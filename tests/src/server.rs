@@ -58,6 +58,12 @@ connection_recovery = { max_buffer_size = 3 }
 history = { on_store_failure = "best_effort" }
 
 [[app_manager.array.apps]]
+id = "recovering"
+key = "recovering-key"
+secret = "recovering-secret"
+v1_recovery_fields = true
+
+[[app_manager.array.apps]]
 id = "unrecovered"
 key = "unrecovered-key"
 secret = "unrecovered-secret"

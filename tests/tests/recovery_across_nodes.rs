@@ -212,22 +212,124 @@ mod tokio_util_like {
     }
 }
 
-/// A rolling restart loses nothing: three nodes over Redis (transport and history), clients
-/// on every node, events published through every live node in turn while each node is
-/// stopped with SIGTERM and started again, one after the other, then one killed with
-/// SIGKILL. Every client ends with every event exactly once, in order, and no resume failed.
+/// A balancer in front of the nodes for the pusher-js clients (which reconnect to the host
+/// they were given): each new connection goes to the next live node's port.
+async fn balancer(live: Arc<Mutex<Vec<u16>>>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut turn = 0usize;
+        while let Ok((mut client, _)) = listener.accept().await {
+            let node = {
+                let live = live.lock().unwrap();
+                turn += 1;
+                live[turn % live.len()]
+            };
+            tokio::spawn(async move {
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", node)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// `count` pusher-js clients with the recovery helper (tests/pusher-js/lib/rolling-clients.mjs)
+/// on 127.0.0.1:`port`, once all are subscribed; [`PusherJs::report`] ends them.
+struct PusherJs {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: Option<std::io::Lines<std::io::BufReader<std::process::ChildStdout>>>,
+}
+
+/// What one pusher-js client saw.
+#[derive(Debug)]
+struct JsSeen {
+    ticks: Vec<u64>,
+    gaps: Vec<String>,
+    connections: u32,
+}
+
+impl JsSeen {
+    fn read(report: &serde_json::Value) -> Self {
+        let list = |key: &str| report[key].as_array().cloned().unwrap_or_default();
+        Self {
+            ticks: list("ticks").iter().filter_map(serde_json::Value::as_u64).collect(),
+            gaps: list("gaps").iter().filter_map(|g| g.as_str().map(str::to_string)).collect(),
+            connections: u32::try_from(report["connections"].as_u64().unwrap()).unwrap(),
+        }
+    }
+}
+
+impl PusherJs {
+    async fn start(port: u16, key: &str, count: usize) -> Self {
+        use std::{io::BufRead, process::Stdio};
+        let script =
+            sockhost_tests::workspace_root().join("tests/pusher-js/lib/rolling-clients.mjs");
+        let mut child = std::process::Command::new("node")
+            .arg(script)
+            .args([port.to_string(), key.to_string(), count.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node runs (scripts/deps installs it, scripts/test the pusher-js packages)");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let (ready, lines) =
+            tokio::task::spawn_blocking(move || (lines.next(), lines)).await.unwrap();
+        assert_eq!(ready.unwrap().unwrap(), "ready");
+        let stdin = child.stdin.take().unwrap();
+        Self { child, stdin, lines: Some(lines) }
+    }
+
+    /// What each client saw, once each has `events` ticks (or a minute passed).
+    async fn report(&mut self, events: usize) -> Vec<JsSeen> {
+        use std::io::Write;
+        self.stdin.write_all(format!("{events}\n").as_bytes()).unwrap();
+        let mut lines = self.lines.take().unwrap();
+        let (line, lines) =
+            tokio::task::spawn_blocking(move || (lines.next(), lines)).await.unwrap();
+        self.lines = Some(lines);
+        let report: serde_json::Value = serde_json::from_str(&line.unwrap().unwrap()).unwrap();
+        report.as_array().unwrap().iter().map(JsSeen::read).collect()
+    }
+
+    /// Disconnect the clients.
+    fn end(mut self) {
+        drop(self.stdin);
+        let _ = self.child.wait();
+    }
+}
+
+/// A rolling restart loses nothing: three nodes over one Redis (transport and history store,
+/// with an append-only file), raw protocol-2 clients and pusher-js clients with the recovery
+/// helper (through a balancer) on every node, events published through every live node in turn
+/// while each node is stopped with SIGTERM and started again, one after the other; then one
+/// node killed with SIGKILL, then Redis killed and started again. Every client ends with every
+/// event exactly once, in order, and no resume failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_loses_nothing() {
     const CLIENTS: usize = 1000;
+    const JS_CLIENTS: usize = 100;
     const PER_STEP: u64 = 20;
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start_durable();
     let bus = Bus::redis(&redis.url(), "rolling:");
     let extra = format!("[connection_recovery]\nenabled = true\n{}", bus.history.clone().unwrap());
-    let app = TestApp::main();
+    let app = TestApp::new("recovering", "recovering-key", "recovering-secret");
     let ws_url = |s: &Server| format!("ws://127.0.0.1:{}/app/{}?protocol=2", s.port, app.key);
     let mut servers: Vec<Option<Server>> =
         nodes(&bus, 3, &extra).await.into_iter().map(Some).collect();
     let live = Arc::new(Mutex::new(servers.iter().flatten().map(ws_url).collect::<Vec<_>>()));
+    let ports = Arc::new(Mutex::new(servers.iter().flatten().map(|s| s.port).collect::<Vec<_>>()));
+    let leave = |server: &Server| {
+        live.lock().unwrap().retain(|url| *url != ws_url(server));
+        ports.lock().unwrap().retain(|port| *port != server.port);
+    };
+    let join = |server: &Server| {
+        live.lock().unwrap().push(ws_url(server));
+        ports.lock().unwrap().push(server.port);
+    };
     let stop = tokio_util_like::Stop::default();
     let mut seen = Vec::new();
     let mut tasks = Vec::new();
@@ -236,6 +338,7 @@ async fn a_rolling_restart_loses_nothing() {
         seen.push(state.clone());
         tasks.push(tokio::spawn(resilient_client(live.clone(), state, i, stop.clone())));
     }
+    let mut js = PusherJs::start(balancer(ports.clone()).await, &app.key, JS_CLIENTS).await;
     // Every client subscribed before the first event.
     sockhost_plugin_api::conformance::eventually("every client is subscribed", async || {
         let waiting = seen.iter().filter(|s| !s.lock().unwrap().subscribed).count();
@@ -243,16 +346,25 @@ async fn a_rolling_restart_loses_nothing() {
     })
     .await;
     let mut published = 0u64;
+    // A publisher retries a 503 (the store reconnecting after its restart), as the API asks.
     let publish = async |through: &Server, published: &mut u64| {
         *published += 1;
         let api = Api::new(&through.http_url(), &app);
-        let (status, body) = api.trigger(&["news"], "tick", &published.to_string()).await;
-        assert_eq!(status, 200, "{body}");
+        let started = std::time::Instant::now();
+        loop {
+            let (status, body) = api.trigger(&["news"], "tick", &published.to_string()).await;
+            if status == 503 && started.elapsed() < sockhost_tests::pusher::PATIENCE {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+            assert_eq!(status, 200, "{body}");
+            return;
+        }
     };
     for k in 0..3 {
         // Node k leaves the rotation and drains while the others publish.
         let mut leaving = servers[k].take().unwrap();
-        live.lock().unwrap().retain(|url| *url != ws_url(&leaving));
+        leave(&leaving);
         let stopped = tokio::task::spawn_blocking(move || leaving.terminate());
         for i in 0..PER_STEP {
             let through = servers.iter().flatten().nth(i as usize % 2).unwrap();
@@ -261,7 +373,7 @@ async fn a_rolling_restart_loses_nothing() {
         assert!(stopped.await.unwrap().success());
         let back = sockhost_tests::cluster::node(&bus, &extra);
         back.wait_for_metric("sockhost_cluster_nodes", |n| n as usize == 3).await;
-        live.lock().unwrap().push(ws_url(&back));
+        join(&back);
         servers[k] = Some(back);
         for i in 0..PER_STEP {
             let through = servers.iter().flatten().nth(i as usize % 3).unwrap();
@@ -270,8 +382,30 @@ async fn a_rolling_restart_loses_nothing() {
     }
     // One node killed outright: its clients lose their connections without a word.
     let mut killed = servers[0].take().unwrap();
-    live.lock().unwrap().retain(|url| *url != ws_url(&killed));
+    leave(&killed);
     killed.kill();
+    for i in 0..PER_STEP {
+        let through = servers.iter().flatten().nth(i as usize % 2).unwrap();
+        publish(through, &mut published).await;
+    }
+    // Every client back and caught up before Redis goes (one that came back while the store was
+    // down would rightly be told its channel could not be recovered).
+    sockhost_plugin_api::conformance::eventually("every client caught up", async || {
+        let behind = seen.iter().filter(|s| s.lock().unwrap().ticks.len() < published as usize);
+        sockhost_plugin_api::conformance::holds(behind.count() == 0, "clients are behind")
+    })
+    .await;
+    js.report(usize::try_from(published).unwrap()).await;
+    // Redis killed and started again: each node's plugin reconnects and subscribes again.
+    redis.kill();
+    redis.restart();
+    let reconnects =
+        format!("sockhost_plugin_events{{plugin=\"{}\",name=\"reconnects\"}}", bus.plugin);
+    for server in servers.iter().flatten() {
+        let patience = sockhost_tests::pusher::PATIENCE * 3;
+        server.wait_for_labelled_metric(&reconnects, patience, |n| n >= 1.0).await;
+        server.wait_for_metric("sockhost_cluster_nodes", |n| n == 2.0).await;
+    }
     for i in 0..PER_STEP {
         let through = servers.iter().flatten().nth(i as usize % 2).unwrap();
         publish(through, &mut published).await;
@@ -300,8 +434,21 @@ async fn a_rolling_restart_loses_nothing() {
         assert!(dense, "client {i}: serials {:?}", state.serials);
         reconnections += state.connections - 1;
     }
+    let js_seen = js.report(everything.len()).await;
+    let mut js_reconnections = 0;
+    for (i, state) in js_seen.iter().enumerate() {
+        assert_eq!(
+            state.gaps,
+            Vec::<String>::new(),
+            "pusher-js client {i} was told of a loss; it got {:?}",
+            state.ticks
+        );
+        assert_eq!(state.ticks, everything, "pusher-js client {i}: not every event once, in order");
+        js_reconnections += state.connections - 1;
+    }
+    js.end();
     println!(
-        "rolling restart: {CLIENTS} clients, {published} events, {reconnections} reconnections, every event once and in order"
+        "rolling restart: {CLIENTS} protocol-2 clients ({reconnections} reconnections) and {JS_CLIENTS} pusher-js clients ({js_reconnections} reconnections), {published} events; every event once and in order"
     );
 }
 

@@ -52,6 +52,16 @@ impl RedisServer {
         Self::start_with(None, &[])
     }
 
+    /// Start one that keeps its data across a kill and a restart (an append-only file synced
+    /// on every write), as a history store in production would.
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    pub fn start_durable() -> Self {
+        let args = ["--appendonly", "yes", "--appendfsync", "always"];
+        Self::start_with(None, &args.map(String::from))
+    }
+
     /// Start one that speaks only TLS, with the certificate of `pki`.
     ///
     /// # Panics
