@@ -70,6 +70,16 @@ impl Bus {
         )
     }
 
+    /// RabbitMQ at `url`.
+    pub fn rabbitmq(url: &str) -> Self {
+        Self::new(
+            "rabbitmq",
+            format!(
+                "[adapter]\ndriver = \"rabbitmq\"\n[adapter.rabbitmq]\nurl = \"{url}\"\nprefix = \"test\"\n"
+            ),
+        )
+    }
+
     /// PostgreSQL at `url`, through the out-of-tree plugin of `examples/postgres-transport`
     /// listed in `manifest`.
     pub fn postgres(url: &str, manifest: std::path::PathBuf) -> Self {
@@ -161,6 +171,15 @@ impl Broker for crate::backends::PostgresServer {
     }
     fn restart(&mut self) {
         crate::backends::PostgresServer::restart(self);
+    }
+}
+
+impl Broker for crate::backends::RabbitServer {
+    fn kill(&mut self) {
+        crate::backends::RabbitServer::kill(self);
+    }
+    fn restart(&mut self) {
+        crate::backends::RabbitServer::restart(self);
     }
 }
 
