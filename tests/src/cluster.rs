@@ -70,6 +70,16 @@ impl Bus {
         )
     }
 
+    /// An MQTT broker at `url`.
+    pub fn mqtt(url: &str) -> Self {
+        Self::new(
+            "mqtt",
+            format!(
+                "[adapter]\ndriver = \"mqtt\"\n[adapter.mqtt]\nurl = \"{url}\"\nprefix = \"test\"\n"
+            ),
+        )
+    }
+
     /// RabbitMQ at `url`.
     pub fn rabbitmq(url: &str) -> Self {
         Self::new(
@@ -171,6 +181,15 @@ impl Broker for crate::backends::PostgresServer {
     }
     fn restart(&mut self) {
         crate::backends::PostgresServer::restart(self);
+    }
+}
+
+impl Broker for crate::backends::MosquittoServer {
+    fn kill(&mut self) {
+        crate::backends::MosquittoServer::kill(self);
+    }
+    fn restart(&mut self) {
+        crate::backends::MosquittoServer::restart(self);
     }
 }
 

@@ -2,6 +2,7 @@
 //! ports in its own temp dir, stopped when dropped. Never a fixed port, never a shared instance.
 
 mod mariadb;
+mod mosquitto;
 mod moto;
 mod nats;
 mod postgres;
@@ -13,6 +14,7 @@ mod sentinel;
 use std::process::Command;
 
 pub use mariadb::MariaDbServer;
+pub use mosquitto::MosquittoServer;
 pub use moto::SqsServer;
 pub use nats::NatsServer;
 pub use postgres::PostgresServer;

@@ -1,0 +1,70 @@
+//! `mosquitto` of a test's own: a listener on a free loopback port, anonymous, no persistence.
+
+use std::process::Command;
+
+use crate::{
+    daemon::{Daemon, binary, tcp_answers},
+    private_dir,
+};
+
+/// A Mosquitto broker of our own.
+#[derive(Debug)]
+pub struct MosquittoServer {
+    daemon: Daemon,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// An MQTT 3.1.1 CONNECT (clean session, client id "t"), answered with a CONNACK.
+const CONNECT: &[u8] = b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01t";
+
+impl MosquittoServer {
+    /// Start one and wait until it answers CONNECT.
+    ///
+    /// # Panics
+    /// If `mosquitto` is missing (install the `mosquitto` package, or set `MOSQUITTO_BIN`)
+    /// or does not answer in time.
+    pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Start one with more lines of configuration (`message_size_limit 1000`, ...).
+    ///
+    /// # Panics
+    /// As [`MosquittoServer::start`].
+    pub fn start_with(extra: &str) -> Self {
+        let extra = extra.to_string();
+        let daemon = Daemon::new("mosquitto", private_dir(), "mosquitto.log", move |dir, ports| {
+            let conf = format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n{extra}\n",
+                ports[0]
+            );
+            std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+            let mut command = Command::new(binary("mosquitto", "MOSQUITTO_BIN"));
+            command.arg("-c").arg(dir.join("mosquitto.conf"));
+            command
+        })
+        .answers(|ports| tcp_answers(ports[0], CONNECT, b"\x20\x02"))
+        .hint("apt-get install mosquitto, or set MOSQUITTO_BIN")
+        .start();
+        Self { port: daemon.port(), daemon }
+    }
+
+    /// `mqtt://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill it (SIGKILL) and wait for it to exit.
+    pub fn kill(&mut self) {
+        self.daemon.kill();
+    }
+
+    /// Start it again on the same port.
+    ///
+    /// # Panics
+    /// If it does not answer again.
+    pub fn restart(&mut self) {
+        self.daemon.restart();
+    }
+}

@@ -1,0 +1,37 @@
+//! The transport conformance suite against the built `libsockhost_mqtt.so` and a real
+//! Mosquitto started for each case; plus what is this transport's own: a message over the
+//! broker's limit is refused and counted, and the connection goes on.
+
+use sockhost_plugin_api::{
+    abi::{RStr, RVec},
+    conformance::{Target, ok},
+};
+use sockhost_tests::{backends::MosquittoServer, cdylib};
+
+fn mqtt() -> Target {
+    mqtt_with(MosquittoServer::start(), "")
+}
+
+fn mqtt_with(server: MosquittoServer, extra: &str) -> Target {
+    let config = format!("url = \"{}\"\nprefix = \"conformance\"\n{extra}", server.url());
+    Target::new(cdylib("sockhost_mqtt"), "mqtt", &config).keep(server)
+}
+
+sockhost_plugin_api::transport_suite!(mqtt);
+
+/// A message larger than the broker takes (its CONNACK's maximum packet size) is refused and
+/// counted instead of breaking the connection: the next one arrives.
+#[test]
+fn a_message_over_the_brokers_limit_is_refused_and_counted() {
+    sockhost_plugin_api::conformance::run(async {
+        let target = mqtt_with(MosquittoServer::start_with("max_packet_size 2000"), "");
+        let (sender, sender_host) = target.transport().await;
+        let (receiver, host) = target.transport().await;
+        ok("subscribe", receiver.subscribe(RStr::from_str("sized")).await);
+        let big = sender.try_publish(RStr::from_str("sized"), RVec::from(vec![b'x'; 5000]));
+        assert!(big.is_err(), "a message over the limit was taken");
+        assert_eq!(sender_host.metric("too_large"), 1);
+        ok("publish", sender.publish(RStr::from_str("sized"), RVec::from(b"small".to_vec())).await);
+        assert_eq!(host.next().await.payload, b"small");
+    });
+}
