@@ -70,6 +70,16 @@ impl Bus {
         )
     }
 
+    /// Kafka-API brokers at `brokers` (`host:port`).
+    pub fn kafka(brokers: &str) -> Self {
+        Self::new(
+            "kafka",
+            format!(
+                "[adapter]\ndriver = \"kafka\"\n[adapter.kafka]\nbrokers = [\"{brokers}\"]\nprefix = \"test\"\n"
+            ),
+        )
+    }
+
     /// An MQTT broker at `url`.
     pub fn mqtt(url: &str) -> Self {
         Self::new(
@@ -181,6 +191,15 @@ impl Broker for crate::backends::PostgresServer {
     }
     fn restart(&mut self) {
         crate::backends::PostgresServer::restart(self);
+    }
+}
+
+impl Broker for crate::backends::TansuServer {
+    fn kill(&mut self) {
+        crate::backends::TansuServer::kill(self);
+    }
+    fn restart(&mut self) {
+        crate::backends::TansuServer::restart(self);
     }
 }
 

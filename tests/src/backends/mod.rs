@@ -10,6 +10,7 @@ mod rabbitmq;
 mod redis;
 mod redis_cluster;
 mod sentinel;
+mod tansu;
 
 use std::process::Command;
 
@@ -22,6 +23,7 @@ pub use rabbitmq::RabbitServer;
 pub use redis::{RedisServer, redis_cli};
 pub use redis_cluster::{ClusterOptions, RedisCluster};
 pub use sentinel::SentinelGroup;
+pub use tansu::TansuServer;
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
