@@ -14,7 +14,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    hash::{Hash as _, Hasher as _},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -98,12 +97,14 @@ impl Shared {
         }
     }
 
-    /// The partition of a record with key `topic`.
+    /// The partition of a record with key `topic`: FNV-1a of the key, the same on every node
+    /// and every build (`std`'s hasher may change between compiler versions).
     fn partition_of(&self, topic: &str) -> i32 {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        topic.hash(&mut hasher);
+        let hash = topic.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
         let partitions = u64::try_from(self.config.partitions).unwrap_or(1);
-        i32::try_from(hasher.finish() % partitions).unwrap_or(0)
+        i32::try_from(hash % partitions).unwrap_or(0)
     }
 
     /// Create the Kafka topic unless it exists.
