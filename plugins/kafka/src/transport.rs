@@ -1,9 +1,8 @@
 //! The `kafka` transport, over the Kafka API (a pure-Rust client, `rskafka`).
 //!
-//! - **Topics.** Broadcasts and control messages go to one fixed topic, `<prefix>-broadcast`;
-//!   each node has its own, `<prefix>-node-<id>`, for the messages addressed to it. Both are
-//!   created when missing. The record key is the sockhost topic, and a record's partition is
-//!   chosen from its key, so one channel's events keep their order whatever the partitions.
+//! - **One topic.** Everything goes to `<prefix>-bus`, created when missing: control and node
+//!   messages on partition 0 (one order, as every transport keeps for one sender), a channel's
+//!   broadcasts on the partition its name hashes to. The record key is the sockhost topic.
 //! - **No consumer groups.** Each node reads every partition itself from the offset that was
 //!   the latest when it started (no rebalance, no offsets committed, nothing skipped once
 //!   reading) and hands the host only the records of topics it serves. A subscription is
@@ -48,8 +47,6 @@ const OUTBOX: usize = 65_536;
 const BATCH: usize = 512;
 /// How long a fetch waits for records on the broker.
 const MAX_WAIT_MS: i32 = 100;
-/// The prefix of the topics addressed to one node.
-const NODE_TOPIC: &str = "#node:";
 
 fn unavailable(e: impl std::fmt::Display) -> PluginError {
     PluginError::unavailable(format!("kafka: {e}"))
@@ -85,21 +82,22 @@ impl Shared {
         self.host.metric(RStr::from_str(name), 1);
     }
 
-    /// The Kafka topic of a sockhost topic.
-    fn kafka_topic(&self, topic: &str) -> String {
-        match topic.strip_prefix(NODE_TOPIC) {
-            Some(node) => {
-                let node: String =
-                    node.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-                format!("{}-node-{node}", self.config.prefix)
-            }
-            None => format!("{}-broadcast", self.config.prefix),
-        }
+    /// The Kafka topic of every sockhost topic: one, so that what one node sends keeps its
+    /// order for the others whatever it is (a presence snapshot sent to one node and the change
+    /// announced to all after it must arrive in that order; two Kafka topics, read by two
+    /// tasks, would not keep it).
+    fn kafka_topic(&self) -> String {
+        format!("{}-bus", self.config.prefix)
     }
 
-    /// The partition of a record with key `topic`: FNV-1a of the key, the same on every node
-    /// and every build (`std`'s hasher may change between compiler versions).
+    /// The partition of a record with key `topic`: control and node messages on partition 0,
+    /// in one order; a channel's broadcasts on the partition of FNV-1a of its topic (the same
+    /// on every node and every build; `std`'s hasher may change between compiler versions),
+    /// so each channel keeps its order and channels spread.
     fn partition_of(&self, topic: &str) -> i32 {
+        if !topic.starts_with("#broadcast:") {
+            return 0;
+        }
         let hash = topic.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
             (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
         });
@@ -298,7 +296,7 @@ impl Shared {
             let mut at: Option<(String, i32)> = None;
             for message in batch.drain(..) {
                 let topic = message.channel.clone();
-                let place = (self.kafka_topic(&topic), self.partition_of(&topic));
+                let place = (self.kafka_topic(), self.partition_of(&topic));
                 if at.as_ref().is_some_and(|at| *at != place) {
                     self.flush(at.take().expect("a place"), &mut run).await;
                 }
@@ -401,8 +399,8 @@ impl KafkaTransport {
             partitions: Mutex::default(),
             closed: AtomicBool::new(false),
         });
-        let broadcast = shared.kafka_topic("#broadcast");
-        tokio::time::timeout(timeout, shared.read(&broadcast))
+        let bus = shared.kafka_topic();
+        tokio::time::timeout(timeout, shared.read(&bus))
             .await
             .map_err(|_| unavailable(format!("{brokers} did not answer within {timeout:?}")))??;
         tracing::info!(brokers, "Connected to Kafka.");
@@ -459,15 +457,10 @@ impl TransportDriver for KafkaTransport {
 
     async fn subscribe(&self, topic: &str) -> Result<(), PluginError> {
         self.check_open()?;
+        // This node reads the bus from before the subscription (since it started): the
+        // subscription holds from now on.
         self.shared.served.lock().expect("served lock").insert(topic.to_string());
-        // This node reads its Kafka topic from before the subscription: confirmed once read.
-        let name = self.shared.kafka_topic(topic);
-        let read = tokio::time::timeout(self.shared.timeout(), self.shared.read(&name)).await;
-        match read {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(PluginError::timeout("kafka: the topic could not be read in time")),
-        }
+        Ok(())
     }
 
     async fn unsubscribe(&self, topic: &str) -> Result<(), PluginError> {
