@@ -35,6 +35,17 @@ use crate::PluginError;
 /// The key under which the host passes the backend's shared connection table.
 pub const SHARED_TABLE: &str = "database";
 
+/// A backend URL fit for logs and errors: user and password (everything between the scheme
+/// and the last `@`) become `***`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Parse a driver's table into its config struct (empty text: the struct's defaults). An error
 /// is a configuration error that begins with `place`, where the table sits in the server's
 /// configuration (`adapter.redis`), and names the offending field, so the server's one-line

@@ -66,8 +66,6 @@ struct Shared {
     client: Client,
     /// The sockhost topics this node serves.
     served: Mutex<HashSet<String>>,
-    /// The Kafka topics this node reads, with a partition client per partition.
-    reading: Mutex<HashSet<String>>,
     /// Partition clients by (Kafka topic, partition), for producing.
     partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
     closed: AtomicBool,
@@ -141,21 +139,15 @@ impl Shared {
         Ok(made)
     }
 
-    /// Start reading the Kafka topic (created if missing) from its latest offsets, unless this
-    /// node reads it already; returns once every partition's start is known.
+    /// Start reading the Kafka topic (created if missing) from its latest offsets (once, at
+    /// start); returns once every partition's start is known.
     async fn read(self: &Arc<Self>, name: &str) -> Result<(), PluginError> {
-        if self.reading.lock().expect("reading lock").contains(name) {
-            return Ok(());
-        }
         self.ensure_topic(name).await?;
         let mut starts = Vec::new();
         for partition in 0..self.config.partitions {
             let client = self.partition(name, partition).await?;
             let start = client.get_offset(OffsetAt::Latest).await.map_err(unavailable)?;
             starts.push((client, start));
-        }
-        if !self.reading.lock().expect("reading lock").insert(name.to_string()) {
-            return Ok(());
         }
         for (client, start) in starts {
             tokio::spawn(self.clone().consume(name.to_string(), client, start));
@@ -351,7 +343,7 @@ impl std::fmt::Debug for KafkaTransport {
 }
 
 impl KafkaTransport {
-    /// Connect to the brokers and start reading the broadcast topic (a start-up error if the
+    /// Connect to the brokers and start reading the bus topic (a start-up error if the
     /// brokers cannot be reached within the request timeout).
     pub async fn connect(
         config: TransportConfig,
@@ -395,7 +387,6 @@ impl KafkaTransport {
             host,
             client,
             served: Mutex::default(),
-            reading: Mutex::default(),
             partitions: Mutex::default(),
             closed: AtomicBool::new(false),
         });

@@ -95,7 +95,10 @@ impl TransportConfig {
     /// The broker the URL names.
     pub fn broker(&self) -> Result<Broker, PluginError> {
         let bad = |why: &str| {
-            PluginError::config(format!("adapter.mqtt.url: {:?} {why}", redact(&self.url)))
+            PluginError::config(format!(
+                "adapter.mqtt.url: {:?} {why}",
+                sdk::config::redact_url(&self.url)
+            ))
         };
         let (scheme, rest) = self.url.split_once("://").ok_or_else(|| bad("has no scheme"))?;
         let tls = match scheme {
@@ -124,18 +127,6 @@ impl TransportConfig {
         }
         let credentials = credentials.or_else(|| self.username.clone().zip(self.password.clone()));
         Ok(Broker { host: host.to_string(), port, tls, credentials })
-    }
-}
-
-/// A URL without its password, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let user = &url[scheme + 3..at];
-            let user = user.split_once(':').map_or(user, |(user, _)| user);
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
     }
 }
 

@@ -31,6 +31,7 @@ use rumqttc::{
         },
     },
 };
+use sockhost_plugin_api::sdk::config::redact_url;
 use sockhost_plugin_api::{
     HostContextBox, PluginError,
     abi::{RStr, RVec},
@@ -38,10 +39,7 @@ use sockhost_plugin_api::{
 };
 use tokio::sync::{oneshot, watch};
 
-use crate::{
-    config::{TransportConfig, redact},
-    topic,
-};
+use crate::{config::TransportConfig, topic};
 
 /// The longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -305,7 +303,7 @@ impl MqttTransport {
         let node = format!("{:016x}", rand::random::<u64>());
         let (client, mut events) =
             AsyncClient::new(options(&config, &node)?, config.queue_capacity);
-        let shown = redact(&config.url);
+        let shown = redact_url(&config.url);
         let within = Duration::from_millis(config.request_timeout_ms);
         // The first connection, here, so that a broker out of reach is a start-up error.
         let connected = tokio::time::timeout(within, async {

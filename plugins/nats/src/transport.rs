@@ -12,6 +12,7 @@ use std::{
 use async_nats::{Client, ConnectOptions, Event, connection::State};
 use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt as _};
+use sockhost_plugin_api::sdk::config::redact_url;
 use sockhost_plugin_api::{
     HostContextBox, PluginError,
     abi::{RStr, RVec},
@@ -56,19 +57,6 @@ fn closed() -> PluginError {
     PluginError::unavailable("the nats transport is shut down")
 }
 
-/// A server list without passwords, for logs.
-fn redact(servers: &[String]) -> Vec<String> {
-    servers
-        .iter()
-        .map(|url| match (url.find("://"), url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}***{}", &url[..scheme + 3], &url[at..])
-            }
-            _ => url.clone(),
-        })
-        .collect()
-}
-
 impl NatsTransport {
     /// Connect to the servers (the client library reconnects and resubscribes by itself after).
     pub async fn connect(
@@ -78,7 +66,7 @@ impl NatsTransport {
         // rustls picks its crypto from a process-wide default; this plugin's copy of it has none
         // until one is installed (an error only means another thread installed it first).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let shown = redact(&config.servers);
+        let shown: Vec<String> = config.servers.iter().map(|s| redact_url(s)).collect();
         let events = host.clone();
         // The client reports its first connection as `Connected` too; only later ones count.
         let connected_before = Arc::new(AtomicBool::new(false));

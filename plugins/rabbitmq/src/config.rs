@@ -83,7 +83,7 @@ impl TransportConfig {
         if let Err(e) = self.url.parse::<lapin::uri::AMQPUri>() {
             return Err(PluginError::config(format!(
                 "adapter.rabbitmq.url: {:?} is not an AMQP URL (amqp:// or amqps://): {e}",
-                redact(&self.url)
+                sdk::config::redact_url(&self.url)
             )));
         }
         // The exchange and queue names are short strings (255 bytes), the node's part included.
@@ -108,18 +108,6 @@ impl TransportConfig {
             ));
         }
         Ok(())
-    }
-}
-
-/// A URL without its password, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let user = &url[scheme + 3..at];
-            let user = user.split_once(':').map_or(user, |(user, _)| user);
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
     }
 }
 

@@ -33,6 +33,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use sha2::{Digest as _, Sha256};
+use sockhost_plugin_api::sdk::config::redact_url;
 use sockhost_plugin_api::{
     HostContextBox, PluginError,
     abi::{RStr, RVec},
@@ -43,7 +44,7 @@ use sockhost_plugin_api::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{TransportConfig, redact};
+use crate::config::TransportConfig;
 
 /// The longest routing key AMQP carries (a short string).
 const MAX_KEY: usize = 255;
@@ -124,9 +125,9 @@ impl Shared {
         let connection = tokio::time::timeout(within, Connection::connect(url, properties))
             .await
             .map_err(|_| {
-                unavailable(format!("no connection to {} within {within:?}", redact(url)))
+                unavailable(format!("no connection to {} within {within:?}", redact_url(url)))
             })?
-            .map_err(|e| unavailable(format!("cannot connect to {}: {e}", redact(url))))?;
+            .map_err(|e| unavailable(format!("cannot connect to {}: {e}", redact_url(url))))?;
         let setup = async {
             let control = connection.create_channel().await?;
             let exchange = self.config.prefix.as_str();
@@ -357,7 +358,7 @@ impl RabbitTransport {
         // until one is installed (an error only means another thread installed it first).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let node = format!("{:016x}", rand::random::<u64>());
-        let shown = redact(&config.url);
+        let shown = redact_url(&config.url);
         let shared = Arc::new(Shared {
             config,
             host,

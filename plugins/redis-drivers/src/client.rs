@@ -7,15 +7,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sockhost_plugin_api::PluginError;
 
-/// A URL without its password, for logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
+pub use sockhost_plugin_api::sdk::config::redact_url as redact;
 
 /// rustls picks its crypto from a process-wide default; a plugin's copy of rustls has none
 /// until one is installed (an error only means another thread installed it first).
