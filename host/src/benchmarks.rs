@@ -5,7 +5,6 @@ use std::{sync::Arc, time::Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use crate::{
     delta::{Algorithm, StreamSettings},
@@ -35,9 +34,8 @@ pub fn delta_ticker(subscribers: usize, events: u32, algorithm: Option<&str>) ->
     });
     let mut queues = Vec::new();
     for i in 0..subscribers {
-        let (tx, rx) = mpsc::channel(events as usize + 8);
-        let closer = Arc::new(Closer::new(events as usize + 8, 0, 90));
-        let conn = Conn::new(format!("1.{i}").into(), tx, closer);
+        let (closer, rx) = Closer::open(events as usize + 8, 0, 90);
+        let conn = Conn::new(format!("1.{i}").into(), closer);
         let delta = algorithm.map(|a| DeltaWish { algorithm: Some(a), settings: settings.clone() });
         let wants = Wants { filter: None, delta };
         hub.subscribe("app", "ticker", &conn, None, wants, |_| vec![Utf8Bytes::from("ack")])
@@ -58,7 +56,7 @@ pub fn delta_ticker(subscribers: usize, events: u32, algorithm: Option<&str>) ->
     let (mut bytes, mut deliveries) = (0usize, 0usize);
     for rx in &mut queues {
         rx.try_recv().expect("the acknowledgement");
-        while let Ok(frame) = rx.try_recv() {
+        while let Some(frame) = rx.try_recv() {
             bytes += frame.len();
             deliveries += 1;
         }

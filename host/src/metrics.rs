@@ -10,7 +10,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::plugins::PluginCounters;
+use crate::{allocator::AllocatorGauges, plugins::PluginCounters};
 
 /// Register each `(name, help, metric)`: a clone of the metric, which shares its value.
 macro_rules! register {
@@ -141,6 +141,8 @@ pub(crate) struct Metrics {
     pub console_watches_refused: Counter,
     plugin_counters: Family<Vec<(&'static str, String)>, Gauge<i64, AtomicI64>>,
     plugins: Arc<PluginCounters>,
+    /// The allocator's figures, read at each scrape.
+    allocator: AllocatorGauges,
 }
 
 impl Metrics {
@@ -153,6 +155,7 @@ impl Metrics {
         metrics.register_cluster(&mut registry);
         metrics.register_edge(&mut registry);
         metrics.register_deltas(&mut registry);
+        metrics.register_allocator(&mut registry);
         metrics.cluster_nodes.set(1);
         Self { registry, ..metrics }
     }
@@ -402,6 +405,31 @@ impl Metrics {
         );
     }
 
+    /// The allocator's own figures (jemalloc's), beside the process's resident size.
+    fn register_allocator(&self, registry: &mut Registry) {
+        let a = &self.allocator;
+        register!(
+            registry,
+            (
+                "allocator_allocated_bytes",
+                "Bytes the server has allocated and not freed",
+                a.allocated
+            ),
+            ("allocator_active_bytes", "Bytes of the allocator's pages in use", a.active),
+            (
+                "allocator_resident_bytes",
+                "Bytes the allocator holds in memory, its own bookkeeping included",
+                a.resident
+            ),
+            (
+                "allocator_retained_bytes",
+                "Bytes the allocator gave back to the system and keeps mapped for reuse",
+                a.retained
+            ),
+            ("allocator_metadata_bytes", "Bytes of the allocator's own bookkeeping", a.metadata),
+        );
+    }
+
     /// Count one in a family labelled by a single static pair.
     pub(crate) fn count(
         family: &Family<Vec<(&'static str, &'static str)>, Counter>,
@@ -413,6 +441,7 @@ impl Metrics {
 
     /// The text exposition.
     pub(crate) fn render(&self) -> String {
+        self.allocator.refresh();
         for ((plugin, name), value) in self.plugins.snapshot() {
             self.plugin_counters
                 .get_or_create(&vec![("plugin", plugin), ("name", name)])

@@ -104,6 +104,18 @@ struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Loopback source addresses to spread subscribers over (127.0.0.1, 127.0.0.2, ...): one
+    /// address reaches one server port from at most the ephemeral port range (~28,000).
+    #[arg(long, default_value_t = 1)]
+    source_addresses: u8,
+    /// With --idle: once held, close every subscriber and follow the server's RSS for this
+    /// many seconds (memory given back after a spike).
+    #[arg(long, default_value_t = 0.0)]
+    release: f64,
+    /// With --idle: once held, send the server SIGTERM and time until every subscriber has
+    /// been closed by it.
+    #[arg(long)]
+    sigterm: bool,
 }
 
 fn clock() -> u64 {
@@ -198,9 +210,24 @@ struct Ready {
     notify: Notify,
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to `url` (`ws://host:port/...`), from `source` if given.
+async fn connect(url: &str, source: Option<std::net::Ipv4Addr>) -> anyhow::Result<Socket> {
+    let Some(source) = source else { return Ok(tokio_tungstenite::connect_async(url).await?.0) };
+    let authority = url.trim_start_matches("ws://").split('/').next().unwrap_or_default();
+    let server: std::net::SocketAddr = authority.parse().context("a host:port address")?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(socket.connect(server).await?);
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    Ok(ws)
+}
+
 /// One subscriber: connect, subscribe (then release the connect slot), count every event.
 async fn subscriber(
-    url: String,
+    (url, source): (String, Option<std::net::Ipv4Addr>),
     channel: String,
     filter: Option<Value>,
     delta: Option<String>,
@@ -208,9 +235,7 @@ async fn subscriber(
     mut connect_slot: Option<OwnedSemaphorePermit>,
     ready: Arc<Ready>,
 ) -> anyhow::Result<()> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .with_context(|| format!("connecting {url}"))?;
+    let mut ws = connect(&url, source).await.with_context(|| format!("connecting {url}"))?;
     let mut subscribed = false;
     while let Some(message) = ws.next().await {
         let text = match message {
@@ -410,6 +435,7 @@ async fn main() -> anyhow::Result<()> {
     // Connections are opened a bounded number at a time, like clients arriving.
     let connecting = Arc::new(Semaphore::new(256));
     let connect_started = Instant::now();
+    let mut subscribers = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
         let url = format!(
             "ws://{}/app/{}?protocol={}&client=loadgen&version=1.0",
@@ -429,12 +455,15 @@ async fn main() -> anyhow::Result<()> {
         };
         let slot = connecting.clone().acquire_owned().await?;
         let (counts, ready, delta) = (counts.clone(), ready.clone(), args.delta.clone());
-        tokio::spawn(async move {
-            let run = subscriber(url, channel, filter, delta, counts, Some(slot), ready);
+        let source = (args.source_addresses > 1).then(|| {
+            std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(args.source_addresses)) as u8)
+        });
+        subscribers.push(tokio::spawn(async move {
+            let run = subscriber((url, source), channel, filter, delta, counts, Some(slot), ready);
             if let Err(e) = run.await {
                 eprintln!("subscriber failed: {e:#}");
             }
-        });
+        }));
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while ready.count.load(Ordering::Acquire) < args.subscribers {
@@ -457,15 +486,27 @@ async fn main() -> anyhow::Result<()> {
             (Some((b, _)), Some((h, _))) => Some((h as f64 - b as f64) / args.subscribers as f64),
             _ => None,
         };
-        let report = json!({
+        let mut report = json!({
             "scenario": "idle",
             "subscribers": args.subscribers,
             "connect_seconds": connect_secs,
+            "connects_per_second": args.subscribers as f64 / connect_secs,
             "server_rss_before_mb": before.map(|s| s.0 as f64 / 1048576.0),
             "server_rss_held_mb": held.map(|s| s.0 as f64 / 1048576.0),
             "rss_per_connection_kb": per_conn.map(|b| b / 1024.0),
             "disconnected": counts.disconnected.load(Ordering::Relaxed),
         });
+        if args.sigterm {
+            report["close_all_seconds"] = json!(sigterm(&args, &counts).await?);
+        } else if args.release > 0.0 {
+            for subscriber in &subscribers {
+                subscriber.abort();
+            }
+            let before = before.map_or(0, |s| s.0);
+            let (after, released) = release(&args, before).await;
+            report["server_rss_after_close_mb"] = json!(after as f64 / 1048576.0);
+            report["seconds_to_release"] = json!(released);
+        }
         print_report(&args, &report);
         return Ok(());
     }
@@ -595,6 +636,40 @@ async fn main() -> anyhow::Result<()> {
     });
     print_report(&args, &report);
     Ok(())
+}
+
+/// Follow the server's RSS for `--release` seconds after its connections closed: the RSS at
+/// the end, and the seconds until it was back within 1.5x `before` + 10 MB (if it was).
+async fn release(args: &Args, before: u64) -> (u64, Option<f64>) {
+    let goal = before as f64 * 1.5 + 10.0 * 1048576.0;
+    let started = Instant::now();
+    let (mut rss, mut released) = (0, None);
+    while started.elapsed().as_secs_f64() < args.release {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss = server_stats(&args.server_pid).map_or(0, |s| s.0);
+        if released.is_none() && (rss as f64) <= goal {
+            released = Some(started.elapsed().as_secs_f64());
+        }
+    }
+    (rss, released)
+}
+
+/// Send the server SIGTERM and wait until it has closed every subscriber: the seconds it took.
+async fn sigterm(args: &Args, counts: &Counts) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for pid in &args.server_pid {
+        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    }
+    while counts.disconnected.load(Ordering::Acquire) < args.subscribers {
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "{} subscribers still open 120 s after SIGTERM",
+                args.subscribers - counts.disconnected.load(Ordering::Acquire)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(started.elapsed().as_secs_f64())
 }
 
 fn print_report(args: &Args, report: &Value) {

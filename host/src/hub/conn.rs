@@ -1,23 +1,47 @@
 //! A connection as the hub holds it: its bounded queue of ready-made frames and its closer.
+//!
+//! The queue is a `VecDeque` behind the closer's lock rather than a channel: a channel holds a
+//! block of slots (about 1.5 KB) from its creation for as long as the connection lives, while
+//! this queue holds nothing once its task has taken every frame, which is the state of almost
+//! every connection almost all the time.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU16, AtomicUsize, Ordering},
+use std::{
+    collections::VecDeque,
+    future::poll_fn,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU16, AtomicUsize, Ordering},
+    },
+    task::Poll,
 };
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{Notify, mpsc};
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
 
 use super::SocketId;
 use crate::protocol::codes;
 
-/// A connection's state shared between its task and the hub: why it is being closed, and how
-/// many bytes wait in its queue.
+/// The frames waiting for the connection's task.
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Utf8Bytes>,
+    /// The task is gone: frames are refused rather than held for nobody.
+    closed: bool,
+}
+
+/// A connection's state shared between its task and the hub: its queue, why it is being
+/// closed, and how many bytes wait in its queue.
 #[derive(Debug)]
 pub(crate) struct Closer {
     /// The close code, 0 while open.
     code: AtomicU16,
     notify: Notify,
+    queue: Mutex<Queue>,
+    /// The task waiting for frames, woken when the queue stops being empty.
+    waker: AtomicWaker,
+    /// The bound on queued frames.
+    max_frames: usize,
     /// Bytes of counted frames enqueued and not yet taken by the connection's task.
     queued_bytes: AtomicUsize,
     /// Frames of at most this many bytes are not counted: the frame bound already bounds
@@ -36,9 +60,10 @@ impl Closer {
     /// A closer for a queue of `max_frames` frames and `max_bytes` bytes (0 = no byte bound),
     /// which counts as behind when fuller than `watermark_percent`.
     pub(crate) fn new(max_frames: usize, max_bytes: usize, watermark_percent: u8) -> Self {
+        let max_frames = max_frames.max(1);
         let free = 100 - usize::from(watermark_percent.min(99));
         // Small frames fill at most a quarter of the byte bound, counted ones the rest.
-        let small = if max_bytes == 0 { usize::MAX } else { max_bytes / max_frames.max(1) / 4 };
+        let small = if max_bytes == 0 { usize::MAX } else { max_bytes / max_frames / 4 };
         let max_counted = if max_bytes == 0 {
             usize::MAX
         } else {
@@ -49,10 +74,23 @@ impl Closer {
             max_counted,
             behind_bytes: max_counted.saturating_mul(usize::from(watermark_percent)) / 100,
             behind_free: max_frames.saturating_mul(free) / 100,
+            max_frames,
             code: AtomicU16::new(0),
             notify: Notify::new(),
+            queue: Mutex::default(),
+            waker: AtomicWaker::new(),
             queued_bytes: AtomicUsize::new(0),
         }
+    }
+
+    /// A closer and the receiving end of its queue, which the connection's task owns.
+    pub(crate) fn open(
+        max_frames: usize,
+        max_bytes: usize,
+        watermark_percent: u8,
+    ) -> (Arc<Self>, Outbound) {
+        let closer = Arc::new(Self::new(max_frames, max_bytes, watermark_percent));
+        (closer.clone(), Outbound { closer })
     }
 
     /// Ask the connection's task to close with `code`; the first request wins.
@@ -92,6 +130,49 @@ impl Closer {
             self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
         }
     }
+
+    /// The queue; a panic elsewhere while it was held leaves it usable (it holds no invariant
+    /// a panic could break).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The receiving end of a connection's queue, owned by its task. Dropping it closes the queue.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    closer: Arc<Closer>,
+}
+
+impl Outbound {
+    /// The next frame, once there is one.
+    pub(crate) async fn recv(&mut self) -> Utf8Bytes {
+        poll_fn(|cx| {
+            // Registered before looking, so that a frame enqueued after the look wakes us.
+            self.closer.waker.register(cx.waker());
+            self.try_recv().map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
+    }
+
+    /// The next frame if one is queued. The queue's buffer is given back when it empties, so
+    /// that an idle connection holds none.
+    pub(crate) fn try_recv(&mut self) -> Option<Utf8Bytes> {
+        let mut queue = self.closer.lock();
+        let frame = queue.frames.pop_front();
+        if queue.frames.is_empty() && queue.frames.capacity() > 0 {
+            queue.frames = VecDeque::new();
+        }
+        frame
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        let mut queue = self.closer.lock();
+        queue.closed = true;
+        queue.frames = VecDeque::new();
+    }
 }
 
 /// What enqueueing a frame did.
@@ -107,12 +188,11 @@ pub(crate) enum Delivery {
     Refused,
 }
 
-/// What the hub holds of a connection: its id, its outbound queue and its closer.
+/// What the hub holds of a connection: its id and its closer (which holds its queue).
 #[derive(Debug, Clone)]
 pub(crate) struct Conn {
     /// The socket id.
     pub socket_id: SocketId,
-    queue: mpsc::Sender<Utf8Bytes>,
     closer: Arc<Closer>,
     /// App events with their recovery position (protocol-2 sockets).
     positions: bool,
@@ -120,12 +200,8 @@ pub(crate) struct Conn {
 
 impl Conn {
     /// A handle over a connection's queue and closer.
-    pub(crate) fn new(
-        socket_id: SocketId,
-        queue: mpsc::Sender<Utf8Bytes>,
-        closer: Arc<Closer>,
-    ) -> Self {
-        Self { socket_id, queue, closer, positions: false }
+    pub(crate) fn new(socket_id: SocketId, closer: Arc<Closer>) -> Self {
+        Self { socket_id, closer, positions: false }
     }
 
     /// The same, getting app events with their recovery position (a protocol-2 socket).
@@ -158,28 +234,110 @@ impl Conn {
                 return Delivery::Refused;
             }
         }
-        match self.queue.try_send(frame.clone()) {
-            Ok(()) => Delivery::Queued {
-                behind: queued > closer.behind_bytes || self.queue.capacity() < closer.behind_free,
-            },
-            Err(error) => {
-                closer.dequeued(len);
-                if matches!(error, mpsc::error::TrySendError::Full(_)) {
-                    closer.close(codes::OVER_CAPACITY);
-                }
-                Delivery::Refused
+        let mut queue = closer.lock();
+        let waiting = queue.frames.len();
+        if queue.closed || waiting >= closer.max_frames {
+            let full = !queue.closed;
+            drop(queue);
+            closer.dequeued(len);
+            if full {
+                closer.close(codes::OVER_CAPACITY);
             }
+            return Delivery::Refused;
         }
+        queue.frames.push_back(frame.clone());
+        drop(queue);
+        // The task only sleeps on an empty queue: a frame joining others needs no wake-up.
+        if waiting == 0 {
+            closer.waker.wake();
+        }
+        let free = closer.max_frames - waiting - 1;
+        Delivery::Queued { behind: queued > closer.behind_bytes || free < closer.behind_free }
     }
 
     /// Whether the queue is above the congestion watermark now.
     pub(super) fn behind(&self) -> bool {
-        self.closer.queued_bytes.load(Ordering::Acquire) > self.closer.behind_bytes
-            || self.queue.capacity() < self.closer.behind_free
+        let closer = &*self.closer;
+        let free = closer.max_frames.saturating_sub(closer.lock().frames.len());
+        closer.queued_bytes.load(Ordering::Acquire) > closer.behind_bytes
+            || free < closer.behind_free
     }
 
     /// Ask the connection to close with `code`.
     pub(crate) fn close(&self, code: u16) {
         self.closer.close(code);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll};
+
+    use futures_util::{FutureExt as _, task::noop_waker};
+
+    use super::*;
+
+    fn capacity(closer: &Closer) -> usize {
+        closer.lock().frames.capacity()
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_its_buffer_back() {
+        let (closer, mut outbound) = Closer::open(16, 0, 90);
+        let conn = Conn::new("1.1".into(), closer.clone());
+        assert_eq!(capacity(&closer), 0, "no buffer before any frame");
+        for n in 0..5 {
+            assert!(conn.send(&Utf8Bytes::from(n.to_string())));
+        }
+        assert!(capacity(&closer) >= 5);
+        let taken: Vec<String> =
+            std::iter::from_fn(|| outbound.try_recv()).map(|f| f.as_str().to_string()).collect();
+        assert_eq!(taken, ["0", "1", "2", "3", "4"], "in order");
+        assert_eq!(capacity(&closer), 0, "no buffer once empty");
+    }
+
+    #[test]
+    fn a_frame_wakes_the_task_waiting_on_an_empty_queue() {
+        let (closer, mut outbound) = Closer::open(16, 0, 90);
+        let conn = Conn::new("1.1".into(), closer);
+        let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waker = futures_util::task::waker(Arc::new(Flag(woken.clone())));
+        let mut recv = Box::pin(outbound.recv());
+        assert!(recv.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        assert!(conn.send(&Utf8Bytes::from("hello")));
+        assert!(woken.load(Ordering::Acquire), "the waiting task is woken");
+        let polled = recv.as_mut().poll(&mut Context::from_waker(&noop_waker()));
+        assert!(matches!(polled, Poll::Ready(frame) if frame.as_str() == "hello"));
+    }
+
+    #[test]
+    fn a_gone_task_refuses_frames_without_holding_them() {
+        let (closer, outbound) = Closer::open(16, 0, 90);
+        let conn = Conn::new("1.1".into(), closer.clone());
+        assert!(conn.send(&Utf8Bytes::from("queued")));
+        drop(outbound);
+        assert_eq!(capacity(&closer), 0, "what waited is dropped with the task");
+        assert_eq!(conn.deliver(&Utf8Bytes::from("late")), Delivery::Refused);
+        assert_eq!(closer.requested(), None, "a gone connection is not told 4100");
+        assert!(outbound_now_empty(&closer));
+    }
+
+    fn outbound_now_empty(closer: &Closer) -> bool {
+        closer.lock().frames.is_empty()
+    }
+
+    struct Flag(Arc<std::sync::atomic::AtomicBool>);
+
+    impl futures_util::task::ArcWake for Flag {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.store(true, Ordering::Release);
+        }
+    }
+
+    #[test]
+    fn recv_is_ready_at_once_when_a_frame_waits() {
+        let (closer, mut outbound) = Closer::open(4, 0, 90);
+        assert!(Conn::new("1.1".into(), closer).send(&Utf8Bytes::from("x")));
+        assert_eq!(outbound.recv().now_or_never().map(|f| f.to_string()), Some("x".into()));
     }
 }

@@ -1,15 +1,13 @@
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
 
 use super::*;
 use crate::protocol::{Broadcast, codes, filter::Tags};
 
-fn conn(id: &str, frames: usize, bytes: usize) -> (Conn, mpsc::Receiver<Utf8Bytes>, Arc<Closer>) {
-    let (tx, rx) = mpsc::channel(frames);
-    let closer = Arc::new(Closer::new(frames, bytes, 50));
-    (Conn::new(id.into(), tx, closer.clone()), rx, closer)
+fn conn(id: &str, frames: usize, bytes: usize) -> (Conn, Outbound, Arc<Closer>) {
+    let (closer, rx) = Closer::open(frames, bytes, 50);
+    (Conn::new(id.into(), closer.clone()), rx, closer)
 }
 
 #[test]
@@ -35,7 +33,7 @@ fn a_queue_is_bounded_in_frames() {
     assert!(conn.send(&frame));
     assert!(!conn.send(&frame));
     assert_eq!(closer.requested(), Some(codes::OVER_CAPACITY));
-    assert!(rx.try_recv().is_ok());
+    assert!(rx.try_recv().is_some());
 }
 
 #[test]
@@ -55,7 +53,7 @@ fn a_channel_is_congested_only_when_most_subscribers_are_behind() {
     assert!(hub.congested("app", "ch", false));
     // Two readers catch up; one behind of three is not congestion.
     for (rx, closer) in [(&mut fast_rx, &fast_closer), (&mut third_rx, &third_closer)] {
-        while let Ok(f) = rx.try_recv() {
+        while let Some(f) = rx.try_recv() {
             closer.dequeued(if closer.counts(f.len()) { f.len() } else { 0 });
         }
     }
@@ -91,8 +89,8 @@ fn tagged_events_reach_the_subscribers_whose_filter_passes_them() {
     assert_eq!(send("eth", tags(&[("sym", "ETH"), ("px", "500")])), 2);
     // Protocol frames (no tags) reach everyone.
     assert_eq!(hub.broadcast(&Broadcast::to("app", "ch"), &Utf8Bytes::from("internal")), 3);
-    let got = |rx: &mut mpsc::Receiver<Utf8Bytes>| -> Vec<String> {
-        std::iter::from_fn(|| rx.try_recv().ok()).map(|f| f.as_str().to_string()).collect()
+    let got = |rx: &mut Outbound| -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv()).map(|f| f.as_str().to_string()).collect()
     };
     assert_eq!(got(&mut plain_rx), ["btc", "eth", "internal"]);
     assert_eq!(got(&mut btc_rx), ["btc", "internal"]);
@@ -151,7 +149,7 @@ fn subscribers_with_equal_filters_share_one_group_and_one_copy() {
         3
     );
     let got: Vec<usize> =
-        rxs.iter_mut().map(|rx| std::iter::from_fn(|| rx.try_recv().ok()).count()).collect();
+        rxs.iter_mut().map(|rx| std::iter::from_fn(|| rx.try_recv()).count()).collect();
     assert_eq!(got, [2, 2, 2, 1, 1], "acks, and the event for the three that passed it");
     // The group goes with its last member.
     for i in 0..3 {
@@ -212,7 +210,7 @@ fn a_full_queue_closes_its_connection_with_4100_and_others_still_get_the_event()
     assert_eq!(hub.broadcast(&Broadcast::to("app", "ch"), &frame), 1);
     assert_eq!(slow_closer.requested(), Some(codes::OVER_CAPACITY));
     assert_eq!(fast_closer.requested(), None);
-    let got: Vec<Utf8Bytes> = std::iter::from_fn(|| fast_rx.try_recv().ok()).collect();
+    let got: Vec<Utf8Bytes> = std::iter::from_fn(|| fast_rx.try_recv()).collect();
     assert_eq!(got.len(), 3);
     // The socket named in `except` is skipped.
     assert_eq!(hub.broadcast(&Broadcast::to("app", "ch").except(Some("1.2")), &frame), 0);

@@ -4,20 +4,17 @@
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _, stream::SplitSink};
-use tokio::{
-    sync::mpsc,
-    time::{Instant, Sleep},
-};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use tokio::time::{Instant, Sleep};
 
 use super::session::Session;
 use crate::{
     apps::{App, Lookup},
     config::Settings,
     ctx::Ctx,
-    edge::Peer,
+    edge::{OverLimit, Peer},
     feed::{Entry, Kind},
-    hub::{Closer, Conn},
+    hub::{Closer, Conn, Outbound},
     metrics::Metrics,
     protocol::{
         codes,
@@ -31,33 +28,32 @@ const WRITE_BATCH: usize = 64;
 /// frame) to be taken: a client that stopped reading must not hold the task for long.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(5);
 
-type Sink = SplitSink<WebSocket, Message>;
-
 /// Send `pusher:error` with `code` and close the socket with the same code. The client may be
 /// the reason for closing (too slow to read), so it gets `patience` to take the frames; then the
 /// socket is dropped regardless.
 async fn refuse(
-    sink: &mut Sink,
+    socket: &mut WebSocket,
     dialect: Dialect,
     patience: std::time::Duration,
     code: u16,
     reason: &str,
 ) {
     let frames = async {
-        let _ = sink.feed(Message::Text(render(dialect, frames::error(code, reason).into()))).await;
-        close(sink, code, reason).await;
+        let _ =
+            socket.feed(Message::Text(render(dialect, frames::error(code, reason).into()))).await;
+        close(socket, code, reason).await;
     };
     let _ = tokio::time::timeout(patience, frames).await;
 }
 
-async fn close(sink: &mut Sink, code: u16, reason: &str) {
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     // Close reasons must fit a control frame (125 bytes, 2 of them the code).
     let mut reason = reason.to_string();
     while reason.len() > 123 {
         reason.pop();
     }
-    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-    let _ = sink.close().await;
+    let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+    let _ = socket.close().await;
 }
 
 fn close_reason(code: u16) -> &'static str {
@@ -84,13 +80,14 @@ impl Refused {
 /// The handshake's checks, in order: the edge's and the node's bounds, the app, the protocol,
 /// the address's rate and the app's quota (which counts the connection when it admits it).
 async fn admit(
-    ctx: &Ctx,
-    key: &str,
-    query: &HashMap<String, String>,
+    ctx: Arc<Ctx>,
+    key: String,
+    query: HashMap<String, String>,
     ip: Option<std::net::IpAddr>,
-    peer: Option<&Peer>,
+    over_limit: Option<OverLimit>,
 ) -> Result<Arc<App>, Refused> {
-    if let Some(over) = peer.and_then(|p| p.over_limit) {
+    let (ctx, key, query) = (&*ctx, key.as_str(), &query);
+    if let Some(over) = over_limit {
         return Err(Refused::new(codes::OVER_CAPACITY, over.message()));
     }
     if ctx.readiness.over_memory() {
@@ -142,90 +139,111 @@ async fn admit(
 }
 
 /// Run one connection to its end.
-pub(super) async fn run(
-    socket: WebSocket,
+///
+/// Not an `async fn`: the future is held for the connection's whole life, and an `async fn`
+/// keeps its arguments besides the locals they become (the socket twice). The socket is not
+/// split either: reading and writing never overlap here, and a split puts it behind a shared
+/// lock (one more allocation, and a lock taken for every read and write). The rare, deep states (the handshake's lookups, a client
+/// message's handling, a blocked write, the close) run boxed, so that the future is only as
+/// large as an idle connection's state (8 KB before, most of an idle connection's memory).
+pub(super) fn run(
+    mut socket: WebSocket,
     ctx: Arc<Ctx>,
     key: String,
     query: HashMap<String, String>,
     ip: Option<std::net::IpAddr>,
     peer: Option<Peer>,
-) {
-    let (mut sink, mut stream) = socket.split();
+) -> impl Future<Output = ()> + Send {
     let patience = ctx.settings.pong_timeout.min(CLOSE_PATIENCE);
     let dialect = Dialect::of(query.get("protocol").map(String::as_str));
-    let app = match admit(&ctx, &key, &query, ip, peer.as_ref()).await {
-        Ok(app) => app,
-        Err(Refused(code, reason)) => {
-            ctx.metrics.connection_errors.inc();
-            return refuse(&mut sink, dialect, patience, code, &reason).await;
-        }
-    };
+    // Made here, so that the key and query live in its box, not in the connection's future.
+    let over_limit = peer.as_ref().and_then(|p| p.over_limit);
+    let admission = Box::pin(admit(ctx.clone(), key, query, ip, over_limit));
+    async move {
+        let app = match admission.await {
+            Ok(app) => app,
+            Err(Refused(code, reason)) => {
+                ctx.metrics.connection_errors.inc();
+                return Box::pin(refuse(&mut socket, dialect, patience, code, &reason)).await;
+            }
+        };
 
-    let (conn, mut outbound, closer) = open(&ctx, &app, dialect);
-    let mut session = Session::new(ctx.clone(), app.clone(), conn.clone());
-    // Made once, not per loop turn: registering with a notifier on every message costs.
-    let close_requested = closer.wait();
-    let shutting_down = ctx.shutdown.cancelled();
-    let app_ended = app_ended(&ctx, &app.id);
-    let signin_deadline = tokio::time::sleep(ctx.settings.user_authentication_timeout);
-    let timer = tokio::time::sleep(ctx.settings.activity_timeout);
-    tokio::pin!(close_requested, shutting_down, app_ended, signin_deadline, timer);
-    // Apps that require sign-in give a connection this long to do it.
-    let signin = (signin_deadline, app.enable_user_authentication);
-    let mut stops = Stops::new(close_requested, shutting_down, app_ended, signin, &closer);
-    let mut keepalive = Keepalive::new(timer, &ctx.settings);
+        let (conn, mut outbound, closer) = open(&ctx, &app, dialect);
+        // Boxed: most of its 360 bytes are maps an idle connection leaves empty, and in the box
+        // they do not push the connection's future into a larger allocation size class.
+        let mut session = Box::new(Session::new(ctx.clone(), app.clone(), conn.clone()));
+        // Made once, not per loop turn: registering with a notifier on every message costs.
+        let close_requested = closer.wait();
+        let shutting_down = ctx.shutdown.cancelled();
+        let app_ended = app_ended(&ctx, &app.id);
+        // Apps that require sign-in give a connection this long to do it (a timer only there).
+        let signin_deadline = app
+            .enable_user_authentication
+            .then(|| Box::pin(tokio::time::sleep(ctx.settings.user_authentication_timeout)));
+        let timer = tokio::time::sleep(ctx.settings.activity_timeout);
+        tokio::pin!(close_requested, shutting_down, app_ended, timer);
+        let mut stops =
+            Stops::new(close_requested, shutting_down, app_ended, signin_deadline, &closer);
+        let mut keepalive = Keepalive::new(timer, &ctx.settings);
 
-    let end = loop {
-        tokio::select! {
-            biased;
-            end = stops.any(session.signed_in()) => break end,
-            frame = outbound.recv() => {
-                let Some(frame) = frame else { break End::Close(codes::RECONNECT) };
-                let write = write_batch(&mut sink, dialect, frame, &mut outbound, &ctx, &closer);
-                tokio::pin!(write);
-                let ended = match write.as_mut().now_or_never() {
-                    Some(written) => written.is_err().then_some(End::Gone),
-                    None => {
-                        let watch = Watch { stops: &mut stops, keepalive: &mut keepalive, signed_in: session.signed_in() };
-                        finish_write(write, watch, &conn, peer.as_ref(), &ctx).await
+        let end = loop {
+            tokio::select! {
+                biased;
+                end = stops.any(session.signed_in()) => break end,
+                frame = outbound.recv() => {
+                    let write = write_batch(&mut socket, dialect, frame, &mut outbound, &ctx, &closer);
+                    tokio::pin!(write);
+                    let ended = match write.as_mut().now_or_never() {
+                        Some(written) => written.is_err().then_some(End::Gone),
+                        None => {
+                            let watch = Watch { stops: &mut stops, keepalive: &mut keepalive, signed_in: session.signed_in() };
+                            Box::pin(finish_write(write, watch, &conn, peer.as_ref(), &ctx)).await
+                        }
+                    };
+                    if let Some(end) = ended {
+                        break end;
                     }
-                };
-                if let Some(end) = ended {
-                    break end;
+                }
+                message = socket.next() => {
+                    keepalive.heard();
+                    let read = read(message, &mut session, &mut socket, dialect, patience, &ctx);
+                    if let Some(end) = Box::pin(read).await {
+                        break end;
+                    }
+                }
+                () = keepalive.due() => {
+                    if let Some(code) = keepalive.on_timer(&conn) {
+                        break End::Close(code);
+                    }
                 }
             }
-            message = stream.next() => {
-                keepalive.heard();
-                if let Some(end) = read(message, &mut session, &mut sink, dialect, patience, &ctx).await {
-                    break end;
-                }
-            }
-            () = keepalive.due() => {
-                if let Some(code) = keepalive.on_timer(&conn) {
-                    break End::Close(code);
-                }
-            }
-        }
-    };
+        };
 
-    if let End::Close(code) = end {
-        close_with(&mut sink, dialect, patience, code, &ctx).await;
+        if let End::Close(code) = end {
+            Box::pin(close_with(&mut socket, dialect, patience, code, &ctx)).await;
+        }
+        Box::pin(session.end()).await;
+        ctx.feed.tap.record(&app.id, || closed(&conn, end));
+        ctx.adapter.release(&app.id);
+        ctx.metrics.connected.dec();
+        ctx.metrics.disconnections.inc();
+        tracing::debug!("Disconnected.");
     }
-    session.end().await;
-    ctx.feed.tap.record(&app.id, || closed(&conn, end));
-    ctx.adapter.release(&app.id);
-    ctx.metrics.connected.dec();
-    ctx.metrics.disconnections.inc();
-    tracing::debug!("Disconnected.");
 }
 
 /// The server ends the connection with `code` (counted when the client was too slow).
-async fn close_with(sink: &mut Sink, dialect: Dialect, patience: Duration, code: u16, ctx: &Ctx) {
+async fn close_with(
+    socket: &mut WebSocket,
+    dialect: Dialect,
+    patience: Duration,
+    code: u16,
+    ctx: &Ctx,
+) {
     if code == codes::OVER_CAPACITY {
         ctx.metrics.slow_consumer_disconnections.inc();
     }
     tracing::debug!(code, reason = close_reason(code), "Closing.");
-    refuse(sink, dialect, patience, code, close_reason(code)).await;
+    refuse(socket, dialect, patience, code, close_reason(code)).await;
 }
 
 /// What ends a connection from outside its socket: a close requested by the node, the node
@@ -234,8 +252,8 @@ struct Stops<'a> {
     close_requested: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
     shutting_down: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
     app_ended: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
-    signin_deadline: Pin<&'a mut Sleep>,
-    signin_required: bool,
+    /// The sign-in deadline, for apps that require sign-in.
+    signin_deadline: Option<Pin<Box<Sleep>>>,
     closer: &'a Closer,
 }
 
@@ -244,10 +262,10 @@ impl<'a> Stops<'a> {
         close_requested: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
         shutting_down: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
         app_ended: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
-        (signin_deadline, signin_required): (Pin<&'a mut Sleep>, bool),
+        signin_deadline: Option<Pin<Box<Sleep>>>,
         closer: &'a Closer,
     ) -> Self {
-        Self { close_requested, shutting_down, app_ended, signin_deadline, signin_required, closer }
+        Self { close_requested, shutting_down, app_ended, signin_deadline, closer }
     }
 
     /// Resolves with the end when one of them comes, in that order of precedence.
@@ -257,8 +275,16 @@ impl<'a> Stops<'a> {
             () = &mut self.close_requested => End::Close(self.closer.requested().unwrap_or(codes::RECONNECT)),
             () = &mut self.shutting_down => End::Close(codes::RECONNECT),
             () = &mut self.app_ended => End::Close(codes::APP_DISABLED),
-            () = &mut self.signin_deadline, if self.signin_required && !signed_in => End::Close(codes::UNAUTHORIZED),
+            () = signin_due(&mut self.signin_deadline), if !signed_in => End::Close(codes::UNAUTHORIZED),
         }
+    }
+}
+
+/// Resolves when the sign-in deadline passes; never without one.
+async fn signin_due(deadline: &mut Option<Pin<Box<Sleep>>>) {
+    match deadline {
+        Some(deadline) => deadline.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -341,25 +367,23 @@ enum End {
 
 /// An admitted connection's socket id (recorded in its span), queue and closer, counted, with
 /// `connection_established` enqueued first.
-fn open(ctx: &Ctx, app: &App, dialect: Dialect) -> (Conn, mpsc::Receiver<Utf8Bytes>, Arc<Closer>) {
+fn open(ctx: &Ctx, app: &App, dialect: Dialect) -> (Conn, Outbound, Arc<Closer>) {
     let socket_id = ctx.next_socket_id();
     let span = tracing::Span::current();
     span.record("app", app.id.as_str());
     span.record("socket_id", socket_id.as_str());
-    let (queue, outbound) = mpsc::channel::<Utf8Bytes>(ctx.settings.ws_max_queued_messages);
-    let closer = Arc::new(Closer::new(
+    let (closer, outbound) = Closer::open(
         ctx.settings.ws_max_queued_messages,
         ctx.settings.ws_max_queued_bytes,
         ctx.settings.overload.watermark_percent,
-    ));
+    );
     // Protocol-2 sockets get app events with their recovery position, as Sockudo sends them;
     // protocol-7 ones too when the app asks (pusher-js with the recovery helper). Not for an
     // app that turned recovery off: its sockets are told recovery is not enabled.
     let positions = ctx.recovery.is_some()
         && app.recovery.enabled
         && (dialect == Dialect::V2 || app.v1_recovery_fields);
-    let conn =
-        Conn::new(socket_id.as_str().into(), queue, closer.clone()).with_positions(positions);
+    let conn = Conn::new(socket_id.as_str().into(), closer.clone()).with_positions(positions);
     ctx.metrics.connected.inc();
     ctx.metrics.new_connections.inc();
     tracing::debug!("Connected.");
@@ -374,7 +398,7 @@ fn open(ctx: &Ctx, app: &App, dialect: Dialect) -> (Conn, mpsc::Receiver<Utf8Byt
 async fn read(
     message: Option<Result<Message, axum::Error>>,
     session: &mut Session,
-    sink: &mut Sink,
+    socket: &mut WebSocket,
     dialect: Dialect,
     patience: Duration,
     ctx: &Ctx,
@@ -390,9 +414,9 @@ async fn read(
                 Metrics::count(&ctx.metrics.ws_protocol_errors, "code", code_label(code));
                 if code == 1009 {
                     let error = frames::error(codes::BAD_MESSAGE, &text);
-                    let _ = sink.feed(Message::Text(render(dialect, error.into()))).await;
+                    let _ = socket.feed(Message::Text(render(dialect, error.into()))).await;
                 }
-                let _ = tokio::time::timeout(patience, close(sink, code, &text)).await;
+                let _ = tokio::time::timeout(patience, close(socket, code, &text)).await;
             }
             Some(End::Gone)
         }
@@ -421,22 +445,22 @@ fn render(dialect: Dialect, frame: Utf8Bytes) -> Utf8Bytes {
 
 /// Write `first` and whatever else is queued (up to a batch), then flush once.
 async fn write_batch(
-    sink: &mut Sink,
+    socket: &mut WebSocket,
     dialect: Dialect,
     first: Utf8Bytes,
-    outbound: &mut mpsc::Receiver<Utf8Bytes>,
+    outbound: &mut Outbound,
     ctx: &Ctx,
     closer: &Closer,
 ) -> Result<(), axum::Error> {
     let counted = |frame: &Utf8Bytes| if closer.counts(frame.len()) { frame.len() } else { 0 };
     let (mut bytes, mut taken) = (first.len(), counted(&first));
-    sink.feed(Message::Text(render(dialect, first))).await?;
+    socket.feed(Message::Text(render(dialect, first))).await?;
     let mut count = 1;
     while count < WRITE_BATCH {
-        let Ok(frame) = outbound.try_recv() else { break };
+        let Some(frame) = outbound.try_recv() else { break };
         bytes += frame.len();
         taken += counted(&frame);
-        sink.feed(Message::Text(render(dialect, frame))).await?;
+        socket.feed(Message::Text(render(dialect, frame))).await?;
         count += 1;
     }
     // Frames count against the queue's byte bound until they are handed to the socket (a
@@ -444,7 +468,7 @@ async fn write_batch(
     closer.dequeued(taken);
     ctx.metrics.ws_messages_sent.inc_by(count as u64);
     ctx.metrics.ws_bytes_sent.inc_by(bytes as u64);
-    sink.flush().await
+    socket.flush().await
 }
 
 /// The keepalive: a ping after `activity_timeout` of silence, 4201 if no answer within

@@ -12,13 +12,16 @@ use axum::{
     response::Response,
 };
 
+use futures_util::FutureExt as _;
 use tracing::Instrument as _;
 
 use crate::{ctx::Ctx, edge::Peer};
 
-/// Read buffer per connection. Small: most Pusher messages are tiny, and the buffer is paid by
-/// every idle connection (tungstenite's default is 128 KiB).
-const READ_BUFFER_BYTES: usize = 2048;
+/// Read buffer per connection, held for the connection's life (tungstenite keeps it), so paid by
+/// every idle connection: small, since most Pusher messages from clients fit in it (a ping is 35
+/// bytes, a private subscription ~200); a larger message grows it as it arrives
+/// (tungstenite's default is 128 KiB).
+const READ_BUFFER_BYTES: usize = 256;
 /// Bytes written per flush to the socket.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
@@ -67,11 +70,15 @@ pub(crate) async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER_BYTES * 64)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            let run = connection::run(socket, ctx, key, query, ip, peer).instrument(span);
-            tracker.track_future(async move {
-                run.await;
-                drop(hold);
-            })
+        .on_upgrade({
+            // One box for everything the connection starts with: axum keeps the callback's
+            // space in the connection's task for as long as it lives (232 bytes unboxed).
+            let start = Box::new((ctx, key, query, ip, peer, span, hold, tracker));
+            move |socket| {
+                let (ctx, key, query, ip, peer, span, hold, tracker) = *start;
+                // `map`, not an async block awaiting `run`: that would hold the future twice.
+                let run = connection::run(socket, ctx, key, query, ip, peer).instrument(span);
+                tracker.track_future(run.map(move |()| drop(hold)))
+            }
         })
 }

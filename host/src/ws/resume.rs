@@ -92,7 +92,9 @@ pub(super) struct Subscribed<'a> {
 /// A connection's resumes: at most one waits at a time.
 #[derive(Debug, Default)]
 pub(super) struct Resumes {
-    waiting: Arc<Mutex<Option<Waiting>>>,
+    /// Made by the connection's first resume: most connections never resume, and every
+    /// connection would pay for it.
+    waiting: Option<Arc<Mutex<Option<Waiting>>>>,
     started: u64,
 }
 
@@ -109,7 +111,8 @@ impl Resumes {
         subscribed: Subscribed<'_>,
         mut fetched: HashMap<String, Result<Fetched, Box<Failure>>>,
     ) {
-        if let Some(older) = self.waiting.lock().expect("resume lock").take() {
+        let slot = self.waiting.get_or_insert_default();
+        if let Some(older) = slot.lock().expect("resume lock").take() {
             older.finish(conn);
         }
         self.started += 1;
@@ -131,8 +134,8 @@ impl Resumes {
             return waiting.finish(conn);
         }
         let id = waiting.id;
-        *self.waiting.lock().expect("resume lock") = Some(waiting);
-        let (slot, conn) = (self.waiting.clone(), conn.clone());
+        *slot.lock().expect("resume lock") = Some(waiting);
+        let (slot, conn) = (slot.clone(), conn.clone());
         tokio::spawn(async move {
             tokio::time::sleep(WAIT_FOR_SUBSCRIBE).await;
             let mut slot = slot.lock().expect("resume lock");
@@ -147,14 +150,15 @@ impl Resumes {
     /// Take `channel` out of the waiting resume, if it waits: its subscribe is being made, and
     /// its replay goes right after the acknowledgement (see [`Resumes::settled`]).
     pub(super) fn take(&self, channel: &str) -> Option<Wanted> {
-        let mut slot = self.waiting.lock().expect("resume lock");
+        let mut slot = self.waiting.as_ref()?.lock().expect("resume lock");
         slot.as_mut()?.channels.remove(channel)
     }
 
     /// A channel taken with [`Resumes::take`] was replayed (or failed): count it, and send the
     /// summary once nothing waits any more.
     pub(super) fn settled(&self, conn: &Conn, outcome: Result<Recovered, Box<Failure>>) {
-        let mut slot = self.waiting.lock().expect("resume lock");
+        let Some(slot) = &self.waiting else { return };
+        let mut slot = slot.lock().expect("resume lock");
         let Some(waiting) = slot.as_mut() else { return };
         match outcome {
             Ok(recovered) => waiting.recovered.push(recovered),
