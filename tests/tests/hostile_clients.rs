@@ -518,3 +518,45 @@ async fn a_slow_body_is_cut_off() {
     let answer = raw::read_head(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
+
+/// A reader that stops for a while and then reads again gets every event, once and in order:
+/// its frames go to the socket directly while it takes them, are queued while it does not (the
+/// connection's task writes them, under its deadline), and go directly again once it has caught
+/// up.
+#[tokio::test]
+async fn a_reader_that_pauses_gets_every_event_in_order() {
+    const EVENTS: usize = 4_000;
+    let app = TestApp::main();
+    let server = Server::builder()
+        .env("WEBSOCKET_MAX_MESSAGES", "100000")
+        .env("WEBSOCKET_MAX_BYTES", "0")
+        .env("WEBSOCKET_WRITE_TIMEOUT_MS", "60000")
+        .start();
+    let mut reader = tiny_window_client(&server, &app.key).await;
+    reader.subscribe(&app, "paused").await;
+    let api = Api::new(&server.http_url(), &app);
+    let padding = "p".repeat(2_000);
+    // Published one batch after the other, so their order is defined; nothing is read meanwhile.
+    for batch in 0..EVENTS / 10 {
+        let events: Vec<Value> = (0..10)
+            .map(|i| {
+                let data = format!("{} {padding}", batch * 10 + i);
+                json!({ "channel": "paused", "name": "seq", "data": data })
+            })
+            .collect();
+        assert_eq!(api.post("/batch_events", &json!({ "batch": events })).await.0, 200);
+    }
+    assert!(
+        server.metric("sockhost_slow_consumer_disconnections_total").await == 0.0,
+        "the reader was not cut off"
+    );
+    for expected in 0..EVENTS {
+        let event = reader.expect("seq").await;
+        let data = event["data"].as_str().unwrap();
+        let seq: usize = data.split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(seq, expected, "out of order or missing");
+    }
+    // Caught up, it gets the next one at once.
+    api.trigger(&["paused"], "seq", "after").await;
+    assert_eq!(reader.expect("seq").await["data"], "after");
+}

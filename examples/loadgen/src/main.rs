@@ -194,6 +194,18 @@ fn proc_stats(pid: u32) -> Option<(u64, f64)> {
     Some((rss_kb * 1024, ticks / 100.0))
 }
 
+/// (user, kernel) CPU seconds of the processes together.
+fn cpu_split(pids: &[u32]) -> Option<(f64, f64)> {
+    let mut total = (0.0, 0.0);
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+        total.0 += fields.get(11)?.parse::<f64>().ok()? / 100.0;
+        total.1 += fields.get(12)?.parse::<f64>().ok()? / 100.0;
+    }
+    (!pids.is_empty()).then_some(total)
+}
+
 fn server_stats(pids: &[u32]) -> Option<(u64, f64)> {
     let mut total = (0, 0.0);
     for pid in pids {
@@ -529,6 +541,7 @@ async fn main() -> anyhow::Result<()> {
     let seq = Arc::new(AtomicU64::new(0));
     let publish_started = Instant::now();
     let cpu_start = server_stats(&args.server_pid);
+    let split_start = cpu_split(&args.server_pid);
     let end = publish_started + Duration::from_secs_f64(args.duration);
     if args.rate <= 0.0 {
         let workers: Vec<_> = (0..args.in_flight)
@@ -600,6 +613,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let delivered = counts.delivered.load(Ordering::Relaxed);
+    let split_end = cpu_split(&args.server_pid);
     let accepted = publisher.accepted.load(Ordering::Relaxed);
     let cores = match (cpu_start, cpu_end) {
         (Some((_, a)), Some((_, b))) => Some((b - a) / publish_secs),
@@ -624,6 +638,8 @@ async fn main() -> anyhow::Result<()> {
             (Some((_, a)), Some((_, b))) => Some((b - a) * 1e6 / delivered.max(1) as f64),
             _ => None,
         },
+        "server_cpu_user_us_per_delivery": split_start.zip(split_end).map(|(a, b)| (b.0 - a.0) * 1e6 / delivered.max(1) as f64),
+        "server_cpu_kernel_us_per_delivery": split_start.zip(split_end).map(|(a, b)| (b.1 - a.1) * 1e6 / delivered.max(1) as f64),
         "latency_ms_p50": counts.latency.quantile_ms(0.50),
         "latency_ms_p99": counts.latency.quantile_ms(0.99),
         "latency_ms_max": counts.latency.quantile_ms(1.0),

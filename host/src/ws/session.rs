@@ -322,7 +322,6 @@ impl Session {
         let named = algorithms.iter().find_map(|name| Algorithm::parse(name));
         self.deltas = Some(named);
         let granted = named.unwrap_or(server.algorithm);
-        self.send(frames::delta_compression_enabled(Some(granted.name())));
         let names: Vec<String> = self
             .subscriptions
             .keys()
@@ -337,6 +336,8 @@ impl Session {
                 }
             }
         }
+        // Told once every channel has them: the next event after this frame is a delta.
+        self.send(frames::delta_compression_enabled(Some(granted.name())));
     }
 
     fn subscription_error(&self, channel: &str, kind: &str, error: &str, status: u16) {
@@ -688,8 +689,11 @@ impl Session {
             None => {}
         }
         self.user_id = Some(id.clone());
+        // Signed in before it is told so: a frame may reach the socket as soon as it is sent
+        // (written directly), and a client that is told may at once be sent to as the user.
+        let online = self.ctx.adapter.sign_in(&self.app.id, &id, &self.conn);
         self.send(frames::signin_success(user_data));
-        if self.ctx.adapter.sign_in(&self.app.id, &id, &self.conn) {
+        if online {
             let frame =
                 Utf8Bytes::from(frames::watchlist_event("online", std::slice::from_ref(&id)));
             self.ctx.adapter.notify_watchers(&self.app.id, &id, &frame);
