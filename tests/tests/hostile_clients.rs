@@ -520,9 +520,8 @@ async fn a_slow_body_is_cut_off() {
 }
 
 /// A reader that stops for a while and then reads again gets every event, once and in order:
-/// its frames go to the socket directly while it takes them, are queued while it does not (the
-/// connection's task writes them, under its deadline), and go directly again once it has caught
-/// up.
+/// its frames wait in its queue (and the socket's buffers) while it does not read, and its task
+/// writes them, under its deadline, once it reads again.
 #[tokio::test]
 async fn a_reader_that_pauses_gets_every_event_in_order() {
     const EVENTS: usize = 4_000;

@@ -1,11 +1,4 @@
-//! A connection as the hub holds it: its socket (while its task is not using it), its bounded
-//! queue of ready-made frames and its closer.
-//!
-//! A frame for a connection whose queue is empty is written to its socket at once by the
-//! broadcasting thread, without waiting: when the socket takes it whole (the common case for a
-//! client that reads), no task is woken and nothing is queued. Otherwise it is queued, and the
-//! connection's task writes it; the task takes the socket out while it writes, so a frame is
-//! written directly only when nothing older can still be on its way, and order holds.
+//! A connection as the hub holds it: its bounded queue of ready-made frames and its closer.
 //!
 //! The queue is a `VecDeque` behind the closer's lock rather than a channel: a channel holds a
 //! block of slots (about 1.5 KB) from its creation for as long as the connection lives, while
@@ -22,47 +15,19 @@ use std::{
     task::Poll,
 };
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures_util::{Sink, StreamExt as _, task::AtomicWaker};
-use prometheus_client::metrics::counter::Counter;
+use axum::extract::ws::Utf8Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use super::SocketId;
-use crate::protocol::{codes, frames::Dialect};
+use crate::protocol::codes;
 
-/// The frames waiting for the connection's task, and its socket while the task leaves it here.
+/// The frames waiting for the connection's task.
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<Utf8Bytes>,
     /// The task is gone: frames are refused rather than held for nobody.
     closed: bool,
-    /// A direct write left bytes the socket did not take: the task must flush them (under its
-    /// write deadline) before anything else is written directly.
-    unflushed: bool,
-    /// The socket, while the task is not writing to it. Boxed, so that the task holding it
-    /// while it writes keeps a pointer in its future rather than the socket's 368 bytes.
-    socket: Option<Box<WebSocket>>,
-}
-
-/// What a connection's frames count in the node's metrics.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SentCounters {
-    /// WebSocket messages sent.
-    pub messages: Counter,
-    /// Bytes of them.
-    pub bytes: Counter,
-}
-
-/// What writing a frame to the socket directly did.
-enum Direct {
-    /// The socket took it whole.
-    Written,
-    /// It is in the socket's buffer, not all of it taken yet: the task must flush.
-    Buffered,
-    /// The socket cannot take it now (its buffer is full): queue it.
-    Refused,
-    /// The socket failed: the connection is ending (its task will see it).
-    Failed,
 }
 
 /// A connection's state shared between its task and the hub: its queue, why it is being
@@ -89,10 +54,6 @@ pub(crate) struct Closer {
     behind_bytes: usize,
     /// Below this many free places in the queue the connection counts as behind.
     behind_free: usize,
-    /// The connection's dialect, for frames written directly.
-    dialect: Dialect,
-    /// Where frames written directly are counted.
-    sent: SentCounters,
 }
 
 impl Closer {
@@ -119,8 +80,6 @@ impl Closer {
             queue: Mutex::default(),
             waker: AtomicWaker::new(),
             queued_bytes: AtomicUsize::new(0),
-            dialect: Dialect::Pusher,
-            sent: SentCounters::default(),
         }
     }
 
@@ -130,21 +89,7 @@ impl Closer {
         max_bytes: usize,
         watermark_percent: u8,
     ) -> (Arc<Self>, Outbound) {
-        Self::open_for(Self::new(max_frames, max_bytes, watermark_percent))
-    }
-
-    /// [`Closer::open`] for a connection of `dialect` whose frames are counted in `sent`.
-    pub(crate) fn open_with(
-        (max_frames, max_bytes, watermark_percent): (usize, usize, u8),
-        dialect: Dialect,
-        sent: SentCounters,
-    ) -> (Arc<Self>, Outbound) {
-        let closer = Self { dialect, sent, ..Self::new(max_frames, max_bytes, watermark_percent) };
-        Self::open_for(closer)
-    }
-
-    fn open_for(closer: Self) -> (Arc<Self>, Outbound) {
-        let closer = Arc::new(closer);
+        let closer = Arc::new(Self::new(max_frames, max_bytes, watermark_percent));
         (closer.clone(), Outbound { closer })
     }
 
@@ -152,38 +97,6 @@ impl Closer {
     pub(crate) fn close(&self, code: u16) {
         if self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.notify.notify_one();
-        }
-    }
-
-    /// A frame in the connection's dialect.
-    pub(crate) fn render(&self, frame: Utf8Bytes) -> Utf8Bytes {
-        match self.dialect.rename(frame.as_str()) {
-            Some(renamed) => Utf8Bytes::from(renamed),
-            None => frame,
-        }
-    }
-
-    /// Write `frame` to `socket` without waiting (the caller holds the queue's lock, the queue
-    /// is empty and nothing is left unflushed, so no older frame can follow it).
-    fn write_now(&self, socket: &mut WebSocket, frame: &Utf8Bytes) -> Direct {
-        // No task waits on this write: a socket that is not ready is left to the connection's
-        // task, which waits with its own waker.
-        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
-        let mut socket = std::pin::Pin::new(socket);
-        match socket.as_mut().poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Pending => return Direct::Refused,
-            Poll::Ready(Err(_)) => return Direct::Failed,
-        }
-        if socket.as_mut().start_send(Message::Text(self.render(frame.clone()))).is_err() {
-            return Direct::Failed;
-        }
-        self.sent.messages.inc();
-        self.sent.bytes.inc_by(frame.len() as u64);
-        match socket.poll_flush(&mut cx) {
-            Poll::Ready(Ok(())) => Direct::Written,
-            Poll::Pending => Direct::Buffered,
-            Poll::Ready(Err(_)) => Direct::Failed,
         }
     }
 
@@ -233,7 +146,6 @@ pub(crate) struct Outbound {
 
 impl Outbound {
     /// The next frame, once there is one.
-    #[cfg(test)]
     pub(crate) async fn recv(&mut self) -> Utf8Bytes {
         poll_fn(|cx| {
             // Registered before looking, so that a frame enqueued after the look wakes us.
@@ -243,47 +155,9 @@ impl Outbound {
         .await
     }
 
-    /// Resolves once there is something to write: queued frames, or bytes a direct write left
-    /// in the socket's buffer.
-    pub(crate) async fn work(&self) {
-        poll_fn(|cx| {
-            self.closer.waker.register(cx.waker());
-            let queue = self.closer.lock();
-            if queue.frames.is_empty() && !queue.unflushed {
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await;
-    }
-
-    /// Leave the socket with the hub, for frames to be written to it directly.
-    pub(crate) fn check_in(&self, socket: Box<WebSocket>) {
-        self.closer.lock().socket = Some(socket);
-    }
-
-    /// Take the socket back to write to it: from now on every frame is queued, and once the
-    /// socket is written it has nothing left unflushed. `None` if it was not checked in.
-    pub(crate) fn check_out(&self) -> Option<Box<WebSocket>> {
-        let mut queue = self.closer.lock();
-        queue.unflushed = false;
-        queue.socket.take()
-    }
-
-    /// The next message from the client (`None` once the socket is closed); pending while the
-    /// socket is checked out.
-    pub(crate) async fn next_message(&self) -> Option<Result<Message, axum::Error>> {
-        poll_fn(|cx| match self.closer.lock().socket.as_mut() {
-            Some(socket) => socket.poll_next_unpin(cx),
-            None => Poll::Pending,
-        })
-        .await
-    }
-
     /// The next frame if one is queued. The queue's buffer is given back when it empties, so
     /// that an idle connection holds none.
-    pub(crate) fn try_recv(&self) -> Option<Utf8Bytes> {
+    pub(crate) fn try_recv(&mut self) -> Option<Utf8Bytes> {
         let mut queue = self.closer.lock();
         let frame = queue.frames.pop_front();
         if queue.frames.is_empty() && queue.frames.capacity() > 0 {
@@ -298,7 +172,6 @@ impl Drop for Outbound {
         let mut queue = self.closer.lock();
         queue.closed = true;
         queue.frames = VecDeque::new();
-        queue.socket = None;
     }
 }
 
@@ -351,34 +224,17 @@ impl Conn {
     /// [`Conn::send`], also telling whether the queue is above the congestion watermark.
     pub(crate) fn deliver(&self, frame: &Utf8Bytes) -> Delivery {
         let closer = &*self.closer;
-        let mut queue = closer.lock();
-        if queue.frames.is_empty() && !queue.unflushed && !queue.closed {
-            let queue = &mut *queue;
-            if let Some(socket) = queue.socket.as_mut() {
-                match closer.write_now(socket, frame) {
-                    Direct::Written => return Delivery::Queued { behind: false },
-                    // The task flushes the rest; it is woken below. A failed socket is the
-                    // task's to notice, which it does at once.
-                    Direct::Buffered | Direct::Failed => {
-                        queue.unflushed = true;
-                        closer.waker.wake();
-                        return Delivery::Queued { behind: false };
-                    }
-                    Direct::Refused => {}
-                }
-            }
-        }
         let len = if closer.counts(frame.len()) { frame.len() } else { 0 };
         let mut queued = 0;
         if len > 0 {
             queued = closer.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
             if queued > closer.max_counted {
                 closer.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                drop(queue);
                 closer.close(codes::OVER_CAPACITY);
                 return Delivery::Refused;
             }
         }
+        let mut queue = closer.lock();
         let waiting = queue.frames.len();
         if queue.closed || waiting >= closer.max_frames {
             let full = !queue.closed;
@@ -390,11 +246,9 @@ impl Conn {
             return Delivery::Refused;
         }
         queue.frames.push_back(frame.clone());
-        let wake = waiting == 0 && !queue.unflushed;
         drop(queue);
-        // The task only sleeps with nothing to write: a frame joining others (or bytes left
-        // unflushed, for which it was woken) needs no wake-up.
-        if wake {
+        // The task only sleeps on an empty queue: a frame joining others needs no wake-up.
+        if waiting == 0 {
             closer.waker.wake();
         }
         let free = closer.max_frames - waiting - 1;
@@ -429,7 +283,7 @@ mod tests {
 
     #[test]
     fn an_emptied_queue_gives_its_buffer_back() {
-        let (closer, outbound) = Closer::open(16, 0, 90);
+        let (closer, mut outbound) = Closer::open(16, 0, 90);
         let conn = Conn::new("1.1".into(), closer.clone());
         assert_eq!(capacity(&closer), 0, "no buffer before any frame");
         for n in 0..5 {

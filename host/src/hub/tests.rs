@@ -25,7 +25,7 @@ fn a_queue_is_bounded_in_bytes_and_says_when_it_is_behind() {
 
 #[test]
 fn a_queue_is_bounded_in_frames() {
-    let (conn, rx, closer) = conn("1.1", 4, 0);
+    let (conn, mut rx, closer) = conn("1.1", 4, 0);
     let frame = Utf8Bytes::from("x");
     assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: false });
     assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: false });
@@ -201,7 +201,7 @@ fn a_full_queue_closes_its_connection_with_4100_and_others_still_get_the_event()
     let hub = Hub::default();
     let ack = |_: &mut dyn Iterator<Item = (&str, &Value)>| vec![Utf8Bytes::from("ack")];
     let (slow, _slow_rx, slow_closer) = conn("1.1", 2, 0);
-    let (fast, fast_rx, fast_closer) = conn("1.2", 8, 0);
+    let (fast, mut fast_rx, fast_closer) = conn("1.2", 8, 0);
     hub.subscribe("app", "ch", &slow, None, Wants::default(), ack).unwrap();
     hub.subscribe("app", "ch", &fast, None, Wants::default(), ack).unwrap();
     let frame = Utf8Bytes::from("e");

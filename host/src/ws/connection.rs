@@ -4,7 +4,7 @@
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{FutureExt as _, SinkExt as _};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use tokio::time::{Instant, Sleep};
 
 use super::session::Session;
@@ -14,7 +14,7 @@ use crate::{
     ctx::Ctx,
     edge::{OverLimit, Peer},
     feed::{Entry, Kind},
-    hub::{Closer, Conn, Outbound, SentCounters},
+    hub::{Closer, Conn, Outbound},
     metrics::Metrics,
     protocol::{
         codes,
@@ -141,15 +141,13 @@ async fn admit(
 /// Run one connection to its end.
 ///
 /// Not an `async fn`: the future is held for the connection's whole life, and an `async fn`
-/// keeps its arguments besides the locals they become. The handshake runs in a box of its own
-/// that hands the socket back, so that neither the socket nor the handshake's key and query
-/// take space in the connection's future; the socket is then left with the hub, which writes
-/// frames to it directly, and taken back by the task only to write what was queued. The other
-/// rare, deep states (a client message's handling, a blocked write, the close) run boxed too,
-/// so that the future is only as large as an idle connection's state (8 KB before, most of an
-/// idle connection's memory).
+/// keeps its arguments besides the locals they become (the socket twice). The socket is not
+/// split either: reading and writing never overlap here, and a split puts it behind a shared
+/// lock (one more allocation, and a lock taken for every read and write). The rare, deep states (the handshake's lookups, a client
+/// message's handling, a blocked write, the close) run boxed, so that the future is only as
+/// large as an idle connection's state (8 KB before, most of an idle connection's memory).
 pub(super) fn run(
-    socket: WebSocket,
+    mut socket: WebSocket,
     ctx: Arc<Ctx>,
     key: String,
     query: HashMap<String, String>,
@@ -158,12 +156,19 @@ pub(super) fn run(
 ) -> impl Future<Output = ()> + Send {
     let patience = ctx.settings.pong_timeout.min(CLOSE_PATIENCE);
     let dialect = Dialect::of(query.get("protocol").map(String::as_str));
+    // Made here, so that the key and query live in its box, not in the connection's future.
     let over_limit = peer.as_ref().and_then(|p| p.over_limit);
-    let handshake = Box::pin(handshake(socket, ctx.clone(), key, query, ip, over_limit));
+    let admission = Box::pin(admit(ctx.clone(), key, query, ip, over_limit));
     async move {
-        let Some((app, socket)) = handshake.await else { return };
-        let (conn, outbound, closer) = open(&ctx, &app, dialect);
-        outbound.check_in(Box::new(socket));
+        let app = match admission.await {
+            Ok(app) => app,
+            Err(Refused(code, reason)) => {
+                ctx.metrics.connection_errors.inc();
+                return Box::pin(refuse(&mut socket, dialect, patience, code, &reason)).await;
+            }
+        };
+
+        let (conn, mut outbound, closer) = open(&ctx, &app, dialect);
         // Boxed: most of its 360 bytes are maps an idle connection leaves empty, and in the box
         // they do not push the connection's future into a larger allocation size class.
         let mut session = Box::new(Session::new(ctx.clone(), app.clone(), conn.clone()));
@@ -185,27 +190,23 @@ pub(super) fn run(
             tokio::select! {
                 biased;
                 end = stops.any(session.signed_in()) => break end,
-                () = outbound.work() => {
-                    let Some(mut socket) = outbound.check_out() else { break End::Gone };
-                    let ended = {
-                        let write = write_queued(&mut socket, &outbound, &ctx, &closer);
-                        tokio::pin!(write);
-                        match write.as_mut().now_or_never() {
-                            Some(written) => written.is_err().then_some(End::Gone),
-                            None => {
-                                let watch = Watch { stops: &mut stops, keepalive: &mut keepalive, signed_in: session.signed_in() };
-                                Box::pin(finish_write(write, watch, &conn, peer.as_ref(), &ctx)).await
-                            }
+                frame = outbound.recv() => {
+                    let write = write_batch(&mut socket, dialect, frame, &mut outbound, &ctx, &closer);
+                    tokio::pin!(write);
+                    let ended = match write.as_mut().now_or_never() {
+                        Some(written) => written.is_err().then_some(End::Gone),
+                        None => {
+                            let watch = Watch { stops: &mut stops, keepalive: &mut keepalive, signed_in: session.signed_in() };
+                            Box::pin(finish_write(write, watch, &conn, peer.as_ref(), &ctx)).await
                         }
                     };
-                    outbound.check_in(socket);
                     if let Some(end) = ended {
                         break end;
                     }
                 }
-                message = outbound.next_message() => {
+                message = socket.next() => {
                     keepalive.heard();
-                    let read = read(message, &mut session, &outbound, dialect, patience, &ctx);
+                    let read = read(message, &mut session, &mut socket, dialect, patience, &ctx);
                     if let Some(end) = Box::pin(read).await {
                         break end;
                     }
@@ -218,39 +219,15 @@ pub(super) fn run(
             }
         };
 
-        // From here every frame is queued, for nobody: the connection is ending.
-        if let (End::Close(code), Some(mut socket)) = (end, outbound.check_out()) {
+        if let End::Close(code) = end {
             Box::pin(close_with(&mut socket, dialect, patience, code, &ctx)).await;
         }
-        drop(outbound);
         Box::pin(session.end()).await;
         ctx.feed.tap.record(&app.id, || closed(&conn, end));
         ctx.adapter.release(&app.id);
         ctx.metrics.connected.dec();
         ctx.metrics.disconnections.inc();
         tracing::debug!("Disconnected.");
-    }
-}
-
-/// The handshake's checks, answering a refused connection on its socket: the app and the
-/// socket back when admitted.
-async fn handshake(
-    mut socket: WebSocket,
-    ctx: Arc<Ctx>,
-    key: String,
-    query: HashMap<String, String>,
-    ip: Option<std::net::IpAddr>,
-    over_limit: Option<OverLimit>,
-) -> Option<(Arc<App>, WebSocket)> {
-    let patience = ctx.settings.pong_timeout.min(CLOSE_PATIENCE);
-    let dialect = Dialect::of(query.get("protocol").map(String::as_str));
-    match admit(ctx.clone(), key, query, ip, over_limit).await {
-        Ok(app) => Some((app, socket)),
-        Err(Refused(code, reason)) => {
-            ctx.metrics.connection_errors.inc();
-            refuse(&mut socket, dialect, patience, code, &reason).await;
-            None
-        }
     }
 }
 
@@ -395,16 +372,11 @@ fn open(ctx: &Ctx, app: &App, dialect: Dialect) -> (Conn, Outbound, Arc<Closer>)
     let span = tracing::Span::current();
     span.record("app", app.id.as_str());
     span.record("socket_id", socket_id.as_str());
-    let bounds = (
+    let (closer, outbound) = Closer::open(
         ctx.settings.ws_max_queued_messages,
         ctx.settings.ws_max_queued_bytes,
         ctx.settings.overload.watermark_percent,
     );
-    let sent = SentCounters {
-        messages: ctx.metrics.ws_messages_sent.clone(),
-        bytes: ctx.metrics.ws_bytes_sent.clone(),
-    };
-    let (closer, outbound) = Closer::open_with(bounds, dialect, sent);
     // Protocol-2 sockets get app events with their recovery position, as Sockudo sends them;
     // protocol-7 ones too when the app asks (pusher-js with the recovery helper). Not for an
     // app that turned recovery off: its sockets are told recovery is not enabled.
@@ -426,7 +398,7 @@ fn open(ctx: &Ctx, app: &App, dialect: Dialect) -> (Conn, Outbound, Arc<Closer>)
 async fn read(
     message: Option<Result<Message, axum::Error>>,
     session: &mut Session,
-    outbound: &Outbound,
+    socket: &mut WebSocket,
     dialect: Dialect,
     patience: Duration,
     ctx: &Ctx,
@@ -440,8 +412,6 @@ async fn read(
                 // says what (RFC 6455 7.4.1), and the connection lingers so the code is read
                 // rather than lost in a reset.
                 Metrics::count(&ctx.metrics.ws_protocol_errors, "code", code_label(code));
-                let Some(mut socket) = outbound.check_out() else { return Some(End::Gone) };
-                let socket = &mut socket;
                 if code == 1009 {
                     let error = frames::error(codes::BAD_MESSAGE, &text);
                     let _ = socket.feed(Message::Text(render(dialect, error.into()))).await;
@@ -473,21 +443,24 @@ fn render(dialect: Dialect, frame: Utf8Bytes) -> Utf8Bytes {
     }
 }
 
-/// Write what is queued (up to a batch), then flush once: which also flushes what a direct
-/// write left in the socket's buffer.
-async fn write_queued(
+/// Write `first` and whatever else is queued (up to a batch), then flush once.
+async fn write_batch(
     socket: &mut WebSocket,
-    outbound: &Outbound,
+    dialect: Dialect,
+    first: Utf8Bytes,
+    outbound: &mut Outbound,
     ctx: &Ctx,
     closer: &Closer,
 ) -> Result<(), axum::Error> {
     let counted = |frame: &Utf8Bytes| if closer.counts(frame.len()) { frame.len() } else { 0 };
-    let (mut bytes, mut taken, mut count) = (0, 0, 0);
+    let (mut bytes, mut taken) = (first.len(), counted(&first));
+    socket.feed(Message::Text(render(dialect, first))).await?;
+    let mut count = 1;
     while count < WRITE_BATCH {
         let Some(frame) = outbound.try_recv() else { break };
         bytes += frame.len();
         taken += counted(&frame);
-        socket.feed(Message::Text(closer.render(frame))).await?;
+        socket.feed(Message::Text(render(dialect, frame))).await?;
         count += 1;
     }
     // Frames count against the queue's byte bound until they are handed to the socket (a
