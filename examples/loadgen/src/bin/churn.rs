@@ -63,6 +63,23 @@ struct Tally {
     latencies: Mutex<Vec<u64>>,
 }
 
+impl Tally {
+    /// Count one operation: its acknowledgement's latency, or a failure. Whether it succeeded.
+    fn record(&self, outcome: anyhow::Result<u64>) -> bool {
+        match outcome {
+            Ok(latency) => {
+                self.done.fetch_add(1, Ordering::Relaxed);
+                self.latencies.lock().unwrap().push(latency);
+                true
+            }
+            Err(_) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
 fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb: f64 = status
@@ -122,15 +139,7 @@ async fn connection(url: String, n: u64, tally: Arc<Tally>) {
         ws.close(None).await?;
         anyhow::Ok(latency)
     };
-    match life.await {
-        Ok(latency) => {
-            tally.done.fetch_add(1, Ordering::Relaxed);
-            tally.latencies.lock().unwrap().push(latency);
-        }
-        Err(_) => {
-            tally.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+    tally.record(life.await);
 }
 
 /// One open connection cycling through subscribe and unsubscribe, `per_second` times a second.
@@ -149,15 +158,8 @@ async fn cycler(url: String, id: usize, per_second: f64, until: Instant, tally: 
             ws.send(Message::text(leave.to_string())).await?;
             anyhow::Ok(latency)
         };
-        match cycle.await {
-            Ok(latency) => {
-                tally.done.fetch_add(1, Ordering::Relaxed);
-                tally.latencies.lock().unwrap().push(latency);
-            }
-            Err(_) => {
-                tally.failed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+        if !tally.record(cycle.await) {
+            return;
         }
     }
 }
