@@ -1,6 +1,7 @@
 //! How often each client address did something lately: a count per address over a window that
 //! starts at its first event, for the per-address budgets that need no shared state between
-//! nodes (TLS handshakes, wrong admin tokens, lookups of apps that do not exist).
+//! nodes (TLS handshakes, wrong admin tokens, lookups of apps that do not exist), and the one
+//! window count they are made of.
 
 use std::{
     collections::HashMap,
@@ -12,11 +13,41 @@ use std::{
 /// Addresses tracked at most; a flood from more is bounded below.
 const MAX_ADDRESSES: usize = 10_000;
 
+/// A count over a window that starts at its first event (and again at the first after it
+/// ended): one address's here, one connection's subscribes in its session.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WindowCount(Option<(Instant, u32)>);
+
+impl WindowCount {
+    /// The count in the current window, and the time left in it (none counted: 0 and no time).
+    pub(crate) fn current(&self, window: Duration) -> (u32, Duration) {
+        self.0
+            .and_then(|(began, n)| Some((n, window.checked_sub(began.elapsed())?)))
+            .unwrap_or_default()
+    }
+
+    /// Count one more; the count in the current window.
+    pub(crate) fn add(&mut self, window: Duration) -> u32 {
+        let (began, n) = match self.0 {
+            Some((began, n)) if began.elapsed() < window => (began, n),
+            _ => (Instant::now(), 0),
+        };
+        let n = n.saturating_add(1);
+        self.0 = Some((began, n));
+        n
+    }
+
+    /// Whether its window is still open.
+    fn open(&self, window: Duration) -> bool {
+        self.0.is_some_and(|(began, _)| began.elapsed() < window)
+    }
+}
+
 /// Counts per address, each over its own `window`.
 #[derive(Debug)]
 pub(crate) struct AddressCounts {
     window: Duration,
-    counts: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    counts: Mutex<HashMap<IpAddr, WindowCount>>,
 }
 
 impl AddressCounts {
@@ -29,29 +60,21 @@ impl AddressCounts {
     /// 0 and no time).
     pub(crate) fn current(&self, ip: IpAddr) -> (u32, Duration) {
         let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        counts
-            .get(&ip)
-            .and_then(|(began, n)| Some((*n, self.window.checked_sub(began.elapsed())?)))
-            .unwrap_or_default()
+        counts.get(&ip).map(|count| count.current(self.window)).unwrap_or_default()
     }
 
     /// Count one more for `ip`; its count in the current window.
     pub(crate) fn add(&self, ip: IpAddr) -> u32 {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         if counts.len() >= MAX_ADDRESSES && !counts.contains_key(&ip) {
-            counts.retain(|_, (began, _)| began.elapsed() < self.window);
+            counts.retain(|_, count| count.open(self.window));
             if counts.len() >= MAX_ADDRESSES {
                 // Every slot is a live window: start again with the newcomer rather than grow
                 // or let it through uncounted.
                 counts.clear();
             }
         }
-        let entry = counts.entry(ip).or_insert((Instant::now(), 0));
-        if entry.0.elapsed() >= self.window {
-            *entry = (Instant::now(), 0);
-        }
-        entry.1 = entry.1.saturating_add(1);
-        entry.1
+        counts.entry(ip).or_default().add(self.window)
     }
 }
 

@@ -18,7 +18,7 @@
 pub(crate) mod adapter;
 pub(crate) mod address_counts;
 pub(crate) mod admin;
-pub mod allocator;
+pub(crate) mod allocator;
 pub(crate) mod apps;
 pub mod benchmarks;
 pub(crate) mod beside;

@@ -187,21 +187,24 @@ fn proc_stats(pid: u32) -> Option<(u64, f64)> {
         .nth(1)?
         .parse()
         .ok()?;
+    let (user, kernel) = cpu_times(pid)?;
+    Some((rss_kb * 1024, user + kernel))
+}
+
+/// (user, kernel) CPU seconds of a process.
+fn cpu_times(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(") ")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some((rss_kb * 1024, ticks / 100.0))
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? / 100.0, ticks(12)? / 100.0))
 }
 
 /// (user, kernel) CPU seconds of the processes together.
 fn cpu_split(pids: &[u32]) -> Option<(f64, f64)> {
     let mut total = (0.0, 0.0);
     for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-        total.0 += fields.get(11)?.parse::<f64>().ok()? / 100.0;
-        total.1 += fields.get(12)?.parse::<f64>().ok()? / 100.0;
+        let (user, kernel) = cpu_times(*pid)?;
+        total = (total.0 + user, total.1 + kernel);
     }
     (!pids.is_empty()).then_some(total)
 }

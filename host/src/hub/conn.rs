@@ -59,7 +59,7 @@ pub(crate) struct Closer {
 impl Closer {
     /// A closer for a queue of `max_frames` frames and `max_bytes` bytes (0 = no byte bound),
     /// which counts as behind when fuller than `watermark_percent`.
-    pub(crate) fn new(max_frames: usize, max_bytes: usize, watermark_percent: u8) -> Self {
+    fn new(max_frames: usize, max_bytes: usize, watermark_percent: u8) -> Self {
         let max_frames = max_frames.max(1);
         let free = 100 - usize::from(watermark_percent.min(99));
         // Small frames fill at most a quarter of the byte bound, counted ones the rest.

@@ -143,9 +143,10 @@ async fn admit(
 /// Not an `async fn`: the future is held for the connection's whole life, and an `async fn`
 /// keeps its arguments besides the locals they become (the socket twice). The socket is not
 /// split either: reading and writing never overlap here, and a split puts it behind a shared
-/// lock (one more allocation, and a lock taken for every read and write). The rare, deep states (the handshake's lookups, a client
-/// message's handling, a blocked write, the close) run boxed, so that the future is only as
-/// large as an idle connection's state (8 KB before, most of an idle connection's memory).
+/// lock (one more allocation, and a lock taken for every read and write). The rare, deep
+/// states (the handshake's lookups, a client message's handling, a blocked write, the close)
+/// run boxed, so that the future is only as large as an idle connection's state (8 KB before,
+/// most of an idle connection's memory).
 pub(super) fn run(
     mut socket: WebSocket,
     ctx: Arc<Ctx>,

@@ -6,7 +6,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::extract::ws::Utf8Bytes;
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, value::RawValue};
 
 use crate::{
+    address_counts::WindowCount,
     apps::App,
     ctx::Ctx,
     delta::Algorithm,
@@ -110,8 +111,8 @@ pub(super) struct Session {
     /// The tag filter of each subscription that has one (the node's shared copies), for the
     /// connection's filter budget.
     filters: HashMap<String, Arc<Filter>>,
-    /// Subscribes and unsubscribes in the current window: when it began, and how many.
-    operations: Option<(Instant, u32)>,
+    /// Subscribes and unsubscribes in the current window.
+    operations: WindowCount,
 }
 
 impl Session {
@@ -129,7 +130,7 @@ impl Session {
             delta_channels: HashSet::new(),
             delta_chosen: HashSet::new(),
             filters: HashMap::new(),
-            operations: None,
+            operations: WindowCount::default(),
         }
     }
 
@@ -363,18 +364,11 @@ impl Session {
         if limit == 0 || !self.ctx.settings.rate_limiter_enabled {
             return true;
         }
-        let now = Instant::now();
-        let (started, count) = match self.operations {
-            Some((started, count)) if now.duration_since(started) < OPERATIONS_WINDOW => {
-                (started, count)
-            }
-            _ => (now, 0),
-        };
-        if count >= limit {
+        if self.operations.current(OPERATIONS_WINDOW).0 >= limit {
             self.ctx.metrics.rate_limited.inc();
             return false;
         }
-        self.operations = Some((started, count + 1));
+        self.operations.add(OPERATIONS_WINDOW);
         true
     }
 
@@ -713,8 +707,8 @@ impl Session {
             None => {}
         }
         self.user_id = Some(id.clone());
-        // Signed in before it is told so: a frame may reach the socket as soon as it is sent
-        // (written directly), and a client that is told may at once be sent to as the user.
+        // Signed in before it is told so: a client that is told may at once be sent to as the
+        // user.
         let online = self.ctx.adapter.sign_in(&self.app.id, &id, &self.conn);
         self.send(frames::signin_success(user_data));
         if online {
