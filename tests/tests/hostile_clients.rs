@@ -272,6 +272,35 @@ async fn bad_frames_get_1007_and_1002() {
     assert_eq!(raw::close_code(&mut stream).await, 1002);
 }
 
+/// Several messages in one TCP segment: the socket is ready once, but each message is read and
+/// answered (the connection looks at its socket again after every message it reads). The first
+/// ones get no answer, so that no write of the server's stirs the socket in between.
+#[tokio::test]
+async fn messages_that_arrive_together_are_each_answered() {
+    let server = Server::start();
+    let mut stream = raw::connect(server.port, &TestApp::main().key).await;
+    raw::read_frame(&mut stream).await;
+    let mut segment = Vec::new();
+    for _ in 0..10 {
+        let pong = json!({"event": "pusher:pong", "data": {}});
+        segment.extend(raw::frame(1, pong.to_string().as_bytes(), true));
+    }
+    for n in 0..3 {
+        let subscribe =
+            json!({"event": "pusher:subscribe", "data": {"channel": format!("together-{n}")}});
+        segment.extend(raw::frame(1, subscribe.to_string().as_bytes(), true));
+    }
+    stream.write_all(&segment).await.unwrap();
+    let mut acknowledged = Vec::new();
+    while acknowledged.len() < 3 {
+        let (_, payload) = raw::read_frame(&mut stream).await;
+        let frame: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(frame["event"], "pusher_internal:subscription_succeeded", "{frame}");
+        acknowledged.push(frame["channel"].as_str().unwrap().to_string());
+    }
+    assert_eq!(acknowledged, ["together-0", "together-1", "together-2"]);
+}
+
 #[tokio::test]
 async fn channels_per_connection_and_subscription_rate_are_bounded() {
     let server = Server::builder()

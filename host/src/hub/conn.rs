@@ -10,14 +10,13 @@ use std::{
     future::poll_fn,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU16, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering},
     },
-    task::Poll,
+    task::{Poll, Waker},
 };
 
 use axum::extract::ws::Utf8Bytes;
-use futures_util::task::AtomicWaker;
-use tokio::sync::Notify;
+use futures_util::task::{ArcWake, AtomicWaker};
 
 use super::SocketId;
 use crate::protocol::codes;
@@ -32,14 +31,21 @@ struct Queue {
 
 /// A connection's state shared between its task and the hub: its queue, why it is being
 /// closed, and how many bytes wait in its queue.
+///
+/// It is also the waker of the connection's rare events (its socket's reads, its timers, the
+/// node shutting down, its app ending): they wake the task through it, which marks the task
+/// `stirred`, so a task woken for a frame writes it without polling every one of them (each
+/// poll takes a lock: a third of the task's work per delivery before).
 #[derive(Debug)]
 pub(crate) struct Closer {
     /// The close code, 0 while open.
     code: AtomicU16,
-    notify: Notify,
     queue: Mutex<Queue>,
-    /// The task waiting for frames, woken when the queue stops being empty.
+    /// The task, woken when the queue stops being empty, a close is requested or a rare
+    /// event comes.
     waker: AtomicWaker,
+    /// A rare event may have come since the task last looked: it polls them all.
+    stirred: AtomicBool,
     /// The bound on queued frames.
     max_frames: usize,
     /// Bytes of counted frames enqueued and not yet taken by the connection's task.
@@ -76,9 +82,10 @@ impl Closer {
             behind_free: max_frames.saturating_mul(free) / 100,
             max_frames,
             code: AtomicU16::new(0),
-            notify: Notify::new(),
             queue: Mutex::default(),
             waker: AtomicWaker::new(),
+            // So that the task's first turn polls (and so registers with) every event source.
+            stirred: AtomicBool::new(true),
             queued_bytes: AtomicUsize::new(0),
         }
     }
@@ -96,8 +103,14 @@ impl Closer {
     /// Ask the connection's task to close with `code`; the first request wins.
     pub(crate) fn close(&self, code: u16) {
         if self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.notify.notify_one();
+            self.waker.wake();
         }
+    }
+
+    /// Mark the task stirred and wake it: its next turn polls its rare events.
+    pub(crate) fn stir(&self) {
+        self.stirred.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// The requested close code, if any.
@@ -108,15 +121,21 @@ impl Closer {
         }
     }
 
-    /// Resolves once a close is requested.
-    pub(crate) async fn wait(&self) {
-        loop {
-            let notified = self.notify.notified();
-            if self.requested().is_some() {
-                return;
-            }
-            notified.await;
-        }
+    /// Mark the task stirred without a wake (it is running): it polled a rare event with its
+    /// own waker (while a write was blocked), or one may have more to give (a socket with
+    /// buffered messages, a re-armed timer).
+    pub(crate) fn restir(&self) {
+        self.stirred.store(true, Ordering::Release);
+    }
+
+    /// Resolves with the close code once a close is requested (for a task busy elsewhere than
+    /// in [`Outbound::next`]).
+    pub(crate) async fn closing(&self) -> u16 {
+        poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            self.requested().map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
     }
 
     /// Whether a frame of `len` bytes counts against the byte bound.
@@ -138,6 +157,23 @@ impl Closer {
     }
 }
 
+impl ArcWake for Closer {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.stir();
+    }
+}
+
+/// What the connection's task has to do next.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// Close with this code.
+    Close(u16),
+    /// Write this frame (and what else is queued).
+    Frame(Utf8Bytes),
+    /// Poll the rare events, with [`Outbound::rare_waker`].
+    Stirred,
+}
+
 /// The receiving end of a connection's queue, owned by its task. Dropping it closes the queue.
 #[derive(Debug)]
 pub(crate) struct Outbound {
@@ -145,10 +181,49 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
+    /// The waker to poll the connection's rare events with, so that they mark it stirred.
+    pub(crate) fn rare_waker(&self) -> Waker {
+        futures_util::task::waker(self.closer.clone())
+    }
+
+    /// What to do next, once there is something: a requested close first, then frames and
+    /// rare events, `frames_first` or the other way round (the caller alternates, so that
+    /// neither a busy queue nor a chatty client starves the other).
+    pub(crate) async fn next(&mut self, frames_first: bool) -> Next {
+        poll_fn(|cx| {
+            if let Some(next) = self.look(frames_first) {
+                return Poll::Ready(next);
+            }
+            // Registered only when there is nothing (a task woken for a frame takes it without
+            // registering again), and before looking once more, so that whatever comes after
+            // that look wakes us.
+            self.closer.waker.register(cx.waker());
+            self.look(frames_first).map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
+    }
+
+    fn look(&mut self, frames_first: bool) -> Option<Next> {
+        if let Some(code) = self.closer.requested() {
+            return Some(Next::Close(code));
+        }
+        // Read before it is swapped: the swap writes a line the publishing threads share.
+        let stirred = |closer: &Closer| {
+            closer.stirred.load(Ordering::Acquire) && closer.stirred.swap(false, Ordering::AcqRel)
+        };
+        if !frames_first && stirred(&self.closer) {
+            return Some(Next::Stirred);
+        }
+        if let Some(frame) = self.try_recv() {
+            return Some(Next::Frame(frame));
+        }
+        (frames_first && stirred(&self.closer)).then_some(Next::Stirred)
+    }
+
     /// The next frame, once there is one.
+    #[cfg(test)]
     pub(crate) async fn recv(&mut self) -> Utf8Bytes {
         poll_fn(|cx| {
-            // Registered before looking, so that a frame enqueued after the look wakes us.
             self.closer.waker.register(cx.waker());
             self.try_recv().map_or(Poll::Pending, Poll::Ready)
         })
@@ -172,6 +247,9 @@ impl Drop for Outbound {
         let mut queue = self.closer.lock();
         queue.closed = true;
         queue.frames = VecDeque::new();
+        drop(queue);
+        // The task's waker, which it may not need again.
+        drop(self.closer.waker.take());
     }
 }
 
@@ -271,7 +349,7 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
-    use std::task::{Context, Poll};
+    use std::task::{Context, Poll, Waker};
 
     use futures_util::{FutureExt as _, task::noop_waker};
 
@@ -339,5 +417,61 @@ mod tests {
         let (closer, mut outbound) = Closer::open(4, 0, 90);
         assert!(Conn::new("1.1".into(), closer).send(&Utf8Bytes::from("x")));
         assert_eq!(outbound.recv().now_or_never().map(|f| f.to_string()), Some("x".into()));
+    }
+
+    fn poll_next(outbound: &mut Outbound, frames_first: bool, waker: &Waker) -> Poll<Next> {
+        let mut next = Box::pin(outbound.next(frames_first));
+        next.as_mut().poll(&mut Context::from_waker(waker))
+    }
+
+    #[test]
+    fn a_task_woken_by_a_rare_event_is_told_it_is_stirred_and_only_then() {
+        let (closer, mut outbound) = Closer::open(16, 0, 90);
+        let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = futures_util::task::waker(Arc::new(Flag(woken.clone())));
+        // The first turn polls every rare event, to register with them.
+        assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Stirred)));
+        assert!(poll_next(&mut outbound, false, &task).is_pending(), "nothing came since");
+        // A timer or a socket wakes the rare waker: the task is woken, and stirred.
+        outbound.rare_waker().wake_by_ref();
+        assert!(woken.swap(false, Ordering::AcqRel), "the task is woken");
+        assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Stirred)));
+        assert!(poll_next(&mut outbound, false, &task).is_pending());
+        // A frame wakes it too, but does not stir it.
+        assert!(Conn::new("1.1".into(), closer).send(&Utf8Bytes::from("f")));
+        assert!(woken.swap(false, Ordering::AcqRel));
+        assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Frame(_))));
+        assert!(poll_next(&mut outbound, false, &task).is_pending());
+    }
+
+    #[test]
+    fn frames_and_rare_events_take_turns_and_a_close_comes_first() {
+        let (closer, mut outbound) = Closer::open(16, 0, 90);
+        let conn = Conn::new("1.1".into(), closer.clone());
+        let task = noop_waker();
+        assert!(conn.send(&Utf8Bytes::from("a")) && conn.send(&Utf8Bytes::from("b")));
+        assert!(matches!(poll_next(&mut outbound, true, &task), Poll::Ready(Next::Frame(_))));
+        assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Stirred)));
+        closer.restir();
+        closer.close(codes::RECONNECT);
+        assert!(matches!(
+            poll_next(&mut outbound, true, &task),
+            Poll::Ready(Next::Close(codes::RECONNECT))
+        ));
+    }
+
+    #[test]
+    fn a_close_request_wakes_a_waiting_task() {
+        let (closer, mut outbound) = Closer::open(16, 0, 90);
+        let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = futures_util::task::waker(Arc::new(Flag(woken.clone())));
+        assert!(poll_next(&mut outbound, false, &task).is_ready(), "the first turn's stir");
+        assert!(poll_next(&mut outbound, false, &task).is_pending());
+        closer.close(codes::OVER_CAPACITY);
+        assert!(woken.load(Ordering::Acquire));
+        assert!(matches!(
+            poll_next(&mut outbound, false, &task),
+            Poll::Ready(Next::Close(codes::OVER_CAPACITY))
+        ));
     }
 }

@@ -33,7 +33,7 @@ mod snapshot;
 mod tests;
 mod users;
 
-pub(crate) use conn::{Closer, Conn, Delivery, Outbound};
+pub(crate) use conn::{Closer, Conn, Delivery, Next, Outbound};
 use filtered::Filtered;
 
 /// A presence member: one user, possibly on several connections.

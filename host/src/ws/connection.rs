@@ -1,7 +1,7 @@
 //! One connection's task: the handshake checks, then a loop that reads client messages, writes
 //! queued frames, pings after silence, and closes when asked.
 
-use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, task::Poll, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
@@ -14,7 +14,7 @@ use crate::{
     ctx::Ctx,
     edge::{OverLimit, Peer},
     feed::{Entry, Kind},
-    hub::{Closer, Conn, Outbound},
+    hub::{Closer, Conn, Next, Outbound},
     metrics::Metrics,
     protocol::{
         codes,
@@ -173,8 +173,6 @@ pub(super) fn run(
         // Boxed: most of its 360 bytes are maps an idle connection leaves empty, and in the box
         // they do not push the connection's future into a larger allocation size class.
         let mut session = Box::new(Session::new(ctx.clone(), app.clone(), conn.clone()));
-        // Made once, not per loop turn: registering with a notifier on every message costs.
-        let close_requested = closer.wait();
         let shutting_down = ctx.shutdown.cancelled();
         let app_ended = app_ended(&ctx, &app.id);
         // Apps that require sign-in give a connection this long to do it (a timer only there).
@@ -182,39 +180,74 @@ pub(super) fn run(
             .enable_user_authentication
             .then(|| Box::pin(tokio::time::sleep(ctx.settings.user_authentication_timeout)));
         let timer = tokio::time::sleep(ctx.settings.activity_timeout);
-        tokio::pin!(close_requested, shutting_down, app_ended, timer);
-        let mut stops =
-            Stops::new(close_requested, shutting_down, app_ended, signin_deadline, &closer);
+        tokio::pin!(shutting_down, app_ended, timer);
+        let mut stops = Stops::new(shutting_down, app_ended, signin_deadline);
         let mut keepalive = Keepalive::new(timer, &ctx.settings);
+        // The socket's reads, the timers and the stops are polled with this waker, so that
+        // they mark the task stirred when they wake it, and only then are they polled again: a
+        // task woken for a frame writes it and sleeps (see `Closer`).
+        let rare = outbound.rare_waker();
+        let mut frames_first = false;
 
         let end = loop {
-            tokio::select! {
-                biased;
-                end = stops.any(session.signed_in()) => break end,
-                frame = outbound.recv() => {
-                    let write = write_batch(&mut socket, dialect, frame, &mut outbound, &ctx, &closer);
+            let next = outbound.next(frames_first).await;
+            frames_first = matches!(next, Next::Stirred);
+            match next {
+                Next::Close(code) => break End::Close(code),
+                Next::Frame(frame) => {
+                    let write =
+                        write_batch(&mut socket, dialect, frame, &mut outbound, &ctx, &closer);
                     tokio::pin!(write);
                     let ended = match write.as_mut().now_or_never() {
                         Some(written) => written.is_err().then_some(End::Gone),
                         None => {
-                            let watch = Watch { stops: &mut stops, keepalive: &mut keepalive, signed_in: session.signed_in() };
-                            Box::pin(finish_write(write, watch, &conn, peer.as_ref(), &ctx)).await
+                            let watch = Watch {
+                                stops: &mut stops,
+                                keepalive: &mut keepalive,
+                                signed_in: session.signed_in(),
+                            };
+                            let ended = Box::pin(finish_write(
+                                write,
+                                watch,
+                                &conn,
+                                &closer,
+                                peer.as_ref(),
+                                &ctx,
+                            ))
+                            .await;
+                            // The timers and stops were polled with the task's own waker.
+                            closer.restir();
+                            ended
                         }
                     };
                     if let Some(end) = ended {
                         break end;
                     }
                 }
-                message = socket.next() => {
-                    keepalive.heard();
-                    let read = read(message, &mut session, &mut socket, dialect, patience, &ctx);
-                    if let Some(end) = Box::pin(read).await {
-                        break end;
-                    }
-                }
-                () = keepalive.due() => {
-                    if let Some(code) = keepalive.on_timer(&conn) {
-                        break End::Close(code);
+                Next::Stirred => {
+                    let message = {
+                        let mut cx = std::task::Context::from_waker(&rare);
+                        if let Poll::Ready(end) = stops.poll_any(&mut cx, session.signed_in()) {
+                            break end;
+                        }
+                        if keepalive.poll_due(&mut cx).is_ready() {
+                            if let Some(code) = keepalive.on_timer(&conn) {
+                                break End::Close(code);
+                            }
+                            // Polled again next turn, to wait on the re-armed timer.
+                            closer.restir();
+                        }
+                        socket.poll_next_unpin(&mut cx)
+                    };
+                    if let Poll::Ready(message) = message {
+                        keepalive.heard();
+                        // The socket may hold more messages than its readiness says: look again.
+                        closer.restir();
+                        let read =
+                            read(message, &mut session, &mut socket, dialect, patience, &ctx);
+                        if let Some(end) = Box::pin(read).await {
+                            break end;
+                        }
                     }
                 }
             }
@@ -247,45 +280,44 @@ async fn close_with(
     refuse(socket, dialect, patience, code, close_reason(code)).await;
 }
 
-/// What ends a connection from outside its socket: a close requested by the node, the node
-/// shutting down, its app disabled, the sign-in deadline of an app that requires sign-in.
+/// What ends a connection from outside its socket, besides a close its closer asks for: the
+/// node shutting down, its app disabled, the sign-in deadline of an app that requires sign-in.
 struct Stops<'a> {
-    close_requested: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
     shutting_down: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
     app_ended: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
     /// The sign-in deadline, for apps that require sign-in.
     signin_deadline: Option<Pin<Box<Sleep>>>,
-    closer: &'a Closer,
 }
 
 impl<'a> Stops<'a> {
     fn new(
-        close_requested: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
         shutting_down: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
         app_ended: Pin<&'a mut (dyn Future<Output = ()> + Send + 'a)>,
         signin_deadline: Option<Pin<Box<Sleep>>>,
-        closer: &'a Closer,
     ) -> Self {
-        Self { close_requested, shutting_down, app_ended, signin_deadline, closer }
+        Self { shutting_down, app_ended, signin_deadline }
     }
 
-    /// Resolves with the end when one of them comes, in that order of precedence.
-    async fn any(&mut self, signed_in: bool) -> End {
-        tokio::select! {
-            biased;
-            () = &mut self.close_requested => End::Close(self.closer.requested().unwrap_or(codes::RECONNECT)),
-            () = &mut self.shutting_down => End::Close(codes::RECONNECT),
-            () = &mut self.app_ended => End::Close(codes::APP_DISABLED),
-            () = signin_due(&mut self.signin_deadline), if !signed_in => End::Close(codes::UNAUTHORIZED),
+    /// Ready with the end when one of them came, in that order of precedence.
+    fn poll_any(&mut self, cx: &mut std::task::Context<'_>, signed_in: bool) -> Poll<End> {
+        if self.shutting_down.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::Close(codes::RECONNECT));
         }
+        if self.app_ended.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::Close(codes::APP_DISABLED));
+        }
+        if !signed_in
+            && let Some(deadline) = self.signin_deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(End::Close(codes::UNAUTHORIZED));
+        }
+        Poll::Pending
     }
-}
 
-/// Resolves when the sign-in deadline passes; never without one.
-async fn signin_due(deadline: &mut Option<Pin<Box<Sleep>>>) {
-    match deadline {
-        Some(deadline) => deadline.as_mut().await,
-        None => std::future::pending().await,
+    /// Resolves with the end when one of them comes.
+    async fn any(&mut self, signed_in: bool) -> End {
+        std::future::poll_fn(|cx| self.poll_any(cx, signed_in)).await
     }
 }
 
@@ -303,6 +335,7 @@ async fn finish_write(
     mut write: Pin<&mut impl Future<Output = Result<(), axum::Error>>>,
     watch: Watch<'_, '_>,
     conn: &Conn,
+    closer: &Closer,
     peer: Option<&Peer>,
     ctx: &Ctx,
 ) -> Option<End> {
@@ -314,6 +347,7 @@ async fn finish_write(
     loop {
         tokio::select! {
             biased;
+            code = closer.closing() => return Some(End::Close(code)),
             end = stops.any(signed_in) => return Some(end),
             () = keepalive.due() => {
                 if let Some(code) = keepalive.on_timer(conn) {
@@ -496,6 +530,11 @@ impl<'a> Keepalive<'a> {
     /// Resolves when the timer fires (then call [`Keepalive::on_timer`]).
     async fn due(&mut self) {
         (&mut self.timer).await;
+    }
+
+    /// Ready when the timer fired (then call [`Keepalive::on_timer`]).
+    fn poll_due(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.timer.as_mut().poll(cx)
     }
 
     fn heard(&mut self) {
