@@ -74,13 +74,7 @@ impl Ctx {
             None => Apps::new(settings.apps.clone()),
             Some(manager) => Apps::managed(manager.clone(), settings.app_records.clone(), &metrics),
         });
-        let sent = crate::hub::SentCounters {
-            messages: metrics.ws_messages_sent.clone(),
-            bytes: metrics.ws_bytes_sent.clone(),
-            direct: metrics.ws_direct_writes.clone(),
-        };
-        let hub = Hub::new(metrics.deltas.clone(), sent);
-        let adapter = Arc::new(Adapter::new(Arc::new(hub), cluster));
+        let adapter = Arc::new(Adapter::new(Arc::new(Hub::new(metrics.deltas.clone())), cluster));
         let shutdown = CancellationToken::new();
         let webhooks = Webhooks::new(webhooks::Inputs {
             settings: settings.webhooks.clone(),

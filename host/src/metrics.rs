@@ -43,10 +43,6 @@ pub(crate) struct Metrics {
     pub ws_bytes_received: Counter,
     /// Bytes sent to clients.
     pub ws_bytes_sent: Counter,
-    /// Messages a broadcast wrote to its sockets itself, without waking their tasks.
-    pub ws_direct_writes: Counter,
-    /// Writes of the connections' tasks, each of one or more messages.
-    pub ws_task_writes: Counter,
     /// HTTP API requests by status code.
     pub http_requests: Family<Vec<(&'static str, String)>, Counter>,
     /// Bytes of HTTP API request bodies.
@@ -223,16 +219,6 @@ impl Metrics {
             ("ws_messages_sent", "WebSocket messages sent", self.ws_messages_sent),
             ("socket_received_bytes", "WebSocket bytes received", self.ws_bytes_received),
             ("socket_transmitted_bytes", "WebSocket bytes sent", self.ws_bytes_sent),
-            (
-                "ws_direct_writes",
-                "WebSocket messages a broadcast wrote itself (the node had room), without waking the connection's task",
-                self.ws_direct_writes
-            ),
-            (
-                "ws_task_writes",
-                "Writes of the connections' tasks to their sockets, each of one or more messages",
-                self.ws_task_writes
-            ),
             (
                 "ws_protocol_errors",
                 "WebSocket connections closed for a bad frame, by close code",

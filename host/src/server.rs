@@ -15,7 +15,7 @@ use crate::{
     beside,
     config::Settings,
     ctx::Ctx,
-    http_api, hub, listen,
+    http_api, listen,
     metrics::Metrics,
     plugins::Drivers,
     tls::{self, Certificates},
@@ -112,52 +112,6 @@ async fn watch_memory(ctx: Arc<Ctx>) {
         .await;
 }
 
-/// Lets broadcasts write to idle sockets themselves while that pays (see `hub::Chooser`), from
-/// the workers' busy time and the tasks' writes of every interval.
-async fn watch_load(ctx: Arc<Ctx>) {
-    const EVERY: std::time::Duration = std::time::Duration::from_millis(25);
-    let runtime = tokio::runtime::Handle::current().metrics();
-    let metrics = &ctx.metrics;
-    let busy = || {
-        let workers = 0..runtime.num_workers();
-        workers.map(|w| runtime.worker_total_busy_duration(w)).collect::<Vec<_>>()
-    };
-    let task_frames =
-        || metrics.ws_messages_sent.get().saturating_sub(metrics.ws_direct_writes.get());
-    let mut last = (std::time::Instant::now(), busy(), task_frames(), metrics.ws_task_writes.get());
-    let mut chooser = hub::Chooser::new(last.0);
-    let mut direct = false;
-    let mut ticks = tokio::time::interval(EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let now = (std::time::Instant::now(), busy(), task_frames(), metrics.ws_task_writes.get());
-        let elapsed = now.0.duration_since(last.0).as_secs_f64().max(1e-9);
-        let busiest = now
-            .1
-            .iter()
-            .zip(&last.1)
-            .map(|(now, then)| now.saturating_sub(*then).as_secs_f64() / elapsed)
-            .fold(0.0, f64::max);
-        let sample = hub::Sample {
-            at: now.0,
-            busiest,
-            frames: now.2.saturating_sub(last.2),
-            writes: now.3.saturating_sub(last.3),
-        };
-        last = now;
-        let wanted = chooser.next(sample);
-        if wanted != direct {
-            direct = wanted;
-            ctx.adapter.hub().set_direct_writes(direct);
-            tracing::debug!(direct, ?sample, "Direct writes to idle sockets switched.");
-        }
-    }
-}
-
 /// Serve on `listener` until `shutdown` resolves; then stop accepting, close every socket with
 /// 4200, wait up to the grace period for connection tasks, release the drivers and return.
 ///
@@ -196,7 +150,6 @@ pub async fn run(
     }
     let token = ctx.shutdown.clone();
     tokio::spawn(watch_memory(ctx.clone()));
-    tokio::spawn(watch_load(ctx.clone()));
     tokio::spawn(watch_backends(ctx.clone()));
     tokio::spawn(signal_shutdown(ctx.clone(), shutdown));
     // On every node: another node's console may watch this one's log and figures.

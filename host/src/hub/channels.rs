@@ -240,8 +240,6 @@ impl Hub {
         };
         let mut publication = deltas.as_mut().and_then(|d| d.publish(channel, frame));
         let (mut sent, mut behind) = (0, 0);
-        let (mut written, mut written_bytes) = (0, 0);
-        let direct = self.direct_writes.load(Ordering::Relaxed);
         let mut deliver = |socket_id: &SocketId, conn: &Conn| {
             if except.is_some_and(|e| e == &**socket_id) {
                 return;
@@ -251,17 +249,9 @@ impl Hub {
                 Some(positioned) if conn.wants_positions() => positioned,
                 _ => frame,
             };
-            match conn.deliver(own.as_ref().unwrap_or(plain), direct) {
-                Delivery::Queued { behind: b } => {
-                    sent += 1;
-                    behind += usize::from(b);
-                }
-                Delivery::Written { bytes } => {
-                    sent += 1;
-                    written += 1;
-                    written_bytes += bytes;
-                }
-                Delivery::Refused => {}
+            if let Delivery::Queued { behind: b } = conn.deliver(own.as_ref().unwrap_or(plain)) {
+                sent += 1;
+                behind += usize::from(b);
             }
         };
         match (&entry.filtered, tags) {
@@ -269,11 +259,6 @@ impl Hub {
                 filtered.recipients(tags, &passed).for_each(|(id, conn)| deliver(id, conn));
             }
             _ => entry.subscribers.iter().for_each(|(id, conn)| deliver(id, conn)),
-        }
-        if written > 0 {
-            self.sent.messages.inc_by(written);
-            self.sent.bytes.inc_by(written_bytes as u64);
-            self.sent.direct.inc_by(written);
         }
         if let Some(publication) = publication {
             let counted = publication.finish();

@@ -1,14 +1,4 @@
-//! A connection as the hub holds it: its bounded queue of ready-made frames, its closer, and its
-//! socket while its task waits.
-//!
-//! While the node has room (see [`Hub::set_direct_writes`](super::Hub::set_direct_writes)), a
-//! frame for a connection whose queue is empty is written to its socket at once by the
-//! broadcasting thread, without waiting: when the socket takes it whole (a client that reads),
-//! no task is woken and nothing is queued. Otherwise it is queued and the connection's task
-//! writes it. The task takes its socket back whenever it is woken and leaves it with the hub
-//! only when it has nothing left to do, so a frame is written directly only when nothing older
-//! can still be on its way, and order holds. On a saturated node frames are always queued: a
-//! task woken late writes many at once, one system call for all.
+//! A connection as the hub holds it: its bounded queue of ready-made frames and its closer.
 //!
 //! The queue is a `VecDeque` behind the closer's lock rather than a channel: a channel holds a
 //! block of slots (about 1.5 KB) from its creation for as long as the connection lives, while
@@ -25,37 +15,18 @@ use std::{
     task::{Poll, Waker},
 };
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures_util::{
-    Sink,
-    task::{ArcWake, AtomicWaker},
-};
+use axum::extract::ws::Utf8Bytes;
+use futures_util::task::{ArcWake, AtomicWaker};
 
 use super::SocketId;
-use crate::protocol::{codes, frames::Dialect};
+use crate::protocol::codes;
 
-/// The frames waiting for the connection's task, and its socket while the task waits.
+/// The frames waiting for the connection's task.
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<Utf8Bytes>,
     /// The task is gone: frames are refused rather than held for nobody.
     closed: bool,
-    /// A direct write left bytes the socket did not take yet: the task flushes them (under
-    /// its write deadline) before anything else is written.
-    unflushed: bool,
-    /// The socket, while the task waits (see [`Outbound::next`]).
-    socket: Option<Box<WebSocket>>,
-}
-
-/// What writing a frame to the socket directly did.
-enum Direct {
-    /// The socket took it whole.
-    Written,
-    /// It is in the socket's buffer, not all of it taken yet (or the socket failed): the
-    /// task flushes it (or finds the failure).
-    Unflushed,
-    /// The socket cannot take it now: it is queued.
-    Refused,
 }
 
 /// A connection's state shared between its task and the hub: its queue, why it is being
@@ -89,14 +60,12 @@ pub(crate) struct Closer {
     behind_bytes: usize,
     /// Below this many free places in the queue the connection counts as behind.
     behind_free: usize,
-    /// The connection's dialect, for the frames written directly.
-    dialect: Dialect,
 }
 
 impl Closer {
     /// A closer for a queue of `max_frames` frames and `max_bytes` bytes (0 = no byte bound),
     /// which counts as behind when fuller than `watermark_percent`.
-    fn new(max_frames: usize, max_bytes: usize, watermark_percent: u8, dialect: Dialect) -> Self {
+    fn new(max_frames: usize, max_bytes: usize, watermark_percent: u8) -> Self {
         let max_frames = max_frames.max(1);
         let free = 100 - usize::from(watermark_percent.min(99));
         // Small frames fill at most a quarter of the byte bound, counted ones the rest.
@@ -112,7 +81,6 @@ impl Closer {
             behind_bytes: max_counted.saturating_mul(usize::from(watermark_percent)) / 100,
             behind_free: max_frames.saturating_mul(free) / 100,
             max_frames,
-            dialect,
             code: AtomicU16::new(0),
             queue: Mutex::default(),
             waker: AtomicWaker::new(),
@@ -128,36 +96,8 @@ impl Closer {
         max_bytes: usize,
         watermark_percent: u8,
     ) -> (Arc<Self>, Outbound) {
-        Self::open_in(Dialect::Pusher, max_frames, max_bytes, watermark_percent)
-    }
-
-    /// [`Closer::open`] for a connection of `dialect` (frames written directly are renamed).
-    pub(crate) fn open_in(
-        dialect: Dialect,
-        max_frames: usize,
-        max_bytes: usize,
-        watermark_percent: u8,
-    ) -> (Arc<Self>, Outbound) {
-        let closer = Arc::new(Self::new(max_frames, max_bytes, watermark_percent, dialect));
-        (closer.clone(), Outbound { closer, unflushed: false })
-    }
-
-    /// Write `frame` to the socket the task left here, if it is here, nothing older waits and
-    /// nothing is left unflushed. `None` when it was not written (queue it).
-    fn write_directly(&self, queue: &mut Queue, frame: &Utf8Bytes) -> Option<Delivery> {
-        if !queue.frames.is_empty() || queue.unflushed || queue.closed {
-            return None;
-        }
-        let socket = queue.socket.as_deref_mut()?;
-        match write_now(socket, self.dialect, frame) {
-            Direct::Written => {}
-            Direct::Unflushed => {
-                queue.unflushed = true;
-                self.waker.wake();
-            }
-            Direct::Refused => return None,
-        }
-        Some(Delivery::Written { bytes: frame.len() })
+        let closer = Arc::new(Self::new(max_frames, max_bytes, watermark_percent));
+        (closer.clone(), Outbound { closer })
     }
 
     /// Ask the connection's task to close with `code`; the first request wins.
@@ -217,29 +157,6 @@ impl Closer {
     }
 }
 
-/// Write `frame` to `socket` without waiting: no task waits on this write, so a socket that
-/// is not ready is left to the connection's task, which waits with its own waker.
-fn write_now(socket: &mut WebSocket, dialect: Dialect, frame: &Utf8Bytes) -> Direct {
-    let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
-    let mut socket = std::pin::Pin::new(socket);
-    match socket.as_mut().poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Pending => return Direct::Refused,
-        Poll::Ready(Err(_)) => return Direct::Unflushed,
-    }
-    let frame = match dialect.rename(frame.as_str()) {
-        Some(renamed) => Utf8Bytes::from(renamed),
-        None => frame.clone(),
-    };
-    if socket.as_mut().start_send(Message::Text(frame)).is_err() {
-        return Direct::Unflushed;
-    }
-    match socket.poll_flush(&mut cx) {
-        Poll::Ready(Ok(())) => Direct::Written,
-        Poll::Pending | Poll::Ready(Err(_)) => Direct::Unflushed,
-    }
-}
-
 impl ArcWake for Closer {
     fn wake_by_ref(arc_self: &Arc<Self>) {
         arc_self.stir();
@@ -253,8 +170,6 @@ pub(crate) enum Next {
     Close(u16),
     /// Write this frame (and what else is queued).
     Frame(Utf8Bytes),
-    /// Flush what a direct write left in the socket's buffer.
-    Flush,
     /// Poll the rare events, with [`Outbound::rare_waker`].
     Stirred,
 }
@@ -263,8 +178,6 @@ pub(crate) enum Next {
 #[derive(Debug)]
 pub(crate) struct Outbound {
     closer: Arc<Closer>,
-    /// A direct write left bytes in the socket's buffer, for this task to flush.
-    unflushed: bool,
 }
 
 impl Outbound {
@@ -276,36 +189,35 @@ impl Outbound {
     /// What to do next, once there is something: a requested close first, then frames and
     /// rare events, `frames_first` or the other way round (the caller alternates, so that
     /// neither a busy queue nor a chatty client starves the other).
-    ///
-    /// `socket` is the task's socket: taken back from the hub as the task wakes, left with it
-    /// (for direct writes) while there is nothing to do. Once this resolves, `socket` holds
-    /// it, unless the queue was closed meanwhile.
-    pub(crate) async fn next(
-        &mut self,
-        socket: &mut Option<Box<WebSocket>>,
-        frames_first: bool,
-    ) -> Next {
-        let Self { closer, unflushed } = self;
+    pub(crate) async fn next(&mut self, frames_first: bool) -> Next {
         poll_fn(|cx| {
-            let mut queue = closer.lock();
-            if socket.is_none() {
-                *socket = queue.socket.take();
-            }
-            *unflushed |= std::mem::take(&mut queue.unflushed);
-            if let Some(next) = look(closer, unflushed, &mut queue, frames_first) {
+            if let Some(next) = self.look(frames_first) {
                 return Poll::Ready(next);
             }
             // Registered only when there is nothing (a task woken for a frame takes it without
             // registering again), and before looking once more, so that whatever comes after
-            // that look wakes us; the queue cannot change while it is locked.
-            closer.waker.register(cx.waker());
-            if let Some(next) = look(closer, unflushed, &mut queue, frames_first) {
-                return Poll::Ready(next);
-            }
-            queue.socket = socket.take();
-            Poll::Pending
+            // that look wakes us.
+            self.closer.waker.register(cx.waker());
+            self.look(frames_first).map_or(Poll::Pending, Poll::Ready)
         })
         .await
+    }
+
+    fn look(&mut self, frames_first: bool) -> Option<Next> {
+        if let Some(code) = self.closer.requested() {
+            return Some(Next::Close(code));
+        }
+        // Read before it is swapped: the swap writes a line the publishing threads share.
+        let stirred = |closer: &Closer| {
+            closer.stirred.load(Ordering::Acquire) && closer.stirred.swap(false, Ordering::AcqRel)
+        };
+        if !frames_first && stirred(&self.closer) {
+            return Some(Next::Stirred);
+        }
+        if let Some(frame) = self.try_recv() {
+            return Some(Next::Frame(frame));
+        }
+        (frames_first && stirred(&self.closer)).then_some(Next::Stirred)
     }
 
     /// The next frame, once there is one.
@@ -318,48 +230,16 @@ impl Outbound {
         .await
     }
 
-    /// The next frame if one is queued.
+    /// The next frame if one is queued. The queue's buffer is given back when it empties, so
+    /// that an idle connection holds none.
     pub(crate) fn try_recv(&mut self) -> Option<Utf8Bytes> {
-        take_frame(&mut self.closer.lock())
+        let mut queue = self.closer.lock();
+        let frame = queue.frames.pop_front();
+        if queue.frames.is_empty() && queue.frames.capacity() > 0 {
+            queue.frames = VecDeque::new();
+        }
+        frame
     }
-}
-
-/// What the task has to do, if anything (see [`Outbound::next`]); `unflushed`: a direct write
-/// left bytes for it to flush.
-fn look(
-    closer: &Closer,
-    unflushed: &mut bool,
-    queue: &mut Queue,
-    frames_first: bool,
-) -> Option<Next> {
-    if let Some(code) = closer.requested() {
-        return Some(Next::Close(code));
-    }
-    // Read before it is swapped: the swap writes a line the publishing threads share.
-    let stirred =
-        || closer.stirred.load(Ordering::Acquire) && closer.stirred.swap(false, Ordering::AcqRel);
-    if !frames_first && stirred() {
-        return Some(Next::Stirred);
-    }
-    // A frame's write flushes what a direct write left too.
-    if let Some(frame) = take_frame(queue) {
-        *unflushed = false;
-        return Some(Next::Frame(frame));
-    }
-    if std::mem::take(unflushed) {
-        return Some(Next::Flush);
-    }
-    (frames_first && stirred()).then_some(Next::Stirred)
-}
-
-/// The queue's next frame. Its buffer is given back when it empties, so that an idle connection
-/// holds none.
-fn take_frame(queue: &mut Queue) -> Option<Utf8Bytes> {
-    let frame = queue.frames.pop_front();
-    if queue.frames.is_empty() && queue.frames.capacity() > 0 {
-        queue.frames = VecDeque::new();
-    }
-    frame
 }
 
 impl Drop for Outbound {
@@ -367,22 +247,15 @@ impl Drop for Outbound {
         let mut queue = self.closer.lock();
         queue.closed = true;
         queue.frames = VecDeque::new();
-        let socket = queue.socket.take();
         drop(queue);
-        drop(socket);
         // The task's waker, which it may not need again.
         drop(self.closer.waker.take());
     }
 }
 
-/// What delivering a frame did.
+/// What enqueueing a frame did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Delivery {
-    /// Written to the socket directly, `bytes` of it.
-    Written {
-        /// The frame's length.
-        bytes: usize,
-    },
     /// Enqueued; `behind` if the queue is now above the congestion watermark.
     Queued {
         /// The queue is above the watermark.
@@ -423,17 +296,12 @@ impl Conn {
     /// Enqueue a frame without waiting. A full queue (in frames or bytes) means the client
     /// cannot keep up: it is closed with 4100. Answers whether the frame was enqueued.
     pub(crate) fn send(&self, frame: &Utf8Bytes) -> bool {
-        matches!(self.deliver(frame, false), Delivery::Queued { .. })
+        matches!(self.deliver(frame), Delivery::Queued { .. })
     }
 
-    /// [`Conn::send`], also telling whether the queue is above the congestion watermark;
-    /// `direct`: written to the socket at once if the task left it with the hub and nothing
-    /// older waits.
-    pub(crate) fn deliver(&self, frame: &Utf8Bytes, direct: bool) -> Delivery {
+    /// [`Conn::send`], also telling whether the queue is above the congestion watermark.
+    pub(crate) fn deliver(&self, frame: &Utf8Bytes) -> Delivery {
         let closer = &*self.closer;
-        if direct && let Some(written) = closer.write_directly(&mut closer.lock(), frame) {
-            return written;
-        }
         let len = if closer.counts(frame.len()) { frame.len() } else { 0 };
         let mut queued = 0;
         if len > 0 {
@@ -527,7 +395,7 @@ mod tests {
         assert!(conn.send(&Utf8Bytes::from("queued")));
         drop(outbound);
         assert_eq!(capacity(&closer), 0, "what waited is dropped with the task");
-        assert_eq!(conn.deliver(&Utf8Bytes::from("late"), false), Delivery::Refused);
+        assert_eq!(conn.deliver(&Utf8Bytes::from("late")), Delivery::Refused);
         assert_eq!(closer.requested(), None, "a gone connection is not told 4100");
         assert!(outbound_now_empty(&closer));
     }
@@ -552,8 +420,7 @@ mod tests {
     }
 
     fn poll_next(outbound: &mut Outbound, frames_first: bool, waker: &Waker) -> Poll<Next> {
-        let mut socket = None;
-        let mut next = Box::pin(outbound.next(&mut socket, frames_first));
+        let mut next = Box::pin(outbound.next(frames_first));
         next.as_mut().poll(&mut Context::from_waker(waker))
     }
 

@@ -27,7 +27,6 @@ pub(crate) use crate::protocol::SocketId;
 
 mod channels;
 mod conn;
-mod direct;
 mod filtered;
 mod snapshot;
 #[cfg(test)]
@@ -35,7 +34,6 @@ mod tests;
 mod users;
 
 pub(crate) use conn::{Closer, Conn, Delivery, Next, Outbound};
-pub(crate) use direct::{Chooser, Sample};
 use filtered::Filtered;
 
 /// A presence member: one user, possibly on several connections.
@@ -165,49 +163,19 @@ pub(crate) struct DeltaCounters {
     pub saved_bytes: Counter,
 }
 
-/// What the broadcasts wrote to sockets themselves (the connections' tasks count the rest).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SentCounters {
-    /// WebSocket messages sent.
-    pub messages: Counter,
-    /// Their bytes.
-    pub bytes: Counter,
-    /// Those written directly by the broadcast.
-    pub direct: Counter,
-}
-
 /// This node's sockets and subscriptions, by app.
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
     apps: RwLock<HashMap<String, Arc<AppHub>>>,
     delta_counters: DeltaCounters,
-    sent: SentCounters,
-    /// The node has room: broadcasts write to idle sockets themselves (see `conn.rs`).
-    direct_writes: AtomicBool,
     /// The node's distinct tag filters, each held once.
     filters: Interner,
 }
 
 impl Hub {
-    /// An empty hub counting its deltas in `delta_counters` and the frames its broadcasts
-    /// write themselves in `sent`.
-    pub(crate) fn new(delta_counters: DeltaCounters, sent: SentCounters) -> Self {
-        Self {
-            apps: RwLock::default(),
-            delta_counters,
-            sent,
-            direct_writes: AtomicBool::new(false),
-            filters: Interner::default(),
-        }
-    }
-
-    /// Whether broadcasts write a frame to a socket whose task waits with nothing queued,
-    /// rather than queue it and wake the task. Writing directly saves the task's wake-up and
-    /// poll (most of the CPU a delivery costs besides the write itself) while the node has room;
-    /// on a saturated node a task woken late writes several frames in one system call, which a
-    /// write per frame would lose. The node's load watcher sets it.
-    pub(crate) fn set_direct_writes(&self, on: bool) {
-        self.direct_writes.store(on, Ordering::Relaxed);
+    /// An empty hub counting its deltas in `delta_counters`.
+    pub(crate) fn new(delta_counters: DeltaCounters) -> Self {
+        Self { apps: RwLock::default(), delta_counters, filters: Interner::default() }
     }
 
     /// The node's shared copy of `filter`: subscriptions pass it in [`Wants`], so that equal

@@ -14,12 +14,12 @@ fn conn(id: &str, frames: usize, bytes: usize) -> (Conn, Outbound, Arc<Closer>) 
 fn a_queue_is_bounded_in_bytes_and_says_when_it_is_behind() {
     let (conn, _rx, closer) = conn("1.1", 100, 100);
     let frame = Utf8Bytes::from("x".repeat(20));
-    assert_eq!(conn.deliver(&frame, false), Delivery::Queued { behind: false });
-    assert_eq!(conn.deliver(&frame, false), Delivery::Queued { behind: false });
-    assert_eq!(conn.deliver(&frame, false), Delivery::Queued { behind: true });
+    assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: false });
+    assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: false });
+    assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: true });
     assert!(conn.send(&frame) && conn.send(&frame));
     assert_eq!(closer.requested(), None);
-    assert_eq!(conn.deliver(&frame, false), Delivery::Refused);
+    assert_eq!(conn.deliver(&frame), Delivery::Refused);
     assert_eq!(closer.requested(), Some(codes::OVER_CAPACITY));
 }
 
@@ -27,9 +27,9 @@ fn a_queue_is_bounded_in_bytes_and_says_when_it_is_behind() {
 fn a_queue_is_bounded_in_frames() {
     let (conn, mut rx, closer) = conn("1.1", 4, 0);
     let frame = Utf8Bytes::from("x");
-    assert_eq!(conn.deliver(&frame, false), Delivery::Queued { behind: false });
-    assert_eq!(conn.deliver(&frame, false), Delivery::Queued { behind: false });
-    assert_eq!(conn.deliver(&frame, false), Delivery::Queued { behind: true });
+    assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: false });
+    assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: false });
+    assert_eq!(conn.deliver(&frame), Delivery::Queued { behind: true });
     assert!(conn.send(&frame));
     assert!(!conn.send(&frame));
     assert_eq!(closer.requested(), Some(codes::OVER_CAPACITY));

@@ -188,19 +188,42 @@ pub(super) fn run(
         // task woken for a frame writes it and sleeps (see `Closer`).
         let rare = outbound.rare_waker();
         let mut frames_first = false;
-        // Boxed, so that it can wait with the hub for frames written to it directly (see
-        // `hub::conn`) while the task sleeps; the task holds it whenever it runs.
-        let mut held = Some(Box::new(socket));
 
         let end = loop {
-            let next = outbound.next(&mut held, frames_first).await;
+            let next = outbound.next(frames_first).await;
             frames_first = matches!(next, Next::Stirred);
-            // Not there only if the queue was closed, which its task alone does, as it ends.
-            let Some(socket) = held.as_deref_mut() else { break End::Gone };
-            let first = match next {
+            match next {
                 Next::Close(code) => break End::Close(code),
-                Next::Frame(frame) => Some(frame),
-                Next::Flush => None,
+                Next::Frame(frame) => {
+                    let write =
+                        write_batch(&mut socket, dialect, frame, &mut outbound, &ctx, &closer);
+                    tokio::pin!(write);
+                    let ended = match write.as_mut().now_or_never() {
+                        Some(written) => written.is_err().then_some(End::Gone),
+                        None => {
+                            let watch = Watch {
+                                stops: &mut stops,
+                                keepalive: &mut keepalive,
+                                signed_in: session.signed_in(),
+                            };
+                            let ended = Box::pin(finish_write(
+                                write,
+                                watch,
+                                &conn,
+                                &closer,
+                                peer.as_ref(),
+                                &ctx,
+                            ))
+                            .await;
+                            // The timers and stops were polled with the task's own waker.
+                            closer.restir();
+                            ended
+                        }
+                    };
+                    if let Some(end) = ended {
+                        break end;
+                    }
+                }
                 Next::Stirred => {
                     let message = {
                         let mut cx = std::task::Context::from_waker(&rare);
@@ -220,39 +243,18 @@ pub(super) fn run(
                         keepalive.heard();
                         // The socket may hold more messages than its readiness says: look again.
                         closer.restir();
-                        let read = read(message, &mut session, socket, dialect, patience, &ctx);
+                        let read =
+                            read(message, &mut session, &mut socket, dialect, patience, &ctx);
                         if let Some(end) = Box::pin(read).await {
                             break end;
                         }
                     }
-                    continue;
                 }
-            };
-            let write = write_batch(socket, dialect, first, &mut outbound, &ctx, &closer);
-            tokio::pin!(write);
-            let ended = match write.as_mut().now_or_never() {
-                Some(written) => written.is_err().then_some(End::Gone),
-                None => {
-                    let watch = Watch {
-                        stops: &mut stops,
-                        keepalive: &mut keepalive,
-                        signed_in: session.signed_in(),
-                    };
-                    let ended =
-                        Box::pin(finish_write(write, watch, &conn, &closer, peer.as_ref(), &ctx))
-                            .await;
-                    // The timers and stops were polled with the task's own waker.
-                    closer.restir();
-                    ended
-                }
-            };
-            if let Some(end) = ended {
-                break end;
             }
         };
 
-        if let (End::Close(code), Some(socket)) = (end, held.as_deref_mut()) {
-            Box::pin(close_with(socket, dialect, patience, code, &ctx)).await;
+        if let End::Close(code) = end {
+            Box::pin(close_with(&mut socket, dialect, patience, code, &ctx)).await;
         }
         Box::pin(session.end()).await;
         ctx.feed.tap.record(&app.id, || closed(&conn, end));
@@ -405,8 +407,7 @@ fn open(ctx: &Ctx, app: &App, dialect: Dialect) -> (Conn, Outbound, Arc<Closer>)
     let span = tracing::Span::current();
     span.record("app", app.id.as_str());
     span.record("socket_id", socket_id.as_str());
-    let (closer, outbound) = Closer::open_in(
-        dialect,
+    let (closer, outbound) = Closer::open(
         ctx.settings.ws_max_queued_messages,
         ctx.settings.ws_max_queued_bytes,
         ctx.settings.overload.watermark_percent,
@@ -477,22 +478,19 @@ fn render(dialect: Dialect, frame: Utf8Bytes) -> Utf8Bytes {
     }
 }
 
-/// Write `first` and whatever else is queued (up to a batch), then flush once (also what a
-/// direct write left unflushed).
+/// Write `first` and whatever else is queued (up to a batch), then flush once.
 async fn write_batch(
     socket: &mut WebSocket,
     dialect: Dialect,
-    first: Option<Utf8Bytes>,
+    first: Utf8Bytes,
     outbound: &mut Outbound,
     ctx: &Ctx,
     closer: &Closer,
 ) -> Result<(), axum::Error> {
     let counted = |frame: &Utf8Bytes| if closer.counts(frame.len()) { frame.len() } else { 0 };
-    let (mut bytes, mut taken, mut count) = (0, 0, 0);
-    if let Some(first) = first {
-        (bytes, taken, count) = (first.len(), counted(&first), 1);
-        socket.feed(Message::Text(render(dialect, first))).await?;
-    }
+    let (mut bytes, mut taken) = (first.len(), counted(&first));
+    socket.feed(Message::Text(render(dialect, first))).await?;
+    let mut count = 1;
     while count < WRITE_BATCH {
         let Some(frame) = outbound.try_recv() else { break };
         bytes += frame.len();
@@ -503,10 +501,7 @@ async fn write_batch(
     // Frames count against the queue's byte bound until they are handed to the socket (a
     // blocked write keeps them counted; a failed one ends the connection).
     closer.dequeued(taken);
-    if count > 0 {
-        ctx.metrics.ws_messages_sent.inc_by(count as u64);
-        ctx.metrics.ws_task_writes.inc();
-    }
+    ctx.metrics.ws_messages_sent.inc_by(count as u64);
     ctx.metrics.ws_bytes_sent.inc_by(bytes as u64);
     socket.flush().await
 }
