@@ -168,8 +168,13 @@ impl ArcWake for Closer {
 pub(crate) enum Next {
     /// Close with this code.
     Close(u16),
-    /// Write this frame (and what else is queued).
-    Frame(Utf8Bytes),
+    /// Write this frame, and what else is queued if there was `more`.
+    Frame {
+        /// The frame.
+        frame: Utf8Bytes,
+        /// Other frames were queued behind it.
+        more: bool,
+    },
     /// Poll the rare events, with [`Outbound::rare_waker`].
     Stirred,
 }
@@ -190,34 +195,22 @@ impl Outbound {
     /// rare events, `frames_first` or the other way round (the caller alternates, so that
     /// neither a busy queue nor a chatty client starves the other).
     pub(crate) async fn next(&mut self, frames_first: bool) -> Next {
+        let closer = &*self.closer;
         poll_fn(|cx| {
-            if let Some(next) = self.look(frames_first) {
+            // One lock for the whole look: the queue's line is shared with the publishing
+            // threads, and each lock moves it between cores.
+            let mut queue = closer.lock();
+            if let Some(next) = look(closer, &mut queue, frames_first) {
                 return Poll::Ready(next);
             }
             // Registered only when there is nothing (a task woken for a frame takes it without
             // registering again), and before looking once more, so that whatever comes after
-            // that look wakes us.
-            self.closer.waker.register(cx.waker());
-            self.look(frames_first).map_or(Poll::Pending, Poll::Ready)
+            // that look wakes us (frames cannot come while the queue is locked; a close or a
+            // stir can).
+            closer.waker.register(cx.waker());
+            look(closer, &mut queue, frames_first).map_or(Poll::Pending, Poll::Ready)
         })
         .await
-    }
-
-    fn look(&mut self, frames_first: bool) -> Option<Next> {
-        if let Some(code) = self.closer.requested() {
-            return Some(Next::Close(code));
-        }
-        // Read before it is swapped: the swap writes a line the publishing threads share.
-        let stirred = |closer: &Closer| {
-            closer.stirred.load(Ordering::Acquire) && closer.stirred.swap(false, Ordering::AcqRel)
-        };
-        if !frames_first && stirred(&self.closer) {
-            return Some(Next::Stirred);
-        }
-        if let Some(frame) = self.try_recv() {
-            return Some(Next::Frame(frame));
-        }
-        (frames_first && stirred(&self.closer)).then_some(Next::Stirred)
     }
 
     /// The next frame, once there is one.
@@ -230,16 +223,38 @@ impl Outbound {
         .await
     }
 
-    /// The next frame if one is queued. The queue's buffer is given back when it empties, so
-    /// that an idle connection holds none.
+    /// The next frame if one is queued.
     pub(crate) fn try_recv(&mut self) -> Option<Utf8Bytes> {
-        let mut queue = self.closer.lock();
-        let frame = queue.frames.pop_front();
-        if queue.frames.is_empty() && queue.frames.capacity() > 0 {
-            queue.frames = VecDeque::new();
-        }
-        frame
+        take_frame(&mut self.closer.lock())
     }
+}
+
+/// What the task has to do, if anything (see [`Outbound::next`]).
+fn look(closer: &Closer, queue: &mut Queue, frames_first: bool) -> Option<Next> {
+    if let Some(code) = closer.requested() {
+        return Some(Next::Close(code));
+    }
+    // Read before it is swapped: the swap writes a line the publishing threads share.
+    let stirred =
+        || closer.stirred.load(Ordering::Acquire) && closer.stirred.swap(false, Ordering::AcqRel);
+    if !frames_first && stirred() {
+        return Some(Next::Stirred);
+    }
+    if let Some(frame) = take_frame(queue) {
+        // Whether to look for more is known here, without locking again to find none.
+        return Some(Next::Frame { frame, more: !queue.frames.is_empty() });
+    }
+    (frames_first && stirred()).then_some(Next::Stirred)
+}
+
+/// The queue's next frame. Its buffer is given back when it empties, so that an idle connection
+/// holds none.
+fn take_frame(queue: &mut Queue) -> Option<Utf8Bytes> {
+    let frame = queue.frames.pop_front();
+    if queue.frames.is_empty() && queue.frames.capacity() > 0 {
+        queue.frames = VecDeque::new();
+    }
+    frame
 }
 
 impl Drop for Outbound {
@@ -440,7 +455,7 @@ mod tests {
         // A frame wakes it too, but does not stir it.
         assert!(Conn::new("1.1".into(), closer).send(&Utf8Bytes::from("f")));
         assert!(woken.swap(false, Ordering::AcqRel));
-        assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Frame(_))));
+        assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Frame { .. })));
         assert!(poll_next(&mut outbound, false, &task).is_pending());
     }
 
@@ -450,7 +465,7 @@ mod tests {
         let conn = Conn::new("1.1".into(), closer.clone());
         let task = noop_waker();
         assert!(conn.send(&Utf8Bytes::from("a")) && conn.send(&Utf8Bytes::from("b")));
-        assert!(matches!(poll_next(&mut outbound, true, &task), Poll::Ready(Next::Frame(_))));
+        assert!(matches!(poll_next(&mut outbound, true, &task), Poll::Ready(Next::Frame { .. })));
         assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Stirred)));
         closer.restir();
         closer.close(codes::RECONNECT);

@@ -194,9 +194,10 @@ pub(super) fn run(
             frames_first = matches!(next, Next::Stirred);
             match next {
                 Next::Close(code) => break End::Close(code),
-                Next::Frame(frame) => {
+                Next::Frame { frame, more } => {
+                    let batch = Batch { first: frame, more };
                     let write =
-                        write_batch(&mut socket, dialect, frame, &mut outbound, &ctx, &closer);
+                        write_batch(&mut socket, dialect, batch, &mut outbound, &ctx, &closer);
                     tokio::pin!(write);
                     let ended = match write.as_mut().now_or_never() {
                         Some(written) => written.is_err().then_some(End::Gone),
@@ -478,11 +479,18 @@ fn render(dialect: Dialect, frame: Utf8Bytes) -> Utf8Bytes {
     }
 }
 
-/// Write `first` and whatever else is queued (up to a batch), then flush once.
+/// A frame to write, and whether more were queued behind it.
+struct Batch {
+    first: Utf8Bytes,
+    more: bool,
+}
+
+/// Write the batch's first frame and, if there are more, whatever else is queued (up to a
+/// batch), then flush once.
 async fn write_batch(
     socket: &mut WebSocket,
     dialect: Dialect,
-    first: Utf8Bytes,
+    Batch { first, more }: Batch,
     outbound: &mut Outbound,
     ctx: &Ctx,
     closer: &Closer,
@@ -491,7 +499,7 @@ async fn write_batch(
     let (mut bytes, mut taken) = (first.len(), counted(&first));
     socket.feed(Message::Text(render(dialect, first))).await?;
     let mut count = 1;
-    while count < WRITE_BATCH {
+    while more && count < WRITE_BATCH {
         let Some(frame) = outbound.try_recv() else { break };
         bytes += frame.len();
         taken += counted(&frame);
