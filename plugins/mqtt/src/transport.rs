@@ -71,6 +71,8 @@ struct Shared {
     unsubscribes: Mutex<Acks>,
     /// Whether a connection is up.
     connected: watch::Sender<bool>,
+    /// The client's event loop has stopped (after the DISCONNECT of a shutdown).
+    stopped: watch::Sender<bool>,
     /// The largest payload the broker takes, 0 for no limit of its own.
     broker_limit: AtomicU32,
     closed: AtomicBool,
@@ -234,6 +236,7 @@ impl Shared {
                 }
                 Err(error) => {
                     if self.closed.load(Ordering::Acquire) {
+                        self.stopped.send_replace(true);
                         return;
                     }
                     if self.connected.send_replace(false) {
@@ -332,6 +335,7 @@ impl MqttTransport {
             subscribes: Mutex::default(),
             unsubscribes: Mutex::default(),
             connected: watch::Sender::new(true),
+            stopped: watch::Sender::new(false),
             broker_limit: AtomicU32::new(limit),
             closed: AtomicBool::new(false),
         });
@@ -428,8 +432,16 @@ impl TransportDriver for MqttTransport {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        // DISCONNECT goes after what is queued, so what was accepted is written first.
-        let _ = tokio::time::timeout(self.shared.timeout(), self.shared.client.disconnect()).await;
+        // DISCONNECT goes after what is queued, so what was accepted is written first; and the
+        // event loop is waited for, since queueing it writes nothing yet (a node's goodbye was
+        // lost now and then when the process went on to exit).
+        let mut stopped = self.shared.stopped.subscribe();
+        let disconnected = async {
+            if self.shared.client.disconnect().await.is_ok() {
+                let _ = stopped.wait_for(|stopped| *stopped).await;
+            }
+        };
+        let _ = tokio::time::timeout(self.shared.timeout(), disconnected).await;
         tracing::info!("MQTT transport shut down.");
         Ok(())
     }

@@ -33,6 +33,31 @@ impl MosquittoServer {
     /// # Panics
     /// As [`MosquittoServer::start`].
     pub fn start_with(extra: &str) -> Self {
+        Self::start_listening(extra, |ports| tcp_answers(ports[0], CONNECT, b"\x20\x02"))
+    }
+
+    /// Start one whose listener speaks TLS only, with `pki`'s server certificate; `mqtts_url`
+    /// is its address. Ready once its port accepts (it answers nothing in plain MQTT).
+    ///
+    /// # Panics
+    /// As [`MosquittoServer::start`].
+    pub fn start_tls(pki: &crate::tls::Pki) -> Self {
+        // Run as root, Mosquitto drops to its own user before it reads the key, which is in
+        // our private dir: it stays who started it.
+        let tls = format!(
+            "user root\ncertfile {}\nkeyfile {}\ntls_version tlsv1.2\n",
+            pki.cert().display(),
+            pki.key().display()
+        );
+        Self::start_listening(&tls, |ports| {
+            std::net::TcpStream::connect(("127.0.0.1", ports[0])).is_ok()
+        })
+    }
+
+    fn start_listening(
+        extra: &str,
+        answers: impl Fn(&[u16]) -> bool + Send + Sync + 'static,
+    ) -> Self {
         let extra = extra.to_string();
         let daemon = Daemon::new("mosquitto", private_dir(), "mosquitto.log", move |dir, ports| {
             let conf = format!(
@@ -44,7 +69,7 @@ impl MosquittoServer {
             command.arg("-c").arg(dir.join("mosquitto.conf"));
             command
         })
-        .answers(|ports| tcp_answers(ports[0], CONNECT, b"\x20\x02"))
+        .answers(answers)
         .hint("apt-get install mosquitto, or set MOSQUITTO_BIN")
         .start();
         Self { port: daemon.port(), daemon }
@@ -53,6 +78,11 @@ impl MosquittoServer {
     /// `mqtt://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// `mqtts://127.0.0.1:<port>`, for one started with [`MosquittoServer::start_tls`].
+    pub fn mqtts_url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
     }
 
     /// Kill it (SIGKILL) and wait for it to exit.
