@@ -7,7 +7,7 @@ use sockhost_plugin_api::{PluginError, sdk};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportConfig {
-    /// The broker (`amqp://`, or `amqps://` for TLS). Default:
+    /// The broker (`amqp://`; `amqps://` is refused, see `check`). Default:
     /// `amqp://guest:guest@127.0.0.1:5672/%2f`; `RABBITMQ_URL` overrides.
     pub url: String,
     /// Name of the exchange, and start of the node queues' names. Default: `sockudo_adapter`;
@@ -86,6 +86,15 @@ impl TransportConfig {
                 sdk::config::redact_url(&self.url)
             )));
         }
+        // Refused rather than failing obscurely at the first connection: lapin's rustls, as
+        // built here, has no certificate store (none is trusted), and given one it could not
+        // read the broker's frames over TLS (a parse error after the handshake, RabbitMQ 3.10).
+        if self.url.trim_start().to_ascii_lowercase().starts_with("amqps:") {
+            return Err(PluginError::config(format!(
+                "adapter.rabbitmq.url: {:?}: amqps:// is not supported yet; reach the broker over amqp:// on a private network or through a TLS tunnel",
+                sdk::config::redact_url(&self.url)
+            )));
+        }
         // The exchange and queue names are short strings (255 bytes), the node's part included.
         if self.prefix.is_empty()
             || self.prefix.len() > 128
@@ -136,5 +145,13 @@ mod tests {
         for bad in ["prefix = \"amq.x\"", "prefix = \"\"", "max_queue_length = 0"] {
             assert!(TransportConfig::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn amqps_is_refused_with_the_reason() {
+        let error =
+            TransportConfig::parse("url = \"amqps://user:secret@host/%2f\"").unwrap_err().message;
+        assert!(error.contains("amqps:// is not supported yet"), "{error}");
+        assert!(!error.contains("secret"), "{error}");
     }
 }
