@@ -82,7 +82,7 @@ impl TransportConfig {
     fn check(&self) -> Result<(), PluginError> {
         if let Err(e) = self.url.parse::<lapin::uri::AMQPUri>() {
             return Err(PluginError::config(format!(
-                "adapter.rabbitmq.url: {:?} is not an AMQP URL (amqp:// or amqps://): {e}",
+                "adapter.rabbitmq.url: {:?} is not an AMQP URL (amqp://): {e}",
                 sdk::config::redact_url(&self.url)
             )));
         }
