@@ -30,6 +30,7 @@ pub(crate) mod console;
 pub(crate) mod ctx;
 pub(crate) mod delta;
 pub(crate) mod edge;
+pub(crate) mod emit;
 pub(crate) mod feed;
 pub mod fuzzing;
 pub(crate) mod http_api;

@@ -240,3 +240,70 @@ async fn sockudos_own_python_client_recovers_through_a_cut() {
     let resumed = server.labelled_metric(r#"sockhost_resumes_total{outcome="started"}"#).await;
     assert!(resumed >= 1.0, "the client came back through a resume: {resumed}");
 }
+
+/// A protocol-2 client subscribed to a private channel (signed with `app`); the
+/// acknowledgement's head.
+async fn private_subscribed(
+    server: &Server,
+    app: &TestApp,
+    channel: &str,
+) -> (Client, String, u64) {
+    let mut client = Client::connect_raw(&v2_url(server, &app.key)).await;
+    let established = client.expect("sockudo:connection_established").await;
+    let socket_id = data(&established)["socket_id"].as_str().unwrap().to_string();
+    let auth = app.auth(&socket_id, channel, None);
+    let subscribe = json!({ "channel": channel, "auth": auth });
+    client.send(json!({ "event": "sockudo:subscribe", "data": subscribe })).await;
+    let ack = client.expect("sockudo_internal:subscription_succeeded").await;
+    let stream_id = ack["stream_id"].as_str().unwrap_or_else(|| panic!("{ack}")).to_string();
+    (client, stream_id, ack["serial"].as_u64().unwrap())
+}
+
+/// Client events take positions as the HTTP API's events do (Sockudo's protocol 2 gives them
+/// serials too): a protocol-2 subscriber gets them positioned, a protocol-7 one gets Pusher's
+/// frame, the sender gets nothing back, and a subscriber that was away gets them in its
+/// resume, in order with the API's events.
+#[tokio::test]
+async fn client_events_take_positions_and_come_back_in_a_resume() {
+    let server = recovering("100");
+    let app = TestApp::main();
+    let api = Api::new(&server.http_url(), &app);
+    let channel = "private-chat";
+    let typing =
+        |n: u32| json!({ "event": "client-typing", "channel": channel, "data": { "n": n } });
+    let (mut sender, _, _) = private_subscribed(&server, &app, channel).await;
+    let (mut away, stream_id, head) = private_subscribed(&server, &app, channel).await;
+    assert_eq!(head, 0);
+    let mut v7 = Client::connect(&server.ws_url(&app.key)).await;
+    v7.subscribe(&app, channel).await;
+
+    sender.send(typing(1)).await;
+    let got = away.expect("client-typing").await;
+    assert_eq!(got["serial"], 1, "{got}");
+    assert_eq!(got["stream_id"], stream_id.as_str());
+    assert!(got["message_id"].is_string(), "{got}");
+    assert_eq!(got["data"], json!({ "n": 1 }));
+    let plain = v7.expect("client-typing").await;
+    assert!(plain.get("serial").is_none() && plain.get("message_id").is_none(), "{plain}");
+    drop(away);
+
+    // Missed while away: a client event, then an API event.
+    sender.send(typing(2)).await;
+    assert_eq!(v7.expect("client-typing").await["data"], json!({ "n": 2 }));
+    publish(&api, channel, 3..4).await;
+    // The sender's first frame since is the API's event: its own never came back.
+    assert_eq!(sender.expect_any().await["serial"], 3);
+
+    let (mut again, same, head) = private_subscribed(&server, &app, channel).await;
+    assert_eq!((same.as_str(), head), (stream_id.as_str(), 3));
+    let position = json!({ "stream_id": stream_id, "serial": 1 });
+    let resume = json!({ "channel_positions": { channel: position } });
+    again.send(json!({ "event": "sockudo:resume", "data": resume.to_string() })).await;
+    let missed = again.expect_any().await;
+    assert_eq!((missed["event"].as_str(), &missed["serial"]), (Some("client-typing"), &json!(2)));
+    assert_eq!(missed["data"], json!({ "n": 2 }));
+    let missed = again.expect_any().await;
+    assert_eq!((missed["event"].as_str(), &missed["serial"]), (Some("tick"), &json!(3)));
+    let success = again.expect("sockudo:resume_success").await;
+    assert_eq!(data(&success)["recovered"][0]["replayed"], 2, "{success}");
+}

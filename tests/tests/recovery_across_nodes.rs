@@ -98,6 +98,57 @@ async fn a_publish_the_store_cannot_take_is_refused() {
     back.expect("sockudo_internal:subscription_succeeded").await;
 }
 
+/// A client event takes its position from the store, as an API event does: the other
+/// node's subscriber gets it with the store's serial, in order with the API's events, and the
+/// channel's history lists it. With the store down, the sender is told its event was not sent
+/// (4301) rather than have it go out without a position that no resume could recover.
+#[tokio::test]
+async fn client_events_take_their_position_from_the_store() {
+    let redis = RedisServer::start();
+    let bus = Bus::redis(&redis.url(), "client:");
+    let extra = format!("[connection_recovery]\nenabled = true\n{}", bus.history.clone().unwrap());
+    let servers = nodes(&bus, 2, &extra).await;
+    let app = TestApp::main();
+    let channel = "private-room";
+    let mut sender = Client::connect(&servers[0].ws_url(&app.key)).await;
+    sender.subscribe(&app, channel).await;
+    let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[1].port, app.key);
+    let mut on_b = Client::connect_raw(&url).await;
+    let established = on_b.expect("sockudo:connection_established").await;
+    let data: serde_json::Value =
+        serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+    let auth = app.auth(data["socket_id"].as_str().unwrap(), channel, None);
+    let subscribe = json!({ "channel": channel, "auth": auth });
+    on_b.send(json!({ "event": "sockudo:subscribe", "data": subscribe })).await;
+    on_b.expect("sockudo_internal:subscription_succeeded").await;
+
+    let api = Api::new(&servers[0].http_url(), &app);
+    assert_eq!(api.trigger(&[channel], "tick", "1").await.0, 200);
+    assert_eq!(on_b.expect("tick").await["serial"], 1);
+    sender.expect("tick").await;
+    let event = json!({ "event": "client-move", "channel": channel, "data": { "to": "b2" } });
+    sender.send(event).await;
+    let moved = on_b.expect("client-move").await;
+    assert_eq!((&moved["serial"], &moved["data"]["to"]), (&json!(2), &json!("b2")), "{moved}");
+    assert_eq!(api.trigger(&[channel], "tick", "3").await.0, 200);
+    assert_eq!(on_b.expect("tick").await["serial"], 3);
+    sender.expect("tick").await;
+    let (status, page) = api.get(&format!("/channels/{channel}/history"), &[]).await;
+    assert_eq!(status, 200, "{page}");
+    let events: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["event_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["tick", "client-move", "tick"]);
+
+    drop(redis);
+    sender.send(json!({ "event": "client-move", "channel": channel, "data": {} })).await;
+    let error = sender.expect_error(4301).await;
+    assert!(error.contains("history store"), "{error}");
+}
+
 /// What one resilient client saw.
 #[derive(Debug, Default)]
 struct Seen {

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use axum::{
     Json,
     extract::State,
@@ -18,9 +17,9 @@ use super::{
 use crate::{
     adapter::Congestion,
     apps::App,
-    cluster::{self, envelope::Control},
     config::Limits,
     ctx::Ctx,
+    emit::emit,
     feed::{Entry, Kind},
     metrics::Metrics,
     protocol::{
@@ -29,7 +28,6 @@ use crate::{
         filter::{self, Tags},
         frames,
     },
-    recovery::{Record, Recovery},
 };
 
 #[derive(Debug, Deserialize)]
@@ -249,52 +247,11 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Result<Option<Value>,
         let except = event.socket_id.as_deref();
         let to =
             Broadcast::to(&app.id, name).except(except).tagged(tags).compressible(compressible);
-        match ctx.recovery.as_ref().filter(|_| app.recovery.enabled) {
-            // The store gives the position; the other nodes and this one deliver in its order.
-            Some(recovery) if recovery.is_durable() => {
-                // Kept for a best-effort broadcast, should the store not take the event.
-                let plain = app.recovery.best_effort.then(|| text.clone());
-                let record = Record {
-                    message_id: event.message_id.clone().unwrap_or_else(new_message_id),
-                    frame: text,
-                    tags: tags.cloned(),
-                    except: except.map(str::to_string),
-                };
-                match (recovery.append(&app.id, name, record).await, plain) {
-                    (Ok(event), _) => {
-                        ctx.adapter.broadcast_elsewhere(
-                            &to,
-                            &event.record.frame,
-                            event.bus_position(),
-                        );
-                        recovery.deliver(&app.id, name, event);
-                    }
-                    (Err(error), Some(plain)) => {
-                        tracing::warn!(%error, channel = %name, "The history store did not take an event; it went out without a position (the app publishes best effort), and the channel's resumes fail until its stream starts again.");
-                        ctx.metrics.recovery_best_effort.inc();
-                        degrade(ctx, recovery, &app.id, name);
-                        ctx.adapter.broadcast(&to, &Utf8Bytes::from(plain));
-                    }
-                    (Err(error), None) => {
-                        tracing::warn!(%error, channel = %name, "An event was not published: the history store did not take it.");
-                        return Err(ApiError::unavailable(format!(
-                            "Channel {name:?}: the history store is unavailable; the event was not published"
-                        )));
-                    }
-                }
-            }
-            // The event's position is given, kept and delivered in one step per channel.
-            Some(recovery) => {
-                let frame = Utf8Bytes::from(text);
-                let message_id = event.message_id.clone().unwrap_or_else(new_message_id);
-                recovery.publish(&app.id, name, frame.as_str(), message_id, tags, |positioned| {
-                    ctx.adapter.broadcast_positioned(&to, &frame, positioned)
-                });
-            }
-            None => {
-                ctx.adapter.broadcast(&to, &Utf8Bytes::from(text));
-            }
-        };
+        if let Err(error) = emit(ctx, app, &to, text, event.message_id.clone()).await {
+            return Err(ApiError::unavailable(format!(
+                "Channel {name:?}: {error}; the event was not published"
+            )));
+        }
     }
     if event.info.is_empty() {
         return Ok(None);
@@ -317,24 +274,6 @@ async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Result<Option<Value>,
         channels.insert(name.clone(), Value::Object(info));
     }
     Ok(Some(Value::Object(channels)))
-}
-
-/// Mark the channel degraded on every node (its resumes fail closed) until its stream is
-/// started again in the store.
-fn degrade(ctx: &Ctx, recovery: &Arc<Recovery>, app: &str, channel: &str) {
-    let control = |degraded| Control::HistoryDegraded {
-        app: app.to_string(),
-        channel: channel.to_string(),
-        degraded,
-    };
-    let cluster = ctx.adapter.cluster();
-    let (later, lifted) = (cluster.clone(), control(false));
-    recovery.degrade(
-        app,
-        channel,
-        || cluster.send_control(cluster::CONTROL, control(true)),
-        move || later.send_control(cluster::CONTROL, lifted),
-    );
 }
 
 /// Overload push-back: a trigger waits while most subscribers of a channel it names are behind
@@ -390,10 +329,6 @@ async fn limit(ctx: &Ctx, app: &App, cost: usize) -> Result<(), ApiError> {
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("The body is not a valid event: {e}")))
-}
-
-fn new_message_id() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
 
 /// Trigger one event on one or more channels.

@@ -18,6 +18,7 @@ use crate::{
     apps::App,
     ctx::Ctx,
     delta::Algorithm,
+    emit,
     feed::{Entry, Kind},
     hub::{Conn, DeltaWish, Join, Subscribed, Wants},
     metrics::Metrics,
@@ -779,11 +780,19 @@ impl Session {
                 &format!("Client event rate limit of {per_second} per second exceeded"),
             );
         }
-        let frame = Utf8Bytes::from(frames::channel_event(event, name, data, user_id.as_deref()));
+        let frame = frames::channel_event(event, name, data, user_id.as_deref());
+        let except = Some(&*self.conn.socket_id);
+        // Through recovery like the HTTP API's events: on a channel with positions, a client
+        // that missed a client event gets it back when it resumes, as Sockudo's protocol 2.
+        let to = Broadcast::to(&self.app.id, name).except(except);
+        if emit::emit(&self.ctx, &self.app, &to, frame, None).await.is_err() {
+            return self.error(
+                codes::CLIENT_EVENT_REJECTED,
+                "Client event not sent: the history store is unavailable; send it again later",
+            );
+        }
         self.ctx.metrics.events_published.inc();
         self.ctx.feed.stats.published(&self.app.id, 1);
-        let except = Some(&*self.conn.socket_id);
-        self.ctx.adapter.broadcast(&Broadcast::to(&self.app.id, name).except(except), &frame);
         let data = match data {
             Value::String(s) => s.clone(),
             other => other.to_string(),

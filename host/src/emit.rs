@@ -1,0 +1,98 @@
+//! An app's event (published over HTTP, or a client event) on its way to a channel's
+//! subscribers. With recovery on for the app, it gets its position first: from the history
+//! store, once for the whole cluster, or from this node's stream of the channel. Both kinds go
+//! the same way, so a client that missed either can resume, as on Sockudo's protocol 2.
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+
+use crate::{
+    apps::App,
+    cluster::{self, envelope::Control},
+    ctx::Ctx,
+    protocol::Broadcast,
+    recovery::{Record, Recovery},
+};
+
+/// The history store did not take the event and the app does not publish best effort:
+/// nothing was broadcast (nothing goes out that a resume could not recover).
+/// Why is in the node's log.
+#[derive(Debug, thiserror::Error)]
+#[error("the history store is unavailable")]
+pub(crate) struct NotKept;
+
+/// Deliver `text` (a Pusher frame without a position) as `to` says: through the history
+/// store, this node's stream, or straight to the adapter. `message_id` is the publisher's id
+/// for the event, if it gave one.
+pub(crate) async fn emit(
+    ctx: &Ctx,
+    app: &App,
+    to: &Broadcast<'_>,
+    text: String,
+    message_id: Option<String>,
+) -> Result<(), NotKept> {
+    let Some(recovery) = ctx.recovery.as_ref().filter(|_| app.recovery.enabled) else {
+        ctx.adapter.broadcast(to, &Utf8Bytes::from(text));
+        return Ok(());
+    };
+    let message_id = message_id.unwrap_or_else(new_message_id);
+    if !recovery.is_durable() {
+        // The event's position is given, kept and delivered in one step per channel.
+        let frame = Utf8Bytes::from(text);
+        recovery.publish(to.app, to.channel, frame.as_str(), message_id, to.tags, |positioned| {
+            ctx.adapter.broadcast_positioned(to, &frame, positioned);
+        });
+        return Ok(());
+    }
+    // The store gives the position; the other nodes and this one deliver in its order.
+    // The frame is kept for a best-effort broadcast, should the store not take the event.
+    let plain = app.recovery.best_effort.then(|| text.clone());
+    let record = Record {
+        message_id,
+        frame: text,
+        tags: to.tags.cloned(),
+        except: to.except.map(str::to_string),
+    };
+    match (recovery.append(to.app, to.channel, record).await, plain) {
+        (Ok(event), _) => {
+            ctx.adapter.broadcast_elsewhere(to, &event.record.frame, event.bus_position());
+            recovery.deliver(to.app, to.channel, event);
+            Ok(())
+        }
+        (Err(error), Some(plain)) => {
+            tracing::warn!(%error, channel = %to.channel, "The history store did not take an event; it went out without a position (the app publishes best effort), and the channel's resumes fail until its stream starts again.");
+            ctx.metrics.recovery_best_effort.inc();
+            degrade(ctx, recovery, to.app, to.channel);
+            ctx.adapter.broadcast(to, &Utf8Bytes::from(plain));
+            Ok(())
+        }
+        (Err(error), None) => {
+            tracing::warn!(%error, channel = %to.channel, "An event was not published: the history store did not take it.");
+            Err(NotKept)
+        }
+    }
+}
+
+/// A new event id (`message_id`), a UUIDv4 as Sockudo's.
+pub(crate) fn new_message_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Mark the channel degraded on every node (its resumes fail closed) until its stream is
+/// started again in the store.
+fn degrade(ctx: &Ctx, recovery: &Arc<Recovery>, app: &str, channel: &str) {
+    let control = |degraded| Control::HistoryDegraded {
+        app: app.to_string(),
+        channel: channel.to_string(),
+        degraded,
+    };
+    let cluster = ctx.adapter.cluster();
+    let (later, lifted) = (cluster.clone(), control(false));
+    recovery.degrade(
+        app,
+        channel,
+        || cluster.send_control(cluster::CONTROL, control(true)),
+        move || later.send_control(cluster::CONTROL, lifted),
+    );
+}
