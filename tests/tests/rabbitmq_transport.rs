@@ -35,7 +35,8 @@ fn a_topic_longer_than_a_routing_key_round_trips() {
 }
 
 /// A node that does not read (its deliveries blocked) has its queue capped in the broker: the
-/// oldest messages go, the broker's queue never holds more than the cap.
+/// oldest messages go, the broker's queue never holds more than the cap, and what it dropped is
+/// counted (`dropped_slow`): each message was delivered or counted.
 #[test]
 fn a_slow_node_is_capped_in_the_broker() {
     sockhost_plugin_api::conformance::run(async {
@@ -55,5 +56,10 @@ fn a_slow_node_is_capped_in_the_broker() {
         eventually("what the queue kept", || std::future::ready(host.delivered() >= 100)).await;
         // The prefetched ones plus the capped queue: far fewer than were published.
         assert!(host.delivered() <= 100 + 10 + 1, "{} delivered", host.delivered());
+        // Every other one was counted as dropped: none went missing silently.
+        eventually("every message delivered or counted", || {
+            std::future::ready(host.delivered() as i64 + host.metric("dropped_slow") == 2_000)
+        })
+        .await;
     });
 }

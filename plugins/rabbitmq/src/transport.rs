@@ -7,6 +7,9 @@
 //! - **Bounded.** The node's queue holds at most `max_queue_length` messages in the broker
 //!   (`x-overflow = drop-head`): a slow node loses its oldest messages, it never fills the
 //!   broker's memory. The broker sends at most `prefetch` messages before they are acknowledged.
+//!   What the cap drops is dead-lettered to a queue of the node's own that nothing reads; the
+//!   node empties it every second and counts what it held (`dropped_slow`), so a drop is never
+//!   silent.
 //! - **Confirmed publishes.** The publishing channel runs in confirm mode with at most
 //!   `publish_window` publishes unconfirmed; past it, and while the broker blocks the connection
 //!   (its memory or disk alarm), publishing pushes back. A negative confirm is counted.
@@ -29,6 +32,7 @@ use lapin::{
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+        QueuePurgeOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -56,6 +60,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const OUTBOX: usize = 65_536;
 /// Messages the writer takes from the queue at once.
 const BATCH: usize = 256;
+/// How often the node counts (and empties) the queue of what its capped queue dropped.
+const DROPPED_COUNT_EVERY: Duration = Duration::from_secs(1);
+/// Dropped messages held between two counts at most; beyond it the oldest go uncounted (over
+/// 100,000 drops a second), so a node far behind cannot fill the broker through this queue.
+const DROPPED_HELD: i64 = 100_000;
 
 /// The routing key of `topic`: the topic itself, or a digest of it when it is too long.
 pub fn routing_key(topic: &str) -> String {
@@ -64,6 +73,20 @@ pub fn routing_key(topic: &str) -> String {
     }
     let digest = Sha256::digest(topic.as_bytes());
     format!("{DIGEST}{}", hex::encode(digest))
+}
+
+/// A queue's arguments: at most `length` messages, the oldest dropped past it, and dead-lettered
+/// to `exchange` with `key` when given.
+fn capped(length: i64, dead_letter: Option<(&str, &str)>) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(length));
+    arguments.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
+    if let Some((exchange, key)) = dead_letter {
+        arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(exchange.into()));
+        let key = AMQPValue::LongString(key.into());
+        arguments.insert("x-dead-letter-routing-key".into(), key);
+    }
+    arguments
 }
 
 fn unavailable(e: impl std::fmt::Display) -> PluginError {
@@ -79,6 +102,8 @@ struct Session {
     publish: Channel,
     /// This node's queue on this connection.
     queue: String,
+    /// Where the broker dead-letters what the cap of `queue` dropped, to be counted.
+    dropped: String,
 }
 
 /// What the transport's calls and its tasks share.
@@ -141,12 +166,33 @@ impl Shared {
                 )
                 .await?;
             let queue = format!("{}.node.{}.{epoch}", self.config.prefix, self.node);
-            let mut arguments = FieldTable::default();
-            let length = i64::try_from(self.config.max_queue_length).unwrap_or(i64::MAX);
-            arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(length));
-            arguments.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
+            // What the node queue's cap drops goes through this exchange, keyed by the queue's
+            // name, to a queue of the node's own, where it is counted.
+            let dead = format!("{exchange}.dropped");
+            control
+                .exchange_declare(
+                    dead.as_str().into(),
+                    ExchangeKind::Direct,
+                    ExchangeDeclareOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let dropped = format!("{queue}.dropped");
             let options =
                 QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+            let held = capped(DROPPED_HELD, None);
+            control.queue_declare(dropped.as_str().into(), options, held).await?;
+            control
+                .queue_bind(
+                    dropped.as_str().into(),
+                    dead.as_str().into(),
+                    queue.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let length = i64::try_from(self.config.max_queue_length).unwrap_or(i64::MAX);
+            let arguments = capped(length, Some((&dead, &queue)));
             control.queue_declare(queue.as_str().into(), options, arguments).await?;
             let keys: Vec<String> =
                 self.topics.lock().expect("topics lock").keys().cloned().collect();
@@ -174,13 +220,14 @@ impl Shared {
                 .await?;
             let publish = connection.create_channel().await?;
             publish.confirm_select(ConfirmSelectOptions::default()).await?;
-            Ok::<_, lapin::Error>((control, publish, queue, consumer))
+            Ok::<_, lapin::Error>((control, publish, queue, dropped, consumer))
         };
-        let (control, publish, queue, consumer) = tokio::time::timeout(self.timeout(), setup)
-            .await
-            .map_err(|_| unavailable("the broker did not answer the set-up in time"))?
-            .map_err(unavailable)?;
-        Ok((Arc::new(Session { connection, control, publish, queue }), consumer))
+        let (control, publish, queue, dropped, consumer) =
+            tokio::time::timeout(self.timeout(), setup)
+                .await
+                .map_err(|_| unavailable("the broker did not answer the set-up in time"))?
+                .map_err(unavailable)?;
+        Ok((Arc::new(Session { connection, control, publish, queue, dropped }), consumer))
     }
 
     /// Hand each delivery to the host, acknowledging them in groups, until the consumer ends
@@ -211,6 +258,29 @@ impl Shared {
         }
     }
 
+    /// Every [`DROPPED_COUNT_EVERY`], empty the queue of what the node queue's cap dropped and
+    /// count it. Never returns: it ends with the session's consumer.
+    async fn count_dropped(&self, session: &Session) {
+        loop {
+            tokio::time::sleep(DROPPED_COUNT_EVERY).await;
+            let purge = session
+                .control
+                .queue_purge(session.dropped.as_str().into(), QueuePurgeOptions::default());
+            match tokio::time::timeout(self.timeout(), purge).await {
+                Ok(Ok(dropped)) if dropped > 0 => {
+                    self.host.metric(RStr::from_str("dropped_slow"), i64::from(dropped));
+                    tracing::warn!(
+                        dropped,
+                        "This node fell behind its RabbitMQ queue's cap; the broker dropped its oldest messages."
+                    );
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "Could not count dropped messages."),
+                Err(_) => tracing::debug!("Counting dropped messages timed out."),
+            }
+        }
+    }
+
     /// Keep a session up until shutdown: when one ends, connect again with a new queue and
     /// every binding restored.
     async fn supervise(self: Arc<Self>, first: Arc<Session>, consumer: Consumer) {
@@ -219,7 +289,11 @@ impl Shared {
         loop {
             self.watch_events(&session);
             self.session.send_replace(Some(session.clone()));
-            self.consume(consumer).await;
+            // Counting stops with the session (its queue of dropped messages goes with it).
+            tokio::select! {
+                () = self.consume(consumer) => {}
+                () = self.count_dropped(&session) => {}
+            }
             self.session.send_replace(None);
             if self.closed.load(Ordering::Acquire) {
                 return;
