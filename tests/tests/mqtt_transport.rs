@@ -35,3 +35,43 @@ fn a_message_over_the_brokers_limit_is_refused_and_counted() {
         assert_eq!(host.next().await.payload, b"small");
     });
 }
+
+/// A node that does not read (its deliveries blocked) is capped in the broker: Mosquitto holds
+/// at most `max_queued_messages` for it beyond what the sockets buffer, and drops the rest, so a
+/// slow node never fills the broker's memory. A marker published after the node reads again
+/// arrives after everything that was kept (one topic keeps its order), so what was kept is known.
+/// The transport cannot count these drops: MQTT tells a subscriber nothing of them.
+#[test]
+fn a_slow_node_is_capped_in_the_broker() {
+    sockhost_plugin_api::conformance::run(async {
+        let target = mqtt_with(MosquittoServer::start_with("max_queued_messages 100"), "");
+        let (sender, _) = target.transport().await;
+        let (receiver, host) = target.transport().await;
+        ok("subscribe", receiver.subscribe(RStr::from_str("slow")).await);
+        host.block_deliveries();
+        // 32 MB: more than the loopback sockets between them can hold.
+        let published = 2_000;
+        for _ in 0..published {
+            let payload = RVec::from(vec![b'x'; 16 * 1024]);
+            ok("publish", sender.publish(RStr::from_str("slow"), payload).await);
+        }
+        host.unblock_deliveries();
+        // A marker is dropped too while the node's queue is still full, so another goes
+        // whenever nothing came for a while; the first to arrive closes what was kept.
+        let mut kept = 0;
+        'drained: loop {
+            ok(
+                "publish",
+                sender.publish(RStr::from_str("slow"), RVec::from(b"last".to_vec())).await,
+            );
+            while let Some(delivery) = host.next_within(std::time::Duration::from_millis(500)).await
+            {
+                if delivery.payload == b"last" {
+                    break 'drained;
+                }
+                kept += 1;
+            }
+        }
+        assert!(kept < published, "the broker held every message for a node that did not read");
+    });
+}
