@@ -6,7 +6,9 @@
 //! - **No consumer groups.** Each node reads every partition itself from the offset that was
 //!   the latest when it started (no rebalance, no offsets committed, nothing skipped once
 //!   reading) and hands the host only the records of topics it serves. A subscription is
-//!   confirmed at once: the node reads from before it.
+//!   confirmed at once: the node reads from before it. A reader waits at the broker for the
+//!   next record (a long poll of 10 ms at most); once a second, and after a failed read, it
+//!   reads its last record again to check that the topic still holds it.
 //! - **Reconnect.** Calls are retried with backoff within the request timeout; a topic the
 //!   brokers lost (a restart of a broker that keeps no data) is created again and read from
 //!   its start (`reconnects`).
@@ -45,8 +47,16 @@ use crate::config::TransportConfig;
 const OUTBOX: usize = 65_536;
 /// Messages the writer takes at once.
 const BATCH: usize = 512;
-/// How long a fetch waits for records on the broker.
-const MAX_WAIT_MS: i32 = 100;
+/// How long a fetch waits for records on the broker. Short: a broker should answer as soon as
+/// a record comes, but one that does not (Tansu holds the wait out) adds up to this much.
+const MAX_WAIT_MS: i32 = 10;
+/// How long a read may take at most before it is given up and the reader checks its position
+/// (see [`VERIFY_EVERY`]).
+const FETCH_BOUND: Duration = Duration::from_millis(250);
+/// How often a reader reads its last record again to check that it is still there: a broker
+/// that keeps no data, restarted, may have its topic created again and filled past the reader's
+/// offset, which only the record's identity shows. Also right after a failed read.
+const VERIFY_EVERY: Duration = Duration::from_secs(1);
 
 fn unavailable(e: impl std::fmt::Display) -> PluginError {
     PluginError::unavailable(format!("kafka: {e}"))
@@ -176,12 +186,30 @@ impl Shared {
             let size = record.record.value.as_ref().map_or(0, Vec::len);
             (record.offset, record.record.timestamp.timestamp_millis(), size)
         };
+        let mut verified = tokio::time::Instant::now();
         while !self.closed.load(Ordering::Acquire) {
-            let from = last.map_or(offset, |(at, ..)| at);
-            match client.fetch_records(from, 1..max, MAX_WAIT_MS).await {
+            // Reading from the next offset waits at the broker for new records (a long poll);
+            // reading from the last one's would answer at once with it, a busy loop.
+            let verify = failing || verified.elapsed() >= VERIFY_EVERY;
+            let from = match last {
+                Some((at, ..)) if verify => at,
+                _ => offset,
+            };
+            // Bounded: a broker asked for an offset past a topic it created again may hold the
+            // read until records reach it, which only the identity check notices.
+            let fetch = client.fetch_records(from, 1..max, MAX_WAIT_MS);
+            let Ok(fetched) = tokio::time::timeout(FETCH_BOUND, fetch).await else {
+                // Checked at the next read.
+                verified -= VERIFY_EVERY;
+                continue;
+            };
+            match fetched {
                 Ok((records, high_watermark)) => {
                     let mut records = records.into_iter().peekable();
-                    if let Some(known) = last {
+                    if verify {
+                        verified = tokio::time::Instant::now();
+                    }
+                    if let Some(known) = last.filter(|_| verify) {
                         let same = records.peek().map(|first| seen(first) == known);
                         match same {
                             Some(true) => {
