@@ -19,7 +19,7 @@ const HOST_LAYERS: &[(&str, &[&str])] = &[
         &["server", "beside", "cli", "inspect", "fuzzing", "benchmarks", "peer"],
     ),
     ("handlers", &["ws", "http_api", "admin", "console"]),
-    ("the handlers' shared state", &["ctx"]),
+    ("the handlers' shared state", &["ctx", "emit"]),
     (
         "services",
         &[
