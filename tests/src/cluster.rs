@@ -75,7 +75,8 @@ impl Bus {
         Self::new(
             "kafka",
             format!(
-                "[adapter]\ndriver = \"kafka\"\n[adapter.kafka]\nbrokers = [\"{brokers}\"]\nprefix = \"test\"\n"
+                // Tansu holds a read's whole wait even when a record comes: a short one.
+                "[adapter]\ndriver = \"kafka\"\n[adapter.kafka]\nbrokers = [\"{brokers}\"]\nprefix = \"test\"\nfetch_max_wait_ms = 10\n"
             ),
         )
     }

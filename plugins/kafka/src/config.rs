@@ -30,6 +30,10 @@ pub struct TransportConfig {
     pub replication_factor: i16,
     /// The largest record, in bytes. Default: 16 MiB.
     pub max_message_bytes: usize,
+    /// Milliseconds a read waits at the broker for the next record. Default: 500, Kafka's own
+    /// (`fetch.max.wait.ms`): a broker answers as soon as a record comes. Lower it for a broker
+    /// that holds the whole wait (Tansu): the wait is then a delivery's added latency.
+    pub fetch_max_wait_ms: u32,
     /// The number of sockhost nodes, if known (`KAFKA_NODES_NUMBER`).
     pub nodes_number: Option<u64>,
 }
@@ -47,6 +51,7 @@ impl Default for TransportConfig {
             partitions: 1,
             replication_factor: 1,
             max_message_bytes: 16 << 20,
+            fetch_max_wait_ms: 500,
             nodes_number: None,
         }
     }
@@ -145,9 +150,18 @@ impl TransportConfig {
                 "adapter.kafka: request_timeout_ms, partitions, replication_factor and max_message_bytes must be at least 1",
             ));
         }
+        if !(1..=MAX_FETCH_WAIT_MS).contains(&self.fetch_max_wait_ms) {
+            return Err(PluginError::config(format!(
+                "adapter.kafka.fetch_max_wait_ms: {} is not 1-{MAX_FETCH_WAIT_MS}",
+                self.fetch_max_wait_ms
+            )));
+        }
         Ok(())
     }
 }
+
+/// The longest wait a read may ask of the broker.
+const MAX_FETCH_WAIT_MS: u32 = 10_000;
 
 #[cfg(test)]
 mod tests {
@@ -157,11 +171,14 @@ mod tests {
     fn the_defaults_hold_and_bad_values_are_named() {
         let config = TransportConfig::parse("").unwrap();
         assert_eq!(config.brokers, ["localhost:9092"]);
+        assert_eq!(config.fetch_max_wait_ms, 500);
         for bad in [
             "brokers = [\"kafka://x:9092\"]",
             "prefix = \"a b\"",
             "security_protocol = \"TLS\"",
             "security_protocol = \"SASL_SSL\"",
+            "fetch_max_wait_ms = 0",
+            "fetch_max_wait_ms = 60000",
         ] {
             let error = TransportConfig::parse(bad).unwrap_err().message;
             assert!(error.starts_with("adapter.kafka"), "{bad}: {error}");

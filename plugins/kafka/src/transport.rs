@@ -7,8 +7,8 @@
 //!   the latest when it started (no rebalance, no offsets committed, nothing skipped once
 //!   reading) and hands the host only the records of topics it serves. A subscription is
 //!   confirmed at once: the node reads from before it. A reader waits at the broker for the
-//!   next record (a long poll of 10 ms at most); once a second, and after a failed read, it
-//!   reads its last record again to check that the topic still holds it.
+//!   next record (a long poll of `fetch_max_wait_ms`); once a second, and after a failed
+//!   read, it reads its last record again to check that the topic still holds it.
 //! - **Reconnect.** Calls are retried with backoff within the request timeout; a topic the
 //!   brokers lost (a restart of a broker that keeps no data) is created again and read from
 //!   its start (`reconnects`).
@@ -47,12 +47,9 @@ use crate::config::TransportConfig;
 const OUTBOX: usize = 65_536;
 /// Messages the writer takes at once.
 const BATCH: usize = 512;
-/// How long a fetch waits for records on the broker. Short: a broker should answer as soon as
-/// a record comes, but one that does not (Tansu holds the wait out) adds up to this much.
-const MAX_WAIT_MS: i32 = 10;
-/// How long a read may take at most before it is given up and the reader checks its position
-/// (see [`VERIFY_EVERY`]).
-const FETCH_BOUND: Duration = Duration::from_millis(250);
+/// How much longer than its wait (`fetch_max_wait_ms`) a read may take before it is given up
+/// and the reader checks its position (see [`VERIFY_EVERY`]).
+const FETCH_GRACE: Duration = Duration::from_millis(250);
 /// How often a reader reads its last record again to check that it is still there: a broker
 /// that keeps no data, restarted, may have its topic created again and filled past the reader's
 /// offset, which only the record's identity shows. Also right after a failed read.
@@ -186,6 +183,9 @@ impl Shared {
             let size = record.record.value.as_ref().map_or(0, Vec::len);
             (record.offset, record.record.timestamp.timestamp_millis(), size)
         };
+        let wait = self.config.fetch_max_wait_ms;
+        let bound = Duration::from_millis(u64::from(wait)) + FETCH_GRACE;
+        let wait = i32::try_from(wait).unwrap_or(i32::MAX);
         let mut verified = tokio::time::Instant::now();
         while !self.closed.load(Ordering::Acquire) {
             // Reading from the next offset waits at the broker for new records (a long poll);
@@ -197,8 +197,8 @@ impl Shared {
             };
             // Bounded: a broker asked for an offset past a topic it created again may hold the
             // read until records reach it, which only the identity check notices.
-            let fetch = client.fetch_records(from, 1..max, MAX_WAIT_MS);
-            let Ok(fetched) = tokio::time::timeout(FETCH_BOUND, fetch).await else {
+            let fetch = client.fetch_records(from, 1..max, wait);
+            let Ok(fetched) = tokio::time::timeout(bound, fetch).await else {
                 // Checked at the next read.
                 verified -= VERIFY_EVERY;
                 continue;
