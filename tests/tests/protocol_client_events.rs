@@ -100,3 +100,42 @@ async fn client_events_are_limited_in_size_name_and_rate() {
     }
     receiver.expect_nothing().await;
 }
+
+/// A protocol-2 client subscribed to a private channel signed with `app`.
+async fn v2_subscribed(server: &Server, app: &TestApp, query: &str, channel: &str) -> Client {
+    let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2{query}", server.port, app.key);
+    let mut client = Client::connect_raw(&url).await;
+    let established = client.expect("sockudo:connection_established").await;
+    let data: serde_json::Value =
+        serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+    let auth = app.auth(data["socket_id"].as_str().unwrap(), channel, None);
+    let subscribe = json!({ "channel": channel, "auth": auth });
+    client.send(json!({ "event": "sockudo:subscribe", "data": subscribe })).await;
+    client.expect("sockudo_internal:subscription_succeeded").await;
+    client
+}
+
+/// Protocol 2 sends a client event back to its sender too, as Sockudo does, unless the
+/// connection asked not to (`echo_messages=false`); protocol 7 never does (Pusher's rule).
+#[tokio::test]
+async fn protocol_2_echoes_client_events_unless_asked_not_to() {
+    let server = Server::start();
+    let app = TestApp::main();
+    let channel = "private-echo";
+    let mut echoed = v2_subscribed(&server, &app, "", channel).await;
+    let mut quiet = v2_subscribed(&server, &app, "&echo_messages=false", channel).await;
+    let mut v7 = Client::connect(&server.ws_url(&app.key)).await;
+    v7.subscribe(&app, channel).await;
+
+    echoed.send(client_event(channel, "client-a", json!(1))).await;
+    for client in [&mut echoed, &mut quiet, &mut v7] {
+        assert_eq!(client.expect("client-a").await["data"], 1);
+    }
+    // Each sender's next frame is the other's event: its own never came back.
+    quiet.send(client_event(channel, "client-b", json!(2))).await;
+    assert_eq!(v7.expect_any().await["event"], "client-b");
+    v7.send(client_event(channel, "client-c", json!(3))).await;
+    assert_eq!(quiet.expect_any().await["event"], "client-c");
+    assert_eq!(echoed.expect("client-b").await["data"], 2);
+    assert_eq!(echoed.expect("client-c").await["data"], 3);
+}

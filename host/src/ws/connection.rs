@@ -157,6 +157,10 @@ pub(super) fn run(
 ) -> impl Future<Output = ()> + Send {
     let patience = ctx.settings.pong_timeout.min(CLOSE_PATIENCE);
     let dialect = Dialect::of(query.get("protocol").map(String::as_str));
+    // Protocol 2 sends a client event back to its sender too, unless the connection asks not
+    // to (`echo_messages=false`), as Sockudo does; protocol 7 never does (Pusher's rule).
+    let echo = dialect == Dialect::V2
+        && !matches!(query.get("echo_messages").map(String::as_str), Some("false" | "0"));
     // Made here, so that the key and query live in its box, not in the connection's future.
     let over_limit = peer.as_ref().and_then(|p| p.over_limit);
     let admission = Box::pin(admit(ctx.clone(), key, query, ip, over_limit));
@@ -172,7 +176,7 @@ pub(super) fn run(
         let (conn, mut outbound, closer) = open(&ctx, &app, dialect);
         // Boxed: most of its 360 bytes are maps an idle connection leaves empty, and in the box
         // they do not push the connection's future into a larger allocation size class.
-        let mut session = Box::new(Session::new(ctx.clone(), app.clone(), conn.clone()));
+        let mut session = Box::new(Session::new(ctx.clone(), app.clone(), conn.clone(), echo));
         let shutting_down = ctx.shutdown.cancelled();
         let app_ended = app_ended(&ctx, &app.id);
         // Apps that require sign-in give a connection this long to do it (a timer only there).

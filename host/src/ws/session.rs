@@ -90,6 +90,8 @@ pub(super) struct Session {
     ctx: Arc<Ctx>,
     app: Arc<App>,
     conn: Conn,
+    /// Its client events come back to it too (protocol 2's default).
+    echo: bool,
     /// Subscribed channels, with the presence user id where there is one.
     subscriptions: HashMap<String, Option<String>>,
     /// With recovery, the head each subscription was acknowledged at: a resume replays up to
@@ -117,11 +119,12 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn new(ctx: Arc<Ctx>, app: Arc<App>, conn: Conn) -> Self {
+    pub(super) fn new(ctx: Arc<Ctx>, app: Arc<App>, conn: Conn, echo: bool) -> Self {
         Self {
             ctx,
             app,
             conn,
+            echo,
             subscriptions: HashMap::new(),
             heads: HashMap::new(),
             resumes: Resumes::default(),
@@ -781,7 +784,7 @@ impl Session {
             );
         }
         let frame = frames::channel_event(event, name, data, user_id.as_deref());
-        let except = Some(&*self.conn.socket_id);
+        let except = (!self.echo).then_some(&*self.conn.socket_id);
         // Through recovery like the HTTP API's events: on a channel with positions, a client
         // that missed a client event gets it back when it resumes, as Sockudo's protocol 2.
         let to = Broadcast::to(&self.app.id, name).except(except);
