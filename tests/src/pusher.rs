@@ -74,6 +74,33 @@ impl Client {
         Self { ws, socket_id: String::new() }
     }
 
+    /// Connect with Sockudo's protocol 2 (`url` asks for it) and wait for
+    /// `sockudo:connection_established`.
+    ///
+    /// # Panics
+    /// If the connection is refused or the first message is something else.
+    pub async fn connect_v2(url: &str) -> Self {
+        let mut client = Self::connect_raw(url).await;
+        let established = client.expect("sockudo:connection_established").await;
+        let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+        client.socket_id = data["socket_id"].as_str().unwrap().to_string();
+        client
+    }
+
+    /// Subscribe with protocol 2's names to a public channel, or a private one signed with
+    /// `app`, and return the acknowledgement.
+    ///
+    /// # Panics
+    /// If something else comes first.
+    pub async fn subscribe_v2(&mut self, app: &TestApp, channel: &str) -> Value {
+        let mut data = json!({ "channel": channel });
+        if channel.starts_with("private-") {
+            data["auth"] = app.auth(&self.socket_id, channel, None).into();
+        }
+        self.send(json!({ "event": "sockudo:subscribe", "data": data })).await;
+        self.expect("sockudo_internal:subscription_succeeded").await
+    }
+
     /// Send a JSON message.
     ///
     /// # Panics

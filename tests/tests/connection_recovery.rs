@@ -21,12 +21,11 @@ fn recovering(max: &str) -> Server {
         .start()
 }
 
-/// A protocol-2 client subscribed to `channel`; the acknowledgement's head.
+/// A protocol-2 client subscribed to `channel` (a private one signed with `app`); the
+/// acknowledgement's head.
 async fn subscribed(server: &Server, app: &TestApp, channel: &str) -> (Client, String, u64) {
-    let mut client = Client::connect_raw(&v2_url(server, &app.key)).await;
-    client.expect("sockudo:connection_established").await;
-    client.send(json!({ "event": "sockudo:subscribe", "data": { "channel": channel } })).await;
-    let ack = client.expect("sockudo_internal:subscription_succeeded").await;
+    let mut client = Client::connect_v2(&v2_url(server, &app.key)).await;
+    let ack = client.subscribe_v2(app, channel).await;
     let stream_id = ack["stream_id"].as_str().unwrap_or_else(|| panic!("{ack}")).to_string();
     (client, stream_id, ack["serial"].as_u64().unwrap())
 }
@@ -241,24 +240,6 @@ async fn sockudos_own_python_client_recovers_through_a_cut() {
     assert!(resumed >= 1.0, "the client came back through a resume: {resumed}");
 }
 
-/// A protocol-2 client subscribed to a private channel (signed with `app`); the
-/// acknowledgement's head.
-async fn private_subscribed(
-    server: &Server,
-    app: &TestApp,
-    channel: &str,
-) -> (Client, String, u64) {
-    let mut client = Client::connect_raw(&v2_url(server, &app.key)).await;
-    let established = client.expect("sockudo:connection_established").await;
-    let socket_id = data(&established)["socket_id"].as_str().unwrap().to_string();
-    let auth = app.auth(&socket_id, channel, None);
-    let subscribe = json!({ "channel": channel, "auth": auth });
-    client.send(json!({ "event": "sockudo:subscribe", "data": subscribe })).await;
-    let ack = client.expect("sockudo_internal:subscription_succeeded").await;
-    let stream_id = ack["stream_id"].as_str().unwrap_or_else(|| panic!("{ack}")).to_string();
-    (client, stream_id, ack["serial"].as_u64().unwrap())
-}
-
 /// Client events take positions as the HTTP API's events do (Sockudo's protocol 2 gives them
 /// serials too): a protocol-2 subscriber gets them positioned, a protocol-7 one gets Pusher's
 /// frame, the protocol-2 sender gets its own back (protocol 2's echo), and a subscriber that
@@ -271,8 +252,8 @@ async fn client_events_take_positions_and_come_back_in_a_resume() {
     let channel = "private-chat";
     let typing =
         |n: u32| json!({ "event": "client-typing", "channel": channel, "data": { "n": n } });
-    let (mut sender, _, _) = private_subscribed(&server, &app, channel).await;
-    let (mut away, stream_id, head) = private_subscribed(&server, &app, channel).await;
+    let (mut sender, _, _) = subscribed(&server, &app, channel).await;
+    let (mut away, stream_id, head) = subscribed(&server, &app, channel).await;
     assert_eq!(head, 0);
     let mut v7 = Client::connect(&server.ws_url(&app.key)).await;
     v7.subscribe(&app, channel).await;
@@ -295,7 +276,7 @@ async fn client_events_take_positions_and_come_back_in_a_resume() {
     assert_eq!(sender.expect("client-typing").await["serial"], 2);
     assert_eq!(sender.expect("tick").await["serial"], 3);
 
-    let (mut again, same, head) = private_subscribed(&server, &app, channel).await;
+    let (mut again, same, head) = subscribed(&server, &app, channel).await;
     assert_eq!((same.as_str(), head), (stream_id.as_str(), 3));
     let position = json!({ "stream_id": stream_id, "serial": 1 });
     let resume = json!({ "channel_positions": { channel: position } });

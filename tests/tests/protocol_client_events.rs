@@ -104,14 +104,8 @@ async fn client_events_are_limited_in_size_name_and_rate() {
 /// A protocol-2 client subscribed to a private channel signed with `app`.
 async fn v2_subscribed(server: &Server, app: &TestApp, query: &str, channel: &str) -> Client {
     let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2{query}", server.port, app.key);
-    let mut client = Client::connect_raw(&url).await;
-    let established = client.expect("sockudo:connection_established").await;
-    let data: serde_json::Value =
-        serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
-    let auth = app.auth(data["socket_id"].as_str().unwrap(), channel, None);
-    let subscribe = json!({ "channel": channel, "auth": auth });
-    client.send(json!({ "event": "sockudo:subscribe", "data": subscribe })).await;
-    client.expect("sockudo_internal:subscription_succeeded").await;
+    let mut client = Client::connect_v2(&url).await;
+    client.subscribe_v2(app, channel).await;
     client
 }
 

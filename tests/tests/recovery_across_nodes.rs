@@ -113,14 +113,8 @@ async fn client_events_take_their_position_from_the_store() {
     let mut sender = Client::connect(&servers[0].ws_url(&app.key)).await;
     sender.subscribe(&app, channel).await;
     let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[1].port, app.key);
-    let mut on_b = Client::connect_raw(&url).await;
-    let established = on_b.expect("sockudo:connection_established").await;
-    let data: serde_json::Value =
-        serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
-    let auth = app.auth(data["socket_id"].as_str().unwrap(), channel, None);
-    let subscribe = json!({ "channel": channel, "auth": auth });
-    on_b.send(json!({ "event": "sockudo:subscribe", "data": subscribe })).await;
-    on_b.expect("sockudo_internal:subscription_succeeded").await;
+    let mut on_b = Client::connect_v2(&url).await;
+    on_b.subscribe_v2(&app, channel).await;
 
     let api = Api::new(&servers[0].http_url(), &app);
     assert_eq!(api.trigger(&[channel], "tick", "1").await.0, 200);
