@@ -75,7 +75,7 @@ pub(crate) async fn emit(
 }
 
 /// A new event id (`message_id`), a UUIDv4 as Sockudo's.
-pub(crate) fn new_message_id() -> String {
+fn new_message_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 

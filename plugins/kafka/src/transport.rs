@@ -186,13 +186,12 @@ impl Shared {
         let wait = self.config.fetch_max_wait_ms;
         let bound = Duration::from_millis(u64::from(wait)) + FETCH_GRACE;
         let wait = i32::try_from(wait).unwrap_or(i32::MAX);
-        let mut verified = tokio::time::Instant::now();
-        // A read was given up: check at the next one.
-        let mut doubtful = false;
+        // When the reader next reads its last record again (at once after a read given up).
+        let mut verify_at = tokio::time::Instant::now() + VERIFY_EVERY;
         while !self.closed.load(Ordering::Acquire) {
             // Reading from the next offset waits at the broker for new records (a long poll);
             // reading from the last one's would answer at once with it, a busy loop.
-            let verify = failing || doubtful || verified.elapsed() >= VERIFY_EVERY;
+            let verify = failing || tokio::time::Instant::now() >= verify_at;
             let from = match last {
                 Some((at, ..)) if verify => at,
                 _ => offset,
@@ -201,14 +200,14 @@ impl Shared {
             // read until records reach it, which only the identity check notices.
             let fetch = client.fetch_records(from, 1..max, wait);
             let Ok(fetched) = tokio::time::timeout(bound, fetch).await else {
-                doubtful = true;
+                verify_at = tokio::time::Instant::now();
                 continue;
             };
             match fetched {
                 Ok((records, high_watermark)) => {
                     let mut records = records.into_iter().peekable();
                     if verify {
-                        (verified, doubtful) = (tokio::time::Instant::now(), false);
+                        verify_at = tokio::time::Instant::now() + VERIFY_EVERY;
                     }
                     if let Some(known) = last.filter(|_| verify) {
                         let same = records.peek().map(|first| seen(first) == known);
