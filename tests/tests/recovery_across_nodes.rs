@@ -17,6 +17,12 @@ use sockhost_tests::{
     server::Server,
 };
 
+/// The nodes' extra configuration: recovery on, with the bus's Redis as the history store.
+fn recovering(bus: &Bus) -> String {
+    let history = bus.history.clone().expect("a Redis bus has a history table");
+    format!("[connection_recovery]\nenabled = true\n{history}")
+}
+
 /// An event the bus lost: in the store (written through the real redis history driver, as a
 /// node's publish writes it) but never broadcast. The next event over the bus shows the node
 /// the gap, which it fills from the store before delivering: the subscriber gets both, in
@@ -25,7 +31,7 @@ use sockhost_tests::{
 async fn a_node_fills_a_gap_the_bus_left_from_the_store() {
     let redis = RedisServer::start();
     let bus = Bus::redis(&redis.url(), "gap:");
-    let extra = format!("[connection_recovery]\nenabled = true\n{}", bus.history.clone().unwrap());
+    let extra = recovering(&bus);
     let servers = nodes(&bus, 2, &extra).await;
     let app = TestApp::main();
     let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[0].port, app.key);
@@ -70,7 +76,7 @@ async fn a_node_fills_a_gap_the_bus_left_from_the_store() {
 async fn a_publish_the_store_cannot_take_is_refused() {
     let redis = RedisServer::start();
     let bus = Bus::redis(&redis.url(), "down:");
-    let extra = format!("[connection_recovery]\nenabled = true\n{}", bus.history.clone().unwrap());
+    let extra = recovering(&bus);
     let servers = nodes(&bus, 1, &extra).await;
     let app = TestApp::main();
     let mut v7 = Client::connect(&servers[0].ws_url(&app.key)).await;
@@ -106,7 +112,7 @@ async fn a_publish_the_store_cannot_take_is_refused() {
 async fn client_events_take_their_position_from_the_store() {
     let redis = RedisServer::start();
     let bus = Bus::redis(&redis.url(), "client:");
-    let extra = format!("[connection_recovery]\nenabled = true\n{}", bus.history.clone().unwrap());
+    let extra = recovering(&bus);
     let servers = nodes(&bus, 2, &extra).await;
     let app = TestApp::main();
     let channel = "private-room";
@@ -360,7 +366,7 @@ async fn a_rolling_restart_loses_nothing() {
     const PER_STEP: u64 = 20;
     let mut redis = RedisServer::start_durable();
     let bus = Bus::redis(&redis.url(), "rolling:");
-    let extra = format!("[connection_recovery]\nenabled = true\n{}", bus.history.clone().unwrap());
+    let extra = recovering(&bus);
     let app = TestApp::new("recovering", "recovering-key", "recovering-secret");
     let ws_url = |s: &Server| format!("ws://127.0.0.1:{}/app/{}?protocol=2", s.port, app.key);
     let mut servers: Vec<Option<Server>> =
@@ -573,7 +579,7 @@ async fn an_idempotent_retry_on_another_node_is_answered_not_published() {
 async fn replays_from_the_store_keep_the_subscribers_filter() {
     let redis = RedisServer::start();
     let bus = Bus::redis(&redis.url(), "replay:").env("TAG_FILTERING_ENABLED", "true");
-    let extra = format!("[connection_recovery]\nenabled = true\n{}", bus.history.clone().unwrap());
+    let extra = recovering(&bus);
     let servers = nodes(&bus, 2, &extra).await;
     let app = TestApp::main();
     let api_a = Api::new(&servers[0].http_url(), &app);
@@ -631,7 +637,7 @@ async fn replays_from_the_store_keep_the_subscribers_filter() {
 async fn racing_publishes_are_delivered_in_serial_order() {
     let redis = RedisServer::start();
     let bus = Bus::redis(&redis.url(), "race:");
-    let extra = format!("[connection_recovery]\nenabled = true\n{}", bus.history.clone().unwrap());
+    let extra = recovering(&bus);
     let servers = nodes(&bus, 2, &extra).await;
     let app = TestApp::main();
     let mut clients = Vec::new();
@@ -707,7 +713,7 @@ async fn resume_from(
 async fn an_app_narrows_or_turns_off_recovery() {
     let redis = RedisServer::start();
     let bus = Bus::redis(&redis.url(), "apps:");
-    let extra = format!("[connection_recovery]\nenabled = true\n{}", bus.history.clone().unwrap());
+    let extra = recovering(&bus);
     let servers = nodes(&bus, 1, &extra).await;
 
     let off = TestApp::new("unrecovered", "unrecovered-key", "unrecovered-secret");
