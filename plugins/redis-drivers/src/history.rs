@@ -3,9 +3,10 @@
 //! ids are the serials), written and read by Lua scripts so that the serial an event gets and
 //! its append are one atomic step, on one server or one shard of a cluster.
 //!
-//! Memory is bounded per channel by the count (`MAXLEN` on every append) and by age (the log
-//! expires with the retention after its last append, the meta after twice that; entries older
-//! than the retention are not answered). A lost meta (expired, flushed, a server restarted
+//! Memory is bounded per channel by the count (`MAXLEN ~` on every append: at most one node
+//! of the stream, 100 entries by default, beyond it; reads answer only the last `max_events`)
+//! and by age (the log expires with the retention after its last append, the meta after twice
+//! that; entries older than the retention are not answered). A lost meta (expired, flushed, a server restarted
 //! without persistence) starts the stream again with a new id, which resumes are told.
 
 use redis::aio::ConnectionLike;
@@ -62,20 +63,23 @@ local count = #ARGV - 5
 local last = redis.call('HINCRBY', KEYS[1], 's', count)
 for i = 1, count do
   local serial = last - count + i
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], serial .. '-0', 't', ARGV[5], 'r', ARGV[5 + i])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], serial .. '-0', 't', ARGV[5], 'r', ARGV[5 + i])
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {id, last - count + 1}
 ";
 
-/// Read: ARGV[1] new id, [2] meta lifetime, [3] after, [4] limit. Answers {stream id, head,
-/// entries}.
+/// Read: ARGV[1] new id, [2] meta lifetime, [3] after, [4] limit, [5] max events. Answers
+/// {stream id, head, entries}. Appends trim the log roughly (`MAXLEN ~`: whole nodes of the
+/// stream at a time, far cheaper than exact trimming), so a read answers only the last
+/// `max events` serials.
 const READ: &str = r"
 local head = tonumber(redis.call('HGET', KEYS[1], 's'))
 local entries = {}
 if tonumber(ARGV[4]) > 0 then
-  entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[3] .. '-0', '+', 'COUNT', ARGV[4])
+  local after = math.max(tonumber(ARGV[3]), head - tonumber(ARGV[5]))
+  entries = redis.call('XRANGE', KEYS[2], '(' .. string.format('%d', after) .. '-0', '+', 'COUNT', ARGV[4])
 end
 return {id, head, entries}
 ";
@@ -173,7 +177,7 @@ where
     ) -> Result<Page, PluginError> {
         let mut conn = self.handle.open()?;
         let mut invocation = self.invocation(&self.read, app, channel, retention);
-        invocation.arg(after).arg(limit.min(MAX_READ));
+        invocation.arg(after).arg(limit.min(MAX_READ)).arg(retention.max_events.max(1));
         let (stream_id, head, entries): (String, u64, Vec<Entry>) =
             within("redis history read", self.handle.timeout, invocation.invoke_async(&mut conn))
                 .await?;
