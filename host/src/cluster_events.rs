@@ -125,8 +125,12 @@ impl Host for ClusterEvents {
                 tags: to.tags.cloned(),
                 except: to.except.map(str::to_string),
             };
-            let event =
-                Event { stream_id: position.stream_id.into(), serial: position.serial, record };
+            let event = Event {
+                stream_id: position.stream_id.into(),
+                serial: position.serial,
+                record,
+                published: false,
+            };
             return recovery.deliver(to.app, to.channel, event);
         }
         let to = to.tagged(to.tags.filter(|_| self.tag_filtering));

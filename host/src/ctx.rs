@@ -100,6 +100,7 @@ impl Ctx {
                         repaired: metrics.recovery_repaired.clone(),
                         lost: metrics.recovery_lost.clone(),
                         store_errors: metrics.history_errors.clone(),
+                        published: metrics.history_published.clone(),
                     },
                 });
             let recovery = Recovery::new(r, metrics.recovery_untracked.clone(), durable);

@@ -12,7 +12,7 @@ use crate::{
     cluster::{self, envelope::Control},
     ctx::Ctx,
     protocol::Broadcast,
-    recovery::{Record, Recovery},
+    recovery::{Outgoing, Record, Recovery},
 };
 
 /// The history store did not take the event and the app does not publish best effort:
@@ -48,15 +48,24 @@ pub(crate) async fn emit(
     // The store gives the position; the other nodes and this one deliver in its order.
     // The frame is kept for a best-effort broadcast, should the store not take the event.
     let plain = app.recovery.best_effort.then(|| text.clone());
+    // A store that writes to the bus's server publishes the event as it positions it: no
+    // publish of ours after, and the bus carries the channel's events in serial order.
+    let outgoing = recovery
+        .store_publishes()
+        .then(|| ctx.adapter.cluster().stored_broadcast(to, text.as_bytes(), &message_id))
+        .flatten()
+        .map(|(topic, message)| Outgoing { topic, message });
     let record = Record {
         message_id,
         frame: text,
         tags: to.tags.cloned(),
         except: to.except.map(str::to_string),
     };
-    match (recovery.append(to.app, to.channel, record).await, plain) {
+    match (recovery.append(to.app, to.channel, record, outgoing).await, plain) {
         (Ok(event), _) => {
-            ctx.adapter.broadcast_elsewhere(to, &event.record.frame, event.bus_position());
+            if !event.published {
+                ctx.adapter.broadcast_elsewhere(to, &event.record.frame, event.bus_position());
+            }
             recovery.deliver(to.app, to.channel, event);
             Ok(())
         }

@@ -123,6 +123,9 @@ pub(crate) struct Metrics {
     pub recovery_lost: Counter,
     /// Failed calls to the history store.
     pub history_errors: Counter,
+    /// App events the history store published to the other nodes in the step that gave them
+    /// their position (it writes to the transport's server).
+    pub history_published: Counter,
     /// App events broadcast without a position because the history store did not take them
     /// (apps publishing best effort).
     pub recovery_best_effort: Counter,
@@ -210,6 +213,11 @@ impl Metrics {
                 self.recovery_lost
             ),
             ("history_errors", "Failed calls to the history store", self.history_errors),
+            (
+                "history_published",
+                "App events the history store published to the other nodes as it positioned them",
+                self.history_published
+            ),
             (
                 "recovery_best_effort",
                 "App events broadcast without a position: the history store did not take them",

@@ -103,3 +103,53 @@ pub trait History: Send + Sync {
 
 /// A history store as the host owns it.
 pub type HistoryBox = History_TO<'static, RBox<()>>;
+
+/// An event to append and publish ([`HistoryBus::append_publishing`]).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The host's record, stored as [`History::append`] stores it.
+    pub record: RVec<u8>,
+    /// The host's bus message for the event, to which the store adds its position.
+    pub message: RVec<u8>,
+}
+
+/// What [`HistoryBus::append_publishing`] did.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Where the events went.
+    pub appended: Appended,
+    /// Whether the store published them too; when not, the host publishes them itself.
+    pub published: bool,
+}
+
+/// A history store's way onto the bus, for a store that writes to the server that carries
+/// the bus: it can publish each event to the other nodes in the atomic step that gives it its
+/// position, so that the event costs no publish of its own and the bus carries a channel's
+/// events in the order of their serials. Made by the root module's `history_bus`
+/// constructor from the history store's own driver name and configuration (a kind of its
+/// own, so that plugins built before it keep loading).
+#[sabi_trait]
+pub trait HistoryBus: Send + Sync {
+    /// Append `events` to the channel's stream as [`History::append`] does and, when this
+    /// store writes to the server on which a transport of the same plugin carries `topic`,
+    /// publish each event's message to that topic in the same atomic step, in serial order,
+    /// with its position added after it: the stream id's bytes, the serial in decimal digits,
+    /// then one byte each for those two lengths. `published` says whether it did.
+    fn append_publishing(
+        &self,
+        app: RStr<'_>,
+        channel: RStr<'_>,
+        topic: RStr<'_>,
+        events: RVec<Outgoing>,
+        retention: Retention,
+    ) -> FfiFuture<PResult<Published>>;
+
+    /// Release the backend; later calls answer `UNAVAILABLE`. Idempotent.
+    #[sabi(last_prefix_field)]
+    fn shutdown(&self) -> FfiFuture<PResult<()>>;
+}
+
+/// A history store's way onto the bus, as the host owns it.
+pub type HistoryBusBox = HistoryBus_TO<'static, RBox<()>>;

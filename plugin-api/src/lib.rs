@@ -64,12 +64,15 @@ pub mod sdk;
 pub use app_manager::{AppManager, AppManager_TO, AppManagerBox, CHANGED, IF_VERSION};
 pub use cache::{Cache, Cache_TO, CacheBox};
 pub use error::{ErrorCode, PResult, PluginError};
-pub use history::{Appended, History, History_TO, HistoryBox, Page, Retention, Stored};
+pub use history::{
+    Appended, History, History_TO, HistoryBox, HistoryBus, HistoryBus_TO, HistoryBusBox, Outgoing,
+    Page, Published, Retention, Stored,
+};
 pub use host::{HostContext, HostContext_TO, HostContextBox, LogLevel};
 pub use info::{DriverDecl, DriverKind, PluginInfo};
 pub use queue::{Job, Queue, Queue_TO, QueueBox, QueueHandler, QueueHandler_TO, QueueHandlerBox};
 pub use rate_limiter::{RateDecision, RateLimiter, RateLimiter_TO, RateLimiterBox};
-pub use root::{PluginModule, PluginModule_Ref, base, with_apps};
+pub use root::{PluginModule, PluginModule_Ref, base, with_apps, with_history};
 pub use transport::{Transport, Transport_TO, TransportBox};
 
 /// The FFI-safe building blocks, re-exported so that neither the host nor plugins depend on

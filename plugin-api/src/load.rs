@@ -9,10 +9,10 @@ use abi_stable::{
 };
 
 use crate::{
-    AppManagerBox, CacheBox, HistoryBox, HostContextBox, PResult, PluginInfo, PluginModule_Ref,
-    QueueBox, RateLimiterBox, TransportBox,
+    AppManagerBox, CacheBox, HistoryBox, HistoryBusBox, HostContextBox, PResult, PluginInfo,
+    PluginModule_Ref, QueueBox, RateLimiterBox, TransportBox,
     abi::{FfiFuture, RStr},
-    root::{base, with_apps},
+    root::{base, with_apps, with_history},
 };
 
 /// A driver constructor: the driver's name, its configuration text, the host's callbacks.
@@ -24,8 +24,10 @@ pub type Constructor<T> =
 #[derive(Clone, Copy)]
 pub struct Module {
     base: base::PluginModule_Ref,
-    /// Set when the plugin has app managers' layout but not the current one.
+    /// Set when the plugin has app managers' layout but not a later one.
     with_apps: Option<with_apps::PluginModule_Ref>,
+    /// Set when the plugin has history stores' layout but not the current one.
+    with_history: Option<with_history::PluginModule_Ref>,
     full: Option<PluginModule_Ref>,
 }
 
@@ -70,25 +72,37 @@ impl Module {
 
     /// The kinds this plugin cannot provide because it was built before they were added.
     pub fn missing(&self) -> &'static [&'static str] {
-        match (self.full, self.with_apps) {
-            (Some(_), _) => &[],
-            (None, Some(_)) => &["history stores"],
-            (None, None) => &["app managers", "history stores"],
+        match (self.full, self.with_history, self.with_apps) {
+            (Some(_), _, _) => &[],
+            (None, Some(_), _) => &["history stores' publishing"],
+            (None, None, Some(_)) => &["history stores", "history stores' publishing"],
+            (None, None, None) => &["app managers", "history stores", "history stores' publishing"],
         }
     }
 
     /// The app-manager constructor, if the plugin was built with app managers and has one.
     pub fn app_manager(&self) -> Option<Constructor<AppManagerBox>> {
-        match (self.full, self.with_apps) {
-            (Some(full), _) => full.app_manager(),
-            (None, Some(with_apps)) => with_apps.app_manager(),
-            (None, None) => None,
+        match (self.full, self.with_history, self.with_apps) {
+            (Some(full), _, _) => full.app_manager(),
+            (None, Some(with_history), _) => with_history.app_manager(),
+            (None, None, Some(with_apps)) => with_apps.app_manager(),
+            (None, None, None) => None,
         }
     }
 
     /// The history constructor, if the plugin was built with history stores and has one.
     pub fn history(&self) -> Option<Constructor<HistoryBox>> {
-        self.full.and_then(|m| m.history())
+        match (self.full, self.with_history) {
+            (Some(full), _) => full.history(),
+            (None, Some(with_history)) => with_history.history(),
+            (None, None) => None,
+        }
+    }
+
+    /// The constructor of history stores' way onto the bus, if the plugin was built with it
+    /// and has one.
+    pub fn history_bus(&self) -> Option<Constructor<HistoryBusBox>> {
+        self.full.and_then(|m| m.history_bus())
     }
 }
 
@@ -201,13 +215,18 @@ pub fn open(path: &Path) -> Result<Module, OpenError> {
     })?;
     // The fields added within the generation: a plugin built before them fails this check
     // (it has fewer fields than the current type) and provides none of the newer kinds; one
-    // built with app managers but before history stores passes the frozen layout between.
+    // built between two additions passes the frozen layout of its time (`with_history`,
+    // `with_apps`).
     let full = header.check_layout::<PluginModule_Ref>().ok();
-    let with_apps = match full {
+    let with_history = match full {
         Some(_) => None,
-        None => header.check_layout::<with_apps::PluginModule_Ref>().ok(),
+        None => header.check_layout::<with_history::PluginModule_Ref>().ok(),
     };
-    Ok(Module { base, with_apps, full })
+    let with_apps = match (full, with_history) {
+        (None, None) => header.check_layout::<with_apps::PluginModule_Ref>().ok(),
+        _ => None,
+    };
+    Ok(Module { base, with_apps, with_history, full })
 }
 
 fn version(v: VersionNumber) -> String {

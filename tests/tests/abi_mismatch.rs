@@ -176,16 +176,22 @@ fn before_app_managers(name: &str, source: String) -> String {
             format!("{}{}", &source[..start], &source[end + 1..])
         }
         // The copy's loader is not what is tested (the host's is); it only has to build.
-        "load.rs" => source
-            .replace("(Some(full), _) => full.app_manager(),", "(Some(_), _) => None,")
-            .replace("self.full.and_then(|m| m.history())", "self.full.and(None)"),
+        "load.rs" => without_history_bus(&source)
+            .replace("(Some(full), _, _) => full.app_manager(),", "(Some(_), _, _) => None,")
+            .replace("(Some(full), _) => full.history(),", "(Some(_), _) => None,"),
         "fixture/lib.rs" => source
             .replace("        app_manager: None, // (the field added after 0.1.0's prefix)\n", "")
-            .replace("        history: None,     // (the field added after app managers)\n", ""),
+            .replace("        history: None,     // (the field added after app managers)\n", "")
+            .replace("        history_bus: None, // (the field added after history stores)\n", ""),
         _ => return source,
     };
     assert_ne!(altered, source, "the alteration no longer applies to {name}");
     altered
+}
+
+/// The copy's loader without the call to the current layout's `history_bus`.
+fn without_history_bus(load: &str) -> String {
+    load.replace("self.full.and_then(|m| m.history_bus())", "self.full.and(None)")
 }
 
 #[test]
@@ -209,9 +215,11 @@ fn before_history(name: &str, source: String) -> String {
             let end = start + source[start..].find("\n}").expect("the struct ends");
             format!("{}{}", &source[..start], &source[end + 1..])
         }
-        "load.rs" => source.replace("self.full.and_then(|m| m.history())", "self.full.and(None)"),
+        "load.rs" => without_history_bus(&source)
+            .replace("(Some(full), _) => full.history(),", "(Some(_), _) => None,"),
         "fixture/lib.rs" => source
-            .replace("        history: None,     // (the field added after app managers)\n", ""),
+            .replace("        history: None,     // (the field added after app managers)\n", "")
+            .replace("        history_bus: None, // (the field added after history stores)\n", ""),
         _ => return source,
     };
     assert_ne!(altered, source, "the alteration no longer applies to {name}");
@@ -229,4 +237,38 @@ fn a_plugin_built_before_the_history_kind_still_loads_with_its_app_managers() {
     );
     assert!(text.contains("an earlier layout of its generation: no history stores"), "{text}");
     assert!(!text.contains("no app managers"), "{text}");
+}
+
+/// The plugin-api with history stores and before their way onto the bus: its root module
+/// ends at `history`.
+fn before_history_bus(name: &str, source: String) -> String {
+    let altered = match name {
+        "root.rs" => {
+            let from = "    /// The constructor of history stores' way onto the bus";
+            let start = source.find(from).expect("root.rs has it");
+            let end = start + source[start..].find("\n}").expect("the struct ends");
+            format!("{}{}", &source[..start], &source[end + 1..])
+        }
+        "load.rs" => without_history_bus(&source),
+        "fixture/lib.rs" => source
+            .replace("        history_bus: None, // (the field added after history stores)\n", ""),
+        _ => return source,
+    };
+    assert_ne!(altered, source, "the alteration no longer applies to {name}");
+    altered
+}
+
+#[test]
+fn a_plugin_built_before_history_stores_could_publish_still_loads_with_its_stores() {
+    let library = build_fixture("before_history_bus", "0.1.0", before_history_bus);
+    let (code, text) = verdict(&library);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("ok: fixture 0.0.1 (transport fixture) built against plugin-api 0.1.0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("an earlier layout of its generation: no history stores' publishing"),
+        "{text}"
+    );
 }

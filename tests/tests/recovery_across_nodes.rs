@@ -817,3 +817,49 @@ async fn a_best_effort_app_publishes_through_a_store_outage_and_fails_resumes_cl
     assert_eq!((first["data"].as_str(), first["serial"].as_u64()), (Some("new stream"), Some(1)));
     assert_ne!(first["stream_id"], old_stream.as_str());
 }
+
+/// With the history store on the transport's own Redis, the store publishes each event to the
+/// other nodes in the step that gives it its position (no publish of the node's after it, and
+/// the bus carries a channel's events in serial order), sealed or not: node B's subscriber
+/// gets what went through A, in order, with the store's serials, and A counts every event as
+/// published by the store. With the store on another Redis, A publishes them itself.
+#[tokio::test]
+async fn the_store_publishes_each_event_as_it_positions_it() {
+    for (sealed, same_server) in [(true, true), (false, true), (true, false)] {
+        let redis = RedisServer::start();
+        let other = RedisServer::start();
+        let mut bus = Bus::redis(&redis.url(), "fused:");
+        if !sealed {
+            bus = bus.env("ADAPTER_CLUSTER_SECRET", "");
+        }
+        let extra = match same_server {
+            true => recovering(&bus),
+            false => format!(
+                "[connection_recovery]\nenabled = true\n[history]\nenabled = true\nbackend = \"redis\"\n\
+                 [history.redis]\nurl_override = \"{}\"\n",
+                other.url()
+            ),
+        };
+        let servers = nodes(&bus, 2, &extra).await;
+        let app = TestApp::main();
+        let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[1].port, app.key);
+        let mut on_b = Client::connect_v2(&url).await;
+        let ack = on_b.subscribe_v2(&app, "private-news").await;
+        let start = ack["serial"].as_u64().unwrap_or_else(|| panic!("{ack}"));
+        let stream_id = ack["stream_id"].as_str().unwrap().to_string();
+        let api_a = Api::new(&servers[0].http_url(), &app);
+        for n in 1..=20u64 {
+            let (status, body) = api_a.trigger(&["private-news"], "tick", &n.to_string()).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        for n in 1..=20u64 {
+            let tick = on_b.expect("tick").await;
+            assert_eq!(tick["serial"].as_u64(), Some(start + n), "{sealed} {same_server}: {tick}");
+            assert_eq!(tick["data"], n.to_string(), "{tick}");
+            assert_eq!(tick["stream_id"], stream_id.as_str(), "{tick}");
+        }
+        let by_store = servers[0].metric("sockhost_history_published_total").await;
+        assert_eq!(by_store, if same_server { 20.0 } else { 0.0 }, "{sealed} {same_server}");
+        assert_eq!(servers[1].metric("sockhost_bus_refused_total").await, 0.0);
+    }
+}

@@ -210,6 +210,13 @@ const COMPRESSIBLE: u8 = 4;
 /// A broadcast with a recovery position: as [`COMPRESSIBLE`] (its flag byte first, then the
 /// tags flag and tags), then the stream id, the serial and the message id, then the frame.
 const POSITIONED: u8 = 5;
+/// A positioned broadcast published by the history store in the step that gave it its
+/// position: as [`POSITIONED`] up to the tags, then the message id and the frame (its length
+/// first), then what the store adds after it: the stream id's bytes, the serial in decimal
+/// digits, and one byte each for those two lengths.
+const STORED: u8 = 6;
+/// The most digits a stored serial may have (`u64::MAX` has 20).
+const MAX_SERIAL_DIGITS: usize = 20;
 /// The longest stream or message id a position may carry on the bus.
 const MAX_POSITION_ID: usize = 256;
 /// The most tags a broadcast may carry on the bus (a peer's message is untrusted input).
@@ -224,9 +231,20 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 impl Envelope {
     /// The bytes to publish.
     pub fn encode(&self) -> Vec<u8> {
+        self.write(false)
+    }
+
+    /// The bytes the history store publishes for a positioned broadcast, its stream id and
+    /// serial left for the store to add after them ([`STORED`]); `None` for anything else.
+    pub fn encode_for_store(&self) -> Option<Vec<u8>> {
+        matches!(self.body, Body::Broadcast { position: Some(_), .. }).then(|| self.write(true))
+    }
+
+    fn write(&self, stored: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.push(VERSION);
         match &self.body {
+            Body::Broadcast { position: Some(_), .. } if stored => out.push(STORED),
             Body::Broadcast { position: Some(_), .. } => out.push(POSITIONED),
             Body::Broadcast { compressible: true, .. } => out.push(COMPRESSIBLE),
             Body::Broadcast { tags: None, .. } => out.push(BROADCAST),
@@ -255,10 +273,18 @@ impl Envelope {
                         put_str(&mut out, value);
                     }
                 }
-                if let Some(position) = position {
-                    put_str(&mut out, &position.stream_id);
-                    out.extend_from_slice(&position.serial.to_be_bytes());
-                    put_str(&mut out, &position.message_id);
+                match position {
+                    Some(position) if stored => {
+                        put_str(&mut out, &position.message_id);
+                        let len = u32::try_from(frame.len()).expect("frames are far below 4 GiB");
+                        out.extend_from_slice(&len.to_be_bytes());
+                    }
+                    Some(position) => {
+                        put_str(&mut out, &position.stream_id);
+                        out.extend_from_slice(&position.serial.to_be_bytes());
+                        put_str(&mut out, &position.message_id);
+                    }
+                    None => {}
                 }
                 out.extend_from_slice(frame);
             }
@@ -292,6 +318,12 @@ impl<'a> Envelope<&'a [u8]> {
     /// Read an envelope's header and broadcast, leaving a control body as bytes for
     /// [`Control::decode`].
     pub fn read(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        Self::read_with(bytes, None)
+    }
+
+    /// [`Envelope::read`], with what the history store added after a sealed [`STORED`]
+    /// broadcast (`added`, split off before the seal was opened: see [`split_stored`]).
+    pub fn read_with(bytes: &'a [u8], added: Option<&[u8]>) -> Result<Self, DecodeError> {
         let mut reader = Reader(bytes);
         let version = reader.u8()?;
         if version != VERSION {
@@ -301,7 +333,7 @@ impl<'a> Envelope<&'a [u8]> {
         let node = reader.u64()?;
         let seq = reader.u64()?;
         let body = match kind {
-            BROADCAST | TAGGED | COMPRESSIBLE | POSITIONED => {
+            BROADCAST | TAGGED | COMPRESSIBLE | POSITIONED | STORED => {
                 let app = reader.string()?;
                 let channel = reader.string()?;
                 let except = reader.string()?;
@@ -311,11 +343,11 @@ impl<'a> Envelope<&'a [u8]> {
                     _ => Err(DecodeError::Malformed(what)),
                 };
                 let compressible = match kind {
-                    POSITIONED => flag(&mut reader, "compressible flag")?,
+                    POSITIONED | STORED => flag(&mut reader, "compressible flag")?,
                     kind => kind == COMPRESSIBLE,
                 };
                 let tagged = match kind {
-                    COMPRESSIBLE | POSITIONED => flag(&mut reader, "tags flag")?,
+                    COMPRESSIBLE | POSITIONED | STORED => flag(&mut reader, "tags flag")?,
                     kind => kind == TAGGED,
                 };
                 let tags = if tagged {
@@ -332,17 +364,37 @@ impl<'a> Envelope<&'a [u8]> {
                 } else {
                     None
                 };
-                let position = if kind == POSITIONED {
-                    let stream_id = reader.string()?;
-                    let serial = reader.u64()?;
-                    let message_id = reader.string()?;
-                    if stream_id.len() > MAX_POSITION_ID || message_id.len() > MAX_POSITION_ID {
-                        return Err(DecodeError::Malformed("position id too long"));
+                let position = match kind {
+                    POSITIONED => {
+                        let stream_id = reader.string()?;
+                        let serial = reader.u64()?;
+                        let message_id = reader.string()?;
+                        Some(BusPosition { stream_id, serial, message_id })
                     }
-                    Some(BusPosition { stream_id, serial, message_id })
-                } else {
-                    None
+                    STORED => {
+                        let message_id = reader.string()?;
+                        let len = reader.u32()?;
+                        let frame = reader.take(
+                            usize::try_from(len).map_err(|_| DecodeError::Malformed("length"))?,
+                        )?;
+                        let added = match added {
+                            Some(_) if !reader.0.is_empty() => {
+                                return Err(DecodeError::Malformed("stored position"));
+                            }
+                            Some(added) => added,
+                            None => reader.0,
+                        };
+                        let (stream_id, serial) = stored_position(added)?;
+                        reader.0 = frame;
+                        Some(BusPosition { stream_id, serial, message_id })
+                    }
+                    _ => None,
                 };
+                if let Some(p) = &position
+                    && (p.stream_id.len() > MAX_POSITION_ID || p.message_id.len() > MAX_POSITION_ID)
+                {
+                    return Err(DecodeError::Malformed("position id too long"));
+                }
                 Body::Broadcast {
                     app,
                     channel,
@@ -365,6 +417,46 @@ impl Control {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         serde_json::from_slice(bytes).map_err(|_| DecodeError::Malformed("control body"))
     }
+}
+
+/// A sealed message (`header`: the seal's length) split into the sealed part and what the
+/// history store added after it, when it says it is a [`STORED`] broadcast (the kind byte
+/// is read before the seal is checked; the seal then covers it, so a message altered to
+/// claim it fails the check). The store's addition is outside the seal: a broker writer
+/// without the secret cannot make a message of its own, and a copy of a sealed one with
+/// another position is refused as a replay, since the one the store published reached every
+/// subscriber first.
+pub(crate) fn split_stored(message: &[u8], header: usize) -> (&[u8], Option<&[u8]>) {
+    let kind = message.get(header + 1);
+    let lengths = message.len().checked_sub(2).and_then(|at| message.get(at..));
+    let (Some(&STORED), Some(&[id_len, digits])) = (kind, lengths) else {
+        return (message, None);
+    };
+    let added = usize::from(id_len) + usize::from(digits) + 2;
+    match message.len().checked_sub(added) {
+        Some(at) if at > header => {
+            let (sealed, added) = message.split_at(at);
+            (sealed, Some(added))
+        }
+        _ => (message, None),
+    }
+}
+
+/// The position the history store added after a [`STORED`] broadcast's frame.
+fn stored_position(added: &[u8]) -> Result<(String, u64), DecodeError> {
+    let malformed = DecodeError::Malformed("stored position");
+    let [.., id_len, digits] = *added else { return Err(malformed) };
+    let (id_len, digits) = (usize::from(id_len), usize::from(digits));
+    if added.len() != id_len + digits + 2 || digits == 0 || digits > MAX_SERIAL_DIGITS {
+        return Err(malformed);
+    }
+    let (id, serial) = added[..id_len + digits].split_at(id_len);
+    let id = std::str::from_utf8(id).map_err(|_| malformed)?;
+    if !serial.iter().all(u8::is_ascii_digit) {
+        return Err(malformed);
+    }
+    let serial = std::str::from_utf8(serial).ok().and_then(|s| s.parse().ok()).ok_or(malformed)?;
+    Ok((id.to_string(), serial))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -536,5 +628,133 @@ mod tests {
         }
         .encode();
         assert!(matches!(Envelope::decode(&broadcast[..20]), Err(DecodeError::Malformed(_))));
+    }
+
+    /// What the history store adds after a [`STORED`] broadcast, as its script does.
+    fn stored(mut message: Vec<u8>, stream_id: &str, serial: u64) -> Vec<u8> {
+        let digits = serial.to_string();
+        message.extend_from_slice(stream_id.as_bytes());
+        message.extend_from_slice(digits.as_bytes());
+        message.push(u8::try_from(stream_id.len()).unwrap());
+        message.push(u8::try_from(digits.len()).unwrap());
+        message
+    }
+
+    #[test]
+    fn a_broadcast_the_store_publishes_reads_as_the_positioned_one() {
+        for (tags, compressible, serial) in
+            [(None, true, 1), (Some(Tags::from([("k".into(), "v".into())])), false, u64::MAX)]
+        {
+            let envelope = Envelope {
+                node: 4,
+                seq: 9,
+                body: Body::Broadcast {
+                    app: "a".into(),
+                    channel: "private-c".into(),
+                    except: Some("1.2".into()),
+                    tags,
+                    compressible,
+                    position: Some(BusPosition {
+                        stream_id: "6f1c-stream".into(),
+                        serial,
+                        message_id: "m-1".into(),
+                    }),
+                    frame: br#"{"event":"e","data":"d"}"#.to_vec(),
+                },
+            };
+            let message = envelope.encode_for_store().expect("a positioned broadcast");
+            let published = stored(message, "6f1c-stream", serial);
+            assert_eq!(Envelope::decode(&published), Ok(envelope));
+        }
+        let plain =
+            Envelope { node: 1, seq: 1, body: Body::Control(Control::Hello { reply: true }) };
+        assert_eq!(plain.encode_for_store(), None);
+    }
+
+    #[test]
+    fn a_stored_position_that_does_not_add_up_is_refused() {
+        let envelope = Envelope {
+            node: 4,
+            seq: 9,
+            body: Body::Broadcast {
+                app: "a".into(),
+                channel: "c".into(),
+                except: None,
+                tags: None,
+                compressible: false,
+                position: Some(BusPosition {
+                    stream_id: "s".into(),
+                    serial: 1,
+                    message_id: "m".into(),
+                }),
+                frame: b"{}".to_vec(),
+            },
+        };
+        let message = envelope.encode_for_store().unwrap();
+        let mut bad = Vec::new();
+        // Nothing added; lengths that overrun; a serial that is not digits; one too long.
+        bad.push(message.clone());
+        let mut overrun = stored(message.clone(), "s", 1);
+        *overrun.last_mut().unwrap() = 9;
+        bad.push(overrun);
+        let mut letters = message.clone();
+        letters.extend_from_slice(b"sx\x01\x01");
+        bad.push(letters);
+        bad.push(stored(message.clone(), "s", 1).into_iter().chain([b'1']).collect());
+        let long = "9".repeat(21);
+        let mut too_long = message;
+        too_long.extend_from_slice(long.as_bytes());
+        too_long.extend_from_slice(&[0, 21]);
+        bad.push(too_long);
+        for (i, bytes) in bad.iter().enumerate() {
+            assert!(
+                matches!(Envelope::decode(bytes), Err(DecodeError::Malformed(_))),
+                "case {i} was read"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sealed_broadcast_the_store_publishes_opens_with_its_position() {
+        use crate::cluster::seal::{HEADER, Seal, now_ms};
+        let seal = Seal::new("a secret of the right length");
+        let envelope = Envelope {
+            node: 4,
+            seq: 9,
+            body: Body::Broadcast {
+                app: "a".into(),
+                channel: "c".into(),
+                except: None,
+                tags: None,
+                compressible: true,
+                position: Some(BusPosition {
+                    stream_id: "s-1".into(),
+                    serial: 42,
+                    message_id: "m".into(),
+                }),
+                frame: b"{}".to_vec(),
+            },
+        };
+        let sealed = seal.seal(&envelope.encode_for_store().unwrap());
+        let published = stored(sealed.clone(), "s-1", 42);
+        let (part, added) = split_stored(&published, HEADER);
+        assert_eq!(part, sealed.as_slice());
+        let opened = seal.open_at(part, now_ms()).expect("the seal holds");
+        let read = Envelope::read_with(opened, added).expect("it reads");
+        let Body::Broadcast { position, frame, .. } = read.body else { panic!("a broadcast") };
+        assert_eq!(
+            position,
+            Some(BusPosition { stream_id: "s-1".into(), serial: 42, message_id: "m".into() })
+        );
+        assert_eq!(frame, b"{}");
+        // The kind byte is under the seal: a message altered to look stored fails it.
+        let mut forged = seal.seal(&envelope.encode());
+        forged[HEADER + 1] = STORED;
+        let forged = stored(forged, "s-1", 1);
+        let (part, _) = split_stored(&forged, HEADER);
+        assert!(seal.open_at(part, now_ms()).is_err());
+        // A plain sealed message is left whole.
+        let plain = seal.seal(&envelope.encode());
+        assert_eq!(split_stored(&plain, HEADER), (plain.as_slice(), None));
     }
 }

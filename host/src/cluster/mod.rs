@@ -170,11 +170,14 @@ impl Cluster {
         message: &'a [u8],
         received: u64,
     ) -> Result<Envelope<&'a [u8]>, Refusal> {
-        let bytes = match &self.seal {
-            Some(seal) => seal.open_at(message, received)?,
-            None => message,
+        let (bytes, added) = match &self.seal {
+            Some(seal) => {
+                let (sealed, added) = envelope::split_stored(message, seal::HEADER);
+                (seal.open_at(sealed, received)?, added)
+            }
+            None => (message, None),
         };
-        let envelope = Envelope::read(bytes)?;
+        let envelope = Envelope::read_with(bytes, added)?;
         // Node ids are never 0 (see `Cluster::new`): one that is was made up.
         if envelope.node == 0 {
             return Err(DecodeError::Malformed("node id 0").into());
@@ -223,6 +226,41 @@ impl Cluster {
         {
             self.refused(&error, channel);
         }
+    }
+
+    /// An event for the history store to publish as it positions it: its bus topic and its
+    /// envelope (sealed with a secret), without the stream id and serial the store adds after
+    /// it (see [`envelope::split_stored`] for why that is safe). `None` when no other node
+    /// would get it (alone).
+    pub(crate) fn stored_broadcast(
+        &self,
+        to: &Broadcast<'_>,
+        frame: &[u8],
+        message_id: &str,
+    ) -> Option<(String, Vec<u8>)> {
+        if !self.has_peers() {
+            return None;
+        }
+        let Broadcast { app, channel, except, tags, compressible } = *to;
+        let position =
+            BusPosition { stream_id: String::new(), serial: 0, message_id: message_id.to_string() };
+        let body = Body::Broadcast {
+            app: app.to_string(),
+            channel: channel.to_string(),
+            except: except.map(str::to_string),
+            tags: tags.cloned(),
+            compressible,
+            position: Some(position),
+            frame: frame.to_vec(),
+        };
+        let envelope =
+            Envelope { node: self.node_id, seq: self.seq.fetch_add(1, Ordering::Relaxed), body };
+        let envelope = envelope.encode_for_store().expect("a positioned broadcast");
+        let message = match &self.seal {
+            Some(seal) => seal.seal(&envelope),
+            None => envelope,
+        };
+        Some((channel_topic(app, channel), message))
     }
 
     /// Count a publish the transport refused; log it at most once a second.

@@ -50,8 +50,20 @@ const MAX_APPENDS_IN_FLIGHT: usize = 8;
 /// Failed store reads after which a gap is given up.
 const MAX_REPAIR_FAILURES: u32 = 3;
 
-/// An event waiting for its channel's append in flight, and where its position goes.
-pub(super) type Waiter = (Record, oneshot::Sender<Result<Event, DriverError>>);
+/// An event waiting for its channel's append in flight, its bus message, and where its
+/// position goes.
+pub(super) type Waiter = (Record, Option<Outgoing>, oneshot::Sender<Result<Event, DriverError>>);
+
+/// An event's bus message, for the store to publish in the step that gives it its position
+/// ([`History::append_publishing`]): other nodes then get a channel's events in serial order,
+/// and no separate publish is made.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    /// The channel's bus topic.
+    pub topic: String,
+    /// The envelope, without the stream id and serial the store adds.
+    pub message: Vec<u8>,
+}
 
 /// A channel's appends: how many are under way, and the events waiting for a slot.
 #[derive(Debug, Default)]
@@ -71,6 +83,8 @@ pub(crate) struct GateCounters {
     pub lost: Counter,
     /// Failed calls to the history store.
     pub store_errors: Counter,
+    /// Events the store published to the other nodes as it appended them.
+    pub published: Counter,
 }
 
 /// The history store and what delivering from it needs.
@@ -97,6 +111,8 @@ pub(crate) struct Event {
     pub serial: u64,
     /// The event.
     pub record: Record,
+    /// Whether the store published it to the other nodes as it appended it.
+    pub published: bool,
 }
 
 impl Event {
@@ -150,6 +166,12 @@ impl Recovery {
         self.durable.as_ref().expect("called with history on only")
     }
 
+    /// Whether the store may publish events itself as it positions them (it has a way onto
+    /// the bus; whether it does for a given event, it answers).
+    pub(crate) fn store_publishes(&self) -> bool {
+        self.durable.as_ref().is_some_and(|store| store.history.can_publish())
+    }
+
     /// Append an app event to its channel's stream in the store: the event with its
     /// position, to [`Recovery::deliver`] here and to send to the other nodes.
     ///
@@ -164,9 +186,10 @@ impl Recovery {
         app: &str,
         channel: &str,
         record: Record,
+        outgoing: Option<Outgoing>,
     ) -> Result<Event, DriverError> {
         let key = (app.to_string(), channel.to_string());
-        let mut record = Some(record);
+        let mut record = Some((record, outgoing));
         let waiting = {
             let mut appends = self.appends.lock().expect("recovery lock");
             let appending = appends.entry(key.clone()).or_default();
@@ -175,7 +198,8 @@ impl Recovery {
                 None
             } else {
                 let (answer, answered) = oneshot::channel();
-                appending.waiting.extend(record.take().map(|record| (record, answer)));
+                let (record, outgoing) = record.take().expect("taken once");
+                appending.waiting.push((record, outgoing, answer));
                 Some(answered)
             }
         };
@@ -189,38 +213,56 @@ impl Recovery {
                 })
             });
         }
-        let record = record.expect("kept by an append in the window");
-        let mine = self.append_one(app, channel, record).await;
+        let (record, outgoing) = record.expect("kept by an append in the window");
+        let mine = self.store_append(app, channel, &[&record], vec![outgoing]).await;
+        let mine = mine.map(|(stream_id, serial, published)| Event {
+            stream_id,
+            serial,
+            record,
+            published,
+        });
         self.clone().next_batch(key);
         mine
     }
 
-    /// Append one event now.
-    async fn append_one(
-        &self,
-        app: &str,
-        channel: &str,
-        record: Record,
-    ) -> Result<Event, DriverError> {
-        let (stream_id, serial) = self.store_append(app, channel, &[&record]).await?;
-        Ok(Event { stream_id, serial, record })
-    }
-
-    /// Append `records` to the store in one call, counting a failure: the stream and the
-    /// first record's serial.
+    /// Append `records` to the store in one call, counting a failure: the stream, the first
+    /// record's serial, and whether the store published them too (when every one has its
+    /// bus message in `outgoing`).
     async fn store_append(
         &self,
         app: &str,
         channel: &str,
         records: &[&Record],
-    ) -> Result<(Arc<str>, u64), DriverError> {
+        outgoing: Vec<Option<Outgoing>>,
+    ) -> Result<(Arc<str>, u64, bool), DriverError> {
         let store = self.store();
-        let encoded = records.iter().map(|record| record.encode()).collect();
-        let appended = store.history.append(app, channel, encoded, store.retention).await;
-        let appended = appended.inspect_err(|_| {
+        let outgoing: Option<Vec<Outgoing>> = outgoing.into_iter().collect();
+        let appended = match outgoing {
+            Some(outgoing) if !outgoing.is_empty() => {
+                let mut topic = String::new();
+                let events = records
+                    .iter()
+                    .zip(outgoing)
+                    .map(|(record, Outgoing { topic: to, message })| {
+                        topic = to;
+                        (record.encode(), message)
+                    })
+                    .collect();
+                store.history.append_publishing(app, channel, &topic, events, store.retention).await
+            }
+            _ => {
+                let encoded = records.iter().map(|record| record.encode()).collect();
+                let appended = store.history.append(app, channel, encoded, store.retention).await;
+                appended.map(|appended| (appended, false))
+            }
+        };
+        let (appended, published) = appended.inspect_err(|_| {
             store.counters.store_errors.inc();
         })?;
-        Ok((appended.stream_id.into(), appended.serial))
+        if published {
+            store.counters.published.inc_by(records.len() as u64);
+        }
+        Ok((appended.stream_id.into(), appended.serial, published))
     }
 
     /// An append of the channel ended: its slot goes to what waits, as batches one after the
@@ -242,16 +284,25 @@ impl Recovery {
         };
         tokio::spawn(async move {
             let (app, channel) = (&key.0, &key.1);
-            let records: Vec<&Record> = batch.iter().map(|(record, _)| record).collect();
-            match self.store_append(app, channel, &records).await {
-                Ok((stream_id, first)) => {
-                    for (serial, (record, answer)) in (first..).zip(batch) {
-                        let _ =
-                            answer.send(Ok(Event { stream_id: stream_id.clone(), serial, record }));
+            let (records, outgoing, answers): (Vec<Record>, Vec<_>, Vec<_>) =
+                batch.into_iter().fold((vec![], vec![], vec![]), |(mut r, mut o, mut a), w| {
+                    r.push(w.0);
+                    o.push(w.1);
+                    a.push(w.2);
+                    (r, o, a)
+                });
+            let refs: Vec<&Record> = records.iter().collect();
+            match self.store_append(app, channel, &refs, outgoing).await {
+                Ok((stream_id, first, published)) => {
+                    for (serial, (record, answer)) in
+                        (first..).zip(records.into_iter().zip(answers))
+                    {
+                        let stream_id = stream_id.clone();
+                        let _ = answer.send(Ok(Event { stream_id, serial, record, published }));
                     }
                 }
                 Err(error) => {
-                    for (_, answer) in batch {
+                    for answer in answers {
                         let _ = answer.send(Err(error.clone()));
                     }
                 }
@@ -460,8 +511,12 @@ impl Recovery {
             }
             let Ok(record) = Record::decode(&stored.record) else { break };
             self.store().counters.repaired.inc();
-            let event =
-                Event { stream_id: stream.stream_id.clone(), serial: stored.serial, record };
+            let event = Event {
+                stream_id: stream.stream_id.clone(),
+                serial: stored.serial,
+                record,
+                published: false,
+            };
             self.deliver_now(app, channel, stream, order, event);
         }
     }

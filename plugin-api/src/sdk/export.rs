@@ -64,6 +64,7 @@ macro_rules! export_plugin {
         $(, rate_limiter: [$($limiter:literal),+ $(,)?] => $new_limiter:expr)?
         $(, app_manager: [$($manager:literal),+ $(,)?] => $new_manager:expr)?
         $(, history: [$($history:literal),+ $(,)?] => $new_history:expr)?
+        $(, history_bus: [$($bus:literal),+ $(,)?] => $new_bus:expr)?
         $(,)?
     ) => {
         /// The plugin's name.
@@ -90,6 +91,7 @@ macro_rules! export_plugin {
                 rate_limiter: $crate::export_plugin!(@some $($new_limiter, __sockhost_new_rate_limiter)?),
                 app_manager: $crate::export_plugin!(@some $($new_manager, __sockhost_new_app_manager)?),
                 history: $crate::export_plugin!(@some $($new_history, __sockhost_new_history)?),
+                history_bus: $crate::export_plugin!(@some $($new_bus, __sockhost_new_history_bus)?),
             }
             .leak_into_prefix()
         }
@@ -110,6 +112,8 @@ macro_rules! export_plugin {
             "app manager", [$($manager),+], $new_manager);)?
         $($crate::export_plugin!(@constructor __sockhost_new_history, HistoryBox,
             "history", [$($history),+], $new_history);)?
+        $($crate::export_plugin!(@constructor __sockhost_new_history_bus, HistoryBusBox,
+            "history bus", [$($bus),+], $new_bus);)?
     };
     (@some) => { None };
     (@some $build:expr, $constructor:ident) => { Some($constructor) };

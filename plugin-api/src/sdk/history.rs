@@ -10,7 +10,10 @@ use async_ffi::FfiFuture;
 use tokio::runtime::Handle;
 
 use super::{drivers::Adapter, spawn};
-use crate::{Appended, History, History_TO, HistoryBox, PResult, Page, PluginError, Retention};
+use crate::{
+    Appended, History, History_TO, HistoryBox, HistoryBus, HistoryBus_TO, HistoryBusBox, Outgoing,
+    PResult, Page, PluginError, Published, Retention,
+};
 
 /// A history store in plain Rust; see [`History`] for the contract of each method.
 pub trait HistoryDriver: Send + Sync + 'static {
@@ -87,6 +90,51 @@ impl<T: HistoryDriver> History for Adapter<T> {
 
     fn health(&self) -> FfiFuture<PResult<()>> {
         self.call((), |h, ()| async move { h.health().await })
+    }
+
+    fn shutdown(&self) -> FfiFuture<PResult<()>> {
+        let inner = self.inner.clone();
+        spawn(self.runtime, async move { inner.shutdown().await })
+    }
+}
+
+/// A history store's way onto the bus in plain Rust; see [`HistoryBus`].
+pub trait HistoryBusDriver: Send + Sync + 'static {
+    /// See [`HistoryBus::append_publishing`] (`events` is never empty: the adapter refuses an
+    /// empty call).
+    fn append_publishing(
+        &self,
+        app: &str,
+        channel: &str,
+        topic: &str,
+        events: Vec<Outgoing>,
+        retention: Retention,
+    ) -> impl Future<Output = Result<Published, PluginError>> + Send;
+    /// See [`HistoryBus::shutdown`].
+    fn shutdown(&self) -> impl Future<Output = Result<(), PluginError>> + Send;
+}
+
+/// The FFI object of a history store's way onto the bus, for `driver`.
+pub fn history_bus_box<T: HistoryBusDriver>(runtime: &'static Handle, driver: T) -> HistoryBusBox {
+    HistoryBus_TO::from_value(Adapter::new(runtime, driver), TD_Opaque)
+}
+
+impl<T: HistoryBusDriver> HistoryBus for Adapter<T> {
+    fn append_publishing(
+        &self,
+        app: RStr<'_>,
+        channel: RStr<'_>,
+        topic: RStr<'_>,
+        events: RVec<Outgoing>,
+        retention: Retention,
+    ) -> FfiFuture<PResult<Published>> {
+        let names = (app.to_string(), channel.to_string(), topic.to_string(), events.into_vec());
+        self.call(names, move |h, (app, channel, topic, events)| async move {
+            if events.is_empty() {
+                return Err(PluginError::rejected("an append of no record"));
+            }
+            h.append_publishing(&app, &channel, &topic, events, retention).await
+        })
     }
 
     fn shutdown(&self) -> FfiFuture<PResult<()>> {

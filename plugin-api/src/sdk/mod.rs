@@ -36,7 +36,7 @@ pub use drivers::{
 };
 pub use export::{builder, expect_driver};
 pub use guard::{enter, guard, panic_message, ready, spawn};
-pub use history::{HistoryDriver, history_box};
+pub use history::{HistoryBusDriver, HistoryDriver, history_box, history_bus_box};
 pub use runtime::runtime;
 
 /// Milliseconds since the Unix epoch by this machine's clock (0 before 1970), as history

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use sockhost_plugin_api::{CacheBox, HistoryBox, PluginError, QueueBox, RateLimiterBox, sdk};
+use sockhost_plugin_api::{
+    CacheBox, HistoryBox, HistoryBusBox, PluginError, QueueBox, RateLimiterBox, sdk,
+};
 
 use crate::{
     cache::{CacheConfig, RedisCache},
@@ -120,6 +122,29 @@ pub async fn history(args: sdk::CreateArgs, backend: Backend) -> Result<HistoryB
     Ok(connected!(backend, place, config, args.host, |conn| sdk::history_box(
         args.runtime,
         RedisHistory::new(conn, &config)
+    )))
+}
+
+/// The history driver's way onto the bus (`redis` only: a cluster's script runs on the shard
+/// of its channel's keys, and sharded pub/sub would need the bus channel on that shard too):
+/// the same store, which publishes each event itself where this library's transport
+/// publishes on its server.
+pub async fn history_bus(args: sdk::CreateArgs) -> Result<HistoryBusBox, PluginError> {
+    let backend = Backend::Server;
+    let place = format!("history.{}", backend.driver());
+    let config: HistoryConfig = sdk::config::parse(&place, &args.config)?;
+    check_mode(&place, &config.connection, backend)?;
+    // One server named by a URL (not found through sentinels, whose master moves).
+    let own = config.connection.url_override.as_deref();
+    let database = &config.connection.database;
+    let server = database
+        .sentinel(own)
+        .is_none()
+        .then(|| connection::server_identity(&database.server_url(own)))
+        .flatten();
+    Ok(connected!(backend, place, config, args.host, |conn| sdk::history_bus_box(
+        args.runtime,
+        RedisHistory::new(conn, &config).on_server(server.clone())
     )))
 }
 

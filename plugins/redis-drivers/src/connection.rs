@@ -105,6 +105,21 @@ pub enum Seed {
     },
 }
 
+/// The server a URL names, as `host:port/db` (`unix:path/db` for a socket): two plugins that
+/// name the same one talk to the same Redis. `None` when the URL does not parse.
+pub fn server_identity(url: &str) -> Option<String> {
+    use redis::{ConnectionAddr, IntoConnectionInfo};
+    let info = url.into_connection_info().ok()?;
+    let db = info.redis_settings().db();
+    match info.addr() {
+        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+            Some(format!("{host}:{port}/{db}"))
+        }
+        ConnectionAddr::Unix(path) => Some(format!("unix:{}/{db}", path.display())),
+        _ => None,
+    }
+}
+
 impl Database {
     /// The URL `[database.redis]` describes, if it says anything.
     fn url(&self) -> Option<String> {

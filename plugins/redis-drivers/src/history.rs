@@ -12,12 +12,12 @@
 use redis::aio::ConnectionLike;
 use serde::Deserialize;
 use sockhost_plugin_api::{
-    Appended, Page, PluginError, Retention, Stored,
+    Appended, Outgoing, Page, PluginError, Published, Retention, Stored,
     abi::{RString, RVec},
-    sdk::{self, HistoryDriver},
+    sdk::{self, HistoryBusDriver, HistoryDriver},
 };
 
-use crate::{connection::DriverConnection, handle::Handle, within};
+use crate::{bus, connection::DriverConnection, handle::Handle, within};
 
 /// A history store's table (`[history.redis]` / `[history.redis-cluster]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +70,22 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {id, last - count + 1}
 ";
 
+/// Append and publish: ARGV[1]-[5] as [`APPEND`], [6] the bus channel, then each event's
+/// record and bus message. Each message is published after its append, with the stream id,
+/// the serial's digits and one byte each for their lengths added after it.
+const APPEND_PUBLISH: &str = r"
+local count = (#ARGV - 6) / 2
+local last = redis.call('HINCRBY', KEYS[1], 's', count)
+for i = 1, count do
+  local serial = string.format('%d', last - count + i)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], serial .. '-0', 't', ARGV[5], 'r', ARGV[5 + 2 * i])
+  redis.call('PUBLISH', ARGV[6], ARGV[6 + 2 * i] .. id .. serial .. string.char(#id, #serial))
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {id, last - count + 1}
+";
+
 /// Read: ARGV[1] new id, [2] meta lifetime, [3] after, [4] limit, [5] max events. Answers
 /// {stream id, head, entries}. Appends trim the log roughly (`MAXLEN ~`: whole nodes of the
 /// stream at a time, far cheaper than exact trimming), so a read answers only the last
@@ -95,7 +111,11 @@ pub struct RedisHistory<C> {
     handle: Handle<C>,
     prefix: String,
     append: redis::Script,
+    append_publish: redis::Script,
     read: redis::Script,
+    /// The server it writes to (see [`crate::connection::server_identity`]), when it is one
+    /// server: a transport of this library publishing there lets it publish too.
+    server: Option<String>,
 }
 
 impl<C> std::fmt::Debug for RedisHistory<C> {
@@ -114,8 +134,17 @@ where
             handle: Handle::new(conn, config.request_timeout_ms(), "history store"),
             prefix: config.prefix.clone(),
             append: redis::Script::new(&format!("{START}{APPEND}")),
+            append_publish: redis::Script::new(&format!("{START}{APPEND_PUBLISH}")),
             read: redis::Script::new(&format!("{START}{READ}")),
+            server: None,
         }
+    }
+
+    /// The store writes to the one server `server` names (see
+    /// [`crate::connection::server_identity`]).
+    pub fn on_server(mut self, server: Option<String>) -> Self {
+        self.server = server;
+        self
     }
 
     /// The channel's two keys, with one hash tag so that they live on one shard. Lengths
@@ -206,6 +235,49 @@ where
 
     async fn health(&self) -> Result<(), PluginError> {
         self.handle.ping().await
+    }
+
+    async fn shutdown(&self) -> Result<(), PluginError> {
+        self.handle.close();
+        Ok(())
+    }
+}
+
+impl<C> HistoryBusDriver for RedisHistory<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn append_publishing(
+        &self,
+        app: &str,
+        channel: &str,
+        topic: &str,
+        events: Vec<Outgoing>,
+        retention: Retention,
+    ) -> Result<Published, PluginError> {
+        // Only where this library's transport publishes, to the channel it would use.
+        let Some(prefix) = self.server.as_deref().and_then(bus::prefix_on) else {
+            let records = events.into_iter().map(|e| e.record.into_vec()).collect();
+            let appended = HistoryDriver::append(self, app, channel, records, retention).await?;
+            return Ok(Published { appended, published: false });
+        };
+        let mut conn = self.handle.open()?;
+        let mut invocation = self.invocation(&self.append_publish, app, channel, retention);
+        invocation
+            .arg(retention.max_events.max(1))
+            .arg(retention.max_age_ms.max(1))
+            .arg(sdk::unix_ms())
+            .arg(format!("{prefix}{topic}"));
+        for Outgoing { record, message } in events {
+            invocation.arg(record.as_slice()).arg(message.as_slice());
+        }
+        let (stream_id, serial): (String, u64) =
+            within("redis history append", self.handle.timeout, invocation.invoke_async(&mut conn))
+                .await?;
+        Ok(Published {
+            appended: Appended { stream_id: RString::from(stream_id), serial },
+            published: true,
+        })
     }
 
     async fn shutdown(&self) -> Result<(), PluginError> {

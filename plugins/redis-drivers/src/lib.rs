@@ -7,6 +7,7 @@
 //! atomically on one shard of a cluster as on a single server.
 
 pub mod build;
+pub mod bus;
 pub mod cache;
 pub mod client;
 pub mod connection;

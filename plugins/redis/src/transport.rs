@@ -25,8 +25,9 @@ use sockhost_plugin_api::{
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use sockhost_redis_drivers::{
+    bus::Carrier,
     client::{redact, server_client},
-    connection::ServerConnection,
+    connection::{ServerConnection, server_identity},
     sentinel::{Following, Master},
 };
 
@@ -74,6 +75,9 @@ struct Shared {
     topics: Mutex<HashSet<String>>,
     closed: AtomicBool,
     host: HostContextBox,
+    /// Where it publishes, for this library's history store on the same server (see
+    /// `sockhost_redis_drivers::bus`); given up at shutdown.
+    carrier: Mutex<Option<Carrier>>,
 }
 
 /// A transport over one Redis server.
@@ -106,6 +110,7 @@ impl RedisTransport {
         host: HostContextBox,
     ) -> Result<Self, PluginError> {
         let timeout = Duration::from_millis(config.requests_timeout);
+        let mut server = None;
         let (source, conn, url) = match config.database.sentinel(config.url.as_deref()) {
             Some(settings) => {
                 let master = Master::start(settings, timeout, Some(host.clone())).await?;
@@ -116,6 +121,7 @@ impl RedisTransport {
             None => {
                 let url = config.url();
                 let (client, conn) = server_client(&url, "adapter.redis.url", timeout).await?;
+                server = server_identity(&url);
                 (Source::Fixed(Box::new(client)), ServerConnection::Fixed(conn), url)
             }
         };
@@ -124,7 +130,9 @@ impl RedisTransport {
         let (sink, stream) =
             subscriber(&source.client()?, &config.prefix, &HashSet::new(), timeout).await?;
         let (queue, outgoing) = Outbox::new("redis", config.queue_capacity);
+        let carrier = server.map(|server| Carrier::register(server, config.prefix.clone()));
         let shared = Arc::new(Shared {
+            carrier: Mutex::new(carrier),
             prefix: config.prefix,
             timeout,
             source,
@@ -349,6 +357,9 @@ impl TransportDriver for RedisTransport {
     async fn shutdown(&self) -> Result<(), PluginError> {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
+        }
+        if let Ok(mut carrier) = self.shared.carrier.lock() {
+            carrier.take();
         }
         // Let the writer take what is queued, within the request timeout, then stop.
         self.shared.queue.drain(self.shared.timeout).await;

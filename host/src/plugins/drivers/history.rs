@@ -1,7 +1,7 @@
 //! The history store handle.
 
 use sockhost_plugin_api::{
-    HistoryBox, Retention,
+    HistoryBox, HistoryBusBox, Outgoing, Retention,
     abi::{RStr, RVec},
 };
 
@@ -38,9 +38,10 @@ pub struct StreamPage {
     pub events: Vec<StoredEvent>,
 }
 
-/// The history store, as the host uses it.
+/// The history store, as the host uses it: the store, and its way onto the bus when its
+/// plugin has one.
 #[derive(Debug)]
-pub struct History(pub(super) Named<HistoryBox>);
+pub struct History(pub(super) Named<HistoryBox>, pub(super) Option<Named<HistoryBusBox>>);
 
 impl History {
     /// The driver name.
@@ -62,6 +63,50 @@ impl History {
             self.0.inner.append(RStr::from_str(app), RStr::from_str(channel), records, retention);
         let appended = self.0.call(call).await?;
         Ok(Appended { stream_id: appended.stream_id.into_string(), serial: appended.serial })
+    }
+
+    /// Whether the store may publish events to the other nodes as it appends them
+    /// ([`History::append_publishing`]).
+    pub fn can_publish(&self) -> bool {
+        self.1.is_some()
+    }
+
+    /// [`History::append`], and each event's bus message (`events`: the records and their
+    /// messages) published to `topic` in the same step with its position added, when the
+    /// store writes to the bus's server: the first event's position, and whether it
+    /// published them (when not, the caller does). Without a way onto the bus, a plain append.
+    pub async fn append_publishing(
+        &self,
+        app: &str,
+        channel: &str,
+        topic: &str,
+        events: Vec<(Vec<u8>, Vec<u8>)>,
+        retention: Retention,
+    ) -> Result<(Appended, bool), DriverError> {
+        let Some(bus) = &self.1 else {
+            let records = events.into_iter().map(|(record, _)| record).collect();
+            return Ok((self.append(app, channel, records, retention).await?, false));
+        };
+        let events = events
+            .into_iter()
+            .map(|(record, message)| Outgoing {
+                record: RVec::from(record),
+                message: RVec::from(message),
+            })
+            .collect();
+        let call = bus.inner.append_publishing(
+            RStr::from_str(app),
+            RStr::from_str(channel),
+            RStr::from_str(topic),
+            events,
+            retention,
+        );
+        let done = bus.call(call).await?;
+        let appended = Appended {
+            stream_id: done.appended.stream_id.into_string(),
+            serial: done.appended.serial,
+        };
+        Ok((appended, done.published))
     }
 
     /// At most `limit` events after `after` (0: the head only).
@@ -107,8 +152,11 @@ impl History {
         self.0.call(self.0.inner.health()).await
     }
 
-    /// Release the backend.
+    /// Release the backend (and the store's way onto the bus).
     pub async fn shutdown(&self) -> Result<(), DriverError> {
+        if let Some(bus) = &self.1 {
+            bus.call(bus.inner.shutdown()).await?;
+        }
         self.0.call(self.0.inner.shutdown()).await
     }
 }

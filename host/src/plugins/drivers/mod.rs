@@ -232,7 +232,20 @@ impl Builder<'_> {
     ) -> Result<Option<Arc<History>>, DriverError> {
         let Some(choice) = choice else { return Ok(None) };
         let made = self.build(DriverKind::HISTORY, choice, None, |m| m.history(), || None).await?;
-        Ok(Some(Arc::new(History(Named::new(DriverKind::HISTORY, &choice.name, made)))))
+        // Its way onto the bus, from the same driver and configuration, when its plugin has one
+        // (one built before it has none: the host then publishes every event itself).
+        let bus = match self.registry.provider(DriverKind::HISTORY, &choice.name) {
+            Some(Provider::Plugin(index))
+                if self.registry.plugin(index).module.history_bus().is_some() =>
+            {
+                let bus =
+                    self.build(DriverKind::HISTORY, choice, None, |m| m.history_bus(), || None);
+                Some(Named::new(DriverKind::HISTORY, &choice.name, bus.await?))
+            }
+            _ => None,
+        };
+        let named = Named::new(DriverKind::HISTORY, &choice.name, made);
+        Ok(Some(Arc::new(History(named, bus))))
     }
 
     async fn build<T>(

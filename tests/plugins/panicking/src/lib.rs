@@ -35,6 +35,7 @@ pub fn root_module() -> PluginModule_Ref {
         rate_limiter: None,
         app_manager: None,
         history: None,
+        history_bus: None,
     }
     .leak_into_prefix()
 }
