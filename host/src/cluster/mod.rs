@@ -71,6 +71,20 @@ pub(crate) fn channel_topic(app: &str, channel: &str) -> String {
     format!("#broadcast:{app}:{channel}")
 }
 
+/// The bus body of a broadcast to `to`.
+fn broadcast_body(to: &Broadcast<'_>, frame: &[u8], position: Option<BusPosition>) -> Body {
+    let Broadcast { app, channel, except, tags, compressible } = *to;
+    Body::Broadcast {
+        app: app.to_string(),
+        channel: channel.to_string(),
+        except: except.map(str::to_string),
+        tags: tags.cloned(),
+        compressible,
+        position,
+        frame: frame.to_vec(),
+    }
+}
+
 /// The cluster state of this node.
 #[derive(Debug)]
 pub(crate) struct Cluster {
@@ -208,23 +222,14 @@ impl Cluster {
         frame: &[u8],
         position: Option<BusPosition>,
     ) {
-        let Broadcast { app, channel, except, tags, compressible } = *to;
         if !self.has_peers() {
             return;
         }
-        let body = Body::Broadcast {
-            app: app.to_string(),
-            channel: channel.to_string(),
-            except: except.map(str::to_string),
-            tags: tags.cloned(),
-            compressible,
-            position,
-            frame: frame.to_vec(),
-        };
+        let body = broadcast_body(to, frame, position);
         if let Err(error) =
-            self.transport.try_publish(&channel_topic(app, channel), self.envelope(body))
+            self.transport.try_publish(&channel_topic(to.app, to.channel), self.envelope(body))
         {
-            self.refused(&error, channel);
+            self.refused(&error, to.channel);
         }
     }
 
@@ -241,18 +246,9 @@ impl Cluster {
         if !self.has_peers() {
             return None;
         }
-        let Broadcast { app, channel, except, tags, compressible } = *to;
         let position =
             BusPosition { stream_id: String::new(), serial: 0, message_id: message_id.to_string() };
-        let body = Body::Broadcast {
-            app: app.to_string(),
-            channel: channel.to_string(),
-            except: except.map(str::to_string),
-            tags: tags.cloned(),
-            compressible,
-            position: Some(position),
-            frame: frame.to_vec(),
-        };
+        let body = broadcast_body(to, frame, Some(position));
         let envelope =
             Envelope { node: self.node_id, seq: self.seq.fetch_add(1, Ordering::Relaxed), body };
         let envelope = envelope.encode_for_store().expect("a positioned broadcast");
@@ -260,7 +256,7 @@ impl Cluster {
             Some(seal) => seal.seal(&envelope),
             None => envelope,
         };
-        Some((channel_topic(app, channel), message))
+        Some((channel_topic(to.app, to.channel), message))
     }
 
     /// Count a publish the transport refused; log it at most once a second.
