@@ -235,7 +235,7 @@ impl Envelope {
     }
 
     /// The bytes the history store publishes for a positioned broadcast, its stream id and
-    /// serial left for the store to add after them ([`STORED`]); `None` for anything else.
+    /// serial left for the store to add after them (kind `STORED`); `None` for anything else.
     pub fn encode_for_store(&self) -> Option<Vec<u8>> {
         matches!(self.body, Body::Broadcast { position: Some(_), .. }).then(|| self.write(true))
     }
@@ -321,8 +321,8 @@ impl<'a> Envelope<&'a [u8]> {
         Self::read_with(bytes, None)
     }
 
-    /// [`Envelope::read`], with what the history store added after a sealed [`STORED`]
-    /// broadcast (`added`, split off before the seal was opened: see [`split_stored`]).
+    /// [`Envelope::read`], with what the history store added after a sealed `STORED`
+    /// broadcast (`added`, split off before the seal was opened: see `split_stored`).
     pub fn read_with(bytes: &'a [u8], added: Option<&[u8]>) -> Result<Self, DecodeError> {
         let mut reader = Reader(bytes);
         let version = reader.u8()?;
