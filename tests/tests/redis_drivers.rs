@@ -1,6 +1,7 @@
 //! The cache, queue, rate-limiter and history conformance suites against the built `libsockhost_redis.so`
 //! (a real `redis-server` per case) and `libsockhost_redis_cluster.so` (a real three-master
-//! Redis Cluster per case).
+//! Redis Cluster per case), and the history store publishing where the plugin's transport
+//! publishes.
 
 use sockhost_plugin_api::conformance::Target;
 use sockhost_tests::{
@@ -72,4 +73,54 @@ mod cluster {
     mod history {
         sockhost_plugin_api::history_suite!(super::plain);
     }
+}
+
+/// A history store on the server its plugin's transport publishes on publishes each event to
+/// the transport's topic in the script that positions it: the host's message with the stream
+/// id, the serial's digits and one byte each for their lengths after it, in serial order. The
+/// transport's subscriber gets it as any message. Without that transport, it only appends.
+#[tokio::test]
+async fn the_history_store_publishes_where_its_transport_does() {
+    use sockhost_plugin_api::{
+        Outgoing, Retention,
+        abi::{RStr, RVec},
+    };
+    let server = RedisServer::start();
+    let url = server.url();
+    let store =
+        Target::new(cdylib("sockhost_redis"), "redis", &format!("url_override = \"{url}\""));
+    let store = store.history_bus().await.expect("the redis plugin has a way onto the bus");
+    let keep = Retention { max_events: 100, max_age_ms: 60_000 };
+    let events = |records: &[&str]| -> RVec<Outgoing> {
+        let outgoing = |r: &&str| Outgoing {
+            record: RVec::from(r.as_bytes().to_vec()),
+            message: RVec::from(format!("message {r}").into_bytes()),
+        };
+        records.iter().map(outgoing).collect()
+    };
+    let s = RStr::from_str;
+    let alone = store.append_publishing(s("app"), s("news"), s("t"), events(&["0"]), keep).await;
+    let alone = alone.into_result().expect("appended");
+    assert_eq!((alone.appended.serial, alone.published), (1, false));
+
+    let config = format!("url = \"{url}\"\nprefix = \"bus:\"\n");
+    let (transport, host) =
+        Target::new(cdylib("sockhost_redis"), "redis", &config).transport().await;
+    transport.subscribe(s("topic-1")).await.into_result().expect("subscribed");
+    let done =
+        store.append_publishing(s("app"), s("news"), s("topic-1"), events(&["1", "2"]), keep);
+    let done = done.await.into_result().expect("appended");
+    assert_eq!((done.appended.serial, done.published), (2, true));
+    let id = done.appended.stream_id.as_str();
+    assert_eq!(id, alone.appended.stream_id.as_str());
+    for (record, serial) in [("1", "2"), ("2", "3")] {
+        let got = host.next().await;
+        assert_eq!(got.topic, "topic-1");
+        let mut expected = format!("message {record}{id}{serial}").into_bytes();
+        expected.extend([u8::try_from(id.len()).unwrap(), 1]);
+        assert_eq!(got.payload, expected, "{}", String::from_utf8_lossy(&got.payload));
+    }
+    transport.shutdown().await.into_result().expect("shut down");
+    let after = store.append_publishing(s("app"), s("news"), s("topic-1"), events(&["3"]), keep);
+    assert!(!after.await.into_result().expect("appended").published, "published with no transport");
 }

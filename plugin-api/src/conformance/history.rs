@@ -5,7 +5,7 @@ use std::sync::Arc;
 use abi_stable::std_types::{RStr, RVec};
 
 use super::{Target, eventually, holds, ok};
-use crate::{ErrorCode, HistoryBox, Page, Retention};
+use crate::{ErrorCode, HistoryBox, Outgoing, Page, Retention};
 
 fn s(text: &str) -> RStr<'_> {
     RStr::from_str(text)
@@ -68,6 +68,34 @@ pub async fn appends_get_dense_serials_and_read_back(target: &Target) {
         1,
         "another app's channel of the same name shares its stream"
     );
+}
+
+/// A publishing append (when the plugin has a way onto the bus) appends as `append` does:
+/// on the same stream, with the serials after it, and reads back the records, not the bus
+/// messages; whether it also published is the store's to say.
+pub async fn a_publishing_append_is_an_append(target: &Target) {
+    let Some(bus) = target.history_bus().await else { return };
+    let h = target.history().await;
+    let channel = "conformance-bus";
+    let (stream, first) = append(&h, channel, b"plain", KEEP).await;
+    let events: RVec<Outgoing> = [&b"one"[..], b"two"]
+        .iter()
+        .map(|record| Outgoing {
+            record: RVec::from(record.to_vec()),
+            message: RVec::from(b"a bus message".to_vec()),
+        })
+        .collect();
+    let done =
+        bus.append_publishing(s("app-1"), s(channel), s("conformance-topic"), events, KEEP).await;
+    let done = ok("append_publishing", done);
+    assert_eq!(done.appended.serial, first + 1, "not the serial after the plain append");
+    assert_eq!(done.appended.stream_id.as_str(), stream, "another stream");
+    let page = read(&h, channel, 0, 10, KEEP).await;
+    assert_eq!(serials(&page), [first, first + 1, first + 2]);
+    let kept: Vec<&[u8]> = page.events.iter().map(|e| e.record.as_slice()).collect();
+    assert_eq!(kept, [&b"plain"[..], b"one", b"two"], "the records were not kept as given");
+    let none = bus.append_publishing(s("app-1"), s(channel), s("t"), RVec::new(), KEEP).await;
+    assert_eq!(none.into_result().map(|_| ()).unwrap_err().code, ErrorCode::REJECTED);
 }
 
 /// Several records appended in one call get consecutive serials in their order, the answer
@@ -170,6 +198,7 @@ macro_rules! history_suite {
                 concurrent_appends_get_distinct_serials,
                 a_batch_gets_consecutive_serials_in_order,
                 retention_bounds_what_is_kept,
+                a_publishing_append_is_an_append,
                 stores_any_bytes_under_awkward_names,
                 reset_starts_a_new_stream,
                 health_and_shutdown,

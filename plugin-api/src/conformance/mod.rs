@@ -43,8 +43,8 @@ use abi_stable::{
 use tokio::sync::mpsc;
 
 use crate::{
-    CacheBox, HistoryBox, HostContext, HostContext_TO, HostContextBox, LogLevel, PluginError,
-    QueueBox, RateLimiterBox, TransportBox, load,
+    CacheBox, HistoryBox, HistoryBusBox, HostContext, HostContext_TO, HostContextBox, LogLevel,
+    PluginError, QueueBox, RateLimiterBox, TransportBox, load,
 };
 
 /// How long a case waits for something that should happen; long, because a loaded CI machine
@@ -160,6 +160,20 @@ impl Target {
         let ctor = self.module().history().expect("the plugin provides no history store");
         let made = ctor(self.driver(), self.config(), TestHost::default().boxed()).await;
         made.into_result().unwrap_or_else(|e| panic!("constructing history {}: {e}", self.driver))
+    }
+
+    /// Construct a history store's way onto the bus, from the history store's driver and
+    /// configuration; `None` when the plugin has none.
+    ///
+    /// # Panics
+    /// If the constructor fails.
+    pub async fn history_bus(&self) -> Option<HistoryBusBox> {
+        let ctor = self.module().history_bus()?;
+        let made = ctor(self.driver(), self.config(), TestHost::default().boxed()).await;
+        Some(
+            made.into_result()
+                .unwrap_or_else(|e| panic!("constructing history bus {}: {e}", self.driver)),
+        )
     }
 
     fn driver(&self) -> RStr<'_> {
