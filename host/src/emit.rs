@@ -12,7 +12,7 @@ use crate::{
     cluster::{self, envelope::Control},
     ctx::Ctx,
     protocol::Broadcast,
-    recovery::{Outgoing, Record, Recovery},
+    recovery::{Record, Recovery},
 };
 
 /// The history store did not take the event and the app does not publish best effort:
@@ -53,8 +53,7 @@ pub(crate) async fn emit(
     let outgoing = recovery
         .store_publishes()
         .then(|| ctx.adapter.cluster().stored_broadcast(to, text.as_bytes(), &message_id))
-        .flatten()
-        .map(|(topic, message)| Outgoing { topic, message });
+        .flatten();
     let record = Record {
         message_id,
         frame: text,

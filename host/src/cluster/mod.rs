@@ -233,16 +233,16 @@ impl Cluster {
         }
     }
 
-    /// An event for the history store to publish as it positions it: its bus topic and its
-    /// envelope (sealed with a secret), without the stream id and serial the store adds after
-    /// it (see [`envelope::split_stored`] for why that is safe). `None` when no other node
-    /// would get it (alone).
+    /// An event for the history store to publish to the channel's topic as it positions it:
+    /// its envelope (sealed with a secret), without the stream id and serial the store adds
+    /// after it (see [`envelope::split_stored`] for why that is safe). `None` when no other
+    /// node would get it (alone).
     pub(crate) fn stored_broadcast(
         &self,
         to: &Broadcast<'_>,
         frame: &[u8],
         message_id: &str,
-    ) -> Option<(String, Vec<u8>)> {
+    ) -> Option<Vec<u8>> {
         if !self.has_peers() {
             return None;
         }
@@ -252,11 +252,10 @@ impl Cluster {
         let envelope =
             Envelope { node: self.node_id, seq: self.seq.fetch_add(1, Ordering::Relaxed), body };
         let envelope = envelope.encode_for_store().expect("a positioned broadcast");
-        let message = match &self.seal {
+        Some(match &self.seal {
             Some(seal) => seal.seal(&envelope),
             None => envelope,
-        };
-        Some((channel_topic(to.app, to.channel), message))
+        })
     }
 
     /// Count a publish the transport refused; log it at most once a second.

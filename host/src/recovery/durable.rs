@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::{Order, Recovery, Stream, failure};
 use crate::{
-    cluster::envelope::BusPosition,
+    cluster::{channel_topic, envelope::BusPosition},
     hub::{Hub, Positioned},
     plugins::{DriverError, DriverKind, History, PluginError, Retention, StoredEvent},
     protocol::{
@@ -54,16 +54,11 @@ const MAX_REPAIR_FAILURES: u32 = 3;
 /// position goes.
 pub(super) type Waiter = (Record, Option<Outgoing>, oneshot::Sender<Result<Event, DriverError>>);
 
-/// An event's bus message, for the store to publish in the step that gives it its position
+/// An event's bus message (the envelope without the stream id and serial the store adds),
+/// for the store to publish to the channel's topic in the step that gives it its position
 /// ([`History::append_publishing`]): other nodes then get a channel's events in serial order,
 /// and no separate publish is made.
-#[derive(Debug)]
-pub(crate) struct Outgoing {
-    /// The channel's bus topic.
-    pub topic: String,
-    /// The envelope, without the stream id and serial the store adds.
-    pub message: Vec<u8>,
-}
+type Outgoing = Vec<u8>;
 
 /// A channel's appends: how many are under way, and the events waiting for a slot.
 #[derive(Debug, Default)]
@@ -239,15 +234,8 @@ impl Recovery {
         let outgoing: Option<Vec<Outgoing>> = outgoing.into_iter().collect();
         let appended = match outgoing {
             Some(outgoing) if !outgoing.is_empty() => {
-                let mut topic = String::new();
-                let events = records
-                    .iter()
-                    .zip(outgoing)
-                    .map(|(record, Outgoing { topic: to, message })| {
-                        topic = to;
-                        (record.encode(), message)
-                    })
-                    .collect();
+                let topic = channel_topic(app, channel);
+                let events = records.iter().map(|record| record.encode()).zip(outgoing).collect();
                 store.history.append_publishing(app, channel, &topic, events, store.retention).await
             }
             _ => {
@@ -284,25 +272,18 @@ impl Recovery {
         };
         tokio::spawn(async move {
             let (app, channel) = (&key.0, &key.1);
-            let (records, outgoing, answers): (Vec<Record>, Vec<_>, Vec<_>) =
-                batch.into_iter().fold((vec![], vec![], vec![]), |(mut r, mut o, mut a), w| {
-                    r.push(w.0);
-                    o.push(w.1);
-                    a.push(w.2);
-                    (r, o, a)
-                });
-            let refs: Vec<&Record> = records.iter().collect();
-            match self.store_append(app, channel, &refs, outgoing).await {
+            let mut batch = batch;
+            let outgoing = batch.iter_mut().map(|(_, outgoing, _)| outgoing.take()).collect();
+            let records: Vec<&Record> = batch.iter().map(|(record, _, _)| record).collect();
+            match self.store_append(app, channel, &records, outgoing).await {
                 Ok((stream_id, first, published)) => {
-                    for (serial, (record, answer)) in
-                        (first..).zip(records.into_iter().zip(answers))
-                    {
+                    for (serial, (record, _, answer)) in (first..).zip(batch) {
                         let stream_id = stream_id.clone();
                         let _ = answer.send(Ok(Event { stream_id, serial, record, published }));
                     }
                 }
                 Err(error) => {
-                    for answer in answers {
+                    for (_, _, answer) in batch {
                         let _ = answer.send(Err(error.clone()));
                     }
                 }

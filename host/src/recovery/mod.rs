@@ -22,7 +22,7 @@ mod durable;
 mod record;
 mod rewind;
 
-pub(crate) use durable::{Durable, Event, Fetched, GateCounters, Outgoing};
+pub(crate) use durable::{Durable, Event, Fetched, GateCounters};
 pub(crate) use record::Record;
 
 use std::{

@@ -6,8 +6,9 @@
 //! Memory is bounded per channel by the count (`MAXLEN ~` on every append: at most one node
 //! of the stream, 100 entries by default, beyond it; reads answer only the last `max_events`)
 //! and by age (the log expires with the retention after its last append, the meta after twice
-//! that; entries older than the retention are not answered). A lost meta (expired, flushed, a server restarted
-//! without persistence) starts the stream again with a new id, which resumes are told.
+//! that; entries older than the retention are not answered). A lost meta (expired, flushed, a
+//! server restarted without persistence) starts the stream again with a new id, which
+//! resumes are told.
 
 use redis::aio::ConnectionLike;
 use serde::Deserialize;
@@ -168,6 +169,35 @@ where
         invocation.arg(uuid::Uuid::new_v4().to_string()).arg(lifetime.saturating_mul(2));
         invocation
     }
+
+    /// An append's invocation of `script` up to ARGV[5] (see [`APPEND`]); the caller adds
+    /// the events.
+    fn append_invocation<'a>(
+        &self,
+        script: &'a redis::Script,
+        app: &str,
+        channel: &str,
+        retention: Retention,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut invocation = self.invocation(script, app, channel, retention);
+        invocation
+            .arg(retention.max_events.max(1))
+            .arg(retention.max_age_ms.max(1))
+            .arg(sdk::unix_ms());
+        invocation
+    }
+
+    /// Run an append's invocation: where the events went.
+    async fn run_append(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<Appended, PluginError> {
+        let mut conn = self.handle.open()?;
+        let (stream_id, serial): (String, u64) =
+            within("redis history append", self.handle.timeout, invocation.invoke_async(&mut conn))
+                .await?;
+        Ok(Appended { stream_id: RString::from(stream_id), serial })
+    }
 }
 
 impl<C> HistoryDriver for RedisHistory<C>
@@ -181,19 +211,11 @@ where
         records: Vec<Vec<u8>>,
         retention: Retention,
     ) -> Result<Appended, PluginError> {
-        let mut conn = self.handle.open()?;
-        let mut invocation = self.invocation(&self.append, app, channel, retention);
-        invocation
-            .arg(retention.max_events.max(1))
-            .arg(retention.max_age_ms.max(1))
-            .arg(sdk::unix_ms());
+        let mut invocation = self.append_invocation(&self.append, app, channel, retention);
         for record in records {
             invocation.arg(record);
         }
-        let (stream_id, serial): (String, u64) =
-            within("redis history append", self.handle.timeout, invocation.invoke_async(&mut conn))
-                .await?;
-        Ok(Appended { stream_id: RString::from(stream_id), serial })
+        self.run_append(invocation).await
     }
 
     async fn read(
@@ -261,23 +283,12 @@ where
             let appended = HistoryDriver::append(self, app, channel, records, retention).await?;
             return Ok(Published { appended, published: false });
         };
-        let mut conn = self.handle.open()?;
-        let mut invocation = self.invocation(&self.append_publish, app, channel, retention);
-        invocation
-            .arg(retention.max_events.max(1))
-            .arg(retention.max_age_ms.max(1))
-            .arg(sdk::unix_ms())
-            .arg(format!("{prefix}{topic}"));
+        let mut invocation = self.append_invocation(&self.append_publish, app, channel, retention);
+        invocation.arg(format!("{prefix}{topic}"));
         for Outgoing { record, message } in events {
             invocation.arg(record.as_slice()).arg(message.as_slice());
         }
-        let (stream_id, serial): (String, u64) =
-            within("redis history append", self.handle.timeout, invocation.invoke_async(&mut conn))
-                .await?;
-        Ok(Published {
-            appended: Appended { stream_id: RString::from(stream_id), serial },
-            published: true,
-        })
+        Ok(Published { appended: self.run_append(invocation).await?, published: true })
     }
 
     async fn shutdown(&self) -> Result<(), PluginError> {
