@@ -91,3 +91,40 @@ async fn sharded_pub_sub_against_a_cluster_without_it_is_refused_at_start() {
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("adapter.cluster.use_sharded_pubsub"), "{log}");
 }
+
+/// With recovery on and the cluster as the history store, the store publishes each event in
+/// the script that positions it, on the shard of the channel's keys: classic pub/sub copies it
+/// to every node of the cluster, so node B's protocol-2 subscriber gets what went through A,
+/// in order, with the store's serials, and A counts every event as published by the store.
+/// With sharded pub/sub the channel's bus topic lives on another shard's slot, so the
+/// transport offers nothing to publish on and A publishes itself.
+#[tokio::test]
+async fn the_cluster_store_publishes_each_event_as_it_positions_it_over_classic_pub_sub() {
+    let cluster = RedisCluster::start();
+    for sharded in [false, true] {
+        let bus = Bus::redis_cluster(&cluster.seeds(), sharded);
+        let history = bus.history.clone().expect("a cluster bus has a history table");
+        let servers =
+            nodes(&bus, 2, &format!("[connection_recovery]\nenabled = true\n{history}")).await;
+        let app = TestApp::main();
+        let channel = format!("private-fused-{sharded}");
+        let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[1].port, app.key);
+        let mut on_b = Client::connect_v2(&url).await;
+        let ack = on_b.subscribe_v2(&app, &channel).await;
+        let start = ack["serial"].as_u64().unwrap_or_else(|| panic!("{ack}"));
+        let api_a = Api::new(&servers[0].http_url(), &app);
+        for n in 1..=20u64 {
+            let (status, body) = api_a.trigger(&[&channel], "tick", &n.to_string()).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        for n in 1..=20u64 {
+            let tick = on_b.expect("tick").await;
+            assert_eq!(tick["serial"].as_u64(), Some(start + n), "sharded {sharded}: {tick}");
+            assert_eq!(tick["data"], n.to_string(), "{tick}");
+            assert_eq!(tick["stream_id"], ack["stream_id"], "{tick}");
+        }
+        let by_store = servers[0].metric("sockhost_history_published_total").await;
+        assert_eq!(by_store, if sharded { 0.0 } else { 20.0 }, "sharded {sharded}");
+        assert_eq!(servers[1].metric("sockhost_bus_refused_total").await, 0.0);
+    }
+}

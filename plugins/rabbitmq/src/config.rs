@@ -1,5 +1,8 @@
 //! The `adapter.rabbitmq` table, with Sockudo's names where it has them.
 
+use std::net::IpAddr;
+
+use lapin::uri::AMQPUri;
 use serde::Deserialize;
 use sockhost_plugin_api::{PluginError, sdk};
 
@@ -7,7 +10,7 @@ use sockhost_plugin_api::{PluginError, sdk};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportConfig {
-    /// The broker (`amqp://`; `amqps://` is refused, see `check`). Default:
+    /// The broker (`amqp://`, or `amqps://` for TLS). Default:
     /// `amqp://guest:guest@127.0.0.1:5672/%2f`; `RABBITMQ_URL` overrides.
     pub url: String,
     /// Name of the exchange, and start of the node queues' names. Default: `sockudo_adapter`;
@@ -79,19 +82,21 @@ impl TransportConfig {
         Ok(config)
     }
 
-    fn check(&self) -> Result<(), PluginError> {
-        if let Err(e) = self.url.parse::<lapin::uri::AMQPUri>() {
-            return Err(PluginError::config(format!(
-                "adapter.rabbitmq.url: {:?} is not an AMQP URL (amqp://): {e}",
-                sdk::config::redact_url(&self.url)
-            )));
+    /// The broker's address as the AMQP client takes it. Its URL parser reads only domain
+    /// names and puts `localhost` in place of an IP address, so `amqp://10.0.0.5/` would reach
+    /// a broker on this machine instead: the address is put back.
+    pub fn uri(&self) -> Result<AMQPUri, String> {
+        let mut uri: AMQPUri = self.url.trim().parse()?;
+        if let Some(address) = ip_host(self.url.trim()) {
+            uri.authority.host = address.to_string();
         }
-        // Refused rather than failing obscurely at the first connection: lapin's rustls, as
-        // built here, has no certificate store (none is trusted), and given one it could not
-        // read the broker's frames over TLS (a parse error after the handshake, RabbitMQ 3.10).
-        if self.url.trim_start().to_ascii_lowercase().starts_with("amqps:") {
+        Ok(uri)
+    }
+
+    fn check(&self) -> Result<(), PluginError> {
+        if let Err(e) = self.uri() {
             return Err(PluginError::config(format!(
-                "adapter.rabbitmq.url: {:?}: amqps:// is not supported yet; reach the broker over amqp:// on a private network or through a TLS tunnel",
+                "adapter.rabbitmq.url: {:?} is not an AMQP URL (amqp:// or amqps://): {e}",
                 sdk::config::redact_url(&self.url)
             )));
         }
@@ -118,6 +123,18 @@ impl TransportConfig {
         }
         Ok(())
     }
+}
+
+/// The host of `url` when it is an IP address (`[...]` around one of version 6).
+fn ip_host(url: &str) -> Option<IpAddr> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']')?.0,
+        None => host_port.split(':').next()?,
+    };
+    host.parse().ok()
 }
 
 #[cfg(test)]
@@ -148,10 +165,23 @@ mod tests {
     }
 
     #[test]
-    fn amqps_is_refused_with_the_reason() {
-        let error =
-            TransportConfig::parse("url = \"amqps://user:secret@host/%2f\"").unwrap_err().message;
-        assert!(error.contains("amqps:// is not supported yet"), "{error}");
-        assert!(!error.contains("secret"), "{error}");
+    fn an_address_in_the_url_is_the_host_connected_to() {
+        let uri = |url: &str| {
+            TransportConfig { url: url.into(), ..TransportConfig::default() }.uri().unwrap()
+        };
+        let cases = [
+            ("amqp://guest:guest@10.0.0.5:5673/%2f", "10.0.0.5", 5673),
+            ("amqps://u:p%40w@[::1]/%2f", "::1", 5671),
+            ("amqp://broker.internal/%2f", "broker.internal", 5672),
+            ("amqps://u@localhost:5671", "localhost", 5671),
+        ];
+        for (url, host, port) in cases {
+            let parsed = uri(url);
+            assert_eq!(
+                (parsed.authority.host.as_str(), parsed.authority.port),
+                (host, port),
+                "{url}"
+            );
+        }
     }
 }

@@ -144,10 +144,14 @@ impl Shared {
     /// start consuming and publishing.
     async fn connect(&self, epoch: u64) -> Result<(Arc<Session>, Consumer), PluginError> {
         let url = &self.config.url;
+        let uri =
+            self.config.uri().map_err(|e| unavailable(format!("{}: {e}", redact_url(url))))?;
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("sockhost {}", self.node).into());
         let within = Duration::from_millis(self.config.connection_timeout_ms);
-        let connection = tokio::time::timeout(within, Connection::connect(url, properties))
+        // Over TLS (`amqps://`), the broker is verified against the system's trusted
+        // certificates or the bundle `SSL_CERT_FILE` names.
+        let connection = tokio::time::timeout(within, Connection::connect_uri(uri, properties))
             .await
             .map_err(|_| {
                 unavailable(format!("no connection to {} within {within:?}", redact_url(url)))

@@ -26,4 +26,5 @@ sockhost_plugin_api::export_plugin! {
     queue: ["redis-cluster"] => |args| build::queue(args, Backend::Cluster),
     rate_limiter: ["redis-cluster"] => |args| build::rate_limiter(args, Backend::Cluster),
     history: ["redis-cluster"] => |args| build::history(args, Backend::Cluster),
+    history_bus: ["redis-cluster"] => |args| build::history_bus(args, Backend::Cluster),
 }

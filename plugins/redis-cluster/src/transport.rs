@@ -26,8 +26,9 @@ use sockhost_plugin_api::{
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use sockhost_redis_drivers::{
+    bus::Carrier,
     client::{install_crypto, redact},
-    connection::{ClusterDatabase, cluster_builder},
+    connection::{ClusterDatabase, cluster_builder, cluster_identity},
 };
 
 use crate::config::TransportConfig;
@@ -56,6 +57,10 @@ struct Shared {
     /// Topics we want, to subscribe again when the server drops one (a slot moved).
     topics: Mutex<HashSet<String>>,
     closed: AtomicBool,
+    /// Where it publishes, for this library's history store on the same cluster (see
+    /// `sockhost_redis_drivers::bus`): classic pub/sub only, which the cluster copies to every
+    /// node from whichever shard a script publishes on. Given up at shutdown.
+    carrier: Mutex<Option<Carrier>>,
 }
 
 impl Shared {
@@ -207,6 +212,10 @@ impl RedisClusterTransport {
         }
 
         let (queue, outgoing) = Outbox::new("redis-cluster", config.queue_capacity);
+        let carrier = (!config.use_sharded_pubsub)
+            .then(|| cluster_identity(&spec.seeds))
+            .flatten()
+            .map(|cluster| Carrier::register(cluster, config.prefix.clone()));
         let shared = Arc::new(Shared {
             prefix: config.prefix,
             sharded: config.use_sharded_pubsub,
@@ -216,6 +225,7 @@ impl RedisClusterTransport {
             queue,
             topics: Mutex::default(),
             closed: AtomicBool::new(false),
+            carrier: Mutex::new(carrier),
         });
         subscribe(&shared, NODES).await?;
         let tasks = vec![
@@ -559,6 +569,9 @@ impl TransportDriver for RedisClusterTransport {
     async fn shutdown(&self) -> Result<(), PluginError> {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
+        }
+        if let Ok(mut carrier) = self.shared.carrier.lock() {
+            carrier.take();
         }
         // Let the writer take what is queued, within the request timeout, then stop.
         self.shared.queue.drain(self.shared.timeout).await;

@@ -125,23 +125,30 @@ pub async fn history(args: sdk::CreateArgs, backend: Backend) -> Result<HistoryB
     )))
 }
 
-/// The history driver's way onto the bus (`redis` only: a cluster's script runs on the shard
-/// of its channel's keys, and sharded pub/sub would need the bus channel on that shard too):
-/// the same store, which publishes each event itself where this library's transport
-/// publishes on its server.
-pub async fn history_bus(args: sdk::CreateArgs) -> Result<HistoryBusBox, PluginError> {
-    let backend = Backend::Server;
+/// The history driver's way onto the bus: the same store, which publishes each event itself
+/// where this library's transport publishes on its server or cluster. One server named by a
+/// URL (not found through sentinels, whose master moves), or a cluster by its seeds (classic
+/// pub/sub, which reaches every node from the shard the script runs on; a transport with
+/// sharded pub/sub registers nothing, as its channel lives on another shard).
+pub async fn history_bus(
+    args: sdk::CreateArgs,
+    backend: Backend,
+) -> Result<HistoryBusBox, PluginError> {
     let place = format!("history.{}", backend.driver());
     let config: HistoryConfig = sdk::config::parse(&place, &args.config)?;
     check_mode(&place, &config.connection, backend)?;
-    // One server named by a URL (not found through sentinels, whose master moves).
     let own = config.connection.url_override.as_deref();
     let database = &config.connection.database;
-    let server = database
-        .sentinel(own)
-        .is_none()
-        .then(|| connection::server_identity(&database.server_url(own)))
-        .flatten();
+    let server = match backend {
+        Backend::Server => database
+            .sentinel(own)
+            .is_none()
+            .then(|| connection::server_identity(&database.server_url(own)))
+            .flatten(),
+        Backend::Cluster => connection::cluster_identity(
+            &database.cluster_seeds(&config.connection.nodes, &format!("{place}.nodes"))?,
+        ),
+    };
     Ok(connected!(backend, place, config, args.host, |conn| sdk::history_bus_box(
         args.runtime,
         RedisHistory::new(conn, &config).on_server(server.clone())

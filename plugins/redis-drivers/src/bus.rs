@@ -1,4 +1,4 @@
-//! Which Redis servers carry this plugin's bus: the transport says where it publishes, so
+//! Which Redis servers (or clusters) carry this plugin's bus: the transport says where it publishes, so
 //! that a history store of the same plugin writing to the same server can publish each event
 //! itself in the script that positions it (`HistoryBus::append_publishing`).
 //!

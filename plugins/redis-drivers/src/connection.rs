@@ -120,6 +120,17 @@ pub fn server_identity(url: &str) -> Option<String> {
     }
 }
 
+/// The cluster a list of seed URLs names, as its seeds' `host:port`s sorted and joined:
+/// two plugins given the same seeds (however ordered) talk to the same cluster. `None` when a
+/// seed does not parse. Two lists naming different nodes of one cluster look like two
+/// clusters, which only costs the store's publishing (the host then publishes).
+pub fn cluster_identity(seeds: &[String]) -> Option<String> {
+    let mut servers = seeds.iter().map(|seed| server_identity(seed)).collect::<Option<Vec<_>>>()?;
+    servers.sort_unstable();
+    servers.dedup();
+    (!servers.is_empty()).then(|| format!("cluster:{}", servers.join(",")))
+}
+
 impl Database {
     /// The URL `[database.redis]` describes, if it says anything.
     fn url(&self) -> Option<String> {
@@ -325,4 +336,22 @@ pub async fn cluster(
         .map_err(|e| PluginError::config(format!("redis cluster seeds {shown:?}: {e}")))?;
     crate::within(&format!("redis cluster {shown:?}"), timeout * 5, client.get_async_connection())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_is_named_by_its_seeds_in_any_order() {
+        let seeds = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let one = cluster_identity(&seeds(&["redis://b:7001", "redis://a:7000"]));
+        let other =
+            cluster_identity(&seeds(&["rediss://a:7000", "redis://b:7001", "redis://a:7000"]));
+        assert_eq!(one.as_deref(), Some("cluster:a:7000/0,b:7001/0"));
+        assert_eq!(one, other, "order, scheme and repeats do not matter");
+        assert_ne!(one, cluster_identity(&seeds(&["redis://a:7000"])));
+        assert_eq!(cluster_identity(&seeds(&["redis://a:7000", "not a url"])), None);
+        assert_eq!(cluster_identity(&[]), None);
+    }
 }

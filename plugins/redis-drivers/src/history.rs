@@ -114,8 +114,9 @@ pub struct RedisHistory<C> {
     append: redis::Script,
     append_publish: redis::Script,
     read: redis::Script,
-    /// The server it writes to (see [`crate::connection::server_identity`]), when it is one
-    /// server: a transport of this library publishing there lets it publish too.
+    /// The server or cluster it writes to (see [`crate::connection::server_identity`] and
+    /// [`crate::connection::cluster_identity`]): a transport of this library publishing
+    /// there lets it publish too.
     server: Option<String>,
 }
 
@@ -141,8 +142,8 @@ where
         }
     }
 
-    /// The store writes to the one server `server` names (see
-    /// [`crate::connection::server_identity`]).
+    /// The store writes to the one server or cluster `server` names (see
+    /// [`crate::connection::server_identity`] and [`crate::connection::cluster_identity`]).
     pub fn on_server(mut self, server: Option<String>) -> Self {
         self.server = server;
         self

@@ -27,5 +27,5 @@ sockhost_plugin_api::export_plugin! {
     queue: ["redis"] => |args| build::queue(args, Backend::Server),
     rate_limiter: ["redis"] => |args| build::rate_limiter(args, Backend::Server),
     history: ["redis"] => |args| build::history(args, Backend::Server),
-    history_bus: ["redis"] => build::history_bus,
+    history_bus: ["redis"] => |args| build::history_bus(args, Backend::Server),
 }
