@@ -124,8 +124,8 @@ pub struct Published {
     pub published: bool,
 }
 
-/// A history store's way onto the bus, for a store that writes to the server that carries
-/// the bus: it can publish each event to the other nodes in the atomic step that gives it its
+/// A history store's way onto the bus, for a store that writes to the server (or cluster)
+/// that carries the bus: it can publish each event to the other nodes in the atomic step that gives it its
 /// position, so that the event costs no publish of its own and the bus carries a channel's
 /// events in the order of their serials. Made by the root module's `history_bus`
 /// constructor from the history store's own driver name and configuration (a kind of its
@@ -133,10 +133,10 @@ pub struct Published {
 #[sabi_trait]
 pub trait HistoryBus: Send + Sync {
     /// Append `events` to the channel's stream as [`History::append`] does and, when this
-    /// store writes to the server on which a transport of the same plugin carries `topic`,
-    /// publish each event's message to that topic in the same atomic step, in serial order,
-    /// with its position added after it: the stream id's bytes, the serial in decimal digits,
-    /// then one byte each for those two lengths. `published` says whether it did.
+    /// store writes to the server (or cluster) on which a transport of the same plugin carries
+    /// `topic`, publish each event's message to that topic in the same atomic step, in serial
+    /// order, with its position added after it: the stream id's bytes, the serial in decimal
+    /// digits, then one byte each for those two lengths. `published` says whether it did.
     fn append_publishing(
         &self,
         app: RStr<'_>,

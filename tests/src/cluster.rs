@@ -313,6 +313,34 @@ pub async fn nodes(bus: &Bus, count: usize, extra: &str) -> Vec<Server> {
     servers
 }
 
+/// One event published through node A (`servers[0]`) reaches a subscriber of `channel` on
+/// node B (`servers[1]`).
+pub async fn one_event_crosses(servers: &[Server], channel: &str) {
+    use crate::pusher::{Api, Client, TestApp};
+    let app = TestApp::main();
+    let mut on_b = Client::connect(&servers[1].ws_url(&app.key)).await;
+    on_b.subscribe(&app, channel).await;
+    let api_a = Api::new(&servers[0].http_url(), &app);
+    assert_eq!(api_a.trigger(&[channel], "crossed", "yes").await.0, 200);
+    assert_eq!(on_b.expect("crossed").await["data"], "yes");
+}
+
+/// A broker that speaks only TLS, named by `bus`: two nodes that trust the private CA `ca`
+/// through `SSL_CERT_FILE` reach it (an event crosses), and a node that trusts only the
+/// system's roots is refused at start, the log naming the transport `driver`.
+pub async fn a_tls_broker_is_reached_through_a_private_ca(
+    bus: &Bus,
+    ca: &std::path::Path,
+    driver: &str,
+) {
+    let trusting = bus.clone().env("SSL_CERT_FILE", &ca.to_string_lossy());
+    one_event_crosses(&nodes(&trusting, 2, "").await, "over-tls").await;
+    let (code, log) = refused(bus);
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains(&format!("transport driver `{driver}`")), "{log}");
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
+}
+
 /// The multi-node scenarios, written once; each transport's test file runs all of them.
 pub mod scenarios {
     use serde_json::json;

@@ -4,8 +4,7 @@
 
 use sockhost_tests::{
     backends::NatsServer,
-    cluster::{Bus, nodes, refused, scenarios},
-    pusher::{Api, Client, TestApp},
+    cluster::{self, Bus, nodes, refused, scenarios},
     tls::Pki,
 };
 
@@ -20,14 +19,7 @@ sockhost_tests::cluster_scenarios!(start);
 /// One event from node A to a subscriber on node B over `bus`, on a channel whose name holds
 /// characters NATS gives meaning to.
 async fn one_event_crosses(bus: &Bus) {
-    let servers = nodes(bus, 2, "").await;
-    let app = TestApp::main();
-    let channel = "private-room.1;a=b@c,d";
-    let mut on_b = Client::connect(&servers[1].ws_url(&app.key)).await;
-    on_b.subscribe(&app, channel).await;
-    let api_a = Api::new(&servers[0].http_url(), &app);
-    assert_eq!(api_a.trigger(&[channel], "crossed", "yes").await.0, 200);
-    assert_eq!(on_b.expect("crossed").await["data"], "yes");
+    cluster::one_event_crosses(&nodes(bus, 2, "").await, "private-room.1;a=b@c,d").await;
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use sockhost_tests::{
     backends::{ClusterOptions, RedisCluster},
-    cluster::{Bus, nodes, refused},
+    cluster::{self, Bus, nodes, refused},
     pusher::{Api, Client, TestApp},
     tls::Pki,
 };
@@ -19,13 +19,7 @@ sockhost_tests::cluster_scenarios!(start);
 
 /// One event from node A to a subscriber on node B over `bus`.
 async fn one_event_crosses(bus: &Bus) {
-    let servers = nodes(bus, 2, "").await;
-    let app = TestApp::main();
-    let mut on_b = Client::connect(&servers[1].ws_url(&app.key)).await;
-    on_b.subscribe(&app, "crossing").await;
-    let api_a = Api::new(&servers[0].http_url(), &app);
-    assert_eq!(api_a.trigger(&["crossing"], "crossed", "yes").await.0, 200);
-    assert_eq!(on_b.expect("crossed").await["data"], "yes");
+    cluster::one_event_crosses(&nodes(bus, 2, "").await, "crossing").await;
 }
 
 #[tokio::test]
@@ -96,18 +90,25 @@ async fn sharded_pub_sub_against_a_cluster_without_it_is_refused_at_start() {
 /// the script that positions it, on the shard of the channel's keys: classic pub/sub copies it
 /// to every node of the cluster, so node B's protocol-2 subscriber gets what went through A,
 /// in order, with the store's serials, and A counts every event as published by the store.
-/// With sharded pub/sub the channel's bus topic lives on another shard's slot, so the
-/// transport offers nothing to publish on and A publishes itself.
+/// The channel is one whose keys and bus channel are on different masters, so the publish
+/// reaches B's subscription through the cluster's own forwarding. With sharded pub/sub the
+/// channel's bus topic lives on another shard's slot, so the transport offers nothing to
+/// publish on and A publishes itself.
 #[tokio::test]
 async fn the_cluster_store_publishes_each_event_as_it_positions_it_over_classic_pub_sub() {
     let cluster = RedisCluster::start();
+    let app = TestApp::main();
+    let apart = |channel: &String| {
+        let keys = format!("{{{}:{}:{channel}}}", app.id.len(), app.id);
+        let bus_channel = format!("test:#broadcast:{}:{channel}", app.id);
+        cluster.owner_of(&keys) != cluster.owner_of(&bus_channel)
+    };
+    let channel = (0..).map(|n| format!("private-fused-{n}")).find(apart).expect("a channel");
     for sharded in [false, true] {
         let bus = Bus::redis_cluster(&cluster.seeds(), sharded);
         let history = bus.history.clone().expect("a cluster bus has a history table");
         let servers =
             nodes(&bus, 2, &format!("[connection_recovery]\nenabled = true\n{history}")).await;
-        let app = TestApp::main();
-        let channel = format!("private-fused-{sharded}");
         let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[1].port, app.key);
         let mut on_b = Client::connect_v2(&url).await;
         let ack = on_b.subscribe_v2(&app, &channel).await;

@@ -5,7 +5,7 @@
 
 use sockhost_plugin_api::conformance::Target;
 use sockhost_tests::{
-    backends::{RedisCluster, RedisServer},
+    backends::{RedisCluster, RedisServer, redis_cli},
     cdylib,
 };
 
@@ -120,7 +120,19 @@ async fn the_history_store_publishes_where_its_transport_does() {
         expected.extend([u8::try_from(id.len()).unwrap(), 1]);
         assert_eq!(got.payload, expected, "{}", String::from_utf8_lossy(&got.payload));
     }
+    // A user the server no longer lets publish on the bus's channels: the script checks
+    // before it appends, so it appends without publishing (the node then publishes, or
+    // learns why it cannot) instead of failing with its appends made.
+    let revoked =
+        redis_cli(server.port, None, None, &["ACL", "SETUSER", "default", "resetchannels"]);
+    assert_eq!(revoked.as_deref(), Some("OK"));
+    let refused = store.append_publishing(s("app"), s("news"), s("topic-1"), events(&["3"]), keep);
+    let refused = refused.await.into_result().expect("appended");
+    assert_eq!((refused.appended.serial, refused.published), (4, false));
+    let allowed = redis_cli(server.port, None, None, &["ACL", "SETUSER", "default", "allchannels"]);
+    assert_eq!(allowed.as_deref(), Some("OK"));
     transport.shutdown().await.into_result().expect("shut down");
-    let after = store.append_publishing(s("app"), s("news"), s("topic-1"), events(&["3"]), keep);
-    assert!(!after.await.into_result().expect("appended").published, "published with no transport");
+    let after = store.append_publishing(s("app"), s("news"), s("topic-1"), events(&["4"]), keep);
+    let after = after.await.into_result().expect("appended");
+    assert_eq!((after.appended.serial, after.published), (5, false), "published with no transport");
 }

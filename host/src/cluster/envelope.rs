@@ -426,8 +426,9 @@ impl Control {
 /// without the secret cannot make a message of its own, and a copy of a sealed one with
 /// another position is refused as a replay, since the one the store published reached every
 /// subscriber first. (In a Redis Cluster the original reaches other nodes' subscribers over
-/// the cluster bus, so a copy could only win where that link is down; a writer on the broker
-/// can then as well alter the store's records, which no seal covers.)
+/// the cluster bus, one hop later: a writer subscribed where the script ran could race a copy
+/// to another node, a narrow window; such a writer can as well alter the store's records,
+/// which no seal covers.)
 pub(crate) fn split_stored(message: &[u8], header: usize) -> (&[u8], Option<&[u8]>) {
     let kind = message.get(header + 1);
     let lengths = message.len().checked_sub(2).and_then(|at| message.get(at..));

@@ -36,12 +36,14 @@ use crate::PluginError;
 pub const SHARED_TABLE: &str = "database";
 
 /// A backend URL fit for logs and errors: user and password (everything between the scheme
-/// and the last `@`) become `***`.
+/// and the last `@`) become `***`; in a malformed URL without `://`, everything before the
+/// last `@` does (`amqp:user:secret@host` still holds the secret).
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}***{}", &url[..scheme + 3], &url[at..])
         }
+        (None, Some(at)) => format!("***{}", &url[at..]),
         _ => url.to_string(),
     }
 }
@@ -59,4 +61,22 @@ pub fn parse<T: DeserializeOwned + Default>(place: &str, text: &str) -> Result<T
     }
     toml::from_str(text)
         .map_err(|e| PluginError::config(format!("{place}: {}", e.message().trim_end_matches('.'))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_are_left_out_of_urls_well_formed_or_not() {
+        let cases = [
+            ("amqp://guest:secret@host:5672/%2f", "amqp://***@host:5672/%2f"),
+            ("redis://:p%40ss@w@h:1/0", "redis://***@h:1/0"),
+            ("amqps:user:secret@host/%2f", "***@host/%2f"),
+            ("nats://host:4222", "nats://host:4222"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
 }

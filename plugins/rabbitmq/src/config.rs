@@ -82,12 +82,17 @@ impl TransportConfig {
         Ok(config)
     }
 
-    /// The broker's address as the AMQP client takes it. Its URL parser reads only domain
-    /// names and puts `localhost` in place of an IP address, so `amqp://10.0.0.5/` would reach
-    /// a broker on this machine instead: the address is put back.
+    /// The broker's address as the AMQP client takes it. Its URL parser puts `localhost` in
+    /// place of an IPv6 address, so `amqp://[fd00::5]/` would reach a broker on this machine
+    /// instead: the address is put back. The parser's complaint is left out when it quotes
+    /// the URL, which may hold a password where it cannot be told apart.
     pub fn uri(&self) -> Result<AMQPUri, String> {
-        let mut uri: AMQPUri = self.url.trim().parse()?;
-        if let Some(address) = ip_host(self.url.trim()) {
+        let url = self.url.trim();
+        let mut uri: AMQPUri = url.parse().map_err(|error: String| match error.contains(url) {
+            true => "it does not parse".to_string(),
+            false => error,
+        })?;
+        if let Some(address) = ip_host(url) {
             uri.authority.host = address.to_string();
         }
         Ok(uri)
@@ -165,6 +170,13 @@ mod tests {
     }
 
     #[test]
+    fn a_url_that_does_not_parse_is_refused_without_its_password() {
+        let error = TransportConfig::parse("url = \"amqps:user:secret@host/%2f\"").unwrap_err();
+        assert!(error.message.contains("adapter.rabbitmq.url"), "{}", error.message);
+        assert!(!error.message.contains("secret"), "{}", error.message);
+    }
+
+    #[test]
     fn an_address_in_the_url_is_the_host_connected_to() {
         let uri = |url: &str| {
             TransportConfig { url: url.into(), ..TransportConfig::default() }.uri().unwrap()
@@ -174,6 +186,7 @@ mod tests {
             ("amqps://u:p%40w@[::1]/%2f", "::1", 5671),
             ("amqp://broker.internal/%2f", "broker.internal", 5672),
             ("amqps://u@localhost:5671", "localhost", 5671),
+            ("AMQP://u:p@w@[fd00::5]:1/v?heartbeat=5", "fd00::5", 1),
         ];
         for (url, host, port) in cases {
             let parsed = uri(url);

@@ -1,6 +1,7 @@
-//! Which Redis servers (or clusters) carry this plugin's bus: the transport says where it publishes, so
-//! that a history store of the same plugin writing to the same server can publish each event
-//! itself in the script that positions it (`HistoryBus::append_publishing`).
+//! Which Redis servers (or clusters) carry this plugin's bus: the transport says where it
+//! publishes, so that a history store of the same plugin writing to the same server or
+//! cluster can publish each event itself in the script that positions it
+//! (`HistoryBus::append_publishing`).
 //!
 //! Within one plugin library only: this never crosses the plugin boundary. A server carrying
 //! more than one transport prefix (several transports in one process, as in tests) is
@@ -28,8 +29,9 @@ pub struct Carrier {
 }
 
 impl Carrier {
-    /// A transport publishes on `server` (see [`crate::connection::server_identity`]) to
-    /// channels named `prefix` followed by the topic.
+    /// A transport publishes on `server` (see [`crate::connection::server_identity`] and
+    /// [`crate::connection::cluster_identity`]) to channels named `prefix` followed by the
+    /// topic.
     pub fn register(server: String, prefix: String) -> Self {
         let mut carriers = carriers();
         *carriers.entry(server.clone()).or_default().entry(prefix.clone()).or_default() += 1;

@@ -105,17 +105,21 @@ pub enum Seed {
     },
 }
 
-/// The server a URL names, as `host:port/db` (`unix:path/db` for a socket): two plugins that
-/// name the same one talk to the same Redis. `None` when the URL does not parse.
+/// The server a URL names, as `host:port/db` (`unix:path/db` for a socket), after `user@`
+/// when the URL names a user: two plugins that name the same one talk to the same Redis as
+/// the same user (another user may not be allowed to publish). `None` when the URL does not
+/// parse.
 pub fn server_identity(url: &str) -> Option<String> {
     use redis::{ConnectionAddr, IntoConnectionInfo};
     let info = url.into_connection_info().ok()?;
-    let db = info.redis_settings().db();
+    let settings = info.redis_settings();
+    let db = settings.db();
+    let user = settings.username().map(|user| format!("{user}@")).unwrap_or_default();
     match info.addr() {
         ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
-            Some(format!("{host}:{port}/{db}"))
+            Some(format!("{user}{host}:{port}/{db}"))
         }
-        ConnectionAddr::Unix(path) => Some(format!("unix:{}/{db}", path.display())),
+        ConnectionAddr::Unix(path) => Some(format!("{user}unix:{}/{db}", path.display())),
         _ => None,
     }
 }
@@ -353,5 +357,11 @@ mod tests {
         assert_ne!(one, cluster_identity(&seeds(&["redis://a:7000"])));
         assert_eq!(cluster_identity(&seeds(&["redis://a:7000", "not a url"])), None);
         assert_eq!(cluster_identity(&[]), None);
+        let as_user = cluster_identity(&seeds(&["redis://bus:secret@a:7000", "redis://b:7001"]));
+        assert_eq!(
+            as_user.as_deref(),
+            Some("cluster:b:7001/0,bus@a:7000/0"),
+            "the user, never the password"
+        );
     }
 }

@@ -58,7 +58,8 @@ end
 ";
 
 /// Append: ARGV[1] new id, [2] meta lifetime, [3] max events, [4] log lifetime, [5] now (ms),
-/// [6...] the records, in order. Answers {stream id, the first record's serial}.
+/// [6...] the records, in order. Answers {stream id, the first record's serial, 0} (0: not
+/// published, as [`APPEND_PUBLISH`] answers).
 const APPEND: &str = r"
 local count = #ARGV - 5
 local last = redis.call('HINCRBY', KEYS[1], 's', count)
@@ -68,23 +69,29 @@ for i = 1, count do
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {id, last - count + 1}
+return {id, last - count + 1, 0}
 ";
 
 /// Append and publish: ARGV[1]-[5] as [`APPEND`], [6] the bus channel, then each event's
 /// record and bus message. Each message is published after its append, with the stream id,
-/// the serial's digits and one byte each for their lengths added after it.
+/// the serial's digits and one byte each for their lengths added after it. Answers
+/// {stream id, the first record's serial, 1 if published}: a user the server's ACL does not
+/// let publish there (Redis 7's check; a store connecting as another user than the
+/// transport's) only appends, rather than failing after the appends, and the node publishes.
 const APPEND_PUBLISH: &str = r"
 local count = (#ARGV - 6) / 2
+local publish = (not redis.acl_check_cmd) or redis.acl_check_cmd('PUBLISH', ARGV[6], '')
 local last = redis.call('HINCRBY', KEYS[1], 's', count)
 for i = 1, count do
   local serial = string.format('%d', last - count + i)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], serial .. '-0', 't', ARGV[5], 'r', ARGV[5 + 2 * i])
-  redis.call('PUBLISH', ARGV[6], ARGV[6 + 2 * i] .. id .. serial .. string.char(#id, #serial))
+  if publish then
+    redis.call('PUBLISH', ARGV[6], ARGV[6 + 2 * i] .. id .. serial .. string.char(#id, #serial))
+  end
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {id, last - count + 1}
+return {id, last - count + 1, publish and 1 or 0}
 ";
 
 /// Read: ARGV[1] new id, [2] meta lifetime, [3] after, [4] limit, [5] max events. Answers
@@ -188,16 +195,18 @@ where
         invocation
     }
 
-    /// Run an append's invocation: where the events went.
+    /// Run an append's invocation: where the events went, and whether the script published
+    /// them.
     async fn run_append(
         &self,
         invocation: redis::ScriptInvocation<'_>,
-    ) -> Result<Appended, PluginError> {
+    ) -> Result<Published, PluginError> {
         let mut conn = self.handle.open()?;
-        let (stream_id, serial): (String, u64) =
+        let (stream_id, serial, published): (String, u64, u8) =
             within("redis history append", self.handle.timeout, invocation.invoke_async(&mut conn))
                 .await?;
-        Ok(Appended { stream_id: RString::from(stream_id), serial })
+        let appended = Appended { stream_id: RString::from(stream_id), serial };
+        Ok(Published { appended, published: published == 1 })
     }
 }
 
@@ -216,7 +225,7 @@ where
         for record in records {
             invocation.arg(record);
         }
-        self.run_append(invocation).await
+        Ok(self.run_append(invocation).await?.appended)
     }
 
     async fn read(
@@ -289,7 +298,7 @@ where
         for Outgoing { record, message } in events {
             invocation.arg(record.as_slice()).arg(message.as_slice());
         }
-        Ok(Published { appended: self.run_append(invocation).await?, published: true })
+        self.run_append(invocation).await
     }
 
     async fn shutdown(&self) -> Result<(), PluginError> {

@@ -50,13 +50,9 @@ impl RabbitServer {
     fn start_listening(tls: Option<&crate::tls::Pki>) -> Self {
         let listeners = tls.map(|pki| {
             format!(
-                "listeners.tcp = none
-ssl_options.cacertfile = {}
-ssl_options.certfile = {}
-                 ssl_options.keyfile = {}
-ssl_options.verify = verify_none
-                 ssl_options.fail_if_no_peer_cert = false
-",
+                "listeners.tcp = none\nssl_options.cacertfile = {}\nssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\nssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
                 pki.ca().display(),
                 pki.cert().display(),
                 pki.key().display()
@@ -105,10 +101,10 @@ ssl_options.verify = verify_none
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
-    /// `amqps://guest:guest@localhost:<port>/%2f`, for one started with
-    /// [`RabbitServer::start_tls`].
+    /// `amqps://guest:guest@127.0.0.1:<port>/%2f`, for one started with
+    /// [`RabbitServer::start_tls`] (its certificate names the address).
     pub fn amqps_url(&self) -> String {
-        format!("amqps://guest:guest@localhost:{}/%2f", self.port)
+        format!("amqps://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
     /// Kill it (SIGKILL to the Erlang VM) and wait for it to exit.
