@@ -34,6 +34,32 @@ fn a_topic_longer_than_a_routing_key_round_trips() {
     });
 }
 
+/// What the cap dropped since the last count (a count a second) is counted when the node
+/// shuts down, not lost with its queues: a node that shuts down right after falling far
+/// behind has counted every message its queue could not keep.
+#[test]
+fn what_the_cap_dropped_is_counted_at_shutdown() {
+    sockhost_plugin_api::conformance::run(async {
+        let server = RabbitServer::start();
+        let target = rabbitmq_with(server, "max_queue_length = 100\nprefetch = 10\n");
+        let (sender, _) = target.transport().await;
+        let (receiver, host) = target.transport().await;
+        host.block_deliveries();
+        ok("subscribe", receiver.subscribe(RStr::from_str("slow")).await);
+        let batch: Vec<_> = (0..2_000u32)
+            .map(|i| sender.publish(RStr::from_str("slow"), RVec::from(i.to_be_bytes().to_vec())))
+            .collect();
+        for published in futures_util::future::join_all(batch).await {
+            ok("publish", published);
+        }
+        ok("shutdown", receiver.shutdown().await);
+        // Kept at most: the capped queue, what was prefetched, and one on its way.
+        let dropped = host.metric("dropped_slow");
+        assert!(dropped >= 2_000 - (100 + 10 + 1), "{dropped} counted as dropped");
+        assert!(dropped <= 2_000, "{dropped} counted as dropped");
+    });
+}
+
 /// A node that does not read (its deliveries blocked) has its queue capped in the broker: the
 /// oldest messages go, the broker's queue never holds more than the cap, and what it dropped is
 /// counted (`dropped_slow`): each message was delivered or counted.

@@ -8,8 +8,8 @@
 //!   (`x-overflow = drop-head`): a slow node loses its oldest messages, it never fills the
 //!   broker's memory. The broker sends at most `prefetch` messages before they are acknowledged.
 //!   What the cap drops is dead-lettered to a queue of the node's own that nothing reads; the
-//!   node empties it every second and counts what it held (`dropped_slow`), so a drop is never
-//!   silent.
+//!   node empties it every second, and once more as it shuts down, and counts what it held
+//!   (`dropped_slow`), so a drop is never silent.
 //! - **Confirmed publishes.** The publishing channel runs in confirm mode with at most
 //!   `publish_window` publishes unconfirmed; past it, and while the broker blocks the connection
 //!   (its memory or disk alarm), publishing pushes back. A negative confirm is counted.
@@ -262,26 +262,31 @@ impl Shared {
         }
     }
 
-    /// Every [`DROPPED_COUNT_EVERY`], empty the queue of what the node queue's cap dropped and
-    /// count it. Never returns: it ends with the session's consumer.
+    /// Every [`DROPPED_COUNT_EVERY`], count what the node queue's cap dropped. Never returns:
+    /// it ends with the session's consumer.
     async fn count_dropped(&self, session: &Session) {
         loop {
             tokio::time::sleep(DROPPED_COUNT_EVERY).await;
-            let purge = session
-                .control
-                .queue_purge(session.dropped.as_str().into(), QueuePurgeOptions::default());
-            match tokio::time::timeout(self.timeout(), purge).await {
-                Ok(Ok(dropped)) if dropped > 0 => {
-                    self.host.metric(RStr::from_str("dropped_slow"), i64::from(dropped));
-                    tracing::warn!(
-                        dropped,
-                        "This node fell behind its RabbitMQ queue's cap; the broker dropped its oldest messages."
-                    );
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => tracing::debug!(%error, "Could not count dropped messages."),
-                Err(_) => tracing::debug!("Counting dropped messages timed out."),
+            self.purge_dropped(session).await;
+        }
+    }
+
+    /// Empty the queue of what the node queue's cap dropped, and count it.
+    async fn purge_dropped(&self, session: &Session) {
+        let purge = session
+            .control
+            .queue_purge(session.dropped.as_str().into(), QueuePurgeOptions::default());
+        match tokio::time::timeout(self.timeout(), purge).await {
+            Ok(Ok(dropped)) if dropped > 0 => {
+                self.host.metric(RStr::from_str("dropped_slow"), i64::from(dropped));
+                tracing::warn!(
+                    dropped,
+                    "This node fell behind its RabbitMQ queue's cap; the broker dropped its oldest messages."
+                );
             }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "Could not count dropped messages."),
+            Err(_) => tracing::debug!("Counting dropped messages timed out."),
         }
     }
 
@@ -543,6 +548,9 @@ impl TransportDriver for RabbitTransport {
         self.outbox.drain(self.shared.timeout()).await;
         let session = self.shared.session.borrow().clone();
         if let Some(session) = session {
+            // What the cap dropped since the last count goes with the connection's queues:
+            // counted now, or never.
+            self.shared.purge_dropped(&session).await;
             let closing = session.connection.close(200, "sockhost shut down".into());
             let _ = tokio::time::timeout(self.shared.timeout(), closing).await;
         }
