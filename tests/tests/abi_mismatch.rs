@@ -170,11 +170,7 @@ fn a_plugin_from_a_later_patch_of_the_same_generation_loads() {
 /// kinds added since, app managers then history stores, taken out).
 fn before_app_managers(name: &str, source: String) -> String {
     let altered = match name {
-        "root.rs" => {
-            let start = source.find("    /// The app-manager constructor").expect("root.rs has it");
-            let end = start + source[start..].find("\n}").expect("the struct ends");
-            format!("{}{}", &source[..start], &source[end + 1..])
-        }
+        "root.rs" => without_fields_from(&source, "    /// The app-manager constructor"),
         // The copy's loader is not what is tested (the host's is); it only has to build.
         "load.rs" => without_history_bus(&source)
             .replace("(Some(full), _, _) => full.app_manager(),", "(Some(_), _, _) => None,")
@@ -187,6 +183,13 @@ fn before_app_managers(name: &str, source: String) -> String {
     };
     assert_ne!(altered, source, "the alteration no longer applies to {name}");
     altered
+}
+
+/// root.rs with the root module's fields from the line `from` to the struct's end taken out.
+fn without_fields_from(root: &str, from: &str) -> String {
+    let start = root.find(from).expect("root.rs has it");
+    let end = start + root[start..].find("\n}").expect("the struct ends");
+    format!("{}{}", &root[..start], &root[end + 1..])
 }
 
 /// The copy's loader without the call to the current layout's `history_bus`.
@@ -210,11 +213,7 @@ fn a_plugin_built_before_the_app_manager_kind_still_loads() {
 /// `app_manager`.
 fn before_history(name: &str, source: String) -> String {
     let altered = match name {
-        "root.rs" => {
-            let start = source.find("    /// The history constructor").expect("root.rs has it");
-            let end = start + source[start..].find("\n}").expect("the struct ends");
-            format!("{}{}", &source[..start], &source[end + 1..])
-        }
+        "root.rs" => without_fields_from(&source, "    /// The history constructor"),
         "load.rs" => without_history_bus(&source)
             .replace("(Some(full), _) => full.history(),", "(Some(_), _) => None,"),
         "fixture/lib.rs" => source
@@ -243,12 +242,10 @@ fn a_plugin_built_before_the_history_kind_still_loads_with_its_app_managers() {
 /// ends at `history`.
 fn before_history_bus(name: &str, source: String) -> String {
     let altered = match name {
-        "root.rs" => {
-            let from = "    /// The constructor of history stores' way onto the bus";
-            let start = source.find(from).expect("root.rs has it");
-            let end = start + source[start..].find("\n}").expect("the struct ends");
-            format!("{}{}", &source[..start], &source[end + 1..])
-        }
+        "root.rs" => without_fields_from(
+            &source,
+            "    /// The constructor of history stores' way onto the bus",
+        ),
         "load.rs" => without_history_bus(&source),
         "fixture/lib.rs" => source
             .replace("        history_bus: None, // (the field added after history stores)\n", ""),

@@ -3,8 +3,9 @@
 //! capped node queue, and a restart of the broker.
 
 use sockhost_plugin_api::{
+    TransportBox,
     abi::{RStr, RVec},
-    conformance::{Target, eventually, ok},
+    conformance::{Target, TestHost, eventually, ok},
 };
 use sockhost_tests::{backends::RabbitServer, cdylib};
 
@@ -18,6 +19,17 @@ fn rabbitmq_with(server: RabbitServer, extra: &str) -> Target {
 }
 
 sockhost_plugin_api::transport_suite!(rabbitmq);
+
+/// A sender and a receiver whose queue holds 100 messages (10 prefetched), subscribed to
+/// `slow` with its deliveries blocked: a node that does not read. The target keeps the broker.
+async fn behind_a_capped_queue() -> (Target, TransportBox, TransportBox, TestHost) {
+    let target = rabbitmq_with(RabbitServer::start(), "max_queue_length = 100\nprefetch = 10\n");
+    let (sender, _) = target.transport().await;
+    let (receiver, host) = target.transport().await;
+    host.block_deliveries();
+    ok("subscribe", receiver.subscribe(RStr::from_str("slow")).await);
+    (target, sender, receiver, host)
+}
 
 /// A topic longer than a routing key may be (255 bytes) goes by its digest and arrives under
 /// its own name.
@@ -40,12 +52,7 @@ fn a_topic_longer_than_a_routing_key_round_trips() {
 #[test]
 fn what_the_cap_dropped_is_counted_at_shutdown() {
     sockhost_plugin_api::conformance::run(async {
-        let server = RabbitServer::start();
-        let target = rabbitmq_with(server, "max_queue_length = 100\nprefetch = 10\n");
-        let (sender, _) = target.transport().await;
-        let (receiver, host) = target.transport().await;
-        host.block_deliveries();
-        ok("subscribe", receiver.subscribe(RStr::from_str("slow")).await);
+        let (_target, sender, receiver, host) = behind_a_capped_queue().await;
         let batch: Vec<_> = (0..2_000u32)
             .map(|i| sender.publish(RStr::from_str("slow"), RVec::from(i.to_be_bytes().to_vec())))
             .collect();
@@ -66,12 +73,7 @@ fn what_the_cap_dropped_is_counted_at_shutdown() {
 #[test]
 fn a_slow_node_is_capped_in_the_broker() {
     sockhost_plugin_api::conformance::run(async {
-        let server = RabbitServer::start();
-        let target = rabbitmq_with(server, "max_queue_length = 100\nprefetch = 10\n");
-        let (sender, _) = target.transport().await;
-        let (receiver, host) = target.transport().await;
-        host.block_deliveries();
-        ok("subscribe", receiver.subscribe(RStr::from_str("slow")).await);
+        let (_target, sender, _receiver, host) = behind_a_capped_queue().await;
         for i in 0..2_000u32 {
             ok(
                 "publish",

@@ -633,6 +633,24 @@ mod tests {
         assert!(matches!(Envelope::decode(&broadcast[..20]), Err(DecodeError::Malformed(_))));
     }
 
+    /// A broadcast of `{}` with the position `stream_id`, `serial` and message id `m`.
+    fn positioned(stream_id: &str, serial: u64) -> Envelope {
+        let position = BusPosition { stream_id: stream_id.into(), serial, message_id: "m".into() };
+        Envelope {
+            node: 4,
+            seq: 9,
+            body: Body::Broadcast {
+                app: "a".into(),
+                channel: "c".into(),
+                except: None,
+                tags: None,
+                compressible: false,
+                position: Some(position),
+                frame: b"{}".to_vec(),
+            },
+        }
+    }
+
     /// What the history store adds after a [`STORED`] broadcast, as its script does.
     fn stored(mut message: Vec<u8>, stream_id: &str, serial: u64) -> Vec<u8> {
         let digits = serial.to_string();
@@ -676,24 +694,7 @@ mod tests {
 
     #[test]
     fn a_stored_position_that_does_not_add_up_is_refused() {
-        let envelope = Envelope {
-            node: 4,
-            seq: 9,
-            body: Body::Broadcast {
-                app: "a".into(),
-                channel: "c".into(),
-                except: None,
-                tags: None,
-                compressible: false,
-                position: Some(BusPosition {
-                    stream_id: "s".into(),
-                    serial: 1,
-                    message_id: "m".into(),
-                }),
-                frame: b"{}".to_vec(),
-            },
-        };
-        let message = envelope.encode_for_store().unwrap();
+        let message = positioned("s", 1).encode_for_store().unwrap();
         let mut bad = Vec::new();
         // Nothing added; lengths that overrun; a serial that is not digits; one too long.
         bad.push(message.clone());
@@ -721,23 +722,7 @@ mod tests {
     fn a_sealed_broadcast_the_store_publishes_opens_with_its_position() {
         use crate::cluster::seal::{HEADER, Seal, now_ms};
         let seal = Seal::new("a secret of the right length");
-        let envelope = Envelope {
-            node: 4,
-            seq: 9,
-            body: Body::Broadcast {
-                app: "a".into(),
-                channel: "c".into(),
-                except: None,
-                tags: None,
-                compressible: true,
-                position: Some(BusPosition {
-                    stream_id: "s-1".into(),
-                    serial: 42,
-                    message_id: "m".into(),
-                }),
-                frame: b"{}".to_vec(),
-            },
-        };
+        let envelope = positioned("s-1", 42);
         let sealed = seal.seal(&envelope.encode_for_store().unwrap());
         let published = stored(sealed.clone(), "s-1", 42);
         let (part, added) = split_stored(&published, HEADER);
