@@ -1,7 +1,10 @@
 //! Connection recovery across nodes, beyond the scenario every transport runs
 //! (`a_client_resumes_on_any_node`): what a node does when the bus loses an event.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use serde_json::json;
 use sockhost_plugin_api::{
@@ -10,10 +13,10 @@ use sockhost_plugin_api::{
     conformance::Target,
 };
 use sockhost_tests::{
-    backends::RedisServer,
+    backends::{RedisServer, redis_cli},
     cdylib,
     cluster::{Bus, nodes},
-    pusher::{Api, Client, TestApp},
+    pusher::{Api, Client, PATIENCE, TestApp},
     server::Server,
 };
 
@@ -102,6 +105,61 @@ async fn a_publish_the_store_cannot_take_is_refused() {
     assert_eq!(failure["code"], "persistence_unavailable", "{failure}");
     back.expect("sockudo:resume_success").await;
     back.expect("sockudo_internal:subscription_succeeded").await;
+}
+
+/// A publisher that stops waiting for the store (it hung up, or its own timeout ran out while
+/// the store was slow) hands its channel's append slot on. Before, more such publishers than
+/// the channel has slots (8) left it with none, and every later publish to it on that node
+/// waited for good. Whatever of theirs the store took anyway (a hung-up publish's outcome is
+/// unknown to its publisher, who retries with its idempotency key) a position-tracking
+/// subscriber gets, read back as a gap, before the publish made once the store answers
+/// again: serials without a hole.
+#[tokio::test]
+async fn publishers_that_stop_waiting_do_not_wedge_their_channel() {
+    let redis = RedisServer::start();
+    let bus = Bus::redis(&redis.url(), "wedge:");
+    // The store's own timeout is far off: only the publishers' giving up can free the slots.
+    let extra = format!("{}request_timeout_ms = 600000\n", recovering(&bus));
+    let servers = nodes(&bus, 1, &extra).await;
+    let app = TestApp::main();
+    let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[0].port, app.key);
+    let mut v2 = Client::connect_v2(&url).await;
+    v2.subscribe_v2(&app, "news").await;
+    let pause = ["CLIENT", "PAUSE", "600000", "WRITE"];
+    redis_cli(redis.port, None, None, &pause).expect("Redis pauses its writers");
+    let http = servers[0].http_url();
+    let publishers: Vec<_> = (0..12)
+        .map(|i| {
+            let api = Api::new(&http, &app);
+            tokio::spawn(async move {
+                let data = i.to_string();
+                let publish = api.trigger(&["news"], "tick", &data);
+                tokio::time::timeout(Duration::from_secs(1), publish).await.is_err()
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        assert!(publisher.await.unwrap(), "nothing is answered while the store is paused");
+    }
+    servers[0].wait_for_metric("sockhost_history_abandoned_total", |n| n >= 8.0).await;
+    redis_cli(redis.port, None, None, &["CLIENT", "UNPAUSE"]).expect("Redis goes on");
+
+    let after = Api::new(&http, &app);
+    let after = tokio::time::timeout(PATIENCE, after.trigger(&["news"], "tick", "after")).await;
+    let (status, body) = after.expect("the channel takes publishes again");
+    assert_eq!(status, 200, "{body}");
+    let mut got = Vec::new();
+    loop {
+        let tick = v2.expect("tick").await;
+        let data = tick["data"].as_str().unwrap().to_string();
+        got.push((tick["serial"].as_u64().unwrap(), data.clone()));
+        if data == "after" {
+            break;
+        }
+    }
+    let serials: Vec<u64> = got.iter().map(|(serial, _)| *serial).collect();
+    let expected: Vec<u64> = (1..=serials.len() as u64).collect();
+    assert_eq!(serials, expected, "{got:?}");
 }
 
 /// A client event takes its position from the store, as an API event does: the other

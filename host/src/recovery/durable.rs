@@ -67,6 +67,23 @@ pub(super) struct Appending {
     waiting: Vec<Waiter>,
 }
 
+/// A channel's append slot, handed on ([`Recovery::next_batch`]) when dropped, whether its
+/// append finished or its caller stopped waiting.
+struct Slot {
+    recovery: Arc<Recovery>,
+    key: (String, String),
+    answered: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.recovery.store().counters.abandoned.inc();
+        }
+        self.recovery.clone().next_batch(std::mem::take(&mut self.key));
+    }
+}
+
 /// What the gates count.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct GateCounters {
@@ -80,6 +97,9 @@ pub(crate) struct GateCounters {
     pub store_errors: Counter,
     /// Events the store published to the other nodes as it appended them.
     pub published: Counter,
+    /// Appends whose caller stopped waiting before the store answered (their slot is handed
+    /// on; the store may still take the event, which this node then reads back as a gap).
+    pub abandoned: Counter,
 }
 
 /// The history store and what delivering from it needs.
@@ -208,16 +228,14 @@ impl Recovery {
                 })
             });
         }
+        // The slot is handed on when this append ends, and also when its caller stops
+        // waiting for it (a publisher that hung up, a timeout): a slot kept by a dropped
+        // append would never come back, and the channel's appends would wait for good.
+        let mut slot = Slot { recovery: self.clone(), key, answered: false };
         let (record, outgoing) = record.expect("kept by an append in the window");
         let mine = self.store_append(app, channel, &[&record], vec![outgoing]).await;
-        let mine = mine.map(|(stream_id, serial, published)| Event {
-            stream_id,
-            serial,
-            record,
-            published,
-        });
-        self.clone().next_batch(key);
-        mine
+        slot.answered = true;
+        mine.map(|(stream_id, serial, published)| Event { stream_id, serial, record, published })
     }
 
     /// Append `records` to the store in one call, counting a failure: the stream, the first
@@ -257,6 +275,12 @@ impl Recovery {
     /// other on a task of its own (so that the append that ended returns at once), and is
     /// given back when nothing waits.
     fn next_batch(self: Arc<Self>, key: (String, String)) {
+        // Without a runtime (the node is being torn down) nothing can carry a batch: what
+        // waits is answered with its sender dropped, which its append reports as an error.
+        if tokio::runtime::Handle::try_current().is_err() {
+            self.appends.lock().expect("recovery lock").remove(&key);
+            return;
+        }
         let batch = {
             let mut appends = self.appends.lock().expect("recovery lock");
             let Some(appending) = appends.get_mut(&key) else { return };
