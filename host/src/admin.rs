@@ -406,11 +406,22 @@ async fn save(ctx: &Arc<Ctx>, id: &str, record: Map<String, Value>) -> Answer {
     Ok((StatusCode::CREATED, Json(shown(record))).into_response())
 }
 
-/// This node looks the app up again (closing its connections if it is disabled or gone), and
-/// every other node is told to.
+/// Every other node is told to look the app up again, then this node does (closing its
+/// connections if it is disabled or gone). The telling comes first and the look-up runs on a
+/// task of its own: the look-up retries for seconds while the database is down, and an admin
+/// client that gives up meanwhile must not leave the write unannounced (the other nodes would
+/// keep a disabled or deleted app's sockets open, and refuse a rotated secret, until their
+/// cache expired).
 async fn announce(ctx: &Arc<Ctx>, id: &str) {
-    cluster_events::app_changed(&ctx.apps, &ctx.adapter, id).await;
     ctx.adapter.cluster().announce_app_changed(id);
+    let (ctx, id) = (ctx.clone(), id.to_string());
+    let looked_up =
+        tokio::spawn(
+            async move { cluster_events::app_changed(&ctx.apps, &ctx.adapter, &id).await },
+        );
+    if let Err(error) = looked_up.await {
+        tracing::warn!(%error, "An app's look-up after an admin write ended early.");
+    }
 }
 
 async fn create(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Answer {

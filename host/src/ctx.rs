@@ -101,7 +101,6 @@ impl Ctx {
                         lost: metrics.recovery_lost.clone(),
                         store_errors: metrics.history_errors.clone(),
                         published: metrics.history_published.clone(),
-                        abandoned: metrics.history_abandoned.clone(),
                     },
                 });
             let recovery = Recovery::new(r, metrics.recovery_untracked.clone(), durable);

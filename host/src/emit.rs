@@ -11,8 +11,9 @@ use crate::{
     apps::App,
     cluster::{self, envelope::Control},
     ctx::Ctx,
-    protocol::Broadcast,
-    recovery::{Record, Recovery},
+    plugins::DriverError,
+    protocol::{Broadcast, filter::Tags},
+    recovery::{Event, Record, Recovery},
 };
 
 /// The history store did not take the event and the app does not publish best effort:
@@ -26,7 +27,7 @@ pub(crate) struct NotKept;
 /// store, this node's stream, or straight to the adapter. `message_id` is the publisher's id
 /// for the event, if it gave one.
 pub(crate) async fn emit(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     app: &App,
     to: &Broadcast<'_>,
     text: String,
@@ -47,7 +48,11 @@ pub(crate) async fn emit(
     }
     // The store gives the position; the other nodes and this one deliver in its order.
     // The frame is kept for a best-effort broadcast, should the store not take the event.
-    let plain = app.recovery.best_effort.then(|| text.clone());
+    let plain = app.recovery.best_effort.then(|| Plain {
+        frame: text.clone(),
+        except: to.except.map(str::to_string),
+        tags: to.tags.cloned(),
+    });
     // A store that writes to the bus's server publishes the event as it positions it: no
     // publish of ours after, and the bus carries the channel's events in serial order.
     let outgoing = recovery
@@ -60,23 +65,66 @@ pub(crate) async fn emit(
         tags: to.tags.cloned(),
         except: to.except.map(str::to_string),
     };
-    match (recovery.append(to.app, to.channel, record, outgoing).await, plain) {
+    // On a task of its own, to its end: a publisher that hangs up (or whose timeout runs out
+    // on a slow store) must not leave an event the store took undelivered here (and, with a
+    // store that does not publish, on every other node), nor its channel's append slot held.
+    let (app_id, channel, compressible) =
+        (to.app.to_string(), to.channel.to_string(), to.compressible);
+    let (ctx, recovery) = (ctx.clone(), recovery.clone());
+    let positioned = tokio::spawn(async move {
+        let appended = recovery.append(&app_id, &channel, record, outgoing).await;
+        position(&ctx, &recovery, (&app_id, &channel, compressible), appended, plain)
+    });
+    positioned.await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "An event's append ended without an answer.");
+        Err(NotKept)
+    })
+}
+
+/// An event as it goes without a position, when the store did not take it and its app
+/// publishes best effort.
+struct Plain {
+    frame: String,
+    except: Option<String>,
+    tags: Option<Tags>,
+}
+
+/// Deliver an event the store `appended` (here, and to the other nodes if the store did not
+/// publish it), or, when it could not, broadcast it without a position if the app publishes
+/// best effort (`plain`).
+fn position(
+    ctx: &Ctx,
+    recovery: &Arc<Recovery>,
+    (app, channel, compressible): (&str, &str, bool),
+    appended: Result<Event, DriverError>,
+    plain: Option<Plain>,
+) -> Result<(), NotKept> {
+    match (appended, plain) {
         (Ok(event), _) => {
             if !event.published {
-                ctx.adapter.broadcast_elsewhere(to, &event.record.frame, event.bus_position());
+                let record = &event.record;
+                let to = Broadcast::to(app, channel)
+                    .except(record.except.as_deref())
+                    .tagged(record.tags.as_ref())
+                    .compressible(compressible);
+                ctx.adapter.broadcast_elsewhere(&to, &record.frame, event.bus_position());
             }
-            recovery.deliver(to.app, to.channel, event);
+            recovery.deliver(app, channel, event);
             Ok(())
         }
         (Err(error), Some(plain)) => {
-            tracing::warn!(%error, channel = %to.channel, "The history store did not take an event; it went out without a position (the app publishes best effort), and the channel's resumes fail until its stream starts again.");
+            tracing::warn!(%error, channel, "The history store did not take an event; it went out without a position (the app publishes best effort), and the channel's resumes fail until its stream starts again.");
             ctx.metrics.recovery_best_effort.inc();
-            degrade(ctx, recovery, to.app, to.channel);
-            ctx.adapter.broadcast(to, &Utf8Bytes::from(plain));
+            degrade(ctx, recovery, app, channel);
+            let to = Broadcast::to(app, channel)
+                .except(plain.except.as_deref())
+                .tagged(plain.tags.as_ref())
+                .compressible(compressible);
+            ctx.adapter.broadcast(&to, &Utf8Bytes::from(plain.frame));
             Ok(())
         }
         (Err(error), None) => {
-            tracing::warn!(%error, channel = %to.channel, "An event was not published: the history store did not take it.");
+            tracing::warn!(%error, channel, "An event was not published: the history store did not take it.");
             Err(NotKept)
         }
     }

@@ -126,8 +126,6 @@ pub(crate) struct Metrics {
     /// App events the history store published to the other nodes in the step that gave them
     /// their position (it writes to the transport's server).
     pub history_published: Counter,
-    /// Appends to the history store whose caller stopped waiting before the store answered.
-    pub history_abandoned: Counter,
     /// App events broadcast without a position because the history store did not take them
     /// (apps publishing best effort).
     pub recovery_best_effort: Counter,
@@ -219,11 +217,6 @@ impl Metrics {
                 "history_published",
                 "App events the history store published to the other nodes as it positioned them",
                 self.history_published
-            ),
-            (
-                "history_abandoned",
-                "Appends to the history store whose publisher stopped waiting before the store answered",
-                self.history_abandoned
             ),
             (
                 "recovery_best_effort",

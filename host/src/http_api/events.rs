@@ -212,7 +212,7 @@ pub(crate) fn cache_key(app_id: &str, channel: &str) -> String {
 /// describe its channels. With history on, a channel whose event the store could not take is
 /// not broadcast (nothing goes out that a resume could not recover): 503, after the channels
 /// before it went.
-async fn publish(ctx: &Ctx, app: &App, event: &Checked) -> Result<Option<Value>, ApiError> {
+async fn publish(ctx: &Arc<Ctx>, app: &App, event: &Checked) -> Result<Option<Value>, ApiError> {
     ctx.feed.stats.published(&app.id, event.channels.len() as u64);
     for name in &event.channels {
         let text = frames::channel_event(&event.name, name, &event.data, None);
@@ -350,32 +350,41 @@ const IDEMPOTENCY_HEADER: &str = "x-idempotency-key";
 /// of the request's header, if any); the API's answer. The debug console's form publishes
 /// through here too.
 pub(crate) async fn publish_body(
-    ctx: &Ctx,
-    app: &App,
+    ctx: &Arc<Ctx>,
+    app: &Arc<App>,
     body: &[u8],
     header_key: Option<&str>,
 ) -> Result<Value, ApiError> {
     let event = check(app, parse(body)?, false)?;
-    let claimed = match &ctx.settings.idempotency {
-        Some(settings) => {
-            match idempotency::key(settings, event.idempotency_key.as_deref(), header_key)? {
-                None => None,
-                Some(key) => match idempotency::claim(ctx, settings, app, key).await? {
-                    Claim::Answered(answer) => return Ok(answer),
-                    Claim::First(claimed) => Some(claimed),
-                },
-            }
-        }
+    let key = match &ctx.settings.idempotency {
+        Some(settings) => idempotency::key(settings, event.idempotency_key.as_deref(), header_key)?,
         None => None,
     };
-    let answer = publish_checked(ctx, app, &event).await;
-    if let Some(claimed) = claimed {
-        claimed.settle(ctx, answer.as_ref().ok()).await;
-    }
-    answer
+    let Some(key) = key.map(str::to_string) else {
+        return publish_checked(ctx, app, &event).await;
+    };
+    // A publish with a key runs to its end on a task of its own, from its claim to keeping
+    // its answer, whether or not its request still waits: a publisher that hung up (or timed
+    // out on a slow history store) and retries gets the first answer. Dropped with its
+    // request, the publish would leave the key looking in progress for the whole window.
+    let (ctx, app) = (ctx.clone(), app.clone());
+    let publish = tokio::spawn(async move {
+        let settings = ctx.settings.idempotency.as_ref().expect("a key comes with settings");
+        let claimed = match idempotency::claim(&ctx, settings, &app, &key).await? {
+            Claim::Answered(answer) => return Ok(answer),
+            Claim::First(claimed) => claimed,
+        };
+        let answer = publish_checked(&ctx, &app, &event).await;
+        claimed.settle(&ctx, answer.as_ref().ok()).await;
+        answer
+    });
+    publish.await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "An idempotent publish ended without an answer.");
+        Err(ApiError::unavailable("The publish ended without an answer").retry_after(1))
+    })
 }
 
-async fn publish_checked(ctx: &Ctx, app: &App, event: &Checked) -> Result<Value, ApiError> {
+async fn publish_checked(ctx: &Arc<Ctx>, app: &App, event: &Checked) -> Result<Value, ApiError> {
     limit(ctx, app, event.channels.len()).await?;
     push_back(ctx, app, event.channels.iter()).await?;
     Ok(match publish(ctx, app, event).await? {

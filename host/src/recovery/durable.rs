@@ -68,18 +68,14 @@ pub(super) struct Appending {
 }
 
 /// A channel's append slot, handed on ([`Recovery::next_batch`]) when dropped, whether its
-/// append finished or its caller stopped waiting.
+/// append finished or was dropped unfinished.
 struct Slot {
     recovery: Arc<Recovery>,
     key: (String, String),
-    answered: bool,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if !self.answered {
-            self.recovery.store().counters.abandoned.inc();
-        }
         self.recovery.clone().next_batch(std::mem::take(&mut self.key));
     }
 }
@@ -97,9 +93,6 @@ pub(crate) struct GateCounters {
     pub store_errors: Counter,
     /// Events the store published to the other nodes as it appended them.
     pub published: Counter,
-    /// Appends whose caller stopped waiting before the store answered (their slot is handed
-    /// on; the store may still take the event, which this node then reads back as a gap).
-    pub abandoned: Counter,
 }
 
 /// The history store and what delivering from it needs.
@@ -228,13 +221,13 @@ impl Recovery {
                 })
             });
         }
-        // The slot is handed on when this append ends, and also when its caller stops
-        // waiting for it (a publisher that hung up, a timeout): a slot kept by a dropped
-        // append would never come back, and the channel's appends would wait for good.
-        let mut slot = Slot { recovery: self.clone(), key, answered: false };
+        // The slot is handed on when this append ends, even dropped unfinished (publishes run
+        // their appends on tasks of their own, but a node shutting down drops them): a slot
+        // kept by a dropped append would never come back, and the channel's appends would
+        // wait for good.
+        let _slot = Slot { recovery: self.clone(), key };
         let (record, outgoing) = record.expect("kept by an append in the window");
         let mine = self.store_append(app, channel, &[&record], vec![outgoing]).await;
-        slot.answered = true;
         mine.map(|(stream_id, serial, published)| Event { stream_id, serial, record, published })
     }
 
