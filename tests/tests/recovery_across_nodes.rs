@@ -107,6 +107,28 @@ async fn a_publish_the_store_cannot_take_is_refused() {
     back.expect("sockudo_internal:subscription_succeeded").await;
 }
 
+/// One node with recovery on over a Redis of its own (the bus and the history store, whose own
+/// timeout is far off, so that publishers give up first), `extra` configuration, and a
+/// protocol-2 subscriber of `channel`; then Redis pauses its writers (`CLIENT PAUSE ...
+/// WRITE`) until the test unpauses it.
+async fn behind_a_paused_store(
+    prefix: &str,
+    extra: &str,
+    channel: &str,
+) -> (RedisServer, Vec<Server>, TestApp, Client) {
+    let redis = RedisServer::start();
+    let bus = Bus::redis(&redis.url(), prefix);
+    let extra = format!("{}request_timeout_ms = 600000\n{extra}", recovering(&bus));
+    let servers = nodes(&bus, 1, &extra).await;
+    let app = TestApp::main();
+    let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[0].port, app.key);
+    let mut v2 = Client::connect_v2(&url).await;
+    v2.subscribe_v2(&app, channel).await;
+    let pause = ["CLIENT", "PAUSE", "600000", "WRITE"];
+    redis_cli(redis.port, None, None, &pause).expect("Redis pauses its writers");
+    (redis, servers, app, v2)
+}
+
 /// Publishers that stop waiting for the store (they hung up, or their own timeout ran out
 /// while the store was slow) do not take their events with them, nor their channel's append
 /// slots: every event the store positions reaches the subscriber, without a hole, and the
@@ -115,17 +137,7 @@ async fn a_publish_the_store_cannot_take_is_refused() {
 /// channel on that node waited for good.
 #[tokio::test]
 async fn publishers_that_stop_waiting_do_not_wedge_their_channel() {
-    let redis = RedisServer::start();
-    let bus = Bus::redis(&redis.url(), "wedge:");
-    // The store's own timeout is far off: the publishers give up first.
-    let extra = format!("{}request_timeout_ms = 600000\n", recovering(&bus));
-    let servers = nodes(&bus, 1, &extra).await;
-    let app = TestApp::main();
-    let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[0].port, app.key);
-    let mut v2 = Client::connect_v2(&url).await;
-    v2.subscribe_v2(&app, "news").await;
-    let pause = ["CLIENT", "PAUSE", "600000", "WRITE"];
-    redis_cli(redis.port, None, None, &pause).expect("Redis pauses its writers");
+    let (redis, servers, app, mut v2) = behind_a_paused_store("wedge:", "", "news").await;
     let http = servers[0].http_url();
     let publishers: Vec<_> = (0..12)
         .map(|i| {
@@ -636,17 +648,8 @@ async fn an_idempotent_retry_on_another_node_is_answered_not_published() {
 /// saying the first is still in progress, as when the publish was dropped with its request).
 #[tokio::test]
 async fn an_idempotent_publish_is_finished_after_its_publisher_hangs_up() {
-    let redis = RedisServer::start();
-    let bus = Bus::redis(&redis.url(), "hangup:");
-    let extra =
-        format!("{}request_timeout_ms = 600000\n[idempotency]\nenabled = true\n", recovering(&bus));
-    let servers = nodes(&bus, 1, &extra).await;
-    let app = TestApp::main();
-    let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[0].port, app.key);
-    let mut v2 = Client::connect_v2(&url).await;
-    v2.subscribe_v2(&app, "orders").await;
-    let pause = ["CLIENT", "PAUSE", "600000", "WRITE"];
-    redis_cli(redis.port, None, None, &pause).expect("Redis pauses its writers");
+    let idempotency = "[idempotency]\nenabled = true\n";
+    let (redis, servers, _, mut v2) = behind_a_paused_store("hangup:", idempotency, "orders").await;
     let order = json!({ "name": "placed", "data": "17", "channel": "orders", "idempotency_key": "order-17" });
     let publish = trigger_with_key(&servers[0], &order, None);
     let hung_up = tokio::time::timeout(Duration::from_secs(1), publish).await;
