@@ -616,26 +616,12 @@ mod tests {
         bytes[0] = 2;
         assert_eq!(Envelope::decode(&bytes), Err(DecodeError::Version(2)));
         assert!(matches!(Envelope::decode(&[1, 1, 0]), Err(DecodeError::Malformed(_))));
-        let broadcast = Envelope {
-            node: 1,
-            seq: 1,
-            body: Body::Broadcast {
-                app: "a".into(),
-                channel: "c".into(),
-                except: None,
-                tags: None,
-                compressible: false,
-                position: None,
-                frame: vec![1],
-            },
-        }
-        .encode();
+        let broadcast = broadcast(None, &[1]).encode();
         assert!(matches!(Envelope::decode(&broadcast[..20]), Err(DecodeError::Malformed(_))));
     }
 
-    /// A broadcast of `{}` with the position `stream_id`, `serial` and message id `m`.
-    fn positioned(stream_id: &str, serial: u64) -> Envelope {
-        let position = BusPosition { stream_id: stream_id.into(), serial, message_id: "m".into() };
+    /// A broadcast of `frame` to channel `c` of app `a`, with `position` if given.
+    fn broadcast(position: Option<BusPosition>, frame: &[u8]) -> Envelope {
         Envelope {
             node: 4,
             seq: 9,
@@ -645,10 +631,16 @@ mod tests {
                 except: None,
                 tags: None,
                 compressible: false,
-                position: Some(position),
-                frame: b"{}".to_vec(),
+                position,
+                frame: frame.to_vec(),
             },
         }
+    }
+
+    /// A broadcast of `{}` with the position `stream_id`, `serial` and message id `m`.
+    fn positioned(stream_id: &str, serial: u64) -> Envelope {
+        let position = BusPosition { stream_id: stream_id.into(), serial, message_id: "m".into() };
+        broadcast(Some(position), b"{}")
     }
 
     /// What the history store adds after a [`STORED`] broadcast, as its script does.
