@@ -422,6 +422,46 @@ impl Server {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Freeze it with SIGSTOP, and return once every one of its threads has stopped.
+    ///
+    /// `kill` returns before that: the kernel wakes one thread to take the stop, and that
+    /// thread stops the others. On a loaded machine the rest run on meanwhile, so a node
+    /// "stopped" this way could still answer a request sent right after.
+    ///
+    /// # Panics
+    /// If the process is gone, or some thread has not stopped within 10 s.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+        let pid = self.pid();
+        let stopped = || {
+            let tasks =
+                std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+            for task in tasks {
+                let stat =
+                    std::fs::read_to_string(task.map_err(|e| e.to_string())?.path().join("stat"))
+                        .map_err(|e| e.to_string())?;
+                // The state follows the parenthesised name, which may itself hold ") ".
+                let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+                if !matches!(state, Some('T' | 't')) {
+                    return Err(format!("a thread is in state {state:?}"));
+                }
+            }
+            Ok(())
+        };
+        poll(Duration::from_secs(10), stopped, || false)
+            .unwrap_or_else(|seen| panic!("sockhost did not stop: {seen}"));
+    }
+
+    /// Let it run again after [`Server::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let status = Command::new("kill").args([which, &self.pid().to_string()]).status().unwrap();
+        assert!(status.success(), "kill {which} failed");
+    }
+
     /// Kill it with SIGKILL: no goodbye, no cleanup.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

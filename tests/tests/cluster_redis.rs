@@ -63,18 +63,14 @@ async fn a_silent_peer_does_not_stall_a_subscribe() {
     let servers = nodes(&bus, 2, extra).await;
     let app = TestApp::new("counting", "counting-key", "counting-secret");
     let mut client = Client::connect(&servers[0].ws_url(&app.key)).await;
-    let pid = servers[1].pid().to_string();
-    let signal = |which: &str| {
-        std::process::Command::new("kill").args([which, &pid]).status().unwrap();
-    };
-    signal("-STOP");
+    servers[1].pause();
     client.send(json!({ "event": "pusher:subscribe", "data": { "channel": "counted" } })).await;
     client.send(json!({ "event": "pusher:ping", "data": {} })).await;
     let order: Vec<String> = [client.expect_any().await, client.expect_any().await]
         .iter()
         .map(|m| m["event"].as_str().unwrap().to_string())
         .collect();
-    signal("-CONT");
+    servers[1].resume();
     assert_eq!(order, ["pusher_internal:subscription_succeeded", "pusher:pong"]);
     client.expect("pusher_internal:subscription_count").await;
 }
