@@ -23,11 +23,23 @@ use crate::{
 #[error("the history store is unavailable")]
 pub(crate) struct NotKept;
 
+/// Whether [`emit`] waits for the history store with an event of `app` (else it delivers
+/// without suspending).
+pub(crate) fn waits_for_store(ctx: &Ctx, app: &App) -> bool {
+    app.recovery.enabled && ctx.recovery.as_ref().is_some_and(|recovery| recovery.is_durable())
+}
+
+/// Whether [`emit`] may refuse an event of `app` ([`NotKept`]): its events must be taken by the
+/// history store first, and it does not publish best effort.
+pub(crate) fn may_refuse(ctx: &Ctx, app: &App) -> bool {
+    waits_for_store(ctx, app) && !app.recovery.best_effort
+}
+
 /// Deliver `text` (a Pusher frame without a position) as `to` says: through the history
 /// store, this node's stream, or straight to the adapter. `message_id` is the publisher's id
 /// for the event, if it gave one.
 pub(crate) async fn emit(
-    ctx: &Arc<Ctx>,
+    ctx: &Ctx,
     app: &App,
     to: &Broadcast<'_>,
     text: String,
@@ -65,20 +77,12 @@ pub(crate) async fn emit(
         tags: to.tags.cloned(),
         except: to.except.map(str::to_string),
     };
-    // On a task of its own, to its end: a publisher that hangs up (or whose timeout runs out
-    // on a slow store) must not leave an event the store took undelivered here (and, with a
-    // store that does not publish, on every other node), nor its channel's append slot held.
-    let (app_id, channel, compressible) =
-        (to.app.to_string(), to.channel.to_string(), to.compressible);
-    let (ctx, recovery) = (ctx.clone(), recovery.clone());
-    let positioned = tokio::spawn(async move {
-        let appended = recovery.append(&app_id, &channel, record, outgoing).await;
-        position(&ctx, &recovery, (&app_id, &channel, compressible), appended, plain)
-    });
-    positioned.await.unwrap_or_else(|error| {
-        tracing::warn!(%error, "An event's append ended without an answer.");
-        Err(NotKept)
-    })
+    // The caller must not drop this future before it ends: an event the store took would go
+    // undelivered here (and, with a store that does not publish, on every other node). The
+    // HTTP API runs such publishes on a task of their own, a client event is handled on its
+    // connection's task, which never drops a message half-handled.
+    let appended = recovery.append(to.app, to.channel, record, outgoing).await;
+    position(ctx, recovery, (to.app, to.channel, to.compressible), appended, plain)
 }
 
 /// An event as it goes without a position, when the store did not take it and its app

@@ -87,10 +87,18 @@ async fn a_publish_the_store_cannot_take_is_refused() {
     let api = Api::new(&servers[0].http_url(), &app);
     assert_eq!(api.trigger(&["news"], "tick", "kept").await.0, 200);
     assert_eq!(v7.expect("tick").await["data"], "kept");
+    assert_eq!(api.trigger(&["cache-news"], "tick", "kept").await.0, 200);
     drop(redis);
     let (status, body) = api.trigger(&["news"], "tick", "not kept").await;
     assert_eq!(status, 503, "{body}");
     assert!(servers[0].metric("sockhost_history_errors_total").await >= 1.0);
+    // A cache channel's last event stays the one that went out: the refused one is not
+    // handed to the next subscriber.
+    let (status, body) = api.trigger(&["cache-news"], "tick", "not kept").await;
+    assert_eq!(status, 503, "{body}");
+    let mut late = Client::connect(&servers[0].ws_url(&app.key)).await;
+    late.subscribe(&app, "cache-news").await;
+    assert_eq!(late.expect("tick").await["data"], "kept");
 
     let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[0].port, app.key);
     let mut back = Client::connect_raw(&url).await;
@@ -109,12 +117,12 @@ async fn a_publish_the_store_cannot_take_is_refused() {
 
 /// One node with recovery on over a Redis of its own (the bus and the history store, whose own
 /// timeout is far off, so that publishers give up first), `extra` configuration, and a
-/// protocol-2 subscriber of `channel`; then Redis pauses its writers (`CLIENT PAUSE ...
+/// protocol-2 subscriber of `channels`; then Redis pauses its writers (`CLIENT PAUSE ...
 /// WRITE`) until the test unpauses it.
 async fn behind_a_paused_store(
     prefix: &str,
     extra: &str,
-    channel: &str,
+    channels: &[&str],
 ) -> (RedisServer, Vec<Server>, TestApp, Client) {
     let redis = RedisServer::start();
     let bus = Bus::redis(&redis.url(), prefix);
@@ -123,7 +131,9 @@ async fn behind_a_paused_store(
     let app = TestApp::main();
     let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[0].port, app.key);
     let mut v2 = Client::connect_v2(&url).await;
-    v2.subscribe_v2(&app, channel).await;
+    for channel in channels {
+        v2.subscribe_v2(&app, channel).await;
+    }
     let pause = ["CLIENT", "PAUSE", "600000", "WRITE"];
     redis_cli(redis.port, None, None, &pause).expect("Redis pauses its writers");
     (redis, servers, app, v2)
@@ -137,7 +147,7 @@ async fn behind_a_paused_store(
 /// channel on that node waited for good.
 #[tokio::test]
 async fn publishers_that_stop_waiting_do_not_wedge_their_channel() {
-    let (redis, servers, app, mut v2) = behind_a_paused_store("wedge:", "", "news").await;
+    let (redis, servers, app, mut v2) = behind_a_paused_store("wedge:", "", &["news"]).await;
     let http = servers[0].http_url();
     let publishers: Vec<_> = (0..12)
         .map(|i| {
@@ -171,6 +181,28 @@ async fn publishers_that_stop_waiting_do_not_wedge_their_channel() {
     data.sort();
     sent.sort();
     assert_eq!(data, sent);
+}
+
+/// A trigger to several channels whose publisher hung up while the store was slow is carried
+/// out whole: once the store answers, every channel it named gets the event. Dropped with its
+/// request, it reached only the channel whose append was under way.
+#[tokio::test]
+async fn a_trigger_to_several_channels_is_finished_after_its_publisher_hangs_up() {
+    let channels = ["first", "second", "third"];
+    let (redis, servers, app, mut v2) = behind_a_paused_store("whole:", "", &channels).await;
+    let api = Api::new(&servers[0].http_url(), &app);
+    let publish = api.trigger(&channels, "tick", "all");
+    let hung_up = tokio::time::timeout(Duration::from_secs(1), publish).await;
+    assert!(hung_up.is_err(), "nothing is answered while the store is paused");
+    redis_cli(redis.port, None, None, &["CLIENT", "UNPAUSE"]).expect("Redis goes on");
+
+    let mut reached = Vec::new();
+    for _ in channels {
+        let tick = v2.expect("tick").await;
+        assert_eq!(tick["data"], "all", "{tick}");
+        reached.push(tick["channel"].as_str().unwrap().to_string());
+    }
+    assert_eq!(reached, channels, "each channel once, in the trigger's order");
 }
 
 /// A client event takes its position from the store, as an API event does: the other
@@ -649,7 +681,8 @@ async fn an_idempotent_retry_on_another_node_is_answered_not_published() {
 #[tokio::test]
 async fn an_idempotent_publish_is_finished_after_its_publisher_hangs_up() {
     let idempotency = "[idempotency]\nenabled = true\n";
-    let (redis, servers, _, mut v2) = behind_a_paused_store("hangup:", idempotency, "orders").await;
+    let (redis, servers, _, mut v2) =
+        behind_a_paused_store("hangup:", idempotency, &["orders"]).await;
     let order = json!({ "name": "placed", "data": "17", "channel": "orders", "idempotency_key": "order-17" });
     let publish = trigger_with_key(&servers[0], &order, None);
     let hung_up = tokio::time::timeout(Duration::from_secs(1), publish).await;

@@ -19,7 +19,7 @@ use crate::{
     apps::App,
     config::Limits,
     ctx::Ctx,
-    emit::emit,
+    emit::{self, emit},
     feed::{Entry, Kind},
     metrics::Metrics,
     protocol::{
@@ -229,17 +229,11 @@ async fn publish(ctx: &Arc<Ctx>, app: &App, event: &Checked) -> Result<Option<Va
             ctx.adapter.send_to_user(&app.id, user_id, &text.into());
             continue;
         }
-        if channel::is_cache(name) {
-            let ttl = u64::try_from(ctx.settings.cache_ttl.as_millis()).unwrap_or(u64::MAX);
-            if let Err(error) = ctx
-                .drivers
-                .cache
-                .set(&cache_key(&app.id, name), text.clone().into_bytes(), ttl)
-                .await
-            {
-                tracing::warn!(%error, channel = %name, "A cache channel's event could not be kept.");
-            }
-        }
+        let kept = if channel::is_cache(name) {
+            Some(keep_last(ctx, app, name, &text).await)
+        } else {
+            None
+        };
         // With filtering on, an event is judged by its tags (none is an empty set).
         let tags = ctx.settings.tag_filtering.then_some(&event.tags);
         // Encrypted channels' events never go as deltas: their ciphertexts do not shrink.
@@ -248,6 +242,9 @@ async fn publish(ctx: &Arc<Ctx>, app: &App, event: &Checked) -> Result<Option<Va
         let to =
             Broadcast::to(&app.id, name).except(except).tagged(tags).compressible(compressible);
         if let Err(error) = emit(ctx, app, &to, text, event.message_id.clone()).await {
+            if let Some(before) = kept {
+                restore_last(ctx, app, name, before).await;
+            }
             return Err(ApiError::unavailable(format!(
                 "Channel {name:?}: {error}; the event was not published"
             )));
@@ -274,6 +271,53 @@ async fn publish(ctx: &Arc<Ctx>, app: &App, event: &Checked) -> Result<Option<Va
         channels.insert(name.clone(), Value::Object(info));
     }
     Ok(Some(Value::Object(channels)))
+}
+
+/// What a cache channel held before its new last event was written: only looked up when the
+/// publish may yet be refused (a history store that must take the event first), so that the
+/// refusal can put it back.
+enum Before {
+    /// The publish cannot be refused after the write; nothing to put back.
+    Unneeded,
+    /// The channel held this event, or nothing.
+    Held(Option<Vec<u8>>),
+}
+
+/// Keep `text` as the cache channel's last event, written before the event goes out: a
+/// subscriber that arrives meanwhile gets it from the cache rather than neither. A failed
+/// write is logged; the publish goes on (the subscriber gets `pusher:cache_miss`).
+async fn keep_last(ctx: &Ctx, app: &App, name: &str, text: &str) -> Before {
+    let key = cache_key(&app.id, name);
+    let before = if emit::may_refuse(ctx, app) {
+        match ctx.drivers.cache.get(&key).await {
+            Ok(held) => Before::Held(held),
+            // Nothing sure to put back: a refusal then removes the event instead.
+            Err(_) => Before::Held(None),
+        }
+    } else {
+        Before::Unneeded
+    };
+    let ttl = u64::try_from(ctx.settings.cache_ttl.as_millis()).unwrap_or(u64::MAX);
+    if let Err(error) = ctx.drivers.cache.set(&key, text.as_bytes().to_vec(), ttl).await {
+        tracing::warn!(%error, channel = %name, "A cache channel's event could not be kept.");
+    }
+    before
+}
+
+/// The event kept by [`keep_last`] was not published: the cache channel goes back to what it
+/// held, so no subscriber is given an event that never went out. (A publish to the same
+/// channel in between is overwritten; the next one sets it right.)
+async fn restore_last(ctx: &Ctx, app: &App, name: &str, before: Before) {
+    let key = cache_key(&app.id, name);
+    let ttl = u64::try_from(ctx.settings.cache_ttl.as_millis()).unwrap_or(u64::MAX);
+    let restored = match before {
+        Before::Unneeded => return,
+        Before::Held(Some(held)) => ctx.drivers.cache.set(&key, held, ttl).await,
+        Before::Held(None) => ctx.drivers.cache.delete(&key).await.map(|_| ()),
+    };
+    if let Err(error) = restored {
+        tracing::warn!(%error, channel = %name, "A cache channel keeps an event that was not published: the cache did not take it back.");
+    }
 }
 
 /// Overload push-back: a trigger waits while most subscribers of a channel it names are behind
@@ -361,7 +405,7 @@ pub(crate) async fn publish_body(
         None => None,
     };
     let Some(key) = key.map(str::to_string) else {
-        return publish_checked(ctx, app, &event).await;
+        return publish_checked(ctx, app, event).await;
     };
     // A publish with a key runs to its end on a task of its own, from its claim to keeping
     // its answer, whether or not its request still waits: a publisher that hung up (or timed
@@ -374,7 +418,7 @@ pub(crate) async fn publish_body(
             Claim::Answered(answer) => return Ok(answer),
             Claim::First(claimed) => claimed,
         };
-        let answer = publish_checked(&ctx, &app, &event).await;
+        let answer = publish_checked(&ctx, &app, event).await;
         claimed.settle(&ctx, answer.as_ref().ok()).await;
         answer
     });
@@ -384,13 +428,57 @@ pub(crate) async fn publish_body(
     })
 }
 
-async fn publish_checked(ctx: &Arc<Ctx>, app: &App, event: &Checked) -> Result<Value, ApiError> {
+async fn publish_checked(
+    ctx: &Arc<Ctx>,
+    app: &Arc<App>,
+    event: Checked,
+) -> Result<Value, ApiError> {
     limit(ctx, app, event.channels.len()).await?;
     push_back(ctx, app, event.channels.iter()).await?;
-    Ok(match publish(ctx, app, event).await? {
+    let described = publish_whole(ctx, app, vec![event]).await?;
+    Ok(match described.into_iter().next().flatten() {
         Some(channels) => json!({ "channels": channels }),
         None => json!({}),
     })
+}
+
+/// Publish `events` in order, each to every channel it names, to the end: once its checks
+/// have passed, a publish is carried out whole whether or not its request still waits.
+/// Dropped with a request whose publisher hung up (or timed out on a slow store), a trigger to
+/// several channels would reach only those before the drop, an event the store positioned
+/// would not be delivered here, and a cache channel could keep an event that never went out.
+/// So a publish that waits on the way (for the history store, or a cache channel's write)
+/// runs on a task of its own; one that does not cannot be cut short, and runs here without
+/// the task's cost. The answer of each event, as [`publish`] gives it; the first refusal ends
+/// the rest.
+async fn publish_whole(
+    ctx: &Arc<Ctx>,
+    app: &Arc<App>,
+    events: Vec<Checked>,
+) -> Result<Vec<Option<Value>>, ApiError> {
+    let waits = emit::waits_for_store(ctx, app)
+        || events.iter().flat_map(|e| &e.channels).any(|name| channel::is_cache(name));
+    if !waits {
+        return publish_all(ctx, app, &events).await;
+    }
+    let (ctx, app) = (ctx.clone(), app.clone());
+    let publish = tokio::spawn(async move { publish_all(&ctx, &app, &events).await });
+    publish.await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "A publish ended without an answer.");
+        Err(ApiError::unavailable("The publish ended without an answer").retry_after(1))
+    })
+}
+
+async fn publish_all(
+    ctx: &Arc<Ctx>,
+    app: &App,
+    events: &[Checked],
+) -> Result<Vec<Option<Value>>, ApiError> {
+    let mut described = Vec::with_capacity(events.len());
+    for event in events {
+        described.push(publish(ctx, app, event).await?);
+    }
+    Ok(described)
 }
 
 /// Trigger several events at once; every event is checked before any is published.
@@ -417,10 +505,7 @@ pub(crate) async fn batch(
         .collect::<Result<Vec<_>, _>>()?;
     limit(&ctx, &app, events.iter().map(|e| e.channels.len()).sum()).await?;
     push_back(&ctx, &app, events.iter().flat_map(|e| e.channels.iter())).await?;
-    let mut described = Vec::with_capacity(events.len());
-    for event in &events {
-        described.push(publish(&ctx, &app, event).await?);
-    }
+    let described = publish_whole(&ctx, &app, events).await?;
     if described.iter().all(Option::is_none) {
         return Ok(Json(json!({})));
     }
