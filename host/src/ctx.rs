@@ -101,6 +101,7 @@ impl Ctx {
                         lost: metrics.recovery_lost.clone(),
                         store_errors: metrics.history_errors.clone(),
                         published: metrics.history_published.clone(),
+                        backlog_refused: metrics.history_backlog_refused.clone(),
                     },
                 });
             let recovery = Recovery::new(r, metrics.recovery_untracked.clone(), durable);

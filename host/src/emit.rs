@@ -14,6 +14,7 @@ use crate::{
     plugins::DriverError,
     protocol::{Broadcast, filter::Tags},
     recovery::{Event, Record, Recovery},
+    telemetry::LogLimiter,
 };
 
 /// The history store did not take the event and the app does not publish best effort:
@@ -117,7 +118,10 @@ fn position(
             Ok(())
         }
         (Err(error), Some(plain)) => {
-            tracing::warn!(%error, channel, "The history store did not take an event; it went out without a position (the app publishes best effort), and the channel's resumes fail until its stream starts again.");
+            static LOGGED: LogLimiter = LogLimiter::new();
+            if LOGGED.allow() {
+                tracing::warn!(%error, channel, "The history store did not take an event; it went out without a position (the app publishes best effort), and the channel's resumes fail until its stream starts again.");
+            }
             ctx.metrics.recovery_best_effort.inc();
             degrade(ctx, recovery, app, channel);
             let to = Broadcast::to(app, channel)
@@ -128,7 +132,12 @@ fn position(
             Ok(())
         }
         (Err(error), None) => {
-            tracing::warn!(%error, channel, "An event was not published: the history store did not take it.");
+            // Once a second at most: while the store is down or behind, every publish fails
+            // so (counted in `history_errors` and `history_backlog_refused`).
+            static LOGGED: LogLimiter = LogLimiter::new();
+            if LOGGED.allow() {
+                tracing::warn!(%error, channel, "An event was not published: the history store did not take it.");
+            }
             Err(NotKept)
         }
     }

@@ -126,6 +126,9 @@ pub(crate) struct Metrics {
     /// App events the history store published to the other nodes in the step that gave them
     /// their position (it writes to the transport's server).
     pub history_published: Counter,
+    /// App events refused because too many waited for the history store (it stalls, or a
+    /// publisher floods a channel).
+    pub history_backlog_refused: Counter,
     /// App events broadcast without a position because the history store did not take them
     /// (apps publishing best effort).
     pub recovery_best_effort: Counter,
@@ -217,6 +220,11 @@ impl Metrics {
                 "history_published",
                 "App events the history store published to the other nodes as it positioned them",
                 self.history_published
+            ),
+            (
+                "history_backlog_refused",
+                "App events refused because too many waited for the history store",
+                self.history_backlog_refused
             ),
             (
                 "recovery_best_effort",

@@ -35,6 +35,11 @@ pub struct LogLimiter {
 }
 
 impl LogLimiter {
+    /// One that lets the next line through (for a `static`).
+    pub const fn new() -> Self {
+        Self { last_ms: std::sync::atomic::AtomicU64::new(0) }
+    }
+
     /// Whether to log now.
     pub fn allow(&self) -> bool {
         use std::sync::atomic::Ordering;

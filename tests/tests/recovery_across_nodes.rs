@@ -205,6 +205,39 @@ async fn a_trigger_to_several_channels_is_finished_after_its_publisher_hangs_up(
     assert_eq!(reached, channels, "each channel once, in the trigger's order");
 }
 
+/// A stalled store does not make the node hold every publish that comes meanwhile: with 8
+/// appends of a channel under way and 1,024 events waiting for them, the next publishes are
+/// refused at once (503, counted). Once the store goes on, every event it was given arrives in
+/// serial order, and the channel takes publishes again.
+#[tokio::test]
+async fn a_stalled_store_holds_a_bounded_backlog() {
+    let (redis, servers, app, mut v2) = behind_a_paused_store("backlog:", "", &["news"]).await;
+    let (held, refused) = (8 + 1024, 8);
+    let api = Arc::new(Api::new(&servers[0].http_url(), &app));
+    let publishers: Vec<_> = (0..held + refused)
+        .map(|i| {
+            let api = api.clone();
+            tokio::spawn(async move { api.trigger(&["news"], "tick", &i.to_string()).await.0 })
+        })
+        .collect();
+    // Eight refusals mean every publish has come: the rest are held.
+    let metric = "sockhost_history_backlog_refused_total";
+    servers[0].wait_for_metric(metric, |n| n >= refused as f64).await;
+    redis_cli(redis.port, None, None, &["CLIENT", "UNPAUSE"]).expect("Redis goes on");
+
+    let mut statuses = std::collections::BTreeMap::new();
+    for publisher in publishers {
+        *statuses.entry(publisher.await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, [(200, held), (503, refused)].into(), "answers by status");
+    assert_eq!(servers[0].metric(metric).await, refused as f64);
+    assert_eq!(api.trigger(&["news"], "tick", "after").await.0, 200);
+    for serial in 1..=held + 1 {
+        let tick = v2.expect("tick").await;
+        assert_eq!(tick["serial"].as_u64(), Some(serial as u64), "{tick}");
+    }
+}
+
 /// A client event takes its position from the store, as an API event does: the other
 /// node's subscriber gets it with the store's serial, in order with the API's events, and the
 /// channel's history lists it. With the store down, the sender is told its event was not sent

@@ -11,7 +11,10 @@
 //! with 4210, so they reconnect and resume (and are told `resume_failed` for what is gone),
 //! and delivery goes on from the waiting events. Never a silent hole.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use tokio::sync::oneshot;
 
@@ -47,6 +50,13 @@ const MAX_BATCH: usize = 256;
 /// Eight: S's publisher (32 requests in flight over 10 channels) then never waits behind
 /// another append, and a flood of publishers on one channel still goes as batches.
 const MAX_APPENDS_IN_FLIGHT: usize = 8;
+/// Events of one channel that may wait for an append slot at most. Past it a publish is
+/// refused at once: the store is not keeping up (it stalls, or a publisher floods the
+/// channel), and while it stalls a batch frees a slot only when its call times out, so the
+/// queue would otherwise grow for as long as publishers go on.
+const MAX_WAITING: usize = 4 * MAX_BATCH;
+/// Bytes of events that may wait for an append slot on the node at most, over every channel.
+const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
 /// Failed store reads after which a gap is given up.
 const MAX_REPAIR_FAILURES: u32 = 3;
 
@@ -80,6 +90,11 @@ impl Drop for Slot {
     }
 }
 
+/// What an event waiting for an append slot holds, as counted against [`MAX_WAITING_BYTES`].
+fn waiting_size(record: &Record, outgoing: Option<&Outgoing>) -> usize {
+    record.frame.len() + record.message_id.len() + outgoing.map_or(0, Vec::len)
+}
+
 /// What the gates count.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct GateCounters {
@@ -93,6 +108,9 @@ pub(crate) struct GateCounters {
     pub store_errors: Counter,
     /// Events the store published to the other nodes as it appended them.
     pub published: Counter,
+    /// Events refused because too many waited for the store ([`MAX_WAITING`],
+    /// [`MAX_WAITING_BYTES`]).
+    pub backlog_refused: Counter,
 }
 
 /// The history store and what delivering from it needs.
@@ -197,6 +215,7 @@ impl Recovery {
         outgoing: Option<Outgoing>,
     ) -> Result<Event, DriverError> {
         let key = (app.to_string(), channel.to_string());
+        let size = waiting_size(&record, outgoing.as_ref());
         let mut record = Some((record, outgoing));
         let waiting = {
             let mut appends = self.appends.lock().expect("recovery lock");
@@ -204,21 +223,28 @@ impl Recovery {
             if appending.in_flight < MAX_APPENDS_IN_FLIGHT {
                 appending.in_flight += 1;
                 None
+            } else if appending.waiting.len() >= MAX_WAITING
+                || self.waiting_bytes.load(Ordering::Relaxed) + size > MAX_WAITING_BYTES
+            {
+                drop(appends);
+                self.store().counters.backlog_refused.inc();
+                return Err(self.unavailable(format!(
+                    "too many events wait for the history store (at most {MAX_WAITING} a channel, {} MiB on the node)",
+                    MAX_WAITING_BYTES >> 20
+                )));
             } else {
                 let (answer, answered) = oneshot::channel();
                 let (record, outgoing) = record.take().expect("taken once");
                 appending.waiting.push((record, outgoing, answer));
+                // Under the lock, so that the check above and the count agree.
+                self.waiting_bytes.fetch_add(size, Ordering::Relaxed);
                 Some(answered)
             }
         };
         if let Some(answered) = waiting {
             // The sender is dropped only if the batch's task ended without answering.
             return answered.await.unwrap_or_else(|_| {
-                Err(DriverError::Plugin {
-                    kind: DriverKind::HISTORY,
-                    name: self.store().history.name().into(),
-                    error: PluginError::unavailable("the batched append ended without an answer"),
-                })
+                Err(self.unavailable("the batched append ended without an answer".into()))
             });
         }
         // The slot is handed on when this append ends, even dropped unfinished (publishes run
@@ -229,6 +255,15 @@ impl Recovery {
         let (record, outgoing) = record.expect("kept by an append in the window");
         let mine = self.store_append(app, channel, &[&record], vec![outgoing]).await;
         mine.map(|(stream_id, serial, published)| Event { stream_id, serial, record, published })
+    }
+
+    /// The store is unavailable for an append, for `why`.
+    fn unavailable(&self, why: String) -> DriverError {
+        DriverError::Plugin {
+            kind: DriverKind::HISTORY,
+            name: self.store().history.name().into(),
+            error: PluginError::unavailable(why),
+        }
     }
 
     /// Append `records` to the store in one call, counting a failure: the stream, the first
@@ -271,7 +306,12 @@ impl Recovery {
         // Without a runtime (the node is being torn down) nothing can carry a batch: what
         // waits is answered with its sender dropped, which its append reports as an error.
         if tokio::runtime::Handle::try_current().is_err() {
-            self.appends.lock().expect("recovery lock").remove(&key);
+            let removed = self.appends.lock().expect("recovery lock").remove(&key);
+            let sizes = removed
+                .iter()
+                .flat_map(|a| &a.waiting)
+                .map(|(r, o, _)| waiting_size(r, o.as_ref()));
+            self.waiting_bytes.fetch_sub(sizes.sum(), Ordering::Relaxed);
             return;
         }
         let batch = {
@@ -285,7 +325,10 @@ impl Recovery {
                 return;
             }
             let take = appending.waiting.len().min(MAX_BATCH);
-            appending.waiting.drain(..take).collect::<Vec<Waiter>>()
+            let batch = appending.waiting.drain(..take).collect::<Vec<Waiter>>();
+            let size = batch.iter().map(|(r, o, _)| waiting_size(r, o.as_ref())).sum();
+            self.waiting_bytes.fetch_sub(size, Ordering::Relaxed);
+            batch
         };
         tokio::spawn(async move {
             let (app, channel) = (&key.0, &key.1);

@@ -29,7 +29,7 @@ use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Instant,
 };
@@ -171,6 +171,8 @@ pub(crate) struct Recovery {
     /// With it, each channel's appends under way and the events waiting for a slot (see
     /// [`Recovery::append`]); a channel is here while an append of it is under way.
     appends: Mutex<HashMap<(String, String), durable::Appending>>,
+    /// Bytes of the events waiting in `appends`, over every channel.
+    waiting_bytes: AtomicUsize,
     /// Channels whose events went out without a position (best effort): their resumes fail.
     pub(crate) degraded: degraded::Degraded,
 }
@@ -189,6 +191,7 @@ impl Recovery {
             untracked,
             durable,
             appends: Mutex::default(),
+            waiting_bytes: AtomicUsize::new(0),
             degraded: degraded::Degraded::new(Gauge::default()),
         }
     }
