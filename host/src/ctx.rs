@@ -105,7 +105,13 @@ impl Ctx {
                     },
                 });
             let recovery = Recovery::new(r, metrics.recovery_untracked.clone(), durable);
-            Arc::new(recovery.with_degraded_gauge(metrics.recovery_degraded_channels.clone()))
+            let recovery = recovery
+                .with_degraded_gauge(metrics.recovery_degraded_channels.clone())
+                .with_buffer_metrics(
+                    metrics.recovery_buffer_bytes.clone(),
+                    metrics.recovery_buffers_evicted.clone(),
+                );
+            Arc::new(recovery)
         });
         let events = Arc::new(ClusterEvents {
             adapter: adapter.clone(),

@@ -141,6 +141,11 @@ pub(crate) struct Metrics {
     /// Channels whose resumes fail because an event went out without a position (best
     /// effort), until their stream starts again.
     pub recovery_degraded_channels: Gauge,
+    /// Bytes of events the node keeps for resumes, over every channel.
+    pub recovery_buffer_bytes: Gauge,
+    /// Channels whose kept events were forgotten to bring the node under
+    /// `connection_recovery.max_memory_mb` (used longest ago first).
+    pub recovery_buffers_evicted: Counter,
     /// Debug console logs cut off because the browser did not keep up.
     pub console_viewers_dropped: Counter,
     /// Other nodes' console watches refused: too many apps watched on this node.
@@ -220,6 +225,11 @@ impl Metrics {
                 "history_published",
                 "App events the history store published to the other nodes as it positioned them",
                 self.history_published
+            ),
+            (
+                "recovery_buffers_evicted",
+                "Channels whose kept events were forgotten to bring the node under its recovery memory",
+                self.recovery_buffers_evicted
             ),
             (
                 "history_backlog_refused",
@@ -320,6 +330,11 @@ impl Metrics {
                 "recovery_degraded_channels",
                 "Channels whose resumes fail: an event went out without a position (best effort)",
                 self.recovery_degraded_channels
+            ),
+            (
+                "recovery_buffer_bytes",
+                "Bytes of events kept for resumes on this node, over every channel",
+                self.recovery_buffer_bytes
             ),
             (
                 "transport_nodes",

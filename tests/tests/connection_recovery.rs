@@ -143,6 +143,41 @@ async fn a_channel_that_cannot_be_recovered_is_said_so_with_sockudos_codes() {
     assert_eq!(client.expect("sockudo:error").await["data"]["code"], 4000);
 }
 
+/// The node keeps its events for resumes within `connection_recovery.max_memory_mb` (here 1
+/// MiB, from the environment): past it, the channels used longest ago are forgotten, and a
+/// resume that needed their events is told `position_expired`, never a partial replay.
+#[tokio::test]
+async fn the_node_forgets_the_channels_used_longest_ago_past_its_memory() {
+    let server = Server::builder()
+        .env("CONNECTION_RECOVERY_ENABLED", "true")
+        .env("CONNECTION_RECOVERY_MAX_MEMORY_MB", "1")
+        .start();
+    let app = TestApp::main();
+    let api = Api::new(&server.http_url(), &app);
+    let (first, stream_id, _) = subscribed(&server, &app, "quiet").await;
+    drop(first);
+    publish(&api, "quiet", 1..3).await;
+    // 1.35 MB over five busier channels, each within its own 256 KiB.
+    let filler = "x".repeat(9000);
+    for n in 0..30 {
+        for channel in ["busy-0", "busy-1", "busy-2", "busy-3", "busy-4"] {
+            assert_eq!(api.trigger(&[channel], "tick", &format!("{n}{filler}")).await.0, 200);
+        }
+    }
+    assert!(server.metric("sockhost_recovery_buffers_evicted_total").await >= 1.0);
+    let kept = server.metric("sockhost_recovery_buffer_bytes").await;
+    assert!(kept > 0.0 && kept <= 1024.0 * 1024.0, "{kept}");
+
+    let (mut client, _, head) = subscribed(&server, &app, "quiet").await;
+    assert_eq!(head, 2);
+    let position = json!({ "stream_id": stream_id, "serial": 0 });
+    let resume = json!({ "channel_positions": { "quiet": position } });
+    client.send(json!({ "event": "sockudo:resume", "data": resume })).await;
+    let failed = client.expect("sockudo:resume_failed").await;
+    assert_eq!(data(&failed)["code"], "position_expired", "{failed}");
+    client.expect("sockudo:resume_success").await;
+}
+
 #[test]
 fn recovery_is_refused_at_start_on_a_transport_between_nodes() {
     let dir = private_dir();

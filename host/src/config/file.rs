@@ -780,11 +780,15 @@ pub struct ConnectionRecoveryConfig {
     /// `position_expired`, never a partial replay. Default: 100. Env:
     /// `CONNECTION_RECOVERY_MAX_BUFFER_SIZE`.
     pub max_buffer_size: usize,
+    /// MiB of kept events on the node at most, over every channel; past it the channels
+    /// used longest ago are forgotten first (their resumes then read the history store, or
+    /// are told `position_expired`). Default: 64. Env: `CONNECTION_RECOVERY_MAX_MEMORY_MB`.
+    pub max_memory_mb: u64,
 }
 
 impl Default for ConnectionRecoveryConfig {
     fn default() -> Self {
-        Self { enabled: false, buffer_ttl_seconds: 120, max_buffer_size: 100 }
+        Self { enabled: false, buffer_ttl_seconds: 120, max_buffer_size: 100, max_memory_mb: 64 }
     }
 }
 

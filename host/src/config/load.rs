@@ -154,6 +154,7 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("CONNECTION_RECOVERY_ENABLED", "connection_recovery.enabled", Kind::Bool),
     ("CONNECTION_RECOVERY_BUFFER_TTL", "connection_recovery.buffer_ttl_seconds", Kind::Int),
     ("CONNECTION_RECOVERY_MAX_BUFFER_SIZE", "connection_recovery.max_buffer_size", Kind::Int),
+    ("CONNECTION_RECOVERY_MAX_MEMORY_MB", "connection_recovery.max_memory_mb", Kind::Int),
     ("HISTORY_ENABLED", "history.enabled", Kind::Bool),
     ("HISTORY_BACKEND", "history.backend", Kind::Str),
     ("HISTORY_RETENTION_WINDOW_SECONDS", "history.retention_window_seconds", Kind::Int),

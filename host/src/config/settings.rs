@@ -41,6 +41,8 @@ pub struct RecoverySettings {
     pub ttl: Duration,
     /// Events kept per channel, and the most one resume replays.
     pub max_events: usize,
+    /// Bytes of kept events on the node at most, over every channel.
+    pub max_bytes: usize,
     /// With history on, what the store keeps: positions then come from it, for the whole
     /// cluster.
     pub history: Option<HistoryLimits>,
@@ -303,6 +305,10 @@ impl Settings {
             recovery: config.connection_recovery.enabled.then(|| RecoverySettings {
                 ttl: Duration::from_secs(config.connection_recovery.buffer_ttl_seconds),
                 max_events: config.connection_recovery.max_buffer_size,
+                max_bytes: usize::try_from(
+                    config.connection_recovery.max_memory_mb.saturating_mul(1024 * 1024),
+                )
+                .unwrap_or(usize::MAX),
                 history: config.history.enabled.then(|| HistoryLimits {
                     max_events: config.history.max_messages_per_channel,
                     max_age: Duration::from_secs(config.history.retention_window_seconds),
@@ -424,7 +430,14 @@ fn check_recovery(config: &Config, errors: &mut Vec<ConfigError>) {
         let problem = format!("must be 1 to {MAX_RECOVERY_TTL_SECS}");
         err(errors, "connection_recovery.buffer_ttl_seconds", problem);
     }
+    if !(1..=MAX_RECOVERY_MEMORY_MB).contains(&recovery.max_memory_mb) {
+        let problem = format!("must be 1 to {MAX_RECOVERY_MEMORY_MB}");
+        err(errors, "connection_recovery.max_memory_mb", problem);
+    }
 }
+
+/// MiB the node's recovery buffers may be given at most (1 TiB: a typo, not a plan).
+const MAX_RECOVERY_MEMORY_MB: u64 = 1024 * 1024;
 
 /// Events one channel's history may hold at most.
 const MAX_HISTORY_EVENTS: u64 = 1_000_000;

@@ -375,7 +375,7 @@ impl Recovery {
             app,
             channel,
             |s| *s.stream_id == *id,
-            || Stream::new(id.clone(), page.head),
+            || Stream::new(id.clone(), page.head, self.kept.clone()),
         )?;
         let mut order = stream.order.lock().expect("recovery lock");
         self.deliver_stored(app, channel, &stream, &mut order, page.events);
@@ -464,7 +464,7 @@ impl Recovery {
             app,
             channel,
             |s| *s.stream_id == *id,
-            || Stream::new(id.clone(), serial - 1),
+            || Stream::new(id.clone(), serial - 1, self.kept.clone()),
         );
         let Some(stream) = stream else {
             // The node holds as many streams as it may: delivered without a position.

@@ -29,7 +29,7 @@ use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Instant,
 };
@@ -81,15 +81,24 @@ struct Kept {
 }
 
 /// A channel's kept events, oldest first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Buffer {
     kept: VecDeque<Kept>,
     bytes: usize,
     /// When the stream was last published to or resumed from.
     used: Option<Instant>,
+    /// The node's kept bytes over every buffer, which this one's are counted in (also when
+    /// it is dropped with its stream).
+    node: Gauge,
 }
 
 impl Buffer {
+    fn push(&mut self, kept: Kept) {
+        self.bytes += kept.frame.len();
+        self.node.inc_by(bytes_i64(kept.frame.len()));
+        self.kept.push_back(kept);
+    }
+
     fn forget_before(&mut self, oldest: Instant) {
         while self.kept.front().is_some_and(|k| k.at < oldest) {
             self.drop_oldest();
@@ -99,8 +108,26 @@ impl Buffer {
     fn drop_oldest(&mut self) {
         if let Some(kept) = self.kept.pop_front() {
             self.bytes -= kept.frame.len();
+            self.node.dec_by(bytes_i64(kept.frame.len()));
         }
     }
+
+    /// Forget every kept event.
+    fn clear(&mut self) {
+        self.node.dec_by(bytes_i64(self.bytes));
+        self.kept.clear();
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        self.node.dec_by(bytes_i64(self.bytes));
+    }
+}
+
+fn bytes_i64(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// A stream's order: the serial of the last event delivered on this node, and, with history,
@@ -128,14 +155,20 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    /// Stream `stream_id`, of which this node delivered up to `last`.
-    fn new(stream_id: Arc<str>, last: u64) -> Self {
+    /// Stream `stream_id`, of which this node delivered up to `last`; its kept bytes counted
+    /// in `node`.
+    fn new(stream_id: Arc<str>, last: u64, node: Gauge) -> Self {
         Self {
             stream_id,
             order: Mutex::new(Order { last, ..Order::default() }),
             published: Arc::new(AtomicU64::new(last)),
             // Used from its start, so that a stream nobody publishes to is swept too.
-            buffer: Mutex::new(Buffer { used: Some(Instant::now()), ..Buffer::default() }),
+            buffer: Mutex::new(Buffer {
+                kept: VecDeque::new(),
+                bytes: 0,
+                used: Some(Instant::now()),
+                node,
+            }),
         }
     }
 
@@ -173,6 +206,12 @@ pub(crate) struct Recovery {
     appends: Mutex<HashMap<(String, String), durable::Appending>>,
     /// Bytes of the events waiting in `appends`, over every channel.
     waiting_bytes: AtomicUsize,
+    /// Bytes of the events kept in every stream's buffer (bounded by the settings' `max_bytes`).
+    kept: Gauge,
+    /// Channels whose kept events were forgotten to bring the node under its bytes.
+    evicted: Counter,
+    /// A publish is forgetting channels: the others need not.
+    evicting: AtomicBool,
     /// Channels whose events went out without a position (best effort): their resumes fail.
     pub(crate) degraded: degraded::Degraded,
 }
@@ -192,8 +231,19 @@ impl Recovery {
             durable,
             appends: Mutex::default(),
             waiting_bytes: AtomicUsize::new(0),
+            kept: Gauge::default(),
+            evicted: Counter::default(),
+            evicting: AtomicBool::new(false),
             degraded: degraded::Degraded::new(Gauge::default()),
         }
+    }
+
+    /// The bytes kept in buffers shown in `kept`, and channels forgotten for the node's
+    /// bytes counted in `evicted` (before any stream is made).
+    pub(crate) fn with_buffer_metrics(mut self, kept: Gauge, evicted: Counter) -> Self {
+        self.kept = kept;
+        self.evicted = evicted;
+        self
     }
 
     /// The number of degraded channels shown in `gauge`.
@@ -241,7 +291,7 @@ impl Recovery {
         if self.durable.is_some() {
             return self.find(app, channel);
         }
-        let fresh = || Stream::new(uuid::Uuid::new_v4().to_string().into(), 0);
+        let fresh = || Stream::new(uuid::Uuid::new_v4().to_string().into(), 0, self.kept.clone());
         self.find_or_make(app, channel, |_| true, fresh)
     }
 
@@ -257,14 +307,50 @@ impl Recovery {
         let now = Instant::now();
         let mut buffer = stream.buffer.lock().expect("recovery lock");
         buffer.forget_before(now.checked_sub(self.settings.ttl).unwrap_or(now));
-        buffer.bytes += frame.len();
         buffer.used = Some(now);
-        buffer.kept.push_back(Kept { serial, message_id, frame, tags, at: now });
+        buffer.push(Kept { serial, message_id, frame, tags, at: now });
         while buffer.kept.len() > self.settings.max_events
             || (buffer.bytes > MAX_CHANNEL_BYTES && buffer.kept.len() > 1)
         {
             buffer.drop_oldest();
         }
+        drop(buffer);
+        if self.kept.get() > bytes_i64(self.settings.max_bytes) {
+            self.evict();
+        }
+    }
+
+    /// Forget whole channels' kept events, those used longest ago first, until the node
+    /// holds seven eighths of its bytes or less (so that the channels are not scanned on
+    /// every publish past the limit). Their resumes then read the store, or are told
+    /// `position_expired`. One publish does it at a time; a buffer busy now is in use, and
+    /// skipped.
+    fn evict(&self) {
+        if self.evicting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let target = bytes_i64(self.settings.max_bytes / 8 * 7);
+        let mut by_use: Vec<(Instant, Arc<Stream>)> = {
+            let streams = self.streams.read().expect("recovery lock");
+            let all = streams.by_app.values().flat_map(HashMap::values);
+            all.filter_map(|stream| {
+                let buffer = stream.buffer.try_lock().ok()?;
+                let used = buffer.used.filter(|_| !buffer.kept.is_empty())?;
+                Some((used, stream.clone()))
+            })
+            .collect()
+        };
+        by_use.sort_unstable_by_key(|(used, _)| *used);
+        for (_, stream) in by_use {
+            if self.kept.get() <= target {
+                break;
+            }
+            if let Ok(mut buffer) = stream.buffer.try_lock() {
+                buffer.clear();
+                self.evicted.inc();
+            }
+        }
+        self.evicting.store(false, Ordering::Release);
     }
 
     /// Give an app event on the channel its position, keep it, and `deliver` the positioned
@@ -531,7 +617,12 @@ mod tests {
     use super::*;
 
     fn recovery(max_events: usize) -> Recovery {
-        let settings = RecoverySettings { ttl: Duration::from_secs(60), max_events, history: None };
+        let settings = RecoverySettings {
+            ttl: Duration::from_secs(60),
+            max_events,
+            max_bytes: 64 << 20,
+            history: None,
+        };
         Recovery::new(settings, Counter::default(), None)
     }
 
@@ -555,6 +646,54 @@ mod tests {
     fn head(recovery: &Recovery) -> (String, u64) {
         let head = recovery.stream("app", "c").unwrap().head();
         (head.stream_id.to_string(), head.serial())
+    }
+
+    /// Past the node's bytes, whole channels are forgotten, those used longest ago first,
+    /// until it is at seven eighths of the limit or less; the count of kept bytes follows
+    /// every change, also a stream dropped with its buffer.
+    #[test]
+    fn the_node_keeps_its_bytes_by_forgetting_the_channels_used_longest_ago() {
+        let settings = RecoverySettings {
+            ttl: Duration::from_secs(60),
+            max_events: 100,
+            max_bytes: 8 * 1024,
+            history: None,
+        };
+        let (kept, evicted) = (Gauge::default(), Counter::default());
+        let recovery = Recovery::new(settings, Counter::default(), None)
+            .with_buffer_metrics(kept.clone(), evicted.clone());
+        let data = "x".repeat(900);
+        let fill = |channel: &str, n: usize| {
+            for i in 0..n {
+                let plain = format!(r#"{{"event":"e","channel":"{channel}","data":"{data}"}}"#);
+                recovery.publish("app", channel, &plain, format!("m{i}"), None, |_| ());
+            }
+        };
+        let held = |channel: &str| {
+            recovery.stream("app", channel).unwrap().buffer.lock().unwrap().kept.len()
+        };
+        fill("oldest", 3);
+        fill("older", 3);
+        fill("newer", 2);
+        assert_eq!((held("oldest"), held("older"), held("newer")), (3, 3, 2));
+        assert_eq!(evicted.get(), 0);
+        // Each frame is about 1 KB: the ninth takes the node over 8 KiB, and the channel used
+        // longest ago goes.
+        fill("newest", 2);
+        assert_eq!((held("oldest"), held("older"), held("newer"), held("newest")), (0, 3, 2, 2));
+        assert_eq!(evicted.get(), 1);
+        // The next time, the one used longest ago of those left ("newer" was used since).
+        fill("newer", 3);
+        assert_eq!((held("oldest"), held("older"), held("newer"), held("newest")), (0, 0, 5, 2));
+        assert_eq!(evicted.get(), 2);
+        assert!(kept.get() <= 8 * 1024, "{}", kept.get());
+        let counted: usize = ["oldest", "older", "newer", "newest"]
+            .iter()
+            .map(|c| recovery.stream("app", c).unwrap().buffer.lock().unwrap().bytes)
+            .sum();
+        assert_eq!(kept.get(), counted as i64);
+        drop(recovery);
+        assert_eq!(kept.get(), 0, "the dropped streams' bytes are no longer counted");
     }
 
     #[test]
