@@ -447,8 +447,8 @@ async fn publish_checked(
 /// Dropped with a request whose publisher hung up (or timed out on a slow store), a trigger to
 /// several channels would reach only those before the drop, an event the store positioned
 /// would not be delivered here, and a cache channel could keep an event that never went out.
-/// So a publish that waits on the way (for the history store, or a cache channel's write)
-/// runs on a task of its own; one that does not cannot be cut short, and runs here without
+/// So a publish that waits on the way (for the history store, a cache channel's write, or the
+/// other nodes' counts before a batch's next event) runs on a task of its own; one that does not cannot be cut short, and runs here without
 /// the task's cost. The answer of each event, as [`publish`] gives it; the first refusal ends
 /// the rest.
 async fn publish_whole(
@@ -456,8 +456,10 @@ async fn publish_whole(
     app: &Arc<App>,
     events: Vec<Checked>,
 ) -> Result<Vec<Option<Value>>, ApiError> {
+    // Describing an event's channels asks the other nodes: a batch's next events wait for it.
     let waits = emit::waits_for_store(ctx, app)
-        || events.iter().flat_map(|e| &e.channels).any(|name| channel::is_cache(name));
+        || events.iter().flat_map(|e| &e.channels).any(|name| channel::is_cache(name))
+        || (events.len() > 1 && events.iter().any(|e| !e.info.is_empty()));
     if !waits {
         return publish_all(ctx, app, &events).await;
     }

@@ -406,10 +406,13 @@ impl Recovery {
             Wanted::Serial(serial) => *serial,
         };
         if let Some(stream) = self.find(app, channel) {
-            let buffer = stream.buffer.lock().expect("recovery lock");
+            let mut buffer = stream.buffer.lock().expect("recovery lock");
             let head = stream.published.load(std::sync::atomic::Ordering::Acquire);
             let covered = buffer.kept.front().is_some_and(|k| k.serial <= serial + 1);
             if serial == head || (serial < head && covered) {
+                // Used now: the node's bound forgets the channels used longest ago first, and
+                // the replay this answers reads the buffer a little later.
+                buffer.used = Some(std::time::Instant::now());
                 return None;
             }
         }

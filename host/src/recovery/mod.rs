@@ -80,6 +80,14 @@ struct Kept {
     at: Instant,
 }
 
+impl Kept {
+    /// What it holds, as counted against the channel's and the node's bytes: its frame, its
+    /// id and itself (its tags are shared with the event's other holders).
+    fn cost(&self) -> usize {
+        self.frame.len() + self.message_id.len() + std::mem::size_of::<Self>()
+    }
+}
+
 /// A channel's kept events, oldest first.
 #[derive(Debug)]
 struct Buffer {
@@ -94,8 +102,8 @@ struct Buffer {
 
 impl Buffer {
     fn push(&mut self, kept: Kept) {
-        self.bytes += kept.frame.len();
-        self.node.inc_by(bytes_i64(kept.frame.len()));
+        self.bytes += kept.cost();
+        self.node.inc_by(bytes_i64(kept.cost()));
         self.kept.push_back(kept);
     }
 
@@ -107,8 +115,8 @@ impl Buffer {
 
     fn drop_oldest(&mut self) {
         if let Some(kept) = self.kept.pop_front() {
-            self.bytes -= kept.frame.len();
-            self.node.dec_by(bytes_i64(kept.frame.len()));
+            self.bytes -= kept.cost();
+            self.node.dec_by(bytes_i64(kept.cost()));
         }
     }
 
@@ -653,22 +661,31 @@ mod tests {
     /// every change, also a stream dropped with its buffer.
     #[test]
     fn the_node_keeps_its_bytes_by_forgetting_the_channels_used_longest_ago() {
-        let settings = RecoverySettings {
-            ttl: Duration::from_secs(60),
-            max_events: 100,
-            max_bytes: 8 * 1024,
-            history: None,
+        let node = |max_bytes| {
+            let settings = RecoverySettings {
+                ttl: Duration::from_secs(60),
+                max_events: 100,
+                max_bytes,
+                history: None,
+            };
+            let (kept, evicted) = (Gauge::default(), Counter::default());
+            let recovery = Recovery::new(settings, Counter::default(), None)
+                .with_buffer_metrics(kept.clone(), evicted.clone());
+            (recovery, kept, evicted)
         };
-        let (kept, evicted) = (Gauge::default(), Counter::default());
-        let recovery = Recovery::new(settings, Counter::default(), None)
-            .with_buffer_metrics(kept.clone(), evicted.clone());
         let data = "x".repeat(900);
-        let fill = |channel: &str, n: usize| {
+        let fill = |recovery: &Recovery, channel: &str, n: usize| {
             for i in 0..n {
                 let plain = format!(r#"{{"event":"e","channel":"{channel}","data":"{data}"}}"#);
                 recovery.publish("app", channel, &plain, format!("m{i}"), None, |_| ());
             }
         };
+        // What one event costs; the node then holds eight and a half.
+        let (one, kept, _) = node(usize::MAX);
+        fill(&one, "oldest", 1);
+        let cost = usize::try_from(kept.get()).unwrap();
+        let (recovery, kept, evicted) = node(cost * 17 / 2);
+        let fill = |channel: &str, n: usize| fill(&recovery, channel, n);
         let held = |channel: &str| {
             recovery.stream("app", channel).unwrap().buffer.lock().unwrap().kept.len()
         };
@@ -677,8 +694,7 @@ mod tests {
         fill("newer", 2);
         assert_eq!((held("oldest"), held("older"), held("newer")), (3, 3, 2));
         assert_eq!(evicted.get(), 0);
-        // Each frame is about 1 KB: the ninth takes the node over 8 KiB, and the channel used
-        // longest ago goes.
+        // The ninth event takes the node over, and the channel used longest ago goes.
         fill("newest", 2);
         assert_eq!((held("oldest"), held("older"), held("newer"), held("newest")), (0, 3, 2, 2));
         assert_eq!(evicted.get(), 1);
@@ -686,7 +702,7 @@ mod tests {
         fill("newer", 3);
         assert_eq!((held("oldest"), held("older"), held("newer"), held("newest")), (0, 0, 5, 2));
         assert_eq!(evicted.get(), 2);
-        assert!(kept.get() <= 8 * 1024, "{}", kept.get());
+        assert!(kept.get() <= i64::try_from(cost * 17 / 2).unwrap(), "{}", kept.get());
         let counted: usize = ["oldest", "older", "newer", "newest"]
             .iter()
             .map(|c| recovery.stream("app", c).unwrap().buffer.lock().unwrap().bytes)
