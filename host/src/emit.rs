@@ -11,9 +11,8 @@ use crate::{
     apps::App,
     cluster::{self, envelope::Control},
     ctx::Ctx,
-    plugins::DriverError,
-    protocol::{Broadcast, filter::Tags},
-    recovery::{Event, Record, Recovery},
+    protocol::Broadcast,
+    recovery::{Record, Recovery},
     telemetry::LogLimiter,
 };
 
@@ -61,11 +60,7 @@ pub(crate) async fn emit(
     }
     // The store gives the position; the other nodes and this one deliver in its order.
     // The frame is kept for a best-effort broadcast, should the store not take the event.
-    let plain = app.recovery.best_effort.then(|| Plain {
-        frame: text.clone(),
-        except: to.except.map(str::to_string),
-        tags: to.tags.cloned(),
-    });
+    let plain = app.recovery.best_effort.then(|| text.clone());
     // A store that writes to the bus's server publishes the event as it positions it: no
     // publish of ours after, and the bus carries the channel's events in serial order.
     let outgoing = recovery
@@ -82,53 +77,22 @@ pub(crate) async fn emit(
     // undelivered here (and, with a store that does not publish, on every other node). The
     // HTTP API runs such publishes on a task of their own, a client event is handled on its
     // connection's task, which never drops a message half-handled.
-    let appended = recovery.append(to.app, to.channel, record, outgoing).await;
-    position(ctx, recovery, (to.app, to.channel, to.compressible), appended, plain)
-}
-
-/// An event as it goes without a position, when the store did not take it and its app
-/// publishes best effort.
-struct Plain {
-    frame: String,
-    except: Option<String>,
-    tags: Option<Tags>,
-}
-
-/// Deliver an event the store `appended` (here, and to the other nodes if the store did not
-/// publish it), or, when it could not, broadcast it without a position if the app publishes
-/// best effort (`plain`).
-fn position(
-    ctx: &Ctx,
-    recovery: &Arc<Recovery>,
-    (app, channel, compressible): (&str, &str, bool),
-    appended: Result<Event, DriverError>,
-    plain: Option<Plain>,
-) -> Result<(), NotKept> {
-    match (appended, plain) {
+    match (recovery.append(to.app, to.channel, record, outgoing).await, plain) {
         (Ok(event), _) => {
             if !event.published {
-                let record = &event.record;
-                let to = Broadcast::to(app, channel)
-                    .except(record.except.as_deref())
-                    .tagged(record.tags.as_ref())
-                    .compressible(compressible);
-                ctx.adapter.broadcast_elsewhere(&to, &record.frame, event.bus_position());
+                ctx.adapter.broadcast_elsewhere(to, &event.record.frame, event.bus_position());
             }
-            recovery.deliver(app, channel, event);
+            recovery.deliver(to.app, to.channel, event);
             Ok(())
         }
         (Err(error), Some(plain)) => {
             static LOGGED: LogLimiter = LogLimiter::new();
             if LOGGED.allow() {
-                tracing::warn!(%error, channel, "The history store did not take an event; it went out without a position (the app publishes best effort), and the channel's resumes fail until its stream starts again.");
+                tracing::warn!(%error, channel = %to.channel, "The history store did not take an event; it went out without a position (the app publishes best effort), and the channel's resumes fail until its stream starts again.");
             }
             ctx.metrics.recovery_best_effort.inc();
-            degrade(ctx, recovery, app, channel);
-            let to = Broadcast::to(app, channel)
-                .except(plain.except.as_deref())
-                .tagged(plain.tags.as_ref())
-                .compressible(compressible);
-            ctx.adapter.broadcast(&to, &Utf8Bytes::from(plain.frame));
+            degrade(ctx, recovery, to.app, to.channel);
+            ctx.adapter.broadcast(to, &Utf8Bytes::from(plain));
             Ok(())
         }
         (Err(error), None) => {
@@ -136,7 +100,7 @@ fn position(
             // so (counted in `history_errors` and `history_backlog_refused`).
             static LOGGED: LogLimiter = LogLimiter::new();
             if LOGGED.allow() {
-                tracing::warn!(%error, channel, "An event was not published: the history store did not take it.");
+                tracing::warn!(%error, channel = %to.channel, "An event was not published: the history store did not take it.");
             }
             Err(NotKept)
         }

@@ -297,8 +297,9 @@ async fn keep_last(ctx: &Ctx, app: &App, name: &str, text: &str) -> Before {
     } else {
         Before::Unneeded
     };
-    let ttl = u64::try_from(ctx.settings.cache_ttl.as_millis()).unwrap_or(u64::MAX);
-    if let Err(error) = ctx.drivers.cache.set(&key, text.as_bytes().to_vec(), ttl).await {
+    if let Err(error) =
+        ctx.drivers.cache.set(&key, text.as_bytes().to_vec(), cache_ttl_ms(ctx)).await
+    {
         tracing::warn!(%error, channel = %name, "A cache channel's event could not be kept.");
     }
     before
@@ -309,15 +310,19 @@ async fn keep_last(ctx: &Ctx, app: &App, name: &str, text: &str) -> Before {
 /// channel in between is overwritten; the next one sets it right.)
 async fn restore_last(ctx: &Ctx, app: &App, name: &str, before: Before) {
     let key = cache_key(&app.id, name);
-    let ttl = u64::try_from(ctx.settings.cache_ttl.as_millis()).unwrap_or(u64::MAX);
     let restored = match before {
         Before::Unneeded => return,
-        Before::Held(Some(held)) => ctx.drivers.cache.set(&key, held, ttl).await,
+        Before::Held(Some(held)) => ctx.drivers.cache.set(&key, held, cache_ttl_ms(ctx)).await,
         Before::Held(None) => ctx.drivers.cache.delete(&key).await.map(|_| ()),
     };
     if let Err(error) = restored {
         tracing::warn!(%error, channel = %name, "A cache channel keeps an event that was not published: the cache did not take it back.");
     }
+}
+
+/// How long a cache channel keeps its last event, in milliseconds.
+fn cache_ttl_ms(ctx: &Ctx) -> u64 {
+    u64::try_from(ctx.settings.cache_ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Overload push-back: a trigger waits while most subscribers of a channel it names are behind
@@ -412,7 +417,7 @@ pub(crate) async fn publish_body(
     // out on a slow history store) and retries gets the first answer. Dropped with its
     // request, the publish would leave the key looking in progress for the whole window.
     let (ctx, app) = (ctx.clone(), app.clone());
-    let publish = tokio::spawn(async move {
+    to_its_end(async move {
         let settings = ctx.settings.idempotency.as_ref().expect("a key comes with settings");
         let claimed = match idempotency::claim(&ctx, settings, &app, &key).await? {
             Claim::Answered(answer) => return Ok(answer),
@@ -421,9 +426,17 @@ pub(crate) async fn publish_body(
         let answer = publish_checked(&ctx, &app, event).await;
         claimed.settle(&ctx, answer.as_ref().ok()).await;
         answer
-    });
-    publish.await.unwrap_or_else(|error| {
-        tracing::warn!(%error, "An idempotent publish ended without an answer.");
+    })
+    .await
+}
+
+/// Run `publish` on a task of its own, so that it ends whether or not its request still
+/// waits; its answer.
+async fn to_its_end<T: Send + 'static>(
+    publish: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(publish).await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "A publish ended without an answer.");
         Err(ApiError::unavailable("The publish ended without an answer").retry_after(1))
     })
 }
@@ -448,9 +461,9 @@ async fn publish_checked(
 /// several channels would reach only those before the drop, an event the store positioned
 /// would not be delivered here, and a cache channel could keep an event that never went out.
 /// So a publish that waits on the way (for the history store, a cache channel's write, or the
-/// other nodes' counts before a batch's next event) runs on a task of its own; one that does not cannot be cut short, and runs here without
-/// the task's cost. The answer of each event, as [`publish`] gives it; the first refusal ends
-/// the rest.
+/// other nodes' counts before a batch's next event) runs on a task of its own; one that does
+/// not cannot be cut short, and runs here without the task's cost. The answer of each event,
+/// as [`publish`] gives it; the first refusal ends the rest.
 async fn publish_whole(
     ctx: &Arc<Ctx>,
     app: &Arc<App>,
@@ -464,11 +477,7 @@ async fn publish_whole(
         return publish_all(ctx, app, &events).await;
     }
     let (ctx, app) = (ctx.clone(), app.clone());
-    let publish = tokio::spawn(async move { publish_all(&ctx, &app, &events).await });
-    publish.await.unwrap_or_else(|error| {
-        tracing::warn!(%error, "A publish ended without an answer.");
-        Err(ApiError::unavailable("The publish ended without an answer").retry_after(1))
-    })
+    to_its_end(async move { publish_all(&ctx, &app, &events).await }).await
 }
 
 async fn publish_all(
