@@ -211,7 +211,10 @@ async fn a_trigger_to_several_channels_is_finished_after_its_publisher_hangs_up(
 /// serial order, and the channel takes publishes again.
 #[tokio::test]
 async fn a_stalled_store_holds_a_bounded_backlog() {
-    let (redis, servers, app, mut v2) = behind_a_paused_store("backlog:", "", &["news"]).await;
+    // The subscriber's queue holds the whole backlog: the test reads it only once every
+    // publisher has its answer (past 1,000 frames, the default, the node would close it, 4100).
+    let queue = "[websocket]\nmax_messages = 4000\n";
+    let (redis, servers, app, mut v2) = behind_a_paused_store("backlog:", queue, &["news"]).await;
     let (held, refused) = (8 + 1024, 8);
     let api = Arc::new(Api::new(&servers[0].http_url(), &app));
     let publishers: Vec<_> = (0..held + refused)
