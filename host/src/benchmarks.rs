@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::{
     delta::{Algorithm, StreamSettings},
-    hub::{Closer, Conn, DeltaCounters, DeltaWish, Hub, Wants},
+    hub::{Closer, Conn, DeltaCounters, DeltaWish, Hub, SentCounters, Wants},
     protocol::{Broadcast, frames},
 };
 
@@ -27,7 +27,7 @@ fn quote(sym: &str, n: u32) -> String {
 /// If an algorithm is unknown or a delivery is missing.
 pub fn delta_ticker(subscribers: usize, events: u32, algorithm: Option<&str>) -> (f64, f64) {
     let algorithm = algorithm.map(|name| Algorithm::parse(name).expect("fossil or xdelta3"));
-    let hub = Hub::new(DeltaCounters::default());
+    let hub = Hub::new(DeltaCounters::default(), SentCounters::default());
     let settings = Arc::new(StreamSettings {
         conflation_key_path: Some(vec!["sym".into()]),
         ..StreamSettings::default()

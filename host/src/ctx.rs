@@ -17,7 +17,7 @@ use crate::{
     config::Settings,
     edge::Edge,
     feed::Feed,
-    hub::Hub,
+    hub::{Hub, SentCounters},
     metrics::Metrics,
     plugins::{Drivers, RateDecision, Retention},
     readiness::Readiness,
@@ -74,7 +74,12 @@ impl Ctx {
             None => Apps::new(settings.apps.clone()),
             Some(manager) => Apps::managed(manager.clone(), settings.app_records.clone(), &metrics),
         });
-        let adapter = Arc::new(Adapter::new(Arc::new(Hub::new(metrics.deltas.clone())), cluster));
+        let sent = SentCounters {
+            messages: metrics.ws_messages_sent.clone(),
+            bytes: metrics.ws_bytes_sent.clone(),
+        };
+        let hub = Hub::new(metrics.deltas.clone(), sent);
+        let adapter = Arc::new(Adapter::new(Arc::new(hub), cluster));
         let shutdown = CancellationToken::new();
         let webhooks = Webhooks::new(webhooks::Inputs {
             settings: settings.webhooks.clone(),

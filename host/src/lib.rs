@@ -47,6 +47,7 @@ pub(crate) mod server;
 pub mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod webhooks;
+pub(crate) mod wire;
 pub(crate) mod ws;
 
 pub use config::Settings;

@@ -74,8 +74,10 @@ pub(crate) async fn serve(
             }
             let builder = if peer.over_limit.is_some() { builders.1 } else { builders.0 };
             let client = peer.addr;
-            let exchange = Exchange { metrics, edge, builder, app, peer, stop };
+            let mut exchange = Exchange { metrics, edge, builder, app, peer, stop };
             let Some(acceptor) = tls else { return exchange.run(io).await };
+            // TLS needs its session for every byte: no broadcast writes the socket directly.
+            exchange.peer.plain = false;
             if !exchange.edge.allow_handshake(client.ip()) {
                 return;
             }

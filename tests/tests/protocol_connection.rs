@@ -117,7 +117,22 @@ async fn an_oversized_message_gets_an_error_and_a_close_code() {
 
 #[tokio::test]
 async fn a_client_that_cannot_keep_up_is_closed_with_4100() {
-    let server = Server::builder().config("[websocket]\nmax_messages = 8").start();
+    a_slow_client_is_closed("").await;
+}
+
+#[tokio::test]
+async fn a_client_that_cannot_keep_up_is_closed_with_4100_when_broadcasts_write_directly() {
+    a_slow_client_is_closed("direct_writes = true\n").await;
+}
+
+/// A subscriber that reads nothing is closed with 4100 once its queue is full. `websocket`:
+/// more of the section.
+async fn a_slow_client_is_closed(websocket: &str) {
+    // The publisher is not pushed back (a watermark of 99 % counts the queue as behind only
+    // when it is all but full): this is about the queue's bound, not the publisher's pace.
+    let config =
+        format!("[websocket]\nmax_messages = 8\n{websocket}[overload]\nwatermark_percent = 99");
+    let server = Server::builder().config(&config).start();
     let app = TestApp::main();
     let mut slow = Client::connect(&server.ws_url("key-1")).await;
     slow.subscribe(&app, "firehose").await;
@@ -138,4 +153,44 @@ async fn a_client_that_cannot_keep_up_is_closed_with_4100() {
     }
     assert!(closed, "the slow client was never disconnected");
     assert_eq!(slow.expect_close().await.0, 4100);
+}
+
+/// With direct writes, a burst larger than the socket's buffers is written in part by the
+/// broadcasts and in part by the connection's task: every frame arrives whole and in order,
+/// on a protocol-7 and a protocol-2 socket alike, and they are counted as sent.
+#[tokio::test]
+async fn direct_writes_deliver_a_burst_whole_and_in_order() {
+    let config =
+        "[websocket]\ndirect_writes = true\nmax_bytes = 0\n[overload]\nwatermark_percent = 99";
+    let server = Server::builder().config(config).start();
+    let app = TestApp::main();
+    let mut v7 = Client::connect(&server.ws_url("key-1")).await;
+    v7.subscribe(&app, "burst").await;
+    let mut v2 = Client::connect_v2(&url(&server, "key-1", "?protocol=2")).await;
+    v2.subscribe_v2(&app, "burst").await;
+    let api = sockhost_tests::pusher::Api::new(&server.http_url(), &app);
+    let sent_before = server.metric("sockhost_ws_messages_sent_total").await;
+    // Neither client reads until every publish has its answer: 7 MB each, more than the
+    // kernel's socket buffers take on loopback (4 MiB at most to send), so a direct write is
+    // taken in part and the frames behind it wait for the task.
+    let events = 120;
+    for n in 0..events {
+        let data = format!("{n}:{}", "y".repeat(60 * 1024));
+        let (status, body) = api.trigger(&["burst"], "seq", &data).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for client in [&mut v7, &mut v2] {
+        for n in 0..events {
+            let event = client.expect("seq").await;
+            let data = event["data"].as_str().unwrap();
+            let (seq, rest) = data.split_once(':').unwrap();
+            assert_eq!(seq, n.to_string(), "in order");
+            assert_eq!(rest.len(), 60 * 1024, "whole");
+        }
+    }
+    // Protocol frames sent directly are renamed for a protocol-2 socket too.
+    v2.send(json!({ "event": "sockudo:ping", "data": {} })).await;
+    v2.expect("sockudo:pong").await;
+    let sent = server.metric("sockhost_ws_messages_sent_total").await - sent_before;
+    assert!(sent >= f64::from(2 * events), "{sent} messages counted as sent");
 }

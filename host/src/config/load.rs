@@ -117,6 +117,7 @@ const ENV: &[(&str, &str, Kind)] = &[
     ("WEBSOCKET_MAX_MESSAGES", "websocket.max_messages", Kind::Int),
     ("WEBSOCKET_MAX_BYTES", "websocket.max_bytes", Kind::Int),
     ("WEBSOCKET_WRITE_TIMEOUT_MS", "websocket.write_timeout_ms", Kind::Int),
+    ("WEBSOCKET_DIRECT_WRITES", "websocket.direct_writes", Kind::Bool),
     ("WEBHOOK_MAX_QUEUED_PER_APP", "webhooks.max_queued_per_app", Kind::Int),
     ("WEBHOOK_MAX_EVENTS_PER_SECOND_PER_APP", "webhooks.max_events_per_second_per_app", Kind::Int),
     ("CHANNEL_LIMITS_MAX_PER_CONNECTION", "channel_limits.max_per_connection", Kind::Int),

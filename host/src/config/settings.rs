@@ -92,6 +92,9 @@ pub struct EdgeSettings {
     pub max_connections_per_ip: usize,
     /// Plain HTTP connections per client address beside its WebSockets; 0 = unlimited.
     pub max_http_connections_per_ip: usize,
+    /// Broadcasts may write to a plain-TCP WebSocket themselves (`websocket.direct_writes`):
+    /// its stream is then shared behind a lock.
+    pub direct_writes: bool,
     /// Peers whose word on the client's address is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Every connection starts with a PROXY protocol header.
@@ -853,6 +856,7 @@ fn edge_settings(config: &Config, errors: &mut Vec<ConfigError>) -> EdgeSettings
             .then(|| to_usize(config.edge.max_connections)),
         max_connections_per_ip: to_usize(config.edge.max_connections_per_ip),
         max_http_connections_per_ip: to_usize(config.edge.max_http_connections_per_ip),
+        direct_writes: config.websocket.direct_writes,
         trusted_proxies,
         proxy_protocol: config.edge.proxy_protocol,
         max_tls_handshakes_per_ip_per_second: u32::try_from(

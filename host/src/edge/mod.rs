@@ -22,7 +22,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -36,6 +36,7 @@ use tokio::{
 
 use crate::{
     address_counts::AddressCounts, config::EdgeSettings, metrics::Metrics, telemetry::LogLimiter,
+    wire::Wire,
 };
 
 mod proxy;
@@ -70,26 +71,6 @@ impl OverLimit {
     }
 }
 
-/// How many bytes the client has accepted, for the write deadline: a counter, not a clock,
-/// because it moves on every write of every connection and reading a clock there costs.
-#[derive(Debug, Default)]
-pub(crate) struct Progress {
-    written: AtomicU64,
-}
-
-impl Progress {
-    fn wrote(&self, n: usize) {
-        // One writer (the connection's task or hyper's), so no read-modify-write is needed.
-        let total = self.written.load(Ordering::Relaxed).wrapping_add(n as u64);
-        self.written.store(total, Ordering::Relaxed);
-    }
-
-    /// Bytes the client has accepted so far.
-    pub(crate) fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
-    }
-}
-
 /// What a request knows of its connection (a request extension).
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
@@ -98,8 +79,11 @@ pub(crate) struct Peer {
     pub addr: SocketAddr,
     /// Set when the connection is over a limit and must be refused.
     pub over_limit: Option<OverLimit>,
-    /// Write progress of the connection.
-    pub progress: Arc<Progress>,
+    /// The connection's stream and write progress.
+    pub wire: Arc<Wire>,
+    /// The stream is shared in the wire and a WebSocket on it is the TCP stream itself (no TLS
+    /// between), so a broadcast may write to it directly.
+    pub plain: bool,
 }
 
 /// Bounds of a listener beside the main one (metrics, admin): a handful of scrapers and
@@ -152,6 +136,7 @@ impl Edge {
             max_connections_per_ip: BESIDE_MAX_PER_IP,
             max_http_connections_per_ip: BESIDE_MAX_PER_IP,
             proxy_protocol: false,
+            direct_writes: false,
             ..settings.clone()
         };
         Self::build(settings, Some(BESIDE_MAX_CONNECTIONS), Gauge::default(), metrics, true)
@@ -337,14 +322,16 @@ impl Edge {
             }
         }
         let over_address = self.attribute(&mut ticket, addr.ip());
-        let progress = Arc::new(Progress::default());
-        let io = EdgeIo {
-            stream: Some(stream),
-            prefix,
-            ticket: Some(ticket),
-            progress: progress.clone(),
+        // Shared only where broadcasts may write to it: the lock costs every read and write.
+        let plain = self.settings.direct_writes;
+        let (stream, wire) = if plain {
+            (None, Arc::new(Wire::shared(stream)))
+        } else {
+            (Some(stream), Arc::new(Wire::default()))
         };
-        Some((io, Peer { addr, over_limit: over_node.or(over_address), progress }))
+        let io = EdgeIo { stream, wire: wire.clone(), prefix, ticket: Some(ticket) };
+        let over_limit = over_node.or(over_address);
+        Some((io, Peer { addr, over_limit, wire, plain }))
     }
 }
 
@@ -393,15 +380,12 @@ fn release(counts: &Mutex<HashMap<IpAddr, usize>>, ip: IpAddr) {
 /// An accepted TCP stream that records write progress and lingers when dropped.
 #[derive(Debug)]
 pub(crate) struct EdgeIo {
+    /// The stream, when it is the connection's alone; otherwise it is in the wire.
     stream: Option<TcpStream>,
+    wire: Arc<Wire>,
     /// Bytes read with a PROXY header that belong to the request, served before the stream's.
     prefix: Vec<u8>,
     ticket: Option<Ticket>,
-    progress: Arc<Progress>,
-}
-
-fn gone() -> io::Error {
-    io::Error::from(io::ErrorKind::NotConnected)
 }
 
 impl AsyncRead for EdgeIo {
@@ -418,7 +402,7 @@ impl AsyncRead for EdgeIo {
         }
         match self.stream.as_mut() {
             Some(stream) => Pin::new(stream).poll_read(cx, buf),
-            None => Poll::Ready(Err(gone())),
+            None => self.wire.poll_read(cx, buf),
         }
     }
 }
@@ -429,10 +413,11 @@ impl AsyncWrite for EdgeIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let Some(stream) = self.stream.as_mut() else { return Poll::Ready(Err(gone())) };
+        let this = &mut *self;
+        let Some(stream) = this.stream.as_mut() else { return this.wire.poll_write(cx, buf) };
         let written = Pin::new(stream).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = written {
-            self.progress.wrote(n);
+            this.wire.wrote(n);
         }
         written
     }
@@ -442,10 +427,15 @@ impl AsyncWrite for EdgeIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let Some(stream) = self.stream.as_mut() else { return Poll::Ready(Err(gone())) };
+        let this = &mut *self;
+        let Some(stream) = this.stream.as_mut() else {
+            // Whole buffers only on a shared stream: one at a time.
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+            return this.wire.poll_write(cx, first);
+        };
         let written = Pin::new(stream).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = written {
-            self.progress.wrote(n);
+            this.wire.wrote(n);
         }
         written
     }
@@ -457,28 +447,31 @@ impl AsyncWrite for EdgeIo {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.stream.as_mut() {
             Some(stream) => Pin::new(stream).poll_flush(cx),
-            None => Poll::Ready(Err(gone())),
+            None => self.wire.poll_flush(cx),
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.stream.as_mut() {
             Some(stream) => Pin::new(stream).poll_shutdown(cx),
-            None => Poll::Ready(Ok(())),
+            None => self.wire.poll_shutdown(cx),
         }
     }
 }
 
 impl Drop for EdgeIo {
     fn drop(&mut self) {
-        let (Some(stream), Some(ticket)) = (self.stream.take(), self.ticket.take()) else {
+        // Taken out of the wire first, so that no broadcast writes to the descriptor once it
+        // may belong to another connection.
+        let stream = self.stream.take().or_else(|| self.wire.take());
+        let (Some(stream), Some(ticket)) = (stream, self.ticket.take()) else {
             return;
         };
         let edge = ticket.edge.clone();
         let linger = edge.settings.linger;
         // Lingering is for an answer the client may not have read yet; a connection that was
         // never answered (a slow request head) closes at once and frees its descriptor.
-        if linger.is_zero() || self.progress.written() == 0 {
+        if linger.is_zero() || self.wire.written() == 0 {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };

@@ -9,8 +9,8 @@ use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 
 use super::{
-    Channel, ChannelFull, Conn, Delivery, DeltaWish, Filtered, Hub, Join, Member, Positioned,
-    SocketId, Subscribed, Unsubscribed, Wants, is_congested,
+    Channel, ChannelFull, Claims, Conn, Delivery, DeltaWish, Filtered, Hub, Join, Member,
+    Positioned, SocketId, Subscribed, Unsubscribed, Wants, is_congested,
 };
 use crate::{delta::Deltas, protocol::Broadcast};
 
@@ -214,6 +214,9 @@ impl Hub {
         // subscriber that came or went in between is harmless: it joined after the event or
         // left before it. The copies are held until delivery is over, so no group's key (the
         // filter's address) can be reused by another filter meanwhile.
+        // Declared before the lock's guard: the claimed sockets are written once it is let go,
+        // and on the way out of a broadcast cut short.
+        let mut claims = Claims::default();
         let mut channels = app.channels.read().expect("hub lock");
         let mut passed = Vec::new();
         if let Some(tags) = tags {
@@ -249,9 +252,14 @@ impl Hub {
                 Some(positioned) if conn.wants_positions() => positioned,
                 _ => frame,
             };
-            if let Delivery::Queued { behind: b } = conn.deliver(own.as_ref().unwrap_or(plain)) {
-                sent += 1;
-                behind += usize::from(b);
+            let frame = own.as_ref().unwrap_or(plain);
+            match conn.deliver_into(frame, &mut claims) {
+                Delivery::Queued { behind: b } => {
+                    sent += 1;
+                    behind += usize::from(b);
+                }
+                Delivery::Claimed => sent += 1,
+                Delivery::Refused => {}
             }
         };
         match (&entry.filtered, tags) {
@@ -269,6 +277,13 @@ impl Hub {
         let congested = is_congested(behind, sent);
         if entry.congested.load(Ordering::Relaxed) != congested {
             entry.congested.store(congested, Ordering::Relaxed);
+        }
+        drop(deltas);
+        drop(channels);
+        let written = claims.write();
+        if written.frames > 0 {
+            self.sent_counters.messages.inc_by(written.frames);
+            self.sent_counters.bytes.inc_by(written.bytes);
         }
         sent
     }

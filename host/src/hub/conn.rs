@@ -4,6 +4,11 @@
 //! block of slots (about 1.5 KB) from its creation for as long as the connection lives, while
 //! this queue holds nothing once its task has taken every frame, which is the state of almost
 //! every connection almost all the time.
+//!
+//! A broadcast may also write a frame to the socket itself (`direct.rs`) when the queue was
+//! empty and the task is not writing: the frame is queued and claimed under the hub's lock,
+//! then written once the broadcast has let go of it, in queue order, so the socket sees the
+//! same order either way.
 
 use std::{
     collections::VecDeque,
@@ -19,7 +24,14 @@ use axum::extract::ws::Utf8Bytes;
 use futures_util::task::{ArcWake, AtomicWaker};
 
 use super::SocketId;
-use crate::protocol::codes;
+use crate::{
+    protocol::{codes, frames::Dialect},
+    wire::Wire,
+};
+
+mod direct;
+
+pub(crate) use direct::Claims;
 
 /// The frames waiting for the connection's task.
 #[derive(Debug, Default)]
@@ -27,6 +39,14 @@ struct Queue {
     frames: VecDeque<Utf8Bytes>,
     /// The task is gone: frames are refused rather than held for nobody.
     closed: bool,
+    /// The task has taken frames it has not finished writing, or has stopped writing frames
+    /// for good (it is closing): no broadcast may write ahead of it.
+    held: bool,
+    /// A broadcast will write the queued frames itself once it has let go of the hub's lock:
+    /// the task leaves them.
+    claimed: bool,
+    /// A direct write left bytes the socket did not take at once: the task flushes them.
+    flush: bool,
 }
 
 /// A connection's state shared between its task and the hub: its queue, why it is being
@@ -60,12 +80,19 @@ pub(crate) struct Closer {
     behind_bytes: usize,
     /// Below this many free places in the queue the connection counts as behind.
     behind_free: usize,
+    /// The socket and the connection's dialect, when a broadcast may write to it directly.
+    direct: Option<(Arc<Wire>, Dialect)>,
 }
 
 impl Closer {
     /// A closer for a queue of `max_frames` frames and `max_bytes` bytes (0 = no byte bound),
     /// which counts as behind when fuller than `watermark_percent`.
-    fn new(max_frames: usize, max_bytes: usize, watermark_percent: u8) -> Self {
+    fn new(
+        max_frames: usize,
+        max_bytes: usize,
+        watermark_percent: u8,
+        direct: Option<(Arc<Wire>, Dialect)>,
+    ) -> Self {
         let max_frames = max_frames.max(1);
         let free = 100 - usize::from(watermark_percent.min(99));
         // Small frames fill at most a quarter of the byte bound, counted ones the rest.
@@ -87,6 +114,7 @@ impl Closer {
             // So that the task's first turn polls (and so registers with) every event source.
             stirred: AtomicBool::new(true),
             queued_bytes: AtomicUsize::new(0),
+            direct,
         }
     }
 
@@ -96,7 +124,21 @@ impl Closer {
         max_bytes: usize,
         watermark_percent: u8,
     ) -> (Arc<Self>, Outbound) {
-        let closer = Arc::new(Self::new(max_frames, max_bytes, watermark_percent));
+        Self::open_on(max_frames, max_bytes, watermark_percent, None)
+    }
+
+    /// [`Closer::open`] for a connection whose socket broadcasts may write directly (`direct`:
+    /// its wire, put in direct mode here, and its dialect).
+    pub(crate) fn open_on(
+        max_frames: usize,
+        max_bytes: usize,
+        watermark_percent: u8,
+        direct: Option<(Arc<Wire>, Dialect)>,
+    ) -> (Arc<Self>, Outbound) {
+        if let Some((wire, _)) = &direct {
+            wire.go_direct();
+        }
+        let closer = Arc::new(Self::new(max_frames, max_bytes, watermark_percent, direct));
         (closer.clone(), Outbound { closer })
     }
 
@@ -177,6 +219,8 @@ pub(crate) enum Next {
     },
     /// Poll the rare events, with [`Outbound::rare_waker`].
     Stirred,
+    /// Flush what a direct write left in the socket's buffer.
+    Flush,
 }
 
 /// The receiving end of a connection's queue, owned by its task. Dropping it closes the queue.
@@ -217,6 +261,16 @@ impl Outbound {
     pub(crate) fn try_recv(&mut self) -> Option<Utf8Bytes> {
         take_frame(&mut self.closer.lock())
     }
+
+    /// What the task took is written (or flushed): broadcasts may write directly again.
+    pub(crate) fn written(&mut self) {
+        self.closer.lock().held = false;
+    }
+
+    /// The task writes no more frames (it is closing): no broadcast writes after its last.
+    pub(crate) fn stop_writing(&mut self) {
+        self.closer.lock().held = true;
+    }
 }
 
 /// What the task has to do, if anything (see [`Outbound::next`]).
@@ -230,7 +284,16 @@ fn look(closer: &Closer, queue: &mut Queue, frames_first: bool) -> Option<Next> 
     if !frames_first && stirred() {
         return Some(Next::Stirred);
     }
-    if let Some(frame) = take_frame(queue) {
+    if queue.flush {
+        queue.flush = false;
+        queue.held = true;
+        return Some(Next::Flush);
+    }
+    // Claimed frames are the claiming broadcast's to write (it wakes the task for any left).
+    if !queue.claimed
+        && let Some(frame) = take_frame(queue)
+    {
+        queue.held = true;
         // Whether to look for more is known here, without locking again to find none.
         return Some(Next::Frame { frame, more: !queue.frames.is_empty() });
     }
@@ -269,6 +332,8 @@ pub(crate) enum Delivery {
     /// Not enqueued: the queue was full (the connection is being closed with 4100) or the
     /// connection is gone.
     Refused,
+    /// Enqueued and claimed: the broadcast writes it itself (see [`Claims`]).
+    Claimed,
 }
 
 /// What the hub holds of a connection: its id and its closer (which holds its queue).
@@ -306,6 +371,17 @@ impl Conn {
 
     /// [`Conn::send`], also telling whether the queue is above the congestion watermark.
     pub(crate) fn deliver(&self, frame: &Utf8Bytes) -> Delivery {
+        self.enqueue(frame, None)
+    }
+
+    /// [`Conn::deliver`] from a broadcast, which writes the frame itself when the socket is
+    /// idle: then the connection is put in `claims`, to be written once the broadcast lets go
+    /// of the hub's lock (a socket's write is not made under it).
+    pub(crate) fn deliver_into(&self, frame: &Utf8Bytes, claims: &mut Claims) -> Delivery {
+        self.enqueue(frame, Some(claims))
+    }
+
+    fn enqueue(&self, frame: &Utf8Bytes, claims: Option<&mut Claims>) -> Delivery {
         let closer = &*self.closer;
         let len = if closer.counts(frame.len()) { frame.len() } else { 0 };
         let mut queued = 0;
@@ -329,6 +405,16 @@ impl Conn {
             return Delivery::Refused;
         }
         queue.frames.push_back(frame.clone());
+        if let Some(claims) = claims
+            && waiting == 0
+            && !queue.held
+            && self.closer.direct.is_some()
+        {
+            queue.claimed = true;
+            drop(queue);
+            claims.push(self.closer.clone());
+            return Delivery::Claimed;
+        }
         drop(queue);
         // The task only sleeps on an empty queue: a frame joining others needs no wake-up.
         if waiting == 0 {

@@ -33,7 +33,7 @@ mod snapshot;
 mod tests;
 mod users;
 
-pub(crate) use conn::{Closer, Conn, Delivery, Next, Outbound};
+pub(crate) use conn::{Claims, Closer, Conn, Delivery, Next, Outbound};
 use filtered::Filtered;
 
 /// A presence member: one user, possibly on several connections.
@@ -163,19 +163,32 @@ pub(crate) struct DeltaCounters {
     pub saved_bytes: Counter,
 }
 
+/// What broadcasts wrote to sockets themselves, for the metrics (the connections' tasks count
+/// what they write).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SentCounters {
+    /// WebSocket messages.
+    pub messages: Counter,
+    /// Their bytes.
+    pub bytes: Counter,
+}
+
 /// This node's sockets and subscriptions, by app.
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
     apps: RwLock<HashMap<String, Arc<AppHub>>>,
     delta_counters: DeltaCounters,
+    sent_counters: SentCounters,
     /// The node's distinct tag filters, each held once.
     filters: Interner,
 }
 
 impl Hub {
-    /// An empty hub counting its deltas in `delta_counters`.
-    pub(crate) fn new(delta_counters: DeltaCounters) -> Self {
-        Self { apps: RwLock::default(), delta_counters, filters: Interner::default() }
+    /// An empty hub counting its deltas in `delta_counters`, and the frames its broadcasts
+    /// write themselves in `sent_counters`.
+    pub(crate) fn new(delta_counters: DeltaCounters, sent_counters: SentCounters) -> Self {
+        let filters = Interner::default();
+        Self { apps: RwLock::default(), delta_counters, sent_counters, filters }
     }
 
     /// The node's shared copy of `filter`: subscriptions pass it in [`Wants`], so that equal

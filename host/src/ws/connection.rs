@@ -173,7 +173,7 @@ pub(super) fn run(
             }
         };
 
-        let (conn, mut outbound, closer) = open(&ctx, &app, dialect);
+        let (conn, mut outbound, closer) = open(&ctx, &app, dialect, peer.as_ref());
         // Boxed: most of its 360 bytes are maps an idle connection leaves empty, and in the box
         // they do not push the connection's future into a larger allocation size class.
         let mut session = Box::new(Session::new(ctx.clone(), app.clone(), conn.clone(), echo));
@@ -196,38 +196,28 @@ pub(super) fn run(
         let end = loop {
             let next = outbound.next(frames_first).await;
             frames_first = matches!(next, Next::Stirred);
+            let watch = Watch {
+                stops: &mut stops,
+                keepalive: &mut keepalive,
+                signed_in: session.signed_in(),
+            };
+            let on = (&conn, &*closer, peer.as_ref(), &*ctx);
             match next {
                 Next::Close(code) => break End::Close(code),
                 Next::Frame { frame, more } => {
                     let batch = Batch { first: frame, more };
                     let write =
                         write_batch(&mut socket, dialect, batch, &mut outbound, &ctx, &closer);
-                    tokio::pin!(write);
-                    let ended = match write.as_mut().now_or_never() {
-                        Some(written) => written.is_err().then_some(End::Gone),
-                        None => {
-                            let watch = Watch {
-                                stops: &mut stops,
-                                keepalive: &mut keepalive,
-                                signed_in: session.signed_in(),
-                            };
-                            let ended = Box::pin(finish_write(
-                                write,
-                                watch,
-                                &conn,
-                                &closer,
-                                peer.as_ref(),
-                                &ctx,
-                            ))
-                            .await;
-                            // The timers and stops were polled with the task's own waker.
-                            closer.restir();
-                            ended
-                        }
-                    };
-                    if let Some(end) = ended {
+                    if let Some(end) = drive(write, watch, on).await {
                         break end;
                     }
+                    outbound.written();
+                }
+                Next::Flush => {
+                    if let Some(end) = drive(socket.flush(), watch, on).await {
+                        break end;
+                    }
+                    outbound.written();
                 }
                 Next::Stirred => {
                     let message = {
@@ -258,6 +248,8 @@ pub(super) fn run(
             }
         };
 
+        // Nothing is written after the close frame, not even by a broadcast.
+        outbound.stop_writing();
         if let End::Close(code) = end {
             Box::pin(close_with(&mut socket, dialect, patience, code, &ctx)).await;
         }
@@ -326,6 +318,26 @@ impl<'a> Stops<'a> {
     }
 }
 
+/// Write with `write`, which usually completes at once; when the client does not take it,
+/// wait for it while the connection's timers and stops still run (see [`finish_write`]).
+/// `None` once written.
+async fn drive(
+    write: impl Future<Output = Result<(), axum::Error>>,
+    watch: Watch<'_, '_>,
+    (conn, closer, peer, ctx): (&Conn, &Closer, Option<&Peer>, &Ctx),
+) -> Option<End> {
+    tokio::pin!(write);
+    match write.as_mut().now_or_never() {
+        Some(written) => written.is_err().then_some(End::Gone),
+        None => {
+            let ended = Box::pin(finish_write(write, watch, conn, closer, peer, ctx)).await;
+            // The timers and stops were polled with the task's own waker.
+            closer.restir();
+            ended
+        }
+    }
+}
+
 /// What still runs while a write is blocked.
 struct Watch<'w, 'a> {
     stops: &'w mut Stops<'a>,
@@ -346,7 +358,7 @@ async fn finish_write(
 ) -> Option<End> {
     let Watch { stops, keepalive, signed_in } = watch;
     let write_timeout = ctx.settings.ws_write_timeout;
-    let mut seen = peer.map(|p| p.progress.written());
+    let mut seen = peer.map(|p| p.wire.written());
     let stall = tokio::time::sleep(write_timeout);
     tokio::pin!(stall);
     loop {
@@ -360,7 +372,7 @@ async fn finish_write(
                 }
             }
             () = &mut stall => {
-                let now = peer.map(|p| p.progress.written());
+                let now = peer.map(|p| p.wire.written());
                 if now == seen {
                     Metrics::count(&ctx.metrics.edge_timeouts, "kind", "write");
                     return Some(End::Close(codes::OVER_CAPACITY));
@@ -407,15 +419,23 @@ enum End {
 
 /// An admitted connection's socket id (recorded in its span), queue and closer, counted, with
 /// `connection_established` enqueued first.
-fn open(ctx: &Ctx, app: &App, dialect: Dialect) -> (Conn, Outbound, Arc<Closer>) {
+fn open(
+    ctx: &Ctx,
+    app: &App,
+    dialect: Dialect,
+    peer: Option<&Peer>,
+) -> (Conn, Outbound, Arc<Closer>) {
     let socket_id = ctx.next_socket_id();
     let span = tracing::Span::current();
     span.record("app", app.id.as_str());
     span.record("socket_id", socket_id.as_str());
-    let (closer, outbound) = Closer::open(
+    // Broadcasts write to the socket directly only over plain TCP (TLS needs its session).
+    let direct = peer.filter(|p| p.plain).map(|p| (p.wire.clone(), dialect));
+    let (closer, outbound) = Closer::open_on(
         ctx.settings.ws_max_queued_messages,
         ctx.settings.ws_max_queued_bytes,
         ctx.settings.overload.watermark_percent,
+        direct,
     );
     // Protocol-2 sockets get app events with their recovery position, as Sockudo sends them;
     // protocol-7 ones too when the app asks (pusher-js with the recovery helper). Not for an

@@ -1,0 +1,139 @@
+//! A broadcast writes to idle sockets itself.
+//!
+//! Waking a connection's task for one frame costs more than the frame's write: the wake-up, the
+//! task's turn on another thread, the copy into tungstenite's buffer. So a broadcast that finds
+//! a socket idle (its queue was empty and its task is not writing) claims the queued frame, and
+//! once it has let go of the hub's lock writes it with one non-blocking `writev` (the header
+//! formatted by tungstenite, the shared frame bytes as they are). Only what the socket does not
+//! take at once is left to the task: the rest of a frame (in the wire's buffer, flushed first)
+//! or the frames behind it (in the queue). Order, the queue's bounds, the write deadline and the
+//! overload policy are the task's as before.
+
+use std::{io::IoSlice, sync::Arc};
+
+use tokio_tungstenite::tungstenite::protocol::frame::{
+    FrameHeader,
+    coding::{Data, OpCode},
+};
+
+use super::{Closer, take_frame};
+use crate::wire::Direct;
+
+/// Frames one direct write takes at most.
+const MAX_FRAMES: usize = 16;
+/// Bytes one direct write takes at most (past the first frame): what it leaves in the wire's
+/// buffer is bounded by this and one frame.
+const MAX_BYTES: usize = 64 * 1024;
+/// The longest header of a frame from the server (not masked).
+const HEADER_BYTES: usize = 10;
+/// The connections a broadcast claimed, written when it is dropped at the latest.
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    closers: Vec<Arc<Closer>>,
+}
+
+/// What direct writes handed to sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Sent {
+    /// Frames.
+    pub frames: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl Claims {
+    pub(super) fn push(&mut self, closer: Arc<Closer>) {
+        self.closers.push(closer);
+    }
+
+    /// Write every claimed connection's frames (called with no lock of the hub held).
+    pub(crate) fn write(&mut self) -> Sent {
+        let mut sent = Sent::default();
+        for closer in self.closers.drain(..) {
+            let one = closer.write_claimed();
+            sent.frames += one.frames;
+            sent.bytes += one.bytes;
+        }
+        sent
+    }
+}
+
+impl Drop for Claims {
+    /// A broadcast cut short (a panic) still gives its claims back: a claimed queue is written
+    /// by nobody else.
+    fn drop(&mut self) {
+        self.write();
+    }
+}
+
+impl Closer {
+    /// Write the claimed frames at the head of the queue; what the socket does not take is left
+    /// to the task, which is woken for it.
+    fn write_claimed(&self) -> Sent {
+        // Held for the write: the task cannot take frames or write its close in between.
+        let mut queue = self.lock();
+        queue.claimed = false;
+        let wire = match &self.direct {
+            Some((wire, dialect)) if !queue.closed && !queue.held && self.requested().is_none() => {
+                Some((wire, *dialect))
+            }
+            _ => None,
+        };
+        let Some((wire, dialect)) = wire.filter(|_| !queue.frames.is_empty()) else {
+            if !queue.frames.is_empty() {
+                self.waker.wake();
+            }
+            return Sent::default();
+        };
+        let mut count = 0;
+        let mut bytes = 0;
+        for frame in queue.frames.iter().take(MAX_FRAMES) {
+            if count > 0 && bytes + frame.len() > MAX_BYTES {
+                break;
+            }
+            count += 1;
+            bytes += frame.len();
+        }
+        let renamed: [Option<String>; MAX_FRAMES] = std::array::from_fn(|i| {
+            queue.frames.get(i).filter(|_| i < count).and_then(|f| dialect.rename(f.as_str()))
+        });
+        let mut headers = [[0u8; HEADER_BYTES]; MAX_FRAMES];
+        let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
+        let mut slices = [IoSlice::new(&[]); 2 * MAX_FRAMES];
+        let mut lens = [0usize; MAX_FRAMES];
+        for (i, frame) in queue.frames.iter().take(count).enumerate() {
+            let payload = renamed[i].as_deref().unwrap_or(frame.as_str()).len() as u64;
+            lens[i] = header.len(payload);
+            // A header fits its 10 bytes: formatting into them cannot fail.
+            let _ = header.format(payload, &mut &mut headers[i][..]);
+        }
+        let taken = {
+            for (i, frame) in queue.frames.iter().take(count).enumerate() {
+                let payload = renamed[i].as_deref().unwrap_or(frame.as_str());
+                slices[2 * i] = IoSlice::new(&headers[i][..lens[i]]);
+                slices[2 * i + 1] = IoSlice::new(payload.as_bytes());
+            }
+            wire.write_direct(&slices[..2 * count])
+        };
+        let Direct::Taken { left } = taken else {
+            self.waker.wake();
+            return Sent::default();
+        };
+        let mut counted = 0;
+        for _ in 0..count {
+            if let Some(frame) = take_frame(&mut queue)
+                && self.counts(frame.len())
+            {
+                counted += frame.len();
+            }
+        }
+        self.dequeued(counted);
+        if left > 0 {
+            queue.flush = true;
+        }
+        if left > 0 || !queue.frames.is_empty() {
+            self.waker.wake();
+        }
+        Sent { frames: count as u64, bytes: bytes as u64 }
+    }
+}
