@@ -77,7 +77,7 @@ pub(crate) async fn serve(
             let mut exchange = Exchange { metrics, edge, builder, app, peer, stop };
             let Some(acceptor) = tls else { return exchange.run(io).await };
             // TLS needs its session for every byte: no broadcast writes the socket directly.
-            exchange.peer.plain = false;
+            exchange.peer.wire = None;
             if !exchange.edge.allow_handshake(client.ip()) {
                 return;
             }

@@ -14,7 +14,7 @@ use std::{
     io::{self, IoSlice},
     pin::Pin,
     sync::{
-        Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -54,20 +54,40 @@ pub(crate) enum Direct {
     NotNow,
 }
 
-/// A connection's stream and its write progress.
+/// How many bytes the client has accepted, for the write deadline: a counter, not a clock,
+/// because it moves on every write of every connection and reading a clock there costs.
 #[derive(Debug, Default)]
-pub(crate) struct Wire {
-    state: Mutex<State>,
-    /// Bytes the client has accepted so far, for the write deadline: a counter, not a clock,
-    /// because it moves on every write of every connection and reading a clock there costs.
+pub(crate) struct Progress {
     written: AtomicU64,
 }
 
+impl Progress {
+    /// Called by the stream's one writer at a time (under the wire's lock when it is shared),
+    /// so no read-modify-write is needed.
+    pub(crate) fn wrote(&self, n: usize) {
+        let total = self.written.load(Ordering::Relaxed).wrapping_add(n as u64);
+        self.written.store(total, Ordering::Relaxed);
+    }
+
+    /// Bytes the client has accepted so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection's stream, shared.
+#[derive(Debug)]
+pub(crate) struct Wire {
+    state: Mutex<State>,
+    progress: Arc<Progress>,
+}
+
 impl Wire {
-    /// A wire holding the connection's stream, for broadcasts to write to.
-    pub(crate) fn shared(stream: TcpStream) -> Self {
+    /// A wire holding the connection's stream, for broadcasts to write to; what is written
+    /// is counted in `progress`.
+    pub(crate) fn shared(stream: TcpStream, progress: Arc<Progress>) -> Self {
         let state = State { stream: Some(stream), ..State::default() };
-        Self { state: Mutex::new(state), written: AtomicU64::new(0) }
+        Self { state: Mutex::new(state), progress }
     }
 
     /// The state; a panic elsewhere while it was held leaves it usable (what was written is
@@ -76,16 +96,8 @@ impl Wire {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Bytes the client has accepted so far.
-    pub(crate) fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
-    }
-
-    /// Called by the stream's one writer at a time (under the lock when it is shared), so no
-    /// read-modify-write is needed.
-    pub(crate) fn wrote(&self, n: usize) {
-        let total = self.written.load(Ordering::Relaxed).wrapping_add(n as u64);
-        self.written.store(total, Ordering::Relaxed);
+    fn wrote(&self, n: usize) {
+        self.progress.wrote(n);
     }
 
     /// From now on writes are taken whole, and [`Wire::write_direct`] may write. Only for a

@@ -35,8 +35,11 @@ use tokio::{
 };
 
 use crate::{
-    address_counts::AddressCounts, config::EdgeSettings, metrics::Metrics, telemetry::LogLimiter,
-    wire::Wire,
+    address_counts::AddressCounts,
+    config::EdgeSettings,
+    metrics::Metrics,
+    telemetry::LogLimiter,
+    wire::{Progress, Wire},
 };
 
 mod proxy;
@@ -79,11 +82,11 @@ pub(crate) struct Peer {
     pub addr: SocketAddr,
     /// Set when the connection is over a limit and must be refused.
     pub over_limit: Option<OverLimit>,
-    /// The connection's stream and write progress.
-    pub wire: Arc<Wire>,
-    /// The stream is shared in the wire and a WebSocket on it is the TCP stream itself (no TLS
-    /// between), so a broadcast may write to it directly.
-    pub plain: bool,
+    /// Write progress of the connection.
+    pub progress: Arc<Progress>,
+    /// The stream, shared, when a WebSocket on it is the TCP stream itself (no TLS between)
+    /// and broadcasts may write to it directly (`websocket.direct_writes`).
+    pub wire: Option<Arc<Wire>>,
 }
 
 /// Bounds of a listener beside the main one (metrics, admin): a handful of scrapers and
@@ -323,15 +326,21 @@ impl Edge {
         }
         let over_address = self.attribute(&mut ticket, addr.ip());
         // Shared only where broadcasts may write to it: the lock costs every read and write.
-        let plain = self.settings.direct_writes;
-        let (stream, wire) = if plain {
-            (None, Arc::new(Wire::shared(stream)))
+        let progress = Arc::new(Progress::default());
+        let (stream, wire) = if self.settings.direct_writes {
+            (None, Some(Arc::new(Wire::shared(stream, progress.clone()))))
         } else {
-            (Some(stream), Arc::new(Wire::default()))
+            (Some(stream), None)
         };
-        let io = EdgeIo { stream, wire: wire.clone(), prefix, ticket: Some(ticket) };
+        let io = EdgeIo {
+            stream,
+            wire: wire.clone(),
+            prefix,
+            ticket: Some(ticket),
+            progress: progress.clone(),
+        };
         let over_limit = over_node.or(over_address);
-        Some((io, Peer { addr, over_limit, wire, plain }))
+        Some((io, Peer { addr, over_limit, progress, wire }))
     }
 }
 
@@ -382,10 +391,15 @@ fn release(counts: &Mutex<HashMap<IpAddr, usize>>, ip: IpAddr) {
 pub(crate) struct EdgeIo {
     /// The stream, when it is the connection's alone; otherwise it is in the wire.
     stream: Option<TcpStream>,
-    wire: Arc<Wire>,
+    wire: Option<Arc<Wire>>,
+    progress: Arc<Progress>,
     /// Bytes read with a PROXY header that belong to the request, served before the stream's.
     prefix: Vec<u8>,
     ticket: Option<Ticket>,
+}
+
+fn gone() -> io::Error {
+    io::Error::from(io::ErrorKind::NotConnected)
 }
 
 impl AsyncRead for EdgeIo {
@@ -400,9 +414,11 @@ impl AsyncRead for EdgeIo {
             self.prefix.drain(..n);
             return Poll::Ready(Ok(()));
         }
-        match self.stream.as_mut() {
-            Some(stream) => Pin::new(stream).poll_read(cx, buf),
-            None => self.wire.poll_read(cx, buf),
+        let this = &mut *self;
+        match (this.stream.as_mut(), &this.wire) {
+            (Some(stream), _) => Pin::new(stream).poll_read(cx, buf),
+            (None, Some(wire)) => wire.poll_read(cx, buf),
+            (None, None) => Poll::Ready(Err(gone())),
         }
     }
 }
@@ -414,10 +430,12 @@ impl AsyncWrite for EdgeIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let Some(stream) = this.stream.as_mut() else { return this.wire.poll_write(cx, buf) };
+        let Some(stream) = this.stream.as_mut() else {
+            return this.wire.as_ref().map_or(Poll::Ready(Err(gone())), |w| w.poll_write(cx, buf));
+        };
         let written = Pin::new(stream).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = written {
-            this.wire.wrote(n);
+            this.progress.wrote(n);
         }
         written
     }
@@ -431,11 +449,14 @@ impl AsyncWrite for EdgeIo {
         let Some(stream) = this.stream.as_mut() else {
             // Whole buffers only on a shared stream: one at a time.
             let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
-            return this.wire.poll_write(cx, first);
+            return this
+                .wire
+                .as_ref()
+                .map_or(Poll::Ready(Err(gone())), |w| w.poll_write(cx, first));
         };
         let written = Pin::new(stream).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = written {
-            this.wire.wrote(n);
+            this.progress.wrote(n);
         }
         written
     }
@@ -445,16 +466,20 @@ impl AsyncWrite for EdgeIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.stream.as_mut() {
-            Some(stream) => Pin::new(stream).poll_flush(cx),
-            None => self.wire.poll_flush(cx),
+        let this = &mut *self;
+        match (this.stream.as_mut(), &this.wire) {
+            (Some(stream), _) => Pin::new(stream).poll_flush(cx),
+            (None, Some(wire)) => wire.poll_flush(cx),
+            (None, None) => Poll::Ready(Err(gone())),
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.stream.as_mut() {
-            Some(stream) => Pin::new(stream).poll_shutdown(cx),
-            None => self.wire.poll_shutdown(cx),
+        let this = &mut *self;
+        match (this.stream.as_mut(), &this.wire) {
+            (Some(stream), _) => Pin::new(stream).poll_shutdown(cx),
+            (None, Some(wire)) => wire.poll_shutdown(cx),
+            (None, None) => Poll::Ready(Ok(())),
         }
     }
 }
@@ -463,7 +488,7 @@ impl Drop for EdgeIo {
     fn drop(&mut self) {
         // Taken out of the wire first, so that no broadcast writes to the descriptor once it
         // may belong to another connection.
-        let stream = self.stream.take().or_else(|| self.wire.take());
+        let stream = self.stream.take().or_else(|| self.wire.as_ref().and_then(|w| w.take()));
         let (Some(stream), Some(ticket)) = (stream, self.ticket.take()) else {
             return;
         };
@@ -471,7 +496,7 @@ impl Drop for EdgeIo {
         let linger = edge.settings.linger;
         // Lingering is for an answer the client may not have read yet; a connection that was
         // never answered (a slow request head) closes at once and frees its descriptor.
-        if linger.is_zero() || self.wire.written() == 0 {
+        if linger.is_zero() || self.progress.written() == 0 {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };

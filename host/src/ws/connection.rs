@@ -235,6 +235,11 @@ pub(super) fn run(
                         socket.poll_next_unpin(&mut cx)
                     };
                     if let Poll::Ready(message) = message {
+                        if matches!(message, None | Some(Ok(Message::Close(_)) | Err(_))) {
+                            // The connection ends, with a close frame (tungstenite's answer
+                            // or ours): no broadcast writes after it.
+                            outbound.stop_writing();
+                        }
                         keepalive.heard();
                         // The socket may hold more messages than its readiness says: look again.
                         closer.restir();
@@ -358,7 +363,7 @@ async fn finish_write(
 ) -> Option<End> {
     let Watch { stops, keepalive, signed_in } = watch;
     let write_timeout = ctx.settings.ws_write_timeout;
-    let mut seen = peer.map(|p| p.wire.written());
+    let mut seen = peer.map(|p| p.progress.written());
     let stall = tokio::time::sleep(write_timeout);
     tokio::pin!(stall);
     loop {
@@ -372,7 +377,7 @@ async fn finish_write(
                 }
             }
             () = &mut stall => {
-                let now = peer.map(|p| p.wire.written());
+                let now = peer.map(|p| p.progress.written());
                 if now == seen {
                     Metrics::count(&ctx.metrics.edge_timeouts, "kind", "write");
                     return Some(End::Close(codes::OVER_CAPACITY));
@@ -430,7 +435,7 @@ fn open(
     span.record("app", app.id.as_str());
     span.record("socket_id", socket_id.as_str());
     // Broadcasts write to the socket directly only over plain TCP (TLS needs its session).
-    let direct = peer.filter(|p| p.plain).map(|p| (p.wire.clone(), dialect));
+    let direct = peer.and_then(|p| p.wire.clone()).map(|wire| (wire, dialect));
     let (closer, outbound) = Closer::open_on(
         ctx.settings.ws_max_queued_messages,
         ctx.settings.ws_max_queued_bytes,
