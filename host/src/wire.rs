@@ -193,6 +193,7 @@ impl Wire {
     ) -> Poll<io::Result<()>> {
         while !out.is_empty() {
             match stream.try_write(out) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
                     self.wrote(n);
                     out.drain(..n);

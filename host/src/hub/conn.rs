@@ -406,6 +406,7 @@ impl Conn {
         }
         queue.frames.push_back(frame.clone());
         if let Some(claims) = claims
+            && claims.room()
             && waiting == 0
             && !queue.held
             && self.closer.direct.is_some()
@@ -553,6 +554,61 @@ mod tests {
             poll_next(&mut outbound, true, &task),
             Poll::Ready(Next::Close(codes::RECONNECT))
         ));
+    }
+
+    /// A connected loopback pair: the server's end in a wire in direct mode, and the client's.
+    async fn direct_pair() -> (Arc<Wire>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let progress = Arc::new(crate::wire::Progress::default());
+        (Arc::new(Wire::shared(accepted.unwrap().0, progress)), client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_broadcast_writes_an_idle_sockets_frame_itself_and_never_ahead_of_the_task() {
+        use tokio::io::AsyncReadExt as _;
+        let (wire, mut client) = direct_pair().await;
+        let (closer, mut outbound) = Closer::open_on(16, 0, 90, Some((wire, Dialect::V2)));
+        let conn = Conn::new("1.1".into(), closer.clone());
+        let task = noop_waker();
+        assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Stirred)));
+
+        // Idle: claimed, left alone by the task, and written by the broadcast itself (a
+        // protocol frame renamed for the socket's dialect).
+        let mut claims = Claims::default();
+        let frame = Utf8Bytes::from(r#"{"event":"pusher:pong","data":{}}"#);
+        assert_eq!(conn.deliver_into(&frame, &mut claims), Delivery::Claimed);
+        assert!(poll_next(&mut outbound, true, &task).is_pending(), "the task leaves it");
+        assert_eq!(claims.write().frames, 1);
+        let text = r#"{"event":"sockudo:pong","data":{}}"#;
+        let mut got = vec![0; 2 + text.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got[..2], [0x81, u8::try_from(text.len()).unwrap()], "a whole text frame");
+        assert_eq!(&got[2..], text.as_bytes());
+        assert_eq!(capacity(&closer), 0, "nothing left queued");
+
+        // A frame the task has taken and not written yet: the next one waits behind it.
+        assert!(conn.send(&Utf8Bytes::from("first")));
+        assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Frame { .. })));
+        assert!(matches!(
+            conn.deliver_into(&Utf8Bytes::from("second"), &mut claims),
+            Delivery::Queued { .. }
+        ));
+        outbound.written();
+        assert!(matches!(
+            poll_next(&mut outbound, false, &task),
+            Poll::Ready(Next::Frame { frame, .. }) if frame.as_str() == "second"
+        ));
+
+        // A task that stopped writing (it is closing): nothing is written after its close.
+        outbound.written();
+        outbound.stop_writing();
+        assert!(matches!(
+            conn.deliver_into(&Utf8Bytes::from("late"), &mut claims),
+            Delivery::Queued { .. }
+        ));
+        assert_eq!(claims.write(), direct::Sent::default());
     }
 
     #[test]

@@ -24,6 +24,9 @@ const MAX_FRAMES: usize = 16;
 /// Bytes one direct write takes at most (past the first frame): what it leaves in the wire's
 /// buffer is bounded by this and one frame.
 const MAX_BYTES: usize = 64 * 1024;
+/// Connections one broadcast writes to itself at most; the rest of a large channel is left to
+/// the tasks, which run on every core (and get their frames without waiting for the writes).
+const MAX_CLAIMS: usize = 1024;
 /// The longest header of a frame from the server (not masked).
 const HEADER_BYTES: usize = 10;
 /// The connections a broadcast claimed, written when it is dropped at the latest.
@@ -42,6 +45,11 @@ pub(crate) struct Sent {
 }
 
 impl Claims {
+    /// Whether another connection may be claimed.
+    pub(super) fn room(&self) -> bool {
+        self.closers.len() < MAX_CLAIMS
+    }
+
     pub(super) fn push(&mut self, closer: Arc<Closer>) {
         self.closers.push(closer);
     }
@@ -49,7 +57,9 @@ impl Claims {
     /// Write every claimed connection's frames (called with no lock of the hub held).
     pub(crate) fn write(&mut self) -> Sent {
         let mut sent = Sent::default();
-        for closer in self.closers.drain(..) {
+        // One at a time off the end: a panic in one write leaves the others claimed in the
+        // list, for `Drop` to write.
+        while let Some(closer) = self.closers.pop() {
             let one = closer.write_claimed();
             sent.frames += one.frames;
             sent.bytes += one.bytes;
@@ -60,13 +70,28 @@ impl Claims {
 
 impl Drop for Claims {
     /// A broadcast cut short (a panic) still gives its claims back: a claimed queue is written
-    /// by nobody else.
+    /// by nobody else. While unwinding they are only handed to their tasks: a second panic
+    /// there would abort the process.
     fn drop(&mut self) {
-        self.write();
+        if std::thread::panicking() {
+            for closer in self.closers.drain(..) {
+                closer.unclaim();
+            }
+        } else {
+            self.write();
+        }
     }
 }
 
 impl Closer {
+    /// Give the claimed frames to the task.
+    fn unclaim(&self) {
+        let mut queue = self.lock();
+        queue.claimed = false;
+        drop(queue);
+        self.waker.wake();
+    }
+
     /// Write the claimed frames at the head of the queue; what the socket does not take is left
     /// to the task, which is woken for it.
     fn write_claimed(&self) -> Sent {
