@@ -196,25 +196,45 @@ pub(super) fn run(
         let end = loop {
             let next = outbound.next(frames_first).await;
             frames_first = matches!(next, Next::Stirred);
-            let watch = Watch {
-                stops: &mut stops,
-                keepalive: &mut keepalive,
-                signed_in: session.signed_in(),
-            };
-            let on = (&conn, &*closer, peer.as_ref(), &*ctx);
             match next {
                 Next::Close(code) => break End::Close(code),
                 Next::Frame { frame, more } => {
                     let batch = Batch { first: frame, more };
-                    let write =
-                        write_batch(&mut socket, dialect, batch, &mut outbound, &ctx, &closer);
-                    if let Some(end) = drive(write, watch, on).await {
+                    // Written at once almost always; only a blocked write takes the boxed
+                    // wait, so that its state is not part of every connection's future.
+                    let ended = {
+                        let write =
+                            write_batch(&mut socket, dialect, batch, &mut outbound, &ctx, &closer);
+                        tokio::pin!(write);
+                        match write.as_mut().now_or_never() {
+                            Some(written) => written.is_err().then_some(End::Gone),
+                            None => {
+                                let watch = Watch {
+                                    stops: &mut stops,
+                                    keepalive: &mut keepalive,
+                                    signed_in: session.signed_in(),
+                                };
+                                let on = (&conn, &*closer, peer.as_ref(), &*ctx);
+                                Box::pin(wait_for(write, watch, on)).await
+                            }
+                        }
+                    };
+                    if let Some(end) = ended {
                         break end;
                     }
                     outbound.written();
                 }
                 Next::Flush => {
-                    if let Some(end) = drive(socket.flush(), watch, on).await {
+                    // What a direct write left (rare): boxed whole.
+                    let watch = Watch {
+                        stops: &mut stops,
+                        keepalive: &mut keepalive,
+                        signed_in: session.signed_in(),
+                    };
+                    let on = (&conn, &*closer, peer.as_ref(), &*ctx);
+                    let flush = socket.flush();
+                    tokio::pin!(flush);
+                    if let Some(end) = Box::pin(wait_for(flush, watch, on)).await {
                         break end;
                     }
                     outbound.written();
@@ -323,24 +343,20 @@ impl<'a> Stops<'a> {
     }
 }
 
-/// Write with `write`, which usually completes at once; when the client does not take it,
-/// wait for it while the connection's timers and stops still run (see [`finish_write`]).
+/// Finish `write` while the connection's timers and stops still run (see [`finish_write`]).
 /// `None` once written.
-async fn drive(
-    write: impl Future<Output = Result<(), axum::Error>>,
+async fn wait_for(
+    mut write: Pin<&mut impl Future<Output = Result<(), axum::Error>>>,
     watch: Watch<'_, '_>,
     (conn, closer, peer, ctx): (&Conn, &Closer, Option<&Peer>, &Ctx),
 ) -> Option<End> {
-    tokio::pin!(write);
-    match write.as_mut().now_or_never() {
-        Some(written) => written.is_err().then_some(End::Gone),
-        None => {
-            let ended = Box::pin(finish_write(write, watch, conn, closer, peer, ctx)).await;
-            // The timers and stops were polled with the task's own waker.
-            closer.restir();
-            ended
-        }
+    if let Some(written) = write.as_mut().now_or_never() {
+        return written.is_err().then_some(End::Gone);
     }
+    let ended = finish_write(write, watch, conn, closer, peer, ctx).await;
+    // The timers and stops were polled with the task's own waker.
+    closer.restir();
+    ended
 }
 
 /// What still runs while a write is blocked.
