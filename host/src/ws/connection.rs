@@ -346,13 +346,10 @@ impl<'a> Stops<'a> {
 /// Finish `write` while the connection's timers and stops still run (see [`finish_write`]).
 /// `None` once written.
 async fn wait_for(
-    mut write: Pin<&mut impl Future<Output = Result<(), axum::Error>>>,
+    write: Pin<&mut impl Future<Output = Result<(), axum::Error>>>,
     watch: Watch<'_, '_>,
     (conn, closer, peer, ctx): (&Conn, &Closer, Option<&Peer>, &Ctx),
 ) -> Option<End> {
-    if let Some(written) = write.as_mut().now_or_never() {
-        return written.is_err().then_some(End::Gone);
-    }
     let ended = finish_write(write, watch, conn, closer, peer, ctx).await;
     // The timers and stops were polled with the task's own waker.
     closer.restir();

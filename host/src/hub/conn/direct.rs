@@ -98,13 +98,8 @@ impl Closer {
         // Held for the write: the task cannot take frames or write its close in between.
         let mut queue = self.lock();
         queue.claimed = false;
-        let wire = match &self.direct {
-            Some((wire, dialect)) if !queue.closed && !queue.held && self.requested().is_none() => {
-                Some((wire, *dialect))
-            }
-            _ => None,
-        };
-        let Some((wire, dialect)) = wire.filter(|_| !queue.frames.is_empty()) else {
+        let writable = !queue.closed && !queue.held && self.requested().is_none();
+        let Some((wire, dialect)) = self.direct.as_ref().filter(|_| writable) else {
             if !queue.frames.is_empty() {
                 self.waker.wake();
             }
@@ -119,27 +114,29 @@ impl Closer {
             count += 1;
             bytes += frame.len();
         }
+        if count == 0 {
+            return Sent::default();
+        }
         let renamed: [Option<String>; MAX_FRAMES] = std::array::from_fn(|i| {
             queue.frames.get(i).filter(|_| i < count).and_then(|f| dialect.rename(f.as_str()))
         });
-        let mut headers = [[0u8; HEADER_BYTES]; MAX_FRAMES];
         let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
-        let mut slices = [IoSlice::new(&[]); 2 * MAX_FRAMES];
+        let mut headers = [[0u8; HEADER_BYTES]; MAX_FRAMES];
         let mut lens = [0usize; MAX_FRAMES];
+        let mut payloads = [""; MAX_FRAMES];
         for (i, frame) in queue.frames.iter().take(count).enumerate() {
-            let payload = renamed[i].as_deref().unwrap_or(frame.as_str()).len() as u64;
-            lens[i] = header.len(payload);
+            payloads[i] = renamed[i].as_deref().unwrap_or(frame.as_str());
+            let len = payloads[i].len() as u64;
+            lens[i] = header.len(len);
             // A header fits its 10 bytes: formatting into them cannot fail.
-            let _ = header.format(payload, &mut &mut headers[i][..]);
+            let _ = header.format(len, &mut &mut headers[i][..]);
         }
-        let taken = {
-            for (i, frame) in queue.frames.iter().take(count).enumerate() {
-                let payload = renamed[i].as_deref().unwrap_or(frame.as_str());
-                slices[2 * i] = IoSlice::new(&headers[i][..lens[i]]);
-                slices[2 * i + 1] = IoSlice::new(payload.as_bytes());
-            }
-            wire.write_direct(&slices[..2 * count])
-        };
+        let mut slices = [IoSlice::new(&[]); 2 * MAX_FRAMES];
+        for i in 0..count {
+            slices[2 * i] = IoSlice::new(&headers[i][..lens[i]]);
+            slices[2 * i + 1] = IoSlice::new(payloads[i].as_bytes());
+        }
+        let taken = wire.write_direct(&slices[..2 * count]);
         let Direct::Taken { left } = taken else {
             self.waker.wake();
             return Sent::default();
