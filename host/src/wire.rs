@@ -20,6 +20,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use socket2::SockRef;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -75,19 +76,40 @@ impl Progress {
     }
 }
 
+/// Where a connection's write progress is read: its own counter, or its wire's.
+#[derive(Debug, Clone)]
+pub(crate) enum Written {
+    /// The stream is the connection's task's alone.
+    Alone(Arc<Progress>),
+    /// The stream is in a wire.
+    Wire(Arc<Wire>),
+}
+
+impl Written {
+    /// Bytes the client has accepted so far.
+    pub(crate) fn written(&self) -> u64 {
+        match self {
+            Self::Alone(progress) => progress.written(),
+            Self::Wire(wire) => wire.written(),
+        }
+    }
+}
+
 /// A connection's stream, shared.
 #[derive(Debug)]
 pub(crate) struct Wire {
     state: Mutex<State>,
-    progress: Arc<Progress>,
+    /// Inline rather than shared: a broadcast's write to a quiet socket then touches no
+    /// memory of the connection's beyond its queue and this (every line it touches is a
+    /// cache miss, the larger part of such a write's user time).
+    progress: Progress,
 }
 
 impl Wire {
-    /// A wire holding the connection's stream, for broadcasts to write to; what is written
-    /// is counted in `progress`.
-    pub(crate) fn shared(stream: TcpStream, progress: Arc<Progress>) -> Self {
+    /// A wire holding the connection's stream, for broadcasts to write to.
+    pub(crate) fn shared(stream: TcpStream) -> Self {
         let state = State { stream: Some(stream), ..State::default() };
-        Self { state: Mutex::new(state), progress }
+        Self { state: Mutex::new(state), progress: Progress::default() }
     }
 
     /// The state; a panic elsewhere while it was held leaves it usable (what was written is
@@ -98,6 +120,11 @@ impl Wire {
 
     fn wrote(&self, n: usize) {
         self.progress.wrote(n);
+    }
+
+    /// Bytes the client has accepted so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.progress.written()
     }
 
     /// From now on writes are taken whole, and [`Wire::write_direct`] may write. Only for a
@@ -116,7 +143,10 @@ impl Wire {
         if !out.is_empty() {
             return Direct::NotNow;
         }
-        let n = match stream.try_write_vectored(bufs) {
+        // Straight to the socket, past tokio's readiness cache: reading it is one more cache
+        // miss per quiet socket. A refusal (`WouldBlock`) is not recorded there; the task's
+        // own write finds it out and waits for readiness as usual.
+        let n = match SockRef::from(&*stream).send_vectored(bufs) {
             Ok(0) | Err(_) => return Direct::NotNow,
             Ok(n) => n,
         };

@@ -39,7 +39,7 @@ use crate::{
     config::EdgeSettings,
     metrics::Metrics,
     telemetry::LogLimiter,
-    wire::{Progress, Wire},
+    wire::{Progress, Wire, Written},
 };
 
 mod proxy;
@@ -83,7 +83,7 @@ pub(crate) struct Peer {
     /// Set when the connection is over a limit and must be refused.
     pub over_limit: Option<OverLimit>,
     /// Write progress of the connection.
-    pub progress: Arc<Progress>,
+    pub progress: Written,
     /// The stream, shared, when a WebSocket on it is the TCP stream itself (no TLS between)
     /// and broadcasts may write to it directly (`websocket.direct_writes`).
     pub wire: Option<Arc<Wire>>,
@@ -326,19 +326,14 @@ impl Edge {
         }
         let over_address = self.attribute(&mut ticket, addr.ip());
         // Shared only where broadcasts may write to it: the lock costs every read and write.
-        let progress = Arc::new(Progress::default());
-        let (stream, wire) = if self.settings.direct_writes {
-            (None, Some(Arc::new(Wire::shared(stream, progress.clone()))))
+        let (io, progress, wire) = if self.settings.direct_writes {
+            let wire = Arc::new(Wire::shared(stream));
+            (Io::Wire(wire.clone()), Written::Wire(wire.clone()), Some(wire))
         } else {
-            (Some(stream), None)
+            let progress = Arc::new(Progress::default());
+            (Io::Alone { stream, progress: progress.clone() }, Written::Alone(progress), None)
         };
-        let io = EdgeIo {
-            stream,
-            wire: wire.clone(),
-            prefix,
-            ticket: Some(ticket),
-            progress: progress.clone(),
-        };
+        let io = EdgeIo { io, prefix, ticket: Some(ticket) };
         let over_limit = over_node.or(over_address);
         Some((io, Peer { addr, over_limit, progress, wire }))
     }
@@ -389,13 +384,21 @@ fn release(counts: &Mutex<HashMap<IpAddr, usize>>, ip: IpAddr) {
 /// An accepted TCP stream that records write progress and lingers when dropped.
 #[derive(Debug)]
 pub(crate) struct EdgeIo {
-    /// The stream, when it is the connection's alone; otherwise it is in the wire.
-    stream: Option<TcpStream>,
-    wire: Option<Arc<Wire>>,
-    progress: Arc<Progress>,
+    io: Io,
     /// Bytes read with a PROXY header that belong to the request, served before the stream's.
     prefix: Vec<u8>,
     ticket: Option<Ticket>,
+}
+
+/// Where an accepted stream is.
+#[derive(Debug)]
+enum Io {
+    /// The connection's alone, its writes counted in `progress`.
+    Alone { stream: TcpStream, progress: Arc<Progress> },
+    /// In a wire broadcasts may write to.
+    Wire(Arc<Wire>),
+    /// Taken when the connection was dropped.
+    Gone,
 }
 
 fn gone() -> io::Error {
@@ -414,11 +417,10 @@ impl AsyncRead for EdgeIo {
             self.prefix.drain(..n);
             return Poll::Ready(Ok(()));
         }
-        let this = &mut *self;
-        match (this.stream.as_mut(), &this.wire) {
-            (Some(stream), _) => Pin::new(stream).poll_read(cx, buf),
-            (None, Some(wire)) => wire.poll_read(cx, buf),
-            (None, None) => Poll::Ready(Err(gone())),
+        match &mut self.io {
+            Io::Alone { stream, .. } => Pin::new(stream).poll_read(cx, buf),
+            Io::Wire(wire) => wire.poll_read(cx, buf),
+            Io::Gone => Poll::Ready(Err(gone())),
         }
     }
 }
@@ -429,15 +431,17 @@ impl AsyncWrite for EdgeIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let Some(stream) = this.stream.as_mut() else {
-            return this.wire.as_ref().map_or(Poll::Ready(Err(gone())), |w| w.poll_write(cx, buf));
-        };
-        let written = Pin::new(stream).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written {
-            this.progress.wrote(n);
+        match &mut self.io {
+            Io::Alone { stream, progress } => {
+                let written = Pin::new(stream).poll_write(cx, buf);
+                if let Poll::Ready(Ok(n)) = written {
+                    progress.wrote(n);
+                }
+                written
+            }
+            Io::Wire(wire) => wire.poll_write(cx, buf),
+            Io::Gone => Poll::Ready(Err(gone())),
         }
-        written
     }
 
     fn poll_write_vectored(
@@ -445,41 +449,40 @@ impl AsyncWrite for EdgeIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let Some(stream) = this.stream.as_mut() else {
-            // Whole buffers only on a shared stream: one at a time.
-            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
-            return this
-                .wire
-                .as_ref()
-                .map_or(Poll::Ready(Err(gone())), |w| w.poll_write(cx, first));
-        };
-        let written = Pin::new(stream).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = written {
-            this.progress.wrote(n);
+        match &mut self.io {
+            Io::Alone { stream, progress } => {
+                let written = Pin::new(stream).poll_write_vectored(cx, bufs);
+                if let Poll::Ready(Ok(n)) = written {
+                    progress.wrote(n);
+                }
+                written
+            }
+            Io::Wire(wire) => {
+                // Whole buffers only on a shared stream: one at a time.
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+                wire.poll_write(cx, first)
+            }
+            Io::Gone => Poll::Ready(Err(gone())),
         }
-        written
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.as_ref().is_some_and(AsyncWrite::is_write_vectored)
+        matches!(&self.io, Io::Alone { stream, .. } if stream.is_write_vectored())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        match (this.stream.as_mut(), &this.wire) {
-            (Some(stream), _) => Pin::new(stream).poll_flush(cx),
-            (None, Some(wire)) => wire.poll_flush(cx),
-            (None, None) => Poll::Ready(Err(gone())),
+        match &mut self.io {
+            Io::Alone { stream, .. } => Pin::new(stream).poll_flush(cx),
+            Io::Wire(wire) => wire.poll_flush(cx),
+            Io::Gone => Poll::Ready(Err(gone())),
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        match (this.stream.as_mut(), &this.wire) {
-            (Some(stream), _) => Pin::new(stream).poll_shutdown(cx),
-            (None, Some(wire)) => wire.poll_shutdown(cx),
-            (None, None) => Poll::Ready(Ok(())),
+        match &mut self.io {
+            Io::Alone { stream, .. } => Pin::new(stream).poll_shutdown(cx),
+            Io::Wire(wire) => wire.poll_shutdown(cx),
+            Io::Gone => Poll::Ready(Ok(())),
         }
     }
 }
@@ -488,7 +491,11 @@ impl Drop for EdgeIo {
     fn drop(&mut self) {
         // Taken out of the wire first, so that no broadcast writes to the descriptor once it
         // may belong to another connection.
-        let stream = self.stream.take().or_else(|| self.wire.as_ref().and_then(|w| w.take()));
+        let (stream, written) = match std::mem::replace(&mut self.io, Io::Gone) {
+            Io::Alone { stream, progress } => (Some(stream), progress.written()),
+            Io::Wire(wire) => (wire.take(), wire.written()),
+            Io::Gone => (None, 0),
+        };
         let (Some(stream), Some(ticket)) = (stream, self.ticket.take()) else {
             return;
         };
@@ -496,7 +503,7 @@ impl Drop for EdgeIo {
         let linger = edge.settings.linger;
         // Lingering is for an answer the client may not have read yet; a connection that was
         // never answered (a slow request head) closes at once and frees its descriptor.
-        if linger.is_zero() || self.progress.written() == 0 {
+        if linger.is_zero() || written == 0 {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };

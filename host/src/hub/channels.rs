@@ -214,8 +214,9 @@ impl Hub {
         // subscriber that came or went in between is harmless: it joined after the event or
         // left before it. The copies are held until delivery is over, so no group's key (the
         // filter's address) can be reused by another filter meanwhile.
-        // Declared before the lock's guard: the claimed sockets are written once it is let go,
-        // and on the way out of a broadcast cut short.
+        //
+        // The sockets this broadcast writes to itself. Declared before the lock's guard, so
+        // that they are written once it is let go, and on the way out of a broadcast cut short.
         let mut claims = Claims::default();
         let mut channels = app.channels.read().expect("hub lock");
         let mut passed = Vec::new();

@@ -561,8 +561,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        let progress = Arc::new(crate::wire::Progress::default());
-        (Arc::new(Wire::shared(accepted.unwrap().0, progress)), client.unwrap())
+        (Arc::new(Wire::shared(accepted.unwrap().0)), client.unwrap())
     }
 
     #[tokio::test]

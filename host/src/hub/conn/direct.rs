@@ -3,7 +3,7 @@
 //! Waking a connection's task for one frame costs more than the frame's write: the wake-up, the
 //! task's turn on another thread, the copy into tungstenite's buffer. So a broadcast that finds
 //! a socket idle (its queue was empty and its task is not writing) claims the queued frame, and
-//! once it has let go of the hub's lock writes it with one non-blocking `writev` (the header
+//! once it has let go of the hub's lock writes it with one non-blocking `sendmsg` (the header
 //! formatted by tungstenite, the shared frame bytes as they are). Only what the socket does not
 //! take at once is left to the task: the rest of a frame (in the wire's buffer, flushed first)
 //! or the frames behind it (in the queue). Order, the queue's bounds, the write deadline and the
