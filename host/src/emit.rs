@@ -78,11 +78,10 @@ pub(crate) async fn emit(
     // HTTP API runs such publishes on a task of their own, a client event is handled on its
     // connection's task, which never drops a message half-handled.
     match (recovery.append(to.app, to.channel, record, outgoing).await, plain) {
-        (Ok(event), _) => {
-            if !event.published {
+        (Ok(unpublished), _) => {
+            if let Some(event) = unpublished {
                 ctx.adapter.broadcast_elsewhere(to, &event.record.frame, event.bus_position());
             }
-            recovery.deliver(to.app, to.channel, event);
             Ok(())
         }
         (Err(error), Some(plain)) => {

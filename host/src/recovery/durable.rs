@@ -57,12 +57,16 @@ const MAX_APPENDS_IN_FLIGHT: usize = 8;
 const MAX_WAITING: usize = 4 * MAX_BATCH;
 /// Bytes of events that may wait for an append slot on the node at most, over every channel.
 const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
+/// How long a gap the store cannot fill waits at most for this node's own appends of the
+/// channel under way (see [`Recovery::repair`]): the store's call timeout, by default.
+const MAX_OWN_WAIT: Duration = Duration::from_secs(2);
 /// Failed store reads after which a gap is given up.
 const MAX_REPAIR_FAILURES: u32 = 3;
 
 /// An event waiting for its channel's append in flight, its bus message, and where its
 /// position goes.
-pub(super) type Waiter = (Record, Option<Outgoing>, oneshot::Sender<Result<Event, DriverError>>);
+pub(super) type Waiter =
+    (Record, Option<Outgoing>, oneshot::Sender<Result<Option<Event>, DriverError>>);
 
 /// An event's bus message (the envelope without the stream id and serial the store adds),
 /// for the store to publish to the channel's topic in the step that gives it its position
@@ -129,7 +133,7 @@ pub(crate) struct Durable {
 }
 
 /// An event with its position, on its way to this node's subscribers.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Event {
     /// Its stream.
     pub stream_id: Arc<str>,
@@ -198,8 +202,13 @@ impl Recovery {
         self.durable.as_ref().is_some_and(|store| store.history.can_publish())
     }
 
-    /// Append an app event to its channel's stream in the store: the event with its
-    /// position, to [`Recovery::deliver`] here and to send to the other nodes.
+    /// Append an app event to its channel's stream in the store, and deliver it here with its
+    /// position. Answers the event when the store did not publish it too, for the caller to
+    /// send to the other nodes.
+    ///
+    /// The event is delivered before its append counts as ended: while this node's appends
+    /// of a channel are under way, a gap in its serials may be theirs, and a repair waits
+    /// for them rather than give it up (see [`Recovery::repair`]).
     ///
     /// Up to [`MAX_APPENDS_IN_FLIGHT`] appends of a channel go to the store at once, so a
     /// publisher with requests in flight pays one round trip per event, not a wait behind the
@@ -213,7 +222,7 @@ impl Recovery {
         channel: &str,
         record: Record,
         outgoing: Option<Outgoing>,
-    ) -> Result<Event, DriverError> {
+    ) -> Result<Option<Event>, DriverError> {
         let key = (app.to_string(), channel.to_string());
         let size = waiting_size(&record, outgoing.as_ref());
         let mut record = Some((record, outgoing));
@@ -253,8 +262,24 @@ impl Recovery {
         // wait for good.
         let _slot = Slot { recovery: self.clone(), key };
         let (record, outgoing) = record.expect("kept by an append in the window");
-        let mine = self.store_append(app, channel, &[&record], vec![outgoing]).await;
-        mine.map(|(stream_id, serial, published)| Event { stream_id, serial, record, published })
+        let (stream_id, serial, published) =
+            self.store_append(app, channel, &[&record], vec![outgoing]).await?;
+        Ok(self.deliver_own(app, channel, Event { stream_id, serial, record, published }))
+    }
+
+    /// Deliver an event this node appended; a copy for the other nodes when the store did not
+    /// publish it.
+    fn deliver_own(self: &Arc<Self>, app: &str, channel: &str, event: Event) -> Option<Event> {
+        let copy = (!event.published).then(|| event.clone());
+        self.deliver(app, channel, event);
+        copy
+    }
+
+    /// Whether appends of the channel by this node are under way (their events are delivered
+    /// before they end).
+    fn appending(&self, app: &str, channel: &str) -> bool {
+        let appends = self.appends.lock().expect("recovery lock");
+        appends.contains_key(&(app.to_string(), channel.to_string()))
     }
 
     /// The store is unavailable for an append, for `why`.
@@ -337,9 +362,14 @@ impl Recovery {
             let records: Vec<&Record> = batch.iter().map(|(record, _, _)| record).collect();
             match self.store_append(app, channel, &records, outgoing).await {
                 Ok((stream_id, first, published)) => {
+                    // Delivered here, in serial order: the publishers, woken all at once,
+                    // would run in any order, and on a loaded node a gap waiting for one of
+                    // them could outlast the reorder window, then be read from a store that
+                    // has trimmed it (a backlog past the channel's retention, after a stall).
                     for (serial, (record, _, answer)) in (first..).zip(batch) {
-                        let stream_id = stream_id.clone();
-                        let _ = answer.send(Ok(Event { stream_id, serial, record, published }));
+                        let event =
+                            Event { stream_id: stream_id.clone(), serial, record, published };
+                        let _ = answer.send(Ok(self.deliver_own(app, channel, event)));
                     }
                 }
                 Err(error) => {
@@ -604,6 +634,7 @@ impl Recovery {
     async fn repair(self: Arc<Self>, app: &str, channel: &str, stream: &Stream) {
         let store = self.store();
         let mut failures = 0;
+        let mut waited = Duration::ZERO;
         tokio::time::sleep(REORDER_WINDOW).await;
         loop {
             let (after, missing) = {
@@ -619,30 +650,48 @@ impl Recovery {
             };
             let limit = u32::try_from(missing).unwrap_or(u32::MAX).min(MAX_REPAIR_READ);
             let read = store.history.read(app, channel, after, limit, store.retention).await;
-            let mut order = stream.order.lock().expect("recovery lock");
-            match read {
-                Ok(page) if *page.stream_id == *stream.stream_id => {
-                    self.deliver_stored(app, channel, stream, &mut order, page.events);
-                    // Nothing moved, by this read or by the events that came meanwhile: the
-                    // store does not have what is missing.
-                    if order.last == after {
+            let pause = {
+                let mut order = stream.order.lock().expect("recovery lock");
+                match read {
+                    Ok(page) if *page.stream_id == *stream.stream_id => {
+                        self.deliver_stored(app, channel, stream, &mut order, page.events);
+                        // Nothing moved, by this read or by the events that came meanwhile:
+                        // the store does not have what is missing. While this node's own
+                        // appends of the channel are under way it may be theirs, on its way
+                        // here (a task not yet run on a loaded node): waited for, within a
+                        // bound. (Locks: `order`, then `appends`; never the other way round.)
+                        if order.last != after {
+                            waited = Duration::ZERO;
+                            None
+                        } else if waited < MAX_OWN_WAIT && self.appending(app, channel) {
+                            waited += REORDER_WINDOW;
+                            Some(REORDER_WINDOW)
+                        } else {
+                            self.give_up_gap(app, channel, stream, &mut order);
+                            None
+                        }
+                    }
+                    // The store's stream is another one: what this one missed is gone.
+                    Ok(_) => {
                         self.give_up_gap(app, channel, stream, &mut order);
+                        None
+                    }
+                    Err(error) => {
+                        store.counters.store_errors.inc();
+                        failures += 1;
+                        if failures >= MAX_REPAIR_FAILURES {
+                            tracing::warn!(%error, channel, "The history store could not fill a gap.");
+                            self.give_up_gap(app, channel, stream, &mut order);
+                            failures = 0;
+                            None
+                        } else {
+                            Some(REORDER_WINDOW * (1 << failures))
+                        }
                     }
                 }
-                // The store's stream is another one: what this one missed is gone.
-                Ok(_) => self.give_up_gap(app, channel, stream, &mut order),
-                Err(error) => {
-                    store.counters.store_errors.inc();
-                    failures += 1;
-                    if failures >= MAX_REPAIR_FAILURES {
-                        tracing::warn!(%error, channel, "The history store could not fill a gap.");
-                        self.give_up_gap(app, channel, stream, &mut order);
-                        failures = 0;
-                    } else {
-                        drop(order);
-                        tokio::time::sleep(REORDER_WINDOW * (1 << failures)).await;
-                    }
-                }
+            };
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
             }
         }
     }
