@@ -117,7 +117,7 @@ async fn an_oversized_message_gets_an_error_and_a_close_code() {
 
 #[tokio::test]
 async fn a_client_that_cannot_keep_up_is_closed_with_4100() {
-    a_slow_client_is_closed("").await;
+    a_slow_client_is_closed("direct_writes = false\n").await;
 }
 
 #[tokio::test]

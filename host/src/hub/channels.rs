@@ -215,8 +215,9 @@ impl Hub {
         // left before it. The copies are held until delivery is over, so no group's key (the
         // filter's address) can be reused by another filter meanwhile.
         //
-        // The sockets this broadcast writes to itself. Declared before the lock's guard, so
-        // that they are written once it is let go, and on the way out of a broadcast cut short.
+        // The idle sockets this broadcast claims, to write their frames without waking their
+        // tasks. Declared before the lock's guard, so that they are written once it is let
+        // go, and on the way out of a broadcast cut short.
         let mut claims = Claims::default();
         let mut channels = app.channels.read().expect("hub lock");
         let mut passed = Vec::new();
@@ -281,10 +282,11 @@ impl Hub {
         }
         drop(deltas);
         drop(channels);
-        let written = claims.write();
-        if written.frames > 0 {
-            self.sent_counters.messages.inc_by(written.frames);
-            self.sent_counters.bytes.inc_by(written.bytes);
+        if !claims.is_empty() {
+            match &self.runtime {
+                Some(runtime) => claims.write_soon(runtime, self.sent_counters.clone()),
+                None => self.sent_counters.count(claims.write()),
+            }
         }
         sent
     }

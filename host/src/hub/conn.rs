@@ -31,7 +31,7 @@ use crate::{
 
 mod direct;
 
-pub(crate) use direct::Claims;
+pub(crate) use direct::{Claims, Sent};
 
 /// The frames waiting for the connection's task.
 #[derive(Debug, Default)]
@@ -608,6 +608,33 @@ mod tests {
             Delivery::Queued { .. }
         ));
         assert_eq!(claims.write(), direct::Sent::default());
+    }
+
+    #[tokio::test]
+    async fn frames_broadcast_before_a_claimed_socket_is_written_go_in_the_same_write() {
+        use tokio::io::AsyncReadExt as _;
+        let (wire, mut client) = direct_pair().await;
+        let (closer, mut outbound) = Closer::open_on(16, 0, 90, Some((wire, Dialect::Pusher)));
+        let conn = Conn::new("1.1".into(), closer.clone());
+        let task = noop_waker();
+        assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Stirred)));
+
+        let mut claims = Claims::default();
+        assert_eq!(conn.deliver_into(&Utf8Bytes::from("one"), &mut claims), Delivery::Claimed);
+        let counters = crate::hub::SentCounters::default();
+        claims.write_soon(&tokio::runtime::Handle::current(), counters.clone());
+        // A later broadcast, before the claim's task has had its turn: queued behind it.
+        let mut later = Claims::default();
+        let two = conn.deliver_into(&Utf8Bytes::from("two"), &mut later);
+        assert!(matches!(two, Delivery::Queued { .. }), "{two:?}");
+        assert!(later.is_empty());
+        assert!(poll_next(&mut outbound, true, &task).is_pending(), "the task leaves both");
+
+        let mut got = [0; 10];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"\x81\x03one\x81\x03two");
+        assert_eq!(counters.messages.get(), 2, "both written by the claim's task");
+        assert_eq!(capacity(&closer), 0, "nothing left queued");
     }
 
     #[test]

@@ -33,7 +33,7 @@ mod snapshot;
 mod tests;
 mod users;
 
-pub(crate) use conn::{Claims, Closer, Conn, Delivery, Next, Outbound};
+pub(crate) use conn::{Claims, Closer, Conn, Delivery, Next, Outbound, Sent};
 use filtered::Filtered;
 
 /// A presence member: one user, possibly on several connections.
@@ -173,6 +173,15 @@ pub(crate) struct SentCounters {
     pub bytes: Counter,
 }
 
+impl SentCounters {
+    fn count(&self, sent: Sent) {
+        if sent.frames > 0 {
+            self.messages.inc_by(sent.frames);
+            self.bytes.inc_by(sent.bytes);
+        }
+    }
+}
+
 /// This node's sockets and subscriptions, by app.
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
@@ -181,14 +190,19 @@ pub(crate) struct Hub {
     sent_counters: SentCounters,
     /// The node's distinct tag filters, each held once.
     filters: Interner,
+    /// The runtime the hub was made on, whose tasks write the sockets broadcasts claim (see
+    /// [`Claims::write_soon`]); without one they are written at once.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Hub {
     /// An empty hub counting its deltas in `delta_counters`, and the frames its broadcasts
-    /// write themselves in `sent_counters`.
+    /// write themselves in `sent_counters`. Made on a runtime, it writes claimed sockets on
+    /// that runtime's tasks.
     pub(crate) fn new(delta_counters: DeltaCounters, sent_counters: SentCounters) -> Self {
         let filters = Interner::default();
-        Self { apps: RwLock::default(), delta_counters, sent_counters, filters }
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        Self { apps: RwLock::default(), delta_counters, sent_counters, filters, runtime }
     }
 
     /// The node's shared copy of `filter`: subscriptions pass it in [`Wants`], so that equal

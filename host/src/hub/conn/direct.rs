@@ -3,10 +3,11 @@
 //! Waking a connection's task for one frame costs more than the frame's write: the wake-up, the
 //! task's turn on another thread, the copy into tungstenite's buffer. So a broadcast that finds
 //! a socket idle (its queue was empty and its task is not writing) claims the queued frame, and
-//! once it has let go of the hub's lock writes it with one non-blocking `sendmsg` (the header
-//! formatted by tungstenite, the shared frame bytes as they are). Only what the socket does not
-//! take at once is left to the task: the rest of a frame (in the wire's buffer, flushed first)
-//! or the frames behind it (in the queue). Order, the queue's bounds, the write deadline and the
+//! once it has let go of the hub's lock, one task of its own writes every claimed socket, each
+//! with one non-blocking `sendmsg` (the headers formatted by tungstenite, the shared frame bytes
+//! as they are) of what its queue holds by then. Only what the socket does not take at once is
+//! left to the connection's task: the rest of a frame (in the wire's buffer, flushed first) or
+//! the frames behind it (in the queue). Order, the queue's bounds, the write deadline and the
 //! overload policy are the task's as before.
 
 use std::{io::IoSlice, sync::Arc};
@@ -17,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::{
 };
 
 use super::{Closer, take_frame};
+use crate::hub::SentCounters;
 use crate::wire::Direct;
 
 /// Frames one direct write takes at most.
@@ -45,6 +47,27 @@ pub(crate) struct Sent {
 }
 
 impl Claims {
+    /// Whether no connection was claimed.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.closers.is_empty()
+    }
+
+    /// Write the claimed connections' frames on a task of their own on `runtime`, once the
+    /// tasks ready to run there have had their turn; what is written is counted in `counters`.
+    ///
+    /// Not at once: writing each idle socket's frame as it is broadcast makes one TCP segment
+    /// per frame. On a busy node more broadcasts to the same sockets come meanwhile; their
+    /// frames queue behind the claimed one, and one write takes them all, as a woken
+    /// connection task does (measured: written at once, S fell to 0.73-0.80x of the tasks'
+    /// deliveries/s; written after a turn, 0.97x).
+    pub(crate) fn write_soon(self, runtime: &tokio::runtime::Handle, counters: SentCounters) {
+        runtime.spawn(async move {
+            tokio::task::yield_now().await;
+            let mut claims = self;
+            counters.count(claims.write());
+        });
+    }
+
     /// Whether another connection may be claimed.
     pub(super) fn room(&self) -> bool {
         self.closers.len() < MAX_CLAIMS
