@@ -416,9 +416,19 @@ impl Conn {
             claims.push(self.closer.clone());
             return Delivery::Claimed;
         }
+        // A claim not yet written keeps the frames behind it from the task. Past what one
+        // direct write takes, the task takes them over (it may run on any core): a broadcast
+        // that delivers many events in one turn (a batch from the history store, a repaired
+        // gap) would otherwise fill the queue before the claim's task has run. The claim's
+        // write then finds the task writing, or writes only what is at the head first.
+        let handover = queue.claimed && waiting + 1 >= direct::MAX_FRAMES;
+        if handover {
+            queue.claimed = false;
+        }
         drop(queue);
-        // The task only sleeps on an empty queue: a frame joining others needs no wake-up.
-        if waiting == 0 {
+        // The task only sleeps on an empty (or claimed) queue: a frame joining others needs no
+        // wake-up.
+        if waiting == 0 || handover {
             closer.waker.wake();
         }
         let free = closer.max_frames - waiting - 1;
@@ -635,6 +645,32 @@ mod tests {
         assert_eq!(&got, b"\x81\x03one\x81\x03two");
         assert_eq!(counters.messages.get(), 2, "both written by the claim's task");
         assert_eq!(capacity(&closer), 0, "nothing left queued");
+    }
+
+    #[tokio::test]
+    async fn the_task_takes_over_a_claimed_queue_that_grows_past_one_write() {
+        let (wire, _client) = direct_pair().await;
+        let (closer, mut outbound) = Closer::open_on(64, 0, 90, Some((wire, Dialect::Pusher)));
+        let conn = Conn::new("1.1".into(), closer);
+        let task = noop_waker();
+        assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Stirred)));
+
+        let mut claims = Claims::default();
+        assert_eq!(conn.deliver_into(&Utf8Bytes::from("0"), &mut claims), Delivery::Claimed);
+        for i in 1..direct::MAX_FRAMES - 1 {
+            assert!(matches!(
+                conn.deliver(&Utf8Bytes::from(i.to_string())),
+                Delivery::Queued { .. }
+            ));
+            assert!(poll_next(&mut outbound, true, &task).is_pending(), "claimed: left alone");
+        }
+        assert!(matches!(conn.deliver(&Utf8Bytes::from("last")), Delivery::Queued { .. }));
+        assert!(matches!(
+            poll_next(&mut outbound, true, &task),
+            Poll::Ready(Next::Frame { frame, .. }) if frame.as_str() == "0"
+        ));
+        // The claim's write finds the task writing, and leaves the rest to it.
+        assert_eq!(claims.write(), direct::Sent::default());
     }
 
     #[test]

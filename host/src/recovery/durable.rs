@@ -356,7 +356,9 @@ impl Recovery {
             batch
         };
         tokio::spawn(async move {
-            let (app, channel) = (&key.0, &key.1);
+            // Handed on when the batch is done, or if delivering it panics.
+            let slot = Slot { recovery: self.clone(), key };
+            let (app, channel) = (&slot.key.0, &slot.key.1);
             let mut batch = batch;
             let outgoing = batch.iter_mut().map(|(_, outgoing, _)| outgoing.take()).collect();
             let records: Vec<&Record> = batch.iter().map(|(record, _, _)| record).collect();
@@ -378,7 +380,6 @@ impl Recovery {
                     }
                 }
             }
-            self.next_batch(key);
         });
     }
 
@@ -634,7 +635,9 @@ impl Recovery {
     async fn repair(self: Arc<Self>, app: &str, channel: &str, stream: &Stream) {
         let store = self.store();
         let mut failures = 0;
-        let mut waited = Duration::ZERO;
+        // The gap (the last serial delivered before it) waiting for this node's own appends,
+        // and since when.
+        let mut waiting_own: Option<(u64, tokio::time::Instant)> = None;
         tokio::time::sleep(REORDER_WINDOW).await;
         loop {
             let (after, missing) = {
@@ -660,11 +663,13 @@ impl Recovery {
                         // appends of the channel are under way it may be theirs, on its way
                         // here (a task not yet run on a loaded node): waited for, within a
                         // bound. (Locks: `order`, then `appends`; never the other way round.)
+                        let since = match waiting_own {
+                            Some((gap, since)) if gap == after => since,
+                            _ => waiting_own.insert((after, tokio::time::Instant::now())).1,
+                        };
                         if order.last != after {
-                            waited = Duration::ZERO;
                             None
-                        } else if waited < MAX_OWN_WAIT && self.appending(app, channel) {
-                            waited += REORDER_WINDOW;
+                        } else if since.elapsed() < MAX_OWN_WAIT && self.appending(app, channel) {
                             Some(REORDER_WINDOW)
                         } else {
                             self.give_up_gap(app, channel, stream, &mut order);

@@ -22,7 +22,7 @@ use crate::hub::SentCounters;
 use crate::wire::Direct;
 
 /// Frames one direct write takes at most.
-const MAX_FRAMES: usize = 16;
+pub(super) const MAX_FRAMES: usize = 16;
 /// Bytes one direct write takes at most (past the first frame): what it leaves in the wire's
 /// buffer is bounded by this and one frame.
 const MAX_BYTES: usize = 64 * 1024;
