@@ -74,6 +74,14 @@ impl Progress {
     pub(crate) fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
+
+    /// A write's outcome, its bytes counted if it took any.
+    pub(crate) fn count(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = written {
+            self.wrote(n);
+        }
+        written
+    }
 }
 
 /// Where a connection's write progress is read: its own counter, or its wire's.
@@ -187,11 +195,7 @@ impl Wire {
             return Poll::Ready(Err(gone()));
         };
         if !*direct {
-            let written = Pin::new(stream).poll_write(cx, buf);
-            if let Poll::Ready(Ok(n)) = written {
-                self.wrote(n);
-            }
-            return written;
+            return self.progress.count(Pin::new(stream).poll_write(cx, buf));
         }
         if !out.is_empty() {
             let flushed = self.flush_out(stream, out, cx)?;

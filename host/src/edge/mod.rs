@@ -432,13 +432,7 @@ impl AsyncWrite for EdgeIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match &mut self.io {
-            Io::Alone { stream, progress } => {
-                let written = Pin::new(stream).poll_write(cx, buf);
-                if let Poll::Ready(Ok(n)) = written {
-                    progress.wrote(n);
-                }
-                written
-            }
+            Io::Alone { stream, progress } => progress.count(Pin::new(stream).poll_write(cx, buf)),
             Io::Wire(wire) => wire.poll_write(cx, buf),
             Io::Gone => Poll::Ready(Err(gone())),
         }
@@ -451,11 +445,7 @@ impl AsyncWrite for EdgeIo {
     ) -> Poll<io::Result<usize>> {
         match &mut self.io {
             Io::Alone { stream, progress } => {
-                let written = Pin::new(stream).poll_write_vectored(cx, bufs);
-                if let Poll::Ready(Ok(n)) = written {
-                    progress.wrote(n);
-                }
-                written
+                progress.count(Pin::new(stream).poll_write_vectored(cx, bufs))
             }
             Io::Wire(wire) => {
                 // Whole buffers only on a shared stream: one at a time.

@@ -566,22 +566,29 @@ mod tests {
         ));
     }
 
-    /// A connected loopback pair: the server's end in a wire in direct mode, and the client's.
-    async fn direct_pair() -> (Arc<Wire>, tokio::net::TcpStream) {
+    /// A connection whose socket broadcasts may write (the server's end of a loopback pair, in
+    /// a wire), past its task's first turn: its closer, the task's end of its queue of
+    /// `max_frames`, the connection, and the client's end.
+    async fn direct_conn(
+        max_frames: usize,
+        dialect: Dialect,
+    ) -> (Arc<Closer>, Outbound, Conn, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        (Arc::new(Wire::shared(accepted.unwrap().0)), client.unwrap())
+        let wire = Arc::new(Wire::shared(accepted.unwrap().0));
+        let (closer, mut outbound) = Closer::open_on(max_frames, 0, 90, Some((wire, dialect)));
+        let conn = Conn::new("1.1".into(), closer.clone());
+        let first = poll_next(&mut outbound, false, &noop_waker());
+        assert!(matches!(first, Poll::Ready(Next::Stirred)));
+        (closer, outbound, conn, client.unwrap())
     }
 
     #[tokio::test]
     async fn a_broadcast_writes_an_idle_sockets_frame_itself_and_never_ahead_of_the_task() {
         use tokio::io::AsyncReadExt as _;
-        let (wire, mut client) = direct_pair().await;
-        let (closer, mut outbound) = Closer::open_on(16, 0, 90, Some((wire, Dialect::V2)));
-        let conn = Conn::new("1.1".into(), closer.clone());
+        let (closer, mut outbound, conn, mut client) = direct_conn(16, Dialect::V2).await;
         let task = noop_waker();
-        assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Stirred)));
 
         // Idle: claimed, left alone by the task, and written by the broadcast itself (a
         // protocol frame renamed for the socket's dialect).
@@ -623,11 +630,8 @@ mod tests {
     #[tokio::test]
     async fn frames_broadcast_before_a_claimed_socket_is_written_go_in_the_same_write() {
         use tokio::io::AsyncReadExt as _;
-        let (wire, mut client) = direct_pair().await;
-        let (closer, mut outbound) = Closer::open_on(16, 0, 90, Some((wire, Dialect::Pusher)));
-        let conn = Conn::new("1.1".into(), closer.clone());
+        let (closer, mut outbound, conn, mut client) = direct_conn(16, Dialect::Pusher).await;
         let task = noop_waker();
-        assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Stirred)));
 
         let mut claims = Claims::default();
         assert_eq!(conn.deliver_into(&Utf8Bytes::from("one"), &mut claims), Delivery::Claimed);
@@ -649,11 +653,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_task_takes_over_a_claimed_queue_that_grows_past_one_write() {
-        let (wire, _client) = direct_pair().await;
-        let (closer, mut outbound) = Closer::open_on(64, 0, 90, Some((wire, Dialect::Pusher)));
-        let conn = Conn::new("1.1".into(), closer);
+        let (_closer, mut outbound, conn, _client) = direct_conn(64, Dialect::Pusher).await;
         let task = noop_waker();
-        assert!(matches!(poll_next(&mut outbound, false, &task), Poll::Ready(Next::Stirred)));
 
         let mut claims = Claims::default();
         assert_eq!(conn.deliver_into(&Utf8Bytes::from("0"), &mut claims), Delivery::Claimed);

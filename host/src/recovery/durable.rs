@@ -663,13 +663,11 @@ impl Recovery {
                         // appends of the channel are under way it may be theirs, on its way
                         // here (a task not yet run on a loaded node): waited for, within a
                         // bound. (Locks: `order`, then `appends`; never the other way round.)
-                        let since = match waiting_own {
-                            Some((gap, since)) if gap == after => since,
-                            _ => waiting_own.insert((after, tokio::time::Instant::now())).1,
-                        };
                         if order.last != after {
                             None
-                        } else if since.elapsed() < MAX_OWN_WAIT && self.appending(app, channel) {
+                        } else if own_wait_left(&mut waiting_own, after)
+                            && self.appending(app, channel)
+                        {
                             Some(REORDER_WINDOW)
                         } else {
                             self.give_up_gap(app, channel, stream, &mut order);
@@ -700,4 +698,14 @@ impl Recovery {
             }
         }
     }
+}
+
+/// Whether the gap after `after` may still wait for this node's own appends: `waiting` holds
+/// the gap being waited for and since when, started again when the gap is another one.
+fn own_wait_left(waiting: &mut Option<(u64, tokio::time::Instant)>, after: u64) -> bool {
+    let since = match *waiting {
+        Some((gap, since)) if gap == after => since,
+        _ => waiting.insert((after, tokio::time::Instant::now())).1,
+    };
+    since.elapsed() < MAX_OWN_WAIT
 }
