@@ -545,6 +545,9 @@ async fn main() -> anyhow::Result<()> {
     let publish_started = Instant::now();
     let cpu_start = server_stats(&args.server_pid);
     let split_start = cpu_split(&args.server_pid);
+    // The generator's own CPU over the same span: on a machine it shares with the server, what
+    // the server (or a broker beside it) takes more is what the generator gets less.
+    let own_start = cpu_split(&[std::process::id()]);
     let end = publish_started + Duration::from_secs_f64(args.duration);
     if args.rate <= 0.0 {
         let workers: Vec<_> = (0..args.in_flight)
@@ -617,6 +620,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let delivered = counts.delivered.load(Ordering::Relaxed);
     let split_end = cpu_split(&args.server_pid);
+    let own_end = cpu_split(&[std::process::id()]);
     let accepted = publisher.accepted.load(Ordering::Relaxed);
     let cores = match (cpu_start, cpu_end) {
         (Some((_, a)), Some((_, b))) => Some((b - a) / publish_secs),
@@ -651,6 +655,7 @@ async fn main() -> anyhow::Result<()> {
         "disconnected": counts.disconnected.load(Ordering::Relaxed),
         "close_codes": *counts.close_codes.lock().unwrap(),
         "server_cores": cores,
+        "loadgen_cpu_s": own_start.zip(own_end).map(|(a, b)| (b.0 + b.1) - (a.0 + a.1)),
         "server_rss_mb": subscribed_stats.map(|s| s.0 as f64 / 1048576.0),
     });
     print_report(&args, &report);

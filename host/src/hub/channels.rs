@@ -239,6 +239,10 @@ impl Hub {
         }
         let positioned = positioned.map(|p| p.frame);
         let Some(entry) = channels.get(channel) else { return 0 };
+        if entry.filtered.is_none() || tags.is_none() {
+            // Every subscriber is a recipient (a filtered event may reach only a few).
+            claims.expect(entry.subscribers.len());
+        }
         let mut deltas = match &entry.deltas {
             Some(deltas) if compressible => Some(deltas.lock().expect("deltas lock")),
             _ => None,

@@ -652,6 +652,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_of_several_frames_renames_each_for_the_sockets_dialect() {
+        use tokio::io::AsyncReadExt as _;
+        let (closer, _outbound, conn, mut client) = direct_conn(16, Dialect::V2).await;
+
+        let mut claims = Claims::default();
+        let pong = Utf8Bytes::from(r#"{"event":"pusher:pong","data":{}}"#);
+        let app = Utf8Bytes::from(r#"{"event":"app","data":"x"}"#);
+        assert_eq!(conn.deliver_into(&pong, &mut claims), Delivery::Claimed);
+        assert!(matches!(conn.deliver_into(&app, &mut claims), Delivery::Queued { .. }));
+        assert!(matches!(conn.deliver_into(&pong, &mut claims), Delivery::Queued { .. }));
+        assert_eq!(claims.write().frames, 3, "one write took the three");
+
+        let renamed = r#"{"event":"sockudo:pong","data":{}}"#;
+        let mut expected = Vec::new();
+        for text in [renamed, app.as_str(), renamed] {
+            expected.extend([0x81, u8::try_from(text.len()).unwrap()]);
+            expected.extend(text.as_bytes());
+        }
+        let mut got = vec![0; expected.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expected, "in order, protocol frames renamed, the app's as it was");
+        assert_eq!(capacity(&closer), 0, "nothing left queued");
+    }
+
+    #[tokio::test]
     async fn the_task_takes_over_a_claimed_queue_that_grows_past_one_write() {
         let (_closer, mut outbound, conn, _client) = direct_conn(64, Dialect::Pusher).await;
         let task = noop_waker();

@@ -10,7 +10,9 @@
 //! the frames behind it (in the queue). Order, the queue's bounds, the write deadline and the
 //! overload policy are the task's as before.
 
-use std::{io::IoSlice, sync::Arc};
+use std::{collections::VecDeque, io::IoSlice, sync::Arc};
+
+use axum::extract::ws::Utf8Bytes;
 
 use tokio_tungstenite::tungstenite::protocol::frame::{
     FrameHeader,
@@ -18,8 +20,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::{
 };
 
 use super::{Closer, take_frame};
-use crate::hub::SentCounters;
-use crate::wire::Direct;
+use crate::{
+    hub::SentCounters,
+    protocol::frames::Dialect,
+    wire::{Direct, Wire},
+};
 
 /// Frames one direct write takes at most.
 pub(super) const MAX_FRAMES: usize = 16;
@@ -35,6 +40,9 @@ const HEADER_BYTES: usize = 10;
 #[derive(Debug, Default)]
 pub(crate) struct Claims {
     closers: Vec<Arc<Closer>>,
+    /// How many connections the broadcast may claim, reserved at its first claim (growing
+    /// the list claim by claim allocated it six times for a channel of 100).
+    expected: usize,
 }
 
 /// What direct writes handed to sockets.
@@ -73,7 +81,16 @@ impl Claims {
         self.closers.len() < MAX_CLAIMS
     }
 
+    /// The broadcast reaches `subscribers` connections: room for that many claims is made at
+    /// the first (none is allocated if nothing is claimed).
+    pub(crate) fn expect(&mut self, subscribers: usize) {
+        self.expected = subscribers.min(MAX_CLAIMS);
+    }
+
     pub(super) fn push(&mut self, closer: Arc<Closer>) {
+        if self.closers.capacity() == 0 {
+            self.closers.reserve_exact(self.expected);
+        }
         self.closers.push(closer);
     }
 
@@ -140,26 +157,13 @@ impl Closer {
         if count == 0 {
             return Sent::default();
         }
-        let renamed: [Option<String>; MAX_FRAMES] = std::array::from_fn(|i| {
-            queue.frames.get(i).filter(|_| i < count).and_then(|f| dialect.rename(f.as_str()))
-        });
-        let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
-        let mut headers = [[0u8; HEADER_BYTES]; MAX_FRAMES];
-        let mut lens = [0usize; MAX_FRAMES];
-        let mut payloads = [""; MAX_FRAMES];
-        for (i, frame) in queue.frames.iter().take(count).enumerate() {
-            payloads[i] = renamed[i].as_deref().unwrap_or(frame.as_str());
-            let len = payloads[i].len() as u64;
-            lens[i] = header.len(len);
-            // A header fits its 10 bytes: formatting into them cannot fail.
-            let _ = header.format(len, &mut &mut headers[i][..]);
-        }
-        let mut slices = [IoSlice::new(&[]); 2 * MAX_FRAMES];
-        for i in 0..count {
-            slices[2 * i] = IoSlice::new(&headers[i][..lens[i]]);
-            slices[2 * i + 1] = IoSlice::new(payloads[i].as_bytes());
-        }
-        let taken = wire.write_direct(&slices[..2 * count]);
+        // A quiet socket's write is one frame: its arrays are one slot, not sixteen (setting
+        // up sixteen was a third of this function's time in A's profile).
+        let taken = if count == 1 {
+            write_frames::<1>(wire, *dialect, &queue.frames, count)
+        } else {
+            write_frames::<MAX_FRAMES>(wire, *dialect, &queue.frames, count)
+        };
         let Direct::Taken { left } = taken else {
             self.waker.wake();
             return Sent::default();
@@ -181,4 +185,34 @@ impl Closer {
         }
         Sent { frames: count as u64, bytes: bytes as u64 }
     }
+}
+
+/// Write the first `count` (at most `N`) of `frames` to `wire` with one `sendmsg`: each one's
+/// header (formatted by tungstenite) and its bytes, renamed for the socket's dialect.
+fn write_frames<const N: usize>(
+    wire: &Wire,
+    dialect: Dialect,
+    frames: &VecDeque<Utf8Bytes>,
+    count: usize,
+) -> Direct {
+    let count = count.min(N);
+    let renamed: [Option<String>; N] = std::array::from_fn(|i| {
+        frames.get(i).filter(|_| i < count).and_then(|f| dialect.rename(f.as_str()))
+    });
+    let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
+    let mut headers = [[0u8; HEADER_BYTES]; N];
+    let mut lens = [0usize; N];
+    let mut payloads = [""; N];
+    for (i, frame) in frames.iter().take(count).enumerate() {
+        payloads[i] = renamed[i].as_deref().unwrap_or(frame.as_str());
+        let len = payloads[i].len() as u64;
+        lens[i] = header.len(len);
+        // A header fits its 10 bytes: formatting into them cannot fail.
+        let _ = header.format(len, &mut &mut headers[i][..]);
+    }
+    let mut slices = [[IoSlice::new(&[]); 2]; N];
+    for i in 0..count {
+        slices[i] = [IoSlice::new(&headers[i][..lens[i]]), IoSlice::new(payloads[i].as_bytes())];
+    }
+    wire.write_direct(&slices.as_flattened()[..2 * count])
 }
