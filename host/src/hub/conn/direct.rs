@@ -189,13 +189,17 @@ impl Closer {
 
 /// Write the first `count` (at most `N`) of `frames` to `wire` with one `sendmsg`: each one's
 /// header (formatted by tungstenite) and its bytes, renamed for the socket's dialect.
+///
+/// # Panics
+/// If `count` is above `N`: the caller takes `count` frames off the queue as written, so
+/// writing fewer would lose the rest silently.
 fn write_frames<const N: usize>(
     wire: &Wire,
     dialect: Dialect,
     frames: &VecDeque<Utf8Bytes>,
     count: usize,
 ) -> Direct {
-    let count = count.min(N);
+    assert!(count <= N, "{count} frames for a write of {N}");
     let renamed: [Option<String>; N] = std::array::from_fn(|i| {
         frames.get(i).filter(|_| i < count).and_then(|f| dialect.rename(f.as_str()))
     });
