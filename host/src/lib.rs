@@ -40,6 +40,7 @@ pub(crate) mod listen;
 pub(crate) mod metrics;
 pub mod peer;
 pub mod plugins;
+pub(crate) mod prefetch;
 pub mod protocol;
 pub(crate) mod readiness;
 pub(crate) mod recovery;

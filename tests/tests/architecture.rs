@@ -38,7 +38,7 @@ const HOST_LAYERS: &[(&str, &[&str])] = &[
     ("metrics", &["metrics"]),
     ("channel state and the cluster layer", &["hub", "delta", "cluster"]),
     ("the plugin boundary", &["plugins"]),
-    ("utilities", &["telemetry", "address_counts", "allocator", "wire"]),
+    ("utilities", &["telemetry", "address_counts", "allocator", "wire", "prefetch"]),
     ("configuration and the wire format", &["config", "protocol"]),
 ];
 

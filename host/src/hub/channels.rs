@@ -14,6 +14,10 @@ use super::{
 };
 use crate::{delta::Deltas, protocol::Broadcast};
 
+/// How many subscribers ahead a broadcast asks for their closers' lines (see
+/// [`crate::prefetch`]): a miss takes a few sockets' queueing.
+const PREFETCH_AHEAD: usize = 4;
+
 impl Hub {
     /// Subscribe `conn` to `channel`, joining presence if `join` is given. `ack` builds the
     /// frames that acknowledge the subscription from the members as they are after it (the
@@ -249,9 +253,10 @@ impl Hub {
         };
         let mut publication = deltas.as_mut().and_then(|d| d.publish(channel, frame));
         let (mut sent, mut behind) = (0, 0);
-        let mut deliver = |socket_id: &SocketId, conn: &Conn| {
+        // Whether the socket's frame was claimed (its queue was empty: a quiet socket).
+        let mut deliver = |socket_id: &SocketId, conn: &Conn| -> bool {
             if except.is_some_and(|e| e == &**socket_id) {
-                return;
+                return false;
             }
             let own = publication.as_mut().and_then(|p| p.frame_for(socket_id));
             let plain = match positioned {
@@ -263,16 +268,38 @@ impl Hub {
                 Delivery::Queued { behind: b } => {
                     sent += 1;
                     behind += usize::from(b);
+                    false
                 }
-                Delivery::Claimed => sent += 1,
-                Delivery::Refused => {}
+                Delivery::Claimed => {
+                    sent += 1;
+                    true
+                }
+                Delivery::Refused => false,
             }
         };
         match (&entry.filtered, tags) {
             (Some(filtered), Some(tags)) => {
-                filtered.recipients(tags, &passed).for_each(|(id, conn)| deliver(id, conn));
+                filtered.recipients(tags, &passed).for_each(|(id, conn)| {
+                    deliver(id, conn);
+                });
             }
-            _ => entry.subscribers.iter().for_each(|(id, conn)| deliver(id, conn)),
+            _ => {
+                // The closers a few sockets ahead are asked for while this one's frame is
+                // queued, as long as the sockets are quiet (A's case, where each line is a
+                // miss). Where queues are busy (C), their tasks on the other cores are using
+                // those lines, and taking them early only moves them back and forth.
+                let mut ahead = entry.subscribers.values();
+                ahead.by_ref().take(PREFETCH_AHEAD).for_each(Conn::prefetch);
+                let mut quiet = true;
+                for (id, conn) in &entry.subscribers {
+                    if let Some(next) = ahead.next()
+                        && quiet
+                    {
+                        next.prefetch();
+                    }
+                    quiet = deliver(id, conn);
+                }
+            }
         }
         if let Some(publication) = publication {
             let counted = publication.finish();

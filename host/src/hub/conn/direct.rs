@@ -100,6 +100,15 @@ impl Claims {
         // One at a time off the end: a panic in one write leaves the others claimed in the
         // list, for `Drop` to write.
         while let Some(closer) = self.closers.pop() {
+            // The lines of the next writes are asked for while this one's runs (its closer
+            // two ahead, its wire, found through the closer, one ahead).
+            let mut ahead = self.closers.iter().rev();
+            if let Some(next) = ahead.next() {
+                next.prefetch_wire();
+            }
+            if let Some(after) = ahead.next() {
+                crate::prefetch::value(&**after);
+            }
             let one = closer.write_claimed();
             sent.frames += one.frames;
             sent.bytes += one.bytes;
@@ -130,6 +139,13 @@ impl Closer {
         queue.claimed = false;
         drop(queue);
         self.waker.wake();
+    }
+
+    /// Ask for its wire's lines (see [`crate::prefetch`]).
+    fn prefetch_wire(&self) {
+        if let Some((wire, _)) = &self.direct {
+            crate::prefetch::value(&**wire);
+        }
     }
 
     /// Write the claimed frames at the head of the queue; what the socket does not take is left
