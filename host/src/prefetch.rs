@@ -9,7 +9,17 @@
 /// Prefetch every cache line of `value` (a hint: nothing is read, and nothing can fault).
 #[inline]
 pub(crate) fn value<T>(value: &T) {
-    let start = std::ptr::from_ref(value).cast::<u8>();
+    at::<T>(std::ptr::from_ref(value).addr());
+}
+
+/// Prefetch every cache line of a `T` at `address` (0: nothing), an address kept without a
+/// reference to what is there. Never dereferenced, so it may be stale.
+#[inline]
+pub(crate) fn at<T>(address: usize) {
+    if address == 0 {
+        return;
+    }
+    let start = std::ptr::without_provenance::<u8>(address);
     let mut offset = 0;
     while offset < size_of::<T>() {
         line(start.wrapping_add(offset));

@@ -39,7 +39,10 @@ const HEADER_BYTES: usize = 10;
 /// The connections a broadcast claimed, written when it is dropped at the latest.
 #[derive(Debug, Default)]
 pub(crate) struct Claims {
-    closers: Vec<Arc<Closer>>,
+    /// Each claimed connection's closer, and its wire's address (0 without one), read while
+    /// the closer is in cache: the write prefetches the next wire with it (see
+    /// [`crate::prefetch`]) without first loading the next closer.
+    closers: Vec<(Arc<Closer>, usize)>,
     /// How many connections the broadcast may claim, reserved at its first claim (growing
     /// the list claim by claim allocated it six times for a channel of 100).
     expected: usize,
@@ -91,7 +94,8 @@ impl Claims {
         if self.closers.capacity() == 0 {
             self.closers.reserve_exact(self.expected);
         }
-        self.closers.push(closer);
+        let wire = closer.direct.as_ref().map_or(0, |(wire, _)| Arc::as_ptr(wire).addr());
+        self.closers.push((closer, wire));
     }
 
     /// Write every claimed connection's frames (called with no lock of the hub held).
@@ -99,15 +103,11 @@ impl Claims {
         let mut sent = Sent::default();
         // One at a time off the end: a panic in one write leaves the others claimed in the
         // list, for `Drop` to write.
-        while let Some(closer) = self.closers.pop() {
-            // The lines of the next writes are asked for while this one's runs (its closer
-            // two ahead, its wire, found through the closer, one ahead).
-            let mut ahead = self.closers.iter().rev();
-            if let Some(next) = ahead.next() {
-                next.prefetch_wire();
-            }
-            if let Some(after) = ahead.next() {
-                crate::prefetch::value(&**after);
+        while let Some((closer, _)) = self.closers.pop() {
+            // The next write's lines are asked for while this one's `sendmsg` runs.
+            if let Some((next, wire)) = self.closers.last() {
+                crate::prefetch::value(&**next);
+                crate::prefetch::at::<Wire>(*wire);
             }
             let one = closer.write_claimed();
             sent.frames += one.frames;
@@ -123,7 +123,7 @@ impl Drop for Claims {
     /// there would abort the process.
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for closer in self.closers.drain(..) {
+            for (closer, _) in self.closers.drain(..) {
                 closer.unclaim();
             }
         } else {
@@ -139,13 +139,6 @@ impl Closer {
         queue.claimed = false;
         drop(queue);
         self.waker.wake();
-    }
-
-    /// Ask for its wire's lines (see [`crate::prefetch`]).
-    fn prefetch_wire(&self) {
-        if let Some((wire, _)) = &self.direct {
-            crate::prefetch::value(&**wire);
-        }
     }
 
     /// Write the claimed frames at the head of the queue; what the socket does not take is left
