@@ -374,15 +374,15 @@ impl Conn {
         self.enqueue(frame, None)
     }
 
-    /// [`Conn::deliver`] from a broadcast, which writes the frame itself when the socket is
-    /// idle: then the connection is put in `claims`, to be written once the broadcast lets go
-    /// of the hub's lock (a socket's write is not made under it).
     /// Ask for the lines a delivery to it touches (its closer), while an earlier delivery is
     /// under way (see [`crate::prefetch`]).
     pub(crate) fn prefetch(&self) {
         crate::prefetch::value(&*self.closer);
     }
 
+    /// [`Conn::deliver`] from a broadcast, which writes the frame itself when the socket is
+    /// idle: then the connection is put in `claims`, to be written once the broadcast lets go
+    /// of the hub's lock (a socket's write is not made under it).
     pub(crate) fn deliver_into(&self, frame: &Utf8Bytes, claims: &mut Claims) -> Delivery {
         self.enqueue(frame, Some(claims))
     }
