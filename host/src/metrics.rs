@@ -114,7 +114,8 @@ pub(crate) struct Metrics {
     /// App events published without a recovery position: the node keeps streams for as many
     /// channels as it may.
     pub recovery_untracked: Counter,
-    /// App events this node had delivered already (bus duplicates), dropped.
+    /// App events this node had delivered already (bus duplicates), or of a stream the channel's
+    /// replaced (late, from before a reset), dropped.
     pub recovery_duplicates: Counter,
     /// App events read from the history store to fill a gap in a channel's serials.
     pub recovery_repaired: Counter,
@@ -207,7 +208,7 @@ impl Metrics {
             ),
             (
                 "recovery_duplicates",
-                "App events dropped because this node had delivered their serial already",
+                "App events dropped: this node had delivered their serial already, or their stream was replaced",
                 self.recovery_duplicates
             ),
             (

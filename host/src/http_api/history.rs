@@ -25,6 +25,7 @@ use crate::{
     plugins::{History, Retention, StoredEvent, StreamPage},
     protocol::recovery::with_position,
     recovery::Record,
+    telemetry::LogLimiter,
 };
 
 /// The largest cursor accepted.
@@ -123,7 +124,8 @@ fn stream_state(history: &History, page: &StreamPage) -> (Value, Value) {
     let oldest = page.events.first();
     let retained = json!({
         "stream_id": page.stream_id,
-        "retained_messages": oldest.map_or(0, |o| page.head + 1 - o.serial),
+        // The store's answer: a log entry past the head must not wrap the count.
+        "retained_messages": oldest.map_or(0, |o| page.head.saturating_add(1).saturating_sub(o.serial)),
         "retained_bytes": Value::Null,
         "oldest_available_serial": oldest.map(|o| o.serial),
         "newest_available_serial": oldest.map(|_| page.head),
@@ -158,7 +160,7 @@ pub(crate) async fn state(
         "channel": channel,
         "stream": {
             "stream_id": page.stream_id,
-            "next_serial": page.head + 1,
+            "next_serial": page.head.saturating_add(1),
             "retained": retained,
             "state": state,
         },
@@ -167,7 +169,18 @@ pub(crate) async fn state(
 
 /// One kept event as the answer lists it.
 fn item(stream_id: &str, stored: &StoredEvent) -> Option<Value> {
-    let record = Record::decode(&stored.record).ok()?;
+    let Ok(record) = Record::decode(&stored.record) else {
+        // Left out of the page, not failing it: the store holds a record this server did not
+        // write (or one past its size bound). Said, at most once a second.
+        static LOGGED: LogLimiter = LogLimiter::new();
+        if LOGGED.allow() {
+            tracing::warn!(
+                serial = stored.serial,
+                "A history record could not be read; the history API left it out of its answer."
+            );
+        }
+        return None;
+    };
     let frame = with_position(&record.frame, &record.message_id, stream_id, stored.serial);
     let message: Value = serde_json::from_str(&frame).ok()?;
     Some(json!({
@@ -237,7 +250,8 @@ pub(crate) async fn page(
     let mut low = bounds.start_serial.unwrap_or(1).max(1);
     let mut high = bounds.end_serial.unwrap_or(ends.head).min(ends.head);
     match (&cursor, direction) {
-        (Some(c), Direction::OldestFirst) => low = low.max(c.serial + 1),
+        // The cursor is the caller's: its serial may be any number.
+        (Some(c), Direction::OldestFirst) => low = low.max(c.serial.saturating_add(1)),
         (Some(c), Direction::NewestFirst) => high = high.min(c.serial.saturating_sub(1)),
         (None, _) => {}
     }

@@ -7,7 +7,7 @@
 //! no position from before it could be resumed anyway.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -23,6 +23,10 @@ const MAX_RETRY: Duration = Duration::from_secs(4);
 /// Channels a node keeps degraded at most; past it, the oldest mark is lifted early (the
 /// store's reset, under way, still fails those channels' old positions closed).
 const MAX_MARKS: usize = 100_000;
+/// Channels whose streams a node tries to start again at once, at most: each retries until the
+/// store answers, so during an outage they are what it asks of the store. Past it a degraded
+/// channel waits for its mark to lapse (its old positions are past the retention by then).
+const MAX_RESETS: usize = 1000;
 
 /// The degraded channels a node knows of, and since when.
 #[derive(Debug)]
@@ -30,12 +34,15 @@ pub(crate) struct Degraded {
     marks: Mutex<HashMap<(String, String), Instant>>,
     /// How many there are.
     count: Gauge,
+    /// The channels whose streams are being started again (one task each, whether or not
+    /// their marks still hold).
+    resetting: Mutex<HashSet<(String, String)>>,
 }
 
 impl Degraded {
     /// None yet; their number shown in `count`.
     pub(crate) fn new(count: Gauge) -> Self {
-        Self { marks: Mutex::default(), count }
+        Self { marks: Mutex::default(), count, resetting: Mutex::default() }
     }
 
     fn counted(&self, marks: &HashMap<(String, String), Instant>) {
@@ -59,6 +66,21 @@ impl Degraded {
         let mut marks = self.marks.lock().expect("degraded lock");
         marks.remove(&(app.to_string(), channel.to_string()));
         self.counted(&marks);
+    }
+
+    /// Whether a task may start the channel's stream again: none does yet, and fewer than
+    /// [`MAX_RESETS`] channels' do.
+    fn start_reset(&self, app: &str, channel: &str) -> bool {
+        let mut resetting = self.resetting.lock().expect("degraded lock");
+        resetting.len() < MAX_RESETS && resetting.insert((app.to_string(), channel.to_string()))
+    }
+
+    /// The channel's stream was started again.
+    fn reset_done(&self, app: &str, channel: &str) {
+        self.resetting
+            .lock()
+            .expect("degraded lock")
+            .remove(&(app.to_string(), channel.to_string()));
     }
 
     /// Whether the channel is degraded; a mark older than `lapse` is dropped.
@@ -95,10 +117,15 @@ impl Recovery {
         let first = !self.degraded.holds(app, channel, self.degraded_lapse());
         self.degraded.mark(app, channel);
         if !first {
-            // A reset is on its way already.
+            // A reset is on its way already (this node's or the node that marked it).
             return;
         }
         marked();
+        if !self.degraded.start_reset(app, channel) {
+            // This node's is on its way still (the mark lapsed or was lifted early: not a
+            // second task), or too many are.
+            return;
+        }
         let (this, app, channel) = (self.clone(), app.to_string(), channel.to_string());
         tokio::spawn(async move {
             let Some(store) = this.durable.as_ref() else { return };
@@ -118,6 +145,7 @@ impl Recovery {
                 channel,
                 "The history store answers again: the degraded channel's stream was started again."
             );
+            this.degraded.reset_done(&app, &channel);
             this.degraded.lift(&app, &channel);
             lifted();
         });

@@ -102,7 +102,8 @@ fn waiting_size(record: &Record, outgoing: Option<&Outgoing>) -> usize {
 /// What the gates count.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct GateCounters {
-    /// Events dropped because this node had delivered their serial already.
+    /// Events dropped because this node had delivered their serial already, or because
+    /// their stream had been replaced (a late event from before a reset).
     pub duplicates: Counter,
     /// Events read from the store to fill a gap.
     pub repaired: Counter,
@@ -277,7 +278,7 @@ impl Recovery {
 
     /// Whether appends of the channel by this node are under way (their events are delivered
     /// before they end).
-    fn appending(&self, app: &str, channel: &str) -> bool {
+    pub(super) fn appending(&self, app: &str, channel: &str) -> bool {
         let appends = self.appends.lock().expect("recovery lock");
         appends.contains_key(&(app.to_string(), channel.to_string()))
     }
@@ -439,7 +440,8 @@ impl Recovery {
         if let Some(stream) = self.find(app, channel) {
             let mut buffer = stream.buffer.lock().expect("recovery lock");
             let head = stream.published.load(std::sync::atomic::Ordering::Acquire);
-            let covered = buffer.kept.front().is_some_and(|k| k.serial <= serial + 1);
+            // A client's serial: any number, so never `+ 1` unchecked.
+            let covered = buffer.kept.front().is_some_and(|k| k.serial <= serial.saturating_add(1));
             if serial == head || (serial < head && covered) {
                 // Used now: the node's bound forgets the channels used longest ago first, and
                 // the replay this answers reads the buffer a little later.
@@ -492,13 +494,20 @@ impl Recovery {
     pub(crate) fn deliver(self: &Arc<Self>, app: &str, channel: &str, event: Event) {
         let store = self.store();
         let (id, serial) = (event.stream_id.clone(), event.serial);
+        // A late event of a stream the channel's replaced (an append or a bus message from
+        // before a reset): it would otherwise replace the stream that replaced it.
+        if self.find(app, channel).is_some_and(|s| s.retired(&id)) {
+            store.counters.duplicates.inc();
+            return;
+        }
         // A stream this node has not seen starts at this event; another id than the node's is
-        // a stream started again (the store lost its state): from its first event.
+        // a stream started again (the store lost its state): from its first event. (Serials
+        // start at 1; a 0 from the bus or the store is dropped below as delivered already.)
         let stream = self.find_or_make(
             app,
             channel,
             |s| *s.stream_id == *id,
-            || Stream::new(id.clone(), serial - 1, self.kept.clone()),
+            || Stream::new(id.clone(), serial.saturating_sub(1), self.kept.clone()),
         );
         let Some(stream) = stream else {
             // The node holds as many streams as it may: delivered without a position.
@@ -642,6 +651,13 @@ impl Recovery {
         loop {
             let (after, missing) = {
                 let mut order = stream.order.lock().expect("recovery lock");
+                // Replaced meanwhile (the store's stream started again): its waiting events
+                // belong to a stream the channel no longer has, and go nowhere.
+                if !self.is_current(app, channel, stream) {
+                    order.pending.clear();
+                    order.repairing = false;
+                    return;
+                }
                 self.drain(app, channel, stream, &mut order);
                 match order.pending.keys().next() {
                     None => {
@@ -655,6 +671,11 @@ impl Recovery {
             let read = store.history.read(app, channel, after, limit, store.retention).await;
             let pause = {
                 let mut order = stream.order.lock().expect("recovery lock");
+                if !self.is_current(app, channel, stream) {
+                    order.pending.clear();
+                    order.repairing = false;
+                    return;
+                }
                 match read {
                     Ok(page) if *page.stream_id == *stream.stream_id => {
                         self.deliver_stored(app, channel, stream, &mut order, page.events);

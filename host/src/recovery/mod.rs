@@ -52,6 +52,9 @@ const MAX_CHANNEL_BYTES: usize = 256 * 1024;
 /// Channels the node keeps streams for at most; a new channel past it publishes without a
 /// position (counted), so a flood of channels cannot grow memory.
 const MAX_STREAMS: usize = 100_000;
+/// The ids of replaced streams a channel's stream remembers: a reset comes seldom, and its
+/// late events come within moments.
+const MAX_RETIRED: usize = 4;
 
 /// A channel's stream id and the serial of its last event, as a subscription's
 /// acknowledgement reads them without the stream's locks.
@@ -156,6 +159,9 @@ pub(crate) struct Order {
 #[derive(Debug)]
 pub(crate) struct Stream {
     stream_id: Arc<str>,
+    /// The ids of the streams of the channel this one replaced, newest first (at most
+    /// [`MAX_RETIRED`]): a late event of one of them is not a stream started again.
+    retired: Vec<Arc<str>>,
     order: Mutex<Order>,
     /// The last serial, raised after the event is kept and before it is delivered.
     published: Arc<AtomicU64>,
@@ -168,6 +174,7 @@ impl Stream {
     fn new(stream_id: Arc<str>, last: u64, node: Gauge) -> Self {
         Self {
             stream_id,
+            retired: Vec::new(),
             order: Mutex::new(Order { last, ..Order::default() }),
             published: Arc::new(AtomicU64::new(last)),
             // Used from its start, so that a stream nobody publishes to is swept too.
@@ -178,6 +185,11 @@ impl Stream {
                 node,
             }),
         }
+    }
+
+    /// Whether `id` is the id of a stream this one replaced.
+    pub(crate) fn retired(&self, id: &str) -> bool {
+        self.retired.iter().any(|r| **r == *id)
     }
 
     /// The stream's head for an acknowledgement.
@@ -267,6 +279,12 @@ impl Recovery {
         streams.by_app.get(app)?.get(channel).cloned()
     }
 
+    /// Whether `stream` is still the channel's: not forgotten, nor replaced by a stream
+    /// started again.
+    fn is_current(&self, app: &str, channel: &str, stream: &Stream) -> bool {
+        self.find(app, channel).is_some_and(|s| std::ptr::eq(Arc::as_ptr(&s), stream))
+    }
+
     /// The channel's stream if it has one and `keep` accepts it, else a new one from `make`
     /// (in its place), when the node has room.
     fn find_or_make(
@@ -287,7 +305,12 @@ impl Recovery {
             None if streams.count >= MAX_STREAMS => return None,
             None => streams.count += 1,
         }
-        let stream = Arc::new(make());
+        let mut stream = make();
+        if let Some(replaced) = existing.filter(|old| old.stream_id != stream.stream_id) {
+            let older = replaced.retired.iter().take(MAX_RETIRED - 1).cloned();
+            stream.retired = std::iter::once(replaced.stream_id.clone()).chain(older).collect();
+        }
+        let stream = Arc::new(stream);
         let channels = streams.by_app.entry(app.to_string()).or_default();
         channels.insert(channel.to_string(), stream.clone());
         Some(stream)
@@ -517,6 +540,12 @@ impl Recovery {
     /// Forget the streams unused for the TTL, every quarter of it, until `shutdown`. A
     /// forgotten stream starts again with a new id, which a later resume is told
     /// (`stream_reset`).
+    ///
+    /// With history, a stream whose channel still has subscribers here, appends under way or
+    /// events waiting for a gap is kept (its expired events are dropped): its next event
+    /// would otherwise make it again at that event's serial, and an event of the same
+    /// channel appended just before but answered just after would then count as delivered,
+    /// and be lost to those subscribers.
     pub(crate) async fn sweep(self: Arc<Self>, shutdown: CancellationToken) {
         let every = self.settings.ttl / 4;
         loop {
@@ -526,19 +555,53 @@ impl Recovery {
             }
             let now = Instant::now();
             let Some(oldest) = now.checked_sub(self.settings.ttl) else { continue };
-            let mut streams = self.streams.write().expect("recovery lock");
-            let mut count = 0;
-            streams.by_app.retain(|_, channels| {
-                channels.retain(|_, stream| match stream.buffer.try_lock() {
-                    Ok(buffer) => buffer.used.is_none_or(|used| used >= oldest),
-                    // Busy now: in use, so kept.
-                    Err(_) => true,
+            // Chosen under the read lock, judged without it (the hub is asked, and a
+            // subscription asks for streams under the hub's lock), forgotten under the write
+            // lock if still the channel's.
+            let unused: Vec<(String, String, Arc<Stream>)> = {
+                let streams = self.streams.read().expect("recovery lock");
+                let all = streams.by_app.iter().flat_map(|(app, channels)| {
+                    channels.iter().map(move |(channel, stream)| (app, channel, stream))
                 });
-                count += channels.len();
-                !channels.is_empty()
-            });
-            streams.count = count;
+                all.filter(|(_, _, stream)| {
+                    // Busy now: in use, so kept.
+                    stream.buffer.try_lock().is_ok_and(|b| b.used.is_none_or(|u| u < oldest))
+                })
+                .map(|(app, channel, stream)| (app.clone(), channel.clone(), stream.clone()))
+                .collect()
+            };
+            let forgotten: Vec<_> = unused
+                .into_iter()
+                .filter(|(app, channel, stream)| {
+                    let forget = self.may_forget(app, channel, stream);
+                    if !forget && let Ok(mut buffer) = stream.buffer.try_lock() {
+                        buffer.forget_before(oldest);
+                    }
+                    forget
+                })
+                .collect();
+            if forgotten.is_empty() {
+                continue;
+            }
+            let mut streams = self.streams.write().expect("recovery lock");
+            for (app, channel, stream) in forgotten {
+                let Some(channels) = streams.by_app.get_mut(&app) else { continue };
+                if channels.get(&channel).is_some_and(|s| Arc::ptr_eq(s, &stream)) {
+                    channels.remove(&channel);
+                    if channels.is_empty() {
+                        streams.by_app.remove(&app);
+                    }
+                    streams.count -= 1;
+                }
+            }
         }
+    }
+
+    /// Whether the sweep may forget the channel's unused stream (see [`Recovery::sweep`]).
+    fn may_forget(&self, app: &str, channel: &str, stream: &Stream) -> bool {
+        let Some(store) = &self.durable else { return true };
+        let idle = stream.order.try_lock().is_ok_and(|o| o.pending.is_empty() && !o.repairing);
+        idle && !self.appending(app, channel) && store.hub.subscription_count(app, channel) == 0
     }
 }
 
@@ -654,6 +717,40 @@ mod tests {
     fn head(recovery: &Recovery) -> (String, u64) {
         let head = recovery.stream("app", "c").unwrap().head();
         (head.stream_id.to_string(), head.serial())
+    }
+
+    /// A stream that replaces another (the store started it again) remembers the ids it
+    /// replaced, the newest few, so that a late event of one of them is known for what it is;
+    /// the one replaced is no longer the channel's.
+    #[test]
+    fn a_replacing_stream_remembers_the_ids_it_replaced() {
+        let recovery = recovery(10);
+        let make = |id: &str| {
+            let (id, kept) = (Arc::<str>::from(id), recovery.kept.clone());
+            recovery
+                .find_or_make(
+                    "app",
+                    "c",
+                    |s| *s.stream_id == *id,
+                    || Stream::new(id.clone(), 0, kept),
+                )
+                .unwrap()
+        };
+        let first = make("s1");
+        assert!(first.retired.is_empty());
+        assert!(recovery.is_current("app", "c", &first));
+        let second = make("s2");
+        assert!(second.retired("s1") && !second.retired("s2"));
+        assert!(
+            !recovery.is_current("app", "c", &first) && recovery.is_current("app", "c", &second)
+        );
+        assert!(Arc::ptr_eq(&make("s2"), &second), "the same id made a new stream");
+        for id in ["s3", "s4", "s5", "s6"] {
+            make(id);
+        }
+        let last = recovery.find("app", "c").unwrap();
+        let retired: Vec<&str> = last.retired.iter().map(|r| &**r).collect();
+        assert_eq!(retired, ["s5", "s4", "s3", "s2"], "newest first, at most {MAX_RETIRED}");
     }
 
     /// Past the node's bytes, whole channels are forgotten, those used longest ago first,

@@ -152,6 +152,32 @@ pub async fn retention_bounds_what_is_kept(target: &Target) {
     .await;
 }
 
+/// A page holds what is kept: events older than `max_age_ms` do not take its places, and a
+/// read from past the head (any number, the largest too) answers nothing, without an error.
+pub async fn a_page_holds_only_kept_events(target: &Target) {
+    let h = target.history().await;
+    let brief = Retention { max_events: 100, max_age_ms: 1500 };
+    for i in 1..=3u32 {
+        append(&h, "conformance-aged", &i.to_be_bytes(), brief).await;
+    }
+    eventually("events older than max_age_ms are no longer answered", async || {
+        let page = read(&h, "conformance-aged", 0, 10, brief).await;
+        holds(page.events.is_empty(), "still answered")
+    })
+    .await;
+    for i in 4..=6u32 {
+        append(&h, "conformance-aged", &i.to_be_bytes(), brief).await;
+    }
+    let page = read(&h, "conformance-aged", 0, 2, brief).await;
+    assert_eq!(serials(&page), [4, 5], "aged events took a page's places");
+    assert_eq!(page.head, 6);
+    for after in [6, 7, u64::MAX] {
+        let past = read(&h, "conformance-aged", after, 10, brief).await;
+        assert!(past.events.is_empty(), "a read after {after} answered events");
+        assert_eq!(past.head, 6, "a read after {after}");
+    }
+}
+
 /// Records of any bytes, and awkward channel names, round-trip.
 pub async fn stores_any_bytes_under_awkward_names(target: &Target) {
     let h = target.history().await;
@@ -198,6 +224,7 @@ macro_rules! history_suite {
                 concurrent_appends_get_distinct_serials,
                 a_batch_gets_consecutive_serials_in_order,
                 retention_bounds_what_is_kept,
+                a_page_holds_only_kept_events,
                 a_publishing_append_is_an_append,
                 stores_any_bytes_under_awkward_names,
                 reset_starts_a_new_stream,

@@ -94,22 +94,50 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {id, last - count + 1, publish and 1 or 0}
 ";
 
-/// Read: ARGV[1] new id, [2] meta lifetime, [3] after, [4] limit, [5] max events. Answers
-/// {stream id, head, entries}. Appends trim the log roughly (`MAXLEN ~`: whole nodes of the
+/// Read: ARGV[1] new id, [2] meta lifetime, [3] after, [4] limit, [5] max events, [6] the
+/// oldest time still kept (ms), [7] the largest record answered. Answers {stream id, head,
+/// entries}. Appends trim the log by count, and roughly (`MAXLEN ~`: whole nodes of the
 /// stream at a time, far cheaper than exact trimming), so a read answers only the last
-/// `max events` serials.
+/// `max events` serials, up to the head. It first steps over the entries older than the
+/// retention (a channel quieter than its retention keeps them until its log expires), which
+/// would otherwise take a page's places; a record larger than ARGV[7] is answered empty
+/// (unreadable), not sent whole.
 const READ: &str = r"
 local head = tonumber(redis.call('HGET', KEYS[1], 's'))
 local entries = {}
 if tonumber(ARGV[4]) > 0 then
-  local after = math.max(tonumber(ARGV[3]), head - tonumber(ARGV[5]))
-  entries = redis.call('XRANGE', KEYS[2], '(' .. string.format('%d', after) .. '-0', '+', 'COUNT', ARGV[4])
+  local after = math.min(math.max(tonumber(ARGV[3]), head - tonumber(ARGV[5])), head)
+  local last = string.format('%d', head) .. '-0'
+  local oldest = tonumber(ARGV[6])
+  local aged = true
+  while aged and after < head do
+    local batch = redis.call('XRANGE', KEYS[2], '(' .. string.format('%d', after) .. '-0', last, 'COUNT', 16)
+    if #batch == 0 then break end
+    for _, entry in ipairs(batch) do
+      if (tonumber(entry[2][2]) or oldest) >= oldest then
+        aged = false
+        break
+      end
+      after = tonumber(string.match(entry[1], '^%d+'))
+    end
+  end
+  entries = redis.call('XRANGE', KEYS[2], '(' .. string.format('%d', after) .. '-0', last, 'COUNT', ARGV[4])
+  local largest = tonumber(ARGV[7])
+  for _, entry in ipairs(entries) do
+    if type(entry[2][4]) == 'string' and #entry[2][4] > largest then
+      entry[2][4] = ''
+    end
+  end
 end
 return {id, head, entries}
 ";
 
 /// The most events one read answers, whatever the host asks.
 const MAX_READ: u32 = 10_000;
+
+/// The largest record a read answers (the host refuses larger ones unread too): a log entry
+/// written past the server's own bounds is not carried across whole.
+const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 
 /// One log entry as `XRANGE` answers it: its id and its fields (`t`, time, `r`, record).
 type Entry = (String, (String, u64, String, Vec<u8>));
@@ -238,11 +266,16 @@ where
     ) -> Result<Page, PluginError> {
         let mut conn = self.handle.open()?;
         let mut invocation = self.invocation(&self.read, app, channel, retention);
-        invocation.arg(after).arg(limit.min(MAX_READ)).arg(retention.max_events.max(1));
+        let oldest = sdk::unix_ms().saturating_sub(retention.max_age_ms);
+        invocation
+            .arg(after)
+            .arg(limit.min(MAX_READ))
+            .arg(retention.max_events.max(1))
+            .arg(oldest)
+            .arg(MAX_RECORD_BYTES);
         let (stream_id, head, entries): (String, u64, Vec<Entry>) =
             within("redis history read", self.handle.timeout, invocation.invoke_async(&mut conn))
                 .await?;
-        let oldest = sdk::unix_ms().saturating_sub(retention.max_age_ms);
         let mut events = RVec::with_capacity(entries.len());
         for (id, (_, at_ms, _, record)) in entries {
             let serial = id.split('-').next().and_then(|s| s.parse().ok()).ok_or_else(|| {

@@ -27,6 +27,9 @@ const TRIM_EVERY: i64 = 32;
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// The most events one read answers, whatever the host asks.
 const MAX_READ: u32 = 10_000;
+/// The largest record a read answers (the host refuses larger ones unread too): a row written
+/// past the server's own bounds is answered empty, unreadable, rather than carried whole.
+const MAX_RECORD_BYTES: u64 = 4 * 1024 * 1024;
 
 /// A history store in PostgreSQL.
 pub struct PostgresHistory {
@@ -199,14 +202,17 @@ impl HistoryDriver for PostgresHistory {
         let limit = limit.min(MAX_READ);
         if limit > 0 {
             let select = format!(
-                r#"SELECT serial, at_ms, record FROM "{events}"
+                r#"SELECT serial, at_ms,
+                     CASE WHEN octet_length(record) <= $9::int8 THEN record ELSE ''::bytea END
+                   FROM "{events}"
                    WHERE app = $1 AND channel = $2 AND stream_id = $3
                    AND serial > $4 AND serial > $5 AND serial <= $6 AND at_ms >= $7
                    ORDER BY serial LIMIT $8"#
             );
             let floor = head.saturating_sub(int(retention.max_events));
             let oldest = now.saturating_sub(int(retention.max_age_ms));
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            let largest = int(MAX_RECORD_BYTES);
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
                 &app,
                 &channel,
                 &stream_id,
@@ -215,6 +221,7 @@ impl HistoryDriver for PostgresHistory {
                 &head,
                 &oldest,
                 &i64::from(limit),
+                &largest,
             ];
             for row in self.pg.rows(&select, &params).await? {
                 let (serial, at_ms, record): (i64, i64, Vec<u8>) =
