@@ -21,8 +21,9 @@ use sockhost_plugin_api::{
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct MemoryHistoryConfig {
-    /// Channels it keeps streams for at most; past it, the stream used least recently is
-    /// forgotten (its channel starts again with a new id). Default: 100000.
+    /// Channels it keeps streams for at most; past it, the app with the most forgets its
+    /// stream used least recently (its channel starts again with a new id): one app's
+    /// channels do not push out another's. Default: 100000.
     max_streams: usize,
     /// Bytes of records one stream keeps at most, oldest dropped first. Default: 1 MiB.
     max_bytes_per_stream: usize,
@@ -63,9 +64,41 @@ impl Stream {
     }
 }
 
-/// Streams in a map, bounded in count and per stream.
+/// Each app's streams by channel, and how many there are.
+#[derive(Default)]
+struct Streams {
+    by_app: HashMap<String, HashMap<String, Stream>>,
+    count: usize,
+}
+
+impl Streams {
+    /// Forget the stream used least recently of the app that has the most: an app flooding
+    /// the store with channels pushes out its own, not another's.
+    fn forget_one(&mut self) {
+        let biggest = self.by_app.iter().max_by_key(|(_, channels)| channels.len());
+        let victim = biggest.and_then(|(app, channels)| {
+            let lru = channels.iter().min_by_key(|(_, s)| s.used_ms);
+            lru.map(|(channel, _)| (app.clone(), channel.clone()))
+        });
+        if let Some((app, channel)) = victim {
+            self.remove(&app, &channel);
+        }
+    }
+
+    fn remove(&mut self, app: &str, channel: &str) {
+        let Some(channels) = self.by_app.get_mut(app) else { return };
+        if channels.remove(channel).is_some() {
+            self.count -= 1;
+        }
+        if channels.is_empty() {
+            self.by_app.remove(app);
+        }
+    }
+}
+
+/// Streams by app and channel, bounded in count and per stream.
 pub struct MemoryHistory {
-    streams: Mutex<HashMap<(String, String), Stream>>,
+    streams: Mutex<Streams>,
     config: MemoryHistoryConfig,
     closed: AtomicBool,
 }
@@ -106,14 +139,15 @@ impl MemoryHistory {
         }
         let now = sdk::unix_ms();
         let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (app.to_string(), channel.to_string());
-        if !streams.contains_key(&key) && streams.len() >= self.config.max_streams {
-            let oldest = streams.iter().min_by_key(|(_, s)| s.used_ms).map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                streams.remove(&oldest);
+        let known = streams.by_app.get(app).is_some_and(|c| c.contains_key(channel));
+        if !known {
+            if streams.count >= self.config.max_streams {
+                streams.forget_one();
             }
+            streams.count += 1;
         }
-        let stream = streams.entry(key).or_insert_with(|| Stream::new(now));
+        let channels = streams.by_app.entry(app.to_string()).or_default();
+        let stream = channels.entry(channel.to_string()).or_insert_with(|| Stream::new(now));
         stream.used_ms = now;
         Ok(f(stream, now))
     }
@@ -165,7 +199,7 @@ impl HistoryDriver for MemoryHistory {
 
     async fn reset(&self, app: &str, channel: &str) -> Result<(), PluginError> {
         let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
-        streams.remove(&(app.to_string(), channel.to_string()));
+        streams.remove(app, channel);
         Ok(())
     }
 
