@@ -565,7 +565,7 @@ impl Recovery {
                 });
                 all.filter(|(_, _, stream)| {
                     // Busy now: in use, so kept.
-                    stream.buffer.try_lock().is_ok_and(|b| b.used.is_none_or(|u| u < oldest))
+                    stream.buffer.try_lock().is_ok_and(|b| b.used.is_some_and(|u| u < oldest))
                 })
                 .map(|(app, channel, stream)| (app.clone(), channel.clone(), stream.clone()))
                 .collect()
