@@ -85,6 +85,31 @@ async fn a_reconnected_client_gets_exactly_what_it_missed_in_order() {
     assert_eq!(again.expect("tick").await["serial"], 7);
 }
 
+/// A channel subscribed again on the same stream keeps its first acknowledgement's head: what
+/// came after it came live, and a resume from before it replays only what came before.
+#[tokio::test]
+async fn subscribing_again_does_not_make_a_resume_replay_what_came_live() {
+    let server = recovering("100");
+    let app = TestApp::main();
+    let api = Api::new(&server.http_url(), &app);
+    let (_early, stream_id, _) = subscribed(&server, &app, "news").await;
+    publish(&api, "news", 1..3).await;
+    let (mut client, _, head) = subscribed(&server, &app, "news").await;
+    assert_eq!(head, 2);
+    publish(&api, "news", 3..5).await;
+    assert_eq!(client.expect("tick").await["serial"], 3);
+    assert_eq!(client.expect("tick").await["serial"], 4);
+    let again = client.subscribe_v2(&app, "news").await;
+    assert_eq!(again["serial"], 4, "{again}");
+    let resume =
+        json!({ "channel_positions": { "news": { "stream_id": stream_id, "serial": 0 } } });
+    client.send(json!({ "event": "sockudo:resume", "data": resume })).await;
+    assert_eq!(client.expect_any().await["serial"], 1);
+    assert_eq!(client.expect_any().await["serial"], 2);
+    let summary = data(&client.expect_any().await);
+    assert_eq!(summary["recovered"][0]["replayed"], 2, "3 and 4 came live: {summary}");
+}
+
 #[tokio::test]
 async fn a_resume_before_its_subscribe_is_answered_when_the_subscribe_lands() {
     let server = recovering("100");

@@ -695,6 +695,16 @@ async fn an_idempotent_retry_on_another_node_is_answered_not_published() {
     assert_eq!(trigger_with_key(&servers[0], &second, Some("order-18")).await.0, 200);
     let too_long = "k".repeat(129);
     assert_eq!(trigger_with_key(&servers[0], &second, Some(&too_long)).await.0, 400);
+    // Another event under a key already used is refused, as Sockudo refuses it.
+    let other = json!({ "name": "placed", "data": "99", "channel": "orders", "idempotency_key": "order-17" });
+    let refused = trigger_with_key(&servers[1], &other, None).await;
+    assert_eq!(refused.0, 400, "{refused:?}");
+    assert_eq!(refused.1["error"], "idempotency key was already used with a different payload");
+    // A `message_id` alone is a key too.
+    let by_id =
+        json!({ "name": "placed", "data": "19", "channel": "orders", "message_id": "order-19" });
+    assert_eq!(trigger_with_key(&servers[0], &by_id, None).await.0, 200);
+    assert_eq!(trigger_with_key(&servers[1], &by_id, None).await.0, 200);
     let marker = json!({ "name": "marker", "data": "end", "channel": "orders" });
     assert_eq!(trigger_with_key(&servers[1], &marker, None).await.0, 200);
 
@@ -704,10 +714,57 @@ async fn an_idempotent_retry_on_another_node_is_answered_not_published() {
         (Some("17"), Some("order-17"))
     );
     assert_eq!(client.expect_any().await["data"], "18");
+    assert_eq!(client.expect_any().await["message_id"], "order-19");
     assert_eq!(client.expect_any().await["event"], "marker", "a retry was published again");
     let duplicates = r#"sockhost_idempotent_publishes_total{outcome="duplicate"}"#;
-    assert_eq!(servers[1].labelled_metric(duplicates).await, 1.0);
+    assert_eq!(servers[1].labelled_metric(duplicates).await, 2.0);
     assert_eq!(servers[0].labelled_metric(duplicates).await, 1.0);
+    let mismatch = r#"sockhost_idempotent_publishes_total{outcome="mismatch"}"#;
+    assert_eq!(servers[1].labelled_metric(mismatch).await, 1.0);
+}
+
+/// A publish with a key that failed (the history store was down) lets one retry publish, and
+/// only one: retries sent at once after the store is back deliver the event once, each
+/// answered with the first retry's answer (or told it is still in progress).
+#[tokio::test]
+async fn after_a_failed_idempotent_publish_one_retry_publishes() {
+    let mut redis = RedisServer::start();
+    let bus = Bus::redis(&redis.url(), "failed:");
+    let extra = format!("{}\n[idempotency]\nenabled = true\n", recovering(&bus));
+    let servers = nodes(&bus, 1, &extra).await;
+    let app = TestApp::main();
+    let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[0].port, app.key);
+    let mut v2 = Client::connect_v2(&url).await;
+    v2.subscribe_v2(&app, "orders").await;
+    let order = json!({ "name": "placed", "data": "20", "channel": "orders", "idempotency_key": "order-20" });
+
+    redis.kill();
+    let failed = trigger_with_key(&servers[0], &order, None).await;
+    assert_eq!(failed.0, 503, "{failed:?}");
+    redis.restart();
+    let probe = json!({ "name": "probe", "data": "", "channel": "probes" });
+    sockhost_plugin_api::conformance::eventually("the store takes events again", async || {
+        let status = trigger_with_key(&servers[0], &probe, None).await.0;
+        sockhost_plugin_api::conformance::holds(status == 200, status)
+    })
+    .await;
+
+    let retries =
+        futures_util::future::join_all((0..4).map(|_| trigger_with_key(&servers[0], &order, None)))
+            .await;
+    let answered: Vec<_> = retries.iter().filter(|(status, _)| *status == 200).collect();
+    assert!(!answered.is_empty(), "no retry published: {retries:?}");
+    assert!(retries.iter().all(|(status, _)| *status == 200 || *status == 503), "{retries:?}");
+    assert!(
+        answered.windows(2).all(|w| w[0] == w[1]),
+        "retries got different answers: {retries:?}"
+    );
+    let marker = json!({ "name": "marker", "data": "end", "channel": "orders" });
+    assert_eq!(trigger_with_key(&servers[0], &marker, None).await.0, 200);
+    assert_eq!(v2.expect("placed").await["data"], "20");
+    assert_eq!(v2.expect_any().await["event"], "marker", "a retry was published again");
+    let retried = r#"sockhost_idempotent_publishes_total{outcome="retried"}"#;
+    assert_eq!(servers[0].labelled_metric(retried).await, 1.0);
 }
 
 /// An idempotent publish whose publisher hung up while the history store was slow is carried

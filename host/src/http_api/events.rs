@@ -9,6 +9,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use sha2::{Digest as _, Sha256};
 
 use super::{
     ApiError, Signed,
@@ -405,8 +406,14 @@ pub(crate) async fn publish_body(
     header_key: Option<&str>,
 ) -> Result<Value, ApiError> {
     let event = check(app, parse(body)?, false)?;
+    // The publisher's `message_id` is a key too, as Sockudo takes it: a retry that carries only
+    // it is not broadcast again.
     let key = match &ctx.settings.idempotency {
-        Some(settings) => idempotency::key(settings, event.idempotency_key.as_deref(), header_key)?,
+        Some(settings) => idempotency::key(
+            settings,
+            event.idempotency_key.as_deref(),
+            header_key.or(event.message_id.as_deref()),
+        )?,
         None => None,
     };
     let Some(key) = key.map(str::to_string) else {
@@ -419,7 +426,8 @@ pub(crate) async fn publish_body(
     let (ctx, app) = (ctx.clone(), app.clone());
     to_its_end(async move {
         let settings = ctx.settings.idempotency.as_ref().expect("a key comes with settings");
-        let claimed = match idempotency::claim(&ctx, settings, &app, &key).await? {
+        let fingerprint = fingerprint(&event);
+        let claimed = match idempotency::claim(&ctx, settings, &app, &key, fingerprint).await? {
             Claim::Answered(answer) => return Ok(answer),
             Claim::First(claimed) => claimed,
         };
@@ -428,6 +436,14 @@ pub(crate) async fn publish_body(
         answer
     })
     .await
+}
+
+/// What identifies an event under an idempotency key: its name, channels, data, excluded
+/// socket and tags (a retry must send the same; the key and `message_id` are left out).
+fn fingerprint(event: &Checked) -> String {
+    let what = (&event.name, &event.channels, &event.data, &event.socket_id, &event.tags);
+    let bytes = serde_json::to_vec(&what).unwrap_or_default();
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Run `publish` on a task of its own, so that it ends whether or not its request still

@@ -94,8 +94,25 @@ pub(super) struct Subscribed<'a> {
 pub(super) struct Resumes {
     /// Made by the connection's first resume: most connections never resume, and every
     /// connection would pay for it.
-    waiting: Option<Arc<Mutex<Option<Waiting>>>>,
+    waiting: Option<Box<Held>>,
     started: u64,
+}
+
+/// The resume waiting for subscribes, and the timer that answers it if they do not come.
+#[derive(Debug, Default)]
+struct Held {
+    slot: Arc<Mutex<Option<Waiting>>>,
+    /// One at a time: a client resuming again and again does not pile up sleeping tasks,
+    /// nor leave one behind when its socket closes.
+    timer: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+    }
 }
 
 impl Resumes {
@@ -111,7 +128,8 @@ impl Resumes {
         subscribed: Subscribed<'_>,
         mut fetched: HashMap<String, Result<Fetched, Box<Failure>>>,
     ) {
-        let slot = self.waiting.get_or_insert_default();
+        let held = self.waiting.get_or_insert_default();
+        let slot = held.slot.clone();
         if let Some(older) = slot.lock().expect("resume lock").take() {
             older.finish(conn);
         }
@@ -135,8 +153,11 @@ impl Resumes {
         }
         let id = waiting.id;
         *slot.lock().expect("resume lock") = Some(waiting);
-        let (slot, conn) = (slot.clone(), conn.clone());
-        tokio::spawn(async move {
+        if let Some(timer) = held.timer.take() {
+            timer.abort();
+        }
+        let conn = conn.clone();
+        let timer = tokio::spawn(async move {
             tokio::time::sleep(WAIT_FOR_SUBSCRIBE).await;
             let mut slot = slot.lock().expect("resume lock");
             if slot.as_ref().is_some_and(|w| w.id == id)
@@ -145,20 +166,21 @@ impl Resumes {
                 waiting.finish(&conn);
             }
         });
+        held.timer = Some(timer.abort_handle());
     }
 
     /// Take `channel` out of the waiting resume, if it waits: its subscribe is being made, and
     /// its replay goes right after the acknowledgement (see [`Resumes::settled`]).
     pub(super) fn take(&self, channel: &str) -> Option<Wanted> {
-        let mut slot = self.waiting.as_ref()?.lock().expect("resume lock");
+        let mut slot = self.waiting.as_ref()?.slot.lock().expect("resume lock");
         slot.as_mut()?.channels.remove(channel)
     }
 
     /// A channel taken with [`Resumes::take`] was replayed (or failed): count it, and send the
     /// summary once nothing waits any more.
     pub(super) fn settled(&self, conn: &Conn, outcome: Result<Recovered, Box<Failure>>) {
-        let Some(slot) = &self.waiting else { return };
-        let mut slot = slot.lock().expect("resume lock");
+        let Some(held) = &self.waiting else { return };
+        let mut slot = held.slot.lock().expect("resume lock");
         let Some(waiting) = slot.as_mut() else { return };
         match outcome {
             Ok(recovered) => waiting.recovered.push(recovered),

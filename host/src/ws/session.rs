@@ -495,7 +495,12 @@ impl Session {
                 };
                 if let Some(stream) = &stream {
                     let acked = (stream.head().stream_id, acked.load(Ordering::Relaxed));
-                    self.heads.insert(name.to_string(), acked);
+                    // Subscribed again on the same stream: what came after the first
+                    // acknowledgement came live, and a resume replays only what is before it.
+                    let known = self.heads.get(name).is_some_and(|(id, _)| *id == acked.0);
+                    if !known {
+                        self.heads.insert(name.to_string(), acked);
+                    }
                 }
                 self.subscribed(name, &outcome, member, with_deltas).await;
             }
