@@ -110,6 +110,30 @@ async fn subscribing_again_does_not_make_a_resume_replay_what_came_live() {
     assert_eq!(summary["recovered"][0]["replayed"], 2, "3 and 4 came live: {summary}");
 }
 
+/// A resume waiting for a subscribe that is then refused (a wrong signature) is answered at
+/// once: the channel failed, not after the 30 s a missing subscribe is waited for.
+#[tokio::test]
+async fn a_resume_waiting_for_a_refused_subscribe_is_answered_at_once() {
+    let server = recovering("100");
+    let app = TestApp::main();
+    let mut client = Client::connect_raw(&v2_url(&server, &app.key)).await;
+    client.expect("sockudo:connection_established").await;
+    let position = json!({ "stream_id": "gone", "serial": 3 });
+    let resume = json!({ "channel_positions": { "private-orders": position } });
+    client.send(json!({ "event": "sockudo:resume", "data": resume })).await;
+    let subscribe = json!({ "channel": "private-orders", "auth": format!("{}:0000", app.key) });
+    client.send(json!({ "event": "sockudo:subscribe", "data": subscribe })).await;
+    let refused = client.expect_any().await;
+    assert!(
+        refused["event"].as_str().is_some_and(|e| e.ends_with("subscription_error")),
+        "{refused}"
+    );
+    assert_eq!(client.expect("sockudo:resume_failed").await["channel"], "private-orders");
+    let summary = data(&client.expect("sockudo:resume_success").await);
+    assert_eq!(summary["failed"][0]["channel"], "private-orders", "{summary}");
+    assert_eq!(summary["recovered"], json!([]));
+}
+
 #[tokio::test]
 async fn a_resume_before_its_subscribe_is_answered_when_the_subscribe_lands() {
     let server = recovering("100");

@@ -357,6 +357,10 @@ impl Session {
         self.send(frames::subscription_error(channel, kind, error, status));
         let detail = || format!("subscription refused: {kind} ({status}) {error}");
         self.tap(|| Entry::new(Kind::Error).channel(channel).detail(detail()));
+        // A resume waiting for this subscribe is answered now, not after its 30 s.
+        if self.resumes.take(channel).is_some() {
+            self.resumes.settled(&self.conn, Err(Resumes::not_subscribed(channel)));
+        }
     }
 
     /// Count a subscribe or unsubscribe against the connection's rate (a window of a minute);
