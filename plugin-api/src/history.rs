@@ -11,6 +11,11 @@ use crate::PResult;
 
 /// How much of a stream a driver keeps: events past either bound go, oldest first. The host
 /// passes it with every append, so that one driver serves apps with different settings.
+/// The largest record a store answers from a read, and the host reads back: the host writes
+/// none larger, so a larger one is another writer's, answered empty (unreadable) rather than
+/// carried across whole.
+pub const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
+
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention {

@@ -65,8 +65,8 @@ pub use app_manager::{AppManager, AppManager_TO, AppManagerBox, CHANGED, IF_VERS
 pub use cache::{Cache, Cache_TO, CacheBox};
 pub use error::{ErrorCode, PResult, PluginError};
 pub use history::{
-    Appended, History, History_TO, HistoryBox, HistoryBus, HistoryBus_TO, HistoryBusBox, Outgoing,
-    Page, Published, Retention, Stored,
+    Appended, History, History_TO, HistoryBox, HistoryBus, HistoryBus_TO, HistoryBusBox,
+    MAX_RECORD_BYTES, Outgoing, Page, Published, Retention, Stored,
 };
 pub use host::{HostContext, HostContext_TO, HostContextBox, LogLevel};
 pub use info::{DriverDecl, DriverKind, PluginInfo};

@@ -20,4 +20,6 @@ pub use host_context::{Incoming, PluginCounters};
 pub use loader::{LoadError, LoadedPlugin};
 pub use manifest::{Manifest, ManifestError};
 pub use registry::{PluginLine, Refusal, RefusalReason, Registry};
-pub use sockhost_plugin_api::{DriverKind, ErrorCode, PluginError, RateDecision, Retention};
+pub use sockhost_plugin_api::{
+    DriverKind, ErrorCode, MAX_RECORD_BYTES, PluginError, RateDecision, Retention,
+};

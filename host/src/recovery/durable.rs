@@ -494,21 +494,24 @@ impl Recovery {
     pub(crate) fn deliver(self: &Arc<Self>, app: &str, channel: &str, event: Event) {
         let store = self.store();
         let (id, serial) = (event.stream_id.clone(), event.serial);
+        let current = self.find(app, channel);
         // A late event of a stream the channel's replaced (an append or a bus message from
         // before a reset): it would otherwise replace the stream that replaced it.
-        if self.find(app, channel).is_some_and(|s| s.retired(&id)) {
+        if current.as_ref().is_some_and(|s| s.retired(&id)) {
             store.counters.duplicates.inc();
             return;
         }
         // A stream this node has not seen starts at this event; another id than the node's is
         // a stream started again (the store lost its state): from its first event. (Serials
         // start at 1; a 0 from the bus or the store is dropped below as delivered already.)
-        let stream = self.find_or_make(
-            app,
-            channel,
-            |s| *s.stream_id == *id,
-            || Stream::new(id.clone(), serial.saturating_sub(1), self.kept.clone()),
-        );
+        let stream = current.filter(|s| *s.stream_id == *id).or_else(|| {
+            self.find_or_make(
+                app,
+                channel,
+                |s| *s.stream_id == *id,
+                || Stream::new(id.clone(), serial.saturating_sub(1), self.kept.clone()),
+            )
+        });
         let Some(stream) = stream else {
             // The node holds as many streams as it may: delivered without a position.
             self.untracked.inc();
@@ -651,11 +654,7 @@ impl Recovery {
         loop {
             let (after, missing) = {
                 let mut order = stream.order.lock().expect("recovery lock");
-                // Replaced meanwhile (the store's stream started again): its waiting events
-                // belong to a stream the channel no longer has, and go nowhere.
-                if !self.is_current(app, channel, stream) {
-                    order.pending.clear();
-                    order.repairing = false;
+                if self.abandoned(app, channel, stream, &mut order) {
                     return;
                 }
                 self.drain(app, channel, stream, &mut order);
@@ -671,9 +670,7 @@ impl Recovery {
             let read = store.history.read(app, channel, after, limit, store.retention).await;
             let pause = {
                 let mut order = stream.order.lock().expect("recovery lock");
-                if !self.is_current(app, channel, stream) {
-                    order.pending.clear();
-                    order.repairing = false;
+                if self.abandoned(app, channel, stream, &mut order) {
                     return;
                 }
                 match read {
@@ -718,6 +715,18 @@ impl Recovery {
                 tokio::time::sleep(pause).await;
             }
         }
+    }
+
+    /// Whether `stream` was replaced while its gap was being filled (the store's stream
+    /// started again): its waiting events belong to a stream the channel no longer has, and go
+    /// nowhere; its repair ends.
+    fn abandoned(&self, app: &str, channel: &str, stream: &Stream, order: &mut Order) -> bool {
+        if self.is_current(app, channel, stream) {
+            return false;
+        }
+        order.pending.clear();
+        order.repairing = false;
+        true
     }
 }
 

@@ -4,10 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::filter::Tags;
-
-/// The largest record read back from the store; anything larger is refused unread.
-const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
+// The largest record read back from the store; anything larger is refused unread.
+use crate::{plugins::MAX_RECORD_BYTES, protocol::filter::Tags};
 
 /// One event as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@
 use redis::aio::ConnectionLike;
 use serde::Deserialize;
 use sockhost_plugin_api::{
-    Appended, Outgoing, Page, PluginError, Published, Retention, Stored,
+    Appended, MAX_RECORD_BYTES, Outgoing, Page, PluginError, Published, Retention, Stored,
     abi::{RString, RVec},
     sdk::{self, HistoryBusDriver, HistoryDriver},
 };
@@ -106,12 +106,13 @@ const READ: &str = r"
 local head = tonumber(redis.call('HGET', KEYS[1], 's'))
 local entries = {}
 if tonumber(ARGV[4]) > 0 then
+  local function entry_id(serial) return string.format('%d', serial) .. '-0' end
   local after = math.min(math.max(tonumber(ARGV[3]), head - tonumber(ARGV[5])), head)
-  local last = string.format('%d', head) .. '-0'
+  local last = entry_id(head)
   local oldest = tonumber(ARGV[6])
   local aged = true
   while aged and after < head do
-    local batch = redis.call('XRANGE', KEYS[2], '(' .. string.format('%d', after) .. '-0', last, 'COUNT', 16)
+    local batch = redis.call('XRANGE', KEYS[2], '(' .. entry_id(after), last, 'COUNT', 16)
     if #batch == 0 then break end
     for _, entry in ipairs(batch) do
       if (tonumber(entry[2][2]) or oldest) >= oldest then
@@ -121,7 +122,7 @@ if tonumber(ARGV[4]) > 0 then
       after = tonumber(string.match(entry[1], '^%d+'))
     end
   end
-  entries = redis.call('XRANGE', KEYS[2], '(' .. string.format('%d', after) .. '-0', last, 'COUNT', ARGV[4])
+  entries = redis.call('XRANGE', KEYS[2], '(' .. entry_id(after), last, 'COUNT', ARGV[4])
   local largest = tonumber(ARGV[7])
   for _, entry in ipairs(entries) do
     if type(entry[2][4]) == 'string' and #entry[2][4] > largest then
@@ -134,10 +135,6 @@ return {id, head, entries}
 
 /// The most events one read answers, whatever the host asks.
 const MAX_READ: u32 = 10_000;
-
-/// The largest record a read answers (the host refuses larger ones unread too): a log entry
-/// written past the server's own bounds is not carried across whole.
-const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 
 /// One log entry as `XRANGE` answers it: its id and its fields (`t`, time, `r`, record).
 type Entry = (String, (String, u64, String, Vec<u8>));

@@ -14,7 +14,7 @@ use std::{
 };
 
 use sockhost_plugin_api::{
-    Appended, Page, PluginError, Retention, Stored,
+    Appended, MAX_RECORD_BYTES, Page, PluginError, Retention, Stored,
     abi::{RString, RVec},
     sdk::{self, HistoryDriver},
 };
@@ -27,9 +27,6 @@ const TRIM_EVERY: i64 = 32;
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// The most events one read answers, whatever the host asks.
 const MAX_READ: u32 = 10_000;
-/// The largest record a read answers (the host refuses larger ones unread too): a row written
-/// past the server's own bounds is answered empty, unreadable, rather than carried whole.
-const MAX_RECORD_BYTES: u64 = 4 * 1024 * 1024;
 
 /// A history store in PostgreSQL.
 pub struct PostgresHistory {
@@ -211,7 +208,8 @@ impl HistoryDriver for PostgresHistory {
             );
             let floor = head.saturating_sub(int(retention.max_events));
             let oldest = now.saturating_sub(int(retention.max_age_ms));
-            let largest = int(MAX_RECORD_BYTES);
+            // The largest record answered; a larger one (another writer's) comes back empty.
+            let largest = i64::try_from(MAX_RECORD_BYTES).unwrap_or(i64::MAX);
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
                 &app,
                 &channel,
