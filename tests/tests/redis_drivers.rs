@@ -136,3 +136,64 @@ async fn the_history_store_publishes_where_its_transport_does() {
     let after = after.await.into_result().expect("appended");
     assert_eq!((after.appended.serial, after.published), (5, false), "published with no transport");
 }
+
+/// The single-server history store, one connection shared by every call: many appends at once
+/// on several channels are each answered, with every channel's serials dense; after its server
+/// is killed, appends fail as unavailable (or time out), and once the server is back (on the
+/// same port, its data gone) an append succeeds again on a new stream, without the store being
+/// made again.
+#[tokio::test]
+async fn the_history_store_answers_many_calls_at_once_and_connects_again() {
+    use sockhost_plugin_api::{
+        ErrorCode, Retention,
+        abi::{RStr, RVec},
+    };
+    let mut server = RedisServer::start();
+    let target = Target::new(
+        cdylib("sockhost_redis"),
+        "redis",
+        &format!("url_override = \"{}\"", server.url()),
+    );
+    let store = target.history().await;
+    let keep = Retention { max_events: 1_000, max_age_ms: 60_000 };
+    let s = RStr::from_str;
+    let record = || RVec::from(vec![RVec::from(b"r".to_vec())]);
+    let channels = ["c0", "c1", "c2", "c3", "c4"];
+    let appends = (0..200).map(|i| {
+        let channel = channels[i % channels.len()];
+        let store = &store;
+        async move {
+            let appended = store.append(s("app"), s(channel), record(), keep).await;
+            (channel, appended.into_result().expect("appended").serial)
+        }
+    });
+    let answered = futures_util::future::join_all(appends).await;
+    for channel in channels {
+        let mut serials: Vec<u64> =
+            answered.iter().filter(|(c, _)| *c == channel).map(|(_, s)| *s).collect();
+        serials.sort_unstable();
+        assert_eq!(serials, (1..=40).collect::<Vec<_>>(), "{channel}");
+    }
+    let before = store.append(s("app"), s("c0"), record(), keep).await;
+    let before = before.into_result().expect("appended").stream_id.to_string();
+
+    server.kill();
+    let down = store.append(s("app"), s("c0"), record(), keep).await.into_result();
+    let error = down.expect_err("appended with the server gone");
+    assert!(error.code == ErrorCode::UNAVAILABLE || error.code == ErrorCode::TIMEOUT, "{error:?}");
+    server.restart();
+    // The first attempts may meet the lost connection while it is being made again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let after = loop {
+        match store.append(s("app"), s("c0"), record(), keep).await.into_result() {
+            Ok(appended) => break appended,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(e.code == ErrorCode::UNAVAILABLE || e.code == ErrorCode::TIMEOUT, "{e:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no append within 10 s of the server's restart: {e:?}"),
+        }
+    };
+    assert_eq!(after.serial, 1, "the restarted server kept nothing");
+    assert_ne!(after.stream_id.as_str(), before, "a new stream, which resumes are told");
+}
