@@ -30,6 +30,9 @@ struct Waiting {
     /// The app's recovery settings.
     app: AppRecovery,
     channels: BTreeMap<String, Wanted>,
+    /// Channels taken out by their subscribe, whose replay is under way (at most one: a
+    /// socket's messages are handled one at a time). The summary waits for it.
+    underway: usize,
     recovered: Vec<Recovered>,
     failed: Vec<Failure>,
 }
@@ -69,24 +72,54 @@ impl Waiting {
         self.failed.push(failure);
     }
 
-    /// Fail what still waits, and send the summary.
-    fn finish(mut self, conn: &Conn) {
+    /// Fail the channels whose subscribe has not come.
+    fn give_up(&mut self, conn: &Conn) {
         let left = std::mem::take(&mut self.channels);
         for channel in left.into_keys() {
             self.fail(conn, *Resumes::not_subscribed(&channel));
         }
+    }
+
+    /// Fail what still waits, and send the summary.
+    fn finish(mut self, conn: &Conn) {
+        self.give_up(conn);
         conn.send(&Utf8Bytes::from(resume_success(&self.recovered, &self.failed)));
     }
 }
 
-/// The connection's subscriptions, as a resume needs them: the head each was acknowledged at,
-/// and its tag filter.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Subscribed<'a> {
-    pub heads: &'a HashMap<String, Acked>,
-    pub filters: &'a HashMap<String, Arc<Filter>>,
-    /// The app's recovery settings.
-    pub app: AppRecovery,
+/// A resume being started (see [`Resumes::begin`]).
+#[derive(Debug)]
+pub(super) struct Resume(Waiting);
+
+impl Resume {
+    /// The channels it names that are subscribed already (in `heads`), in order.
+    pub(super) fn subscribed<'a>(
+        &self,
+        heads: &'a HashMap<String, Acked>,
+    ) -> Vec<(String, &'a Acked)> {
+        let known = self.0.channels.keys();
+        known.filter_map(|c| heads.get(c).map(|acked| (c.clone(), acked))).collect()
+    }
+
+    /// What it asks of `channel`.
+    pub(super) fn wanted(&self, channel: &str) -> Option<&Wanted> {
+        self.0.channels.get(channel)
+    }
+
+    /// Replay a subscribed channel now (see [`Waiting::settle`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn settle(
+        &mut self,
+        recovery: &Recovery,
+        app: &str,
+        conn: &Conn,
+        channel: &str,
+        acked: &Acked,
+        filter: Option<&Filter>,
+        fetched: Option<Result<Fetched, Box<Failure>>>,
+    ) {
+        self.0.settle(recovery, app, conn, channel, acked, filter, fetched);
+    }
 }
 
 /// A connection's resumes: at most one waits at a time.
@@ -116,41 +149,34 @@ impl Drop for Held {
 }
 
 impl Resumes {
-    /// Start a resume of `wanted` channels: those subscribed already (`heads`: each one's
-    /// acknowledged head) are replayed now, the others when their subscribe is acknowledged.
-    /// A resume still waiting is answered first, as it stands.
-    pub(super) fn start(
+    /// Begin a resume of `wanted` channels with the app's recovery settings `app`; a resume
+    /// still waiting is answered first, as it stands. The caller replays the channels
+    /// subscribed already, one at a time ([`Resume::settle`]: each one's window is read from
+    /// the store just before its replay, so a resume of many channels holds one channel's
+    /// events at a time, not all of them), then hands it to [`Resumes::hold`].
+    pub(super) fn begin(
         &mut self,
-        recovery: &Arc<Recovery>,
-        app: &str,
         conn: &Conn,
         wanted: Vec<(String, Wanted)>,
-        subscribed: Subscribed<'_>,
-        mut fetched: HashMap<String, Result<Fetched, Box<Failure>>>,
-    ) {
+        app: AppRecovery,
+    ) -> Resume {
         let held = self.waiting.get_or_insert_default();
-        let slot = held.slot.clone();
-        if let Some(older) = slot.lock().expect("resume lock").take() {
+        if let Some(older) = held.slot.lock().expect("resume lock").take() {
             older.finish(conn);
         }
         self.started += 1;
-        let mut waiting = Waiting { id: self.started, app: subscribed.app, ..Waiting::default() };
-        waiting.channels = wanted.into_iter().collect();
-        let ready: Vec<(String, Acked)> = waiting
-            .channels
-            .keys()
-            .filter_map(|channel| {
-                subscribed.heads.get(channel).map(|acked| (channel.clone(), acked.clone()))
-            })
-            .collect();
-        for (channel, acked) in ready {
-            let answer = fetched.remove(&channel);
-            let filter = subscribed.filters.get(&channel).map(|f| &**f);
-            waiting.settle(recovery, app, conn, &channel, &acked, filter, answer);
-        }
+        let channels = wanted.into_iter().collect();
+        Resume(Waiting { id: self.started, app, channels, ..Waiting::default() })
+    }
+
+    /// The resume's channels still to replay: answered now if none is left, else waiting for
+    /// their subscribes, up to [`WAIT_FOR_SUBSCRIBE`].
+    pub(super) fn hold(&mut self, conn: &Conn, Resume(waiting): Resume) {
         if waiting.channels.is_empty() {
             return waiting.finish(conn);
         }
+        let held = self.waiting.get_or_insert_default();
+        let slot = held.slot.clone();
         let id = waiting.id;
         *slot.lock().expect("resume lock") = Some(waiting);
         if let Some(timer) = held.timer.take() {
@@ -160,7 +186,11 @@ impl Resumes {
         let timer = tokio::spawn(async move {
             tokio::time::sleep(WAIT_FOR_SUBSCRIBE).await;
             let mut slot = slot.lock().expect("resume lock");
-            if slot.as_ref().is_some_and(|w| w.id == id)
+            let Some(waiting) = slot.as_mut().filter(|w| w.id == id) else { return };
+            // A channel whose replay is under way is in the summary, which then goes out when
+            // that replay settles (see [`Resumes::settled`]).
+            waiting.give_up(&conn);
+            if waiting.underway == 0
                 && let Some(waiting) = slot.take()
             {
                 waiting.finish(&conn);
@@ -173,7 +203,10 @@ impl Resumes {
     /// its replay goes right after the acknowledgement (see [`Resumes::settled`]).
     pub(super) fn take(&self, channel: &str) -> Option<Wanted> {
         let mut slot = self.waiting.as_ref()?.slot.lock().expect("resume lock");
-        slot.as_mut()?.channels.remove(channel)
+        let waiting = slot.as_mut()?;
+        let wanted = waiting.channels.remove(channel)?;
+        waiting.underway += 1;
+        Some(wanted)
     }
 
     /// A channel taken with [`Resumes::take`] was replayed (or failed): count it, and send the
@@ -182,11 +215,13 @@ impl Resumes {
         let Some(held) = &self.waiting else { return };
         let mut slot = held.slot.lock().expect("resume lock");
         let Some(waiting) = slot.as_mut() else { return };
+        waiting.underway = waiting.underway.saturating_sub(1);
         match outcome {
             Ok(recovered) => waiting.recovered.push(recovered),
             Err(failure) => waiting.fail(conn, *failure),
         }
         if waiting.channels.is_empty()
+            && waiting.underway == 0
             && let Some(waiting) = slot.take()
         {
             waiting.finish(conn);

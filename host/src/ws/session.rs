@@ -188,23 +188,20 @@ impl Session {
         match recovery::parse_resume(data) {
             Ok(wanted) => {
                 Metrics::count(&self.ctx.metrics.resumes, "outcome", "started");
-                // With history, what this node's buffers cannot cover is read from the store
-                // first, for the channels subscribed already (the others, at their subscribe).
-                let mut fetched = HashMap::new();
-                for (channel, position) in &wanted {
-                    if self.heads.contains_key(channel)
-                        && let Some(answer) = recovery.fetch(&self.app.id, channel, position).await
-                    {
-                        fetched.insert(channel.clone(), answer);
-                    }
+                let mut resume = self.resumes.begin(&self.conn, wanted, self.app.recovery);
+                // The channels subscribed already are replayed now, one after the other; with
+                // history, what this node's buffers cannot cover is read from the store just
+                // before, so at most one channel's window is held at a time. (No other
+                // message of this socket is handled meanwhile: its subscriptions stay as they
+                // are.) The others are replayed at their subscribe.
+                for (channel, acked) in resume.subscribed(&self.heads) {
+                    let Some(wanted) = resume.wanted(&channel) else { continue };
+                    let fetched = recovery.fetch(&self.app.id, &channel, wanted).await;
+                    let filter = self.filters.get(&channel).map(|f| &**f);
+                    let (app, conn) = (&self.app.id, &self.conn);
+                    resume.settle(&recovery, app, conn, &channel, acked, filter, fetched);
                 }
-                let (app, conn) = (&self.app.id, &self.conn);
-                let subscribed = super::resume::Subscribed {
-                    heads: &self.heads,
-                    filters: &self.filters,
-                    app: self.app.recovery,
-                };
-                self.resumes.start(&recovery, app, conn, wanted, subscribed, fetched);
+                self.resumes.hold(&self.conn, resume);
             }
             Err(error) => {
                 Metrics::count(&self.ctx.metrics.resumes, "outcome", "refused");
