@@ -148,6 +148,7 @@ pub async fn run(
             "No adapter.cluster_secret (ADAPTER_CLUSTER_SECRET): bus messages are not authenticated, so anything that can write to the broker can act as a node. Set the same long random secret on every node."
         );
     }
+    warn_node_local_idempotency(&ctx.settings);
     let token = ctx.shutdown.clone();
     tokio::spawn(watch_memory(ctx.clone()));
     tokio::spawn(watch_backends(ctx.clone()));
@@ -263,4 +264,22 @@ async fn render_metrics(
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         ctx.metrics.render(),
     )
+}
+
+/// Idempotency with a cache or rate limiter of this node's own on a transport with other
+/// nodes: a retry that reaches another node is published again. Allowed (one node may be all
+/// there is yet), but said at start.
+fn warn_node_local_idempotency(settings: &Settings) {
+    let drivers = &settings.drivers;
+    if settings.idempotency.is_none() || drivers.transport.name == "local" {
+        return;
+    }
+    for (kind, driver) in [("cache", &drivers.cache), ("rate_limiter", &drivers.rate_limiter)] {
+        if driver.name == "memory" {
+            tracing::warn!(
+                transport = %drivers.transport.name,
+                "idempotency.enabled with the `memory` {kind}: keys are claimed on each node alone, so a retry that reaches another node is published again. Use a shared {kind} driver (redis, redis-cluster)."
+            );
+        }
+    }
 }

@@ -115,6 +115,30 @@ fn duplicate_apps_and_unknown_drivers_are_refused() {
     );
 }
 
+/// Idempotent publish claims each key with the rate limiter and keeps its answer in the cache:
+/// with `none` for either, every retry would go out again unnoticed, so it is refused at start,
+/// naming the driver's field.
+#[test]
+fn idempotency_over_drivers_that_keep_nothing_is_refused() {
+    let dir = private_dir();
+    let port = free_port().to_string();
+    let (code, out) = run_to_exit(
+        dir.path(),
+        &["--plugins", &manifest(), "--port", &port],
+        &[
+            ("IDEMPOTENCY_ENABLED", "true"),
+            ("CACHE_DRIVER", "none"),
+            ("RATE_LIMITER_DRIVER", "none"),
+            ("METRICS_ENABLED", "false"),
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    for field in ["cache.driver", "rate_limiter.driver"] {
+        let line = format!("configuration: {field}: idempotency.enabled claims keys");
+        assert!(out.contains(&line), "missing {line:?} in:\n{out}");
+    }
+}
+
 #[tokio::test]
 async fn environment_overrides_the_file_and_flags_override_the_environment() {
     // The harness sets PORT in the environment; the file's port must lose to it.
