@@ -452,6 +452,12 @@ fn parse_record(text: &str, rules: &AppRecordRules) -> Result<App, String> {
             });
         }
     }
+    // As in the configuration file: an id with `:` could name another app's keys in the
+    // shared cache and rate limiter (a row found by its key brings its own id).
+    if app.id.contains(':') {
+        let problem = "must not contain `:`".to_string();
+        errors.push(crate::config::ConfigError { place: "id".into(), problem });
+    }
     if let Some(error) = errors.first() {
         return Err(error.to_string());
     }
@@ -488,6 +494,7 @@ mod tests {
             r#"{"id":"","key":"k","secret":"s"}"#,
             r#"{"id":"1","key":"k","secret":"s","max_event_batch_size":0}"#,
             r#"{"id":"1","key":"k"}"#,
+            r#"{"id":"a:idempotency:k","key":"k","secret":"s"}"#,
             r#"[1]"#,
         ] {
             assert!(parse_record(bad, &rules()).is_err(), "{bad}");

@@ -63,7 +63,8 @@ fn duplicate_apps_and_unknown_drivers_are_refused() {
         dir.path(),
         "sockhost.toml",
         "[[app_manager.array.apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n\
-         [[app_manager.array.apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"\"\n",
+         [[app_manager.array.apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"\"\n\
+         [[app_manager.array.apps]]\nid = \"a:idempotency\"\nkey = \"k3\"\nsecret = \"s\"\n",
     );
     let (code, out) =
         run_to_exit(dir.path(), &["--config", &config, "--plugins", &manifest()], &[]);
@@ -77,6 +78,8 @@ fn duplicate_apps_and_unknown_drivers_are_refused() {
         "{out}"
     );
     assert!(out.contains("app_manager.array.apps[1].secret: must not be empty"), "{out}");
+    // An id with `:` could name another app's keys in the shared cache and rate limiter.
+    assert!(out.contains("app_manager.array.apps[2].id: must not contain `:`"), "{out}");
 
     // An app's recovery overrides: zero is refused (an app turns recovery off with
     // `enabled = false`), and so is a failure policy that does not exist.

@@ -561,6 +561,14 @@ fn apps(
                 err(errors, &place(field), "must not be empty".into());
             }
         }
+        // The keys kept for an app in the shared cache and rate limiter (idempotent publishes,
+        // cache channels) are its id and the rest joined by `:`; an id holding one could name
+        // another app's keys. (The admin API and database lookups take only letters, digits,
+        // `.`, `_` and `-` already.)
+        if app.id.contains(':') {
+            let problem = "must not contain `:` (it separates an app's id from the rest of the keys kept for it in the cache and rate limiter)";
+            err(errors, &place("id"), problem.into());
+        }
         if let Some(first) = ids.insert(app.id.clone(), i) {
             err(errors, &place("id"), format!("duplicate id {:?} (also apps[{first}])", app.id));
         }
