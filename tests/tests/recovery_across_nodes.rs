@@ -767,6 +767,43 @@ async fn after_a_failed_idempotent_publish_one_retry_publishes() {
     assert_eq!(servers[0].labelled_metric(retried).await, 1.0);
 }
 
+/// A keyed publish to two channels whose second channel's append fails (its stream's meta in
+/// Redis made a string, so the script stops at its first command, writing nothing) answers
+/// 503 after the first channel got the event. The retry, once the store takes the second
+/// channel again, goes only to the second: the first channel's subscriber gets the event once.
+#[tokio::test]
+async fn a_retry_after_a_partly_published_event_goes_only_where_it_had_not() {
+    let redis = RedisServer::start();
+    let bus = Bus::redis(&redis.url(), "partial:");
+    let extra = format!("{}\n[idempotency]\nenabled = true\n", recovering(&bus));
+    let servers = nodes(&bus, 1, &extra).await;
+    let app = TestApp::main();
+    let url = format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[0].port, app.key);
+    let mut alpha = Client::connect_v2(&url).await;
+    alpha.subscribe_v2(&app, "alpha").await;
+    let mut beta = Client::connect_v2(&url).await;
+    beta.subscribe_v2(&app, "beta").await;
+    let meta = format!("partial:history:{{{}:{}:beta}}:meta", app.id.len(), app.id);
+    let spoiled = redis_cli(redis.port, None, None, &["SET", &meta, "not a hash"]);
+    assert_eq!(spoiled.as_deref(), Some("OK"));
+
+    let order = json!({ "name": "placed", "data": "30", "channels": ["alpha", "beta"], "idempotency_key": "order-30" });
+    let failed = trigger_with_key(&servers[0], &order, None).await;
+    assert_eq!(failed.0, 503, "{failed:?}");
+    assert_eq!(alpha.expect("placed").await["data"], "30");
+
+    let mended = redis_cli(redis.port, None, None, &["DEL", &meta]);
+    assert_eq!(mended.as_deref(), Some("1"));
+    let retried = trigger_with_key(&servers[0], &order, None).await;
+    assert_eq!(retried.0, 200, "{retried:?}");
+    assert_eq!(beta.expect("placed").await["data"], "30");
+    let marker = json!({ "name": "marker", "data": "end", "channel": "alpha" });
+    assert_eq!(trigger_with_key(&servers[0], &marker, None).await.0, 200);
+    assert_eq!(alpha.expect_any().await["event"], "marker", "the retry went to alpha again");
+    let retried = r#"sockhost_idempotent_publishes_total{outcome="retried"}"#;
+    assert_eq!(servers[0].labelled_metric(retried).await, 1.0);
+}
+
 /// An idempotent publish whose publisher hung up while the history store was slow is carried
 /// to its end: its event is delivered once the store answers, and the publisher's retry with
 /// the same key gets the first answer, not a second publish (nor, for the whole window, a 503

@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     ApiError, Signed,
-    idempotency::{self, Claim},
+    idempotency::{self, Claim, Reached},
 };
 use crate::{
     adapter::Congestion,
@@ -213,9 +213,20 @@ pub(crate) fn cache_key(app_id: &str, channel: &str) -> String {
 /// describe its channels. With history on, a channel whose event the store could not take is
 /// not broadcast (nothing goes out that a resume could not recover): 503, after the channels
 /// before it went.
-async fn publish(ctx: &Arc<Ctx>, app: &App, event: &Checked) -> Result<Option<Value>, ApiError> {
+///
+/// `reached` (a keyed publish's) skips the channels an earlier attempt under the key reached,
+/// and gains each one this one reaches: a retry after a 503 goes only where the event has not.
+async fn publish(
+    ctx: &Arc<Ctx>,
+    app: &App,
+    event: &Checked,
+    reached: Option<&Reached>,
+) -> Result<Option<Value>, ApiError> {
     ctx.feed.stats.published(&app.id, event.channels.len() as u64);
     for name in &event.channels {
+        if reached.is_some_and(|r| r.has(name)) {
+            continue;
+        }
         let text = frames::channel_event(&event.name, name, &event.data, None);
         ctx.metrics.events_published.inc();
         ctx.feed.tap.record(&app.id, || {
@@ -228,6 +239,7 @@ async fn publish(ctx: &Arc<Ctx>, app: &App, event: &Checked) -> Result<Option<Va
         });
         if let Some(user_id) = name.strip_prefix(channel::SERVER_TO_USER_PREFIX) {
             ctx.adapter.send_to_user(&app.id, user_id, &text.into());
+            reached.inspect(|r| r.add(name));
             continue;
         }
         let kept = if channel::is_cache(name) {
@@ -250,6 +262,7 @@ async fn publish(ctx: &Arc<Ctx>, app: &App, event: &Checked) -> Result<Option<Va
                 "Channel {name:?}: {error}; the event was not published"
             )));
         }
+        reached.inspect(|r| r.add(name));
     }
     if event.info.is_empty() {
         return Ok(None);
@@ -417,7 +430,7 @@ pub(crate) async fn publish_body(
         None => None,
     };
     let Some(key) = key.map(str::to_string) else {
-        return publish_checked(ctx, app, event).await;
+        return publish_checked(ctx, app, event, None).await;
     };
     // A publish with a key runs to its end on a task of its own, from its claim to keeping
     // its answer, whether or not its request still waits: a publisher that hung up (or timed
@@ -431,7 +444,7 @@ pub(crate) async fn publish_body(
             Claim::Answered(answer) => return Ok(answer),
             Claim::First(claimed) => claimed,
         };
-        let answer = publish_checked(&ctx, &app, event).await;
+        let answer = publish_checked(&ctx, &app, event, Some(claimed.reached())).await;
         claimed.settle(&ctx, answer.as_ref().ok()).await;
         answer
     })
@@ -461,10 +474,11 @@ async fn publish_checked(
     ctx: &Arc<Ctx>,
     app: &Arc<App>,
     event: Checked,
+    reached: Option<&Reached>,
 ) -> Result<Value, ApiError> {
     limit(ctx, app, event.channels.len()).await?;
     push_back(ctx, app, event.channels.iter()).await?;
-    let described = publish_whole(ctx, app, vec![event]).await?;
+    let described = publish_whole(ctx, app, vec![event], reached.cloned()).await?;
     Ok(match described.into_iter().next().flatten() {
         Some(channels) => json!({ "channels": channels }),
         None => json!({}),
@@ -484,26 +498,28 @@ async fn publish_whole(
     ctx: &Arc<Ctx>,
     app: &Arc<App>,
     events: Vec<Checked>,
+    reached: Option<Reached>,
 ) -> Result<Vec<Option<Value>>, ApiError> {
     // Describing an event's channels asks the other nodes: a batch's next events wait for it.
     let waits = emit::waits_for_store(ctx, app)
         || events.iter().flat_map(|e| &e.channels).any(|name| channel::is_cache(name))
         || (events.len() > 1 && events.iter().any(|e| !e.info.is_empty()));
     if !waits {
-        return publish_all(ctx, app, &events).await;
+        return publish_all(ctx, app, &events, reached.as_ref()).await;
     }
     let (ctx, app) = (ctx.clone(), app.clone());
-    to_its_end(async move { publish_all(&ctx, &app, &events).await }).await
+    to_its_end(async move { publish_all(&ctx, &app, &events, reached.as_ref()).await }).await
 }
 
 async fn publish_all(
     ctx: &Arc<Ctx>,
     app: &App,
     events: &[Checked],
+    reached: Option<&Reached>,
 ) -> Result<Vec<Option<Value>>, ApiError> {
     let mut described = Vec::with_capacity(events.len());
     for event in events {
-        described.push(publish(ctx, app, event).await?);
+        described.push(publish(ctx, app, event, reached).await?);
     }
     Ok(described)
 }
@@ -532,7 +548,7 @@ pub(crate) async fn batch(
         .collect::<Result<Vec<_>, _>>()?;
     limit(&ctx, &app, events.iter().map(|e| e.channels.len()).sum()).await?;
     push_back(&ctx, &app, events.iter().flat_map(|e| e.channels.iter())).await?;
-    let described = publish_whole(&ctx, &app, events).await?;
+    let described = publish_whole(&ctx, &app, events, None).await?;
     if described.iter().all(Option::is_none) {
         return Ok(Json(json!({})));
     }

@@ -8,7 +8,10 @@
 //! mark that lets one retry publish. A retry must carry the same event: another one under the
 //! key is refused.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -38,12 +41,16 @@ struct Kept {
     /// The publish failed: the one retry that takes a token named by this nonce publishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failed: Option<String>,
+    /// The channels a failed publish reached before it failed: its retry skips them. (An
+    /// older version leaves none, and its retries go to every channel.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    reached: Vec<String>,
 }
 
 /// What a claim reads under a key.
 enum Found {
     Answer { fp: Option<String>, answer: Value },
-    Failed { fp: Option<String>, nonce: String },
+    Failed { fp: Option<String>, nonce: String, reached: Vec<String> },
 }
 
 impl Found {
@@ -51,14 +58,16 @@ impl Found {
     /// `None` for what no version writes (the cache is another system).
     fn read(bytes: &[u8]) -> Option<Self> {
         if bytes == LEGACY_FAILED.as_bytes() {
-            return Some(Self::Failed { fp: None, nonce: String::new() });
+            return Some(Self::Failed { fp: None, nonce: String::new(), reached: Vec::new() });
         }
         let value: Value = serde_json::from_slice(bytes).ok()?;
         if value.get("$idempotent").is_none() {
             return Some(Self::Answer { fp: None, answer: value });
         }
         match serde_json::from_value::<Kept>(value).ok()? {
-            Kept { fp, failed: Some(nonce), .. } => Some(Self::Failed { fp: Some(fp), nonce }),
+            Kept { fp, failed: Some(nonce), reached, .. } => {
+                Some(Self::Failed { fp: Some(fp), nonce, reached })
+            }
             Kept { fp, answer: Some(answer), .. } => Some(Self::Answer { fp: Some(fp), answer }),
             Kept { .. } => None,
         }
@@ -77,6 +86,32 @@ pub(crate) struct Claimed {
     cache_key: String,
     ttl: Duration,
     fingerprint: String,
+    reached: Reached,
+}
+
+/// The channels a keyed publish has reached (with those an earlier, failed attempt under its
+/// key reached): shared with the publish's own task, which may outlive its request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Reached(Arc<Mutex<Vec<String>>>);
+
+impl Reached {
+    fn of(channels: Vec<String>) -> Self {
+        Self(Arc::new(Mutex::new(channels)))
+    }
+
+    /// Whether the event went to `channel` already.
+    pub(crate) fn has(&self, channel: &str) -> bool {
+        self.0.lock().expect("reached lock").iter().any(|c| c == channel)
+    }
+
+    /// The event went to `channel`.
+    pub(crate) fn add(&self, channel: &str) {
+        self.0.lock().expect("reached lock").push(channel.to_string());
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().expect("reached lock"))
+    }
 }
 
 /// What a claim found.
@@ -139,7 +174,12 @@ pub(crate) async fn claim(
         outcome("mismatch");
         ApiError::bad_request("idempotency key was already used with a different payload")
     };
-    let claimed = Claimed { cache_key: cache_key.clone(), ttl: settings.ttl, fingerprint };
+    let mut claimed = Claimed {
+        cache_key: cache_key.clone(),
+        ttl: settings.ttl,
+        fingerprint,
+        reached: Reached::default(),
+    };
     let first = take(&token).await?;
     for poll in 0..=POLLS {
         let kept = ctx.drivers.cache.get(&cache_key).await.map_err(|e| unavailable(&e))?;
@@ -153,11 +193,14 @@ pub(crate) async fn claim(
                 outcome("duplicate");
                 return Ok(Claim::Answered(answer));
             }
-            Some(Found::Failed { nonce, .. }) => {
+            Some(Found::Failed { nonce, reached, .. }) => {
                 // Of the retries that find the failure, the one that takes its nonce's token.
                 let publishes = first || take(&format!("{token}:{nonce}")).await?;
                 if publishes {
                     outcome("retried");
+                    // Only to the channels the failed attempt did not reach. The fingerprint
+                    // matched, so these are among the event's own.
+                    claimed.reached = Reached::of(reached);
                     return Ok(Claim::First(claimed));
                 }
             }
@@ -176,14 +219,19 @@ pub(crate) async fn claim(
 }
 
 impl Claimed {
+    /// The channels its publish has reached; the publish adds to them.
+    pub(crate) fn reached(&self) -> &Reached {
+        &self.reached
+    }
+
     /// Keep the publish's answer for the window (or, when it failed, the nonce that lets one
-    /// retry publish).
+    /// retry publish, and the channels it reached).
     pub(crate) async fn settle(self, ctx: &Ctx, answer: Option<&Value>) {
-        let (answer, failed) = match answer {
-            Some(answer) => (Some(answer.clone()), None),
-            None => (None, Some(uuid::Uuid::new_v4().simple().to_string())),
+        let (answer, failed, reached) = match answer {
+            Some(answer) => (Some(answer.clone()), None, Vec::new()),
+            None => (None, Some(uuid::Uuid::new_v4().simple().to_string()), self.reached.take()),
         };
-        let kept = Kept { form: 1, fp: self.fingerprint, answer, failed };
+        let kept = Kept { form: 1, fp: self.fingerprint, answer, failed, reached };
         let kept = serde_json::to_vec(&kept).unwrap_or_default();
         let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         if let Err(error) = ctx.drivers.cache.set(&self.cache_key, kept, ttl).await {
