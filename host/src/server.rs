@@ -148,7 +148,7 @@ pub async fn run(
             "No adapter.cluster_secret (ADAPTER_CLUSTER_SECRET): bus messages are not authenticated, so anything that can write to the broker can act as a node. Set the same long random secret on every node."
         );
     }
-    warn_node_local_idempotency(&ctx.settings);
+    warn_uncoordinated_idempotency(&ctx.settings);
     let token = ctx.shutdown.clone();
     tokio::spawn(watch_memory(ctx.clone()));
     tokio::spawn(watch_backends(ctx.clone()));
@@ -266,19 +266,25 @@ async fn render_metrics(
     )
 }
 
-/// Idempotency with a cache or rate limiter of this node's own on a transport with other
-/// nodes: a retry that reaches another node is published again. Allowed (one node may be all
-/// there is yet), but said at start.
-fn warn_node_local_idempotency(settings: &Settings) {
+/// Idempotency (on by default) over drivers that cannot coordinate it: said at start, not
+/// refused (`none` is how rate limits are turned off, and most publishers send no key). With
+/// `none`, nothing keeps a key; with `memory` on a transport with other nodes, each node keeps
+/// its own, so a retry that reaches another node is published again.
+fn warn_uncoordinated_idempotency(settings: &Settings) {
     let drivers = &settings.drivers;
-    if settings.idempotency.is_none() || drivers.transport.name == "local" {
+    if settings.idempotency.is_none() {
         return;
     }
+    let alone = drivers.transport.name == "local";
     for (kind, driver) in [("cache", &drivers.cache), ("rate_limiter", &drivers.rate_limiter)] {
-        if driver.name == "memory" {
+        if driver.name == "none" {
+            tracing::warn!(
+                "Idempotent publish is on with the `none` {kind}, which keeps nothing: a retried publish that carries an idempotency key may be published again. Choose a {kind} driver (memory on one node, redis or redis-cluster across nodes), or set idempotency.enabled = false."
+            );
+        } else if driver.name == "memory" && !alone {
             tracing::warn!(
                 transport = %drivers.transport.name,
-                "idempotency.enabled with the `memory` {kind}: keys are claimed on each node alone, so a retry that reaches another node is published again. Use a shared {kind} driver (redis, redis-cluster)."
+                "Idempotent publish is on with the `memory` {kind}: keys are claimed on each node alone, so a retry that reaches another node is published again. Use a shared {kind} driver (redis, redis-cluster)."
             );
         }
     }

@@ -118,27 +118,18 @@ fn duplicate_apps_and_unknown_drivers_are_refused() {
     );
 }
 
-/// Idempotent publish claims each key with the rate limiter and keeps its answer in the cache:
-/// with `none` for either, every retry would go out again unnoticed, so it is refused at start,
-/// naming the driver's field.
-#[test]
-fn idempotency_over_drivers_that_keep_nothing_is_refused() {
-    let dir = private_dir();
-    let port = free_port().to_string();
-    let (code, out) = run_to_exit(
-        dir.path(),
-        &["--plugins", &manifest(), "--port", &port],
-        &[
-            ("IDEMPOTENCY_ENABLED", "true"),
-            ("CACHE_DRIVER", "none"),
-            ("RATE_LIMITER_DRIVER", "none"),
-            ("METRICS_ENABLED", "false"),
-        ],
-    );
-    assert_eq!(code, Some(1), "{out}");
-    for field in ["cache.driver", "rate_limiter.driver"] {
-        let line = format!("configuration: {field}: idempotency.enabled claims keys");
-        assert!(out.contains(&line), "missing {line:?} in:\n{out}");
+/// Idempotent publish (on by default) claims each key with the rate limiter and keeps its
+/// answer in the cache: over `none` (how rate limits are turned off) the server starts, and
+/// says at start that keyed retries may be published again.
+#[tokio::test]
+async fn idempotency_over_drivers_that_keep_nothing_is_told_at_start() {
+    let server =
+        Server::builder().env("CACHE_DRIVER", "none").env("RATE_LIMITER_DRIVER", "none").start();
+    started(&server.ws_url(&TestApp::main().key), "the server").await;
+    let log = server.log();
+    for kind in ["cache", "rate_limiter"] {
+        let line = format!("Idempotent publish is on with the `none` {kind}, which keeps nothing");
+        assert!(log.contains(&line), "missing {line:?} in:\n{log}");
     }
 }
 

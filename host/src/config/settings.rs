@@ -421,16 +421,6 @@ fn check_recovery(config: &Config, errors: &mut Vec<ConfigError>) {
     if idempotency.enabled && !(1..=1024).contains(&idempotency.max_key_length) {
         err(errors, "idempotency.max_key_length", "must be 1 to 1024".to_string());
     }
-    // A key is claimed with the rate limiter and its answer kept in the cache: with either
-    // `none`, every retry would be published again, with no sign of it.
-    for (place, section) in
-        [("cache.driver", &config.cache), ("rate_limiter.driver", &config.rate_limiter)]
-    {
-        if idempotency.enabled && section.driver.trim() == "none" {
-            let problem = "idempotency.enabled claims keys with the rate limiter and keeps answers in the cache; `none` keeps nothing (use memory on one node, redis or redis-cluster across nodes)";
-            err(errors, place, problem.to_string());
-        }
-    }
     if history.enabled && !(1..=MAX_HISTORY_SECS).contains(&history.retention_window_seconds) {
         let problem = format!("must be 1 to {MAX_HISTORY_SECS}");
         err(errors, "history.retention_window_seconds", problem);

@@ -222,9 +222,11 @@ async fn publish(
     event: &Checked,
     reached: Option<&Reached>,
 ) -> Result<Option<Value>, ApiError> {
-    ctx.feed.stats.published(&app.id, event.channels.len() as u64);
+    let skipped = |name: &str| reached.is_some_and(|r| r.earlier(name));
+    let going = event.channels.iter().filter(|name| !skipped(name)).count();
+    ctx.feed.stats.published(&app.id, going as u64);
     for name in &event.channels {
-        if reached.is_some_and(|r| r.has(name)) {
+        if skipped(name) {
             continue;
         }
         let text = frames::channel_event(&event.name, name, &event.data, None);

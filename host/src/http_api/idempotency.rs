@@ -89,28 +89,37 @@ pub(crate) struct Claimed {
     reached: Reached,
 }
 
-/// The channels a keyed publish has reached (with those an earlier, failed attempt under its
-/// key reached): shared with the publish's own task, which may outlive its request.
+/// The channels a keyed publish has reached, and those an earlier, failed attempt under its key
+/// reached (which it skips): shared with the publish's own task, which may outlive its request.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Reached(Arc<Mutex<Vec<String>>>);
+pub(crate) struct Reached {
+    /// The earlier attempts': skipped. Kept apart from this attempt's, so that an event naming
+    /// a channel twice goes to it twice, as one without a key does.
+    earlier: Arc<Vec<String>>,
+    now: Arc<Mutex<Vec<String>>>,
+}
 
 impl Reached {
-    fn of(channels: Vec<String>) -> Self {
-        Self(Arc::new(Mutex::new(channels)))
+    fn after(earlier: Vec<String>) -> Self {
+        Self { earlier: Arc::new(earlier), now: Arc::default() }
     }
 
-    /// Whether the event went to `channel` already.
-    pub(crate) fn has(&self, channel: &str) -> bool {
-        self.0.lock().expect("reached lock").iter().any(|c| c == channel)
+    /// Whether an earlier attempt took the event to `channel`.
+    pub(crate) fn earlier(&self, channel: &str) -> bool {
+        self.earlier.iter().any(|c| c == channel)
     }
 
-    /// The event went to `channel`.
+    /// This attempt took the event to `channel`.
     pub(crate) fn add(&self, channel: &str) {
-        self.0.lock().expect("reached lock").push(channel.to_string());
+        self.now.lock().expect("reached lock").push(channel.to_string());
     }
 
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().expect("reached lock"))
+    /// Every channel reached, by the earlier attempts and this one.
+    fn all(&self) -> Vec<String> {
+        let now = std::mem::take(&mut *self.now.lock().expect("reached lock"));
+        let mut all = (*self.earlier).clone();
+        all.extend(now.into_iter().filter(|c| !self.earlier(c)));
+        all
     }
 }
 
@@ -200,7 +209,7 @@ pub(crate) async fn claim(
                     outcome("retried");
                     // Only to the channels the failed attempt did not reach. The fingerprint
                     // matched, so these are among the event's own.
-                    claimed.reached = Reached::of(reached);
+                    claimed.reached = Reached::after(reached);
                     return Ok(Claim::First(claimed));
                 }
             }
@@ -229,7 +238,7 @@ impl Claimed {
     pub(crate) async fn settle(self, ctx: &Ctx, answer: Option<&Value>) {
         let (answer, failed, reached) = match answer {
             Some(answer) => (Some(answer.clone()), None, Vec::new()),
-            None => (None, Some(uuid::Uuid::new_v4().simple().to_string()), self.reached.take()),
+            None => (None, Some(uuid::Uuid::new_v4().simple().to_string()), self.reached.all()),
         };
         let kept = Kept { form: 1, fp: self.fingerprint, answer, failed, reached };
         let kept = serde_json::to_vec(&kept).unwrap_or_default();
