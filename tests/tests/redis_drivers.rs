@@ -197,3 +197,35 @@ async fn the_history_store_answers_many_calls_at_once_and_connects_again() {
     assert_eq!(after.serial, 1, "the restarted server kept nothing");
     assert_ne!(after.stream_id.as_str(), before, "a new stream, which resumes are told");
 }
+
+/// An append whose `XADD` fails (the channel's log key holds another type) gives its serial
+/// back: once the log is writable again, the next append takes the very next serial, so no
+/// serial is left without its entry (a gap subscribers would see and no repair could fill).
+#[tokio::test]
+async fn a_failed_append_leaves_no_serial_behind() {
+    use sockhost_plugin_api::{
+        Retention,
+        abi::{RStr, RVec},
+    };
+    let server = RedisServer::start();
+    let target = Target::new(
+        cdylib("sockhost_redis"),
+        "redis",
+        &format!("url_override = \"{}\"", server.url()),
+    );
+    let store = target.history().await;
+    let keep = Retention { max_events: 100, max_age_ms: 60_000 };
+    let s = RStr::from_str;
+    let records = |n: usize| RVec::from(vec![RVec::from(b"r".to_vec()); n]);
+    let first = store.append(s("app"), s("news"), records(1), keep).await;
+    assert_eq!(first.into_result().expect("appended").serial, 1);
+
+    let log = "sockhost_history:{3:app:news}:log";
+    assert_eq!(redis_cli(server.port, None, None, &["SET", log, "spoiled"]).as_deref(), Some("OK"));
+    let failed = store.append(s("app"), s("news"), records(2), keep).await.into_result();
+    assert!(failed.is_err(), "appended to a log that is not a stream: {failed:?}");
+    assert_eq!(redis_cli(server.port, None, None, &["DEL", log]).as_deref(), Some("1"));
+
+    let next = store.append(s("app"), s("news"), records(1), keep).await;
+    assert_eq!(next.into_result().expect("appended").serial, 2, "a failed append kept serials");
+}

@@ -22,9 +22,10 @@ use crate::{
 /// How long a resumed channel waits for its subscribe.
 const WAIT_FOR_SUBSCRIBE: Duration = Duration::from_secs(30);
 
-/// A resume waiting for some of its channels' subscribes.
+/// A resume: being started (see [`Resumes::begin`]), then waiting for some of its channels'
+/// subscribes.
 #[derive(Debug, Default)]
-struct Waiting {
+pub(super) struct Waiting {
     /// Which resume this is, so that an older one's timer leaves a newer one alone.
     id: u64,
     /// The app's recovery settings.
@@ -38,10 +39,24 @@ struct Waiting {
 }
 
 impl Waiting {
+    /// The channels it names that are subscribed already (in `heads`), in order.
+    pub(super) fn subscribed<'a>(
+        &self,
+        heads: &'a HashMap<String, Acked>,
+    ) -> Vec<(String, &'a Acked)> {
+        let known = self.channels.keys();
+        known.filter_map(|c| heads.get(c).map(|acked| (c.clone(), acked))).collect()
+    }
+
+    /// What it asks of `channel`.
+    pub(super) fn wanted(&self, channel: &str) -> Option<&Wanted> {
+        self.channels.get(channel)
+    }
+
     /// Replay one channel now (its subscription was acknowledged at `upto`, with its tag
     /// `filter`), with what the history store answered for it, if it was asked.
     #[allow(clippy::too_many_arguments)]
-    fn settle(
+    pub(super) fn settle(
         &mut self,
         recovery: &Recovery,
         app: &str,
@@ -87,41 +102,6 @@ impl Waiting {
     }
 }
 
-/// A resume being started (see [`Resumes::begin`]).
-#[derive(Debug)]
-pub(super) struct Resume(Waiting);
-
-impl Resume {
-    /// The channels it names that are subscribed already (in `heads`), in order.
-    pub(super) fn subscribed<'a>(
-        &self,
-        heads: &'a HashMap<String, Acked>,
-    ) -> Vec<(String, &'a Acked)> {
-        let known = self.0.channels.keys();
-        known.filter_map(|c| heads.get(c).map(|acked| (c.clone(), acked))).collect()
-    }
-
-    /// What it asks of `channel`.
-    pub(super) fn wanted(&self, channel: &str) -> Option<&Wanted> {
-        self.0.channels.get(channel)
-    }
-
-    /// Replay a subscribed channel now (see [`Waiting::settle`]).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn settle(
-        &mut self,
-        recovery: &Recovery,
-        app: &str,
-        conn: &Conn,
-        channel: &str,
-        acked: &Acked,
-        filter: Option<&Filter>,
-        fetched: Option<Result<Fetched, Box<Failure>>>,
-    ) {
-        self.0.settle(recovery, app, conn, channel, acked, filter, fetched);
-    }
-}
-
 /// A connection's resumes: at most one waits at a time.
 #[derive(Debug, Default)]
 pub(super) struct Resumes {
@@ -151,7 +131,7 @@ impl Drop for Held {
 impl Resumes {
     /// Begin a resume of `wanted` channels with the app's recovery settings `app`; a resume
     /// still waiting is answered first, as it stands. The caller replays the channels
-    /// subscribed already, one at a time ([`Resume::settle`]: each one's window is read from
+    /// subscribed already, one at a time ([`Waiting::settle`]: each one's window is read from
     /// the store just before its replay, so a resume of many channels holds one channel's
     /// events at a time, not all of them), then hands it to [`Resumes::hold`].
     pub(super) fn begin(
@@ -159,19 +139,19 @@ impl Resumes {
         conn: &Conn,
         wanted: Vec<(String, Wanted)>,
         app: AppRecovery,
-    ) -> Resume {
+    ) -> Waiting {
         let held = self.waiting.get_or_insert_default();
         if let Some(older) = held.slot.lock().expect("resume lock").take() {
             older.finish(conn);
         }
         self.started += 1;
         let channels = wanted.into_iter().collect();
-        Resume(Waiting { id: self.started, app, channels, ..Waiting::default() })
+        Waiting { id: self.started, app, channels, ..Waiting::default() }
     }
 
     /// The resume's channels still to replay: answered now if none is left, else waiting for
     /// their subscribes, up to [`WAIT_FOR_SUBSCRIBE`].
-    pub(super) fn hold(&mut self, conn: &Conn, Resume(waiting): Resume) {
+    pub(super) fn hold(&mut self, conn: &Conn, waiting: Waiting) {
         if waiting.channels.is_empty() {
             return waiting.finish(conn);
         }

@@ -57,6 +57,19 @@ if not id then
 end
 ";
 
+/// An append's failed `XADD` (the log key holds another type, or entries past the meta's
+/// serial): the serials it and the records after it took are given back before the error is
+/// raised, so that a failed append leaves no serial without its entry (a gap every subscriber
+/// would see, and no repair could fill).
+const UNWRITTEN: &str = r"
+local function unwritten(added, left)
+  if type(added) == 'table' and added.err then
+    redis.call('HINCRBY', KEYS[1], 's', -left)
+    error(added)
+  end
+end
+";
+
 /// Append: ARGV[1] new id, [2] meta lifetime, [3] max events, [4] log lifetime, [5] now (ms),
 /// [6...] the records, in order. Answers {stream id, the first record's serial, 0} (0: not
 /// published, as [`APPEND_PUBLISH`] answers).
@@ -65,7 +78,8 @@ local count = #ARGV - 5
 local last = redis.call('HINCRBY', KEYS[1], 's', count)
 for i = 1, count do
   local serial = last - count + i
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], serial .. '-0', 't', ARGV[5], 'r', ARGV[5 + i])
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], serial .. '-0', 't', ARGV[5], 'r', ARGV[5 + i])
+  unwritten(added, count - i + 1)
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -84,7 +98,8 @@ local publish = (not redis.acl_check_cmd) or redis.acl_check_cmd('PUBLISH', ARGV
 local last = redis.call('HINCRBY', KEYS[1], 's', count)
 for i = 1, count do
   local serial = string.format('%d', last - count + i)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], serial .. '-0', 't', ARGV[5], 'r', ARGV[5 + 2 * i])
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], serial .. '-0', 't', ARGV[5], 'r', ARGV[5 + 2 * i])
+  unwritten(added, count - i + 1)
   if publish then
     redis.call('PUBLISH', ARGV[6], ARGV[6 + 2 * i] .. id .. serial .. string.char(#id, #serial))
   end
@@ -167,8 +182,8 @@ where
         Self {
             handle: Handle::new(conn, config.request_timeout_ms(), "history store"),
             prefix: config.prefix.clone(),
-            append: redis::Script::new(&format!("{START}{APPEND}")),
-            append_publish: redis::Script::new(&format!("{START}{APPEND_PUBLISH}")),
+            append: redis::Script::new(&format!("{START}{UNWRITTEN}{APPEND}")),
+            append_publish: redis::Script::new(&format!("{START}{UNWRITTEN}{APPEND_PUBLISH}")),
             read: redis::Script::new(&format!("{START}{READ}")),
             server: None,
         }
