@@ -102,3 +102,23 @@ async fn with_the_none_limiter_nothing_is_limited() {
         assert_eq!(api.trigger(&["a"], "e", "d").await.0, 200);
     }
 }
+
+/// A keyed publish over the app's limit is refused before its key is claimed: 429, nothing
+/// kept under the key (no idempotency outcome counted), so a flood of keyed requests costs
+/// what unkeyed ones do; the same request once the window allows is published, as a first.
+#[tokio::test]
+async fn a_keyed_publish_over_the_limit_leaves_nothing_under_its_key() {
+    let server = limited_server("");
+    let api = Api::new(&server.http_url(), &app());
+    let keyed = json!({ "name": "e", "data": "d", "channel": "a", "idempotency_key": "k-1" });
+    assert_eq!(api.trigger(&["a", "b", "c"], "e", "d").await.0, 200);
+    assert_eq!(api.post("/events", &keyed).await.0, 429);
+    let outcomes = server.metrics().await;
+    assert!(
+        !outcomes.contains("sockhost_idempotent_publishes_total{"),
+        "a refused publish touched its key:\n{outcomes}"
+    );
+    until_ok(async || api.post("/events", &keyed).await.0).await;
+    let first = r#"sockhost_idempotent_publishes_total{outcome="first"}"#;
+    assert_eq!(server.labelled_metric(first).await, 1.0);
+}

@@ -431,6 +431,9 @@ pub(crate) async fn publish_body(
         )?,
         None => None,
     };
+    // The app's limit first: a publish over it (with a key or not) costs one check, and
+    // leaves nothing under its key (a retry once the limit allows gets published then).
+    limit(ctx, app, event.channels.len()).await?;
     let Some(key) = key.map(str::to_string) else {
         return publish_checked(ctx, app, event, None).await;
     };
@@ -478,7 +481,6 @@ async fn publish_checked(
     event: Checked,
     reached: Option<&Reached>,
 ) -> Result<Value, ApiError> {
-    limit(ctx, app, event.channels.len()).await?;
     push_back(ctx, app, event.channels.iter()).await?;
     let described = publish_whole(ctx, app, vec![event], reached.cloned()).await?;
     Ok(match described.into_iter().next().flatten() {
