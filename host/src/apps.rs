@@ -452,11 +452,9 @@ fn parse_record(text: &str, rules: &AppRecordRules) -> Result<App, String> {
             });
         }
     }
-    // As in the configuration file: an id with `:` could name another app's keys in the
-    // shared cache and rate limiter (a row found by its key brings its own id).
-    if app.id.contains(':') {
-        let problem = "must not contain `:`".to_string();
-        errors.push(crate::config::ConfigError { place: "id".into(), problem });
+    // A row found by its key brings its own id, unchecked by the lookup.
+    if let Some(problem) = crate::config::id_problem(&app.id) {
+        errors.push(crate::config::ConfigError { place: "id".into(), problem: problem.into() });
     }
     if let Some(error) = errors.first() {
         return Err(error.to_string());

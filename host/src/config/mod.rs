@@ -23,8 +23,8 @@ pub use load::{ConfigError, Sources, load, settings};
 pub use sections::{
     ClusterSettings, DriverChoice, DriverSelection, LogColor, LogFormat, LogSettings,
 };
-pub(crate) use settings::app_of;
 pub use settings::{
     AdminSettings, AppRecordRules, EdgeSettings, HistoryLimits, IdempotencySettings, Limits,
     OverloadSettings, RecoverySettings, Settings, TlsSettings, WebhookSettings,
 };
+pub(crate) use settings::{app_of, id_problem};

@@ -551,12 +551,7 @@ fn apps(
                 err(errors, &place(field), "must not be empty".into());
             }
         }
-        // The keys kept for an app in the shared cache and rate limiter (idempotent publishes,
-        // cache channels) are its id and the rest joined by `:`; an id holding one could name
-        // another app's keys. (The admin API and database lookups take only letters, digits,
-        // `.`, `_` and `-` already.)
-        if app.id.contains(':') {
-            let problem = "must not contain `:` (it separates an app's id from the rest of the keys kept for it in the cache and rate limiter)";
+        if let Some(problem) = id_problem(&app.id) {
             err(errors, &place("id"), problem.into());
         }
         if let Some(first) = ids.insert(app.id.clone(), i) {
@@ -742,6 +737,17 @@ fn check_webhooks(app: &AppConfig, place: &dyn Fn(&str) -> String, errors: &mut 
             }
         }
     }
+}
+
+/// What is wrong with `id` as an app's id beyond being empty or too long, in the configuration
+/// file or a database row: the keys kept for an app in the shared cache and rate limiter
+/// (idempotent publishes, cache channels) are its id and the rest joined by `:`, so an id
+/// holding one could name another app's keys. (Database lookups and the admin API take only
+/// letters, digits, `.`, `_` and `-` already.)
+pub(crate) fn id_problem(id: &str) -> Option<&'static str> {
+    id.contains(':').then_some(
+        "must not contain `:` (it separates an app's id from the rest of the keys kept for it in the cache and rate limiter)",
+    )
 }
 
 /// The drivers chosen, each with its table as TOML text.
