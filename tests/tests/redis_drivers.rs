@@ -18,6 +18,12 @@ fn on_server(driver_config: &str) -> Target {
     Target::new(cdylib("sockhost_redis"), "redis", &config).keep(server)
 }
 
+/// The redis plugin's drivers on the server at `url`, which the caller keeps (to stop it, or
+/// to reach it besides).
+fn at(url: &str) -> Target {
+    Target::new(cdylib("sockhost_redis"), "redis", &format!("url_override = \"{url}\""))
+}
+
 fn on_cluster(driver_config: &str) -> Target {
     let cluster = RedisCluster::start();
     let nodes: Vec<String> = cluster.seeds().split(',').map(|s| format!("{s:?}")).collect();
@@ -87,9 +93,7 @@ async fn the_history_store_publishes_where_its_transport_does() {
     };
     let server = RedisServer::start();
     let url = server.url();
-    let store =
-        Target::new(cdylib("sockhost_redis"), "redis", &format!("url_override = \"{url}\""));
-    let store = store.history_bus().await.expect("the redis plugin has a way onto the bus");
+    let store = at(&url).history_bus().await.expect("the redis plugin has a way onto the bus");
     let keep = Retention { max_events: 100, max_age_ms: 60_000 };
     let events = |records: &[&str]| -> RVec<Outgoing> {
         let outgoing = |r: &&str| Outgoing {
@@ -149,12 +153,7 @@ async fn the_history_store_answers_many_calls_at_once_and_connects_again() {
         abi::{RStr, RVec},
     };
     let mut server = RedisServer::start();
-    let target = Target::new(
-        cdylib("sockhost_redis"),
-        "redis",
-        &format!("url_override = \"{}\"", server.url()),
-    );
-    let store = target.history().await;
+    let store = at(&server.url()).history().await;
     let keep = Retention { max_events: 1_000, max_age_ms: 60_000 };
     let s = RStr::from_str;
     let record = || RVec::from(vec![RVec::from(b"r".to_vec())]);
@@ -208,12 +207,7 @@ async fn a_failed_append_leaves_no_serial_behind() {
         abi::{RStr, RVec},
     };
     let server = RedisServer::start();
-    let target = Target::new(
-        cdylib("sockhost_redis"),
-        "redis",
-        &format!("url_override = \"{}\"", server.url()),
-    );
-    let store = target.history().await;
+    let store = at(&server.url()).history().await;
     let keep = Retention { max_events: 100, max_age_ms: 60_000 };
     let s = RStr::from_str;
     let records = |n: usize| RVec::from(vec![RVec::from(b"r".to_vec()); n]);
