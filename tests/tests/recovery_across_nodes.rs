@@ -937,9 +937,18 @@ async fn resume_from(
     channel: &str,
     position: serde_json::Value,
 ) -> (Vec<serde_json::Value>, Result<serde_json::Value, serde_json::Value>) {
+    resume_with(url, channel, json!({ "channel_positions": { channel: position } })).await
+}
+
+/// [`resume_from`] with the resume's whole data (`request`).
+async fn resume_with(
+    url: &str,
+    channel: &str,
+    request: serde_json::Value,
+) -> (Vec<serde_json::Value>, Result<serde_json::Value, serde_json::Value>) {
     let mut socket = Client::connect_raw(url).await;
     socket.expect("sockudo:connection_established").await;
-    let resume = json!({ "channel_positions": { channel: position } }).to_string();
+    let resume = request.to_string();
     socket.send(json!({ "event": "sockudo:resume", "data": resume })).await;
     socket.send(json!({ "event": "sockudo:subscribe", "data": { "channel": channel } })).await;
     let mut replayed = Vec::new();
@@ -962,6 +971,53 @@ async fn resume_from(
             _ => {}
         }
     }
+}
+
+/// A legacy resume (`channel_serials`: a serial without its stream id) is served only by a
+/// node that still holds the channel's stream in its buffer. A node that would have to read
+/// the store answers `continuity_unverifiable`, as Sockudo does: the store's stream may have
+/// started again since the client's events, its serials would then name other events, and
+/// the replay would succeed with a hole.
+#[tokio::test]
+async fn a_legacy_serial_is_recovered_only_where_its_stream_is_held() {
+    let redis = RedisServer::start();
+    let bus = Bus::redis(&redis.url(), "legacy:");
+    let extra = recovering(&bus);
+    let servers = nodes(&bus, 2, &extra).await;
+    let app = TestApp::main();
+    let url =
+        |node: usize| format!("ws://127.0.0.1:{}/app/{}?protocol=2", servers[node].port, app.key);
+    let mut live = Client::connect_raw(&url(0)).await;
+    live.expect("sockudo:connection_established").await;
+    live.send(json!({ "event": "sockudo:subscribe", "data": { "channel": "news" } })).await;
+    live.expect("sockudo_internal:subscription_succeeded").await;
+    let api = Api::new(&servers[0].http_url(), &app);
+    let mut stream = serde_json::Value::Null;
+    for i in 1..=4 {
+        assert_eq!(api.trigger(&["news"], "tick", &i.to_string()).await.0, 200);
+        let tick = live.expect("tick").await;
+        assert_eq!(tick["serial"], i);
+        stream = tick["stream_id"].clone();
+    }
+    let legacy = json!({ "channel_serials": { "news": 2 } });
+
+    let (replayed, outcome) = resume_with(&url(0), "news", legacy.clone()).await;
+    let recovered = outcome.unwrap();
+    assert_eq!((recovered["source"].as_str(), &recovered["replayed"]), (Some("hot"), &json!(2)));
+    let data: Vec<&str> = replayed.iter().map(|t| t["data"].as_str().unwrap()).collect();
+    assert_eq!(data, ["3", "4"]);
+
+    let (replayed, outcome) = resume_with(&url(1), "news", legacy).await;
+    let failure = outcome.unwrap_err();
+    assert_eq!(failure["code"], "continuity_unverifiable", "{failure}");
+    assert_eq!(failure["reason"], "legacy_serial_only_position_cannot_use_cold_recovery");
+    assert!(replayed.is_empty(), "{replayed:?}");
+    // A full position is read from the store there.
+    let (replayed, outcome) =
+        resume_from(&url(1), "news", json!({ "stream_id": stream, "serial": 2 })).await;
+    assert_eq!(outcome.unwrap()["source"], "cold");
+    let data: Vec<&str> = replayed.iter().map(|t| t["data"].as_str().unwrap()).collect();
+    assert_eq!(data, ["3", "4"]);
 }
 
 /// Per-app overrides, with Sockudo's names: an app with `connection_recovery.enabled = false`

@@ -426,6 +426,11 @@ impl Recovery {
 
     /// What the store holds after `wanted`, when this node's buffer cannot cover the gap;
     /// `None` when it can (or without history), a failure when the store cannot be read.
+    ///
+    /// A legacy serial (no stream id) is never read from the store, as Sockudo refuses it:
+    /// the store's stream may have started again since the client's events, and its serials
+    /// then name other events, so a replay could succeed with a hole. Only a node that still
+    /// holds the stream in its buffer serves it (the same stream it delivered from).
     pub(crate) async fn fetch(
         &self,
         app: &str,
@@ -448,6 +453,13 @@ impl Recovery {
                 buffer.used = Some(std::time::Instant::now());
                 return None;
             }
+        }
+        if let Wanted::Serial(_) = wanted {
+            let (code, reason) = (
+                FailureCode::ContinuityUnverifiable,
+                "legacy_serial_only_position_cannot_use_cold_recovery",
+            );
+            return Some(Err(failure(channel, wanted, code, reason, None)));
         }
         let limit = u32::try_from(self.settings.max_events + 1).unwrap_or(u32::MAX);
         Some(self.read_fetched(app, channel, serial, limit).await.map_err(|error| {
