@@ -5,7 +5,8 @@
 //! FFI-safe trait objects: [`Transport`], [`Cache`], [`Queue`], [`RateLimiter`],
 //! [`AppManager`] and [`History`]. The host
 //! hands every driver a [`HostContext`] for the calls that go the other way (incoming
-//! messages, logs, metrics).
+//! messages, logs, metrics), and lends a plugin that takes it its runtime ([`HostIo`]: sockets
+//! its reactor drives, futures its executor runs).
 //!
 //! # ABI policy
 //!
@@ -20,7 +21,8 @@
 //! - abi_stable refuses a library whose root module has fewer fields than the loader's type, so
 //!   the host checks a plugin against the generation's first layout ([`base::PluginModule`],
 //!   frozen), then against the current [`PluginModule`], and, when that fails, against each
-//!   frozen layout in between ([`with_apps::PluginModule`]) ([`load::open`]): a plugin built
+//!   frozen layout in between ([`with_history_bus::PluginModule`], [`with_history::PluginModule`],
+//!   [`with_apps::PluginModule`]) ([`load::open`]): a plugin built
 //!   before a field passes the earlier checks only and provides none of the newer kinds
 //!   (`tests/tests/abi_mismatch.rs` builds such plugins and loads them).
 //! - Changing, removing or reordering anything that exists is a new generation: bump the minor
@@ -49,6 +51,8 @@ mod cache;
 mod error;
 mod history;
 mod host;
+#[cfg(feature = "host-tcp")]
+pub mod host_tcp;
 mod info;
 pub mod load;
 mod queue;
@@ -68,11 +72,14 @@ pub use history::{
     Appended, History, History_TO, HistoryBox, HistoryBus, HistoryBus_TO, HistoryBusBox,
     MAX_RECORD_BYTES, Outgoing, Page, Published, Retention, Stored,
 };
-pub use host::{HostContext, HostContext_TO, HostContextBox, LogLevel};
+pub use host::{
+    HostContext, HostContext_TO, HostContextBox, HostIo, HostIo_TO, HostIoBox, HostSocket,
+    HostSocket_TO, HostSocketBox, LogLevel,
+};
 pub use info::{DriverDecl, DriverKind, PluginInfo};
 pub use queue::{Job, Queue, Queue_TO, QueueBox, QueueHandler, QueueHandler_TO, QueueHandlerBox};
 pub use rate_limiter::{RateDecision, RateLimiter, RateLimiter_TO, RateLimiterBox};
-pub use root::{PluginModule, PluginModule_Ref, base, with_apps, with_history};
+pub use root::{PluginModule, PluginModule_Ref, base, with_apps, with_history, with_history_bus};
 pub use transport::{Transport, Transport_TO, TransportBox};
 
 /// The FFI-safe building blocks, re-exported so that neither the host nor plugins depend on
@@ -82,9 +89,9 @@ pub mod abi {
         StableAbi,
         prefix_type::PrefixTypeTrait,
         sabi_trait::TD_Opaque,
-        std_types::{RArc, RBox, ROption, RResult, RSlice, RStr, RString, RVec},
+        std_types::{RArc, RBox, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec},
     };
-    pub use async_ffi::{FfiFuture, FutureExt as FfiFutureExt};
+    pub use async_ffi::{ContextExt, FfiContext, FfiFuture, FfiPoll, FutureExt as FfiFutureExt};
 }
 
 /// The ABI version this crate defines, `major.minor.patch`.

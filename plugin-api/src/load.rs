@@ -9,10 +9,10 @@ use abi_stable::{
 };
 
 use crate::{
-    AppManagerBox, CacheBox, HistoryBox, HistoryBusBox, HostContextBox, PResult, PluginInfo,
-    PluginModule_Ref, QueueBox, RateLimiterBox, TransportBox,
+    AppManagerBox, CacheBox, HistoryBox, HistoryBusBox, HostContextBox, HostIoBox, PResult,
+    PluginInfo, PluginModule_Ref, QueueBox, RateLimiterBox, TransportBox,
     abi::{FfiFuture, RStr},
-    root::{base, with_apps, with_history},
+    root::{base, with_apps, with_history, with_history_bus},
 };
 
 /// A driver constructor: the driver's name, its configuration text, the host's callbacks.
@@ -26,8 +26,11 @@ pub struct Module {
     base: base::PluginModule_Ref,
     /// Set when the plugin has app managers' layout but not a later one.
     with_apps: Option<with_apps::PluginModule_Ref>,
-    /// Set when the plugin has history stores' layout but not the current one.
+    /// Set when the plugin has history stores' layout but not a later one.
     with_history: Option<with_history::PluginModule_Ref>,
+    /// Set when the plugin has the layout with history stores' publishing but not the current
+    /// one.
+    with_history_bus: Option<with_history_bus::PluginModule_Ref>,
     full: Option<PluginModule_Ref>,
 }
 
@@ -72,37 +75,52 @@ impl Module {
 
     /// The kinds this plugin cannot provide because it was built before they were added.
     pub fn missing(&self) -> &'static [&'static str] {
-        match (self.full, self.with_history, self.with_apps) {
-            (Some(_), _, _) => &[],
-            (None, Some(_), _) => &["history stores' publishing"],
-            (None, None, Some(_)) => &["history stores", "history stores' publishing"],
-            (None, None, None) => &["app managers", "history stores", "history stores' publishing"],
+        const ALL: [&str; 4] =
+            ["app managers", "history stores", "history stores' publishing", "host-driven sockets"];
+        match (self.full, self.with_history_bus, self.with_history, self.with_apps) {
+            (Some(_), ..) => &[],
+            (None, Some(_), ..) => &ALL[3..],
+            (None, None, Some(_), _) => &ALL[2..],
+            (None, None, None, Some(_)) => &ALL[1..],
+            (None, None, None, None) => &ALL,
         }
     }
 
     /// The app-manager constructor, if the plugin was built with app managers and has one.
     pub fn app_manager(&self) -> Option<Constructor<AppManagerBox>> {
-        match (self.full, self.with_history, self.with_apps) {
-            (Some(full), _, _) => full.app_manager(),
-            (None, Some(with_history), _) => with_history.app_manager(),
-            (None, None, Some(with_apps)) => with_apps.app_manager(),
-            (None, None, None) => None,
+        match (self.full, self.with_history_bus, self.with_history, self.with_apps) {
+            (Some(full), ..) => full.app_manager(),
+            (None, Some(with_history_bus), ..) => with_history_bus.app_manager(),
+            (None, None, Some(with_history), _) => with_history.app_manager(),
+            (None, None, None, Some(with_apps)) => with_apps.app_manager(),
+            (None, None, None, None) => None,
         }
     }
 
     /// The history constructor, if the plugin was built with history stores and has one.
     pub fn history(&self) -> Option<Constructor<HistoryBox>> {
-        match (self.full, self.with_history) {
-            (Some(full), _) => full.history(),
-            (None, Some(with_history)) => with_history.history(),
-            (None, None) => None,
+        match (self.full, self.with_history_bus, self.with_history) {
+            (Some(full), ..) => full.history(),
+            (None, Some(with_history_bus), _) => with_history_bus.history(),
+            (None, None, Some(with_history)) => with_history.history(),
+            (None, None, None) => None,
         }
     }
 
     /// The constructor of history stores' way onto the bus, if the plugin was built with it
     /// and has one.
     pub fn history_bus(&self) -> Option<Constructor<HistoryBusBox>> {
-        self.full.and_then(|m| m.history_bus())
+        match (self.full, self.with_history_bus) {
+            (Some(full), _) => full.history_bus(),
+            (None, Some(with_history_bus)) => with_history_bus.history_bus(),
+            (None, None) => None,
+        }
+    }
+
+    /// Where the plugin takes the host's runtime ([`crate::HostIo`]), if it was built with it
+    /// and wants it.
+    pub fn host_io(&self) -> Option<extern "C" fn(HostIoBox)> {
+        self.full.and_then(|m| m.host_io())
     }
 }
 
@@ -215,18 +233,22 @@ pub fn open(path: &Path) -> Result<Module, OpenError> {
     })?;
     // The fields added within the generation: a plugin built before them fails this check
     // (it has fewer fields than the current type) and provides none of the newer kinds; one
-    // built between two additions passes the frozen layout of its time (`with_history`,
-    // `with_apps`).
+    // built between two additions passes the frozen layout of its time
+    // (`with_history_bus`, `with_history`, `with_apps`).
     let full = header.check_layout::<PluginModule_Ref>().ok();
-    let with_history = match full {
+    let with_history_bus = match full {
         Some(_) => None,
-        None => header.check_layout::<with_history::PluginModule_Ref>().ok(),
+        None => header.check_layout::<with_history_bus::PluginModule_Ref>().ok(),
     };
-    let with_apps = match (full, with_history) {
-        (None, None) => header.check_layout::<with_apps::PluginModule_Ref>().ok(),
+    let with_history = match (full, with_history_bus) {
+        (None, None) => header.check_layout::<with_history::PluginModule_Ref>().ok(),
         _ => None,
     };
-    Ok(Module { base, with_apps, with_history, full })
+    let with_apps = match (full, with_history_bus, with_history) {
+        (None, None, None) => header.check_layout::<with_apps::PluginModule_Ref>().ok(),
+        _ => None,
+    };
+    Ok(Module { base, with_apps, with_history, with_history_bus, full })
 }
 
 fn version(v: VersionNumber) -> String {

@@ -10,8 +10,8 @@ use abi_stable::{
 use async_ffi::FfiFuture;
 
 use crate::{
-    AppManagerBox, CacheBox, HistoryBox, HistoryBusBox, HostContextBox, PResult, PluginInfo,
-    QueueBox, RateLimiterBox, TransportBox,
+    AppManagerBox, CacheBox, HistoryBox, HistoryBusBox, HostContextBox, HostIoBox, PResult,
+    PluginInfo, QueueBox, RateLimiterBox, TransportBox,
 };
 
 /// What every plugin library exports (with `#[export_root_module]`).
@@ -99,6 +99,12 @@ pub struct PluginModule {
             host: HostContextBox,
         ) -> FfiFuture<PResult<HistoryBusBox>>,
     >,
+    /// Takes the host's runtime ([`crate::HostIo`]), lent for the sockets of the plugin's
+    /// per-message round trips; the host calls it once, after loading, before any
+    /// constructor. Added within generation 0.1 after `history_bus`; a plugin built before it
+    /// has no such field (see [`with_history_bus`]) and keeps its sockets on its own runtime.
+    #[sabi(missing_field(default))]
+    pub host_io: Option<extern "C" fn(io: HostIoBox)>,
 }
 
 impl RootModule for PluginModule_Ref {
@@ -338,6 +344,104 @@ pub mod with_history {
                 config: RStr<'_>,
                 host: HostContextBox,
             ) -> FfiFuture<PResult<HistoryBox>>,
+        >,
+    }
+
+    impl RootModule for PluginModule_Ref {
+        declare_root_module_statics! {PluginModule_Ref}
+        const BASE_NAME: &'static str = "sockhost_plugin";
+        const NAME: &'static str = "sockhost plugin";
+        const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    }
+}
+
+/// The root module as it was laid out with history stores' way onto the bus and before the
+/// host lent its runtime (up to `history_bus`), frozen for the same reason as [`base`]: a
+/// plugin built then fails the check against [`PluginModule`] and passes this one, so that
+/// every kind it has still loads. Never change this type.
+pub mod with_history_bus {
+    #![allow(non_camel_case_types)]
+
+    use abi_stable::{
+        StableAbi, declare_root_module_statics, library::RootModule, package_version_strings,
+        sabi_types::VersionStrings, std_types::RStr,
+    };
+    use async_ffi::FfiFuture;
+
+    use crate::{
+        AppManagerBox, CacheBox, HistoryBox, HistoryBusBox, HostContextBox, PResult, PluginInfo,
+        QueueBox, RateLimiterBox, TransportBox,
+    };
+
+    /// [`super::PluginModule`] with `history_bus` and before `host_io`; the same name, as the
+    /// layout check requires.
+    #[allow(missing_debug_implementations, clippy::type_complexity)]
+    #[repr(C)]
+    #[derive(StableAbi)]
+    #[sabi(kind(Prefix(prefix_ref = PluginModule_Ref)))]
+    #[sabi(missing_field(panic))]
+    pub struct PluginModule {
+        /// See [`super::PluginModule::info`].
+        pub info: extern "C" fn() -> PluginInfo,
+        /// See [`super::PluginModule::transport`].
+        pub transport: Option<
+            extern "C" fn(
+                driver: RStr<'_>,
+                config: RStr<'_>,
+                host: HostContextBox,
+            ) -> FfiFuture<PResult<TransportBox>>,
+        >,
+        /// See [`super::PluginModule::cache`].
+        pub cache: Option<
+            extern "C" fn(
+                driver: RStr<'_>,
+                config: RStr<'_>,
+                host: HostContextBox,
+            ) -> FfiFuture<PResult<CacheBox>>,
+        >,
+        /// See [`super::PluginModule::queue`].
+        pub queue: Option<
+            extern "C" fn(
+                driver: RStr<'_>,
+                config: RStr<'_>,
+                host: HostContextBox,
+            ) -> FfiFuture<PResult<QueueBox>>,
+        >,
+        /// See [`super::PluginModule::rate_limiter`].
+        #[sabi(last_prefix_field)]
+        pub rate_limiter: Option<
+            extern "C" fn(
+                driver: RStr<'_>,
+                config: RStr<'_>,
+                host: HostContextBox,
+            ) -> FfiFuture<PResult<RateLimiterBox>>,
+        >,
+        /// See [`super::PluginModule::app_manager`].
+        #[sabi(missing_field(default))]
+        pub app_manager: Option<
+            extern "C" fn(
+                driver: RStr<'_>,
+                config: RStr<'_>,
+                host: HostContextBox,
+            ) -> FfiFuture<PResult<AppManagerBox>>,
+        >,
+        /// See [`super::PluginModule::history`].
+        #[sabi(missing_field(default))]
+        pub history: Option<
+            extern "C" fn(
+                driver: RStr<'_>,
+                config: RStr<'_>,
+                host: HostContextBox,
+            ) -> FfiFuture<PResult<HistoryBox>>,
+        >,
+        /// See [`super::PluginModule::history_bus`].
+        #[sabi(missing_field(default))]
+        pub history_bus: Option<
+            extern "C" fn(
+                driver: RStr<'_>,
+                config: RStr<'_>,
+                host: HostContextBox,
+            ) -> FfiFuture<PResult<HistoryBusBox>>,
         >,
     }
 

@@ -173,12 +173,13 @@ fn before_app_managers(name: &str, source: String) -> String {
         "root.rs" => without_fields_from(&source, "    /// The app-manager constructor"),
         // The copy's loader is not what is tested (the host's is); it only has to build.
         "load.rs" => without_history_bus(&source)
-            .replace("(Some(full), _, _) => full.app_manager(),", "(Some(_), _, _) => None,")
-            .replace("(Some(full), _) => full.history(),", "(Some(_), _) => None,"),
+            .replace("(Some(full), ..) => full.app_manager(),", "(Some(_), ..) => None,")
+            .replace("(Some(full), ..) => full.history(),", "(Some(_), ..) => None,"),
         "fixture/lib.rs" => source
             .replace("        app_manager: None, // (the field added after 0.1.0's prefix)\n", "")
             .replace("        history: None,     // (the field added after app managers)\n", "")
-            .replace("        history_bus: None, // (the field added after history stores)\n", ""),
+            .replace("        history_bus: None, // (the field added after history stores)\n", "")
+            .replace("        host_io: None,     // (the field added after history stores' publishing)\n", ""),
         _ => return source,
     };
     assert_ne!(altered, source, "the alteration no longer applies to {name}");
@@ -192,9 +193,14 @@ fn without_fields_from(root: &str, from: &str) -> String {
     format!("{}{}", &root[..start], &root[end + 1..])
 }
 
-/// The copy's loader without the call to the current layout's `history_bus`.
+/// The copy's loader without the call to the current layout's `host_io`.
+fn without_host_io(load: &str) -> String {
+    load.replace("self.full.and_then(|m| m.host_io())", "self.full.and(None)")
+}
+
+/// The copy's loader without the calls to the current layout's `history_bus` and `host_io`.
 fn without_history_bus(load: &str) -> String {
-    load.replace("self.full.and_then(|m| m.history_bus())", "self.full.and(None)")
+    without_host_io(load).replace("(Some(full), _) => full.history_bus(),", "(Some(_), _) => None,")
 }
 
 #[test]
@@ -215,10 +221,11 @@ fn before_history(name: &str, source: String) -> String {
     let altered = match name {
         "root.rs" => without_fields_from(&source, "    /// The history constructor"),
         "load.rs" => without_history_bus(&source)
-            .replace("(Some(full), _) => full.history(),", "(Some(_), _) => None,"),
+            .replace("(Some(full), ..) => full.history(),", "(Some(_), ..) => None,"),
         "fixture/lib.rs" => source
             .replace("        history: None,     // (the field added after app managers)\n", "")
-            .replace("        history_bus: None, // (the field added after history stores)\n", ""),
+            .replace("        history_bus: None, // (the field added after history stores)\n", "")
+            .replace("        host_io: None,     // (the field added after history stores' publishing)\n", ""),
         _ => return source,
     };
     assert_ne!(altered, source, "the alteration no longer applies to {name}");
@@ -248,7 +255,8 @@ fn before_history_bus(name: &str, source: String) -> String {
         ),
         "load.rs" => without_history_bus(&source),
         "fixture/lib.rs" => source
-            .replace("        history_bus: None, // (the field added after history stores)\n", ""),
+            .replace("        history_bus: None, // (the field added after history stores)\n", "")
+            .replace("        host_io: None,     // (the field added after history stores' publishing)\n", ""),
         _ => return source,
     };
     assert_ne!(altered, source, "the alteration no longer applies to {name}");
@@ -268,4 +276,35 @@ fn a_plugin_built_before_history_stores_could_publish_still_loads_with_its_store
         text.contains("an earlier layout of its generation: no history stores' publishing"),
         "{text}"
     );
+}
+
+/// The plugin-api with history stores' way onto the bus and before the host lent its runtime:
+/// its root module ends at `history_bus`.
+fn before_host_io(name: &str, source: String) -> String {
+    let altered = match name {
+        "root.rs" => without_fields_from(&source, "    /// Takes the host's runtime"),
+        "load.rs" => without_host_io(&source),
+        "fixture/lib.rs" => source.replace(
+            "        host_io: None,     // (the field added after history stores' publishing)\n",
+            "",
+        ),
+        _ => return source,
+    };
+    assert_ne!(altered, source, "the alteration no longer applies to {name}");
+    altered
+}
+
+/// A plugin built before the host lent its runtime loads with every kind it has, and keeps
+/// its sockets on its own runtime.
+#[test]
+fn a_plugin_built_before_the_host_lent_its_runtime_still_loads() {
+    let library = build_fixture("before_host_io", "0.1.0", before_host_io);
+    let (code, text) = verdict(&library);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("ok: fixture 0.0.1 (transport fixture) built against plugin-api 0.1.0"),
+        "{text}"
+    );
+    assert!(text.contains("an earlier layout of its generation: no host-driven sockets"), "{text}");
+    assert!(!text.contains("no history stores"), "{text}");
 }

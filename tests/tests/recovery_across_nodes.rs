@@ -1105,6 +1105,10 @@ async fn a_best_effort_app_publishes_through_a_store_outage_and_fails_resumes_cl
     store.kill();
     let (status, body) = api.trigger(&["news"], "tick", "unkept").await;
     assert_eq!(status, 200, "{body}");
+    // The store's connections are the host's sockets (see `plugins/redis-drivers/src/driven.rs`).
+    let driven = "sockhost_plugin_events{plugin=\"redis\",name=\"host_driven_connects\"}";
+    let connects = servers[0].labelled_metric(driven).await;
+    assert!(connects >= 1.0, "{connects}");
     let unkept = on_b.expect("tick").await;
     assert_eq!(unkept["data"], "unkept");
     assert!(unkept.get("serial").is_none(), "{unkept}");
@@ -1131,6 +1135,8 @@ async fn a_best_effort_app_publishes_through_a_store_outage_and_fails_resumes_cl
     let first = on_b.expect("tick").await;
     assert_eq!((first["data"].as_str(), first["serial"].as_u64()), (Some("new stream"), Some(1)));
     assert_ne!(first["stream_id"], old_stream.as_str());
+    // Made again after the restart, on the host's sockets as before.
+    assert!(servers[0].labelled_metric(driven).await > connects);
 }
 
 /// With the history store on the transport's own Redis, the store publishes each event to the

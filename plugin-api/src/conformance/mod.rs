@@ -106,8 +106,12 @@ impl Target {
     /// # Panics
     /// If the library is refused.
     pub fn module(&self) -> load::Module {
-        load::open(&self.library)
-            .unwrap_or_else(|e| panic!("{} was refused: {e}", self.library.display()))
+        let module = load::open(&self.library)
+            .unwrap_or_else(|e| panic!("{} was refused: {e}", self.library.display()));
+        if let Some(take) = module.host_io() {
+            take(lent_runtime());
+        }
+        module
     }
 
     /// Construct a transport with a fresh [`TestHost`].
@@ -311,6 +315,22 @@ impl HostContext for TestHost {
         // lines. Info and above is what a failure needs.
         LogLevel::INFO
     }
+}
+
+/// The runtime the harness lends plugins, as a host lends its own ([`crate::HostIo`]): one
+/// for the process, never shut down, since a plugin keeps the first it is lent and each case
+/// runs on a runtime of its own that ends with it.
+fn lent_runtime() -> crate::HostIoBox {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("harness-host-io")
+            .enable_all()
+            .build()
+            .expect("the harness's host runtime starts")
+    });
+    crate::host_tcp::TokioHostIo::on(runtime.handle().clone()).boxed()
 }
 
 /// Run one case on a fresh multi-thread runtime, as the host would poll the driver.

@@ -92,6 +92,7 @@ macro_rules! export_plugin {
                 app_manager: $crate::export_plugin!(@some $($new_manager, __sockhost_new_app_manager)?),
                 history: $crate::export_plugin!(@some $($new_history, __sockhost_new_history)?),
                 history_bus: $crate::export_plugin!(@some $($new_bus, __sockhost_new_history_bus)?),
+                host_io: Some($crate::sdk::host_io::install),
             }
             .leak_into_prefix()
         }

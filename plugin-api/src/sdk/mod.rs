@@ -7,6 +7,8 @@
 //!   and answers [`ErrorCode::PANICKED`](crate::ErrorCode::PANICKED); awaited calls are polled
 //!   by the host's executor with the plugin runtime entered (no thread hop), or spawned on the
 //!   plugin runtime when they must finish even if the host stops waiting.
+//! - [`host_io`]: a TCP connection the host drives, for a round trip per message without a
+//!   plugin thread woken for its reply.
 //! - [`apps`]: the records an app manager is handed, read and checked.
 //! - [`config`]: a driver's table parsed into its config struct, errors naming the field, and
 //!   the backend's shared connection table (`[database.<backend>]`) that comes along in it.
@@ -26,6 +28,7 @@ mod drivers;
 mod export;
 mod guard;
 mod history;
+pub mod host_io;
 pub mod log;
 pub mod outbox;
 mod runtime;

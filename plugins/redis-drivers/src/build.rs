@@ -10,6 +10,7 @@ use sockhost_plugin_api::{
 use crate::{
     cache::{CacheConfig, RedisCache},
     connection::{self, DriverConnection},
+    driven::HostDriven,
     history::{HistoryConfig, RedisHistory},
     queue::{QueueConfig, RedisQueue},
     rate_limiter::{RateLimiterConfig, RedisRateLimiter},
@@ -119,10 +120,30 @@ pub async fn history(args: sdk::CreateArgs, backend: Backend) -> Result<HistoryB
     let place = format!("history.{}", backend.driver());
     let config: HistoryConfig = sdk::config::parse(&place, &args.config)?;
     check_mode(&place, &config.connection, backend)?;
+    if let Some(conn) = host_driven(&args, backend, &config).await? {
+        return Ok(sdk::history_box(args.runtime, RedisHistory::new(conn, &config)));
+    }
     Ok(connected!(backend, place, config, args.host, |conn| sdk::history_box(
         args.runtime,
         RedisHistory::new(conn, &config)
     )))
+}
+
+/// The history store's connection to one server named by a URL, over a socket the host drives
+/// (see [`crate::driven`]): the host awaits a store call per event. `None` for a cluster, a
+/// server found through sentinels, TLS, or a host that does not offer sockets.
+async fn host_driven(
+    args: &sdk::CreateArgs,
+    backend: Backend,
+    config: &HistoryConfig,
+) -> Result<Option<HostDriven>, PluginError> {
+    let own = config.connection.url_override.as_deref();
+    let database = &config.connection.database;
+    if backend != Backend::Server || database.sentinel(own).is_some() {
+        return Ok(None);
+    }
+    let url = database.server_url(own);
+    HostDriven::open(&url, timeout(config.request_timeout_ms()), &args.host, args.runtime).await
 }
 
 /// The history driver's way onto the bus: the same store, which publishes each event itself
@@ -149,6 +170,10 @@ pub async fn history_bus(
             &database.cluster_seeds(&config.connection.nodes, &format!("{place}.nodes"))?,
         ),
     };
+    if let Some(conn) = host_driven(&args, backend, &config).await? {
+        let store = RedisHistory::new(conn, &config).on_server(server);
+        return Ok(sdk::history_bus_box(args.runtime, store));
+    }
     Ok(connected!(backend, place, config, args.host, |conn| sdk::history_bus_box(
         args.runtime,
         RedisHistory::new(conn, &config).on_server(server.clone())

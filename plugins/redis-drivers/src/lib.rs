@@ -11,6 +11,7 @@ pub mod bus;
 pub mod cache;
 pub mod client;
 pub mod connection;
+pub mod driven;
 pub mod handle;
 pub mod history;
 pub mod queue;

@@ -11,7 +11,9 @@ mod transport;
 
 use std::sync::Arc;
 
-use sockhost_plugin_api::{DriverKind, ErrorCode, PResult, PluginError, abi::RStr};
+use sockhost_plugin_api::{
+    DriverKind, ErrorCode, PResult, PluginError, abi::RStr, host_tcp::TokioHostIo,
+};
 use tokio::sync::mpsc;
 
 use self::call::{Guarded, Named};
@@ -103,6 +105,12 @@ impl Drivers {
         let counters = Arc::new(PluginCounters::default());
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
         let mut errors = Vec::new();
+        // Lent before any constructor runs, so that a driver's first connection can use it.
+        for plugin in registry.plugins() {
+            if let Some(take) = plugin.module.host_io() {
+                take(TokioHostIo::current().boxed());
+            }
+        }
         let builder = Builder { registry, counters: &counters };
 
         let transport = builder

@@ -36,6 +36,7 @@ pub fn root_module() -> PluginModule_Ref {
         app_manager: None,
         history: None,
         history_bus: None,
+        host_io: None,
     }
     .leak_into_prefix()
 }
