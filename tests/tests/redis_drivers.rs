@@ -223,3 +223,37 @@ async fn a_failed_append_leaves_no_serial_behind() {
     let next = store.append(s("app"), s("news"), records(1), keep).await;
     assert_eq!(next.into_result().expect("appended").serial, 2, "a failed append kept serials");
 }
+
+/// The history store's connection to a plain server (over a socket the host drives: see
+/// `plugins/redis-drivers/src/driven.rs`) signs in as the URL's user and selects the URL's
+/// database; a wrong password is refused at construction with the server's reason.
+#[tokio::test]
+async fn the_history_store_signs_in_as_the_urls_user_in_its_database() {
+    use sockhost_plugin_api::{
+        Retention,
+        abi::{RStr, RVec},
+        conformance::TestHost,
+    };
+    let server = RedisServer::start();
+    let acl = ["ACL", "SETUSER", "keeper", "on", ">kept-secret", "~*", "&*", "+@all"];
+    assert_eq!(redis_cli(server.port, None, None, &acl).as_deref(), Some("OK"));
+    let url = format!("redis://keeper:kept-secret@127.0.0.1:{}/3", server.port);
+    let store = at(&url).history().await;
+    let keep = Retention { max_events: 100, max_age_ms: 60_000 };
+    let s = RStr::from_str;
+    let record = RVec::from(vec![RVec::from(b"r".to_vec())]);
+    let appended = store.append(s("app"), s("news"), record, keep).await;
+    assert_eq!(appended.into_result().expect("appended").serial, 1);
+    let meta = "sockhost_history:{3:app:news}:meta";
+    let in_three = redis_cli(server.port, None, None, &["-n", "3", "HGET", meta, "s"]);
+    assert_eq!(in_three.as_deref(), Some("1"));
+    assert_eq!(redis_cli(server.port, None, None, &["EXISTS", meta]).as_deref(), Some("0"));
+
+    let wrong = format!("redis://keeper:not-the-secret@127.0.0.1:{}/3", server.port);
+    let ctor = at(&wrong).module().history().expect("the plugin has history stores");
+    let config = format!("url_override = \"{wrong}\"");
+    let made = ctor(s("redis"), s(&config), TestHost::default().boxed()).await.into_result();
+    let Err(error) = made else { panic!("a wrong password was taken") };
+    assert!(error.message().contains("authentication failed"), "{error}");
+    assert!(!error.message().contains("not-the-secret"), "the password is shown: {error}");
+}
