@@ -11,7 +11,8 @@
 //! Only a plain TCP server named by a URL takes this path; TLS, a Unix socket, sentinels and
 //! clusters keep [`crate::connection::ServerConnection`], as does every connection under a host
 //! that does not offer sockets. A broken connection is made again on the next call, at most
-//! one attempt at a time and none for 250 ms after one failed.
+//! one attempt at a time, each within the request timeout, and none for 250 ms after one
+//! failed or was given up.
 
 use std::{
     sync::{Arc, Mutex},
@@ -103,10 +104,11 @@ impl HostDriven {
         }
     }
 
-    fn keep(&self, conn: MultiplexedConnection) -> MultiplexedConnection {
+    /// Make `conn` the current connection; it, with the number of the attempt that made it.
+    fn keep(&self, conn: MultiplexedConnection) -> (u64, MultiplexedConnection) {
         let attempt = self.0.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *self.0.current.lock().expect("connection lock") = Some((attempt, conn.clone()));
-        conn
+        (attempt, conn)
     }
 
     /// The connection, made again if the last one broke.
@@ -114,24 +116,26 @@ impl HostDriven {
         if let Some(current) = self.0.current.lock().expect("connection lock").clone() {
             return Ok(current);
         }
-        let mut last_failure = self.0.connecting.lock().await;
+        let last_failure = self.0.connecting.lock().await;
         if let Some(current) = self.0.current.lock().expect("connection lock").clone() {
             return Ok(current);
         }
         if last_failure.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
             return Err(unreachable(&self.0.shown, "the last attempt failed just now"));
         }
-        match self.0.dial().await {
-            Ok(Some(conn)) => {
-                *last_failure = None;
-                self.keep(conn);
-                Ok(self.0.current.lock().expect("connection lock").clone().expect("just kept"))
+        // A failure whatever ends the attempt, unless it connects: an error, its own time
+        // running out, or the caller's (which drops this future mid-attempt; the host's
+        // connect is dropped with it).
+        let mut attempt = Attempt { last_failure, connected: false };
+        let dialled = tokio::time::timeout(self.0.timeout, self.0.dial()).await;
+        match dialled {
+            Ok(Ok(Some(conn))) => {
+                attempt.connected = true;
+                Ok(self.keep(conn))
             }
-            Ok(None) => Err(unreachable(&self.0.shown, "the host no longer offers sockets")),
-            Err(error) => {
-                *last_failure = Some(Instant::now());
-                Err(error)
-            }
+            Ok(Ok(None)) => Err(unreachable(&self.0.shown, "the host no longer offers sockets")),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(unreachable(&self.0.shown, "no connection within the timeout")),
         }
     }
 
@@ -148,6 +152,19 @@ impl HostDriven {
         if current.as_ref().is_some_and(|(made_by, _)| *made_by == attempt) {
             *current = None;
         }
+    }
+}
+
+/// One connection attempt, holding the right to make it: when it ends without a connection
+/// (dropped included), the time is kept, and calls wait [`RETRY_AFTER`] before the next.
+struct Attempt<'a> {
+    last_failure: tokio::sync::MutexGuard<'a, Option<Instant>>,
+    connected: bool,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        *self.last_failure = (!self.connected).then(Instant::now);
     }
 }
 

@@ -105,10 +105,13 @@ impl Drivers {
         let counters = Arc::new(PluginCounters::default());
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
         let mut errors = Vec::new();
-        // Lent before any constructor runs, so that a driver's first connection can use it.
-        for plugin in registry.plugins() {
-            if let Some(take) = plugin.module.host_io() {
-                take(TokioHostIo::current().boxed());
+        // Lent before any constructor runs, so that a driver's first connection can use it:
+        // the server's one runtime, which lives as long as the process.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            for plugin in registry.plugins() {
+                if let Some(take) = plugin.module.host_io() {
+                    take(TokioHostIo::on(runtime.clone()).boxed());
+                }
             }
         }
         let builder = Builder { registry, counters: &counters };
