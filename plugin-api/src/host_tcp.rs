@@ -2,7 +2,7 @@
 //! alike. Compiled into the host (feature `host-tcp`), never into a plugin: its tokio is the
 //! host's.
 
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -20,11 +20,6 @@ use crate::{
 pub struct TokioHostIo(Option<Handle>);
 
 impl TokioHostIo {
-    /// The runtime of the calling thread; without one, every connect is refused.
-    pub fn current() -> Self {
-        Self(Handle::try_current().ok())
-    }
-
     /// `handle`'s runtime.
     pub fn on(handle: Handle) -> Self {
         Self(Some(handle))
@@ -53,14 +48,19 @@ impl HostIo for TokioHostIo {
             let _ = stream.set_nodelay(true);
             Ok(HostSocket_TO::from_value(TokioSocket(stream), TD_Opaque))
         });
+        // A caller that stops waiting (its timeout) takes the attempt with it: the task is
+        // aborted, rather than left to the kernel's connect timeout with its socket open.
+        let abort = AbortOnDrop(connecting.abort_handle());
         async move {
-            match connecting.await {
+            let answer = match connecting.await {
                 Ok(Ok(socket)) => ROk(socket),
                 Ok(Err(error)) => RErr(error),
                 Err(error) => {
                     RErr(PluginError::internal(format!("the connect task ended: {error}")))
                 }
-            }
+            };
+            drop(abort);
+            answer
         }
         .into_ffi()
     }
@@ -72,11 +72,44 @@ impl HostIo for TokioHostIo {
     }
 }
 
+/// Aborts a task when dropped (a finished task is not affected).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A plugin's TCP connection on the host's reactor.
 struct TokioSocket(TcpStream);
 
-fn failed(what: &str, error: &std::io::Error) -> FfiPoll<PResult<usize>> {
-    FfiPoll::Ready(RErr(PluginError::unavailable(format!("{what}: {error}"))))
+/// One read or write: wait for `ready`, then `attempt` it, until it does not would-block
+/// (`try_read`/`try_write` clear the readiness when the socket has nothing or no room, so
+/// the next poll waits for the reactor).
+fn transfer(
+    cx: &mut FfiContext<'_>,
+    what: &str,
+    ready: impl Fn(&mut Context<'_>) -> Poll<std::io::Result<()>>,
+    mut attempt: impl FnMut() -> std::io::Result<usize>,
+) -> FfiPoll<PResult<usize>> {
+    let failed = |error: std::io::Error| {
+        FfiPoll::Ready(RErr(PluginError::unavailable(format!("{what}: {error}"))))
+    };
+    cx.with_context(|cx| {
+        loop {
+            match ready(cx) {
+                Poll::Pending => return FfiPoll::Pending,
+                Poll::Ready(Err(error)) => return failed(error),
+                Poll::Ready(Ok(())) => {}
+            }
+            match attempt() {
+                Ok(n) => return FfiPoll::Ready(ROk(n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => return failed(error),
+            }
+        }
+    })
 }
 
 impl HostSocket for TokioSocket {
@@ -85,38 +118,10 @@ impl HostSocket for TokioSocket {
         mut buf: RSliceMut<'_, u8>,
         cx: &mut FfiContext<'_>,
     ) -> FfiPoll<PResult<usize>> {
-        cx.with_context(|cx| {
-            loop {
-                match self.0.poll_read_ready(cx) {
-                    Poll::Pending => return FfiPoll::Pending,
-                    Poll::Ready(Err(error)) => return failed("reading", &error),
-                    Poll::Ready(Ok(())) => {}
-                }
-                // `try_read` clears the readiness when the socket has nothing, so the next
-                // poll waits for more.
-                match self.0.try_read(&mut buf) {
-                    Ok(n) => return FfiPoll::Ready(ROk(n)),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(error) => return failed("reading", &error),
-                }
-            }
-        })
+        transfer(cx, "reading", |cx| self.0.poll_read_ready(cx), || self.0.try_read(&mut buf))
     }
 
     fn poll_write(&self, buf: RSlice<'_, u8>, cx: &mut FfiContext<'_>) -> FfiPoll<PResult<usize>> {
-        cx.with_context(|cx| {
-            loop {
-                match self.0.poll_write_ready(cx) {
-                    Poll::Pending => return FfiPoll::Pending,
-                    Poll::Ready(Err(error)) => return failed("writing", &error),
-                    Poll::Ready(Ok(())) => {}
-                }
-                match self.0.try_write(&buf) {
-                    Ok(n) => return FfiPoll::Ready(ROk(n)),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(error) => return failed("writing", &error),
-                }
-            }
-        })
+        transfer(cx, "writing", |cx| self.0.poll_write_ready(cx), || self.0.try_write(&buf))
     }
 }

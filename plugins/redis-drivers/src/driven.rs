@@ -139,19 +139,21 @@ impl HostDriven {
         }
     }
 
-    /// Let the connection made by `attempt` go, if it is still the current one.
-    fn forget(&self, attempt: u64, error: &RedisError) {
-        let broken = error.is_io_error()
-            || error.is_connection_dropped()
-            || error.is_unrecoverable_error()
-            || error.is_connection_refusal();
-        if !broken {
-            return;
+    /// `answer`, having let the connection made by `attempt` go if the answer says it broke
+    /// (and it is still the current one).
+    fn checked<T>(&self, attempt: u64, answer: RedisResult<T>) -> RedisResult<T> {
+        if let Err(error) = &answer
+            && (error.is_io_error()
+                || error.is_connection_dropped()
+                || error.is_unrecoverable_error()
+                || error.is_connection_refusal())
+        {
+            let mut current = self.0.current.lock().expect("connection lock");
+            if current.as_ref().is_some_and(|(made_by, _)| *made_by == attempt) {
+                *current = None;
+            }
         }
-        let mut current = self.0.current.lock().expect("connection lock");
-        if current.as_ref().is_some_and(|(made_by, _)| *made_by == attempt) {
-            *current = None;
-        }
+        answer
     }
 }
 
@@ -195,11 +197,7 @@ impl ConnectionLike for HostDriven {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let (attempt, mut conn) = self.connection().await?;
-            let answer = conn.req_packed_command(cmd).await;
-            if let Err(error) = &answer {
-                self.forget(attempt, error);
-            }
-            answer
+            self.checked(attempt, conn.req_packed_command(cmd).await)
         })
     }
 
@@ -211,11 +209,7 @@ impl ConnectionLike for HostDriven {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let (attempt, mut conn) = self.connection().await?;
-            let answer = conn.req_packed_commands(cmd, offset, count).await;
-            if let Err(error) = &answer {
-                self.forget(attempt, error);
-            }
-            answer
+            self.checked(attempt, conn.req_packed_commands(cmd, offset, count).await)
         })
     }
 
